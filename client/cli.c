@@ -1,0 +1,126 @@
+/* cli.c — shared plumbing of the tandem CLI: default model location, engine
+ * start-up with one-line errors, and strict numeric option parsing.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+const char *td_cli_default_model(char *buf, size_t cap) {
+    const char *env = getenv("TANDEM_MODEL");
+    if (env && *env) return env;
+    const char *cache = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    if (cache && *cache)
+        snprintf(buf, cap, "%s/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
+    else
+        snprintf(buf, cap, "%s/.cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : ".");
+    return buf;
+}
+
+int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
+    memset(e, 0, sizeof *e);
+    td_err err = {{0}};
+    int rc = td_gguf_open(path, &e->gguf, &err);
+    if (rc) {
+        fprintf(stderr, "tandem: %s: %s\n", path, err.msg);
+        if (rc == TD_E_IO) fprintf(stderr, "tandem: run scripts/setup.sh to fetch the default model, or pass --model PATH\n");
+        return 1;
+    }
+    if ((rc = td_model_load(e->gguf, &e->model, &err))) {
+        fprintf(stderr, "tandem: %s: %s\n", path, err.msg);
+        goto fail;
+    }
+    if ((rc = td_tok_create(e->gguf, &e->tok, &err))) {
+        fprintf(stderr, "tandem: %s: tokenizer: %s\n", path, err.msg);
+        goto fail;
+    }
+    if (td_tok_vocab_size(e->tok) > td_model_hparams(e->model)->n_vocab) {
+        fprintf(stderr, "tandem: %s: tokenizer has %d tokens but the model only %d rows\n", path,
+                td_tok_vocab_size(e->tok), td_model_hparams(e->model)->n_vocab);
+        goto fail;
+    }
+    e->n_threads = n_threads > 0 ? n_threads : td_cpu_count();
+    e->pool = td_pool_create(e->n_threads);
+    if (!e->pool) {
+        fprintf(stderr, "tandem: cannot start %d threads\n", e->n_threads);
+        goto fail;
+    }
+    return 0;
+fail:
+    td_cli_engine_close(e);
+    return 1;
+}
+
+void td_cli_engine_close(td_engine *e) {
+    td_pool_destroy(e->pool);
+    td_tok_destroy(e->tok);
+    td_model_free(e->model);
+    td_gguf_close(e->gguf);
+    memset(e, 0, sizeof *e);
+}
+
+bool td_cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (errno || *end || end == val || v < lo || v > hi) {
+        fprintf(stderr, "tandem %s: %s expects an integer in [%ld, %ld], got '%s'\n", cmd, opt, lo, hi, val);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool td_cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (errno || *end || end == val || !isfinite(v) || v < lo || v > hi) {
+        fprintf(stderr, "tandem %s: %s expects a number in [%g, %g], got '%s'\n", cmd, opt, lo, hi, val);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+const char *td_cli_value(const char *cmd, int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "tandem %s: %s needs a value\n", cmd, argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+char *td_cli_read_file(const char *cmd, const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "tandem %s: cannot open %s: %s\n", cmd, path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) { free(buf); buf = NULL; break; }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0) break;
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (!buf || failed) {
+        free(buf);
+        fprintf(stderr, "tandem %s: cannot read %s\n", cmd, path);
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}

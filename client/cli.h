@@ -1,0 +1,49 @@
+/* cli.h — what the tandem CLI's subcommands share: option parsing helpers,
+ * the loaded engine (file, model, tokenizer, thread pool) and error output.
+ * Only client/ code includes this; library modules never print or exit.
+ */
+#ifndef TD_CLI_H
+#define TD_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "gguf/gguf.h"
+#include "model/model.h"
+#include "tok/tok.h"
+#include "util/util.h"
+
+/* Default model path: $TANDEM_MODEL, else the set-up script's cache. */
+const char *td_cli_default_model(char *buf, size_t cap);
+
+typedef struct td_engine {
+    td_gguf *gguf;
+    td_model *model;
+    td_tok *tok;
+    td_pool *pool;
+    int n_threads;
+} td_engine;
+
+/* Opens the GGUF, builds model and tokenizer, starts the pool. Prints one
+ * error line and returns non-zero on failure. */
+int td_cli_engine_open(td_engine *e, const char *path, int n_threads);
+void td_cli_engine_close(td_engine *e);
+
+/* Argument parsing: every parser prints "tandem CMD: ..." and returns false
+ * on bad input. */
+bool td_cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out);
+bool td_cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, double *out);
+/* Returns the value of an option taking one argument, advancing *i. */
+const char *td_cli_value(const char *cmd, int argc, char **argv, int *i);
+
+/* Reads a whole file into a NUL-terminated malloc'd buffer. */
+char *td_cli_read_file(const char *cmd, const char *path, size_t *len);
+
+int td_cmd_generate(int argc, char **argv);
+int td_cmd_tokenize(int argc, char **argv);
+int td_cmd_info(int argc, char **argv);
+int td_cmd_perplexity(int argc, char **argv);
+int td_cmd_bench(int argc, char **argv);
+
+#endif

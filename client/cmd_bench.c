@@ -1,0 +1,206 @@
+/* cmd_bench.c — `tandem bench engine`: decode and prefill speed, the cost of
+ * verifying k rows in one pass, memory bandwidth and the share of it decode
+ * reaches. Prints figures (medians of --repeats runs); it passes or fails on
+ * nothing. Prompt tokens come from a text file so runs are comparable with
+ * tests/bench/llamacpp_bench.py.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cli.h"
+#include "gen/gen.h"
+#include "quant/quant.h"
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+typedef struct bw_job {
+    const uint64_t *buf;
+    size_t n;
+    uint64_t sums[64];
+} bw_job;
+
+static void bw_worker(void *arg, int ith, int nth) {
+    bw_job *j = arg;
+    int64_t lo, hi;
+    td_split((int64_t)j->n, ith, nth, &lo, &hi);
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = lo; i + 4 <= hi; i += 4) {
+        s0 += j->buf[i]; s1 += j->buf[i + 1]; s2 += j->buf[i + 2]; s3 += j->buf[i + 3];
+    }
+    j->sums[ith & 63] = s0 + s1 + s2 + s3;
+}
+
+/* Read bandwidth in GB/s over a buffer far larger than the caches. */
+static double read_bandwidth(td_pool *pool) {
+    size_t bytes = (size_t)512 << 20;
+    uint64_t *buf = malloc(bytes);
+    if (!buf) return 0;
+    for (size_t i = 0; i < bytes / 8; i++) buf[i] = i;
+    bw_job j = {buf, bytes / 8, {0}};
+    double t[5];
+    for (int r = 0; r < 5; r++) {
+        double t0 = td_now_sec();
+        td_pool_run(pool, bw_worker, &j);
+        t[r] = td_now_sec() - t0;
+    }
+    free(buf);
+    return bytes / median(t, 5) / 1e9;
+}
+
+typedef struct bench_opts {
+    int repeats, n_prompt, n_decode, n_prefill;
+    const int32_t *ids;
+    size_t n_ids;
+} bench_opts;
+
+static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
+    td_err err = {{0}};
+    td_pool *pool = td_pool_create(threads);
+    const td_hparams *hp = td_model_hparams(e->model);
+    int32_t ctx_len = o->n_prefill + o->n_prompt + o->n_decode + 64;
+    td_kv *kv = td_kv_create(e->model, 1, ctx_len);
+    td_ctx *ctx = td_ctx_create(e->model, o->n_prefill > 16 ? o->n_prefill : 16, pool);
+    float *logits = malloc((size_t)16 * hp->n_vocab * sizeof(float));
+    int rc = 1;
+    double *dec = calloc((size_t)o->repeats, sizeof(double)), *pre = calloc((size_t)o->repeats, sizeof(double));
+    double *ver[5];
+    for (int k = 0; k < 5; k++) ver[k] = calloc((size_t)o->repeats * 4, sizeof(double));
+    if (!pool || !kv || !ctx || !logits || !dec || !pre || !ver[0] || !ver[1] || !ver[2] || !ver[3] || !ver[4]) {
+        fprintf(stderr, "tandem bench: out of memory\n");
+        goto out;
+    }
+    for (int r = 0; r < o->repeats; r++) {
+        /* decode: greedy tokens one pass each after a short prompt */
+        td_kv_truncate(kv, 0, 0);
+        if (td_gen_prefill(ctx, kv, 0, 0, o->ids, (size_t)o->n_prompt, 0, logits, &err)) goto fail;
+        int32_t tok = o->ids[o->n_prompt];
+        double t0 = td_now_sec();
+        for (int i = 0; i < o->n_decode; i++) {
+            td_row row = td_row_linear(0, o->n_prompt + i, tok, true);
+            if (td_model_forward(ctx, kv, &row, 1, logits, &err)) goto fail;
+            int32_t best = 0;
+            for (int32_t v = 1; v < hp->n_vocab; v++) if (logits[v] > logits[best]) best = v;
+            tok = best;
+        }
+        dec[r] = o->n_decode / (td_now_sec() - t0);
+
+        /* verification cost: k rows after the prompt, all rows' logits */
+        static const int ks[5] = {1, 2, 4, 8, 16};
+        for (int rep = 0; rep < 4; rep++)
+            for (int k = 0; k < 5; k++) {
+                td_kv_truncate(kv, 0, (int32_t)o->n_prompt);
+                td_row rows[16];
+                for (int i = 0; i < ks[k]; i++) rows[i] = td_row_linear(0, o->n_prompt + i, o->ids[o->n_prompt + i], true);
+                double v0 = td_now_sec();
+                if (td_model_forward(ctx, kv, rows, ks[k], logits, &err)) goto fail;
+                ver[k][r * 4 + rep] = td_now_sec() - v0;
+            }
+
+        /* prefill: one batch of n_prefill rows, logits of the last */
+        td_kv_truncate(kv, 0, 0);
+        t0 = td_now_sec();
+        if (td_gen_prefill(ctx, kv, 0, 0, o->ids, (size_t)o->n_prefill, o->n_prefill, logits, &err)) goto fail;
+        pre[r] = o->n_prefill / (td_now_sec() - t0);
+    }
+    double d = median(dec, o->repeats), p = median(pre, o->repeats);
+    double v1 = median(ver[0], o->repeats * 4);
+    printf("threads %d: decode %.1f tok/s (%d after %d), prefill %.1f tok/s (%d rows)\n", threads, d, o->n_decode,
+           o->n_prompt, p, o->n_prefill);
+    printf("threads %d: verify cost vs 1 row:", threads);
+    static const int ks2[5] = {1, 2, 4, 8, 16};
+    for (int k = 0; k < 5; k++) printf("  %d rows %.2fx", ks2[k], median(ver[k], o->repeats * 4) / v1);
+    printf("  (1 row = %.2f ms)\n", v1 * 1e3);
+    double bw = read_bandwidth(pool);
+    double per_tok = (double)td_model_weight_bytes(e->model);
+    printf("threads %d: read bandwidth %.1f GB/s; weights %.1f MB/token -> limit %.1f tok/s; decode at %.0f%% of it\n",
+           threads, bw, per_tok / 1e6, bw * 1e9 / per_tok, 100.0 * d / (bw * 1e9 / per_tok));
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "tandem bench: %s\n", err.msg);
+out:
+    for (int k = 0; k < 5; k++) free(ver[k]);
+    free(dec);
+    free(pre);
+    free(logits);
+    td_ctx_destroy(ctx);
+    td_kv_destroy(kv);
+    td_pool_destroy(pool);
+    return rc;
+}
+
+static int bench_engine(int argc, char **argv) {
+    const char *cmd = "bench engine";
+    char buf[1024];
+    const char *model = td_cli_default_model(buf, sizeof buf), *text_file = "tests/fixtures/english.txt";
+    const char *threads_list = "1,2";
+    long repeats = 5;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n\n"
+                 "Decode tok/s (128 tokens after a 64-token prompt), prefill tok/s (512-token batch),\n"
+                 "verification cost of 1,2,4,8,16 rows relative to 1, read bandwidth and the decode\n"
+                 "speed as a share of the bandwidth limit. Prompt tokens come from --text\n"
+                 "(default tests/fixtures/english.txt). Medians of --repeats runs (default 5).\n"
+                 "--threads is a comma list (default 1,2).");
+            return 0;
+        }
+        if (!strcmp(a, "--model")) { if (!(model = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--text")) { if (!(text_file = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--threads")) { if (!(threads_list = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--repeats")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 1000, &repeats)) return 2; }
+        else { fprintf(stderr, "tandem bench engine: unknown option '%s'\n", a); return 2; }
+    }
+    size_t len;
+    char *text = td_cli_read_file(cmd, text_file, &len);
+    if (!text) return 1;
+    td_engine e;
+    if (td_cli_engine_open(&e, model, 1)) { free(text); return 1; }
+    int status = 1;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    td_err err = {{0}};
+    if (td_tok_encode(e.tok, text, len, td_tok_add_bos(e.tok), false, &ids, &n, &err)) {
+        fprintf(stderr, "tandem bench: %s\n", err.msg);
+        goto out;
+    }
+    bench_opts o = {(int)repeats, 64, 128, 512, ids, n};
+    if (n < 600) { fprintf(stderr, "tandem bench: --text needs at least 600 tokens, has %zu\n", n); goto out; }
+    printf("model %s, kernels %s, %d repeats (medians)\n", model, td_quant_kernel_name(), o.repeats);
+    status = 0;
+    for (const char *p = threads_list; *p;) {
+        char *end;
+        long t = strtol(p, &end, 10);
+        if (end == p || t < 1 || t > 256) { fprintf(stderr, "tandem bench: bad --threads list '%s'\n", threads_list); status = 2; break; }
+        if (bench_threads(&e, &o, (int)t)) { status = 1; break; }
+        p = *end == ',' ? end + 1 : end;
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("peak RSS %.1f MiB\n", ru.ru_maxrss / 1024.0);
+out:
+    free(ids);
+    free(text);
+    td_cli_engine_close(&e);
+    return status;
+}
+
+int td_cmd_bench(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "engine")) return bench_engine(argc - 1, argv + 1);
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        puts("usage: tandem bench engine [OPTIONS]   (see tandem bench engine --help)");
+        return 0;
+    }
+    fprintf(stderr, "usage: tandem bench engine [OPTIONS]\n");
+    return 2;
+}

@@ -1,0 +1,153 @@
+/* cmd_generate.c — `tandem generate`: streams generated text (and only that)
+ * to stdout; one summary line on stderr so outputs compare byte for byte.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "gen/gen.h"
+#include "quant/quant.h"
+
+#define MAX_STOPS 16
+
+static void usage(FILE *f) {
+    fputs("usage: tandem generate [--model PATH] (--prompt TEXT | --prompt-file PATH) [OPTIONS]\n"
+          "\n"
+          "  --model PATH          GGUF model (default: the set-up script's SmolLM2-135M-Instruct)\n"
+          "  --prompt TEXT         prompt text (UTF-8)\n"
+          "  --prompt-file PATH    read the prompt from a file\n"
+          "  --chat                wrap the prompt as a user turn in the model's chat template\n"
+          "  --system TEXT         system message for --chat (default: the template's own)\n"
+          "  --max-tokens N        tokens to generate at most (default 128)\n"
+          "  --temperature T       0 = greedy (default 0)\n"
+          "  --top-k K             keep the K most likely tokens (default 0 = off)\n"
+          "  --top-p P             nucleus sampling threshold (default 1 = off)\n"
+          "  --min-p P             drop tokens below P x the top probability (default 0 = off)\n"
+          "  --repeat-penalty R    penalise tokens of the last --repeat-last-n (default 1 = off)\n"
+          "  --repeat-last-n N     penalty window (default 64)\n"
+          "  --seed S              sampling seed (default 0); same seed, same output\n"
+          "  --stop TEXT           stop before this text (repeatable, up to 16)\n"
+          "  --ignore-eos          keep generating past end-of-turn tokens\n"
+          "  --ctx N               context length in tokens (default min(model, 4096))\n"
+          "  --threads N           worker threads (default: all cores)\n"
+          "  --no-special          do not parse special-token text in the prompt\n",
+          f);
+}
+
+static int write_stdout(void *user, const char *text, size_t len) {
+    (void)user;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+int td_cmd_generate(int argc, char **argv) {
+    const char *cmd = "generate";
+    char model_buf[1024];
+    const char *model = td_cli_default_model(model_buf, sizeof model_buf);
+    const char *prompt = NULL, *prompt_file = NULL, *system = NULL;
+    const char *stops[MAX_STOPS];
+    size_t n_stop = 0;
+    bool chat = false, parse_special = true;
+    long max_tokens = 128, threads = 0, ctx_len = 0;
+    td_gen_params gp = {.sample = td_sample_defaults()};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        long l;
+        double d;
+#define VAL() do { if (!(v = td_cli_value(cmd, argc, argv, &i))) return 2; } while (0)
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--model")) { VAL(); model = v; }
+        else if (!strcmp(a, "--prompt")) { VAL(); prompt = v; }
+        else if (!strcmp(a, "--prompt-file")) { VAL(); prompt_file = v; }
+        else if (!strcmp(a, "--system")) { VAL(); system = v; }
+        else if (!strcmp(a, "--chat")) chat = true;
+        else if (!strcmp(a, "--no-special")) parse_special = false;
+        else if (!strcmp(a, "--ignore-eos")) gp.ignore_eos = true;
+        else if (!strcmp(a, "--max-tokens")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 20, &max_tokens)) return 2; }
+        else if (!strcmp(a, "--threads")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 256, &threads)) return 2; }
+        else if (!strcmp(a, "--ctx")) { VAL(); if (!td_cli_int(cmd, a, v, 16, 1 << 20, &ctx_len)) return 2; }
+        else if (!strcmp(a, "--temperature")) { VAL(); if (!td_cli_float(cmd, a, v, 0, 100, &d)) return 2; gp.sample.temperature = (float)d; }
+        else if (!strcmp(a, "--top-k")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 24, &l)) return 2; gp.sample.top_k = (int32_t)l; }
+        else if (!strcmp(a, "--top-p")) { VAL(); if (!td_cli_float(cmd, a, v, 1e-6, 1, &d)) return 2; gp.sample.top_p = (float)d; }
+        else if (!strcmp(a, "--min-p")) { VAL(); if (!td_cli_float(cmd, a, v, 0, 1, &d)) return 2; gp.sample.min_p = (float)d; }
+        else if (!strcmp(a, "--repeat-penalty")) { VAL(); if (!td_cli_float(cmd, a, v, 1e-3, 100, &d)) return 2; gp.sample.repeat_penalty = (float)d; }
+        else if (!strcmp(a, "--repeat-last-n")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 20, &l)) return 2; gp.sample.repeat_last_n = (int32_t)l; }
+        else if (!strcmp(a, "--seed")) { VAL(); char *end; gp.sample.seed = strtoull(v, &end, 10); if (*end || end == v) { fprintf(stderr, "tandem generate: --seed expects a non-negative integer\n"); return 2; } }
+        else if (!strcmp(a, "--stop")) { VAL(); if (n_stop == MAX_STOPS || !*v) { fprintf(stderr, "tandem generate: --stop: at most %d non-empty strings\n", MAX_STOPS); return 2; } stops[n_stop++] = v; }
+        else { fprintf(stderr, "tandem generate: unknown option '%s'\n", a); usage(stderr); return 2; }
+#undef VAL
+    }
+    if (!prompt == !prompt_file) {
+        fprintf(stderr, "tandem generate: give exactly one of --prompt or --prompt-file\n");
+        return 2;
+    }
+    char *file_text = NULL;
+    if (prompt_file && !(prompt = file_text = td_cli_read_file(cmd, prompt_file, NULL))) return 1;
+
+    td_engine e;
+    if (td_cli_engine_open(&e, model, (int)threads)) { free(file_text); return 1; }
+    int status = 1;
+    char *formatted = NULL;
+    int32_t *ids = NULL;
+    td_kv *kv = NULL;
+    td_ctx *ctx = NULL;
+    td_err err = {{0}};
+    const td_hparams *hp = td_model_hparams(e.model);
+
+    const char *text = prompt;
+    if (chat) {
+        td_chat_msg msgs[2];
+        size_t n = 0;
+        if (system) msgs[n++] = (td_chat_msg){"system", system};
+        msgs[n++] = (td_chat_msg){"user", prompt};
+        if (td_tok_chat_format(e.tok, msgs, n, true, &formatted, &err)) {
+            fprintf(stderr, "tandem generate: chat template: %s\n", err.msg);
+            goto out;
+        }
+        text = formatted;
+    }
+    size_t n_ids = 0;
+    if (td_tok_encode(e.tok, text, strlen(text), td_tok_add_bos(e.tok), parse_special, &ids, &n_ids, &err)) {
+        fprintf(stderr, "tandem generate: prompt: %s\n", err.msg);
+        goto out;
+    }
+    if (n_ids == 0) {
+        fprintf(stderr, "tandem generate: the prompt encodes to no tokens\n");
+        goto out;
+    }
+    if (ctx_len == 0) ctx_len = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+    if ((long)n_ids + 1 > ctx_len) {
+        fprintf(stderr, "tandem generate: prompt of %zu tokens does not fit --ctx %ld\n", n_ids, ctx_len);
+        goto out;
+    }
+    gp.max_tokens = (int32_t)max_tokens;
+    gp.stop = stops;
+    gp.n_stop = n_stop;
+    kv = td_kv_create(e.model, 1, (int32_t)ctx_len);
+    ctx = td_ctx_create(e.model, 512, e.pool);
+    if (!kv || !ctx) {
+        fprintf(stderr, "tandem generate: out of memory\n");
+        goto out;
+    }
+    td_gen_stats st;
+    if (td_gen_run(e.model, e.tok, ctx, kv, 0, ids, n_ids, &gp, write_stdout, NULL, NULL, &st, &err)) {
+        fprintf(stderr, "\ntandem generate: %s\n", err.msg);
+        goto out;
+    }
+    fprintf(stderr,
+            "\n[tandem] prompt %d tokens, generated %d tokens, prefill %.1f tok/s, decode %.1f tok/s, "
+            "stop: %s, threads %d, kernels %s\n",
+            st.n_prompt, st.n_generated, st.prefill_sec > 0 ? st.n_prompt / st.prefill_sec : 0.0,
+            st.decode_sec > 0 ? st.n_forward / st.decode_sec : 0.0, td_gen_stop_name(st.stop), e.n_threads,
+            td_quant_kernel_name());
+    status = 0;
+out:
+    td_ctx_destroy(ctx);
+    td_kv_destroy(kv);
+    free(ids);
+    free(formatted);
+    free(file_text);
+    td_cli_engine_close(&e);
+    return status;
+}

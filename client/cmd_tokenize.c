@@ -1,0 +1,76 @@
+/* cmd_tokenize.c — `tandem tokenize`: token ids of a text, one line; with
+ * --pieces also each token's text.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int td_cmd_tokenize(int argc, char **argv) {
+    const char *cmd = "tokenize";
+    char buf[1024];
+    const char *model = td_cli_default_model(buf, sizeof buf), *text = NULL, *file = NULL;
+    bool pieces = false, special = true, bos = false, bos_set = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            puts("usage: tandem tokenize [--model PATH] (--text TEXT | --file PATH | TEXT) [--pieces]\n"
+                 "                       [--no-special] [--bos|--no-bos]\n\n"
+                 "Prints the token ids of the text on one line. --pieces prints id and text per line.\n"
+                 "Special-token text (e.g. <|im_start|>) is recognised unless --no-special.\n"
+                 "BOS follows the model's add_bos_token unless --bos/--no-bos.");
+            return 0;
+        } else if (!strcmp(a, "--model")) { if (!(model = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--text")) { if (!(text = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--file")) { if (!(file = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--pieces")) pieces = true;
+        else if (!strcmp(a, "--no-special")) special = false;
+        else if (!strcmp(a, "--bos")) { bos = true; bos_set = true; }
+        else if (!strcmp(a, "--no-bos")) { bos = false; bos_set = true; }
+        else if (a[0] == '-' && a[1]) { fprintf(stderr, "tandem tokenize: unknown option '%s'\n", a); return 2; }
+        else text = a;
+    }
+    if (!text == !file) {
+        fprintf(stderr, "tandem tokenize: give the text (or --file PATH)\n");
+        return 2;
+    }
+    size_t len;
+    char *owned = NULL;
+    if (file) {
+        if (!(owned = td_cli_read_file(cmd, file, &len))) return 1;
+        text = owned;
+    } else {
+        len = strlen(text);
+    }
+    td_engine e;
+    if (td_cli_engine_open(&e, model, 1)) { free(owned); return 1; }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    td_err err = {{0}};
+    int status = 0;
+    if (td_tok_encode(e.tok, text, len, bos_set ? bos : td_tok_add_bos(e.tok), special, &ids, &n, &err)) {
+        fprintf(stderr, "tandem tokenize: %s\n", err.msg);
+        status = 1;
+    } else if (pieces) {
+        for (size_t i = 0; i < n; i++) {
+            char piece[256];
+            int k = td_tok_piece(e.tok, ids[i], true, piece, sizeof piece);
+            if (k > (int)sizeof piece) k = sizeof piece;
+            printf("%d\t", ids[i]);
+            for (int j = 0; j < k; j++) {
+                unsigned char c = (unsigned char)piece[j];
+                if (c == '\n') fputs("\\n", stdout);
+                else if (c == '\t') fputs("\\t", stdout);
+                else putchar(c);
+            }
+            putchar('\n');
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        putchar('\n');
+    }
+    free(ids);
+    free(owned);
+    td_cli_engine_close(&e);
+    return status;
+}

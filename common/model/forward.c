@@ -1,0 +1,416 @@
+/* forward.c — the batched forward pass of a llama-family model.
+ *
+ * Per layer: RMSNorm → q,k,v projections → RoPE → K/V appended to the cache →
+ * causal attention over the row's own sequence → output projection →
+ * residual → RMSNorm → SwiGLU MLP → residual. Matmuls read each weight row
+ * once for all rows of the batch; threads split output rows (matmuls) or
+ * (row, head) pairs (attention). Nothing here allocates except KV pages.
+ *
+ * Tensor parallelism (later): a rank owns a slice of heads and FFN rows; the
+ * outputs of wo and w_down are then partial sums that an all-reduce adds up
+ * right where `residual_add` consumes them. Nothing else changes.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+
+struct td_ctx {
+    const td_model *m;
+    td_pool *pool;
+    int32_t max_rows;
+    float *x;       /* (max_rows, n_embd) residual stream */
+    float *xn;      /* (max_rows, max(n_embd, q_dim)) normed input / attention output */
+    float *q;       /* (max_rows, q_dim) */
+    float *k, *v;   /* (max_rows, kv_dim) */
+    float *proj;    /* (max_rows, n_embd) wo / w_down output */
+    float *gate, *up; /* (max_rows, n_ff) */
+    float *rope_cs; /* (max_rows, n_rot/2, 2) cos/sin per row */
+    void *xq;       /* (max_rows, largest quantized activation row) */
+    int32_t *slot;  /* (max_rows) cache slot each row writes */
+    int32_t *base;  /* (max_rows) cache prefix each row attends to in full */
+    int32_t *chain; /* (n_threads, max_rows) ancestor slots of a tree row */
+    uint16_t *q16;  /* (n_threads, head_dim) query head in fp16 */
+    float *vrow;    /* (n_threads, head_dim) one V row widened to f32 */
+    float *scores;  /* (n_threads, max_len) attention scratch, grown per kv */
+    int32_t scores_len;
+};
+
+/* ---- parallel jobs ---- */
+
+typedef struct mm_task {
+    const td_weight *w;
+    const void *xq;
+    float *y;
+    int64_t y_stride;
+} mm_task;
+
+typedef struct mm_job {
+    mm_task t[3];
+    int n_tasks;
+    int64_t n_rows;
+} mm_job;
+
+static void mm_worker(void *arg, int ith, int nth) {
+    mm_job *job = arg;
+    for (int i = 0; i < job->n_tasks; i++) {
+        const mm_task *t = &job->t[i];
+        int64_t lo, hi;
+        td_split(t->w->n_out, ith, nth, &lo, &hi);
+        if (lo < hi)
+            td_quant_matmul(t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y, t->y_stride);
+    }
+}
+
+typedef struct quant_job {
+    uint32_t wtype;
+    const float *x;
+    int64_t n_in, n_rows;
+    void *dst;
+} quant_job;
+
+static void quant_worker(void *arg, int ith, int nth) {
+    quant_job *j = arg;
+    int64_t lo, hi;
+    td_split(j->n_rows, ith, nth, &lo, &hi);
+    if (lo >= hi) return;
+    size_t row_bytes = td_quant_row_bytes(td_quant_traits(j->wtype)->vec_dot_type, j->n_in);
+    td_quant_activations(j->wtype, j->x + lo * j->n_in, j->n_in, hi - lo, (char *)j->dst + (size_t)lo * row_bytes);
+}
+
+/* Quantizes rows of x for weights of type wtype into c->xq. */
+static void quantize_rows(td_ctx *c, uint32_t wtype, const float *x, int64_t n_in, int64_t n_rows) {
+    quant_job j = {wtype, x, n_in, n_rows, c->xq};
+    if (n_rows == 1)
+        quant_worker(&j, 0, 1);
+    else
+        td_pool_run(c->pool, quant_worker, &j);
+}
+
+/* Runs up to three matmuls that share the same input rows. */
+static void matmuls(td_ctx *c, const float *x, int64_t n_rows, int n, const td_weight *const *w,
+                    float *const *y) {
+    mm_job job = {.n_tasks = 0, .n_rows = n_rows};
+    /* Weights of one group normally share a type; if not, quantize per type. */
+    for (int i = 0; i < n;) {
+        uint32_t vt = td_quant_traits(w[i]->type)->vec_dot_type;
+        quantize_rows(c, w[i]->type, x, w[i]->n_in, n_rows);
+        job.n_tasks = 0;
+        int j = i;
+        while (j < n && td_quant_traits(w[j]->type)->vec_dot_type == vt) {
+            job.t[job.n_tasks++] = (mm_task){w[j], c->xq, y[j], w[j]->n_out};
+            j++;
+        }
+        td_pool_run(c->pool, mm_worker, &job);
+        i = j;
+    }
+}
+
+typedef struct attn_job {
+    td_ctx *c;
+    const td_kv *kv;
+    const td_row *rows;
+    int32_t n_rows, layer;
+} attn_job;
+
+static void attn_worker(void *arg, int ith, int nth) {
+    attn_job *j = arg;
+    td_ctx *c = j->c;
+    const td_hparams *hp = &c->m->hp;
+    int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    int64_t q_dim = (int64_t)hp->n_head * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *sc = c->scores + (size_t)ith * c->scores_len;
+    int32_t *chain = c->chain + (size_t)ith * c->max_rows;
+    uint16_t *q16 = c->q16 + (size_t)ith * hd;
+    float *vrow = c->vrow + (size_t)ith * hd;
+    /* Like the reference implementation, the query and the softmax weights
+     * are rounded to fp16 to meet the fp16 cache; sums stay f32. */
+    const td_type_traits *f16 = td_quant_traits(TD_TYPE_F16);
+    int64_t lo, hi;
+    td_split((int64_t)j->n_rows * hp->n_head, ith, nth, &lo, &hi);
+    int32_t chain_row = -1, n_chain = 0;
+    for (int64_t item = lo; item < hi; item++) {
+        int32_t r = (int32_t)(item / hp->n_head), h = (int32_t)(item % hp->n_head);
+        int32_t kvh = h / group, seq = j->rows[r].seq, base = c->base[r];
+        if (r != chain_row) {
+            /* Tree rows see the cache [0, base) and then their ancestors
+             * (root first) and themselves; linear rows see [0, pos]. */
+            chain_row = r;
+            n_chain = 0;
+            if (j->rows[r].tree) {
+                for (int32_t a = r; a >= 0; a = j->rows[a].parent) chain[n_chain++] = c->slot[a];
+                for (int32_t x = 0; x < n_chain / 2; x++) {
+                    int32_t t = chain[x];
+                    chain[x] = chain[n_chain - 1 - x];
+                    chain[n_chain - 1 - x] = t;
+                }
+            }
+        }
+        int32_t n_ctx = base + n_chain;
+        f16->from_float(c->q + r * q_dim + (int64_t)h * hd, q16, hd);
+        float mx = -INFINITY;
+        for (int32_t t = 0; t < n_ctx; t++) {
+            int32_t slot = t < base ? t : chain[t - base];
+            const uint16_t *k = td_kv_at(j->kv, seq, j->layer, 0, slot) + (int64_t)kvh * hd;
+            float d;
+            f16->vec_dot(hd, &d, k, q16);
+            sc[t] = d * scale;
+            if (sc[t] > mx) mx = sc[t];
+        }
+        double sum = 0.0;
+        for (int32_t t = 0; t < n_ctx; t++) {
+            sc[t] = expf(sc[t] - mx);
+            sum += sc[t];
+        }
+        float inv = (float)(1.0 / sum);
+        float *out = c->xn + r * q_dim + (int64_t)h * hd;
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int32_t t = 0; t < n_ctx; t++) {
+            int32_t slot = t < base ? t : chain[t - base];
+            const uint16_t *v = td_kv_at(j->kv, seq, j->layer, 1, slot) + (int64_t)kvh * hd;
+            f16->to_float(v, vrow, hd);
+            td_op_axpy(out, td_fp16_to_f32(td_f32_to_fp16(sc[t] * inv)), vrow, hd);
+        }
+    }
+}
+
+/* ---- context ---- */
+
+static size_t max_act_row_bytes(const td_model *m) {
+    size_t best = 0;
+    const td_weight *all[2] = {&m->output, &m->tok_embd};
+    for (int i = 0; i < 2; i++) {
+        size_t b = td_quant_row_bytes(td_quant_traits(all[i]->type)->vec_dot_type, all[i]->n_in);
+        if (b > best) best = b;
+    }
+    for (int32_t l = 0; l < m->hp.n_layer; l++) {
+        const td_layer *ly = &m->layers[l];
+        const td_weight *ws[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
+        for (int i = 0; i < 7; i++) {
+            size_t b = td_quant_row_bytes(td_quant_traits(ws[i]->type)->vec_dot_type, ws[i]->n_in);
+            if (b > best) best = b;
+        }
+    }
+    return best;
+}
+
+td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
+    if (!m || max_rows < 1) return NULL;
+    td_ctx *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    const td_hparams *hp = &m->hp;
+    size_t R = (size_t)max_rows;
+    size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t wide = q_dim > (size_t)hp->n_embd ? q_dim : (size_t)hp->n_embd;
+    c->m = m;
+    c->pool = pool;
+    c->max_rows = max_rows;
+    c->x = td_alloc(R * hp->n_embd * sizeof(float));
+    c->xn = td_alloc(R * wide * sizeof(float));
+    c->q = td_alloc(R * q_dim * sizeof(float));
+    c->k = td_alloc(R * kv_dim * sizeof(float));
+    c->v = td_alloc(R * kv_dim * sizeof(float));
+    c->proj = td_alloc(R * hp->n_embd * sizeof(float));
+    c->gate = td_alloc(R * hp->n_ff * sizeof(float));
+    c->up = td_alloc(R * hp->n_ff * sizeof(float));
+    c->rope_cs = td_alloc(R * (size_t)hp->n_rot * sizeof(float));
+    c->xq = td_alloc(R * max_act_row_bytes(m));
+    c->slot = td_alloc(R * sizeof(int32_t));
+    c->base = td_alloc(R * sizeof(int32_t));
+    c->chain = td_alloc((size_t)td_pool_size(pool) * R * sizeof(int32_t));
+    c->q16 = td_alloc((size_t)td_pool_size(pool) * hp->head_dim * sizeof(uint16_t));
+    c->vrow = td_alloc((size_t)td_pool_size(pool) * hp->head_dim * sizeof(float));
+    if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
+        !c->xq || !c->slot || !c->base || !c->chain || !c->q16 || !c->vrow) {
+        td_ctx_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+void td_ctx_destroy(td_ctx *c) {
+    if (!c) return;
+    td_free(c->x); td_free(c->xn); td_free(c->q); td_free(c->k); td_free(c->v);
+    td_free(c->proj); td_free(c->gate); td_free(c->up); td_free(c->rope_cs);
+    td_free(c->xq); td_free(c->scores);
+    td_free(c->slot); td_free(c->base); td_free(c->chain);
+    td_free(c->q16); td_free(c->vrow);
+    free(c);
+}
+
+int32_t td_ctx_max_rows(const td_ctx *c) { return c->max_rows; }
+
+/* ---- the pass ---- */
+
+/* Checks rows against the cache and assigns each its slot: linear rows must
+ * continue their sequence in order, tree rows must hang off the cache or an
+ * earlier row of the same sequence. Reserves KV pages. */
+static int check_rows(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, td_err *err) {
+    const td_hparams *hp = &c->m->hp;
+    if (n_rows < 1 || n_rows > c->max_rows)
+        return td_err_set(err, TD_E_ARG, "batch of %d rows (context holds at most %d)", n_rows, c->max_rows);
+    for (int32_t i = 0; i < n_rows; i++) {
+        int32_t s = rows[i].seq;
+        if (s < 0 || s >= kv->max_seqs)
+            return td_err_set(err, TD_E_ARG, "row %d: sequence %d out of range", i, s);
+        kv->pending[s] = kv->len[s];
+        kv->mode[s] = 0;
+    }
+    for (int32_t i = 0; i < n_rows; i++) {
+        const td_row *r = &rows[i];
+        int8_t mode = r->tree ? 2 : 1;
+        if (kv->mode[r->seq] && kv->mode[r->seq] != mode)
+            return td_err_set(err, TD_E_ARG, "row %d: sequence %d mixes tree and linear rows", i, r->seq);
+        kv->mode[r->seq] = mode;
+        if (r->token < 0 || r->token >= hp->n_vocab)
+            return td_err_set(err, TD_E_ARG, "row %d: token %d outside vocabulary of %d", i, r->token, hp->n_vocab);
+        int32_t slot = kv->pending[r->seq];
+        if (!r->tree) {
+            if (r->pos != slot)
+                return td_err_set(err, TD_E_ARG, "row %d: position %d but sequence %d continues at %d", i, r->pos,
+                                  r->seq, slot);
+            c->base[i] = r->pos + 1;
+        } else {
+            int32_t want = kv->len[r->seq];
+            if (r->parent >= 0) {
+                if (r->parent >= i || rows[r->parent].seq != r->seq)
+                    return td_err_set(err, TD_E_ARG, "row %d: parent %d is not an earlier row of sequence %d", i,
+                                      r->parent, r->seq);
+                want = rows[r->parent].pos + 1;
+            } else if (r->parent != -1) {
+                return td_err_set(err, TD_E_ARG, "row %d: parent %d invalid", i, r->parent);
+            }
+            if (r->pos != want)
+                return td_err_set(err, TD_E_ARG, "row %d: tree position %d, expected %d", i, r->pos, want);
+            c->base[i] = kv->len[r->seq];
+        }
+        if (slot >= kv->max_len)
+            return td_err_set(err, TD_E_RANGE, "row %d: position %d exceeds the context of %d", i, slot,
+                              kv->max_len);
+        c->slot[i] = slot;
+        kv->pending[r->seq]++;
+    }
+    for (int32_t i = 0; i < n_rows; i++) {
+        int32_t s = rows[i].seq;
+        if (td_kv_reserve(kv, s, kv->pending[s]) != TD_OK)
+            return td_err_set(err, TD_E_NOMEM, "out of memory growing the KV cache");
+    }
+    return TD_OK;
+}
+
+static int grow_scores(td_ctx *c, int32_t len) {
+    if (len <= c->scores_len) return TD_OK;
+    td_free(c->scores);
+    int nth = td_pool_size(c->pool);
+    c->scores = td_alloc((size_t)nth * (size_t)len * sizeof(float));
+    c->scores_len = c->scores ? len : 0;
+    return c->scores ? TD_OK : TD_E_NOMEM;
+}
+
+/* cos/sin per row and frequency. The angles are built the way llama.cpp
+ * builds them — float theta multiplied by a float ratio per pair — because
+ * at positions in the thousands the rounding of that product moves logits
+ * enough to flip near-ties, and agreeing with the reference matters more than
+ * a few ulps of accuracy. */
+static void rope_table(td_ctx *c, const td_row *rows, int32_t n_rows) {
+    const td_hparams *hp = &c->m->hp;
+    int32_t half = hp->n_rot / 2;
+    float ratio = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
+    for (int32_t r = 0; r < n_rows; r++) {
+        float *cs = c->rope_cs + (size_t)r * hp->n_rot;
+        float theta = (float)rows[r].pos;
+        for (int32_t i = 0; i < half; i++) {
+            float t = theta;
+            if (c->m->rope_factors) t /= c->m->rope_factors[i];
+            t *= hp->rope_freq_scale;
+            cs[2 * i] = cosf(t);
+            cs[2 * i + 1] = sinf(t);
+            theta *= ratio;
+        }
+    }
+}
+
+static void residual_add(float *x, const float *delta, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += delta[i];
+}
+
+int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits, td_err *err) {
+    return td_model_forward_skip(c, kv, rows, n_rows, logits, NULL, err);
+}
+
+int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                          const uint8_t *skip, td_err *err) {
+    const td_model *m = c->m;
+    const td_hparams *hp = &m->hp;
+    int rc = check_rows(c, kv, rows, n_rows, err);
+    if (rc) return rc;
+    int32_t max_pos = 0; /* a row attends to at most slot + 1 positions */
+    for (int32_t i = 0; i < n_rows; i++)
+        if (c->slot[i] + 1 > max_pos) max_pos = c->slot[i] + 1;
+    if (grow_scores(c, max_pos)) return td_err_set(err, TD_E_NOMEM, "out of memory for attention scores");
+
+    int64_t E = hp->n_embd, hd = hp->head_dim;
+    int64_t q_dim = (int64_t)hp->n_head * hd, kv_dim = (int64_t)hp->n_head_kv * hd;
+    const td_type_traits *emb_tr = td_quant_traits(m->tok_embd.type);
+    const td_type_traits *f16 = td_quant_traits(TD_TYPE_F16);
+    size_t emb_row = td_quant_row_bytes(m->tok_embd.type, E);
+    for (int32_t r = 0; r < n_rows; r++)
+        emb_tr->to_float((const char *)m->tok_embd.data + (size_t)rows[r].token * emb_row, c->x + r * E, E);
+    rope_table(c, rows, n_rows);
+
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        if (skip && skip[l]) continue;
+        const td_layer *ly = &m->layers[l];
+        for (int32_t r = 0; r < n_rows; r++) td_op_rmsnorm(c->xn + r * E, c->x + r * E, ly->attn_norm, E, hp->rms_eps);
+        const td_weight *qkv_w[3] = {&ly->wq, &ly->wk, &ly->wv};
+        float *qkv_y[3] = {c->q, c->k, c->v};
+        matmuls(c, c->xn, n_rows, 3, qkv_w, qkv_y);
+        for (int32_t r = 0; r < n_rows; r++) {
+            float *q = c->q + r * q_dim, *k = c->k + r * kv_dim, *v = c->v + r * kv_dim;
+            if (ly->bq) {
+                residual_add(q, ly->bq, q_dim);
+                residual_add(k, ly->bk, kv_dim);
+                residual_add(v, ly->bv, kv_dim);
+            }
+            const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
+            for (int32_t h = 0; h < hp->n_head; h++) td_op_rope(q + h * hd, cs, hp->n_rot, hp->rope_kind);
+            for (int32_t h = 0; h < hp->n_head_kv; h++) td_op_rope(k + h * hd, cs, hp->n_rot, hp->rope_kind);
+            f16->from_float(k, td_kv_at(kv, rows[r].seq, l, 0, c->slot[r]), kv_dim);
+            f16->from_float(v, td_kv_at(kv, rows[r].seq, l, 1, c->slot[r]), kv_dim);
+        }
+        attn_job aj = {c, kv, rows, n_rows, l};
+        td_pool_run(c->pool, attn_worker, &aj);
+
+        const td_weight *o_w[1] = {&ly->wo};
+        float *o_y[1] = {c->proj};
+        matmuls(c, c->xn, n_rows, 1, o_w, o_y);
+        residual_add(c->x, c->proj, (int64_t)n_rows * E);
+
+        for (int32_t r = 0; r < n_rows; r++) td_op_rmsnorm(c->xn + r * E, c->x + r * E, ly->ffn_norm, E, hp->rms_eps);
+        const td_weight *gu_w[2] = {&ly->w_gate, &ly->w_up};
+        float *gu_y[2] = {c->gate, c->up};
+        matmuls(c, c->xn, n_rows, 2, gu_w, gu_y);
+        td_op_silu_mul(c->gate, c->up, (int64_t)n_rows * hp->n_ff);
+        const td_weight *d_w[1] = {&ly->w_down};
+        float *d_y[1] = {c->proj};
+        matmuls(c, c->gate, n_rows, 1, d_w, d_y);
+        residual_add(c->x, c->proj, (int64_t)n_rows * E);
+    }
+    for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
+
+    int32_t n_out = 0;
+    for (int32_t r = 0; r < n_rows; r++)
+        if (rows[r].logits) {
+            td_op_rmsnorm(c->xn + n_out * E, c->x + r * E, m->output_norm, E, hp->rms_eps);
+            n_out++;
+        }
+    if (n_out > 0) {
+        quantize_rows(c, m->output.type, c->xn, E, n_out);
+        mm_job job = {.n_tasks = 1, .n_rows = n_out};
+        job.t[0] = (mm_task){&m->output, c->xq, logits, hp->n_vocab};
+        td_pool_run(c->pool, mm_worker, &job);
+    }
+    return TD_OK;
+}

@@ -1,0 +1,100 @@
+/* model.h — llama-family transformer on the CPU: weights, paged KV cache and
+ * the batched forward pass.
+ *
+ * A forward pass takes rows (sequence, position, token); rows of different
+ * sequences may share one pass. Each row attends to its own sequence's cached
+ * positions [0, pos] (its own K/V is written at pos first). Logits come back
+ * for the rows that ask for them, in row order. A row's logits are bitwise
+ * identical whatever else shares the pass (batch invariance).
+ *
+ * Weights stay in the GGUF mapping; a td_model borrows the td_gguf, which must
+ * outlive it. Shapes in comments: (rows, cols) with cols contiguous.
+ */
+#ifndef TD_MODEL_H
+#define TD_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf/gguf.h"
+#include "util/util.h"
+
+typedef enum td_rope_kind { TD_ROPE_NORM = 0, TD_ROPE_NEOX = 1 } td_rope_kind;
+
+typedef struct td_hparams {
+    char arch[32];
+    int32_t n_vocab, n_embd, n_layer, n_ff;
+    int32_t n_head, n_head_kv, head_dim, n_rot;
+    int32_t n_ctx_train;
+    float rms_eps, rope_base, rope_freq_scale;
+    td_rope_kind rope_kind;
+    bool qkv_bias, tied_output;
+} td_hparams;
+
+typedef struct td_model td_model;
+
+int td_model_load(const td_gguf *g, td_model **out, td_err *err);
+void td_model_free(td_model *m); /* accepts NULL */
+const td_hparams *td_model_hparams(const td_model *m);
+/* Bytes of weights one decode step reads (every matrix once). */
+uint64_t td_model_weight_bytes(const td_model *m);
+
+/* ---- KV cache: per-sequence pages, grown on demand ---- */
+typedef struct td_kv td_kv;
+/* max_seqs sequences of at most max_len positions each. */
+td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len);
+void td_kv_destroy(td_kv *kv);
+int32_t td_kv_max_len(const td_kv *kv);
+int32_t td_kv_seq_len(const td_kv *kv, int32_t seq);
+/* Forgets positions >= len (rejected drafts roll back). len <= seq_len. */
+int td_kv_truncate(td_kv *kv, int32_t seq, int32_t len);
+/* Bytes currently allocated for pages. */
+size_t td_kv_bytes(const td_kv *kv);
+/* After a tree pass that appended nodes at slots [base, len): keeps the nodes
+ * keep[0..n_keep) (ascending offsets from base, e.g. the accepted path) by
+ * moving them to [base, base+n_keep), and sets the length to base+n_keep. */
+int td_kv_compact(td_kv *kv, int32_t seq, int32_t base, const int32_t *keep, int32_t n_keep);
+
+/* ---- forward ---- */
+/* Linear rows (tree == false) continue their sequence in order: pos equals
+ * the cached length plus the number of the sequence's earlier rows, and the
+ * row attends to positions [0, pos].
+ * Tree rows (speculative token trees) are appended after the cache in batch
+ * order; a root (parent -1) has pos == cached length, a child pos ==
+ * parent's pos + 1, and each attends to the cache plus its ancestors only.
+ * A chain of tree rows computes bitwise what the same linear rows compute.
+ * All rows of one sequence in a batch are of one kind. */
+typedef struct td_row {
+    int32_t seq;    /* 0 .. max_seqs-1 */
+    int32_t pos;    /* position (RoPE) */
+    int32_t token;
+    bool logits;    /* return logits for this row */
+    bool tree;      /* tree node */
+    int32_t parent; /* tree nodes: batch index of the parent row, or -1 */
+} td_row;
+
+/* A linear row (the common case). */
+static inline td_row td_row_linear(int32_t seq, int32_t pos, int32_t token, bool logits) {
+    td_row r = {seq, pos, token, logits, false, 0};
+    return r;
+}
+
+/* Scratch for passes of up to max_rows rows; owns no weights. One context
+ * per thread of control; the pool is borrowed. */
+typedef struct td_ctx td_ctx;
+td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool);
+void td_ctx_destroy(td_ctx *c);
+int32_t td_ctx_max_rows(const td_ctx *c);
+
+/* Runs rows through the model, appending their K/V to the cache.
+ * logits: (number of rows with .logits set, n_vocab). */
+int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows,
+                     float *logits, td_err *err);
+/* Same, with layers l where skip[l] != 0 left out (layer-skip self-drafting:
+ * the residual stream passes those layers unchanged; their KV is not
+ * written, so use a cache of its own). skip may be NULL. */
+int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                          const uint8_t *skip, td_err *err);
+
+#endif

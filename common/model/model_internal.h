@@ -1,0 +1,71 @@
+/* model_internal.h — structures shared by the files of the model module
+ * (loading, KV cache, forward pass). Not part of the module's contract:
+ * other modules include model.h only.
+ */
+#ifndef TD_MODEL_INTERNAL_H
+#define TD_MODEL_INTERNAL_H
+
+#include "model/model.h"
+#include "quant/quant.h"
+
+/* A matrix of n_out rows of n_in elements, borrowed from the GGUF mapping.
+ * A tensor-parallel rank will hold a slice of rows (heads, FFN rows or vocab
+ * rows): only n_out and data change, the kernels do not care. */
+typedef struct td_weight {
+    const void *data; /* (n_out, n_in) of type */
+    uint32_t type;
+    int64_t n_in, n_out;
+} td_weight;
+
+typedef struct td_layer {
+    float *attn_norm;              /* (n_embd) owned f32 copy */
+    float *ffn_norm;               /* (n_embd) */
+    td_weight wq, wk, wv, wo;      /* q: (n_head*head_dim, n_embd) k,v: (kv_dim, n_embd) o: (n_embd, n_head*head_dim) */
+    td_weight w_gate, w_up, w_down; /* gate, up: (n_ff, n_embd) down: (n_embd, n_ff) */
+    float *bq, *bk, *bv;           /* qwen2 biases, NULL otherwise */
+} td_layer;
+
+struct td_model {
+    td_hparams hp;
+    td_weight tok_embd;   /* (n_vocab, n_embd) */
+    td_weight output;     /* (n_vocab, n_embd); == tok_embd when tied */
+    float *output_norm;   /* (n_embd) */
+    float *rope_factors;  /* (n_rot/2) or NULL: per-frequency divisors */
+    td_layer *layers;     /* (n_layer) */
+    uint64_t weight_bytes;
+};
+
+/* KV pages hold KV_PAGE positions of every layer for one sequence:
+ * layout (n_layer, 2 [k,v], KV_PAGE, kv_dim) fp16 values. fp16 halves the
+ * cache and matches the reference implementation's rounding. */
+#define TD_KV_PAGE 64
+
+struct td_kv {
+    int32_t n_layer, kv_dim, max_seqs, max_len, pages_per_seq;
+    int32_t *len;      /* (max_seqs) cached positions per sequence */
+    int32_t *pending;  /* (max_seqs) scratch used while validating a batch */
+    int8_t *mode;      /* (max_seqs) scratch: 0 unseen, 1 linear, 2 tree rows in this batch */
+    uint16_t **pages;  /* (max_seqs * pages_per_seq), NULL until first used */
+    size_t bytes;
+};
+
+/* Pointer to the K (which = 0) or V (which = 1) vector of a position. */
+static inline uint16_t *td_kv_at(const struct td_kv *kv, int32_t seq, int32_t layer,
+                                 int which, int32_t pos) {
+    uint16_t *page = kv->pages[(size_t)seq * kv->pages_per_seq + pos / TD_KV_PAGE];
+    size_t slot = ((size_t)(layer * 2 + which) * TD_KV_PAGE + (size_t)(pos % TD_KV_PAGE));
+    return page + slot * (size_t)kv->kv_dim;
+}
+
+/* Makes sure pages exist for positions [0, len) of seq. */
+int td_kv_reserve(struct td_kv *kv, int32_t seq, int32_t len);
+
+/* ---- elementwise operators (ops.c); fixed reduction order per call ---- */
+void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
+float td_op_dot(const float *a, const float *b, int64_t n);
+void td_op_axpy(float *y, float a, const float *x, int64_t n); /* y += a*x */
+void td_op_silu_mul(float *gate, const float *up, int64_t n);  /* gate = silu(gate)*up */
+/* Rotates pairs of a head vector in place; cs holds (n_rot/2) x {cos, sin}. */
+void td_op_rope(float *head, const float *cs, int32_t n_rot, td_rope_kind kind);
+
+#endif

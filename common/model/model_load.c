@@ -1,0 +1,252 @@
+/* model_load.c — builds a td_model from an open GGUF: reads the llama/qwen2
+ * hyper-parameters, finds every weight tensor and checks its type and shape.
+ *
+ * Matrices stay in the mapping (no copy); 1-D tensors (norms, biases, rope
+ * factors) are converted to owned f32 arrays whatever their stored type.
+ * Every failure names the key or tensor at fault.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+
+typedef struct loader {
+    const td_gguf *g;
+    const char *arch;
+    td_err *err;
+} loader;
+
+static int get_u32(loader *L, const char *suffix, bool required, int32_t dflt, int32_t *out) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", L->arch, suffix);
+    uint64_t v;
+    if (!td_gguf_get_u64(L->g, key, &v)) {
+        if (td_gguf_find(L->g, key))
+            return td_err_set(L->err, TD_E_FORMAT, "metadata '%s': expected a non-negative integer", key);
+        if (required) return td_err_set(L->err, TD_E_FORMAT, "metadata '%s' is missing", key);
+        *out = dflt;
+        return TD_OK;
+    }
+    if (v > (1u << 30)) return td_err_set(L->err, TD_E_FORMAT, "metadata '%s' = %llu is absurd", key, (unsigned long long)v);
+    *out = (int32_t)v;
+    return TD_OK;
+}
+
+static float get_f32(loader *L, const char *suffix, float dflt) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", L->arch, suffix);
+    float v;
+    return td_gguf_get_f32(L->g, key, &v) ? v : dflt;
+}
+
+/* Finds a matrix of shape (n_out, n_in) usable by the kernels. */
+static int find_matrix(loader *L, const char *name, int64_t n_in, int64_t n_out, bool required, td_weight *w) {
+    const td_gguf_tensor *t = td_gguf_find_tensor(L->g, name);
+    if (!t) {
+        if (!required) return TD_OK;
+        return td_err_set(L->err, TD_E_FORMAT, "tensor '%s' is missing", name);
+    }
+    const td_type_traits *tr = td_quant_traits(t->type);
+    if (!tr || !tr->weight_ok || !tr->vec_dot)
+        return td_err_set(L->err, TD_E_UNSUPPORTED, "tensor '%s': type %s (%u) is not supported for weights",
+                          name, tr && tr->name ? tr->name : "unknown", t->type);
+    if ((int64_t)t->ne[0] != n_in || (int64_t)t->ne[1] != n_out || t->ne[2] != 1 || t->ne[3] != 1)
+        return td_err_set(L->err, TD_E_FORMAT,
+                          "tensor '%s': shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]", name,
+                          (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                          (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
+                          (long long)n_in, (long long)n_out);
+    w->data = t->data;
+    w->type = t->type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+    return TD_OK;
+}
+
+/* Converts a 1-D tensor of n elements to an owned f32 array. */
+static int load_vector(loader *L, const char *name, int64_t n, bool required, float **out) {
+    *out = NULL;
+    const td_gguf_tensor *t = td_gguf_find_tensor(L->g, name);
+    if (!t) {
+        if (!required) return TD_OK;
+        return td_err_set(L->err, TD_E_FORMAT, "tensor '%s' is missing", name);
+    }
+    const td_type_traits *tr = td_quant_traits(t->type);
+    if (!tr || !tr->to_float)
+        return td_err_set(L->err, TD_E_UNSUPPORTED, "tensor '%s': type %u cannot be converted", name, t->type);
+    if ((int64_t)t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return td_err_set(L->err, TD_E_FORMAT, "tensor '%s': expected %lld elements, has shape [%llu, %llu]",
+                          name, (long long)n, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1]);
+    if (n % tr->block_elems != 0)
+        return td_err_set(L->err, TD_E_FORMAT, "tensor '%s': %lld elements is not a whole number of %s blocks",
+                          name, (long long)n, tr->name);
+    float *v = td_alloc((size_t)n * sizeof(float));
+    if (!v) return td_err_set(L->err, TD_E_NOMEM, "out of memory converting '%s'", name);
+    tr->to_float(t->data, v, n);
+    *out = v;
+    return TD_OK;
+}
+
+static int read_hparams(loader *L, td_hparams *hp) {
+    int rc;
+    snprintf(hp->arch, sizeof hp->arch, "%s", L->arch);
+    if ((rc = get_u32(L, "embedding_length", true, 0, &hp->n_embd))) return rc;
+    if ((rc = get_u32(L, "block_count", true, 0, &hp->n_layer))) return rc;
+    if ((rc = get_u32(L, "feed_forward_length", true, 0, &hp->n_ff))) return rc;
+    if ((rc = get_u32(L, "attention.head_count", true, 0, &hp->n_head))) return rc;
+    if ((rc = get_u32(L, "attention.head_count_kv", false, hp->n_head, &hp->n_head_kv))) return rc;
+    if ((rc = get_u32(L, "context_length", false, 2048, &hp->n_ctx_train))) return rc;
+    if (hp->n_embd < 1 || hp->n_layer < 1 || hp->n_ff < 1 || hp->n_head < 1 || hp->n_head_kv < 1)
+        return td_err_set(L->err, TD_E_FORMAT, "hyper-parameters: embedding, layers, ffn and heads must be positive");
+    if (hp->n_head % hp->n_head_kv != 0)
+        return td_err_set(L->err, TD_E_FORMAT, "hyper-parameters: %d heads not divisible by %d kv heads",
+                          hp->n_head, hp->n_head_kv);
+    if (hp->n_embd % hp->n_head != 0)
+        return td_err_set(L->err, TD_E_FORMAT, "hyper-parameters: embedding %d not divisible by %d heads",
+                          hp->n_embd, hp->n_head);
+    if ((rc = get_u32(L, "attention.key_length", false, hp->n_embd / hp->n_head, &hp->head_dim))) return rc;
+    int32_t v_len;
+    if ((rc = get_u32(L, "attention.value_length", false, hp->head_dim, &v_len))) return rc;
+    if (v_len != hp->head_dim)
+        return td_err_set(L->err, TD_E_UNSUPPORTED, "key_length %d != value_length %d", hp->head_dim, v_len);
+    if ((rc = get_u32(L, "rope.dimension_count", false, hp->head_dim, &hp->n_rot))) return rc;
+    if (hp->head_dim < 2 || hp->head_dim % 2 || hp->n_rot < 2 || hp->n_rot % 2 || hp->n_rot > hp->head_dim)
+        return td_err_set(L->err, TD_E_FORMAT, "hyper-parameters: head_dim %d / rope dims %d invalid",
+                          hp->head_dim, hp->n_rot);
+    hp->rms_eps = get_f32(L, "attention.layer_norm_rms_epsilon", 1e-5f);
+    hp->rope_base = get_f32(L, "rope.freq_base", 10000.0f);
+    if (!(hp->rms_eps > 0) || !(hp->rope_base > 1) || !isfinite(hp->rope_base))
+        return td_err_set(L->err, TD_E_FORMAT, "hyper-parameters: rms eps %g / rope base %g invalid",
+                          (double)hp->rms_eps, (double)hp->rope_base);
+
+    /* RoPE scaling: linear is a position divisor; anything else we refuse
+     * rather than silently produce different logits. */
+    hp->rope_freq_scale = 1.0f;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", L->arch);
+    const char *stype;
+    size_t slen;
+    float factor = 0.0f;
+    if (td_gguf_get_str(L->g, key, &stype, &slen)) {
+        if (slen == 6 && memcmp(stype, "linear", 6) == 0) {
+            factor = get_f32(L, "rope.scaling.factor", 1.0f);
+        } else if (!(slen == 4 && memcmp(stype, "none", 4) == 0)) {
+            return td_err_set(L->err, TD_E_UNSUPPORTED, "metadata '%s' = '%.*s': only none and linear are supported",
+                              key, (int)slen, stype);
+        }
+    } else {
+        factor = get_f32(L, "rope.scale_linear", 0.0f);
+    }
+    if (factor != 0.0f) {
+        if (!(factor > 0) || !isfinite(factor))
+            return td_err_set(L->err, TD_E_FORMAT, "rope scaling factor %g invalid", (double)factor);
+        hp->rope_freq_scale = 1.0f / factor;
+    }
+    hp->rope_kind = strcmp(L->arch, "qwen2") == 0 ? TD_ROPE_NEOX : TD_ROPE_NORM;
+    hp->qkv_bias = strcmp(L->arch, "qwen2") == 0;
+    return TD_OK;
+}
+
+static int load_layer(loader *L, const td_hparams *hp, int32_t i, td_layer *ly) {
+    char name[96];
+    int rc;
+    int64_t q_dim = (int64_t)hp->n_head * hp->head_dim;
+    int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+#define LAYER_NAME(s) (snprintf(name, sizeof name, "blk.%d." s, i), name)
+    if ((rc = load_vector(L, LAYER_NAME("attn_norm.weight"), hp->n_embd, true, &ly->attn_norm))) return rc;
+    if ((rc = load_vector(L, LAYER_NAME("ffn_norm.weight"), hp->n_embd, true, &ly->ffn_norm))) return rc;
+    if ((rc = find_matrix(L, LAYER_NAME("attn_q.weight"), hp->n_embd, q_dim, true, &ly->wq))) return rc;
+    if ((rc = find_matrix(L, LAYER_NAME("attn_k.weight"), hp->n_embd, kv_dim, true, &ly->wk))) return rc;
+    if ((rc = find_matrix(L, LAYER_NAME("attn_v.weight"), hp->n_embd, kv_dim, true, &ly->wv))) return rc;
+    if ((rc = find_matrix(L, LAYER_NAME("attn_output.weight"), q_dim, hp->n_embd, true, &ly->wo))) return rc;
+    if ((rc = find_matrix(L, LAYER_NAME("ffn_gate.weight"), hp->n_embd, hp->n_ff, true, &ly->w_gate))) return rc;
+    if ((rc = find_matrix(L, LAYER_NAME("ffn_up.weight"), hp->n_embd, hp->n_ff, true, &ly->w_up))) return rc;
+    if ((rc = find_matrix(L, LAYER_NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, true, &ly->w_down))) return rc;
+    if ((rc = load_vector(L, LAYER_NAME("attn_q.bias"), q_dim, hp->qkv_bias, &ly->bq))) return rc;
+    if ((rc = load_vector(L, LAYER_NAME("attn_k.bias"), kv_dim, hp->qkv_bias, &ly->bk))) return rc;
+    if ((rc = load_vector(L, LAYER_NAME("attn_v.bias"), kv_dim, hp->qkv_bias, &ly->bv))) return rc;
+#undef LAYER_NAME
+    return TD_OK;
+}
+
+static uint64_t matrix_bytes(const td_weight *w) {
+    return (uint64_t)td_quant_row_bytes(w->type, w->n_in) * (uint64_t)w->n_out;
+}
+
+int td_model_load(const td_gguf *g, td_model **out, td_err *err) {
+    *out = NULL;
+    const char *arch;
+    size_t arch_len;
+    if (!td_gguf_get_str(g, "general.architecture", &arch, &arch_len))
+        return td_err_set(err, TD_E_FORMAT, "metadata 'general.architecture' is missing");
+    char arch_z[32];
+    if (arch_len >= sizeof arch_z)
+        return td_err_set(err, TD_E_UNSUPPORTED, "architecture name too long");
+    memcpy(arch_z, arch, arch_len);
+    arch_z[arch_len] = 0;
+    if (strcmp(arch_z, "llama") != 0 && strcmp(arch_z, "qwen2") != 0)
+        return td_err_set(err, TD_E_UNSUPPORTED, "architecture '%s' is not supported (llama, qwen2)", arch_z);
+
+    int rc = TD_OK;
+    td_model *m = calloc(1, sizeof *m);
+    if (!m) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    loader L = {g, arch_z, err};
+    td_hparams *hp = &m->hp;
+    if ((rc = read_hparams(&L, hp))) goto fail;
+
+    const td_gguf_tensor *emb = td_gguf_find_tensor(g, "token_embd.weight");
+    if (!emb) { rc = td_err_set(err, TD_E_FORMAT, "tensor 'token_embd.weight' is missing"); goto fail; }
+    if (emb->ne[1] < 1 || emb->ne[1] > (1u << 24)) {
+        rc = td_err_set(err, TD_E_FORMAT, "tensor 'token_embd.weight': vocabulary of %llu rows",
+                        (unsigned long long)emb->ne[1]);
+        goto fail;
+    }
+    hp->n_vocab = (int32_t)emb->ne[1];
+    if ((rc = find_matrix(&L, "token_embd.weight", hp->n_embd, hp->n_vocab, true, &m->tok_embd))) goto fail;
+    if ((rc = find_matrix(&L, "output.weight", hp->n_embd, hp->n_vocab, false, &m->output))) goto fail;
+    hp->tied_output = m->output.data == NULL;
+    if (hp->tied_output) m->output = m->tok_embd;
+    if ((rc = load_vector(&L, "output_norm.weight", hp->n_embd, true, &m->output_norm))) goto fail;
+    if ((rc = load_vector(&L, "rope_freqs.weight", hp->n_rot / 2, false, &m->rope_factors))) goto fail;
+
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers) { rc = td_err_set(err, TD_E_NOMEM, "out of memory"); goto fail; }
+    for (int32_t i = 0; i < hp->n_layer; i++)
+        if ((rc = load_layer(&L, hp, i, &m->layers[i]))) goto fail;
+
+    m->weight_bytes = matrix_bytes(&m->output);
+    for (int32_t i = 0; i < hp->n_layer; i++) {
+        const td_layer *ly = &m->layers[i];
+        m->weight_bytes += matrix_bytes(&ly->wq) + matrix_bytes(&ly->wk) + matrix_bytes(&ly->wv) +
+                           matrix_bytes(&ly->wo) + matrix_bytes(&ly->w_gate) + matrix_bytes(&ly->w_up) +
+                           matrix_bytes(&ly->w_down);
+    }
+    *out = m;
+    return TD_OK;
+fail:
+    td_model_free(m);
+    return rc;
+}
+
+void td_model_free(td_model *m) {
+    if (!m) return;
+    if (m->layers) {
+        for (int32_t i = 0; i < m->hp.n_layer; i++) {
+            td_layer *ly = &m->layers[i];
+            td_free(ly->attn_norm);
+            td_free(ly->ffn_norm);
+            td_free(ly->bq);
+            td_free(ly->bk);
+            td_free(ly->bv);
+        }
+        free(m->layers);
+    }
+    td_free(m->output_norm);
+    td_free(m->rope_factors);
+    free(m);
+}
+
+const td_hparams *td_model_hparams(const td_model *m) { return &m->hp; }
+uint64_t td_model_weight_bytes(const td_model *m) { return m->weight_bytes; }

@@ -1,0 +1,57 @@
+/* ops.c — the small float operators of the transformer block: RMSNorm, dot,
+ * axpy, SiLU gating and rotary embedding.
+ *
+ * Each keeps a fixed reduction order that depends only on n, never on which
+ * row or batch it serves: that is what keeps logits batch invariant.
+ */
+#include <math.h>
+
+#include "model/model_internal.h"
+
+void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
+    /* Squares in float, summed in double, mean and root in float: the same
+     * operation order as llama.cpp. With 8-bit activations downstream, even
+     * ulp-level differences here flip quantization roundings and show up as
+     * logit noise, so matching the reference's order is worth it. */
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+    float mean = (float)(ss / (double)n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
+}
+
+float td_op_dot(const float *a, const float *b, int64_t n) {
+    /* Eight independent partial sums let the compiler vectorise without
+     * reassociation flags; the final combine order is fixed. */
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+    float tail = 0.0f;
+    for (; i < n; i++) tail += a[i] * b[i];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
+}
+
+void td_op_axpy(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+void td_op_silu_mul(float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void td_op_rope(float *head, const float *cs, int32_t n_rot, td_rope_kind kind) {
+    int32_t half = n_rot / 2;
+    for (int32_t i = 0; i < half; i++) {
+        /* NORM rotates neighbours (2i, 2i+1); NEOX rotates (i, i + n_rot/2). */
+        int32_t a = kind == TD_ROPE_NORM ? 2 * i : i;
+        int32_t b = kind == TD_ROPE_NORM ? 2 * i + 1 : i + half;
+        float c = cs[2 * i], s = cs[2 * i + 1];
+        float x0 = head[a], x1 = head[b];
+        head[a] = x0 * c - x1 * s;
+        head[b] = x0 * s + x1 * c;
+    }
+}

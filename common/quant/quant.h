@@ -1,0 +1,89 @@
+/* quant.h — tensor element types: the one type table (block layout, scalar
+ * reference conversions) and the CPU kernels (dot products, batched matmul).
+ *
+ * Type ids are GGUF's on-disk ggml_type numbers. Every kernel has a scalar
+ * reference (td_quant_traits_ref); td_quant_traits picks the fastest variant
+ * the running CPU supports (AVX2+FMA, else scalar). A variant never changes
+ * how a single dot product is reduced between calls, so results do not depend
+ * on batch size (batch invariance, ARCHITECTURE.md §1.2).
+ */
+#ifndef TD_QUANT_H
+#define TD_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/util.h"
+
+typedef enum td_type {
+    TD_TYPE_F32 = 0,
+    TD_TYPE_F16 = 1,
+    TD_TYPE_Q4_0 = 2,
+    TD_TYPE_Q4_1 = 3,
+    TD_TYPE_Q5_0 = 6,
+    TD_TYPE_Q5_1 = 7,
+    TD_TYPE_Q8_0 = 8,
+    TD_TYPE_Q8_1 = 9,
+    TD_TYPE_Q2_K = 10,
+    TD_TYPE_Q3_K = 11,
+    TD_TYPE_Q4_K = 12,
+    TD_TYPE_Q5_K = 13,
+    TD_TYPE_Q6_K = 14,
+    TD_TYPE_Q8_K = 15,
+    TD_TYPE_BF16 = 30,
+    TD_TYPE_COUNT = 31,
+} td_type;
+
+/* x: one weight row (n elements, type t); y: one activation row already
+ * converted to traits(t)->vec_dot_type; *s receives the dot product. */
+typedef void (*td_vec_dot_fn)(int64_t n, float *s, const void *x, const void *y);
+typedef void (*td_to_float_fn)(const void *src, float *dst, int64_t n);
+typedef void (*td_from_float_fn)(const float *src, void *dst, int64_t n);
+
+typedef struct td_type_traits {
+    const char *name;          /* "Q4_1"; NULL for ids we do not know */
+    uint32_t block_elems;      /* elements per block */
+    uint32_t block_bytes;      /* bytes per block */
+    bool weight_ok;            /* usable as a model weight type */
+    td_to_float_fn to_float;   /* n % block_elems == 0 */
+    td_from_float_fn from_float; /* quantize (reference rounding rules) */
+    td_type vec_dot_type;      /* what activations are converted to */
+    td_vec_dot_fn vec_dot;     /* NULL if not a weight type */
+} td_type_traits;
+
+/* Table row for a GGUF type id; NULL when the id is unknown or retired. */
+const td_type_traits *td_quant_traits(uint32_t type);
+/* Same, but always the scalar reference kernels (for tests). */
+const td_type_traits *td_quant_traits_ref(uint32_t type);
+/* Name of the kernel variant td_quant_traits selected: "avx2" or "scalar". */
+const char *td_quant_kernel_name(void);
+
+/* Bytes of a row of n elements; 0 if n is not a multiple of the block size or
+ * the type is unknown. */
+size_t td_quant_row_bytes(uint32_t type, int64_t n);
+
+/* fp16 / bf16 scalar conversions. */
+float td_fp16_to_f32(uint16_t h);
+uint16_t td_f32_to_fp16(float f);
+float td_bf16_to_f32(uint16_t h);
+uint16_t td_f32_to_bf16(float f);
+
+/* Batched matrix-vector products, the hot spot of the whole engine.
+ *   W:  n_out rows of n_in elements of type wtype, row stride row_bytes(wtype,n_in)
+ *   xq: n_rows activation rows, each already converted to vec_dot_type,
+ *       row stride td_quant_row_bytes(vec_dot_type, n_in)
+ *   y:  n_rows x y_stride floats; y[r*y_stride + o] = dot(W[o], x[r])
+ * Only output rows [o_lo, o_hi) are computed, so threads can split the work.
+ * Each weight row is read once for all n_rows activation rows. */
+void td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in,
+                     int64_t o_lo, int64_t o_hi,
+                     const void *xq, int64_t n_rows,
+                     float *y, int64_t y_stride);
+
+/* Converts n_rows rows of n_in floats (stride n_in) to vec_dot_type of wtype;
+ * dst holds n_rows * row_bytes(vec_dot_type, n_in) bytes. */
+void td_quant_activations(uint32_t wtype, const float *x, int64_t n_in,
+                          int64_t n_rows, void *dst);
+
+#endif

@@ -1,0 +1,527 @@
+/* quant_avx2.c — AVX2/FMA/F16C kernels for the legacy block formats (Q4_0,
+ * Q4_1, Q5_0, Q5_1, Q8_0), float rows and the activation quantizers. Built
+ * with -mavx2 -mfma -mf16c; reached only through the table td_quant_traits
+ * hands out after checking the CPU.
+ *
+ * Each (weight row, activation row) pair owns its accumulator and goes
+ * through the same operations whichever tile or pass it is computed in, so
+ * td_quant_matmul results do not depend on batch size or output range.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "quant/quant_impl.h"
+
+/* Activation rows per pass over a weight group: 8 accumulators plus the
+ * group's codes nearly fill the 16 registers, and one pass covers a typical
+ * verification window. */
+#define TILE_ROWS 8
+
+#define INLINE static inline __attribute__((always_inline))
+/* Loops over blocks of a group and rows of a tile must unroll fully so that
+ * their per-block vectors live in registers, not in stack arrays. */
+#define UNROLL _Pragma("GCC unroll 8")
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline uint32_t load_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* ---- legacy formats: one kernel body, specialised per format ----
+ *
+ * A group of 4 blocks shares each 256-bit vector, 8 bytes (2 int32 lanes) per
+ * block: vector k holds elements 8k..8k+7 of blocks 0-3. The weight side is
+ * interleaved so per group (once for all activation rows); activation rows
+ * are interleaved the same way once per call into a scratch buffer, with
+ * their scales already duplicated per lane. The per-pair work is then
+ * vertical: 4 maddubs, adds, one madd, and one multiply/fma per group, where
+ * each lane is scaled by its own block's d_x * d_y. No horizontal adds until
+ * the final sum. */
+
+#define GB 4              /* blocks per group */
+#define GROUP_BYTES 192   /* scratch per activation group: 4 code vectors, dy, s */
+#define SCRATCH (48 * 1024)
+#define O_BLOCK 16        /* weight rows per block when scales are chunked */
+
+enum lkind { L_Q4_0, L_Q4_1, L_Q5_0, L_Q5_1, L_Q8_0 };
+
+INLINE size_t w_bytes(enum lkind k) {
+    return k == L_Q4_0 ? 18 : k == L_Q4_1 ? 20 : k == L_Q5_0 ? 22 : k == L_Q5_1 ? 24 : 34;
+}
+INLINE bool act_q8_1(enum lkind k) { return k == L_Q4_1 || k == L_Q5_1; }
+INLINE size_t y_bytes(enum lkind k) { return act_q8_1(k) ? 36 : 34; }
+INLINE size_t y_qs(enum lkind k) { return act_q8_1(k) ? 4 : 2; }
+/* Q4_0/Q5_0 are computed on unsigned codes c = w + bias, then corrected
+ * with bias * sum(y) per block (exact integers). */
+INLINE int bias_shift(enum lkind k) { return k == L_Q4_0 ? 3 : k == L_Q5_0 ? 4 : 0; }
+INLINE size_t qs_off(enum lkind k) {
+    return k == L_Q4_0 ? 2 : k == L_Q4_1 ? 4 : k == L_Q5_0 ? 6 : k == L_Q5_1 ? 8 : 2;
+}
+
+/* The first two fp16 fields (d and m, or d and s) of nv <= 4 blocks as
+ * [d0 d0 d1 d1 d2 d2 d3 d3] and [m0 m0 ... m3 m3]; missing blocks give 0.
+ * Formats with one fp16 field read two bytes of codes into m: unused. */
+INLINE void load_dm(const uint8_t *p, size_t stride, int nv, __m256 *d, __m256 *m) {
+    __m128i v = _mm_setzero_si128();
+    v = _mm_insert_epi32(v, (int)load_u32(p), 0);
+    if (nv > 1) v = _mm_insert_epi32(v, (int)load_u32(p + stride), 1);
+    if (nv > 2) v = _mm_insert_epi32(v, (int)load_u32(p + 2 * stride), 2);
+    if (nv > 3) v = _mm_insert_epi32(v, (int)load_u32(p + 3 * stride), 3);
+    v = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    __m256 f = _mm256_cvtph_ps(v); /* [d0 d1 d2 d3 m0 m1 m2 m3] */
+    *d = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+    *m = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+}
+
+/* 4x4 transpose of 8-byte pieces: q[j] holds block j's 32 bytes; v[k]
+ * becomes bytes 8k..8k+7 of blocks 0, 1 | 2, 3. */
+static inline void interleave32(const __m256i q[GB], __m256i v[GB]) {
+    __m256i a = _mm256_unpacklo_epi64(q[0], q[1]), b = _mm256_unpackhi_epi64(q[0], q[1]);
+    __m256i c = _mm256_unpacklo_epi64(q[2], q[3]), d = _mm256_unpackhi_epi64(q[2], q[3]);
+    v[0] = _mm256_permute2x128_si256(a, c, 0x20);
+    v[1] = _mm256_permute2x128_si256(b, d, 0x20);
+    v[2] = _mm256_permute2x128_si256(a, c, 0x31);
+    v[3] = _mm256_permute2x128_si256(b, d, 0x31);
+}
+
+/* Weight codes of one group, in the interleaved order: w[k] holds elements
+ * 8k..8k+7 of each block (unsigned codes; for Q8_0 the raw int8 weights). */
+INLINE void w_group(enum lkind k, const uint8_t *wg, int nv, __m256i w[GB]) {
+    const size_t wb = w_bytes(k), qo = qs_off(k);
+    if (k == L_Q8_0) {
+        __m256i q[GB];
+        UNROLL
+        for (int j = 0; j < GB; j++)
+            q[j] = j < nv ? _mm256_loadu_si256((const __m256i *)(wg + j * wb + qo)) : _mm256_setzero_si256();
+        interleave32(q, w);
+        return;
+    }
+    /* 16 code bytes per block: byte i holds element i (low nibble) and
+     * element i + 16 (high nibble) */
+    __m128i q[GB];
+    UNROLL
+    for (int j = 0; j < GB; j++)
+        q[j] = j < nv ? _mm_loadu_si128((const __m128i *)(wg + j * wb + qo)) : _mm_setzero_si128();
+    __m256i t02 = _mm256_set_m128i(q[2], q[0]), t13 = _mm256_set_m128i(q[3], q[1]);
+    __m256i lo = _mm256_unpacklo_epi64(t02, t13), hi = _mm256_unpackhi_epi64(t02, t13);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    w[0] = _mm256_and_si256(lo, m4);
+    w[1] = _mm256_and_si256(hi, m4);
+    w[2] = _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4);
+    w[3] = _mm256_and_si256(_mm256_srli_epi16(hi, 4), m4);
+    if (k == L_Q5_0 || k == L_Q5_1) {
+        /* bit e of block j's qh word is the fifth bit of element e: byte k
+         * of qh serves vector k */
+        const size_t ho = k == L_Q5_0 ? 2 : 4;
+        __m128i h = _mm_setzero_si128();
+        h = _mm_insert_epi32(h, (int)load_u32(wg + ho), 0);
+        if (nv > 1) h = _mm_insert_epi32(h, (int)load_u32(wg + wb + ho), 1);
+        if (nv > 2) h = _mm_insert_epi32(h, (int)load_u32(wg + 2 * wb + ho), 2);
+        if (nv > 3) h = _mm_insert_epi32(h, (int)load_u32(wg + 3 * wb + ho), 3);
+        const __m256i hh = _mm256_broadcastsi128_si256(h);
+        const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+        UNROLL
+        for (int v = 0; v < GB; v++) {
+            /* lane 0: blocks 0, 1 (bytes v, 4+v); lane 1: blocks 2, 3 */
+            const __m256i spread = _mm256_setr_epi8(
+                (char)v, (char)v, (char)v, (char)v, (char)v, (char)v, (char)v, (char)v,
+                (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v),
+                (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v),
+                (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v));
+            __m256i b = _mm256_and_si256(_mm256_shuffle_epi8(hh, spread), bit);
+            b = _mm256_and_si256(_mm256_cmpeq_epi8(b, bit), _mm256_set1_epi8(0x10));
+            w[v] = _mm256_or_si256(w[v], b);
+        }
+    }
+}
+
+/* One group of one weight row against nr prepared activation rows (row r's
+ * group at ya + r * yrs): vector k of codes at +32k, dy lanes at +128, and
+ * at +160 the s lanes (Q8_1) or sum(qs) lanes (Q8_0), even lanes only. */
+INLINE void legacy_group(enum lkind k, int nr, int nv, const uint8_t *wg, const uint8_t *ya,
+                         size_t yrs, __m256 *acc) {
+    __m256i w[GB];
+    w_group(k, wg, nv, w);
+    __m256 dx, mx;
+    load_dm(wg, w_bytes(k), nv, &dx, &mx);
+    __m256i aw[GB];
+    if (k == L_Q8_0) { /* maddubs needs one unsigned side: |w| * (y * sign w) */
+        UNROLL
+        for (int v = 0; v < GB; v++)
+            aw[v] = _mm256_sign_epi8(w[v], w[v]);
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    UNROLL
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *yg = ya + (size_t)r * yrs;
+        const __m256i *yv = (const __m256i *)yg;
+        __m256i s;
+        if (k == L_Q8_0) {
+            __m256i p[GB];
+            UNROLL
+            for (int v = 0; v < GB; v++)
+                p[v] = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(aw[v], _mm256_sign_epi8(_mm256_load_si256(yv + v), w[v])), ones);
+            s = _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3]));
+        } else {
+            /* 4 x 2 products per s16 lane: at most 8 * 31 * 127 < 2^15 */
+            __m256i p0 = _mm256_maddubs_epi16(w[0], _mm256_load_si256(yv + 0));
+            __m256i p1 = _mm256_maddubs_epi16(w[1], _mm256_load_si256(yv + 1));
+            __m256i p2 = _mm256_maddubs_epi16(w[2], _mm256_load_si256(yv + 2));
+            __m256i p3 = _mm256_maddubs_epi16(w[3], _mm256_load_si256(yv + 3));
+            s = _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3)), ones);
+        }
+        if (bias_shift(k))
+            s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_load_si256((const __m256i *)(yg + 160)), bias_shift(k)));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, _mm256_load_ps((const float *)(yg + 128))), acc[r]);
+        if (act_q8_1(k))
+            acc[r] = _mm256_fmadd_ps(mx, _mm256_load_ps((const float *)(yg + 160)), acc[r]);
+    }
+}
+
+/* Groups [g0, g1) of weight row w (nb blocks in all) against nr activation
+ * rows prepared from group g0 on (row stride yrs), accumulating into acc. */
+INLINE void legacy_tile(enum lkind k, int nr, const uint8_t *w, int64_t nb, const uint8_t *ya,
+                        size_t yrs, int64_t g0, int64_t g1, __m256 *acc) {
+    const size_t wb = w_bytes(k);
+    __m256 a[TILE_ROWS];
+    UNROLL
+    for (int r = 0; r < nr; r++)
+        a[r] = acc[r];
+    const int64_t full = g1 * GB <= nb ? g1 : g1 - 1; /* the last group may be short */
+    int64_t g = g0;
+    for (; g < full; g++)
+        legacy_group(k, nr, GB, w + g * GB * wb, ya + (g - g0) * GROUP_BYTES, yrs, a);
+    if (g < g1)
+        legacy_group(k, nr, (int)(nb - g * GB), w + g * GB * wb, ya + (g - g0) * GROUP_BYTES, yrs, a);
+    UNROLL
+    for (int r = 0; r < nr; r++)
+        acc[r] = a[r];
+}
+
+/* Interleaves blocks [b0, b1) of one activation row into dst (layout as in
+ * legacy_group), zero-padding the last group. The scale conversions are
+ * exact, so preparing them ahead changes no result. */
+INLINE void legacy_prep(enum lkind k, const uint8_t *yrow, int64_t b0, int64_t b1, uint8_t *dst) {
+    const size_t yb = y_bytes(k);
+    for (int64_t g = b0; g < b1; g += GB, dst += GROUP_BYTES) {
+        const int nv = b1 - g < GB ? (int)(b1 - g) : GB;
+        const uint8_t *yg = yrow + g * yb;
+        __m256i q[GB], v[GB];
+        for (int j = 0; j < GB; j++)
+            q[j] = j < nv ? _mm256_loadu_si256((const __m256i *)(yg + j * yb + y_qs(k))) : _mm256_setzero_si256();
+        interleave32(q, v);
+        for (int j = 0; j < GB; j++)
+            _mm256_store_si256((__m256i *)(dst + 32 * j), v[j]);
+        __m256 d, m;
+        load_dm(yg, yb, nv, &d, &m);
+        _mm256_store_ps((float *)(dst + 128), d);
+        __m256i second = _mm256_setzero_si256();
+        if (act_q8_1(k)) {
+            second = _mm256_castps_si256(m);
+        } else if (bias_shift(k)) { /* sum of each block's codes */
+            const __m256i ones8 = _mm256_set1_epi8(1);
+            __m256i t = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(ones8, v[0]), _mm256_maddubs_epi16(ones8, v[1])),
+                                         _mm256_add_epi16(_mm256_maddubs_epi16(ones8, v[2]), _mm256_maddubs_epi16(ones8, v[3])));
+            t = _mm256_madd_epi16(t, _mm256_set1_epi16(1));
+            second = _mm256_add_epi32(t, _mm256_srli_epi64(t, 32));
+        }
+        /* even lanes only: each block owns two lanes but must count once */
+        second = _mm256_blend_epi32(_mm256_setzero_si256(), second, 0x55);
+        _mm256_store_si256((__m256i *)(dst + 160), second);
+    }
+}
+
+/* Weight rows [o0, o1) against nr prepared activation rows (at ya, stride
+ * yrs); results to y[r * y_stride + o]. The accumulators of a pair live in
+ * acc_mem between calls when the rows' groups come in chunks (acc_mem then
+ * holds O_BLOCK x TILE_ROWS vectors); with acc_mem NULL the whole row is
+ * done in one call and stored. */
+INLINE void legacy_rows(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0,
+                        int64_t o1, int64_t nb, const uint8_t *ya, size_t yrs, int64_t g0,
+                        int64_t g1, __m256 (*acc_mem)[TILE_ROWS], float *y, int64_t y_stride) {
+    for (int64_t o = o0; o < o1; o++) {
+        __m256 acc[TILE_ROWS];
+        UNROLL
+        for (int r = 0; r < nr; r++)
+            acc[r] = acc_mem ? acc_mem[o - o0][r] : _mm256_setzero_ps();
+        legacy_tile(k, nr, W + (size_t)o * w_stride, nb, ya, yrs, g0, g1, acc);
+        UNROLL
+        for (int r = 0; r < nr; r++) {
+            if (acc_mem)
+                acc_mem[o - o0][r] = acc[r];
+            else
+                y[r * y_stride + o] = hsum_ps(acc[r]);
+        }
+    }
+}
+
+INLINE void legacy_rows_nr(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0,
+                           int64_t o1, int64_t nb, const uint8_t *ya, size_t yrs, int64_t g0,
+                           int64_t g1, __m256 (*acc_mem)[TILE_ROWS], float *y, int64_t y_stride) {
+    switch (nr) { /* a compile-time tile height per case */
+#define CASE(n) \
+    case n: legacy_rows(k, n, W, w_stride, o0, o1, nb, ya, yrs, g0, g1, acc_mem, y, y_stride); break;
+    CASE(1)
+    CASE(2)
+    CASE(3)
+    CASE(4)
+    CASE(5)
+    CASE(6)
+    CASE(7)
+#undef CASE
+    default: legacy_rows(k, TILE_ROWS, W, w_stride, o0, o1, nb, ya, yrs, g0, g1, acc_mem, y, y_stride); break;
+    }
+}
+
+/* The matmul driver. Weight rows go in blocks of O_BLOCK, which stay in L1
+ * while all activation rows pass over them TILE_ROWS at a time. When every
+ * activation row fits the scratch, rows are prepared once for the call.
+ * Otherwise (long rows, many rows) they are prepared in chunks of groups and
+ * the pairs' accumulators wait in memory between chunks; the operations per
+ * pair, and so the results, are the same either way. */
+INLINE void legacy_matmul(enum lkind k, const void *W, size_t w_stride, int64_t n_in,
+                          int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride,
+                          int64_t n_rows, float *y, int64_t y_stride) {
+    _Alignas(32) uint8_t scratch[SCRATCH];
+    const int64_t nb = n_in / TD_QK, ng = (nb + GB - 1) / GB;
+    const uint8_t *X = xq, *Wb = W;
+    if (n_rows * ng * GROUP_BYTES <= SCRATCH) {
+        const size_t yrs = (size_t)ng * GROUP_BYTES;
+        for (int64_t r = 0; r < n_rows; r++)
+            legacy_prep(k, X + (size_t)r * x_stride, 0, nb, scratch + r * yrs);
+        for (int64_t o0 = o_lo; o0 < o_hi; o0 += O_BLOCK) {
+            const int64_t o1 = o0 + O_BLOCK < o_hi ? o0 + O_BLOCK : o_hi;
+            for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
+                int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
+                legacy_rows_nr(k, nr, Wb, w_stride, o0, o1, nb, scratch + r0 * yrs, yrs, 0, ng, NULL,
+                               y + r0 * y_stride, y_stride);
+            }
+        }
+        return;
+    }
+    const int64_t cg = SCRATCH / (TILE_ROWS * GROUP_BYTES); /* groups per chunk */
+    const size_t yrs = (size_t)cg * GROUP_BYTES;
+    __m256 acc[O_BLOCK][TILE_ROWS];
+    for (int64_t o0 = o_lo; o0 < o_hi; o0 += O_BLOCK) {
+        const int64_t o1 = o0 + O_BLOCK < o_hi ? o0 + O_BLOCK : o_hi;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
+            int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
+            for (int64_t o = 0; o < O_BLOCK; o++)
+                for (int r = 0; r < TILE_ROWS; r++)
+                    acc[o][r] = _mm256_setzero_ps();
+            for (int64_t g0 = 0; g0 < ng; g0 += cg) {
+                const int64_t g1 = g0 + cg < ng ? g0 + cg : ng;
+                const int64_t b1 = g1 * GB < nb ? g1 * GB : nb;
+                for (int r = 0; r < nr; r++)
+                    legacy_prep(k, X + (size_t)(r0 + r) * x_stride, g0 * GB, b1, scratch + r * yrs);
+                legacy_rows_nr(k, nr, Wb, w_stride, o0, o1, nb, scratch, yrs, g0, g1, acc, NULL, 0);
+            }
+            for (int64_t o = o0; o < o1; o++)
+                for (int r = 0; r < nr; r++)
+                    y[(r0 + r) * y_stride + o] = hsum_ps(acc[o - o0][r]);
+        }
+    }
+}
+
+#define LEGACY(name, kind)                                                                        \
+    void td_quant_avx2_matmul_##name(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,  \
+                                     int64_t o_hi, const void *xq, size_t x_stride,               \
+                                     int64_t n_rows, float *y, int64_t y_stride) {                \
+        legacy_matmul(kind, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);    \
+    }                                                                                             \
+    void td_quant_avx2_dot_##name(int64_t n, float *s, const void *x, const void *y) {            \
+        legacy_matmul(kind, x, 0, n, 0, 1, y, 0, 1, s, 1);                                        \
+    }
+LEGACY(q4_0, L_Q4_0)
+LEGACY(q4_1, L_Q4_1)
+LEGACY(q5_0, L_Q5_0)
+LEGACY(q5_1, L_Q5_1)
+LEGACY(q8_0, L_Q8_0)
+
+/* ---- float rows ---- */
+
+/* Four accumulators over 32 elements, then 8 at a time, then scalar. */
+#define FLOAT_DOT(load)                                                              \
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                     \
+    int64_t i = 0;                                                                  \
+    for (; i + 32 <= n; i += 32) {                                                  \
+        s0 = _mm256_fmadd_ps(load(a, i), load(b, i), s0);                           \
+        s1 = _mm256_fmadd_ps(load(a, i + 8), load(b, i + 8), s1);                   \
+        s2 = _mm256_fmadd_ps(load(a, i + 16), load(b, i + 16), s2);                 \
+        s3 = _mm256_fmadd_ps(load(a, i + 24), load(b, i + 24), s3);                 \
+    }                                                                               \
+    for (; i + 8 <= n; i += 8)                                                      \
+        s0 = _mm256_fmadd_ps(load(a, i), load(b, i), s0);                           \
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+
+#define LOAD_F32(p, i) _mm256_loadu_ps((p) + (i))
+#define LOAD_F16(p, i) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((p) + (i))))
+#define LOAD_BF16(p, i) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((p) + (i)))), 16))
+
+void td_quant_avx2_dot_f32(int64_t n, float *s, const void *x, const void *y) {
+    const float *a = x, *b = y;
+    FLOAT_DOT(LOAD_F32)
+    for (; i < n; i++)
+        sum += a[i] * b[i];
+    *s = sum;
+}
+
+void td_quant_avx2_dot_f16(int64_t n, float *s, const void *x, const void *y) {
+    const uint16_t *a = x, *b = y;
+    FLOAT_DOT(LOAD_F16)
+    for (; i < n; i++)
+        sum += _cvtsh_ss(a[i]) * _cvtsh_ss(b[i]);
+    *s = sum;
+}
+
+void td_quant_avx2_dot_bf16(int64_t n, float *s, const void *x, const void *y) {
+    const uint16_t *a = x, *b = y;
+    FLOAT_DOT(LOAD_BF16)
+    for (; i < n; i++)
+        sum += td_bf16_to_f32(a[i]) * td_bf16_to_f32(b[i]);
+    *s = sum;
+}
+
+/* ---- activation quantizers: bit-identical to quant_ref_quantize.c ---- */
+
+void td_quant_avx2_from_f16(const float *src, void *dst, int64_t n) {
+    uint16_t *y = dst;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        y[i] = td_f32_to_fp16(src[i]);
+}
+
+static inline __m256 abs_ps(__m256 v) {
+    return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
+
+/* Horizontal max of lanes that hold no NaN. */
+static inline float hmax_ps(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* roundf (ties away from zero) of lanes; NaN lanes become 0 like the
+ * reference's round_clamp. x - trunc(x) is exact. */
+static inline __m256 round_away_ps(__m256 v) {
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 up = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(v, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, _mm256_set1_ps(-0.0f)));
+    t = _mm256_add_ps(t, _mm256_and_ps(up, one));
+    return _mm256_and_ps(t, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+}
+
+/* 32 rounded lanes (4 vectors, element order) to int8, saturating. */
+static inline __m256i pack_i8(const __m256 q[4]) {
+    __m256i a = _mm256_packs_epi32(_mm256_cvtps_epi32(q[0]), _mm256_cvtps_epi32(q[1]));
+    __m256i b = _mm256_packs_epi32(_mm256_cvtps_epi32(q[2]), _mm256_cvtps_epi32(q[3]));
+    __m256i v = _mm256_packs_epi16(a, b);
+    return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* Q8_0 / Q8_1 block: same arithmetic as the reference's q8_block. */
+static inline int q8_block(const float *x, int8_t qs[32], float *d_out) {
+    __m256 v[4], amax = _mm256_setzero_ps();
+    UNROLL
+    for (int j = 0; j < 4; j++) {
+        v[j] = _mm256_loadu_ps(x + 8 * j);
+        amax = _mm256_max_ps(abs_ps(v[j]), amax); /* NaN in the first operand is skipped */
+    }
+    float d = hmax_ps(amax) / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    __m256 q[4], vid = _mm256_set1_ps(id);
+    UNROLL
+    for (int j = 0; j < 4; j++)
+        q[j] = round_away_ps(_mm256_mul_ps(v[j], vid));
+    __m256i p = pack_i8(q);
+    _mm256_storeu_si256((__m256i *)qs, p);
+    __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), p);
+    __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    *d_out = d;
+    return _mm_cvtsi128_si32(s);
+}
+
+void td_quant_avx2_from_q8_0(const float *src, void *dst, int64_t n) {
+    td_block_q8_0 *y = dst;
+    for (int64_t i = 0; i < n / TD_QK; i++, src += TD_QK) {
+        float d;
+        q8_block(src, y[i].qs, &d);
+        y[i].d = td_f32_to_fp16(d);
+    }
+}
+
+void td_quant_avx2_from_q8_1(const float *src, void *dst, int64_t n) {
+    td_block_q8_1 *y = dst;
+    for (int64_t i = 0; i < n / TD_QK; i++, src += TD_QK) {
+        float d;
+        int sum = q8_block(src, y[i].qs, &d);
+        y[i].d = td_f32_to_fp16(d);
+        y[i].s = td_f32_to_fp16((float)sum * d);
+    }
+}
+
+void td_quant_avx2_from_q8_k(const float *src, void *dst, int64_t n) {
+    td_block_q8_k *y = dst;
+    for (int64_t i = 0; i < n / TD_QK_K; i++, src += TD_QK_K) {
+        __m256 amax = _mm256_setzero_ps();
+        for (int j = 0; j < TD_QK_K; j += 8)
+            amax = _mm256_max_ps(abs_ps(_mm256_loadu_ps(src + j)), amax);
+        float am = hmax_ps(amax);
+        memset(&y[i], 0, sizeof y[i]);
+        if (am == 0.0f)
+            continue;
+        /* the reference keeps the first element of largest magnitude */
+        __m256 vam = _mm256_set1_ps(am);
+        float max = 0;
+        for (int j = 0; j < TD_QK_K; j += 8) {
+            __m256 v = _mm256_loadu_ps(src + j);
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(abs_ps(v), vam, _CMP_EQ_OQ));
+            if (mask) {
+                max = src[j + __builtin_ctz((unsigned)mask)];
+                break;
+            }
+        }
+        float iscale = -127.0f / max;
+        __m256 vis = _mm256_set1_ps(iscale), lim = _mm256_set1_ps(127.0f);
+        for (int j = 0; j < TD_QK_K; j += 32) {
+            __m256 q[4];
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                __m256 v = _mm256_mul_ps(vis, _mm256_loadu_ps(src + j + 8 * k));
+                v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* NaN -> 0 */
+                q[k] = _mm256_min_ps(v, lim);
+            }
+            __m256i p = pack_i8(q);
+            _mm256_storeu_si256((__m256i *)(y[i].qs + j), p);
+            /* two group sums of 16 */
+            __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
+            UNROLL
+            for (int h = 0; h < 2; h++) {
+                __m128i t = h ? _mm256_extracti128_si256(s, 1) : _mm256_castsi256_si128(s);
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+                y[i].bsums[j / 16 + h] = (int16_t)_mm_cvtsi128_si32(t);
+            }
+        }
+        y[i].d = 1.0f / iscale;
+    }
+}

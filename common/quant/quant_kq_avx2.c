@@ -1,0 +1,201 @@
+/* quant_kq_avx2.c — AVX2/FMA kernels for the K-quant weights (Q4_K, Q5_K,
+ * Q6_K) against Q8_K activations. Built with -mavx2 -mfma -mf16c; reached only
+ * through the table td_quant_traits hands out after checking the CPU.
+ *
+ * Within a 256-element super-block everything is an exact integer sum (the
+ * 6-bit/8-bit sub-scales are integers too); each (weight row, activation row)
+ * pair then takes one or two fmas per super-block into its own accumulator, in
+ * the same order whatever tile it is computed in (batch invariance).
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "quant/quant_impl.h"
+
+#define TILE_ROWS 4 /* activation rows per pass over a weight row */
+
+#define INLINE static inline __attribute__((always_inline))
+/* Loops over blocks of a group and rows of a tile must unroll fully so that
+ * their per-block vectors live in registers, not in stack arrays. */
+#define UNROLL _Pragma("GCC unroll 8")
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+enum kkind { K_Q4, K_Q5, K_Q6 };
+
+INLINE size_t kw_bytes(enum kkind k) {
+    return k == K_Q4 ? sizeof(td_block_q4_k) : k == K_Q5 ? sizeof(td_block_q5_k) : sizeof(td_block_q6_k);
+}
+
+/* s16 vector with word w of s (both 128-bit lanes hold the same 8 words)
+ * in every lane: the per-sub-block scale for madd. */
+static inline __m256i bcast_word(__m256i s, int w) {
+    return _mm256_shuffle_epi8(s, _mm256_set1_epi16((short)((2 * w) | (2 * w + 1) << 8)));
+}
+
+/* Q4_K / Q5_K: sub-block j (32 elements) of a super-block, codes 0..15/31. */
+INLINE __m256i k45_codes(enum kkind k, const uint8_t *qs, __m256i qh, int j) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * (j / 2)));
+    if (j & 1)
+        v = _mm256_srli_epi16(v, 4);
+    v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+    if (k == K_Q5) { /* bit j of qh[l] -> 0x10 of byte l */
+        __m256i h = j < 4 ? _mm256_slli_epi16(qh, 4 - j) : _mm256_srli_epi16(qh, j - 4);
+        v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
+    }
+    return v;
+}
+
+/* One super-block of a Q4_K/Q5_K weight row against nr activation rows. */
+INLINE void k45_block(enum kkind k, int nr, const uint8_t *blk, const td_block_q8_k *const *yb,
+                      __m256 *acc) {
+    uint16_t d16, dmin16;
+    memcpy(&d16, blk, 2);
+    memcpy(&dmin16, blk + 2, 2);
+    const float d = _cvtsh_ss(d16), dmin = _cvtsh_ss(dmin16);
+    uint8_t sc[8], mn[8];
+    td_quant_kscales(blk + 4, sc, mn);
+    uint64_t sc64, mn64;
+    memcpy(&sc64, sc, 8);
+    memcpy(&mn64, mn, 8);
+    const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc64)));
+    /* mins repeated per pair of 16-element bsums */
+    const __m128i mdup = _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)mn64),
+                                          _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+    const __m256i mins = _mm256_cvtepu8_epi16(mdup);
+    const uint8_t *qs = blk + (k == K_Q4 ? 16 : 48);
+    const __m256i qh = k == K_Q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+
+    __m256i isum[TILE_ROWS];
+    UNROLL
+    for (int r = 0; r < nr; r++)
+        isum[r] = _mm256_setzero_si256();
+    UNROLL
+    for (int j = 0; j < 8; j++) {
+        __m256i q = k45_codes(k, qs, qh, j), s = bcast_word(scales, j);
+        UNROLL
+        for (int r = 0; r < nr; r++) {
+            __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(yb[r]->qs + 32 * j)));
+            isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
+        }
+    }
+    UNROLL
+    for (int r = 0; r < nr; r++) {
+        __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)yb[r]->bsums), mins);
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * yb[r]->d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * yb[r]->d), _mm256_cvtepi32_ps(msum), acc[r]);
+    }
+}
+
+/* One Q6_K super-block against nr activation rows:
+ * sum_e d sc (q_e - 32) y_e = d (sum sc q y - 32 sum_g sc_g bsum_g). */
+INLINE void q6_block(int nr, const uint8_t *blk, const td_block_q8_k *const *yb, __m256 *acc) {
+    const td_block_q6_k *x = (const td_block_q6_k *)blk;
+    uint16_t d16;
+    memcpy(&d16, &x->d, 2);
+    const float d = _cvtsh_ss(d16);
+    const __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+
+    __m256i isum[TILE_ROWS];
+    UNROLL
+    for (int r = 0; r < nr; r++)
+        isum[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                   _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)yb[r]->bsums), scales), 5));
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        __m256i A = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+        __m256i B = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+        __m256i H = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_slli_epi16(_mm256_and_si256(H, _mm256_set1_epi8(0x03)), 4));
+        q[1] = _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_slli_epi16(_mm256_and_si256(H, _mm256_set1_epi8(0x0C)), 2));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, _mm256_set1_epi8(0x30)));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4),
+                               _mm256_and_si256(_mm256_srli_epi16(H, 2), _mm256_set1_epi8(0x30)));
+        /* groups 8h..8h+7 in both lanes; vector i spans groups 8h+2i (low
+         * 16 elements) and 8h+2i+1 (high 16) */
+        const __m256i sh = h ? _mm256_permute2x128_si256(scales, scales, 0x11)
+                               : _mm256_permute2x128_si256(scales, scales, 0x00);
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            const __m256i lo = _mm256_set1_epi16((short)((4 * i) | (4 * i + 1) << 8));
+            const __m256i hi = _mm256_set1_epi16((short)((4 * i + 2) | (4 * i + 3) << 8));
+            __m256i s = _mm256_shuffle_epi8(sh, _mm256_permute2x128_si256(lo, hi, 0x20));
+            UNROLL
+            for (int r = 0; r < nr; r++) {
+                __m256i p = _mm256_maddubs_epi16(q[i], _mm256_loadu_si256((const __m256i *)(yb[r]->qs + 128 * h + 32 * i)));
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < nr; r++)
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * yb[r]->d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+}
+
+INLINE void kq_row(enum kkind k, int nr, const uint8_t *w, const uint8_t *y, size_t ys,
+                   int64_t nsb, float *out) {
+    __m256 acc[TILE_ROWS];
+    const td_block_q8_k *yb[TILE_ROWS];
+    UNROLL
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        yb[r] = (const td_block_q8_k *)(y + (size_t)r * ys);
+    }
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + (size_t)i * kw_bytes(k);
+        if (k == K_Q6)
+            q6_block(nr, blk, yb, acc);
+        else
+            k45_block(k, nr, blk, yb, acc);
+        UNROLL
+        for (int r = 0; r < nr; r++)
+            yb[r]++;
+    }
+    UNROLL
+    for (int r = 0; r < nr; r++)
+        out[r] = hsum_ps(acc[r]);
+}
+
+/* Streams each weight row once, applying TILE_ROWS activation rows at a time
+ * (the row stays in L1 between tiles). */
+INLINE void kq_matmul(enum kkind k, const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
+                      int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows, float *y,
+                      int64_t y_stride) {
+    const int64_t nsb = n_in / TD_QK_K;
+    for (int64_t o = o_lo; o < o_hi; o++) {
+        const uint8_t *w = (const uint8_t *)W + (size_t)o * w_stride;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
+            const uint8_t *yr = (const uint8_t *)xq + (size_t)r0 * x_stride;
+            float out[TILE_ROWS];
+            int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
+            switch (nr) {
+            case 1: kq_row(k, 1, w, yr, x_stride, nsb, out); break;
+            case 2: kq_row(k, 2, w, yr, x_stride, nsb, out); break;
+            case 3: kq_row(k, 3, w, yr, x_stride, nsb, out); break;
+            default: kq_row(k, 4, w, yr, x_stride, nsb, out); break;
+            }
+            for (int r = 0; r < nr; r++)
+                y[(r0 + r) * y_stride + o] = out[r];
+        }
+    }
+}
+
+#define KQUANT(name, kind)                                                                        \
+    void td_quant_avx2_matmul_##name(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,  \
+                                     int64_t o_hi, const void *xq, size_t x_stride,               \
+                                     int64_t n_rows, float *y, int64_t y_stride) {                \
+        kq_matmul(kind, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);        \
+    }                                                                                             \
+    void td_quant_avx2_dot_##name(int64_t n, float *s, const void *x, const void *y) {            \
+        kq_matmul(kind, x, 0, n, 0, 1, y, 0, 1, s, 1);                                            \
+    }
+KQUANT(q4_k, K_Q4)
+KQUANT(q5_k, K_Q5)
+KQUANT(q6_k, K_Q6)

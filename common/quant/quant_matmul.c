@@ -1,0 +1,38 @@
+/* quant_matmul.c — td_quant_matmul, the batched matrix-vector product that
+ * dominates every forward pass. It hands the work to the selected variant's
+ * tiled kernel where one exists, else computes one vec_dot per (activation
+ * row, output) pair. Either way each output element is reduced in one fixed
+ * order, independent of n_rows and of the [o_lo, o_hi) split.
+ */
+#include <assert.h>
+
+#include "quant/quant_impl.h"
+
+void td_quant_matmul_pairs(td_vec_dot_fn dot, const void *W, size_t w_stride, int64_t n_in,
+                           int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride,
+                           int64_t n_rows, float *y, int64_t y_stride) {
+    /* weight row outermost: it is read from memory once, then from L1 */
+    for (int64_t o = o_lo; o < o_hi; o++) {
+        const uint8_t *w = (const uint8_t *)W + (size_t)o * w_stride;
+        for (int64_t r = 0; r < n_rows; r++)
+            dot(n_in, &y[r * y_stride + o], w, (const uint8_t *)xq + (size_t)r * x_stride);
+    }
+}
+
+void td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                     const void *xq, int64_t n_rows, float *y, int64_t y_stride) {
+    const td_type_traits *t = td_quant_traits(wtype);
+    assert(t != NULL && t->weight_ok);
+    assert(0 <= o_lo && o_lo <= o_hi && n_rows >= 0 && (n_rows <= 1 || y_stride >= o_hi));
+    size_t w_stride = td_quant_row_bytes(wtype, n_in);
+    size_t x_stride = td_quant_row_bytes(t->vec_dot_type, n_in);
+    assert(w_stride != 0 && x_stride != 0);
+    if (o_lo == o_hi || n_rows == 0)
+        return;
+    td_matmul_fn mm = td_quant_matmul_kernel(wtype);
+    if (mm)
+        mm(W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
+    else
+        td_quant_matmul_pairs(t->vec_dot, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y,
+                              y_stride);
+}

@@ -1,0 +1,132 @@
+/* quant_table.c — the type table: one row per GGUF type id with the block
+ * layout facts and the kernels. There are two static tables, the scalar
+ * reference and AVX2, sharing the same facts; td_quant_traits picks one per
+ * call from a CPU check, so the choice is fixed for the life of the process.
+ * Ids we do not support (retired, IQ*, Q2_K/Q3_K, integer types) have no row.
+ */
+#include <assert.h>
+
+#include "quant/quant_impl.h"
+
+typedef struct quant_row {
+    td_type_traits traits;
+    td_matmul_fn matmul; /* NULL: one vec_dot per pair */
+} quant_row;
+
+/* Facts per type: name, block, bytes, weight_ok, to_float, vec_dot_type. */
+#define FACTS(NAME, BE, BB, W, TO, VDT) \
+    .name = NAME, .block_elems = BE, .block_bytes = BB, .weight_ok = W, .to_float = TO, .vec_dot_type = VDT
+#define F_F32 FACTS("F32", 1, 4, true, td_quant_ref_to_f32, TD_TYPE_F32)
+#define F_F16 FACTS("F16", 1, 2, true, td_quant_ref_to_f16, TD_TYPE_F16)
+#define F_BF16 FACTS("BF16", 1, 2, true, td_quant_ref_to_bf16, TD_TYPE_BF16)
+#define F_Q4_0 FACTS("Q4_0", 32, 18, true, td_quant_ref_to_q4_0, TD_TYPE_Q8_0)
+#define F_Q4_1 FACTS("Q4_1", 32, 20, true, td_quant_ref_to_q4_1, TD_TYPE_Q8_1)
+#define F_Q5_0 FACTS("Q5_0", 32, 22, true, td_quant_ref_to_q5_0, TD_TYPE_Q8_0)
+#define F_Q5_1 FACTS("Q5_1", 32, 24, true, td_quant_ref_to_q5_1, TD_TYPE_Q8_1)
+#define F_Q8_0 FACTS("Q8_0", 32, 34, true, td_quant_ref_to_q8_0, TD_TYPE_Q8_0)
+#define F_Q8_1 FACTS("Q8_1", 32, 36, false, td_quant_ref_to_q8_1, TD_TYPE_Q8_1)
+#define F_Q4_K FACTS("Q4_K", 256, 144, true, td_quant_ref_to_q4_k, TD_TYPE_Q8_K)
+#define F_Q5_K FACTS("Q5_K", 256, 176, true, td_quant_ref_to_q5_k, TD_TYPE_Q8_K)
+#define F_Q6_K FACTS("Q6_K", 256, 210, true, td_quant_ref_to_q6_k, TD_TYPE_Q8_K)
+#define F_Q8_K FACTS("Q8_K", 256, 292, false, td_quant_ref_to_q8_k, TD_TYPE_Q8_K)
+
+#define ROW(FACTS_, FROM, DOT, MM) { .traits = { FACTS_, .from_float = FROM, .vec_dot = DOT }, .matmul = MM }
+
+static const quant_row ref_table[TD_TYPE_COUNT] = {
+    [TD_TYPE_F32] = ROW(F_F32, td_quant_ref_from_f32, td_quant_ref_dot_f32, NULL),
+    [TD_TYPE_F16] = ROW(F_F16, td_quant_ref_from_f16, td_quant_ref_dot_f16, NULL),
+    [TD_TYPE_BF16] = ROW(F_BF16, td_quant_ref_from_bf16, td_quant_ref_dot_bf16, NULL),
+    [TD_TYPE_Q4_0] = ROW(F_Q4_0, td_quant_ref_from_q4_0, td_quant_ref_dot_q4_0, NULL),
+    [TD_TYPE_Q4_1] = ROW(F_Q4_1, td_quant_ref_from_q4_1, td_quant_ref_dot_q4_1, NULL),
+    [TD_TYPE_Q5_0] = ROW(F_Q5_0, td_quant_ref_from_q5_0, td_quant_ref_dot_q5_0, NULL),
+    [TD_TYPE_Q5_1] = ROW(F_Q5_1, td_quant_ref_from_q5_1, td_quant_ref_dot_q5_1, NULL),
+    [TD_TYPE_Q8_0] = ROW(F_Q8_0, td_quant_ref_from_q8_0, td_quant_ref_dot_q8_0, NULL),
+    [TD_TYPE_Q8_1] = ROW(F_Q8_1, td_quant_ref_from_q8_1, NULL, NULL),
+    [TD_TYPE_Q4_K] = ROW(F_Q4_K, td_quant_ref_from_q4_k, td_quant_ref_dot_q4_k, NULL),
+    [TD_TYPE_Q5_K] = ROW(F_Q5_K, td_quant_ref_from_q5_k, td_quant_ref_dot_q5_k, NULL),
+    [TD_TYPE_Q6_K] = ROW(F_Q6_K, td_quant_ref_from_q6_k, td_quant_ref_dot_q6_k, NULL),
+    [TD_TYPE_Q8_K] = ROW(F_Q8_K, td_quant_ref_from_q8_k, NULL, NULL),
+};
+
+#if defined(__x86_64__) || defined(__i386__)
+#define HAVE_AVX2_TABLE 1
+/* Weight-side quantizers stay the reference ones: they build test models,
+ * not activations. The activation quantizers are bit-identical to the
+ * reference, so the variant never changes what a kernel is fed. */
+static const quant_row avx2_table[TD_TYPE_COUNT] = {
+    [TD_TYPE_F32] = ROW(F_F32, td_quant_ref_from_f32, td_quant_avx2_dot_f32, NULL),
+    [TD_TYPE_F16] = ROW(F_F16, td_quant_avx2_from_f16, td_quant_avx2_dot_f16, NULL),
+    [TD_TYPE_BF16] = ROW(F_BF16, td_quant_ref_from_bf16, td_quant_avx2_dot_bf16, NULL),
+    [TD_TYPE_Q4_0] = ROW(F_Q4_0, td_quant_ref_from_q4_0, td_quant_avx2_dot_q4_0, td_quant_avx2_matmul_q4_0),
+    [TD_TYPE_Q4_1] = ROW(F_Q4_1, td_quant_ref_from_q4_1, td_quant_avx2_dot_q4_1, td_quant_avx2_matmul_q4_1),
+    [TD_TYPE_Q5_0] = ROW(F_Q5_0, td_quant_ref_from_q5_0, td_quant_avx2_dot_q5_0, td_quant_avx2_matmul_q5_0),
+    [TD_TYPE_Q5_1] = ROW(F_Q5_1, td_quant_ref_from_q5_1, td_quant_avx2_dot_q5_1, td_quant_avx2_matmul_q5_1),
+    [TD_TYPE_Q8_0] = ROW(F_Q8_0, td_quant_avx2_from_q8_0, td_quant_avx2_dot_q8_0, td_quant_avx2_matmul_q8_0),
+    [TD_TYPE_Q8_1] = ROW(F_Q8_1, td_quant_avx2_from_q8_1, NULL, NULL),
+    [TD_TYPE_Q4_K] = ROW(F_Q4_K, td_quant_ref_from_q4_k, td_quant_avx2_dot_q4_k, td_quant_avx2_matmul_q4_k),
+    [TD_TYPE_Q5_K] = ROW(F_Q5_K, td_quant_ref_from_q5_k, td_quant_avx2_dot_q5_k, td_quant_avx2_matmul_q5_k),
+    [TD_TYPE_Q6_K] = ROW(F_Q6_K, td_quant_ref_from_q6_k, td_quant_avx2_dot_q6_k, td_quant_avx2_matmul_q6_k),
+    [TD_TYPE_Q8_K] = ROW(F_Q8_K, td_quant_avx2_from_q8_k, NULL, NULL),
+};
+#endif
+
+/* __builtin_cpu_supports reads data the runtime filled in at start-up: cheap
+ * enough to ask on every call, and no mutable state of our own. clang (14)
+ * knows no "f16c" feature string; every CPU with AVX2 has F16C. */
+static const quant_row *active_table(void) {
+#ifdef HAVE_AVX2_TABLE
+#ifdef __clang__
+    bool f16c = true;
+#else
+    bool f16c = __builtin_cpu_supports("f16c");
+#endif
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
+        return avx2_table;
+#endif
+    return ref_table;
+}
+
+static const quant_row *row_of(const quant_row *table, uint32_t type) {
+    if (type >= TD_TYPE_COUNT || table[type].traits.name == NULL)
+        return NULL;
+    return &table[type];
+}
+
+const td_type_traits *td_quant_traits(uint32_t type) {
+    const quant_row *r = row_of(active_table(), type);
+    return r ? &r->traits : NULL;
+}
+
+const td_type_traits *td_quant_traits_ref(uint32_t type) {
+    const quant_row *r = row_of(ref_table, type);
+    return r ? &r->traits : NULL;
+}
+
+const char *td_quant_kernel_name(void) {
+    return active_table() == ref_table ? "scalar" : "avx2";
+}
+
+td_matmul_fn td_quant_matmul_kernel(uint32_t type) {
+    const quant_row *r = row_of(active_table(), type);
+    return r ? r->matmul : NULL;
+}
+
+size_t td_quant_row_bytes(uint32_t type, int64_t n) {
+    const td_type_traits *t = td_quant_traits_ref(type);
+    if (!t || n < 0 || n % t->block_elems != 0)
+        return 0;
+    uint64_t bytes;
+    if (!td_mul_u64((uint64_t)(n / t->block_elems), t->block_bytes, &bytes) || bytes > SIZE_MAX)
+        return 0;
+    return (size_t)bytes;
+}
+
+void td_quant_activations(uint32_t wtype, const float *x, int64_t n_in, int64_t n_rows, void *dst) {
+    const td_type_traits *w = td_quant_traits(wtype);
+    assert(w != NULL);
+    const td_type_traits *a = td_quant_traits(w->vec_dot_type);
+    size_t rb = td_quant_row_bytes(w->vec_dot_type, n_in);
+    assert(rb != 0);
+    for (int64_t r = 0; r < n_rows; r++)
+        a->from_float(x + r * n_in, (uint8_t *)dst + (size_t)r * rb, n_in);
+}

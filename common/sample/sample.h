@@ -1,0 +1,66 @@
+/* sample.h — choosing the next token from logits.
+ *
+ * Every random choice is keyed by (seed, absolute position): the token at
+ * position t is argmax over the filtered candidates of logit/T + G(seed,t,x)
+ * with G a Gumbel variate from a counter-based hash (Gumbel-max trick). The
+ * same seed therefore gives the same tokens however the positions were
+ * reached — plain decoding or speculative verification (ARCHITECTURE.md §4).
+ * temperature == 0 is greedy (argmax, ties to the lowest id).
+ */
+#ifndef TD_SAMPLE_H
+#define TD_SAMPLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/util.h"
+
+/* Applied in this order: repetition penalty (distinct tokens of the last
+ * repeat_last_n), temperature, top-k, top-p (smallest best-first set with
+ * mass >= top_p), min-p (p >= min_p * p_max), then the draw. NaN logits
+ * count as -inf; +inf logits share all the mass; if nothing is finite the
+ * pick is token 0. */
+typedef struct td_sample_params {
+    float temperature;     /* 0 = greedy */
+    int32_t top_k;         /* 0 = off */
+    float top_p;           /* 1 = off */
+    float min_p;           /* 0 = off */
+    float repeat_penalty;  /* 1 = off; divides positive logits, multiplies negative */
+    int32_t repeat_last_n; /* window of previous tokens the penalty looks at */
+    uint64_t seed;
+} td_sample_params;
+
+/* Defaults: greedy, top_k 0, top_p 1, min_p 0, repeat_penalty 1, last_n 64, seed 0. */
+td_sample_params td_sample_defaults(void);
+/* Checks ranges; TD_E_ARG with a message naming the bad parameter. */
+int td_sample_validate(const td_sample_params *p, td_err *err);
+
+/* Scratch space for one sampler (one per sequence or per thread); sized for
+ * n_vocab so the hot path allocates nothing. */
+typedef struct td_sampler td_sampler;
+/* p NULL = defaults. NULL on invalid parameters (see td_sample_validate for
+ * the message), n_vocab <= 0 or out of memory. */
+td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab);
+void td_sampler_destroy(td_sampler *s);
+/* Replaces the parameters (e.g. a pooled sampler taking a new request);
+ * validated first, TD_E_ARG leaves the old ones in place. */
+int td_sampler_set_params(td_sampler *s, const td_sample_params *p, td_err *err);
+
+/* Picks the token for absolute position pos from logits[n_vocab] (not
+ * modified). history/n_history: the tokens before pos (prompt + generated),
+ * used by the repetition penalty. */
+int32_t td_sampler_pick(td_sampler *s, const float *logits, int64_t pos,
+                        const int32_t *history, size_t n_history);
+
+/* Keyed uniform in (0,1) and Gumbel variate for (seed, pos, token). */
+double td_sample_uniform(uint64_t seed, int64_t pos, uint64_t salt);
+double td_sample_gumbel(uint64_t seed, int64_t pos, int32_t token);
+
+/* Filtered, tempered distribution the sampler draws from at pos: writes
+ * probabilities into probs[n_vocab] (0 outside the candidate set). Used by
+ * rejection-sampling speculation and by tests. */
+void td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
+                      size_t n_history, float *probs);
+
+#endif

@@ -1,0 +1,164 @@
+/* recycle.c — Token Recycling (Luo et al., arXiv 2408.08696): an adjacency
+ * table token -> the target's top-k next tokens seen at the last verification
+ * that passed through that token, walked as a static tree from the last
+ * history token. The table describes the model, not a text, so it is shared
+ * by all sequences and survives reset(); it holds -1 where nothing has been
+ * observed. Not thread-safe: observe() and propose() must not overlap. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "spec/spec.h"
+
+#define RC_MAX_TOP_K 64
+#define RC_MAX_TABLE_BYTES ((uint64_t)1 << 30) /* far above any real vocabulary */
+/* Template nodes: twice the largest proposal, so that when table entries are
+ * missing (-1) or repeat a sibling, later template nodes fill the budget. */
+#define RC_TEMPLATE 128
+#define RC_MAX_DEPTH 16
+
+/* The static tree. Assume a candidate of rank r is right with probability
+ * prior(r), independently along a path; the template takes nodes best-first
+ * by the product of priors along their rank path (ties to the earlier
+ * candidate), so its first m nodes are the best m-node tree under that
+ * assumption and every prefix is itself a tree in topological order. With
+ * the priors below the first 80 nodes have 8/25/25/15/6/1 nodes at depths
+ * 1..6, close to the paper's hand-tuned 8/21/25/15/8/3; 64 nodes give
+ * 8/21/19/9/6/1, 16 give 6/5/4/1 and 8 give 4/3/1. Ranks past the table are
+ * extrapolated, decreasing. */
+static const float rc_prior[8] = {0.50f, 0.20f, 0.12f, 0.08f, 0.06f, 0.05f, 0.04f, 0.03f};
+
+static float rc_rank_prior(int32_t r) {
+    return r < 8 ? rc_prior[r] : rc_prior[7] * 8.0f / (float)(r + 1);
+}
+
+typedef struct rc_drafter {
+    td_drafter base;
+    int32_t n_vocab, top_k;
+    int32_t *table;              /* (n_vocab, top_k) next-token candidates, best first; -1 none */
+    int32_t n_tmpl;
+    int16_t tparent[RC_TEMPLATE]; /* template parent, -1 = after the last history token */
+    int16_t trank[RC_TEMPLATE];   /* rank within the parent's table row */
+} rc_drafter;
+
+/* Fills the template best-first. Each placed node offers its next unused
+ * rank as a candidate; O(RC_TEMPLATE^2) once, at creation. */
+static void rc_build_template(rc_drafter *d) {
+    float score[RC_TEMPLATE + 1];
+    int32_t next[RC_TEMPLATE + 1], depth[RC_TEMPLATE + 1];
+    /* Slot 0 is the root; template node t lives in slot t + 1. */
+    score[0] = 1.0f;
+    next[0] = 0;
+    depth[0] = 0;
+    d->n_tmpl = 0;
+    while (d->n_tmpl < RC_TEMPLATE) {
+        int32_t best = -1;
+        float best_score = 0.0f;
+        for (int32_t j = 0; j <= d->n_tmpl; j++) {
+            if (next[j] >= d->top_k || depth[j] >= RC_MAX_DEPTH) continue;
+            float sc = score[j] * rc_rank_prior(next[j]);
+            if (sc > best_score) {
+                best = j;
+                best_score = sc;
+            }
+        }
+        if (best < 0) break;
+        int32_t t = d->n_tmpl++;
+        d->tparent[t] = (int16_t)(best - 1);
+        d->trank[t] = (int16_t)next[best]++;
+        score[t + 1] = best_score;
+        next[t + 1] = 0;
+        depth[t + 1] = depth[best] + 1;
+    }
+}
+
+static int rc_propose(td_drafter *base, int32_t seq, const int32_t *history, size_t n,
+                      int32_t max_nodes, td_draft *out) {
+    rc_drafter *d = (rc_drafter *)base;
+    if (!out) return TD_E_ARG;
+    out->n = 0;
+    if (!d || seq < 0 || max_nodes < 0 || (n > 0 && !history)) return TD_E_ARG;
+    int32_t cap = max_nodes > TD_DRAFT_MAX ? TD_DRAFT_MAX : max_nodes;
+    if (n == 0 || cap == 0) return TD_OK;
+    int32_t last = history[n - 1];
+    if (last < 0 || last >= d->n_vocab) return TD_OK; /* nothing known about it */
+
+    int32_t node_of[RC_TEMPLATE]; /* template node -> proposal node, -1 if skipped */
+    for (int32_t t = 0; t < d->n_tmpl && out->n < cap; t++) {
+        node_of[t] = -1;
+        int32_t tp = d->tparent[t];
+        int32_t parent = tp < 0 ? -1 : node_of[tp];
+        if (tp >= 0 && parent < 0) continue; /* its parent was skipped */
+        int32_t from = parent < 0 ? last : out->token[parent];
+        int32_t tok = d->table[(size_t)from * (size_t)d->top_k + (size_t)d->trank[t]];
+        if (tok < 0) continue;
+        bool dup = false;
+        for (int32_t i = parent + 1; i < out->n && !dup; i++)
+            dup = out->parent[i] == parent && out->token[i] == tok;
+        if (dup) continue;
+        node_of[t] = out->n;
+        out->token[out->n] = tok;
+        out->parent[out->n] = parent;
+        out->prob[out->n] = 0.0f; /* ranks, not probabilities, are recorded */
+        out->n++;
+    }
+    return TD_OK;
+}
+
+/* Overwrites whole rows, as the paper does: the newest view of what follows
+ * a token wins, and of repeated tokens in one batch the last write wins. */
+static void rc_observe(td_drafter *base, int32_t seq, const td_observation *obs, int32_t n_obs) {
+    rc_drafter *d = (rc_drafter *)base;
+    (void)seq; /* the table is shared by every sequence */
+    if (!d || !obs || n_obs <= 0) return;
+    for (int32_t i = 0; i < n_obs; i++) {
+        const td_observation *o = &obs[i];
+        if (o->token < 0 || o->token >= d->n_vocab || !o->top || o->n_top <= 0) continue;
+        int32_t *row = d->table + (size_t)o->token * (size_t)d->top_k;
+        int32_t m = o->n_top < d->top_k ? o->n_top : d->top_k;
+        for (int32_t j = 0; j < d->top_k; j++) {
+            int32_t t = j < m ? o->top[j] : -1;
+            row[j] = t >= 0 && t < d->n_vocab ? t : -1;
+        }
+    }
+}
+
+static void rc_reset(td_drafter *base, int32_t seq) {
+    (void)base, (void)seq; /* no per-sequence state; the table is about the model */
+}
+
+static void rc_destroy(td_drafter *base) {
+    rc_drafter *d = (rc_drafter *)base;
+    if (!d) return;
+    free(d->table);
+    free(d);
+}
+
+static const td_drafter_ops rc_ops = {
+    .name = "recycle",
+    .propose = rc_propose,
+    .accept = NULL, /* learns from observe() only */
+    .observe = rc_observe,
+    .reset = rc_reset,
+    .destroy = rc_destroy,
+};
+
+td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k) {
+    if (n_vocab < 1 || top_k < 1 || top_k > RC_MAX_TOP_K) return NULL;
+    uint64_t cells;
+    if (!td_mul_u64((uint64_t)n_vocab, (uint64_t)top_k, &cells) ||
+        cells > RC_MAX_TABLE_BYTES / sizeof(int32_t))
+        return NULL;
+    rc_drafter *d = calloc(1, sizeof *d);
+    if (!d) goto fail;
+    d->base.ops = &rc_ops;
+    d->n_vocab = n_vocab;
+    d->top_k = top_k;
+    d->table = malloc((size_t)cells * sizeof *d->table);
+    if (!d->table) goto fail;
+    memset(d->table, 0xff, (size_t)cells * sizeof *d->table); /* all -1 */
+    rc_build_template(d);
+    return &d->base;
+fail:
+    free(d);
+    return NULL;
+}

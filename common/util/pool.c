@@ -1,0 +1,141 @@
+/* pool.c — the process-wide thread pool.
+ *
+ * A decode step runs a few hundred short parallel jobs (one per matmul or
+ * attention block), so a futex wake per job would cost more than the work.
+ * Workers therefore spin on a generation counter for a while after each job
+ * and only then sleep on a condition variable. Promise: td_pool_run returns
+ * only after every thread finished fn; jobs never overlap.
+ */
+#include "util/util.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define td_cpu_relax() _mm_pause()
+#else
+#define td_cpu_relax() ((void)0)
+#endif
+
+/* Spins before a worker sleeps: long enough to bridge the gap between the
+ * jobs of one forward pass, short enough not to burn a core when idle. */
+#define SPIN_BEFORE_SLEEP 200000
+
+typedef struct worker {
+    struct td_pool *pool;
+    int ith;
+} worker;
+
+struct td_pool {
+    int n;
+    pthread_t *threads;
+    worker *workers;
+    td_pool_fn fn;
+    void *ctx;
+    _Atomic uint64_t gen;     /* bumped once per job */
+    _Atomic int pending;      /* workers still running the current job */
+    _Atomic int sleepers;
+    _Atomic bool stop;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+static void *worker_main(void *arg) {
+    worker *w = arg;
+    struct td_pool *p = w->pool;
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t g;
+        int spins = 0;
+        while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop)) {
+            if (++spins < SPIN_BEFORE_SLEEP) {
+                td_cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+            spins = 0;
+        }
+        if (atomic_load(&p->stop)) break;
+        seen = g;
+        p->fn(p->ctx, w->ith, p->n);
+        atomic_fetch_sub(&p->pending, 1);
+    }
+    return NULL;
+}
+
+td_pool *td_pool_create(int n_threads) {
+    if (n_threads < 1) return NULL;
+    td_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = n_threads;
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->sleepers, 0);
+    atomic_init(&p->stop, false);
+    if (pthread_mutex_init(&p->mu, NULL) != 0) { free(p); return NULL; }
+    if (pthread_cond_init(&p->cv, NULL) != 0) {
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        return NULL;
+    }
+    p->threads = calloc((size_t)n_threads, sizeof *p->threads);
+    p->workers = calloc((size_t)n_threads, sizeof *p->workers);
+    if (!p->threads || !p->workers) goto fail;
+    for (int i = 1; i < n_threads; i++) {
+        p->workers[i].pool = p;
+        p->workers[i].ith = i;
+        if (pthread_create(&p->threads[i], NULL, worker_main, &p->workers[i]) != 0) {
+            p->n = i; /* destroy joins only the threads that started */
+            goto fail;
+        }
+    }
+    return p;
+fail:
+    td_pool_destroy(p);
+    return NULL;
+}
+
+void td_pool_destroy(td_pool *p) {
+    if (!p) return;
+    if (p->threads) {
+        pthread_mutex_lock(&p->mu);
+        atomic_store(&p->stop, true);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
+    }
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p->threads);
+    free(p->workers);
+    free(p);
+}
+
+int td_pool_size(const td_pool *p) { return p ? p->n : 1; }
+
+void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx) {
+    if (!p || p->n == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store(&p->pending, p->n - 1);
+    atomic_fetch_add(&p->gen, 1);
+    /* A worker either saw the new generation or is counted in sleepers
+     * (both orders are sequentially consistent), so no wake-up is lost. */
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    fn(ctx, 0, p->n);
+    while (atomic_load(&p->pending) > 0) td_cpu_relax();
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# test.sh — every test: the unit and real-model tests (CTest), the same unit
+# tests under AddressSanitizer + UndefinedBehaviorSanitizer, the libFuzzer
+# targets for a bounded time, and the CLI integration checks.
+# Expects scripts/setup.sh to have run (packages, model, build/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=$(nproc)
+FUZZ_SECONDS=${TD_FUZZ_SECONDS:-45}
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "sanitizer build (ASan + UBSan): unit tests"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTANDEM_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$JOBS" >/dev/null
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -LE model -j"$JOBS"
+
+step "fuzz targets (clang libFuzzer, ${FUZZ_SECONDS}s each)"
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DTANDEM_FUZZ=ON -DTANDEM_TESTS=OFF >/dev/null
+cmake --build build-fuzz -j"$JOBS" >/dev/null
+for fz in build-fuzz/fuzz_*; do
+  [ -x "$fz" ] || continue
+  name=$(basename "$fz")
+  corpus="build-fuzz/corpus-$name"
+  mkdir -p "$corpus"
+  if [ -x "tests/fuzz/make_corpus.sh" ]; then tests/fuzz/make_corpus.sh "$name" "$corpus" build; fi
+  "$fz" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -n 4
+done
+
+step "CLI integration"
+tests/integration/test_cli.sh build/tandem
+
+step "release build: all tests, including the real-model reference tests"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$JOBS" >/dev/null
+ctest --test-dir build --output-on-failure

@@ -1,0 +1,785 @@
+/* test_sample.c — unit tests for common/sample: parameter checks, greedy,
+ * keyed determinism, that pick() draws from exactly td_sampler_probs (chi-
+ * square, with proof the test can fail), each filter's defining property,
+ * repetition penalty, NaN/inf logits. Every random input comes from fixed
+ * seeds, so no test can flake.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "sample/sample.h"
+
+/* ---- helpers ---- */
+
+/* Test-local generator (xorshift64*) for logits; the state is passed in. */
+static uint64_t rng_next(uint64_t *st) {
+    *st ^= *st >> 12;
+    *st ^= *st << 25;
+    *st ^= *st >> 27;
+    return *st * 0x2545f4914f6cdd1dULL;
+}
+static double rng_unit(uint64_t *st) { return (double)(rng_next(st) >> 11) * 0x1p-53; }
+
+static void fill_logits(float *l, int n, uint64_t seed, float lo, float hi) {
+    uint64_t st = seed * 0x9e3779b97f4a7c15ULL + 1;
+    for (int i = 0; i < n; i++)
+        l[i] = lo + (hi - lo) * (float)rng_unit(&st);
+}
+
+static td_sampler *make(td_sample_params p, int n) {
+    td_sampler *s = td_sampler_create(&p, n);
+    assert_non_null(s);
+    return s;
+}
+
+static td_sample_params tempered(float t, uint64_t seed) {
+    td_sample_params p = td_sample_defaults();
+    p.temperature = t;
+    p.seed = seed;
+    return p;
+}
+
+/* softmax(l / t) in double, for checking filters against first principles. */
+static void softmax(const float *l, int n, double t, double *out) {
+    double m = -INFINITY, z = 0.0;
+    for (int i = 0; i < n; i++)
+        m = fmax(m, l[i] / t);
+    for (int i = 0; i < n; i++)
+        z += out[i] = exp(l[i] / t - m);
+    for (int i = 0; i < n; i++)
+        out[i] /= z;
+}
+
+/* Chi-square critical values at a 1e-6 false-positive rate, by degrees of
+ * freedom (computed from the regularised incomplete gamma function). With
+ * fixed seeds the tests are deterministic anyway; the tiny rate means a
+ * correct sampler passes for essentially any seed choice. */
+static const double chi2_crit_1e6[] = {0, 23.93, 27.63, 30.66, 33.38, 35.89, 38.26, 40.52};
+
+static double chi_square(const long *counts, const double *expect_p, int n, long total,
+                         int *dof) {
+    double x2 = 0.0;
+    int k = 0;
+    *dof = 0;
+    for (int i = 0; i < n; i++) {
+        if (expect_p[i] <= 0.0) {
+            if (counts[i] > 0)
+                return INFINITY; /* a draw outside the support */
+            continue;
+        }
+        double e = expect_p[i] * (double)total;
+        x2 += ((double)counts[i] - e) * ((double)counts[i] - e) / e;
+        k++;
+    }
+    *dof = k - 1;
+    assert_true(*dof >= 1 && *dof <= 7); /* the table's range */
+    return x2;
+}
+
+/* ---- parameters ---- */
+
+static void test_defaults_valid(void **state) {
+    (void)state;
+    td_sample_params p = td_sample_defaults();
+    assert_true(p.temperature == 0.0f && p.top_k == 0 && p.top_p == 1.0f && p.min_p == 0.0f &&
+                p.repeat_penalty == 1.0f && p.repeat_last_n == 64 && p.seed == 0);
+    td_err err = {{0}};
+    assert_int_equal(td_sample_validate(&p, &err), TD_OK);
+    assert_int_equal(td_sample_validate(&p, NULL), TD_OK);
+}
+
+static void expect_reject(td_sample_params p, const char *name, const char *value) {
+    td_err err = {{0}};
+    assert_int_equal(td_sample_validate(&p, &err), TD_E_ARG);
+    assert_non_null(strstr(err.msg, name));
+    assert_non_null(strstr(err.msg, value));
+    assert_null(td_sampler_create(&p, 16));
+}
+
+static void test_validate_rejects(void **state) {
+    (void)state;
+    td_sample_params d = td_sample_defaults(), p;
+    p = d; p.temperature = -0.5f;          expect_reject(p, "temperature", "-0.5");
+    p = d; p.temperature = NAN;            expect_reject(p, "temperature", "nan");
+    p = d; p.temperature = INFINITY;       expect_reject(p, "temperature", "inf");
+    p = d; p.top_k = -3;                   expect_reject(p, "top_k", "-3");
+    p = d; p.top_p = 0.0f;                 expect_reject(p, "top_p", "0");
+    p = d; p.top_p = 1.5f;                 expect_reject(p, "top_p", "1.5");
+    p = d; p.top_p = NAN;                  expect_reject(p, "top_p", "nan");
+    p = d; p.min_p = -0.25f;               expect_reject(p, "min_p", "-0.25");
+    p = d; p.min_p = 1.25f;                expect_reject(p, "min_p", "1.25");
+    p = d; p.min_p = NAN;                  expect_reject(p, "min_p", "nan");
+    p = d; p.repeat_penalty = 0.0f;        expect_reject(p, "repeat_penalty", "0");
+    p = d; p.repeat_penalty = -1.0f;       expect_reject(p, "repeat_penalty", "-1");
+    p = d; p.repeat_penalty = INFINITY;    expect_reject(p, "repeat_penalty", "inf");
+    p = d; p.repeat_last_n = -2;           expect_reject(p, "repeat_last_n", "-2");
+    assert_int_equal(td_sample_validate(NULL, NULL), TD_E_ARG);
+
+    /* Boundaries that are allowed. */
+    p = d; p.top_p = 1.0f; p.min_p = 1.0f; p.repeat_last_n = 0; p.temperature = 0.0f;
+    p.repeat_penalty = 0.01f;
+    assert_int_equal(td_sample_validate(&p, NULL), TD_OK);
+}
+
+static void test_create_and_set_params(void **state) {
+    (void)state;
+    assert_null(td_sampler_create(NULL, 0));
+    assert_null(td_sampler_create(NULL, -5));
+    td_sampler *s = td_sampler_create(NULL, 8); /* NULL = defaults: greedy */
+    assert_non_null(s);
+    float l[8] = {0, 1, 7, 3, 7, 2, 1, 0};
+    assert_int_equal(td_sampler_pick(s, l, 0, NULL, 0), 2);
+
+    td_err err = {{0}};
+    td_sample_params bad = td_sample_defaults();
+    bad.top_p = 2.0f;
+    assert_int_equal(td_sampler_set_params(s, &bad, &err), TD_E_ARG);
+    assert_non_null(strstr(err.msg, "top_p"));
+    assert_int_equal(td_sampler_pick(s, l, 0, NULL, 0), 2); /* old params kept */
+    td_sample_params p = tempered(1.0f, 5);
+    p.top_k = 1;
+    assert_int_equal(td_sampler_set_params(s, &p, &err), TD_OK);
+    assert_int_equal(td_sampler_pick(s, l, 0, NULL, 0), 2);
+    assert_int_equal(td_sampler_set_params(NULL, &p, NULL), TD_E_ARG);
+    td_sampler_destroy(s);
+    td_sampler_destroy(NULL);
+}
+
+/* ---- greedy ---- */
+
+static void test_greedy(void **state) {
+    (void)state;
+    enum { N = 1000 };
+    static float l[N];
+    float probs[N];
+    td_sampler *s = make(td_sample_defaults(), N);
+    for (uint64_t k = 0; k < 20; k++) {
+        fill_logits(l, N, k, -10, 10);
+        int best = 0;
+        for (int i = 1; i < N; i++)
+            if (l[i] > l[best])
+                best = i;
+        for (int64_t pos = 0; pos < 5; pos++)
+            assert_int_equal(td_sampler_pick(s, l, pos, NULL, 0), best);
+        td_sampler_probs(s, l, NULL, 0, probs);
+        for (int i = 0; i < N; i++)
+            assert_true(probs[i] == (i == best ? 1.0f : 0.0f));
+    }
+    /* Ties go to the lowest id, whatever the seed or position. */
+    for (int i = 0; i < N; i++)
+        l[i] = (float)(i % 7);
+    td_sample_params p = td_sample_defaults();
+    for (uint64_t seed = 0; seed < 4; seed++) {
+        p.seed = seed;
+        td_sampler *t = make(p, N);
+        assert_int_equal(td_sampler_pick(t, l, (int64_t)seed * 11, NULL, 0), 6);
+        td_sampler_destroy(t);
+    }
+    for (int i = 0; i < N; i++)
+        l[i] = 0.0f;
+    assert_int_equal(td_sampler_pick(s, l, 3, NULL, 0), 0);
+    td_sampler_destroy(s);
+}
+
+/* ---- keyed randomness ---- */
+
+static void test_noise(void **state) {
+    (void)state;
+    double sum = 0.0;
+    int n = 0;
+    for (uint64_t seed = 0; seed < 4; seed++)
+        for (int64_t pos = -2; pos < 50; pos++)
+            for (uint64_t salt = 0; salt < 200; salt++) {
+                double u = td_sample_uniform(seed, pos, salt);
+                assert_true(u > 0.0 && u < 1.0);
+                assert_true(u == td_sample_uniform(seed, pos, salt));
+                sum += u;
+                n++;
+            }
+    assert_true(fabs(sum / n - 0.5) < 0.01);
+    /* Neighbouring keys give unrelated values. */
+    assert_true(td_sample_uniform(1, 2, 3) != td_sample_uniform(1, 2, 4));
+    assert_true(td_sample_uniform(1, 2, 3) != td_sample_uniform(1, 3, 3));
+    assert_true(td_sample_uniform(1, 2, 3) != td_sample_uniform(2, 2, 3));
+    for (int32_t t = 0; t < 1000; t++) {
+        double g = td_sample_gumbel(9, 4, t);
+        assert_true(isfinite(g));
+        assert_true(g == -log(-log(td_sample_uniform(9, 4, (uint64_t)t))));
+    }
+    /* Gumbel(0,1) has mean Euler–Mascheroni gamma = 0.5772. */
+    double gs = 0.0;
+    for (int32_t t = 0; t < 200000; t++)
+        gs += td_sample_gumbel(17, 1, t);
+    assert_true(fabs(gs / 200000 - 0.5772156649) < 0.01);
+}
+
+static void test_keyed_determinism(void **state) {
+    (void)state;
+    enum { N = 500, P = 200 };
+    static float l[N];
+    fill_logits(l, N, 42, -1, 1); /* near flat: many tokens are likely */
+    int32_t a[P], b[P], c[P];
+    td_sampler *s1 = make(tempered(1.0f, 1234), N);
+    td_sampler *s2 = make(tempered(1.0f, 1234), N);
+    td_sampler *s3 = make(tempered(1.0f, 1235), N);
+    for (int64_t pos = 0; pos < P; pos++)
+        a[pos] = td_sampler_pick(s1, l, pos, NULL, 0);
+    /* Another sampler, reverse order, repeated calls: the same tokens. */
+    for (int64_t pos = P - 1; pos >= 0; pos--) {
+        b[pos] = td_sampler_pick(s2, l, pos, NULL, 0);
+        assert_int_equal(td_sampler_pick(s2, l, pos, NULL, 0), b[pos]);
+    }
+    for (int64_t pos = 0; pos < P; pos++)
+        c[pos] = td_sampler_pick(s3, l, pos, NULL, 0);
+    assert_memory_equal(a, b, sizeof a);
+    int differ_seed = 0, distinct = 0;
+    static uint8_t seen[N];
+    memset(seen, 0, sizeof seen);
+    for (int i = 0; i < P; i++) {
+        differ_seed += a[i] != c[i];
+        distinct += !seen[a[i]];
+        seen[a[i]] = 1;
+    }
+    assert_true(differ_seed > P * 9 / 10); /* ~1/N chance each to agree */
+    assert_true(distinct > P / 2);          /* positions are not correlated */
+    td_sampler_destroy(s1);
+    td_sampler_destroy(s2);
+    td_sampler_destroy(s3);
+}
+
+/* pick() prunes tokens by a bound on the noise; it must still equal the plain
+ * argmax of logit/T + G(seed, pos, x) that any reference would compute. */
+static void test_pick_equals_reference_argmax(void **state) {
+    (void)state;
+    enum { N = 3000 };
+    static float l[N];
+    const float temps[] = {0.05f, 0.3f, 1.0f, 2.5f, 40.0f};
+    const float spreads[] = {0.5f, 8.0f, 60.0f};
+    for (int ti = 0; ti < 5; ti++)
+        for (int si = 0; si < 3; si++) {
+            fill_logits(l, N, (uint64_t)(ti * 10 + si), -spreads[si], spreads[si]);
+            td_sampler *s = make(tempered(temps[ti], 77 + (uint64_t)ti), N);
+            for (int64_t pos = 0; pos < 40; pos++) {
+                int best = 0;
+                double bv = -INFINITY;
+                for (int x = 0; x < N; x++) {
+                    double v = (double)l[x] / (double)temps[ti] +
+                               td_sample_gumbel(77 + (uint64_t)ti, pos, x);
+                    if (v > bv) {
+                        bv = v;
+                        best = x;
+                    }
+                }
+                assert_int_equal(td_sampler_pick(s, l, pos, NULL, 0), best);
+            }
+            td_sampler_destroy(s);
+        }
+}
+
+/* The same with filters on: the argmax runs over probs()'s support only. */
+static void test_pick_equals_reference_filtered(void **state) {
+    (void)state;
+    enum { N = 4000 };
+    static float l[N], probs[N];
+    static double sc[N];
+    for (int cfg = 0; cfg < 6; cfg++) {
+        td_sample_params p = tempered(cfg % 2 ? 0.7f : 1.6f, 500 + (uint64_t)cfg);
+        p.top_k = cfg == 0 ? 50 : cfg == 3 ? 1500 : 0;
+        p.top_p = cfg == 1 ? 0.9f : cfg == 3 ? 0.97f : cfg == 4 ? 0.5f : 1.0f;
+        p.min_p = cfg == 2 ? 0.02f : cfg == 4 ? 0.001f : 0.0f;
+        p.repeat_penalty = cfg == 5 ? 1.3f : 1.0f;
+        const int32_t hist[] = {1, 2, 3, 5, 8, 13, 21, 34, 55, 89};
+        fill_logits(l, N, 900 + (uint64_t)cfg, -4, 4);
+        td_sampler *s = make(p, N);
+        td_sampler_probs(s, l, hist, 10, probs);
+        /* Penalised in double, as the sampler does: (l / penalty) / T. */
+        for (int x = 0; x < N; x++)
+            sc[x] = l[x];
+        for (int i = 0; i < 10; i++)
+            sc[hist[i]] = sc[hist[i]] > 0 ? sc[hist[i]] / p.repeat_penalty
+                                          : sc[hist[i]] * p.repeat_penalty;
+        for (int x = 0; x < N; x++)
+            sc[x] /= (double)p.temperature;
+        for (int64_t pos = 0; pos < 30; pos++) {
+            int best = -1;
+            double bv = -INFINITY;
+            for (int x = 0; x < N; x++) {
+                if (probs[x] == 0.0f)
+                    continue;
+                double v = sc[x] + td_sample_gumbel(p.seed, pos, x);
+                if (v > bv) {
+                    bv = v;
+                    best = x;
+                }
+            }
+            assert_int_equal(td_sampler_pick(s, l, pos, hist, 10), best);
+        }
+        td_sampler_destroy(s);
+    }
+}
+
+/* The noise tail: a token far below the top can still win when its Gumbel
+ * value is extreme; pruning must not lose it. Positions are searched for a
+ * token-1 Gumbel value 15 above token 0's (about one in 3 million), then the
+ * logits are set so that token 1 wins by 0.5. */
+static void test_extreme_noise_wins(void **state) {
+    (void)state;
+    const uint64_t seed = 31337;
+    int64_t pos = 0;
+    while (td_sample_gumbel(seed, pos, 1) - td_sample_gumbel(seed, pos, 0) <= 15.0)
+        pos++;
+    double g0 = td_sample_gumbel(seed, pos, 0), g1 = td_sample_gumbel(seed, pos, 1);
+    float l[2] = {0.0f, (float)(g0 - g1 + 0.5)};
+    assert_true(l[1] < -14.0f);
+    td_sampler *s = make(tempered(1.0f, seed), 2);
+    assert_int_equal(td_sampler_pick(s, l, pos, NULL, 0), 1);
+    l[1] = (float)(g0 - g1 - 0.5); /* now it just loses */
+    assert_int_equal(td_sampler_pick(s, l, pos, NULL, 0), 0);
+    td_sampler_destroy(s);
+}
+
+/* ---- the draw matches td_sampler_probs ---- */
+
+/* Counts draws over positions 0..n_draws-1; pick() re-draws per position. */
+static void count_draws(td_sampler *s, const float *l, int n, long n_draws, long *counts) {
+    memset(counts, 0, (size_t)n * sizeof *counts);
+    for (long pos = 0; pos < n_draws; pos++) {
+        int32_t t = td_sampler_pick(s, l, pos, NULL, 0);
+        assert_true(t >= 0 && t < n);
+        counts[t]++;
+    }
+}
+
+static void test_chi_square_matches_probs(void **state) {
+    (void)state;
+    enum { N = 8 };
+    const long draws = 200000;
+    const float l[N] = {1.2f, -0.3f, 0.4f, 2.0f, -1.5f, 0.9f, 0.0f, -0.8f};
+    long counts[N];
+    float pf[N];
+    double p[N], wrong[N];
+    int dof;
+
+    td_sampler *s = make(tempered(0.7f, 2024), N);
+    td_sampler_probs(s, l, NULL, 0, pf);
+    double sum = 0.0;
+    for (int i = 0; i < N; i++)
+        sum += p[i] = pf[i];
+    assert_true(fabs(sum - 1.0) < 1e-6);
+    softmax(l, N, 0.7, wrong); /* probs() is softmax(l/T) when nothing is filtered */
+    for (int i = 0; i < N; i++)
+        assert_true(fabs(p[i] - wrong[i]) < 1e-6);
+
+    count_draws(s, l, N, draws, counts);
+    double x2 = chi_square(counts, p, N, draws, &dof);
+    assert_int_equal(dof, 7);
+    print_message("chi2 vs probs = %.2f (threshold %.2f)\n", x2, chi2_crit_1e6[dof]);
+    assert_true(x2 < chi2_crit_1e6[dof]);
+
+    /* The test can fail: the same counts against a slightly wrong
+     * distribution (T = 0.8 instead of 0.7) are far over the threshold... */
+    softmax(l, N, 0.8, wrong);
+    double x2w = chi_square(counts, wrong, N, draws, &dof);
+    print_message("chi2 vs wrong T = %.2f\n", x2w);
+    assert_true(x2w > chi2_crit_1e6[dof]);
+
+    /* ...and so are draws from the classic mistake argmax((l + G) / T). */
+    long bad[N] = {0};
+    for (long pos = 0; pos < draws; pos++) {
+        int best = 0;
+        double bv = -INFINITY;
+        for (int x = 0; x < N; x++) {
+            double v = ((double)l[x] + td_sample_gumbel(2024, pos, x)) / 0.7;
+            if (v > bv) {
+                bv = v;
+                best = x;
+            }
+        }
+        bad[best]++;
+    }
+    double x2b = chi_square(bad, p, N, draws, &dof);
+    print_message("chi2 of (l+G)/T draws = %.2f\n", x2b);
+    assert_true(x2b > chi2_crit_1e6[dof]);
+    td_sampler_destroy(s);
+}
+
+/* Same check with every filter on: draws follow probs() on the kept set and
+ * never leave it. */
+static void test_chi_square_filtered(void **state) {
+    (void)state;
+    enum { N = 12 };
+    const long draws = 100000;
+    const float l[N] = {3.0f, 2.6f, 2.5f, 2.2f, 1.9f, 1.5f, 1.0f, 0.2f, -1.0f, 2.4f, 0.5f, -3.0f};
+    long counts[N];
+    float pf[N];
+    double p[N];
+    td_sample_params prm = tempered(1.3f, 99);
+    prm.top_k = 8;
+    prm.top_p = 0.85f;
+    prm.min_p = 0.3f;
+    td_sampler *s = make(prm, N);
+    td_sampler_probs(s, l, NULL, 0, pf);
+    int kept = 0;
+    for (int i = 0; i < N; i++) {
+        p[i] = pf[i];
+        kept += pf[i] > 0.0f;
+    }
+    assert_true(kept >= 3 && kept < 8); /* the filters really cut */
+    count_draws(s, l, N, draws, counts);
+    int dof;
+    double x2 = chi_square(counts, p, N, draws, &dof);
+    print_message("filtered: kept %d, chi2 = %.2f (threshold %.2f)\n", kept, x2,
+                  chi2_crit_1e6[dof]);
+    assert_true(x2 < chi2_crit_1e6[dof]); /* also INFINITY if a draw left the set */
+    td_sampler_destroy(s);
+}
+
+/* ---- filters ---- */
+
+static int kept_set(td_sampler *s, const float *l, int n, float *probs) {
+    td_sampler_probs(s, l, NULL, 0, probs);
+    int k = 0;
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        assert_true(probs[i] >= 0.0f);
+        k += probs[i] > 0.0f;
+        sum += probs[i];
+    }
+    assert_true(fabs(sum - 1.0) < 1e-5);
+    return k;
+}
+
+static void test_top_k(void **state) {
+    (void)state;
+    enum { N = 2000 };
+    static float l[N], probs[N];
+    fill_logits(l, N, 7, -5, 5);
+    for (int i = 0; i < N; i += 10)
+        l[i] = 1.0f; /* plenty of ties, some straddling the boundary */
+    const int ks[] = {1, 2, 3, 40, 150, 250, 1999, 2000, 5000};
+    for (int ki = 0; ki < 9; ki++) {
+        td_sample_params p = tempered(1.0f, (uint64_t)ki);
+        p.top_k = ks[ki];
+        td_sampler *s = make(p, N);
+        int k = kept_set(s, l, N, probs);
+        assert_int_equal(k, ks[ki] < N ? ks[ki] : N);
+        /* Kept = the k best under (logit desc, id asc). */
+        for (int a = 0; a < N; a++)
+            for (int b = 0; b < N && probs[a] > 0.0f; b += 7)
+                if (probs[b] == 0.0f)
+                    assert_true(l[a] > l[b] || (l[a] == l[b] && a < b));
+        for (int64_t pos = 0; pos < 50; pos++)
+            assert_true(probs[td_sampler_pick(s, l, pos, NULL, 0)] > 0.0f);
+        td_sampler_destroy(s);
+    }
+    /* All equal: top-3 keeps ids 0, 1, 2. */
+    for (int i = 0; i < N; i++)
+        l[i] = 0.5f;
+    td_sample_params p = tempered(1.0f, 3);
+    p.top_k = 3;
+    td_sampler *s = make(p, N);
+    assert_int_equal(kept_set(s, l, N, probs), 3);
+    assert_true(probs[0] > 0.0f && probs[1] > 0.0f && probs[2] > 0.0f);
+    td_sampler_destroy(s);
+}
+
+static void test_top_p_smallest_set(void **state) {
+    (void)state;
+    enum { N = 1500 };
+    static float l[N], probs[N];
+    static double full[N];
+    const float ps[] = {0.01f, 0.2f, 0.5f, 0.9f, 0.95f, 0.999f};
+    const float temps[] = {0.5f, 1.0f, 2.0f};
+    for (int ti = 0; ti < 3; ti++) {
+        fill_logits(l, N, 100 + (uint64_t)ti, -6, 6);
+        softmax(l, N, temps[ti], full);
+        for (int pi = 0; pi < 6; pi++) {
+            td_sample_params p = tempered(temps[ti], 5);
+            p.top_p = ps[pi];
+            td_sampler *s = make(p, N);
+            int k = kept_set(s, l, N, probs);
+            assert_true(k >= 1);
+            double mass = 0.0, min_kept = 1.0, max_dropped = 0.0;
+            for (int i = 0; i < N; i++) {
+                if (probs[i] > 0.0f) {
+                    mass += full[i];
+                    min_kept = fmin(min_kept, full[i]);
+                } else {
+                    max_dropped = fmax(max_dropped, full[i]);
+                }
+            }
+            /* Enough mass, made of the most likely tokens, and the smallest
+             * such set: without its least likely member it falls short. */
+            assert_true(mass >= ps[pi] - 1e-9);
+            assert_true(min_kept >= max_dropped);
+            assert_true(mass - min_kept < ps[pi]);
+            /* Renormalised over the kept set, not reshaped. */
+            for (int i = 0; i < N; i++)
+                if (probs[i] > 0.0f)
+                    assert_true(fabs(probs[i] - full[i] / mass) < 1e-5);
+            for (int64_t pos = 0; pos < 50; pos++)
+                assert_true(probs[td_sampler_pick(s, l, pos, NULL, 0)] > 0.0f);
+            td_sampler_destroy(s);
+        }
+    }
+}
+
+/* Large, flat distributions keep thousands of tokens, which exercises the
+ * bucket split and the quickselect; the kept set must equal the one a full
+ * sort computes. */
+typedef struct {
+    double key;
+    int32_t id;
+} keyed;
+
+static int by_key_desc(const void *a, const void *b) {
+    const keyed *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key > y->key ? -1 : 1;
+    return x->id < y->id ? -1 : 1;
+}
+
+static void test_top_p_matches_full_sort(void **state) {
+    (void)state;
+    enum { N = 20000, NP = 61 };
+    static float l[N], probs[N];
+    static double full[N];
+    static keyed order[N];
+    for (int ti = 0; ti < 2; ti++) {
+        fill_logits(l, N, 300 + (uint64_t)ti, ti ? -12.0f : -2.0f, ti ? 12.0f : 2.0f);
+        for (int i = 0; i < N - 1; i += 97)
+            l[i] = l[i + 1]; /* exact ties, some across the boundary */
+        softmax(l, N, 1.0, full);
+        for (int i = 0; i < N; i++)
+            order[i] = (keyed){full[i], i};
+        qsort(order, N, sizeof order[0], by_key_desc);
+        td_sampler *s = make(tempered(1.0f, 6), N);
+        /* Many p values, so that quickselect pivots land on the boundary. */
+        for (int pi = 0; pi < NP; pi++) {
+            float top_p = pi < NP - 1 ? (float)((pi + 0.5) / (NP - 1)) : 0.9999f;
+            td_sample_params p = tempered(1.0f, 6);
+            p.top_p = top_p;
+            assert_int_equal(td_sampler_set_params(s, &p, NULL), TD_OK);
+            int k = kept_set(s, l, N, probs);
+            double cum = 0.0;
+            int m = 0;
+            while (m < N && cum < top_p)
+                cum += order[m++].key;
+            assert_int_equal(k, m);
+            for (int i = 0; i < m; i++)
+                assert_true(probs[order[i].id] > 0.0f);
+        }
+        td_sampler_destroy(s);
+    }
+}
+
+static void test_min_p(void **state) {
+    (void)state;
+    enum { N = 6 };
+    /* At T = 1, p(x)/p_max = exp(l - 2): 1, 0.61, 0.37, 0.14, 0.05, 0.018. */
+    const float l[N] = {2.0f, 1.5f, 1.0f, 0.0f, -1.0f, -2.0f};
+    const float mins[] = {0.0f, 0.01f, 0.1f, 0.3f, 0.5f, 0.99f, 1.0f};
+    const int expect_kept[] = {6, 6, 4, 3, 2, 1, 1};
+    float probs[N];
+    for (int mi = 0; mi < 7; mi++) {
+        td_sample_params p = tempered(1.0f, 8);
+        p.min_p = mins[mi];
+        td_sampler *s = make(p, N);
+        int k = kept_set(s, l, N, probs);
+        assert_int_equal(k, expect_kept[mi]);
+        for (int i = 0; i < N; i++)
+            assert_true((probs[i] > 0.0f) == (i < k)); /* the likeliest ones */
+        /* Relative weights are unchanged among the kept tokens. */
+        if (k >= 2)
+            assert_true(fabs(probs[1] / probs[0] - exp(-0.5)) < 1e-5);
+        td_sampler_destroy(s);
+    }
+    /* Temperature comes first: at T = 0.5 the same min_p cuts more. */
+    td_sample_params p = tempered(0.5f, 8);
+    p.min_p = 0.3f; /* ratios are now exp(2(l - 2)): 1, 0.37, 0.14, ... */
+    td_sampler *s = make(p, N);
+    assert_int_equal(kept_set(s, l, N, probs), 2);
+    td_sampler_destroy(s);
+}
+
+/* ---- repetition penalty ---- */
+
+static void test_repetition_penalty(void **state) {
+    (void)state;
+    enum { N = 8 };
+    const float l[N] = {0.5f, 1.0f, 2.0f, -2.0f, 0.0f, 1.5f, -0.5f, 0.25f};
+    float probs[N];
+    double expect[N];
+    td_sample_params p = tempered(1.0f, 1);
+    p.repeat_penalty = 2.0f;
+    p.repeat_last_n = 4;
+    td_sampler *s = make(p, N);
+    /* Window = last 4: {2, 3, 2, 4}; 7 is just outside it, -1 and 9999 are
+     * out of range and ignored. 2 appears twice but is penalised once. */
+    const int32_t hist[] = {-1, 9999, 7, 2, 3, 2, 4};
+    td_sampler_probs(s, l, hist, 7, probs);
+    float pl[N];
+    memcpy(pl, l, sizeof pl);
+    pl[2] = 2.0f / 2.0f;  /* positive: divided */
+    pl[3] = -2.0f * 2.0f; /* negative: multiplied */
+    pl[4] = 0.0f;         /* zero stays zero */
+    softmax(pl, N, 1.0, expect);
+    for (int i = 0; i < N; i++)
+        assert_true(fabs(probs[i] - expect[i]) < 1e-6);
+
+    /* Both directions make a repeated token less likely, also under greedy. */
+    td_sample_params g = td_sample_defaults();
+    g.repeat_penalty = 2.0f;
+    td_sampler *sg = make(g, N);
+    const float pos_l[N] = {1.0f, 1.5f, 0, 0, 0, 0, 0, 0};
+    const int32_t h1[] = {1};
+    assert_int_equal(td_sampler_pick(sg, pos_l, 0, NULL, 0), 1);
+    assert_int_equal(td_sampler_pick(sg, pos_l, 0, h1, 1), 0); /* 1.5 -> 0.75 */
+    const float neg_l[N] = {-1.0f, -0.8f, -9, -9, -9, -9, -9, -9};
+    assert_int_equal(td_sampler_pick(sg, neg_l, 0, NULL, 0), 1);
+    assert_int_equal(td_sampler_pick(sg, neg_l, 0, h1, 1), 0); /* -0.8 -> -1.6 */
+    /* Calls do not leak into each other (stamps are per call). */
+    assert_int_equal(td_sampler_pick(sg, neg_l, 0, NULL, 0), 1);
+    /* A penalty below 1 rewards repeats instead. */
+    g.repeat_penalty = 0.5f;
+    assert_int_equal(td_sampler_set_params(sg, &g, NULL), TD_OK);
+    const float up_l[N] = {1.0f, 0.6f, 0, 0, 0, 0, 0, 0};
+    assert_int_equal(td_sampler_pick(sg, up_l, 0, h1, 1), 1);
+    /* repeat_last_n = 0 turns it off. */
+    g.repeat_penalty = 2.0f;
+    g.repeat_last_n = 0;
+    assert_int_equal(td_sampler_set_params(sg, &g, NULL), TD_OK);
+    assert_int_equal(td_sampler_pick(sg, pos_l, 0, h1, 1), 1);
+    td_sampler_destroy(sg);
+    td_sampler_destroy(s);
+}
+
+/* ---- NaN / inf ---- */
+
+static void test_nan_inf(void **state) {
+    (void)state;
+    enum { N = 6 };
+    float probs[N];
+    td_sampler *gs = make(td_sample_defaults(), N);
+    td_sampler *ts = make(tempered(1.0f, 3), N);
+
+    const float with_nan[N] = {0.1f, NAN, 0.3f, NAN, -INFINITY, 0.2f};
+    assert_int_equal(td_sampler_pick(gs, with_nan, 0, NULL, 0), 2);
+    td_sampler_probs(ts, with_nan, NULL, 0, probs);
+    assert_true(probs[1] == 0.0f && probs[3] == 0.0f && probs[4] == 0.0f);
+    for (int64_t pos = 0; pos < 300; pos++) {
+        int32_t t = td_sampler_pick(ts, with_nan, pos, NULL, 0);
+        assert_true(t == 0 || t == 2 || t == 5);
+    }
+
+    const float all_nan[N] = {NAN, NAN, NAN, NAN, NAN, NAN};
+    const float all_ninf[N] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, NAN};
+    assert_int_equal(td_sampler_pick(gs, all_nan, 0, NULL, 0), 0);
+    assert_int_equal(td_sampler_pick(ts, all_nan, 1, NULL, 0), 0);
+    assert_int_equal(td_sampler_pick(ts, all_ninf, 2, NULL, 0), 0);
+    td_sampler_probs(ts, all_ninf, NULL, 0, probs);
+    assert_true(probs[0] == 1.0f);
+
+    /* +inf logits take all the mass, shared equally. */
+    const float pinf[N] = {5.0f, INFINITY, NAN, INFINITY, 1e30f, 0.0f};
+    assert_int_equal(td_sampler_pick(gs, pinf, 0, NULL, 0), 1);
+    td_sampler_probs(ts, pinf, NULL, 0, probs);
+    assert_true(probs[1] == 0.5f && probs[3] == 0.5f);
+    int seen1 = 0, seen3 = 0;
+    for (int64_t pos = 0; pos < 100; pos++) {
+        int32_t t = td_sampler_pick(ts, pinf, pos, NULL, 0);
+        assert_true(t == 1 || t == 3);
+        seen1 += t == 1;
+        seen3 += t == 3;
+    }
+    assert_true(seen1 > 20 && seen3 > 20);
+
+    /* T -> 0 is the greedy limit: the noise vanishes below the scores'
+     * rounding, and ties go to the lowest id as in greedy. */
+    const float big[N] = {1.0f, 2.0f, 3e38f, -5.0f, 3e38f, 0.0f};
+    td_sampler *cs = make(tempered(1e-30f, 4), N);
+    for (int64_t pos = 0; pos < 20; pos++)
+        assert_int_equal(td_sampler_pick(cs, big, pos, NULL, 0), 2);
+    td_sampler_destroy(cs);
+
+    /* Extreme but finite logits and temperatures stay finite inside. */
+    const float huge[N] = {3e38f, -3e38f, 1e-30f, 3e38f, 0.0f, -1.0f};
+    td_sample_params tiny = tempered(1e-30f, 4);
+    tiny.repeat_penalty = 1e-6f;
+    td_sampler *hs = make(tiny, N);
+    const int32_t h[] = {0, 1};
+    int32_t t = td_sampler_pick(hs, huge, 9, h, 2);
+    assert_true(t == 0 || t == 3);
+    td_sampler_probs(hs, huge, h, 2, probs);
+    assert_true(fabs(probs[0] + probs[3] - 1.0f) < 1e-6);
+    td_sampler_destroy(hs);
+    td_sampler_destroy(gs);
+    td_sampler_destroy(ts);
+}
+
+/* ---- pick() never leaves the candidate set, whatever the parameters ---- */
+
+static void test_pick_in_candidate_set(void **state) {
+    (void)state;
+    enum { N = 700 };
+    static float l[N], probs[N];
+    int32_t hist[100];
+    uint64_t st = 12345;
+    for (int round = 0; round < 300; round++) {
+        td_sample_params p = td_sample_defaults();
+        p.temperature = (rng_next(&st) % 4 == 0) ? 0.0f : (float)(0.05 + 3.0 * rng_unit(&st));
+        p.top_k = (int32_t)(rng_next(&st) % 3 == 0 ? 0 : rng_next(&st) % 60);
+        p.top_p = rng_next(&st) % 3 == 0 ? 1.0f : (float)(0.05 + 0.95 * rng_unit(&st));
+        p.min_p = rng_next(&st) % 3 == 0 ? 0.0f : (float)rng_unit(&st);
+        p.repeat_penalty = (float)(0.5 + 1.5 * rng_unit(&st));
+        p.repeat_last_n = (int32_t)(rng_next(&st) % 100);
+        p.seed = rng_next(&st);
+        assert_int_equal(td_sample_validate(&p, NULL), TD_OK);
+        fill_logits(l, N, (uint64_t)round, -8, 8);
+        for (int i = 0; i < N; i += 1 + (int)(rng_next(&st) % 50))
+            l[i] = (rng_next(&st) & 1) ? NAN : -INFINITY;
+        for (int i = 0; i < 100; i++)
+            hist[i] = (int32_t)(rng_next(&st) % (N + 20)) - 10;
+        size_t nh = (size_t)(rng_next(&st) % 101);
+        td_sampler *s = make(p, N);
+        td_sampler_probs(s, l, hist, nh, probs);
+        for (int64_t pos = 0; pos < 20; pos++) {
+            int32_t t = td_sampler_pick(s, l, pos + round * 1000, hist, nh);
+            assert_true(t >= 0 && t < N);
+            assert_true(probs[t] > 0.0f);
+        }
+        td_sampler_destroy(s);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_valid),
+        cmocka_unit_test(test_validate_rejects),
+        cmocka_unit_test(test_create_and_set_params),
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_noise),
+        cmocka_unit_test(test_keyed_determinism),
+        cmocka_unit_test(test_pick_equals_reference_argmax),
+        cmocka_unit_test(test_pick_equals_reference_filtered),
+        cmocka_unit_test(test_extreme_noise_wins),
+        cmocka_unit_test(test_chi_square_matches_probs),
+        cmocka_unit_test(test_chi_square_filtered),
+        cmocka_unit_test(test_top_k),
+        cmocka_unit_test(test_top_p_smallest_set),
+        cmocka_unit_test(test_top_p_matches_full_sort),
+        cmocka_unit_test(test_min_p),
+        cmocka_unit_test(test_repetition_penalty),
+        cmocka_unit_test(test_nan_inf),
+        cmocka_unit_test(test_pick_in_candidate_set),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

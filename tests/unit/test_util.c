@@ -1,0 +1,101 @@
+/* test_util.c — SHA-256 against FIPS test vectors, the thread pool's
+ * every-thread-runs-once promise, work splitting and error formatting. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdatomic.h>
+#include <string.h>
+
+#include "util/util.h"
+
+static void sha256_vectors(void **state) {
+    (void)state;
+    char hex[65];
+    td_sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    td_sha256_hex("", 0, hex);
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    /* Two-block message, fed in odd-sized pieces to exercise buffering. */
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    td_sha256 s;
+    uint8_t d[32];
+    td_sha256_init(&s);
+    for (size_t i = 0; i < strlen(m); i += 7)
+        td_sha256_update(&s, m + i, strlen(m) - i < 7 ? strlen(m) - i : 7);
+    td_sha256_final(&s, d);
+    static const uint8_t want[4] = {0x24, 0x8d, 0x6a, 0x61};
+    assert_memory_equal(d, want, 4);
+}
+
+typedef struct {
+    _Atomic int calls[8];
+    _Atomic int64_t sum;
+} pool_job;
+
+static void pool_fn(void *ctx, int ith, int nth) {
+    pool_job *j = ctx;
+    atomic_fetch_add(&j->calls[ith], 1);
+    int64_t lo, hi, acc = 0;
+    td_split(1000, ith, nth, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) acc += i;
+    atomic_fetch_add(&j->sum, acc);
+}
+
+static void pool_runs_each_thread_once(void **state) {
+    (void)state;
+    for (int n = 1; n <= 4; n++) {
+        td_pool *p = td_pool_create(n);
+        assert_non_null(p);
+        assert_int_equal(td_pool_size(p), n);
+        for (int rep = 0; rep < 200; rep++) {
+            pool_job j;
+            memset(&j, 0, sizeof j);
+            td_pool_run(p, pool_fn, &j);
+            for (int t = 0; t < n; t++) assert_int_equal(atomic_load(&j.calls[t]), 1);
+            assert_int_equal(atomic_load(&j.sum), 999 * 1000 / 2);
+        }
+        td_pool_destroy(p);
+    }
+    assert_null(td_pool_create(0));
+}
+
+static void split_covers_range(void **state) {
+    (void)state;
+    for (int nth = 1; nth <= 7; nth++) {
+        int64_t next = 0;
+        for (int i = 0; i < nth; i++) {
+            int64_t lo, hi;
+            td_split(23, i, nth, &lo, &hi);
+            assert_int_equal(lo, next);
+            assert_true(hi >= lo);
+            next = hi;
+        }
+        assert_int_equal(next, 23);
+    }
+}
+
+static void err_formats(void **state) {
+    (void)state;
+    td_err e;
+    assert_int_equal(td_err_set(&e, TD_E_FORMAT, "bad %s at %d", "key", 7), TD_E_FORMAT);
+    assert_string_equal(e.msg, "bad key at 7");
+    assert_int_equal(td_err_set(NULL, TD_E_IO, "ignored"), TD_E_IO);
+    assert_string_equal(td_err_name(TD_E_NOMEM), "out of memory");
+    uint64_t r;
+    assert_false(td_mul_u64(UINT64_MAX / 2, 3, &r));
+    assert_true(td_add_u64(1, 2, &r));
+    assert_int_equal(r, 3);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(sha256_vectors),
+        cmocka_unit_test(pool_runs_each_thread_once),
+        cmocka_unit_test(split_covers_range),
+        cmocka_unit_test(err_formats),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
