@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "drafters.h"
 #include "gen/gen.h"
 #include "quant/quant.h"
 
@@ -30,7 +31,17 @@ static void usage(FILE *f) {
           "  --ignore-eos          keep generating past end-of-turn tokens\n"
           "  --ctx N               context length in tokens (default min(model, 4096))\n"
           "  --threads N           worker threads (default: all cores)\n"
-          "  --no-special          do not parse special-token text in the prompt\n",
+          "  --no-special          do not parse special-token text in the prompt\n"
+          "\n"
+          "Speculative decoding (output is token-identical to --draft none):\n"
+          "  --draft LIST          none (default), lookup, ngram, recycle, layerskip[:A-B],\n"
+          "                        model:PATH, auto (= lookup,recycle,ngram); comma-separated\n"
+          "                        drafters are merged into one token tree per step\n"
+          "  --draft-max K         draft tokens per step at most (default 8, max 64)\n"
+          "  --draft-min K         adaptive lower bound (default 1)\n"
+          "  --draft-fixed         always draft --draft-max (no adaptation)\n"
+          "  --draft-mode MODE     exact (default) or rejection (classic p/q test: same\n"
+          "                        distribution, not the same tokens)\n",
           f);
 }
 
@@ -51,6 +62,8 @@ int td_cmd_generate(int argc, char **argv) {
     bool chat = false, parse_special = true;
     long max_tokens = 128, threads = 0, ctx_len = 0;
     td_gen_params gp = {.sample = td_sample_defaults()};
+    const char *draft = "none";
+    td_spec_params spp = td_spec_defaults();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         long l;
@@ -75,9 +88,20 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--repeat-last-n")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 20, &l)) return 2; gp.sample.repeat_last_n = (int32_t)l; }
         else if (!strcmp(a, "--seed")) { VAL(); char *end; gp.sample.seed = strtoull(v, &end, 10); if (*end || end == v) { fprintf(stderr, "tandem generate: --seed expects a non-negative integer\n"); return 2; } }
         else if (!strcmp(a, "--stop")) { VAL(); if (n_stop == MAX_STOPS || !*v) { fprintf(stderr, "tandem generate: --stop: at most %d non-empty strings\n", MAX_STOPS); return 2; } stops[n_stop++] = v; }
+        else if (!strcmp(a, "--draft")) { VAL(); draft = v; }
+        else if (!strcmp(a, "--draft-max")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_max = (int32_t)l; }
+        else if (!strcmp(a, "--draft-min")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_min = (int32_t)l; }
+        else if (!strcmp(a, "--draft-fixed")) spp.adaptive = false;
+        else if (!strcmp(a, "--draft-mode")) {
+            VAL();
+            if (!strcmp(v, "exact")) spp.mode = TD_SPEC_EXACT;
+            else if (!strcmp(v, "rejection")) spp.mode = TD_SPEC_REJECTION;
+            else { fprintf(stderr, "tandem generate: --draft-mode is exact or rejection\n"); return 2; }
+        }
         else { fprintf(stderr, "tandem generate: unknown option '%s'\n", a); usage(stderr); return 2; }
 #undef VAL
     }
+    if (spp.draft_min > spp.draft_max) spp.draft_min = spp.draft_max;
     if (!prompt == !prompt_file) {
         fprintf(stderr, "tandem generate: give exactly one of --prompt or --prompt-file\n");
         return 2;
@@ -124,23 +148,64 @@ int td_cmd_generate(int argc, char **argv) {
     gp.max_tokens = (int32_t)max_tokens;
     gp.stop = stops;
     gp.n_stop = n_stop;
-    kv = td_kv_create(e.model, 1, (int32_t)ctx_len);
+    bool speculate = strcmp(draft, "none") != 0;
+    kv = td_kv_create(e.model, 2, (int32_t)ctx_len);
     ctx = td_ctx_create(e.model, 512, e.pool);
     if (!kv || !ctx) {
         fprintf(stderr, "tandem generate: out of memory\n");
         goto out;
     }
-    td_gen_stats st;
-    if (td_gen_run(e.model, e.tok, ctx, kv, 0, ids, n_ids, &gp, write_stdout, NULL, NULL, &st, &err)) {
-        fprintf(stderr, "\ntandem generate: %s\n", err.msg);
-        goto out;
+    if (!speculate) {
+        td_gen_stats st;
+        if (td_gen_run(e.model, e.tok, ctx, kv, 0, ids, n_ids, &gp, write_stdout, NULL, NULL, &st, &err)) {
+            fprintf(stderr, "\ntandem generate: %s\n", err.msg);
+            goto out;
+        }
+        fprintf(stderr,
+                "\n[tandem] prompt %d tokens, generated %d tokens, prefill %.1f tok/s, decode %.1f tok/s, "
+                "stop: %s, threads %d, kernels %s\n",
+                st.n_prompt, st.n_generated, st.prefill_sec > 0 ? st.n_prompt / st.prefill_sec : 0.0,
+                st.decode_sec > 0 ? st.n_forward / st.decode_sec : 0.0, td_gen_stop_name(st.stop), e.n_threads,
+                td_quant_kernel_name());
+    } else {
+        td_drafter_set ds;
+        if (td_cli_drafters_open(&ds, draft, &e, &gp.sample, 1, (int32_t)ctx_len)) goto out;
+        td_spec_request rq = {.prompt = ids, .n_prompt = n_ids, .gen = gp, .emit = write_stdout};
+        int rc = td_spec_run(e.model, e.tok, ctx, kv, &rq, 1, ds.d, ds.n, &spp, &err);
+        td_cli_drafters_close(&ds);
+        if (rc) {
+            fprintf(stderr, "\ntandem generate: %s\n", err.msg);
+            goto out;
+        }
+        /* Estimated plain decoding cost: a few one-row passes on a scratch
+         * sequence (short context, so attention cost is slightly under). */
+        float *lg = malloc((size_t)hp->n_vocab * sizeof(float));
+        double t_one = 0;
+        if (lg) {
+            double t0 = td_now_sec();
+            for (int i = 0; i < 4; i++) {
+                td_row r = td_row_linear(1, i, ids[(size_t)i % n_ids], true);
+                if (td_model_forward(ctx, kv, &r, 1, lg, &err)) break;
+            }
+            t_one = (td_now_sec() - t0) / 4;
+            free(lg);
+        }
+        const td_gen_stats *st = &rq.stats;
+        const td_spec_stats *sx = &rq.spec;
+        double per_pass = sx->n_steps ? (double)sx->n_tokens / sx->n_steps : 0;
+        double plain_est = t_one * st->n_generated;
+        fprintf(stderr,
+                "\n[tandem] prompt %d tokens, generated %d tokens, prefill %.1f tok/s, decode %.1f tok/s, "
+                "stop: %s, threads %d, kernels %s\n"
+                "[tandem] speculation (%s, %s): %lld target passes, %.2f tokens/pass, acceptance %.1f%% "
+                "(%lld of %lld drafted), speedup vs plain decoding ~%.2fx (estimated)\n",
+                st->n_prompt, st->n_generated, st->prefill_sec > 0 ? st->n_prompt / st->prefill_sec : 0.0,
+                st->decode_sec > 0 ? st->n_generated / st->decode_sec : 0.0, td_gen_stop_name(st->stop),
+                e.n_threads, td_quant_kernel_name(), draft, spp.mode == TD_SPEC_EXACT ? "exact" : "rejection",
+                (long long)sx->n_steps, per_pass, sx->n_drafted ? 100.0 * sx->n_accepted / sx->n_drafted : 0.0,
+                (long long)sx->n_accepted, (long long)sx->n_drafted,
+                st->decode_sec > 0 ? plain_est / st->decode_sec : 0.0);
     }
-    fprintf(stderr,
-            "\n[tandem] prompt %d tokens, generated %d tokens, prefill %.1f tok/s, decode %.1f tok/s, "
-            "stop: %s, threads %d, kernels %s\n",
-            st.n_prompt, st.n_generated, st.prefill_sec > 0 ? st.n_prompt / st.prefill_sec : 0.0,
-            st.decode_sec > 0 ? st.n_forward / st.decode_sec : 0.0, td_gen_stop_name(st.stop), e.n_threads,
-            td_quant_kernel_name());
     status = 0;
 out:
     td_ctx_destroy(ctx);

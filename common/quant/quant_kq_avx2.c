@@ -58,11 +58,15 @@ INLINE void k45_block(enum kkind k, int nr, const uint8_t *blk, const td_block_q
     memcpy(&d16, blk, 2);
     memcpy(&dmin16, blk + 2, 2);
     const float d = _cvtsh_ss(d16), dmin = _cvtsh_ss(dmin16);
-    uint8_t sc[8], mn[8];
-    td_quant_kscales(blk + 4, sc, mn);
-    uint64_t sc64, mn64;
-    memcpy(&sc64, sc, 8);
-    memcpy(&mn64, mn, 8);
+    /* the 6-bit scales and mins, four bytes at a time (td_quant_kscales) */
+    uint32_t w0, w1, w2;
+    memcpy(&w0, blk + 4, 4);
+    memcpy(&w1, blk + 8, 4);
+    memcpy(&w2, blk + 12, 4);
+    const uint64_t sc64 = (w0 & 0x3F3F3F3Fu) |
+                          (uint64_t)((w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u)) << 32;
+    const uint64_t mn64 = (w1 & 0x3F3F3F3Fu) |
+                          (uint64_t)(((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u)) << 32;
     const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc64)));
     /* mins repeated per pair of 16-element bsums */
     const __m128i mdup = _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)mn64),
