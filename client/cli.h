@@ -45,5 +45,6 @@ int td_cmd_tokenize(int argc, char **argv);
 int td_cmd_info(int argc, char **argv);
 int td_cmd_perplexity(int argc, char **argv);
 int td_cmd_bench(int argc, char **argv);
+int td_cmd_bench_spec(int argc, char **argv);
 
 #endif

@@ -29,7 +29,7 @@ for fz in build-fuzz/fuzz_*; do
 done
 
 step "CLI integration"
-tests/integration/test_cli.sh build/tandem
+TD_MKTINY=build/td-mktiny tests/integration/test_cli.sh build/tandem
 
 step "release build: all tests, including the real-model reference tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null

@@ -20,13 +20,21 @@
 #define INLINE static inline __attribute__((always_inline))
 /* Loops over blocks of a group and rows of a tile must unroll fully so that
  * their per-block vectors live in registers, not in stack arrays. */
+#ifdef __clang__
+#define UNROLL _Pragma("unroll")
+#else
 #define UNROLL _Pragma("GCC unroll 8")
+#endif
 
 static inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+static inline __m256i load256(const void *p) {
+    return _mm256_loadu_si256((const __m256i *)p);
 }
 
 static inline uint32_t load_u32(const uint8_t *p) {
@@ -49,7 +57,7 @@ static inline uint32_t load_u32(const uint8_t *p) {
 #define GB 4              /* blocks per group */
 #define GROUP_BYTES 192   /* scratch per activation group: 4 code vectors, dy, s */
 #define SCRATCH (48 * 1024)
-#define O_BLOCK 16        /* weight rows per block when scales are chunked */
+#define O_BLOCK 32        /* weight rows kept in cache while all activation rows pass */
 
 enum lkind { L_Q4_0, L_Q4_1, L_Q5_0, L_Q5_1, L_Q8_0 };
 
@@ -100,7 +108,7 @@ INLINE void w_group(enum lkind k, const uint8_t *wg, int nv, __m256i w[GB]) {
         __m256i q[GB];
         UNROLL
         for (int j = 0; j < GB; j++)
-            q[j] = j < nv ? _mm256_loadu_si256((const __m256i *)(wg + j * wb + qo)) : _mm256_setzero_si256();
+            q[j] = j < nv ? load256(wg + j * wb + qo) : _mm256_setzero_si256();
         interleave32(q, w);
         return;
     }
@@ -128,14 +136,12 @@ INLINE void w_group(enum lkind k, const uint8_t *wg, int nv, __m256i w[GB]) {
         if (nv > 3) h = _mm_insert_epi32(h, (int)load_u32(wg + 3 * wb + ho), 3);
         const __m256i hh = _mm256_broadcastsi128_si256(h);
         const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+        /* byte v of block j's word, 8 times, for j = 0, 1 | 2, 3 */
+        const __m256i first = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4,
+                                               8, 8, 8, 8, 8, 8, 8, 8, 12, 12, 12, 12, 12, 12, 12, 12);
         UNROLL
         for (int v = 0; v < GB; v++) {
-            /* lane 0: blocks 0, 1 (bytes v, 4+v); lane 1: blocks 2, 3 */
-            const __m256i spread = _mm256_setr_epi8(
-                (char)v, (char)v, (char)v, (char)v, (char)v, (char)v, (char)v, (char)v,
-                (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v), (char)(4 + v),
-                (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v), (char)(8 + v),
-                (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v), (char)(12 + v));
+            const __m256i spread = _mm256_add_epi8(first, _mm256_set1_epi8((char)v));
             __m256i b = _mm256_and_si256(_mm256_shuffle_epi8(hh, spread), bit);
             b = _mm256_and_si256(_mm256_cmpeq_epi8(b, bit), _mm256_set1_epi8(0x10));
             w[v] = _mm256_or_si256(w[v], b);
@@ -167,9 +173,10 @@ INLINE void legacy_group(enum lkind k, int nr, int nv, const uint8_t *wg, const 
         if (k == L_Q8_0) {
             __m256i p[GB];
             UNROLL
-            for (int v = 0; v < GB; v++)
-                p[v] = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(aw[v], _mm256_sign_epi8(_mm256_load_si256(yv + v), w[v])), ones);
+            for (int v = 0; v < GB; v++) {
+                __m256i sy = _mm256_sign_epi8(_mm256_load_si256(yv + v), w[v]);
+                p[v] = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[v], sy), ones);
+            }
             s = _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3]));
         } else {
             /* 4 x 2 products per s16 lane: at most 8 * 31 * 127 < 2^15 */
@@ -177,13 +184,16 @@ INLINE void legacy_group(enum lkind k, int nr, int nv, const uint8_t *wg, const 
             __m256i p1 = _mm256_maddubs_epi16(w[1], _mm256_load_si256(yv + 1));
             __m256i p2 = _mm256_maddubs_epi16(w[2], _mm256_load_si256(yv + 2));
             __m256i p3 = _mm256_maddubs_epi16(w[3], _mm256_load_si256(yv + 3));
-            s = _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3)), ones);
+            __m256i p = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+            s = _mm256_madd_epi16(p, ones);
         }
+        const __m256 dy = _mm256_load_ps((const float *)(yg + 128));
+        const __m256i second = _mm256_load_si256((const __m256i *)(yg + 160));
         if (bias_shift(k))
-            s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_load_si256((const __m256i *)(yg + 160)), bias_shift(k)));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, _mm256_load_ps((const float *)(yg + 128))), acc[r]);
+            s = _mm256_sub_epi32(s, _mm256_slli_epi32(second, bias_shift(k)));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, dy), acc[r]);
         if (act_q8_1(k))
-            acc[r] = _mm256_fmadd_ps(mx, _mm256_load_ps((const float *)(yg + 160)), acc[r]);
+            acc[r] = _mm256_fmadd_ps(mx, _mm256_castsi256_ps(second), acc[r]);
     }
 }
 
@@ -217,7 +227,7 @@ INLINE void legacy_prep(enum lkind k, const uint8_t *yrow, int64_t b0, int64_t b
         const uint8_t *yg = yrow + g * yb;
         __m256i q[GB], v[GB];
         for (int j = 0; j < GB; j++)
-            q[j] = j < nv ? _mm256_loadu_si256((const __m256i *)(yg + j * yb + y_qs(k))) : _mm256_setzero_si256();
+            q[j] = j < nv ? load256(yg + j * yb + y_qs(k)) : _mm256_setzero_si256();
         interleave32(q, v);
         for (int j = 0; j < GB; j++)
             _mm256_store_si256((__m256i *)(dst + 32 * j), v[j]);
@@ -229,8 +239,9 @@ INLINE void legacy_prep(enum lkind k, const uint8_t *yrow, int64_t b0, int64_t b
             second = _mm256_castps_si256(m);
         } else if (bias_shift(k)) { /* sum of each block's codes */
             const __m256i ones8 = _mm256_set1_epi8(1);
-            __m256i t = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(ones8, v[0]), _mm256_maddubs_epi16(ones8, v[1])),
-                                         _mm256_add_epi16(_mm256_maddubs_epi16(ones8, v[2]), _mm256_maddubs_epi16(ones8, v[3])));
+            __m256i t = _mm256_maddubs_epi16(ones8, v[0]);
+            for (int j = 1; j < GB; j++)
+                t = _mm256_add_epi16(t, _mm256_maddubs_epi16(ones8, v[j]));
             t = _mm256_madd_epi16(t, _mm256_set1_epi16(1));
             second = _mm256_add_epi32(t, _mm256_srli_epi64(t, 32));
         }
@@ -278,43 +289,48 @@ INLINE void legacy_rows_nr(enum lkind k, int nr, const uint8_t *W, size_t w_stri
     CASE(6)
     CASE(7)
 #undef CASE
-    default: legacy_rows(k, TILE_ROWS, W, w_stride, o0, o1, nb, ya, yrs, g0, g1, acc_mem, y, y_stride); break;
+    default:
+        legacy_rows(k, TILE_ROWS, W, w_stride, o0, o1, nb, ya, yrs, g0, g1, acc_mem, y, y_stride);
+        break;
     }
 }
 
-/* The matmul driver. Weight rows go in blocks of O_BLOCK, which stay in L1
- * while all activation rows pass over them TILE_ROWS at a time. When every
- * activation row fits the scratch, rows are prepared once for the call.
- * Otherwise (long rows, many rows) they are prepared in chunks of groups and
- * the pairs' accumulators wait in memory between chunks; the operations per
- * pair, and so the results, are the same either way. */
+/* The matmul driver. Weight rows go in blocks of O_BLOCK, which stay in
+ * cache while all activation rows pass over them TILE_ROWS at a time, so
+ * each weight row comes from memory once. Activation rows are prepared
+ * (interleaved) into the scratch: all at once when they fit (decode and
+ * verification); else per block of weight rows, a tile of rows at a time;
+ * and when even one tile of whole rows does not fit (very long rows), in
+ * chunks of groups, the pairs' accumulators waiting in memory between
+ * chunks. The operations per pair, and so the results, are the same in every
+ * case. */
 INLINE void legacy_matmul(enum lkind k, const void *W, size_t w_stride, int64_t n_in,
                           int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride,
                           int64_t n_rows, float *y, int64_t y_stride) {
     _Alignas(32) uint8_t scratch[SCRATCH];
     const int64_t nb = n_in / TD_QK, ng = (nb + GB - 1) / GB;
     const uint8_t *X = xq, *Wb = W;
-    if (n_rows * ng * GROUP_BYTES <= SCRATCH) {
-        const size_t yrs = (size_t)ng * GROUP_BYTES;
+    const bool all_fit = n_rows * ng * GROUP_BYTES <= SCRATCH;
+    const bool tile_fits = TILE_ROWS * ng * GROUP_BYTES <= SCRATCH;
+    const int64_t cg = all_fit || tile_fits ? ng : SCRATCH / (TILE_ROWS * GROUP_BYTES); /* per chunk */
+    const size_t yrs = (size_t)cg * GROUP_BYTES;
+    if (all_fit)
         for (int64_t r = 0; r < n_rows; r++)
             legacy_prep(k, X + (size_t)r * x_stride, 0, nb, scratch + r * yrs);
-        for (int64_t o0 = o_lo; o0 < o_hi; o0 += O_BLOCK) {
-            const int64_t o1 = o0 + O_BLOCK < o_hi ? o0 + O_BLOCK : o_hi;
-            for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
-                int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
-                legacy_rows_nr(k, nr, Wb, w_stride, o0, o1, nb, scratch + r0 * yrs, yrs, 0, ng, NULL,
-                               y + r0 * y_stride, y_stride);
-            }
-        }
-        return;
-    }
-    const int64_t cg = SCRATCH / (TILE_ROWS * GROUP_BYTES); /* groups per chunk */
-    const size_t yrs = (size_t)cg * GROUP_BYTES;
     __m256 acc[O_BLOCK][TILE_ROWS];
     for (int64_t o0 = o_lo; o0 < o_hi; o0 += O_BLOCK) {
         const int64_t o1 = o0 + O_BLOCK < o_hi ? o0 + O_BLOCK : o_hi;
         for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
-            int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
+            const int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
+            const uint8_t *Xr = X + (size_t)r0 * x_stride;
+            if (all_fit || tile_fits) {
+                if (!all_fit)
+                    for (int r = 0; r < nr; r++)
+                        legacy_prep(k, Xr + (size_t)r * x_stride, 0, nb, scratch + r * yrs);
+                legacy_rows_nr(k, nr, Wb, w_stride, o0, o1, nb, scratch + (all_fit ? r0 * yrs : 0), yrs,
+                               0, ng, NULL, y + r0 * y_stride, y_stride);
+                continue;
+            }
             for (int64_t o = 0; o < O_BLOCK; o++)
                 for (int r = 0; r < TILE_ROWS; r++)
                     acc[o][r] = _mm256_setzero_ps();
@@ -322,7 +338,7 @@ INLINE void legacy_matmul(enum lkind k, const void *W, size_t w_stride, int64_t 
                 const int64_t g1 = g0 + cg < ng ? g0 + cg : ng;
                 const int64_t b1 = g1 * GB < nb ? g1 * GB : nb;
                 for (int r = 0; r < nr; r++)
-                    legacy_prep(k, X + (size_t)(r0 + r) * x_stride, g0 * GB, b1, scratch + r * yrs);
+                    legacy_prep(k, Xr + (size_t)r * x_stride, g0 * GB, b1, scratch + r * yrs);
                 legacy_rows_nr(k, nr, Wb, w_stride, o0, o1, nb, scratch, yrs, g0, g1, acc, NULL, 0);
             }
             for (int64_t o = o0; o < o1; o++)
@@ -365,8 +381,8 @@ LEGACY(q8_0, L_Q8_0)
 
 #define LOAD_F32(p, i) _mm256_loadu_ps((p) + (i))
 #define LOAD_F16(p, i) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((p) + (i))))
-#define LOAD_BF16(p, i) \
-    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((p) + (i)))), 16))
+#define LOAD_BF16(p, i) _mm256_castsi256_ps(_mm256_slli_epi32( \
+    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((p) + (i)))), 16))
 
 void td_quant_avx2_dot_f32(int64_t n, float *s, const void *x, const void *y) {
     const float *a = x, *b = y;
@@ -513,7 +529,8 @@ void td_quant_avx2_from_q8_k(const float *src, void *dst, int64_t n) {
             __m256i p = pack_i8(q);
             _mm256_storeu_si256((__m256i *)(y[i].qs + j), p);
             /* two group sums of 16 */
-            __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
+            __m256i s = _mm256_maddubs_epi16(_mm256_set1_epi8(1), p);
+            s = _mm256_madd_epi16(s, _mm256_set1_epi16(1));
             UNROLL
             for (int h = 0; h < 2; h++) {
                 __m128i t = h ? _mm256_extracti128_si256(s, 1) : _mm256_castsi256_si128(s);

@@ -17,7 +17,15 @@
 #define INLINE static inline __attribute__((always_inline))
 /* Loops over blocks of a group and rows of a tile must unroll fully so that
  * their per-block vectors live in registers, not in stack arrays. */
+#ifdef __clang__
+#define UNROLL _Pragma("unroll")
+#else
 #define UNROLL _Pragma("GCC unroll 8")
+#endif
+
+static inline __m256i load256(const void *p) {
+    return _mm256_loadu_si256((const __m256i *)p);
+}
 
 static inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -67,13 +75,14 @@ INLINE void k45_block(enum kkind k, int nr, const uint8_t *blk, const td_block_q
                           (uint64_t)((w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u)) << 32;
     const uint64_t mn64 = (w1 & 0x3F3F3F3Fu) |
                           (uint64_t)(((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u)) << 32;
-    const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc64)));
+    const __m128i sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc64));
+    const __m256i scales = _mm256_broadcastsi128_si256(sc16);
     /* mins repeated per pair of 16-element bsums */
     const __m128i mdup = _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)mn64),
                                           _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
     const __m256i mins = _mm256_cvtepu8_epi16(mdup);
     const uint8_t *qs = blk + (k == K_Q4 ? 16 : 48);
-    const __m256i qh = k == K_Q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+    const __m256i qh = k == K_Q5 ? load256(blk + 16) : _mm256_setzero_si256();
 
     __m256i isum[TILE_ROWS];
     UNROLL
@@ -84,13 +93,13 @@ INLINE void k45_block(enum kkind k, int nr, const uint8_t *blk, const td_block_q
         __m256i q = k45_codes(k, qs, qh, j), s = bcast_word(scales, j);
         UNROLL
         for (int r = 0; r < nr; r++) {
-            __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(yb[r]->qs + 32 * j)));
+            __m256i p = _mm256_maddubs_epi16(q, load256(yb[r]->qs + 32 * j));
             isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
         }
     }
     UNROLL
     for (int r = 0; r < nr; r++) {
-        __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)yb[r]->bsums), mins);
+        __m256i msum = _mm256_madd_epi16(load256(yb[r]->bsums), mins);
         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * yb[r]->d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * yb[r]->d), _mm256_cvtepi32_ps(msum), acc[r]);
     }
@@ -108,20 +117,22 @@ INLINE void q6_block(int nr, const uint8_t *blk, const td_block_q8_k *const *yb,
 
     __m256i isum[TILE_ROWS];
     UNROLL
-    for (int r = 0; r < nr; r++)
-        isum[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                   _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)yb[r]->bsums), scales), 5));
+    for (int r = 0; r < nr; r++) {
+        __m256i corr = _mm256_madd_epi16(load256(yb[r]->bsums), scales); /* sum_g sc_g bsum_g */
+        isum[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
+    }
     UNROLL
     for (int h = 0; h < 2; h++) {
-        __m256i A = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
-        __m256i B = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
-        __m256i H = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+        const __m256i A = load256(x->ql + 64 * h), B = load256(x->ql + 64 * h + 32);
+        const __m256i H = load256(x->qh + 32 * h), m30 = _mm256_set1_epi8(0x30);
+        /* high bits moved to 0x30 of each byte; shifts stay inside bytes
+         * because the masks clear whatever crosses */
         __m256i q[4];
-        q[0] = _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_slli_epi16(_mm256_and_si256(H, _mm256_set1_epi8(0x03)), 4));
-        q[1] = _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_slli_epi16(_mm256_and_si256(H, _mm256_set1_epi8(0x0C)), 2));
-        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, _mm256_set1_epi8(0x30)));
+        q[0] = _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30));
+        q[1] = _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30));
         q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4),
-                               _mm256_and_si256(_mm256_srli_epi16(H, 2), _mm256_set1_epi8(0x30)));
+                               _mm256_and_si256(_mm256_srli_epi16(H, 2), m30));
         /* groups 8h..8h+7 in both lanes; vector i spans groups 8h+2i (low
          * 16 elements) and 8h+2i+1 (high 16) */
         const __m256i sh = h ? _mm256_permute2x128_si256(scales, scales, 0x11)
@@ -133,7 +144,7 @@ INLINE void q6_block(int nr, const uint8_t *blk, const td_block_q8_k *const *yb,
             __m256i s = _mm256_shuffle_epi8(sh, _mm256_permute2x128_si256(lo, hi, 0x20));
             UNROLL
             for (int r = 0; r < nr; r++) {
-                __m256i p = _mm256_maddubs_epi16(q[i], _mm256_loadu_si256((const __m256i *)(yb[r]->qs + 128 * h + 32 * i)));
+                __m256i p = _mm256_maddubs_epi16(q[i], load256(yb[r]->qs + 128 * h + 32 * i));
                 isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
             }
         }

@@ -9,6 +9,7 @@
 #include "util/util.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -21,7 +22,10 @@
 
 /* Spins before a worker sleeps: long enough to bridge the gap between the
  * jobs of one forward pass, short enough not to burn a core when idle. */
-#define SPIN_BEFORE_SLEEP 200000
+#define SPIN_BEFORE_SLEEP 50000
+/* The caller yields its core now and then while waiting, so a worker that
+ * was descheduled on a busy machine gets to finish. */
+#define SPIN_BEFORE_YIELD 2000
 
 typedef struct worker {
     struct td_pool *pool;
@@ -137,5 +141,8 @@ void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx) {
         pthread_mutex_unlock(&p->mu);
     }
     fn(ctx, 0, p->n);
-    while (atomic_load(&p->pending) > 0) td_cpu_relax();
+    for (int spins = 0; atomic_load(&p->pending) > 0; spins++) {
+        if (spins % SPIN_BEFORE_YIELD == SPIN_BEFORE_YIELD - 1) sched_yield();
+        else td_cpu_relax();
+    }
 }

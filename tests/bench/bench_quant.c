@@ -11,6 +11,9 @@
  * vec_dot, one call per (activation row, weight row) as its CPU matmul does
  * for these types, on the same blocks: a side-by-side kernel comparison.
  *
+ * A fourth argument runs the forward section on that many threads (output
+ * rows split as the engine does); the hot section is always single-thread.
+ *
  * Not built by CMake; the build command is at the end of this file.
  */
 #include <dlfcn.h>
@@ -100,7 +103,33 @@ static void run_ggml(const job *j) {
                 (const uint8_t *)j->xq + r * xrb, 0, 1);
 }
 
+/* Multi-threaded runs ("threads" > 1): each job's output rows are split
+ * over the pool, as the engine does. */
+static td_pool *pool;
+
+static void pool_job(void *ctx, int ith, int nth) {
+    const job *j = ctx;
+    int64_t lo, hi;
+    td_split(j->s->n_out, ith, nth, &lo, &hi);
+    if (!use_ggml) {
+        td_quant_matmul(j->s->type, j->W, j->s->n_in, lo, hi, j->xq, j->n_rows, j->y, j->s->n_out);
+        return;
+    }
+    ggml_vec_dot dot = ggml_traits((int)j->s->type)->vec_dot;
+    size_t wrb = td_quant_row_bytes(j->s->type, j->s->n_in);
+    size_t xrb = td_quant_row_bytes(td_quant_traits(j->s->type)->vec_dot_type, j->s->n_in);
+    for (int64_t o = lo; o < hi; o++)
+        for (int64_t r = 0; r < j->n_rows; r++)
+            dot((int)j->s->n_in, &j->y[r * j->s->n_out + o], 0, (const uint8_t *)j->W + o * wrb, 0,
+                (const uint8_t *)j->xq + r * xrb, 0, 1);
+}
+
 static void run_jobs(const job *jobs, int n) {
+    if (pool) {
+        for (int i = 0; i < n; i++)
+            td_pool_run(pool, pool_job, (void *)&jobs[i]);
+        return;
+    }
     if (use_ggml) {
         for (int i = 0; i < n; i++)
             run_ggml(&jobs[i]);
@@ -141,7 +170,8 @@ static double time_jobs(const job *jobs, int n, int reps) {
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 21;
     use_cpu_time = argc > 2 && strcmp(argv[2], "cpu") == 0;
-    if (argc > 3) {
+    int threads = argc > 4 ? atoi(argv[4]) : 1;
+    if (argc > 3 && strcmp(argv[3], "-") != 0) {
         void *lib = dlopen(argv[3], RTLD_NOW);
         void (*init)(void) = lib ? (void (*)(void))dlsym(lib, "ggml_cpu_init") : NULL;
         ggml_traits = lib ? (const ggml_traits_cpu *(*)(int))dlsym(lib, "ggml_get_type_traits_cpu") : NULL;
@@ -153,7 +183,7 @@ int main(int argc, char **argv) {
     }
     static const int rows[] = {1, 2, 4, 8, 16};
     const int n_rowset = (int)(sizeof rows / sizeof rows[0]);
-    printf("kernels: %s, single thread, median of %d, %s time\n", td_quant_kernel_name(), reps,
+    printf("kernels: %s, median of %d, %s time\n", td_quant_kernel_name(), reps,
            use_cpu_time ? "thread cpu" : "wall");
 
     /* activations: one buffer per input width, MAX_ROWS rows */
@@ -253,7 +283,10 @@ int main(int argc, char **argv) {
     }
 
     /* forward: every matrix of the model once, weights streamed from memory */
-    printf("\nforward (30 layers x 7 matrices + output, each once; weights not cache-resident)\n");
+    if (threads > 1)
+        pool = td_pool_create(threads);
+    printf("\nforward (30 layers x 7 matrices + output, each once; weights not cache-resident; "
+           "%d thread%s)\n", threads, threads > 1 ? "s" : "");
     job jobs[N_LAYERS * N_LAYER_SHAPES + 1];
     int nj = 0;
     double total_bytes = 0;
@@ -284,6 +317,7 @@ int main(int argc, char **argv) {
             printf("rows=%-2d tandem/ggml time ratio %.2f\n", rows[k], t_all[0] / t_all[1]);
     }
     printf("weights per forward: %.1f MB\n", total_bytes / 1e6);
+    td_pool_destroy(pool);
     for (int i = 0; i < nj; i++)
         td_free((void *)jobs[i].W);
     td_free(xq41_576);
@@ -300,4 +334,4 @@ int main(int argc, char **argv) {
 //     gcc -std=c11 -O2 -D_GNU_SOURCE -Icommon $fl -c $f -o /tmp/bq/$(basename $f .c).o; done
 //   gcc -std=c11 -O2 -D_GNU_SOURCE -Icommon tests/bench/bench_quant.c /tmp/bq/*.o -lm -lpthread
 //       -o /tmp/bq/bench_quant
-//   /tmp/bq/bench_quant [reps] [cpu|wall] [path/to/libggml-cpu.so]
+//   /tmp/bq/bench_quant [reps] [cpu|wall] [path/to/libggml-cpu.so|-] [forward threads]

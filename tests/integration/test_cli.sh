@@ -63,5 +63,22 @@ check "stop string" exit_is 0 "$TANDEM" generate --model "$MODEL" --prompt "1, 2
 check "stop string not emitted" bash -c "! grep -q ' 7' '$tmp/out'"
 check "stop reason reported" err_has "stop-string"
 
-echo "$pass passed, $fail failed"
+# speculative decoding: the same bytes as plain decoding, greedy and sampled
+days="List the days of the week, then list them again in reverse order."
+"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 >"$tmp/plain_days" 2>/dev/null
+"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --temperature 0.9 --seed 5 >"$tmp/plain_days_s" 2>/dev/null
+for d in lookup ngram recycle layerskip auto; do
+  "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --draft "$d" >"$tmp/d" 2>"$tmp/err"
+  check "draft $d: same text as plain decoding" cmp -s "$tmp/d" "$tmp/plain_days"
+  check "draft $d: reports speculation" err_has "tokens/pass"
+  "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --temperature 0.9 --seed 5 --draft "$d" >"$tmp/d" 2>/dev/null
+  check "draft $d, sampled: same text as plain decoding" cmp -s "$tmp/d" "$tmp/plain_days_s"
+done
+check "unknown drafter refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft magic
+check "unknown drafter named" err_has "magic"
+if [ -n "${TD_MKTINY:-}" ] && [ -x "$TD_MKTINY" ]; then
+  "$TD_MKTINY" "$tmp/tiny.gguf" >/dev/null
+  check "draft model with another vocabulary refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft "model:$tmp/tiny.gguf"
+  check "vocabulary mismatch explained" err_has "vocabulary differs"
+fi
 [ "$fail" -eq 0 ]

@@ -721,10 +721,13 @@ static void matmul_batch_invariance(void **state) {
         int64_t n_in = td_quant_traits(t)->block_elems == 256 ? 768 : 576;
         check_invariance(t, n_in, 37, 16);
     }
-    /* odd block counts (group tails), a row too long for one scratch pass of
-     * all 16 rows, and one too long for even a tile's worth of scales */
+    /* odd block counts (group tails); rows whose 16 rows do not all fit the
+     * AVX2 kernels' scratch at once, but a tile of them does; rows too long
+     * for even a tile of whole rows */
     check_invariance(TD_TYPE_Q4_1, 32 * 5, 9, 16);
     check_invariance(TD_TYPE_Q8_0, 32 * 13, 9, 16);
+    check_invariance(TD_TYPE_Q5_1, 4096, 5, 16);
+    check_invariance(TD_TYPE_Q8_0, 4096, 5, 16);
     check_invariance(TD_TYPE_Q4_1, 32 * 300, 6, 16);
     check_invariance(TD_TYPE_Q4_0, 32 * 300, 6, 16);
     check_invariance(TD_TYPE_Q4_1, 32 * 601, 4, 8);
