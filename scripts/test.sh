@@ -11,7 +11,7 @@ FUZZ_SECONDS=${TD_FUZZ_SECONDS:-45}
 step() { printf '\n== %s ==\n' "$*"; }
 
 step "sanitizer build (ASan + UBSan): unit tests"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTANDEM_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$JOBS" >/dev/null
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -LE model -j"$JOBS"

@@ -83,10 +83,9 @@ INLINE void load_dm(const uint8_t *p, size_t stride, int nv, __m256 *d, __m256 *
     if (nv > 1) v = _mm_insert_epi32(v, (int)load_u32(p + stride), 1);
     if (nv > 2) v = _mm_insert_epi32(v, (int)load_u32(p + 2 * stride), 2);
     if (nv > 3) v = _mm_insert_epi32(v, (int)load_u32(p + 3 * stride), 3);
-    v = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
-    __m256 f = _mm256_cvtph_ps(v); /* [d0 d1 d2 d3 m0 m1 m2 m3] */
-    *d = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
-    *m = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+    __m256 f = _mm256_cvtph_ps(v); /* [d0 m0 d1 m1 d2 m2 d3 m3] */
+    *d = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6));
+    *m = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(1, 1, 3, 3, 5, 5, 7, 7));
 }
 
 /* 4x4 transpose of 8-byte pieces: q[j] holds block j's 32 bytes; v[k]

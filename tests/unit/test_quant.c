@@ -533,7 +533,7 @@ static void activation_quantizers(void **state) {
     /* Q8_0 / Q8_1 rules on a known block: d = amax/127, q = round-half-away */
     float b[32];
     for (int j = 0; j < 32; j++)
-        b[j] = (float)j - 15.5f; /* amax 16.5 at j = 31 */
+        b[j] = (float)j - 15.5f; /* halves: every code is a tie */
     b[0] = -127.0f;              /* amax 127: d = 1, codes are round(x) */
     uint8_t q[36];
     td_quant_traits(TD_TYPE_Q8_1)->from_float(b, q, 32);
@@ -567,6 +567,18 @@ static void activation_quantizers(void **state) {
     }
     for (int j = 0; j < 256; j++)
         assert_int_equal((int8_t)kb[4 + j], (int)nearbyintf(-127.0f / 2.5f * k[j]));
+    /* Q8_K rounds ties to even: max -127 gives iscale 1 */
+    for (int j = 0; j < 256; j++)
+        k[j] = 0.0f;
+    k[0] = -127.0f;
+    k[1] = -2.5f;
+    k[2] = 3.5f;
+    k[3] = 0.5f;
+    td_quant_traits(TD_TYPE_Q8_K)->from_float(k, kb, 256);
+    assert_int_equal((int8_t)kb[4], -127);
+    assert_int_equal((int8_t)kb[5], -2);
+    assert_int_equal((int8_t)kb[6], 4);
+    assert_int_equal((int8_t)kb[7], 0);
 }
 
 /* ---- dot products ---- */

@@ -61,7 +61,7 @@ static int teardown(void **s) {
 /* A repetitive prompt gives lookup and n-gram drafters something to match. */
 static const int32_t prompt[] = {40, 41, 42, 43, 44, 45, 40, 41, 42, 43, 44, 45, 40, 41, 42, 43};
 #define N_PROMPT ((size_t)(sizeof prompt / sizeof prompt[0]))
-#define N_GEN 40
+#define N_GEN 24
 
 static void plain(const td_sample_params *sp, int32_t *out, int32_t n_gen) {
     td_kv *kv = td_kv_create(T.m, 1, 128);
@@ -120,12 +120,13 @@ static const struct { const char *name; maker make; } drafters[] = {
 static void check_identical(const td_sample_params *sp) {
     int32_t want[N_GEN], got[4 * N_GEN];
     plain(sp, want, N_GEN);
+    /* draft lengths 1, 2, 4, 8 rotate over the drafters; each also runs adaptive */
     static const int ks[] = {1, 2, 4, 8};
     for (int d = 0; d < N_DRAFTERS; d++) {
-        for (int ki = 0; ki < 5; ki++) {
+        for (int ki = 0; ki < 2; ki++) {
             td_spec_params spp = td_spec_defaults();
-            spp.adaptive = ki == 4;
-            spp.draft_max = ki == 4 ? 8 : ks[ki];
+            spp.adaptive = ki == 1;
+            spp.draft_max = ki == 1 ? 8 : ks[d % 4];
             td_drafter *dr = drafters[d].make(sp);
             assert_non_null(dr);
             td_spec_stats st;
@@ -158,14 +159,13 @@ static void greedy_identical(void **s) {
 static void seeded_sampling_identical(void **s) {
     (void)s;
     static const float temps[] = {0.7f, 1.0f};
-    for (int t = 0; t < 2; t++)
-        for (uint64_t seed = 1; seed <= 2; seed++) {
-            td_sample_params sp = td_sample_defaults();
-            sp.temperature = temps[t];
-            sp.top_p = 0.9f;
-            sp.seed = seed * 1000 + (uint64_t)t;
-            check_identical(&sp);
-        }
+    for (int t = 0; t < 2; t++) {
+        td_sample_params sp = td_sample_defaults();
+        sp.temperature = temps[t];
+        sp.top_p = 0.9f;
+        sp.seed = 1000 + (uint64_t)t;
+        check_identical(&sp);
+    }
 }
 
 /* Several requests verified in one forward batch give each request the
@@ -221,7 +221,7 @@ static double chi2_two_sample(const int *a, const int *b, int k) {
 }
 
 static double rejection_chi2(bool skip_residual) {
-    enum { N = 3000, V = 320 };
+    enum { N = 1500, V = 320 };
     td_sample_params sp = td_sample_defaults();
     sp.temperature = 1.0f;
     sp.top_k = 4;
