@@ -32,7 +32,7 @@ struct td_ctx {
     int32_t *base;  /* (max_rows) cache prefix each row attends to in full */
     int32_t *chain; /* (n_threads, max_rows) ancestor slots of a tree row */
     uint16_t *q16;  /* (n_threads, head_dim) query head in fp16 */
-    float *vrow;    /* (n_threads, head_dim) one V row widened to f32 */
+    td_op_kernels ops; /* fp16 cache kernels for this CPU */
     float *scores;  /* (n_threads, max_len) attention scratch, grown per kv */
     int32_t scores_len;
 };
@@ -124,7 +124,6 @@ static void attn_worker(void *arg, int ith, int nth) {
     float *sc = c->scores + (size_t)ith * c->scores_len;
     int32_t *chain = c->chain + (size_t)ith * c->max_rows;
     uint16_t *q16 = c->q16 + (size_t)ith * hd;
-    float *vrow = c->vrow + (size_t)ith * hd;
     /* Like the reference implementation, the query and the softmax weights
      * are rounded to fp16 to meet the fp16 cache; sums stay f32. */
     const td_type_traits *f16 = td_quant_traits(TD_TYPE_F16);
@@ -149,7 +148,7 @@ static void attn_worker(void *arg, int ith, int nth) {
             }
         }
         int32_t n_ctx = base + n_chain;
-        f16->from_float(c->q + r * q_dim + (int64_t)h * hd, q16, hd);
+        c->ops.to_f16(c->q + r * q_dim + (int64_t)h * hd, q16, hd);
         float mx = -INFINITY;
         for (int32_t t = 0; t < n_ctx; t++) {
             int32_t slot = t < base ? t : chain[t - base];
@@ -170,8 +169,7 @@ static void attn_worker(void *arg, int ith, int nth) {
         for (int32_t t = 0; t < n_ctx; t++) {
             int32_t slot = t < base ? t : chain[t - base];
             const uint16_t *v = td_kv_at(j->kv, seq, j->layer, 1, slot) + (int64_t)kvh * hd;
-            f16->to_float(v, vrow, hd);
-            td_op_axpy(out, td_fp16_to_f32(td_f32_to_fp16(sc[t] * inv)), vrow, hd);
+            c->ops.axpy_f16(out, td_op_round_f16(sc[t] * inv), v, hd);
         }
     }
 }
@@ -221,9 +219,9 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
     c->base = td_alloc(R * sizeof(int32_t));
     c->chain = td_alloc((size_t)td_pool_size(pool) * R * sizeof(int32_t));
     c->q16 = td_alloc((size_t)td_pool_size(pool) * hp->head_dim * sizeof(uint16_t));
-    c->vrow = td_alloc((size_t)td_pool_size(pool) * hp->head_dim * sizeof(float));
+    c->ops = td_op_select();
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
-        !c->xq || !c->slot || !c->base || !c->chain || !c->q16 || !c->vrow) {
+        !c->xq || !c->slot || !c->base || !c->chain || !c->q16) {
         td_ctx_destroy(c);
         return NULL;
     }
@@ -236,7 +234,7 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->proj); td_free(c->gate); td_free(c->up); td_free(c->rope_cs);
     td_free(c->xq); td_free(c->scores);
     td_free(c->slot); td_free(c->base); td_free(c->chain);
-    td_free(c->q16); td_free(c->vrow);
+    td_free(c->q16);
     free(c);
 }
 
@@ -354,7 +352,6 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
     int64_t E = hp->n_embd, hd = hp->head_dim;
     int64_t q_dim = (int64_t)hp->n_head * hd, kv_dim = (int64_t)hp->n_head_kv * hd;
     const td_type_traits *emb_tr = td_quant_traits(m->tok_embd.type);
-    const td_type_traits *f16 = td_quant_traits(TD_TYPE_F16);
     size_t emb_row = td_quant_row_bytes(m->tok_embd.type, E);
     for (int32_t r = 0; r < n_rows; r++)
         emb_tr->to_float((const char *)m->tok_embd.data + (size_t)rows[r].token * emb_row, c->x + r * E, E);
@@ -377,8 +374,8 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
             const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
             for (int32_t h = 0; h < hp->n_head; h++) td_op_rope(q + h * hd, cs, hp->n_rot, hp->rope_kind);
             for (int32_t h = 0; h < hp->n_head_kv; h++) td_op_rope(k + h * hd, cs, hp->n_rot, hp->rope_kind);
-            f16->from_float(k, td_kv_at(kv, rows[r].seq, l, 0, c->slot[r]), kv_dim);
-            f16->from_float(v, td_kv_at(kv, rows[r].seq, l, 1, c->slot[r]), kv_dim);
+            c->ops.to_f16(k, td_kv_at(kv, rows[r].seq, l, 0, c->slot[r]), kv_dim);
+            c->ops.to_f16(v, td_kv_at(kv, rows[r].seq, l, 1, c->slot[r]), kv_dim);
         }
         attn_job aj = {c, kv, rows, n_rows, l};
         td_pool_run(c->pool, attn_worker, &aj);

@@ -65,6 +65,20 @@ void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float 
 float td_op_dot(const float *a, const float *b, int64_t n);
 void td_op_axpy(float *y, float a, const float *x, int64_t n); /* y += a*x */
 void td_op_silu_mul(float *gate, const float *up, int64_t n);  /* gate = silu(gate)*up */
+/* fp16 cache helpers: y += a * widen(x); y = narrow(x) (round to nearest even). */
+typedef void (*td_axpy_f16_fn)(float *y, float a, const uint16_t *x, int64_t n);
+typedef void (*td_to_f16_fn)(const float *x, uint16_t *y, int64_t n);
+typedef struct td_op_kernels {
+    td_axpy_f16_fn axpy_f16;
+    td_to_f16_fn to_f16;
+} td_op_kernels;
+/* The fastest variant this CPU runs (AVX2+F16C, else scalar). */
+td_op_kernels td_op_select(void);
+void td_op_axpy_f16_avx2(float *y, float a, const uint16_t *x, int64_t n);
+void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
+/* Rounds a float to fp16 precision (what the reference does to attention
+ * weights before they meet the fp16 V cache). */
+float td_op_round_f16(float x);
 /* Rotates pairs of a head vector in place; cs holds (n_rot/2) x {cos, sin}. */
 void td_op_rope(float *head, const float *cs, int32_t n_rot, td_rope_kind kind);
 

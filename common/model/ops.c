@@ -5,6 +5,7 @@
  * row or batch it serves: that is what keeps logits batch invariant.
  */
 #include <math.h>
+#include <string.h>
 
 #include "model/model_internal.h"
 
@@ -42,6 +43,23 @@ void td_op_silu_mul(float *gate, const float *up, int64_t n) {
         gate[i] = g / (1.0f + expf(-g)) * up[i];
     }
 }
+
+static void axpy_f16_scalar(float *y, float a, const uint16_t *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, td_fp16_to_f32(x[i]), y[i]);
+}
+
+static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = td_f32_to_fp16(x[i]);
+}
+
+td_op_kernels td_op_select(void) {
+    /* The quant module already checked AVX2, FMA and F16C for its kernels. */
+    bool avx2 = strcmp(td_quant_kernel_name(), "avx2") == 0;
+    return avx2 ? (td_op_kernels){td_op_axpy_f16_avx2, td_op_to_f16_avx2}
+                : (td_op_kernels){axpy_f16_scalar, to_f16_scalar};
+}
+
+float td_op_round_f16(float x) { return td_fp16_to_f32(td_f32_to_fp16(x)); }
 
 void td_op_rope(float *head, const float *cs, int32_t n_rot, td_rope_kind kind) {
     int32_t half = n_rot / 2;
