@@ -82,4 +82,5 @@ if [ -n "${TD_MKTINY:-}" ] && [ -x "$TD_MKTINY" ]; then
   check "draft model with another vocabulary refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft "model:$tmp/tiny.gguf"
   check "vocabulary mismatch explained" err_has "vocabulary differs"
 fi
+echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
