@@ -31,7 +31,6 @@ struct td_ctx {
     int32_t *slot;  /* (max_rows) cache slot each row writes */
     int32_t *base;  /* (max_rows) cache prefix each row attends to in full */
     int32_t *chain; /* (n_threads, max_rows) ancestor slots of a tree row */
-    uint16_t *q16;  /* (n_threads, head_dim) query head in fp16 */
     td_op_kernels ops; /* fp16 cache kernels for this CPU */
     float *scores;  /* (n_threads, max_len) attention scratch, grown per kv */
     int32_t scores_len;
@@ -123,10 +122,6 @@ static void attn_worker(void *arg, int ith, int nth) {
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores + (size_t)ith * c->scores_len;
     int32_t *chain = c->chain + (size_t)ith * c->max_rows;
-    uint16_t *q16 = c->q16 + (size_t)ith * hd;
-    /* Like the reference implementation, the query and the softmax weights
-     * are rounded to fp16 to meet the fp16 cache; sums stay f32. */
-    const td_type_traits *f16 = td_quant_traits(TD_TYPE_F16);
     int64_t lo, hi;
     td_split((int64_t)j->n_rows * hp->n_head, ith, nth, &lo, &hi);
     int32_t chain_row = -1, n_chain = 0;
@@ -147,30 +142,11 @@ static void attn_worker(void *arg, int ith, int nth) {
                 }
             }
         }
-        int32_t n_ctx = base + n_chain;
-        c->ops.to_f16(c->q + r * q_dim + (int64_t)h * hd, q16, hd);
-        float mx = -INFINITY;
-        for (int32_t t = 0; t < n_ctx; t++) {
-            int32_t slot = t < base ? t : chain[t - base];
-            const uint16_t *k = td_kv_at(j->kv, seq, j->layer, 0, slot) + (int64_t)kvh * hd;
-            float d;
-            f16->vec_dot(hd, &d, k, q16);
-            sc[t] = d * scale;
-            if (sc[t] > mx) mx = sc[t];
-        }
-        double sum = 0.0;
-        for (int32_t t = 0; t < n_ctx; t++) {
-            sc[t] = expf(sc[t] - mx);
-            sum += sc[t];
-        }
-        float inv = (float)(1.0 / sum);
-        float *out = c->xn + r * q_dim + (int64_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int32_t t = 0; t < n_ctx; t++) {
-            int32_t slot = t < base ? t : chain[t - base];
-            const uint16_t *v = td_kv_at(j->kv, seq, j->layer, 1, slot) + (int64_t)kvh * hd;
-            c->ops.axpy_f16(out, td_op_round_f16(sc[t] * inv), v, hd);
-        }
+        td_attn_args args = {.kv = j->kv, .seq = seq, .layer = j->layer, .head_off = kvh * hd,
+                             .base = base, .chain = chain, .n_chain = n_chain,
+                             .q = c->q + r * q_dim + (int64_t)h * hd, .head_dim = hd, .scale = scale,
+                             .scores = sc, .out = c->xn + r * q_dim + (int64_t)h * hd};
+        c->ops.attend(&args);
     }
 }
 
@@ -218,10 +194,9 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
     c->slot = td_alloc(R * sizeof(int32_t));
     c->base = td_alloc(R * sizeof(int32_t));
     c->chain = td_alloc((size_t)td_pool_size(pool) * R * sizeof(int32_t));
-    c->q16 = td_alloc((size_t)td_pool_size(pool) * hp->head_dim * sizeof(uint16_t));
-    c->ops = td_op_select();
+    c->ops = td_op_select(hp->head_dim);
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
-        !c->xq || !c->slot || !c->base || !c->chain || !c->q16) {
+        !c->xq || !c->slot || !c->base || !c->chain) {
         td_ctx_destroy(c);
         return NULL;
     }
@@ -234,7 +209,6 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->proj); td_free(c->gate); td_free(c->up); td_free(c->rope_cs);
     td_free(c->xq); td_free(c->scores);
     td_free(c->slot); td_free(c->base); td_free(c->chain);
-    td_free(c->q16);
     free(c);
 }
 
@@ -347,7 +321,8 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
     int32_t max_pos = 0; /* a row attends to at most slot + 1 positions */
     for (int32_t i = 0; i < n_rows; i++)
         if (c->slot[i] + 1 > max_pos) max_pos = c->slot[i] + 1;
-    if (grow_scores(c, max_pos)) return td_err_set(err, TD_E_NOMEM, "out of memory for attention scores");
+    if (grow_scores(c, max_pos + 8)) /* + the padding td_attn_args asks for */
+        return td_err_set(err, TD_E_NOMEM, "out of memory for attention scores");
 
     int64_t E = hp->n_embd, hd = hp->head_dim;
     int64_t q_dim = (int64_t)hp->n_head * hd, kv_dim = (int64_t)hp->n_head_kv * hd;

@@ -68,14 +68,38 @@ void td_op_silu_mul(float *gate, const float *up, int64_t n);  /* gate = silu(ga
 /* fp16 cache helpers: y += a * widen(x); y = narrow(x) (round to nearest even). */
 typedef void (*td_axpy_f16_fn)(float *y, float a, const uint16_t *x, int64_t n);
 typedef void (*td_to_f16_fn)(const float *x, uint16_t *y, int64_t n);
+/* One query head attending over a sequence's cache: positions [0, base),
+ * then the cache slots chain[0..n_chain) (a tree row's ancestors and itself).
+ * The query and the softmax weights are rounded to fp16, as the reference
+ * does to meet the fp16 cache; sums stay f32. scores has room for
+ * base + n_chain + 8 floats. */
+typedef struct td_attn_args {
+    const struct td_kv *kv;
+    int32_t seq, layer;
+    int32_t head_off;            /* element offset of the KV head in a cache row */
+    int32_t base;
+    const int32_t *chain;
+    int32_t n_chain;
+    const float *q;              /* head_dim */
+    int32_t head_dim;
+    float scale;
+    float *scores;
+    float *out;                  /* head_dim */
+} td_attn_args;
+typedef void (*td_attend_fn)(const td_attn_args *a);
+#define TD_ATTN_MAX_HEAD_DIM 256
+
 typedef struct td_op_kernels {
     td_axpy_f16_fn axpy_f16;
     td_to_f16_fn to_f16;
+    td_attend_fn attend;
 } td_op_kernels;
 /* The fastest variant this CPU runs (AVX2+F16C, else scalar). */
-td_op_kernels td_op_select(void);
+td_op_kernels td_op_select(int32_t head_dim);
 void td_op_axpy_f16_avx2(float *y, float a, const uint16_t *x, int64_t n);
 void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
+void td_op_attend_scalar(const td_attn_args *a);
+void td_op_attend_avx2(const td_attn_args *a); /* head_dim % 8 == 0 */
 /* Rounds a float to fp16 precision (what the reference does to attention
  * weights before they meet the fp16 V cache). */
 float td_op_round_f16(float x);

@@ -115,6 +115,9 @@ static int read_hparams(loader *L, td_hparams *hp) {
     if (hp->head_dim < 2 || hp->head_dim % 2 || hp->n_rot < 2 || hp->n_rot % 2 || hp->n_rot > hp->head_dim)
         return td_err_set(L->err, TD_E_FORMAT, "hyper-parameters: head_dim %d / rope dims %d invalid",
                           hp->head_dim, hp->n_rot);
+    if (hp->head_dim > TD_ATTN_MAX_HEAD_DIM)
+        return td_err_set(L->err, TD_E_UNSUPPORTED, "head_dim %d (at most %d supported)", hp->head_dim,
+                          TD_ATTN_MAX_HEAD_DIM);
     hp->rms_eps = get_f32(L, "attention.layer_norm_rms_epsilon", 1e-5f);
     hp->rope_base = get_f32(L, "rope.freq_base", 10000.0f);
     if (!(hp->rms_eps > 0) || !(hp->rope_base > 1) || !isfinite(hp->rope_base))

@@ -52,11 +52,40 @@ static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = td_f32_to_fp16(x[i]);
 }
 
-td_op_kernels td_op_select(void) {
+static const uint16_t *cache_row(const td_attn_args *a, int which, int32_t t) {
+    int32_t slot = t < a->base ? t : a->chain[t - a->base];
+    return td_kv_at(a->kv, a->seq, a->layer, which, slot) + a->head_off;
+}
+
+void td_op_attend_scalar(const td_attn_args *a) {
+    int32_t hd = a->head_dim, n = a->base + a->n_chain;
+    float q[TD_ATTN_MAX_HEAD_DIM];
+    for (int32_t i = 0; i < hd; i++) q[i] = td_op_round_f16(a->q[i]);
+    float mx = -INFINITY;
+    for (int32_t t = 0; t < n; t++) {
+        const uint16_t *k = cache_row(a, 0, t);
+        float d = 0.0f;
+        for (int32_t i = 0; i < hd; i++) d += td_fp16_to_f32(k[i]) * q[i];
+        a->scores[t] = d * a->scale;
+        if (a->scores[t] > mx) mx = a->scores[t];
+    }
+    double sum = 0.0;
+    for (int32_t t = 0; t < n; t++) {
+        a->scores[t] = expf(a->scores[t] - mx);
+        sum += a->scores[t];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int32_t i = 0; i < hd; i++) a->out[i] = 0.0f;
+    for (int32_t t = 0; t < n; t++)
+        axpy_f16_scalar(a->out, td_op_round_f16(a->scores[t] * inv), cache_row(a, 1, t), hd);
+}
+
+td_op_kernels td_op_select(int32_t head_dim) {
     /* The quant module already checked AVX2, FMA and F16C for its kernels. */
     bool avx2 = strcmp(td_quant_kernel_name(), "avx2") == 0;
-    return avx2 ? (td_op_kernels){td_op_axpy_f16_avx2, td_op_to_f16_avx2}
-                : (td_op_kernels){axpy_f16_scalar, to_f16_scalar};
+    if (!avx2) return (td_op_kernels){axpy_f16_scalar, to_f16_scalar, td_op_attend_scalar};
+    return (td_op_kernels){td_op_axpy_f16_avx2, td_op_to_f16_avx2,
+                           head_dim % 8 == 0 ? td_op_attend_avx2 : td_op_attend_scalar};
 }
 
 float td_op_round_f16(float x) { return td_fp16_to_f32(td_f32_to_fp16(x)); }

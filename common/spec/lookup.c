@@ -272,11 +272,20 @@ static int32_t lk_child(const td_draft *out, int32_t parent, int32_t token) {
     return -1;
 }
 
-static void lk_add(td_draft *out, int32_t parent, int32_t token) {
+static void lk_add(td_draft *out, int32_t parent, int32_t token, uint8_t conf) {
     out->token[out->n] = token;
     out->parent[out->n] = parent;
     out->prob[out->n] = 0.0f; /* a copy, not a sample: no probability to report */
+    out->conf[out->n] = conf;
     out->n++;
+}
+
+/* Confidence class of the i-th token copied after a match of g tokens ending
+ * at e: longer matches are surer; a token past the end of the history (the
+ * periodic guess) and branch nodes are the least sure. */
+static uint8_t lk_conf(const lk_seq *s, int32_t e, int32_t g, int32_t i) {
+    if (e + i >= s->n) return 0;
+    return g >= 3 ? 3 : (uint8_t)g;
 }
 
 /* Collects older matches (the primary's g first, then shorter g) as branch
@@ -330,7 +339,8 @@ static int lk_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
     }
     int32_t reserve = nc > 0 ? (d->max_branches - 1) * per : 0;
     int32_t len = cap - reserve;
-    for (int32_t i = 0; i < len; i++) lk_add(out, i - 1, lk_cont(s, primary.e, i));
+    for (int32_t i = 0; i < len; i++)
+        lk_add(out, i - 1, lk_cont(s, primary.e, i), lk_conf(s, primary.e, primary.g, i));
 
     int32_t branches = 0;
     for (int32_t c = 0; c < nc && branches < d->max_branches - 1 && out->n < cap; c++) {
@@ -339,7 +349,7 @@ static int lk_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
             int32_t t = lk_cont(s, cand[c].e, i);
             int32_t next = lk_child(out, cur, t);
             if (next < 0) {
-                lk_add(out, cur, t);
+                lk_add(out, cur, t, 0);
                 next = out->n - 1;
                 added++;
             }
@@ -353,7 +363,7 @@ static int lk_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
         int32_t t = lk_cont(s, primary.e, i);
         int32_t next = lk_child(out, last, t);
         if (next < 0) {
-            lk_add(out, last, t);
+            lk_add(out, last, t, lk_conf(s, primary.e, primary.g, i));
             next = out->n - 1;
         }
         last = next;

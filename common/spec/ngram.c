@@ -229,11 +229,14 @@ static int ng_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
         const ng_entry *e = ng_pick(s, keys, kmax, 2);
         if (!e) e = ng_pick(s, keys, kmax, 1);
         if (!e) break;
-        path *= (float)e->cnt[0] / (float)(e->total + 1 + e->miss);
+        float step = (float)e->cnt[0] / (float)(e->total + 1 + e->miss);
+        path *= step;
         if (out->n > 0 && path < NG_P_STOP) break;
         out->token[out->n] = e->tok[0];
         out->parent[out->n] = out->n - 1;
         out->prob[out->n] = 0.0f; /* chosen greedily, not sampled: no q to report */
+        /* class: how dominant the continuation has been in this context */
+        out->conf[out->n] = step >= 0.75f ? 3 : step >= 0.5f ? 2 : step >= 0.25f ? 1 : 0;
         out->n++;
         buf[len++] = e->tok[0];
     }

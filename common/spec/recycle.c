@@ -99,6 +99,7 @@ static int rc_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
         out->token[out->n] = tok;
         out->parent[out->n] = parent;
         out->prob[out->n] = 0.0f; /* ranks, not probabilities, are recorded */
+        out->conf[out->n] = d->trank[t] >= 3 ? 0 : (uint8_t)(3 - d->trank[t]); /* best rank: surest */
         out->n++;
     }
     return TD_OK;

@@ -22,6 +22,8 @@
 
 /* Largest number of nodes one proposal may hold. */
 #define TD_DRAFT_MAX 64
+/* Confidence classes a drafter may sort its nodes into (0 = least sure). */
+#define TD_DRAFT_CONF 4
 
 /* A proposal: nodes in topological order (a parent precedes its children).
  * parent[i] == -1: node i directly follows the last token of the history. */
@@ -30,6 +32,11 @@ typedef struct td_draft {
     int32_t token[TD_DRAFT_MAX];
     int32_t parent[TD_DRAFT_MAX];
     float prob[TD_DRAFT_MAX];  /* drafter's probability of the node given its parent path; 0 if unknown */
+    /* The drafter's own class of the node, 0..TD_DRAFT_CONF-1 (e.g. how long
+     * a match it copies). The verifier learns acceptance per drafter, class
+     * and depth, and verifies only nodes whose expected gain pays for their
+     * rows; a drafter that has no such notion leaves 0. */
+    uint8_t conf[TD_DRAFT_MAX];
 } td_draft;
 
 /* What verification learned at one node: the token there and the target's
@@ -129,7 +136,12 @@ typedef enum td_spec_mode {
 typedef struct td_spec_params {
     int32_t draft_max;     /* nodes per step at most (<= TD_DRAFT_MAX) */
     int32_t draft_min;     /* adaptive lower bound */
-    bool adaptive;         /* grow on full acceptance, shrink on early rejection */
+    bool adaptive;         /* grow on full acceptance, shrink on early rejection, and
+                            * verify only the nodes that pay for their rows */
+    /* Cost of one more row in a target pass as a fraction of a one-row pass;
+     * 0 = learn it from the passes' wall time (the draft tree is then sized
+     * by this machine's speed; the tokens never depend on it). */
+    float row_cost;
     td_spec_mode mode;
     bool test_skip_residual; /* tests only: drop the rejection-sampling correction */
 } td_spec_params;

@@ -14,9 +14,10 @@
 #include <string.h>
 
 #include "spec/spec.h"
+#include "spec/spec_plan.h"
 
 #define OBS_TOP 8          /* target candidates reported per verified node */
-#define MAX_DRAFTERS 8
+#define MAX_DRAFTERS TD_PLAN_DRAFTERS
 
 td_spec_params td_spec_defaults(void) {
     return (td_spec_params){.draft_max = 8, .draft_min = 1, .adaptive = true, .mode = TD_SPEC_EXACT};
@@ -51,6 +52,10 @@ typedef struct runner {
     int32_t max_rows;
     int32_t obs_top[TD_DRAFT_MAX + 1][OBS_TOP];
     td_observation obs[TD_DRAFT_MAX + 1];
+    td_spec_plan plan;
+    td_plan_node *plan_nodes; /* max_rows */
+    td_draft **plan_drafts;   /* max_rows: the drafts of one pass */
+    int8_t **plan_origin;
 } runner;
 
 /* Adds the proposal `p` of drafter `who` into the merged tree of s, sharing
@@ -74,6 +79,7 @@ static void merge_draft(seq_state *s, const td_draft *p, int who, int32_t budget
             d->token[found] = p->token[i];
             d->parent[found] = mpar;
             d->prob[found] = p->prob[i];
+            d->conf[found] = p->conf[i] < TD_DRAFT_CONF ? p->conf[i] : TD_DRAFT_CONF - 1;
             s->origin[found] = (int8_t)who;
         }
         map[i] = found;
@@ -104,6 +110,7 @@ static int propose(runner *r, seq_state *s, int32_t seq, int32_t budget) {
     for (int i = 0; i < r->n_drafters && s->draft.n < budget; i++) {
         td_drafter *d = r->drafters[order[i]];
         tmp.n = 0;
+        memset(tmp.conf, 0, sizeof tmp.conf); /* drafters without classes leave 0 */
         int rc = d->ops->propose(d, seq, s->hist, s->n_hist, budget - s->draft.n, &tmp);
         if (rc < 0) return rc;
         merge_draft(s, &tmp, order[i], budget);
@@ -185,6 +192,20 @@ static bool produce(runner *r, seq_state *s, int32_t tk) {
     return false;
 }
 
+/* Tells the planner, for every node whose parent was kept (so the node was
+ * really put to the test), whether it was kept too. keep[1..n_keep) are
+ * 1 + the kept nodes, in path order. */
+static void learn_acceptance(runner *r, const seq_state *s, const int32_t *keep, int32_t n_keep,
+                             const int32_t *depth) {
+    const td_draft *d = &s->draft;
+    bool kept[TD_DRAFT_MAX] = {false};
+    for (int32_t k = 1; k < n_keep; k++) kept[keep[k] - 1] = true;
+    for (int32_t i = 0; i < d->n; i++) {
+        bool tested = d->parent[i] < 0 || kept[d->parent[i]];
+        if (tested) td_spec_plan_learn(&r->plan, s->origin[i], d->conf[i], depth[i], kept[i]);
+    }
+}
+
 /* Verifies one sequence's rows of the pass; updates cache, drafters, stats. */
 static int settle(runner *r, seq_state *s, int32_t seq) {
     const td_draft *d = &s->draft;
@@ -216,6 +237,7 @@ static int settle(runner *r, seq_state *s, int32_t seq) {
         accepted++;
         keep[n_keep++] = 1 + child;
     }
+    if (!finished) learn_acceptance(r, s, keep, n_keep, depth);
     s->req->spec.n_steps++;
     s->req->spec.n_drafted += d->n;
     s->req->spec.n_accepted += accepted;
@@ -275,6 +297,20 @@ static int step(runner *r, seq_state *st, int32_t n_reqs, td_err *err) {
         if (b > left) b = left;
         int rc = propose(r, s, i, b);
         if (rc < 0) return td_err_set(err, rc, "drafter failed: %s", td_err_name(rc));
+    }
+    if (r->sp->adaptive) {
+        int32_t n = 0;
+        for (int32_t i = 0; i < n_reqs; i++) {
+            if (st[i].done) continue;
+            r->plan_drafts[n] = &st[i].draft;
+            r->plan_origin[n] = st[i].origin;
+            n++;
+        }
+        td_spec_plan_prune(&r->plan, r->plan_drafts, r->plan_origin, n, r->plan_nodes);
+    }
+    for (int32_t i = 0; i < n_reqs; i++) {
+        seq_state *s = &st[i];
+        if (s->done) continue;
         int32_t depth[TD_DRAFT_MAX];
         td_draft_depths(&s->draft, depth);
         s->row0 = n_rows;
@@ -284,8 +320,11 @@ static int step(runner *r, seq_state *st, int32_t n_reqs, td_err *err) {
             r->rows[n_rows++] = (td_row){i, root_pos + depth[j], s->draft.token[j], true, true,
                                          s->row0 + 1 + s->draft.parent[j]};
     }
+    double t0 = td_now_sec();
     int rc = td_model_forward(r->ctx, r->kv, r->rows, n_rows, r->logits, err);
     if (rc) return rc;
+    td_spec_plan_time(&r->plan, n_rows, td_now_sec() - t0);
+    td_spec_plan_age(&r->plan);
     for (int32_t i = 0; i < n_reqs; i++) {
         if (st[i].done) continue;
         if ((rc = settle(r, &st[i], i))) return td_err_set(err, rc, "cache compaction failed");
@@ -312,7 +351,11 @@ int td_spec_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, td
     seq_state *st = calloc((size_t)n_reqs, sizeof *st);
     r.logits = malloc((size_t)max_rows * hp->n_vocab * sizeof(float));
     r.rows = malloc((size_t)max_rows * sizeof *r.rows);
-    if (!st || !r.logits || !r.rows) { rc = td_err_set(err, TD_E_NOMEM, "out of memory"); goto done; }
+    r.plan_nodes = malloc((size_t)max_rows * sizeof *r.plan_nodes);
+    r.plan_drafts = malloc((size_t)max_rows * sizeof *r.plan_drafts);
+    r.plan_origin = malloc((size_t)max_rows * sizeof *r.plan_origin);
+    td_spec_plan_init(&r.plan, sp->row_cost);
+    if (!st || !r.logits || !r.rows || !r.plan_nodes || !r.plan_drafts || !r.plan_origin) { rc = td_err_set(err, TD_E_NOMEM, "out of memory"); goto done; }
 
     for (int32_t i = 0; i < n_reqs; i++) {
         td_spec_request *q = &reqs[i];
@@ -380,5 +423,8 @@ done:
     free(st);
     free(r.logits);
     free(r.rows);
+    free(r.plan_nodes);
+    free(r.plan_drafts);
+    free(r.plan_origin);
     return rc;
 }
