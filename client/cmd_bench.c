@@ -115,7 +115,7 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     double v1 = median(ver[0], o->repeats * 4);
     printf("threads %d: decode %.1f tok/s (%d after %d), prefill %.1f tok/s (%d rows)\n", threads, d, o->n_decode,
            o->n_prompt, p, o->n_prefill);
-    printf("threads %d: verify cost vs 1 row:", threads);
+    printf("threads %d: verify cost vs 1 row after %d tokens:", threads, o->n_prompt);
     static const int ks2[5] = {1, 2, 4, 8, 16};
     for (int k = 0; k < 5; k++) printf("  %d rows %.2fx", ks2[k], median(ver[k], o->repeats * 4) / v1);
     printf("  (1 row = %.2f ms)\n", v1 * 1e3);
@@ -143,21 +143,24 @@ static int bench_engine(int argc, char **argv) {
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *text_file = "tests/fixtures/english.txt";
     const char *threads_list = "1,2";
-    long repeats = 5;
+    long repeats = 5, context = 64;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n\n"
-                 "Decode tok/s (128 tokens after a 64-token prompt), prefill tok/s (512-token batch),\n"
-                 "verification cost of 1,2,4,8,16 rows relative to 1, read bandwidth and the decode\n"
-                 "speed as a share of the bandwidth limit. Prompt tokens come from --text\n"
-                 "(default tests/fixtures/english.txt). Medians of --repeats runs (default 5).\n"
-                 "--threads is a comma list (default 1,2).");
+            puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n"
+                 "                           [--context N]\n\n"
+                 "Decode tok/s (128 tokens after an N-token prompt), prefill tok/s (512-token batch),\n"
+                 "verification cost of 1,2,4,8,16 rows after the N-token prompt relative to 1 row,\n"
+                 "read bandwidth and the decode speed as a share of the bandwidth limit. Prompt\n"
+                 "tokens come from --text (default tests/fixtures/english.txt). Medians of --repeats\n"
+                 "runs (default 5). --threads is a comma list (default 1,2); --context N sets the\n"
+                 "prompt before decode and verification (default 64; longer ones weigh attention).");
             return 0;
         }
         if (!strcmp(a, "--model")) { if (!(model = td_cli_value(cmd, argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--text")) { if (!(text_file = td_cli_value(cmd, argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--threads")) { if (!(threads_list = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--context")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &context)) return 2; }
         else if (!strcmp(a, "--repeats")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 1000, &repeats)) return 2; }
         else { fprintf(stderr, "tandem bench engine: unknown option '%s'\n", a); return 2; }
     }
@@ -174,8 +177,9 @@ static int bench_engine(int argc, char **argv) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto out;
     }
-    bench_opts o = {(int)repeats, 64, 128, 512, ids, n};
-    if (n < 600) { fprintf(stderr, "tandem bench: --text needs at least 600 tokens, has %zu\n", n); goto out; }
+    bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n};
+    size_t need = (size_t)(context + 16 > 600 ? context + 16 : 600);
+    if (n < need) { fprintf(stderr, "tandem bench: --text needs at least %zu tokens, has %zu\n", need, n); goto out; }
     printf("model %s, kernels %s, %d repeats (medians)\n", model, td_quant_kernel_name(), o.repeats);
     status = 0;
     for (const char *p = threads_list; *p;) {

@@ -16,6 +16,16 @@
 
 #include "model/model_internal.h"
 
+/* The rows of one sequence in a pass and the prefix [0, n) they all may
+ * read from a widened f32 copy (n == 0: they read the fp16 cache). */
+typedef struct td_wide {
+    int32_t seq, n;
+    int32_t first, n_rows;  /* their indices in td_ctx.order */
+} td_wide;
+
+/* Below this prefix length the conversion is not worth it. */
+#define WIDE_MIN 64
+
 struct td_ctx {
     const td_model *m;
     td_pool *pool;
@@ -34,6 +44,15 @@ struct td_ctx {
     td_op_kernels ops; /* fp16 cache kernels for this CPU */
     float *scores;  /* (n_threads, max_len) attention scratch, grown per kv */
     int32_t scores_len;
+    /* Attention items go KV head by KV head within each sequence, so that a
+     * thread widens a head's cached prefix to f32 once (into its own slice
+     * of `wide`, sized to stay in its L2) for all the rows and query heads
+     * (GQA) that read it. */
+    td_wide *wides;   /* (max_rows) one entry per sequence of the pass */
+    int32_t n_wide;
+    int32_t *order;   /* (max_rows) row indices grouped by entry */
+    float *wide;      /* (n_threads, wide_len) */
+    size_t wide_len;  /* floats per thread */
 };
 
 /* ---- parallel jobs ---- */
@@ -113,6 +132,22 @@ typedef struct attn_job {
     int32_t n_rows, layer;
 } attn_job;
 
+/* Tree rows see the cache [0, base) and then their ancestors (root first)
+ * and themselves; linear rows see [0, pos]. Returns the chain length. */
+static int32_t tree_chain(const td_ctx *c, const td_row *rows, int32_t r, int32_t *chain) {
+    int32_t n = 0;
+    if (!rows[r].tree) return 0;
+    for (int32_t a = r; a >= 0; a = rows[a].parent) chain[n++] = c->slot[a];
+    for (int32_t x = 0; x < n / 2; x++) {
+        int32_t t = chain[x];
+        chain[x] = chain[n - 1 - x];
+        chain[n - 1 - x] = t;
+    }
+    return n;
+}
+
+/* Items (entry, KV head, row of the entry, query head of the group), in
+ * that order; a thread takes a contiguous range. */
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
     td_ctx *c = j->c;
@@ -122,32 +157,82 @@ static void attn_worker(void *arg, int ith, int nth) {
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores + (size_t)ith * c->scores_len;
     int32_t *chain = c->chain + (size_t)ith * c->max_rows;
-    int64_t lo, hi;
+    float *wk = c->wide ? c->wide + (size_t)ith * c->wide_len : NULL;
+    int64_t lo, hi, item = 0;
     td_split((int64_t)j->n_rows * hp->n_head, ith, nth, &lo, &hi);
     int32_t chain_row = -1, n_chain = 0;
-    for (int64_t item = lo; item < hi; item++) {
-        int32_t r = (int32_t)(item / hp->n_head), h = (int32_t)(item % hp->n_head);
-        int32_t kvh = h / group, seq = j->rows[r].seq, base = c->base[r];
-        if (r != chain_row) {
-            /* Tree rows see the cache [0, base) and then their ancestors
-             * (root first) and themselves; linear rows see [0, pos]. */
-            chain_row = r;
-            n_chain = 0;
-            if (j->rows[r].tree) {
-                for (int32_t a = r; a >= 0; a = j->rows[a].parent) chain[n_chain++] = c->slot[a];
-                for (int32_t x = 0; x < n_chain / 2; x++) {
-                    int32_t t = chain[x];
-                    chain[x] = chain[n_chain - 1 - x];
-                    chain[n_chain - 1 - x] = t;
+    for (int32_t e = 0; e < c->n_wide && item < hi; e++) {
+        const td_wide *w = &c->wides[e];
+        int64_t per_head = (int64_t)w->n_rows * group;
+        for (int32_t kvh = 0; kvh < hp->n_head_kv; kvh++, item += per_head) {
+            if (item + per_head <= lo || item >= hi) continue;
+            if (w->n > 0) /* widen this head's prefix: K rows, then V rows */
+                for (int32_t t = 0; t < w->n; t++) {
+                    c->ops.from_f16(td_kv_at(j->kv, w->seq, j->layer, 0, t) + (size_t)kvh * hd,
+                                    wk + (size_t)t * hd, hd);
+                    c->ops.from_f16(td_kv_at(j->kv, w->seq, j->layer, 1, t) + (size_t)kvh * hd,
+                                    wk + ((size_t)w->n + t) * hd, hd);
                 }
+            int64_t i0 = lo > item ? lo - item : 0, i1 = hi < item + per_head ? hi - item : per_head;
+            for (int64_t i = i0; i < i1; i++) {
+                int32_t r = c->order[w->first + i / group], h = kvh * group + (int32_t)(i % group);
+                if (r != chain_row) {
+                    chain_row = r;
+                    n_chain = tree_chain(c, j->rows, r, chain);
+                }
+                int32_t base = c->base[r];
+                td_attn_args args = {.kv = j->kv, .seq = w->seq, .layer = j->layer, .head_off = kvh * hd,
+                                     .base = base, .chain = chain, .n_chain = n_chain,
+                                     .wide_k = wk, .wide_v = wk + (size_t)w->n * hd,
+                                     .wide_n = w->n < base ? w->n : base, .wide_stride = hd,
+                                     .q = c->q + r * q_dim + (int64_t)h * hd, .head_dim = hd,
+                                     .scale = scale, .scores = sc,
+                                     .out = c->xn + r * q_dim + (int64_t)h * hd};
+                c->ops.attend(&args);
             }
         }
-        td_attn_args args = {.kv = j->kv, .seq = seq, .layer = j->layer, .head_off = kvh * hd,
-                             .base = base, .chain = chain, .n_chain = n_chain,
-                             .q = c->q + r * q_dim + (int64_t)h * hd, .head_dim = hd, .scale = scale,
-                             .scores = sc, .out = c->xn + r * q_dim + (int64_t)h * hd};
-        c->ops.attend(&args);
     }
+}
+
+/* Groups the rows by sequence; a sequence with several rows reading a
+ * prefix of at least WIDE_MIN positions in full gets it widened (avx2 kernel only: the
+ * scalar one reads the cache). Grows the per-thread buffers when needed. */
+static int plan_attention(td_ctx *c, const td_row *rows, int32_t n_rows) {
+    const td_hparams *hp = &c->m->hp;
+    bool widen = c->ops.attend == td_op_attend_avx2;
+    int32_t *entry = c->chain; /* scratch: entry of each row (chain is free here) */
+    c->n_wide = 0;
+    for (int32_t r = 0; r < n_rows; r++) {
+        int32_t e = 0;
+        while (e < c->n_wide && c->wides[e].seq != rows[r].seq) e++;
+        if (e == c->n_wide) c->wides[c->n_wide++] = (td_wide){rows[r].seq, 0, 0, 0};
+        if (widen && c->base[r] > c->wides[e].n) c->wides[e].n = c->base[r];
+        c->wides[e].n_rows++;
+        entry[r] = e;
+    }
+    int32_t first = 0, most = 0;
+    for (int32_t e = 0; e < c->n_wide; e++) {
+        td_wide *w = &c->wides[e];
+        /* one row (decode) reads each position once per query head: the
+         * direct fp16 reads cost less than a widened copy */
+        if (w->n < WIDE_MIN || w->n_rows < 2) w->n = 0;
+        if (w->n > most) most = w->n;
+        w->first = first;
+        first += w->n_rows;
+        w->n_rows = 0; /* refilled below */
+    }
+    for (int32_t r = 0; r < n_rows; r++) {
+        td_wide *w = &c->wides[entry[r]];
+        c->order[w->first + w->n_rows++] = r;
+    }
+    size_t need = (size_t)most * (size_t)hp->head_dim * 2;
+    if (need > c->wide_len) {
+        td_free(c->wide);
+        c->wide = td_alloc((size_t)td_pool_size(c->pool) * need * sizeof(float));
+        c->wide_len = c->wide ? need : 0;
+        if (!c->wide) return TD_E_NOMEM;
+    }
+    return TD_OK;
 }
 
 /* ---- context ---- */
@@ -194,9 +279,11 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
     c->slot = td_alloc(R * sizeof(int32_t));
     c->base = td_alloc(R * sizeof(int32_t));
     c->chain = td_alloc((size_t)td_pool_size(pool) * R * sizeof(int32_t));
+    c->wides = td_alloc(R * sizeof(td_wide));
+    c->order = td_alloc(R * sizeof(int32_t));
     c->ops = td_op_select(hp->head_dim);
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
-        !c->xq || !c->slot || !c->base || !c->chain) {
+        !c->xq || !c->slot || !c->base || !c->chain || !c->wides || !c->order) {
         td_ctx_destroy(c);
         return NULL;
     }
@@ -209,6 +296,7 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->proj); td_free(c->gate); td_free(c->up); td_free(c->rope_cs);
     td_free(c->xq); td_free(c->scores);
     td_free(c->slot); td_free(c->base); td_free(c->chain);
+    td_free(c->wides); td_free(c->order); td_free(c->wide);
     free(c);
 }
 
@@ -323,6 +411,7 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
         if (c->slot[i] + 1 > max_pos) max_pos = c->slot[i] + 1;
     if (grow_scores(c, max_pos + 8)) /* + the padding td_attn_args asks for */
         return td_err_set(err, TD_E_NOMEM, "out of memory for attention scores");
+    if (plan_attention(c, rows, n_rows)) return td_err_set(err, TD_E_NOMEM, "out of memory for attention scratch");
 
     int64_t E = hp->n_embd, hd = hp->head_dim;
     int64_t q_dim = (int64_t)hp->n_head * hd, kv_dim = (int64_t)hp->n_head_kv * hd;

@@ -80,6 +80,11 @@ typedef struct td_attn_args {
     int32_t base;
     const int32_t *chain;
     int32_t n_chain;
+    /* Optional f32 copy of the cache for positions [0, wide_n): K and V of
+     * position t at wide_k/wide_v + t * wide_stride. The values equal the
+     * fp16 cache's, so results do not depend on whether it is given. */
+    const float *wide_k, *wide_v;
+    int32_t wide_n, wide_stride;
     const float *q;              /* head_dim */
     int32_t head_dim;
     float scale;
@@ -89,15 +94,18 @@ typedef struct td_attn_args {
 typedef void (*td_attend_fn)(const td_attn_args *a);
 #define TD_ATTN_MAX_HEAD_DIM 256
 
+typedef void (*td_from_f16_fn)(const uint16_t *x, float *y, int64_t n);
 typedef struct td_op_kernels {
     td_axpy_f16_fn axpy_f16;
     td_to_f16_fn to_f16;
+    td_from_f16_fn from_f16;
     td_attend_fn attend;
 } td_op_kernels;
 /* The fastest variant this CPU runs (AVX2+F16C, else scalar). */
 td_op_kernels td_op_select(int32_t head_dim);
 void td_op_axpy_f16_avx2(float *y, float a, const uint16_t *x, int64_t n);
 void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
+void td_op_from_f16_avx2(const uint16_t *x, float *y, int64_t n);
 void td_op_attend_scalar(const td_attn_args *a);
 void td_op_attend_avx2(const td_attn_args *a); /* head_dim % 8 == 0 */
 /* Rounds a float to fp16 precision (what the reference does to attention

@@ -52,6 +52,10 @@ static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = td_f32_to_fp16(x[i]);
 }
 
+static void from_f16_scalar(const uint16_t *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = td_fp16_to_f32(x[i]);
+}
+
 static const uint16_t *cache_row(const td_attn_args *a, int which, int32_t t) {
     int32_t slot = t < a->base ? t : a->chain[t - a->base];
     return td_kv_at(a->kv, a->seq, a->layer, which, slot) + a->head_off;
@@ -83,8 +87,8 @@ void td_op_attend_scalar(const td_attn_args *a) {
 td_op_kernels td_op_select(int32_t head_dim) {
     /* The quant module already checked AVX2, FMA and F16C for its kernels. */
     bool avx2 = strcmp(td_quant_kernel_name(), "avx2") == 0;
-    if (!avx2) return (td_op_kernels){axpy_f16_scalar, to_f16_scalar, td_op_attend_scalar};
-    return (td_op_kernels){td_op_axpy_f16_avx2, td_op_to_f16_avx2,
+    if (!avx2) return (td_op_kernels){axpy_f16_scalar, to_f16_scalar, from_f16_scalar, td_op_attend_scalar};
+    return (td_op_kernels){td_op_axpy_f16_avx2, td_op_to_f16_avx2, td_op_from_f16_avx2,
                            head_dim % 8 == 0 ? td_op_attend_avx2 : td_op_attend_scalar};
 }
 

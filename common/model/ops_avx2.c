@@ -26,6 +26,12 @@ void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n) {
     for (; i < n; i++) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
+void td_op_from_f16_avx2(const uint16_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++) y[i] = _cvtsh_ss(x[i]);
+}
+
 /* e^x for x <= 0 (softmax arguments), about 1 ulp: x = n ln2 + r with
  * |r| <= ln2/2, e^r by its Taylor series to r^7 (truncation < 1e-8 relative),
  * then 2^n put into the exponent. Below -87 the result is 0. */
@@ -69,6 +75,19 @@ static inline __m256 round_f16_ps(__m256 v) {
     return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
+/* Lanes of one position's product with the query (lane sums later). */
+static inline __attribute__((always_inline)) __m256 dot_f32(const float *k, const __m256 *q, int32_t nv) {
+    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(k), q[0]);
+    for (int32_t i = 1; i < nv; i++) s = _mm256_fmadd_ps(_mm256_loadu_ps(k + 8 * i), q[i], s);
+    return s;
+}
+
+static inline __attribute__((always_inline)) __m256 dot_f16(const uint16_t *k, const __m256 *q, int32_t nv) {
+    __m256 s = _mm256_mul_ps(load_f16(k), q[0]);
+    for (int32_t i = 1; i < nv; i++) s = _mm256_fmadd_ps(load_f16(k + 8 * i), q[i], s);
+    return s;
+}
+
 /* Positions go eight at a time; a short last group reads a zero row for the
  * missing ones, so every score is reduced by the same tree wherever its
  * position falls. */
@@ -81,11 +100,16 @@ static inline __attribute__((always_inline)) void attend(const td_attn_args *a, 
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     for (int32_t t0 = 0; t0 < n; t0 += 8) {
         __m256 acc[8];
-        for (int j = 0; j < 8; j++) {
-            const uint16_t *k = t0 + j < n ? row_at(a, 0, t0 + j) : zero_row;
-            __m256 s = _mm256_mul_ps(load_f16(k), q[0]);
-            for (int32_t i = 1; i < nv; i++) s = _mm256_fmadd_ps(load_f16(k + 8 * i), q[i], s);
-            acc[j] = s;
+        if (t0 + 8 <= a->wide_n) { /* the same values, already widened */
+            for (int j = 0; j < 8; j++) acc[j] = dot_f32(a->wide_k + (size_t)(t0 + j) * a->wide_stride, q, nv);
+        } else if (t0 >= a->wide_n) {
+            for (int j = 0; j < 8; j++) acc[j] = dot_f16(t0 + j < n ? row_at(a, 0, t0 + j) : zero_row, q, nv);
+        } else {
+            for (int j = 0; j < 8; j++) {
+                int32_t t = t0 + j;
+                acc[j] = t < a->wide_n ? dot_f32(a->wide_k + (size_t)t * a->wide_stride, q, nv)
+                                       : dot_f16(t < n ? row_at(a, 0, t) : zero_row, q, nv);
+            }
         }
         __m256 sc = _mm256_mul_ps(hsum8(acc), scale);
         if (n - t0 < 8) { /* padding lanes must not win the max */
@@ -115,7 +139,14 @@ static inline __attribute__((always_inline)) void attend(const td_attn_args *a, 
     for (int32_t c0 = 0; c0 < nv; c0 += 8) {
         const int32_t cn = nv - c0 < 8 ? nv - c0 : 8; /* 8 unless head_dim % 64 != 0 */
         __m256 o[8] = {0};
-        for (int32_t t = 0; t < n; t++) {
+        const int32_t nw = a->wide_n < n ? a->wide_n : n;
+        int32_t t = 0;
+        for (; t < nw; t++) {
+            const __m256 w = _mm256_broadcast_ss(a->scores + t);
+            const float *v = a->wide_v + (size_t)t * a->wide_stride + 8 * c0;
+            for (int32_t i = 0; i < cn; i++) o[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * i), o[i]);
+        }
+        for (; t < n; t++) {
             const __m256 w = _mm256_broadcast_ss(a->scores + t);
             const uint16_t *v = row_at(a, 1, t) + 8 * c0;
             for (int32_t i = 0; i < cn; i++) o[i] = _mm256_fmadd_ps(w, load_f16(v + 8 * i), o[i]);

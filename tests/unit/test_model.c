@@ -166,7 +166,7 @@ static double *reference_logits(const td_gguf *g, const td_hparams *hp, const in
 /* Runs tokens one per pass through a fresh cache; returns (n, n_vocab) logits. */
 static float *decode_one_by_one(fixture *f, td_pool *pool, const int32_t *toks, int n) {
     int32_t V = td_model_hparams(f->m)->n_vocab;
-    td_kv *kv = td_kv_create(f->m, 2, 64);
+    td_kv *kv = td_kv_create(f->m, 2, n < 64 ? 64 : n);
     td_ctx *c = td_ctx_create(f->m, 16, pool);
     float *lg = malloc((size_t)n * V * sizeof(float));
     td_err err;
@@ -256,6 +256,73 @@ static void batch_invariance(void **s) {
     free(single);
     td_pool_destroy(one);
     free(alone);
+    drop_tiny(&f);
+}
+
+/* Past 64 cached positions attention reads a shared f32 copy of the prefix
+ * (forward.c, "wide"); below it, the fp16 cache. Logits must not care which:
+ * one-by-one decoding (copy used from position 63 on) against chunked,
+ * interleaved prefill (copy used from the second chunk on) and tree rows, all
+ * bitwise; and against the double-precision reference. */
+static void long_context_invariance(void **s) {
+    (void)s;
+    fixture f = {0};
+    assert_int_equal(make_tiny(&f, "--arch llama"), 0);
+    const td_hparams *hp = td_model_hparams(f.m);
+    int32_t V = hp->n_vocab;
+    size_t row = (size_t)V * sizeof(float);
+    enum { N = 150, CHUNK = 40 };
+    int32_t toks[N], other[N];
+    for (int i = 0; i < N; i++) {
+        toks[i] = (i * 37 + 11) % V;
+        other[i] = (i * 53 + 5) % V;
+    }
+    float *alone = decode_one_by_one(&f, f.pool, toks, N);
+    td_err err;
+
+    td_kv *kv = td_kv_create(f.m, 2, N + 8);
+    td_ctx *c = td_ctx_create(f.m, 2 * CHUNK, f.pool);
+    float *lg = malloc((size_t)2 * CHUNK * row);
+    for (int p0 = 0; p0 < N; p0 += CHUNK) {
+        td_row rows[2 * CHUNK];
+        int k = 0;
+        for (int p = p0; p < N && p < p0 + CHUNK; p++) {
+            rows[k++] = td_row_linear(0, p, toks[p], true);
+            rows[k++] = td_row_linear(1, p, other[p], false);
+        }
+        assert_int_equal(td_model_forward(c, kv, rows, k, lg, &err), TD_OK);
+        for (int i = 0; i < k / 2; i++) assert_memory_equal(lg + (size_t)i * V, alone + (size_t)(p0 + i) * V, row);
+    }
+    /* a tree after a long prefix: roll back to 130, then 130 -> {131, 131'} */
+    assert_int_equal(td_kv_truncate(kv, 0, 130), TD_OK);
+    int32_t alt = (toks[131] + 1) % V;
+    td_row tree[3] = {{0, 130, toks[130], true, true, -1}, {0, 131, toks[131], true, true, 0},
+                      {0, 131, alt, true, true, 0}};
+    assert_int_equal(td_model_forward(c, kv, tree, 3, lg, &err), TD_OK);
+    assert_memory_equal(lg, alone + (size_t)130 * V, row);
+    assert_memory_equal(lg + V, alone + (size_t)131 * V, row);
+    int32_t path[132];
+    memcpy(path, toks, 131 * sizeof(int32_t));
+    path[131] = alt;
+    float *want_alt = decode_one_by_one(&f, f.pool, path, 132);
+    assert_memory_equal(lg + 2 * (size_t)V, want_alt + (size_t)131 * V, row);
+    free(want_alt);
+
+    /* against the reference at every position */
+    double *want = reference_logits(f.g, hp, toks, N);
+    double max_err = 0, max_abs = 0;
+    for (size_t i = 0; i < (size_t)N * V; i++) {
+        double d = fabs(alone[i] - want[i]);
+        if (d > max_err) max_err = d;
+        if (fabs(want[i]) > max_abs) max_abs = fabs(want[i]);
+    }
+    printf("# %d positions: max |logit error| %.4f (max |logit| %.3f)\n", N, max_err, max_abs);
+    assert_true(max_err < 0.05 * max_abs + 1e-3);
+    free(want);
+    free(lg);
+    free(alone);
+    td_ctx_destroy(c);
+    td_kv_destroy(kv);
     drop_tiny(&f);
 }
 
@@ -419,6 +486,7 @@ int main(void) {
         cmocka_unit_test(matches_reference_qwen2),
         cmocka_unit_test(matches_reference_tied_q8_0),
         cmocka_unit_test(batch_invariance),
+        cmocka_unit_test(long_context_invariance),
         cmocka_unit_test(kv_truncate_rolls_back),
         cmocka_unit_test(tree_rows_match_linear_paths),
         cmocka_unit_test(bad_rows_are_refused),
