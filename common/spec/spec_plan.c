@@ -13,8 +13,8 @@
 
 #include "spec/spec_plan.h"
 
-#define PRIOR_ACCEPT 1.0f  /* pseudo-counts: a new class starts at 1 / 2.5 = 0.4 */
-#define PRIOR_TESTED 2.5f
+#define PRIOR_ACCEPT 1.0f  /* a new class starts at 1 / 2.5 = 0.4 ... */
+#define PRIOR_TESTED 2.5f  /* ... worth 2.5 observations */
 #define AGE 0.98f          /* per pass: unused classes return to the prior in ~100 passes */
 #define COST_PRIOR 0.2     /* this engine on a 2-core AVX2 machine: 8 rows ~ 2.4x one */
 #define COST_MIN 0.01
@@ -36,10 +36,16 @@ static bool valid_cell(int who, int conf) {
     return who >= 0 && who < TD_PLAN_DRAFTERS && conf >= 0 && conf < TD_DRAFT_CONF;
 }
 
+/* A depth seldom reached borrows the estimate of the depth above it as its
+ * prior (pseudo-count PRIOR_TESTED): a drafter that is right at depths 1 and
+ * 2 gets its depth 3 tried, where a flat prior would keep it pruned forever. */
 float td_spec_plan_alpha(const td_spec_plan *p, int who, int conf, int depth) {
-    if (!valid_cell(who, conf)) return PRIOR_ACCEPT / PRIOR_TESTED;
-    int d = clamp_depth(depth);
-    return (p->accepted[who][conf][d] + PRIOR_ACCEPT) / (p->tested[who][conf][d] + PRIOR_TESTED);
+    float prior = PRIOR_ACCEPT / PRIOR_TESTED;
+    if (!valid_cell(who, conf)) return prior;
+    int last = clamp_depth(depth);
+    for (int d = 0; d <= last; d++)
+        prior = (p->accepted[who][conf][d] + PRIOR_TESTED * prior) / (p->tested[who][conf][d] + PRIOR_TESTED);
+    return prior;
 }
 
 void td_spec_plan_learn(td_spec_plan *p, int who, int conf, int depth, bool accepted) {

@@ -46,6 +46,12 @@ static void alpha_learns_and_ages(void **state) {
     assert_true(td_spec_plan_alpha(&p, 1, 0, 5) < 0.2f);
     assert_true(fabsf(td_spec_plan_alpha(&p, 2, 0, 1) - prior) < 1e-6f); /* untouched cell */
     assert_true(fabsf(td_spec_plan_alpha(&p, 99, 0, 1) - prior) < 1e-6f); /* out of range: prior */
+    /* an unreached depth inherits the depth above it */
+    for (int i = 0; i < 40; i++) td_spec_plan_learn(&p, 3, 2, 1, i % 10 != 0);
+    assert_true(td_spec_plan_alpha(&p, 3, 2, 4) > 0.8f);
+    for (int i = 0; i < 40; i++) td_spec_plan_learn(&p, 3, 2, 2, false);
+    assert_true(td_spec_plan_alpha(&p, 3, 2, 2) < 0.1f);
+    assert_true(td_spec_plan_alpha(&p, 3, 2, 3) < 0.1f);
     for (int i = 0; i < 400; i++) td_spec_plan_age(&p);
     assert_true(fabsf(td_spec_plan_alpha(&p, 1, 0, 5) - prior) < 0.02f); /* back to trying it */
 }
