@@ -16,15 +16,10 @@
 
 #include "model/model_internal.h"
 
-/* The rows of one sequence in a pass and the prefix [0, n) they all may
- * read from a widened f32 copy (n == 0: they read the fp16 cache). */
-typedef struct td_wide {
-    int32_t seq, n;
-    int32_t first, n_rows;  /* their indices in td_ctx.order */
-} td_wide;
-
-/* Below this prefix length the conversion is not worth it. */
-#define WIDE_MIN 64
+/* The rows of one sequence in a pass: their indices in td_ctx.order. */
+typedef struct td_attn_group {
+    int32_t seq, first, n_rows;
+} td_attn_group;
 
 struct td_ctx {
     const td_model *m;
@@ -40,19 +35,17 @@ struct td_ctx {
     void *xq;       /* (max_rows, largest quantized activation row) */
     int32_t *slot;  /* (max_rows) cache slot each row writes */
     int32_t *base;  /* (max_rows) cache prefix each row attends to in full */
-    int32_t *chain; /* (n_threads, max_rows) ancestor slots of a tree row */
+    int32_t *chain; /* (n_threads, TD_ATTN_MAX_QUERIES, max_rows) ancestor slots of tree rows */
     td_op_kernels ops; /* fp16 cache kernels for this CPU */
-    float *scores;  /* (n_threads, max_len) attention scratch, grown per kv */
+    float *scores;  /* (n_threads, TD_ATTN_MAX_QUERIES, scores_len) attention scratch */
     int32_t scores_len;
-    /* Attention items go KV head by KV head within each sequence, so that a
-     * thread widens a head's cached prefix to f32 once (into its own slice
-     * of `wide`, sized to stay in its L2) for all the rows and query heads
-     * (GQA) that read it. */
-    td_wide *wides;   /* (max_rows) one entry per sequence of the pass */
-    int32_t n_wide;
-    int32_t *order;   /* (max_rows) row indices grouped by entry */
-    float *wide;      /* (n_threads, wide_len) */
-    size_t wide_len;  /* floats per thread */
+    /* Attention items go KV head by KV head within each sequence, so that
+     * the queries reading one KV head (its GQA group, and every row of the
+     * sequence) share one pass over the cache (td_attn_batch). */
+    td_attn_group *groups; /* (max_rows) one per sequence of the pass */
+    int32_t n_groups;
+    int32_t *order;   /* (max_rows) row indices grouped by sequence */
+    float *tile;      /* (n_threads, TD_ATTN_TILE * head_dim) */
 };
 
 /* ---- parallel jobs ---- */
@@ -146,93 +139,68 @@ static int32_t tree_chain(const td_ctx *c, const td_row *rows, int32_t r, int32_
     return n;
 }
 
-/* Items (entry, KV head, row of the entry, query head of the group), in
- * that order; a thread takes a contiguous range. */
+/* Items (sequence, KV head, row of the sequence, query head of the
+ * group), in that order; a thread takes a contiguous range and hands the
+ * queries of each (sequence, KV head) to the kernel up to
+ * TD_ATTN_MAX_QUERIES at a time. */
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
     td_ctx *c = j->c;
     const td_hparams *hp = &c->m->hp;
     int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     int64_t q_dim = (int64_t)hp->n_head * hd;
-    float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores + (size_t)ith * c->scores_len;
-    int32_t *chain = c->chain + (size_t)ith * c->max_rows;
-    float *wk = c->wide ? c->wide + (size_t)ith * c->wide_len : NULL;
+    float *scores = c->scores + (size_t)ith * TD_ATTN_MAX_QUERIES * c->scores_len;
+    int32_t *chains = c->chain + (size_t)ith * TD_ATTN_MAX_QUERIES * c->max_rows;
+    td_attn_query qs[TD_ATTN_MAX_QUERIES];
+    td_attn_batch b = {.kv = j->kv, .layer = j->layer, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
+                       .qs = qs, .tile = c->tile + (size_t)ith * TD_ATTN_TILE * hd};
     int64_t lo, hi, item = 0;
     td_split((int64_t)j->n_rows * hp->n_head, ith, nth, &lo, &hi);
-    int32_t chain_row = -1, n_chain = 0;
-    for (int32_t e = 0; e < c->n_wide && item < hi; e++) {
-        const td_wide *w = &c->wides[e];
-        int64_t per_head = (int64_t)w->n_rows * group;
+    for (int32_t e = 0; e < c->n_groups && item < hi; e++) {
+        const td_attn_group *g = &c->groups[e];
+        int64_t per_head = (int64_t)g->n_rows * group;
         for (int32_t kvh = 0; kvh < hp->n_head_kv; kvh++, item += per_head) {
             if (item + per_head <= lo || item >= hi) continue;
-            if (w->n > 0) /* widen this head's prefix: K rows, then V rows */
-                for (int32_t t = 0; t < w->n; t++) {
-                    c->ops.from_f16(td_kv_at(j->kv, w->seq, j->layer, 0, t) + (size_t)kvh * hd,
-                                    wk + (size_t)t * hd, hd);
-                    c->ops.from_f16(td_kv_at(j->kv, w->seq, j->layer, 1, t) + (size_t)kvh * hd,
-                                    wk + ((size_t)w->n + t) * hd, hd);
-                }
             int64_t i0 = lo > item ? lo - item : 0, i1 = hi < item + per_head ? hi - item : per_head;
-            for (int64_t i = i0; i < i1; i++) {
-                int32_t r = c->order[w->first + i / group], h = kvh * group + (int32_t)(i % group);
-                if (r != chain_row) {
-                    chain_row = r;
-                    n_chain = tree_chain(c, j->rows, r, chain);
+            b.seq = g->seq;
+            b.head_off = kvh * hd;
+            for (int64_t i = i0; i < i1; i += TD_ATTN_MAX_QUERIES) {
+                b.n_q = i1 - i < TD_ATTN_MAX_QUERIES ? (int32_t)(i1 - i) : TD_ATTN_MAX_QUERIES;
+                for (int32_t k = 0; k < b.n_q; k++) {
+                    int32_t r = c->order[g->first + (i + k) / group], h = kvh * group + (int32_t)((i + k) % group);
+                    int32_t *chain = chains + (size_t)k * c->max_rows;
+                    qs[k] = (td_attn_query){.q = c->q + r * q_dim + (int64_t)h * hd,
+                                            .out = c->xn + r * q_dim + (int64_t)h * hd,
+                                            .scores = scores + (size_t)k * c->scores_len,
+                                            .base = c->base[r], .chain = chain,
+                                            .n_chain = tree_chain(c, j->rows, r, chain)};
                 }
-                int32_t base = c->base[r];
-                td_attn_args args = {.kv = j->kv, .seq = w->seq, .layer = j->layer, .head_off = kvh * hd,
-                                     .base = base, .chain = chain, .n_chain = n_chain,
-                                     .wide_k = wk, .wide_v = wk + (size_t)w->n * hd,
-                                     .wide_n = w->n < base ? w->n : base, .wide_stride = hd,
-                                     .q = c->q + r * q_dim + (int64_t)h * hd, .head_dim = hd,
-                                     .scale = scale, .scores = sc,
-                                     .out = c->xn + r * q_dim + (int64_t)h * hd};
-                c->ops.attend(&args);
+                c->ops.attend(&b);
             }
         }
     }
 }
 
-/* Groups the rows by sequence; a sequence with several rows reading a
- * prefix of at least WIDE_MIN positions in full gets it widened (avx2 kernel only: the
- * scalar one reads the cache). Grows the per-thread buffers when needed. */
-static int plan_attention(td_ctx *c, const td_row *rows, int32_t n_rows) {
-    const td_hparams *hp = &c->m->hp;
-    bool widen = c->ops.attend == td_op_attend_avx2;
-    int32_t *entry = c->chain; /* scratch: entry of each row (chain is free here) */
-    c->n_wide = 0;
+/* Groups the rows by sequence (order[] lists them sequence by sequence). */
+static void group_rows(td_ctx *c, const td_row *rows, int32_t n_rows) {
+    int32_t *which = c->chain; /* scratch: group of each row (chain is free here) */
+    c->n_groups = 0;
     for (int32_t r = 0; r < n_rows; r++) {
         int32_t e = 0;
-        while (e < c->n_wide && c->wides[e].seq != rows[r].seq) e++;
-        if (e == c->n_wide) c->wides[c->n_wide++] = (td_wide){rows[r].seq, 0, 0, 0};
-        if (widen && c->base[r] > c->wides[e].n) c->wides[e].n = c->base[r];
-        c->wides[e].n_rows++;
-        entry[r] = e;
+        while (e < c->n_groups && c->groups[e].seq != rows[r].seq) e++;
+        if (e == c->n_groups) c->groups[c->n_groups++] = (td_attn_group){rows[r].seq, 0, 0};
+        c->groups[e].n_rows++;
+        which[r] = e;
     }
-    int32_t first = 0, most = 0;
-    for (int32_t e = 0; e < c->n_wide; e++) {
-        td_wide *w = &c->wides[e];
-        /* one row (decode) reads each position once per query head: the
-         * direct fp16 reads cost less than a widened copy */
-        if (w->n < WIDE_MIN || w->n_rows < 2) w->n = 0;
-        if (w->n > most) most = w->n;
-        w->first = first;
-        first += w->n_rows;
-        w->n_rows = 0; /* refilled below */
+    for (int32_t e = 0, first = 0; e < c->n_groups; e++) {
+        c->groups[e].first = first;
+        first += c->groups[e].n_rows;
+        c->groups[e].n_rows = 0; /* refilled below */
     }
     for (int32_t r = 0; r < n_rows; r++) {
-        td_wide *w = &c->wides[entry[r]];
-        c->order[w->first + w->n_rows++] = r;
+        td_attn_group *g = &c->groups[which[r]];
+        c->order[g->first + g->n_rows++] = r;
     }
-    size_t need = (size_t)most * (size_t)hp->head_dim * 2;
-    if (need > c->wide_len) {
-        td_free(c->wide);
-        c->wide = td_alloc((size_t)td_pool_size(c->pool) * need * sizeof(float));
-        c->wide_len = c->wide ? need : 0;
-        if (!c->wide) return TD_E_NOMEM;
-    }
-    return TD_OK;
 }
 
 /* ---- context ---- */
@@ -278,12 +246,13 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
     c->xq = td_alloc(R * max_act_row_bytes(m));
     c->slot = td_alloc(R * sizeof(int32_t));
     c->base = td_alloc(R * sizeof(int32_t));
-    c->chain = td_alloc((size_t)td_pool_size(pool) * R * sizeof(int32_t));
-    c->wides = td_alloc(R * sizeof(td_wide));
+    c->chain = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_MAX_QUERIES * R * sizeof(int32_t));
+    c->groups = td_alloc(R * sizeof(td_attn_group));
     c->order = td_alloc(R * sizeof(int32_t));
+    c->tile = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_TILE * hp->head_dim * sizeof(float));
     c->ops = td_op_select(hp->head_dim);
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
-        !c->xq || !c->slot || !c->base || !c->chain || !c->wides || !c->order) {
+        !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile) {
         td_ctx_destroy(c);
         return NULL;
     }
@@ -296,7 +265,7 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->proj); td_free(c->gate); td_free(c->up); td_free(c->rope_cs);
     td_free(c->xq); td_free(c->scores);
     td_free(c->slot); td_free(c->base); td_free(c->chain);
-    td_free(c->wides); td_free(c->order); td_free(c->wide);
+    td_free(c->groups); td_free(c->order); td_free(c->tile);
     free(c);
 }
 
@@ -364,7 +333,7 @@ static int grow_scores(td_ctx *c, int32_t len) {
     if (len <= c->scores_len) return TD_OK;
     td_free(c->scores);
     int nth = td_pool_size(c->pool);
-    c->scores = td_alloc((size_t)nth * (size_t)len * sizeof(float));
+    c->scores = td_alloc((size_t)nth * TD_ATTN_MAX_QUERIES * (size_t)len * sizeof(float));
     c->scores_len = c->scores ? len : 0;
     return c->scores ? TD_OK : TD_E_NOMEM;
 }
@@ -409,9 +378,9 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
     int32_t max_pos = 0; /* a row attends to at most slot + 1 positions */
     for (int32_t i = 0; i < n_rows; i++)
         if (c->slot[i] + 1 > max_pos) max_pos = c->slot[i] + 1;
-    if (grow_scores(c, max_pos + 8)) /* + the padding td_attn_args asks for */
+    if (grow_scores(c, max_pos + 8)) /* + the padding td_attn_query asks for */
         return td_err_set(err, TD_E_NOMEM, "out of memory for attention scores");
-    if (plan_attention(c, rows, n_rows)) return td_err_set(err, TD_E_NOMEM, "out of memory for attention scratch");
+    group_rows(c, rows, n_rows);
 
     int64_t E = hp->n_embd, hd = hp->head_dim;
     int64_t q_dim = (int64_t)hp->n_head * hd, kv_dim = (int64_t)hp->n_head_kv * hd;

@@ -68,30 +68,36 @@ void td_op_silu_mul(float *gate, const float *up, int64_t n);  /* gate = silu(ga
 /* fp16 cache helpers: y += a * widen(x); y = narrow(x) (round to nearest even). */
 typedef void (*td_axpy_f16_fn)(float *y, float a, const uint16_t *x, int64_t n);
 typedef void (*td_to_f16_fn)(const float *x, uint16_t *y, int64_t n);
-/* One query head attending over a sequence's cache: positions [0, base),
- * then the cache slots chain[0..n_chain) (a tree row's ancestors and itself).
- * The query and the softmax weights are rounded to fp16, as the reference
- * does to meet the fp16 cache; sums stay f32. scores has room for
- * base + n_chain + 8 floats. */
-typedef struct td_attn_args {
-    const struct td_kv *kv;
-    int32_t seq, layer;
-    int32_t head_off;            /* element offset of the KV head in a cache row */
+/* Attention of several query heads that read one KV head of one sequence
+ * (a row's GQA group, several rows of a verification tree or a prefill
+ * chunk). Query i sees the cache [0, base), then the cache slots
+ * chain[0..n_chain) (a tree row's ancestors and itself). The query and the
+ * softmax weights are rounded to fp16, as the reference does to meet the
+ * fp16 cache; sums stay f32. Each query's result is the same bitwise
+ * whichever other queries share the call. */
+typedef struct td_attn_query {
+    const float *q;              /* head_dim */
+    float *out;                  /* head_dim */
+    float *scores;               /* room for base + n_chain + 8 floats */
     int32_t base;
     const int32_t *chain;
     int32_t n_chain;
-    /* Optional f32 copy of the cache for positions [0, wide_n): K and V of
-     * position t at wide_k/wide_v + t * wide_stride. The values equal the
-     * fp16 cache's, so results do not depend on whether it is given. */
-    const float *wide_k, *wide_v;
-    int32_t wide_n, wide_stride;
-    const float *q;              /* head_dim */
+} td_attn_query;
+
+#define TD_ATTN_MAX_QUERIES 16
+#define TD_ATTN_TILE 64          /* cache positions widened to f32 at a time */
+
+typedef struct td_attn_batch {
+    const struct td_kv *kv;
+    int32_t seq, layer;
+    int32_t head_off;            /* element offset of the KV head in a cache row */
     int32_t head_dim;
     float scale;
-    float *scores;
-    float *out;                  /* head_dim */
-} td_attn_args;
-typedef void (*td_attend_fn)(const td_attn_args *a);
+    const td_attn_query *qs;
+    int32_t n_q;                 /* 1 .. TD_ATTN_MAX_QUERIES */
+    float *tile;                 /* TD_ATTN_TILE * head_dim floats of scratch */
+} td_attn_batch;
+typedef void (*td_attend_fn)(const td_attn_batch *a);
 #define TD_ATTN_MAX_HEAD_DIM 256
 
 typedef void (*td_from_f16_fn)(const uint16_t *x, float *y, int64_t n);
@@ -106,8 +112,8 @@ td_op_kernels td_op_select(int32_t head_dim);
 void td_op_axpy_f16_avx2(float *y, float a, const uint16_t *x, int64_t n);
 void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
 void td_op_from_f16_avx2(const uint16_t *x, float *y, int64_t n);
-void td_op_attend_scalar(const td_attn_args *a);
-void td_op_attend_avx2(const td_attn_args *a); /* head_dim % 8 == 0 */
+void td_op_attend_scalar(const td_attn_batch *a);
+void td_op_attend_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
 /* Rounds a float to fp16 precision (what the reference does to attention
  * weights before they meet the fp16 V cache). */
 float td_op_round_f16(float x);

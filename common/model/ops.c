@@ -56,32 +56,37 @@ static void from_f16_scalar(const uint16_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = td_fp16_to_f32(x[i]);
 }
 
-static const uint16_t *cache_row(const td_attn_args *a, int which, int32_t t) {
-    int32_t slot = t < a->base ? t : a->chain[t - a->base];
+static const uint16_t *cache_row(const td_attn_batch *a, const td_attn_query *q, int which, int32_t t) {
+    int32_t slot = t < q->base ? t : q->chain[t - q->base];
     return td_kv_at(a->kv, a->seq, a->layer, which, slot) + a->head_off;
 }
 
-void td_op_attend_scalar(const td_attn_args *a) {
-    int32_t hd = a->head_dim, n = a->base + a->n_chain;
-    float q[TD_ATTN_MAX_HEAD_DIM];
-    for (int32_t i = 0; i < hd; i++) q[i] = td_op_round_f16(a->q[i]);
-    float mx = -INFINITY;
-    for (int32_t t = 0; t < n; t++) {
-        const uint16_t *k = cache_row(a, 0, t);
-        float d = 0.0f;
-        for (int32_t i = 0; i < hd; i++) d += td_fp16_to_f32(k[i]) * q[i];
-        a->scores[t] = d * a->scale;
-        if (a->scores[t] > mx) mx = a->scores[t];
+/* The reference form: each query on its own, straight from the cache. */
+void td_op_attend_scalar(const td_attn_batch *a) {
+    int32_t hd = a->head_dim;
+    for (int32_t i = 0; i < a->n_q; i++) {
+        const td_attn_query *qq = &a->qs[i];
+        int32_t n = qq->base + qq->n_chain;
+        float q[TD_ATTN_MAX_HEAD_DIM], *sc = qq->scores;
+        for (int32_t d = 0; d < hd; d++) q[d] = td_op_round_f16(qq->q[d]);
+        float mx = -INFINITY;
+        for (int32_t t = 0; t < n; t++) {
+            const uint16_t *k = cache_row(a, qq, 0, t);
+            float dot = 0.0f;
+            for (int32_t d = 0; d < hd; d++) dot += td_fp16_to_f32(k[d]) * q[d];
+            sc[t] = dot * a->scale;
+            if (sc[t] > mx) mx = sc[t];
+        }
+        double sum = 0.0;
+        for (int32_t t = 0; t < n; t++) {
+            sc[t] = expf(sc[t] - mx);
+            sum += sc[t];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int32_t d = 0; d < hd; d++) qq->out[d] = 0.0f;
+        for (int32_t t = 0; t < n; t++)
+            axpy_f16_scalar(qq->out, td_op_round_f16(sc[t] * inv), cache_row(a, qq, 1, t), hd);
     }
-    double sum = 0.0;
-    for (int32_t t = 0; t < n; t++) {
-        a->scores[t] = expf(a->scores[t] - mx);
-        sum += a->scores[t];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int32_t i = 0; i < hd; i++) a->out[i] = 0.0f;
-    for (int32_t t = 0; t < n; t++)
-        axpy_f16_scalar(a->out, td_op_round_f16(a->scores[t] * inv), cache_row(a, 1, t), hd);
 }
 
 td_op_kernels td_op_select(int32_t head_dim) {

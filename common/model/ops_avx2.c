@@ -62,8 +62,8 @@ static inline __m256 hsum8(const __m256 a[8]) {
     return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-static inline const uint16_t *row_at(const td_attn_args *a, int which, int32_t t) {
-    int32_t slot = t < a->base ? t : a->chain[t - a->base];
+static inline const uint16_t *row_at(const td_attn_batch *a, const td_attn_query *q, int which, int32_t t) {
+    int32_t slot = t < q->base ? t : q->chain[t - q->base];
     return td_kv_at(a->kv, a->seq, a->layer, which, slot) + a->head_off;
 }
 
@@ -75,87 +75,165 @@ static inline __m256 round_f16_ps(__m256 v) {
     return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
-/* Lanes of one position's product with the query (lane sums later). */
-static inline __attribute__((always_inline)) __m256 dot_f32(const float *k, const __m256 *q, int32_t nv) {
-    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(k), q[0]);
-    for (int32_t i = 1; i < nv; i++) s = _mm256_fmadd_ps(_mm256_loadu_ps(k + 8 * i), q[i], s);
-    return s;
+#define UNROLL8 _Pragma("GCC unroll 8")
+
+/* Lanes of eight positions' products with the query (acc[j] for position j,
+ * summed across lanes by hsum8), from the f32 tile or straight from the fp16
+ * cache: the values are the same, and so is every result. The eight chains
+ * run interleaved, each in the same order a lone position would use. */
+static inline __attribute__((always_inline)) void group_f32(const float *k, size_t stride, const __m256 *q,
+                                                            int32_t nv, __m256 acc[8]) {
+    UNROLL8 for (int j = 0; j < 8; j++) acc[j] = _mm256_mul_ps(_mm256_loadu_ps(k + j * stride), q[0]);
+    for (int32_t i = 1; i < nv; i++)
+        UNROLL8 for (int j = 0; j < 8; j++)
+            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k + j * stride + 8 * i), q[i], acc[j]);
 }
 
-static inline __attribute__((always_inline)) __m256 dot_f16(const uint16_t *k, const __m256 *q, int32_t nv) {
-    __m256 s = _mm256_mul_ps(load_f16(k), q[0]);
-    for (int32_t i = 1; i < nv; i++) s = _mm256_fmadd_ps(load_f16(k + 8 * i), q[i], s);
-    return s;
+static inline __attribute__((always_inline)) void group_f16(const uint16_t *const k[8], const __m256 *q,
+                                                            int32_t nv, __m256 acc[8]) {
+    UNROLL8 for (int j = 0; j < 8; j++) acc[j] = _mm256_mul_ps(load_f16(k[j]), q[0]);
+    for (int32_t i = 1; i < nv; i++)
+        UNROLL8 for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(load_f16(k[j] + 8 * i), q[i], acc[j]);
 }
 
-/* Positions go eight at a time; a short last group reads a zero row for the
- * missing ones, so every score is reduced by the same tree wherever its
- * position falls. */
-static inline __attribute__((always_inline)) void attend(const td_attn_args *a, const int32_t nv) {
-    const int32_t n = a->base + a->n_chain;
-    _Alignas(32) static const uint16_t zero_row[TD_ATTN_MAX_HEAD_DIM];
-    __m256 q[TD_ATTN_MAX_HEAD_DIM / 8];
-    for (int32_t i = 0; i < nv; i++) q[i] = round_f16_ps(_mm256_loadu_ps(a->q + 8 * i));
-    const __m256 scale = _mm256_set1_ps(a->scale);
-    __m256 vmax = _mm256_set1_ps(-INFINITY);
-    for (int32_t t0 = 0; t0 < n; t0 += 8) {
-        __m256 acc[8];
-        if (t0 + 8 <= a->wide_n) { /* the same values, already widened */
-            for (int j = 0; j < 8; j++) acc[j] = dot_f32(a->wide_k + (size_t)(t0 + j) * a->wide_stride, q, nv);
-        } else if (t0 >= a->wide_n) {
-            for (int j = 0; j < 8; j++) acc[j] = dot_f16(t0 + j < n ? row_at(a, 0, t0 + j) : zero_row, q, nv);
-        } else {
-            for (int j = 0; j < 8; j++) {
-                int32_t t = t0 + j;
-                acc[j] = t < a->wide_n ? dot_f32(a->wide_k + (size_t)t * a->wide_stride, q, nv)
-                                       : dot_f16(t < n ? row_at(a, 0, t) : zero_row, q, nv);
-            }
-        }
-        __m256 sc = _mm256_mul_ps(hsum8(acc), scale);
-        if (n - t0 < 8) { /* padding lanes must not win the max */
-            __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(t0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
-            sc = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, live);
-        }
-        _mm256_storeu_ps(a->scores + t0, sc);
-        vmax = _mm256_max_ps(vmax, sc);
+/* out[0..8*cn) += sum over positions of w[t] * row t (rows at `rows`, stride
+ * `stride` floats, or fp16 rows from the cache when f16 is set). cn == 8 is
+ * the common case and keeps the accumulators in registers. */
+#define VSUM_BODY(CN, LOADV)                                                               \
+    do {                                                                                   \
+        __m256 o[8] = {0};                                                                 \
+        UNROLL8 for (int32_t k = 0; k < (CN); k++) o[k] = _mm256_loadu_ps(out + 8 * k);   \
+        for (int32_t t = t0; t < t1; t++) {                                                \
+            const __m256 w = _mm256_broadcast_ss(w_at + t);                                \
+            UNROLL8 for (int32_t k = 0; k < (CN); k++) o[k] = _mm256_fmadd_ps(w, LOADV, o[k]); \
+        }                                                                                  \
+        UNROLL8 for (int32_t k = 0; k < (CN); k++) _mm256_storeu_ps(out + 8 * k, o[k]);   \
+    } while (0)
+
+static inline __attribute__((always_inline)) void vsum_f32(float *out, const float *w_at, int32_t t0, int32_t t1,
+                                                           const float *rows, int32_t hd, int32_t cn) {
+#define ROW_F32 _mm256_loadu_ps(rows + (size_t)(t - t0) * hd + 8 * k)
+    if (cn == 8) VSUM_BODY(8, ROW_F32);
+    else VSUM_BODY(cn, ROW_F32);
+#undef ROW_F32
+}
+
+/* K (which 0) or V (which 1) rows [p0, p1) of the head, widened into the tile. */
+static void widen(const td_attn_batch *a, int which, int32_t p0, int32_t p1) {
+    for (int32_t t = p0; t < p1; t++) {
+        const uint16_t *src = td_kv_at(a->kv, a->seq, a->layer, which, t) + a->head_off;
+        float *dst = a->tile + (size_t)(t - p0) * a->head_dim;
+        for (int32_t i = 0; i < a->head_dim; i += 8) _mm256_storeu_ps(dst + i, load_f16(src + i));
     }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+}
+
+static inline __m256 live_lanes(__m256 sc, int32_t t0, int32_t n) {
+    __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(t0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+    return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, live);
+}
+
+static inline float hmax(__m256 v) {
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const __m256 mx = _mm256_broadcastss_ps(m4);
-    __m256 vsum = _mm256_setzero_ps();
-    for (int32_t t0 = 0; t0 < n; t0 += 8) { /* padding lanes: e^-inf = 0 */
-        __m256 e = exp_nonpos_ps(_mm256_sub_ps(_mm256_loadu_ps(a->scores + t0), mx));
-        _mm256_storeu_ps(a->scores + t0, e);
-        vsum = _mm256_add_ps(vsum, e);
+    return _mm_cvtss_f32(m4);
+}
+
+/* Scores go eight positions at a time, each group reduced by one fixed tree;
+ * a group that reaches past the query's prefix (its tree path, or padding
+ * from a zero row) is read from the cache. The shared prefix is widened a
+ * tile at a time, once for all queries, and stays in L1 while they use it.
+ * Every query's scores, softmax and V sum (in position order, per element)
+ * are the operations a lone query would do. */
+static inline __attribute__((always_inline)) void attend(const td_attn_batch *a, const int32_t nv) {
+    _Alignas(32) static const uint16_t zero_row[TD_ATTN_MAX_HEAD_DIM];
+    const int32_t hd = 8 * nv, nq = a->n_q;
+    __m256 q[TD_ATTN_MAX_QUERIES][TD_ATTN_MAX_HEAD_DIM / 8];
+    __m256 vmax[TD_ATTN_MAX_QUERIES];
+    const __m256 scale = _mm256_set1_ps(a->scale);
+    /* Widening pays when enough queries share it; a lone row's GQA group
+     * (decode) streams the cache directly. */
+    const bool tiled = nq >= 4;
+    int32_t span = 0; /* prefix positions some query reads whole groups of */
+    for (int32_t i = 0; i < nq; i++) {
+        for (int32_t d = 0; d < nv; d++) q[i][d] = round_f16_ps(_mm256_loadu_ps(a->qs[i].q + 8 * d));
+        vmax[i] = _mm256_set1_ps(-INFINITY);
+        int32_t full = tiled ? a->qs[i].base & ~7 : 0;
+        if (full > span) span = full;
     }
-    __m256 sums[8] = {vsum, vsum, vsum, vsum, vsum, vsum, vsum, vsum};
-    const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), hsum8(sums));
-    for (int32_t t0 = 0; t0 < n; t0 += 8)
-        _mm256_storeu_ps(a->scores + t0, round_f16_ps(_mm256_mul_ps(_mm256_loadu_ps(a->scores + t0), inv)));
-    /* Weighted V rows, eight vectors of the head at a time kept in registers;
-     * each element sums over positions in order, as td_op_axpy_f16 would. */
-    for (int32_t c0 = 0; c0 < nv; c0 += 8) {
-        const int32_t cn = nv - c0 < 8 ? nv - c0 : 8; /* 8 unless head_dim % 64 != 0 */
-        __m256 o[8] = {0};
-        const int32_t nw = a->wide_n < n ? a->wide_n : n;
-        int32_t t = 0;
-        for (; t < nw; t++) {
-            const __m256 w = _mm256_broadcast_ss(a->scores + t);
-            const float *v = a->wide_v + (size_t)t * a->wide_stride + 8 * c0;
-            for (int32_t i = 0; i < cn; i++) o[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * i), o[i]);
+    for (int32_t p0 = 0; p0 < span; p0 += TD_ATTN_TILE) {
+        const int32_t p1 = p0 + TD_ATTN_TILE < span ? p0 + TD_ATTN_TILE : span;
+        widen(a, 0, p0, p1);
+        for (int32_t i = 0; i < nq; i++) {
+            const int32_t full = a->qs[i].base & ~7, lim = full < p1 ? full : p1;
+            for (int32_t t0 = p0; t0 < lim; t0 += 8) {
+                __m256 acc[8];
+                group_f32(a->tile + (size_t)(t0 - p0) * hd, (size_t)hd, q[i], nv, acc);
+                __m256 sc = _mm256_mul_ps(hsum8(acc), scale);
+                _mm256_storeu_ps(a->qs[i].scores + t0, sc);
+                vmax[i] = _mm256_max_ps(vmax[i], sc);
+            }
         }
-        for (; t < n; t++) {
-            const __m256 w = _mm256_broadcast_ss(a->scores + t);
-            const uint16_t *v = row_at(a, 1, t) + 8 * c0;
-            for (int32_t i = 0; i < cn; i++) o[i] = _mm256_fmadd_ps(w, load_f16(v + 8 * i), o[i]);
+    }
+    for (int32_t i = 0; i < nq; i++) {
+        const td_attn_query *qq = &a->qs[i];
+        const int32_t n = qq->base + qq->n_chain;
+        for (int32_t t0 = tiled ? qq->base & ~7 : 0; t0 < n; t0 += 8) {
+            __m256 acc[8];
+            const uint16_t *k[8];
+            for (int j = 0; j < 8; j++) k[j] = t0 + j < n ? row_at(a, qq, 0, t0 + j) : zero_row;
+            group_f16(k, q[i], nv, acc);
+            __m256 sc = _mm256_mul_ps(hsum8(acc), scale);
+            if (n - t0 < 8) sc = live_lanes(sc, t0, n); /* padding must not win the max */
+            _mm256_storeu_ps(qq->scores + t0, sc);
+            vmax[i] = _mm256_max_ps(vmax[i], sc);
         }
-        for (int32_t i = 0; i < cn; i++) _mm256_storeu_ps(a->out + 8 * (c0 + i), o[i]);
+        /* softmax: padding lanes give e^-inf = 0 */
+        const __m256 mx = _mm256_set1_ps(hmax(vmax[i]));
+        __m256 vsum = _mm256_setzero_ps();
+        for (int32_t t0 = 0; t0 < n; t0 += 8) {
+            __m256 e = exp_nonpos_ps(_mm256_sub_ps(_mm256_loadu_ps(qq->scores + t0), mx));
+            _mm256_storeu_ps(qq->scores + t0, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        __m256 sums[8] = {vsum, vsum, vsum, vsum, vsum, vsum, vsum, vsum};
+        const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), hsum8(sums));
+        for (int32_t t0 = 0; t0 < n; t0 += 8)
+            _mm256_storeu_ps(qq->scores + t0, round_f16_ps(_mm256_mul_ps(_mm256_loadu_ps(qq->scores + t0), inv)));
+        for (int32_t d = 0; d < hd; d++) qq->out[d] = 0.0f;
+    }
+    /* V: the prefix tile by tile, then each query's tree path from the cache;
+     * eight vectors of the head stay in registers across a tile */
+    int32_t vspan = 0;
+    for (int32_t i = 0; i < nq && tiled; i++) if (a->qs[i].base > vspan) vspan = a->qs[i].base;
+    for (int32_t p0 = 0; p0 < vspan; p0 += TD_ATTN_TILE) {
+        const int32_t p1 = p0 + TD_ATTN_TILE < vspan ? p0 + TD_ATTN_TILE : vspan;
+        widen(a, 1, p0, p1);
+        for (int32_t i = 0; i < nq; i++) {
+            const td_attn_query *qq = &a->qs[i];
+            const int32_t lim = qq->base < p1 ? qq->base : p1;
+            for (int32_t c0 = 0; c0 < nv && p0 < lim; c0 += 8) /* 8 vectors at a time */
+                vsum_f32(qq->out + 8 * c0, qq->scores, p0, lim, a->tile + 8 * c0, hd, nv - c0 < 8 ? nv - c0 : 8);
+        }
+    }
+    for (int32_t i = 0; i < nq; i++) {
+        const td_attn_query *qq = &a->qs[i];
+        const int32_t n = qq->base + qq->n_chain;
+        const int32_t from = tiled ? qq->base : 0;
+        for (int32_t c0 = 0; c0 < nv && from < n; c0 += 8) {
+            float *out = qq->out + 8 * c0;
+            const float *w_at = qq->scores;
+            const int32_t t0 = from, t1 = n, cn = nv - c0 < 8 ? nv - c0 : 8;
+#define ROW_F16 load_f16(row_at(a, qq, 1, t) + 8 * (c0 + k))
+            if (cn == 8) VSUM_BODY(8, ROW_F16);
+            else VSUM_BODY(cn, ROW_F16);
+#undef ROW_F16
+        }
     }
 }
 
-void td_op_attend_avx2(const td_attn_args *a) {
+void td_op_attend_avx2(const td_attn_batch *a) {
     /* a constant vector count lets the compiler keep the head in registers */
     if (a->head_dim == 64)
         attend(a, 8);

@@ -41,7 +41,7 @@ for rnd in range(args.rounds):
             t = int(m.group(1))
             ours[t]["decode"].append(float(m.group(2)))
             ours[t]["prefill"].append(float(m.group(3)))
-        m = re.match(r"threads (\d+): verify cost vs 1 row:(.*)\(", line)
+        m = re.match(r"threads (\d+): verify cost vs 1 row(?: after \d+ tokens)?:(.*)\(", line)
         if m:
             for k, r in re.findall(r"(\d+) rows ([\d.]+)x", m.group(2)):
                 ours[int(m.group(1))]["verify"].setdefault(int(k), []).append(float(r))

@@ -81,7 +81,8 @@ def run_llama(llm, ids, max_tokens):
     t_first = t_end = None
     out = []
     t0 = time.perf_counter()
-    for tok in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+    # generate() edits the list it is given: hand it a copy
+    for tok in llm.generate(list(ids), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
                             reset=True):
         now = time.perf_counter()
         if tok == llm.token_eos() or llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
@@ -114,7 +115,12 @@ def main():
     common = dict(model_path=args.model, n_ctx=4096, n_threads=args.threads,
                   n_threads_batch=args.threads, n_batch=512, verbose=False, flash_attn=False)
     plain = llama_cpp.Llama(**common)
-    lookups = {k: llama_cpp.Llama(**common, draft_model=LlamaPromptLookupDecoding(
+    # With a draft model llama-cpp-python keeps logits of every position but
+    # sizes that buffer by n_batch: prompts longer than n_batch fail. Give the
+    # lookup contexts a batch as large as the context (decode speed is not
+    # affected; memory is n_ctx x n_vocab floats).
+    lookup_args = dict(common, n_batch=common["n_ctx"])
+    lookups = {k: llama_cpp.Llama(**lookup_args, draft_model=LlamaPromptLookupDecoding(
         max_ngram_size=2, num_pred_tokens=k)) for k in num_preds}
 
     configs = ["tandem plain", "tandem lookup", "llama.cpp plain"] + \
