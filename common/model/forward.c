@@ -4,7 +4,9 @@
  * causal attention over the row's own sequence → output projection →
  * residual → RMSNorm → SwiGLU MLP → residual. Matmuls read each weight row
  * once for all rows of the batch; threads split output rows (matmuls) or
- * (row, head) pairs (attention). Nothing here allocates except KV pages.
+ * (sequence, KV head, row, head) items (attention, handed to the kernel in
+ * batches that share a KV head). Nothing here allocates except KV pages and
+ * scratch grown to a longer context than seen before.
  *
  * Tensor parallelism (later): a rank owns a slice of heads and FFN rows; the
  * outputs of wo and w_down are then partial sums that an all-reduce adds up

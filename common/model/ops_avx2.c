@@ -1,6 +1,6 @@
-/* ops_avx2.c — AVX2/F16C versions of the attention inner loops over the fp16
- * KV cache: widening a V row and accumulating it, and narrowing K/V rows
- * into the cache. Compiled with -mavx2 -mfma -mf16c and only called after the
+/* ops_avx2.c — AVX2/F16C kernels over the fp16 KV cache: the attention of a
+ * batch of queries sharing one KV head (td_op_attend_avx2), and narrowing and
+ * widening rows between f32 and fp16. Compiled with -mavx2 -mfma -mf16c and only called after the
  * CPU check in td_op_select; one variant serves a whole process, so results
  * stay batch invariant.
  */
