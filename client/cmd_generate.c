@@ -37,9 +37,11 @@ static void usage(FILE *f) {
           "  --draft LIST          none (default), lookup, ngram, recycle, layerskip[:A-B],\n"
           "                        model:PATH, auto (= lookup,recycle,ngram); comma-separated\n"
           "                        drafters are merged into one token tree per step\n"
-          "  --draft-max K         draft tokens per step at most (default 8, max 64)\n"
+          "  --draft-max K         draft tokens per step at most (default 8, max 64); each\n"
+          "                        step verifies only the drafted tokens whose learned\n"
+          "                        acceptance pays for their rows at this machine's speed\n"
           "  --draft-min K         adaptive lower bound (default 1)\n"
-          "  --draft-fixed         always draft --draft-max (no adaptation)\n"
+          "  --draft-fixed         always draft and verify --draft-max (no adaptation)\n"
           "  --draft-mode MODE     exact (default) or rejection (classic p/q test: same\n"
           "                        distribution, not the same tokens)\n",
           f);
