@@ -168,14 +168,20 @@ static void attn_worker(void *arg, int ith, int nth) {
             b.head_off = kvh * hd;
             for (int64_t i = i0; i < i1; i += TD_ATTN_MAX_QUERIES) {
                 b.n_q = i1 - i < TD_ATTN_MAX_QUERIES ? (int32_t)(i1 - i) : TD_ATTN_MAX_QUERIES;
-                for (int32_t k = 0; k < b.n_q; k++) {
+                for (int32_t k = 0, prev = -1; k < b.n_q; k++) {
                     int32_t r = c->order[g->first + (i + k) / group], h = kvh * group + (int32_t)((i + k) % group);
-                    int32_t *chain = chains + (size_t)k * c->max_rows;
+                    const int32_t *chain = k > 0 ? qs[k - 1].chain : NULL;
+                    int32_t n_chain = k > 0 ? qs[k - 1].n_chain : 0;
+                    if (r != prev) { /* a row's heads are adjacent: one chain serves them */
+                        int32_t *own = chains + (size_t)k * c->max_rows;
+                        n_chain = tree_chain(c, j->rows, r, own);
+                        chain = own;
+                        prev = r;
+                    }
                     qs[k] = (td_attn_query){.q = c->q + r * q_dim + (int64_t)h * hd,
                                             .out = c->xn + r * q_dim + (int64_t)h * hd,
                                             .scores = scores + (size_t)k * c->scores_len,
-                                            .base = c->base[r], .chain = chain,
-                                            .n_chain = tree_chain(c, j->rows, r, chain)};
+                                            .base = c->base[r], .chain = chain, .n_chain = n_chain};
                 }
                 c->ops.attend(&b);
             }

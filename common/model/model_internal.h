@@ -62,12 +62,10 @@ int td_kv_reserve(struct td_kv *kv, int32_t seq, int32_t len);
 
 /* ---- elementwise operators (ops.c); fixed reduction order per call ---- */
 void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
-float td_op_dot(const float *a, const float *b, int64_t n);
-void td_op_axpy(float *y, float a, const float *x, int64_t n); /* y += a*x */
 void td_op_silu_mul(float *gate, const float *up, int64_t n);  /* gate = silu(gate)*up */
-/* fp16 cache helpers: y += a * widen(x); y = narrow(x) (round to nearest even). */
-typedef void (*td_axpy_f16_fn)(float *y, float a, const uint16_t *x, int64_t n);
+/* Narrows K/V rows into the fp16 cache (round to nearest even). */
 typedef void (*td_to_f16_fn)(const float *x, uint16_t *y, int64_t n);
+
 /* Attention of several query heads that read one KV head of one sequence
  * (a row's GQA group, several rows of a verification tree or a prefill
  * chunk). Query i sees the cache [0, base), then the cache slots
@@ -100,18 +98,13 @@ typedef struct td_attn_batch {
 typedef void (*td_attend_fn)(const td_attn_batch *a);
 #define TD_ATTN_MAX_HEAD_DIM 256
 
-typedef void (*td_from_f16_fn)(const uint16_t *x, float *y, int64_t n);
 typedef struct td_op_kernels {
-    td_axpy_f16_fn axpy_f16;
     td_to_f16_fn to_f16;
-    td_from_f16_fn from_f16;
     td_attend_fn attend;
 } td_op_kernels;
 /* The fastest variant this CPU runs (AVX2+F16C, else scalar). */
 td_op_kernels td_op_select(int32_t head_dim);
-void td_op_axpy_f16_avx2(float *y, float a, const uint16_t *x, int64_t n);
 void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
-void td_op_from_f16_avx2(const uint16_t *x, float *y, int64_t n);
 void td_op_attend_scalar(const td_attn_batch *a);
 void td_op_attend_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
 /* Rounds a float to fp16 precision (what the reference does to attention

@@ -1,5 +1,6 @@
-/* ops.c — the small float operators of the transformer block: RMSNorm, dot,
- * axpy, SiLU gating and rotary embedding.
+/* ops.c — the small float operators of the transformer block (RMSNorm, SiLU
+ * gating, rotary embedding) and the scalar forms of the fp16-cache kernels
+ * (narrowing, attention) with the run-time choice between them and AVX2.
  *
  * Each keeps a fixed reduction order that depends only on n, never on which
  * row or batch it serves: that is what keeps logits batch invariant.
@@ -21,22 +22,6 @@ void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float 
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-float td_op_dot(const float *a, const float *b, int64_t n) {
-    /* Eight independent partial sums let the compiler vectorise without
-     * reassociation flags; the final combine order is fixed. */
-    float s[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
-    float tail = 0.0f;
-    for (; i < n; i++) tail += a[i] * b[i];
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
-}
-
-void td_op_axpy(float *y, float a, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 void td_op_silu_mul(float *gate, const float *up, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -50,10 +35,6 @@ static void axpy_f16_scalar(float *y, float a, const uint16_t *x, int64_t n) {
 
 static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = td_f32_to_fp16(x[i]);
-}
-
-static void from_f16_scalar(const uint16_t *x, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = td_fp16_to_f32(x[i]);
 }
 
 static const uint16_t *cache_row(const td_attn_batch *a, const td_attn_query *q, int which, int32_t t) {
@@ -92,9 +73,8 @@ void td_op_attend_scalar(const td_attn_batch *a) {
 td_op_kernels td_op_select(int32_t head_dim) {
     /* The quant module already checked AVX2, FMA and F16C for its kernels. */
     bool avx2 = strcmp(td_quant_kernel_name(), "avx2") == 0;
-    if (!avx2) return (td_op_kernels){axpy_f16_scalar, to_f16_scalar, from_f16_scalar, td_op_attend_scalar};
-    return (td_op_kernels){td_op_axpy_f16_avx2, td_op_to_f16_avx2, td_op_from_f16_avx2,
-                           head_dim % 8 == 0 ? td_op_attend_avx2 : td_op_attend_scalar};
+    if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar};
+    return (td_op_kernels){td_op_to_f16_avx2, head_dim % 8 == 0 ? td_op_attend_avx2 : td_op_attend_scalar};
 }
 
 float td_op_round_f16(float x) { return td_fp16_to_f32(td_f32_to_fp16(x)); }
