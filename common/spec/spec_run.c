@@ -355,7 +355,10 @@ int td_spec_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, td
     r.plan_drafts = malloc((size_t)max_rows * sizeof *r.plan_drafts);
     r.plan_origin = malloc((size_t)max_rows * sizeof *r.plan_origin);
     td_spec_plan_init(&r.plan, sp->row_cost);
-    if (!st || !r.logits || !r.rows || !r.plan_nodes || !r.plan_drafts || !r.plan_origin) { rc = td_err_set(err, TD_E_NOMEM, "out of memory"); goto done; }
+    if (!st || !r.logits || !r.rows || !r.plan_nodes || !r.plan_drafts || !r.plan_origin) {
+        rc = td_err_set(err, TD_E_NOMEM, "out of memory");
+        goto done;
+    }
 
     for (int32_t i = 0; i < n_reqs; i++) {
         td_spec_request *q = &reqs[i];
