@@ -10,7 +10,8 @@
  *
  * Tensor parallelism (later): a rank owns a slice of heads and FFN rows; the
  * outputs of wo and w_down are then partial sums that an all-reduce adds up
- * right where `residual_add` consumes them. Nothing else changes.
+ * before the residual add (MM_THEN_ADD, which then runs after the all-reduce
+ * instead of inside the matmul job). Nothing else changes.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -59,11 +60,36 @@ typedef struct mm_task {
     int64_t y_stride;
 } mm_task;
 
+/* Elementwise work that follows a matmul group, done by each thread on the
+ * output columns it computed, so that no thread idles while one thread does
+ * it alone. Same operations as done serially, so the same results. */
+typedef enum mm_then {
+    MM_THEN_NOTHING,
+    MM_THEN_ADD,      /* add_to[r][o] += y0[r][o]: the residual */
+    MM_THEN_SILU_MUL, /* y0[r][o] = silu(y0[r][o]) * y1[r][o]: SwiGLU */
+} mm_then;
+
 typedef struct mm_job {
     mm_task t[3];
     int n_tasks;
     int64_t n_rows;
+    mm_then then;
+    int64_t then_n;     /* columns of the rows below (row stride too) */
+    float *then_y[2];   /* the group's first (and second) output */
+    float *add_to;
 } mm_job;
+
+static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
+    for (int64_t r = 0; r < job->n_rows; r++) {
+        float *y0 = job->then_y[0] + r * job->then_n + lo;
+        if (job->then == MM_THEN_ADD) {
+            float *x = job->add_to + r * job->then_n + lo;
+            for (int64_t o = 0; o < hi - lo; o++) x[o] += y0[o];
+        } else if (job->then == MM_THEN_SILU_MUL) {
+            td_op_silu_mul(y0, job->then_y[1] + r * job->then_n + lo, hi - lo);
+        }
+    }
+}
 
 static void mm_worker(void *arg, int ith, int nth) {
     mm_job *job = arg;
@@ -73,6 +99,11 @@ static void mm_worker(void *arg, int ith, int nth) {
         td_split(t->w->n_out, ith, nth, &lo, &hi);
         if (lo < hi)
             td_quant_matmul(t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y, t->y_stride);
+    }
+    if (job->then != MM_THEN_NOTHING) {
+        int64_t lo, hi;
+        td_split(job->then_n, ith, nth, &lo, &hi);
+        mm_then_run(job, lo, hi);
     }
 }
 
@@ -101,9 +132,10 @@ static void quantize_rows(td_ctx *c, uint32_t wtype, const float *x, int64_t n_i
         td_pool_run(c->pool, quant_worker, &j);
 }
 
-/* Runs up to three matmuls that share the same input rows. */
+/* Runs up to three matmuls that share the same input rows, then `then`
+ * over y[0] (and y[1]); add_to is MM_THEN_ADD's destination. */
 static void matmuls(td_ctx *c, const float *x, int64_t n_rows, int n, const td_weight *const *w,
-                    float *const *y) {
+                    float *const *y, mm_then then, float *add_to) {
     mm_job job = {.n_tasks = 0, .n_rows = n_rows};
     /* Weights of one group normally share a type; if not, quantize per type. */
     for (int i = 0; i < n;) {
@@ -114,6 +146,13 @@ static void matmuls(td_ctx *c, const float *x, int64_t n_rows, int n, const td_w
         while (j < n && td_quant_traits(w[j]->type)->vec_dot_type == vt) {
             job.t[job.n_tasks++] = (mm_task){w[j], c->xq, y[j], w[j]->n_out};
             j++;
+        }
+        if (j == n) { /* the last run: every output column is complete after it */
+            job.then = then;
+            job.then_n = w[0]->n_out;
+            job.then_y[0] = y[0];
+            job.then_y[1] = then == MM_THEN_SILU_MUL ? y[1] : NULL;
+            job.add_to = add_to;
         }
         td_pool_run(c->pool, mm_worker, &job);
         i = j;
@@ -404,7 +443,7 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
         for (int32_t r = 0; r < n_rows; r++) td_op_rmsnorm(c->xn + r * E, c->x + r * E, ly->attn_norm, E, hp->rms_eps);
         const td_weight *qkv_w[3] = {&ly->wq, &ly->wk, &ly->wv};
         float *qkv_y[3] = {c->q, c->k, c->v};
-        matmuls(c, c->xn, n_rows, 3, qkv_w, qkv_y);
+        matmuls(c, c->xn, n_rows, 3, qkv_w, qkv_y, MM_THEN_NOTHING, NULL);
         for (int32_t r = 0; r < n_rows; r++) {
             float *q = c->q + r * q_dim, *k = c->k + r * kv_dim, *v = c->v + r * kv_dim;
             if (ly->bq) {
@@ -423,18 +462,15 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
 
         const td_weight *o_w[1] = {&ly->wo};
         float *o_y[1] = {c->proj};
-        matmuls(c, c->xn, n_rows, 1, o_w, o_y);
-        residual_add(c->x, c->proj, (int64_t)n_rows * E);
+        matmuls(c, c->xn, n_rows, 1, o_w, o_y, MM_THEN_ADD, c->x);
 
         for (int32_t r = 0; r < n_rows; r++) td_op_rmsnorm(c->xn + r * E, c->x + r * E, ly->ffn_norm, E, hp->rms_eps);
         const td_weight *gu_w[2] = {&ly->w_gate, &ly->w_up};
         float *gu_y[2] = {c->gate, c->up};
-        matmuls(c, c->xn, n_rows, 2, gu_w, gu_y);
-        td_op_silu_mul(c->gate, c->up, (int64_t)n_rows * hp->n_ff);
+        matmuls(c, c->xn, n_rows, 2, gu_w, gu_y, MM_THEN_SILU_MUL, NULL);
         const td_weight *d_w[1] = {&ly->w_down};
         float *d_y[1] = {c->proj};
-        matmuls(c, c->gate, n_rows, 1, d_w, d_y);
-        residual_add(c->x, c->proj, (int64_t)n_rows * E);
+        matmuls(c, c->gate, n_rows, 1, d_w, d_y, MM_THEN_ADD, c->x);
     }
     for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
 
