@@ -122,6 +122,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *prompts = NULL;
     long limit = 0, threads = 0, max_tokens = 256, k = 8;
+    double row_cost = 0;
     bench *b = calloc(1, sizeof *b);
     if (!b) return 1;
     b->spp = td_spec_defaults();
@@ -129,12 +130,15 @@ int td_cmd_bench_spec(int argc, char **argv) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench spec --prompts FILE.jsonl [--limit N] [--draft LIST]... [--max-tokens N]\n"
-                 "                         [--draft-max K] [--threads N] [--model PATH]\n\n"
+                 "                         [--draft-max K] [--row-cost C] [--threads N] [--model PATH]\n\n"
                  "Each question (JSON lines: category, turns) is answered with plain greedy decoding and\n"
                  "with each --draft configuration (default: lookup, ngram, recycle, layerskip, auto),\n"
                  "side by side. Prints per task group: speedup over plain decoding (wall time of the\n"
                  "turns), mean tokens per target pass, acceptance of drafted tokens, and whether the\n"
-                 "tokens were identical. --limit N takes N questions spread over the file.");
+                 "tokens were identical. --limit N takes N questions spread over the file.\n"
+                 "--row-cost C plans each step as if an extra verified row cost C of a one-row pass\n"
+                 "(default: learned from this machine); a small C (e.g. 0.02) drafts as for a GPU\n"
+                 "verifier, where tokens per pass is the figure that carries over.");
             free(b);
             return 0;
         }
@@ -149,6 +153,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 256, &threads)) goto usage; }
         else if (!strcmp(a, "--max-tokens")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &max_tokens)) goto usage; }
         else if (!strcmp(a, "--draft-max")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &k)) goto usage; }
+        else if (!strcmp(a, "--row-cost")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_float(cmd, a, v, 1e-4, 10, &row_cost)) goto usage; b->spp.row_cost = (float)row_cost; }
         else { fprintf(stderr, "tandem bench spec: unknown option '%s'\n", a); goto usage; }
     }
     if (!prompts) { fprintf(stderr, "tandem bench spec: --prompts is required\n"); goto usage; }
@@ -176,8 +181,10 @@ int td_cmd_bench_spec(int argc, char **argv) {
 
     /* --limit N: every (lines/N)-th question, so all groups are sampled */
     int stride = limit > 0 && limit < n_lines ? n_lines / (int)limit : 1, line_no = 0, done = 0;
-    printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, greedy\n", prompts,
-           b->e.n_threads, b->max_tokens, k);
+    char cost[32] = "learned";
+    if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);
+    printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, greedy\n",
+           prompts, b->e.n_threads, b->max_tokens, k, cost);
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), line_no++) {
         if (line_no % stride != 0 || (limit > 0 && done >= limit)) continue;
         cJSON *q = cJSON_Parse(line);

@@ -42,6 +42,9 @@ static void usage(FILE *f) {
           "                        acceptance pays for their rows at this machine's speed\n"
           "  --draft-min K         adaptive lower bound (default 1)\n"
           "  --draft-fixed         always draft and verify --draft-max (no adaptation)\n"
+          "  --row-cost C          plan as if each extra verified row cost C of a one-row\n"
+          "                        pass (default: learned from this machine's timings;\n"
+          "                        e.g. 0.02 to draft as a GPU verifier would)\n"
           "  --draft-mode MODE     exact (default) or rejection (classic p/q test: same\n"
           "                        distribution, not the same tokens)\n",
           f);
@@ -94,6 +97,7 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--draft-max")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_max = (int32_t)l; }
         else if (!strcmp(a, "--draft-min")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_min = (int32_t)l; }
         else if (!strcmp(a, "--draft-fixed")) spp.adaptive = false;
+        else if (!strcmp(a, "--row-cost")) { VAL(); if (!td_cli_float(cmd, a, v, 1e-4, 10, &d)) return 2; spp.row_cost = (float)d; }
         else if (!strcmp(a, "--draft-mode")) {
             VAL();
             if (!strcmp(v, "exact")) spp.mode = TD_SPEC_EXACT;

@@ -75,6 +75,10 @@ for d in lookup ngram recycle layerskip auto; do
   "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --temperature 0.9 --seed 5 --draft "$d" >"$tmp/d" 2>/dev/null
   check "draft $d, sampled: same text as plain decoding" cmp -s "$tmp/d" "$tmp/plain_days_s"
 done
+"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --draft auto --draft-max 32 --row-cost 0.02 >"$tmp/d" 2>"$tmp/err"
+check "wide trees (--row-cost 0.02): same text as plain decoding" cmp -s "$tmp/d" "$tmp/plain_days"
+check "row cost outside its range refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --draft lookup --row-cost 0
+check "row cost error names the option" err_has "--row-cost"
 check "unknown drafter refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft magic
 check "unknown drafter named" err_has "magic"
 if [ -n "${TD_MKTINY:-}" ] && [ -x "$TD_MKTINY" ]; then
