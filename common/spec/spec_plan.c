@@ -111,7 +111,7 @@ static void compact(td_draft *d, int8_t *origin, const bool *keep) {
     d->n = n;
 }
 
-int32_t td_spec_plan_prune(const td_spec_plan *p, td_draft *const *drafts, int8_t *const *origin,
+int32_t td_spec_plan_prune(td_spec_plan *p, td_draft *const *drafts, int8_t *const *origin,
                            int32_t n_drafts, td_plan_node *scratch) {
     int32_t n = 0;
     for (int32_t s = 0; s < n_drafts; s++) {
@@ -139,6 +139,12 @@ int32_t td_spec_plan_prune(const td_spec_plan *p, td_draft *const *drafts, int8_
             best_rate = rate;
             best_k = k;
         }
+    }
+    if (best_k > 0 || n == 0) {
+        p->starved = 0;
+    } else if (++p->starved >= TD_PLAN_PROBE_EVERY) {
+        best_k = 1; /* the likeliest node: a root child, so its path is closed */
+        p->starved = 0;
     }
     bool keep[TD_DRAFT_MAX];
     for (int32_t s = 0; s < n_drafts; s++) {

@@ -30,6 +30,7 @@ typedef struct td_spec_plan {
     /* decayed sums of the passes for a least-squares line through
      * (rows - 1, seconds): weight, x, x^2, y, x*y */
     double w, sx, sxx, sy, sxy;
+    int32_t starved;       /* passes in a row that pruned every drafted node */
 } td_spec_plan;
 
 /* One node of a pass as the planner ranks it. */
@@ -54,8 +55,13 @@ void td_spec_plan_time(td_spec_plan *p, int32_t rows, double sec);
 /* Prunes the drafts of one pass in place: keeps the nodes (always with their
  * ancestors) that maximise expected tokens per unit of pass time. origin[s]
  * holds the drafter of each node of drafts[s] and is pruned alike. scratch
- * has room for the total node count. Returns the number of nodes kept. */
-int32_t td_spec_plan_prune(const td_spec_plan *p, td_draft *const *drafts, int8_t *const *origin,
+ * has room for the total node count. Returns the number of nodes kept.
+ * After TD_PLAN_PROBE_EVERY passes in a row that kept nothing it keeps the
+ * best node anyway: estimates that say "never worth it" could otherwise
+ * never be corrected, neither the acceptance nor (with one-row passes only)
+ * the row cost. */
+#define TD_PLAN_PROBE_EVERY 8
+int32_t td_spec_plan_prune(td_spec_plan *p, td_draft *const *drafts, int8_t *const *origin,
                            int32_t n_drafts, td_plan_node *scratch);
 
 #endif

@@ -84,6 +84,43 @@ static void prune_follows_acceptance(void **state) {
     assert_int_equal(d.n, kept);
 }
 
+/* A planner whose estimates say "never" still tries the best node now and
+ * then, learns from it, and returns to drafting when the drafts are good. */
+static void starved_planner_probes(void **state) {
+    (void)state;
+    td_spec_plan p;
+    td_spec_plan_init(&p, 0.6f); /* a row dearer than the prior's 0.4 gain */
+    td_draft d;
+    int8_t origin[TD_DRAFT_MAX];
+    td_draft *ds[1] = {&d};
+    int8_t *os[1] = {origin};
+    td_plan_node scratch[TD_DRAFT_MAX];
+    int probes = 0, first_probe = -1;
+    for (int pass = 0; pass < 3 * TD_PLAN_PROBE_EVERY; pass++) {
+        chain(&d, origin, 4, 2, 0);
+        int32_t kept = td_spec_plan_prune(&p, ds, os, 1, scratch);
+        assert_int_equal(d.n, kept);
+        if (kept == 0) continue;
+        assert_int_equal(kept, 1);
+        assert_int_equal(d.parent[0], -1); /* the probe is a root child */
+        if (first_probe < 0) first_probe = pass;
+        probes++;
+        /* verification rejected the probe: learn it, as spec_run does */
+        td_spec_plan_learn(&p, 0, 2, 1, false);
+    }
+    assert_int_equal(first_probe, TD_PLAN_PROBE_EVERY - 1);
+    assert_int_equal(probes, 3);
+    /* with evidence that the class is always right, drafting resumes */
+    teach(&p, 0, 2, 1.0f, 60);
+    chain(&d, origin, 4, 2, 0);
+    assert_true(td_spec_plan_prune(&p, ds, os, 1, scratch) >= 2);
+    /* nothing drafted: no probe, and the count starts over */
+    p.starved = TD_PLAN_PROBE_EVERY - 1;
+    d.n = 0;
+    assert_int_equal(td_spec_plan_prune(&p, ds, os, 1, scratch), 0);
+    assert_int_equal(p.starved, 0);
+}
+
 static void prune_keeps_paths_and_remaps(void **state) {
     (void)state;
     td_spec_plan p;
@@ -160,6 +197,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(alpha_learns_and_ages),
         cmocka_unit_test(prune_follows_acceptance),
+        cmocka_unit_test(starved_planner_probes),
         cmocka_unit_test(prune_keeps_paths_and_remaps),
         cmocka_unit_test(prune_shares_rows_across_sequences),
         cmocka_unit_test(row_cost_is_learned),
