@@ -13,7 +13,9 @@
  * before the residual add (MM_THEN_ADD, which then runs after the all-reduce
  * instead of inside the matmul job). Nothing else changes.
  */
+#include <assert.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,10 +71,20 @@ typedef enum mm_then {
     MM_THEN_SILU_MUL, /* y0[r][o] = silu(y0[r][o]) * y1[r][o]: SwiGLU */
 } mm_then;
 
+/* Threads take output columns in chunks from a shared counter rather than
+ * fixed halves: on a shared machine one core is often slower for a while,
+ * and a static split would leave the other waiting. Which thread computes a
+ * column never changes its value (td_quant_matmul is independent of the
+ * output range). */
+#define MM_CHUNKS_PER_THREAD 4
+#define MM_CHUNK_ALIGN 32 /* the kernels' block of weight rows */
+
 typedef struct mm_job {
     mm_task t[3];
     int n_tasks;
     int64_t n_rows;
+    int64_t chunk;        /* columns per unit of work */
+    _Atomic int64_t next; /* next unit to take */
     mm_then then;
     int64_t then_n;     /* columns of the rows below (row stride too) */
     float *then_y[2];   /* the group's first (and second) output */
@@ -91,20 +103,45 @@ static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
     }
 }
 
+static void mm_task_run(const mm_job *job, const mm_task *t, int64_t lo, int64_t hi) {
+    if (hi > t->w->n_out) hi = t->w->n_out;
+    if (lo < hi)
+        td_quant_matmul(t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y, t->y_stride);
+}
+
+static int64_t units_of(const mm_job *job, int64_t n_out) { return (n_out + job->chunk - 1) / job->chunk; }
+
+/* A unit is a chunk of one task's columns; with a `then` step (whose tasks
+ * all have then_n columns) a chunk of columns of every task, followed by
+ * the step on those columns. */
 static void mm_worker(void *arg, int ith, int nth) {
     mm_job *job = arg;
-    for (int i = 0; i < job->n_tasks; i++) {
-        const mm_task *t = &job->t[i];
-        int64_t lo, hi;
-        td_split(t->w->n_out, ith, nth, &lo, &hi);
-        if (lo < hi)
-            td_quant_matmul(t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y, t->y_stride);
+    (void)ith, (void)nth;
+    for (;;) {
+        int64_t u = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
+        if (job->then != MM_THEN_NOTHING) {
+            if (u >= units_of(job, job->then_n)) return;
+            int64_t lo = u * job->chunk, hi = lo + job->chunk < job->then_n ? lo + job->chunk : job->then_n;
+            for (int i = 0; i < job->n_tasks; i++) mm_task_run(job, &job->t[i], lo, hi);
+            mm_then_run(job, lo, hi);
+            continue;
+        }
+        int i = 0;
+        while (i < job->n_tasks && u >= units_of(job, job->t[i].w->n_out)) u -= units_of(job, job->t[i++].w->n_out);
+        if (i == job->n_tasks) return;
+        mm_task_run(job, &job->t[i], u * job->chunk, (u + 1) * job->chunk);
     }
-    if (job->then != MM_THEN_NOTHING) {
-        int64_t lo, hi;
-        td_split(job->then_n, ith, nth, &lo, &hi);
-        mm_then_run(job, lo, hi);
-    }
+}
+
+/* Sizes the chunks for the largest task and starts the counter over. */
+static void mm_job_ready(mm_job *job, int nth) {
+    int64_t widest = 0;
+    for (int i = 0; i < job->n_tasks; i++)
+        if (job->t[i].w->n_out > widest) widest = job->t[i].w->n_out;
+    int64_t c = widest / ((int64_t)nth * MM_CHUNKS_PER_THREAD);
+    c = (c + MM_CHUNK_ALIGN - 1) / MM_CHUNK_ALIGN * MM_CHUNK_ALIGN;
+    job->chunk = c < MM_CHUNK_ALIGN ? MM_CHUNK_ALIGN : c;
+    atomic_store_explicit(&job->next, 0, memory_order_relaxed);
 }
 
 typedef struct quant_job {
@@ -153,7 +190,9 @@ static void matmuls(td_ctx *c, const float *x, int64_t n_rows, int n, const td_w
             job.then_y[0] = y[0];
             job.then_y[1] = then == MM_THEN_SILU_MUL ? y[1] : NULL;
             job.add_to = add_to;
+            for (int t = 0; t < job.n_tasks; t++) assert(then == MM_THEN_NOTHING || job.t[t].w->n_out == job.then_n);
         }
+        mm_job_ready(&job, td_pool_size(c->pool));
         td_pool_run(c->pool, mm_worker, &job);
         i = j;
     }
@@ -484,6 +523,7 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
         quantize_rows(c, m->output.type, c->xn, E, n_out);
         mm_job job = {.n_tasks = 1, .n_rows = n_out};
         job.t[0] = (mm_task){&m->output, c->xq, logits, hp->n_vocab};
+        mm_job_ready(&job, td_pool_size(c->pool));
         td_pool_run(c->pool, mm_worker, &job);
     }
     return TD_OK;
