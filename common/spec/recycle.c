@@ -3,7 +3,12 @@
  * that passed through that token, walked as a static tree from the last
  * history token. The table describes the model, not a text, so it is shared
  * by all sequences and survives reset(); it holds -1 where nothing has been
- * observed. Not thread-safe: observe() and propose() must not overlap. */
+ * observed. Not thread-safe: observe() and propose() must not overlap.
+ *
+ * Beside the paper's one-token table, a second one is keyed by the last two
+ * tokens (hashed, one slot per key, newest wins): after "of the" the model
+ * says something narrower than after any "the". A node's candidates take the
+ * two rows' entries in turn, rank by rank, the two-token row's first. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +20,7 @@
  * missing (-1) or repeat a sibling, later template nodes fill the budget. */
 #define RC_TEMPLATE 128
 #define RC_MAX_DEPTH 16
+#define RC_PAIR_SLOTS (1u << 18) /* two-token rows: 10 MiB at top-k 8 */
 
 /* The static tree. Assume a candidate of rank r is right with probability
  * prior(r), independently along a path; the template takes nodes best-first
@@ -35,6 +41,8 @@ typedef struct rc_drafter {
     td_drafter base;
     int32_t n_vocab, top_k;
     int32_t *table;              /* (n_vocab, top_k) next-token candidates, best first; -1 none */
+    uint64_t *pair_key;          /* (RC_PAIR_SLOTS) 0 = empty */
+    int32_t *pair_table;         /* (RC_PAIR_SLOTS, top_k) like table, for two-token contexts */
     int32_t n_tmpl;
     int16_t tparent[RC_TEMPLATE]; /* template parent, -1 = after the last history token */
     int16_t trank[RC_TEMPLATE];   /* rank within the parent's table row */
@@ -71,6 +79,35 @@ static void rc_build_template(rc_drafter *d) {
     }
 }
 
+static uint64_t rc_pair_hash(int32_t prev, int32_t tok) {
+    uint64_t x = ((uint64_t)(uint32_t)prev << 32 | (uint32_t)tok) * 0x9e3779b97f4a7c15ULL;
+    x ^= x >> 29;
+    return x ? x : 1;
+}
+
+/* The candidates after (prev, tok), best first, into row (top_k ids, -1
+ * padded): the two-token row's and the one-token row's taken in turn, rank by
+ * rank (the narrower context first), without repeats or holes. */
+static void rc_candidates(const rc_drafter *d, int32_t prev, int32_t tok, int32_t *row) {
+    const int32_t *uni = d->table + (size_t)tok * (size_t)d->top_k, *pair = NULL;
+    if (prev >= 0) {
+        uint64_t h = rc_pair_hash(prev, tok);
+        size_t slot = (size_t)(h & (RC_PAIR_SLOTS - 1));
+        if (d->pair_key[slot] == h) pair = d->pair_table + slot * (size_t)d->top_k;
+    }
+    int32_t n = 0;
+    for (int32_t j = 0; j < d->top_k && n < d->top_k; j++) {
+        const int32_t cand[2] = {pair ? pair[j] : -1, uni[j]};
+        for (int c = 0; c < 2 && n < d->top_k; c++) {
+            if (cand[c] < 0) continue;
+            bool seen = false;
+            for (int32_t i = 0; i < n && !seen; i++) seen = row[i] == cand[c];
+            if (!seen) row[n++] = cand[c];
+        }
+    }
+    for (; n < d->top_k; n++) row[n] = -1;
+}
+
 static int rc_propose(td_drafter *base, int32_t seq, const int32_t *history, size_t n,
                       int32_t max_nodes, td_draft *out) {
     rc_drafter *d = (rc_drafter *)base;
@@ -83,13 +120,23 @@ static int rc_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
     if (last < 0 || last >= d->n_vocab) return TD_OK; /* nothing known about it */
 
     int32_t node_of[RC_TEMPLATE]; /* template node -> proposal node, -1 if skipped */
+    /* candidate rows, filled when a node first needs its children: the
+     * root's in slot 0, proposal node i's in slot i + 1 */
+    int32_t rows[TD_DRAFT_MAX + 1][RC_MAX_TOP_K];
+    bool have_row[TD_DRAFT_MAX + 1] = {false};
     for (int32_t t = 0; t < d->n_tmpl && out->n < cap; t++) {
         node_of[t] = -1;
         int32_t tp = d->tparent[t];
         int32_t parent = tp < 0 ? -1 : node_of[tp];
         if (tp >= 0 && parent < 0) continue; /* its parent was skipped */
-        int32_t from = parent < 0 ? last : out->token[parent];
-        int32_t tok = d->table[(size_t)from * (size_t)d->top_k + (size_t)d->trank[t]];
+        if (!have_row[parent + 1]) {
+            int32_t from = parent < 0 ? last : out->token[parent];
+            int32_t before = parent < 0 ? (n >= 2 ? history[n - 2] : -1)
+                                        : out->parent[parent] < 0 ? last : out->token[out->parent[parent]];
+            rc_candidates(d, before, from, rows[parent + 1]);
+            have_row[parent + 1] = true;
+        }
+        int32_t tok = rows[parent + 1][d->trank[t]];
         if (tok < 0) continue;
         bool dup = false;
         for (int32_t i = parent + 1; i < out->n && !dup; i++)
@@ -120,6 +167,11 @@ static void rc_observe(td_drafter *base, int32_t seq, const td_observation *obs,
             int32_t t = j < m ? o->top[j] : -1;
             row[j] = t >= 0 && t < d->n_vocab ? t : -1;
         }
+        if (o->prev < 0 || o->prev >= d->n_vocab) continue;
+        uint64_t h = rc_pair_hash(o->prev, o->token);
+        size_t slot = (size_t)(h & (RC_PAIR_SLOTS - 1));
+        d->pair_key[slot] = h;
+        memcpy(d->pair_table + slot * (size_t)d->top_k, row, (size_t)d->top_k * sizeof *row);
     }
 }
 
@@ -131,6 +183,8 @@ static void rc_destroy(td_drafter *base) {
     rc_drafter *d = (rc_drafter *)base;
     if (!d) return;
     free(d->table);
+    free(d->pair_key);
+    free(d->pair_table);
     free(d);
 }
 
@@ -155,11 +209,18 @@ td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k) {
     d->n_vocab = n_vocab;
     d->top_k = top_k;
     d->table = malloc((size_t)cells * sizeof *d->table);
-    if (!d->table) goto fail;
+    d->pair_key = calloc(RC_PAIR_SLOTS, sizeof *d->pair_key);
+    d->pair_table = malloc((size_t)RC_PAIR_SLOTS * (size_t)top_k * sizeof *d->pair_table);
+    if (!d->table || !d->pair_key || !d->pair_table) goto fail;
     memset(d->table, 0xff, (size_t)cells * sizeof *d->table); /* all -1 */
     rc_build_template(d);
     return &d->base;
 fail:
+    if (d) {
+        free(d->table);
+        free(d->pair_key);
+        free(d->pair_table);
+    }
     free(d);
     return NULL;
 }

@@ -46,6 +46,7 @@ typedef struct td_observation {
     int32_t token;
     const int32_t *top;  /* n_top ids */
     int32_t n_top;
+    int32_t prev;        /* the token before `token`, or -1 */
 } td_observation;
 
 typedef struct td_drafter td_drafter;

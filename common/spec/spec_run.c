@@ -270,7 +270,10 @@ static int settle(runner *r, seq_state *s, int32_t seq) {
         for (int32_t i = -1; i < d->n; i++) {
             const float *lg = r->logits + (size_t)(s->row0 + 1 + i) * r->n_vocab;
             top_ids(lg, r->n_vocab, r->obs_top[n_obs], OBS_TOP);
-            r->obs[n_obs] = (td_observation){i < 0 ? s->hist[n_before - 1] : d->token[i], r->obs_top[n_obs], OBS_TOP};
+            int32_t tok = i < 0 ? s->hist[n_before - 1] : d->token[i];
+            int32_t prev = i < 0 ? (n_before >= 2 ? s->hist[n_before - 2] : -1)
+                                 : d->parent[i] < 0 ? s->hist[n_before - 1] : d->token[d->parent[i]];
+            r->obs[n_obs] = (td_observation){tok, r->obs_top[n_obs], OBS_TOP, prev};
             n_obs++;
         }
         for (int i = 0; i < r->n_drafters; i++)
