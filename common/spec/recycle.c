@@ -5,10 +5,11 @@
  * by all sequences and survives reset(); it holds -1 where nothing has been
  * observed. Not thread-safe: observe() and propose() must not overlap.
  *
- * Beside the paper's one-token table, a second one is keyed by the last two
- * tokens (hashed, one slot per key, newest wins): after "of the" the model
- * says something narrower than after any "the". A node's candidates take the
- * two rows' entries in turn, rank by rank, the two-token row's first. */
+ * Beside the paper's one-token table, a hashed one (one slot per key, newest
+ * wins) holds rows keyed by the last two and the last three tokens: after
+ * "of the" the model says something narrower than after any "the". A node's
+ * candidates take the rows' entries in turn, rank by rank, the longest
+ * context's first. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +21,7 @@
  * missing (-1) or repeat a sibling, later template nodes fill the budget. */
 #define RC_TEMPLATE 128
 #define RC_MAX_DEPTH 16
-#define RC_PAIR_SLOTS (1u << 18) /* two-token rows: 10 MiB at top-k 8 */
+#define RC_CTX_SLOTS (1u << 19) /* two- and three-token rows: 20 MiB at top-k 8 */
 
 /* The static tree. Assume a candidate of rank r is right with probability
  * prior(r), independently along a path; the template takes nodes best-first
@@ -41,8 +42,8 @@ typedef struct rc_drafter {
     td_drafter base;
     int32_t n_vocab, top_k;
     int32_t *table;              /* (n_vocab, top_k) next-token candidates, best first; -1 none */
-    uint64_t *pair_key;          /* (RC_PAIR_SLOTS) 0 = empty */
-    int32_t *pair_table;         /* (RC_PAIR_SLOTS, top_k) like table, for two-token contexts */
+    uint64_t *ctx_key;           /* (RC_CTX_SLOTS) 0 = empty */
+    int32_t *ctx_table;          /* (RC_CTX_SLOTS, top_k) like table, for longer contexts */
     int32_t n_tmpl;
     int16_t tparent[RC_TEMPLATE]; /* template parent, -1 = after the last history token */
     int16_t trank[RC_TEMPLATE];   /* rank within the parent's table row */
@@ -79,30 +80,40 @@ static void rc_build_template(rc_drafter *d) {
     }
 }
 
-static uint64_t rc_pair_hash(int32_t prev, int32_t tok) {
-    uint64_t x = ((uint64_t)(uint32_t)prev << 32 | (uint32_t)tok) * 0x9e3779b97f4a7c15ULL;
-    x ^= x >> 29;
+/* Key of the context ending in tok: tok and the n - 1 tokens before it
+ * (before[0] nearest); 0 if one of them is unknown. */
+static uint64_t rc_ctx_hash(const int32_t *before, int32_t n, int32_t tok) {
+    uint64_t x = 0x243f6a8885a308d3ULL ^ (uint64_t)n;
+    for (int32_t i = -1; i < n - 1; i++) {
+        int32_t t = i < 0 ? tok : before[i];
+        if (t < 0) return 0;
+        x = (x ^ (uint32_t)t) * 0x9e3779b97f4a7c15ULL;
+        x ^= x >> 29;
+    }
     return x ? x : 1;
 }
 
-/* The candidates after (prev, tok), best first, into row (top_k ids, -1
- * padded): the two-token row's and the one-token row's taken in turn, rank by
- * rank (the narrower context first), without repeats or holes. */
-static void rc_candidates(const rc_drafter *d, int32_t prev, int32_t tok, int32_t *row) {
-    const int32_t *uni = d->table + (size_t)tok * (size_t)d->top_k, *pair = NULL;
-    if (prev >= 0) {
-        uint64_t h = rc_pair_hash(prev, tok);
-        size_t slot = (size_t)(h & (RC_PAIR_SLOTS - 1));
-        if (d->pair_key[slot] == h) pair = d->pair_table + slot * (size_t)d->top_k;
-    }
+static const int32_t *rc_ctx_row(const rc_drafter *d, uint64_t h) {
+    size_t slot = (size_t)(h & (RC_CTX_SLOTS - 1));
+    return h && d->ctx_key[slot] == h ? d->ctx_table + slot * (size_t)d->top_k : NULL;
+}
+
+/* The candidates after tok (before[] = the two tokens before it, nearest
+ * first, -1 unknown), best first, into row (top_k ids, -1 padded): the
+ * three-, two- and one-token rows' entries in turn, rank by rank, without
+ * repeats or holes. */
+static void rc_candidates(const rc_drafter *d, const int32_t before[2], int32_t tok, int32_t *row) {
+    const int32_t *src[3] = {rc_ctx_row(d, rc_ctx_hash(before, 3, tok)),
+                             rc_ctx_row(d, rc_ctx_hash(before, 2, tok)),
+                             d->table + (size_t)tok * (size_t)d->top_k};
     int32_t n = 0;
     for (int32_t j = 0; j < d->top_k && n < d->top_k; j++) {
-        const int32_t cand[2] = {pair ? pair[j] : -1, uni[j]};
-        for (int c = 0; c < 2 && n < d->top_k; c++) {
-            if (cand[c] < 0) continue;
+        for (int c = 0; c < 3 && n < d->top_k; c++) {
+            int32_t cand = src[c] ? src[c][j] : -1;
+            if (cand < 0) continue;
             bool seen = false;
-            for (int32_t i = 0; i < n && !seen; i++) seen = row[i] == cand[c];
-            if (!seen) row[n++] = cand[c];
+            for (int32_t i = 0; i < n && !seen; i++) seen = row[i] == cand;
+            if (!seen) row[n++] = cand;
         }
     }
     for (; n < d->top_k; n++) row[n] = -1;
@@ -130,10 +141,12 @@ static int rc_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
         int32_t parent = tp < 0 ? -1 : node_of[tp];
         if (tp >= 0 && parent < 0) continue; /* its parent was skipped */
         if (!have_row[parent + 1]) {
-            int32_t from = parent < 0 ? last : out->token[parent];
-            int32_t before = parent < 0 ? (n >= 2 ? history[n - 2] : -1)
-                                        : out->parent[parent] < 0 ? last : out->token[out->parent[parent]];
-            rc_candidates(d, before, from, rows[parent + 1]);
+            /* the node's token and the two before it: tree ancestors, then history */
+            int32_t ctx[3], k = 0;
+            for (int32_t a = parent; a >= 0 && k < 3; a = out->parent[a]) ctx[k++] = out->token[a];
+            for (size_t h = n; h > 0 && k < 3; h--) ctx[k++] = history[h - 1];
+            for (; k < 3; k++) ctx[k] = -1;
+            rc_candidates(d, ctx + 1, ctx[0], rows[parent + 1]);
             have_row[parent + 1] = true;
         }
         int32_t tok = rows[parent + 1][d->trank[t]];
@@ -167,11 +180,13 @@ static void rc_observe(td_drafter *base, int32_t seq, const td_observation *obs,
             int32_t t = j < m ? o->top[j] : -1;
             row[j] = t >= 0 && t < d->n_vocab ? t : -1;
         }
-        if (o->prev < 0 || o->prev >= d->n_vocab) continue;
-        uint64_t h = rc_pair_hash(o->prev, o->token);
-        size_t slot = (size_t)(h & (RC_PAIR_SLOTS - 1));
-        d->pair_key[slot] = h;
-        memcpy(d->pair_table + slot * (size_t)d->top_k, row, (size_t)d->top_k * sizeof *row);
+        for (int32_t len = 2; len <= 3; len++) {
+            if (o->prev[len - 2] < 0 || o->prev[len - 2] >= d->n_vocab) break;
+            uint64_t h = rc_ctx_hash(o->prev, len, o->token);
+            size_t slot = (size_t)(h & (RC_CTX_SLOTS - 1));
+            d->ctx_key[slot] = h;
+            memcpy(d->ctx_table + slot * (size_t)d->top_k, row, (size_t)d->top_k * sizeof *row);
+        }
     }
 }
 
@@ -183,8 +198,8 @@ static void rc_destroy(td_drafter *base) {
     rc_drafter *d = (rc_drafter *)base;
     if (!d) return;
     free(d->table);
-    free(d->pair_key);
-    free(d->pair_table);
+    free(d->ctx_key);
+    free(d->ctx_table);
     free(d);
 }
 
@@ -209,17 +224,17 @@ td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k) {
     d->n_vocab = n_vocab;
     d->top_k = top_k;
     d->table = malloc((size_t)cells * sizeof *d->table);
-    d->pair_key = calloc(RC_PAIR_SLOTS, sizeof *d->pair_key);
-    d->pair_table = malloc((size_t)RC_PAIR_SLOTS * (size_t)top_k * sizeof *d->pair_table);
-    if (!d->table || !d->pair_key || !d->pair_table) goto fail;
+    d->ctx_key = calloc(RC_CTX_SLOTS, sizeof *d->ctx_key);
+    d->ctx_table = malloc((size_t)RC_CTX_SLOTS * (size_t)top_k * sizeof *d->ctx_table);
+    if (!d->table || !d->ctx_key || !d->ctx_table) goto fail;
     memset(d->table, 0xff, (size_t)cells * sizeof *d->table); /* all -1 */
     rc_build_template(d);
     return &d->base;
 fail:
     if (d) {
         free(d->table);
-        free(d->pair_key);
-        free(d->pair_table);
+        free(d->ctx_key);
+        free(d->ctx_table);
     }
     free(d);
     return NULL;

@@ -46,7 +46,7 @@ typedef struct td_observation {
     int32_t token;
     const int32_t *top;  /* n_top ids */
     int32_t n_top;
-    int32_t prev;        /* the token before `token`, or -1 */
+    int32_t prev[2];     /* the two tokens before `token`, nearest first; -1 unknown */
 } td_observation;
 
 typedef struct td_drafter td_drafter;

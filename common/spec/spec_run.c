@@ -270,10 +270,12 @@ static int settle(runner *r, seq_state *s, int32_t seq) {
         for (int32_t i = -1; i < d->n; i++) {
             const float *lg = r->logits + (size_t)(s->row0 + 1 + i) * r->n_vocab;
             top_ids(lg, r->n_vocab, r->obs_top[n_obs], OBS_TOP);
-            int32_t tok = i < 0 ? s->hist[n_before - 1] : d->token[i];
-            int32_t prev = i < 0 ? (n_before >= 2 ? s->hist[n_before - 2] : -1)
-                                 : d->parent[i] < 0 ? s->hist[n_before - 1] : d->token[d->parent[i]];
-            r->obs[n_obs] = (td_observation){tok, r->obs_top[n_obs], OBS_TOP, prev};
+            /* the node's token and the two before it: tree ancestors, then history */
+            int32_t ctx[3], k = 0;
+            for (int32_t a = i; a >= 0 && k < 3; a = d->parent[a]) ctx[k++] = d->token[a];
+            for (size_t h = n_before; h > 0 && k < 3; h--) ctx[k++] = s->hist[h - 1];
+            for (; k < 3; k++) ctx[k] = -1;
+            r->obs[n_obs] = (td_observation){ctx[0], r->obs_top[n_obs], OBS_TOP, {ctx[1], ctx[2]}};
             n_obs++;
         }
         for (int i = 0; i < r->n_drafters; i++)

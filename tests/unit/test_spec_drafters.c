@@ -368,7 +368,7 @@ static void recycle_fill(td_drafter *d, int32_t n_vocab, int32_t k) {
     int32_t top[8];
     for (int32_t t = 0; t < n_vocab; t++) {
         for (int32_t j = 0; j < k; j++) top[j] = (t + 1 + j) % n_vocab;
-        td_observation o = {t, top, k, -1};
+        td_observation o = {t, top, k, {-1, -1}};
         d->ops->observe(d, 0, &o, 1);
     }
 }
@@ -406,7 +406,7 @@ static void recycle_tree_shape(void **state) {
     }
     /* A row with a repeat and a hole: one child, the tree goes on below it. */
     const int32_t row[] = {5, 5, -1, 5};
-    td_observation o = {0, row, 4, -1};
+    td_observation o = {0, row, 4, {-1, -1}};
     d->ops->observe(d, 0, &o, 1);
     assert_int_equal(propose(d, 0, h, 2, 16, &out), TD_OK);
     assert_valid_tree(&out, 16);
@@ -436,11 +436,11 @@ static void recycle_observe_checks(void **state) {
      * tokens are ignored, and top_k truncates. */
     const int32_t t1[] = {4, 77, 6, 7, 8};
     td_observation obs[] = {
-        {2, t1, 5, -1},
-        {-1, t1, 5, -1},
-        {12, t1, 5, -1},
-        {3, NULL, 2, -1},
-        {3, t1, 0, -1},
+        {2, t1, 5, {-1, -1}},
+        {-1, t1, 5, {-1, -1}},
+        {12, t1, 5, {-1, -1}},
+        {3, NULL, 2, {-1, -1}},
+        {3, t1, 0, {-1, -1}},
     };
     d->ops->observe(d, 0, obs, 5);
     d->ops->observe(d, 0, NULL, 3);
@@ -457,21 +457,21 @@ static void recycle_observe_checks(void **state) {
     assert_int_equal(out.n, 0);
     /* A newer observation overwrites the row. */
     const int32_t t2[] = {9};
-    td_observation o2 = {2, t2, 1, -1};
+    td_observation o2 = {2, t2, 1, {-1, -1}};
     d->ops->observe(d, 0, &o2, 1);
     assert_int_equal(propose(d, 0, h, 1, 8, &out), TD_OK);
     assert_chain(&out, (const int32_t[]){9}, 1);
     td_drafter_destroy(d);
 }
 
-/* The two-token rows: after (1, 2) and after (5, 2) the target said
+/* The longer contexts: after (1, 2) and after (5, 2) the target said
  * different things; the one-token row of 2 holds only the newest. */
-static void recycle_two_token_context(void **state) {
+static void recycle_longer_contexts(void **state) {
     (void)state;
     td_drafter *d = td_spec_recycle_create(20, 2);
     assert_non_null(d);
     const int32_t after12[] = {7, 9}, after52[] = {8, 9}, after27[] = {11, 12};
-    td_observation obs[] = {{2, after12, 2, 1}, {2, after52, 2, 5}, {7, after27, 2, 2}};
+    td_observation obs[] = {{2, after12, 2, {1, -1}}, {2, after52, 2, {5, -1}}, {7, after27, 2, {2, -1}}};
     d->ops->observe(d, 0, obs, 3);
     td_draft out;
     /* known pair: its row first, then the one-token row's other entries */
@@ -497,6 +497,16 @@ static void recycle_two_token_context(void **state) {
     for (int32_t i = 0; i < out.n; i++)
         if (out.parent[i] >= 0 && out.token[out.parent[i]] == 7 && out.parent[out.parent[i]] < 0)
             assert_true(out.token[i] == 11 || out.token[i] == 12);
+    /* three tokens: after (4, 1, 2) the three-token row leads, then the
+     * two-token row of (1, 2), then the one-token row */
+    const int32_t after412[] = {13, 7};
+    td_observation o3 = {2, after412, 2, {1, 4}};
+    d->ops->observe(d, 0, &o3, 1);
+    assert_int_equal(propose(d, 0, (const int32_t[]){4, 1, 2}, 3, 1, &out), TD_OK);
+    assert_chain(&out, (const int32_t[]){13}, 1);
+    /* (9, 5, 2) is unknown: the (5, 2) row */
+    assert_int_equal(propose(d, 0, (const int32_t[]){9, 5, 2}, 3, 1, &out), TD_OK);
+    assert_chain(&out, (const int32_t[]){8}, 1);
     td_drafter_destroy(d);
 }
 
@@ -631,7 +641,7 @@ int main(void) {
         cmocka_unit_test(ngram_limits),
         cmocka_unit_test(recycle_tree_shape),
         cmocka_unit_test(recycle_observe_checks),
-        cmocka_unit_test(recycle_two_token_context),
+        cmocka_unit_test(recycle_longer_contexts),
         cmocka_unit_test(accept_path_cases),
         cmocka_unit_test(depths_cases),
         cmocka_unit_test(bad_arguments),
