@@ -77,6 +77,14 @@ int32_t td_draft_accept_path(const td_draft *d, const int32_t *target, int32_t *
     return len;
 }
 
+void td_draft_context(const td_draft *d, int32_t i, const int32_t *history, size_t n, int32_t k,
+                      int32_t *ctx) {
+    int32_t m = 0;
+    for (int32_t a = i; a >= 0 && m < k; a = d->parent[a]) ctx[m++] = d->token[a];
+    for (size_t h = n; h > 0 && m < k; h--) ctx[m++] = history[h - 1];
+    while (m < k) ctx[m++] = -1;
+}
+
 void td_drafter_destroy(td_drafter *d) {
     if (d && d->ops && d->ops->destroy) d->ops->destroy(d);
 }

@@ -141,11 +141,8 @@ static int rc_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
         int32_t parent = tp < 0 ? -1 : node_of[tp];
         if (tp >= 0 && parent < 0) continue; /* its parent was skipped */
         if (!have_row[parent + 1]) {
-            /* the node's token and the two before it: tree ancestors, then history */
-            int32_t ctx[3], k = 0;
-            for (int32_t a = parent; a >= 0 && k < 3; a = out->parent[a]) ctx[k++] = out->token[a];
-            for (size_t h = n; h > 0 && k < 3; h--) ctx[k++] = history[h - 1];
-            for (; k < 3; k++) ctx[k] = -1;
+            int32_t ctx[3]; /* the parent's token and the two before it */
+            td_draft_context(out, parent, history, n, 3, ctx);
             rc_candidates(d, ctx + 1, ctx[0], rows[parent + 1]);
             have_row[parent + 1] = true;
         }
@@ -231,11 +228,6 @@ td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k) {
     rc_build_template(d);
     return &d->base;
 fail:
-    if (d) {
-        free(d->table);
-        free(d->ctx_key);
-        free(d->ctx_table);
-    }
-    free(d);
+    rc_destroy(d ? &d->base : NULL);
     return NULL;
 }

@@ -107,6 +107,11 @@ void td_draft_depths(const td_draft *d, int32_t *depth);
  * after node i. Writes accepted node indices in path order to path and
  * returns their count. */
 int32_t td_draft_accept_path(const td_draft *d, const int32_t *target, int32_t *path);
+/* The last k tokens of the text that ends at node i (i = -1: at the end of
+ * the history), newest first: node i and its ancestors, then the history.
+ * -1 where the text is shorter than k. */
+void td_draft_context(const td_draft *d, int32_t i, const int32_t *history, size_t n, int32_t k,
+                      int32_t *ctx);
 
 /* ---- drafters that run a model (model_drafter.c) ----
  * Both keep their own KV cache and re-sync it to the history on each

@@ -270,11 +270,8 @@ static int settle(runner *r, seq_state *s, int32_t seq) {
         for (int32_t i = -1; i < d->n; i++) {
             const float *lg = r->logits + (size_t)(s->row0 + 1 + i) * r->n_vocab;
             top_ids(lg, r->n_vocab, r->obs_top[n_obs], OBS_TOP);
-            /* the node's token and the two before it: tree ancestors, then history */
-            int32_t ctx[3], k = 0;
-            for (int32_t a = i; a >= 0 && k < 3; a = d->parent[a]) ctx[k++] = d->token[a];
-            for (size_t h = n_before; h > 0 && k < 3; h--) ctx[k++] = s->hist[h - 1];
-            for (; k < 3; k++) ctx[k] = -1;
+            int32_t ctx[3]; /* the node's token and the two before it */
+            td_draft_context(d, i, s->hist, n_before, 3, ctx);
             r->obs[n_obs] = (td_observation){ctx[0], r->obs_top[n_obs], OBS_TOP, {ctx[1], ctx[2]}};
             n_obs++;
         }

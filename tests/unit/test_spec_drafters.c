@@ -574,6 +574,22 @@ static void depths_cases(void **state) {
     td_draft_depths(NULL, depth); /* no crash */
 }
 
+static void context_cases(void **state) {
+    (void)state;
+    /* history 7 8 9; tree: 1 (root child), 2 under 1, 3 under 2, 4 (root child) */
+    td_draft t = make_tree(4, (int32_t[]){1, 2, 3, 4}, (int32_t[]){-1, 0, 1, -1});
+    const int32_t h[] = {7, 8, 9};
+    int32_t ctx[4];
+    td_draft_context(&t, 2, h, 3, 4, ctx); /* 3 <- 2 <- 1 <- 9 */
+    assert_memory_equal(ctx, ((int32_t[]){3, 2, 1, 9}), 4 * sizeof(int32_t));
+    td_draft_context(&t, 3, h, 3, 3, ctx); /* 4, then the history */
+    assert_memory_equal(ctx, ((int32_t[]){4, 9, 8}), 3 * sizeof(int32_t));
+    td_draft_context(&t, -1, h, 3, 4, ctx); /* the history's end; one short */
+    assert_memory_equal(ctx, ((int32_t[]){9, 8, 7, -1}), 4 * sizeof(int32_t));
+    td_draft_context(&t, 0, h, 0, 3, ctx); /* no history */
+    assert_memory_equal(ctx, ((int32_t[]){1, -1, -1}), 3 * sizeof(int32_t));
+}
+
 /* ---- arguments ---- */
 
 static void bad_arguments(void **state) {
@@ -644,6 +660,7 @@ int main(void) {
         cmocka_unit_test(recycle_longer_contexts),
         cmocka_unit_test(accept_path_cases),
         cmocka_unit_test(depths_cases),
+        cmocka_unit_test(context_cases),
         cmocka_unit_test(bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
