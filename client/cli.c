@@ -86,6 +86,16 @@ bool td_cli_float(const char *cmd, const char *opt, const char *val, double lo, 
     return true;
 }
 
+bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out) {
+    if (!strcmp(val, "reference")) *out = TD_NUMERICS_REFERENCE;
+    else if (!strcmp(val, "fast")) *out = TD_NUMERICS_FAST;
+    else {
+        fprintf(stderr, "tandem %s: --numerics expects 'reference' or 'fast', got '%s'\n", cmd, val);
+        return false;
+    }
+    return true;
+}
+
 const char *td_cli_value(const char *cmd, int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
         fprintf(stderr, "tandem %s: %s needs a value\n", cmd, argv[*i]);

@@ -60,6 +60,7 @@ typedef struct bench_opts {
     int repeats, n_prompt, n_decode, n_prefill;
     const int32_t *ids;
     size_t n_ids;
+    td_numerics numerics;
 } bench_opts;
 
 static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
@@ -69,6 +70,7 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     int32_t ctx_len = o->n_prefill + o->n_prompt + o->n_decode + 64;
     td_kv *kv = td_kv_create(e->model, 1, ctx_len);
     td_ctx *ctx = td_ctx_create(e->model, o->n_prefill > 16 ? o->n_prefill : 16, pool);
+    if (ctx) td_ctx_set_numerics(ctx, o->numerics);
     float *logits = malloc((size_t)16 * hp->n_vocab * sizeof(float));
     int rc = 1;
     double *dec = calloc((size_t)o->repeats, sizeof(double)), *pre = calloc((size_t)o->repeats, sizeof(double));
@@ -144,22 +146,25 @@ static int bench_engine(int argc, char **argv) {
     const char *model = td_cli_default_model(buf, sizeof buf), *text_file = "tests/fixtures/english.txt";
     const char *threads_list = "1,2";
     long repeats = 5, context = 64;
+    td_numerics numerics = TD_NUMERICS_REFERENCE;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n"
-                 "                           [--context N]\n\n"
+                 "                           [--context N] [--numerics reference|fast]\n\n"
                  "Decode tok/s (128 tokens after an N-token prompt), prefill tok/s (512-token batch),\n"
                  "verification cost of 1,2,4,8,16 rows after the N-token prompt relative to 1 row,\n"
                  "read bandwidth and the decode speed as a share of the bandwidth limit. Prompt\n"
                  "tokens come from --text (default tests/fixtures/english.txt). Medians of --repeats\n"
                  "runs (default 5). --threads is a comma list (default 1,2); --context N sets the\n"
-                 "prompt before decode and verification (default 64; longer ones weigh attention).");
+                 "prompt before decode and verification (default 64; longer ones weigh attention).\n\n"
+                 TD_CLI_NUMERICS_HELP);
             return 0;
         }
         if (!strcmp(a, "--model")) { if (!(model = td_cli_value(cmd, argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--text")) { if (!(text_file = td_cli_value(cmd, argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--threads")) { if (!(threads_list = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) return 2; }
         else if (!strcmp(a, "--context")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &context)) return 2; }
         else if (!strcmp(a, "--repeats")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 1000, &repeats)) return 2; }
         else { fprintf(stderr, "tandem bench engine: unknown option '%s'\n", a); return 2; }
@@ -177,10 +182,10 @@ static int bench_engine(int argc, char **argv) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto out;
     }
-    bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n};
+    bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n, numerics};
     size_t need = (size_t)(context + 16 > 600 ? context + 16 : 600);
     if (n < need) { fprintf(stderr, "tandem bench: --text needs at least %zu tokens, has %zu\n", need, n); goto out; }
-    printf("model %s, kernels %s, %d repeats (medians)\n", model, td_quant_kernel_name(), o.repeats);
+    printf("model %s, kernels %s, %s numerics, %d repeats (medians)\n", model, td_quant_kernel_name(), td_numerics_name(o.numerics), o.repeats);
     status = 0;
     for (const char *p = threads_list; *p;) {
         char *end;

@@ -129,6 +129,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *prompts = NULL;
     long limit = 0, threads = 0, max_tokens = 256, k = 8;
+    td_numerics numerics = TD_NUMERICS_REFERENCE;
     double row_cost = 0;
     bench *b = calloc(1, sizeof *b);
     if (!b) return 1;
@@ -137,7 +138,8 @@ int td_cmd_bench_spec(int argc, char **argv) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench spec --prompts FILE.jsonl [--limit N] [--draft LIST]... [--max-tokens N]\n"
-                 "                         [--draft-max K] [--row-cost C] [--threads N] [--model PATH]\n\n"
+                 "                         [--draft-max K] [--row-cost C] [--threads N] [--model PATH]\n"
+                 "                         [--numerics reference|fast]\n\n"
                  "Each question (JSON lines: category, turns) is answered with plain greedy decoding and\n"
                  "with each --draft configuration (default: lookup, ngram, recycle, layerskip, auto),\n"
                  "side by side. Prints per task group: speedup over plain decoding (wall time of the\n"
@@ -146,7 +148,8 @@ int td_cmd_bench_spec(int argc, char **argv) {
                  "identical. --limit N takes N questions spread over the file.\n"
                  "--row-cost C plans each step as if an extra verified row cost C of a one-row pass\n"
                  "(default: learned from this machine); a small C (e.g. 0.02) drafts as for a GPU\n"
-                 "verifier, where tokens per pass is the figure that carries over.");
+                 "verifier, where tokens per pass is the figure that carries over.\n\n"
+                 TD_CLI_NUMERICS_HELP);
             free(b);
             return 0;
         }
@@ -159,6 +162,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
         }
         else if (!strcmp(a, "--limit")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 0, 1 << 20, &limit)) goto usage; }
         else if (!strcmp(a, "--threads")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 256, &threads)) goto usage; }
+        else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) goto usage; }
         else if (!strcmp(a, "--max-tokens")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &max_tokens)) goto usage; }
         else if (!strcmp(a, "--draft-max")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &k)) goto usage; }
         else if (!strcmp(a, "--row-cost")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_float(cmd, a, v, 1e-4, 10, &row_cost)) goto usage; b->spp.row_cost = (float)row_cost; }
@@ -183,6 +187,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
     b->kv = td_kv_create(b->e.model, 1, b->max_len);
     b->ctx = td_ctx_create(b->e.model, 512, b->e.pool);
     if (!b->kv || !b->ctx) { fprintf(stderr, "tandem bench spec: out of memory\n"); goto out; }
+    td_ctx_set_numerics(b->ctx, numerics);
     td_sample_params greedy = td_sample_defaults();
     for (; opened < b->n_configs; opened++)
         if (td_cli_drafters_open(&b->ds[opened], b->configs[opened], &b->e, &greedy, 1, b->max_len)) goto out;
@@ -191,8 +196,8 @@ int td_cmd_bench_spec(int argc, char **argv) {
     int stride = limit > 0 && limit < n_lines ? n_lines / (int)limit : 1, line_no = 0, done = 0;
     char cost[32] = "learned";
     if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);
-    printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, greedy\n",
-           prompts, b->e.n_threads, b->max_tokens, k, cost);
+    printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, %s numerics, greedy\n",
+           prompts, b->e.n_threads, b->max_tokens, k, cost, td_numerics_name(numerics));
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), line_no++) {
         if (line_no % stride != 0 || (limit > 0 && done >= limit)) continue;
         cJSON *q = cJSON_Parse(line);

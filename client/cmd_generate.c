@@ -31,6 +31,7 @@ static void usage(FILE *f) {
           "  --ignore-eos          keep generating past end-of-turn tokens\n"
           "  --ctx N               context length in tokens (default min(model, 4096))\n"
           "  --threads N           worker threads (default: all cores)\n"
+          TD_CLI_NUMERICS_HELP
           "  --no-special          do not parse special-token text in the prompt\n"
           "\n"
           "Speculative decoding (output is token-identical to --draft none):\n"
@@ -66,6 +67,7 @@ int td_cmd_generate(int argc, char **argv) {
     size_t n_stop = 0;
     bool chat = false, parse_special = true;
     long max_tokens = 128, threads = 0, ctx_len = 0;
+    td_numerics numerics = TD_NUMERICS_REFERENCE;
     td_gen_params gp = {.sample = td_sample_defaults()};
     const char *draft = "none";
     td_spec_params spp = td_spec_defaults();
@@ -84,6 +86,7 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--ignore-eos")) gp.ignore_eos = true;
         else if (!strcmp(a, "--max-tokens")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 20, &max_tokens)) return 2; }
         else if (!strcmp(a, "--threads")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 256, &threads)) return 2; }
+        else if (!strcmp(a, "--numerics")) { VAL(); if (!td_cli_numerics(cmd, v, &numerics)) return 2; }
         else if (!strcmp(a, "--ctx")) { VAL(); if (!td_cli_int(cmd, a, v, 16, 1 << 20, &ctx_len)) return 2; }
         else if (!strcmp(a, "--temperature")) { VAL(); if (!td_cli_float(cmd, a, v, 0, 100, &d)) return 2; gp.sample.temperature = (float)d; }
         else if (!strcmp(a, "--top-k")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 24, &l)) return 2; gp.sample.top_k = (int32_t)l; }
@@ -161,6 +164,7 @@ int td_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tandem generate: out of memory\n");
         goto out;
     }
+    td_ctx_set_numerics(ctx, numerics);
     if (!speculate) {
         td_gen_stats st;
         if (td_gen_run(e.model, e.tok, ctx, kv, 0, ids, n_ids, &gp, write_stdout, NULL, NULL, &st, &err)) {

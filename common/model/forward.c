@@ -28,6 +28,7 @@ typedef struct td_attn_group {
 
 struct td_ctx {
     const td_model *m;
+    td_numerics numerics;
     td_pool *pool;
     int32_t max_rows;
     float *x;       /* (max_rows, n_embd) residual stream */
@@ -51,6 +52,7 @@ struct td_ctx {
     int32_t n_groups;
     int32_t *order;   /* (max_rows) row indices grouped by sequence */
     float *tile;      /* (n_threads, TD_ATTN_TILE * head_dim) */
+    float *lanes;     /* (n_threads, TD_ATTN_MAX_QUERIES, 8 * head_dim) td_attn_query.lanes */
 };
 
 /* ---- parallel jobs ---- */
@@ -89,6 +91,8 @@ typedef struct mm_job {
     int64_t then_n;     /* columns of the rows below (row stride too) */
     float *then_y[2];   /* the group's first (and second) output */
     float *add_to;
+    td_silu_mul_fn silu_mul;
+    td_numerics numerics;
 } mm_job;
 
 static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
@@ -98,7 +102,7 @@ static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
             float *x = job->add_to + r * job->then_n + lo;
             for (int64_t o = 0; o < hi - lo; o++) x[o] += y0[o];
         } else if (job->then == MM_THEN_SILU_MUL) {
-            td_op_silu_mul(y0, job->then_y[1] + r * job->then_n + lo, hi - lo);
+            job->silu_mul(y0, job->then_y[1] + r * job->then_n + lo, hi - lo);
         }
     }
 }
@@ -106,7 +110,7 @@ static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
 static void mm_task_run(const mm_job *job, const mm_task *t, int64_t lo, int64_t hi) {
     if (hi > t->w->n_out) hi = t->w->n_out;
     if (lo < hi)
-        td_quant_matmul(t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y, t->y_stride);
+        td_quant_matmul_in(job->numerics, t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y, t->y_stride);
 }
 
 static int64_t units_of(const mm_job *job, int64_t n_out) { return (n_out + job->chunk - 1) / job->chunk; }
@@ -173,7 +177,7 @@ static void quantize_rows(td_ctx *c, uint32_t wtype, const float *x, int64_t n_i
  * over y[0] (and y[1]); add_to is MM_THEN_ADD's destination. */
 static void matmuls(td_ctx *c, const float *x, int64_t n_rows, int n, const td_weight *const *w,
                     float *const *y, mm_then then, float *add_to) {
-    mm_job job = {.n_tasks = 0, .n_rows = n_rows};
+    mm_job job = {.n_tasks = 0, .n_rows = n_rows, .silu_mul = c->ops.silu_mul, .numerics = c->numerics};
     /* Weights of one group normally share a type; if not, quantize per type. */
     for (int i = 0; i < n;) {
         uint32_t vt = td_quant_traits(w[i]->type)->vec_dot_type;
@@ -231,6 +235,7 @@ static void attn_worker(void *arg, int ith, int nth) {
     int64_t q_dim = (int64_t)hp->n_head * hd;
     float *scores = c->scores + (size_t)ith * TD_ATTN_MAX_QUERIES * c->scores_len;
     int32_t *chains = c->chain + (size_t)ith * TD_ATTN_MAX_QUERIES * c->max_rows;
+    float *lanes = c->lanes + (size_t)ith * TD_ATTN_MAX_QUERIES * 8 * hd;
     td_attn_query qs[TD_ATTN_MAX_QUERIES];
     td_attn_batch b = {.kv = j->kv, .layer = j->layer, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
                        .qs = qs, .tile = c->tile + (size_t)ith * TD_ATTN_TILE * hd};
@@ -259,6 +264,7 @@ static void attn_worker(void *arg, int ith, int nth) {
                     qs[k] = (td_attn_query){.q = c->q + r * q_dim + (int64_t)h * hd,
                                             .out = c->xn + r * q_dim + (int64_t)h * hd,
                                             .scores = scores + (size_t)k * c->scores_len,
+                                            .lanes = lanes + (size_t)k * 8 * hd,
                                             .base = c->base[r], .chain = chain, .n_chain = n_chain};
                 }
                 c->ops.attend(&b);
@@ -336,9 +342,10 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
     c->groups = td_alloc(R * sizeof(td_attn_group));
     c->order = td_alloc(R * sizeof(int32_t));
     c->tile = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_TILE * hp->head_dim * sizeof(float));
+    c->lanes = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_MAX_QUERIES * 8 * hp->head_dim * sizeof(float));
     c->ops = td_op_select(hp->head_dim);
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
-        !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile) {
+        !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile || !c->lanes) {
         td_ctx_destroy(c);
         return NULL;
     }
@@ -351,11 +358,13 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->proj); td_free(c->gate); td_free(c->up); td_free(c->rope_cs);
     td_free(c->xq); td_free(c->scores);
     td_free(c->slot); td_free(c->base); td_free(c->chain);
-    td_free(c->groups); td_free(c->order); td_free(c->tile);
+    td_free(c->groups); td_free(c->order); td_free(c->tile); td_free(c->lanes);
     free(c);
 }
 
 int32_t td_ctx_max_rows(const td_ctx *c) { return c->max_rows; }
+
+void td_ctx_set_numerics(td_ctx *c, td_numerics order) { c->numerics = order; }
 
 /* ---- the pass ---- */
 

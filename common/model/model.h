@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "gguf/gguf.h"
+#include "quant/quant.h"
 #include "util/util.h"
 
 typedef enum td_rope_kind { TD_ROPE_NORM = 0, TD_ROPE_NEOX = 1 } td_rope_kind;
@@ -86,6 +87,8 @@ typedef struct td_ctx td_ctx;
 td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool);
 void td_ctx_destroy(td_ctx *c);
 int32_t td_ctx_max_rows(const td_ctx *c);
+/* The matmuls' summation order (quant.h); TD_NUMERICS_REFERENCE unless set. */
+void td_ctx_set_numerics(td_ctx *c, td_numerics order);
 
 /* Runs rows through the model, appending their K/V to the cache.
  * logits: (number of rows with .logits set, n_vocab). */

@@ -62,7 +62,14 @@ int td_kv_reserve(struct td_kv *kv, int32_t seq, int32_t len);
 
 /* ---- elementwise operators (ops.c); fixed reduction order per call ---- */
 void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
-void td_op_silu_mul(float *gate, const float *up, int64_t n);  /* gate = silu(gate)*up */
+/* gate = silu(gate) * up, with td_op_exp; the AVX2 form gives the same bits */
+typedef void (*td_silu_mul_fn)(float *gate, const float *up, int64_t n);
+void td_op_silu_mul_scalar(float *gate, const float *up, int64_t n);
+void td_op_silu_mul_avx2(float *gate, const float *up, int64_t n);
+/* e^x as the reference computes it in vectors (a few ulp; 0 for -inf) */
+float td_op_exp(float x);
+/* Sum of eight lanes in the reference's fixed order */
+float td_op_hsum8(const float l[8]);
 /* Narrows K/V rows into the fp16 cache (round to nearest even). */
 typedef void (*td_to_f16_fn)(const float *x, uint16_t *y, int64_t n);
 
@@ -77,6 +84,7 @@ typedef struct td_attn_query {
     const float *q;              /* head_dim */
     float *out;                  /* head_dim */
     float *scores;               /* room for base + n_chain + 8 floats */
+    float *lanes;                /* 8 * head_dim floats of scratch */
     int32_t base;
     const int32_t *chain;
     int32_t n_chain;
@@ -101,6 +109,7 @@ typedef void (*td_attend_fn)(const td_attn_batch *a);
 typedef struct td_op_kernels {
     td_to_f16_fn to_f16;
     td_attend_fn attend;
+    td_silu_mul_fn silu_mul;
 } td_op_kernels;
 /* The fastest variant this CPU runs (AVX2+F16C, else scalar). */
 td_op_kernels td_op_select(int32_t head_dim);

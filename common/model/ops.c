@@ -3,7 +3,11 @@
  * (narrowing, attention) with the run-time choice between them and AVX2.
  *
  * Each keeps a fixed reduction order that depends only on n, never on which
- * row or batch it serves: that is what keeps logits batch invariant.
+ * row or batch it serves: that is what keeps logits batch invariant. The
+ * orders, roundings and the exponential are those of llama.cpp's x86 CPU
+ * build, checked bit for bit against its intermediate tensors
+ * (tests/fixtures/dump_reference_ops.py): the last-bit choices there decide
+ * near-tie argmaxes, and agreeing with the reference is the point.
  */
 #include <math.h>
 #include <string.h>
@@ -22,19 +26,54 @@ void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float 
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-void td_op_silu_mul(float *gate, const float *up, int64_t n) {
+static float bits_to_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static uint32_t f32_to_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* e^x by the vector algorithm llama.cpp's CPU build uses for softmax and
+ * SiLU (x = n ln2 + b, b split into two ln2 parts, a degree-5 polynomial in
+ * b, 2^n put into the exponent; special scaling when |n| > 126), operation
+ * for operation, so that each lane of exp_ps in ops_avx2.c and this scalar
+ * form give the same bits. Its constants are the reference's. */
+float td_op_exp(float x) {
+    const float shift = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, shift);
+    float n = z - shift;
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    uint32_t e = f32_to_bits(z) << 23;
+    float k = bits_to_f32(e + f32_to_bits(1.0f));
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                   0x1.ffffecp-1f * b);
+    if (!(fabsf(n) > 126.0f))
+        return fmaf(k, j, k);
+    /* 2^n out of range for one scale: split it in two (or saturate) */
+    uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    float s1 = bits_to_f32(g + 0x7f000000u), s2 = bits_to_f32(e - g);
+    if (fabsf(n) > 192.0f)
+        return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+void td_op_silu_mul_scalar(float *gate, const float *up, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        gate[i] = g / (1.0f + td_op_exp(0.0f - g)) * up[i];
     }
 }
 
-static void axpy_f16_scalar(float *y, float a, const uint16_t *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, td_fp16_to_f32(x[i]), y[i]);
-}
-
-static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = td_f32_to_fp16(x[i]);
+float td_op_hsum8(const float l[8]) {
+    /* the reference's order: upper half onto lower, then pairs 0+2, 1+3 */
+    float c0 = l[0] + l[4], c1 = l[1] + l[5], c2 = l[2] + l[6], c3 = l[3] + l[7];
+    return (c0 + c2) + (c1 + c3);
 }
 
 static const uint16_t *cache_row(const td_attn_batch *a, const td_attn_query *q, int which, int32_t t) {
@@ -42,7 +81,9 @@ static const uint16_t *cache_row(const td_attn_batch *a, const td_attn_query *q,
     return td_kv_at(a->kv, a->seq, a->layer, which, slot) + a->head_off;
 }
 
-/* The reference form: each query on its own, straight from the cache. */
+/* The reference form: each query on its own, straight from the cache, in
+ * the operation order of llama.cpp's CPU attention (f16 matmuls with eight
+ * f32 lanes summed by td_op_hsum8; softmax eight positions at a time). */
 void td_op_attend_scalar(const td_attn_batch *a) {
     int32_t hd = a->head_dim;
     for (int32_t i = 0; i < a->n_q; i++) {
@@ -53,28 +94,37 @@ void td_op_attend_scalar(const td_attn_batch *a) {
         float mx = -INFINITY;
         for (int32_t t = 0; t < n; t++) {
             const uint16_t *k = cache_row(a, qq, 0, t);
-            float dot = 0.0f;
-            for (int32_t d = 0; d < hd; d++) dot += td_fp16_to_f32(k[d]) * q[d];
-            sc[t] = dot * a->scale;
+            float lane[8] = {0};
+            for (int32_t d = 0; d < hd; d++) lane[d % 8] = fmaf(td_fp16_to_f32(k[d]), q[d], lane[d % 8]);
+            sc[t] = td_op_hsum8(lane) * a->scale;
             if (sc[t] > mx) mx = sc[t];
         }
         double sum = 0.0;
-        for (int32_t t = 0; t < n; t++) {
-            sc[t] = expf(sc[t] - mx);
-            sum += sc[t];
+        for (int32_t t0 = 0; t0 < n; t0 += 8) {
+            float lane[8] = {0};
+            for (int32_t j = 0; j < 8 && t0 + j < n; j++) lane[j] = sc[t0 + j] = td_op_exp(sc[t0 + j] - mx);
+            sum += (double)td_op_hsum8(lane);
         }
         float inv = (float)(1.0 / sum);
-        for (int32_t d = 0; d < hd; d++) qq->out[d] = 0.0f;
-        for (int32_t t = 0; t < n; t++)
-            axpy_f16_scalar(qq->out, td_op_round_f16(sc[t] * inv), cache_row(a, qq, 1, t), hd);
+        for (int32_t t = 0; t < n; t++) sc[t] = td_op_round_f16(sc[t] * inv);
+        for (int32_t d = 0; d < hd; d++) {
+            float lane[8] = {0};
+            for (int32_t t = 0; t < n; t++) lane[t % 8] = fmaf(td_fp16_to_f32(cache_row(a, qq, 1, t)[d]), sc[t], lane[t % 8]);
+            qq->out[d] = td_op_hsum8(lane);
+        }
     }
+}
+
+static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = td_f32_to_fp16(x[i]);
 }
 
 td_op_kernels td_op_select(int32_t head_dim) {
     /* The quant module already checked AVX2, FMA and F16C for its kernels. */
     bool avx2 = strcmp(td_quant_kernel_name(), "avx2") == 0;
-    if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar};
-    return (td_op_kernels){td_op_to_f16_avx2, head_dim % 8 == 0 ? td_op_attend_avx2 : td_op_attend_scalar};
+    if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar, td_op_silu_mul_scalar};
+    return (td_op_kernels){td_op_to_f16_avx2, head_dim % 8 == 0 ? td_op_attend_avx2 : td_op_attend_scalar,
+                           td_op_silu_mul_avx2};
 }
 
 float td_op_round_f16(float x) { return td_fp16_to_f32(td_f32_to_fp16(x)); }
@@ -87,7 +137,9 @@ void td_op_rope(float *head, const float *cs, int32_t n_rot, td_rope_kind kind) 
         int32_t b = kind == TD_ROPE_NORM ? 2 * i + 1 : i + half;
         float c = cs[2 * i], s = cs[2 * i + 1];
         float x0 = head[a], x1 = head[b];
-        head[a] = x0 * c - x1 * s;
-        head[b] = x0 * s + x1 * c;
+        /* one rounding less than the plain expression: the contraction
+         * llama.cpp's build makes, and so its bits */
+        head[a] = fmaf(x0, c, -(x1 * s));
+        head[b] = fmaf(x0, s, x1 * c);
     }
 }

@@ -16,34 +16,65 @@ void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n) {
     for (; i < n; i++) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
-/* e^x for x <= 0 (softmax arguments), about 1 ulp: x = n ln2 + r with
- * |r| <= ln2/2, e^r by its Taylor series to r^7 (truncation < 1e-8 relative),
- * then 2^n put into the exponent. Below -87 the result is 0. */
-static inline __m256 exp_nonpos_ps(__m256 x) {
-    const __m256 log2e = _mm256_set1_ps(1.44269504f);
-    const __m256 ln2_hi = _mm256_set1_ps(0.693145752f), ln2_lo = _mm256_set1_ps(1.42860677e-6f);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);
-    r = _mm256_fnmadd_ps(n, ln2_lo, r);
-    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    return _mm256_and_ps(y, _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ));
+/* td_op_exp on eight lanes: the same operations, so the same bits. */
+static inline __m256 exp_ps(__m256 x) {
+    const __m256 shift = _mm256_set1_ps(0x1.8p23f), abs_mask = _mm256_set1_ps(-0.0f);
+    __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift);
+    __m256 n = _mm256_sub_ps(z, shift);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+    __m256 u = _mm256_mul_ps(b, b);
+    __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    __m256 an = _mm256_andnot_ps(abs_mask, n);
+    __m256 big = _mm256_cmp_ps(an, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
+    if (!_mm256_movemask_ps(big))
+        return _mm256_fmadd_ps(k, j, k);
+    /* 2^n out of range for one scale: split it in two (or saturate) */
+    __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                 _mm256_set1_epi32((int)0x82000000u));
+    __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    __m256 huge = _mm256_cmp_ps(an, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    __m256 split = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+    __m256 r = _mm256_blendv_ps(_mm256_fmadd_ps(k, j, k), split, big);
+    return _mm256_blendv_ps(r, _mm256_mul_ps(s1, s1), huge);
 }
 
-/* Lane j of the result: the sum of the lanes of a[j] (one fixed tree). */
+void td_op_silu_mul_avx2(float *gate, const float *up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 den = _mm256_add_ps(_mm256_set1_ps(1.0f), exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, den), _mm256_loadu_ps(up + i)));
+    }
+    td_op_silu_mul_scalar(gate + i, up + i, n - i);
+}
+
+/* td_op_hsum8 of one vector */
+static inline float hsum1(__m256 v) {
+    __m128 c = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    c = _mm_add_ps(c, _mm_movehl_ps(c, c));
+    c = _mm_add_ss(c, _mm_movehdup_ps(c));
+    return _mm_cvtss_f32(c);
+}
+
+/* Lane j of the result: td_op_hsum8 of a[j]. The lanes (c0, c2, c1, c3)
+ * after folding the upper half make two hadds give (c0 + c2) + (c1 + c3). */
 static inline __m256 hsum8(const __m256 a[8]) {
-    __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
-    __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
-    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    __m256 f[4];
+    for (int i = 0; i < 4; i++) {
+        __m256 lo = _mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x20);
+        __m256 hi = _mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x31);
+        f[i] = _mm256_permute_ps(_mm256_add_ps(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+    }
+    /* lanes: [a0 a2 a4 a6 | a1 a3 a5 a7] */
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(f[0], f[1]), _mm256_hadd_ps(f[2], f[3]));
+    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
 static inline const uint16_t *row_at(const td_attn_batch *a, const td_attn_query *q, int which, int32_t t) {
@@ -80,23 +111,29 @@ static inline __attribute__((always_inline)) void group_f16(const uint16_t *cons
         UNROLL8 for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(load_f16(k[j] + 8 * i), q[i], acc[j]);
 }
 
-/* out[0..8*cn) += sum over positions of w[t] * row t (rows at `rows`, stride
- * `stride` floats, or fp16 rows from the cache when f16 is set). cn == 8 is
- * the common case and keeps the accumulators in registers. */
-#define VSUM_BODY(CN, LOADV)                                                               \
-    do {                                                                                   \
-        __m256 o[8] = {0};                                                                 \
-        UNROLL8 for (int32_t k = 0; k < (CN); k++) o[k] = _mm256_loadu_ps(out + 8 * k);   \
-        for (int32_t t = t0; t < t1; t++) {                                                \
-            const __m256 w = _mm256_broadcast_ss(w_at + t);                                \
-            UNROLL8 for (int32_t k = 0; k < (CN); k++) o[k] = _mm256_fmadd_ps(w, LOADV, o[k]); \
-        }                                                                                  \
-        UNROLL8 for (int32_t k = 0; k < (CN); k++) _mm256_storeu_ps(out + 8 * k, o[k]);   \
+/* Lane sets += w[t] * row t for positions [t0, t1), vectors [c0, c0 + cn)
+ * of the head (rows at `rows`, stride hd floats, first row t0, or fp16 rows
+ * from the cache). Positions go by lane set: set j takes t = j, j + 8, ...
+ * in order, with its cn vectors in registers. */
+#define VSUM_BODY(CN, LOADV)                                                                      \
+    do {                                                                                          \
+        for (int32_t j = 0; j < 8; j++) {                                                         \
+            const int32_t first = t0 + ((j - t0) & 7);                                            \
+            if (first >= t1) continue;                                                            \
+            float *set = qq->lanes + (size_t)j * hd + 8 * c0;                                     \
+            __m256 o[8] = {0};                                                                    \
+            UNROLL8 for (int32_t k = 0; k < (CN); k++) o[k] = _mm256_loadu_ps(set + 8 * k);      \
+            for (int32_t t = first; t < t1; t += 8) {                                             \
+                const __m256 w = _mm256_broadcast_ss(qq->scores + t);                             \
+                UNROLL8 for (int32_t k = 0; k < (CN); k++) o[k] = _mm256_fmadd_ps(LOADV, w, o[k]); \
+            }                                                                                     \
+            UNROLL8 for (int32_t k = 0; k < (CN); k++) _mm256_storeu_ps(set + 8 * k, o[k]);      \
+        }                                                                                         \
     } while (0)
 
-static inline __attribute__((always_inline)) void vsum_f32(float *out, const float *w_at, int32_t t0, int32_t t1,
-                                                           const float *rows, int32_t hd, int32_t cn) {
-#define ROW_F32 _mm256_loadu_ps(rows + (size_t)(t - t0) * hd + 8 * k)
+static inline __attribute__((always_inline)) void vsum_f32(const td_attn_query *qq, int32_t t0, int32_t t1,
+                                                           const float *rows, int32_t hd, int32_t c0, int32_t cn) {
+#define ROW_F32 _mm256_loadu_ps(rows + (size_t)(t - t0) * hd + 8 * (c0 + k))
     if (cn == 8) VSUM_BODY(8, ROW_F32);
     else VSUM_BODY(cn, ROW_F32);
 #undef ROW_F32
@@ -173,22 +210,24 @@ static inline __attribute__((always_inline)) void attend(const td_attn_batch *a,
             _mm256_storeu_ps(qq->scores + t0, sc);
             vmax[i] = _mm256_max_ps(vmax[i], sc);
         }
-        /* softmax: padding lanes give e^-inf = 0 */
+        /* softmax: padding lanes give e^-inf = 0; each group's sum is
+         * added in double, as the reference does */
         const __m256 mx = _mm256_set1_ps(hmax(vmax[i]));
-        __m256 vsum = _mm256_setzero_ps();
+        double sum = 0.0;
         for (int32_t t0 = 0; t0 < n; t0 += 8) {
-            __m256 e = exp_nonpos_ps(_mm256_sub_ps(_mm256_loadu_ps(qq->scores + t0), mx));
+            __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(qq->scores + t0), mx));
             _mm256_storeu_ps(qq->scores + t0, e);
-            vsum = _mm256_add_ps(vsum, e);
+            sum += (double)hsum1(e);
         }
-        __m256 sums[8] = {vsum, vsum, vsum, vsum, vsum, vsum, vsum, vsum};
-        const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), hsum8(sums));
+        const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
         for (int32_t t0 = 0; t0 < n; t0 += 8)
             _mm256_storeu_ps(qq->scores + t0, round_f16_ps(_mm256_mul_ps(_mm256_loadu_ps(qq->scores + t0), inv)));
-        for (int32_t d = 0; d < hd; d++) qq->out[d] = 0.0f;
+        for (int32_t d = 0; d < 8 * hd; d++) qq->lanes[d] = 0.0f;
     }
-    /* V: the prefix tile by tile, then each query's tree path from the cache;
-     * eight vectors of the head stay in registers across a tile */
+    /* V: position t adds into lane set t % 8 (lanes + (t % 8) * hd), as the
+     * reference's f16 matmul does; the sets are summed by td_op_hsum8 at the
+     * end. The prefix goes tile by tile, then each query's tree path from
+     * the cache. */
     int32_t vspan = 0;
     for (int32_t i = 0; i < nq && tiled; i++) if (a->qs[i].base > vspan) vspan = a->qs[i].base;
     for (int32_t p0 = 0; p0 < vspan; p0 += TD_ATTN_TILE) {
@@ -198,7 +237,7 @@ static inline __attribute__((always_inline)) void attend(const td_attn_batch *a,
             const td_attn_query *qq = &a->qs[i];
             const int32_t lim = qq->base < p1 ? qq->base : p1;
             for (int32_t c0 = 0; c0 < nv && p0 < lim; c0 += 8) /* 8 vectors at a time */
-                vsum_f32(qq->out + 8 * c0, qq->scores, p0, lim, a->tile + 8 * c0, hd, nv - c0 < 8 ? nv - c0 : 8);
+                vsum_f32(qq, p0, lim, a->tile, hd, c0, nv - c0 < 8 ? nv - c0 : 8);
         }
     }
     for (int32_t i = 0; i < nq; i++) {
@@ -206,13 +245,18 @@ static inline __attribute__((always_inline)) void attend(const td_attn_batch *a,
         const int32_t n = qq->base + qq->n_chain;
         const int32_t from = tiled ? qq->base : 0;
         for (int32_t c0 = 0; c0 < nv && from < n; c0 += 8) {
-            float *out = qq->out + 8 * c0;
-            const float *w_at = qq->scores;
             const int32_t t0 = from, t1 = n, cn = nv - c0 < 8 ? nv - c0 : 8;
 #define ROW_F16 load_f16(row_at(a, qq, 1, t) + 8 * (c0 + k))
             if (cn == 8) VSUM_BODY(8, ROW_F16);
             else VSUM_BODY(cn, ROW_F16);
 #undef ROW_F16
+        }
+        for (int32_t c = 0; c < nv; c++) {
+            __m256 l[8];
+            for (int j = 0; j < 8; j++) l[j] = _mm256_loadu_ps(qq->lanes + (size_t)j * hd + 8 * c);
+            __m256 s0 = _mm256_add_ps(_mm256_add_ps(l[0], l[4]), _mm256_add_ps(l[2], l[6]));
+            __m256 s1 = _mm256_add_ps(_mm256_add_ps(l[1], l[5]), _mm256_add_ps(l[3], l[7]));
+            _mm256_storeu_ps(qq->out + 8 * c, _mm256_add_ps(s0, s1));
         }
     }
 }

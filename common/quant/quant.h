@@ -69,17 +69,34 @@ uint16_t td_f32_to_fp16(float f);
 float td_bf16_to_f32(uint16_t h);
 uint16_t td_f32_to_bf16(float f);
 
+/* Summation order of the matmuls.
+ *   REFERENCE: llama.cpp's x86 CPU order, block by block (one convert and
+ *     fma per 32 weights): on Q4_1 and Q8_0 weights the logits carry the
+ *     reference's bits. The default.
+ *   FAST: interleaved kernels that share that work across four blocks;
+ *     several activation rows (prefill, verification) cost about half as
+ *     much, and results differ from the reference in the last bits.
+ * Formats without a reference-order kernel have one kernel, used by both.
+ * Either order is fixed per output, so results stay batch invariant. */
+typedef enum td_numerics { TD_NUMERICS_REFERENCE, TD_NUMERICS_FAST } td_numerics;
+
 /* Batched matrix-vector products, the hot spot of the whole engine.
  *   W:  n_out rows of n_in elements of type wtype, row stride row_bytes(wtype,n_in)
  *   xq: n_rows activation rows, each already converted to vec_dot_type,
  *       row stride td_quant_row_bytes(vec_dot_type, n_in)
  *   y:  n_rows x y_stride floats; y[r*y_stride + o] = dot(W[o], x[r])
  * Only output rows [o_lo, o_hi) are computed, so threads can split the work.
- * Each weight row is read once for all n_rows activation rows. */
+ * Each weight row is read once for all n_rows activation rows. Reference
+ * order; td_quant_matmul_in chooses. */
 void td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in,
                      int64_t o_lo, int64_t o_hi,
                      const void *xq, int64_t n_rows,
                      float *y, int64_t y_stride);
+void td_quant_matmul_in(td_numerics order, uint32_t wtype, const void *W, int64_t n_in,
+                        int64_t o_lo, int64_t o_hi, const void *xq, int64_t n_rows,
+                        float *y, int64_t y_stride);
+/* "reference" / "fast" */
+const char *td_numerics_name(td_numerics order);
 
 /* Converts n_rows rows of n_in floats (stride n_in) to vec_dot_type of wtype;
  * dst holds n_rows * row_bytes(vec_dot_type, n_in) bytes. */

@@ -1,5 +1,7 @@
 /* quant_avx2.c — AVX2/FMA/F16C kernels for the legacy block formats (Q4_0,
- * Q4_1, Q5_0, Q5_1, Q8_0), float rows and the activation quantizers. Built
+ * Q5_0, Q5_1, and the TD_NUMERICS_FAST forms of Q4_1 and Q8_0, whose
+ * reference-order kernels are in quant_blockwise_avx2.c), float rows and the
+ * activation quantizers. Built
  * with -mavx2 -mfma -mf16c; reached only through the table td_quant_traits
  * hands out after checking the CPU.
  *
@@ -357,10 +359,18 @@ INLINE void legacy_matmul(enum lkind k, const void *W, size_t w_stride, int64_t 
         legacy_matmul(kind, x, 0, n, 0, 1, y, 0, 1, s, 1);                                        \
     }
 LEGACY(q4_0, L_Q4_0)
-LEGACY(q4_1, L_Q4_1)
 LEGACY(q5_0, L_Q5_0)
+
+void td_quant_avx2_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                                    const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+    legacy_matmul(L_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
+}
+
+void td_quant_avx2_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                                    const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+    legacy_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
+}
 LEGACY(q5_1, L_Q5_1)
-LEGACY(q8_0, L_Q8_0)
 
 /* ---- float rows ---- */
 
@@ -431,13 +441,10 @@ static inline float hmax_ps(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
-/* roundf (ties away from zero) of lanes; NaN lanes become 0 like the
- * reference's round_clamp. x - trunc(x) is exact. */
-static inline __m256 round_away_ps(__m256 v) {
-    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    __m256 up = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(v, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-    __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, _mm256_set1_ps(-0.0f)));
-    t = _mm256_add_ps(t, _mm256_and_ps(up, one));
+/* Nearest-even rounding of lanes; NaN lanes become 0 like the reference's
+ * round_even_clamp. */
+static inline __m256 round_even_ps(__m256 v) {
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return _mm256_and_ps(t, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
 }
 
@@ -457,12 +464,12 @@ static inline int q8_block(const float *x, int8_t qs[32], float *d_out) {
         v[j] = _mm256_loadu_ps(x + 8 * j);
         amax = _mm256_max_ps(abs_ps(v[j]), amax); /* NaN in the first operand is skipped */
     }
-    float d = hmax_ps(amax) / 127.0f;
-    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float am = hmax_ps(amax), d = am / 127.0f;
+    float id = am != 0.0f ? 127.0f / am : 0.0f;
     __m256 q[4], vid = _mm256_set1_ps(id);
     UNROLL
     for (int j = 0; j < 4; j++)
-        q[j] = round_away_ps(_mm256_mul_ps(v[j], vid));
+        q[j] = round_even_ps(_mm256_mul_ps(v[j], vid));
     __m256i p = pack_i8(q);
     _mm256_storeu_si256((__m256i *)qs, p);
     __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), p);

@@ -71,8 +71,9 @@ typedef void (*td_matmul_fn)(const void *W, size_t w_stride, int64_t n_in,
                              const void *xq, size_t x_stride, int64_t n_rows,
                              float *y, int64_t y_stride);
 
-/* quant_table.c: the matmul kernel of the selected variant (NULL = generic). */
-td_matmul_fn td_quant_matmul_kernel(uint32_t type);
+/* quant_table.c: the matmul kernel of the selected variant (NULL = generic)
+ * for a summation order. */
+td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order);
 
 /* quant_matmul.c: the generic matmul, one vec_dot per pair. */
 void td_quant_matmul_pairs(td_vec_dot_fn dot, const void *W, size_t w_stride, int64_t n_in,
@@ -145,6 +146,13 @@ void td_quant_avx2_dot_q6_k(int64_t n, float *s, const void *x, const void *y);
 void td_quant_avx2_matmul_q4_0(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
                                int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                float *y, int64_t y_stride);
+/* interleaved (TD_NUMERICS_FAST) forms of Q4_1 and Q8_0 */
+void td_quant_avx2_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
+                                    int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
+                                    float *y, int64_t y_stride);
+void td_quant_avx2_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
+                                    int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
+                                    float *y, int64_t y_stride);
 void td_quant_avx2_matmul_q4_1(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
                                int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                float *y, int64_t y_stride);

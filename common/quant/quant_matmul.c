@@ -21,6 +21,11 @@ void td_quant_matmul_pairs(td_vec_dot_fn dot, const void *W, size_t w_stride, in
 
 void td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in, int64_t o_lo, int64_t o_hi,
                      const void *xq, int64_t n_rows, float *y, int64_t y_stride) {
+    td_quant_matmul_in(TD_NUMERICS_REFERENCE, wtype, W, n_in, o_lo, o_hi, xq, n_rows, y, y_stride);
+}
+
+void td_quant_matmul_in(td_numerics order, uint32_t wtype, const void *W, int64_t n_in, int64_t o_lo,
+                        int64_t o_hi, const void *xq, int64_t n_rows, float *y, int64_t y_stride) {
     const td_type_traits *t = td_quant_traits(wtype);
     assert(t != NULL && t->weight_ok);
     assert(0 <= o_lo && o_lo <= o_hi && n_rows >= 0 && (n_rows <= 1 || y_stride >= o_hi));
@@ -29,7 +34,7 @@ void td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in, int64_t o_lo, 
     assert(w_stride != 0 && x_stride != 0);
     if (o_lo == o_hi || n_rows == 0)
         return;
-    td_matmul_fn mm = td_quant_matmul_kernel(wtype);
+    td_matmul_fn mm = td_quant_matmul_kernel(wtype, order);
     if (mm)
         mm(W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
     else

@@ -49,17 +49,28 @@ static float signed_absmax(const float *x, int n) {
 
 /* ---- activation formats: llama.cpp's rules ---- */
 
-/* d = max|x| / 127, q = round(x * (1/d)) with ties away from zero; the
- * stored d is fp16 but the codes use the f32 d. Returns sum(q). */
+/* round-half-to-even to an int in [lo, hi]; NaN gives 0 */
+static int round_even_clamp(float v, int lo, int hi) {
+    if (!(v == v))
+        return 0;
+    float r = nearbyintf(v); /* the default rounding mode: ties to even */
+    return r < (float)lo ? lo : r > (float)hi ? hi : (int)r;
+}
+
+/* d = max|x| / 127 and q = nearest-even(x * (127 / max|x|)), as llama.cpp's
+ * x86 SIMD quantizer computes them (its portable C form rounds 1/d and ties
+ * differently; the SIMD form is the one its CPU builds run, and matching it
+ * moves tandem's logits onto the reference's). The stored d is fp16 but the
+ * codes use the f32 scale. Returns sum(q). */
 static int q8_block(const float *x, int8_t qs[32], float *d_out) {
     float amax = 0;
     for (int j = 0; j < 32; j++)
         amax = fmaxf(amax, fabsf(x[j]));
     float d = amax / 127.0f;
-    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float id = amax != 0.0f ? 127.0f / amax : 0.0f;
     int sum = 0;
     for (int j = 0; j < 32; j++) {
-        qs[j] = (int8_t)round_clamp(x[j] * id, -127, 127);
+        qs[j] = (int8_t)round_even_clamp(x[j] * id, -127, 127);
         sum += qs[j];
     }
     *d_out = d;

@@ -106,9 +106,21 @@ const char *td_quant_kernel_name(void) {
     return active_table() == ref_table ? "scalar" : "avx2";
 }
 
-td_matmul_fn td_quant_matmul_kernel(uint32_t type) {
+td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
     const quant_row *r = row_of(active_table(), type);
+#ifdef HAVE_AVX2_TABLE
+    if (order == TD_NUMERICS_FAST && active_table() == avx2_table) {
+        if (type == TD_TYPE_Q4_1) return td_quant_avx2_matmul_q4_1_fast;
+        if (type == TD_TYPE_Q8_0) return td_quant_avx2_matmul_q8_0_fast;
+    }
+#else
+    (void)order;
+#endif
     return r ? r->matmul : NULL;
+}
+
+const char *td_numerics_name(td_numerics order) {
+    return order == TD_NUMERICS_FAST ? "fast" : "reference";
 }
 
 size_t td_quant_row_bytes(uint32_t type, int64_t n) {

@@ -79,6 +79,11 @@ done
 check "wide trees (--row-cost 0.02): same text as plain decoding" cmp -s "$tmp/d" "$tmp/plain_days"
 check "row cost outside its range refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --draft lookup --row-cost 0
 check "row cost error names the option" err_has "--row-cost"
+"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics fast >"$tmp/fast_plain" 2>/dev/null
+"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics fast --draft auto >"$tmp/fast_auto" 2>/dev/null
+check "--numerics fast: speculation gives the same text as fast plain decoding" cmp -s "$tmp/fast_auto" "$tmp/fast_plain"
+check "--numerics with an unknown mode refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics exact
+check "numerics error names the modes" err_has "'reference' or 'fast'"
 check "unknown drafter refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft magic
 check "unknown drafter named" err_has "magic"
 if [ -n "${TD_MKTINY:-}" ] && [ -x "$TD_MKTINY" ]; then

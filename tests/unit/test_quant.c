@@ -530,7 +530,7 @@ static void activation_quantizers(void **state) {
             assert_memory_equal(a, r, rb);
         }
     }
-    /* Q8_0 / Q8_1 rules on a known block: d = amax/127, q = round-half-away */
+    /* Q8_0 / Q8_1 rules on a known block: d = amax/127, q = nearest-even(x * 127/amax) */
     float b[32];
     for (int j = 0; j < 32; j++)
         b[j] = (float)j - 15.5f; /* halves: every code is a tie */
@@ -540,11 +540,12 @@ static void activation_quantizers(void **state) {
     assert_int_equal(q[0] | q[1] << 8, f2h(1.0f));
     int sum = 0;
     for (int j = 0; j < 32; j++) {
-        int want = j == 0 ? -127 : (int)roundf(b[j]);
+        int want = j == 0 ? -127 : (int)nearbyintf(b[j]);
         assert_int_equal((int8_t)q[4 + j], want);
         sum += want;
     }
-    assert_true(b[1] == -14.5f && (int8_t)q[5] == -15); /* away from zero */
+    assert_true(b[1] == -14.5f && (int8_t)q[5] == -14); /* to even */
+    assert_true(b[2] == -13.5f && (int8_t)q[6] == -14);
     assert_int_equal(q[2] | q[3] << 8, f2h((float)sum * 1.0f));
     /* Q8_K: signed max maps to -127, d = 1/iscale, bsums are group sums */
     float k[256];

@@ -124,9 +124,9 @@ static void tokenizer_matches_llamacpp(void **state) {
     cJSON_Delete(fx);
 }
 
-static void teacher_forced_logits_match(void **state) {
-    (void)state;
-    if (!E.m) skip();
+/* Scores the fixture's text with the given matmul order; asserts the
+ * agreement that order promises. */
+static void teacher_forced(td_numerics numerics) {
     cJSON *fx = load_fixture("logits_english.json");
     assert_non_null(fx);
     int n, n_arg;
@@ -142,6 +142,7 @@ static void teacher_forced_logits_match(void **state) {
     int32_t V = td_model_hparams(E.m)->n_vocab, B = 256;
     td_kv *kv = td_kv_create(E.m, 1, n);
     td_ctx *ctx = td_ctx_create(E.m, B, E.pool);
+    if (ctx) td_ctx_set_numerics(ctx, numerics);
     float *lg = malloc((size_t)B * V * sizeof(float));
     td_row *rows = malloc((size_t)B * sizeof *rows);
     assert_true(kv && ctx && lg && rows);
@@ -170,20 +171,41 @@ static void teacher_forced_logits_match(void **state) {
     }
     double ppl = exp(nll / (n - 1));
     double rate = (double)agree / (n - 1);
-    fprintf(stderr, "# logits: |log p(next) - llama.cpp's| mean %.4f, max %.4f\n", lp_diff / (n - 1), lp_diff_max);
-    fprintf(stderr, "# logits: argmax identical at %d/%d positions (%.2f%%; %d of the rest are near-ties), "
+    const char *mode = td_numerics_name(numerics);
+    fprintf(stderr, "# logits (%s): |log p(next) - llama.cpp's| mean %.6f, max %.6f\n", mode, lp_diff / (n - 1),
+            lp_diff_max);
+    fprintf(stderr, "# logits (%s): argmax identical at %d/%d positions (%.2f%%; %d of the rest are near-ties), "
                     "perplexity %.4f vs llama.cpp %.4f (%+.3f%%)\n",
-            agree, n - 1, 100 * rate, near_tie_misses, ppl, ref_ppl, 100 * (ppl / ref_ppl - 1));
-    /* Issue target: 99.5 % identical argmax. Measured: about 96 % (the rest
-     * are close calls, see CLOSE_CALL); asserted: what a correct
-     * implementation with this noise level must reach. */
-    assert_true(rate >= 0.95);
-    assert_true(lp_diff / (n - 1) < 0.1);
+            mode, agree, n - 1, 100 * rate, near_tie_misses, ppl, ref_ppl, 100 * (ppl / ref_ppl - 1));
+    if (numerics == TD_NUMERICS_REFERENCE) {
+        /* llama.cpp's operation order: its logits, up to the fixture's
+         * rounding of log-probabilities (issue target: 99.5 % argmax) */
+        assert_true(rate >= 0.995);
+        assert_true(lp_diff_max < 1e-4);
+    } else {
+        /* another summation order: last-bit noise that flips close calls
+         * (about 4 % of positions; llama.cpp's own flash-attention path
+         * differs from its default as much, see reference_sensitivity.py) */
+        assert_true(rate >= 0.95);
+        assert_true(lp_diff / (n - 1) < 0.1);
+    }
     assert_true(fabs(ppl / ref_ppl - 1) < 0.01);
     free(rows); free(lg); free(ids); free(ref_arg);
     td_ctx_destroy(ctx);
     td_kv_destroy(kv);
     cJSON_Delete(fx);
+}
+
+static void teacher_forced_logits_match(void **state) {
+    (void)state;
+    if (!E.m) skip();
+    teacher_forced(TD_NUMERICS_REFERENCE);
+}
+
+static void teacher_forced_logits_close_fast(void **state) {
+    (void)state;
+    if (!E.m) skip();
+    teacher_forced(TD_NUMERICS_FAST);
 }
 
 static void greedy_chat_matches(void **state) {
@@ -240,6 +262,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(tokenizer_matches_llamacpp),
         cmocka_unit_test(teacher_forced_logits_match),
+        cmocka_unit_test(teacher_forced_logits_close_fast),
         cmocka_unit_test(greedy_chat_matches),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
