@@ -13,31 +13,15 @@
 #include <string.h>
 
 #include "quant/quant_impl.h"
+#include "quant/quant_simd.h"
 
 /* Activation rows per pass over a weight group: 8 accumulators plus the
  * group's codes nearly fill the 16 registers, and one pass covers a typical
  * verification window. */
 #define TILE_ROWS 8
 
-#define INLINE static inline __attribute__((always_inline))
-/* Loops over blocks of a group and rows of a tile must unroll fully so that
- * their per-block vectors live in registers, not in stack arrays. */
-#ifdef __clang__
-#define UNROLL _Pragma("unroll")
-#else
-#define UNROLL _Pragma("GCC unroll 8")
-#endif
 
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
-static inline __m256i load256(const void *p) {
-    return _mm256_loadu_si256((const __m256i *)p);
-}
 
 static inline uint32_t load_u32(const uint8_t *p) {
     uint32_t v;

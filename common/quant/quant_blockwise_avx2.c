@@ -15,13 +15,8 @@
 #include <immintrin.h>
 
 #include "quant/quant_impl.h"
+#include "quant/quant_simd.h"
 
-#define INLINE static inline __attribute__((always_inline))
-#ifdef __clang__
-#define UNROLL _Pragma("unroll")
-#else
-#define UNROLL _Pragma("GCC unroll 8")
-#endif
 
 #define TILE_ROWS 8 /* activation rows sharing one unpacked weight block */
 #define O_BLOCK 32  /* weight rows kept in cache while all activation rows pass */
@@ -31,12 +26,6 @@ enum bkind { B_Q4_1, B_Q8_0 };
 INLINE size_t w_bytes(enum bkind k) { return k == B_Q4_1 ? 20 : 34; }
 INLINE size_t x_bytes(enum bkind k) { return k == B_Q4_1 ? 36 : 34; }
 
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 static inline float half(const uint8_t *p) {
     uint16_t h;
