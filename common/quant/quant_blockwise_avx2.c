@@ -7,10 +7,10 @@
  *   acc   = fma(d_w * d_x, float(lanes), acc)            (8 f32 lanes)
  *   Q4_1 also: mins = fma(m_w, s_x, mins)                  (one f32)
  * and the result is hsum(acc) (upper half onto lower, then (0+2)+(1+3))
- * plus mins. The order is fixed per pair, whichever tile or range computes
- * it, so results stay batch invariant. This is slower per block than the
- * interleaved kernels of quant_avx2.c (one madd, convert and fma per block
- * instead of per four), which still serve the other legacy formats.
+ * plus mins. The order is fixed per pair, whichever tile, range or chunk
+ * computes it, so results stay batch invariant. This is slower per block than
+ * the interleaved kernels of quant_avx2.c (one madd, convert and fma per
+ * block instead of per four; TD_NUMERICS_FAST uses those).
  */
 #include <immintrin.h>
 
@@ -33,31 +33,64 @@ static inline float half(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
-/* One weight row against nr activation rows (row r at X + r * x_stride). */
-INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t nb, const uint8_t *X, size_t x_stride,
-                      float *y, int64_t y_stride) {
+/* The activation scales of a tile of rows for blocks [i0, i1), block-major:
+ * dx[i - i0][r] (and for Q8_1 sx[i - i0][r], the block's d * sum of codes),
+ * as f32. With them one multiply gives d_w * d_x for all rows of a block,
+ * and one fma advances the Q4_1 min term of all rows at once (lane r is row
+ * r's own chain, so the order per pair is unchanged). Lanes past the tile
+ * are 0. */
+#define PREP_BLOCKS 256 /* blocks per chunk: rows of up to 8192 elements in one */
+
+typedef struct tile_scales {
+    _Alignas(32) float dx[PREP_BLOCKS][TILE_ROWS];
+    _Alignas(32) float sx[PREP_BLOCKS][TILE_ROWS];
+} tile_scales;
+
+/* A pair's running sums while its row comes in several chunks. */
+typedef struct pair_state {
     __m256 acc[TILE_ROWS];
-    float mins[TILE_ROWS];
-    UNROLL
-    for (int r = 0; r < nr; r++) {
-        acc[r] = _mm256_setzero_ps();
-        mins[r] = 0.0f;
+    __m256 mins;
+} pair_state;
+
+INLINE void prepare_scales(enum bkind k, int nr, int64_t i0, int64_t i1, const uint8_t *X, size_t x_stride,
+                           tile_scales *ts) {
+    for (int64_t i = i0; i < i1; i++) {
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *xb = X + (size_t)r * x_stride + (size_t)i * x_bytes(k);
+            ts->dx[i - i0][r] = half(xb);
+            ts->sx[i - i0][r] = k == B_Q4_1 ? half(xb + 2) : 0.0f;
+        }
+        for (int r = nr; r < TILE_ROWS; r++)
+            ts->dx[i - i0][r] = ts->sx[i - i0][r] = 0.0f;
     }
+}
+
+/* Blocks [i0, i1) of one weight row against nr activation rows (row r at
+ * X + r * x_stride), their scales prepared in ts. A row done in one chunk
+ * (i0 == 0, i1 == nb) keeps its sums in registers; else they wait in st. */
+INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_t i1, int64_t nb,
+                      const uint8_t *X, size_t x_stride, const tile_scales *ts, pair_state *st, float *y,
+                      int64_t y_stride) {
+    __m256 acc[TILE_ROWS];
+    __m256 mins = i0 == 0 ? _mm256_setzero_ps() : st->mins; /* lane r: row r's min term */
+    UNROLL
+    for (int r = 0; r < nr; r++)
+        acc[r] = i0 == 0 ? _mm256_setzero_ps() : st->acc[r];
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t i = 0; i < nb; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         const uint8_t *wb = w + (size_t)i * w_bytes(k);
-        const float dw = half(wb);
         __m256i codes, abs_codes = _mm256_setzero_si256();
-        float mw = 0.0f;
         if (k == B_Q4_1) {
             /* elements 0-15 are the low nibbles, 16-31 the high ones */
             __m128i raw = _mm_loadu_si128((const __m128i *)(wb + 4));
             codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
-            mw = half(wb + 2);
+            mins = _mm256_fmadd_ps(_mm256_set1_ps(half(wb + 2)), _mm256_load_ps(ts->sx[i - i0]), mins);
         } else {
             codes = _mm256_loadu_si256((const __m256i *)(wb + 2));
             abs_codes = _mm256_sign_epi8(codes, codes); /* maddubs wants one unsigned side */
         }
+        _Alignas(32) float scale[TILE_ROWS]; /* d_w * d_x per row */
+        _mm256_store_ps(scale, _mm256_mul_ps(_mm256_set1_ps(half(wb)), _mm256_load_ps(ts->dx[i - i0])));
         UNROLL
         for (int r = 0; r < nr; r++) {
             const uint8_t *xb = X + (size_t)r * x_stride + (size_t)i * x_bytes(k);
@@ -65,21 +98,56 @@ INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t nb, const 
             __m256i p16 = k == B_Q4_1 ? _mm256_maddubs_epi16(codes, xq)
                                       : _mm256_maddubs_epi16(abs_codes, _mm256_sign_epi8(xq, codes));
             __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * half(xb)), lanes, acc[r]);
-            if (k == B_Q4_1)
-                mins[r] = __builtin_fmaf(mw, half(xb + 2), mins[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[r]), lanes, acc[r]);
         }
     }
+    if (i1 < nb) {
+        UNROLL
+        for (int r = 0; r < nr; r++)
+            st->acc[r] = acc[r];
+        st->mins = mins;
+        return;
+    }
+    _Alignas(32) float m[TILE_ROWS];
+    _mm256_store_ps(m, mins);
     UNROLL
     for (int r = 0; r < nr; r++)
-        y[r * y_stride] = k == B_Q4_1 ? hsum_ps(acc[r]) + mins[r] : hsum_ps(acc[r]);
+        y[r * y_stride] = k == B_Q4_1 ? hsum_ps(acc[r]) + m[r] : hsum_ps(acc[r]);
 }
 
-INLINE void pair_rows_nr(enum bkind k, int nr, const uint8_t *w, int64_t nb, const uint8_t *X, size_t x_stride,
-                         float *y, int64_t y_stride) {
+/* One weight row against one activation row (decode): the scales are
+ * converted where they are used, as a lone pair needs each once. Same
+ * operations as pair_rows. (Running several weight rows side by side, for
+ * more independent fma chains, measured slower in the engine.) */
+INLINE float one_pair(enum bkind k, const uint8_t *w, int64_t nb, const uint8_t *x) {
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *xb = x + (size_t)i * x_bytes(k), *wb = w + (size_t)i * w_bytes(k);
+        const __m256i xq = _mm256_loadu_si256((const __m256i *)(xb + (k == B_Q4_1 ? 4 : 2)));
+        __m256i p16;
+        if (k == B_Q4_1) {
+            __m128i raw = _mm_loadu_si128((const __m128i *)(wb + 4));
+            __m256i codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+            p16 = _mm256_maddubs_epi16(codes, xq);
+            mins = __builtin_fmaf(half(wb + 2), half(xb + 2), mins);
+        } else {
+            __m256i codes = _mm256_loadu_si256((const __m256i *)(wb + 2));
+            p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(codes, codes), _mm256_sign_epi8(xq, codes));
+        }
+        __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(wb) * half(xb)), lanes, acc);
+    }
+    return k == B_Q4_1 ? hsum_ps(acc) + mins : hsum_ps(acc);
+}
+
+INLINE void pair_rows_nr(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_t i1, int64_t nb,
+                         const uint8_t *X, size_t x_stride, const tile_scales *ts, pair_state *st, float *y,
+                         int64_t y_stride) {
     switch (nr) { /* a compile-time tile height per case */
 #define CASE(n) \
-    case n: pair_rows(k, n, w, nb, X, x_stride, y, y_stride); break;
+    case n: pair_rows(k, n, w, i0, i1, nb, X, x_stride, ts, st, y, y_stride); break;
     CASE(1)
     CASE(2)
     CASE(3)
@@ -88,22 +156,51 @@ INLINE void pair_rows_nr(enum bkind k, int nr, const uint8_t *w, int64_t nb, con
     CASE(6)
     CASE(7)
 #undef CASE
-    default: pair_rows(k, TILE_ROWS, w, nb, X, x_stride, y, y_stride); break;
+    default: pair_rows(k, TILE_ROWS, w, i0, i1, nb, X, x_stride, ts, st, y, y_stride); break;
     }
 }
 
+/* Weight rows go in blocks of O_BLOCK, which stay in cache while all
+ * activation rows pass over them a tile at a time; a tile's scales are
+ * prepared per weight block (a few percent of the work). A single tile
+ * (short verification) is prepared once for all weight rows; a single row
+ * (decode) needs no preparing. */
 INLINE void blockwise_matmul(enum bkind k, const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
                              int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows, float *y,
                              int64_t y_stride) {
     const int64_t nb = n_in / TD_QK;
     const uint8_t *Wb = W, *X = xq;
-    for (int64_t o0 = o_lo; o0 < o_hi; o0 += O_BLOCK) {
-        const int64_t o1 = o0 + O_BLOCK < o_hi ? o0 + O_BLOCK : o_hi;
+    const int64_t o_step = n_rows <= TILE_ROWS ? o_hi - o_lo : O_BLOCK;
+    tile_scales ts;
+    pair_state st[O_BLOCK];
+    for (int64_t o0 = o_lo; o0 < o_hi; o0 += o_step) {
+        const int64_t o1 = o0 + o_step < o_hi ? o0 + o_step : o_hi;
         for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
             const int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
-            for (int64_t o = o0; o < o1; o++)
-                pair_rows_nr(k, nr, Wb + (size_t)o * w_stride, nb, X + (size_t)r0 * x_stride, x_stride,
-                             y + r0 * y_stride + o, y_stride);
+            const uint8_t *Xr = X + (size_t)r0 * x_stride;
+            if (nr == 1) {
+                for (int64_t o = o0; o < o1; o++)
+                    y[r0 * y_stride + o] = one_pair(k, Wb + (size_t)o * w_stride, nb, Xr);
+                continue;
+            }
+            if (nb <= PREP_BLOCKS) { /* the common case: whole rows, sums in registers */
+                prepare_scales(k, nr, 0, nb, Xr, x_stride, &ts);
+                for (int64_t o = o0; o < o1; o++)
+                    pair_rows_nr(k, nr, Wb + (size_t)o * w_stride, 0, nb, nb, Xr, x_stride, &ts, NULL,
+                                 y + r0 * y_stride + o, y_stride);
+                continue;
+            }
+            /* long rows in chunks, O_BLOCK weight rows at a time */
+            for (int64_t ob = o0; ob < o1; ob += O_BLOCK) {
+                const int64_t ob1 = ob + O_BLOCK < o1 ? ob + O_BLOCK : o1;
+                for (int64_t i0 = 0; i0 < nb; i0 += PREP_BLOCKS) {
+                    const int64_t i1 = i0 + PREP_BLOCKS < nb ? i0 + PREP_BLOCKS : nb;
+                    prepare_scales(k, nr, i0, i1, Xr, x_stride, &ts);
+                    for (int64_t o = ob; o < ob1; o++)
+                        pair_rows_nr(k, nr, Wb + (size_t)o * w_stride, i0, i1, nb, Xr, x_stride, &ts,
+                                     &st[o - ob], y + r0 * y_stride + o, y_stride);
+                }
+            }
         }
     }
 }

@@ -306,20 +306,32 @@ void td_quant_ref_dot_q4_0(int64_t n, float *s, const void *x, const void *y) {
 }
 
 /* sum_j (q_j d_x + m_x) d_y y_j = d_x d_y sum q_j y_j + m_x s_y */
+/* Q4_1 and Q8_0 in llama.cpp's order (see quant_blockwise_avx2.c): eight
+ * lanes, lane l holding the int sum of elements 4l..4l+3 of each block,
+ * acc[l] = fma(d_w * d_x, lane, acc[l]) block by block, the Q4_1 min term in
+ * its own fma chain, lanes summed by ref_lanes_sum. The SIMD kernels give
+ * these bits exactly. */
+static float ref_lanes_sum(const float l[8]) {
+    float c0 = l[0] + l[4], c1 = l[1] + l[5], c2 = l[2] + l[6], c3 = l[3] + l[7];
+    return (c0 + c2) + (c1 + c3);
+}
+
 void td_quant_ref_dot_q4_1(int64_t n, float *s, const void *x, const void *y) {
     assert(n % TD_QK == 0);
     const td_block_q4_1 *a = x;
     const td_block_q8_1 *b = y;
-    float sum = 0;
+    float acc[8] = {0}, mins = 0;
     for (int64_t i = 0; i < n / TD_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < 16; j++) {
-            sumi += (a[i].qs[j] & 0x0F) * b[i].qs[j];
-            sumi += (a[i].qs[j] >> 4) * b[i].qs[j + 16];
+        float scale = h2f(a[i].d) * h2f(b[i].d);
+        for (int l = 0; l < 8; l++) {
+            int sumi = 0;
+            for (int e = 4 * l; e < 4 * l + 4; e++) /* element e: low nibbles first */
+                sumi += (e < 16 ? a[i].qs[e] & 0x0F : a[i].qs[e - 16] >> 4) * b[i].qs[e];
+            acc[l] = fmaf(scale, (float)sumi, acc[l]);
         }
-        sum += h2f(a[i].d) * h2f(b[i].d) * (float)sumi + h2f(a[i].m) * h2f(b[i].s);
+        mins = fmaf(h2f(a[i].m), h2f(b[i].s), mins);
     }
-    *s = sum;
+    *s = ref_lanes_sum(acc) + mins;
 }
 
 void td_quant_ref_dot_q5_0(int64_t n, float *s, const void *x, const void *y) {
@@ -355,14 +367,17 @@ void td_quant_ref_dot_q5_1(int64_t n, float *s, const void *x, const void *y) {
 void td_quant_ref_dot_q8_0(int64_t n, float *s, const void *x, const void *y) {
     assert(n % TD_QK == 0);
     const td_block_q8_0 *a = x, *b = y;
-    float sum = 0;
+    float acc[8] = {0};
     for (int64_t i = 0; i < n / TD_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < 32; j++)
-            sumi += a[i].qs[j] * b[i].qs[j];
-        sum += h2f(a[i].d) * h2f(b[i].d) * (float)sumi;
+        float scale = h2f(a[i].d) * h2f(b[i].d);
+        for (int l = 0; l < 8; l++) {
+            int sumi = 0;
+            for (int e = 4 * l; e < 4 * l + 4; e++)
+                sumi += a[i].qs[e] * b[i].qs[e];
+            acc[l] = fmaf(scale, (float)sumi, acc[l]);
+        }
     }
-    *s = sum;
+    *s = ref_lanes_sum(acc);
 }
 
 /* K-quants against Q8_K: per super-block the scaled code sum is an exact

@@ -780,6 +780,43 @@ static void matmul_vs_ref(void **state) {
     }
 }
 
+/* The AVX2 Q4_1 / Q8_0 matmuls give the bits of the scalar reference dot,
+ * which spells out llama.cpp's per-block order: short rows and rows long
+ * enough to go in chunks, one tile and two. */
+static void matmul_reference_order(void **state) {
+    (void)state;
+    const uint32_t types[] = {TD_TYPE_Q4_1, TD_TYPE_Q8_0};
+    const int64_t ins[] = {576, 32 * 601};
+    for (int ti = 0; ti < 2; ti++) {
+        for (int ii = 0; ii < 2; ii++) {
+            uint32_t t = types[ti];
+            const td_type_traits *rf = td_quant_traits_ref(t);
+            const int64_t n_in = ins[ii], n_out = 7, rows = 9;
+            float *w = malloc((size_t)(n_in * n_out) * sizeof(float)), *x = malloc((size_t)(n_in * rows) * sizeof(float));
+            assert_true(w && x);
+            fill_random(w, n_in * n_out, 0.05f);
+            fill_random(x, n_in * rows, 1.0f);
+            size_t wrb = td_quant_row_bytes(t, n_in), xrb = td_quant_row_bytes(rf->vec_dot_type, n_in);
+            uint8_t *W = malloc(wrb * (size_t)n_out), *X = malloc(xrb * (size_t)rows);
+            float *y = malloc((size_t)(rows * n_out) * sizeof(float));
+            assert_true(W && X && y);
+            for (int64_t o = 0; o < n_out; o++)
+                rf->from_float(w + o * n_in, W + (size_t)o * wrb, n_in);
+            td_quant_activations(t, x, n_in, rows, X);
+            td_quant_matmul_in(TD_NUMERICS_REFERENCE, t, W, n_in, 0, n_out, X, rows, y, n_out);
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t o = 0; o < n_out; o++) {
+                    float s;
+                    rf->vec_dot(n_in, &s, W + (size_t)o * wrb, X + (size_t)r * xrb);
+                    if (memcmp(&s, &y[r * n_out + o], sizeof s) != 0)
+                        fail_msg("%s n_in=%lld y[%lld][%lld]: kernel %.9g, reference order %.9g", rf->name,
+                                 (long long)n_in, (long long)r, (long long)o, y[r * n_out + o], s);
+                }
+            free(w); free(x); free(W); free(X); free(y);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(table_facts),
@@ -793,6 +830,7 @@ int main(void) {
         cmocka_unit_test(vec_dot_simd_vs_ref),
         cmocka_unit_test(matmul_batch_invariance),
         cmocka_unit_test(matmul_vs_ref),
+        cmocka_unit_test(matmul_reference_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
