@@ -39,10 +39,10 @@ const char *td_cli_value(const char *cmd, int argc, char **argv, int *i);
 /* --numerics reference|fast; prints the error and returns false otherwise. */
 bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out);
 #define TD_CLI_NUMERICS_HELP \
-    "  --numerics MODE       reference (default): matmuls in llama.cpp's summation order,\n" \
-    "                        logits bit-identical to its CPU build on Q4_1/Q8_0 models;\n" \
-    "                        fast: interleaved kernels, multi-row passes (prefill,\n" \
-    "                        speculative verification) about 2x cheaper, last bits differ\n"
+    "  --numerics MODE       fast (default): interleaved matmul kernels, cheapest passes over\n" \
+    "                        many rows (prefill, speculative verification); reference:\n" \
+    "                        llama.cpp's summation order, logits bit-identical to its CPU\n" \
+    "                        build on Q4_1/Q8_0 models (8-row passes about a quarter dearer)\n"
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer. */
 char *td_cli_read_file(const char *cmd, const char *path, size_t *len);

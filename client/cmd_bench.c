@@ -146,12 +146,12 @@ static int bench_engine(int argc, char **argv) {
     const char *model = td_cli_default_model(buf, sizeof buf), *text_file = "tests/fixtures/english.txt";
     const char *threads_list = "1,2";
     long repeats = 5, context = 64;
-    td_numerics numerics = TD_NUMERICS_REFERENCE;
+    td_numerics numerics = TD_NUMERICS_FAST;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n"
-                 "                           [--context N] [--numerics reference|fast]\n\n"
+                 "                           [--context N] [--numerics fast|reference]\n\n"
                  "Decode tok/s (128 tokens after an N-token prompt), prefill tok/s (512-token batch),\n"
                  "verification cost of 1,2,4,8,16 rows after the N-token prompt relative to 1 row,\n"
                  "read bandwidth and the decode speed as a share of the bandwidth limit. Prompt\n"

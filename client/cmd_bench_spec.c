@@ -129,7 +129,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *prompts = NULL;
     long limit = 0, threads = 0, max_tokens = 256, k = 8;
-    td_numerics numerics = TD_NUMERICS_REFERENCE;
+    td_numerics numerics = TD_NUMERICS_FAST;
     double row_cost = 0;
     bench *b = calloc(1, sizeof *b);
     if (!b) return 1;
@@ -139,7 +139,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench spec --prompts FILE.jsonl [--limit N] [--draft LIST]... [--max-tokens N]\n"
                  "                         [--draft-max K] [--row-cost C] [--threads N] [--model PATH]\n"
-                 "                         [--numerics reference|fast]\n\n"
+                 "                         [--numerics fast|reference]\n\n"
                  "Each question (JSON lines: category, turns) is answered with plain greedy decoding and\n"
                  "with each --draft configuration (default: lookup, ngram, recycle, layerskip, auto),\n"
                  "side by side. Prints per task group: speedup over plain decoding (wall time of the\n"

@@ -67,7 +67,7 @@ int td_cmd_generate(int argc, char **argv) {
     size_t n_stop = 0;
     bool chat = false, parse_special = true;
     long max_tokens = 128, threads = 0, ctx_len = 0;
-    td_numerics numerics = TD_NUMERICS_REFERENCE;
+    td_numerics numerics = TD_NUMERICS_FAST;
     td_gen_params gp = {.sample = td_sample_defaults()};
     const char *draft = "none";
     td_spec_params spp = td_spec_defaults();

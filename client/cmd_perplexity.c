@@ -23,12 +23,12 @@ int td_cmd_perplexity(int argc, char **argv) {
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *file = NULL;
     long ctx_len = 512, threads = 0, batch = 512, max_tokens = 0;
-    td_numerics numerics = TD_NUMERICS_REFERENCE;
+    td_numerics numerics = TD_NUMERICS_FAST;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem perplexity [--model PATH] --file TEXT [--ctx N] [--batch N] [--max-tokens N] [--threads N]\n"
-                 "                        [--numerics reference|fast]\n\n"
+                 "                        [--numerics fast|reference]\n\n"
                  "Scores the file's tokens: each window of --ctx tokens (default 512) is evaluated\n"
                  "with logits for every row, in batches of --batch rows (default 512).\n"
                  "Prints the perplexity exp(mean negative log-likelihood) and the token count.\n\n"

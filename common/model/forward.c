@@ -319,6 +319,7 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
     if (!m || max_rows < 1) return NULL;
     td_ctx *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    c->numerics = TD_NUMERICS_FAST;
     const td_hparams *hp = &m->hp;
     size_t R = (size_t)max_rows;
     size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;

@@ -87,7 +87,7 @@ typedef struct td_ctx td_ctx;
 td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool);
 void td_ctx_destroy(td_ctx *c);
 int32_t td_ctx_max_rows(const td_ctx *c);
-/* The matmuls' summation order (quant.h); TD_NUMERICS_REFERENCE unless set. */
+/* The matmuls' summation order (quant.h); TD_NUMERICS_FAST unless set. */
 void td_ctx_set_numerics(td_ctx *c, td_numerics order);
 
 /* Runs rows through the model, appending their K/V to the cache.

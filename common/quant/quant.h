@@ -72,10 +72,11 @@ uint16_t td_f32_to_bf16(float f);
 /* Summation order of the matmuls.
  *   REFERENCE: llama.cpp's x86 CPU order, block by block (one convert and
  *     fma per 32 weights): on Q4_1 and Q8_0 weights the logits carry the
- *     reference's bits. The default.
+ *     reference's bits.
  *   FAST: interleaved kernels that share that work across four blocks;
- *     several activation rows (prefill, verification) cost about half as
- *     much, and results differ from the reference in the last bits.
+ *     passes over several activation rows (prefill, verification) cost
+ *     noticeably less, and results differ from the reference in the last
+ *     bits. The engine's default (td_ctx).
  * Formats without a reference-order kernel have one kernel, used by both.
  * Either order is fixed per output, so results stay batch invariant. */
 typedef enum td_numerics { TD_NUMERICS_REFERENCE, TD_NUMERICS_FAST } td_numerics;

@@ -7,6 +7,7 @@ tandem / llama.cpp. Figures only: nothing passes or fails.
 
 usage: ~/.cache/tandem/refvenv/bin/python tests/bench/engine_vs_llamacpp.py \
            [--tandem build/tandem] [--model PATH] [--threads 1,2] [--rounds 3] [--repeats 3]
+           [--numerics fast|reference]
 """
 import argparse
 import json
@@ -24,6 +25,8 @@ ap.add_argument("--model", default=os.path.expanduser("~/.cache/tandem/models/Sm
 ap.add_argument("--threads", default="1,2")
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--repeats", type=int, default=3)
+ap.add_argument("--numerics", default="fast", choices=["fast", "reference"],
+                help="tandem's matmul order (see tandem bench engine --help)")
 args = ap.parse_args()
 threads = [int(t) for t in args.threads.split(",")]
 text = os.path.join(root, "tests", "fixtures", "english.txt")
@@ -33,7 +36,7 @@ ref = {t: {"decode": [], "prefill": [], "verify": {}} for t in threads}
 bw = {}
 for rnd in range(args.rounds):
     out = subprocess.run([args.tandem, "bench", "engine", "--model", args.model, "--text", text,
-                          "--threads", args.threads, "--repeats", str(args.repeats)],
+                          "--threads", args.threads, "--repeats", str(args.repeats), "--numerics", args.numerics],
                          check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
         m = re.match(r"threads (\d+): decode ([\d.]+) tok/s .* prefill ([\d.]+) tok/s", line)
@@ -61,7 +64,8 @@ for rnd in range(args.rounds):
     print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
 
 med = statistics.median
-print(f"model {os.path.basename(args.model)}; medians over {args.rounds} alternating rounds of {args.repeats} repeats")
+print(f"model {os.path.basename(args.model)}; tandem --numerics {args.numerics}; "
+      f"medians over {args.rounds} alternating rounds of {args.repeats} repeats")
 print(f"{'threads':>7} | {'decode tok/s tandem / llama.cpp (ratio)':>42} | {'prefill tok/s tandem / llama.cpp (ratio)':>42}")
 for t in threads:
     d1, d2 = med(ours[t]["decode"]), med(ref[t]["decode"])
