@@ -26,18 +26,6 @@ void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float 
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-static float bits_to_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static uint32_t f32_to_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
 /* e^x by the vector algorithm llama.cpp's CPU build uses for softmax and
  * SiLU (x = n ln2 + b, b split into two ln2 parts, a degree-5 polynomial in
  * b, 2^n put into the exponent; special scaling when |n| > 126), operation
@@ -48,8 +36,8 @@ float td_op_exp(float x) {
     float z = fmaf(x, 0x1.715476p+0f, shift);
     float n = z - shift;
     float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
-    uint32_t e = f32_to_bits(z) << 23;
-    float k = bits_to_f32(e + f32_to_bits(1.0f));
+    uint32_t e = td_f32_bits(z) << 23;
+    float k = td_bits_f32(e + td_f32_bits(1.0f));
     float u = b * b;
     float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
                    0x1.ffffecp-1f * b);
@@ -57,7 +45,7 @@ float td_op_exp(float x) {
         return fmaf(k, j, k);
     /* 2^n out of range for one scale: split it in two (or saturate) */
     uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
-    float s1 = bits_to_f32(g + 0x7f000000u), s2 = bits_to_f32(e - g);
+    float s1 = td_bits_f32(g + 0x7f000000u), s2 = td_bits_f32(e - g);
     if (fabsf(n) > 192.0f)
         return s1 * s1;
     return fmaf(s2, j, s2) * s1;

@@ -11,18 +11,6 @@
 
 /* ---- fp16 / bf16 ---- */
 
-static uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 float td_fp16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
@@ -31,15 +19,15 @@ float td_fp16_to_f32(uint16_t h) {
         return sign ? -v : v;
     }
     if (exp == 31) /* inf / NaN: payload kept */
-        return bits_f32(sign | 0x7F800000u | (mant << 13));
-    return bits_f32(sign | ((exp + 112) << 23) | (mant << 13));
+        return td_bits_f32(sign | 0x7F800000u | (mant << 13));
+    return td_bits_f32(sign | ((exp + 112) << 23) | (mant << 13));
 }
 
 /* Round to nearest, ties to even, like the F16C instruction, so that the
  * scalar and SIMD paths store identical bits. NaN stays NaN (quieted, top
  * payload bits kept). */
 uint16_t td_f32_to_fp16(float f) {
-    uint32_t x = f32_bits(f);
+    uint32_t x = td_f32_bits(f);
     uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
     x &= 0x7FFFFFFF;
     if (x > 0x7F800000) /* NaN */
@@ -65,11 +53,11 @@ uint16_t td_f32_to_fp16(float f) {
 }
 
 float td_bf16_to_f32(uint16_t h) {
-    return bits_f32((uint32_t)h << 16);
+    return td_bits_f32((uint32_t)h << 16);
 }
 
 uint16_t td_f32_to_bf16(float f) {
-    uint32_t x = f32_bits(f);
+    uint32_t x = td_f32_bits(f);
     if ((x & 0x7FFFFFFF) > 0x7F800000)
         return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
     x += 0x7FFF + ((x >> 16) & 1); /* ties to even */

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum {
     TD_OK = 0,
@@ -34,6 +35,20 @@ int td_err_set(td_err *err, int code, const char *fmt, ...)
 
 /* Name of a status code, e.g. "format error". */
 const char *td_err_name(int code);
+
+/* ---- float bits ---- */
+/* The bits of a float and back (memcpy: no aliasing games). */
+static inline uint32_t td_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float td_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 
 /* ---- checked arithmetic (returns false on overflow) ---- */
 static inline bool td_add_u64(uint64_t a, uint64_t b, uint64_t *out) {
