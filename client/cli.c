@@ -96,6 +96,15 @@ bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out) {
     return true;
 }
 
+bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order) {
+    if (order != TD_NUMERICS_REFERENCE) return true;
+    fprintf(stderr,
+            "tandem %s: --draft needs --numerics fast: reference order reproduces llama.cpp, which computes a\n"
+            "one-token pass's attention differently from a batch's, so a verification pass could not\n"
+            "reproduce plain decoding bit for bit\n", cmd);
+    return false;
+}
+
 const char *td_cli_value(const char *cmd, int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
         fprintf(stderr, "tandem %s: %s needs a value\n", cmd, argv[*i]);

@@ -38,11 +38,17 @@ bool td_cli_float(const char *cmd, const char *opt, const char *val, double lo, 
 const char *td_cli_value(const char *cmd, int argc, char **argv, int *i);
 /* --numerics reference|fast; prints the error and returns false otherwise. */
 bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out);
+/* Speculation needs batch-invariant numerics; reference order is not (a
+ * one-row pass takes llama.cpp's one-token attention). Prints why and
+ * returns false for that combination. */
+bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);
 #define TD_CLI_NUMERICS_HELP \
     "  --numerics MODE       fast (default): interleaved matmul kernels, cheapest passes over\n" \
     "                        many rows (prefill, speculative verification); reference:\n" \
     "                        llama.cpp's summation order, logits bit-identical to its CPU\n" \
-    "                        build on Q4_1/Q8_0 models (8-row passes about a quarter dearer)\n"
+    "                        build on Q4_1/Q8_0 models, a one-token pass included (8-row\n" \
+    "                        passes about a quarter dearer; no --draft: speculation needs\n" \
+    "                        the batch invariance fast keeps)\n"
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer. */
 char *td_cli_read_file(const char *cmd, const char *path, size_t *len);

@@ -173,6 +173,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
         static const char *defaults[] = {"lookup", "ngram", "recycle", "layerskip", "auto"};
         for (int i = 0; i < 5; i++) b->configs[b->n_configs++] = defaults[i];
     }
+    if (!td_cli_numerics_allow_speculation(cmd, numerics)) { free(b); return 2; }
     b->spp.draft_max = (int32_t)k;
     b->max_tokens = (int32_t)max_tokens;
     b->max_len = 4096;

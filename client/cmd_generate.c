@@ -115,6 +115,7 @@ int td_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tandem generate: give exactly one of --prompt or --prompt-file\n");
         return 2;
     }
+    if (strcmp(draft, "none") != 0 && !td_cli_numerics_allow_speculation(cmd, numerics)) return 2;
     char *file_text = NULL;
     if (prompt_file && !(prompt = file_text = td_cli_read_file(cmd, prompt_file, NULL))) return 1;
 

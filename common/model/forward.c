@@ -52,7 +52,7 @@ struct td_ctx {
     int32_t n_groups;
     int32_t *order;   /* (max_rows) row indices grouped by sequence */
     float *tile;      /* (n_threads, TD_ATTN_TILE * head_dim) */
-    float *lanes;     /* (n_threads, TD_ATTN_MAX_QUERIES, 8 * head_dim) td_attn_query.lanes */
+    float *lanes;     /* (n_threads, TD_ATTN_MAX_QUERIES, TD_ATTN_LANE_SETS * head_dim) td_attn_query.lanes */
 };
 
 /* ---- parallel jobs ---- */
@@ -235,10 +235,11 @@ static void attn_worker(void *arg, int ith, int nth) {
     int64_t q_dim = (int64_t)hp->n_head * hd;
     float *scores = c->scores + (size_t)ith * TD_ATTN_MAX_QUERIES * c->scores_len;
     int32_t *chains = c->chain + (size_t)ith * TD_ATTN_MAX_QUERIES * c->max_rows;
-    float *lanes = c->lanes + (size_t)ith * TD_ATTN_MAX_QUERIES * 8 * hd;
+    float *lanes = c->lanes + (size_t)ith * TD_ATTN_MAX_QUERIES * TD_ATTN_LANE_SETS * hd;
     td_attn_query qs[TD_ATTN_MAX_QUERIES];
     td_attn_batch b = {.kv = j->kv, .layer = j->layer, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
                        .qs = qs, .tile = c->tile + (size_t)ith * TD_ATTN_TILE * hd};
+    b.lone = c->numerics == TD_NUMERICS_REFERENCE && j->n_rows == 1;
     int64_t lo, hi, item = 0;
     td_split((int64_t)j->n_rows * hp->n_head, ith, nth, &lo, &hi);
     for (int32_t e = 0; e < c->n_groups && item < hi; e++) {
@@ -264,10 +265,13 @@ static void attn_worker(void *arg, int ith, int nth) {
                     qs[k] = (td_attn_query){.q = c->q + r * q_dim + (int64_t)h * hd,
                                             .out = c->xn + r * q_dim + (int64_t)h * hd,
                                             .scores = scores + (size_t)k * c->scores_len,
-                                            .lanes = lanes + (size_t)k * 8 * hd,
+                                            .lanes = lanes + (size_t)k * TD_ATTN_LANE_SETS * hd,
                                             .base = c->base[r], .chain = chain, .n_chain = n_chain};
                 }
-                c->ops.attend(&b);
+                if (b.lone)
+                    c->ops.attend_lone(&b);
+                else
+                    c->ops.attend(&b);
             }
         }
     }
@@ -343,7 +347,8 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
     c->groups = td_alloc(R * sizeof(td_attn_group));
     c->order = td_alloc(R * sizeof(int32_t));
     c->tile = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_TILE * hp->head_dim * sizeof(float));
-    c->lanes = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_MAX_QUERIES * 8 * hp->head_dim * sizeof(float));
+    c->lanes = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_MAX_QUERIES * TD_ATTN_LANE_SETS * hp->head_dim *
+                        sizeof(float));
     c->ops = td_op_select(hp->head_dim);
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
         !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile || !c->lanes) {
@@ -366,6 +371,8 @@ void td_ctx_destroy(td_ctx *c) {
 int32_t td_ctx_max_rows(const td_ctx *c) { return c->max_rows; }
 
 void td_ctx_set_numerics(td_ctx *c, td_numerics order) { c->numerics = order; }
+
+td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }
 
 /* ---- the pass ---- */
 

@@ -84,13 +84,14 @@ typedef struct td_attn_query {
     const float *q;              /* head_dim */
     float *out;                  /* head_dim */
     float *scores;               /* room for base + n_chain + 8 floats */
-    float *lanes;                /* 8 * head_dim floats of scratch */
+    float *lanes;                /* TD_ATTN_LANE_SETS * head_dim floats of scratch */
     int32_t base;
     const int32_t *chain;
     int32_t n_chain;
 } td_attn_query;
 
 #define TD_ATTN_MAX_QUERIES 16
+#define TD_ATTN_LANE_SETS 32     /* positions mod 32: the lone-row V sum's accumulators */
 #define TD_ATTN_TILE 64          /* cache positions widened to f32 at a time */
 
 typedef struct td_attn_batch {
@@ -102,6 +103,7 @@ typedef struct td_attn_batch {
     const td_attn_query *qs;
     int32_t n_q;                 /* 1 .. TD_ATTN_MAX_QUERIES */
     float *tile;                 /* TD_ATTN_TILE * head_dim floats of scratch */
+    bool lone;                   /* the pass's only row: llama.cpp's one-token order */
 } td_attn_batch;
 typedef void (*td_attend_fn)(const td_attn_batch *a);
 #define TD_ATTN_MAX_HEAD_DIM 256
@@ -109,12 +111,19 @@ typedef void (*td_attend_fn)(const td_attn_batch *a);
 typedef struct td_op_kernels {
     td_to_f16_fn to_f16;
     td_attend_fn attend;
+    td_attend_fn attend_lone; /* td_attn_batch.lone passes */
     td_silu_mul_fn silu_mul;
 } td_op_kernels;
 /* The fastest variant this CPU runs (AVX2+F16C, else scalar). */
 td_op_kernels td_op_select(int32_t head_dim);
 void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
 void td_op_attend_scalar(const td_attn_batch *a);
+/* A pass of one row in TD_NUMERICS_REFERENCE: llama.cpp computes a one-token
+ * batch's attention products with its f16 vector dot (four accumulators of
+ * eight lanes, 32 elements a step) instead of the batched kernel's single
+ * accumulator. Scalar; same softmax as the batched forms. */
+void td_op_attend_lone(const td_attn_batch *a);
+void td_op_attend_lone_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
 void td_op_attend_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
 /* Rounds a float to fp16 precision (what the reference does to attention
  * weights before they meet the fp16 V cache). */

@@ -103,6 +103,59 @@ void td_op_attend_scalar(const td_attn_batch *a) {
     }
 }
 
+/* llama.cpp's f16 vector dot of a one-token batch: element i goes to
+ * accumulator (i % 32) / 8, lane i % 8, for whole steps of 32; the four
+ * accumulators fold as (0+2)+(1+3) per lane, the lanes as upper half onto
+ * lower then ((0+1)+(2+3)); a tail of n % 32 elements is added in double. */
+static float lone_dot_fold(const float acc[TD_ATTN_LANE_SETS]) {
+    float s[8], t[4];
+    for (int l = 0; l < 8; l++) s[l] = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l]);
+    for (int l = 0; l < 4; l++) t[l] = s[l] + s[l + 4];
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
+
+void td_op_attend_lone(const td_attn_batch *a) {
+    int32_t hd = a->head_dim, steps = hd - hd % 32;
+    for (int32_t i = 0; i < a->n_q; i++) {
+        const td_attn_query *qq = &a->qs[i];
+        int32_t n = qq->base + qq->n_chain;
+        float q[TD_ATTN_MAX_HEAD_DIM], *sc = qq->scores;
+        for (int32_t d = 0; d < hd; d++) q[d] = td_op_round_f16(qq->q[d]);
+        float mx = -INFINITY;
+        for (int32_t t = 0; t < n; t++) {
+            const uint16_t *k = cache_row(a, qq, 0, t);
+            float acc[TD_ATTN_LANE_SETS] = {0};
+            for (int32_t d = 0; d < steps; d++) acc[d % 32] = fmaf(td_fp16_to_f32(k[d]), q[d], acc[d % 32]);
+            double dot = lone_dot_fold(acc);
+            for (int32_t d = steps; d < hd; d++) dot += (double)(td_fp16_to_f32(k[d]) * q[d]);
+            sc[t] = (float)dot * a->scale;
+            if (sc[t] > mx) mx = sc[t];
+        }
+        double sum = 0.0;
+        for (int32_t t0 = 0; t0 < n; t0 += 8) {
+            float lane[8] = {0};
+            for (int32_t j = 0; j < 8 && t0 + j < n; j++) lane[j] = sc[t0 + j] = td_op_exp(sc[t0 + j] - mx);
+            sum += (double)td_op_hsum8(lane);
+        }
+        float inv = (float)(1.0 / sum);
+        for (int32_t t = 0; t < n; t++) sc[t] = td_op_round_f16(sc[t] * inv);
+        /* V: the reference pads the cache to whole steps with zero weights,
+         * so every position is in a step of 32 */
+        float *acc = qq->lanes;
+        for (int32_t x = 0; x < TD_ATTN_LANE_SETS * hd; x++) acc[x] = 0.0f;
+        for (int32_t t = 0; t < n; t++) {
+            const uint16_t *v = cache_row(a, qq, 1, t);
+            float *set = acc + (size_t)(t % 32) * hd;
+            for (int32_t d = 0; d < hd; d++) set[d] = fmaf(td_fp16_to_f32(v[d]), sc[t], set[d]);
+        }
+        for (int32_t d = 0; d < hd; d++) {
+            float per[TD_ATTN_LANE_SETS];
+            for (int32_t l = 0; l < TD_ATTN_LANE_SETS; l++) per[l] = acc[(size_t)l * hd + d];
+            qq->out[d] = lone_dot_fold(per);
+        }
+    }
+}
+
 static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = td_f32_to_fp16(x[i]);
 }
@@ -110,9 +163,10 @@ static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
 td_op_kernels td_op_select(int32_t head_dim) {
     /* The quant module already checked AVX2, FMA and F16C for its kernels. */
     bool avx2 = strcmp(td_quant_kernel_name(), "avx2") == 0;
-    if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar, td_op_silu_mul_scalar};
-    return (td_op_kernels){td_op_to_f16_avx2, head_dim % 8 == 0 ? td_op_attend_avx2 : td_op_attend_scalar,
-                           td_op_silu_mul_avx2};
+    if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar, td_op_attend_lone, td_op_silu_mul_scalar};
+    bool vec = head_dim % 8 == 0;
+    return (td_op_kernels){td_op_to_f16_avx2, vec ? td_op_attend_avx2 : td_op_attend_scalar,
+                           vec ? td_op_attend_lone_avx2 : td_op_attend_lone, td_op_silu_mul_avx2};
 }
 
 float td_op_round_f16(float x) { return td_fp16_to_f32(td_f32_to_fp16(x)); }

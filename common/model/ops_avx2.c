@@ -261,6 +261,101 @@ static inline __attribute__((always_inline)) void attend(const td_attn_batch *a,
     }
 }
 
+/* Lane j of the result: the sum of a[j]'s lanes as llama.cpp's f16 vector
+ * dot folds them: upper half onto lower, then (0+1)+(2+3). */
+static inline __m256 fold8_lone(const __m256 a[8]) {
+    __m256 f[4];
+    for (int i = 0; i < 4; i++)
+        f[i] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x20),
+                             _mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x31));
+    /* lanes: [a0 a2 a4 a6 | a1 a3 a5 a7] */
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(f[0], f[1]), _mm256_hadd_ps(f[2], f[3]));
+    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* td_op_attend_lone with eight head elements per vector: the same
+ * accumulators, fold and softmax, so the same bits. */
+void td_op_attend_lone_avx2(const td_attn_batch *a) {
+    const int32_t hd = a->head_dim, nv = hd / 8, steps = hd - hd % 32;
+    for (int32_t i = 0; i < a->n_q; i++) {
+        const td_attn_query *qq = &a->qs[i];
+        const int32_t n = qq->base + qq->n_chain;
+        float q[TD_ATTN_MAX_HEAD_DIM], *sc = qq->scores;
+        for (int32_t d = 0; d < hd; d++) q[d] = td_op_round_f16(qq->q[d]);
+        /* scores eight positions at a time; steps of 32 in four
+         * accumulators, folded (0+2)+(1+3), then by fold8_lone */
+        _Alignas(32) static const uint16_t zero_row[TD_ATTN_MAX_HEAD_DIM];
+        __m256 vmax = _mm256_set1_ps(-INFINITY);
+        for (int32_t t0 = 0; t0 < n; t0 += 8) {
+            __m256 x[8];
+            for (int p = 0; p < 8; p++) {
+                const uint16_t *k = t0 + p < n ? row_at(a, qq, 0, t0 + p) : zero_row;
+                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int32_t d0 = 0; d0 < steps; d0 += 32)
+                    for (int j = 0; j < 4; j++)
+                        acc[j] = _mm256_fmadd_ps(load_f16(k + d0 + 8 * j), _mm256_loadu_ps(q + d0 + 8 * j), acc[j]);
+                x[p] = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+            }
+            __m256 dots = fold8_lone(x);
+            if (steps < hd) { /* a tail of head_dim % 32 elements, in double */
+                _Alignas(32) float f[8];
+                _mm256_store_ps(f, dots);
+                for (int p = 0; p < 8 && t0 + p < n; p++) {
+                    const uint16_t *k = row_at(a, qq, 0, t0 + p);
+                    double dot = f[p];
+                    for (int32_t d = steps; d < hd; d++) dot += (double)(_cvtsh_ss(k[d]) * q[d]);
+                    f[p] = (float)dot;
+                }
+                dots = _mm256_load_ps(f);
+            }
+            __m256 scv = _mm256_mul_ps(dots, _mm256_set1_ps(a->scale));
+            if (n - t0 < 8) scv = live_lanes(scv, t0, n);
+            _mm256_storeu_ps(sc + t0, scv);
+            vmax = _mm256_max_ps(vmax, scv);
+        }
+        const float mx = hmax(vmax);
+        double sum = 0.0;
+        const __m256 vmx = _mm256_set1_ps(mx);
+        for (int32_t t0 = 0; t0 < n; t0 += 8) {
+            __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(sc + t0), vmx)); /* padding: -inf, e = 0 */
+            _mm256_storeu_ps(sc + t0, e);
+            sum += (double)hsum1(e);
+        }
+        const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+        for (int32_t t0 = 0; t0 < n; t0 += 8)
+            _mm256_storeu_ps(sc + t0, round_f16_ps(_mm256_mul_ps(_mm256_loadu_ps(sc + t0), inv)));
+        /* V: set j (hd floats at acc + j * hd) sums positions t = j, j + 32,
+         * ... in order, eight vectors of the head in registers at a time */
+        float *acc = qq->lanes;
+        for (int32_t x = 0; x < TD_ATTN_LANE_SETS * hd; x++) acc[x] = 0.0f;
+        for (int32_t c0 = 0; c0 < nv; c0 += 8) {
+            const int32_t cn = nv - c0 < 8 ? nv - c0 : 8;
+            for (int32_t j = 0; j < TD_ATTN_LANE_SETS && j < n; j++) {
+                __m256 o[8];
+                for (int32_t k = 0; k < 8; k++) o[k] = _mm256_setzero_ps();
+                for (int32_t t = j; t < n; t += TD_ATTN_LANE_SETS) {
+                    const uint16_t *v = row_at(a, qq, 1, t) + 8 * c0;
+                    const __m256 w = _mm256_broadcast_ss(sc + t);
+                    UNROLL8 for (int32_t k = 0; k < 8; k++)
+                        if (k < cn) o[k] = _mm256_fmadd_ps(load_f16(v + 8 * k), w, o[k]);
+                }
+                for (int32_t k = 0; k < cn; k++) _mm256_storeu_ps(acc + (size_t)j * hd + 8 * (c0 + k), o[k]);
+            }
+        }
+        for (int32_t c = 0; c < nv; c++) {
+            __m256 sl[8];
+            for (int l = 0; l < 8; l++) {
+                const float *at = acc + 8 * c;
+                sl[l] = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(at + (size_t)l * hd), _mm256_loadu_ps(at + (size_t)(16 + l) * hd)),
+                                      _mm256_add_ps(_mm256_loadu_ps(at + (size_t)(8 + l) * hd), _mm256_loadu_ps(at + (size_t)(24 + l) * hd)));
+            }
+            __m256 t0 = _mm256_add_ps(sl[0], sl[4]), t1 = _mm256_add_ps(sl[1], sl[5]);
+            __m256 t2 = _mm256_add_ps(sl[2], sl[6]), t3 = _mm256_add_ps(sl[3], sl[7]);
+            _mm256_storeu_ps(qq->out + 8 * c, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
+        }
+    }
+}
+
 void td_op_attend_avx2(const td_attn_batch *a) {
     /* a constant vector count lets the compiler keep the head in registers */
     if (a->head_dim == 64)

@@ -78,7 +78,9 @@ uint16_t td_f32_to_bf16(float f);
  *     noticeably less, and results differ from the reference in the last
  *     bits. The engine's default (td_ctx).
  * Formats without a reference-order kernel have one kernel, used by both.
- * Either order is fixed per output, so results stay batch invariant. */
+ * Either order is fixed per output, so matmul results stay batch
+ * invariant (the model's reference mode adds one batch-dependent step, see
+ * td_attn_batch.lone). */
 typedef enum td_numerics { TD_NUMERICS_REFERENCE, TD_NUMERICS_FAST } td_numerics;
 
 /* Batched matrix-vector products, the hot spot of the whole engine.

@@ -281,6 +281,11 @@ static void bad_parameters_refused(void **s) {
     rq.n_prompt = N_PROMPT;
     rq.gen.sample.temperature = -1;
     assert_int_equal(td_spec_run(T.m, T.tok, ctx, kv, &rq, 1, NULL, 0, &spp, &err), TD_E_ARG);
+    rq.gen.sample.temperature = 0;
+    td_ctx_set_numerics(ctx, TD_NUMERICS_REFERENCE); /* not batch invariant: refused */
+    assert_int_equal(td_spec_run(T.m, T.tok, ctx, kv, &rq, 1, NULL, 0, &spp, &err), TD_E_ARG);
+    assert_non_null(strstr(err.msg, "batch-invariant"));
+    td_ctx_set_numerics(ctx, TD_NUMERICS_FAST);
     /* no drafters: plain decoding through the speculative loop */
     rq.gen.sample.temperature = 0;
     int32_t out[4], want[4];
