@@ -69,6 +69,20 @@ static const uint16_t *cache_row(const td_attn_batch *a, const td_attn_query *q,
     return td_kv_at(a->kv, a->seq, a->layer, which, slot) + a->head_off;
 }
 
+/* Scores to weights: e^(s - max) eight positions at a time, each group's
+ * sum added in double, then scaled and rounded to fp16 (they meet the fp16
+ * V cache), as llama.cpp's softmax and its f16 matmul do. */
+static void softmax_to_f16(float *sc, int32_t n, float mx) {
+    double sum = 0.0;
+    for (int32_t t0 = 0; t0 < n; t0 += 8) {
+        float lane[8] = {0};
+        for (int32_t j = 0; j < 8 && t0 + j < n; j++) lane[j] = sc[t0 + j] = td_op_exp(sc[t0 + j] - mx);
+        sum += (double)td_op_hsum8(lane);
+    }
+    float inv = (float)(1.0 / sum);
+    for (int32_t t = 0; t < n; t++) sc[t] = td_op_round_f16(sc[t] * inv);
+}
+
 /* The reference form: each query on its own, straight from the cache, in
  * the operation order of llama.cpp's CPU attention (f16 matmuls with eight
  * f32 lanes summed by td_op_hsum8; softmax eight positions at a time). */
@@ -87,14 +101,7 @@ void td_op_attend_scalar(const td_attn_batch *a) {
             sc[t] = td_op_hsum8(lane) * a->scale;
             if (sc[t] > mx) mx = sc[t];
         }
-        double sum = 0.0;
-        for (int32_t t0 = 0; t0 < n; t0 += 8) {
-            float lane[8] = {0};
-            for (int32_t j = 0; j < 8 && t0 + j < n; j++) lane[j] = sc[t0 + j] = td_op_exp(sc[t0 + j] - mx);
-            sum += (double)td_op_hsum8(lane);
-        }
-        float inv = (float)(1.0 / sum);
-        for (int32_t t = 0; t < n; t++) sc[t] = td_op_round_f16(sc[t] * inv);
+        softmax_to_f16(sc, n, mx);
         for (int32_t d = 0; d < hd; d++) {
             float lane[8] = {0};
             for (int32_t t = 0; t < n; t++) lane[t % 8] = fmaf(td_fp16_to_f32(cache_row(a, qq, 1, t)[d]), sc[t], lane[t % 8]);
@@ -131,14 +138,7 @@ void td_op_attend_lone(const td_attn_batch *a) {
             sc[t] = (float)dot * a->scale;
             if (sc[t] > mx) mx = sc[t];
         }
-        double sum = 0.0;
-        for (int32_t t0 = 0; t0 < n; t0 += 8) {
-            float lane[8] = {0};
-            for (int32_t j = 0; j < 8 && t0 + j < n; j++) lane[j] = sc[t0 + j] = td_op_exp(sc[t0 + j] - mx);
-            sum += (double)td_op_hsum8(lane);
-        }
-        float inv = (float)(1.0 / sum);
-        for (int32_t t = 0; t < n; t++) sc[t] = td_op_round_f16(sc[t] * inv);
+        softmax_to_f16(sc, n, mx);
         /* V: the reference pads the cache to whole steps with zero weights,
          * so every position is in a step of 32 */
         float *acc = qq->lanes;

@@ -18,6 +18,7 @@
 
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "model/model_internal.h" /* the attention kernels, tested directly below */
 #include "quant/quant.h"
 
 typedef struct fixture {
@@ -507,6 +508,79 @@ static void unsupported_architecture(void **s) {
     rmdir(dir);
 }
 
+/* The scalar attention kernels (the fallback on CPUs without AVX2) and the
+ * AVX2 ones give the same bits: batched queries (tiled prefix, partial
+ * groups of eight, a tree row with a chain of slots) and lone ones. */
+static float lcg_unit(uint32_t *state) {
+    *state = *state * 1664525u + 1013904223u;
+    return (float)(*state >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+}
+
+static void run_attention(td_attend_fn fn, const td_attn_batch *proto, const td_attn_query *qs_in, int nq,
+                          float *out, int32_t hd, int32_t n_max) {
+    td_attn_query qs[TD_ATTN_MAX_QUERIES];
+    float *scores = calloc((size_t)nq * (size_t)(n_max + 8), sizeof(float));
+    float *lanes = calloc((size_t)nq * TD_ATTN_LANE_SETS * (size_t)hd, sizeof(float));
+    float *tile = calloc((size_t)TD_ATTN_TILE * (size_t)hd, sizeof(float));
+    assert_true(scores && lanes && tile);
+    for (int i = 0; i < nq; i++) {
+        qs[i] = qs_in[i];
+        qs[i].out = out + (size_t)i * hd;
+        qs[i].scores = scores + (size_t)i * (n_max + 8);
+        qs[i].lanes = lanes + (size_t)i * TD_ATTN_LANE_SETS * hd;
+    }
+    td_attn_batch a = *proto;
+    a.qs = qs;
+    a.n_q = nq;
+    a.tile = tile;
+    fn(&a);
+    free(scores); free(lanes); free(tile);
+}
+
+static void attention_kernels_agree(void **s) {
+    (void)s;
+    if (strcmp(td_quant_kernel_name(), "avx2") != 0) skip(); /* nothing to compare against */
+    fixture f = {0};
+    assert_int_equal(make_tiny(&f, "--arch llama"), 0);
+    const td_hparams *hp = td_model_hparams(f.m);
+    const int32_t hd = hp->head_dim, n = 150;
+    td_kv *kv = td_kv_create(f.m, 1, 256);
+    assert_non_null(kv);
+    assert_int_equal(td_kv_reserve(kv, 0, n), TD_OK);
+    uint32_t rng = 12345;
+    for (int which = 0; which < 2; which++)
+        for (int32_t pos = 0; pos < n; pos++) {
+            uint16_t *row = td_kv_at(kv, 0, 0, which, pos);
+            for (int32_t d = 0; d < kv->kv_dim; d++) row[d] = td_f32_to_fp16(lcg_unit(&rng) * 2.0f);
+        }
+    enum { NQ = 6 };
+    float q[NQ][TD_ATTN_MAX_HEAD_DIM];
+    for (int i = 0; i < NQ; i++)
+        for (int32_t d = 0; d < hd; d++) q[i][d] = lcg_unit(&rng) * 3.0f;
+    static const int32_t chain[3] = {120, 121, 130};
+    const int32_t bases[NQ] = {n, n - 3, 7, 64, 1, 100};
+    td_attn_query qs[NQ];
+    for (int i = 0; i < NQ; i++)
+        qs[i] = (td_attn_query){.q = q[i], .base = bases[i], .chain = i == NQ - 1 ? chain : NULL,
+                                .n_chain = i == NQ - 1 ? 3 : 0};
+    td_attn_batch proto = {.kv = kv, .seq = 0, .layer = 0, .head_off = hd, .head_dim = hd,
+                           .scale = 1.0f / sqrtf((float)hd)};
+    float want[NQ * TD_ATTN_MAX_HEAD_DIM], got[NQ * TD_ATTN_MAX_HEAD_DIM];
+    for (int nq = 1; nq <= NQ; nq += NQ - 1) { /* one query (decode) and six (tiled) */
+        run_attention(td_op_attend_scalar, &proto, qs + (NQ - nq), nq, want, hd, n);
+        run_attention(td_op_attend_avx2, &proto, qs + (NQ - nq), nq, got, hd, n);
+        assert_memory_equal(got, want, (size_t)nq * hd * sizeof(float));
+        run_attention(td_op_attend_lone, &proto, qs + (NQ - nq), nq, want, hd, n);
+        run_attention(td_op_attend_lone_avx2, &proto, qs + (NQ - nq), nq, got, hd, n);
+        assert_memory_equal(got, want, (size_t)nq * hd * sizeof(float));
+    }
+    /* and the two orders are different computations (the test could fail) */
+    run_attention(td_op_attend_avx2, &proto, qs, NQ, want, hd, n);
+    assert_true(memcmp(got, want, (size_t)NQ * hd * sizeof(float)) != 0);
+    td_kv_destroy(kv);
+    drop_tiny(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matches_reference_llama_mixed_types),
@@ -518,6 +592,7 @@ int main(void) {
         cmocka_unit_test(tree_rows_match_linear_paths),
         cmocka_unit_test(bad_rows_are_refused),
         cmocka_unit_test(unsupported_architecture),
+        cmocka_unit_test(attention_kernels_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
