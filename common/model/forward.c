@@ -110,7 +110,8 @@ static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
 static void mm_task_run(const mm_job *job, const mm_task *t, int64_t lo, int64_t hi) {
     if (hi > t->w->n_out) hi = t->w->n_out;
     if (lo < hi)
-        td_quant_matmul_in(job->numerics, t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y, t->y_stride);
+        td_quant_matmul_in(job->numerics, t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y,
+                           t->y_stride);
 }
 
 static int64_t units_of(const mm_job *job, int64_t n_out) { return (n_out + job->chunk - 1) / job->chunk; }
@@ -238,8 +239,8 @@ static void attn_worker(void *arg, int ith, int nth) {
     float *lanes = c->lanes + (size_t)ith * TD_ATTN_MAX_QUERIES * TD_ATTN_LANE_SETS * hd;
     td_attn_query qs[TD_ATTN_MAX_QUERIES];
     td_attn_batch b = {.kv = j->kv, .layer = j->layer, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
-                       .qs = qs, .tile = c->tile + (size_t)ith * TD_ATTN_TILE * hd};
-    b.lone = c->numerics == TD_NUMERICS_REFERENCE && j->n_rows == 1;
+                       .qs = qs, .tile = c->tile + (size_t)ith * TD_ATTN_TILE * hd,
+                       .lone = c->numerics == TD_NUMERICS_REFERENCE && j->n_rows == 1};
     int64_t lo, hi, item = 0;
     td_split((int64_t)j->n_rows * hp->n_head, ith, nth, &lo, &hi);
     for (int32_t e = 0; e < c->n_groups && item < hi; e++) {

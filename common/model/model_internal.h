@@ -117,14 +117,14 @@ typedef struct td_op_kernels {
 /* The fastest variant this CPU runs (AVX2+F16C, else scalar). */
 td_op_kernels td_op_select(int32_t head_dim);
 void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
+/* Scalar form of both kinds of pass (batched, and a.lone below). */
 void td_op_attend_scalar(const td_attn_batch *a);
-/* A pass of one row in TD_NUMERICS_REFERENCE: llama.cpp computes a one-token
- * batch's attention products with its f16 vector dot (four accumulators of
- * eight lanes, 32 elements a step) instead of the batched kernel's single
- * accumulator. Scalar; same softmax as the batched forms. */
-void td_op_attend_lone(const td_attn_batch *a);
-void td_op_attend_lone_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
 void td_op_attend_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
+/* A pass of one row in TD_NUMERICS_REFERENCE (a.lone): llama.cpp computes a
+ * one-token batch's attention products with its f16 vector dot (four
+ * accumulators of eight lanes, 32 elements a step) instead of the batched
+ * kernel's single accumulator. Same softmax as the batched forms. */
+void td_op_attend_lone_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
 /* Rounds a float to fp16 precision (what the reference does to attention
  * weights before they meet the fp16 V cache). */
 float td_op_round_f16(float x);

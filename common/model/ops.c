@@ -83,33 +83,6 @@ static void softmax_to_f16(float *sc, int32_t n, float mx) {
     for (int32_t t = 0; t < n; t++) sc[t] = td_op_round_f16(sc[t] * inv);
 }
 
-/* The reference form: each query on its own, straight from the cache, in
- * the operation order of llama.cpp's CPU attention (f16 matmuls with eight
- * f32 lanes summed by td_op_hsum8; softmax eight positions at a time). */
-void td_op_attend_scalar(const td_attn_batch *a) {
-    int32_t hd = a->head_dim;
-    for (int32_t i = 0; i < a->n_q; i++) {
-        const td_attn_query *qq = &a->qs[i];
-        int32_t n = qq->base + qq->n_chain;
-        float q[TD_ATTN_MAX_HEAD_DIM], *sc = qq->scores;
-        for (int32_t d = 0; d < hd; d++) q[d] = td_op_round_f16(qq->q[d]);
-        float mx = -INFINITY;
-        for (int32_t t = 0; t < n; t++) {
-            const uint16_t *k = cache_row(a, qq, 0, t);
-            float lane[8] = {0};
-            for (int32_t d = 0; d < hd; d++) lane[d % 8] = fmaf(td_fp16_to_f32(k[d]), q[d], lane[d % 8]);
-            sc[t] = td_op_hsum8(lane) * a->scale;
-            if (sc[t] > mx) mx = sc[t];
-        }
-        softmax_to_f16(sc, n, mx);
-        for (int32_t d = 0; d < hd; d++) {
-            float lane[8] = {0};
-            for (int32_t t = 0; t < n; t++) lane[t % 8] = fmaf(td_fp16_to_f32(cache_row(a, qq, 1, t)[d]), sc[t], lane[t % 8]);
-            qq->out[d] = td_op_hsum8(lane);
-        }
-    }
-}
-
 /* llama.cpp's f16 vector dot of a one-token batch: element i goes to
  * accumulator (i % 32) / 8, lane i % 8, for whole steps of 32; the four
  * accumulators fold as (0+2)+(1+3) per lane, the lanes as upper half onto
@@ -121,8 +94,17 @@ static float lone_dot_fold(const float acc[TD_ATTN_LANE_SETS]) {
     return (t[0] + t[1]) + (t[2] + t[3]);
 }
 
-void td_op_attend_lone(const td_attn_batch *a) {
-    int32_t hd = a->head_dim, steps = hd - hd % 32;
+/* The reference form: each query on its own, straight from the cache, in
+ * the operation order of llama.cpp's CPU attention. Both products put
+ * element i in lane i % L and fold the lanes in a fixed order: the batched
+ * f16 matmul uses L = 8 and td_op_hsum8; the one-token vector dot (a.lone)
+ * L = 32 and lone_dot_fold, with a head tail past whole steps of 32 added
+ * in double (the reference pads positions to whole steps with zero weights,
+ * so the V sum has no tail). Softmax is the same in both. */
+void td_op_attend_scalar(const td_attn_batch *a) {
+    const int32_t hd = a->head_dim, L = a->lone ? TD_ATTN_LANE_SETS : 8;
+    const int32_t steps = a->lone ? hd - hd % 32 : hd;
+    float (*fold)(const float *) = a->lone ? lone_dot_fold : td_op_hsum8;
     for (int32_t i = 0; i < a->n_q; i++) {
         const td_attn_query *qq = &a->qs[i];
         int32_t n = qq->base + qq->n_chain;
@@ -131,27 +113,18 @@ void td_op_attend_lone(const td_attn_batch *a) {
         float mx = -INFINITY;
         for (int32_t t = 0; t < n; t++) {
             const uint16_t *k = cache_row(a, qq, 0, t);
-            float acc[TD_ATTN_LANE_SETS] = {0};
-            for (int32_t d = 0; d < steps; d++) acc[d % 32] = fmaf(td_fp16_to_f32(k[d]), q[d], acc[d % 32]);
-            double dot = lone_dot_fold(acc);
+            float lane[TD_ATTN_LANE_SETS] = {0};
+            for (int32_t d = 0; d < steps; d++) lane[d % L] = fmaf(td_fp16_to_f32(k[d]), q[d], lane[d % L]);
+            double dot = fold(lane);
             for (int32_t d = steps; d < hd; d++) dot += (double)(td_fp16_to_f32(k[d]) * q[d]);
             sc[t] = (float)dot * a->scale;
             if (sc[t] > mx) mx = sc[t];
         }
         softmax_to_f16(sc, n, mx);
-        /* V: the reference pads the cache to whole steps with zero weights,
-         * so every position is in a step of 32 */
-        float *acc = qq->lanes;
-        for (int32_t x = 0; x < TD_ATTN_LANE_SETS * hd; x++) acc[x] = 0.0f;
-        for (int32_t t = 0; t < n; t++) {
-            const uint16_t *v = cache_row(a, qq, 1, t);
-            float *set = acc + (size_t)(t % 32) * hd;
-            for (int32_t d = 0; d < hd; d++) set[d] = fmaf(td_fp16_to_f32(v[d]), sc[t], set[d]);
-        }
         for (int32_t d = 0; d < hd; d++) {
-            float per[TD_ATTN_LANE_SETS];
-            for (int32_t l = 0; l < TD_ATTN_LANE_SETS; l++) per[l] = acc[(size_t)l * hd + d];
-            qq->out[d] = lone_dot_fold(per);
+            float lane[TD_ATTN_LANE_SETS] = {0};
+            for (int32_t t = 0; t < n; t++) lane[t % L] = fmaf(td_fp16_to_f32(cache_row(a, qq, 1, t)[d]), sc[t], lane[t % L]);
+            qq->out[d] = fold(lane);
         }
     }
 }
@@ -163,10 +136,10 @@ static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
 td_op_kernels td_op_select(int32_t head_dim) {
     /* The quant module already checked AVX2, FMA and F16C for its kernels. */
     bool avx2 = strcmp(td_quant_kernel_name(), "avx2") == 0;
-    if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar, td_op_attend_lone, td_op_silu_mul_scalar};
+    if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar, td_op_attend_scalar, td_op_silu_mul_scalar};
     bool vec = head_dim % 8 == 0;
     return (td_op_kernels){td_op_to_f16_avx2, vec ? td_op_attend_avx2 : td_op_attend_scalar,
-                           vec ? td_op_attend_lone_avx2 : td_op_attend_lone, td_op_silu_mul_avx2};
+                           vec ? td_op_attend_lone_avx2 : td_op_attend_scalar, td_op_silu_mul_avx2};
 }
 
 float td_op_round_f16(float x) { return td_fp16_to_f32(td_f32_to_fp16(x)); }

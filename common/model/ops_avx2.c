@@ -273,7 +273,7 @@ static inline __m256 fold8_lone(const __m256 a[8]) {
     return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* td_op_attend_lone with eight head elements per vector: the same
+/* td_op_attend_scalar's lone form with eight head elements per vector: the same
  * accumulators, fold and softmax, so the same bits. */
 void td_op_attend_lone_avx2(const td_attn_batch *a) {
     const int32_t hd = a->head_dim, nv = hd / 8, steps = hd - hd % 32;

@@ -570,8 +570,10 @@ static void attention_kernels_agree(void **s) {
         run_attention(td_op_attend_scalar, &proto, qs + (NQ - nq), nq, want, hd, n);
         run_attention(td_op_attend_avx2, &proto, qs + (NQ - nq), nq, got, hd, n);
         assert_memory_equal(got, want, (size_t)nq * hd * sizeof(float));
-        run_attention(td_op_attend_lone, &proto, qs + (NQ - nq), nq, want, hd, n);
+        proto.lone = true;
+        run_attention(td_op_attend_scalar, &proto, qs + (NQ - nq), nq, want, hd, n);
         run_attention(td_op_attend_lone_avx2, &proto, qs + (NQ - nq), nq, got, hd, n);
+        proto.lone = false;
         assert_memory_equal(got, want, (size_t)nq * hd * sizeof(float));
     }
     /* and the two orders are different computations (the test could fail) */
