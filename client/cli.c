@@ -89,19 +89,20 @@ bool td_cli_float(const char *cmd, const char *opt, const char *val, double lo, 
 bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out) {
     if (!strcmp(val, "reference")) *out = TD_NUMERICS_REFERENCE;
     else if (!strcmp(val, "fast")) *out = TD_NUMERICS_FAST;
+    else if (!strcmp(val, "llamacpp")) *out = TD_NUMERICS_LLAMACPP;
     else {
-        fprintf(stderr, "tandem %s: --numerics expects 'reference' or 'fast', got '%s'\n", cmd, val);
+        fprintf(stderr, "tandem %s: --numerics expects 'reference', 'fast' or 'llamacpp', got '%s'\n", cmd, val);
         return false;
     }
     return true;
 }
 
 bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order) {
-    if (order != TD_NUMERICS_REFERENCE) return true;
+    if (order != TD_NUMERICS_LLAMACPP) return true;
     fprintf(stderr,
-            "tandem %s: --draft needs --numerics fast: reference order reproduces llama.cpp, which computes a\n"
-            "one-token pass's attention differently from a batch's, so a verification pass could not\n"
-            "reproduce plain decoding bit for bit\n", cmd);
+            "tandem %s: --draft needs --numerics reference or fast: llamacpp copies llama.cpp's one-token\n"
+            "attention, which differs from a batch's, so a verification pass could not reproduce plain\n"
+            "decoding bit for bit\n", cmd);
     return false;
 }
 

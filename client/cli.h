@@ -45,10 +45,13 @@ bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);
 #define TD_CLI_NUMERICS_HELP \
     "  --numerics MODE       fast (default): interleaved matmul kernels, cheapest passes over\n" \
     "                        many rows (prefill, speculative verification); reference:\n" \
-    "                        llama.cpp's summation order, logits bit-identical to its CPU\n" \
-    "                        build on Q4_1/Q8_0 models, a one-token pass included (8-row\n" \
-    "                        passes about a quarter dearer; no --draft: speculation needs\n" \
-    "                        the batch invariance fast keeps)\n"
+    "                        llama.cpp's summation order, so logits of a batch (prefill,\n" \
+    "                        scoring) are bit-identical to its CPU build's on Q4_1/Q8_0\n" \
+    "                        models (multi-row passes ~5-15% dearer); llamacpp: reference,\n" \
+    "                        plus llama.cpp's other attention order for one-token passes,\n" \
+    "                        so token-by-token decoding carries its bits too (not batch\n" \
+    "                        invariant, hence no --draft). fast and reference are batch\n" \
+    "                        invariant: a row's logits never depend on its batch\n"
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer. */
 char *td_cli_read_file(const char *cmd, const char *path, size_t *len);

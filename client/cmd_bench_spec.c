@@ -139,7 +139,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench spec --prompts FILE.jsonl [--limit N] [--draft LIST]... [--max-tokens N]\n"
                  "                         [--draft-max K] [--row-cost C] [--threads N] [--model PATH]\n"
-                 "                         [--numerics fast|reference]\n\n"
+                 "                         [--numerics fast|reference|llamacpp]\n\n"
                  "Each question (JSON lines: category, turns) is answered with plain greedy decoding and\n"
                  "with each --draft configuration (default: lookup, ngram, recycle, layerskip, auto),\n"
                  "side by side. Prints per task group: speedup over plain decoding (wall time of the\n"

@@ -28,7 +28,7 @@ int td_cmd_perplexity(int argc, char **argv) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem perplexity [--model PATH] --file TEXT [--ctx N] [--batch N] [--max-tokens N] [--threads N]\n"
-                 "                        [--numerics fast|reference]\n\n"
+                 "                        [--numerics fast|reference|llamacpp]\n\n"
                  "Scores the file's tokens: each window of --ctx tokens (default 512) is evaluated\n"
                  "with logits for every row, in batches of --batch rows (default 512).\n"
                  "Prints the perplexity exp(mean negative log-likelihood) and the token count.\n\n"

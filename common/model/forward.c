@@ -240,7 +240,7 @@ static void attn_worker(void *arg, int ith, int nth) {
     td_attn_query qs[TD_ATTN_MAX_QUERIES];
     td_attn_batch b = {.kv = j->kv, .layer = j->layer, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
                        .qs = qs, .tile = c->tile + (size_t)ith * TD_ATTN_TILE * hd,
-                       .lone = c->numerics == TD_NUMERICS_REFERENCE && j->n_rows == 1};
+                       .lone = c->numerics == TD_NUMERICS_LLAMACPP && j->n_rows == 1};
     int64_t lo, hi, item = 0;
     td_split((int64_t)j->n_rows * hp->n_head, ith, nth, &lo, &hi);
     for (int32_t e = 0; e < c->n_groups && item < hi; e++) {

@@ -88,10 +88,11 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool);
 void td_ctx_destroy(td_ctx *c);
 int32_t td_ctx_max_rows(const td_ctx *c);
 /* The summation order (quant.h); TD_NUMERICS_FAST unless set. In
- * TD_NUMERICS_REFERENCE a pass of a single row also computes attention in
+ * TD_NUMERICS_LLAMACPP a pass of a single row also computes attention in
  * llama.cpp's one-token order, so its logits differ in the last bits from
  * the same row inside a larger pass: not batch invariant, and speculative
- * decoding (td_spec_run) refuses such a context. */
+ * decoding (td_spec_run) refuses such a context. The other two orders are
+ * batch invariant. */
 void td_ctx_set_numerics(td_ctx *c, td_numerics order);
 td_numerics td_ctx_numerics(const td_ctx *c);
 

@@ -69,19 +69,20 @@ uint16_t td_f32_to_fp16(float f);
 float td_bf16_to_f32(uint16_t h);
 uint16_t td_f32_to_bf16(float f);
 
-/* Summation order of the matmuls.
+/* Summation order of the matmuls (and, for the model, of attention).
  *   REFERENCE: llama.cpp's x86 CPU order, block by block (one convert and
  *     fma per 32 weights): on Q4_1 and Q8_0 weights the logits carry the
  *     reference's bits.
+ *   LLAMACPP: the same matmuls; the model also copies llama.cpp's one
+ *     batch-dependent step (td_attn_batch.lone), so that token-by-token
+ *     decoding carries its bits too, at the price of batch invariance.
  *   FAST: interleaved kernels that share that work across four blocks;
  *     passes over several activation rows (prefill, verification) cost
  *     noticeably less, and results differ from the reference in the last
  *     bits. The engine's default (td_ctx).
- * Formats without a reference-order kernel have one kernel, used by both.
- * Either order is fixed per output, so matmul results stay batch
- * invariant (the model's reference mode adds one batch-dependent step, see
- * td_attn_batch.lone). */
-typedef enum td_numerics { TD_NUMERICS_REFERENCE, TD_NUMERICS_FAST } td_numerics;
+ * Formats without a reference-order kernel have one kernel, used by all.
+ * Every order is fixed per output, so matmul results stay batch invariant. */
+typedef enum td_numerics { TD_NUMERICS_REFERENCE, TD_NUMERICS_FAST, TD_NUMERICS_LLAMACPP } td_numerics;
 
 /* Batched matrix-vector products, the hot spot of the whole engine.
  *   W:  n_out rows of n_in elements of type wtype, row stride row_bytes(wtype,n_in)

@@ -120,7 +120,7 @@ td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
 }
 
 const char *td_numerics_name(td_numerics order) {
-    return order == TD_NUMERICS_FAST ? "fast" : "reference";
+    return order == TD_NUMERICS_FAST ? "fast" : order == TD_NUMERICS_LLAMACPP ? "llamacpp" : "reference";
 }
 
 size_t td_quant_row_bytes(uint32_t type, int64_t n) {

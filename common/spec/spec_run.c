@@ -343,8 +343,8 @@ int td_spec_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, td
     if (sp->draft_max < 0 || sp->draft_max > TD_DRAFT_MAX || sp->draft_min < 0 || sp->draft_min > sp->draft_max)
         return td_err_set(err, TD_E_ARG, "draft length bounds [%d, %d] invalid (0..%d)", sp->draft_min,
                           sp->draft_max, TD_DRAFT_MAX);
-    if (td_ctx_numerics(ctx) == TD_NUMERICS_REFERENCE)
-        return td_err_set(err, TD_E_ARG, "speculation needs batch-invariant numerics (fast), not reference");
+    if (td_ctx_numerics(ctx) == TD_NUMERICS_LLAMACPP)
+        return td_err_set(err, TD_E_ARG, "speculation needs batch-invariant numerics (reference or fast), not llamacpp");
     int32_t max_rows = td_ctx_max_rows(ctx);
     if (max_rows < n_reqs)
         return td_err_set(err, TD_E_ARG, "%d requests need at least as many batch rows (have %d)", n_reqs, max_rows);

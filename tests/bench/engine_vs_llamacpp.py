@@ -7,7 +7,7 @@ tandem / llama.cpp. Figures only: nothing passes or fails.
 
 usage: ~/.cache/tandem/refvenv/bin/python tests/bench/engine_vs_llamacpp.py \
            [--tandem build/tandem] [--model PATH] [--threads 1,2] [--rounds 3] [--repeats 3]
-           [--numerics fast|reference]
+           [--numerics fast|reference|llamacpp]
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ ap.add_argument("--model", default=os.path.expanduser("~/.cache/tandem/models/Sm
 ap.add_argument("--threads", default="1,2")
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--repeats", type=int, default=3)
-ap.add_argument("--numerics", default="fast", choices=["fast", "reference"],
+ap.add_argument("--numerics", default="fast", choices=["fast", "reference", "llamacpp"],
                 help="tandem's matmul order (see tandem bench engine --help)")
 args = ap.parse_args()
 threads = [int(t) for t in args.threads.split(",")]

@@ -83,11 +83,14 @@ check "row cost error names the option" err_has "--row-cost"
 "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics fast --draft auto >"$tmp/fast_auto" 2>/dev/null
 check "--numerics fast: speculation gives the same text as fast plain decoding" cmp -s "$tmp/fast_auto" "$tmp/fast_plain"
 check "--numerics with an unknown mode refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics exact
-check "numerics error names the modes" err_has "'reference' or 'fast'"
-check "speculation with reference numerics refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics reference --draft lookup
-check "the refusal says why" err_has "needs --numerics fast"
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 24 --threads 2 --numerics reference >"$tmp/ref_out" 2>"$tmp/err"
-check "reference numerics generates text" test -s "$tmp/ref_out"
+check "numerics error names the modes" err_has "'reference', 'fast' or 'llamacpp'"
+check "speculation with llamacpp numerics refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics llamacpp --draft lookup
+check "the refusal says why" err_has "needs --numerics reference or fast"
+"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 24 --threads 2 --numerics llamacpp >"$tmp/llamacpp_out" 2>"$tmp/err"
+check "llamacpp numerics generates text" test -s "$tmp/llamacpp_out"
+"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics reference >"$tmp/ref_plain" 2>/dev/null
+"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics reference --draft auto >"$tmp/ref_auto" 2>/dev/null
+check "--numerics reference: speculation gives the same text as reference plain decoding" cmp -s "$tmp/ref_auto" "$tmp/ref_plain"
 check "unknown drafter refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft magic
 check "unknown drafter named" err_has "magic"
 if [ -n "${TD_MKTINY:-}" ] && [ -x "$TD_MKTINY" ]; then

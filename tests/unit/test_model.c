@@ -230,9 +230,9 @@ static void batch_invariance_in(td_numerics order) {
     assert_int_equal(make_tiny(&f, "--arch llama"), 0);
     int32_t V = td_model_hparams(f.m)->n_vocab;
     int n = 12;
-    /* the baseline: one row per pass; in reference order those take the
+    /* the baseline: one row per pass; in llamacpp order those take the
      * one-token attention, so there the first multi-row run is the baseline */
-    float *alone = order == TD_NUMERICS_FAST ? decode_one_by_one_in(order, &f, f.pool, seq_a, n) : NULL;
+    float *alone = order != TD_NUMERICS_LLAMACPP ? decode_one_by_one_in(order, &f, f.pool, seq_a, n) : NULL;
     size_t row = (size_t)V * sizeof(float);
     td_err err;
 
@@ -278,13 +278,14 @@ static void batch_invariance_in(td_numerics order) {
 }
 
 /* Both matmul orders keep logits batch invariant, each on its own. (In
- * TD_NUMERICS_REFERENCE a pass of one row takes llama.cpp's one-token
+ * TD_NUMERICS_LLAMACPP a pass of one row takes llama.cpp's one-token
  * attention order; the passes above all have two rows or more, and the
  * one-row passes of decode_one_by_one agree with each other.) */
 static void batch_invariance(void **s) {
     (void)s;
     batch_invariance_in(TD_NUMERICS_FAST);
     batch_invariance_in(TD_NUMERICS_REFERENCE);
+    batch_invariance_in(TD_NUMERICS_LLAMACPP);
 }
 
 /* Past 64 cached positions attention reads a shared f32 copy of the prefix
