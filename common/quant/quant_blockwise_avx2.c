@@ -3,17 +3,16 @@
  * reference's bits. Built with -mavx2 -mfma -mf16c.
  *
  * Per (weight row, activation row) pair and block i, in block order:
- *   lanes = int32 sums of 4 neighbouring code products (maddubs + madd),
+ *   lanes = int32 sums of 4 neighbouring code products (dot4: maddubs + madd,
+ *           or vpdpbusd in the AVX512-VNNI build),
  *   acc   = fma(d_w * d_x, float(lanes), acc)            (8 f32 lanes)
  *   Q4_1 also: mins = fma(m_w, s_x, mins)                  (one f32)
  * and the result is hsum(acc) (upper half onto lower, then (0+2)+(1+3))
  * plus mins. The order is fixed per pair, whichever tile, range or chunk
  * computes it, so results stay batch invariant. This is slower per block than
- * the interleaved kernels of quant_avx2.c (one madd, convert and fma per
+ * the interleaved kernels of quant_interleaved_avx2.c (one madd, convert and fma per
  * block instead of per four; TD_NUMERICS_FAST uses those).
  */
-#include <immintrin.h>
-
 #include "quant/quant_impl.h"
 #include "quant/quant_simd.h"
 
@@ -81,7 +80,6 @@ INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_
     UNROLL
     for (int r = 0; r < nr; r++)
         acc[r] = i0 == 0 ? _mm256_setzero_ps() : st->acc[r];
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t i = i0; i < i1; i++) {
         const uint8_t *wb = w + (size_t)i * w_bytes(k);
         __m256i codes, abs_codes = _mm256_setzero_si256();
@@ -99,9 +97,8 @@ INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_
         UNROLL
         for (int r = 0; r < nr; r++) {
             __m256i xq = _mm256_load_si256((const __m256i *)ts->qs[i - i0][r]);
-            __m256i p16 = k == B_Q4_1 ? _mm256_maddubs_epi16(codes, xq)
-                                      : _mm256_maddubs_epi16(abs_codes, _mm256_sign_epi8(xq, codes));
-            __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+            __m256i sums = k == B_Q4_1 ? dot4(codes, xq) : dot4(abs_codes, _mm256_sign_epi8(xq, codes));
+            __m256 lanes = _mm256_cvtepi32_ps(sums);
             acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[r]), lanes, acc[r]);
         }
     }
@@ -126,21 +123,20 @@ INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_
 INLINE float one_pair(enum bkind k, const uint8_t *w, int64_t nb, const uint8_t *x) {
     __m256 acc = _mm256_setzero_ps();
     float mins = 0.0f;
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *xb = x + (size_t)i * x_bytes(k), *wb = w + (size_t)i * w_bytes(k);
         const __m256i xq = _mm256_loadu_si256((const __m256i *)(xb + (k == B_Q4_1 ? 4 : 2)));
-        __m256i p16;
+        __m256i sums;
         if (k == B_Q4_1) {
             __m128i raw = _mm_loadu_si128((const __m128i *)(wb + 4));
             __m256i codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
-            p16 = _mm256_maddubs_epi16(codes, xq);
+            sums = dot4(codes, xq);
             mins = __builtin_fmaf(half(wb + 2), half(xb + 2), mins);
         } else {
             __m256i codes = _mm256_loadu_si256((const __m256i *)(wb + 2));
-            p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(codes, codes), _mm256_sign_epi8(xq, codes));
+            sums = dot4(_mm256_sign_epi8(codes, codes), _mm256_sign_epi8(xq, codes));
         }
-        __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        __m256 lanes = _mm256_cvtepi32_ps(sums);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(half(wb) * half(xb)), lanes, acc);
     }
     return k == B_Q4_1 ? hsum_ps(acc) + mins : hsum_ps(acc);
@@ -209,20 +205,20 @@ INLINE void blockwise_matmul(enum bkind k, const void *W, size_t w_stride, int64
     }
 }
 
-void td_quant_avx2_matmul_q4_1(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+void TD_KERNEL(matmul_q4_1)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
                                const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
     blockwise_matmul(B_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
 }
 
-void td_quant_avx2_dot_q4_1(int64_t n, float *s, const void *x, const void *y) {
+void TD_KERNEL(dot_q4_1)(int64_t n, float *s, const void *x, const void *y) {
     blockwise_matmul(B_Q4_1, x, 0, n, 0, 1, y, 0, 1, s, 1);
 }
 
-void td_quant_avx2_matmul_q8_0(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+void TD_KERNEL(matmul_q8_0)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
                                const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
     blockwise_matmul(B_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
 }
 
-void td_quant_avx2_dot_q8_0(int64_t n, float *s, const void *x, const void *y) {
+void TD_KERNEL(dot_q8_0)(int64_t n, float *s, const void *x, const void *y) {
     blockwise_matmul(B_Q8_0, x, 0, n, 0, 1, y, 0, 1, s, 1);
 }

@@ -1,11 +1,34 @@
-/* quant_simd.h — helpers shared by the AVX2 kernel files of the quant module
- * (quant_avx2.c, quant_blockwise_avx2.c, quant_kq_avx2.c); only those files,
- * built with -mavx2 -mfma -mf16c, include it.
+/* quant_simd.h — helpers shared by the SIMD kernel files of the quant module
+ * (quant_avx2.c, quant_interleaved_avx2.c, quant_blockwise_avx2.c,
+ * quant_kq_avx2.c and the *_avx512.c builds of two of them); only those
+ * files, built with -mavx2 -mfma -mf16c (and more), include it.
+ *
+ * quant_interleaved_avx2.c and quant_blockwise_avx2.c are built twice: as
+ * themselves (names td_quant_avx2_*) and, through quant_*_avx512.c with
+ * TD_QUANT_VNNI, for CPUs with AVX512-VNNI and AVX512-VL (td_quant_avx512_*).
+ * The only difference is dot4 / dot4_add below: vpdpbusd instead of maddubs +
+ * madd, the same exact integers, so the same bits. The unit test
+ * test_quant_vnni builds them a third time with TD_QUANT_SIMDE, on SIMDe's
+ * portable forms of the AVX-512 intrinsics (td_quant_vnniemu_*), so the VNNI
+ * path is checked on machines without it.
  */
 #ifndef TD_QUANT_SIMD_H
 #define TD_QUANT_SIMD_H
 
+#ifdef TD_QUANT_SIMDE
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#else
 #include <immintrin.h>
+#endif
+
+#ifndef TD_QUANT_ISA
+#define TD_QUANT_ISA avx2
+#endif
+#define TD_QUANT_CAT_(isa, name) td_quant_##isa##_##name
+#define TD_QUANT_CAT(isa, name) TD_QUANT_CAT_(isa, name)
+/* The exported name of a kernel in this build: td_quant_<isa>_<name>. */
+#define TD_KERNEL(name) TD_QUANT_CAT(TD_QUANT_ISA, name)
 
 #define INLINE static inline __attribute__((always_inline))
 /* Loops over the blocks and the rows of a tile must unroll fully so that
@@ -23,6 +46,26 @@ static inline float hsum_ps(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+/* The eight int32 sums of four neighbouring u8 x s8 products (u's bytes
+ * unsigned, s's signed), and the same added to acc. Exact in both forms: the
+ * kernels feed codes whose int16 pair sums cannot saturate (at most
+ * 2 * 128 * 127). */
+static inline __m256i dot4(__m256i u, __m256i s) {
+#ifdef TD_QUANT_VNNI
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+static inline __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
+#ifdef TD_QUANT_VNNI
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, dot4(u, s));
+#endif
 }
 
 static inline __m256i load256(const void *p) {

@@ -1,6 +1,7 @@
 /* quant_table.c — the type table: one row per GGUF type id with the block
- * layout facts and the kernels. There are two static tables, the scalar
- * reference and AVX2, sharing the same facts; td_quant_traits picks one per
+ * layout facts and the kernels. There are three static tables, the scalar
+ * reference, AVX2, and AVX2 with AVX512-VNNI for the legacy block formats,
+ * sharing the same facts; td_quant_traits picks one per
  * call from a CPU check, so the choice is fixed for the life of the process.
  * Ids we do not support (retired, IQ*, Q2_K/Q3_K, integer types) have no row.
  */
@@ -68,6 +69,24 @@ static const quant_row avx2_table[TD_TYPE_COUNT] = {
     [TD_TYPE_Q6_K] = ROW(F_Q6_K, td_quant_ref_from_q6_k, td_quant_avx2_dot_q6_k, td_quant_avx2_matmul_q6_k),
     [TD_TYPE_Q8_K] = ROW(F_Q8_K, td_quant_avx2_from_q8_k, NULL, NULL),
 };
+
+/* The AVX2 table with the legacy formats' integer sums on vpdpbusd: the
+ * same results, fewer instructions per block. */
+static const quant_row avx512_table[TD_TYPE_COUNT] = {
+    [TD_TYPE_F32] = ROW(F_F32, td_quant_ref_from_f32, td_quant_avx2_dot_f32, NULL),
+    [TD_TYPE_F16] = ROW(F_F16, td_quant_avx2_from_f16, td_quant_avx2_dot_f16, NULL),
+    [TD_TYPE_BF16] = ROW(F_BF16, td_quant_ref_from_bf16, td_quant_avx2_dot_bf16, NULL),
+    [TD_TYPE_Q4_0] = ROW(F_Q4_0, td_quant_ref_from_q4_0, td_quant_avx512_dot_q4_0, td_quant_avx512_matmul_q4_0),
+    [TD_TYPE_Q4_1] = ROW(F_Q4_1, td_quant_ref_from_q4_1, td_quant_avx512_dot_q4_1, td_quant_avx512_matmul_q4_1),
+    [TD_TYPE_Q5_0] = ROW(F_Q5_0, td_quant_ref_from_q5_0, td_quant_avx512_dot_q5_0, td_quant_avx512_matmul_q5_0),
+    [TD_TYPE_Q5_1] = ROW(F_Q5_1, td_quant_ref_from_q5_1, td_quant_avx512_dot_q5_1, td_quant_avx512_matmul_q5_1),
+    [TD_TYPE_Q8_0] = ROW(F_Q8_0, td_quant_avx2_from_q8_0, td_quant_avx512_dot_q8_0, td_quant_avx512_matmul_q8_0),
+    [TD_TYPE_Q8_1] = ROW(F_Q8_1, td_quant_avx2_from_q8_1, NULL, NULL),
+    [TD_TYPE_Q4_K] = ROW(F_Q4_K, td_quant_ref_from_q4_k, td_quant_avx2_dot_q4_k, td_quant_avx2_matmul_q4_k),
+    [TD_TYPE_Q5_K] = ROW(F_Q5_K, td_quant_ref_from_q5_k, td_quant_avx2_dot_q5_k, td_quant_avx2_matmul_q5_k),
+    [TD_TYPE_Q6_K] = ROW(F_Q6_K, td_quant_ref_from_q6_k, td_quant_avx2_dot_q6_k, td_quant_avx2_matmul_q6_k),
+    [TD_TYPE_Q8_K] = ROW(F_Q8_K, td_quant_avx2_from_q8_k, NULL, NULL),
+};
 #endif
 
 /* __builtin_cpu_supports reads data the runtime filled in at start-up: cheap
@@ -80,8 +99,13 @@ static const quant_row *active_table(void) {
 #else
     bool f16c = __builtin_cpu_supports("f16c");
 #endif
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
+        /* the runtime sets AVX-512 features only where the OS saves their
+         * state (XCR0), so this also says the instructions may run */
+        if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
+            return avx512_table;
         return avx2_table;
+    }
 #endif
     return ref_table;
 }
@@ -103,7 +127,12 @@ const td_type_traits *td_quant_traits_ref(uint32_t type) {
 }
 
 const char *td_quant_kernel_name(void) {
-    return active_table() == ref_table ? "scalar" : "avx2";
+#ifdef HAVE_AVX2_TABLE
+    const quant_row *t = active_table();
+    if (t == avx2_table) return "avx2";
+    if (t == avx512_table) return "avx2+avx512vnni";
+#endif
+    return "scalar";
 }
 
 td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
@@ -112,6 +141,10 @@ td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
     if (order == TD_NUMERICS_FAST && active_table() == avx2_table) {
         if (type == TD_TYPE_Q4_1) return td_quant_avx2_matmul_q4_1_fast;
         if (type == TD_TYPE_Q8_0) return td_quant_avx2_matmul_q8_0_fast;
+    }
+    if (order == TD_NUMERICS_FAST && active_table() == avx512_table) {
+        if (type == TD_TYPE_Q4_1) return td_quant_avx512_matmul_q4_1_fast;
+        if (type == TD_TYPE_Q8_0) return td_quant_avx512_matmul_q8_0_fast;
     }
 #else
     (void)order;

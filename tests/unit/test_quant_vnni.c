@@ -1,0 +1,156 @@
+/* test_quant_vnni.c — the AVX512-VNNI builds of the legacy-format kernels
+ * (quant_blockwise_avx512.c, quant_interleaved_avx512.c) against their AVX2
+ * builds, bit for bit. The VNNI sources are compiled a second time on SIMDe's
+ * portable intrinsics (vnni_emul_*.c, names td_quant_vnniemu_*), so this
+ * runs on any x86-64 with AVX2; where the CPU has AVX512-VNNI and AVX512-VL
+ * the native build (td_quant_avx512_*) is compared as well.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant/quant_impl.h"
+
+TD_QUANT_DECLARE_LEGACY(vnniemu, q4_0)
+TD_QUANT_DECLARE_LEGACY(vnniemu, q4_1)
+TD_QUANT_DECLARE_LEGACY(vnniemu, q5_0)
+TD_QUANT_DECLARE_LEGACY(vnniemu, q5_1)
+TD_QUANT_DECLARE_LEGACY(vnniemu, q8_0)
+void td_quant_vnniemu_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                                       const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
+void td_quant_vnniemu_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                                       const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
+
+typedef void (*matmul_fn)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                          const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
+typedef void (*dot_fn)(int64_t n, float *s, const void *x, const void *y);
+
+/* One kernel in its three builds: AVX2, VNNI on SIMDe, native VNNI. */
+typedef struct kernel {
+    const char *name;
+    uint32_t type;
+    matmul_fn avx2, emul, native;
+    dot_fn avx2_dot, emul_dot, native_dot; /* NULL for the _fast matmuls */
+} kernel;
+
+#define LEGACY(t, T)                                                                             \
+    {#t, TD_TYPE_##T, td_quant_avx2_matmul_##t, td_quant_vnniemu_matmul_##t,                      \
+     td_quant_avx512_matmul_##t, td_quant_avx2_dot_##t, td_quant_vnniemu_dot_##t,                 \
+     td_quant_avx512_dot_##t}
+#define FAST(t, T)                                                                               \
+    {#t "_fast", TD_TYPE_##T, td_quant_avx2_matmul_##t##_fast, td_quant_vnniemu_matmul_##t##_fast, \
+     td_quant_avx512_matmul_##t##_fast, NULL, NULL, NULL}
+static const kernel kernels[] = {
+    LEGACY(q4_0, Q4_0), LEGACY(q4_1, Q4_1), LEGACY(q5_0, Q5_0), LEGACY(q5_1, Q5_1),
+    LEGACY(q8_0, Q8_0), FAST(q4_1, Q4_1),   FAST(q8_0, Q8_0),
+};
+#define N_KERNELS ((int)(sizeof kernels / sizeof kernels[0]))
+
+static bool cpu_has_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+static bool cpu_has_vnni(void) {
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+}
+
+static uint64_t rng = 0x2545F4914F6CDD1DULL;
+static float rnd(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)(rng >> 40) / 8388608.0f - 1.0f;
+}
+
+/* Rows of n_in random values, heavy-tailed now and then so that codes reach
+ * both ends of their range; a row of zeros and one with a single spike. */
+static void fill(float *x, int64_t n_rows, int64_t n_in) {
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t i = 0; i < n_in; i++) {
+            float v = rnd();
+            x[r * n_in + i] = r == 1 ? 0.0f : r == 2 ? (i == 7 ? 3.0f : 0.0f) : (i % 13 == 0 ? 8.0f * v : v);
+        }
+}
+
+/* Every build of k on n_out x n_in weights against n_rows activation rows
+ * must give the AVX2 build's bits, for several output ranges and row
+ * counts (tiles of 8, a short last tile, and rows long enough to go in
+ * chunks). Returns the number of builds compared. */
+static int compare(const kernel *k, int64_t n_in, int64_t n_out, int64_t n_rows, bool native) {
+    const td_type_traits *wt = td_quant_traits_ref(k->type);
+    const uint32_t at = wt->vec_dot_type;
+    const size_t wrow = td_quant_row_bytes(k->type, n_in), xrow = td_quant_row_bytes(at, n_in);
+    float *w = malloc((size_t)(n_out * n_in) * sizeof *w), *x = malloc((size_t)(n_rows * n_in) * sizeof *x);
+    uint8_t *W = malloc(wrow * (size_t)n_out), *X = malloc(xrow * (size_t)n_rows);
+    float *want = malloc((size_t)(n_rows * n_out) * sizeof *want), *got = malloc((size_t)(n_rows * n_out) * sizeof *got);
+    assert_true(w && x && W && X && want && got);
+    fill(w, n_out, n_in);
+    fill(x, n_rows, n_in);
+    for (int64_t o = 0; o < n_out; o++) wt->from_float(w + o * n_in, W + (size_t)o * wrow, n_in);
+    td_quant_activations(k->type, x, n_in, n_rows, X);
+
+    k->avx2(W, wrow, n_in, 0, n_out, X, xrow, n_rows, want, n_out);
+    int builds = 0;
+    for (int b = 0; b < 2; b++) {
+        matmul_fn f = b == 0 ? k->emul : k->native;
+        if (b == 1 && !native) continue;
+        memset(got, 0xFF, (size_t)(n_rows * n_out) * sizeof *got);
+        /* in two output ranges, as threads split the work */
+        const int64_t mid = n_out / 2;
+        f(W, wrow, n_in, 0, mid, X, xrow, n_rows, got, n_out);
+        f(W, wrow, n_in, mid, n_out, X, xrow, n_rows, got, n_out);
+        if (memcmp(got, want, (size_t)(n_rows * n_out) * sizeof *got) != 0)
+            fprintf(stderr, "# %s (%s) n_in %lld, %lld rows: differs from the AVX2 build\n", k->name,
+                    b ? "native" : "SIMDe", (long long)n_in, (long long)n_rows);
+        assert_memory_equal(got, want, (size_t)(n_rows * n_out) * sizeof *got);
+        if (k->avx2_dot) {
+            dot_fn d = b == 0 ? k->emul_dot : k->native_dot;
+            float s1, s2;
+            k->avx2_dot(n_in, &s1, W, X);
+            d(n_in, &s2, W, X);
+            assert_memory_equal(&s1, &s2, sizeof s1);
+        }
+        builds++;
+    }
+    free(w); free(x); free(W); free(X); free(want); free(got);
+    return builds;
+}
+
+static void vnni_builds_match_avx2(void **state) {
+    (void)state;
+    if (!cpu_has_avx2()) skip(); /* the AVX2 builds are the yardstick */
+    const bool native = cpu_has_vnni();
+    static const int64_t n_ins[] = {32, 96, 576, 1536, 32 * 300};
+    static const int64_t rows[] = {1, 2, 7, 8, 9, 16, 17};
+    int compared = 0;
+    for (int ki = 0; ki < N_KERNELS; ki++)
+        for (size_t i = 0; i < sizeof n_ins / sizeof n_ins[0]; i++)
+            for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++)
+                compared += compare(&kernels[ki], n_ins[i], n_ins[i] > 4096 ? 40 : 72, rows[r], native);
+    fprintf(stderr, "# %d kernel runs identical to AVX2 (SIMDe build%s; this CPU %s AVX512-VNNI+VL)\n", compared,
+            native ? " and native build" : "", native ? "has" : "lacks");
+}
+
+/* The table hands out the VNNI kernels exactly where the CPU has them. */
+static void table_picks_by_cpu(void **state) {
+    (void)state;
+    const char *name = td_quant_kernel_name();
+    if (cpu_has_vnni())
+        assert_string_equal(name, "avx2+avx512vnni");
+    else if (cpu_has_avx2())
+        assert_string_equal(name, "avx2");
+    fprintf(stderr, "# kernels in use: %s\n", name);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(vnni_builds_match_avx2),
+        cmocka_unit_test(table_picks_by_cpu),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
