@@ -54,39 +54,29 @@ static const quant_row ref_table[TD_TYPE_COUNT] = {
 /* Weight-side quantizers stay the reference ones: they build test models,
  * not activations. The activation quantizers are bit-identical to the
  * reference, so the variant never changes what a kernel is fed. */
-static const quant_row avx2_table[TD_TYPE_COUNT] = {
-    [TD_TYPE_F32] = ROW(F_F32, td_quant_ref_from_f32, td_quant_avx2_dot_f32, NULL),
-    [TD_TYPE_F16] = ROW(F_F16, td_quant_avx2_from_f16, td_quant_avx2_dot_f16, NULL),
-    [TD_TYPE_BF16] = ROW(F_BF16, td_quant_ref_from_bf16, td_quant_avx2_dot_bf16, NULL),
-    [TD_TYPE_Q4_0] = ROW(F_Q4_0, td_quant_ref_from_q4_0, td_quant_avx2_dot_q4_0, td_quant_avx2_matmul_q4_0),
-    [TD_TYPE_Q4_1] = ROW(F_Q4_1, td_quant_ref_from_q4_1, td_quant_avx2_dot_q4_1, td_quant_avx2_matmul_q4_1),
-    [TD_TYPE_Q5_0] = ROW(F_Q5_0, td_quant_ref_from_q5_0, td_quant_avx2_dot_q5_0, td_quant_avx2_matmul_q5_0),
-    [TD_TYPE_Q5_1] = ROW(F_Q5_1, td_quant_ref_from_q5_1, td_quant_avx2_dot_q5_1, td_quant_avx2_matmul_q5_1),
-    [TD_TYPE_Q8_0] = ROW(F_Q8_0, td_quant_avx2_from_q8_0, td_quant_avx2_dot_q8_0, td_quant_avx2_matmul_q8_0),
-    [TD_TYPE_Q8_1] = ROW(F_Q8_1, td_quant_avx2_from_q8_1, NULL, NULL),
-    [TD_TYPE_Q4_K] = ROW(F_Q4_K, td_quant_ref_from_q4_k, td_quant_avx2_dot_q4_k, td_quant_avx2_matmul_q4_k),
-    [TD_TYPE_Q5_K] = ROW(F_Q5_K, td_quant_ref_from_q5_k, td_quant_avx2_dot_q5_k, td_quant_avx2_matmul_q5_k),
-    [TD_TYPE_Q6_K] = ROW(F_Q6_K, td_quant_ref_from_q6_k, td_quant_avx2_dot_q6_k, td_quant_avx2_matmul_q6_k),
-    [TD_TYPE_Q8_K] = ROW(F_Q8_K, td_quant_avx2_from_q8_k, NULL, NULL),
-};
+#define SIMD_COMMON_ROWS                                                                                  \
+    [TD_TYPE_F32] = ROW(F_F32, td_quant_ref_from_f32, td_quant_avx2_dot_f32, NULL),                       \
+    [TD_TYPE_F16] = ROW(F_F16, td_quant_avx2_from_f16, td_quant_avx2_dot_f16, NULL),                      \
+    [TD_TYPE_BF16] = ROW(F_BF16, td_quant_ref_from_bf16, td_quant_avx2_dot_bf16, NULL),                   \
+    [TD_TYPE_Q8_1] = ROW(F_Q8_1, td_quant_avx2_from_q8_1, NULL, NULL),                                    \
+    [TD_TYPE_Q4_K] = ROW(F_Q4_K, td_quant_ref_from_q4_k, td_quant_avx2_dot_q4_k, td_quant_avx2_matmul_q4_k), \
+    [TD_TYPE_Q5_K] = ROW(F_Q5_K, td_quant_ref_from_q5_k, td_quant_avx2_dot_q5_k, td_quant_avx2_matmul_q5_k), \
+    [TD_TYPE_Q6_K] = ROW(F_Q6_K, td_quant_ref_from_q6_k, td_quant_avx2_dot_q6_k, td_quant_avx2_matmul_q6_k), \
+    [TD_TYPE_Q8_K] = ROW(F_Q8_K, td_quant_avx2_from_q8_k, NULL, NULL)
+/* The legacy block formats, from the AVX2 build or the AVX512-VNNI one. */
+#define LEGACY_ROW(T, t, FROM, isa) \
+    [TD_TYPE_##T] = ROW(F_##T, FROM, td_quant_##isa##_dot_##t, td_quant_##isa##_matmul_##t)
+#define LEGACY_ROWS(isa)                                   \
+    LEGACY_ROW(Q4_0, q4_0, td_quant_ref_from_q4_0, isa),  \
+    LEGACY_ROW(Q4_1, q4_1, td_quant_ref_from_q4_1, isa),  \
+    LEGACY_ROW(Q5_0, q5_0, td_quant_ref_from_q5_0, isa),  \
+    LEGACY_ROW(Q5_1, q5_1, td_quant_ref_from_q5_1, isa),  \
+    LEGACY_ROW(Q8_0, q8_0, td_quant_avx2_from_q8_0, isa)
 
-/* The AVX2 table with the legacy formats' integer sums on vpdpbusd: the
- * same results, fewer instructions per block. */
-static const quant_row avx512_table[TD_TYPE_COUNT] = {
-    [TD_TYPE_F32] = ROW(F_F32, td_quant_ref_from_f32, td_quant_avx2_dot_f32, NULL),
-    [TD_TYPE_F16] = ROW(F_F16, td_quant_avx2_from_f16, td_quant_avx2_dot_f16, NULL),
-    [TD_TYPE_BF16] = ROW(F_BF16, td_quant_ref_from_bf16, td_quant_avx2_dot_bf16, NULL),
-    [TD_TYPE_Q4_0] = ROW(F_Q4_0, td_quant_ref_from_q4_0, td_quant_avx512_dot_q4_0, td_quant_avx512_matmul_q4_0),
-    [TD_TYPE_Q4_1] = ROW(F_Q4_1, td_quant_ref_from_q4_1, td_quant_avx512_dot_q4_1, td_quant_avx512_matmul_q4_1),
-    [TD_TYPE_Q5_0] = ROW(F_Q5_0, td_quant_ref_from_q5_0, td_quant_avx512_dot_q5_0, td_quant_avx512_matmul_q5_0),
-    [TD_TYPE_Q5_1] = ROW(F_Q5_1, td_quant_ref_from_q5_1, td_quant_avx512_dot_q5_1, td_quant_avx512_matmul_q5_1),
-    [TD_TYPE_Q8_0] = ROW(F_Q8_0, td_quant_avx2_from_q8_0, td_quant_avx512_dot_q8_0, td_quant_avx512_matmul_q8_0),
-    [TD_TYPE_Q8_1] = ROW(F_Q8_1, td_quant_avx2_from_q8_1, NULL, NULL),
-    [TD_TYPE_Q4_K] = ROW(F_Q4_K, td_quant_ref_from_q4_k, td_quant_avx2_dot_q4_k, td_quant_avx2_matmul_q4_k),
-    [TD_TYPE_Q5_K] = ROW(F_Q5_K, td_quant_ref_from_q5_k, td_quant_avx2_dot_q5_k, td_quant_avx2_matmul_q5_k),
-    [TD_TYPE_Q6_K] = ROW(F_Q6_K, td_quant_ref_from_q6_k, td_quant_avx2_dot_q6_k, td_quant_avx2_matmul_q6_k),
-    [TD_TYPE_Q8_K] = ROW(F_Q8_K, td_quant_avx2_from_q8_k, NULL, NULL),
-};
+static const quant_row avx2_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_ROWS(avx2)};
+/* The same with the legacy formats' integer sums on vpdpbusd: the same
+ * results, fewer instructions per block. */
+static const quant_row avx512_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_ROWS(avx512)};
 #endif
 
 /* __builtin_cpu_supports reads data the runtime filled in at start-up: cheap
