@@ -82,18 +82,23 @@ INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_
         acc[r] = i0 == 0 ? _mm256_setzero_ps() : st->acc[r];
     for (int64_t i = i0; i < i1; i++) {
         const uint8_t *wb = w + (size_t)i * w_bytes(k);
+        /* d (and Q4_1's m) in one conversion: [d, m, -, -]; for Q8_0 the
+         * second half is the first two codes, unused */
+        int32_t dm_bits;
+        __builtin_memcpy(&dm_bits, wb, sizeof dm_bits);
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm_bits));
         __m256i codes, abs_codes = _mm256_setzero_si256();
         if (k == B_Q4_1) {
             /* elements 0-15 are the low nibbles, 16-31 the high ones */
             __m128i raw = _mm_loadu_si128((const __m128i *)(wb + 4));
             codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
-            mins = _mm256_fmadd_ps(_mm256_set1_ps(half(wb + 2)), _mm256_load_ps(ts->sx[i - i0]), mins);
+            mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_load_ps(ts->sx[i - i0]), mins);
         } else {
             codes = _mm256_loadu_si256((const __m256i *)(wb + 2));
             abs_codes = _mm256_sign_epi8(codes, codes); /* maddubs wants one unsigned side */
         }
         _Alignas(32) float scale[TILE_ROWS]; /* d_w * d_x per row */
-        _mm256_store_ps(scale, _mm256_mul_ps(_mm256_set1_ps(half(wb)), _mm256_load_ps(ts->dx[i - i0])));
+        _mm256_store_ps(scale, _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_load_ps(ts->dx[i - i0])));
         UNROLL
         for (int r = 0; r < nr; r++) {
             __m256i xq = _mm256_load_si256((const __m256i *)ts->qs[i - i0][r]);

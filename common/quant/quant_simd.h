@@ -52,7 +52,14 @@ static inline float hsum_ps(__m256 v) {
  * unsigned, s's signed), and the same added to acc. Exact in both forms: the
  * kernels feed codes whose int16 pair sums cannot saturate (at most
  * 2 * 128 * 127). */
-static inline __m256i dot4(__m256i u, __m256i s) {
+#ifdef TD_QUANT_SIMDE
+/* SIMDe's portable vpdpbusd is long; inlined into every unrolled tile
+ * variant it takes the compiler minutes. The emulated build is for tests. */
+#define DOT4_INLINE static __attribute__((noinline, unused))
+#else
+#define DOT4_INLINE static inline
+#endif
+DOT4_INLINE __m256i dot4(__m256i u, __m256i s) {
 #ifdef TD_QUANT_VNNI
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 #else
@@ -60,7 +67,7 @@ static inline __m256i dot4(__m256i u, __m256i s) {
 #endif
 }
 
-static inline __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
+DOT4_INLINE __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
 #ifdef TD_QUANT_VNNI
     return _mm256_dpbusd_epi32(acc, u, s);
 #else

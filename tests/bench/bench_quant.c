@@ -330,7 +330,8 @@ int main(int argc, char **argv) {
 
 // Build (from the repository root):
 //   mkdir -p /tmp/bq && for f in common/quant/*.c common/util/*.c; do
-//     case $f in *_avx2.c) fl="-mavx2 -mfma -mf16c";; *) fl="";; esac;
+//     case $f in *_avx2.c) fl="-mavx2 -mfma -mf16c";;
+//       *_avx512.c) fl="-mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni";; *) fl="";; esac;
 //     gcc -std=c11 -O2 -D_GNU_SOURCE -Icommon $fl -c $f -o /tmp/bq/$(basename $f .c).o; done
 //   gcc -std=c11 -O2 -D_GNU_SOURCE -Icommon tests/bench/bench_quant.c /tmp/bq/*.o -lm -lpthread
 //       -o /tmp/bq/bench_quant
