@@ -36,9 +36,9 @@ bool td_cli_int(const char *cmd, const char *opt, const char *val, long lo, long
 bool td_cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, double *out);
 /* Returns the value of an option taking one argument, advancing *i. */
 const char *td_cli_value(const char *cmd, int argc, char **argv, int *i);
-/* --numerics reference|fast; prints the error and returns false otherwise. */
+/* --numerics reference|fast|llamacpp; prints the error and returns false otherwise. */
 bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out);
-/* Speculation needs batch-invariant numerics; reference order is not (a
+/* Speculation needs batch-invariant numerics; llamacpp order is not (a
  * one-row pass takes llama.cpp's one-token attention). Prints why and
  * returns false for that combination. */
 bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);

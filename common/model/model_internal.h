@@ -120,7 +120,7 @@ void td_op_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
 /* Scalar form of both kinds of pass (batched, and a.lone below). */
 void td_op_attend_scalar(const td_attn_batch *a);
 void td_op_attend_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
-/* A pass of one row in TD_NUMERICS_REFERENCE (a.lone): llama.cpp computes a
+/* A pass of one row in TD_NUMERICS_LLAMACPP (a.lone): llama.cpp computes a
  * one-token batch's attention products with its f16 vector dot (four
  * accumulators of eight lanes, 32 elements a step) instead of the batched
  * kernel's single accumulator. Same softmax as the batched forms. */
