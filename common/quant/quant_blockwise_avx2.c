@@ -18,6 +18,7 @@
 
 
 #define TILE_ROWS 8 /* activation rows sharing one unpacked weight block */
+_Static_assert(TILE_ROWS == 8, "TD_TILE_DISPATCH covers heights 1 to 8");
 #define O_BLOCK 32  /* weight rows kept in cache while all activation rows pass */
 
 enum bkind { B_Q4_1, B_Q8_0 };
@@ -150,19 +151,9 @@ INLINE float one_pair(enum bkind k, const uint8_t *w, int64_t nb, const uint8_t 
 INLINE void pair_rows_nr(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_t i1, int64_t nb,
                          const tile_prep *ts, pair_state *st, float *y,
                          int64_t y_stride) {
-    switch (nr) { /* a compile-time tile height per case */
-#define CASE(n) \
-    case n: pair_rows(k, n, w, i0, i1, nb, ts, st, y, y_stride); break;
-    CASE(1)
-    CASE(2)
-    CASE(3)
-    CASE(4)
-    CASE(5)
-    CASE(6)
-    CASE(7)
-#undef CASE
-    default: pair_rows(k, TILE_ROWS, w, i0, i1, nb, ts, st, y, y_stride); break;
-    }
+#define ROWS(n) pair_rows(k, n, w, i0, i1, nb, ts, st, y, y_stride)
+    TD_TILE_DISPATCH(nr, ROWS)
+#undef ROWS
 }
 
 /* Weight rows go in blocks of O_BLOCK, which stay in cache while all

@@ -18,6 +18,7 @@
  * group's codes nearly fill the 16 registers, and one pass covers a typical
  * verification window. */
 #define TILE_ROWS 8
+_Static_assert(TILE_ROWS == 8, "TD_TILE_DISPATCH covers heights 1 to 8");
 
 
 
@@ -268,21 +269,9 @@ INLINE void legacy_rows(enum lkind k, int nr, const uint8_t *W, size_t w_stride,
 INLINE void legacy_rows_nr(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0,
                            int64_t o1, int64_t nb, const uint8_t *ya, size_t yrs, int64_t g0,
                            int64_t g1, __m256 (*acc_mem)[TILE_ROWS], float *y, int64_t y_stride) {
-    switch (nr) { /* a compile-time tile height per case */
-#define CASE(n) \
-    case n: legacy_rows(k, n, W, w_stride, o0, o1, nb, ya, yrs, g0, g1, acc_mem, y, y_stride); break;
-    CASE(1)
-    CASE(2)
-    CASE(3)
-    CASE(4)
-    CASE(5)
-    CASE(6)
-    CASE(7)
-#undef CASE
-    default:
-        legacy_rows(k, TILE_ROWS, W, w_stride, o0, o1, nb, ya, yrs, g0, g1, acc_mem, y, y_stride);
-        break;
-    }
+#define ROWS(n) legacy_rows(k, n, W, w_stride, o0, o1, nb, ya, yrs, g0, g1, acc_mem, y, y_stride)
+    TD_TILE_DISPATCH(nr, ROWS)
+#undef ROWS
 }
 
 /* The matmul driver. Weight rows go in blocks of O_BLOCK, which stay in

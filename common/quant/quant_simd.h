@@ -39,6 +39,20 @@
 #define UNROLL _Pragma("GCC unroll 8")
 #endif
 
+/* Runs CALL(n) with n the tile height nr as a compile-time constant, 1 to 7,
+ * or 8 for anything larger: each height gets its own fully unrolled body. */
+#define TD_TILE_DISPATCH(nr, CALL) \
+    switch (nr) {                  \
+    case 1: CALL(1); break;        \
+    case 2: CALL(2); break;        \
+    case 3: CALL(3); break;        \
+    case 4: CALL(4); break;        \
+    case 5: CALL(5); break;        \
+    case 6: CALL(6); break;        \
+    case 7: CALL(7); break;        \
+    default: CALL(8); break;       \
+    }
+
 /* Sum of the eight lanes: upper half onto lower, then (0+2)+(1+3) — the
  * order llama.cpp's kernels use, which the reference-order matmuls rely on. */
 static inline float hsum_ps(__m256 v) {
