@@ -9,9 +9,10 @@
  *   Q4_1 also: mins = fma(m_w, s_x, mins)                  (one f32)
  * and the result is hsum(acc) (upper half onto lower, then (0+2)+(1+3))
  * plus mins. The order is fixed per pair, whichever tile, range or chunk
- * computes it, so results stay batch invariant. This is slower per block than
- * the interleaved kernels of quant_interleaved_avx2.c (one madd, convert and fma per
- * block instead of per four; TD_NUMERICS_FAST uses those).
+ * computes it, so results stay batch invariant. This is slower per block
+ * than the interleaved kernels of quant_interleaved_avx2.c (one madd,
+ * convert and fma per block instead of per four; TD_NUMERICS_FAST uses
+ * those).
  */
 #include "quant/quant_impl.h"
 #include "quant/quant_simd.h"
@@ -57,7 +58,7 @@ typedef struct pair_state {
 } pair_state;
 
 INLINE void prepare_tile(enum bkind k, int nr, int64_t i0, int64_t i1, const uint8_t *X, size_t x_stride,
-                           tile_prep *ts) {
+                         tile_prep *ts) {
     for (int64_t i = i0; i < i1; i++) {
         for (int r = 0; r < nr; r++) {
             const uint8_t *xb = X + (size_t)r * x_stride + (size_t)i * x_bytes(k);
@@ -71,11 +72,10 @@ INLINE void prepare_tile(enum bkind k, int nr, int64_t i0, int64_t i1, const uin
 }
 
 /* Blocks [i0, i1) of one weight row against nr activation rows prepared in
- * ts. A row done in one chunk
- * (i0 == 0, i1 == nb) keeps its sums in registers; else they wait in st. */
+ * ts. A row done in one chunk (i0 == 0, i1 == nb) keeps its sums in
+ * registers; else they wait in st. */
 INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_t i1, int64_t nb,
-                      const tile_prep *ts, pair_state *st, float *y,
-                      int64_t y_stride) {
+                      const tile_prep *ts, pair_state *st, float *y, int64_t y_stride) {
     __m256 acc[TILE_ROWS];
     __m256 mins = i0 == 0 ? _mm256_setzero_ps() : st->mins; /* lane r: row r's min term */
     UNROLL
@@ -149,16 +149,15 @@ INLINE float one_pair(enum bkind k, const uint8_t *w, int64_t nb, const uint8_t 
 }
 
 INLINE void pair_rows_nr(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_t i1, int64_t nb,
-                         const tile_prep *ts, pair_state *st, float *y,
-                         int64_t y_stride) {
+                         const tile_prep *ts, pair_state *st, float *y, int64_t y_stride) {
 #define ROWS(n) pair_rows(k, n, w, i0, i1, nb, ts, st, y, y_stride)
     TD_TILE_DISPATCH(nr, ROWS)
 #undef ROWS
 }
 
 /* Weight rows go in blocks of O_BLOCK, which stay in cache while all
- * activation rows pass over them a tile at a time; a tile's scales and codes are
- * prepared per weight block (a few percent of the work). A single tile
+ * activation rows pass over them a tile at a time; a tile's scales and
+ * codes are prepared per weight block (a few percent of the work). A single tile
  * (short verification) is prepared once for all weight rows; a single row
  * (decode) needs no preparing. */
 INLINE void blockwise_matmul(enum bkind k, const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
@@ -202,7 +201,7 @@ INLINE void blockwise_matmul(enum bkind k, const void *W, size_t w_stride, int64
 }
 
 void TD_KERNEL(matmul_q4_1)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                               const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+                            const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
     blockwise_matmul(B_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
 }
 
@@ -211,7 +210,7 @@ void TD_KERNEL(dot_q4_1)(int64_t n, float *s, const void *x, const void *y) {
 }
 
 void TD_KERNEL(matmul_q8_0)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                               const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+                            const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
     blockwise_matmul(B_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
 }
 

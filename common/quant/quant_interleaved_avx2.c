@@ -340,12 +340,12 @@ LEGACY(q4_0, L_Q4_0)
 LEGACY(q5_0, L_Q5_0)
 
 void TD_KERNEL(matmul_q4_1_fast)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                    const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+                                 const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
     legacy_matmul(L_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
 }
 
 void TD_KERNEL(matmul_q8_0_fast)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                    const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+                                 const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
     legacy_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
 }
 LEGACY(q5_1, L_Q5_1)
