@@ -24,18 +24,20 @@ static double median(double *v, int n) {
 
 typedef struct bw_job {
     const uint64_t *buf;
-    size_t n;
+    int64_t n;
+    _Atomic int64_t next;
     uint64_t sums[64];
 } bw_job;
 
 static void bw_worker(void *arg, int ith, int nth) {
     bw_job *j = arg;
     int64_t lo, hi;
-    td_split((int64_t)j->n, ith, nth, &lo, &hi);
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (int64_t i = lo; i + 4 <= hi; i += 4) {
-        s0 += j->buf[i]; s1 += j->buf[i + 1]; s2 += j->buf[i + 2]; s3 += j->buf[i + 3];
-    }
+    (void)nth;
+    while (td_claim(&j->next, j->n, (int64_t)1 << 17, &lo, &hi)) /* 1 MiB at a time */
+        for (int64_t i = lo; i + 4 <= hi; i += 4) {
+            s0 += j->buf[i]; s1 += j->buf[i + 1]; s2 += j->buf[i + 2]; s3 += j->buf[i + 3];
+        }
     j->sums[ith & 63] = s0 + s1 + s2 + s3;
 }
 
@@ -45,9 +47,10 @@ static double read_bandwidth(td_pool *pool) {
     uint64_t *buf = malloc(bytes);
     if (!buf) return 0;
     for (size_t i = 0; i < bytes / 8; i++) buf[i] = i;
-    bw_job j = {buf, bytes / 8, {0}};
+    bw_job j = {.buf = buf, .n = (int64_t)(bytes / 8)};
     double t[5];
     for (int r = 0; r < 5; r++) {
+        atomic_init(&j.next, 0);
         double t0 = td_now_sec();
         td_pool_run(pool, bw_worker, &j);
         t[r] = td_now_sec() - t0;

@@ -152,22 +152,25 @@ static void mm_job_ready(mm_job *job, int nth) {
 typedef struct quant_job {
     uint32_t wtype;
     const float *x;
-    int64_t n_in, n_rows;
+    int64_t n_in, n_rows, chunk;
     void *dst;
+    _Atomic int64_t next; /* next row to take */
 } quant_job;
 
 static void quant_worker(void *arg, int ith, int nth) {
     quant_job *j = arg;
-    int64_t lo, hi;
-    td_split(j->n_rows, ith, nth, &lo, &hi);
-    if (lo >= hi) return;
+    (void)ith, (void)nth;
     size_t row_bytes = td_quant_row_bytes(td_quant_traits(j->wtype)->vec_dot_type, j->n_in);
-    td_quant_activations(j->wtype, j->x + lo * j->n_in, j->n_in, hi - lo, (char *)j->dst + (size_t)lo * row_bytes);
+    int64_t lo, hi;
+    while (td_claim(&j->next, j->n_rows, j->chunk, &lo, &hi))
+        td_quant_activations(j->wtype, j->x + lo * j->n_in, j->n_in, hi - lo, (char *)j->dst + (size_t)lo * row_bytes);
 }
 
 /* Quantizes rows of x for weights of type wtype into c->xq. */
 static void quantize_rows(td_ctx *c, uint32_t wtype, const float *x, int64_t n_in, int64_t n_rows) {
-    quant_job j = {wtype, x, n_in, n_rows, c->xq};
+    quant_job j = {.wtype = wtype, .x = x, .n_in = n_in, .n_rows = n_rows, .dst = c->xq,
+                   .chunk = td_claim_chunk(n_rows, td_pool_size(c->pool), 4, 1)};
+    atomic_init(&j.next, 0);
     if (n_rows == 1)
         quant_worker(&j, 0, 1);
     else
@@ -208,6 +211,8 @@ typedef struct attn_job {
     const td_kv *kv;
     const td_row *rows;
     int32_t n_rows, layer;
+    int64_t n_items, chunk;
+    _Atomic int64_t next; /* next item to take */
 } attn_job;
 
 /* Tree rows see the cache [0, base) and then their ancestors (root first)
@@ -225,11 +230,11 @@ static int32_t tree_chain(const td_ctx *c, const td_row *rows, int32_t r, int32_
 }
 
 /* Items (sequence, KV head, row of the sequence, query head of the
- * group), in that order; a thread takes a contiguous range and hands the
- * queries of each (sequence, KV head) to the kernel up to
- * TD_ATTN_MAX_QUERIES at a time. */
-static void attn_worker(void *arg, int ith, int nth) {
-    attn_job *j = arg;
+ * group), in that order; a thread takes contiguous ranges of them and hands
+ * the queries of each (sequence, KV head) to the kernel up to
+ * TD_ATTN_MAX_QUERIES at a time. A query's result does not depend on the
+ * others it is batched with, so the ranges may fall anywhere. */
+static void attn_range(attn_job *j, int ith, int64_t lo, int64_t hi) {
     td_ctx *c = j->c;
     const td_hparams *hp = &c->m->hp;
     int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
@@ -241,8 +246,7 @@ static void attn_worker(void *arg, int ith, int nth) {
     td_attn_batch b = {.kv = j->kv, .layer = j->layer, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
                        .qs = qs, .tile = c->tile + (size_t)ith * TD_ATTN_TILE * hd,
                        .lone = c->numerics == TD_NUMERICS_LLAMACPP && j->n_rows == 1};
-    int64_t lo, hi, item = 0;
-    td_split((int64_t)j->n_rows * hp->n_head, ith, nth, &lo, &hi);
+    int64_t item = 0;
     for (int32_t e = 0; e < c->n_groups && item < hi; e++) {
         const td_attn_group *g = &c->groups[e];
         int64_t per_head = (int64_t)g->n_rows * group;
@@ -276,6 +280,13 @@ static void attn_worker(void *arg, int ith, int nth) {
             }
         }
     }
+}
+
+static void attn_worker(void *arg, int ith, int nth) {
+    attn_job *j = arg;
+    int64_t lo, hi;
+    (void)nth;
+    while (td_claim(&j->next, j->n_items, j->chunk, &lo, &hi)) attn_range(j, ith, lo, hi);
 }
 
 /* Groups the rows by sequence (order[] lists them sequence by sequence). */
@@ -514,7 +525,13 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
             c->ops.to_f16(k, td_kv_at(kv, rows[r].seq, l, 0, c->slot[r]), kv_dim);
             c->ops.to_f16(v, td_kv_at(kv, rows[r].seq, l, 1, c->slot[r]), kv_dim);
         }
-        attn_job aj = {c, kv, rows, n_rows, l};
+        /* one claim per thread when all take part (the old static split)
+         * unless the pass is long enough to balance finer */
+        int64_t n_items = (int64_t)n_rows * hp->n_head;
+        int nth = td_pool_size(c->pool);
+        attn_job aj = {.c = c, .kv = kv, .rows = rows, .n_rows = n_rows, .layer = l, .n_items = n_items,
+                       .chunk = td_claim_chunk(n_items, nth, n_items >= 64 * nth ? 4 : 1, 1)};
+        atomic_init(&aj.next, 0);
         td_pool_run(c->pool, attn_worker, &aj);
 
         const td_weight *o_w[1] = {&ly->wo};

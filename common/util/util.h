@@ -9,6 +9,7 @@
 #define TD_UTIL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -84,9 +85,14 @@ uint64_t td_fnv1a64(uint64_t h, const void *data, size_t n);
 
 /* ---- thread pool ----
  * One pool per process (the CLI creates it and passes it down). td_pool_run
- * calls fn(ctx, ith, nth) on nth threads (the caller is thread 0) and returns
- * when all are done. Workers spin briefly between jobs, then sleep, so the
- * many small jobs of a decode step do not pay a futex wake each. */
+ * calls fn(ctx, ith, nth) on up to nth threads (the caller is thread 0, and
+ * always runs) and returns when every thread that started fn has returned.
+ * A worker that has not started fn by the time the caller's call returns
+ * skips the job: on a busy machine a descheduled worker must not hold up the
+ * pass for a scheduler slice. So fn takes its work from a shared counter
+ * (td_claim), never by ith: the caller alone must be able to do all of it.
+ * ith only picks per-thread scratch. Workers spin briefly between jobs, then
+ * sleep, so the many small jobs of a decode step do not pay a futex wake each. */
 typedef struct td_pool td_pool;
 typedef void (*td_pool_fn)(void *ctx, int ith, int nth);
 td_pool *td_pool_create(int n_threads); /* NULL on failure; n_threads >= 1 */
@@ -94,11 +100,22 @@ void td_pool_destroy(td_pool *p);       /* accepts NULL */
 int td_pool_size(const td_pool *p);     /* 1 for a NULL pool */
 void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx); /* NULL pool: runs fn(ctx,0,1) */
 
-/* Splits [0, n) into nth near-equal chunks; chunk ith is [*lo, *hi). */
-static inline void td_split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi) {
-    int64_t per = n / nth, rem = n % nth;
-    *lo = ith * per + (ith < rem ? ith : rem);
-    *hi = *lo + per + (ith < rem ? 1 : 0);
+/* Takes the next chunk of [0, n) from *next (start it at 0): false when none
+ * is left, else [*lo, *hi) is this thread's. */
+static inline bool td_claim(_Atomic int64_t *next, int64_t n, int64_t chunk, int64_t *lo, int64_t *hi) {
+    int64_t l = atomic_fetch_add_explicit(next, chunk, memory_order_relaxed);
+    if (l >= n) return false;
+    *lo = l;
+    *hi = l + chunk < n ? l + chunk : n;
+    return true;
+}
+
+/* A chunk size giving each of nth threads at most `per_thread` claims of
+ * [0, n) when all take part, rounded up to a multiple of `align` (>= 1). */
+static inline int64_t td_claim_chunk(int64_t n, int nth, int per_thread, int64_t align) {
+    int64_t parts = (int64_t)nth * per_thread, c = (n + parts - 1) / parts;
+    c = (c + align - 1) / align * align;
+    return c < align ? align : c;
 }
 
 /* Number of online CPUs (>= 1). */

@@ -89,6 +89,7 @@ typedef struct job {
     const void *xq;
     int64_t n_rows;
     float *y;
+    _Atomic int64_t next; /* next output row to take (pool runs) */
 } job;
 
 static bool use_ggml; /* time ggml's vec_dot instead of td_quant_matmul */
@@ -108,26 +109,30 @@ static void run_ggml(const job *j) {
 static td_pool *pool;
 
 static void pool_job(void *ctx, int ith, int nth) {
-    const job *j = ctx;
-    int64_t lo, hi;
-    td_split(j->s->n_out, ith, nth, &lo, &hi);
-    if (!use_ggml) {
-        td_quant_matmul(j->s->type, j->W, j->s->n_in, lo, hi, j->xq, j->n_rows, j->y, j->s->n_out);
-        return;
+    job *j = ctx;
+    int64_t lo, hi, chunk = td_claim_chunk(j->s->n_out, nth, 1, 32);
+    (void)ith;
+    while (td_claim(&j->next, j->s->n_out, chunk, &lo, &hi)) {
+        if (!use_ggml) {
+            td_quant_matmul(j->s->type, j->W, j->s->n_in, lo, hi, j->xq, j->n_rows, j->y, j->s->n_out);
+            continue;
+        }
+        ggml_vec_dot dot = ggml_traits((int)j->s->type)->vec_dot;
+        size_t wrb = td_quant_row_bytes(j->s->type, j->s->n_in);
+        size_t xrb = td_quant_row_bytes(td_quant_traits(j->s->type)->vec_dot_type, j->s->n_in);
+        for (int64_t o = lo; o < hi; o++)
+            for (int64_t r = 0; r < j->n_rows; r++)
+                dot((int)j->s->n_in, &j->y[r * j->s->n_out + o], 0, (const uint8_t *)j->W + o * wrb, 0,
+                    (const uint8_t *)j->xq + r * xrb, 0, 1);
     }
-    ggml_vec_dot dot = ggml_traits((int)j->s->type)->vec_dot;
-    size_t wrb = td_quant_row_bytes(j->s->type, j->s->n_in);
-    size_t xrb = td_quant_row_bytes(td_quant_traits(j->s->type)->vec_dot_type, j->s->n_in);
-    for (int64_t o = lo; o < hi; o++)
-        for (int64_t r = 0; r < j->n_rows; r++)
-            dot((int)j->s->n_in, &j->y[r * j->s->n_out + o], 0, (const uint8_t *)j->W + o * wrb, 0,
-                (const uint8_t *)j->xq + r * xrb, 0, 1);
 }
 
-static void run_jobs(const job *jobs, int n) {
+static void run_jobs(job *jobs, int n) {
     if (pool) {
-        for (int i = 0; i < n; i++)
-            td_pool_run(pool, pool_job, (void *)&jobs[i]);
+        for (int i = 0; i < n; i++) {
+            atomic_init(&jobs[i].next, 0);
+            td_pool_run(pool, pool_job, &jobs[i]);
+        }
         return;
     }
     if (use_ggml) {

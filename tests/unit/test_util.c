@@ -32,49 +32,63 @@ static void sha256_vectors(void **state) {
 
 typedef struct {
     _Atomic int calls[8];
-    _Atomic int64_t sum;
+    _Atomic int64_t sum, next;
+    _Atomic int claims;
 } pool_job;
 
 static void pool_fn(void *ctx, int ith, int nth) {
     pool_job *j = ctx;
+    assert_true(ith >= 0 && ith < nth);
     atomic_fetch_add(&j->calls[ith], 1);
     int64_t lo, hi, acc = 0;
-    td_split(1000, ith, nth, &lo, &hi);
-    for (int64_t i = lo; i < hi; i++) acc += i;
+    while (td_claim(&j->next, 1000, 7, &lo, &hi)) {
+        atomic_fetch_add(&j->claims, 1);
+        for (int64_t i = lo; i < hi; i++) acc += i;
+    }
     atomic_fetch_add(&j->sum, acc);
 }
 
-static void pool_runs_each_thread_once(void **state) {
+/* The caller always runs; a worker runs a job at most once, or skips it if
+ * the caller finished first; either way the claimed work is done exactly
+ * once by the time td_pool_run returns. */
+static void pool_runs_claimed_work_once(void **state) {
     (void)state;
     for (int n = 1; n <= 4; n++) {
         td_pool *p = td_pool_create(n);
         assert_non_null(p);
         assert_int_equal(td_pool_size(p), n);
-        for (int rep = 0; rep < 200; rep++) {
+        for (int rep = 0; rep < 2000; rep++) {
             pool_job j;
             memset(&j, 0, sizeof j);
             td_pool_run(p, pool_fn, &j);
-            for (int t = 0; t < n; t++) assert_int_equal(atomic_load(&j.calls[t]), 1);
+            assert_int_equal(atomic_load(&j.calls[0]), 1);
+            for (int t = 1; t < n; t++) assert_true(atomic_load(&j.calls[t]) <= 1);
             assert_int_equal(atomic_load(&j.sum), 999 * 1000 / 2);
+            assert_int_equal(atomic_load(&j.claims), (1000 + 6) / 7);
         }
         td_pool_destroy(p);
     }
     assert_null(td_pool_create(0));
 }
 
-static void split_covers_range(void **state) {
+static void claim_chunks_cover_range(void **state) {
     (void)state;
-    for (int nth = 1; nth <= 7; nth++) {
-        int64_t next = 0;
-        for (int i = 0; i < nth; i++) {
-            int64_t lo, hi;
-            td_split(23, i, nth, &lo, &hi);
-            assert_int_equal(lo, next);
-            assert_true(hi >= lo);
-            next = hi;
-        }
-        assert_int_equal(next, 23);
-    }
+    for (int64_t n = 0; n <= 70; n += 7)
+        for (int nth = 1; nth <= 5; nth++)
+            for (int per = 1; per <= 4; per++)
+                for (int64_t align = 1; align <= 32; align *= 4) {
+                    int64_t chunk = td_claim_chunk(n, nth, per, align), lo, hi, covered = 0;
+                    assert_true(chunk >= align && chunk % align == 0);
+                    if (n > 0 && align == 1) assert_true((n + chunk - 1) / chunk <= (int64_t)nth * per);
+                    _Atomic int64_t next;
+                    atomic_init(&next, 0);
+                    while (td_claim(&next, n, chunk, &lo, &hi)) {
+                        assert_int_equal(lo, covered);
+                        assert_true(hi > lo && hi - lo <= chunk);
+                        covered = hi;
+                    }
+                    assert_int_equal(covered, n);
+                }
 }
 
 static void err_formats(void **state) {
@@ -93,8 +107,8 @@ static void err_formats(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(sha256_vectors),
-        cmocka_unit_test(pool_runs_each_thread_once),
-        cmocka_unit_test(split_covers_range),
+        cmocka_unit_test(pool_runs_claimed_work_once),
+        cmocka_unit_test(claim_chunks_cover_range),
         cmocka_unit_test(err_formats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
