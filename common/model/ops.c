@@ -134,8 +134,9 @@ static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
 }
 
 td_op_kernels td_op_select(int32_t head_dim) {
-    /* The quant module already checked AVX2, FMA and F16C for its kernels. */
-    bool avx2 = strcmp(td_quant_kernel_name(), "avx2") == 0;
+    /* The quant module already checked AVX2, FMA and F16C: every set but the
+     * scalar one has them (AVX-512 machines run "avx2+avx512vnni") */
+    bool avx2 = strcmp(td_quant_kernel_name(), "scalar") != 0;
     if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar, td_op_attend_scalar, td_op_silu_mul_scalar};
     bool vec = head_dim % 8 == 0;
     return (td_op_kernels){td_op_to_f16_avx2, vec ? td_op_attend_avx2 : td_op_attend_scalar,

@@ -6,6 +6,8 @@
  * Ids we do not support (retired, IQ*, Q2_K/Q3_K, integer types) have no row.
  */
 #include <assert.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "quant/quant_impl.h"
 
@@ -83,7 +85,12 @@ static const quant_row avx512_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_R
  * enough to ask on every call, and no mutable state of our own. clang (14)
  * knows no "f16c" feature string; every CPU with AVX2 has F16C. */
 static const quant_row *active_table(void) {
+    /* TD_KERNELS=scalar|avx2 caps the set below what the CPU offers (A/B
+     * timing, isolating a kernel bug); it never raises it */
+    const char *cap = getenv("TD_KERNELS");
+    if (cap && !strcmp(cap, "scalar")) return ref_table;
 #ifdef HAVE_AVX2_TABLE
+    bool avx2_only = cap && !strcmp(cap, "avx2");
 #ifdef __clang__
     bool f16c = true;
 #else
@@ -92,7 +99,7 @@ static const quant_row *active_table(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         /* the runtime sets AVX-512 features only where the OS saves their
          * state (XCR0), so this also says the instructions may run */
-        if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
+        if (!avx2_only && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
             return avx512_table;
         return avx2_table;
     }

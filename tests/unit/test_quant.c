@@ -125,10 +125,15 @@ static void table_facts(void **state) {
         assert_int_equal(td_quant_row_bytes(bad[i], 256), 0);
     }
     const char *k = td_quant_kernel_name();
-    assert_true(strcmp(k, "avx2") == 0 || strcmp(k, "scalar") == 0);
+    assert_true(strcmp(k, "avx2+avx512vnni") == 0 || strcmp(k, "avx2") == 0 || strcmp(k, "scalar") == 0);
 #ifdef HAVE_X86
-    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_f16c();
-    assert_string_equal(k, avx2 ? "avx2" : "scalar");
+    /* the best set the CPU has, unless TD_KERNELS caps it */
+    const char *cap = getenv("TD_KERNELS");
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_f16c() &&
+                !(cap && !strcmp(cap, "scalar"));
+    bool vnni = avx2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+                !(cap && !strcmp(cap, "avx2"));
+    assert_string_equal(k, vnni ? "avx2+avx512vnni" : avx2 ? "avx2" : "scalar");
 #endif
 }
 
