@@ -110,6 +110,79 @@ static int32_t *run_turn(bench *b, tally *g, const int32_t *ids, size_t n, int32
     return plain;
 }
 
+/* A warm-up turn: every configuration answers, nothing is timed or
+ * compared. Drafters that learn across requests (recycle's table) start the
+ * measured questions the way a server's would, after other traffic. Returns
+ * the answer (malloc'd) or NULL on error. */
+static int32_t *warm_turn(bench *b, const int32_t *ids, size_t n, int32_t *n_out) {
+    td_err err = {{0}};
+    td_gen_params gp = {.sample = td_sample_defaults(), .max_tokens = b->max_tokens};
+    int32_t *out = malloc((size_t)b->max_tokens * sizeof *out);
+    if (!out) return NULL;
+    for (int c = 0; c < b->n_configs; c++) {
+        td_kv_truncate(b->kv, 0, 0);
+        td_spec_request rq = {.prompt = ids, .n_prompt = n, .gen = gp, .out_tokens = out};
+        if (td_spec_run(b->e.model, b->e.tok, b->ctx, b->kv, &rq, 1, b->ds[c].d, b->ds[c].n, &b->spp, &err)) {
+            fprintf(stderr, "tandem bench spec: %s: %s\n", b->configs[c], err.msg);
+            free(out);
+            return NULL;
+        }
+        *n_out = rq.stats.n_generated;
+    }
+    return out;
+}
+
+/* Answers one question (a JSON line), turn by turn as a chat would, measured
+ * or as warm-up. Returns 0, or -1 after printing why. */
+static int answer_question(bench *b, const char *path, const char *line, int line_no, bool measure, int *mismatches) {
+    cJSON *q = cJSON_Parse(line);
+    const cJSON *cat = q ? cJSON_GetObjectItem(q, "category") : NULL, *turns = q ? cJSON_GetObjectItem(q, "turns") : NULL;
+    if (!cJSON_IsString(cat) || !cJSON_IsArray(turns)) {
+        fprintf(stderr, "tandem bench spec: %s:%d: not a question object (category, turns)\n", path, line_no + 1);
+        cJSON_Delete(q);
+        return -1;
+    }
+    tally *g = measure ? group_tally(b, group_of(cat->valuestring)) : NULL;
+    if (measure && !g) {
+        fprintf(stderr, "tandem bench spec: %s:%d: more than %d task groups\n", path, line_no + 1, MAX_GROUPS);
+        cJSON_Delete(q);
+        return -1;
+    }
+    td_chat_msg msgs[16];
+    char *answers[8] = {0};
+    int n_msgs = 0, n_turns = 0, rc = 0;
+    const cJSON *turn;
+    cJSON_ArrayForEach(turn, turns) {
+        if (!cJSON_IsString(turn) || n_turns == 8) break;
+        msgs[n_msgs++] = (td_chat_msg){"user", turn->valuestring};
+        char *formatted = NULL;
+        int32_t *ids = NULL, n_ans = 0;
+        size_t n_ids = 0;
+        td_err err = {{0}};
+        if (td_tok_chat_format(b->e.tok, msgs, (size_t)n_msgs, true, &formatted, &err) ||
+            td_tok_encode(b->e.tok, formatted, strlen(formatted), false, true, &ids, &n_ids, &err)) {
+            fprintf(stderr, "tandem bench spec: question line %d: %s\n", line_no + 1, err.msg);
+            free(formatted);
+            break;
+        }
+        free(formatted);
+        if (n_ids + (size_t)b->max_tokens + 64 > (size_t)b->max_len) { free(ids); break; }
+        int32_t *answer = measure ? run_turn(b, g, ids, n_ids, &n_ans, mismatches) : warm_turn(b, ids, n_ids, &n_ans);
+        free(ids);
+        if (!answer) { rc = -1; break; }
+        char *ans_text = NULL;
+        size_t ans_len = 0;
+        int dec = td_tok_decode(b->e.tok, answer, (size_t)n_ans, false, &ans_text, &ans_len, &err);
+        free(answer);
+        if (dec) break;
+        answers[n_turns++] = ans_text;
+        msgs[n_msgs++] = (td_chat_msg){"assistant", ans_text};
+    }
+    for (int i = 0; i < n_turns; i++) free(answers[i]);
+    cJSON_Delete(q);
+    return rc;
+}
+
 static void print_row(const bench *b, const char *name, const tally *t) {
     printf("%-16s %5d", name, t->turns);
     for (int c = 0; c < b->n_configs; c++) {
@@ -128,7 +201,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
     const char *cmd = "bench spec";
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *prompts = NULL;
-    long limit = 0, threads = 0, max_tokens = 256, k = 8;
+    long limit = 0, warmup = 0, threads = 0, max_tokens = 256, k = 8;
     td_numerics numerics = TD_NUMERICS_FAST;
     double row_cost = 0;
     bench *b = calloc(1, sizeof *b);
@@ -137,8 +210,8 @@ int td_cmd_bench_spec(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            puts("usage: tandem bench spec --prompts FILE.jsonl [--limit N] [--draft LIST]... [--max-tokens N]\n"
-                 "                         [--draft-max K] [--row-cost C] [--threads N] [--model PATH]\n"
+            puts("usage: tandem bench spec --prompts FILE.jsonl [--limit N] [--warmup N] [--draft LIST]...\n"
+                 "                         [--max-tokens N] [--draft-max K] [--row-cost C] [--threads N] [--model PATH]\n"
                  "                         [--numerics fast|reference|llamacpp]\n\n"
                  "Each question (JSON lines: category, turns) is answered with plain greedy decoding and\n"
                  "with each --draft configuration (default: lookup, ngram, recycle, layerskip, auto),\n"
@@ -146,6 +219,9 @@ int td_cmd_bench_spec(int argc, char **argv) {
                  "turns, prompt prefill included; then of the decoding after the prefill alone), mean\n"
                  "tokens per target pass, acceptance of drafted tokens, and whether the tokens were\n"
                  "identical. --limit N takes N questions spread over the file.\n"
+                 "--warmup N first answers N other questions of the file with every configuration,\n"
+                 "untimed, so that drafters which learn across requests (recycle's table, as in a\n"
+                 "long-running server) are measured warm; the default 0 measures them cold.\n"
                  "--row-cost C plans each step as if an extra verified row cost C of a one-row pass\n"
                  "(default: learned from this machine); a small C (e.g. 0.02) drafts as for a GPU\n"
                  "verifier, where tokens per pass is the figure that carries over.\n\n"
@@ -161,6 +237,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
             b->configs[b->n_configs++] = v;
         }
         else if (!strcmp(a, "--limit")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 0, 1 << 20, &limit)) goto usage; }
+        else if (!strcmp(a, "--warmup")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 0, 1 << 20, &warmup)) goto usage; }
         else if (!strcmp(a, "--threads")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 256, &threads)) goto usage; }
         else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) goto usage; }
         else if (!strcmp(a, "--max-tokens")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &max_tokens)) goto usage; }
@@ -194,56 +271,32 @@ int td_cmd_bench_spec(int argc, char **argv) {
         if (td_cli_drafters_open(&b->ds[opened], b->configs[opened], &b->e, &greedy, 1, b->max_len)) goto out;
 
     /* --limit N: every (lines/N)-th question, so all groups are sampled */
-    int stride = limit > 0 && limit < n_lines ? n_lines / (int)limit : 1, line_no = 0, done = 0;
+    int stride = limit > 0 && limit < n_lines ? n_lines / (int)limit : 1;
     char cost[32] = "learned";
     if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);
     printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, %s numerics, greedy\n",
            prompts, b->e.n_threads, b->max_tokens, k, cost, td_numerics_name(numerics));
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), line_no++) {
-        if (line_no % stride != 0 || (limit > 0 && done >= limit)) continue;
-        cJSON *q = cJSON_Parse(line);
-        const cJSON *cat = q ? cJSON_GetObjectItem(q, "category") : NULL, *turns = q ? cJSON_GetObjectItem(q, "turns") : NULL;
-        if (!cJSON_IsString(cat) || !cJSON_IsArray(turns)) {
-            fprintf(stderr, "tandem bench spec: %s:%d: not a question object (category, turns)\n", prompts, line_no + 1);
-            cJSON_Delete(q);
-            goto out;
+    char **lines = malloc((size_t)(n_lines + 1) * sizeof *lines);
+    if (!lines) { fprintf(stderr, "tandem bench spec: out of memory\n"); goto out; }
+    n_lines = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) lines[n_lines++] = line;
+    int n_measured = 0;
+    for (int i = 0; i < n_lines && (limit <= 0 || n_measured < limit); i += stride) n_measured++;
+    if (warmup > 0) {
+        /* warm-up questions sit between the measured ones, spread likewise */
+        int free_lines = n_lines - n_measured, wstride = free_lines > warmup ? free_lines / (int)warmup : 1, k = 0;
+        if (free_lines <= 0) { fprintf(stderr, "tandem bench spec: --warmup: every question is measured, none left to warm up on\n"); goto out_lines; }
+        for (int i = 0, done = 0; i < n_lines && done < warmup; i++) {
+            if (i % stride == 0 && i / stride < n_measured) continue;
+            if (k++ % wstride) continue;
+            if (answer_question(b, prompts, lines[i], i, false, &mismatches)) goto out_lines;
+            fprintf(stderr, "\r[bench spec] warm-up: %d questions", ++done);
         }
-        tally *g = group_tally(b, group_of(cat->valuestring));
-        /* the conversation so far, as chat messages */
-        td_chat_msg msgs[16];
-        char *answers[8] = {0};
-        int n_msgs = 0, n_turns = 0;
-        const cJSON *turn;
-        cJSON_ArrayForEach(turn, turns) {
-            if (!cJSON_IsString(turn) || n_turns == 8 || !g) break;
-            msgs[n_msgs++] = (td_chat_msg){"user", turn->valuestring};
-            char *formatted = NULL;
-            int32_t *ids = NULL, n_ans = 0;
-            size_t n_ids = 0;
-            td_err err = {{0}};
-            if (td_tok_chat_format(b->e.tok, msgs, (size_t)n_msgs, true, &formatted, &err) ||
-                td_tok_encode(b->e.tok, formatted, strlen(formatted), false, true, &ids, &n_ids, &err)) {
-                fprintf(stderr, "tandem bench spec: question line %d: %s\n", line_no + 1, err.msg);
-                free(formatted);
-                break;
-            }
-            free(formatted);
-            if (n_ids + (size_t)b->max_tokens + 64 > (size_t)b->max_len) { free(ids); break; }
-            int32_t *answer = run_turn(b, g, ids, n_ids, &n_ans, &mismatches);
-            free(ids);
-            if (!answer) break;
-            char *ans_text = NULL;
-            size_t ans_len = 0;
-            int rc = td_tok_decode(b->e.tok, answer, (size_t)n_ans, false, &ans_text, &ans_len, &err);
-            free(answer);
-            if (rc) break;
-            answers[n_turns++] = ans_text;
-            msgs[n_msgs++] = (td_chat_msg){"assistant", ans_text};
-        }
-        for (int i = 0; i < n_turns; i++) free(answers[i]);
-        cJSON_Delete(q);
-        done++;
-        fprintf(stderr, "\r[bench spec] %d questions", done);
+        fprintf(stderr, "\n");
+    }
+    for (int i = 0, done = 0; done < n_measured; i += stride) {
+        if (answer_question(b, prompts, lines[i], i, true, &mismatches)) goto out_lines;
+        fprintf(stderr, "\r[bench spec] %d questions", ++done);
     }
     fprintf(stderr, "\n");
     printf("%-16s %5s", "group", "turns");
@@ -255,6 +308,8 @@ int td_cmd_bench_spec(int argc, char **argv) {
     print_row(b, "overall", &b->overall);
     printf("tokens identical to plain decoding: %s\n", mismatches ? "NO" : "yes, every turn and configuration");
     status = mismatches ? 1 : 0;
+out_lines:
+    free(lines);
 out:
     for (int c = 0; c < opened; c++) td_cli_drafters_close(&b->ds[c]);
     td_ctx_destroy(b->ctx);
