@@ -274,8 +274,10 @@ int td_cmd_bench_spec(int argc, char **argv) {
     int stride = limit > 0 && limit < n_lines ? n_lines / (int)limit : 1;
     char cost[32] = "learned";
     if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);
-    printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, %s numerics, greedy\n",
+    printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, %s numerics, greedy",
            prompts, b->e.n_threads, b->max_tokens, k, cost, td_numerics_name(numerics));
+    if (warmup > 0) printf(", after %ld warm-up questions", warmup);
+    printf("\n");
     char **lines = malloc((size_t)(n_lines + 1) * sizeof *lines);
     if (!lines) { fprintf(stderr, "tandem bench spec: out of memory\n"); goto out; }
     n_lines = 0;

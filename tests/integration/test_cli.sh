@@ -93,6 +93,22 @@ check "llamacpp numerics generates text" test -s "$tmp/llamacpp_out"
 check "--numerics reference: speculation gives the same text as reference plain decoding" cmp -s "$tmp/ref_auto" "$tmp/ref_plain"
 check "unknown drafter refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft magic
 check "unknown drafter named" err_has "magic"
+
+# bench spec: identity checked on every turn; malformed question files refused
+cat >"$tmp/q.jsonl" <<'Q'
+{"category": "writing", "turns": ["List three colours.", "Now in reverse order."]}
+{"category": "qa", "turns": ["What is the capital of France?"]}
+{"category": "summarization", "turns": ["Repeat this sentence: the cat sat on the mat."]}
+Q
+check "bench spec runs" exit_is 0 "$TANDEM" bench spec --model "$MODEL" --prompts "$tmp/q.jsonl" --limit 2 --warmup 1 --max-tokens 16 --threads 2 --draft lookup --draft recycle
+check "bench spec: every turn identical" grep -q "tokens identical to plain decoding: yes" "$tmp/out"
+check "bench spec: per-group rows" grep -q "^qa " "$tmp/out"
+check "bench spec: warm-up with nothing left refused" exit_is 1 "$TANDEM" bench spec --model "$MODEL" --prompts "$tmp/q.jsonl" --warmup 1 --max-tokens 4 --draft lookup
+check "bench spec: the refusal says why" err_has "none left to warm up on"
+printf '%s\n' '{"category": "qa", "turns": ["Hi?"]}' '{"category": 7}' >"$tmp/bad.jsonl"
+check "bench spec: malformed question refused" exit_is 1 "$TANDEM" bench spec --model "$MODEL" --prompts "$tmp/bad.jsonl" --max-tokens 4 --draft lookup
+check "bench spec: names the line" err_has "bad.jsonl:2"
+check "bench spec: negative warm-up is a usage error" exit_is 2 "$TANDEM" bench spec --prompts "$tmp/q.jsonl" --warmup -1
 if [ -n "${TD_MKTINY:-}" ] && [ -x "$TD_MKTINY" ]; then
   "$TD_MKTINY" "$tmp/tiny.gguf" >/dev/null
   check "draft model with another vocabulary refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft "model:$tmp/tiny.gguf"
