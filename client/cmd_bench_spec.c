@@ -270,8 +270,6 @@ int td_cmd_bench_spec(int argc, char **argv) {
     for (; opened < b->n_configs; opened++)
         if (td_cli_drafters_open(&b->ds[opened], b->configs[opened], &b->e, &greedy, 1, b->max_len)) goto out;
 
-    /* --limit N: every (lines/N)-th question, so all groups are sampled */
-    int stride = limit > 0 && limit < n_lines ? n_lines / (int)limit : 1;
     char cost[32] = "learned";
     if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);
     printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, %s numerics, greedy",
@@ -282,15 +280,16 @@ int td_cmd_bench_spec(int argc, char **argv) {
     if (!lines) { fprintf(stderr, "tandem bench spec: out of memory\n"); goto out; }
     n_lines = 0;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) lines[n_lines++] = line;
-    int n_measured = 0;
+    /* --limit N: every (lines/N)-th question, so all groups are sampled */
+    int stride = limit > 0 && limit < n_lines ? n_lines / (int)limit : 1, n_measured = 0;
     for (int i = 0; i < n_lines && (limit <= 0 || n_measured < limit); i += stride) n_measured++;
     if (warmup > 0) {
         /* warm-up questions sit between the measured ones, spread likewise */
-        int free_lines = n_lines - n_measured, wstride = free_lines > warmup ? free_lines / (int)warmup : 1, k = 0;
+        int free_lines = n_lines - n_measured, wstride = free_lines > warmup ? free_lines / (int)warmup : 1, seen = 0;
         if (free_lines <= 0) { fprintf(stderr, "tandem bench spec: --warmup: every question is measured, none left to warm up on\n"); goto out_lines; }
         for (int i = 0, done = 0; i < n_lines && done < warmup; i++) {
             if (i % stride == 0 && i / stride < n_measured) continue;
-            if (k++ % wstride) continue;
+            if (seen++ % wstride) continue;
             if (answer_question(b, prompts, lines[i], i, false, &mismatches)) goto out_lines;
             fprintf(stderr, "\r[bench spec] warm-up: %d questions", ++done);
         }
