@@ -143,9 +143,7 @@ static void mm_job_ready(mm_job *job, int nth) {
     int64_t widest = 0;
     for (int i = 0; i < job->n_tasks; i++)
         if (job->t[i].w->n_out > widest) widest = job->t[i].w->n_out;
-    int64_t c = widest / ((int64_t)nth * MM_CHUNKS_PER_THREAD);
-    c = (c + MM_CHUNK_ALIGN - 1) / MM_CHUNK_ALIGN * MM_CHUNK_ALIGN;
-    job->chunk = c < MM_CHUNK_ALIGN ? MM_CHUNK_ALIGN : c;
+    job->chunk = td_claim_chunk(widest, nth, MM_CHUNKS_PER_THREAD, MM_CHUNK_ALIGN);
     atomic_store_explicit(&job->next, 0, memory_order_relaxed);
 }
 

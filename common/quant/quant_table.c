@@ -133,13 +133,13 @@ const char *td_quant_kernel_name(void) {
 }
 
 td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
-    const quant_row *r = row_of(active_table(), type);
+    const quant_row *table = active_table(), *r = row_of(table, type);
 #ifdef HAVE_AVX2_TABLE
-    if (order == TD_NUMERICS_FAST && active_table() == avx2_table) {
+    if (order == TD_NUMERICS_FAST && table == avx2_table) {
         if (type == TD_TYPE_Q4_1) return td_quant_avx2_matmul_q4_1_fast;
         if (type == TD_TYPE_Q8_0) return td_quant_avx2_matmul_q8_0_fast;
     }
-    if (order == TD_NUMERICS_FAST && active_table() == avx512_table) {
+    if (order == TD_NUMERICS_FAST && table == avx512_table) {
         if (type == TD_TYPE_Q4_1) return td_quant_avx512_matmul_q4_1_fast;
         if (type == TD_TYPE_Q8_0) return td_quant_avx512_matmul_q8_0_fast;
     }
