@@ -144,3 +144,35 @@ char *td_cli_read_file(const char *cmd, const char *path, size_t *len) {
     if (len) *len = n;
     return buf;
 }
+
+bool td_cli_device(const char *cmd, const char *val, td_device *out) {
+    td_err err = {{0}};
+    if (td_device_parse(val, out, &err) == TD_OK) return true;
+    fprintf(stderr, "tandem %s: --device: %s\n", cmd, err.msg);
+    return false;
+}
+
+bool td_cli_device_numerics(const char *cmd, td_device dev, bool numerics_given, td_numerics *numerics) {
+    if (dev.kind != TD_DEVICE_CUDA) return true;
+    if (numerics_given && *numerics != TD_NUMERICS_REFERENCE) {
+        fprintf(stderr, "tandem %s: --device cuda computes --numerics reference only (got %s)\n", cmd,
+                td_numerics_name(*numerics));
+        return false;
+    }
+    *numerics = TD_NUMERICS_REFERENCE;
+    return true;
+}
+
+td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_pool *pool, td_device dev,
+                   td_numerics numerics) {
+    td_err err = {{0}};
+    td_ctx *ctx = td_ctx_create_on(e->model, max_rows, pool, dev, &err);
+    if (!ctx) {
+        char name[32];
+        td_device_format(dev, name, sizeof name);
+        fprintf(stderr, "tandem %s: cannot run on %s: %s\n", cmd, name, err.msg);
+        return NULL;
+    }
+    td_ctx_set_numerics(ctx, numerics);
+    return ctx;
+}

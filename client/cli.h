@@ -53,6 +53,19 @@ bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);
     "                        invariant, hence no --draft). fast and reference are batch\n" \
     "                        invariant: a row's logits never depend on its batch\n"
 
+/* --device cpu|cuda|cuda:N; prints the error and returns false otherwise. */
+bool td_cli_device(const char *cmd, const char *val, td_device *out);
+/* CUDA computes the reference order only: with --device cuda the default
+ * becomes reference, and an explicit other --numerics is refused. */
+bool td_cli_device_numerics(const char *cmd, td_device dev, bool numerics_given, td_numerics *numerics);
+/* Creates the pass context on the device, printing why not on failure. */
+td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_pool *pool, td_device dev,
+                   td_numerics numerics);
+#define TD_CLI_DEVICE_HELP \
+    "  --device DEV          cpu (default) or cuda[:N]: run the model on a CUDA GPU (a build\n" \
+    "                        with -DTANDEM_CUDA=ON; Q4_0/Q4_1/Q8_0 weights). The GPU computes\n" \
+    "                        the reference order, so its logits equal --numerics reference's\n"
+
 /* Reads a whole file into a NUL-terminated malloc'd buffer. */
 char *td_cli_read_file(const char *cmd, const char *path, size_t *len);
 

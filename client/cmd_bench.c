@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 
 #include "cli.h"
+#include "cuda/cuda.h"
 #include "gen/gen.h"
 #include "quant/quant.h"
 
@@ -64,7 +65,12 @@ typedef struct bench_opts {
     const int32_t *ids;
     size_t n_ids;
     td_numerics numerics;
+    td_device device;
 } bench_opts;
+
+/* Verification passes measured: 1..16 rows on the CPU, to 32 on a GPU
+ * (where rows should be nearly free). */
+static const int verify_rows[6] = {1, 2, 4, 8, 16, 32};
 
 static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     td_err err = {{0}};
@@ -72,14 +78,17 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     const td_hparams *hp = td_model_hparams(e->model);
     int32_t ctx_len = o->n_prefill + o->n_prompt + o->n_decode + 64;
     td_kv *kv = td_kv_create(e->model, 1, ctx_len);
-    td_ctx *ctx = td_ctx_create(e->model, o->n_prefill > 16 ? o->n_prefill : 16, pool);
-    if (ctx) td_ctx_set_numerics(ctx, o->numerics);
-    float *logits = malloc((size_t)16 * hp->n_vocab * sizeof(float));
+    bool gpu = o->device.kind == TD_DEVICE_CUDA;
+    int n_ks = gpu ? 6 : 5;
+    td_ctx *ctx = pool ? td_cli_ctx("bench", e, o->n_prefill > 32 ? o->n_prefill : 32, pool, o->device, o->numerics) : NULL;
+    float *logits = malloc((size_t)32 * hp->n_vocab * sizeof(float));
     int rc = 1;
     double *dec = calloc((size_t)o->repeats, sizeof(double)), *pre = calloc((size_t)o->repeats, sizeof(double));
-    double *ver[5];
-    for (int k = 0; k < 5; k++) ver[k] = calloc((size_t)o->repeats * 4, sizeof(double));
-    if (!pool || !kv || !ctx || !logits || !dec || !pre || !ver[0] || !ver[1] || !ver[2] || !ver[3] || !ver[4]) {
+    double *ver[6];
+    bool ver_ok = true;
+    for (int k = 0; k < 6; k++) ver_ok &= (ver[k] = calloc((size_t)o->repeats * 4, sizeof(double))) != NULL;
+    if (!ctx) goto out;
+    if (!pool || !kv || !logits || !dec || !pre || !ver_ok) {
         fprintf(stderr, "tandem bench: out of memory\n");
         goto out;
     }
@@ -99,14 +108,14 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
         dec[r] = o->n_decode / (td_now_sec() - t0);
 
         /* verification cost: k rows after the prompt, all rows' logits */
-        static const int ks[5] = {1, 2, 4, 8, 16};
         for (int rep = 0; rep < 4; rep++)
-            for (int k = 0; k < 5; k++) {
+            for (int k = 0; k < n_ks; k++) {
                 td_kv_truncate(kv, 0, (int32_t)o->n_prompt);
-                td_row rows[16];
-                for (int i = 0; i < ks[k]; i++) rows[i] = td_row_linear(0, o->n_prompt + i, o->ids[o->n_prompt + i], true);
+                td_row rows[32];
+                int nk = verify_rows[k];
+                for (int i = 0; i < nk; i++) rows[i] = td_row_linear(0, o->n_prompt + i, o->ids[o->n_prompt + i], true);
                 double v0 = td_now_sec();
-                if (td_model_forward(ctx, kv, rows, ks[k], logits, &err)) goto fail;
+                if (td_model_forward(ctx, kv, rows, nk, logits, &err)) goto fail;
                 ver[k][r * 4 + rep] = td_now_sec() - v0;
             }
 
@@ -118,12 +127,21 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     }
     double d = median(dec, o->repeats), p = median(pre, o->repeats);
     double v1 = median(ver[0], o->repeats * 4);
-    printf("threads %d: decode %.1f tok/s (%d after %d), prefill %.1f tok/s (%d rows)\n", threads, d, o->n_decode,
+    char who[32];
+    if (gpu) td_device_format(o->device, who, sizeof who);
+    else snprintf(who, sizeof who, "threads %d", threads);
+    printf("%s: decode %.1f tok/s (%d after %d), prefill %.1f tok/s (%d rows)\n", who, d, o->n_decode,
            o->n_prompt, p, o->n_prefill);
-    printf("threads %d: verify cost vs 1 row after %d tokens:", threads, o->n_prompt);
-    static const int ks2[5] = {1, 2, 4, 8, 16};
-    for (int k = 0; k < 5; k++) printf("  %d rows %.2fx", ks2[k], median(ver[k], o->repeats * 4) / v1);
-    printf("  (1 row = %.2f ms)\n", v1 * 1e3);
+    printf("%s: verify cost vs 1 row after %d tokens:", who, o->n_prompt);
+    for (int k = 0; k < n_ks; k++) printf("  %d rows %.2fx", verify_rows[k], median(ver[k], o->repeats * 4) / v1);
+    printf("  (1 row = %.3f ms)\n", v1 * 1e3);
+    if (gpu) {
+        printf("%s: one pass, ms:", who);
+        for (int k = 0; k < n_ks; k++) printf("  %d rows %.3f", verify_rows[k], median(ver[k], o->repeats * 4) * 1e3);
+        printf("\n");
+        rc = 0;
+        goto out;
+    }
     double bw = read_bandwidth(pool);
     double per_tok = (double)td_model_weight_bytes(e->model);
     printf("threads %d: read bandwidth %.1f GB/s; weights %.1f MB/token -> limit %.1f tok/s; decode at %.0f%% of it\n",
@@ -133,7 +151,7 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
 fail:
     fprintf(stderr, "tandem bench: %s\n", err.msg);
 out:
-    for (int k = 0; k < 5; k++) free(ver[k]);
+    for (int k = 0; k < 6; k++) free(ver[k]);
     free(dec);
     free(pre);
     free(logits);
@@ -150,28 +168,36 @@ static int bench_engine(int argc, char **argv) {
     const char *threads_list = "1,2";
     long repeats = 5, context = 64;
     td_numerics numerics = TD_NUMERICS_FAST;
+    bool numerics_given = false;
+    td_device device = {TD_DEVICE_CPU, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n"
-                 "                           [--context N] [--numerics fast|reference|llamacpp]\n\n"
+                 "                           [--context N] [--numerics fast|reference|llamacpp]\n"
+                 "                           [--device cpu|cuda[:N]]\n\n"
                  "Decode tok/s (128 tokens after an N-token prompt), prefill tok/s (512-token batch),\n"
                  "verification cost of 1,2,4,8,16 rows after the N-token prompt relative to 1 row,\n"
                  "read bandwidth and the decode speed as a share of the bandwidth limit. Prompt\n"
                  "tokens come from --text (default tests/fixtures/english.txt). Medians of --repeats\n"
                  "runs (default 5). --threads is a comma list (default 1,2); --context N sets the\n"
-                 "prompt before decode and verification (default 64; longer ones weigh attention).\n\n"
-                 TD_CLI_NUMERICS_HELP);
+                 "prompt before decode and verification (default 64; longer ones weigh attention).\n"
+                 "With --device cuda: one run on the GPU (--threads ignored), passes of up to 32 rows,\n"
+                 "and each pass's time in ms.\n\n"
+                 TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }
         if (!strcmp(a, "--model")) { if (!(model = td_cli_value(cmd, argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--text")) { if (!(text_file = td_cli_value(cmd, argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--threads")) { if (!(threads_list = td_cli_value(cmd, argc, argv, &i))) return 2; }
-        else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) return 2; }
+        else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) return 2; numerics_given = true; }
+        else if (!strcmp(a, "--device")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_device(cmd, v, &device)) return 2; }
         else if (!strcmp(a, "--context")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &context)) return 2; }
         else if (!strcmp(a, "--repeats")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 1000, &repeats)) return 2; }
         else { fprintf(stderr, "tandem bench engine: unknown option '%s'\n", a); return 2; }
     }
+    if (!td_cli_device_numerics(cmd, device, numerics_given, &numerics)) return 2;
+    if (device.kind == TD_DEVICE_CUDA) threads_list = "1";
     size_t len;
     char *text = td_cli_read_file(cmd, text_file, &len);
     if (!text) return 1;
@@ -185,10 +211,14 @@ static int bench_engine(int argc, char **argv) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto out;
     }
-    bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n, numerics};
-    size_t need = (size_t)(context + 16 > 600 ? context + 16 : 600);
+    bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n, numerics, device};
+    size_t need = (size_t)(context + 32 > 600 ? context + 32 : 600);
     if (n < need) { fprintf(stderr, "tandem bench: --text needs at least %zu tokens, has %zu\n", need, n); goto out; }
-    printf("model %s, kernels %s, %s numerics, %d repeats (medians)\n", model, td_quant_kernel_name(), td_numerics_name(o.numerics), o.repeats);
+    char kernels[160];
+    snprintf(kernels, sizeof kernels, "%s", td_quant_kernel_name());
+    if (device.kind == TD_DEVICE_CUDA && td_cuda_device_name(device.index, kernels, sizeof kernels, &err) != TD_OK)
+        snprintf(kernels, sizeof kernels, "cuda (%.100s)", err.msg);
+    printf("model %s, kernels %s, %s numerics, %d repeats (medians)\n", model, kernels, td_numerics_name(o.numerics), o.repeats);
     status = 0;
     for (const char *p = threads_list; *p;) {
         char *end;

@@ -203,6 +203,8 @@ int td_cmd_bench_spec(int argc, char **argv) {
     const char *model = td_cli_default_model(buf, sizeof buf), *prompts = NULL;
     long limit = 0, warmup = 0, threads = 0, max_tokens = 256, k = 8;
     td_numerics numerics = TD_NUMERICS_FAST;
+    bool numerics_given = false;
+    td_device device = {TD_DEVICE_CPU, 0};
     double row_cost = 0;
     bench *b = calloc(1, sizeof *b);
     if (!b) return 1;
@@ -212,7 +214,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench spec --prompts FILE.jsonl [--limit N] [--warmup N] [--draft LIST]...\n"
                  "                         [--max-tokens N] [--draft-max K] [--row-cost C] [--threads N] [--model PATH]\n"
-                 "                         [--numerics fast|reference|llamacpp]\n\n"
+                 "                         [--numerics fast|reference|llamacpp] [--device cpu|cuda[:N]]\n\n"
                  "Each question (JSON lines: category, turns) is answered with plain greedy decoding and\n"
                  "with each --draft configuration (default: lookup, ngram, recycle, layerskip, auto),\n"
                  "side by side. Prints per task group: speedup over plain decoding (wall time of the\n"
@@ -225,7 +227,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
                  "--row-cost C plans each step as if an extra verified row cost C of a one-row pass\n"
                  "(default: learned from this machine); a small C (e.g. 0.02) drafts as for a GPU\n"
                  "verifier, where tokens per pass is the figure that carries over.\n\n"
-                 TD_CLI_NUMERICS_HELP);
+                 TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             free(b);
             return 0;
         }
@@ -239,7 +241,8 @@ int td_cmd_bench_spec(int argc, char **argv) {
         else if (!strcmp(a, "--limit")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 0, 1 << 20, &limit)) goto usage; }
         else if (!strcmp(a, "--warmup")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 0, 1 << 20, &warmup)) goto usage; }
         else if (!strcmp(a, "--threads")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 256, &threads)) goto usage; }
-        else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) goto usage; }
+        else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) goto usage; numerics_given = true; }
+        else if (!strcmp(a, "--device")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_device(cmd, v, &device)) goto usage; }
         else if (!strcmp(a, "--max-tokens")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &max_tokens)) goto usage; }
         else if (!strcmp(a, "--draft-max")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &k)) goto usage; }
         else if (!strcmp(a, "--row-cost")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_float(cmd, a, v, 1e-4, 10, &row_cost)) goto usage; b->spp.row_cost = (float)row_cost; }
@@ -250,7 +253,8 @@ int td_cmd_bench_spec(int argc, char **argv) {
         static const char *defaults[] = {"lookup", "ngram", "recycle", "layerskip", "auto"};
         for (int i = 0; i < 5; i++) b->configs[b->n_configs++] = defaults[i];
     }
-    if (!td_cli_numerics_allow_speculation(cmd, numerics)) { free(b); return 2; }
+    if (!td_cli_device_numerics(cmd, device, numerics_given, &numerics) ||
+        !td_cli_numerics_allow_speculation(cmd, numerics)) { free(b); return 2; }
     b->spp.draft_max = (int32_t)k;
     b->max_tokens = (int32_t)max_tokens;
     b->max_len = 4096;
@@ -263,15 +267,15 @@ int td_cmd_bench_spec(int argc, char **argv) {
     if (td_cli_engine_open(&b->e, model, (int)threads)) { free(text); free(b); return 1; }
     int opened = 0;
     b->kv = td_kv_create(b->e.model, 1, b->max_len);
-    b->ctx = td_ctx_create(b->e.model, 512, b->e.pool);
-    if (!b->kv || !b->ctx) { fprintf(stderr, "tandem bench spec: out of memory\n"); goto out; }
-    td_ctx_set_numerics(b->ctx, numerics);
+    if (!b->kv) { fprintf(stderr, "tandem bench spec: out of memory\n"); goto out; }
+    if (!(b->ctx = td_cli_ctx(cmd, &b->e, 512, b->e.pool, device, numerics))) goto out;
     td_sample_params greedy = td_sample_defaults();
     for (; opened < b->n_configs; opened++)
         if (td_cli_drafters_open(&b->ds[opened], b->configs[opened], &b->e, &greedy, 1, b->max_len)) goto out;
 
     char cost[32] = "learned";
     if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);
+    if (device.kind == TD_DEVICE_CUDA) printf("bench spec: target on cuda:%d\n", device.index);
     printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, %s numerics, greedy",
            prompts, b->e.n_threads, b->max_tokens, k, cost, td_numerics_name(numerics));
     if (warmup > 0) printf(", after %ld warm-up questions", warmup);

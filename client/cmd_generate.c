@@ -32,6 +32,7 @@ static void usage(FILE *f) {
           "  --ctx N               context length in tokens (default min(model, 4096))\n"
           "  --threads N           worker threads (default: all cores)\n"
           TD_CLI_NUMERICS_HELP
+          TD_CLI_DEVICE_HELP
           "  --no-special          do not parse special-token text in the prompt\n"
           "\n"
           "Speculative decoding (output is token-identical to --draft none):\n"
@@ -68,6 +69,8 @@ int td_cmd_generate(int argc, char **argv) {
     bool chat = false, parse_special = true;
     long max_tokens = 128, threads = 0, ctx_len = 0;
     td_numerics numerics = TD_NUMERICS_FAST;
+    bool numerics_given = false;
+    td_device device = {TD_DEVICE_CPU, 0};
     td_gen_params gp = {.sample = td_sample_defaults()};
     const char *draft = "none";
     td_spec_params spp = td_spec_defaults();
@@ -86,7 +89,8 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--ignore-eos")) gp.ignore_eos = true;
         else if (!strcmp(a, "--max-tokens")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 20, &max_tokens)) return 2; }
         else if (!strcmp(a, "--threads")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 256, &threads)) return 2; }
-        else if (!strcmp(a, "--numerics")) { VAL(); if (!td_cli_numerics(cmd, v, &numerics)) return 2; }
+        else if (!strcmp(a, "--numerics")) { VAL(); if (!td_cli_numerics(cmd, v, &numerics)) return 2; numerics_given = true; }
+        else if (!strcmp(a, "--device")) { VAL(); if (!td_cli_device(cmd, v, &device)) return 2; }
         else if (!strcmp(a, "--ctx")) { VAL(); if (!td_cli_int(cmd, a, v, 16, 1 << 20, &ctx_len)) return 2; }
         else if (!strcmp(a, "--temperature")) { VAL(); if (!td_cli_float(cmd, a, v, 0, 100, &d)) return 2; gp.sample.temperature = (float)d; }
         else if (!strcmp(a, "--top-k")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 24, &l)) return 2; gp.sample.top_k = (int32_t)l; }
@@ -115,6 +119,7 @@ int td_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tandem generate: give exactly one of --prompt or --prompt-file\n");
         return 2;
     }
+    if (!td_cli_device_numerics(cmd, device, numerics_given, &numerics)) return 2;
     if (strcmp(draft, "none") != 0 && !td_cli_numerics_allow_speculation(cmd, numerics)) return 2;
     char *file_text = NULL;
     if (prompt_file && !(prompt = file_text = td_cli_read_file(cmd, prompt_file, NULL))) return 1;
@@ -160,12 +165,11 @@ int td_cmd_generate(int argc, char **argv) {
     gp.n_stop = n_stop;
     bool speculate = strcmp(draft, "none") != 0;
     kv = td_kv_create(e.model, 2, (int32_t)ctx_len);
-    ctx = td_ctx_create(e.model, 512, e.pool);
-    if (!kv || !ctx) {
+    if (!kv) {
         fprintf(stderr, "tandem generate: out of memory\n");
         goto out;
     }
-    td_ctx_set_numerics(ctx, numerics);
+    if (!(ctx = td_cli_ctx(cmd, &e, 512, e.pool, device, numerics))) goto out;
     if (!speculate) {
         td_gen_stats st;
         if (td_gen_run(e.model, e.tok, ctx, kv, 0, ids, n_ids, &gp, write_stdout, NULL, NULL, &st, &err)) {
@@ -177,7 +181,7 @@ int td_cmd_generate(int argc, char **argv) {
                 "stop: %s, threads %d, kernels %s\n",
                 st.n_prompt, st.n_generated, st.prefill_sec > 0 ? st.n_prompt / st.prefill_sec : 0.0,
                 st.decode_sec > 0 ? st.n_forward / st.decode_sec : 0.0, td_gen_stop_name(st.stop), e.n_threads,
-                td_quant_kernel_name());
+                device.kind == TD_DEVICE_CUDA ? "cuda" : td_quant_kernel_name());
     } else {
         td_drafter_set ds;
         if (td_cli_drafters_open(&ds, draft, &e, &gp.sample, 1, (int32_t)ctx_len)) goto out;
@@ -221,7 +225,7 @@ int td_cmd_generate(int argc, char **argv) {
                 "(%lld of %lld drafted), speedup vs plain decoding ~%.2fx (estimated)\n",
                 st->n_prompt, st->n_generated, st->prefill_sec > 0 ? st->n_prompt / st->prefill_sec : 0.0,
                 st->decode_sec > 0 ? st->n_generated / st->decode_sec : 0.0, td_gen_stop_name(st->stop),
-                e.n_threads, td_quant_kernel_name(), draft, spp.mode == TD_SPEC_EXACT ? "exact" : "rejection",
+                e.n_threads, device.kind == TD_DEVICE_CUDA ? "cuda" : td_quant_kernel_name(), draft, spp.mode == TD_SPEC_EXACT ? "exact" : "rejection",
                 (long long)sx->n_steps, per_pass, sx->n_drafted ? 100.0 * sx->n_accepted / sx->n_drafted : 0.0,
                 (long long)sx->n_accepted, (long long)sx->n_drafted,
                 st->decode_sec > 0 ? plain_est / st->decode_sec : 0.0);

@@ -24,15 +24,17 @@ int td_cmd_perplexity(int argc, char **argv) {
     const char *model = td_cli_default_model(buf, sizeof buf), *file = NULL;
     long ctx_len = 512, threads = 0, batch = 512, max_tokens = 0;
     td_numerics numerics = TD_NUMERICS_FAST;
+    bool numerics_given = false;
+    td_device device = {TD_DEVICE_CPU, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem perplexity [--model PATH] --file TEXT [--ctx N] [--batch N] [--max-tokens N] [--threads N]\n"
-                 "                        [--numerics fast|reference|llamacpp]\n\n"
+                 "                        [--numerics fast|reference|llamacpp] [--device cpu|cuda[:N]]\n\n"
                  "Scores the file's tokens: each window of --ctx tokens (default 512) is evaluated\n"
                  "with logits for every row, in batches of --batch rows (default 512).\n"
                  "Prints the perplexity exp(mean negative log-likelihood) and the token count.\n\n"
-                 TD_CLI_NUMERICS_HELP);
+                 TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }
         if (!strcmp(a, "--model")) { if (!(model = td_cli_value(cmd, argc, argv, &i))) return 2; }
@@ -41,10 +43,12 @@ int td_cmd_perplexity(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &batch)) return 2; }
         else if (!strcmp(a, "--max-tokens")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 0, 1L << 30, &max_tokens)) return 2; }
         else if (!strcmp(a, "--threads")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 256, &threads)) return 2; }
-        else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) return 2; }
+        else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) return 2; numerics_given = true; }
+        else if (!strcmp(a, "--device")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_device(cmd, v, &device)) return 2; }
         else { fprintf(stderr, "tandem perplexity: unknown option '%s'\n", a); return 2; }
     }
     if (!file) { fprintf(stderr, "tandem perplexity: --file is required\n"); return 2; }
+    if (!td_cli_device_numerics(cmd, device, numerics_given, &numerics)) return 2;
     size_t len;
     char *text = td_cli_read_file(cmd, file, &len);
     if (!text) return 1;
@@ -66,8 +70,7 @@ int td_cmd_perplexity(int argc, char **argv) {
     if (max_tokens > 0 && (size_t)max_tokens < n) n = (size_t)max_tokens;
     if (n < 2) { fprintf(stderr, "tandem perplexity: the text has fewer than 2 tokens\n"); goto out; }
     kv = td_kv_create(e.model, 1, (int32_t)ctx_len);
-    ctx = td_ctx_create(e.model, (int32_t)batch, e.pool);
-    if (ctx) td_ctx_set_numerics(ctx, numerics);
+    if (!(ctx = td_cli_ctx(cmd, &e, (int32_t)batch, e.pool, device, numerics))) goto out;
     logits = malloc((size_t)batch * V * sizeof *logits);
     rows = malloc((size_t)batch * sizeof *rows);
     if (!kv || !ctx || !logits || !rows) { fprintf(stderr, "tandem perplexity: out of memory\n"); goto out; }

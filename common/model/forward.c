@@ -53,6 +53,11 @@ struct td_ctx {
     int32_t *order;   /* (max_rows) row indices grouped by sequence */
     float *tile;      /* (n_threads, TD_ATTN_TILE * head_dim) */
     float *lanes;     /* (n_threads, TD_ATTN_MAX_QUERIES, TD_ATTN_LANE_SETS * head_dim) td_attn_query.lanes */
+    /* CUDA contexts: the device half, and the host side of a pass */
+    td_device device;
+    td_cuda_ctx *gpu;
+    int32_t *tokens, *seqs, *chain_off, *chain_len, *out_rows; /* (max_rows) */
+    int32_t *chains; /* (max_rows * (max_rows + 1) / 2) tree rows' chains */
 };
 
 /* ---- parallel jobs ---- */
@@ -330,9 +335,37 @@ static size_t max_act_row_bytes(const td_model *m) {
 }
 
 td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
-    if (!m || max_rows < 1) return NULL;
+    return td_ctx_create_on(m, max_rows, pool, (td_device){TD_DEVICE_CPU, 0}, NULL);
+}
+
+/* The host arrays a CUDA pass is described in. */
+static int cuda_ctx_init(td_ctx *c, td_device dev, td_err *err) {
+    size_t R = (size_t)c->max_rows;
+    c->tokens = td_alloc(R * sizeof(int32_t));
+    c->seqs = td_alloc(R * sizeof(int32_t));
+    c->chain_off = td_alloc(R * sizeof(int32_t));
+    c->chain_len = td_alloc(R * sizeof(int32_t));
+    c->out_rows = td_alloc(R * sizeof(int32_t));
+    c->chains = td_alloc(R * (R + 1) / 2 * sizeof(int32_t));
+    if (!c->tokens || !c->seqs || !c->chain_off || !c->chain_len || !c->out_rows || !c->chains)
+        return td_err_set(err, TD_E_NOMEM, "out of memory for a CUDA context");
+    td_cuda_model *gm;
+    int rc = td_model_cuda(c->m, dev.index, &gm, err);
+    if (rc) return rc;
+    c->numerics = TD_NUMERICS_REFERENCE;
+    return td_cuda_ctx_create(gm, c->max_rows, &c->gpu, err);
+}
+
+td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_device dev, td_err *err) {
+    if (!m || max_rows < 1) {
+        td_err_set(err, TD_E_ARG, "a context needs a model and at least one row");
+        return NULL;
+    }
     td_ctx *c = calloc(1, sizeof *c);
-    if (!c) return NULL;
+    if (!c) {
+        td_err_set(err, TD_E_NOMEM, "out of memory");
+        return NULL;
+    }
     c->numerics = TD_NUMERICS_FAST;
     const td_hparams *hp = &m->hp;
     size_t R = (size_t)max_rows;
@@ -360,13 +393,21 @@ td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
     c->lanes = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_MAX_QUERIES * TD_ATTN_LANE_SETS * hp->head_dim *
                         sizeof(float));
     c->ops = td_op_select(hp->head_dim);
+    c->device = dev;
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
         !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile || !c->lanes) {
+        td_err_set(err, TD_E_NOMEM, "out of memory for a context of %d rows", max_rows);
+        td_ctx_destroy(c);
+        return NULL;
+    }
+    if (dev.kind == TD_DEVICE_CUDA && cuda_ctx_init(c, dev, err) != TD_OK) {
         td_ctx_destroy(c);
         return NULL;
     }
     return c;
 }
+
+td_device td_ctx_device(const td_ctx *c) { return c->device; }
 
 void td_ctx_destroy(td_ctx *c) {
     if (!c) return;
@@ -375,12 +416,17 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->xq); td_free(c->scores);
     td_free(c->slot); td_free(c->base); td_free(c->chain);
     td_free(c->groups); td_free(c->order); td_free(c->tile); td_free(c->lanes);
+    td_cuda_ctx_free(c->gpu);
+    td_free(c->tokens); td_free(c->seqs); td_free(c->chain_off); td_free(c->chain_len); td_free(c->out_rows);
+    td_free(c->chains);
     free(c);
 }
 
 int32_t td_ctx_max_rows(const td_ctx *c) { return c->max_rows; }
 
-void td_ctx_set_numerics(td_ctx *c, td_numerics order) { c->numerics = order; }
+void td_ctx_set_numerics(td_ctx *c, td_numerics order) {
+    if (!c->gpu) c->numerics = order; /* CUDA computes the reference order only */
+}
 
 td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }
 
@@ -434,6 +480,7 @@ static int check_rows(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, 
         c->slot[i] = slot;
         kv->pending[r->seq]++;
     }
+    if (c->gpu) return TD_OK; /* the device cache holds every position already */
     for (int32_t i = 0; i < n_rows; i++) {
         int32_t s = rows[i].seq;
         if (td_kv_reserve(kv, s, kv->pending[s]) != TD_OK)
@@ -482,12 +529,54 @@ int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, f
     return td_model_forward_skip(c, kv, rows, n_rows, logits, NULL, err);
 }
 
+/* Binds the cache to the context's device on its first pass; a cache stays
+ * where its positions are. */
+static int bind_cache(td_ctx *c, td_kv *kv, td_err *err) {
+    if (!c->gpu) {
+        if (kv->cuda) return td_err_set(err, TD_E_ARG, "this KV cache lives on a CUDA device; use a CUDA context");
+        return TD_OK;
+    }
+    if (kv->cuda) return TD_OK;
+    if (kv->bytes > 0) return td_err_set(err, TD_E_ARG, "this KV cache already holds positions on the CPU");
+    td_cuda_model *gm;
+    int rc = td_model_cuda(c->m, c->device.index, &gm, err);
+    if (rc) return rc;
+    return td_cuda_kv_create(gm, kv->max_seqs, kv->max_len, &kv->cuda, err);
+}
+
+/* The pass on the device: the host part (slots, chains, RoPE angles) is the
+ * CPU's, the rest is cuda_backend.cu's. */
+static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                        const uint8_t *skip, td_err *err) {
+    int32_t total = 0, n_out = 0;
+    for (int32_t r = 0; r < n_rows; r++) {
+        c->tokens[r] = rows[r].token;
+        c->seqs[r] = rows[r].seq;
+        c->chain_off[r] = total;
+        c->chain_len[r] = tree_chain(c, rows, r, c->chains + total);
+        total += c->chain_len[r];
+        if (rows[r].logits) c->out_rows[n_out++] = r;
+    }
+    rope_table(c, rows, n_rows);
+    td_cuda_pass p = {.n_rows = n_rows, .token = c->tokens, .seq = c->seqs, .slot = c->slot, .base = c->base,
+                      .chain_off = c->chain_off, .chain_len = c->chain_len, .chain = c->chains,
+                      .chain_total = total, .rope_cs = c->rope_cs, .out_rows = c->out_rows, .n_out = n_out,
+                      .skip = skip};
+    int rc = td_cuda_forward(c->gpu, kv->cuda, &p, logits, err);
+    if (rc) return rc;
+    for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
+    return TD_OK;
+}
+
 int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
                           const uint8_t *skip, td_err *err) {
     const td_model *m = c->m;
     const td_hparams *hp = &m->hp;
-    int rc = check_rows(c, kv, rows, n_rows, err);
+    int rc = bind_cache(c, kv, err);
     if (rc) return rc;
+    rc = check_rows(c, kv, rows, n_rows, err);
+    if (rc) return rc;
+    if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, skip, err);
     int32_t max_pos = 0; /* a row attends to at most slot + 1 positions */
     for (int32_t i = 0; i < n_rows; i++)
         if (c->slot[i] + 1 > max_pos) max_pos = c->slot[i] + 1;

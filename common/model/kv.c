@@ -30,6 +30,7 @@ td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len) {
 
 void td_kv_destroy(td_kv *kv) {
     if (!kv) return;
+    td_cuda_kv_free(kv->cuda);
     if (kv->pages)
         for (size_t i = 0; i < (size_t)kv->max_seqs * kv->pages_per_seq; i++) td_free(kv->pages[i]);
     free(kv->pages);
@@ -53,13 +54,19 @@ int td_kv_truncate(td_kv *kv, int32_t seq, int32_t len) {
     return TD_OK;
 }
 
-size_t td_kv_bytes(const td_kv *kv) { return kv->bytes; }
+size_t td_kv_bytes(const td_kv *kv) { return kv->bytes + td_cuda_kv_bytes(kv->cuda); }
 
 int td_kv_compact(td_kv *kv, int32_t seq, int32_t base, const int32_t *keep, int32_t n_keep) {
     if (seq < 0 || seq >= kv->max_seqs || base < 0 || n_keep < 0 || base + n_keep > kv->len[seq])
         return TD_E_ARG;
     for (int32_t j = 0; j < n_keep; j++)
         if (keep[j] < j || base + keep[j] >= kv->len[seq] || (j > 0 && keep[j] <= keep[j - 1])) return TD_E_ARG;
+    if (kv->cuda) {
+        int rc = td_cuda_kv_compact(kv->cuda, seq, base, keep, n_keep, NULL);
+        if (rc) return rc;
+        kv->len[seq] = base + n_keep;
+        return TD_OK;
+    }
     size_t bytes = (size_t)kv->kv_dim * sizeof(uint16_t);
     for (int32_t j = 0; j < n_keep; j++) {
         if (keep[j] == j) continue;

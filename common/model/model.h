@@ -96,6 +96,26 @@ int32_t td_ctx_max_rows(const td_ctx *c);
 void td_ctx_set_numerics(td_ctx *c, td_numerics order);
 td_numerics td_ctx_numerics(const td_ctx *c);
 
+/* ---- devices ----
+ * A context computes on the CPU (the pool's threads) or on a CUDA device.
+ * On CUDA the model's weights are uploaded by the first context there and
+ * shared by later ones (freed with the model); a KV cache moves to the
+ * device of the first context that runs a pass on it and stays there. A
+ * CUDA context computes the TD_NUMERICS_REFERENCE order only (its logits
+ * carry the CPU reference's bits); td_ctx_set_numerics leaves it there. */
+typedef enum td_device_kind { TD_DEVICE_CPU = 0, TD_DEVICE_CUDA = 1 } td_device_kind;
+typedef struct td_device {
+    td_device_kind kind;
+    int32_t index; /* CUDA device number */
+} td_device;
+/* "cpu", "cuda" (device 0) or "cuda:N". */
+int td_device_parse(const char *s, td_device *out, td_err *err);
+void td_device_format(td_device d, char *buf, size_t cap);
+/* td_ctx_create on a device; says why when it cannot (no GPU, a build
+ * without CUDA, a weight type the device has no kernel for). */
+td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_device dev, td_err *err);
+td_device td_ctx_device(const td_ctx *c);
+
 /* Runs rows through the model, appending their K/V to the cache.
  * logits: (number of rows with .logits set, n_vocab). */
 int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows,

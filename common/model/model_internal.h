@@ -5,6 +5,9 @@
 #ifndef TD_MODEL_INTERNAL_H
 #define TD_MODEL_INTERNAL_H
 
+#include <pthread.h>
+
+#include "cuda/cuda.h"
 #include "model/model.h"
 #include "quant/quant.h"
 
@@ -33,7 +36,15 @@ struct td_model {
     float *rope_factors;  /* (n_rot/2) or NULL: per-frequency divisors */
     td_layer *layers;     /* (n_layer) */
     uint64_t weight_bytes;
+    /* The weights on a CUDA device, uploaded by the first context there
+     * (model_device.c); the lock makes that one-time write safe while the
+     * model is otherwise shared read-only. */
+    pthread_mutex_t device_lock;
+    td_cuda_model *cuda;
 };
+
+/* The model's CUDA copy on device `index`, uploading it on first use. */
+int td_model_cuda(const td_model *m, int32_t index, td_cuda_model **out, td_err *err);
 
 /* KV pages hold KV_PAGE positions of every layer for one sequence:
  * layout (n_layer, 2 [k,v], KV_PAGE, kv_dim) fp16 values. fp16 halves the
@@ -47,6 +58,9 @@ struct td_kv {
     int8_t *mode;      /* (max_seqs) scratch: 0 unseen, 1 linear, 2 tree rows in this batch */
     uint16_t **pages;  /* (max_seqs * pages_per_seq), NULL until first used */
     size_t bytes;
+    /* A cache first used by a CUDA context lives on that device instead of
+     * in pages (lengths stay here); it never moves back. */
+    td_cuda_kv *cuda;
 };
 
 /* Pointer to the K (which = 0) or V (which = 1) vector of a position. */

@@ -195,6 +195,10 @@ int td_model_load(const td_gguf *g, td_model **out, td_err *err) {
     int rc = TD_OK;
     td_model *m = calloc(1, sizeof *m);
     if (!m) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    if (pthread_mutex_init(&m->device_lock, NULL) != 0) {
+        free(m);
+        return td_err_set(err, TD_E_NOMEM, "cannot create the model's device lock");
+    }
     loader L = {g, arch_z, err};
     td_hparams *hp = &m->hp;
     if ((rc = read_hparams(&L, hp))) goto fail;
@@ -248,6 +252,8 @@ void td_model_free(td_model *m) {
     }
     td_free(m->output_norm);
     td_free(m->rope_factors);
+    td_cuda_model_free(m->cuda);
+    pthread_mutex_destroy(&m->device_lock);
     free(m);
 }
 

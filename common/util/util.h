@@ -9,7 +9,9 @@
 #define TD_UTIL_H
 
 #include <stdarg.h>
+#ifndef __cplusplus /* the CUDA backend's C++ files include this header too */
 #include <stdatomic.h>
+#endif
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -100,6 +102,7 @@ void td_pool_destroy(td_pool *p);       /* accepts NULL */
 int td_pool_size(const td_pool *p);     /* 1 for a NULL pool */
 void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx); /* NULL pool: runs fn(ctx,0,1) */
 
+#ifndef __cplusplus
 /* Takes the next chunk of [0, n) from *next (start it at 0): false when none
  * is left, else [*lo, *hi) is this thread's. */
 static inline bool td_claim(_Atomic int64_t *next, int64_t n, int64_t chunk, int64_t *lo, int64_t *hi) {
@@ -109,6 +112,7 @@ static inline bool td_claim(_Atomic int64_t *next, int64_t n, int64_t chunk, int
     *hi = l + chunk < n ? l + chunk : n;
     return true;
 }
+#endif
 
 /* A chunk size giving each of nth threads at most `per_thread` claims of
  * [0, n) when all take part, rounded up to a multiple of `align` (>= 1). */

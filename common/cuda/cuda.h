@@ -1,0 +1,120 @@
+/* cuda.h — the CUDA backend of the model module: weights uploaded once, KV
+ * caches on the device, and the batched forward pass computed in the CPU's
+ * reference summation order (TD_NUMERICS_REFERENCE), operation for
+ * operation, so that a pass's logits carry the same bits on either device.
+ *
+ * The model module is the only caller: it describes the model in the plain
+ * structures below, validates rows and assigns cache slots, and hands each
+ * pass over as a td_cuda_pass. This module knows nothing of GGUF or td_model.
+ *
+ * Threads: a td_cuda_model is read-only after upload and may be shared; a
+ * td_cuda_ctx and a td_cuda_kv belong to one caller at a time.
+ *
+ * Built with -DTANDEM_CUDA=ON; otherwise every call that needs a device
+ * fails with TD_E_UNSUPPORTED ("built without CUDA"), and the layout helpers
+ * still work (they run on the host and are tested everywhere).
+ */
+#ifndef TD_CUDA_H
+#define TD_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/util.h"
+
+/* ---- the model, as the model module describes it (host pointers) ---- */
+typedef struct td_cuda_weight {
+    const void *data; /* (n_out, n_in) of GGUF type `type` */
+    uint32_t type;
+    int64_t n_in, n_out;
+} td_cuda_weight;
+
+typedef struct td_cuda_layer {
+    const float *attn_norm, *ffn_norm;       /* (n_embd) */
+    td_cuda_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+    const float *bq, *bk, *bv;               /* qwen2 biases or NULL */
+} td_cuda_layer;
+
+typedef struct td_cuda_model_desc {
+    int32_t n_vocab, n_embd, n_layer, n_ff, n_head, n_head_kv, head_dim, n_rot;
+    bool rope_neox;
+    float rms_eps;
+    td_cuda_weight tok_embd, output;
+    const float *output_norm;
+    const td_cuda_layer *layers; /* (n_layer) */
+} td_cuda_model_desc;
+
+typedef struct td_cuda_model td_cuda_model;
+typedef struct td_cuda_kv td_cuda_kv;
+typedef struct td_cuda_ctx td_cuda_ctx;
+
+/* True when this build has the CUDA backend. */
+bool td_cuda_compiled(void);
+/* Devices visible to the process (0 when none or not compiled); err says why
+ * when there are none. */
+int td_cuda_device_count(td_err *err);
+/* "NVIDIA H200 (sm_90, 132 SMs)" into buf; TD_OK or an error. */
+int td_cuda_device_name(int device, char *buf, size_t cap, td_err *err);
+
+/* ---- weight layout on the device (host-side, no device needed) ----
+ * Matrices of the legacy block formats are repacked for coalesced reads: the
+ * quant codes of a row as contiguous 32-bit words, the fp16 block scales (and
+ * Q4_1 minimums) in arrays of their own. The values are untouched: a row
+ * unpacks to exactly what the GGUF row dequantizes to. */
+typedef struct td_cuda_layout {
+    size_t qs_bytes;    /* codes: n_out * blocks * (16 or 32) */
+    size_t d_bytes;     /* fp16 scales: n_out * blocks * 2 */
+    size_t m_bytes;     /* fp16 minimums (Q4_1) or 0 */
+} td_cuda_layout;
+/* Weight types the backend runs (Q4_0, Q4_1, Q8_0). */
+bool td_cuda_type_supported(uint32_t type);
+/* Checks every matrix type and shape; names the first it cannot run. */
+int td_cuda_check_model(const td_cuda_model_desc *d, td_err *err);
+int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout *out, td_err *err);
+/* Repacks a GGUF matrix into the three arrays (sizes from td_cuda_layout_of). */
+void td_cuda_layout_pack(uint32_t type, const void *src, int64_t n_in, int64_t n_out, void *qs, uint16_t *d,
+                         uint16_t *m);
+/* Dequantizes row o of a packed matrix (the inverse, for tests). */
+void td_cuda_layout_row(uint32_t type, const void *qs, const uint16_t *d, const uint16_t *m, int64_t n_in, int64_t o,
+                        float *out);
+
+/* ---- device objects ---- */
+int td_cuda_model_upload(const td_cuda_model_desc *d, int device, td_cuda_model **out, td_err *err);
+void td_cuda_model_free(td_cuda_model *m); /* accepts NULL */
+size_t td_cuda_model_bytes(const td_cuda_model *m);
+int td_cuda_model_device(const td_cuda_model *m);
+
+/* max_seqs sequences of at most max_len positions; a sequence's storage is
+ * allocated on its first pass. */
+int td_cuda_kv_create(const td_cuda_model *m, int32_t max_seqs, int32_t max_len, td_cuda_kv **out, td_err *err);
+void td_cuda_kv_free(td_cuda_kv *kv); /* accepts NULL */
+size_t td_cuda_kv_bytes(const td_cuda_kv *kv);
+/* Moves cache slots base+keep[j] to base+j (keep ascending, keep[j] >= j). */
+int td_cuda_kv_compact(td_cuda_kv *kv, int32_t seq, int32_t base, const int32_t *keep, int32_t n_keep, td_err *err);
+
+int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_cuda_ctx **out, td_err *err);
+void td_cuda_ctx_free(td_cuda_ctx *c); /* accepts NULL */
+/* Decode-step graphs: passes of one shape (rows, rows with logits) replay a
+ * captured CUDA graph instead of launching each kernel. On by default. */
+void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on);
+
+/* One pass, already validated by the model module. Row r writes its K/V at
+ * cache slot slot[r] of sequence seq[r] and attends to slots [0, base[r])
+ * and then to chain[chain_off[r] .. + chain_len[r]) (a tree row's ancestors
+ * and itself; empty for linear rows). */
+typedef struct td_cuda_pass {
+    int32_t n_rows;
+    const int32_t *token, *seq, *slot, *base; /* (n_rows) */
+    const int32_t *chain_off, *chain_len;     /* (n_rows) */
+    const int32_t *chain;                     /* slots, concatenated */
+    int32_t chain_total;
+    const float *rope_cs;                     /* (n_rows, n_rot): cos, sin per pair */
+    const int32_t *out_rows;                  /* rows whose logits come back, ascending */
+    int32_t n_out;
+    const uint8_t *skip;                      /* (n_layer) layers left out, or NULL */
+} td_cuda_pass;
+/* logits: (n_out, n_vocab) host floats. */
+int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *p, float *logits, td_err *err);
+
+#endif

@@ -1,0 +1,532 @@
+/* cuda_backend.cu — the device objects of cuda.h (model weights, KV caches,
+ * contexts) and the pass itself: the order of kernel launches, the one copy
+ * of the pass descriptor in, the logits out, and the CUDA graphs that replay
+ * a pass shape without paying a launch per kernel.
+ *
+ * A pass's variable inputs (tokens, slots, chains, RoPE table) live in one
+ * device buffer laid out by the row count alone, and the cache is reached
+ * through a per-sequence pointer table, so a graph captured for (rows, rows
+ * with logits, cache) replays for any positions and sequences.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_internal.cuh"
+
+/* ---- errors ---- */
+
+static int cuda_fail(td_err *err, cudaError_t e, const char *what) {
+    int code = e == cudaErrorMemoryAllocation ? TD_E_NOMEM : TD_E_IO;
+    return td_err_set(err, code, "CUDA: %s: %s", what, cudaGetErrorString(e));
+}
+#define CK(call, what)                                          \
+    do {                                                        \
+        cudaError_t e_ = (call);                                \
+        if (e_ != cudaSuccess) return cuda_fail(err, e_, what); \
+    } while (0)
+
+extern "C" bool td_cuda_compiled(void) { return true; }
+
+extern "C" int td_cuda_device_count(td_err *err) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cuda_fail(err, e, "no usable device");
+        return 0;
+    }
+    if (n == 0) td_err_set(err, TD_E_UNSUPPORTED, "CUDA: no device found");
+    return n;
+}
+
+extern "C" int td_cuda_device_name(int device, char *buf, size_t cap, td_err *err) {
+    cudaDeviceProp pr;
+    CK(cudaGetDeviceProperties(&pr, device), "reading device properties");
+    snprintf(buf, cap, "%s (sm_%d%d, %d SMs, %.0f GiB)", pr.name, pr.major, pr.minor, pr.multiProcessorCount,
+             (double)pr.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    return TD_OK;
+}
+
+static int select_device(int device, td_err *err) {
+    int n = td_cuda_device_count(err);
+    if (n == 0) return TD_E_UNSUPPORTED;
+    if (device < 0 || device >= n)
+        return td_err_set(err, TD_E_ARG, "CUDA device %d does not exist (%d visible)", device, n);
+    CK(cudaSetDevice(device), "selecting the device");
+    return TD_OK;
+}
+
+/* ---- model ---- */
+
+struct td_cuda_dlayer {
+    float *attn_norm, *ffn_norm, *bq, *bk, *bv;
+    td_dw wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
+struct td_cuda_model {
+    int device;
+    td_cuda_model_desc hp; /* dimensions only; host pointers cleared */
+    td_dw tok_embd, output;
+    float *output_norm;
+    td_cuda_dlayer *layers;
+    void *arena;
+    size_t bytes;
+    int32_t act_ld; /* widest activation row (elements) */
+};
+
+#define ARENA_ALIGN 256
+static size_t round_up(size_t n) { return (n + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN; }
+
+/* Upload plan: a pass over the model that either sizes the arena (staging
+ * NULL) or fills a host staging copy and records device pointers. */
+struct plan {
+    char *staging; /* host image of the arena, or NULL while sizing */
+    char *dev;
+    size_t used;
+};
+
+static void *plan_take(plan *p, size_t bytes, void **host) {
+    size_t at = p->used;
+    p->used += round_up(bytes);
+    *host = p->staging ? p->staging + at : NULL;
+    return p->dev ? p->dev + at : NULL;
+}
+
+static float *plan_floats(plan *p, const float *src, int64_t n) {
+    if (!src) return NULL;
+    void *h;
+    float *d = (float *)plan_take(p, (size_t)n * sizeof(float), &h);
+    if (h) memcpy(h, src, (size_t)n * sizeof(float));
+    return d;
+}
+
+static td_dw plan_weight(plan *p, const td_cuda_weight *w) {
+    td_cuda_layout lay;
+    td_dw out;
+    memset(&out, 0, sizeof out);
+    td_cuda_layout_of(w->type, w->n_in, w->n_out, &lay, NULL); /* checked before */
+    void *hq, *hd, *hm = NULL;
+    out.qs = (const uint32_t *)plan_take(p, lay.qs_bytes, &hq);
+    out.d = (const __half *)plan_take(p, lay.d_bytes, &hd);
+    if (lay.m_bytes) out.m = (const __half *)plan_take(p, lay.m_bytes, &hm);
+    if (p->staging) td_cuda_layout_pack(w->type, w->data, w->n_in, w->n_out, hq, (uint16_t *)hd, (uint16_t *)hm);
+    out.type = w->type;
+    out.n_in = (int32_t)w->n_in;
+    out.n_out = (int32_t)w->n_out;
+    return out;
+}
+
+static void plan_model(plan *p, const td_cuda_model_desc *d, td_cuda_model *m) {
+    int64_t E = d->n_embd, qd = (int64_t)d->n_head * d->head_dim, kvd = (int64_t)d->n_head_kv * d->head_dim;
+    m->tok_embd = plan_weight(p, &d->tok_embd);
+    m->output = d->output.data == d->tok_embd.data ? m->tok_embd : plan_weight(p, &d->output);
+    m->output_norm = plan_floats(p, d->output_norm, E);
+    for (int32_t l = 0; l < d->n_layer; l++) {
+        const td_cuda_layer *s = &d->layers[l];
+        td_cuda_dlayer *t = &m->layers[l];
+        t->attn_norm = plan_floats(p, s->attn_norm, E);
+        t->ffn_norm = plan_floats(p, s->ffn_norm, E);
+        t->bq = plan_floats(p, s->bq, qd);
+        t->bk = plan_floats(p, s->bk, kvd);
+        t->bv = plan_floats(p, s->bv, kvd);
+        t->wq = plan_weight(p, &s->wq);
+        t->wk = plan_weight(p, &s->wk);
+        t->wv = plan_weight(p, &s->wv);
+        t->wo = plan_weight(p, &s->wo);
+        t->w_gate = plan_weight(p, &s->w_gate);
+        t->w_up = plan_weight(p, &s->w_up);
+        t->w_down = plan_weight(p, &s->w_down);
+    }
+}
+
+extern "C" int td_cuda_model_upload(const td_cuda_model_desc *d, int device, td_cuda_model **out, td_err *err) {
+    *out = NULL;
+    int rc = td_cuda_check_model(d, err);
+    if (rc) return rc;
+    for (int32_t l = 0; l < d->n_layer; l++)
+        if (d->layers[l].w_gate.type != d->layers[l].w_up.type)
+            return td_err_set(err, TD_E_UNSUPPORTED, "blk.%d: the CUDA backend needs ffn_gate and ffn_up of one type", l);
+    if ((rc = select_device(device, err))) return rc;
+    td_cuda_model *m = (td_cuda_model *)calloc(1, sizeof *m);
+    if (!m) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    m->layers = (td_cuda_dlayer *)calloc((size_t)d->n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        free(m);
+        return td_err_set(err, TD_E_NOMEM, "out of memory");
+    }
+    m->device = device;
+    m->hp = *d;
+    m->hp.layers = NULL;
+    m->hp.output_norm = NULL;
+    memset(&m->hp.tok_embd, 0, sizeof m->hp.tok_embd);
+    memset(&m->hp.output, 0, sizeof m->hp.output);
+    int32_t qd = d->n_head * d->head_dim, widest = d->n_embd;
+    if (qd > widest) widest = qd;
+    if (d->n_ff > widest) widest = d->n_ff;
+    m->act_ld = (widest + TD_QK - 1) / TD_QK * TD_QK;
+
+    plan sizing = {NULL, NULL, 0};
+    plan_model(&sizing, d, m);
+    m->bytes = sizing.used;
+    char *staging = (char *)malloc(m->bytes);
+    cudaError_t e = staging ? cudaMalloc(&m->arena, m->bytes) : cudaErrorMemoryAllocation;
+    if (e != cudaSuccess) {
+        rc = staging ? cuda_fail(err, e, "allocating the weights") : td_err_set(err, TD_E_NOMEM, "out of memory staging the weights");
+        free(staging);
+        td_cuda_model_free(m);
+        return rc;
+    }
+    memset(staging, 0, m->bytes);
+    plan fill = {staging, (char *)m->arena, 0};
+    plan_model(&fill, d, m);
+    e = cudaMemcpy(m->arena, staging, m->bytes, cudaMemcpyHostToDevice);
+    free(staging);
+    if (e != cudaSuccess) {
+        rc = cuda_fail(err, e, "uploading the weights");
+        td_cuda_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return TD_OK;
+}
+
+extern "C" void td_cuda_model_free(td_cuda_model *m) {
+    if (!m) return;
+    if (m->arena) {
+        cudaSetDevice(m->device);
+        cudaFree(m->arena);
+    }
+    free(m->layers);
+    free(m);
+}
+
+extern "C" size_t td_cuda_model_bytes(const td_cuda_model *m) { return m ? m->bytes : 0; }
+extern "C" int td_cuda_model_device(const td_cuda_model *m) { return m ? m->device : -1; }
+
+/* ---- KV cache ---- */
+
+struct td_cuda_kv {
+    int device;
+    int32_t n_layer, kv_dim, max_seqs, max_len;
+    __half **seqs;   /* host copy of the table */
+    __half **d_tab;  /* (max_seqs) device table */
+    int32_t *d_keep; /* (max_len) compaction indices */
+    size_t bytes;
+};
+
+static size_t seq_bytes(const td_cuda_kv *kv) {
+    return (size_t)kv->n_layer * 2 * (size_t)kv->max_len * (size_t)kv->kv_dim * sizeof(__half);
+}
+
+extern "C" int td_cuda_kv_create(const td_cuda_model *m, int32_t max_seqs, int32_t max_len, td_cuda_kv **out,
+                                 td_err *err) {
+    *out = NULL;
+    if (!m || max_seqs < 1 || max_len < 1) return td_err_set(err, TD_E_ARG, "bad KV cache size");
+    CK(cudaSetDevice(m->device), "selecting the device");
+    td_cuda_kv *kv = (td_cuda_kv *)calloc(1, sizeof *kv);
+    if (!kv) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    kv->device = m->device;
+    kv->n_layer = m->hp.n_layer;
+    kv->kv_dim = m->hp.n_head_kv * m->hp.head_dim;
+    kv->max_seqs = max_seqs;
+    kv->max_len = max_len;
+    kv->seqs = (__half **)calloc((size_t)max_seqs, sizeof *kv->seqs);
+    cudaError_t e = kv->seqs ? cudaMalloc(&kv->d_tab, (size_t)max_seqs * sizeof(__half *)) : cudaErrorMemoryAllocation;
+    if (e == cudaSuccess) e = cudaMemset(kv->d_tab, 0, (size_t)max_seqs * sizeof(__half *));
+    if (e == cudaSuccess) e = cudaMalloc(&kv->d_keep, (size_t)max_len * sizeof(int32_t));
+    if (e != cudaSuccess) {
+        int rc = cuda_fail(err, e, "allocating the KV cache table");
+        td_cuda_kv_free(kv);
+        return rc;
+    }
+    *out = kv;
+    return TD_OK;
+}
+
+extern "C" void td_cuda_kv_free(td_cuda_kv *kv) {
+    if (!kv) return;
+    cudaSetDevice(kv->device);
+    if (kv->seqs)
+        for (int32_t s = 0; s < kv->max_seqs; s++) cudaFree(kv->seqs[s]);
+    cudaFree(kv->d_tab);
+    cudaFree(kv->d_keep);
+    free(kv->seqs);
+    free(kv);
+}
+
+extern "C" size_t td_cuda_kv_bytes(const td_cuda_kv *kv) { return kv ? kv->bytes : 0; }
+
+/* Storage for a sequence's first pass (outside any graph: the table entry
+ * changes, the table pointer does not). */
+static int kv_ensure(td_cuda_kv *kv, int32_t seq, td_err *err) {
+    if (kv->seqs[seq]) return TD_OK;
+    __half *p = NULL;
+    CK(cudaMalloc(&p, seq_bytes(kv)), "allocating a sequence's KV cache");
+    cudaError_t e = cudaMemcpy(kv->d_tab + seq, &p, sizeof p, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        cudaFree(p);
+        return cuda_fail(err, e, "updating the KV table");
+    }
+    kv->seqs[seq] = p;
+    kv->bytes += seq_bytes(kv);
+    return TD_OK;
+}
+
+extern "C" int td_cuda_kv_compact(td_cuda_kv *kv, int32_t seq, int32_t base, const int32_t *keep, int32_t n_keep,
+                                  td_err *err) {
+    if (seq < 0 || seq >= kv->max_seqs || n_keep < 0 || n_keep > kv->max_len)
+        return td_err_set(err, TD_E_ARG, "bad compaction of sequence %d", seq);
+    if (n_keep == 0 || !kv->seqs[seq]) return TD_OK;
+    bool moves = false;
+    for (int32_t j = 0; j < n_keep; j++) moves |= keep[j] != j;
+    if (!moves) return TD_OK;
+    CK(cudaSetDevice(kv->device), "selecting the device");
+    CK(cudaMemcpy(kv->d_keep, keep, (size_t)n_keep * sizeof(int32_t), cudaMemcpyHostToDevice), "copying kept slots");
+    CK(td_cu_kv_move(kv->seqs[seq], kv->n_layer, kv->max_len, kv->kv_dim, base, kv->d_keep, n_keep, 0),
+       "compacting the KV cache");
+    CK(cudaDeviceSynchronize(), "compacting the KV cache");
+    return TD_OK;
+}
+
+/* ---- context ---- */
+
+#define GRAPH_SLOTS 48
+
+struct graph_slot {
+    int32_t n_rows, n_out;
+    cudaGraphExec_t exec;
+};
+
+struct td_cuda_ctx {
+    const td_cuda_model *m;
+    int32_t max_rows, chain_cap, desc_ints;
+    cudaStream_t stream;
+    float *x, *q, *k, *v, *att, *gate, *logits;
+    td_dact act;
+    int32_t *d_desc; /* the pass descriptor (layout by row count) */
+    int32_t *h_desc; /* pinned host image */
+    bool graphs_on;
+    const td_cuda_kv *graph_kv; /* graphs below were captured for this cache */
+    graph_slot graphs[GRAPH_SLOTS];
+    int n_graphs;
+    size_t attn_smem_ready; /* dynamic shared memory the attention kernel may take */
+};
+
+static void drop_graphs(td_cuda_ctx *c) {
+    for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graphs[i].exec);
+    c->n_graphs = 0;
+    c->graph_kv = NULL;
+}
+
+extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
+    if (!c) return;
+    cudaSetDevice(c->m->device);
+    drop_graphs(c);
+    cudaFree(c->x); cudaFree(c->q); cudaFree(c->k); cudaFree(c->v); cudaFree(c->att); cudaFree(c->gate);
+    cudaFree(c->logits); cudaFree(c->act.qs); cudaFree(c->act.d); cudaFree(c->act.s); cudaFree(c->d_desc);
+    cudaFreeHost(c->h_desc);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+extern "C" void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on) {
+    if (!on) drop_graphs(c);
+    c->graphs_on = on;
+}
+
+/* Descriptor ints for n rows: 7 per-row arrays, the RoPE table, the chains. */
+static int32_t desc_ints(const td_cuda_model *m, int32_t n, int32_t chain_total) {
+    return 7 * n + n * m->hp.n_rot + chain_total;
+}
+
+extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_cuda_ctx **out, td_err *err) {
+    *out = NULL;
+    if (!m || max_rows < 1) return td_err_set(err, TD_E_ARG, "bad CUDA context size");
+    CK(cudaSetDevice(m->device), "selecting the device");
+    td_cuda_ctx *c = (td_cuda_ctx *)calloc(1, sizeof *c);
+    if (!c) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    c->m = m;
+    c->max_rows = max_rows;
+    c->graphs_on = true;
+    /* every row a tree node under all earlier ones: the longest chains */
+    c->chain_cap = (int32_t)((int64_t)max_rows * (max_rows + 1) / 2);
+    c->desc_ints = desc_ints(m, max_rows, c->chain_cap);
+    const td_cuda_model_desc *hp = &m->hp;
+    size_t R = (size_t)max_rows, E = (size_t)hp->n_embd, qd = (size_t)hp->n_head * hp->head_dim;
+    size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, F = (size_t)hp->n_ff, ld = (size_t)m->act_ld;
+    c->act.ld = m->act_ld;
+    cudaError_t e = cudaStreamCreate(&c->stream);
+#define ALLOC(ptr, bytes) \
+    if (e == cudaSuccess) e = cudaMalloc((void **)&(ptr), (bytes))
+    ALLOC(c->x, R * E * sizeof(float));
+    ALLOC(c->q, R * qd * sizeof(float));
+    ALLOC(c->k, R * kvd * sizeof(float));
+    ALLOC(c->v, R * kvd * sizeof(float));
+    ALLOC(c->att, R * qd * sizeof(float));
+    ALLOC(c->gate, R * F * sizeof(float));
+    ALLOC(c->logits, R * (size_t)hp->n_vocab * sizeof(float));
+    ALLOC(c->act.qs, R * ld);
+    ALLOC(c->act.d, R * ld / TD_QK * sizeof(float));
+    ALLOC(c->act.s, R * ld / TD_QK * sizeof(float));
+    ALLOC(c->d_desc, (size_t)c->desc_ints * sizeof(int32_t));
+#undef ALLOC
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&c->h_desc, (size_t)c->desc_ints * sizeof(int32_t));
+    if (e != cudaSuccess) {
+        int rc = cuda_fail(err, e, "allocating a context");
+        td_cuda_ctx_free(c);
+        return rc;
+    }
+    *out = c;
+    return TD_OK;
+}
+
+/* Device views of the descriptor of an n-row pass. */
+static td_dpass dpass_of(const td_cuda_ctx *c, int32_t n) {
+    const int32_t *b = c->d_desc;
+    td_dpass p;
+    p.token = b;
+    p.seq = b + n;
+    p.slot = b + 2 * n;
+    p.base = b + 3 * n;
+    p.chain_off = b + 4 * n;
+    p.chain_len = b + 5 * n;
+    p.out_rows = b + 6 * n;
+    p.rope_cs = (const float *)(b + 7 * n);
+    p.chain = b + 7 * n + n * c->m->hp.n_rot;
+    return p;
+}
+
+static int32_t fill_desc(td_cuda_ctx *c, const td_cuda_pass *ps) {
+    int32_t n = ps->n_rows, *h = c->h_desc;
+    memcpy(h, ps->token, n * sizeof(int32_t));
+    memcpy(h + n, ps->seq, n * sizeof(int32_t));
+    memcpy(h + 2 * n, ps->slot, n * sizeof(int32_t));
+    memcpy(h + 3 * n, ps->base, n * sizeof(int32_t));
+    memcpy(h + 4 * n, ps->chain_off, n * sizeof(int32_t));
+    memcpy(h + 5 * n, ps->chain_len, n * sizeof(int32_t));
+    memset(h + 6 * n, 0, n * sizeof(int32_t));
+    memcpy(h + 6 * n, ps->out_rows, ps->n_out * sizeof(int32_t));
+    memcpy(h + 7 * n, ps->rope_cs, (size_t)n * c->m->hp.n_rot * sizeof(float));
+    if (ps->chain_total) memcpy(h + 7 * n + n * c->m->hp.n_rot, ps->chain, ps->chain_total * sizeof(int32_t));
+    return desc_ints(c->m, n, ps->chain_total);
+}
+
+/* The launches of one pass. Returns the first launch error. */
+static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t n_out, const uint8_t *skip) {
+    const td_cuda_model *m = c->m;
+    const td_cuda_model_desc *hp = &m->hp;
+    cudaStream_t st = c->stream;
+    int32_t E = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    td_dpass p = dpass_of(c, n);
+    td_dkv dkv = {kv->d_tab, kv->max_len, kv->kv_dim, 0};
+    cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, c->x, st);
+#define RUN(call) \
+    if (e == cudaSuccess) e = (call)
+    for (int32_t l = 0; l < hp->n_layer && e == cudaSuccess; l++) {
+        if (skip && skip[l]) continue;
+        const td_cuda_dlayer *ly = &m->layers[l];
+        dkv.layer = l;
+        RUN(td_cu_norm_quantize(c->x, E, NULL, n, E, ly->attn_norm, hp->rms_eps, &c->act, st));
+        if (ly->wq.type == ly->wk.type && ly->wk.type == ly->wv.type) {
+            td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, c->k, c->v}, {qd, kvd, kvd}, 3, TD_EPI_STORE};
+            RUN(td_cu_matmul(&mm, &c->act, n, st));
+        } else {
+            const td_dw *ws[3] = {&ly->wq, &ly->wk, &ly->wv};
+            float *ys[3] = {c->q, c->k, c->v};
+            int32_t lds[3] = {qd, kvd, kvd};
+            for (int i = 0; i < 3; i++) {
+                td_mm mm = {{*ws[i]}, {ys[i]}, {lds[i]}, 1, TD_EPI_STORE};
+                RUN(td_cu_matmul(&mm, &c->act, n, st));
+            }
+        }
+        td_rope_args ra = {c->q, c->k, c->v, ly->bq, ly->bk, ly->bv, hp->n_head, hp->n_head_kv, hp->head_dim,
+                           hp->n_rot, hp->rope_neox};
+        RUN(td_cu_rope_store(&ra, &p, &dkv, n, st));
+        td_attn_args aa = {c->q, c->att, hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim)};
+        RUN(td_cu_attention(&aa, &p, &dkv, n, st));
+        RUN(td_cu_quantize(c->att, qd, NULL, n, qd, &c->act, st));
+        td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD};
+        RUN(td_cu_matmul(&mo, &c->act, n, st));
+        RUN(td_cu_norm_quantize(c->x, E, NULL, n, E, ly->ffn_norm, hp->rms_eps, &c->act, st));
+        td_mm mg = {{ly->w_gate, ly->w_up}, {c->gate}, {F}, 2, TD_EPI_SWIGLU};
+        RUN(td_cu_matmul(&mg, &c->act, n, st));
+        RUN(td_cu_quantize(c->gate, F, NULL, n, F, &c->act, st));
+        td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD};
+        RUN(td_cu_matmul(&md, &c->act, n, st));
+    }
+    if (n_out > 0) {
+        RUN(td_cu_norm_quantize(c->x, E, p.out_rows, n_out, E, m->output_norm, hp->rms_eps, &c->act, st));
+        td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE};
+        RUN(td_cu_matmul(&mh, &c->act, n_out, st));
+    }
+#undef RUN
+    return e;
+}
+
+static int launch_graph(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t n_out, td_err *err) {
+    if (c->graph_kv != kv) {
+        drop_graphs(c);
+        c->graph_kv = kv;
+    }
+    for (int i = 0; i < c->n_graphs; i++)
+        if (c->graphs[i].n_rows == n && c->graphs[i].n_out == n_out) {
+            CK(cudaGraphLaunch(c->graphs[i].exec, c->stream), "replaying a pass");
+            return TD_OK;
+        }
+    if (c->n_graphs == GRAPH_SLOTS) { /* many shapes (prefill chunks): start over */
+        drop_graphs(c);
+        c->graph_kv = kv;
+    }
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    CK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal), "capturing a pass");
+    cudaError_t e = run_pass(c, kv, n, n_out, NULL);
+    cudaError_t e2 = cudaStreamEndCapture(c->stream, &g);
+    if (e == cudaSuccess) e = e2;
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (e != cudaSuccess) return cuda_fail(err, e, "capturing a pass");
+    c->graphs[c->n_graphs++] = (graph_slot){n, n_out, exec};
+    CK(cudaGraphLaunch(exec, c->stream), "replaying a pass");
+    return TD_OK;
+}
+
+extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *ps, float *logits, td_err *err) {
+    const td_cuda_model_desc *hp = &c->m->hp;
+    int32_t n = ps->n_rows;
+    if (n < 1 || n > c->max_rows || ps->n_out < 0 || ps->n_out > n || ps->chain_total < 0 ||
+        ps->chain_total > c->chain_cap)
+        return td_err_set(err, TD_E_ARG, "CUDA pass of %d rows (context holds %d)", n, c->max_rows);
+    if (kv->device != c->m->device || kv->kv_dim != hp->n_head_kv * hp->head_dim || kv->n_layer != hp->n_layer)
+        return td_err_set(err, TD_E_ARG, "the KV cache belongs to another model or device");
+    CK(cudaSetDevice(c->m->device), "selecting the device");
+    size_t smem = td_cu_attention_smem(kv->max_len, hp->head_dim);
+    if (smem > c->attn_smem_ready) {
+        int optin = 0;
+        CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->m->device), "reading limits");
+        if (smem > (size_t)optin)
+            return td_err_set(err, TD_E_UNSUPPORTED, "a context of %d positions needs %zu bytes of shared memory per "
+                              "attention block; this device gives %d", kv->max_len, smem, optin);
+        CK(td_cu_attention_prepare(smem), "preparing attention");
+        c->attn_smem_ready = smem;
+    }
+    for (int32_t r = 0; r < n; r++) {
+        int rc = kv_ensure(kv, ps->seq[r], err);
+        if (rc) return rc;
+    }
+    int32_t ints = fill_desc(c, ps);
+    CK(cudaMemcpyAsync(c->d_desc, c->h_desc, (size_t)ints * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream),
+       "copying the pass");
+    if (c->graphs_on && !ps->skip) {
+        int rc = launch_graph(c, kv, n, ps->n_out, err);
+        if (rc) return rc;
+    } else {
+        CK(run_pass(c, kv, n, ps->n_out, ps->skip), "launching a pass");
+    }
+    if (ps->n_out > 0)
+        CK(cudaMemcpyAsync(logits, c->logits, (size_t)ps->n_out * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                           c->stream),
+           "copying logits");
+    CK(cudaStreamSynchronize(c->stream), "running a pass");
+    return TD_OK;
+}

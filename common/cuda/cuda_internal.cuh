@@ -1,0 +1,131 @@
+/* cuda_internal.cuh — what the CUDA files share: device views of weights,
+ * activations and the KV cache, the pass descriptor in device memory, the
+ * kernel launchers, and the scalar helpers that must give the CPU's bits.
+ *
+ * Every .cu file is compiled with -fmad=false: the CPU build never contracts
+ * a*b+c (ISO C mode), so neither may the device; where the CPU calls fmaf,
+ * the device calls fmaf too. Divisions and square roots are IEEE-rounded by
+ * nvcc's defaults (-prec-div, -prec-sqrt), as on the CPU.
+ */
+#ifndef TD_CUDA_INTERNAL_CUH
+#define TD_CUDA_INTERNAL_CUH
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "cuda/cuda.h"
+#include "quant/quant.h"
+}
+
+#define TD_QK 32
+
+/* A weight matrix in the device layout (cuda_layout.c). */
+struct td_dw {
+    const uint32_t *qs; /* (n_out, blocks, words) codes */
+    const __half *d;    /* (n_out, blocks) */
+    const __half *m;    /* (n_out, blocks) Q4_1 only */
+    uint32_t type;
+    int32_t n_in, n_out;
+};
+
+/* Quantized activation rows (the CPU's Q8_0 / Q8_1 blocks, unpacked): codes,
+ * the fp16-rounded scale d and, for Q4_1 weights, s = fp16(d * sum(codes)).
+ * Row r: qs + r * ld, d + r * ld / 32, s + r * ld / 32. */
+struct td_dact {
+    int8_t *qs;
+    float *d, *s;
+    int32_t ld;
+};
+
+/* The pass in device memory (td_cuda_pass, uploaded in one copy). */
+struct td_dpass {
+    const int32_t *token, *seq, *slot, *base, *chain_off, *chain_len, *chain, *out_rows;
+    const float *rope_cs;
+};
+
+/* The KV cache of one layer as kernels see it: tab[seq] is the sequence's
+ * storage, (n_layer, 2, max_len, kv_dim) halves. */
+struct td_dkv {
+    __half *const *tab;
+    int32_t max_len, kv_dim, layer;
+};
+
+/* ---- helpers with the CPU's bits ---- */
+
+__device__ __forceinline__ float td_d_round_f16(float x) { return __half2float(__float2half_rn(x)); }
+
+/* td_op_hsum8: upper half onto lower, then pairs 0+2, 1+3 */
+__device__ __forceinline__ float td_d_hsum8(const float l[8]) {
+    float c0 = l[0] + l[4], c1 = l[1] + l[5], c2 = l[2] + l[6], c3 = l[3] + l[7];
+    return (c0 + c2) + (c1 + c3);
+}
+
+/* td_op_exp, operation for operation (ops.c) */
+__device__ __forceinline__ float td_d_exp(float x) {
+    const float shift = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, shift);
+    float n = z - shift;
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    uint32_t e = __float_as_uint(z) << 23;
+    float k = __uint_as_float(e + __float_as_uint(1.0f));
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                   0x1.ffffecp-1f * b);
+    if (!(fabsf(n) > 126.0f)) return fmaf(k, j, k);
+    uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    float s1 = __uint_as_float(g + 0x7f000000u), s2 = __uint_as_float(e - g);
+    if (fabsf(n) > 192.0f) return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+/* ---- launchers (each returns the launch's cudaError_t) ---- */
+
+enum td_epi { TD_EPI_STORE = 0, TD_EPI_ADD = 1, TD_EPI_SWIGLU = 2 };
+
+/* y_i[r * ldy_i + o] (=, +=) W_i[o] . act[r] for up to three matrices of one
+ * type that share the activations; TD_EPI_SWIGLU takes w[0] = gate and
+ * w[1] = up and stores silu(gate) * up into y[0]. */
+struct td_mm {
+    td_dw w[3];
+    float *y[3];
+    int32_t ldy[3];
+    int n_w;
+    int epi;
+};
+cudaError_t td_cu_matmul(const td_mm *mm, const td_dact *act, int32_t n_rows, cudaStream_t st);
+
+/* x (n_rows, n_in) rows, gathered through rows[] when not NULL, to act. */
+cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,
+                           const td_dact *act, cudaStream_t st);
+/* RMSNorm with weight w, then quantize, in one pass per row. */
+cudaError_t td_cu_norm_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n,
+                                const float *w, float eps, const td_dact *act, cudaStream_t st);
+cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, cudaStream_t st);
+/* Biases, RoPE on q and k, K and V narrowed into the cache. */
+struct td_rope_args {
+    float *q, *k, *v;
+    const float *bq, *bk, *bv;
+    int32_t n_head, n_head_kv, head_dim, n_rot;
+    bool neox;
+};
+cudaError_t td_cu_rope_store(const td_rope_args *a, const td_dpass *p, const td_dkv *kv, int32_t n_rows,
+                             cudaStream_t st);
+/* Attention of every (row, head): q (n_rows, n_head*head_dim) -> out. */
+struct td_attn_args {
+    const float *q;
+    float *out;
+    int32_t n_head, n_head_kv, head_dim;
+    float scale;
+};
+cudaError_t td_cu_attention(const td_attn_args *a, const td_dpass *p, const td_dkv *kv, int32_t n_rows,
+                            cudaStream_t st);
+/* Dynamic shared memory the attention kernel needs for a cache of max_len. */
+size_t td_cu_attention_smem(int32_t max_len, int32_t head_dim);
+cudaError_t td_cu_attention_prepare(size_t smem);
+/* KV compaction: slot base+keep[j] -> base+j in every layer (keep on device). */
+cudaError_t td_cu_kv_move(__half *seq_base, int32_t n_layer, int32_t max_len, int32_t kv_dim, int32_t base,
+                          const int32_t *keep, int32_t n_keep, cudaStream_t st);
+
+#endif

@@ -1,0 +1,109 @@
+/* cuda_layout.c — how weight matrices sit in device memory, and the host-side
+ * checks of what the CUDA backend can run. Pure host code, compiled in every
+ * build, so the layout is tested on machines without a GPU.
+ *
+ * A GGUF block interleaves its fp16 scale(s) with its codes (Q8_0: 34 bytes,
+ * so codes are only 2-byte aligned). On the device each thread reads one
+ * 32-bit word of codes per block, so the codes of a row are stored
+ * contiguously and the scales apart; nothing is re-quantized.
+ */
+#include <string.h>
+
+#include "cuda/cuda.h"
+#include "quant/quant.h"
+
+enum { QK = 32 };
+
+bool td_cuda_type_supported(uint32_t type) {
+    return type == TD_TYPE_Q4_0 || type == TD_TYPE_Q4_1 || type == TD_TYPE_Q8_0;
+}
+
+/* Bytes of codes per block, and the offset of the codes in a GGUF block. */
+static int codes_bytes(uint32_t type) { return type == TD_TYPE_Q8_0 ? 32 : 16; }
+static int codes_offset(uint32_t type) { return type == TD_TYPE_Q4_1 ? 4 : 2; }
+
+int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout *out, td_err *err) {
+    if (!td_cuda_type_supported(type)) {
+        const td_type_traits *tr = td_quant_traits(type);
+        return td_err_set(err, TD_E_UNSUPPORTED, "the CUDA backend has no kernel for %s weights (it runs Q4_0, Q4_1, Q8_0)",
+                          tr && tr->name ? tr->name : "unknown");
+    }
+    if (n_in <= 0 || n_out <= 0 || n_in % QK != 0)
+        return td_err_set(err, TD_E_ARG, "matrix of %lld x %lld is not whole blocks of %d", (long long)n_out,
+                          (long long)n_in, QK);
+    size_t blocks = (size_t)(n_in / QK) * (size_t)n_out;
+    out->qs_bytes = blocks * (size_t)codes_bytes(type);
+    out->d_bytes = blocks * sizeof(uint16_t);
+    out->m_bytes = type == TD_TYPE_Q4_1 ? blocks * sizeof(uint16_t) : 0;
+    return TD_OK;
+}
+
+void td_cuda_layout_pack(uint32_t type, const void *src, int64_t n_in, int64_t n_out, void *qs, uint16_t *d,
+                         uint16_t *m) {
+    const td_type_traits *tr = td_quant_traits(type);
+    size_t blocks = (size_t)(n_in / QK) * (size_t)n_out;
+    int cb = codes_bytes(type), co = codes_offset(type);
+    const unsigned char *s = src;
+    unsigned char *q = qs;
+    /* rows are contiguous in both layouts, so blocks can be walked flat */
+    for (size_t b = 0; b < blocks; b++, s += tr->block_bytes) {
+        memcpy(&d[b], s, sizeof(uint16_t));
+        if (type == TD_TYPE_Q4_1) memcpy(&m[b], s + 2, sizeof(uint16_t));
+        memcpy(q + b * (size_t)cb, s + co, (size_t)cb);
+    }
+}
+
+void td_cuda_layout_row(uint32_t type, const void *qs, const uint16_t *d, const uint16_t *m, int64_t n_in, int64_t o,
+                        float *out) {
+    int64_t nb = n_in / QK;
+    int cb = codes_bytes(type);
+    const unsigned char *q = (const unsigned char *)qs + (size_t)o * nb * cb;
+    for (int64_t i = 0; i < nb; i++, q += cb, out += QK) {
+        float dd = td_fp16_to_f32(d[o * nb + i]);
+        if (type == TD_TYPE_Q8_0) {
+            for (int j = 0; j < QK; j++) out[j] = (float)(int8_t)q[j] * dd;
+        } else if (type == TD_TYPE_Q4_0) {
+            for (int j = 0; j < 16; j++) {
+                out[j] = (float)((q[j] & 0x0F) - 8) * dd;
+                out[j + 16] = (float)((q[j] >> 4) - 8) * dd;
+            }
+        } else {
+            float mm = td_fp16_to_f32(m[o * nb + i]);
+            for (int j = 0; j < 16; j++) {
+                out[j] = (float)(q[j] & 0x0F) * dd + mm;
+                out[j + 16] = (float)(q[j] >> 4) * dd + mm;
+            }
+        }
+    }
+}
+
+static int check_weight(const char *name, int32_t layer, const td_cuda_weight *w, td_err *err) {
+    td_cuda_layout lay;
+    int rc = td_cuda_layout_of(w->type, w->n_in, w->n_out, &lay, err);
+    if (rc == TD_OK) return TD_OK;
+    td_err inner = {{0}};
+    if (err) memcpy(&inner, err, sizeof inner);
+    if (layer >= 0) return td_err_set(err, rc, "blk.%d.%s: %s", layer, name, inner.msg);
+    return td_err_set(err, rc, "%s: %s", name, inner.msg);
+}
+
+int td_cuda_check_model(const td_cuda_model_desc *d, td_err *err) {
+    if (!d || !d->layers || d->n_layer < 1)
+        return td_err_set(err, TD_E_ARG, "no model to check");
+    if (d->head_dim > 256 || d->head_dim % 8 != 0 || d->n_rot > d->head_dim || d->n_rot % 2 != 0)
+        return td_err_set(err, TD_E_UNSUPPORTED, "the CUDA backend needs a head size that is a multiple of 8 up to 256 (got %d)",
+                          d->head_dim);
+    if (d->n_head % d->n_head_kv != 0)
+        return td_err_set(err, TD_E_ARG, "%d heads do not split into %d KV groups", d->n_head, d->n_head_kv);
+    int rc;
+    if ((rc = check_weight("token_embd", -1, &d->tok_embd, err))) return rc;
+    if ((rc = check_weight("output", -1, &d->output, err))) return rc;
+    for (int32_t l = 0; l < d->n_layer; l++) {
+        const td_cuda_layer *ly = &d->layers[l];
+        const td_cuda_weight *ws[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
+        static const char *const names[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+        for (int i = 0; i < 7; i++)
+            if ((rc = check_weight(names[i], l, ws[i], err))) return rc;
+    }
+    return TD_OK;
+}

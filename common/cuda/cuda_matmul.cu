@@ -1,0 +1,166 @@
+/* cuda_matmul.cu — quantized matrix products in the CPU's reference order.
+ *
+ * The CPU reference (quant_ref.c) reduces a Q4_1 or Q8_0 row dot product in
+ * eight lanes: lane l holds the integer sum of elements 4l..4l+3 of each
+ * block, accumulated block after block as acc[l] = fma(d_w * d_x, sum, acc[l]);
+ * the lanes are folded by td_op_hsum8, and Q4_1 adds its own fma chain of
+ * minimum terms. Here eight threads are those eight lanes: each owns one
+ * 32-bit word of codes per block, one __dp4a gives its integer sum, and the
+ * float chain runs over blocks in the same order. So every output carries
+ * the CPU's bits, and, the order being fixed per (output, row), a row's
+ * result never depends on the other rows of the pass (batch invariance).
+ * Q4_0's reference is one chain per output: the eight integer sums are added
+ * exactly (shuffles) and one thread continues the float chain.
+ *
+ * A warp computes four outputs for a tile of R activation rows: the weight
+ * word is read once and used for every row of the tile (verification rows
+ * cost little more than one).
+ */
+#include "cuda/cuda_internal.cuh"
+
+#define MM_OUT_PER_WARP 4
+#define MM_WARPS 2
+#define MM_THREADS (32 * MM_WARPS)
+#define MM_OUT_PER_BLOCK (MM_OUT_PER_WARP * MM_WARPS)
+#define FULL 0xffffffffu
+
+template <int TYPE> struct words_per_block { static const int n = TYPE == TD_TYPE_Q8_0 ? 8 : 4; };
+
+/* Lane l's four codes of a block: elements 4l..4l+3 (Q4: low nibbles are
+ * elements 0..15, high nibbles 16..31 of the same 16 bytes). */
+template <int TYPE> __device__ __forceinline__ int lane_codes(const uint32_t *blk, int l) {
+    if (TYPE == TD_TYPE_Q8_0) return (int)blk[l];
+    uint32_t w = blk[l & 3];
+    return (int)((l < 4 ? w : (w >> 4)) & 0x0F0F0F0Fu);
+}
+
+struct chain_state {
+    const uint32_t *qs;
+    const __half *d, *m;
+};
+
+template <int TYPE, int R>
+__device__ __forceinline__ void dot_tile(const chain_state &w, bool valid, int nb, const td_dact &act, int r0,
+                                         int n_rows, int lane8, float acc[R], float mins[R]) {
+    const int WPB = words_per_block<TYPE>::n;
+    const int ldb = act.ld / TD_QK;
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f, mins[r] = 0.0f;
+    for (int i = 0; i < nb; i++) {
+        int wv = valid ? lane_codes<TYPE>(w.qs + (size_t)i * WPB, lane8) : 0;
+        float dw = valid ? __half2float(w.d[i]) : 0.0f;
+        float mw = (TYPE == TD_TYPE_Q4_1 && valid) ? __half2float(w.m[i]) : 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int row = r0 + r;
+            if (row >= n_rows) continue; /* uniform across the block */
+            int xv = *(const int *)(act.qs + (size_t)row * act.ld + i * TD_QK + lane8 * 4);
+            float dx = act.d[(size_t)row * ldb + i];
+            if (TYPE == TD_TYPE_Q4_0) {
+                int part = __dp4a(wv, xv, 0) - 8 * __dp4a(0x01010101, xv, 0);
+                part += __shfl_xor_sync(FULL, part, 4);
+                part += __shfl_xor_sync(FULL, part, 2);
+                part += __shfl_xor_sync(FULL, part, 1);
+                acc[r] = acc[r] + dw * dx * (float)part;
+            } else {
+                float scale = dw * dx;
+                acc[r] = fmaf(scale, (float)__dp4a(wv, xv, 0), acc[r]);
+                if (TYPE == TD_TYPE_Q4_1) mins[r] = fmaf(mw, act.s[(size_t)row * ldb + i], mins[r]);
+            }
+        }
+    }
+}
+
+/* The eight lanes' chains folded as ref_lanes_sum (+ the minimum chain). */
+template <int TYPE> __device__ __forceinline__ float finish(float acc, float mins, int group_base) {
+    float l[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) l[k] = __shfl_sync(FULL, acc, group_base + k);
+    float s = td_d_hsum8(l);
+    return TYPE == TD_TYPE_Q4_0 ? acc : TYPE == TD_TYPE_Q4_1 ? s + mins : s;
+}
+
+template <int TYPE, int R, int EPI>
+__global__ void __launch_bounds__(MM_THREADS) k_matmul(td_mm mm, td_dact act, int32_t n_rows) {
+    const int lane8 = threadIdx.x & 7, group_base = (threadIdx.x & 31) & ~7;
+    const int r0 = blockIdx.y * R;
+    int o = blockIdx.x * MM_OUT_PER_BLOCK + (threadIdx.x >> 3);
+    int wi = 0;
+    if (EPI != TD_EPI_SWIGLU) {
+        if (mm.n_w > 1 && o >= mm.w[0].n_out) { o -= mm.w[0].n_out; wi = 1; }
+        if (wi == 1 && mm.n_w > 2 && o >= mm.w[1].n_out) { o -= mm.w[1].n_out; wi = 2; }
+    }
+    const td_dw W = wi == 0 ? mm.w[0] : wi == 1 ? mm.w[1] : mm.w[2];
+    float *y = wi == 0 ? mm.y[0] : wi == 1 ? mm.y[1] : mm.y[2];
+    const int ldy = wi == 0 ? mm.ldy[0] : wi == 1 ? mm.ldy[1] : mm.ldy[2];
+    const bool valid = o < W.n_out;
+    const int nb = W.n_in / TD_QK, WPB = words_per_block<TYPE>::n;
+    const size_t oo = valid ? (size_t)o : 0;
+    chain_state cs = {W.qs + oo * nb * WPB, W.d + oo * nb, W.m ? W.m + oo * nb : NULL};
+    float acc[R], mins[R];
+    dot_tile<TYPE, R>(cs, valid, nb, act, r0, n_rows, lane8, acc, mins);
+    if (EPI == TD_EPI_SWIGLU) {
+        const td_dw U = mm.w[1];
+        chain_state cu = {U.qs + oo * nb * WPB, U.d + oo * nb, U.m ? U.m + oo * nb : NULL};
+        float acc_u[R], mins_u[R];
+        dot_tile<TYPE, R>(cu, valid, nb, act, r0, n_rows, lane8, acc_u, mins_u);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r0 + r >= n_rows) continue;
+            float g = finish<TYPE>(acc[r], mins[r], group_base);
+            float u = finish<TYPE>(acc_u[r], mins_u[r], group_base);
+            if (valid && lane8 == 0) y[(size_t)(r0 + r) * ldy + o] = g / (1.0f + td_d_exp(0.0f - g)) * u;
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r0 + r >= n_rows) continue;
+            float s = finish<TYPE>(acc[r], mins[r], group_base);
+            if (valid && lane8 == 0) {
+                float *dst = y + (size_t)(r0 + r) * ldy + o;
+                *dst = EPI == TD_EPI_ADD ? *dst + s : s;
+            }
+        }
+    }
+}
+
+template <int TYPE, int EPI> static cudaError_t launch_type(const td_mm *mm, const td_dact *act, int32_t n_rows,
+                                                            cudaStream_t st) {
+    int32_t outs = 0;
+    if (EPI == TD_EPI_SWIGLU) outs = mm->w[0].n_out;
+    else
+        for (int i = 0; i < mm->n_w; i++) outs += mm->w[i].n_out;
+    dim3 block(MM_THREADS);
+    unsigned gx = (unsigned)((outs + MM_OUT_PER_BLOCK - 1) / MM_OUT_PER_BLOCK);
+#define TD_MM_LAUNCH(R)                                                                           \
+    do {                                                                                          \
+        dim3 grid(gx, (unsigned)((n_rows + (R)-1) / (R)));                                        \
+        k_matmul<TYPE, R, EPI><<<grid, block, 0, st>>>(*mm, *act, n_rows);                        \
+    } while (0)
+    if (n_rows == 1) TD_MM_LAUNCH(1);
+    else if (n_rows == 2) TD_MM_LAUNCH(2);
+    else if (n_rows <= 4) TD_MM_LAUNCH(4);
+    else TD_MM_LAUNCH(8);
+#undef TD_MM_LAUNCH
+    return cudaGetLastError();
+}
+
+template <int EPI> static cudaError_t launch_epi(const td_mm *mm, const td_dact *act, int32_t n_rows, cudaStream_t st) {
+    switch (mm->w[0].type) {
+    case TD_TYPE_Q4_0: return launch_type<TD_TYPE_Q4_0, EPI>(mm, act, n_rows, st);
+    case TD_TYPE_Q4_1: return launch_type<TD_TYPE_Q4_1, EPI>(mm, act, n_rows, st);
+    case TD_TYPE_Q8_0: return launch_type<TD_TYPE_Q8_0, EPI>(mm, act, n_rows, st);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t td_cu_matmul(const td_mm *mm, const td_dact *act, int32_t n_rows, cudaStream_t st) {
+    for (int i = 1; i < mm->n_w; i++)
+        if (mm->w[i].type != mm->w[0].type || mm->w[i].n_in != mm->w[0].n_in) return cudaErrorInvalidValue;
+    switch (mm->epi) {
+    case TD_EPI_STORE: return launch_epi<TD_EPI_STORE>(mm, act, n_rows, st);
+    case TD_EPI_ADD: return launch_epi<TD_EPI_ADD>(mm, act, n_rows, st);
+    case TD_EPI_SWIGLU: return launch_epi<TD_EPI_SWIGLU>(mm, act, n_rows, st);
+    default: return cudaErrorInvalidValue;
+    }
+}

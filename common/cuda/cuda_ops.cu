@@ -1,0 +1,182 @@
+/* cuda_ops.cu — the small operators of a pass on the device: token
+ * embedding, activation quantization (alone or fused after RMSNorm), biases
+ * and RoPE with the K/V store, and the cache compaction behind
+ * td_kv_compact. Each reproduces its CPU counterpart's operation order
+ * (ops.c, quant_ref_quantize.c, forward.c) so that results keep the CPU's bits.
+ */
+#include "cuda/cuda_internal.cuh"
+
+#define FULL 0xffffffffu
+
+/* ---- activation quantization (q8_block in quant_ref_quantize.c) ----
+ * d = max|x| / 127, codes = nearest-even(x * (127 / max|x|)) clamped to
+ * [-127, 127] (NaN -> 0); d is stored through fp16, s = fp16(sum * d) with
+ * the f32 d. Max and integer sum are exact in any order, so a warp may
+ * reduce them as it likes. */
+__device__ __forceinline__ void quant_block(float v, int lane, int8_t *qs, float *d_out, float *s_out) {
+    float amax = fabsf(v);
+    for (int off = 16; off; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL, amax, off));
+    float d = amax / 127.0f;
+    float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    float t = v * id;
+    int q = 0;
+    if (t == t) {
+        float r = rintf(t);
+        q = r < -127.0f ? -127 : r > 127.0f ? 127 : (int)r;
+    }
+    qs[lane] = (int8_t)q;
+    int sum = q;
+    for (int off = 16; off; off >>= 1) sum += __shfl_xor_sync(FULL, sum, off);
+    if (lane == 0) {
+        *d_out = td_d_round_f16(d);
+        *s_out = td_d_round_f16((float)sum * d);
+    }
+}
+
+/* grid (ceil(blocks / 4), n_rows), 4 warps: one warp per block of 32 */
+__global__ void k_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_in, td_dact act) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int blk = blockIdx.x * 4 + warp, r = blockIdx.y;
+    if (blk >= n_in / TD_QK) return; /* whole warp leaves together */
+    int src = rows ? rows[r] : r;
+    float v = x[(size_t)src * ldx + blk * TD_QK + lane];
+    int ldb = act.ld / TD_QK;
+    quant_block(v, lane, act.qs + (size_t)r * act.ld + blk * TD_QK, act.d + (size_t)r * ldb + blk,
+                act.s + (size_t)r * ldb + blk);
+}
+
+cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,
+                           const td_dact *act, cudaStream_t st) {
+    dim3 grid((unsigned)((n_in / TD_QK + 3) / 4), (unsigned)n_rows);
+    k_quantize<<<grid, 128, 0, st>>>(x, ldx, rows, n_in, *act);
+    return cudaGetLastError();
+}
+
+/* ---- RMSNorm then quantization, one block of 256 threads per row ----
+ * td_op_rmsnorm: squares in float, summed in double in element order (one
+ * thread: the order is the point), mean and root in float, then
+ * (x * scale) * w. */
+#define NQ_THREADS 256
+__global__ void __launch_bounds__(NQ_THREADS) k_norm_quantize(const float *x, int32_t ldx, const int32_t *rows,
+                                                              int32_t n, const float *w, float eps, td_dact act) {
+    extern __shared__ float sq[]; /* n squares */
+    __shared__ float scale_sh;
+    int r = blockIdx.x, src = rows ? rows[r] : r;
+    const float *xr = x + (size_t)src * ldx;
+    for (int i = threadIdx.x; i < n; i += NQ_THREADS) sq[i] = xr[i] * xr[i];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double ss = 0.0;
+        int i = 0;
+        for (; i + 8 <= n; i += 8) { /* loads ahead of the (serial) adds */
+            float v[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = sq[i + k];
+#pragma unroll
+            for (int k = 0; k < 8; k++) ss += (double)v[k];
+        }
+        for (; i < n; i++) ss += (double)sq[i];
+        float mean = (float)(ss / (double)n);
+        scale_sh = 1.0f / sqrtf(mean + eps);
+    }
+    __syncthreads();
+    float scale = scale_sh;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, ldb = act.ld / TD_QK;
+    for (int blk = warp; blk < n / TD_QK; blk += NQ_THREADS / 32) {
+        int i = blk * TD_QK + lane;
+        float v = (xr[i] * scale) * w[i];
+        quant_block(v, lane, act.qs + (size_t)r * act.ld + blk * TD_QK, act.d + (size_t)r * ldb + blk,
+                    act.s + (size_t)r * ldb + blk);
+    }
+}
+
+cudaError_t td_cu_norm_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n,
+                                const float *w, float eps, const td_dact *act, cudaStream_t st) {
+    k_norm_quantize<<<n_rows, NQ_THREADS, (size_t)n * sizeof(float), st>>>(x, ldx, rows, n, w, eps, *act);
+    return cudaGetLastError();
+}
+
+/* ---- token embedding: the CPU's to_float of the token's row ---- */
+__global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
+    int r = blockIdx.x, n = emb.n_in, nb = n / TD_QK;
+    size_t row = (size_t)token[r];
+    const uint8_t *codes = (const uint8_t *)emb.qs;
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        int blk = e / TD_QK, j = e % TD_QK;
+        size_t b = row * nb + blk;
+        float d = __half2float(emb.d[b]), v;
+        if (emb.type == TD_TYPE_Q8_0) {
+            v = (float)(int8_t)codes[b * 32 + j] * d;
+        } else {
+            uint8_t byte = codes[b * 16 + (j & 15)];
+            int q = j < 16 ? (byte & 0x0F) : (byte >> 4);
+            v = emb.type == TD_TYPE_Q4_0 ? (float)(q - 8) * d : (float)q * d + __half2float(emb.m[b]);
+        }
+        x[(size_t)r * n + e] = v;
+    }
+}
+
+cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, cudaStream_t st) {
+    k_embed<<<n_rows, 256, 0, st>>>(*emb, p->token, x);
+    return cudaGetLastError();
+}
+
+/* ---- biases, RoPE, K/V into the cache (forward.c, td_op_rope) ---- */
+__device__ __forceinline__ void rope_pair(float *head, const float *cs, int i, int half, bool neox) {
+    int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+    float c = cs[2 * i], s = cs[2 * i + 1];
+    float x0 = head[a], x1 = head[b];
+    head[a] = fmaf(x0, c, -(x1 * s));
+    head[b] = fmaf(x0, s, x1 * c);
+}
+
+__global__ void k_rope_store(td_rope_args a, td_dpass p, td_dkv kv) {
+    int r = blockIdx.x, hd = a.head_dim, half = a.n_rot / 2;
+    int q_dim = a.n_head * hd, kv_dim = a.n_head_kv * hd;
+    float *q = a.q + (size_t)r * q_dim, *k = a.k + (size_t)r * kv_dim, *v = a.v + (size_t)r * kv_dim;
+    if (a.bq) {
+        for (int i = threadIdx.x; i < q_dim; i += blockDim.x) q[i] = q[i] + a.bq[i];
+        for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) k[i] = k[i] + a.bk[i], v[i] = v[i] + a.bv[i];
+        __syncthreads();
+    }
+    const float *cs = p.rope_cs + (size_t)r * a.n_rot;
+    for (int t = threadIdx.x; t < (a.n_head + a.n_head_kv) * half; t += blockDim.x) {
+        int h = t / half, i = t % half;
+        float *head = h < a.n_head ? q + (size_t)h * hd : k + (size_t)(h - a.n_head) * hd;
+        rope_pair(head, cs, i, half, a.neox);
+    }
+    __syncthreads();
+    __half *base = kv.tab[p.seq[r]];
+    size_t slot = (size_t)p.slot[r];
+    __half *kd = base + ((size_t)(kv.layer * 2 + 0) * kv.max_len + slot) * kv.kv_dim;
+    __half *vd = base + ((size_t)(kv.layer * 2 + 1) * kv.max_len + slot) * kv.kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kd[i] = __float2half_rn(k[i]);
+        vd[i] = __float2half_rn(v[i]);
+    }
+}
+
+cudaError_t td_cu_rope_store(const td_rope_args *a, const td_dpass *p, const td_dkv *kv, int32_t n_rows,
+                             cudaStream_t st) {
+    k_rope_store<<<n_rows, 128, 0, st>>>(*a, *p, *kv);
+    return cudaGetLastError();
+}
+
+/* ---- compaction: each element moves through the kept slots in order ---- */
+__global__ void k_kv_move(__half *base, int32_t n_layer, int32_t max_len, int32_t kv_dim, int32_t first,
+                          const int32_t *keep, int32_t n_keep) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t per_plane = (size_t)kv_dim, planes = (size_t)n_layer * 2;
+    if (e >= planes * per_plane) return;
+    size_t plane = e / per_plane, d = e % per_plane;
+    __half *p = base + plane * (size_t)max_len * kv_dim + d;
+    for (int32_t j = 0; j < n_keep; j++)
+        if (keep[j] != j) p[(size_t)(first + j) * kv_dim] = p[(size_t)(first + keep[j]) * kv_dim];
+}
+
+cudaError_t td_cu_kv_move(__half *seq_base, int32_t n_layer, int32_t max_len, int32_t kv_dim, int32_t base,
+                          const int32_t *keep, int32_t n_keep, cudaStream_t st) {
+    size_t total = (size_t)n_layer * 2 * kv_dim;
+    k_kv_move<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(seq_base, n_layer, max_len, kv_dim, base, keep, n_keep);
+    return cudaGetLastError();
+}

@@ -1,0 +1,74 @@
+/* model_device.c — naming devices ("cpu", "cuda:N") and handing the model's
+ * weights to the CUDA backend: the model is described to it in cuda.h's
+ * plain terms and uploaded once, on the first context that asks.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+
+int td_device_parse(const char *s, td_device *out, td_err *err) {
+    if (!s) return td_err_set(err, TD_E_ARG, "no device named");
+    if (!strcmp(s, "cpu")) {
+        *out = (td_device){TD_DEVICE_CPU, 0};
+        return TD_OK;
+    }
+    if (!strncmp(s, "cuda", 4) && (s[4] == 0 || s[4] == ':')) {
+        long idx = 0;
+        if (s[4] == ':') {
+            char *end;
+            idx = strtol(s + 5, &end, 10);
+            if (end == s + 5 || *end || idx < 0 || idx > 255)
+                return td_err_set(err, TD_E_ARG, "device '%s': expected cuda:N with N a device number", s);
+        }
+        *out = (td_device){TD_DEVICE_CUDA, (int32_t)idx};
+        return TD_OK;
+    }
+    return td_err_set(err, TD_E_ARG, "unknown device '%s' (cpu, cuda or cuda:N)", s);
+}
+
+void td_device_format(td_device d, char *buf, size_t cap) {
+    if (d.kind == TD_DEVICE_CPU) snprintf(buf, cap, "cpu");
+    else snprintf(buf, cap, "cuda:%d", d.index);
+}
+
+static td_cuda_weight cw(const td_weight *w) { return (td_cuda_weight){w->data, w->type, w->n_in, w->n_out}; }
+
+int td_model_cuda(const td_model *cm, int32_t index, td_cuda_model **out, td_err *err) {
+    td_model *m = (td_model *)cm; /* only the device copy is written, under the lock */
+    *out = NULL;
+    int rc = TD_OK;
+    pthread_mutex_lock(&m->device_lock);
+    if (m->cuda) {
+        if (td_cuda_model_device(m->cuda) != index)
+            rc = td_err_set(err, TD_E_UNSUPPORTED, "this model is already on cuda:%d; one device per loaded model",
+                            td_cuda_model_device(m->cuda));
+        else
+            *out = m->cuda;
+        pthread_mutex_unlock(&m->device_lock);
+        return rc;
+    }
+    const td_hparams *hp = &m->hp;
+    td_cuda_layer *layers = calloc((size_t)hp->n_layer, sizeof *layers);
+    if (!layers) {
+        pthread_mutex_unlock(&m->device_lock);
+        return td_err_set(err, TD_E_NOMEM, "out of memory");
+    }
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        const td_layer *s = &m->layers[l];
+        layers[l] = (td_cuda_layer){s->attn_norm, s->ffn_norm, cw(&s->wq), cw(&s->wk), cw(&s->wv), cw(&s->wo),
+                                    cw(&s->w_gate), cw(&s->w_up), cw(&s->w_down), s->bq, s->bk, s->bv};
+    }
+    td_cuda_model_desc d = {
+        .n_vocab = hp->n_vocab, .n_embd = hp->n_embd, .n_layer = hp->n_layer, .n_ff = hp->n_ff,
+        .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim, .n_rot = hp->n_rot,
+        .rope_neox = hp->rope_kind == TD_ROPE_NEOX, .rms_eps = hp->rms_eps,
+        .tok_embd = cw(&m->tok_embd), .output = cw(&m->output), .output_norm = m->output_norm, .layers = layers,
+    };
+    rc = td_cuda_model_upload(&d, index, &m->cuda, err);
+    free(layers);
+    if (rc == TD_OK) *out = m->cuda;
+    pthread_mutex_unlock(&m->device_lock);
+    return rc;
+}
