@@ -139,6 +139,9 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
         printf("%s: one pass, ms:", who);
         for (int k = 0; k < n_ks; k++) printf("  %d rows %.3f", verify_rows[k], median(ver[k], o->repeats * 4) * 1e3);
         printf("\n");
+        char prof[512];
+        td_ctx_profile(ctx, prof, sizeof prof);
+        if (getenv("TD_CUDA_PROFILE")) printf("%s: %s\n", who, prof);
         rc = 0;
         goto out;
     }

@@ -98,6 +98,10 @@ void td_cuda_ctx_free(td_cuda_ctx *c); /* accepts NULL */
 /* Decode-step graphs: passes of one shape (rows, rows with logits) replay a
  * captured CUDA graph instead of launching each kernel. On by default. */
 void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on);
+/* With TD_CUDA_PROFILE=1 in the environment when the context was created
+ * (a tuning aid: passes then run without graphs, an event after every
+ * launch), the mean kernel time per pass by kind, as one line. */
+int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap);
 
 /* One pass, already validated by the model module. Row r writes its K/V at
  * cache slot slot[r] of sequence seq[r] and attends to slots [0, base[r])

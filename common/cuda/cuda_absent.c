@@ -1,5 +1,7 @@
 /* cuda_absent.c — the CUDA backend's device calls in a build without CUDA
  * (-DTANDEM_CUDA=OFF, the default): each says so instead of failing later. */
+#include <stdio.h>
+
 #include "cuda/cuda.h"
 
 #define ABSENT(err) td_err_set(err, TD_E_UNSUPPORTED, "this tandem was built without CUDA (configure with -DTANDEM_CUDA=ON)")
@@ -40,4 +42,8 @@ void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on) { (void)c, (void)on; }
 int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *p, float *logits, td_err *err) {
     (void)c, (void)kv, (void)p, (void)logits;
     return ABSENT(err);
+}
+int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap) {
+    (void)c;
+    return snprintf(buf, cap, "no profile (built without CUDA)");
 }

@@ -42,6 +42,7 @@ __global__ void __launch_bounds__(AT_THREADS) k_attend(td_attn_args a, td_dpass 
         int slot = t < base ? t : chain[t - base];
         const uint4 *kr = (const uint4 *)(kb + (size_t)slot * kv.kv_dim);
         float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll 8
         for (int d0 = 0; d0 < hd; d0 += 8) {
             uint4 raw = kr[d0 / 8];
             const __half *hv = (const __half *)&raw;
@@ -81,7 +82,19 @@ __global__ void __launch_bounds__(AT_THREADS) k_attend(td_attn_args a, td_dpass 
     for (int pi = threadIdx.x; pi < 8 * hd; pi += AT_THREADS) {
         int j = pi / hd, d = pi % hd;
         float acc = 0.0f;
-        for (int t = j; t < n; t += 8) {
+        int t = j;
+        /* eight positions' loads in flight before their (serial) adds */
+        for (; t + 56 < n; t += 64) {
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int tt = t + 8 * u, slot = tt < base ? tt : chain[tt - base];
+                v[u] = __half2float(vb[(size_t)slot * kv.kv_dim + d]);
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) acc = fmaf(v[u], sc[t + 8 * u], acc);
+        }
+        for (; t < n; t += 8) {
             int slot = t < base ? t : chain[t - base];
             acc = fmaf(__half2float(vb[(size_t)slot * kv.kv_dim + d]), sc[t], acc);
         }
@@ -92,7 +105,19 @@ __global__ void __launch_bounds__(AT_THREADS) k_attend(td_attn_args a, td_dpass 
         float l[8];
 #pragma unroll
         for (int k = 0; k < 8; k++) l[k] = part[k * hd + d];
-        a.out[(size_t)r * q_dim + h * hd + d] = td_d_hsum8(l);
+        float o = td_d_hsum8(l);
+        a.out[(size_t)r * q_dim + h * hd + d] = o;
+        q16[d] = o; /* the query is spent: its room holds the output for quantizing */
+    }
+    if (!a.qout.qs) return;
+    /* the head's output is whole quantization blocks (head_dim % 32 == 0):
+     * quantize it here for the output projection */
+    __syncthreads();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, ldb = a.qout.ld / TD_QK;
+    for (int b = warp; b < hd / TD_QK; b += AT_THREADS / 32) {
+        const int blk = (h * hd) / TD_QK + b;
+        td_d_quant_block(q16[b * TD_QK + lane], lane, a.qout.qs + (size_t)r * a.qout.ld + blk * TD_QK,
+                         a.qout.d + (size_t)r * ldb + blk, a.qout.s + (size_t)r * ldb + blk);
     }
 }
 

@@ -292,6 +292,13 @@ extern "C" int td_cuda_kv_compact(td_cuda_kv *kv, int32_t seq, int32_t base, con
 
 #define GRAPH_SLOTS 48
 
+/* Kernel-time profile (TD_CUDA_PROFILE=1 at context creation): each launch
+ * of a pass is followed by an event and the time between events is added
+ * to its kind. Passes then run without graphs. A diagnostic for tuning. */
+enum prof_kind { P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_WO, P_GATEUP, P_DOWN, P_HEAD, P_KINDS };
+static const char *const prof_names[P_KINDS] = {"embed", "norm", "qkv", "rope", "attn", "wo", "gate_up", "down", "head"};
+#define PROF_EVENTS 512
+
 struct graph_slot {
     int32_t n_rows, n_out;
     cudaGraphExec_t exec;
@@ -301,8 +308,8 @@ struct td_cuda_ctx {
     const td_cuda_model *m;
     int32_t max_rows, chain_cap, desc_ints;
     cudaStream_t stream;
-    float *x, *q, *k, *v, *att, *gate, *logits;
-    td_dact act;
+    float *x, *q, *k, *v, *att, *logits;
+    td_dact act, act2; /* act2: the down projection's input */
     int32_t *d_desc; /* the pass descriptor (layout by row count) */
     int32_t *h_desc; /* pinned host image */
     bool graphs_on;
@@ -310,7 +317,36 @@ struct td_cuda_ctx {
     graph_slot graphs[GRAPH_SLOTS];
     int n_graphs;
     size_t attn_smem_ready; /* dynamic shared memory the attention kernel may take */
+    bool profile;
+    cudaEvent_t ev[PROF_EVENTS];
+    int ev_kind[PROF_EVENTS], n_ev;
+    double prof_ms[P_KINDS];
+    int64_t prof_passes;
 };
+
+static void prof_mark(td_cuda_ctx *c, int kind) {
+    if (!c->profile || c->n_ev >= PROF_EVENTS) return;
+    c->ev_kind[c->n_ev] = kind;
+    cudaEventRecord(c->ev[c->n_ev++], c->stream);
+}
+
+/* After a synchronized pass: adds the gaps between its events. */
+static void prof_collect(td_cuda_ctx *c) {
+    for (int i = 1; i < c->n_ev; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, c->ev[i - 1], c->ev[i]) == cudaSuccess) c->prof_ms[c->ev_kind[i]] += ms;
+    }
+    c->n_ev = 0;
+    c->prof_passes++;
+}
+
+extern "C" int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap) {
+    if (!c->profile || c->prof_passes == 0) return snprintf(buf, cap, "no profile (set TD_CUDA_PROFILE=1)");
+    size_t used = (size_t)snprintf(buf, cap, "kernel us per one-row pass (%lld passes):", (long long)c->prof_passes);
+    for (int k = 0; k < P_KINDS && used < cap; k++)
+        used += (size_t)snprintf(buf + used, cap - used, " %s %.1f", prof_names[k], 1e3 * c->prof_ms[k] / (double)c->prof_passes);
+    return (int)used;
+}
 
 static void drop_graphs(td_cuda_ctx *c) {
     for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graphs[i].exec);
@@ -322,10 +358,13 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     if (!c) return;
     cudaSetDevice(c->m->device);
     drop_graphs(c);
-    cudaFree(c->x); cudaFree(c->q); cudaFree(c->k); cudaFree(c->v); cudaFree(c->att); cudaFree(c->gate);
+    cudaFree(c->x); cudaFree(c->q); cudaFree(c->k); cudaFree(c->v); cudaFree(c->att);
     cudaFree(c->logits); cudaFree(c->act.qs); cudaFree(c->act.d); cudaFree(c->act.s); cudaFree(c->d_desc);
+    cudaFree(c->act2.qs); cudaFree(c->act2.d); cudaFree(c->act2.s);
     cudaFreeHost(c->h_desc);
     if (c->stream) cudaStreamDestroy(c->stream);
+    if (c->profile)
+        for (int i = 0; i < PROF_EVENTS; i++) cudaEventDestroy(c->ev[i]);
     free(c);
 }
 
@@ -348,13 +387,24 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     c->m = m;
     c->max_rows = max_rows;
     c->graphs_on = true;
+    const char *prof = getenv("TD_CUDA_PROFILE");
+    if (prof && *prof && strcmp(prof, "0") != 0) {
+        c->profile = true;
+        c->graphs_on = false;
+        for (int i = 0; i < PROF_EVENTS; i++)
+            if (cudaEventCreate(&c->ev[i]) != cudaSuccess) {
+                for (int j = 0; j < i; j++) cudaEventDestroy(c->ev[j]);
+                free(c);
+                return td_err_set(err, TD_E_IO, "CUDA: cannot create profiling events");
+            }
+    }
     /* every row a tree node under all earlier ones: the longest chains */
     c->chain_cap = (int32_t)((int64_t)max_rows * (max_rows + 1) / 2);
     c->desc_ints = desc_ints(m, max_rows, c->chain_cap);
     const td_cuda_model_desc *hp = &m->hp;
     size_t R = (size_t)max_rows, E = (size_t)hp->n_embd, qd = (size_t)hp->n_head * hp->head_dim;
-    size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, F = (size_t)hp->n_ff, ld = (size_t)m->act_ld;
-    c->act.ld = m->act_ld;
+    size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, ld = (size_t)m->act_ld;
+    c->act.ld = c->act2.ld = m->act_ld;
     cudaError_t e = cudaStreamCreate(&c->stream);
 #define ALLOC(ptr, bytes) \
     if (e == cudaSuccess) e = cudaMalloc((void **)&(ptr), (bytes))
@@ -363,11 +413,13 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     ALLOC(c->k, R * kvd * sizeof(float));
     ALLOC(c->v, R * kvd * sizeof(float));
     ALLOC(c->att, R * qd * sizeof(float));
-    ALLOC(c->gate, R * F * sizeof(float));
     ALLOC(c->logits, R * (size_t)hp->n_vocab * sizeof(float));
     ALLOC(c->act.qs, R * ld);
     ALLOC(c->act.d, R * ld / TD_QK * sizeof(float));
     ALLOC(c->act.s, R * ld / TD_QK * sizeof(float));
+    ALLOC(c->act2.qs, R * ld);
+    ALLOC(c->act2.d, R * ld / TD_QK * sizeof(float));
+    ALLOC(c->act2.s, R * ld / TD_QK * sizeof(float));
     ALLOC(c->d_desc, (size_t)c->desc_ints * sizeof(int32_t));
 #undef ALLOC
     if (e == cudaSuccess) e = cudaMallocHost((void **)&c->h_desc, (size_t)c->desc_ints * sizeof(int32_t));
@@ -416,10 +468,12 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
     const td_cuda_model *m = c->m;
     const td_cuda_model_desc *hp = &m->hp;
     cudaStream_t st = c->stream;
-    int32_t E = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    int32_t E = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     td_dpass p = dpass_of(c, n);
     td_dkv dkv = {kv->d_tab, kv->max_len, kv->kv_dim, 0};
+    prof_mark(c, P_EMBED);
     cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, c->x, st);
+    prof_mark(c, P_EMBED);
 #define RUN(call) \
     if (e == cudaSuccess) e = (call)
     for (int32_t l = 0; l < hp->n_layer && e == cudaSuccess; l++) {
@@ -427,37 +481,49 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         const td_cuda_dlayer *ly = &m->layers[l];
         dkv.layer = l;
         RUN(td_cu_norm_quantize(c->x, E, NULL, n, E, ly->attn_norm, hp->rms_eps, &c->act, st));
+        prof_mark(c, P_NORM);
         if (ly->wq.type == ly->wk.type && ly->wk.type == ly->wv.type) {
-            td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, c->k, c->v}, {qd, kvd, kvd}, 3, TD_EPI_STORE};
+            td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, c->k, c->v}, {qd, kvd, kvd}, 3, TD_EPI_STORE, {}};
             RUN(td_cu_matmul(&mm, &c->act, n, st));
         } else {
             const td_dw *ws[3] = {&ly->wq, &ly->wk, &ly->wv};
             float *ys[3] = {c->q, c->k, c->v};
             int32_t lds[3] = {qd, kvd, kvd};
             for (int i = 0; i < 3; i++) {
-                td_mm mm = {{*ws[i]}, {ys[i]}, {lds[i]}, 1, TD_EPI_STORE};
+                td_mm mm = {{*ws[i]}, {ys[i]}, {lds[i]}, 1, TD_EPI_STORE, {}};
                 RUN(td_cu_matmul(&mm, &c->act, n, st));
             }
         }
+        prof_mark(c, P_QKV);
         td_rope_args ra = {c->q, c->k, c->v, ly->bq, ly->bk, ly->bv, hp->n_head, hp->n_head_kv, hp->head_dim,
                            hp->n_rot, hp->rope_neox};
         RUN(td_cu_rope_store(&ra, &p, &dkv, n, st));
-        td_attn_args aa = {c->q, c->att, hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim)};
+        prof_mark(c, P_ROPE);
+        /* a head of whole quantization blocks quantizes its own output */
+        bool fused = hp->head_dim % TD_QK == 0;
+        td_dact none = {NULL, NULL, NULL, 0};
+        td_attn_args aa = {c->q, c->att, hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim),
+                           fused ? c->act : none};
         RUN(td_cu_attention(&aa, &p, &dkv, n, st));
-        RUN(td_cu_quantize(c->att, qd, NULL, n, qd, &c->act, st));
-        td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD};
+        if (!fused) RUN(td_cu_quantize(c->att, qd, NULL, n, qd, &c->act, st));
+        prof_mark(c, P_ATTN);
+        td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD, {}};
         RUN(td_cu_matmul(&mo, &c->act, n, st));
+        prof_mark(c, P_WO);
         RUN(td_cu_norm_quantize(c->x, E, NULL, n, E, ly->ffn_norm, hp->rms_eps, &c->act, st));
-        td_mm mg = {{ly->w_gate, ly->w_up}, {c->gate}, {F}, 2, TD_EPI_SWIGLU};
+        prof_mark(c, P_NORM);
+        td_mm mg = {{ly->w_gate, ly->w_up}, {NULL}, {0}, 2, TD_EPI_SWIGLU, c->act2};
         RUN(td_cu_matmul(&mg, &c->act, n, st));
-        RUN(td_cu_quantize(c->gate, F, NULL, n, F, &c->act, st));
-        td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD};
-        RUN(td_cu_matmul(&md, &c->act, n, st));
+        prof_mark(c, P_GATEUP);
+        td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD, {}};
+        RUN(td_cu_matmul(&md, &c->act2, n, st));
+        prof_mark(c, P_DOWN);
     }
     if (n_out > 0) {
         RUN(td_cu_norm_quantize(c->x, E, p.out_rows, n_out, E, m->output_norm, hp->rms_eps, &c->act, st));
-        td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE};
+        td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE, {}};
         RUN(td_cu_matmul(&mh, &c->act, n_out, st));
+        prof_mark(c, P_HEAD);
     }
 #undef RUN
     return e;
@@ -528,5 +594,7 @@ extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pas
                            c->stream),
            "copying logits");
     CK(cudaStreamSynchronize(c->stream), "running a pass");
+    if (c->profile && n == 1) prof_collect(c); /* one-row (decode) passes only */
+    c->n_ev = 0;
     return TD_OK;
 }

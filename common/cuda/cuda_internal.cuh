@@ -80,19 +80,45 @@ __device__ __forceinline__ float td_d_exp(float x) {
     return fmaf(s2, j, s2) * s1;
 }
 
+/* ---- activation quantization (q8_block in quant_ref_quantize.c) ----
+ * d = max|x| / 127, codes = nearest-even(x * (127 / max|x|)) clamped to
+ * [-127, 127] (NaN -> 0); d is stored through fp16, s = fp16(sum * d) with
+ * the f32 d. Max and integer sum are exact in any order, so a warp may
+ * reduce them as it likes. */
+__device__ __forceinline__ void td_d_quant_block(float v, int lane, int8_t *qs, float *d_out, float *s_out) {
+    float amax = fabsf(v);
+    for (int off = 16; off; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    float d = amax / 127.0f;
+    float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    float t = v * id;
+    int q = 0;
+    if (t == t) {
+        float r = rintf(t);
+        q = r < -127.0f ? -127 : r > 127.0f ? 127 : (int)r;
+    }
+    qs[lane] = (int8_t)q;
+    int sum = q;
+    for (int off = 16; off; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) {
+        *d_out = td_d_round_f16(d);
+        *s_out = td_d_round_f16((float)sum * d);
+    }
+}
+
 /* ---- launchers (each returns the launch's cudaError_t) ---- */
 
 enum td_epi { TD_EPI_STORE = 0, TD_EPI_ADD = 1, TD_EPI_SWIGLU = 2 };
 
 /* y_i[r * ldy_i + o] (=, +=) W_i[o] . act[r] for up to three matrices of one
  * type that share the activations; TD_EPI_SWIGLU takes w[0] = gate and
- * w[1] = up and stores silu(gate) * up into y[0]. */
+ * w[1] = up and stores silu(gate) * up, quantized, into qout. */
 struct td_mm {
     td_dw w[3];
     float *y[3];
     int32_t ldy[3];
     int n_w;
     int epi;
+    td_dact qout;
 };
 cudaError_t td_cu_matmul(const td_mm *mm, const td_dact *act, int32_t n_rows, cudaStream_t st);
 
@@ -118,6 +144,7 @@ struct td_attn_args {
     float *out;
     int32_t n_head, n_head_kv, head_dim;
     float scale;
+    td_dact qout; /* also quantize the output here (qs NULL: no) */
 };
 cudaError_t td_cu_attention(const td_attn_args *a, const td_dpass *p, const td_dkv *kv, int32_t n_rows,
                             cudaStream_t st);

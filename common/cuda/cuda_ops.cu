@@ -8,31 +8,6 @@
 
 #define FULL 0xffffffffu
 
-/* ---- activation quantization (q8_block in quant_ref_quantize.c) ----
- * d = max|x| / 127, codes = nearest-even(x * (127 / max|x|)) clamped to
- * [-127, 127] (NaN -> 0); d is stored through fp16, s = fp16(sum * d) with
- * the f32 d. Max and integer sum are exact in any order, so a warp may
- * reduce them as it likes. */
-__device__ __forceinline__ void quant_block(float v, int lane, int8_t *qs, float *d_out, float *s_out) {
-    float amax = fabsf(v);
-    for (int off = 16; off; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL, amax, off));
-    float d = amax / 127.0f;
-    float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    float t = v * id;
-    int q = 0;
-    if (t == t) {
-        float r = rintf(t);
-        q = r < -127.0f ? -127 : r > 127.0f ? 127 : (int)r;
-    }
-    qs[lane] = (int8_t)q;
-    int sum = q;
-    for (int off = 16; off; off >>= 1) sum += __shfl_xor_sync(FULL, sum, off);
-    if (lane == 0) {
-        *d_out = td_d_round_f16(d);
-        *s_out = td_d_round_f16((float)sum * d);
-    }
-}
-
 /* grid (ceil(blocks / 4), n_rows), 4 warps: one warp per block of 32 */
 __global__ void k_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_in, td_dact act) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -41,7 +16,7 @@ __global__ void k_quantize(const float *x, int32_t ldx, const int32_t *rows, int
     int src = rows ? rows[r] : r;
     float v = x[(size_t)src * ldx + blk * TD_QK + lane];
     int ldb = act.ld / TD_QK;
-    quant_block(v, lane, act.qs + (size_t)r * act.ld + blk * TD_QK, act.d + (size_t)r * ldb + blk,
+    td_d_quant_block(v, lane, act.qs + (size_t)r * act.ld + blk * TD_QK, act.d + (size_t)r * ldb + blk,
                 act.s + (size_t)r * ldb + blk);
 }
 
@@ -85,7 +60,7 @@ __global__ void __launch_bounds__(NQ_THREADS) k_norm_quantize(const float *x, in
     for (int blk = warp; blk < n / TD_QK; blk += NQ_THREADS / 32) {
         int i = blk * TD_QK + lane;
         float v = (xr[i] * scale) * w[i];
-        quant_block(v, lane, act.qs + (size_t)r * act.ld + blk * TD_QK, act.d + (size_t)r * ldb + blk,
+        td_d_quant_block(v, lane, act.qs + (size_t)r * act.ld + blk * TD_QK, act.d + (size_t)r * ldb + blk,
                     act.s + (size_t)r * ldb + blk);
     }
 }

@@ -409,6 +409,11 @@ td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_
 
 td_device td_ctx_device(const td_ctx *c) { return c->device; }
 
+void td_ctx_profile(const td_ctx *c, char *buf, size_t cap) {
+    if (cap) buf[0] = 0;
+    if (c->gpu) td_cuda_ctx_profile(c->gpu, buf, cap);
+}
+
 void td_ctx_destroy(td_ctx *c) {
     if (!c) return;
     td_free(c->x); td_free(c->xn); td_free(c->q); td_free(c->k); td_free(c->v);

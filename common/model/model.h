@@ -115,6 +115,9 @@ void td_device_format(td_device d, char *buf, size_t cap);
  * without CUDA, a weight type the device has no kernel for). */
 td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_device dev, td_err *err);
 td_device td_ctx_device(const td_ctx *c);
+/* A CUDA context's kernel-time profile (see td_cuda_ctx_profile) into buf;
+ * "" on the CPU. */
+void td_ctx_profile(const td_ctx *c, char *buf, size_t cap);
 
 /* Runs rows through the model, appending their K/V to the cache.
  * logits: (number of rows with .logits set, n_vocab). */
