@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh — every test: the unit and real-model tests (CTest), the same unit
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer, the libFuzzer
-# targets for a bounded time, and the CLI integration checks.
+# targets for a bounded time, the CLI integration checks, and the CUDA build
+# where the toolkit is installed.
 # Expects scripts/setup.sh to have run (packages, model, build/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,17 @@ done
 
 step "CLI integration"
 TD_MKTINY=build/td-mktiny tests/integration/test_cli.sh build/tandem
+
+if [ -x /usr/local/cuda/bin/nvcc ]; then
+  # The CUDA backend compiles wherever the toolkit is, so it never rots;
+  # test_cuda checks the host side everywhere and the kernels where a GPU is.
+  step "CUDA build (-DTANDEM_CUDA=ON): compile, test_cuda"
+  cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON >/dev/null
+  cmake --build build-cuda -j"$JOBS" >/dev/null
+  ctest --test-dir build-cuda --output-on-failure -R '^test_cuda$'
+else
+  step "CUDA build skipped: no /usr/local/cuda/bin/nvcc"
+fi
 
 step "release build: all tests, including the real-model reference tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null

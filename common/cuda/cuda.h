@@ -58,15 +58,18 @@ int td_cuda_device_count(td_err *err);
 int td_cuda_device_name(int device, char *buf, size_t cap, td_err *err);
 
 /* ---- weight layout on the device (host-side, no device needed) ----
- * Matrices of the legacy block formats are repacked for coalesced reads: the
- * quant codes of a row as contiguous 32-bit words, the fp16 block scales (and
- * Q4_1 minimums) in arrays of their own. The values are untouched: a row
- * unpacks to exactly what the GGUF row dequantizes to. */
+ * Matrices of the legacy block formats are repacked for wide reads: a row's
+ * quant codes as planes of 32-bit words (plane w: word w of every block),
+ * the fp16 block scales (and Q4_1 minimums) in arrays of their own, the
+ * block count of a row padded to a multiple of four. The values are
+ * untouched: a row unpacks to exactly what the GGUF row dequantizes to. */
 typedef struct td_cuda_layout {
-    size_t qs_bytes;    /* codes: n_out * blocks * (16 or 32) */
-    size_t d_bytes;     /* fp16 scales: n_out * blocks * 2 */
+    size_t qs_bytes;    /* codes: n_out * padded blocks * (16 or 32) */
+    size_t d_bytes;     /* fp16 scales: n_out * padded blocks * 2 */
     size_t m_bytes;     /* fp16 minimums (Q4_1) or 0 */
 } td_cuda_layout;
+/* Blocks of a row of n_in elements, padded to a multiple of four. */
+int64_t td_cuda_layout_padded_blocks(int64_t n_in);
 /* Weight types the backend runs (Q4_0, Q4_1, Q8_0). */
 bool td_cuda_type_supported(uint32_t type);
 /* Checks every matrix type and shape; names the first it cannot run. */

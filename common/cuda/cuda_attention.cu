@@ -14,7 +14,7 @@
 
 #include "cuda/cuda_internal.cuh"
 
-#define AT_THREADS 256
+#define AT_THREADS 512
 #define FULL 0xffffffffu
 
 size_t td_cu_attention_smem(int32_t max_len, int32_t head_dim) {

@@ -295,8 +295,8 @@ extern "C" int td_cuda_kv_compact(td_cuda_kv *kv, int32_t seq, int32_t base, con
 /* Kernel-time profile (TD_CUDA_PROFILE=1 at context creation): each launch
  * of a pass is followed by an event and the time between events is added
  * to its kind. Passes then run without graphs. A diagnostic for tuning. */
-enum prof_kind { P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_WO, P_GATEUP, P_DOWN, P_HEAD, P_KINDS };
-static const char *const prof_names[P_KINDS] = {"embed", "norm", "qkv", "rope", "attn", "wo", "gate_up", "down", "head"};
+enum prof_kind { P_EMBED, P_QKV, P_ROPE, P_ATTN, P_WO, P_GATEUP, P_DOWN, P_HEAD, P_KINDS };
+static const char *const prof_names[P_KINDS] = {"embed", "norm+qkv", "rope", "attn", "wo", "norm+gate_up", "down", "norm+head"};
 #define PROF_EVENTS 512
 
 struct graph_slot {
@@ -471,6 +471,7 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
     int32_t E = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     td_dpass p = dpass_of(c, n);
     td_dkv dkv = {kv->d_tab, kv->max_len, kv->kv_dim, 0};
+    const td_dact none = {NULL, NULL, NULL, 0};
     prof_mark(c, P_EMBED);
     cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, c->x, st);
     prof_mark(c, P_EMBED);
@@ -480,49 +481,58 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         if (skip && skip[l]) continue;
         const td_cuda_dlayer *ly = &m->layers[l];
         dkv.layer = l;
-        RUN(td_cu_norm_quantize(c->x, E, NULL, n, E, ly->attn_norm, hp->rms_eps, &c->act, st));
-        prof_mark(c, P_NORM);
-        if (ly->wq.type == ly->wk.type && ly->wk.type == ly->wv.type) {
-            td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, c->k, c->v}, {qd, kvd, kvd}, 3, TD_EPI_STORE, {}};
-            RUN(td_cu_matmul(&mm, &c->act, n, st));
+        td_mm_in normed = {none, c->x, E, NULL, ly->attn_norm, hp->rms_eps, c->act};
+        bool same = ly->wq.type == ly->wk.type && ly->wk.type == ly->wv.type;
+        if (same && !hp->rope_neox) {
+            /* norm, q/k/v, biases, RoPE and the cache store in one kernel */
+            td_qkv_epi qe = {p.seq, p.slot, p.rope_cs, ly->bq, ly->bk, ly->bv, kv->d_tab, kv->max_len, kv->kv_dim, l,
+                             hp->head_dim, hp->n_rot};
+            td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, NULL, NULL}, {qd, 0, 0}, 3, TD_EPI_QKV, none, qe};
+            RUN(td_cu_matmul(&mm, &normed, n, st));
+            prof_mark(c, P_QKV);
         } else {
             const td_dw *ws[3] = {&ly->wq, &ly->wk, &ly->wv};
             float *ys[3] = {c->q, c->k, c->v};
             int32_t lds[3] = {qd, kvd, kvd};
-            for (int i = 0; i < 3; i++) {
-                td_mm mm = {{*ws[i]}, {ys[i]}, {lds[i]}, 1, TD_EPI_STORE, {}};
-                RUN(td_cu_matmul(&mm, &c->act, n, st));
+            if (same) {
+                td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, c->k, c->v}, {qd, kvd, kvd}, 3, TD_EPI_STORE, none, {}};
+                RUN(td_cu_matmul(&mm, &normed, n, st));
+            } else {
+                for (int i = 0; i < 3; i++) {
+                    td_mm mm = {{*ws[i]}, {ys[i]}, {lds[i]}, 1, TD_EPI_STORE, none, {}};
+                    RUN(td_cu_matmul(&mm, &normed, n, st));
+                }
             }
+            prof_mark(c, P_QKV);
+            td_rope_args ra = {c->q, c->k, c->v, ly->bq, ly->bk, ly->bv, hp->n_head, hp->n_head_kv, hp->head_dim,
+                               hp->n_rot, hp->rope_neox};
+            RUN(td_cu_rope_store(&ra, &p, &dkv, n, st));
+            prof_mark(c, P_ROPE);
         }
-        prof_mark(c, P_QKV);
-        td_rope_args ra = {c->q, c->k, c->v, ly->bq, ly->bk, ly->bv, hp->n_head, hp->n_head_kv, hp->head_dim,
-                           hp->n_rot, hp->rope_neox};
-        RUN(td_cu_rope_store(&ra, &p, &dkv, n, st));
-        prof_mark(c, P_ROPE);
         /* a head of whole quantization blocks quantizes its own output */
         bool fused = hp->head_dim % TD_QK == 0;
-        td_dact none = {NULL, NULL, NULL, 0};
         td_attn_args aa = {c->q, c->att, hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim),
                            fused ? c->act : none};
         RUN(td_cu_attention(&aa, &p, &dkv, n, st));
         if (!fused) RUN(td_cu_quantize(c->att, qd, NULL, n, qd, &c->act, st));
         prof_mark(c, P_ATTN);
-        td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD, {}};
-        RUN(td_cu_matmul(&mo, &c->act, n, st));
+        td_mm_in att = {c->act, NULL, 0, NULL, NULL, 0, none};
+        td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
+        RUN(td_cu_matmul(&mo, &att, n, st));
         prof_mark(c, P_WO);
-        RUN(td_cu_norm_quantize(c->x, E, NULL, n, E, ly->ffn_norm, hp->rms_eps, &c->act, st));
-        prof_mark(c, P_NORM);
-        td_mm mg = {{ly->w_gate, ly->w_up}, {NULL}, {0}, 2, TD_EPI_SWIGLU, c->act2};
-        RUN(td_cu_matmul(&mg, &c->act, n, st));
+        td_mm_in ffn = {none, c->x, E, NULL, ly->ffn_norm, hp->rms_eps, c->act};
+        td_mm mg = {{ly->w_gate, ly->w_up}, {NULL}, {0}, 2, TD_EPI_SWIGLU, c->act2, {}};
+        RUN(td_cu_matmul(&mg, &ffn, n, st));
         prof_mark(c, P_GATEUP);
-        td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD, {}};
-        RUN(td_cu_matmul(&md, &c->act2, n, st));
+        td_mm_in gated = {c->act2, NULL, 0, NULL, NULL, 0, none};
+        td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
+        RUN(td_cu_matmul(&md, &gated, n, st));
         prof_mark(c, P_DOWN);
     }
     if (n_out > 0) {
-        RUN(td_cu_norm_quantize(c->x, E, p.out_rows, n_out, E, m->output_norm, hp->rms_eps, &c->act, st));
-        td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE, {}};
-        RUN(td_cu_matmul(&mh, &c->act, n_out, st));
+        td_mm_in last = {none, c->x, E, p.out_rows, m->output_norm, hp->rms_eps, c->act};
+        td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE, none, {}};
+        RUN(td_cu_matmul(&mh, &last, n_out, st));
         prof_mark(c, P_HEAD);
     }
 #undef RUN

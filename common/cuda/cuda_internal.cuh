@@ -107,11 +107,35 @@ __device__ __forceinline__ void td_d_quant_block(float v, int lane, int8_t *qs, 
 
 /* ---- launchers (each returns the launch's cudaError_t) ---- */
 
-enum td_epi { TD_EPI_STORE = 0, TD_EPI_ADD = 1, TD_EPI_SWIGLU = 2 };
+enum td_epi { TD_EPI_STORE = 0, TD_EPI_ADD = 1, TD_EPI_SWIGLU = 2, TD_EPI_QKV = 3 };
 
-/* y_i[r * ldy_i + o] (=, +=) W_i[o] . act[r] for up to three matrices of one
- * type that share the activations; TD_EPI_SWIGLU takes w[0] = gate and
- * w[1] = up and stores silu(gate) * up, quantized, into qout. */
+/* The input of a matrix product: quantized rows (act), or float rows that
+ * the kernel normalizes (RMSNorm with weight norm_w) and quantizes itself
+ * while staging them (x != NULL; rows[] gathers them when not NULL). The
+ * fused form saves a kernel and a round trip through memory per matmul. */
+struct td_mm_in {
+    td_dact act;
+    const float *x;
+    int32_t ldx;
+    const int32_t *rows;
+    const float *norm_w;
+    float eps;
+    td_dact scratch; /* float input, many rows: normalized here first */
+};
+
+/* TD_EPI_QKV: w = {q, k, v}; biases, then RoPE (normal order) on q and k,
+ * q to y[0] as floats, k and v narrowed straight into the cache. */
+struct td_qkv_epi {
+    const int32_t *seq, *slot;
+    const float *rope_cs; /* (rows, n_rot) */
+    const float *bq, *bk, *bv;
+    __half *const *tab;
+    int32_t max_len, kv_dim, layer, head_dim, n_rot;
+};
+
+/* y_i[r * ldy_i + o] (=, +=) W_i[o] . in[r] for up to three matrices of one
+ * type that share the input; TD_EPI_SWIGLU takes w[0] = gate and w[1] = up
+ * and stores silu(gate) * up, quantized, into qout. */
 struct td_mm {
     td_dw w[3];
     float *y[3];
@@ -119,15 +143,13 @@ struct td_mm {
     int n_w;
     int epi;
     td_dact qout;
+    td_qkv_epi qkv;
 };
-cudaError_t td_cu_matmul(const td_mm *mm, const td_dact *act, int32_t n_rows, cudaStream_t st);
+cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, cudaStream_t st);
 
 /* x (n_rows, n_in) rows, gathered through rows[] when not NULL, to act. */
 cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,
                            const td_dact *act, cudaStream_t st);
-/* RMSNorm with weight w, then quantize, in one pass per row. */
-cudaError_t td_cu_norm_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n,
-                                const float *w, float eps, const td_dact *act, cudaStream_t st);
 cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, cudaStream_t st);
 /* Biases, RoPE on q and k, K and V narrowed into the cache. */
 struct td_rope_args {

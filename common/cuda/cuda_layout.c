@@ -3,9 +3,13 @@
  * build, so the layout is tested on machines without a GPU.
  *
  * A GGUF block interleaves its fp16 scale(s) with its codes (Q8_0: 34 bytes,
- * so codes are only 2-byte aligned). On the device each thread reads one
- * 32-bit word of codes per block, so the codes of a row are stored
- * contiguously and the scales apart; nothing is re-quantized.
+ * so codes are only 2-byte aligned). On the device a thread owns one 32-bit
+ * word of codes of every block of a row (word w: elements 4w..4w+3, or for
+ * Q4 the nibbles of bytes 4w..4w+3) and reads four blocks' words in one
+ * 16-byte load. So a row is stored word-plane by word-plane: plane w holds
+ * word w of each block, the row's block count padded to a multiple of four
+ * with zeros; the fp16 scales (and Q4_1 minimums) follow the same padding.
+ * Nothing is re-quantized.
  */
 #include <string.h>
 
@@ -22,6 +26,8 @@ bool td_cuda_type_supported(uint32_t type) {
 static int codes_bytes(uint32_t type) { return type == TD_TYPE_Q8_0 ? 32 : 16; }
 static int codes_offset(uint32_t type) { return type == TD_TYPE_Q4_1 ? 4 : 2; }
 
+int64_t td_cuda_layout_padded_blocks(int64_t n_in) { return (n_in / QK + 3) / 4 * 4; }
+
 int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout *out, td_err *err) {
     if (!td_cuda_type_supported(type)) {
         const td_type_traits *tr = td_quant_traits(type);
@@ -31,7 +37,7 @@ int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout
     if (n_in <= 0 || n_out <= 0 || n_in % QK != 0)
         return td_err_set(err, TD_E_ARG, "matrix of %lld x %lld is not whole blocks of %d", (long long)n_out,
                           (long long)n_in, QK);
-    size_t blocks = (size_t)(n_in / QK) * (size_t)n_out;
+    size_t blocks = (size_t)td_cuda_layout_padded_blocks(n_in) * (size_t)n_out;
     out->qs_bytes = blocks * (size_t)codes_bytes(type);
     out->d_bytes = blocks * sizeof(uint16_t);
     out->m_bytes = type == TD_TYPE_Q4_1 ? blocks * sizeof(uint16_t) : 0;
@@ -41,37 +47,42 @@ int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout
 void td_cuda_layout_pack(uint32_t type, const void *src, int64_t n_in, int64_t n_out, void *qs, uint16_t *d,
                          uint16_t *m) {
     const td_type_traits *tr = td_quant_traits(type);
-    size_t blocks = (size_t)(n_in / QK) * (size_t)n_out;
-    int cb = codes_bytes(type), co = codes_offset(type);
+    int64_t nb = n_in / QK, nbp = td_cuda_layout_padded_blocks(n_in);
+    int words = codes_bytes(type) / 4, co = codes_offset(type);
     const unsigned char *s = src;
-    unsigned char *q = qs;
-    /* rows are contiguous in both layouts, so blocks can be walked flat */
-    for (size_t b = 0; b < blocks; b++, s += tr->block_bytes) {
-        memcpy(&d[b], s, sizeof(uint16_t));
-        if (type == TD_TYPE_Q4_1) memcpy(&m[b], s + 2, sizeof(uint16_t));
-        memcpy(q + b * (size_t)cb, s + co, (size_t)cb);
-    }
+    uint32_t *q = qs;
+    memset(qs, 0, (size_t)n_out * (size_t)nbp * (size_t)words * 4);
+    memset(d, 0, (size_t)n_out * (size_t)nbp * sizeof(uint16_t));
+    if (m) memset(m, 0, (size_t)n_out * (size_t)nbp * sizeof(uint16_t));
+    for (int64_t o = 0; o < n_out; o++)
+        for (int64_t i = 0; i < nb; i++, s += tr->block_bytes) {
+            memcpy(&d[o * nbp + i], s, sizeof(uint16_t));
+            if (type == TD_TYPE_Q4_1) memcpy(&m[o * nbp + i], s + 2, sizeof(uint16_t));
+            for (int w = 0; w < words; w++) memcpy(&q[(o * words + w) * nbp + i], s + co + 4 * w, 4);
+        }
 }
 
 void td_cuda_layout_row(uint32_t type, const void *qs, const uint16_t *d, const uint16_t *m, int64_t n_in, int64_t o,
                         float *out) {
-    int64_t nb = n_in / QK;
-    int cb = codes_bytes(type);
-    const unsigned char *q = (const unsigned char *)qs + (size_t)o * nb * cb;
-    for (int64_t i = 0; i < nb; i++, q += cb, out += QK) {
-        float dd = td_fp16_to_f32(d[o * nb + i]);
+    int64_t nb = n_in / QK, nbp = td_cuda_layout_padded_blocks(n_in);
+    int words = codes_bytes(type) / 4;
+    const uint32_t *q = qs;
+    for (int64_t i = 0; i < nb; i++, out += QK) {
+        unsigned char c[32];
+        for (int w = 0; w < words; w++) memcpy(c + 4 * w, &q[(o * words + w) * nbp + i], 4);
+        float dd = td_fp16_to_f32(d[o * nbp + i]);
         if (type == TD_TYPE_Q8_0) {
-            for (int j = 0; j < QK; j++) out[j] = (float)(int8_t)q[j] * dd;
+            for (int j = 0; j < QK; j++) out[j] = (float)(int8_t)c[j] * dd;
         } else if (type == TD_TYPE_Q4_0) {
             for (int j = 0; j < 16; j++) {
-                out[j] = (float)((q[j] & 0x0F) - 8) * dd;
-                out[j + 16] = (float)((q[j] >> 4) - 8) * dd;
+                out[j] = (float)((c[j] & 0x0F) - 8) * dd;
+                out[j + 16] = (float)((c[j] >> 4) - 8) * dd;
             }
         } else {
-            float mm = td_fp16_to_f32(m[o * nb + i]);
+            float mm = td_fp16_to_f32(m[o * nbp + i]);
             for (int j = 0; j < 16; j++) {
-                out[j] = (float)(q[j] & 0x0F) * dd + mm;
-                out[j + 16] = (float)(q[j] >> 4) * dd + mm;
+                out[j] = (float)(c[j] & 0x0F) * dd + mm;
+                out[j + 16] = (float)(c[j] >> 4) * dd + mm;
             }
         }
     }

@@ -25,21 +25,18 @@
 /* Blocks of the codes a thread loads before it starts adding: the adds are
  * a serial chain, so the loads of a whole chunk must be in flight at once
  * (at one row, a few warps per SM are all there is to hide latency with). */
-#define MM_CHUNK 16
+#define MM_CHUNK 32
+/* Up to this many rows a matmul normalizes its float input itself */
+#define FUSED_NORM_ROWS 16
 
 template <int TYPE> struct words_per_block { static const int n = TYPE == TD_TYPE_Q8_0 ? 8 : 4; };
 
-/* Lane l's four codes of a block: elements 4l..4l+3 (Q4: low nibbles are
- * elements 0..15, high nibbles 16..31 of the same 16 bytes). */
-template <int TYPE> __device__ __forceinline__ int lane_codes(const uint32_t *blk, int l) {
-    if (TYPE == TD_TYPE_Q8_0) return (int)blk[l];
-    uint32_t w = blk[l & 3];
-    return (int)((l < 4 ? w : (w >> 4)) & 0x0F0F0F0Fu);
-}
-
+/* A row of W in the device layout (cuda_layout.c): word planes of nbp
+ * blocks each, scales (and minimums) padded alike. */
 struct chain_state {
     const uint32_t *qs;
     const __half *d, *m;
+    int nbp;
 };
 
 /* The block's activation rows, staged in shared memory: codes (R, n_in),
@@ -50,22 +47,39 @@ struct staged {
     int n_in, nb;
 };
 
+/* Lane l owns word l (Q8_0) or word l % 4 (Q4: low nibbles for l < 4 are
+ * elements 4l..4l+3, high nibbles for l >= 4 are elements 16+4(l-4)..):
+ * elements 4l..4l+3 of each block either way, as the CPU's lane l. Four
+ * blocks' words, scales and minimums come in one wide load each. */
 template <int TYPE, int R>
 __device__ __forceinline__ void dot_tile(const chain_state &w, bool valid, int nb, const staged &x, int nr,
                                          int lane8, float acc[R], float mins[R]) {
-    const int WPB = words_per_block<TYPE>::n;
+    const int plane = TYPE == TD_TYPE_Q8_0 ? lane8 : (lane8 & 3);
+    const int shift = (TYPE != TD_TYPE_Q8_0 && lane8 >= 4) ? 4 : 0;
+    const uint32_t *wq = w.qs + (size_t)plane * w.nbp;
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.0f, mins[r] = 0.0f;
     for (int i0 = 0; i0 < nb; i0 += MM_CHUNK) {
         int wv[MM_CHUNK];
         float dw[MM_CHUNK], mw[MM_CHUNK];
 #pragma unroll
-        for (int k = 0; k < MM_CHUNK; k++) {
-            const int i = i0 + k;
-            const bool ok = valid && i < nb;
-            wv[k] = ok ? lane_codes<TYPE>(w.qs + (size_t)i * WPB, lane8) : 0;
-            dw[k] = ok ? __half2float(w.d[i]) : 0.0f;
-            mw[k] = (TYPE == TD_TYPE_Q4_1 && ok) ? __half2float(w.m[i]) : 0.0f;
+        for (int k4 = 0; k4 < MM_CHUNK / 4; k4++) {
+            const int i = i0 + 4 * k4;
+            uint4 q4 = make_uint4(0, 0, 0, 0);
+            uint2 d4 = make_uint2(0, 0), m4 = make_uint2(0, 0);
+            if (valid && i < nb) { /* i < nb <= padded count: the 4 blocks exist */
+                q4 = *(const uint4 *)(wq + i);
+                d4 = *(const uint2 *)(w.d + i);
+                if (TYPE == TD_TYPE_Q4_1) m4 = *(const uint2 *)(w.m + i);
+            }
+            const uint32_t qq[4] = {q4.x, q4.y, q4.z, q4.w};
+            const __half *dh = (const __half *)&d4, *mh = (const __half *)&m4;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                wv[4 * k4 + j] = TYPE == TD_TYPE_Q8_0 ? (int)qq[j] : (int)((qq[j] >> shift) & 0x0F0F0F0Fu);
+                dw[4 * k4 + j] = __half2float(dh[j]);
+                mw[4 * k4 + j] = TYPE == TD_TYPE_Q4_1 ? __half2float(mh[j]) : 0.0f;
+            }
         }
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -102,7 +116,7 @@ template <int TYPE> __device__ __forceinline__ float finish(float acc, float min
     return TYPE == TD_TYPE_Q4_0 ? acc : TYPE == TD_TYPE_Q4_1 ? s + mins : s;
 }
 
-/* Copies rows r0 .. r0+nr-1 of the activations into shared memory. */
+/* Copies rows r0 .. r0+nr-1 of quantized activations into shared memory. */
 __device__ __forceinline__ staged stage_rows(char *sm, const td_dact &act, int r0, int nr, int R, int n_in) {
     const int nb = n_in / TD_QK, ldb = act.ld / TD_QK;
     int *qs = (int *)sm;
@@ -121,10 +135,63 @@ __device__ __forceinline__ staged stage_rows(char *sm, const td_dact &act, int r
     return x;
 }
 
+/* RMSNorm of float rows r0 .. r0+nr-1, quantized per 32 (as td_cu_quantize
+ * does) into qs/d/s with row strides ld_qs (bytes) and ld_b (blocks): shared
+ * memory when a matmul stages its own input, global memory for the
+ * standalone kernel below; both run this code, so both give the same bits.
+ * The sum of squares: element i into lane i % 32 in element order, in
+ * double, then a fixed butterfly over the lanes — the same tree for any
+ * block size or batch, so results stay batch invariant. (The CPU adds in
+ * element order; both in double, the float mean differs only when the two
+ * double sums fall on either side of a float rounding boundary.) Then
+ * (x * scale) * w. scale_sh: room for nr floats in shared memory. */
+__device__ __forceinline__ void norm_quant_rows(const td_mm_in &in, int r0, int nr, int n_in, int8_t *qs, int ld_qs,
+                                                float *d, float *s, int ld_b, float *scale_sh) {
+    const int nb = n_in / TD_QK, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    for (int r = warp; r < nr; r += nwarps) {
+        const float *xr = in.x + (size_t)(in.rows ? in.rows[r0 + r] : r0 + r) * in.ldx;
+        double ss = 0.0;
+        for (int i = lane; i < n_in; i += 32) ss += (double)(xr[i] * xr[i]);
+        for (int off = 16; off; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+        if (lane == 0) {
+            float mean = (float)(ss / (double)n_in);
+            scale_sh[r] = 1.0f / sqrtf(mean + in.eps);
+        }
+    }
+    __syncthreads();
+    for (int e = warp; e < nr * nb; e += nwarps) {
+        const int r = e / nb, blk = e % nb, i = blk * TD_QK + lane;
+        const float *xr = in.x + (size_t)(in.rows ? in.rows[r0 + r] : r0 + r) * in.ldx;
+        float v = (xr[i] * scale_sh[r]) * in.norm_w[i];
+        td_d_quant_block(v, lane, qs + (size_t)r * ld_qs + blk * TD_QK, d + (size_t)r * ld_b + blk,
+                         s + (size_t)r * ld_b + blk);
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ staged stage_norm_rows(char *sm, const td_mm_in &in, int r0, int nr, int R, int n_in) {
+    __shared__ float scale_sh[8];
+    const int nb = n_in / TD_QK;
+    int8_t *qs = (int8_t *)sm;
+    float *d = (float *)(sm + (size_t)R * n_in), *s = d + R * nb;
+    norm_quant_rows(in, r0, nr, n_in, qs, n_in, d, s, nb, scale_sh);
+    staged x = {(const int8_t *)qs, d, s, n_in, nb};
+    return x;
+}
+
+/* The standalone form, one block per row, for passes of many rows: there a
+ * fused matmul would normalize every row once per block of outputs. */
+__global__ void __launch_bounds__(256) k_norm_quantize(td_mm_in in, int32_t n_in, td_dact out) {
+    __shared__ float scale_sh[1];
+    const int r = blockIdx.x;
+    norm_quant_rows(in, r, 1, n_in, out.qs + (size_t)r * out.ld, out.ld, out.d + (size_t)r * (out.ld / TD_QK),
+                    out.s + (size_t)r * (out.ld / TD_QK), out.ld / TD_QK, scale_sh);
+}
+
 static size_t stage_bytes(int R, int n_in) { return (size_t)R * n_in + (size_t)R * (n_in / TD_QK) * 2 * sizeof(float); }
 
 template <int TYPE, int R, int EPI, int THREADS>
-__global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_dact act, int32_t n_rows, td_dact qout) {
+__global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_mm_in in, int32_t n_rows) {
     extern __shared__ __align__(16) char sm[];
     const int OUT_PER_BLOCK = THREADS / 8;
     const int lane8 = threadIdx.x & 7, group_base = (threadIdx.x & 31) & ~7;
@@ -139,17 +206,17 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_dact act, int32
     float *y = wi == 0 ? mm.y[0] : wi == 1 ? mm.y[1] : mm.y[2];
     const int ldy = wi == 0 ? mm.ldy[0] : wi == 1 ? mm.ldy[1] : mm.ldy[2];
     const bool valid = o < W.n_out;
-    const int nb = W.n_in / TD_QK, WPB = words_per_block<TYPE>::n;
+    const int nb = W.n_in / TD_QK, WPB = words_per_block<TYPE>::n, nbp = (nb + 3) / 4 * 4;
     const size_t oo = valid ? (size_t)o : 0;
-    const staged x = stage_rows(sm, act, r0, nr, R, mm.w[0].n_in);
-    chain_state cs = {W.qs + oo * nb * WPB, W.d + oo * nb, W.m ? W.m + oo * nb : NULL};
+    const staged x = in.x ? stage_norm_rows(sm, in, r0, nr, R, mm.w[0].n_in) : stage_rows(sm, in.act, r0, nr, R, mm.w[0].n_in);
+    chain_state cs = {W.qs + oo * nbp * WPB, W.d + oo * nbp, W.m ? W.m + oo * nbp : NULL, nbp};
     float acc[R], mins[R];
     dot_tile<TYPE, R>(cs, valid, nb, x, nr, lane8, acc, mins);
     if (EPI == TD_EPI_SWIGLU) {
         /* silu(gate) * up, then quantized for the down projection: the block
          * holds whole 32-wide blocks of outputs (THREADS == 256) */
         const td_dw U = mm.w[1];
-        chain_state cu = {U.qs + oo * nb * WPB, U.d + oo * nb, U.m ? U.m + oo * nb : NULL};
+        chain_state cu = {U.qs + oo * nbp * WPB, U.d + oo * nbp, U.m ? U.m + oo * nbp : NULL, nbp};
         float acc_u[R], mins_u[R];
         dot_tile<TYPE, R>(cu, valid, nb, x, nr, lane8, acc_u, mins_u);
         __shared__ float ybuf[R][TD_QK];
@@ -163,9 +230,35 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_dact act, int32
         __syncthreads();
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
         if (warp < nr) {
-            const int row = r0 + warp, ldb = qout.ld / TD_QK, blk = blockIdx.x;
-            td_d_quant_block(ybuf[warp][lane], lane, qout.qs + (size_t)row * qout.ld + blk * TD_QK,
-                             qout.d + (size_t)row * ldb + blk, qout.s + (size_t)row * ldb + blk);
+            const td_dact &q = mm.qout;
+            const int row = r0 + warp, ldb = q.ld / TD_QK, blk = blockIdx.x;
+            td_d_quant_block(ybuf[warp][lane], lane, q.qs + (size_t)row * q.ld + blk * TD_QK,
+                             q.d + (size_t)row * ldb + blk, q.s + (size_t)row * ldb + blk);
+        }
+    } else if (EPI == TD_EPI_QKV) {
+        /* every lane of a group holds the output after finish(); a RoPE pair
+         * (2i, 2i+1) is the neighbouring group, 8 lanes away */
+        const td_qkv_epi &e = mm.qkv;
+        const float *bias = wi == 0 ? e.bq : wi == 1 ? e.bk : e.bv;
+        const int dd = o % e.head_dim;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r >= nr) continue;
+            const int row = r0 + r;
+            float v = finish<TYPE>(acc[r], mins[r], group_base);
+            if (bias && valid) v = v + bias[o];
+            const float partner = __shfl_xor_sync(FULL, v, 8);
+            if (wi < 2 && dd < e.n_rot) {
+                const float *cs = e.rope_cs + (size_t)row * e.n_rot + (dd & ~1);
+                v = (dd & 1) == 0 ? fmaf(v, cs[0], -(partner * cs[1])) : fmaf(partner, cs[1], v * cs[0]);
+            }
+            if (!valid || lane8 != 0) continue;
+            if (wi == 0) {
+                y[(size_t)row * ldy + o] = v;
+            } else {
+                __half *base = e.tab[e.seq[row]];
+                base[((size_t)(e.layer * 2 + wi - 1) * e.max_len + e.slot[row]) * e.kv_dim + o] = __float2half_rn(v);
+            }
         }
     } else {
 #pragma unroll
@@ -180,15 +273,14 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_dact act, int32
     }
 }
 
-template <int TYPE, int EPI> static cudaError_t launch_type(const td_mm *mm, const td_dact *act, int32_t n_rows,
-                                                            const td_dact *qout, cudaStream_t st) {
+template <int TYPE, int EPI> static cudaError_t launch_type(const td_mm *mm, const td_mm_in *in, int32_t n_rows,
+                                                            cudaStream_t st) {
     const int THREADS = EPI == TD_EPI_SWIGLU ? 256 : 64;
     int32_t outs = 0;
     if (EPI == TD_EPI_SWIGLU) outs = mm->w[0].n_out;
     else
         for (int i = 0; i < mm->n_w; i++) outs += mm->w[i].n_out;
     unsigned gx = (unsigned)((outs + THREADS / 8 - 1) / (THREADS / 8));
-    td_dact none = {NULL, NULL, NULL, 0};
     /* wide inputs (a 7B model's down projection) stage more than the default
      * 48 KiB of shared memory: ask for it */
 #define TD_MM_LAUNCH(R)                                                                                      \
@@ -200,34 +292,50 @@ template <int TYPE, int EPI> static cudaError_t launch_type(const td_mm *mm, con
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);    \
             if (e != cudaSuccess) return e;                                                                  \
         }                                                                                                    \
-        k_matmul<TYPE, R, EPI, THREADS><<<grid, THREADS, smem, st>>>(*mm, *act, n_rows, qout ? *qout : none); \
+        k_matmul<TYPE, R, EPI, THREADS><<<grid, THREADS, smem, st>>>(*mm, *in, n_rows);                       \
     } while (0)
-    if (n_rows == 1) TD_MM_LAUNCH(1);
-    else if (n_rows == 2) TD_MM_LAUNCH(2);
-    else if (n_rows <= 4) TD_MM_LAUNCH(4);
+    /* Few rows (decoding, verification): one row per block, so the rows run
+     * side by side on idle SMs; the weights are re-read from L2, which is
+     * cheap next to a serial chain per row. Many rows (prefill): tiles of 8
+     * share each weight word. Either way a row's result is the same. */
+    if (n_rows <= 16) TD_MM_LAUNCH(1);
+    else if (n_rows <= 64) TD_MM_LAUNCH(2);
     else TD_MM_LAUNCH(8);
 #undef TD_MM_LAUNCH
     return cudaGetLastError();
 }
 
-template <int EPI> static cudaError_t launch_epi(const td_mm *mm, const td_dact *act, int32_t n_rows,
-                                                 const td_dact *qout, cudaStream_t st) {
+template <int EPI> static cudaError_t launch_epi(const td_mm *mm, const td_mm_in *in, int32_t n_rows, cudaStream_t st) {
     switch (mm->w[0].type) {
-    case TD_TYPE_Q4_0: return launch_type<TD_TYPE_Q4_0, EPI>(mm, act, n_rows, qout, st);
-    case TD_TYPE_Q4_1: return launch_type<TD_TYPE_Q4_1, EPI>(mm, act, n_rows, qout, st);
-    case TD_TYPE_Q8_0: return launch_type<TD_TYPE_Q8_0, EPI>(mm, act, n_rows, qout, st);
+    case TD_TYPE_Q4_0: return launch_type<TD_TYPE_Q4_0, EPI>(mm, in, n_rows, st);
+    case TD_TYPE_Q4_1: return launch_type<TD_TYPE_Q4_1, EPI>(mm, in, n_rows, st);
+    case TD_TYPE_Q8_0: return launch_type<TD_TYPE_Q8_0, EPI>(mm, in, n_rows, st);
     default: return cudaErrorInvalidValue;
     }
 }
 
-cudaError_t td_cu_matmul(const td_mm *mm, const td_dact *act, int32_t n_rows, cudaStream_t st) {
+cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, cudaStream_t st) {
     for (int i = 1; i < mm->n_w; i++)
         if (mm->w[i].type != mm->w[0].type || mm->w[i].n_in != mm->w[0].n_in) return cudaErrorInvalidValue;
     if (mm->epi == TD_EPI_SWIGLU && (!mm->qout.qs || mm->w[0].n_out % TD_QK != 0)) return cudaErrorInvalidValue;
+    /* RoPE pairs must not straddle matrices or thread groups */
+    if (mm->epi == TD_EPI_QKV && (mm->n_w != 3 || mm->w[0].n_out % 8 || mm->w[1].n_out % 8 || mm->qkv.head_dim % 2))
+        return cudaErrorInvalidValue;
+    if (in->x && n_rows > FUSED_NORM_ROWS) {
+        if (!in->scratch.qs) return cudaErrorInvalidValue;
+        k_norm_quantize<<<n_rows, 256, 0, st>>>(*in, mm->w[0].n_in, in->scratch);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+        td_mm_in q = *in;
+        q.x = NULL;
+        q.act = in->scratch;
+        return td_cu_matmul(mm, &q, n_rows, st);
+    }
     switch (mm->epi) {
-    case TD_EPI_STORE: return launch_epi<TD_EPI_STORE>(mm, act, n_rows, NULL, st);
-    case TD_EPI_ADD: return launch_epi<TD_EPI_ADD>(mm, act, n_rows, NULL, st);
-    case TD_EPI_SWIGLU: return launch_epi<TD_EPI_SWIGLU>(mm, act, n_rows, &mm->qout, st);
+    case TD_EPI_STORE: return launch_epi<TD_EPI_STORE>(mm, in, n_rows, st);
+    case TD_EPI_ADD: return launch_epi<TD_EPI_ADD>(mm, in, n_rows, st);
+    case TD_EPI_SWIGLU: return launch_epi<TD_EPI_SWIGLU>(mm, in, n_rows, st);
+    case TD_EPI_QKV: return launch_epi<TD_EPI_QKV>(mm, in, n_rows, st);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -27,65 +27,24 @@ cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int
     return cudaGetLastError();
 }
 
-/* ---- RMSNorm then quantization, one block of 256 threads per row ----
- * td_op_rmsnorm: squares in float, summed in double in element order (one
- * thread: the order is the point), mean and root in float, then
- * (x * scale) * w. */
-#define NQ_THREADS 256
-__global__ void __launch_bounds__(NQ_THREADS) k_norm_quantize(const float *x, int32_t ldx, const int32_t *rows,
-                                                              int32_t n, const float *w, float eps, td_dact act) {
-    extern __shared__ float sq[]; /* n squares */
-    __shared__ float scale_sh;
-    int r = blockIdx.x, src = rows ? rows[r] : r;
-    const float *xr = x + (size_t)src * ldx;
-    for (int i = threadIdx.x; i < n; i += NQ_THREADS) sq[i] = xr[i] * xr[i];
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double ss = 0.0;
-        int i = 0;
-        for (; i + 8 <= n; i += 8) { /* loads ahead of the (serial) adds */
-            float v[8];
-#pragma unroll
-            for (int k = 0; k < 8; k++) v[k] = sq[i + k];
-#pragma unroll
-            for (int k = 0; k < 8; k++) ss += (double)v[k];
-        }
-        for (; i < n; i++) ss += (double)sq[i];
-        float mean = (float)(ss / (double)n);
-        scale_sh = 1.0f / sqrtf(mean + eps);
-    }
-    __syncthreads();
-    float scale = scale_sh;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, ldb = act.ld / TD_QK;
-    for (int blk = warp; blk < n / TD_QK; blk += NQ_THREADS / 32) {
-        int i = blk * TD_QK + lane;
-        float v = (xr[i] * scale) * w[i];
-        td_d_quant_block(v, lane, act.qs + (size_t)r * act.ld + blk * TD_QK, act.d + (size_t)r * ldb + blk,
-                    act.s + (size_t)r * ldb + blk);
-    }
-}
-
-cudaError_t td_cu_norm_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n,
-                                const float *w, float eps, const td_dact *act, cudaStream_t st) {
-    k_norm_quantize<<<n_rows, NQ_THREADS, (size_t)n * sizeof(float), st>>>(x, ldx, rows, n, w, eps, *act);
-    return cudaGetLastError();
-}
-
 /* ---- token embedding: the CPU's to_float of the token's row ---- */
 __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
-    int r = blockIdx.x, n = emb.n_in, nb = n / TD_QK;
-    size_t row = (size_t)token[r];
-    const uint8_t *codes = (const uint8_t *)emb.qs;
+    const int r = blockIdx.x, n = emb.n_in, nb = n / TD_QK, nbp = (nb + 3) / 4 * 4;
+    const int words = emb.type == TD_TYPE_Q8_0 ? 8 : 4;
+    const size_t row = (size_t)token[r];
     for (int e = threadIdx.x; e < n; e += blockDim.x) {
-        int blk = e / TD_QK, j = e % TD_QK;
-        size_t b = row * nb + blk;
-        float d = __half2float(emb.d[b]), v;
+        const int blk = e / TD_QK, j = e % TD_QK;
+        const float d = __half2float(emb.d[row * nbp + blk]);
+        float v;
         if (emb.type == TD_TYPE_Q8_0) {
-            v = (float)(int8_t)codes[b * 32 + j] * d;
+            uint32_t word = emb.qs[(row * words + j / 4) * nbp + blk];
+            v = (float)(int8_t)((word >> (8 * (j % 4))) & 0xFF) * d;
         } else {
-            uint8_t byte = codes[b * 16 + (j & 15)];
-            int q = j < 16 ? (byte & 0x0F) : (byte >> 4);
-            v = emb.type == TD_TYPE_Q4_0 ? (float)(q - 8) * d : (float)q * d + __half2float(emb.m[b]);
+            const int b = j & 15;
+            uint32_t word = emb.qs[(row * words + b / 4) * nbp + blk];
+            const int byte = (int)((word >> (8 * (b % 4))) & 0xFF);
+            const int q = j < 16 ? (byte & 0x0F) : (byte >> 4);
+            v = emb.type == TD_TYPE_Q4_0 ? (float)(q - 8) * d : (float)q * d + __half2float(emb.m[row * nbp + blk]);
         }
         x[(size_t)r * n + e] = v;
     }

@@ -6,9 +6,10 @@
  * -DTANDEM_CUDA=ON; skipped otherwise), on tiny random models and, when
  * present, the real default model:
  *   - logits of the GPU against the CPU in reference numerics (the order
- *     the GPU copies): prompt passes and token-by-token decoding, counted
- *     bit for bit, argmax agreement >= 99.5% over 2,000 teacher-forced
- *     tokens of the real model;
+ *     the GPU copies, but for RMSNorm's sum of squares): prompt passes and
+ *     token-by-token decoding, rows counted bit for bit, |diff| < 1e-3 on
+ *     the tiny models, argmax agreement >= 99.5% and |diff| < 1e-2 over
+ *     2,000 teacher-forced tokens of the real model;
  *   - batch invariance on the GPU: rows alone or in passes of 2-24, tree
  *     rows against the linear sequences they stand for, compaction;
  *   - speculative decoding on the GPU gives plain GPU decoding's tokens for
@@ -80,8 +81,13 @@ static void layout_roundtrip(void **s) {
             td_cuda_layout_row(types[t], qs, d, m, N_IN, o, got);
             assert_memory_equal(want, got, sizeof want);
         }
-        /* codes are contiguous 32-bit words per row: a row of Q8_0 is 3 x 32 bytes */
-        assert_int_equal(lay.qs_bytes, (size_t)N_OUT * 3 * (types[t] == TD_TYPE_Q8_0 ? 32 : 16));
+        /* 3 blocks a row, padded to 4 for 16-byte loads; the padding is zero */
+        assert_int_equal(td_cuda_layout_padded_blocks(N_IN), 4);
+        assert_int_equal(lay.qs_bytes, (size_t)N_OUT * 4 * (types[t] == TD_TYPE_Q8_0 ? 32 : 16));
+        assert_int_equal(lay.d_bytes, (size_t)N_OUT * 4 * 2);
+        assert_int_equal(d[3], 0);
+        int words = types[t] == TD_TYPE_Q8_0 ? 8 : 4;
+        for (int w = 0; w < words; w++) assert_int_equal(((uint32_t *)qs)[w * 4 + 3], 0);
         free(qs), free(d), free(m), free(w);
     }
 }
@@ -250,9 +256,13 @@ static void tiny_logits_match_cpu(void **s) {
         fprintf(stderr, "# tiny %-32s prompt rows %lld/%lld bitwise, decode %lld/%lld, max |diff| %.3g\n", kinds[k][0],
                 (long long)prompt.rows_bitwise, (long long)prompt.rows, (long long)decode.rows_bitwise,
                 (long long)decode.rows, prompt.max_abs > decode.max_abs ? prompt.max_abs : decode.max_abs);
-        if (k < 3) { /* Q4_1 and Q8_0 follow the CPU reference kernels bit for bit */
-            assert_int_equal(prompt.rows_bitwise, prompt.rows);
-            assert_int_equal(decode.rows_bitwise, decode.rows);
+        if (k < 3) {
+            /* Q4_1 and Q8_0 follow the CPU reference kernels bit for bit; only
+             * RMSNorm's double sum of squares is added in another order, which
+             * rarely moves a float (bitwise rows are printed above) */
+            assert_int_equal(prompt.argmax_same, prompt.rows);
+            assert_int_equal(decode.argmax_same, decode.rows);
+            assert_true(prompt.max_abs < 1e-3 && decode.max_abs < 1e-3);
         } else { /* Q4_0's SIMD CPU kernel sums in its own order (the GPU follows the scalar
                   * reference), and last-bit differences pass through later quantizations:
                   * close, not equal (measured on an H200: max |diff| 0.011) */
