@@ -25,7 +25,7 @@
 /* Blocks of the codes a thread loads before it starts adding: the adds are
  * a serial chain, so the loads of a whole chunk must be in flight at once
  * (at one row, a few warps per SM are all there is to hide latency with). */
-#define MM_CHUNK 32
+#define MM_CHUNK 16
 /* Up to this many rows a matmul normalizes its float input itself */
 #define FUSED_NORM_ROWS 16
 
@@ -51,36 +51,69 @@ struct staged {
  * elements 4l..4l+3, high nibbles for l >= 4 are elements 16+4(l-4)..):
  * elements 4l..4l+3 of each block either way, as the CPU's lane l. Four
  * blocks' words, scales and minimums come in one wide load each. */
+/* Loads chunk i0's codes, scales and minimums for one lane (zeros past nb). */
+template <int TYPE>
+__device__ __forceinline__ void load_chunk(const chain_state &w, const uint32_t *wq, bool valid, int nb, int i0,
+                                           int shift, int wv[MM_CHUNK], float dw[MM_CHUNK], float mw[MM_CHUNK]) {
+#pragma unroll
+    for (int k4 = 0; k4 < MM_CHUNK / 4; k4++) {
+        const int i = i0 + 4 * k4;
+        uint4 q4 = make_uint4(0, 0, 0, 0);
+        uint2 d4 = make_uint2(0, 0), m4 = make_uint2(0, 0);
+        if (valid && i < nb) { /* i < nb <= padded count: the 4 blocks exist */
+            q4 = *(const uint4 *)(wq + i);
+            d4 = *(const uint2 *)(w.d + i);
+            if (TYPE == TD_TYPE_Q4_1) m4 = *(const uint2 *)(w.m + i);
+        }
+        const uint32_t qq[4] = {q4.x, q4.y, q4.z, q4.w};
+        const __half *dh = (const __half *)&d4, *mh = (const __half *)&m4;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            wv[4 * k4 + j] = TYPE == TD_TYPE_Q8_0 ? (int)qq[j] : (int)((qq[j] >> shift) & 0x0F0F0F0Fu);
+            dw[4 * k4 + j] = __half2float(dh[j]);
+            mw[4 * k4 + j] = TYPE == TD_TYPE_Q4_1 ? __half2float(mh[j]) : 0.0f;
+        }
+    }
+}
+
+/* Lane l owns word l (Q8_0) or word l % 4 (Q4: low nibbles for l < 4 are
+ * elements 4l..4l+3, high nibbles for l >= 4 are elements 16+4(l-4)..):
+ * elements 4l..4l+3 of each block either way, as the CPU's lane l. Four
+ * blocks' words, scales and minimums come in one wide load each, and the
+ * next chunk's loads are in flight while this chunk's chains run. */
+/* A lane's first chunk, loaded before the activations are staged so that
+ * the two memory latencies overlap. */
+struct first_chunk {
+    int wv[MM_CHUNK];
+    float dw[MM_CHUNK], mw[MM_CHUNK];
+};
+
+template <int TYPE> __device__ __forceinline__ const uint32_t *lane_words(const chain_state &w, int lane8) {
+    const int plane = TYPE == TD_TYPE_Q8_0 ? lane8 : (lane8 & 3);
+    return w.qs + (size_t)plane * w.nbp;
+}
+template <int TYPE> __device__ __forceinline__ int lane_shift(int lane8) {
+    return (TYPE != TD_TYPE_Q8_0 && lane8 >= 4) ? 4 : 0;
+}
+
+template <int TYPE>
+__device__ __forceinline__ void load_first(const chain_state &w, bool valid, int nb, int lane8, first_chunk &f) {
+    load_chunk<TYPE>(w, lane_words<TYPE>(w, lane8), valid, nb, 0, lane_shift<TYPE>(lane8), f.wv, f.dw, f.mw);
+}
+
 template <int TYPE, int R>
 __device__ __forceinline__ void dot_tile(const chain_state &w, bool valid, int nb, const staged &x, int nr,
-                                         int lane8, float acc[R], float mins[R]) {
-    const int plane = TYPE == TD_TYPE_Q8_0 ? lane8 : (lane8 & 3);
-    const int shift = (TYPE != TD_TYPE_Q8_0 && lane8 >= 4) ? 4 : 0;
-    const uint32_t *wq = w.qs + (size_t)plane * w.nbp;
+                                         int lane8, const first_chunk &f, float acc[R], float mins[R]) {
+    const int shift = lane_shift<TYPE>(lane8);
+    const uint32_t *wq = lane_words<TYPE>(w, lane8);
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.0f, mins[r] = 0.0f;
+    int wv[MM_CHUNK], nwv[MM_CHUNK];
+    float dw[MM_CHUNK], mw[MM_CHUNK], ndw[MM_CHUNK], nmw[MM_CHUNK];
+#pragma unroll
+    for (int k = 0; k < MM_CHUNK; k++) wv[k] = f.wv[k], dw[k] = f.dw[k], mw[k] = f.mw[k];
     for (int i0 = 0; i0 < nb; i0 += MM_CHUNK) {
-        int wv[MM_CHUNK];
-        float dw[MM_CHUNK], mw[MM_CHUNK];
-#pragma unroll
-        for (int k4 = 0; k4 < MM_CHUNK / 4; k4++) {
-            const int i = i0 + 4 * k4;
-            uint4 q4 = make_uint4(0, 0, 0, 0);
-            uint2 d4 = make_uint2(0, 0), m4 = make_uint2(0, 0);
-            if (valid && i < nb) { /* i < nb <= padded count: the 4 blocks exist */
-                q4 = *(const uint4 *)(wq + i);
-                d4 = *(const uint2 *)(w.d + i);
-                if (TYPE == TD_TYPE_Q4_1) m4 = *(const uint2 *)(w.m + i);
-            }
-            const uint32_t qq[4] = {q4.x, q4.y, q4.z, q4.w};
-            const __half *dh = (const __half *)&d4, *mh = (const __half *)&m4;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                wv[4 * k4 + j] = TYPE == TD_TYPE_Q8_0 ? (int)qq[j] : (int)((qq[j] >> shift) & 0x0F0F0F0Fu);
-                dw[4 * k4 + j] = __half2float(dh[j]);
-                mw[4 * k4 + j] = TYPE == TD_TYPE_Q4_1 ? __half2float(mh[j]) : 0.0f;
-            }
-        }
+        load_chunk<TYPE>(w, wq, valid, nb, i0 + MM_CHUNK, shift, nwv, ndw, nmw);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r >= nr) continue; /* uniform across the block */
@@ -104,6 +137,8 @@ __device__ __forceinline__ void dot_tile(const chain_state &w, bool valid, int n
                 }
             }
         }
+#pragma unroll
+        for (int k = 0; k < MM_CHUNK; k++) wv[k] = nwv[k], dw[k] = ndw[k], mw[k] = nmw[k];
     }
 }
 
@@ -116,65 +151,90 @@ template <int TYPE> __device__ __forceinline__ float finish(float acc, float min
     return TYPE == TD_TYPE_Q4_0 ? acc : TYPE == TD_TYPE_Q4_1 ? s + mins : s;
 }
 
-/* Copies rows r0 .. r0+nr-1 of quantized activations into shared memory. */
+/* Copies n 32-bit words src(e) -> dst[e] with eight loads in flight per
+ * thread before their stores (a loop of load-store pairs would wait a full
+ * memory latency per element). */
+template <typename F, typename G>
+__device__ __forceinline__ void copy_words(int *dst, int n, F src, G where) {
+    for (int base = 0; base < n; base += 8 * (int)blockDim.x) {
+        int v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int e = base + u * (int)blockDim.x + (int)threadIdx.x;
+            if (e < n) v[u] = src(e);
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int e = base + u * (int)blockDim.x + (int)threadIdx.x;
+            if (e < n) dst[where(e)] = v[u];
+        }
+    }
+}
+
+template <typename F> __device__ __forceinline__ void copy_words(int *dst, int n, F src) {
+    copy_words(dst, n, src, [](int e) { return e; });
+}
+
+/* Copies rows r0 .. r0+nr-1 of quantized activations into shared memory:
+ * codes, scales and sums in one batched round of loads. */
 __device__ __forceinline__ staged stage_rows(char *sm, const td_dact &act, int r0, int nr, int R, int n_in) {
-    const int nb = n_in / TD_QK, ldb = act.ld / TD_QK;
-    int *qs = (int *)sm;
+    const int nb = n_in / TD_QK, ldb = act.ld / TD_QK, wpr = n_in / 4;
+    const int n1 = nr * wpr, n2 = nr * nb;
+    int *dst = (int *)sm;
     float *d = (float *)(sm + (size_t)R * n_in), *s = d + R * nb;
-    for (int e = threadIdx.x; e < nr * (n_in / 4); e += blockDim.x) {
-        int r = e / (n_in / 4), w = e % (n_in / 4);
-        qs[r * (n_in / 4) + w] = *(const int *)(act.qs + (size_t)(r0 + r) * act.ld + w * 4);
-    }
-    for (int e = threadIdx.x; e < nr * nb; e += blockDim.x) {
-        int r = e / nb, i = e % nb;
-        d[r * nb + i] = act.d[(size_t)(r0 + r) * ldb + i];
-        s[r * nb + i] = act.s[(size_t)(r0 + r) * ldb + i];
-    }
+    copy_words(dst, n1 + 2 * n2, [&](int e) {
+        if (e < n1) return *(const int *)(act.qs + (size_t)(r0 + e / wpr) * act.ld + (e % wpr) * 4);
+        const int f = (e - n1) % n2;
+        const float *src = e < n1 + n2 ? act.d : act.s;
+        return __float_as_int(src[(size_t)(r0 + f / nb) * ldb + f % nb]);
+    }, [&](int e) { return e < n1 ? e : e < n1 + n2 ? R * wpr + (e - n1) : R * wpr + R * nb + (e - n1 - n2); });
     __syncthreads();
-    staged x = {(const int8_t *)qs, d, s, n_in, nb};
+    staged x = {(const int8_t *)sm, d, s, n_in, nb};
     return x;
 }
 
-/* RMSNorm of float rows r0 .. r0+nr-1, quantized per 32 (as td_cu_quantize
- * does) into qs/d/s with row strides ld_qs (bytes) and ld_b (blocks): shared
- * memory when a matmul stages its own input, global memory for the
- * standalone kernel below; both run this code, so both give the same bits.
- * The sum of squares: element i into lane i % 32 in element order, in
- * double, then a fixed butterfly over the lanes — the same tree for any
- * block size or batch, so results stay batch invariant. (The CPU adds in
- * element order; both in double, the float mean differs only when the two
- * double sums fall on either side of a float rounding boundary.) Then
- * (x * scale) * w. scale_sh: room for nr floats in shared memory. */
-__device__ __forceinline__ void norm_quant_rows(const td_mm_in &in, int r0, int nr, int n_in, int8_t *qs, int ld_qs,
-                                                float *d, float *s, int ld_b, float *scale_sh) {
+/* RMSNorm of one float row, quantized per 32 (as td_cu_quantize does) into
+ * qs/d/s: shared memory when a matmul stages its own input, global memory
+ * for the standalone kernel below; both run this code, so both give the same
+ * bits. xs: room for 2 * n_in floats of shared memory (the row and the norm
+ * weights are copied there in one round, then read from there). The sum of squares: element i into lane
+ * i % 32 in element order, in double, then a fixed butterfly over the lanes
+ * — the same tree for any block size or batch, so results stay batch
+ * invariant. (The CPU adds in element order; both in double, the float mean
+ * differs only when the two double sums fall on either side of a float
+ * rounding boundary.) Then (x * scale) * w. */
+__device__ __forceinline__ void norm_quant_row(const td_mm_in &in, int row, int n_in, float *xs, int8_t *qs, float *d,
+                                               float *s) {
+    __shared__ float scale_sh;
     const int nb = n_in / TD_QK, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-    for (int r = warp; r < nr; r += nwarps) {
-        const float *xr = in.x + (size_t)(in.rows ? in.rows[r0 + r] : r0 + r) * in.ldx;
+    const float *xr = in.x + (size_t)(in.rows ? in.rows[row] : row) * in.ldx;
+    float *ws = xs + n_in; /* the norm weights beside the row */
+    copy_words((int *)xs, 2 * n_in, [&](int e) { return __float_as_int(e < n_in ? xr[e] : in.norm_w[e - n_in]); });
+    __syncthreads();
+    if (warp == 0) {
         double ss = 0.0;
-        for (int i = lane; i < n_in; i += 32) ss += (double)(xr[i] * xr[i]);
+        for (int i = lane; i < n_in; i += 32) ss += (double)(xs[i] * xs[i]);
         for (int off = 16; off; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
         if (lane == 0) {
             float mean = (float)(ss / (double)n_in);
-            scale_sh[r] = 1.0f / sqrtf(mean + in.eps);
+            scale_sh = 1.0f / sqrtf(mean + in.eps);
         }
     }
     __syncthreads();
-    for (int e = warp; e < nr * nb; e += nwarps) {
-        const int r = e / nb, blk = e % nb, i = blk * TD_QK + lane;
-        const float *xr = in.x + (size_t)(in.rows ? in.rows[r0 + r] : r0 + r) * in.ldx;
-        float v = (xr[i] * scale_sh[r]) * in.norm_w[i];
-        td_d_quant_block(v, lane, qs + (size_t)r * ld_qs + blk * TD_QK, d + (size_t)r * ld_b + blk,
-                         s + (size_t)r * ld_b + blk);
+    const float scale = scale_sh;
+    for (int blk = warp; blk < nb; blk += nwarps) {
+        const int i = blk * TD_QK + lane;
+        td_d_quant_block((xs[i] * scale) * ws[i], lane, qs + blk * TD_QK, d + blk, s + blk);
     }
     __syncthreads();
 }
 
-__device__ __forceinline__ staged stage_norm_rows(char *sm, const td_mm_in &in, int r0, int nr, int R, int n_in) {
-    __shared__ float scale_sh[8];
+/* Only for passes of one row per block (R == 1): see FUSED_NORM_ROWS. */
+__device__ __forceinline__ staged stage_norm_row(char *sm, const td_mm_in &in, int row, int n_in) {
     const int nb = n_in / TD_QK;
     int8_t *qs = (int8_t *)sm;
-    float *d = (float *)(sm + (size_t)R * n_in), *s = d + R * nb;
-    norm_quant_rows(in, r0, nr, n_in, qs, n_in, d, s, nb, scale_sh);
+    float *d = (float *)(sm + (size_t)n_in), *s = d + nb, *xs = s + nb;
+    norm_quant_row(in, row, n_in, xs, qs, d, s);
     staged x = {(const int8_t *)qs, d, s, n_in, nb};
     return x;
 }
@@ -182,10 +242,9 @@ __device__ __forceinline__ staged stage_norm_rows(char *sm, const td_mm_in &in, 
 /* The standalone form, one block per row, for passes of many rows: there a
  * fused matmul would normalize every row once per block of outputs. */
 __global__ void __launch_bounds__(256) k_norm_quantize(td_mm_in in, int32_t n_in, td_dact out) {
-    __shared__ float scale_sh[1];
-    const int r = blockIdx.x;
-    norm_quant_rows(in, r, 1, n_in, out.qs + (size_t)r * out.ld, out.ld, out.d + (size_t)r * (out.ld / TD_QK),
-                    out.s + (size_t)r * (out.ld / TD_QK), out.ld / TD_QK, scale_sh);
+    extern __shared__ float xs_dyn[];
+    const int r = blockIdx.x, ldb = out.ld / TD_QK;
+    norm_quant_row(in, r, n_in, xs_dyn, out.qs + (size_t)r * out.ld, out.d + (size_t)r * ldb, out.s + (size_t)r * ldb);
 }
 
 static size_t stage_bytes(int R, int n_in) { return (size_t)R * n_in + (size_t)R * (n_in / TD_QK) * 2 * sizeof(float); }
@@ -208,17 +267,21 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_mm_in in, int32
     const bool valid = o < W.n_out;
     const int nb = W.n_in / TD_QK, WPB = words_per_block<TYPE>::n, nbp = (nb + 3) / 4 * 4;
     const size_t oo = valid ? (size_t)o : 0;
-    const staged x = in.x ? stage_norm_rows(sm, in, r0, nr, R, mm.w[0].n_in) : stage_rows(sm, in.act, r0, nr, R, mm.w[0].n_in);
     chain_state cs = {W.qs + oo * nbp * WPB, W.d + oo * nbp, W.m ? W.m + oo * nbp : NULL, nbp};
+    first_chunk f;
+    load_first<TYPE>(cs, valid, nb, lane8, f);
+    const staged x = (R == 1 && in.x) ? stage_norm_row(sm, in, r0, mm.w[0].n_in)
+                                      : stage_rows(sm, in.act, r0, nr, R, mm.w[0].n_in);
     float acc[R], mins[R];
-    dot_tile<TYPE, R>(cs, valid, nb, x, nr, lane8, acc, mins);
+    dot_tile<TYPE, R>(cs, valid, nb, x, nr, lane8, f, acc, mins);
     if (EPI == TD_EPI_SWIGLU) {
         /* silu(gate) * up, then quantized for the down projection: the block
          * holds whole 32-wide blocks of outputs (THREADS == 256) */
         const td_dw U = mm.w[1];
         chain_state cu = {U.qs + oo * nbp * WPB, U.d + oo * nbp, U.m ? U.m + oo * nbp : NULL, nbp};
+        load_first<TYPE>(cu, valid, nb, lane8, f);
         float acc_u[R], mins_u[R];
-        dot_tile<TYPE, R>(cu, valid, nb, x, nr, lane8, acc_u, mins_u);
+        dot_tile<TYPE, R>(cu, valid, nb, x, nr, lane8, f, acc_u, mins_u);
         __shared__ float ybuf[R][TD_QK];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -286,7 +349,7 @@ template <int TYPE, int EPI> static cudaError_t launch_type(const td_mm *mm, con
 #define TD_MM_LAUNCH(R)                                                                                      \
     do {                                                                                                     \
         dim3 grid(gx, (unsigned)((n_rows + (R)-1) / (R)));                                                   \
-        size_t smem = stage_bytes(R, mm->w[0].n_in);                                                         \
+        size_t smem = stage_bytes(R, mm->w[0].n_in) + (in->x ? 2 * (size_t)mm->w[0].n_in * sizeof(float) : 0); \
         if (smem > 48 * 1024) {                                                                              \
             cudaError_t e = cudaFuncSetAttribute(k_matmul<TYPE, R, EPI, THREADS>,                            \
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);    \
@@ -323,7 +386,12 @@ cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, cu
         return cudaErrorInvalidValue;
     if (in->x && n_rows > FUSED_NORM_ROWS) {
         if (!in->scratch.qs) return cudaErrorInvalidValue;
-        k_norm_quantize<<<n_rows, 256, 0, st>>>(*in, mm->w[0].n_in, in->scratch);
+        size_t smem = 2 * (size_t)mm->w[0].n_in * sizeof(float);
+        if (smem > 48 * 1024) {
+            cudaError_t e = cudaFuncSetAttribute(k_norm_quantize, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            if (e != cudaSuccess) return e;
+        }
+        k_norm_quantize<<<n_rows, 256, smem, st>>>(*in, mm->w[0].n_in, in->scratch);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
         td_mm_in q = *in;
