@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# cuda_device_check.sh — the CUDA backend's checks and figures on a lent GPU,
+# as one prepared script (device time is short: build here, carry, run once).
+#
+#   tests/bench/cuda_device_check.sh pack      here: build, bundle into .devcarry/
+#   tests/bench/cuda_device_check.sh stage     there, call 1: keep the model's
+#                                              first part (and llama.cpp) in /tmp
+#   tests/bench/cuda_device_check.sh run       there, call 2: everything below
+#
+# A device call carries at most 64 MiB and removes what an earlier call
+# carried, so the 98 MB default model travels in two parts over two calls
+# while the machine stays warm: call 1 carries .devcarry/m1 (+ .devcarry/lt,
+# llama.cpp's CUDA llama-bench as llama.tar.xz, if present) and runs `stage`,
+# which copies them out of the tree; call 2 carries .devcarry/m2,
+# .devcarry/bin, .devcarry/lib and this script and runs `run`. `pack` ignores
+# .devcarry/ in git (.git/info/exclude).
+#
+# `run` prints, and writes under $OUT: test_cuda (GPU logits against the CPU
+# reference on tiny models and on 2,000 teacher-forced tokens of the real
+# model, batch invariance, speculative identity per drafter); tandem bench
+# engine --device cuda before and after llama-bench on the same file (decode,
+# prefill 512, passes of 1-32 rows); a kernel-time profile; the same on a
+# synthesized 7B-shaped Q4_1 model; generate on CPU and GPU (same text); and
+# Spec-Bench on the GPU. Figures only: nothing here fails on timing.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+SPLIT=48000000 # bytes in part 1: part 1 + llama.tar.xz and part 2 + binaries each fit a call
+
+case "${1:-}" in
+pack)
+  set -e
+  grep -qx '/.devcarry/' .git/info/exclude 2>/dev/null || echo '/.devcarry/' >> .git/info/exclude
+  cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON >/dev/null
+  cmake --build build-cuda -j"$(nproc)" >/dev/null
+  mkdir -p .devcarry/bin .devcarry/lib .devcarry/m1 .devcarry/m2
+  cp build-cuda/tandem build-cuda/test_cuda build-cuda/td-mktiny .devcarry/bin/ && strip .devcarry/bin/*
+  # Debian libraries the device's Ubuntu may lack
+  for l in libcmocka.so.0 libcjson.so.1 libpcre2-8.so.0; do cp -L "/lib/x86_64-linux-gnu/$l" .devcarry/lib/; done
+  m="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models/$MODEL_FILE"
+  head -c $SPLIT "$m" > .devcarry/m1/part
+  tail -c +$((SPLIT + 1)) "$m" > .devcarry/m2/part
+  [ -f ../shared/bench/spec_bench.jsonl ] && cp ../shared/bench/spec_bench.jsonl .devcarry/m2/
+  du -sh .devcarry/*
+  ;;
+stage)
+  mkdir -p /tmp/keep && cp .devcarry/m1/part /tmp/keep/m1part
+  [ -f .devcarry/lt/llama.tar.xz ] && tar xJf .devcarry/lt/llama.tar.xz -C /tmp/keep
+  ls /tmp/keep
+  ;;
+run)
+  OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+  export LD_LIBRARY_PATH=$PWD/.devcarry/lib
+  B=$PWD/.devcarry/bin L=/tmp/keep/llama
+  mkdir -p /tmp/bd ~/.cache/tandem/models && cp $B/td-mktiny /tmp/bd/
+  M=~/.cache/tandem/models/$MODEL_FILE
+  cat /tmp/keep/m1part .devcarry/m2/part > $M && sha256sum $M | cut -c1-16
+  ($B/td-mktiny /tmp/7b.gguf --shape llama7b --type Q4_1 > /dev/null; echo "7B-shaped model made: rc=$?") &
+  export TD_BINARY_DIR=/tmp/bd TD_SOURCE_DIR=$PWD
+  timeout 200 $B/test_cuda 2>&1 | tee $OUT/test_cuda.log | grep -E "^#|OK|FAIL|ERROR|LINE"
+  LB() { if [ -x $L/llama-bench ]; then (cd $L && LD_LIBRARY_PATH=$L:$LD_LIBRARY_PATH timeout 120 ./llama-bench "$@"); fi; }
+  {
+    echo "== tandem (before)"; timeout 60 $B/tandem bench engine --device cuda --repeats 5
+    echo "== llama.cpp"; LB -m $M -ngl 99 -fa 0 -p 512 -n 128 -r 5; LB -m $M -ngl 99 -fa 0 -p 1,2,4,8,16,32 -n 0 -r 5
+    echo "== tandem (after)"; timeout 60 $B/tandem bench engine --device cuda --repeats 5
+    echo "== tandem, 512-token context"; timeout 60 $B/tandem bench engine --device cuda --repeats 5 --context 512
+    TD_CUDA_PROFILE=1 timeout 60 $B/tandem bench engine --device cuda --repeats 1 | grep kernel
+  } 2>&1 | tee $OUT/bench.log
+  wait
+  echo "== 7B-shaped, synthetic weights"; timeout 120 $B/tandem bench engine --device cuda --model /tmp/7b.gguf --repeats 3 2>&1 | tee $OUT/bench7b.log
+  P="Explain speculative decoding in two sentences."
+  for dev in "--numerics reference" "--device cuda" "--device cuda --draft auto"; do
+    timeout 60 $B/tandem generate --chat --prompt "$P" --max-tokens 96 $dev > /tmp/bd/o.txt 2>/tmp/bd/e.txt
+    echo "rc=$? [$dev] text sha256 $(sha256sum < /tmp/bd/o.txt | cut -c1-16)"; cat /tmp/bd/e.txt
+  done 2>&1 | tee $OUT/generate.log
+  [ -f .devcarry/m2/spec_bench.jsonl ] && timeout 150 $B/tandem bench spec --device cuda \
+    --prompts .devcarry/m2/spec_bench.jsonl --limit 12 --max-tokens 128 --draft lookup --draft auto 2>&1 |
+    tee $OUT/spec.log | tail -10
+  ;;
+*)
+  sed -n '2,25p' "$0"; exit 2 ;;
+esac
