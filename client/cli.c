@@ -26,7 +26,11 @@ int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
     int rc = td_gguf_open(path, &e->gguf, &err);
     if (rc) {
         fprintf(stderr, "tandem: %s: %s\n", path, err.msg);
-        if (rc == TD_E_IO) fprintf(stderr, "tandem: run scripts/setup.sh to fetch the default model, or pass --model PATH\n");
+        /* the hint only helps when the default was used: a user who named
+         * a file needs no advice to name one */
+        char def[1024];
+        if (rc == TD_E_IO && !strcmp(path, td_cli_default_model(def, sizeof def)))
+            fprintf(stderr, "tandem: run scripts/setup.sh to fetch the default model, or pass --model PATH\n");
         return 1;
     }
     if ((rc = td_model_load(e->gguf, &e->model, &err))) {
@@ -71,6 +75,21 @@ bool td_cli_int(const char *cmd, const char *opt, const char *val, long lo, long
         return false;
     }
     *out = v;
+    return true;
+}
+
+bool td_cli_u64(const char *cmd, const char *opt, const char *val, uint64_t *out) {
+    char *end;
+    errno = 0;
+    /* strtoull accepts "-1" (and wraps it) and leading blanks: only digits */
+    bool digits = val[0] >= '0' && val[0] <= '9';
+    unsigned long long v = strtoull(val, &end, 10);
+    if (!digits || errno || *end) {
+        fprintf(stderr, "tandem %s: %s expects an integer in [0, %llu], got '%s'\n", cmd, opt,
+                (unsigned long long)UINT64_MAX, val);
+        return false;
+    }
+    *out = (uint64_t)v;
     return true;
 }
 

@@ -33,6 +33,8 @@ void td_cli_engine_close(td_engine *e);
 /* Argument parsing: every parser prints "tandem CMD: ..." and returns false
  * on bad input. */
 bool td_cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out);
+/* A non-negative integer up to 2^64-1 (seeds): digits only, no wrap-around. */
+bool td_cli_u64(const char *cmd, const char *opt, const char *val, uint64_t *out);
 bool td_cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, double *out);
 /* Returns the value of an option taking one argument, advancing *i. */
 const char *td_cli_value(const char *cmd, int argc, char **argv, int *i);

@@ -67,6 +67,7 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
     if (rc) goto done;
     double t1 = td_now_sec();
     stats->n_prompt = (int32_t)n_prompt;
+    stats->n_prefilled = (int32_t)n_prompt;
     stats->prefill_sec = t1 - t0;
     stats->stop = TD_STOP_LENGTH;
 

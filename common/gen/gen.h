@@ -35,6 +35,9 @@ typedef enum td_stop_reason {
 
 typedef struct td_gen_stats {
     int32_t n_prompt, n_generated;
+    /* prompt tokens computed during prefill_sec: all of them in td_gen_run;
+     * speculation leaves the last one to its first verification pass */
+    int32_t n_prefilled;
     double prefill_sec, decode_sec;
     int32_t n_forward;        /* target forward passes during decode */
     td_stop_reason stop;

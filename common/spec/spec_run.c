@@ -393,6 +393,7 @@ int td_spec_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, td
                                  : sp->draft_max;
         s->done = q->gen.max_tokens <= 0;
         q->stats.n_prompt = (int32_t)q->n_prompt;
+        q->stats.n_prefilled = (int32_t)q->n_prompt - 1; /* the last is the first pass's root */
         q->stats.stop = TD_STOP_LENGTH;
         for (int d = 0; d < n_drafters; d++)
             if (drafters[d]->ops->reset) drafters[d]->ops->reset(drafters[d], i);

@@ -48,6 +48,8 @@ typedef struct opts {
     int one_type;     /* -1: the mixed default */
     int n_layer;
     int tied;
+    const char *name; /* general.name */
+    uint32_t n_ctx;   /* context_length */
 } opts;
 
 /* ---- deterministic randomness: splitmix64 + Box-Muller ---- */
@@ -212,9 +214,9 @@ static int add_metadata(td_gguf_writer *w, const opts *o) {
     }
 #define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", o->arch, suffix), key)
     rc |= td_gguf_writer_add_str(w, "general.architecture", o->arch);
-    rc |= td_gguf_writer_add_str(w, "general.name", "tandem-tiny");
+    rc |= td_gguf_writer_add_str(w, "general.name", o->name);
     rc |= td_gguf_writer_add_u32(w, "general.quantization_version", 2);
-    rc |= td_gguf_writer_add_u32(w, KEY("context_length"), N_CTX);
+    rc |= td_gguf_writer_add_u32(w, KEY("context_length"), o->n_ctx);
     rc |= td_gguf_writer_add_u32(w, KEY("embedding_length"), N_EMBD);
     rc |= td_gguf_writer_add_u32(w, KEY("block_count"), (uint32_t)o->n_layer);
     rc |= td_gguf_writer_add_u32(w, KEY("feed_forward_length"), N_FF);
@@ -246,7 +248,8 @@ static int add_metadata(td_gguf_writer *w, const opts *o) {
 static int usage(void) {
     fprintf(stderr,
             "usage: td-mktiny OUT.gguf [--seed N] [--arch llama|qwen2] [--type TYPE]\n"
-            "                 [--layers 2..4] [--tied]\n"
+            "                 [--layers 2..4] [--tied] [--name TEXT] [--ctx N]\n"
+            "  --name, --ctx: general.name and context_length (tests of hostile files)\n"
             "  TYPE: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K Q5_K Q6_K (default: a mix of all)\n");
     return 2;
 }
@@ -261,7 +264,7 @@ static int parse_type(const char *s) {
 }
 
 static int parse_args(int argc, char **argv, opts *o) {
-    *o = (opts){.seed = 1, .arch = "llama", .one_type = -1, .n_layer = 2};
+    *o = (opts){.seed = 1, .arch = "llama", .one_type = -1, .n_layer = 2, .name = "tandem-tiny", .n_ctx = N_CTX};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end;
@@ -277,6 +280,14 @@ static int parse_args(int argc, char **argv, opts *o) {
             i++;
         } else if (strcmp(a, "--type") == 0 && v) {
             if ((o->one_type = parse_type(v)) < 0) return -1;
+            i++;
+        } else if (strcmp(a, "--name") == 0 && v) {
+            o->name = v;
+            i++;
+        } else if (strcmp(a, "--ctx") == 0 && v) {
+            long n = strtol(v, &end, 10);
+            if (*end || !*v || n < 0 || n > 1 << 20) return -1;
+            o->n_ctx = (uint32_t)n;
             i++;
         } else if (strcmp(a, "--layers") == 0 && v) {
             long n = strtol(v, &end, 10);
