@@ -71,10 +71,10 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
     stats->prefill_sec = t1 - t0;
     stats->stop = TD_STOP_LENGTH;
 
-    char piece[256];
     for (int32_t i = 0; i < p->max_tokens; i++) {
         int32_t pos = (int32_t)n_hist;
         int32_t tk = td_sampler_pick(smp, logits, pos, hist, n_hist);
+        if (tk < 0) { rc = td_err_set(err, tk, "sampler refused its arguments"); goto done; }
         hist[n_hist++] = tk;
         if (out_tokens) out_tokens[i] = tk;
         stats->n_generated++;
@@ -82,11 +82,14 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
             stats->stop = TD_STOP_EOG;
             break;
         }
-        int np = td_tok_piece(tok, tk, false, piece, sizeof piece);
-        if (np > (int)sizeof piece) np = (int)sizeof piece;
-        int pr = np > 0 ? td_textout_push(out, piece, (size_t)np) : 0;
-        if (pr == 1) { stats->stop = TD_STOP_STRING; break; }
-        if (pr < 0) { stats->stop = TD_STOP_CALLER; break; }
+        int pr = td_textout_push_token(out, tok, tk);
+        if (pr == TD_TEXTOUT_STOP_STRING) { stats->stop = TD_STOP_STRING; break; }
+        if (pr == TD_TEXTOUT_STOP_CALLER) { stats->stop = TD_STOP_CALLER; break; }
+        if (pr < 0) {
+            rc = td_err_set(err, pr, "out of memory streaming token %d",
+                            tk);
+            goto done;
+        }
         if (i + 1 == p->max_tokens) break;
         if (pos + 1 >= td_kv_max_len(kv)) { stats->stop = TD_STOP_CONTEXT; break; }
         td_row row = td_row_linear(seq, pos, tk, true);

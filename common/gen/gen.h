@@ -50,10 +50,19 @@ const char *td_gen_stop_name(td_stop_reason r);
 typedef struct td_textout td_textout;
 td_textout *td_textout_create(const char *const *stop, size_t n_stop, td_gen_emit_fn emit, void *user);
 void td_textout_destroy(td_textout *o);
-/* Appends bytes; returns 1 when a stop string was hit (text before it was
- * emitted), -1 when the callback asked to stop or memory ran out, else 0. */
+/* What td_textout_push and td_textout_flush return besides 0 (text taken)
+ * and TD_E_NOMEM: the two ways generation ends normally, kept apart from
+ * running out of memory, which is an error. */
+enum { TD_TEXTOUT_STOP_STRING = 1, /* a stop string was hit; the text before it was emitted */
+       TD_TEXTOUT_STOP_CALLER = 2  /* the callback returned non-zero */ };
+/* Appends bytes: 0, TD_TEXTOUT_STOP_STRING, TD_TEXTOUT_STOP_CALLER, or
+ * TD_E_NOMEM (nothing was taken). */
 int td_textout_push(td_textout *o, const char *bytes, size_t n);
-/* Emits whatever is held back (end of generation). */
+/* Appends the output bytes of token id (td_tok_piece), whatever their
+ * length (an id the tokenizer does not know adds nothing); same results as
+ * td_textout_push. */
+int td_textout_push_token(td_textout *o, const td_tok *tok, int32_t id);
+/* Emits whatever is held back (end of generation): 0 or TD_TEXTOUT_STOP_CALLER. */
 int td_textout_flush(td_textout *o);
 
 /* Generates into sequence seq (must be empty in kv). out_tokens (may be

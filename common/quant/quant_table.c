@@ -5,7 +5,6 @@
  * call from a CPU check, so the choice is fixed for the life of the process.
  * Ids we do not support (retired, IQ*, Q2_K/Q3_K, integer types) have no row.
  */
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -163,12 +162,15 @@ size_t td_quant_row_bytes(uint32_t type, int64_t n) {
     return (size_t)bytes;
 }
 
-void td_quant_activations(uint32_t wtype, const float *x, int64_t n_in, int64_t n_rows, void *dst) {
+int td_quant_activations(uint32_t wtype, const float *x, int64_t n_in, int64_t n_rows, void *dst) {
     const td_type_traits *w = td_quant_traits(wtype);
-    assert(w != NULL);
+    if (w == NULL || n_rows < 0)
+        return TD_E_ARG;
     const td_type_traits *a = td_quant_traits(w->vec_dot_type);
     size_t rb = td_quant_row_bytes(w->vec_dot_type, n_in);
-    assert(rb != 0);
+    if (a == NULL || !a->from_float || rb == 0 || (n_rows > 0 && (!x || !dst)))
+        return TD_E_ARG;
     for (int64_t r = 0; r < n_rows; r++)
         a->from_float(x + r * n_in, (uint8_t *)dst + (size_t)r * rb, n_in);
+    return TD_OK;
 }

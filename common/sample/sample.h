@@ -49,7 +49,8 @@ int td_sampler_set_params(td_sampler *s, const td_sample_params *p, td_err *err)
 
 /* Picks the token for absolute position pos from logits[n_vocab] (not
  * modified). history/n_history: the tokens before pos (prompt + generated),
- * used by the repetition penalty. */
+ * used by the repetition penalty. Returns TD_E_ARG (negative) for a NULL
+ * sampler or logits, a NULL history with n_history > 0, or pos < 0. */
 int32_t td_sampler_pick(td_sampler *s, const float *logits, int64_t pos,
                         const int32_t *history, size_t n_history);
 
@@ -59,8 +60,9 @@ double td_sample_gumbel(uint64_t seed, int64_t pos, int32_t token);
 
 /* Filtered, tempered distribution the sampler draws from at pos: writes
  * probabilities into probs[n_vocab] (0 outside the candidate set). Used by
- * rejection-sampling speculation and by tests. */
-void td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
+ * rejection-sampling speculation and by tests. TD_OK, or TD_E_ARG for the
+ * argument errors of td_sampler_pick or a NULL probs. */
+int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
                       size_t n_history, float *probs);
 
 #endif

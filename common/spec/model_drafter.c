@@ -152,6 +152,7 @@ static int md_propose(td_drafter *d, int32_t seq, const int32_t *hist, size_t n,
     memcpy(md->scratch, hist, n * sizeof(int32_t));
     for (int32_t i = 0; i < max_nodes; i++) {
         int32_t t = td_sampler_pick(md->smp, md->logits, (int64_t)n + i, md->scratch, n + (size_t)i);
+        if (t < 0) return t;
         md->scratch[n + (size_t)i] = t;
         out->token[i] = t;
         out->parent[i] = i - 1;

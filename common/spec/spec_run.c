@@ -174,22 +174,24 @@ static int32_t rejection_step(runner *r, seq_state *s, const float *lg, int32_t 
 }
 
 /* Appends one produced token; mirrors the stop checks of td_gen_run.
- * Returns true when the sequence is finished. */
-static bool produce(runner *r, seq_state *s, int32_t tk) {
+ * *finished says whether the sequence is done; returns TD_OK, or an error
+ * (out of memory while streaming) that ends the whole run, as in gen.c. */
+static int produce(runner *r, seq_state *s, int32_t tk, bool *finished, td_err *err) {
     td_spec_request *q = s->req;
+    *finished = true;
     s->hist[s->n_hist++] = tk;
     if (q->out_tokens) q->out_tokens[q->stats.n_generated] = tk;
     q->stats.n_generated++;
-    if (!q->gen.ignore_eos && td_tok_is_eog(r->tok, tk)) { q->stats.stop = TD_STOP_EOG; return true; }
-    char piece[256];
-    int np = td_tok_piece(r->tok, tk, false, piece, sizeof piece);
-    if (np > (int)sizeof piece) np = (int)sizeof piece;
-    int pr = np > 0 ? td_textout_push(s->out, piece, (size_t)np) : 0;
-    if (pr == 1) { q->stats.stop = TD_STOP_STRING; return true; }
-    if (pr < 0) { q->stats.stop = TD_STOP_CALLER; return true; }
-    if (q->stats.n_generated >= q->gen.max_tokens) return true;
-    if ((int32_t)s->n_hist >= td_kv_max_len(r->kv)) { q->stats.stop = TD_STOP_CONTEXT; return true; }
-    return false;
+    if (!q->gen.ignore_eos && td_tok_is_eog(r->tok, tk)) { q->stats.stop = TD_STOP_EOG; return TD_OK; }
+    int pr = td_textout_push_token(s->out, r->tok, tk);
+    if (pr == TD_TEXTOUT_STOP_STRING) { q->stats.stop = TD_STOP_STRING; return TD_OK; }
+    if (pr == TD_TEXTOUT_STOP_CALLER) { q->stats.stop = TD_STOP_CALLER; return TD_OK; }
+    if (pr < 0)
+        return td_err_set(err, pr, "out of memory streaming token %d", tk);
+    if (q->stats.n_generated >= q->gen.max_tokens) return TD_OK;
+    if ((int32_t)s->n_hist >= td_kv_max_len(r->kv)) { q->stats.stop = TD_STOP_CONTEXT; return TD_OK; }
+    *finished = false;
+    return TD_OK;
 }
 
 /* Tells the planner, for every node whose parent was kept (so the node was
@@ -207,7 +209,7 @@ static void learn_acceptance(runner *r, const seq_state *s, const int32_t *keep,
 }
 
 /* Verifies one sequence's rows of the pass; updates cache, drafters, stats. */
-static int settle(runner *r, seq_state *s, int32_t seq) {
+static int settle(runner *r, seq_state *s, int32_t seq, td_err *err) {
     const td_draft *d = &s->draft;
     size_t n_before = s->n_hist;
     int32_t base = (int32_t)n_before - 1; /* slot of the root row */
@@ -229,9 +231,11 @@ static int settle(runner *r, seq_state *s, int32_t seq) {
             if (!acc) child = -1;
         } else {
             tk = td_sampler_pick(s->smp, lg, (int64_t)s->n_hist, s->hist, s->n_hist);
+            if (tk < 0) return td_err_set(err, tk, "sampler refused its arguments");
             child = child_with(d, node, tk);
         }
-        finished = produce(r, s, tk);
+        int rc = produce(r, s, tk, &finished, err);
+        if (rc) return rc;
         if (finished || child < 0) break;
         node = child;
         accepted++;
@@ -247,7 +251,7 @@ static int settle(runner *r, seq_state *s, int32_t seq) {
         return TD_OK;
     }
     int rc = td_kv_compact(r->kv, seq, base, keep, n_keep);
-    if (rc) return rc;
+    if (rc) return td_err_set(err, rc, "cache compaction failed: %s", td_err_name(rc));
 
     /* Credit the drafter whose node ended the accepted path. */
     if (d->n > 0) {
@@ -329,7 +333,7 @@ static int step(runner *r, seq_state *st, int32_t n_reqs, td_err *err) {
     td_spec_plan_age(&r->plan);
     for (int32_t i = 0; i < n_reqs; i++) {
         if (st[i].done) continue;
-        if ((rc = settle(r, &st[i], i))) return td_err_set(err, rc, "cache compaction failed");
+        if ((rc = settle(r, &st[i], i, err))) return rc;
     }
     return TD_OK;
 }

@@ -829,9 +829,30 @@ static void matmul_reference_order(void **state) {
     }
 }
 
+/* A caller's mistake is an error, never an abort (assert policy). */
+static void bad_arguments_are_errors(void **state) {
+    (void)state;
+    float x[64] = {0}, y[4] = {0};
+    uint8_t w[4 * 34] = {0}, xq[2 * 34] = {0};
+    /* unknown and non-weight types */
+    assert_int_equal(td_quant_matmul(5, w, 32, 0, 1, xq, 1, y, 4), TD_E_ARG);
+    assert_int_equal(td_quant_matmul(TD_TYPE_Q8_1, w, 32, 0, 1, xq, 1, y, 4), TD_E_ARG);
+    /* n_in not a whole number of blocks, a reversed range, too short a stride */
+    assert_int_equal(td_quant_matmul(TD_TYPE_Q8_0, w, 33, 0, 1, xq, 1, y, 4), TD_E_ARG);
+    assert_int_equal(td_quant_matmul(TD_TYPE_Q8_0, w, 32, 2, 1, xq, 1, y, 4), TD_E_ARG);
+    assert_int_equal(td_quant_matmul(TD_TYPE_Q8_0, w, 32, 0, 4, xq, 2, y, 2), TD_E_ARG);
+    assert_int_equal(td_quant_matmul_in(TD_NUMERICS_FAST, TD_TYPE_Q8_0, NULL, 32, 0, 4, xq, 1, y, 4), TD_E_ARG);
+    assert_int_equal(td_quant_matmul_in(TD_NUMERICS_FAST, TD_TYPE_Q8_0, w, 32, 0, 4, xq, 1, y, 4), TD_OK);
+    assert_int_equal(td_quant_activations(5, x, 32, 1, xq), TD_E_ARG);
+    assert_int_equal(td_quant_activations(TD_TYPE_Q8_0, x, 33, 1, xq), TD_E_ARG);
+    assert_int_equal(td_quant_activations(TD_TYPE_Q8_0, x, 32, -1, xq), TD_E_ARG);
+    assert_int_equal(td_quant_activations(TD_TYPE_Q8_0, x, 32, 2, xq), TD_OK);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(table_facts),
+        cmocka_unit_test(bad_arguments_are_errors),
         cmocka_unit_test(row_bytes),
         cmocka_unit_test(fp16_conversions),
         cmocka_unit_test(bf16_conversions),

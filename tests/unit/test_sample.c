@@ -760,9 +760,29 @@ static void test_pick_in_candidate_set(void **state) {
     }
 }
 
+/* A caller's mistake is an error, never an abort (assert policy). */
+static void test_bad_arguments_are_errors(void **state) {
+    (void)state;
+    td_sample_params p = td_sample_defaults();
+    td_sampler *s = td_sampler_create(&p, 4);
+    assert_non_null(s);
+    float logits[4] = {0, 1, 2, 3}, probs[4];
+    assert_int_equal(td_sampler_pick(NULL, logits, 0, NULL, 0), TD_E_ARG);
+    assert_int_equal(td_sampler_pick(s, NULL, 0, NULL, 0), TD_E_ARG);
+    assert_int_equal(td_sampler_pick(s, logits, 0, NULL, 3), TD_E_ARG);
+    assert_int_equal(td_sampler_pick(s, logits, -1, NULL, 0), TD_E_ARG);
+    assert_int_equal(td_sampler_pick(s, logits, 0, NULL, 0), 3);
+    assert_int_equal(td_sampler_probs(s, logits, NULL, 0, NULL), TD_E_ARG);
+    assert_int_equal(td_sampler_probs(NULL, logits, NULL, 0, probs), TD_E_ARG);
+    assert_int_equal(td_sampler_probs(s, logits, NULL, 0, probs), TD_OK);
+    assert_true(probs[3] == 1.0f);
+    td_sampler_destroy(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_valid),
+        cmocka_unit_test(test_bad_arguments_are_errors),
         cmocka_unit_test(test_validate_rejects),
         cmocka_unit_test(test_create_and_set_params),
         cmocka_unit_test(test_greedy),
