@@ -3,7 +3,9 @@
  *
  * Type ids are GGUF's on-disk ggml_type numbers. Every kernel has a scalar
  * reference (td_quant_traits_ref); td_quant_traits picks the fastest variant
- * the running CPU supports (AVX2+FMA, else scalar). A variant never changes
+ * the running CPU supports (AVX2+FMA, else scalar). The choice, and the
+ * TD_KERNELS cap on it, are settled once, at the first lookup: setting
+ * TD_KERNELS later changes nothing. A variant never changes
  * how a single dot product is reduced between calls, so results do not depend
  * on batch size (batch invariance, ARCHITECTURE.md §1.2).
  */

@@ -1,10 +1,12 @@
 /* quant_table.c — the type table: one row per GGUF type id with the block
  * layout facts and the kernels. There are three static tables, the scalar
  * reference, AVX2, and AVX2 with AVX512-VNNI for the legacy block formats,
- * sharing the same facts; td_quant_traits picks one per
- * call from a CPU check, so the choice is fixed for the life of the process.
+ * sharing the same facts. The first lookup picks one from a CPU check and
+ * TD_KERNELS, once (pthread_once), so the choice is fixed for the life of the
+ * process and the hot path reads no environment.
  * Ids we do not support (retired, IQ*, Q2_K/Q3_K, integer types) have no row.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,10 +82,10 @@ static const quant_row avx2_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_ROW
 static const quant_row avx512_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_ROWS(avx512)};
 #endif
 
-/* __builtin_cpu_supports reads data the runtime filled in at start-up: cheap
- * enough to ask on every call, and no mutable state of our own. clang (14)
- * knows no "f16c" feature string; every CPU with AVX2 has F16C. */
-static const quant_row *active_table(void) {
+/* Settings are read once: the table a process uses is chosen at its first
+ * lookup and kept. clang (14) knows no "f16c" feature string; every CPU with
+ * AVX2 has F16C. */
+static const quant_row *choose_table(void) {
     /* TD_KERNELS=scalar|avx2 caps the set below what the CPU offers (A/B
      * timing, isolating a kernel bug); it never raises it */
     const char *cap = getenv("TD_KERNELS");
@@ -104,6 +106,16 @@ static const quant_row *active_table(void) {
     }
 #endif
     return ref_table;
+}
+
+static const quant_row *chosen_table;
+static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
+
+static void choose_once(void) { chosen_table = choose_table(); }
+
+static const quant_row *active_table(void) {
+    pthread_once(&chosen_once, choose_once);
+    return chosen_table;
 }
 
 static const quant_row *row_of(const quant_row *table, uint32_t type) {

@@ -829,6 +829,22 @@ static void matmul_reference_order(void **state) {
     }
 }
 
+/* Settings are read once: TD_KERNELS set after the first lookup changes
+ * nothing (it was once read by getenv on every traits lookup). */
+static void kernel_set_read_once(void **state) {
+    (void)state;
+    const char *before = td_quant_kernel_name();
+    const td_type_traits *t = td_quant_traits(TD_TYPE_Q4_1);
+    const char *old = getenv("TD_KERNELS");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("TD_KERNELS", strcmp(before, "scalar") ? "scalar" : "avx2", 1);
+    assert_string_equal(td_quant_kernel_name(), before);
+    assert_ptr_equal(td_quant_traits(TD_TYPE_Q4_1), t);
+    if (saved) setenv("TD_KERNELS", saved, 1);
+    else unsetenv("TD_KERNELS");
+    free(saved);
+}
+
 /* A caller's mistake is an error, never an abort (assert policy). */
 static void bad_arguments_are_errors(void **state) {
     (void)state;
@@ -853,6 +869,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(table_facts),
         cmocka_unit_test(bad_arguments_are_errors),
+        cmocka_unit_test(kernel_set_read_once),
         cmocka_unit_test(row_bytes),
         cmocka_unit_test(fp16_conversions),
         cmocka_unit_test(bf16_conversions),
