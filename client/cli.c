@@ -22,7 +22,7 @@ const char *td_cli_default_model(char *buf, size_t cap) {
 
 int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
     memset(e, 0, sizeof *e);
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = td_gguf_open(path, &e->gguf, &err);
     if (rc) {
         fprintf(stderr, "tandem: %s: %s\n", path, err.msg);
@@ -47,9 +47,9 @@ int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
         goto fail;
     }
     e->n_threads = n_threads > 0 ? n_threads : td_cpu_count();
-    e->pool = td_pool_create(e->n_threads);
+    e->pool = td_pool_create(e->n_threads, &err);
     if (!e->pool) {
-        fprintf(stderr, "tandem: cannot start %d threads\n", e->n_threads);
+        fprintf(stderr, "tandem: cannot start %d threads: %s\n", e->n_threads, err.msg);
         goto fail;
     }
     return 0;

@@ -67,19 +67,23 @@ typedef struct bench_opts {
 } bench_opts;
 
 static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
-    td_err err = {{0}};
-    td_pool *pool = td_pool_create(threads);
+    td_err err = {0};
+    td_pool *pool = td_pool_create(threads, &err);
     const td_hparams *hp = td_model_hparams(e->model);
     int32_t ctx_len = o->n_prefill + o->n_prompt + o->n_decode + 64;
-    td_kv *kv = td_kv_create(e->model, 1, ctx_len);
-    td_ctx *ctx = td_ctx_create(e->model, o->n_prefill > 16 ? o->n_prefill : 16, pool);
+    td_kv *kv = pool ? td_kv_create(e->model, 1, ctx_len, &err) : NULL;
+    td_ctx *ctx = kv ? td_ctx_create(e->model, o->n_prefill > 16 ? o->n_prefill : 16, pool, &err) : NULL;
     if (ctx) td_ctx_set_numerics(ctx, o->numerics);
     float *logits = malloc((size_t)16 * hp->n_vocab * sizeof(float));
     int rc = 1;
     double *dec = calloc((size_t)o->repeats, sizeof(double)), *pre = calloc((size_t)o->repeats, sizeof(double));
     double *ver[5];
     for (int k = 0; k < 5; k++) ver[k] = calloc((size_t)o->repeats * 4, sizeof(double));
-    if (!pool || !kv || !ctx || !logits || !dec || !pre || !ver[0] || !ver[1] || !ver[2] || !ver[3] || !ver[4]) {
+    if (!pool || !kv || !ctx) {
+        fprintf(stderr, "tandem bench: %s\n", err.msg);
+        goto out;
+    }
+    if (!logits || !dec || !pre || !ver[0] || !ver[1] || !ver[2] || !ver[3] || !ver[4]) {
         fprintf(stderr, "tandem bench: out of memory\n");
         goto out;
     }
@@ -180,7 +184,7 @@ static int bench_engine(int argc, char **argv) {
     int status = 1;
     int32_t *ids = NULL;
     size_t n = 0;
-    td_err err = {{0}};
+    td_err err = {0};
     if (td_tok_encode(e.tok, text, len, td_tok_add_bos(e.tok), false, &ids, &n, &err)) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto out;

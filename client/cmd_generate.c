@@ -142,7 +142,7 @@ int td_cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL;
     td_kv *kv = NULL;
     td_ctx *ctx = NULL;
-    td_err err = {{0}};
+    td_err err = {0};
     const td_hparams *hp = td_model_hparams(e.model);
 
     const char *text = prompt;
@@ -180,10 +180,8 @@ int td_cmd_generate(int argc, char **argv) {
     gp.stop = stops;
     gp.n_stop = n_stop;
     bool speculate = strcmp(draft, "none") != 0;
-    kv = td_kv_create(e.model, 2, (int32_t)ctx_len);
-    ctx = td_ctx_create(e.model, 512, e.pool);
-    if (!kv || !ctx) {
-        fprintf(stderr, "tandem generate: out of memory\n");
+    if (!(kv = td_kv_create(e.model, 2, (int32_t)ctx_len, &err)) || !(ctx = td_ctx_create(e.model, 512, e.pool, &err))) {
+        fprintf(stderr, "tandem generate: %s\n", err.msg);
         goto out;
     }
     td_ctx_set_numerics(ctx, numerics);

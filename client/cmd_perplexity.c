@@ -53,7 +53,7 @@ int td_cmd_perplexity(int argc, char **argv) {
     int status = 1;
     int32_t *ids = NULL;
     size_t n = 0;
-    td_err err = {{0}};
+    td_err err = {0};
     td_kv *kv = NULL;
     td_ctx *ctx = NULL;
     float *logits = NULL;
@@ -65,9 +65,12 @@ int td_cmd_perplexity(int argc, char **argv) {
     }
     if (max_tokens > 0 && (size_t)max_tokens < n) n = (size_t)max_tokens;
     if (n < 2) { fprintf(stderr, "tandem perplexity: the text has fewer than 2 tokens\n"); goto out; }
-    kv = td_kv_create(e.model, 1, (int32_t)ctx_len);
-    ctx = td_ctx_create(e.model, (int32_t)batch, e.pool);
-    if (ctx) td_ctx_set_numerics(ctx, numerics);
+    if (!(kv = td_kv_create(e.model, 1, (int32_t)ctx_len, &err)) ||
+        !(ctx = td_ctx_create(e.model, (int32_t)batch, e.pool, &err))) {
+        fprintf(stderr, "tandem perplexity: %s\n", err.msg);
+        goto out;
+    }
+    td_ctx_set_numerics(ctx, numerics);
     logits = malloc((size_t)batch * V * sizeof *logits);
     rows = malloc((size_t)batch * sizeof *rows);
     if (!kv || !ctx || !logits || !rows) { fprintf(stderr, "tandem perplexity: out of memory\n"); goto out; }

@@ -46,7 +46,7 @@ int td_cmd_tokenize(int argc, char **argv) {
     if (td_cli_engine_open(&e, model, 1)) { free(owned); return 1; }
     int32_t *ids = NULL;
     size_t n = 0;
-    td_err err = {{0}};
+    td_err err = {0};
     int status = 0;
     if (td_tok_encode(e.tok, text, len, bos_set ? bos : td_tok_add_bos(e.tok), special, &ids, &n, &err)) {
         fprintf(stderr, "tandem tokenize: %s\n", err.msg);

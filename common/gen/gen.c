@@ -53,9 +53,14 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
     size_t cap = n_prompt + (size_t)(p->max_tokens > 0 ? p->max_tokens : 0) + 1;
     int32_t *hist = malloc(cap * sizeof *hist);
     float *logits = malloc((size_t)hp->n_vocab * sizeof *logits);
-    td_sampler *smp = td_sampler_create(&p->sample, hp->n_vocab);
-    td_textout *out = td_textout_create(p->stop, p->n_stop, emit, user);
-    if (!hist || !logits || !smp || !out) {
+    td_err why = {0};
+    td_sampler *smp = td_sampler_create(&p->sample, hp->n_vocab, &why);
+    td_textout *out = td_textout_create(p->stop, p->n_stop, emit, user, &why);
+    if (!smp || !out) { /* their own reason: bad stop strings, or memory */
+        rc = td_err_set(err, why.code, "%s", why.msg);
+        goto done;
+    }
+    if (!hist || !logits) {
         rc = td_err_set(err, TD_E_NOMEM, "out of memory");
         goto done;
     }

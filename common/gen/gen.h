@@ -48,7 +48,9 @@ const char *td_gen_stop_name(td_stop_reason r);
 /* Streams text in order and holds back what may still turn into a stop
  * string or is an incomplete UTF-8 sequence. */
 typedef struct td_textout td_textout;
-td_textout *td_textout_create(const char *const *stop, size_t n_stop, td_gen_emit_fn emit, void *user);
+/* NULL on failure: TD_E_ARG (stop strings missing or NULL), TD_E_NOMEM. */
+td_textout *td_textout_create(const char *const *stop, size_t n_stop, td_gen_emit_fn emit, void *user,
+                              td_err *err);
 void td_textout_destroy(td_textout *o);
 /* What td_textout_push and td_textout_flush return besides 0 (text taken)
  * and TD_E_NOMEM: the two ways generation ends normally, kept apart from

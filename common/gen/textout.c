@@ -18,17 +18,26 @@ struct td_textout {
     size_t len, cap;
 };
 
-td_textout *td_textout_create(const char *const *stop, size_t n_stop, td_gen_emit_fn emit, void *user) {
+td_textout *td_textout_create(const char *const *stop, size_t n_stop, td_gen_emit_fn emit, void *user,
+                              td_err *err) {
+    for (size_t i = 0; i < n_stop; i++)
+        if (!stop || !stop[i]) {
+            td_err_set(err, TD_E_ARG, "stop string %zu is missing", i);
+            return NULL;
+        }
     td_textout *o = calloc(1, sizeof *o);
-    if (!o) return NULL;
+    if (!o) goto nomem;
     o->stop = stop;
     o->n_stop = n_stop;
     o->emit = emit;
     o->user = user;
     o->cap = 256;
     o->buf = malloc(o->cap);
-    if (!o->buf) { free(o); return NULL; }
+    if (!o->buf) { free(o); goto nomem; }
     return o;
+nomem:
+    td_err_set(err, TD_E_NOMEM, "text output: out of memory");
+    return NULL;
 }
 
 void td_textout_destroy(td_textout *o) {

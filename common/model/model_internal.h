@@ -43,8 +43,6 @@ struct td_model {
 struct td_kv {
     int32_t n_layer, kv_dim, max_seqs, max_len, pages_per_seq;
     int32_t *len;      /* (max_seqs) cached positions per sequence */
-    int32_t *pending;  /* (max_seqs) scratch used while validating a batch */
-    int8_t *mode;      /* (max_seqs) scratch: 0 unseen, 1 linear, 2 tree rows in this batch */
     uint16_t **pages;  /* (max_seqs * pages_per_seq), NULL until first used */
     size_t bytes;
 };

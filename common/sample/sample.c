@@ -119,19 +119,23 @@ int td_sample_validate(const td_sample_params *p, td_err *err) {
     return TD_OK;
 }
 
-td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab) {
+td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab, td_err *err) {
     td_sample_params def = td_sample_defaults();
     if (!p)
         p = &def;
-    if (n_vocab <= 0 || td_sample_validate(p, NULL) != TD_OK)
+    if (n_vocab <= 0) {
+        td_err_set(err, TD_E_ARG, "sampler: vocabulary of %d tokens", n_vocab);
+        return NULL;
+    }
+    if (td_sample_validate(p, err) != TD_OK)
         return NULL;
     uint64_t n8;
     if (!td_mul_u64((uint64_t)n_vocab, 8, &n8) || n8 > SIZE_MAX)
-        return NULL;
+        goto nomem;
 
     td_sampler *s = td_alloc(sizeof *s);
     if (!s)
-        return NULL;
+        goto nomem;
     s->p = *p;
     s->n_vocab = n_vocab;
     s->s = td_alloc((size_t)n8);
@@ -139,9 +143,12 @@ td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab) {
     s->cand = td_alloc((size_t)n_vocab * sizeof *s->cand);
     if (!s->s || !s->e || !s->cand) {
         td_sampler_destroy(s);
-        return NULL;
+        goto nomem;
     }
     return s;
+nomem:
+    td_err_set(err, TD_E_NOMEM, "sampler: out of memory for %d tokens", n_vocab);
+    return NULL;
 }
 
 void td_sampler_destroy(td_sampler *s) {

@@ -209,12 +209,17 @@ static const td_drafter_ops rc_ops = {
     .destroy = rc_destroy,
 };
 
-td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k) {
-    if (n_vocab < 1 || top_k < 1 || top_k > RC_MAX_TOP_K) return NULL;
+td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k, td_err *err) {
+    if (n_vocab < 1 || top_k < 1 || top_k > RC_MAX_TOP_K) {
+        td_err_set(err, TD_E_ARG, "recycle drafter: vocabulary %d, top-k %d (1..%d)", n_vocab, top_k, RC_MAX_TOP_K);
+        return NULL;
+    }
     uint64_t cells;
     if (!td_mul_u64((uint64_t)n_vocab, (uint64_t)top_k, &cells) ||
-        cells > RC_MAX_TABLE_BYTES / sizeof(int32_t))
+        cells > RC_MAX_TABLE_BYTES / sizeof(int32_t)) {
+        td_err_set(err, TD_E_ARG, "recycle drafter: a %d x %d table is too large", n_vocab, top_k);
         return NULL;
+    }
     rc_drafter *d = calloc(1, sizeof *d);
     if (!d) goto fail;
     d->base.ops = &rc_ops;
@@ -229,5 +234,6 @@ td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k) {
     return &d->base;
 fail:
     rc_destroy(d ? &d->base : NULL);
+    td_err_set(err, TD_E_NOMEM, "recycle drafter: out of memory");
     return NULL;
 }

@@ -6,6 +6,10 @@
  * sequence only through the token history passed to them and the
  * observations the verifier reports; they keep per-sequence state and must
  * never depend on being in the same process as the target model.
+ *
+ * Threads: a drafter is used by one thread at a time (td_spec_run of one
+ * batch); the model drafters share the target's read-only td_model and may
+ * share its pool. A td_spec_run call owns its ctx, kv and drafters.
  */
 #ifndef TD_SPEC_H
 #define TD_SPEC_H
@@ -71,29 +75,35 @@ typedef struct td_drafter_ops {
 
 struct td_drafter {
     const td_drafter_ops *ops;
+    /* Why the last failing operation failed (a propose that returned a
+     * negative status writes it here); td_spec_run reports it with the
+     * drafter's name. Zero it when creating a drafter (calloc does). */
+    td_err err;
 };
 
-/* ---- model-free drafters (drafters.c and friends) ---- */
+/* ---- model-free drafters (drafters.c and friends) ----
+ * Every constructor returns NULL on failure with the reason in err
+ * (TD_E_ARG for parameters out of range, TD_E_NOMEM). */
 
 /* Prompt lookup / input copy: match the last n tokens (n from max_ngram down
  * to min_ngram) against the history and propose what followed the most
  * recent match. */
-td_drafter *td_spec_lookup_create(int32_t min_ngram, int32_t max_ngram);
+td_drafter *td_spec_lookup_create(int32_t min_ngram, int32_t max_ngram, td_err *err);
 /* The same with a chosen number of branches (1..4; 1 = always a chain, the
  * plain constructor uses 3): older matches whose continuations differ from
  * the newest one's add a few nodes where they diverge, once max_nodes >= 8. */
 td_drafter *td_spec_lookup_tree_create(int32_t min_ngram, int32_t max_ngram,
-                                       int32_t max_branches);
+                                       int32_t max_branches, td_err *err);
 
 /* Adaptive n-gram table (ADED-style): counts of continuations of the last
  * 1..order-1 tokens, built from the history and updated from accepted text;
  * proposes the most frequent chain, backing off to shorter contexts. */
-td_drafter *td_spec_ngram_create(int32_t order, int32_t max_seqs);
+td_drafter *td_spec_ngram_create(int32_t order, int32_t max_seqs, td_err *err);
 
 /* Token Recycling: an adjacency table token -> the target's top-k next
  * tokens from earlier verification steps; proposes a tree (breadth per depth
  * given by the static shape) by walking the table from the last token. */
-td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k);
+td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k, td_err *err);
 
 void td_drafter_destroy(td_drafter *d); /* accepts NULL */
 

@@ -101,7 +101,8 @@ static void order_drafters(const runner *r, int *order) {
         }
 }
 
-static int propose(runner *r, seq_state *s, int32_t seq, int32_t budget) {
+/* A drafter that fails is named by the caller (step) from failed[0]. */
+static int propose(runner *r, seq_state *s, int32_t seq, int32_t budget, td_drafter **failed) {
     s->draft.n = 0;
     if (budget <= 0) return TD_OK;
     int order[MAX_DRAFTERS];
@@ -112,7 +113,11 @@ static int propose(runner *r, seq_state *s, int32_t seq, int32_t budget) {
         tmp.n = 0;
         memset(tmp.conf, 0, sizeof tmp.conf); /* drafters without classes leave 0 */
         int rc = d->ops->propose(d, seq, s->hist, s->n_hist, budget - s->draft.n, &tmp);
-        if (rc < 0) return rc;
+        if (rc < 0) {
+            if (!d->err.msg[0]) td_err_set(&d->err, rc, "%s", td_err_name(rc));
+            *failed = d;
+            return rc;
+        }
         merge_draft(s, &tmp, order[i], budget);
     }
     return TD_OK;
@@ -301,8 +306,10 @@ static int step(runner *r, seq_state *st, int32_t n_reqs, td_err *err) {
         if (b > fit_ctx) b = fit_ctx;
         if (b > fit_rows) b = fit_rows;
         if (b > left) b = left;
-        int rc = propose(r, s, i, b);
-        if (rc < 0) return td_err_set(err, rc, "drafter failed: %s", td_err_name(rc));
+        td_drafter *failed = NULL;
+        int rc = propose(r, s, i, b, &failed);
+        if (rc < 0)
+            return td_err_set(err, rc, "drafter %s failed on request %d: %s", failed->ops->name, i, failed->err.msg);
     }
     if (r->sp->adaptive) {
         int32_t n = 0;
@@ -384,8 +391,13 @@ int td_spec_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, td
         if ((rc = td_sample_validate(&q->gen.sample, err))) goto done;
         size_t cap = q->n_prompt + (size_t)(q->gen.max_tokens > 0 ? q->gen.max_tokens : 0) + TD_DRAFT_MAX + 2;
         s->hist = malloc(cap * sizeof *s->hist);
-        s->smp = td_sampler_create(&q->gen.sample, hp->n_vocab);
-        s->out = td_textout_create(q->gen.stop, q->gen.n_stop, q->emit, q->user);
+        td_err why = {0};
+        s->smp = td_sampler_create(&q->gen.sample, hp->n_vocab, &why);
+        s->out = td_textout_create(q->gen.stop, q->gen.n_stop, q->emit, q->user, &why);
+        if (!s->smp || !s->out) {
+            rc = td_err_set(err, why.code, "request %d: %s", i, why.msg);
+            goto done;
+        }
         s->probs = sp->mode == TD_SPEC_REJECTION ? malloc((size_t)hp->n_vocab * sizeof(float)) : NULL;
         if (!s->hist || !s->smp || !s->out || (sp->mode == TD_SPEC_REJECTION && !s->probs)) {
             rc = td_err_set(err, TD_E_NOMEM, "out of memory");

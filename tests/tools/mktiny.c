@@ -305,7 +305,7 @@ static int parse_args(int argc, char **argv, opts *o) {
 
 int main(int argc, char **argv) {
     opts o;
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = 1;
     if (parse_args(argc, argv, &o) != 0) return usage();
     td_gguf_writer *w = td_gguf_writer_create();

@@ -47,7 +47,7 @@ static void test_textout_results(void **state) {
     (void)state;
     sink k = {0};
     const char *stops[] = {"STOP"};
-    td_textout *o = td_textout_create(stops, 1, sink_emit, &k);
+    td_textout *o = td_textout_create(stops, 1, sink_emit, &k, NULL);
     assert_non_null(o);
     assert_int_equal(td_textout_push(o, "hello ", 6), 0);
     /* a size whose doubling overflows cannot be had: out of memory, and
@@ -61,14 +61,14 @@ static void test_textout_results(void **state) {
 
     /* the callback's stop is its own result, not an error */
     sink c = {.stop_after = 1};
-    o = td_textout_create(NULL, 0, sink_emit, &c);
+    o = td_textout_create(NULL, 0, sink_emit, &c, NULL);
     assert_non_null(o);
     assert_int_equal(td_textout_push(o, "abc", 3), TD_TEXTOUT_STOP_CALLER);
     td_textout_destroy(o);
 
     /* a long push comes out whole, in one piece */
     sink w = {0};
-    o = td_textout_create(NULL, 0, sink_emit, &w);
+    o = td_textout_create(NULL, 0, sink_emit, &w, NULL);
     char big[5000];
     memset(big, 'q', sizeof big);
     assert_int_equal(td_textout_push(o, big, sizeof big), 0);
@@ -122,7 +122,7 @@ static int build_long_tok(int32_t n, td_tok **out) {
     if (!rc) rc |= td_gguf_writer_add_f32_array(w, "tokenizer.ggml.scores", score, (size_t)n);
     void *file = NULL;
     size_t size = 0;
-    td_err err = {{0}};
+    td_err err = {0};
     td_gguf *g = NULL;
     if (!rc) rc = td_gguf_writer_to_memory(w, &file, &size, &err);
     if (!rc) rc = td_gguf_open_memory(file, size, &g, &err);
@@ -146,13 +146,13 @@ static int setup(void **s) {
     char cmd[512];
     snprintf(cmd, sizeof cmd, "%s/td-mktiny %s --type Q8_0 > /dev/null", TD_BINARY_DIR, T.path);
     if (system(cmd) != 0) return -1;
-    td_err err = {{0}};
+    td_err err = {0};
     if (td_gguf_open(T.path, &T.g, &err) || td_model_load(T.g, &T.m, &err) || td_tok_create(T.g, &T.tok, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
     }
     if (build_long_tok(td_tok_vocab_size(T.tok), &T.longtok)) return -1;
-    T.pool = td_pool_create(2);
+    T.pool = td_pool_create(2, NULL);
     return T.pool ? 0 : -1;
 }
 
@@ -185,11 +185,11 @@ static void test_long_pieces_streamed_whole(void **state) {
     int32_t prompt[] = {5, 17, 42, 99, 5, 17};
     size_t n_prompt = sizeof prompt / sizeof *prompt;
     td_gen_params gp = {.sample = td_sample_defaults(), .max_tokens = N, .ignore_eos = true};
-    td_kv *kv = td_kv_create(T.m, 1, 128);
-    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool);
+    td_kv *kv = td_kv_create(T.m, 1, 128, NULL);
+    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool, NULL);
     assert_non_null(kv);
     assert_non_null(ctx);
-    td_err err = {{0}};
+    td_err err = {0};
     int32_t ids[N];
     td_gen_stats st;
     sink k = {0};
@@ -205,7 +205,7 @@ static void test_long_pieces_streamed_whole(void **state) {
 
     /* the speculative loop streams the same bytes */
     td_kv_truncate(kv, 0, 0);
-    td_drafter *d = td_spec_lookup_create(1, 4);
+    td_drafter *d = td_spec_lookup_create(1, 4, NULL);
     assert_non_null(d);
     sink ks = {0};
     int32_t got[N];

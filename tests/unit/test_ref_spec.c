@@ -61,7 +61,7 @@ static int setup(void **s) {
         return 0;
     }
     if (td_model_load(R.g, &R.m, &err) || td_tok_create(R.g, &R.tok, &err)) return -1;
-    R.pool = td_pool_create(td_cpu_count());
+    R.pool = td_pool_create(td_cpu_count(), NULL);
     snprintf(path, sizeof path, "%s/tests/fixtures/spec_subset.jsonl", TD_SOURCE_DIR);
     FILE *f = fopen(path, "r");
     if (!f) return -1;
@@ -105,8 +105,8 @@ static int teardown(void **s) {
 }
 
 static void plain_all(const td_sample_params *sp, int32_t *out) {
-    td_kv *kv = td_kv_create(R.m, 1, MAX_LEN);
-    td_ctx *ctx = td_ctx_create(R.m, 512, R.pool);
+    td_kv *kv = td_kv_create(R.m, 1, MAX_LEN, NULL);
+    td_ctx *ctx = td_ctx_create(R.m, 512, R.pool, NULL);
     for (int i = 0; i < N_Q; i++) {
         td_gen_params gp = {.sample = *sp, .max_tokens = N_GEN, .ignore_eos = true};
         td_gen_stats st;
@@ -137,10 +137,10 @@ static draft_counts check_some(const td_sample_params *sp, const int32_t *want, 
     spp.adaptive = adaptive;
     td_drafter *d[3];
     int nd = 0;
-    td_err err = {{0}};
-    if (kind == D_LOOKUP || kind == D_ALL) d[nd++] = td_spec_lookup_create(1, 4);
-    if (kind == D_RECYCLE || kind == D_ALL) d[nd++] = td_spec_recycle_create(td_model_hparams(R.m)->n_vocab, 8);
-    if (kind == D_NGRAM || kind == D_ALL) d[nd++] = td_spec_ngram_create(4, BATCH);
+    td_err err = {0};
+    if (kind == D_LOOKUP || kind == D_ALL) d[nd++] = td_spec_lookup_create(1, 4, NULL);
+    if (kind == D_RECYCLE || kind == D_ALL) d[nd++] = td_spec_recycle_create(td_model_hparams(R.m)->n_vocab, 8, NULL);
+    if (kind == D_NGRAM || kind == D_ALL) d[nd++] = td_spec_ngram_create(4, BATCH, NULL);
     if (kind == D_LAYERSKIP) d[nd++] = td_spec_layerskip_create(R.m, R.pool, sp, BATCH, MAX_LEN, NULL, &err);
     if (kind == D_LAYERSKIP_FIXED) {
         uint8_t skip[256] = {0};
@@ -149,8 +149,8 @@ static draft_counts check_some(const td_sample_params *sp, const int32_t *want, 
         d[nd++] = td_spec_layerskip_create(R.m, R.pool, sp, BATCH, MAX_LEN, skip, &err);
     }
     for (int i = 0; i < nd; i++) assert_non_null(d[i]);
-    td_kv *kv = td_kv_create(R.m, BATCH, MAX_LEN);
-    td_ctx *ctx = td_ctx_create(R.m, 512, R.pool);
+    td_kv *kv = td_kv_create(R.m, BATCH, MAX_LEN, NULL);
+    td_ctx *ctx = td_ctx_create(R.m, 512, R.pool, NULL);
     int32_t got[BATCH * N_GEN];
     int64_t steps = 0, tokens = 0;
     draft_counts dc = {0, 0};
@@ -224,7 +224,7 @@ static void lookup_copies(void **s) {
         "Repeat the following text exactly, word for word:\n\nThe lighthouse keeper climbed the narrow "
         "stairs every evening at dusk, carrying a small lantern and a notebook in which he wrote down "
         "the colour of the sea.";
-    td_err err = {{0}};
+    td_err err = {0};
     td_chat_msg msg = {"user", text};
     char *formatted;
     int32_t *prompt;
@@ -236,14 +236,14 @@ static void lookup_copies(void **s) {
     td_sample_params sp = td_sample_defaults();
     td_gen_params gp = {.sample = sp, .max_tokens = N, .ignore_eos = true};
     int32_t want[N], got[N];
-    td_kv *kv = td_kv_create(R.m, 1, MAX_LEN);
-    td_ctx *ctx = td_ctx_create(R.m, 512, R.pool);
+    td_kv *kv = td_kv_create(R.m, 1, MAX_LEN, NULL);
+    td_ctx *ctx = td_ctx_create(R.m, 512, R.pool, NULL);
     assert_non_null(kv);
     assert_non_null(ctx);
     td_gen_stats st;
     assert_int_equal(td_gen_run(R.m, R.tok, ctx, kv, 0, prompt, n_prompt, &gp, NULL, NULL, want, &st, &err), TD_OK);
     td_kv_truncate(kv, 0, 0);
-    td_drafter *d = td_spec_lookup_create(1, 4);
+    td_drafter *d = td_spec_lookup_create(1, 4, NULL);
     assert_non_null(d);
     td_spec_params spp = td_spec_defaults();
     spp.adaptive = false;

@@ -54,7 +54,7 @@ static void pool_fn(void *ctx, int ith, int nth) {
 static void pool_runs_claimed_work_once(void **state) {
     (void)state;
     for (int n = 1; n <= 4; n++) {
-        td_pool *p = td_pool_create(n);
+        td_pool *p = td_pool_create(n, NULL);
         assert_non_null(p);
         assert_int_equal(td_pool_size(p), n);
         for (int rep = 0; rep < 2000; rep++) {
@@ -68,7 +68,7 @@ static void pool_runs_claimed_work_once(void **state) {
         }
         td_pool_destroy(p);
     }
-    assert_null(td_pool_create(0));
+    assert_null(td_pool_create(0, NULL));
 }
 
 static void claim_chunks_cover_range(void **state) {
