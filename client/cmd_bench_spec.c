@@ -270,7 +270,10 @@ int td_cmd_bench_spec(int argc, char **argv) {
     td_ctx_set_numerics(b->ctx, numerics);
     td_sample_params greedy = td_sample_defaults();
     for (; opened < b->n_configs; opened++)
-        if (td_cli_drafters_open(&b->ds[opened], b->configs[opened], &b->e, &greedy, 1, b->max_len)) goto out;
+        /* one user's questions: recycle's table is shared across them, as
+         * the warm-up (a server's earlier traffic) means it to be */
+        if (td_cli_drafters_open(&b->ds[opened], b->configs[opened], &b->e, &greedy, 1, b->max_len, TD_DRAFTER_SHARED))
+            goto out;
 
     char cost[32] = "learned";
     if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);

@@ -199,7 +199,7 @@ int td_cmd_generate(int argc, char **argv) {
                 td_quant_kernel_name());
     } else {
         td_drafter_set ds;
-        if (td_cli_drafters_open(&ds, draft, &e, &gp.sample, 1, (int32_t)ctx_len)) goto out;
+        if (td_cli_drafters_open(&ds, draft, &e, &gp.sample, 1, (int32_t)ctx_len, TD_DRAFTER_PER_REQUEST)) goto out;
         td_spec_request rq = {.prompt = ids, .n_prompt = n_ids, .gen = gp, .emit = write_stdout};
         int rc = td_spec_run(e.model, e.tok, ctx, kv, &rq, 1, ds.d, ds.n, &spp, &err);
         td_cli_drafters_close(&ds);

@@ -28,7 +28,7 @@ static int open_one(td_drafter_set *s, const char *name, size_t len, const td_en
     if (IS("none")) return 0;
     if (IS("lookup")) return add(s, td_spec_lookup_create(1, 4, &err), "lookup", &err);
     if (IS("ngram")) return add(s, td_spec_ngram_create(4, max_seqs, &err), "ngram", &err);
-    if (IS("recycle")) return add(s, td_spec_recycle_create(hp->n_vocab, 8, &err), "recycle", &err);
+    if (IS("recycle")) return add(s, td_spec_recycle_create_scoped(hp->n_vocab, 8, s->scope, &err), "recycle", &err);
     if (IS("auto")) {
         return open_one(s, "lookup", 6, t, sp, max_seqs, max_len) ||
                open_one(s, "recycle", 7, t, sp, max_seqs, max_len) ||
@@ -84,8 +84,9 @@ bad:
 }
 
 int td_cli_drafters_open(td_drafter_set *s, const char *spec, const td_engine *target,
-                         const td_sample_params *sp, int32_t max_seqs, int32_t max_len) {
+                         const td_sample_params *sp, int32_t max_seqs, int32_t max_len, td_drafter_scope scope) {
     memset(s, 0, sizeof *s);
+    s->scope = scope;
     for (const char *p = spec; *p;) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);

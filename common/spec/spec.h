@@ -100,10 +100,30 @@ td_drafter *td_spec_lookup_tree_create(int32_t min_ngram, int32_t max_ngram,
  * proposes the most frequent chain, backing off to shorter contexts. */
 td_drafter *td_spec_ngram_create(int32_t order, int32_t max_seqs, td_err *err);
 
+/* What a drafter's learnt state may cross. A drafter that learns from the
+ * texts it sees (Token Recycling's table, keyed partly on 2-3-token
+ * contexts) lets one request's text shape another's drafts, and their
+ * timing, when its state outlives the request. The caller chooses:
+ *   PER_REQUEST (the default, and what a service hosting many users must
+ *     use): state is per sequence and forgotten when a request starts
+ *     (reset), so nothing crosses requests;
+ *   PER_TENANT: state kept across requests and sequences; the caller holds
+ *     one drafter per tenant, so it crosses only that tenant's requests;
+ *   SHARED: one drafter for every request (a single user, benchmarks).
+ * lookup, ngram and the model drafters keep only per-sequence state rebuilt
+ * from each request's own history: per request by construction. */
+typedef enum td_drafter_scope {
+    TD_DRAFTER_PER_REQUEST = 0,
+    TD_DRAFTER_PER_TENANT = 1,
+    TD_DRAFTER_SHARED = 2,
+} td_drafter_scope;
+
 /* Token Recycling: an adjacency table token -> the target's top-k next
  * tokens from earlier verification steps; proposes a tree (breadth per depth
- * given by the static shape) by walking the table from the last token. */
+ * given by the static shape) by walking the table from the last token.
+ * td_spec_recycle_create is per request scope. */
 td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k, td_err *err);
+td_drafter *td_spec_recycle_create_scoped(int32_t n_vocab, int32_t top_k, td_drafter_scope scope, td_err *err);
 
 void td_drafter_destroy(td_drafter *d); /* accepts NULL */
 

@@ -375,7 +375,7 @@ static void recycle_fill(td_drafter *d, int32_t n_vocab, int32_t k) {
 
 static void recycle_tree_shape(void **state) {
     (void)state;
-    td_drafter *d = td_spec_recycle_create(100, 8, NULL);
+    td_drafter *d = td_spec_recycle_create_scoped(100, 8, TD_DRAFTER_SHARED, NULL);
     assert_non_null(d);
     td_draft out;
     const int32_t h[] = {3, 0};
@@ -415,7 +415,7 @@ static void recycle_tree_shape(void **state) {
     for (int32_t i = 0; i < out.n; i++) roots += out.parent[i] == -1;
     assert_int_equal(roots, 1);
     assert_int_equal(out.token[0], 5);
-    /* The table is about the model: reset keeps it, other sequences share it. */
+    /* Shared scope: reset keeps the table, other sequences share it. */
     d->ops->reset(d, 0);
     td_draft other;
     assert_int_equal(propose(d, 9, h, 2, 16, &other), TD_OK);
@@ -462,6 +462,43 @@ static void recycle_observe_checks(void **state) {
     assert_int_equal(propose(d, 0, h, 1, 8, &out), TD_OK);
     assert_chain(&out, (const int32_t[]){9}, 1);
     td_drafter_destroy(d);
+}
+
+/* Per request scope (the default): what one request's verifications taught
+ * never reaches another request, in the same batch (another sequence) or
+ * after it (reset at the next request's start); per tenant keeps it. Before
+ * scopes, every request read one shared table. */
+static void recycle_scopes(void **state) {
+    (void)state;
+    const int32_t top[] = {7, 8, 9};
+    td_observation o[] = {{2, top, 3, {1, 5}}};
+    const int32_t h[] = {5, 1, 2};
+    td_draft out;
+    td_drafter *req = td_spec_recycle_create(20, 3, NULL); /* default scope */
+    td_drafter *ten = td_spec_recycle_create_scoped(20, 3, TD_DRAFTER_PER_TENANT, NULL);
+    assert_non_null(req);
+    assert_non_null(ten);
+    td_drafter *ds[2] = {req, ten};
+    for (int k = 0; k < 2; k++) {
+        td_drafter *d = ds[k];
+        d->ops->reset(d, 0);
+        d->ops->reset(d, 1);
+        d->ops->observe(d, 0, o, 1); /* request on sequence 0 learns */
+        assert_int_equal(propose(d, 0, h, 3, 1, &out), TD_OK);
+        assert_chain(&out, (const int32_t[]){7}, 1); /* it uses what it learnt */
+        /* another request of the same batch */
+        assert_int_equal(propose(d, 1, h, 3, 4, &out), TD_OK);
+        assert_int_equal(out.n, k == 0 ? 0 : 3);
+        /* the next request on sequence 0 */
+        d->ops->reset(d, 0);
+        assert_int_equal(propose(d, 0, h, 3, 4, &out), TD_OK);
+        assert_int_equal(out.n, k == 0 ? 0 : 3);
+    }
+    td_err e = {0};
+    assert_null(td_spec_recycle_create_scoped(20, 3, (td_drafter_scope)7, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    td_drafter_destroy(req);
+    td_drafter_destroy(ten);
 }
 
 /* The longer contexts: after (1, 2) and after (5, 2) the target said
@@ -702,6 +739,7 @@ int main(void) {
         cmocka_unit_test(recycle_tree_shape),
         cmocka_unit_test(recycle_observe_checks),
         cmocka_unit_test(recycle_longer_contexts),
+        cmocka_unit_test(recycle_scopes),
         cmocka_unit_test(accept_path_cases),
         cmocka_unit_test(depths_cases),
         cmocka_unit_test(context_cases),
