@@ -2,7 +2,8 @@
  * draft lengths 1..8, adaptive and fixed, greedy and seeded sampling, single
  * and batched requests all give exactly plain decoding's tokens; the opt-in
  * rejection mode keeps the sampling distribution (two-sample chi-square) and
- * the same test fails when its correction step is removed.
+ * the same test fails when its correction step is removed. Every drafter
+ * must also really draft (a drafter that stops proposing passes identity).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -138,6 +139,14 @@ static void check_identical(const td_sample_params *sp) {
             if (memcmp(got, want, sizeof want) != 0)
                 fprintf(stderr, "# %s k=%d: tokens differ from plain decoding\n", drafters[d].name, spp.draft_max);
             assert_memory_equal(got, want, sizeof want);
+            fprintf(stderr, "# %s k=%d%s: %lld of %lld drafted accepted\n", drafters[d].name, spp.draft_max,
+                    spp.adaptive ? " adaptive" : "", (long long)st.n_accepted, (long long)st.n_drafted);
+            /* identity alone passes a drafter that stopped proposing: each
+             * must draft here (the automatic layer-skip may find that no
+             * skip set pays on this model, by design), and the target as
+             * its own draft model must have every draft accepted */
+            if (strcmp(drafters[d].name, "layerskip-auto") != 0) assert_true(st.n_drafted > 0);
+            if (strcmp(drafters[d].name, "model") == 0) assert_true(st.n_accepted == st.n_drafted);
             td_drafter_destroy(dr);
         }
     }
