@@ -163,3 +163,41 @@ char *td_cli_read_file(const char *cmd, const char *path, size_t *len) {
     if (len) *len = n;
     return buf;
 }
+
+/* Length of the well-formed UTF-8 sequence at s[0..n) (shortest form, no
+ * surrogates, at most U+10FFFF), or 0 when it is not one. */
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (len == 0 || len > n) return 0;
+    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+    for (size_t k = 1; k < len; k++) {
+        if ((s[k] & 0xC0) != 0x80) return 0;
+        cp = cp << 6 | (s[k] & 0x3F);
+    }
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return len;
+}
+
+/* A crafted model file could put terminal escape sequences or fake lines in
+ * any string: see td_cli_print_escaped in cli.h. */
+size_t td_cli_print_escaped(FILE *f, const char *text, size_t n, size_t max) {
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0;
+    while (i < n) {
+        size_t len = utf8_seq(s + i, n - i);
+        if (i + (len ? len : 1) > max) break;
+        unsigned c = s[i];
+        if (len == 0) fprintf(f, "\\x%02X", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20 || c == 0x7F) fprintf(f, "\\x%02X", c);
+        else if (len == 2 && c == 0xC2 && s[i + 1] < 0xA0) fprintf(f, "\\u%04X", s[i + 1]); /* C1 control */
+        else fwrite(s + i, 1, len, f);
+        i += len ? len : 1;
+    }
+    return i;
+}

@@ -55,6 +55,14 @@ bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);
     "                        invariant, hence no --draft). fast and reference are batch\n" \
     "                        invariant: a row's logits never depend on its batch\n"
 
+/* Prints text that came from a model file (metadata strings, tensor names,
+ * token pieces), where a crafted file could put terminal escape sequences or
+ * fake lines: C0 and C1 controls, DEL, quotes, backslashes and bytes that are
+ * not well-formed UTF-8 come out as escapes (\n, \x1B, \u009B, ...), other
+ * characters as they are. At most max source bytes, whole characters only;
+ * returns the bytes consumed. */
+size_t td_cli_print_escaped(FILE *f, const char *text, size_t n, size_t max);
+
 /* Reads a whole file into a NUL-terminated malloc'd buffer. */
 char *td_cli_read_file(const char *cmd, const char *path, size_t *len);
 

@@ -142,6 +142,9 @@ else
   check "info --all: no raw escape byte" bash -c "! grep -q \$'\\e' '$tmp/out'"
   check "info --all: control characters escaped" grep -qF 'general.name = "evil\x1B[31mRED\nfake: line\xFF\u009B"' "$tmp/out"
   check "info --all: no fake line" bash -c "! grep -q '^fake' '$tmp/out'"
+  check "tokenize --pieces of an escape sequence" exit_is 0 "$TANDEM" tokenize --model "$tmp/evil.gguf" --pieces $'a\e[31mb'
+  check "tokenize --pieces: no raw escape byte" bash -c "! grep -q \$'\\e' '$tmp/out'"
+  check "tokenize --pieces: the escape byte escaped" grep -qF '\x1B' "$tmp/out"
   "$TD_MKTINY" "$tmp/ctx0.gguf" --ctx 0 >/dev/null
   check "context_length 0 refused" exit_is 1 "$TANDEM" generate --model "$tmp/ctx0.gguf" --prompt hi
   check "context_length 0: not blamed on --ctx" bash -c "! grep -q -- 'does not fit --ctx' '$tmp/err'"
