@@ -26,7 +26,7 @@ static void usage(FILE *f) {
           "  --min-p P             drop tokens below P x the top probability (default 0 = off)\n"
           "  --repeat-penalty R    penalise tokens of the last --repeat-last-n (default 1 = off)\n"
           "  --repeat-last-n N     penalty window (default 64)\n"
-          "  --seed S              sampling seed (default 0); same seed, same output\n"
+          "  --seed S              sampling seed, 0 to 2^64-1 (default 0); same seed, same output\n"
           "  --stop TEXT           stop before this text (repeatable, up to 16)\n"
           "  --ignore-eos          keep generating past end-of-turn tokens\n"
           "  --ctx N               context length in tokens (default min(model, 4096))\n"
