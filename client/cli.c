@@ -22,11 +22,15 @@ const char *td_cli_default_model(char *buf, size_t cap) {
 
 int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
     memset(e, 0, sizeof *e);
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = td_gguf_open(path, &e->gguf, &err);
     if (rc) {
         fprintf(stderr, "tandem: %s: %s\n", path, err.msg);
-        if (rc == TD_E_IO) fprintf(stderr, "tandem: run scripts/setup.sh to fetch the default model, or pass --model PATH\n");
+        /* the hint only helps when the default was used: a user who named
+         * a file needs no advice to name one */
+        char def[1024];
+        if (rc == TD_E_IO && !strcmp(path, td_cli_default_model(def, sizeof def)))
+            fprintf(stderr, "tandem: run scripts/setup.sh to fetch the default model, or pass --model PATH\n");
         return 1;
     }
     if ((rc = td_model_load(e->gguf, &e->model, &err))) {
@@ -43,9 +47,9 @@ int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
         goto fail;
     }
     e->n_threads = n_threads > 0 ? n_threads : td_cpu_count();
-    e->pool = td_pool_create(e->n_threads);
+    e->pool = td_pool_create(e->n_threads, &err);
     if (!e->pool) {
-        fprintf(stderr, "tandem: cannot start %d threads\n", e->n_threads);
+        fprintf(stderr, "tandem: cannot start %d threads: %s\n", e->n_threads, err.msg);
         goto fail;
     }
     return 0;
@@ -71,6 +75,21 @@ bool td_cli_int(const char *cmd, const char *opt, const char *val, long lo, long
         return false;
     }
     *out = v;
+    return true;
+}
+
+bool td_cli_u64(const char *cmd, const char *opt, const char *val, uint64_t *out) {
+    char *end;
+    errno = 0;
+    /* strtoull accepts "-1" (and wraps it) and leading blanks: only digits */
+    bool digits = val[0] >= '0' && val[0] <= '9';
+    unsigned long long v = strtoull(val, &end, 10);
+    if (!digits || errno || *end) {
+        fprintf(stderr, "tandem %s: %s expects an integer in [0, %llu], got '%s'\n", cmd, opt,
+                (unsigned long long)UINT64_MAX, val);
+        return false;
+    }
+    *out = (uint64_t)v;
     return true;
 }
 
@@ -146,7 +165,7 @@ char *td_cli_read_file(const char *cmd, const char *path, size_t *len) {
 }
 
 bool td_cli_device(const char *cmd, const char *val, td_device *out) {
-    td_err err = {{0}};
+    td_err err = {0};
     if (td_device_parse(val, out, &err) == TD_OK) return true;
     fprintf(stderr, "tandem %s: --device: %s\n", cmd, err.msg);
     return false;
@@ -165,7 +184,7 @@ bool td_cli_device_numerics(const char *cmd, td_device dev, bool numerics_given,
 
 td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_pool *pool, td_device dev,
                    td_numerics numerics) {
-    td_err err = {{0}};
+    td_err err = {0};
     td_ctx *ctx = td_ctx_create_on(e->model, max_rows, pool, dev, &err);
     if (!ctx) {
         char name[32];
@@ -175,4 +194,42 @@ td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_poo
     }
     td_ctx_set_numerics(ctx, numerics);
     return ctx;
+}
+
+/* Length of the well-formed UTF-8 sequence at s[0..n) (shortest form, no
+ * surrogates, at most U+10FFFF), or 0 when it is not one. */
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (len == 0 || len > n) return 0;
+    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+    for (size_t k = 1; k < len; k++) {
+        if ((s[k] & 0xC0) != 0x80) return 0;
+        cp = cp << 6 | (s[k] & 0x3F);
+    }
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return len;
+}
+
+/* A crafted model file could put terminal escape sequences or fake lines in
+ * any string: see td_cli_print_escaped in cli.h. */
+size_t td_cli_print_escaped(FILE *f, const char *text, size_t n, size_t max) {
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0;
+    while (i < n) {
+        size_t len = utf8_seq(s + i, n - i);
+        if (i + (len ? len : 1) > max) break;
+        unsigned c = s[i];
+        if (len == 0) fprintf(f, "\\x%02X", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20 || c == 0x7F) fprintf(f, "\\x%02X", c);
+        else if (len == 2 && c == 0xC2 && s[i + 1] < 0xA0) fprintf(f, "\\u%04X", s[i + 1]); /* C1 control */
+        else fwrite(s + i, 1, len, f);
+        i += len ? len : 1;
+    }
+    return i;
 }

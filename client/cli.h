@@ -33,6 +33,8 @@ void td_cli_engine_close(td_engine *e);
 /* Argument parsing: every parser prints "tandem CMD: ..." and returns false
  * on bad input. */
 bool td_cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out);
+/* A non-negative integer up to 2^64-1 (seeds): digits only, no wrap-around. */
+bool td_cli_u64(const char *cmd, const char *opt, const char *val, uint64_t *out);
 bool td_cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, double *out);
 /* Returns the value of an option taking one argument, advancing *i. */
 const char *td_cli_value(const char *cmd, int argc, char **argv, int *i);
@@ -65,6 +67,13 @@ td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_poo
     "  --device DEV          cpu (default) or cuda[:N]: run the model on a CUDA GPU (a build\n" \
     "                        with -DTANDEM_CUDA=ON; Q4_0/Q4_1/Q8_0 weights). The GPU computes\n" \
     "                        the reference order, so its logits equal --numerics reference's\n"
+/* Prints text that came from a model file (metadata strings, tensor names,
+ * token pieces), where a crafted file could put terminal escape sequences or
+ * fake lines: C0 and C1 controls, DEL, quotes, backslashes and bytes that are
+ * not well-formed UTF-8 come out as escapes (\n, \x1B, \u009B, ...), other
+ * characters as they are. At most max source bytes, whole characters only;
+ * returns the bytes consumed. */
+size_t td_cli_print_escaped(FILE *f, const char *text, size_t n, size_t max);
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer. */
 char *td_cli_read_file(const char *cmd, const char *path, size_t *len);

@@ -73,22 +73,26 @@ typedef struct bench_opts {
 static const int verify_rows[6] = {1, 2, 4, 8, 16, 32};
 
 static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
-    td_err err = {{0}};
-    td_pool *pool = td_pool_create(threads);
+    td_err err = {0};
+    td_pool *pool = td_pool_create(threads, &err);
     const td_hparams *hp = td_model_hparams(e->model);
     int32_t ctx_len = o->n_prefill + o->n_prompt + o->n_decode + 64;
-    td_kv *kv = td_kv_create(e->model, 1, ctx_len);
+    td_kv *kv = pool ? td_kv_create(e->model, 1, ctx_len, &err) : NULL;
     bool gpu = o->device.kind == TD_DEVICE_CUDA;
     int n_ks = gpu ? 6 : 5;
-    td_ctx *ctx = pool ? td_cli_ctx("bench", e, o->n_prefill > 32 ? o->n_prefill : 32, pool, o->device, o->numerics) : NULL;
+    td_ctx *ctx = kv ? td_cli_ctx("bench", e, o->n_prefill > 32 ? o->n_prefill : 32, pool, o->device, o->numerics) : NULL;
     float *logits = malloc((size_t)32 * hp->n_vocab * sizeof(float));
     int rc = 1;
     double *dec = calloc((size_t)o->repeats, sizeof(double)), *pre = calloc((size_t)o->repeats, sizeof(double));
     double *ver[6];
     bool ver_ok = true;
     for (int k = 0; k < 6; k++) ver_ok &= (ver[k] = calloc((size_t)o->repeats * 4, sizeof(double))) != NULL;
-    if (!ctx) goto out;
-    if (!pool || !kv || !logits || !dec || !pre || !ver_ok) {
+    if (!pool || !kv) {
+        fprintf(stderr, "tandem bench: %s\n", pool ? err.msg : "cannot start the threads");
+        goto out;
+    }
+    if (!ctx) goto out; /* td_cli_ctx said why */
+    if (!logits || !dec || !pre || !ver_ok) {
         fprintf(stderr, "tandem bench: out of memory\n");
         goto out;
     }
@@ -209,7 +213,7 @@ static int bench_engine(int argc, char **argv) {
     int status = 1;
     int32_t *ids = NULL;
     size_t n = 0;
-    td_err err = {{0}};
+    td_err err = {0};
     if (td_tok_encode(e.tok, text, len, td_tok_add_bos(e.tok), false, &ids, &n, &err)) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto out;

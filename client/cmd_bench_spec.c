@@ -66,7 +66,7 @@ static void add_turn(tally *t, int c, double sec, const td_spec_request *rq, boo
 /* One turn: plain, then every configuration; returns the plain answer's
  * tokens (malloc'd) for the conversation, or NULL on error. */
 static int32_t *run_turn(bench *b, tally *g, const int32_t *ids, size_t n, int32_t *n_out, int *mismatches) {
-    td_err err = {{0}};
+    td_err err = {0};
     td_gen_params gp = {.sample = td_sample_defaults(), .max_tokens = b->max_tokens};
     int32_t *plain = malloc((size_t)b->max_tokens * sizeof *plain);
     int32_t *spec = malloc((size_t)b->max_tokens * sizeof *spec);
@@ -115,7 +115,7 @@ static int32_t *run_turn(bench *b, tally *g, const int32_t *ids, size_t n, int32
  * measured questions the way a server's would, after other traffic. Returns
  * the answer (malloc'd) or NULL on error. */
 static int32_t *warm_turn(bench *b, const int32_t *ids, size_t n, int32_t *n_out) {
-    td_err err = {{0}};
+    td_err err = {0};
     td_gen_params gp = {.sample = td_sample_defaults(), .max_tokens = b->max_tokens};
     int32_t *out = malloc((size_t)b->max_tokens * sizeof *out);
     if (!out) return NULL;
@@ -158,7 +158,7 @@ static int answer_question(bench *b, const char *path, const char *line, int lin
         char *formatted = NULL;
         int32_t *ids = NULL, n_ans = 0;
         size_t n_ids = 0;
-        td_err err = {{0}};
+        td_err err = {0};
         if (td_tok_chat_format(b->e.tok, msgs, (size_t)n_msgs, true, &formatted, &err) ||
             td_tok_encode(b->e.tok, formatted, strlen(formatted), false, true, &ids, &n_ids, &err)) {
             fprintf(stderr, "tandem bench spec: question line %d: %s\n", line_no + 1, err.msg);
@@ -266,12 +266,18 @@ int td_cmd_bench_spec(int argc, char **argv) {
     for (char *p = text; *p; p++) n_lines += *p == '\n';
     if (td_cli_engine_open(&b->e, model, (int)threads)) { free(text); free(b); return 1; }
     int opened = 0;
-    b->kv = td_kv_create(b->e.model, 1, b->max_len);
-    if (!b->kv) { fprintf(stderr, "tandem bench spec: out of memory\n"); goto out; }
+    td_err err = {0};
+    if (!(b->kv = td_kv_create(b->e.model, 1, b->max_len, &err))) {
+        fprintf(stderr, "tandem bench spec: %s\n", err.msg);
+        goto out;
+    }
     if (!(b->ctx = td_cli_ctx(cmd, &b->e, 512, b->e.pool, device, numerics))) goto out;
     td_sample_params greedy = td_sample_defaults();
     for (; opened < b->n_configs; opened++)
-        if (td_cli_drafters_open(&b->ds[opened], b->configs[opened], &b->e, &greedy, 1, b->max_len)) goto out;
+        /* one user's questions: recycle's table is shared across them, as
+         * the warm-up (a server's earlier traffic) means it to be */
+        if (td_cli_drafters_open(&b->ds[opened], b->configs[opened], &b->e, &greedy, 1, b->max_len, TD_DRAFTER_SHARED))
+            goto out;
 
     char cost[32] = "learned";
     if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);

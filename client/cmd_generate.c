@@ -26,7 +26,7 @@ static void usage(FILE *f) {
           "  --min-p P             drop tokens below P x the top probability (default 0 = off)\n"
           "  --repeat-penalty R    penalise tokens of the last --repeat-last-n (default 1 = off)\n"
           "  --repeat-last-n N     penalty window (default 64)\n"
-          "  --seed S              sampling seed (default 0); same seed, same output\n"
+          "  --seed S              sampling seed, 0 to 2^64-1 (default 0); same seed, same output\n"
           "  --stop TEXT           stop before this text (repeatable, up to 16)\n"
           "  --ignore-eos          keep generating past end-of-turn tokens\n"
           "  --ctx N               context length in tokens (default min(model, 4096))\n"
@@ -98,9 +98,14 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--min-p")) { VAL(); if (!td_cli_float(cmd, a, v, 0, 1, &d)) return 2; gp.sample.min_p = (float)d; }
         else if (!strcmp(a, "--repeat-penalty")) { VAL(); if (!td_cli_float(cmd, a, v, 1e-3, 100, &d)) return 2; gp.sample.repeat_penalty = (float)d; }
         else if (!strcmp(a, "--repeat-last-n")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 20, &l)) return 2; gp.sample.repeat_last_n = (int32_t)l; }
-        else if (!strcmp(a, "--seed")) { VAL(); char *end; gp.sample.seed = strtoull(v, &end, 10); if (*end || end == v) { fprintf(stderr, "tandem generate: --seed expects a non-negative integer\n"); return 2; } }
+        else if (!strcmp(a, "--seed")) { VAL(); if (!td_cli_u64(cmd, a, v, &gp.sample.seed)) return 2; }
         else if (!strcmp(a, "--stop")) { VAL(); if (n_stop == MAX_STOPS || !*v) { fprintf(stderr, "tandem generate: --stop: at most %d non-empty strings\n", MAX_STOPS); return 2; } stops[n_stop++] = v; }
-        else if (!strcmp(a, "--draft")) { VAL(); draft = v; }
+        else if (!strcmp(a, "--draft")) {
+            VAL();
+            /* "" would run the speculative path with no drafter at all */
+            if (!*v) { fprintf(stderr, "tandem generate: --draft needs a drafter name (none, lookup, ngram, recycle, layerskip[:A-B], model:PATH, auto)\n"); return 2; }
+            draft = v;
+        }
         else if (!strcmp(a, "--draft-max")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_max = (int32_t)l; }
         else if (!strcmp(a, "--draft-min")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_min = (int32_t)l; }
         else if (!strcmp(a, "--draft-fixed")) spp.adaptive = false;
@@ -122,7 +127,18 @@ int td_cmd_generate(int argc, char **argv) {
     if (!td_cli_device_numerics(cmd, device, numerics_given, &numerics)) return 2;
     if (strcmp(draft, "none") != 0 && !td_cli_numerics_allow_speculation(cmd, numerics)) return 2;
     char *file_text = NULL;
-    if (prompt_file && !(prompt = file_text = td_cli_read_file(cmd, prompt_file, NULL))) return 1;
+    size_t prompt_len = prompt ? strlen(prompt) : 0;
+    if (prompt_file) {
+        if (!(prompt = file_text = td_cli_read_file(cmd, prompt_file, &prompt_len))) return 1;
+        /* the prompt is a C string from here on: a NUL would silently cut it */
+        const char *nul = memchr(file_text, 0, prompt_len);
+        if (nul) {
+            fprintf(stderr, "tandem generate: %s: NUL byte at byte offset %zu (prompts are UTF-8 text)\n",
+                    prompt_file, (size_t)(nul - file_text));
+            free(file_text);
+            return 1;
+        }
+    }
 
     td_engine e;
     if (td_cli_engine_open(&e, model, (int)threads)) { free(file_text); return 1; }
@@ -131,7 +147,7 @@ int td_cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL;
     td_kv *kv = NULL;
     td_ctx *ctx = NULL;
-    td_err err = {{0}};
+    td_err err = {0};
     const td_hparams *hp = td_model_hparams(e.model);
 
     const char *text = prompt;
@@ -147,7 +163,7 @@ int td_cmd_generate(int argc, char **argv) {
         text = formatted;
     }
     size_t n_ids = 0;
-    if (td_tok_encode(e.tok, text, strlen(text), td_tok_add_bos(e.tok), parse_special, &ids, &n_ids, &err)) {
+    if (td_tok_encode(e.tok, text, chat ? strlen(text) : prompt_len, td_tok_add_bos(e.tok), parse_special, &ids, &n_ids, &err)) {
         fprintf(stderr, "tandem generate: prompt: %s\n", err.msg);
         goto out;
     }
@@ -155,18 +171,22 @@ int td_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tandem generate: the prompt encodes to no tokens\n");
         goto out;
     }
-    if (ctx_len == 0) ctx_len = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+    bool ctx_given = ctx_len != 0;
+    if (!ctx_given) ctx_len = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
     if ((long)n_ids + 1 > ctx_len) {
-        fprintf(stderr, "tandem generate: prompt of %zu tokens does not fit --ctx %ld\n", n_ids, ctx_len);
+        if (ctx_given)
+            fprintf(stderr, "tandem generate: prompt of %zu tokens does not fit --ctx %ld\n", n_ids, ctx_len);
+        else
+            fprintf(stderr, "tandem generate: prompt of %zu tokens does not fit the default context of %ld tokens "
+                    "(the model's context_length is %d; pass --ctx N)\n", n_ids, ctx_len, hp->n_ctx_train);
         goto out;
     }
     gp.max_tokens = (int32_t)max_tokens;
     gp.stop = stops;
     gp.n_stop = n_stop;
     bool speculate = strcmp(draft, "none") != 0;
-    kv = td_kv_create(e.model, 2, (int32_t)ctx_len);
-    if (!kv) {
-        fprintf(stderr, "tandem generate: out of memory\n");
+    if (!(kv = td_kv_create(e.model, 2, (int32_t)ctx_len, &err))) {
+        fprintf(stderr, "tandem generate: %s\n", err.msg);
         goto out;
     }
     if (!(ctx = td_cli_ctx(cmd, &e, 512, e.pool, device, numerics))) goto out;
@@ -179,12 +199,12 @@ int td_cmd_generate(int argc, char **argv) {
         fprintf(stderr,
                 "\n[tandem] prompt %d tokens, generated %d tokens, prefill %.1f tok/s, decode %.1f tok/s, "
                 "stop: %s, threads %d, kernels %s\n",
-                st.n_prompt, st.n_generated, st.prefill_sec > 0 ? st.n_prompt / st.prefill_sec : 0.0,
+                st.n_prompt, st.n_generated, st.prefill_sec > 0 ? st.n_prefilled / st.prefill_sec : 0.0,
                 st.decode_sec > 0 ? st.n_forward / st.decode_sec : 0.0, td_gen_stop_name(st.stop), e.n_threads,
                 device.kind == TD_DEVICE_CUDA ? "cuda" : td_quant_kernel_name());
     } else {
         td_drafter_set ds;
-        if (td_cli_drafters_open(&ds, draft, &e, &gp.sample, 1, (int32_t)ctx_len)) goto out;
+        if (td_cli_drafters_open(&ds, draft, &e, &gp.sample, 1, (int32_t)ctx_len, TD_DRAFTER_PER_REQUEST)) goto out;
         td_spec_request rq = {.prompt = ids, .n_prompt = n_ids, .gen = gp, .emit = write_stdout};
         int rc = td_spec_run(e.model, e.tok, ctx, kv, &rq, 1, ds.d, ds.n, &spp, &err);
         td_cli_drafters_close(&ds);
@@ -223,7 +243,7 @@ int td_cmd_generate(int argc, char **argv) {
                 "stop: %s, threads %d, kernels %s\n"
                 "[tandem] speculation (%s, %s): %lld target passes, %.2f tokens/pass, acceptance %.1f%% "
                 "(%lld of %lld drafted), speedup vs plain decoding ~%.2fx (estimated)\n",
-                st->n_prompt, st->n_generated, st->prefill_sec > 0 ? st->n_prompt / st->prefill_sec : 0.0,
+                st->n_prompt, st->n_generated, st->prefill_sec > 0 ? st->n_prefilled / st->prefill_sec : 0.0,
                 st->decode_sec > 0 ? st->n_generated / st->decode_sec : 0.0, td_gen_stop_name(st->stop),
                 e.n_threads, device.kind == TD_DEVICE_CUDA ? "cuda" : td_quant_kernel_name(), draft, spp.mode == TD_SPEC_EXACT ? "exact" : "rejection",
                 (long long)sx->n_steps, per_pass, sx->n_drafted ? 100.0 * sx->n_accepted / sx->n_drafted : 0.0,

@@ -6,17 +6,24 @@
 #include "cli.h"
 #include "quant/quant.h"
 
+static void print_str(const char *s, size_t n) { td_cli_print_escaped(stdout, s, n, n); }
+
 static void print_kv(const td_gguf_kv *kv) {
     const char *s;
     size_t n;
     int64_t i;
     double f;
-    printf("  %s = ", td_gguf_kv_key(kv));
+    printf("  ");
+    const char *key = td_gguf_kv_key(kv);
+    print_str(key, strlen(key));
+    printf(" = ");
     if (td_gguf_kv_type(kv) == TD_GGUF_ARRAY) {
         printf("[array of %llu]", (unsigned long long)td_gguf_arr_len(kv));
     } else if (td_gguf_kv_str(kv, &s, &n)) {
-        if (n > 120) printf("\"%.120s...\" (%zu bytes)", s, n);
-        else printf("\"%.*s\"", (int)n, s);
+        putchar('"');
+        size_t shown = td_cli_print_escaped(stdout, s, n, 120);
+        putchar('"');
+        if (shown < n) printf("... (%zu bytes)", n);
     } else if (td_gguf_kv_type(kv) == TD_GGUF_F32 || td_gguf_kv_type(kv) == TD_GGUF_F64) {
         if (td_gguf_kv_f64(kv, &f)) printf("%g", f);
     } else if (td_gguf_kv_i64(kv, &i)) {
@@ -51,7 +58,9 @@ int td_cmd_info(int argc, char **argv) {
     printf("size:           %zu bytes, GGUF v%u, %zu tensors, %zu metadata keys\n", td_gguf_file_size(e.gguf),
            td_gguf_version(e.gguf), td_gguf_tensor_count(e.gguf), td_gguf_kv_count(e.gguf));
     printf("sha256:         %s\n", sha);
-    printf("architecture:   %s\n", hp->arch);
+    printf("architecture:   ");
+    print_str(hp->arch, strlen(hp->arch));
+    printf("\n");
     printf("layers:         %d\n", hp->n_layer);
     printf("embedding:      %d\n", hp->n_embd);
     printf("feed-forward:   %d\n", hp->n_ff);
@@ -82,8 +91,11 @@ int td_cmd_info(int argc, char **argv) {
         printf("tensors:\n");
         for (size_t i = 0; i < td_gguf_tensor_count(e.gguf); i++) {
             const td_gguf_tensor *t = td_gguf_tensor_at(e.gguf, i);
-            printf("  %-28s %-5s [%llu, %llu]\n", t->name, td_quant_traits(t->type)->name,
-                   (unsigned long long)t->ne[0], (unsigned long long)t->ne[1]);
+            printf("  ");
+            print_str(t->name, strlen(t->name));
+            for (size_t w = strlen(t->name); w < 28; w++) putchar(' ');
+            printf(" %-5s [%llu, %llu]\n", td_quant_traits(t->type)->name, (unsigned long long)t->ne[0],
+                   (unsigned long long)t->ne[1]);
         }
     }
     td_cli_engine_close(&e);

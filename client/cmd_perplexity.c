@@ -57,7 +57,7 @@ int td_cmd_perplexity(int argc, char **argv) {
     int status = 1;
     int32_t *ids = NULL;
     size_t n = 0;
-    td_err err = {{0}};
+    td_err err = {0};
     td_kv *kv = NULL;
     td_ctx *ctx = NULL;
     float *logits = NULL;
@@ -69,7 +69,10 @@ int td_cmd_perplexity(int argc, char **argv) {
     }
     if (max_tokens > 0 && (size_t)max_tokens < n) n = (size_t)max_tokens;
     if (n < 2) { fprintf(stderr, "tandem perplexity: the text has fewer than 2 tokens\n"); goto out; }
-    kv = td_kv_create(e.model, 1, (int32_t)ctx_len);
+    if (!(kv = td_kv_create(e.model, 1, (int32_t)ctx_len, &err))) {
+        fprintf(stderr, "tandem perplexity: %s\n", err.msg);
+        goto out;
+    }
     if (!(ctx = td_cli_ctx(cmd, &e, (int32_t)batch, e.pool, device, numerics))) goto out;
     logits = malloc((size_t)batch * V * sizeof *logits);
     rows = malloc((size_t)batch * sizeof *rows);

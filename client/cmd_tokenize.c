@@ -46,24 +46,28 @@ int td_cmd_tokenize(int argc, char **argv) {
     if (td_cli_engine_open(&e, model, 1)) { free(owned); return 1; }
     int32_t *ids = NULL;
     size_t n = 0;
-    td_err err = {{0}};
+    td_err err = {0};
     int status = 0;
     if (td_tok_encode(e.tok, text, len, bos_set ? bos : td_tok_add_bos(e.tok), special, &ids, &n, &err)) {
         fprintf(stderr, "tandem tokenize: %s\n", err.msg);
         status = 1;
     } else if (pieces) {
         for (size_t i = 0; i < n; i++) {
-            char piece[256];
-            int k = td_tok_piece(e.tok, ids[i], true, piece, sizeof piece);
-            if (k > (int)sizeof piece) k = sizeof piece;
-            printf("%d\t", ids[i]);
-            for (int j = 0; j < k; j++) {
-                unsigned char c = (unsigned char)piece[j];
-                if (c == '\n') fputs("\\n", stdout);
-                else if (c == '\t') fputs("\\t", stdout);
-                else putchar(c);
+            /* a piece may be long (runs of spaces, code) and comes from the
+             * model file: printed whole, escaped */
+            char small[256], *piece = small;
+            int k = td_tok_piece(e.tok, ids[i], true, small, sizeof small);
+            if (k > (int)sizeof small && (piece = malloc((size_t)k)) != NULL)
+                k = td_tok_piece(e.tok, ids[i], true, piece, (size_t)k);
+            if (!piece) {
+                fprintf(stderr, "tandem tokenize: out of memory\n");
+                status = 1;
+                break;
             }
+            printf("%d\t", ids[i]);
+            if (k > 0) td_cli_print_escaped(stdout, piece, (size_t)k, (size_t)k);
             putchar('\n');
+            if (piece != small) free(piece);
         }
     } else {
         for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);

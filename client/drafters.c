@@ -6,9 +6,9 @@
 
 #include "drafters.h"
 
-static int add(td_drafter_set *s, td_drafter *d, const char *what) {
+static int add(td_drafter_set *s, td_drafter *d, const char *what, const td_err *err) {
     if (!d) {
-        fprintf(stderr, "tandem: cannot create the %s drafter\n", what);
+        fprintf(stderr, "tandem: cannot create the %s drafter: %s\n", what, err->msg);
         return 1;
     }
     if (s->n == TD_CLI_MAX_DRAFTERS) {
@@ -24,16 +24,16 @@ static int open_one(td_drafter_set *s, const char *name, size_t len, const td_en
                     const td_sample_params *sp, int32_t max_seqs, int32_t max_len) {
     const td_hparams *hp = td_model_hparams(t->model);
 #define IS(lit) (len == strlen(lit) && memcmp(name, lit, len) == 0)
+    td_err err = {0};
     if (IS("none")) return 0;
-    if (IS("lookup")) return add(s, td_spec_lookup_create(1, 4), "lookup");
-    if (IS("ngram")) return add(s, td_spec_ngram_create(4, max_seqs), "ngram");
-    if (IS("recycle")) return add(s, td_spec_recycle_create(hp->n_vocab, 8), "recycle");
+    if (IS("lookup")) return add(s, td_spec_lookup_create(1, 4, &err), "lookup", &err);
+    if (IS("ngram")) return add(s, td_spec_ngram_create(4, max_seqs, &err), "ngram", &err);
+    if (IS("recycle")) return add(s, td_spec_recycle_create_scoped(hp->n_vocab, 8, s->scope, &err), "recycle", &err);
     if (IS("auto")) {
         return open_one(s, "lookup", 6, t, sp, max_seqs, max_len) ||
                open_one(s, "recycle", 7, t, sp, max_seqs, max_len) ||
                open_one(s, "ngram", 5, t, sp, max_seqs, max_len);
     }
-    td_err err = {{0}};
     if (len >= 9 && memcmp(name, "layerskip", 9) == 0) {
         uint8_t skip[256] = {0};
         const uint8_t *mask = NULL;
@@ -51,8 +51,7 @@ static int open_one(td_drafter_set *s, const char *name, size_t len, const td_en
             mask = skip;
         }
         td_drafter *d = td_spec_layerskip_create(t->model, t->pool, sp, max_seqs, max_len, mask, &err);
-        if (!d) fprintf(stderr, "tandem: layerskip: %s\n", err.msg);
-        return d ? add(s, d, "layerskip") : 1;
+        return add(s, d, "layerskip", &err);
     }
     if (len > 6 && memcmp(name, "model:", 6) == 0) {
         if (s->has_draft_engine) {
@@ -75,8 +74,7 @@ static int open_one(td_drafter_set *s, const char *name, size_t len, const td_en
             return 1;
         }
         td_drafter *d = td_spec_model_drafter_create(s->draft_engine.model, t->pool, sp, max_seqs, max_len, &err);
-        if (!d) fprintf(stderr, "tandem: draft model: %s\n", err.msg);
-        return d ? add(s, d, "model") : 1;
+        return add(s, d, "model", &err);
     }
 bad:
     fprintf(stderr, "tandem: --draft: unknown drafter '%.*s' (none, lookup, ngram, recycle, layerskip[:A-B], model:PATH, auto)\n",
@@ -86,8 +84,9 @@ bad:
 }
 
 int td_cli_drafters_open(td_drafter_set *s, const char *spec, const td_engine *target,
-                         const td_sample_params *sp, int32_t max_seqs, int32_t max_len) {
+                         const td_sample_params *sp, int32_t max_seqs, int32_t max_len, td_drafter_scope scope) {
     memset(s, 0, sizeof *s);
+    s->scope = scope;
     for (const char *p = spec; *p;) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # test.sh — every test: the unit and real-model tests (CTest), the same unit
-# tests under AddressSanitizer + UndefinedBehaviorSanitizer, the libFuzzer
-# targets for a bounded time, the CLI integration checks, and the CUDA build
-# where the toolkit is installed.
+# tests under AddressSanitizer + UndefinedBehaviorSanitizer (asserts live: no
+# build type defines NDEBUG), the unit tests that use threads under
+# ThreadSanitizer, the libFuzzer targets (GGUF reader, tokenizers) for a
+# bounded time, the CLI integration checks, and the CUDA build where the
+# toolkit is installed.
 # Expects scripts/setup.sh to have run (packages, model, build/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,16 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_SANITIZE=ON 
 cmake --build build-asan -j"$JOBS" >/dev/null
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -LE model -j"$JOBS"
+
+step "ThreadSanitizer build: the unit tests that use threads"
+# test_threads: one model under two contexts on two threads, one pool under
+# two callers; test_util: the pool; test_model and test_spec: passes on a
+# two-thread pool
+TSAN_TESTS="test_threads test_util test_model test_spec"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_TSAN=ON >/dev/null
+cmake --build build-tsan -j"$JOBS" --target $TSAN_TESTS >/dev/null
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  ctest --test-dir build-tsan --output-on-failure -R "^($(echo $TSAN_TESTS | tr ' ' '|'))\$"
 
 step "fuzz targets (clang libFuzzer, ${FUZZ_SECONDS}s each)"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DTANDEM_FUZZ=ON -DTANDEM_TESTS=OFF >/dev/null

@@ -92,7 +92,7 @@ static int check_weight(const char *name, int32_t layer, const td_cuda_weight *w
     td_cuda_layout lay;
     int rc = td_cuda_layout_of(w->type, w->n_in, w->n_out, &lay, err);
     if (rc == TD_OK) return TD_OK;
-    td_err inner = {{0}};
+    td_err inner = {0};
     if (err) memcpy(&inner, err, sizeof inner);
     if (layer >= 0) return td_err_set(err, rc, "blk.%d.%s: %s", layer, name, inner.msg);
     return td_err_set(err, rc, "%s: %s", name, inner.msg);

@@ -53,9 +53,14 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
     size_t cap = n_prompt + (size_t)(p->max_tokens > 0 ? p->max_tokens : 0) + 1;
     int32_t *hist = malloc(cap * sizeof *hist);
     float *logits = malloc((size_t)hp->n_vocab * sizeof *logits);
-    td_sampler *smp = td_sampler_create(&p->sample, hp->n_vocab);
-    td_textout *out = td_textout_create(p->stop, p->n_stop, emit, user);
-    if (!hist || !logits || !smp || !out) {
+    td_err why = {0};
+    td_sampler *smp = td_sampler_create(&p->sample, hp->n_vocab, &why);
+    td_textout *out = td_textout_create(p->stop, p->n_stop, emit, user, &why);
+    if (!smp || !out) { /* their own reason: bad stop strings, or memory */
+        rc = td_err_set(err, why.code, "%s", why.msg);
+        goto done;
+    }
+    if (!hist || !logits) {
         rc = td_err_set(err, TD_E_NOMEM, "out of memory");
         goto done;
     }
@@ -67,13 +72,14 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
     if (rc) goto done;
     double t1 = td_now_sec();
     stats->n_prompt = (int32_t)n_prompt;
+    stats->n_prefilled = (int32_t)n_prompt;
     stats->prefill_sec = t1 - t0;
     stats->stop = TD_STOP_LENGTH;
 
-    char piece[256];
     for (int32_t i = 0; i < p->max_tokens; i++) {
         int32_t pos = (int32_t)n_hist;
         int32_t tk = td_sampler_pick(smp, logits, pos, hist, n_hist);
+        if (tk < 0) { rc = td_err_set(err, tk, "sampler refused its arguments"); goto done; }
         hist[n_hist++] = tk;
         if (out_tokens) out_tokens[i] = tk;
         stats->n_generated++;
@@ -81,11 +87,14 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
             stats->stop = TD_STOP_EOG;
             break;
         }
-        int np = td_tok_piece(tok, tk, false, piece, sizeof piece);
-        if (np > (int)sizeof piece) np = (int)sizeof piece;
-        int pr = np > 0 ? td_textout_push(out, piece, (size_t)np) : 0;
-        if (pr == 1) { stats->stop = TD_STOP_STRING; break; }
-        if (pr < 0) { stats->stop = TD_STOP_CALLER; break; }
+        int pr = td_textout_push_token(out, tok, tk);
+        if (pr == TD_TEXTOUT_STOP_STRING) { stats->stop = TD_STOP_STRING; break; }
+        if (pr == TD_TEXTOUT_STOP_CALLER) { stats->stop = TD_STOP_CALLER; break; }
+        if (pr < 0) {
+            rc = td_err_set(err, pr, "out of memory streaming token %d",
+                            tk);
+            goto done;
+        }
         if (i + 1 == p->max_tokens) break;
         if (pos + 1 >= td_kv_max_len(kv)) { stats->stop = TD_STOP_CONTEXT; break; }
         td_row row = td_row_linear(seq, pos, tk, true);

@@ -35,6 +35,9 @@ typedef enum td_stop_reason {
 
 typedef struct td_gen_stats {
     int32_t n_prompt, n_generated;
+    /* prompt tokens computed during prefill_sec: all of them in td_gen_run;
+     * speculation leaves the last one to its first verification pass */
+    int32_t n_prefilled;
     double prefill_sec, decode_sec;
     int32_t n_forward;        /* target forward passes during decode */
     td_stop_reason stop;
@@ -45,12 +48,23 @@ const char *td_gen_stop_name(td_stop_reason r);
 /* Streams text in order and holds back what may still turn into a stop
  * string or is an incomplete UTF-8 sequence. */
 typedef struct td_textout td_textout;
-td_textout *td_textout_create(const char *const *stop, size_t n_stop, td_gen_emit_fn emit, void *user);
+/* NULL on failure: TD_E_ARG (stop strings missing or NULL), TD_E_NOMEM. */
+td_textout *td_textout_create(const char *const *stop, size_t n_stop, td_gen_emit_fn emit, void *user,
+                              td_err *err);
 void td_textout_destroy(td_textout *o);
-/* Appends bytes; returns 1 when a stop string was hit (text before it was
- * emitted), -1 when the callback asked to stop or memory ran out, else 0. */
+/* What td_textout_push and td_textout_flush return besides 0 (text taken)
+ * and TD_E_NOMEM: the two ways generation ends normally, kept apart from
+ * running out of memory, which is an error. */
+enum { TD_TEXTOUT_STOP_STRING = 1, /* a stop string was hit; the text before it was emitted */
+       TD_TEXTOUT_STOP_CALLER = 2  /* the callback returned non-zero */ };
+/* Appends bytes: 0, TD_TEXTOUT_STOP_STRING, TD_TEXTOUT_STOP_CALLER, or
+ * TD_E_NOMEM (nothing was taken). */
 int td_textout_push(td_textout *o, const char *bytes, size_t n);
-/* Emits whatever is held back (end of generation). */
+/* Appends the output bytes of token id (td_tok_piece), whatever their
+ * length (an id the tokenizer does not know adds nothing); same results as
+ * td_textout_push. */
+int td_textout_push_token(td_textout *o, const td_tok *tok, int32_t id);
+/* Emits whatever is held back (end of generation): 0 or TD_TEXTOUT_STOP_CALLER. */
 int td_textout_flush(td_textout *o);
 
 /* Generates into sequence seq (must be empty in kv). out_tokens (may be

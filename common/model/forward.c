@@ -26,6 +26,14 @@ typedef struct td_attn_group {
     int32_t seq, first, n_rows;
 } td_attn_group;
 
+/* check_rows' bookkeeping for one sequence of the pass. It lives in the
+ * context, not in td_kv: a pass writes only its own context, so passes of
+ * different contexts on different caches may run at once. */
+typedef struct td_pass_seq {
+    int32_t seq, next; /* next cache slot of seq in this pass */
+    int8_t mode;       /* 1 linear, 2 tree rows */
+} td_pass_seq;
+
 struct td_ctx {
     const td_model *m;
     td_numerics numerics;
@@ -53,6 +61,7 @@ struct td_ctx {
     int32_t *order;   /* (max_rows) row indices grouped by sequence */
     float *tile;      /* (n_threads, TD_ATTN_TILE * head_dim) */
     float *lanes;     /* (n_threads, TD_ATTN_MAX_QUERIES, TD_ATTN_LANE_SETS * head_dim) td_attn_query.lanes */
+    td_pass_seq *pass_seqs; /* (max_rows) the sequences of the pass being checked */
     /* CUDA contexts: the device half, and the host side of a pass */
     td_device device;
     td_cuda_ctx *gpu;
@@ -334,8 +343,8 @@ static size_t max_act_row_bytes(const td_model *m) {
     return best;
 }
 
-td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool) {
-    return td_ctx_create_on(m, max_rows, pool, (td_device){TD_DEVICE_CPU, 0}, NULL);
+td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool, td_err *err) {
+    return td_ctx_create_on(m, max_rows, pool, (td_device){TD_DEVICE_CPU, 0}, err);
 }
 
 /* The host arrays a CUDA pass is described in. */
@@ -348,7 +357,7 @@ static int cuda_ctx_init(td_ctx *c, td_device dev, td_err *err) {
     c->out_rows = td_alloc(R * sizeof(int32_t));
     c->chains = td_alloc(R * (R + 1) / 2 * sizeof(int32_t));
     if (!c->tokens || !c->seqs || !c->chain_off || !c->chain_len || !c->out_rows || !c->chains)
-        return td_err_set(err, TD_E_NOMEM, "out of memory for a CUDA context");
+        return td_err_set(err, TD_E_NOMEM, "context: out of memory for a CUDA pass of %d rows", c->max_rows);
     td_cuda_model *gm;
     int rc = td_model_cuda(c->m, dev.index, &gm, err);
     if (rc) return rc;
@@ -358,14 +367,11 @@ static int cuda_ctx_init(td_ctx *c, td_device dev, td_err *err) {
 
 td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_device dev, td_err *err) {
     if (!m || max_rows < 1) {
-        td_err_set(err, TD_E_ARG, "a context needs a model and at least one row");
+        td_err_set(err, TD_E_ARG, "context: %s, %d rows (at least 1)", m ? "a model" : "no model", max_rows);
         return NULL;
     }
     td_ctx *c = calloc(1, sizeof *c);
-    if (!c) {
-        td_err_set(err, TD_E_NOMEM, "out of memory");
-        return NULL;
-    }
+    if (!c) goto nomem;
     c->numerics = TD_NUMERICS_FAST;
     const td_hparams *hp = &m->hp;
     size_t R = (size_t)max_rows;
@@ -392,19 +398,23 @@ td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_
     c->tile = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_TILE * hp->head_dim * sizeof(float));
     c->lanes = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_MAX_QUERIES * TD_ATTN_LANE_SETS * hp->head_dim *
                         sizeof(float));
+    c->pass_seqs = td_alloc(R * sizeof(td_pass_seq));
     c->ops = td_op_select(hp->head_dim);
     c->device = dev;
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
-        !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile || !c->lanes) {
-        td_err_set(err, TD_E_NOMEM, "out of memory for a context of %d rows", max_rows);
+        !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile || !c->lanes ||
+        !c->pass_seqs) {
         td_ctx_destroy(c);
-        return NULL;
+        goto nomem;
     }
     if (dev.kind == TD_DEVICE_CUDA && cuda_ctx_init(c, dev, err) != TD_OK) {
         td_ctx_destroy(c);
         return NULL;
     }
     return c;
+nomem:
+    td_err_set(err, TD_E_NOMEM, "context: out of memory for %d rows", max_rows);
+    return NULL;
 }
 
 td_device td_ctx_device(const td_ctx *c) { return c->device; }
@@ -424,6 +434,7 @@ void td_ctx_destroy(td_ctx *c) {
     td_cuda_ctx_free(c->gpu);
     td_free(c->tokens); td_free(c->seqs); td_free(c->chain_off); td_free(c->chain_len); td_free(c->out_rows);
     td_free(c->chains);
+    td_free(c->pass_seqs);
     free(c);
 }
 
@@ -448,18 +459,26 @@ static int check_rows(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, 
         int32_t s = rows[i].seq;
         if (s < 0 || s >= kv->max_seqs)
             return td_err_set(err, TD_E_ARG, "row %d: sequence %d out of range", i, s);
-        kv->pending[s] = kv->len[s];
-        kv->mode[s] = 0;
     }
+    /* a pass holds few sequences (one for prefill and decoding, the batch's
+     * requests for verification): a linear search of those seen is enough */
+    int32_t n_seqs = 0;
     for (int32_t i = 0; i < n_rows; i++) {
         const td_row *r = &rows[i];
+        td_pass_seq *ps = NULL;
+        for (int32_t k = n_seqs - 1; k >= 0 && !ps; k--)
+            if (c->pass_seqs[k].seq == r->seq) ps = &c->pass_seqs[k];
+        if (!ps) {
+            ps = &c->pass_seqs[n_seqs++];
+            *ps = (td_pass_seq){r->seq, kv->len[r->seq], 0};
+        }
         int8_t mode = r->tree ? 2 : 1;
-        if (kv->mode[r->seq] && kv->mode[r->seq] != mode)
+        if (ps->mode && ps->mode != mode)
             return td_err_set(err, TD_E_ARG, "row %d: sequence %d mixes tree and linear rows", i, r->seq);
-        kv->mode[r->seq] = mode;
+        ps->mode = mode;
         if (r->token < 0 || r->token >= hp->n_vocab)
             return td_err_set(err, TD_E_ARG, "row %d: token %d outside vocabulary of %d", i, r->token, hp->n_vocab);
-        int32_t slot = kv->pending[r->seq];
+        int32_t slot = ps->next;
         if (!r->tree) {
             if (r->pos != slot)
                 return td_err_set(err, TD_E_ARG, "row %d: position %d but sequence %d continues at %d", i, r->pos,
@@ -483,14 +502,12 @@ static int check_rows(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, 
             return td_err_set(err, TD_E_RANGE, "row %d: position %d exceeds the context of %d", i, slot,
                               kv->max_len);
         c->slot[i] = slot;
-        kv->pending[r->seq]++;
+        ps->next++;
     }
     if (c->gpu) return TD_OK; /* the device cache holds every position already */
-    for (int32_t i = 0; i < n_rows; i++) {
-        int32_t s = rows[i].seq;
-        if (td_kv_reserve(kv, s, kv->pending[s]) != TD_OK)
+    for (int32_t k = 0; k < n_seqs; k++)
+        if (td_kv_reserve(kv, c->pass_seqs[k].seq, c->pass_seqs[k].next) != TD_OK)
             return td_err_set(err, TD_E_NOMEM, "out of memory growing the KV cache");
-    }
     return TD_OK;
 }
 

@@ -7,10 +7,14 @@
 
 #include "model/model_internal.h"
 
-td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len) {
-    if (!m || max_seqs < 1 || max_len < 1) return NULL;
+td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len, td_err *err) {
+    if (!m || max_seqs < 1 || max_len < 1) {
+        td_err_set(err, TD_E_ARG, "KV cache: %s, %d sequences of %d positions (each at least 1)",
+                   m ? "a model" : "no model", max_seqs, max_len);
+        return NULL;
+    }
     td_kv *kv = calloc(1, sizeof *kv);
-    if (!kv) return NULL;
+    if (!kv) goto nomem;
     const td_hparams *hp = &m->hp;
     kv->n_layer = hp->n_layer;
     kv->kv_dim = hp->n_head_kv * hp->head_dim;
@@ -18,14 +22,15 @@ td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len) {
     kv->max_len = max_len;
     kv->pages_per_seq = (max_len + TD_KV_PAGE - 1) / TD_KV_PAGE;
     kv->len = calloc((size_t)max_seqs, sizeof *kv->len);
-    kv->pending = calloc((size_t)max_seqs, sizeof *kv->pending);
-    kv->mode = calloc((size_t)max_seqs, sizeof *kv->mode);
     kv->pages = calloc((size_t)max_seqs * (size_t)kv->pages_per_seq, sizeof *kv->pages);
-    if (!kv->len || !kv->pending || !kv->mode || !kv->pages) {
+    if (!kv->len || !kv->pages) {
         td_kv_destroy(kv);
-        return NULL;
+        goto nomem;
     }
     return kv;
+nomem:
+    td_err_set(err, TD_E_NOMEM, "KV cache: out of memory for %d sequences of %d positions", max_seqs, max_len);
+    return NULL;
 }
 
 void td_kv_destroy(td_kv *kv) {
@@ -35,8 +40,6 @@ void td_kv_destroy(td_kv *kv) {
         for (size_t i = 0; i < (size_t)kv->max_seqs * kv->pages_per_seq; i++) td_free(kv->pages[i]);
     free(kv->pages);
     free(kv->len);
-    free(kv->pending);
-    free(kv->mode);
     free(kv);
 }
 

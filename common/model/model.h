@@ -9,6 +9,18 @@
  *
  * Weights stay in the GGUF mapping; a td_model borrows the td_gguf, which must
  * outlive it. Shapes in comments: (rows, cols) with cols contiguous.
+ *
+ * Threads (tests/unit/test_threads.c, run under ThreadSanitizer):
+ * - td_model (and its td_gguf): read-only once loaded; share it between any
+ *   number of threads. Free it after the last context using it is gone.
+ *   (The one write after loading, the upload of the weights by the first
+ *   CUDA context, happens once under a lock inside the model.)
+ * - td_ctx: one thread at a time. A pass writes only its context and the
+ *   td_kv it is given (its scratch lives in the context, never in the cache
+ *   or the model), so passes of different contexts on different caches run
+ *   at once. Contexts may share a td_pool: its jobs take turns (util.h).
+ * - td_kv: one thread at a time: a pass writes the lengths and pages of its
+ *   sequences and the byte count; truncate and compact write too.
  */
 #ifndef TD_MODEL_H
 #define TD_MODEL_H
@@ -43,8 +55,9 @@ uint64_t td_model_weight_bytes(const td_model *m);
 
 /* ---- KV cache: per-sequence pages, grown on demand ---- */
 typedef struct td_kv td_kv;
-/* max_seqs sequences of at most max_len positions each. */
-td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len);
+/* max_seqs sequences of at most max_len positions each. NULL on failure,
+ * with the reason in err (TD_E_ARG, TD_E_NOMEM). */
+td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len, td_err *err);
 void td_kv_destroy(td_kv *kv);
 int32_t td_kv_max_len(const td_kv *kv);
 int32_t td_kv_seq_len(const td_kv *kv, int32_t seq);
@@ -84,7 +97,8 @@ static inline td_row td_row_linear(int32_t seq, int32_t pos, int32_t token, bool
 /* Scratch for passes of up to max_rows rows; owns no weights. One context
  * per thread of control; the pool is borrowed. */
 typedef struct td_ctx td_ctx;
-td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool);
+/* NULL on failure, with the reason in err (TD_E_ARG, TD_E_NOMEM). */
+td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool, td_err *err);
 void td_ctx_destroy(td_ctx *c);
 int32_t td_ctx_max_rows(const td_ctx *c);
 /* The summation order (quant.h); TD_NUMERICS_FAST unless set. In

@@ -54,8 +54,6 @@ int td_model_cuda(const td_model *m, int32_t index, td_cuda_model **out, td_err 
 struct td_kv {
     int32_t n_layer, kv_dim, max_seqs, max_len, pages_per_seq;
     int32_t *len;      /* (max_seqs) cached positions per sequence */
-    int32_t *pending;  /* (max_seqs) scratch used while validating a batch */
-    int8_t *mode;      /* (max_seqs) scratch: 0 unseen, 1 linear, 2 tree rows in this batch */
     uint16_t **pages;  /* (max_seqs * pages_per_seq), NULL until first used */
     size_t bytes;
     /* A cache first used by a CUDA context lives on that device instead of

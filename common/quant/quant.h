@@ -3,7 +3,9 @@
  *
  * Type ids are GGUF's on-disk ggml_type numbers. Every kernel has a scalar
  * reference (td_quant_traits_ref); td_quant_traits picks the fastest variant
- * the running CPU supports (AVX2+FMA, else scalar). A variant never changes
+ * the running CPU supports (AVX2+FMA, else scalar). The choice, and the
+ * TD_KERNELS cap on it, are settled once, at the first lookup: setting
+ * TD_KERNELS later changes nothing. A variant never changes
  * how a single dot product is reduced between calls, so results do not depend
  * on batch size (batch invariance, ARCHITECTURE.md §1.2).
  */
@@ -91,20 +93,24 @@ typedef enum td_numerics { TD_NUMERICS_REFERENCE, TD_NUMERICS_FAST, TD_NUMERICS_
  *   y:  n_rows x y_stride floats; y[r*y_stride + o] = dot(W[o], x[r])
  * Only output rows [o_lo, o_hi) are computed, so threads can split the work.
  * Each weight row is read once for all n_rows activation rows. Reference
- * order; td_quant_matmul_in chooses. */
-void td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in,
-                     int64_t o_lo, int64_t o_hi,
-                     const void *xq, int64_t n_rows,
-                     float *y, int64_t y_stride);
-void td_quant_matmul_in(td_numerics order, uint32_t wtype, const void *W, int64_t n_in,
+ * order; td_quant_matmul_in chooses. TD_OK, or TD_E_ARG (nothing computed)
+ * for a type that is not a weight type, n_in not a whole number of blocks,
+ * a bad [o_lo, o_hi) or row count, or a y_stride shorter than o_hi. */
+int td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in,
+                    int64_t o_lo, int64_t o_hi,
+                    const void *xq, int64_t n_rows,
+                    float *y, int64_t y_stride);
+int td_quant_matmul_in(td_numerics order, uint32_t wtype, const void *W, int64_t n_in,
                         int64_t o_lo, int64_t o_hi, const void *xq, int64_t n_rows,
-                        float *y, int64_t y_stride);
+                       float *y, int64_t y_stride);
 /* "reference" / "fast" */
 const char *td_numerics_name(td_numerics order);
 
 /* Converts n_rows rows of n_in floats (stride n_in) to vec_dot_type of wtype;
- * dst holds n_rows * row_bytes(vec_dot_type, n_in) bytes. */
-void td_quant_activations(uint32_t wtype, const float *x, int64_t n_in,
+ * dst holds n_rows * row_bytes(vec_dot_type, n_in) bytes. TD_OK, or TD_E_ARG
+ * for an unknown weight type, n_in not a whole number of its blocks or
+ * n_rows < 0. */
+int td_quant_activations(uint32_t wtype, const float *x, int64_t n_in,
                           int64_t n_rows, void *dst);
 
 #endif

@@ -4,8 +4,6 @@
  * row, output) pair. Either way each output element is reduced in one fixed
  * order, independent of n_rows and of the [o_lo, o_hi) split.
  */
-#include <assert.h>
-
 #include "quant/quant_impl.h"
 
 void td_quant_matmul_pairs(td_vec_dot_fn dot, const void *W, size_t w_stride, int64_t n_in,
@@ -19,25 +17,32 @@ void td_quant_matmul_pairs(td_vec_dot_fn dot, const void *W, size_t w_stride, in
     }
 }
 
-void td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                     const void *xq, int64_t n_rows, float *y, int64_t y_stride) {
-    td_quant_matmul_in(TD_NUMERICS_REFERENCE, wtype, W, n_in, o_lo, o_hi, xq, n_rows, y, y_stride);
+int td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                    const void *xq, int64_t n_rows, float *y, int64_t y_stride) {
+    return td_quant_matmul_in(TD_NUMERICS_REFERENCE, wtype, W, n_in, o_lo, o_hi, xq, n_rows, y, y_stride);
 }
 
-void td_quant_matmul_in(td_numerics order, uint32_t wtype, const void *W, int64_t n_in, int64_t o_lo,
-                        int64_t o_hi, const void *xq, int64_t n_rows, float *y, int64_t y_stride) {
+int td_quant_matmul_in(td_numerics order, uint32_t wtype, const void *W, int64_t n_in, int64_t o_lo,
+                       int64_t o_hi, const void *xq, int64_t n_rows, float *y, int64_t y_stride) {
+    /* a public entry point: a caller's mistake is an error, not an abort */
     const td_type_traits *t = td_quant_traits(wtype);
-    assert(t != NULL && t->weight_ok);
-    assert(0 <= o_lo && o_lo <= o_hi && n_rows >= 0 && (n_rows <= 1 || y_stride >= o_hi));
+    if (t == NULL || !t->weight_ok)
+        return TD_E_ARG;
+    if (!(0 <= o_lo && o_lo <= o_hi && n_rows >= 0 && (n_rows <= 1 || y_stride >= o_hi)))
+        return TD_E_ARG;
     size_t w_stride = td_quant_row_bytes(wtype, n_in);
     size_t x_stride = td_quant_row_bytes(t->vec_dot_type, n_in);
-    assert(w_stride != 0 && x_stride != 0);
+    if (w_stride == 0 || x_stride == 0)
+        return TD_E_ARG;
     if (o_lo == o_hi || n_rows == 0)
-        return;
+        return TD_OK;
+    if (!W || !xq || !y)
+        return TD_E_ARG;
     td_matmul_fn mm = td_quant_matmul_kernel(wtype, order);
     if (mm)
         mm(W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
     else
         td_quant_matmul_pairs(t->vec_dot, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y,
                               y_stride);
+    return TD_OK;
 }

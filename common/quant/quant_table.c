@@ -1,11 +1,12 @@
 /* quant_table.c — the type table: one row per GGUF type id with the block
  * layout facts and the kernels. There are three static tables, the scalar
  * reference, AVX2, and AVX2 with AVX512-VNNI for the legacy block formats,
- * sharing the same facts; td_quant_traits picks one per
- * call from a CPU check, so the choice is fixed for the life of the process.
+ * sharing the same facts. The first lookup picks one from a CPU check and
+ * TD_KERNELS, once (pthread_once), so the choice is fixed for the life of the
+ * process and the hot path reads no environment.
  * Ids we do not support (retired, IQ*, Q2_K/Q3_K, integer types) have no row.
  */
-#include <assert.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,10 +82,10 @@ static const quant_row avx2_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_ROW
 static const quant_row avx512_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_ROWS(avx512)};
 #endif
 
-/* __builtin_cpu_supports reads data the runtime filled in at start-up: cheap
- * enough to ask on every call, and no mutable state of our own. clang (14)
- * knows no "f16c" feature string; every CPU with AVX2 has F16C. */
-static const quant_row *active_table(void) {
+/* Settings are read once: the table a process uses is chosen at its first
+ * lookup and kept. clang (14) knows no "f16c" feature string; every CPU with
+ * AVX2 has F16C. */
+static const quant_row *choose_table(void) {
     /* TD_KERNELS=scalar|avx2 caps the set below what the CPU offers (A/B
      * timing, isolating a kernel bug); it never raises it */
     const char *cap = getenv("TD_KERNELS");
@@ -105,6 +106,16 @@ static const quant_row *active_table(void) {
     }
 #endif
     return ref_table;
+}
+
+static const quant_row *chosen_table;
+static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
+
+static void choose_once(void) { chosen_table = choose_table(); }
+
+static const quant_row *active_table(void) {
+    pthread_once(&chosen_once, choose_once);
+    return chosen_table;
 }
 
 static const quant_row *row_of(const quant_row *table, uint32_t type) {
@@ -163,12 +174,15 @@ size_t td_quant_row_bytes(uint32_t type, int64_t n) {
     return (size_t)bytes;
 }
 
-void td_quant_activations(uint32_t wtype, const float *x, int64_t n_in, int64_t n_rows, void *dst) {
+int td_quant_activations(uint32_t wtype, const float *x, int64_t n_in, int64_t n_rows, void *dst) {
     const td_type_traits *w = td_quant_traits(wtype);
-    assert(w != NULL);
+    if (w == NULL || n_rows < 0)
+        return TD_E_ARG;
     const td_type_traits *a = td_quant_traits(w->vec_dot_type);
     size_t rb = td_quant_row_bytes(w->vec_dot_type, n_in);
-    assert(rb != 0);
+    if (a == NULL || !a->from_float || rb == 0 || (n_rows > 0 && (!x || !dst)))
+        return TD_E_ARG;
     for (int64_t r = 0; r < n_rows; r++)
         a->from_float(x + r * n_in, (uint8_t *)dst + (size_t)r * rb, n_in);
+    return TD_OK;
 }

@@ -5,7 +5,6 @@
  * repetition penalty → temperature → top-k → top-p → min-p → draw. Scratch
  * space comes from td_sampler_create; pick() and probs() never allocate.
  */
-#include <assert.h>
 #include <math.h>
 #include <string.h>
 
@@ -120,19 +119,23 @@ int td_sample_validate(const td_sample_params *p, td_err *err) {
     return TD_OK;
 }
 
-td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab) {
+td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab, td_err *err) {
     td_sample_params def = td_sample_defaults();
     if (!p)
         p = &def;
-    if (n_vocab <= 0 || td_sample_validate(p, NULL) != TD_OK)
+    if (n_vocab <= 0) {
+        td_err_set(err, TD_E_ARG, "sampler: vocabulary of %d tokens", n_vocab);
+        return NULL;
+    }
+    if (td_sample_validate(p, err) != TD_OK)
         return NULL;
     uint64_t n8;
     if (!td_mul_u64((uint64_t)n_vocab, 8, &n8) || n8 > SIZE_MAX)
-        return NULL;
+        goto nomem;
 
     td_sampler *s = td_alloc(sizeof *s);
     if (!s)
-        return NULL;
+        goto nomem;
     s->p = *p;
     s->n_vocab = n_vocab;
     s->s = td_alloc((size_t)n8);
@@ -140,9 +143,12 @@ td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab) {
     s->cand = td_alloc((size_t)n_vocab * sizeof *s->cand);
     if (!s->s || !s->e || !s->cand) {
         td_sampler_destroy(s);
-        return NULL;
+        goto nomem;
     }
     return s;
+nomem:
+    td_err_set(err, TD_E_NOMEM, "sampler: out of memory for %d tokens", n_vocab);
+    return NULL;
 }
 
 void td_sampler_destroy(td_sampler *s) {
@@ -470,7 +476,8 @@ static inline double prune_margin(double best) {
 
 int32_t td_sampler_pick(td_sampler *s, const float *logits, int64_t pos,
                         const int32_t *history, size_t n_history) {
-    assert(s && logits);
+    /* a caller's mistake is an error, never an abort (a server hosts this) */
+    if (!s || !logits || (n_history > 0 && !history) || pos < 0) return TD_E_ARG;
     prep_result r = prepare(s, logits, history, n_history, false);
     if (s->p.temperature == 0.0f || r.n_cand == 1)
         return r.top; /* the top token always survives every filter */
@@ -504,14 +511,14 @@ int32_t td_sampler_pick(td_sampler *s, const float *logits, int64_t pos,
     return best_id;
 }
 
-void td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
-                      size_t n_history, float *probs) {
-    assert(s && logits && probs);
+int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
+                     size_t n_history, float *probs) {
+    if (!s || !logits || !probs || (n_history > 0 && !history)) return TD_E_ARG;
     prep_result r = prepare(s, logits, history, n_history, true);
     memset(probs, 0, (size_t)s->n_vocab * sizeof *probs);
     if (s->p.temperature == 0.0f) {
         probs[r.top] = 1.0f;
-        return;
+        return TD_OK;
     }
     /* Gumbel-max over the candidates draws exactly softmax(s) over them. */
     double z = 0.0;
@@ -519,4 +526,5 @@ void td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history
         z += s->e[s->cand[i]];
     for (int32_t i = 0; i < r.n_cand; i++)
         probs[s->cand[i]] = (float)(s->e[s->cand[i]] / z);
+    return TD_OK;
 }

@@ -6,6 +6,9 @@
  * same seed therefore gives the same tokens however the positions were
  * reached — plain decoding or speculative verification (ARCHITECTURE.md §4).
  * temperature == 0 is greedy (argmax, ties to the lowest id).
+ *
+ * Threads: a td_sampler is scratch for one caller at a time; the keyed noise
+ * functions are pure and may be called from anywhere.
  */
 #ifndef TD_SAMPLE_H
 #define TD_SAMPLE_H
@@ -39,9 +42,9 @@ int td_sample_validate(const td_sample_params *p, td_err *err);
 /* Scratch space for one sampler (one per sequence or per thread); sized for
  * n_vocab so the hot path allocates nothing. */
 typedef struct td_sampler td_sampler;
-/* p NULL = defaults. NULL on invalid parameters (see td_sample_validate for
- * the message), n_vocab <= 0 or out of memory. */
-td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab);
+/* p NULL = defaults. NULL on invalid parameters (td_sample_validate's
+ * message), n_vocab <= 0 (both TD_E_ARG) or out of memory (TD_E_NOMEM). */
+td_sampler *td_sampler_create(const td_sample_params *p, int32_t n_vocab, td_err *err);
 void td_sampler_destroy(td_sampler *s);
 /* Replaces the parameters (e.g. a pooled sampler taking a new request);
  * validated first, TD_E_ARG leaves the old ones in place. */
@@ -49,7 +52,8 @@ int td_sampler_set_params(td_sampler *s, const td_sample_params *p, td_err *err)
 
 /* Picks the token for absolute position pos from logits[n_vocab] (not
  * modified). history/n_history: the tokens before pos (prompt + generated),
- * used by the repetition penalty. */
+ * used by the repetition penalty. Returns TD_E_ARG (negative) for a NULL
+ * sampler or logits, a NULL history with n_history > 0, or pos < 0. */
 int32_t td_sampler_pick(td_sampler *s, const float *logits, int64_t pos,
                         const int32_t *history, size_t n_history);
 
@@ -59,8 +63,9 @@ double td_sample_gumbel(uint64_t seed, int64_t pos, int32_t token);
 
 /* Filtered, tempered distribution the sampler draws from at pos: writes
  * probabilities into probs[n_vocab] (0 outside the candidate set). Used by
- * rejection-sampling speculation and by tests. */
-void td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
+ * rejection-sampling speculation and by tests. TD_OK, or TD_E_ARG for the
+ * argument errors of td_sampler_pick or a NULL probs. */
+int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
                       size_t n_history, float *probs);
 
 #endif

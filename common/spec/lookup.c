@@ -409,11 +409,21 @@ static const td_drafter_ops lk_ops = {
     .destroy = lk_destroy,
 };
 
-td_drafter *td_spec_lookup_tree_create(int32_t min_ngram, int32_t max_ngram, int32_t max_branches) {
-    if (min_ngram < 1 || max_ngram < min_ngram || max_ngram > LK_MAX_NGRAM) return NULL;
-    if (max_branches < 1 || max_branches > LK_MAX_BRANCHES) return NULL;
+td_drafter *td_spec_lookup_tree_create(int32_t min_ngram, int32_t max_ngram, int32_t max_branches, td_err *err) {
+    if (min_ngram < 1 || max_ngram < min_ngram || max_ngram > LK_MAX_NGRAM) {
+        td_err_set(err, TD_E_ARG, "lookup drafter: n-gram lengths %d..%d (need 1 <= min <= max <= %d)", min_ngram,
+                   max_ngram, LK_MAX_NGRAM);
+        return NULL;
+    }
+    if (max_branches < 1 || max_branches > LK_MAX_BRANCHES) {
+        td_err_set(err, TD_E_ARG, "lookup drafter: %d branches (1..%d)", max_branches, LK_MAX_BRANCHES);
+        return NULL;
+    }
     lk_drafter *d = calloc(1, sizeof *d);
-    if (!d) return NULL;
+    if (!d) {
+        td_err_set(err, TD_E_NOMEM, "lookup drafter: out of memory");
+        return NULL;
+    }
     d->base.ops = &lk_ops;
     d->min_ngram = min_ngram;
     d->max_ngram = max_ngram;
@@ -422,6 +432,6 @@ td_drafter *td_spec_lookup_tree_create(int32_t min_ngram, int32_t max_ngram, int
     return &d->base;
 }
 
-td_drafter *td_spec_lookup_create(int32_t min_ngram, int32_t max_ngram) {
-    return td_spec_lookup_tree_create(min_ngram, max_ngram, LK_DEFAULT_BRANCHES);
+td_drafter *td_spec_lookup_create(int32_t min_ngram, int32_t max_ngram, td_err *err) {
+    return td_spec_lookup_tree_create(min_ngram, max_ngram, LK_DEFAULT_BRANCHES, err);
 }

@@ -63,8 +63,9 @@ static int measure(model_drafter *md, const int32_t *toks, int32_t w, const uint
     int32_t seq = md->max_seqs; /* reserved scratch slot */
     td_kv_truncate(md->kv, seq, 0);
     for (int32_t i = 0; i < w; i++) md->rows[i] = (td_row){seq, i, toks[i], true, false, 0};
-    td_err err;
-    int rc = td_model_forward_skip(md->ctx, md->kv, md->rows, w, md->logits, skip, &err);
+    /* a failed measurement keeps the current skip set; the reason stays in
+     * base.err for whoever looks */
+    int rc = td_model_forward_skip(md->ctx, md->kv, md->rows, w, md->logits, skip, &md->base.err);
     if (rc) return rc;
     *agree = 0;
     for (int32_t i = 0; i < w; i++) {
@@ -133,7 +134,9 @@ static int md_propose(td_drafter *d, int32_t seq, const int32_t *hist, size_t n,
     model_drafter *md = (model_drafter *)d;
     out->n = 0;
     md->last_drafted = 0;
-    if (seq < 0 || seq >= md->max_seqs || n == 0 || max_nodes <= 0) return seq < 0 || seq >= md->max_seqs ? TD_E_ARG : TD_OK;
+    if (seq < 0 || seq >= md->max_seqs)
+        return td_err_set(&md->base.err, TD_E_ARG, "sequence %d outside 0..%d", seq, md->max_seqs - 1);
+    if (n == 0 || max_nodes <= 0) return TD_OK;
     if (max_nodes > TD_DRAFT_MAX) max_nodes = TD_DRAFT_MAX;
     if (md->auto_skip && (!md->chosen || md->recent < 0.5f * md->measured)) choose_skip(md, hist, n);
     if (md->auto_skip && md->measured <= 0) return TD_OK;
@@ -145,19 +148,20 @@ static int md_propose(td_drafter *d, int32_t seq, const int32_t *hist, size_t n,
     while (cp < held && (size_t)cp < n && md->fed[seq][cp] == hist[cp]) cp++;
     if ((size_t)cp == n) cp--; /* the last token must be fed again for its logits */
     td_kv_truncate(md->kv, seq, cp);
-    td_err err;
-    int rc = feed(md, seq, hist + cp, (int32_t)n - cp, true, &err);
+    td_err *err = &md->base.err; /* kept for the caller, who names us */
+    int rc = feed(md, seq, hist + cp, (int32_t)n - cp, true, err);
     if (rc) return rc;
 
     memcpy(md->scratch, hist, n * sizeof(int32_t));
     for (int32_t i = 0; i < max_nodes; i++) {
         int32_t t = td_sampler_pick(md->smp, md->logits, (int64_t)n + i, md->scratch, n + (size_t)i);
+        if (t < 0) return td_err_set(err, t, "sampler refused its arguments");
         md->scratch[n + (size_t)i] = t;
         out->token[i] = t;
         out->parent[i] = i - 1;
         out->prob[i] = 0;
         out->n = i + 1;
-        if (i + 1 < max_nodes && (rc = feed(md, seq, &t, 1, true, &err))) return rc;
+        if (i + 1 < max_nodes && (rc = feed(md, seq, &t, 1, true, err))) return rc;
     }
     md->last_drafted = out->n;
     return TD_OK;
@@ -211,9 +215,14 @@ static model_drafter *create(const td_model *m, td_pool *pool, const td_sample_p
     md->n_vocab = hp->n_vocab;
     md->n_layer = hp->n_layer;
     /* one extra sequence slot is the measuring scratch */
-    md->kv = td_kv_create(m, max_seqs + 1, max_len);
-    md->ctx = td_ctx_create(m, MEASURE_WINDOW, pool);
-    md->smp = td_sampler_create(sp, hp->n_vocab);
+    td_err why = {0};
+    if (!(md->kv = td_kv_create(m, max_seqs + 1, max_len, &why)) ||
+        !(md->ctx = td_ctx_create(m, MEASURE_WINDOW, pool, &why)) ||
+        !(md->smp = td_sampler_create(sp, hp->n_vocab, &why))) {
+        md_destroy(&md->base);
+        td_err_set(err, why.code, "model drafter: %s", why.msg); /* keep the part's reason */
+        return NULL;
+    }
     md->fed = calloc((size_t)max_seqs + 1, sizeof *md->fed);
     md->scratch = malloc(((size_t)max_len + TD_DRAFT_MAX) * sizeof(int32_t));
     md->logits = malloc((size_t)MEASURE_WINDOW * hp->n_vocab * sizeof(float));

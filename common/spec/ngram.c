@@ -282,8 +282,12 @@ static const td_drafter_ops ng_ops = {
     .destroy = ng_destroy,
 };
 
-td_drafter *td_spec_ngram_create(int32_t order, int32_t max_seqs) {
-    if (order < 2 || order > NG_MAX_ORDER || max_seqs < 1 || max_seqs > NG_MAX_SEQS) return NULL;
+td_drafter *td_spec_ngram_create(int32_t order, int32_t max_seqs, td_err *err) {
+    if (order < 2 || order > NG_MAX_ORDER || max_seqs < 1 || max_seqs > NG_MAX_SEQS) {
+        td_err_set(err, TD_E_ARG, "n-gram drafter: order %d (2..%d), %d sequences (1..%d)", order, NG_MAX_ORDER,
+                   max_seqs, NG_MAX_SEQS);
+        return NULL;
+    }
     ng_drafter *d = calloc(1, sizeof *d);
     if (!d) goto fail;
     d->base.ops = &ng_ops;
@@ -294,5 +298,6 @@ td_drafter *td_spec_ngram_create(int32_t order, int32_t max_seqs) {
     return &d->base;
 fail:
     free(d);
+    td_err_set(err, TD_E_NOMEM, "n-gram drafter: out of memory");
     return NULL;
 }

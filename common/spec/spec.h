@@ -6,6 +6,10 @@
  * sequence only through the token history passed to them and the
  * observations the verifier reports; they keep per-sequence state and must
  * never depend on being in the same process as the target model.
+ *
+ * Threads: a drafter is used by one thread at a time (td_spec_run of one
+ * batch); the model drafters share the target's read-only td_model and may
+ * share its pool. A td_spec_run call owns its ctx, kv and drafters.
  */
 #ifndef TD_SPEC_H
 #define TD_SPEC_H
@@ -71,29 +75,55 @@ typedef struct td_drafter_ops {
 
 struct td_drafter {
     const td_drafter_ops *ops;
+    /* Why the last failing operation failed (a propose that returned a
+     * negative status writes it here); td_spec_run reports it with the
+     * drafter's name. Zero it when creating a drafter (calloc does). */
+    td_err err;
 };
 
-/* ---- model-free drafters (drafters.c and friends) ---- */
+/* ---- model-free drafters (drafters.c and friends) ----
+ * Every constructor returns NULL on failure with the reason in err
+ * (TD_E_ARG for parameters out of range, TD_E_NOMEM). */
 
 /* Prompt lookup / input copy: match the last n tokens (n from max_ngram down
  * to min_ngram) against the history and propose what followed the most
  * recent match. */
-td_drafter *td_spec_lookup_create(int32_t min_ngram, int32_t max_ngram);
+td_drafter *td_spec_lookup_create(int32_t min_ngram, int32_t max_ngram, td_err *err);
 /* The same with a chosen number of branches (1..4; 1 = always a chain, the
  * plain constructor uses 3): older matches whose continuations differ from
  * the newest one's add a few nodes where they diverge, once max_nodes >= 8. */
 td_drafter *td_spec_lookup_tree_create(int32_t min_ngram, int32_t max_ngram,
-                                       int32_t max_branches);
+                                       int32_t max_branches, td_err *err);
 
 /* Adaptive n-gram table (ADED-style): counts of continuations of the last
  * 1..order-1 tokens, built from the history and updated from accepted text;
  * proposes the most frequent chain, backing off to shorter contexts. */
-td_drafter *td_spec_ngram_create(int32_t order, int32_t max_seqs);
+td_drafter *td_spec_ngram_create(int32_t order, int32_t max_seqs, td_err *err);
+
+/* What a drafter's learnt state may cross. A drafter that learns from the
+ * texts it sees (Token Recycling's table, keyed partly on 2-3-token
+ * contexts) lets one request's text shape another's drafts, and their
+ * timing, when its state outlives the request. The caller chooses:
+ *   PER_REQUEST (the default, and what a service hosting many users must
+ *     use): state is per sequence and forgotten when a request starts
+ *     (reset), so nothing crosses requests;
+ *   PER_TENANT: state kept across requests and sequences; the caller holds
+ *     one drafter per tenant, so it crosses only that tenant's requests;
+ *   SHARED: one drafter for every request (a single user, benchmarks).
+ * lookup, ngram and the model drafters keep only per-sequence state rebuilt
+ * from each request's own history: per request by construction. */
+typedef enum td_drafter_scope {
+    TD_DRAFTER_PER_REQUEST = 0,
+    TD_DRAFTER_PER_TENANT = 1,
+    TD_DRAFTER_SHARED = 2,
+} td_drafter_scope;
 
 /* Token Recycling: an adjacency table token -> the target's top-k next
  * tokens from earlier verification steps; proposes a tree (breadth per depth
- * given by the static shape) by walking the table from the last token. */
-td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k);
+ * given by the static shape) by walking the table from the last token.
+ * td_spec_recycle_create is per request scope. */
+td_drafter *td_spec_recycle_create(int32_t n_vocab, int32_t top_k, td_err *err);
+td_drafter *td_spec_recycle_create_scoped(int32_t n_vocab, int32_t top_k, td_drafter_scope scope, td_err *err);
 
 void td_drafter_destroy(td_drafter *d); /* accepts NULL */
 

@@ -101,7 +101,8 @@ static void order_drafters(const runner *r, int *order) {
         }
 }
 
-static int propose(runner *r, seq_state *s, int32_t seq, int32_t budget) {
+/* A drafter that fails is named by the caller (step) from failed[0]. */
+static int propose(runner *r, seq_state *s, int32_t seq, int32_t budget, td_drafter **failed) {
     s->draft.n = 0;
     if (budget <= 0) return TD_OK;
     int order[MAX_DRAFTERS];
@@ -112,7 +113,11 @@ static int propose(runner *r, seq_state *s, int32_t seq, int32_t budget) {
         tmp.n = 0;
         memset(tmp.conf, 0, sizeof tmp.conf); /* drafters without classes leave 0 */
         int rc = d->ops->propose(d, seq, s->hist, s->n_hist, budget - s->draft.n, &tmp);
-        if (rc < 0) return rc;
+        if (rc < 0) {
+            if (!d->err.msg[0]) td_err_set(&d->err, rc, "%s", td_err_name(rc));
+            *failed = d;
+            return rc;
+        }
         merge_draft(s, &tmp, order[i], budget);
     }
     return TD_OK;
@@ -174,22 +179,24 @@ static int32_t rejection_step(runner *r, seq_state *s, const float *lg, int32_t 
 }
 
 /* Appends one produced token; mirrors the stop checks of td_gen_run.
- * Returns true when the sequence is finished. */
-static bool produce(runner *r, seq_state *s, int32_t tk) {
+ * *finished says whether the sequence is done; returns TD_OK, or an error
+ * (out of memory while streaming) that ends the whole run, as in gen.c. */
+static int produce(runner *r, seq_state *s, int32_t tk, bool *finished, td_err *err) {
     td_spec_request *q = s->req;
+    *finished = true;
     s->hist[s->n_hist++] = tk;
     if (q->out_tokens) q->out_tokens[q->stats.n_generated] = tk;
     q->stats.n_generated++;
-    if (!q->gen.ignore_eos && td_tok_is_eog(r->tok, tk)) { q->stats.stop = TD_STOP_EOG; return true; }
-    char piece[256];
-    int np = td_tok_piece(r->tok, tk, false, piece, sizeof piece);
-    if (np > (int)sizeof piece) np = (int)sizeof piece;
-    int pr = np > 0 ? td_textout_push(s->out, piece, (size_t)np) : 0;
-    if (pr == 1) { q->stats.stop = TD_STOP_STRING; return true; }
-    if (pr < 0) { q->stats.stop = TD_STOP_CALLER; return true; }
-    if (q->stats.n_generated >= q->gen.max_tokens) return true;
-    if ((int32_t)s->n_hist >= td_kv_max_len(r->kv)) { q->stats.stop = TD_STOP_CONTEXT; return true; }
-    return false;
+    if (!q->gen.ignore_eos && td_tok_is_eog(r->tok, tk)) { q->stats.stop = TD_STOP_EOG; return TD_OK; }
+    int pr = td_textout_push_token(s->out, r->tok, tk);
+    if (pr == TD_TEXTOUT_STOP_STRING) { q->stats.stop = TD_STOP_STRING; return TD_OK; }
+    if (pr == TD_TEXTOUT_STOP_CALLER) { q->stats.stop = TD_STOP_CALLER; return TD_OK; }
+    if (pr < 0)
+        return td_err_set(err, pr, "out of memory streaming token %d", tk);
+    if (q->stats.n_generated >= q->gen.max_tokens) return TD_OK;
+    if ((int32_t)s->n_hist >= td_kv_max_len(r->kv)) { q->stats.stop = TD_STOP_CONTEXT; return TD_OK; }
+    *finished = false;
+    return TD_OK;
 }
 
 /* Tells the planner, for every node whose parent was kept (so the node was
@@ -207,7 +214,7 @@ static void learn_acceptance(runner *r, const seq_state *s, const int32_t *keep,
 }
 
 /* Verifies one sequence's rows of the pass; updates cache, drafters, stats. */
-static int settle(runner *r, seq_state *s, int32_t seq) {
+static int settle(runner *r, seq_state *s, int32_t seq, td_err *err) {
     const td_draft *d = &s->draft;
     size_t n_before = s->n_hist;
     int32_t base = (int32_t)n_before - 1; /* slot of the root row */
@@ -229,9 +236,11 @@ static int settle(runner *r, seq_state *s, int32_t seq) {
             if (!acc) child = -1;
         } else {
             tk = td_sampler_pick(s->smp, lg, (int64_t)s->n_hist, s->hist, s->n_hist);
+            if (tk < 0) return td_err_set(err, tk, "sampler refused its arguments");
             child = child_with(d, node, tk);
         }
-        finished = produce(r, s, tk);
+        int rc = produce(r, s, tk, &finished, err);
+        if (rc) return rc;
         if (finished || child < 0) break;
         node = child;
         accepted++;
@@ -247,7 +256,7 @@ static int settle(runner *r, seq_state *s, int32_t seq) {
         return TD_OK;
     }
     int rc = td_kv_compact(r->kv, seq, base, keep, n_keep);
-    if (rc) return rc;
+    if (rc) return td_err_set(err, rc, "cache compaction failed: %s", td_err_name(rc));
 
     /* Credit the drafter whose node ended the accepted path. */
     if (d->n > 0) {
@@ -297,8 +306,10 @@ static int step(runner *r, seq_state *st, int32_t n_reqs, td_err *err) {
         if (b > fit_ctx) b = fit_ctx;
         if (b > fit_rows) b = fit_rows;
         if (b > left) b = left;
-        int rc = propose(r, s, i, b);
-        if (rc < 0) return td_err_set(err, rc, "drafter failed: %s", td_err_name(rc));
+        td_drafter *failed = NULL;
+        int rc = propose(r, s, i, b, &failed);
+        if (rc < 0)
+            return td_err_set(err, rc, "drafter %s failed on request %d: %s", failed->ops->name, i, failed->err.msg);
     }
     if (r->sp->adaptive) {
         int32_t n = 0;
@@ -329,7 +340,7 @@ static int step(runner *r, seq_state *st, int32_t n_reqs, td_err *err) {
     td_spec_plan_age(&r->plan);
     for (int32_t i = 0; i < n_reqs; i++) {
         if (st[i].done) continue;
-        if ((rc = settle(r, &st[i], i))) return td_err_set(err, rc, "cache compaction failed");
+        if ((rc = settle(r, &st[i], i, err))) return rc;
     }
     return TD_OK;
 }
@@ -380,8 +391,13 @@ int td_spec_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, td
         if ((rc = td_sample_validate(&q->gen.sample, err))) goto done;
         size_t cap = q->n_prompt + (size_t)(q->gen.max_tokens > 0 ? q->gen.max_tokens : 0) + TD_DRAFT_MAX + 2;
         s->hist = malloc(cap * sizeof *s->hist);
-        s->smp = td_sampler_create(&q->gen.sample, hp->n_vocab);
-        s->out = td_textout_create(q->gen.stop, q->gen.n_stop, q->emit, q->user);
+        td_err why = {0};
+        s->smp = td_sampler_create(&q->gen.sample, hp->n_vocab, &why);
+        s->out = td_textout_create(q->gen.stop, q->gen.n_stop, q->emit, q->user, &why);
+        if (!s->smp || !s->out) {
+            rc = td_err_set(err, why.code, "request %d: %s", i, why.msg);
+            goto done;
+        }
         s->probs = sp->mode == TD_SPEC_REJECTION ? malloc((size_t)hp->n_vocab * sizeof(float)) : NULL;
         if (!s->hist || !s->smp || !s->out || (sp->mode == TD_SPEC_REJECTION && !s->probs)) {
             rc = td_err_set(err, TD_E_NOMEM, "out of memory");
@@ -393,6 +409,7 @@ int td_spec_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, td
                                  : sp->draft_max;
         s->done = q->gen.max_tokens <= 0;
         q->stats.n_prompt = (int32_t)q->n_prompt;
+        q->stats.n_prefilled = (int32_t)q->n_prompt - 1; /* the last is the first pass's root */
         q->stats.stop = TD_STOP_LENGTH;
         for (int d = 0; d < n_drafters; d++)
             if (drafters[d]->ops->reset) drafters[d]->ops->reset(drafters[d], i);

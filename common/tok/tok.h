@@ -5,6 +5,10 @@
  * are matched verbatim in the input when parse_special is set. Encoding
  * rejects invalid UTF-8 with TD_E_ARG. Chat formatting renders the template
  * family detected from tokenizer.chat_template (ChatML, Llama-3, Mistral).
+ *
+ * Threads: a td_tok is read-only once created; every function here takes it
+ * const and keeps its scratch (PCRE2 match data included) per call, so one
+ * tokenizer serves any number of threads at once.
  */
 #ifndef TD_TOK_H
 #define TD_TOK_H

@@ -14,6 +14,9 @@
  * still open; the caller closes and then reads the count: with sequentially
  * consistent atomics one of the two sees the other. Promise: td_pool_run
  * returns only after every thread that entered fn left it; jobs never overlap.
+ * Callers on several threads (contexts of one server sharing the pool) take
+ * turns: run_mu is held for a whole job, so the job fields are written by
+ * one caller at a time and a job never starts before the last one closed.
  */
 #include "util/util.h"
 
@@ -54,6 +57,7 @@ struct td_pool {
     _Atomic bool stop;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_mutex_t run_mu;   /* one td_pool_run at a time */
 };
 
 static void *worker_main(void *arg) {
@@ -86,36 +90,52 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-td_pool *td_pool_create(int n_threads) {
-    if (n_threads < 1) return NULL;
+td_pool *td_pool_create(int n_threads, td_err *err) {
+    if (n_threads < 1) {
+        td_err_set(err, TD_E_ARG, "thread pool: %d threads (at least 1)", n_threads);
+        return NULL;
+    }
     td_pool *p = calloc(1, sizeof *p);
-    if (!p) return NULL;
+    if (!p) goto nomem;
     p->n = n_threads;
     atomic_init(&p->gen, 0);
     atomic_init(&p->closed, 0);
     atomic_init(&p->active, 0);
     atomic_init(&p->sleepers, 0);
     atomic_init(&p->stop, false);
-    if (pthread_mutex_init(&p->mu, NULL) != 0) { free(p); return NULL; }
+    if (pthread_mutex_init(&p->mu, NULL) != 0) { free(p); goto nomem; }
     if (pthread_cond_init(&p->cv, NULL) != 0) {
         pthread_mutex_destroy(&p->mu);
         free(p);
-        return NULL;
+        goto nomem;
+    }
+    if (pthread_mutex_init(&p->run_mu, NULL) != 0) {
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        goto nomem;
     }
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
     p->workers = calloc((size_t)n_threads, sizeof *p->workers);
-    if (!p->threads || !p->workers) goto fail;
+    if (!p->threads || !p->workers) {
+        p->n = 1; /* no thread started: destroy joins none */
+        td_pool_destroy(p);
+        goto nomem;
+    }
     for (int i = 1; i < n_threads; i++) {
         p->workers[i].pool = p;
         p->workers[i].ith = i;
-        if (pthread_create(&p->threads[i], NULL, worker_main, &p->workers[i]) != 0) {
+        int rc = pthread_create(&p->threads[i], NULL, worker_main, &p->workers[i]);
+        if (rc != 0) {
             p->n = i; /* destroy joins only the threads that started */
-            goto fail;
+            td_pool_destroy(p);
+            td_err_set(err, TD_E_IO, "thread pool: cannot start thread %d of %d (error %d)", i + 1, n_threads, rc);
+            return NULL;
         }
     }
     return p;
-fail:
-    td_pool_destroy(p);
+nomem:
+    td_err_set(err, TD_E_NOMEM, "thread pool: out of memory");
     return NULL;
 }
 
@@ -130,6 +150,7 @@ void td_pool_destroy(td_pool *p) {
     }
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->run_mu);
     free(p->threads);
     free(p->workers);
     free(p);
@@ -142,6 +163,7 @@ void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx) {
         fn(ctx, 0, 1);
         return;
     }
+    pthread_mutex_lock(&p->run_mu);
     p->fn = fn;
     p->ctx = ctx;
     uint64_t g = atomic_fetch_add(&p->gen, 1) + 1;
@@ -158,4 +180,5 @@ void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx) {
         if (spins % SPIN_BEFORE_YIELD == SPIN_BEFORE_YIELD - 1) sched_yield();
         else td_cpu_relax();
     }
+    pthread_mutex_unlock(&p->run_mu);
 }

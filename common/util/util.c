@@ -16,6 +16,7 @@ int td_err_set(td_err *err, int code, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        err->code = code;
     }
     return code;
 }

@@ -3,7 +3,10 @@
  *
  * Errors: library code never prints or exits. A function that can fail takes
  * a `td_err *` (may be NULL), returns a negative TD_E* status on failure and
- * writes one human-readable line into the buffer.
+ * writes one human-readable line into the buffer, and the status into its
+ * code. Constructors that return a pointer (NULL on failure) report the same
+ * way: err->code tells a caller's mistake (TD_E_ARG) from running out of
+ * memory (TD_E_NOMEM) or anything else, err->msg says which.
  */
 #ifndef TD_UTIL_H
 #define TD_UTIL_H
@@ -29,6 +32,7 @@ enum {
 
 typedef struct td_err {
     char msg[512];
+    int code; /* the status of the last td_err_set */
 } td_err;
 
 /* Writes a formatted message into err (no-op when err is NULL); returns code
@@ -94,10 +98,16 @@ uint64_t td_fnv1a64(uint64_t h, const void *data, size_t n);
  * pass for a scheduler slice. So fn takes its work from a shared counter
  * (td_claim), never by ith: the caller alone must be able to do all of it.
  * ith only picks per-thread scratch. Workers spin briefly between jobs, then
- * sleep, so the many small jobs of a decode step do not pay a futex wake each. */
+ * sleep, so the many small jobs of a decode step do not pay a futex wake each.
+ * Threads: td_pool_run may be called from several threads at once (say two
+ * contexts sharing the process's pool); the calls take turns, one job at a
+ * time. fn must not call td_pool_run on the same pool (it would wait for
+ * itself). td_pool_create/destroy: one owner; destroy only when no call runs. */
 typedef struct td_pool td_pool;
 typedef void (*td_pool_fn)(void *ctx, int ith, int nth);
-td_pool *td_pool_create(int n_threads); /* NULL on failure; n_threads >= 1 */
+/* NULL on failure (err: TD_E_ARG for n_threads < 1, TD_E_NOMEM, TD_E_IO when
+ * a thread cannot start). */
+td_pool *td_pool_create(int n_threads, td_err *err);
 void td_pool_destroy(td_pool *p);       /* accepts NULL */
 int td_pool_size(const td_pool *p);     /* 1 for a NULL pool */
 void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx); /* NULL pool: runs fn(ctx,0,1) */

@@ -289,7 +289,7 @@ int main(int argc, char **argv) {
 
     /* forward: every matrix of the model once, weights streamed from memory */
     if (threads > 1)
-        pool = td_pool_create(threads);
+        pool = td_pool_create(threads, NULL);
     printf("\nforward (30 layers x 7 matrices + output, each once; weights not cache-resident; "
            "%d thread%s)\n", threads, threads > 1 ? "s" : "");
     job jobs[N_LAYERS * N_LAYER_SHAPES + 1];

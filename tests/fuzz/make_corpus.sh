@@ -2,7 +2,9 @@
 # make_corpus.sh NAME CORPUS_DIR [BUILD_DIR] — writes generated seed inputs for
 # the fuzz target NAME into CORPUS_DIR (never committed). fuzz_gguf gets the
 # hand-built files of make_corpus.py plus tiny-model heads when BUILD_DIR has
-# td-mktiny; other targets get no seeds from here.
+# td-mktiny; fuzz_tok gets a few inputs per operation (see fuzz_tok.c for the
+# layout: operation and tokenizer byte, flags byte, payload); other targets
+# get no seeds from here.
 set -euo pipefail
 name=$1
 out=$2
@@ -16,6 +18,16 @@ case "$name" in
     else
       python3 "$here/make_corpus.py" "$out"
     fi
+    ;;
+  fuzz_tok)
+    # byte 0: operation (0 encode, 1 decode, 2 chat) + 3 x tokenizer (0..4)
+    for tk in 0 1 2 3 4; do
+      op0=$(printf '\\%03o' $((0 + 3 * tk))); op1=$(printf '\\%03o' $((1 + 3 * tk))); op2=$(printf '\\%03o' $((2 + 3 * tk)))
+      printf "${op0}\\000Hello, world! 12345 the  cat\\n\\nsat <|im_start|>user<|im_end|> <user_tok> \\303\\251t\\303\\251" >"$out/enc-$tk"
+      printf "${op0}\\002<|im_start|>system\\nhi<|im_end|><|eot_id|>[INST] x [/INST]" >"$out/enc-special-$tk"
+      printf "${op1}\\064\\001\\000\\000\\000\\101\\000\\000\\000\\001\\001\\000\\000\\377\\377\\377\\377" >"$out/dec-$tk"
+      printf "${op2}\\010system\\000Be brief.\\000user\\000Hi there\\000assistant\\000Hello!\\000user\\000Bye" >"$out/chat-$tk"
+    done
     ;;
   *) ;;
 esac

@@ -19,6 +19,11 @@ exit_is() { # expected-code command...
   "$@" >"$tmp/out" 2>"$tmp/err"; local got=$?
   [ "$got" -eq "$want" ] || { echo "  exit $got, wanted $want; stderr: $(head -c 300 "$tmp/err")"; return 1; }
 }
+run_to() { # outfile command...: stdout to outfile, stderr to $tmp/err; fails unless the exit status is 0
+  local out=$1; shift
+  "$@" >"$out" 2>"$tmp/err"; local got=$?
+  [ "$got" -eq 0 ] || { echo "  exit $got: $* ; stderr: $(head -c 300 "$tmp/err")"; return 1; }
+}
 err_has() { grep -q -- "$1" "$tmp/err" || { echo "  stderr lacks '$1': $(head -c 300 "$tmp/err")"; return 1; }; }
 one_line_err() { [ "$(grep -c . "$tmp/err")" -le 2 ] || { echo "  stderr has $(wc -l <"$tmp/err") lines"; return 1; }; }
 
@@ -55,9 +60,9 @@ check "summary on stderr" err_has "generated"
 check "stdout has no summary" bash -c "! grep -q 'tok/s' '$tmp/g1'"
 # llama.cpp's greedy answer to the same chat prompt (tests/fixtures/greedy_chat.json)
 check "same opening as llama.cpp" grep -q "^Hello! I'm here to help" "$tmp/g1"
-"$TANDEM" generate --model "$MODEL" --prompt "Once upon a time" --max-tokens 32 --temperature 0.8 --top-p 0.9 --seed 7 --threads 1 >"$tmp/s1" 2>/dev/null
-"$TANDEM" generate --model "$MODEL" --prompt "Once upon a time" --max-tokens 32 --temperature 0.8 --top-p 0.9 --seed 7 --threads 2 >"$tmp/s2" 2>/dev/null
-"$TANDEM" generate --model "$MODEL" --prompt "Once upon a time" --max-tokens 32 --temperature 0.8 --top-p 0.9 --seed 8 --threads 2 >"$tmp/s3" 2>/dev/null
+check "run: s1" run_to "$tmp/s1" "$TANDEM" generate --model "$MODEL" --prompt "Once upon a time" --max-tokens 32 --temperature 0.8 --top-p 0.9 --seed 7 --threads 1
+check "run: s2" run_to "$tmp/s2" "$TANDEM" generate --model "$MODEL" --prompt "Once upon a time" --max-tokens 32 --temperature 0.8 --top-p 0.9 --seed 7 --threads 2
+check "run: s3" run_to "$tmp/s3" "$TANDEM" generate --model "$MODEL" --prompt "Once upon a time" --max-tokens 32 --temperature 0.8 --top-p 0.9 --seed 8 --threads 2
 check "same seed, same bytes (1 vs 2 threads)" cmp -s "$tmp/s1" "$tmp/s2"
 check "other seed, other text" bash -c "! cmp -s '$tmp/s1' '$tmp/s3'"
 check "stop string" exit_is 0 "$TANDEM" generate --model "$MODEL" --prompt "1, 2, 3, 4," --max-tokens 40 --stop " 7"
@@ -66,30 +71,30 @@ check "stop reason reported" err_has "stop-string"
 
 # speculative decoding: the same bytes as plain decoding, greedy and sampled
 days="List the days of the week, then list them again in reverse order."
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 >"$tmp/plain_days" 2>/dev/null
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --temperature 0.9 --seed 5 >"$tmp/plain_days_s" 2>/dev/null
+check "run: plain_days" run_to "$tmp/plain_days" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2
+check "run: plain_days_s" run_to "$tmp/plain_days_s" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --temperature 0.9 --seed 5
 for d in lookup ngram recycle layerskip auto; do
-  "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --draft "$d" >"$tmp/d" 2>"$tmp/err"
+  check "draft $d runs" run_to "$tmp/d" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --draft "$d"
   check "draft $d: same text as plain decoding" cmp -s "$tmp/d" "$tmp/plain_days"
   check "draft $d: reports speculation" err_has "tokens/pass"
-  "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --temperature 0.9 --seed 5 --draft "$d" >"$tmp/d" 2>/dev/null
+  check "draft $d, sampled, runs" run_to "$tmp/d" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --temperature 0.9 --seed 5 --draft "$d"
   check "draft $d, sampled: same text as plain decoding" cmp -s "$tmp/d" "$tmp/plain_days_s"
 done
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --draft auto --draft-max 32 --row-cost 0.02 >"$tmp/d" 2>"$tmp/err"
+check "wide trees run" run_to "$tmp/d" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --draft auto --draft-max 32 --row-cost 0.02
 check "wide trees (--row-cost 0.02): same text as plain decoding" cmp -s "$tmp/d" "$tmp/plain_days"
 check "row cost outside its range refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --draft lookup --row-cost 0
 check "row cost error names the option" err_has "--row-cost"
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics fast >"$tmp/fast_plain" 2>/dev/null
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics fast --draft auto >"$tmp/fast_auto" 2>/dev/null
+check "run: fast_plain" run_to "$tmp/fast_plain" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics fast
+check "run: fast_auto" run_to "$tmp/fast_auto" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics fast --draft auto
 check "--numerics fast: speculation gives the same text as fast plain decoding" cmp -s "$tmp/fast_auto" "$tmp/fast_plain"
 check "--numerics with an unknown mode refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics exact
 check "numerics error names the modes" err_has "'reference', 'fast' or 'llamacpp'"
 check "speculation with llamacpp numerics refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics llamacpp --draft lookup
 check "the refusal says why" err_has "needs --numerics reference or fast"
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 24 --threads 2 --numerics llamacpp >"$tmp/llamacpp_out" 2>"$tmp/err"
+check "run: llamacpp_out" run_to "$tmp/llamacpp_out" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 24 --threads 2 --numerics llamacpp
 check "llamacpp numerics generates text" test -s "$tmp/llamacpp_out"
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics reference >"$tmp/ref_plain" 2>/dev/null
-"$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics reference --draft auto >"$tmp/ref_auto" 2>/dev/null
+check "run: ref_plain" run_to "$tmp/ref_plain" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics reference
+check "run: ref_auto" run_to "$tmp/ref_auto" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics reference --draft auto
 check "--numerics reference: speculation gives the same text as reference plain decoding" cmp -s "$tmp/ref_auto" "$tmp/ref_plain"
 check "unknown drafter refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft magic
 check "unknown drafter named" err_has "magic"
@@ -109,7 +114,42 @@ printf '%s\n' '{"category": "qa", "turns": ["Hi?"]}' '{"category": 7}' >"$tmp/ba
 check "bench spec: malformed question refused" exit_is 1 "$TANDEM" bench spec --model "$MODEL" --prompts "$tmp/bad.jsonl" --max-tokens 4 --draft lookup
 check "bench spec: names the line" err_has "bad.jsonl:2"
 check "bench spec: negative warm-up is a usage error" exit_is 2 "$TANDEM" bench spec --prompts "$tmp/q.jsonl" --warmup -1
-if [ -n "${TD_MKTINY:-}" ] && [ -x "$TD_MKTINY" ]; then
+# hostile input found by hand (issue 11): each of these was accepted or misreported before
+check "--seed -1 refused" exit_is 2 "$TANDEM" generate --prompt hi --seed -1
+check "--seed -1: range message" err_has "expects an integer in \[0, 18446744073709551615\], got '-1'"
+check "--seed 2^64 refused" exit_is 2 "$TANDEM" generate --prompt hi --seed 18446744073709551616
+check "--seed 10^23 refused" exit_is 2 "$TANDEM" generate --prompt hi --seed 100000000000000000000000
+check "--seed 2^64-1 accepted" exit_is 0 "$TANDEM" generate --model "$MODEL" --prompt hi --seed 18446744073709551615 --max-tokens 1 --threads 1
+printf 'Tell me a story\0 about a cat' >"$tmp/nul.txt"
+check "NUL byte in --prompt-file refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt-file "$tmp/nul.txt" --max-tokens 1
+check "NUL byte: names the byte offset" err_has "NUL byte at byte offset 15"
+check "--draft \"\" refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --draft ""
+check "--draft ,, refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft ,,
+# a one-token prompt: speculation prefills nothing (the token is the first pass's root)
+check "one-token prompt with --draft" exit_is 0 "$TANDEM" generate --model "$MODEL" --prompt hi --draft lookup --max-tokens 2 --threads 1
+check "prefill rate counts only prefilled tokens" err_has "prompt 1 tokens, generated 2 tokens, prefill 0.0 tok/s"
+check "missing --model file refused" exit_is 1 "$TANDEM" generate --model "$tmp/nonexistent.gguf" --prompt hi
+check "missing --model: no 'pass --model' hint" bash -c "! grep -q 'pass --model' '$tmp/err'"
+check "missing default model: the setup hint" exit_is 1 env TANDEM_MODEL="$tmp/nonexistent.gguf" "$TANDEM" generate --prompt hi
+check "missing default model: hint given" err_has "scripts/setup.sh"
+
+if [ -z "${TD_MKTINY:-}" ] || [ ! -x "$TD_MKTINY" ]; then
+  # under CI a missing tool is a broken set-up, not a reason to skip
+  if [ "${CI:-}" = "true" ]; then check "td-mktiny available (CI=true)" false; fi
+else
+  "$TD_MKTINY" "$tmp/evil.gguf" --name $'evil\e[31mRED\nfake: line\xff\xc2\x9b' >/dev/null
+  check "info --all on a hostile name" exit_is 0 "$TANDEM" info --all "$tmp/evil.gguf"
+  check "info --all: no raw escape byte" bash -c "! grep -q \$'\\e' '$tmp/out'"
+  check "info --all: control characters escaped" grep -qF 'general.name = "evil\x1B[31mRED\nfake: line\xFF\u009B"' "$tmp/out"
+  check "info --all: no fake line" bash -c "! grep -q '^fake' '$tmp/out'"
+  check "tokenize --pieces of an escape sequence" exit_is 0 "$TANDEM" tokenize --model "$tmp/evil.gguf" --pieces $'a\e[31mb'
+  check "tokenize --pieces: no raw escape byte" bash -c "! grep -q \$'\\e' '$tmp/out'"
+  check "tokenize --pieces: the escape byte escaped" grep -qF '\x1B' "$tmp/out"
+  "$TD_MKTINY" "$tmp/ctx0.gguf" --ctx 0 >/dev/null
+  check "context_length 0 refused" exit_is 1 "$TANDEM" generate --model "$tmp/ctx0.gguf" --prompt hi
+  check "context_length 0: not blamed on --ctx" bash -c "! grep -q -- 'does not fit --ctx' '$tmp/err'"
+  check "context_length 0: says where the limit came from" err_has "context_length is 0"
+  check "context_length 0 with --ctx runs" exit_is 0 "$TANDEM" generate --model "$tmp/ctx0.gguf" --prompt hi --ctx 64 --max-tokens 2
   "$TD_MKTINY" "$tmp/tiny.gguf" >/dev/null
   check "draft model with another vocabulary refused" exit_is 1 "$TANDEM" generate --model "$MODEL" --prompt hi --draft "model:$tmp/tiny.gguf"
   check "vocabulary mismatch explained" err_has "vocabulary differs"

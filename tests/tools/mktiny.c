@@ -81,6 +81,8 @@ typedef struct opts {
     int n_layer;
     int tied;
     const shape *sh;
+    const char *name; /* general.name; NULL: "tandem-<shape>" */
+    long n_ctx;       /* context_length; -1: the shape's */
 } opts;
 
 /* ---- deterministic randomness: splitmix64 + Box-Muller ---- */
@@ -429,9 +431,9 @@ static int add_metadata(td_gguf_writer *w, const opts *o) {
 #define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", o->arch, suffix), key)
     rc |= td_gguf_writer_add_str(w, "general.architecture", o->arch);
     snprintf(model_name, sizeof model_name, "tandem-%s", sh->name);
-    rc |= td_gguf_writer_add_str(w, "general.name", model_name);
+    rc |= td_gguf_writer_add_str(w, "general.name", o->name ? o->name : model_name);
     rc |= td_gguf_writer_add_u32(w, "general.quantization_version", 2);
-    rc |= td_gguf_writer_add_u32(w, KEY("context_length"), (uint32_t)sh->n_ctx);
+    rc |= td_gguf_writer_add_u32(w, KEY("context_length"), (uint32_t)(o->n_ctx >= 0 ? o->n_ctx : sh->n_ctx));
     rc |= td_gguf_writer_add_u32(w, KEY("embedding_length"), (uint32_t)sh->n_embd);
     rc |= td_gguf_writer_add_u32(w, KEY("block_count"), (uint32_t)o->n_layer);
     rc |= td_gguf_writer_add_u32(w, KEY("feed_forward_length"), (uint32_t)sh->n_ff);
@@ -466,6 +468,7 @@ static int usage(void) {
     fprintf(stderr,
             "usage: td-mktiny OUT.gguf [--shape NAME] [--seed N] [--arch llama|qwen2]\n"
             "                 [--type TYPE] [--layers N] [--tied]\n"
+            "                 [--name TEXT] [--ctx N]\n"
             "  NAME: tiny      n_embd 256, 4/2 heads, n_ff 512, 300 rows, 2 layers (default)\n"
             "        llama7b   Llama-2-7B shapes: 4096, 32/32 heads, n_ff 11008, 32000 rows,\n"
             "                  32 layers, ctx 4096, untied (Q4_1: 3.9 GiB)\n"
@@ -475,6 +478,7 @@ static int usage(void) {
             "        (default: mixed for tiny, Q4_1 for the others; K types fall back\n"
             "        to Q5_0/Q5_1/Q8_0 on rows that are not a multiple of 256)\n"
             "  --layers: 2..4 for tiny, 1..64 for the others (default: the shape's)\n"
+            "  --name, --ctx: general.name and context_length (tests of hostile files)\n"
             "  The whole file is built in memory before it is written.\n");
     return 2;
 }
@@ -490,7 +494,7 @@ static int parse_type(const char *s) {
 
 static int parse_args(int argc, char **argv, opts *o) {
     long layers = 0; /* 0: the shape's own count */
-    *o = (opts){.seed = 1, .arch = "llama", .one_type = TYPE_UNSET, .sh = &shapes[0]};
+    *o = (opts){.seed = 1, .arch = "llama", .one_type = TYPE_UNSET, .sh = &shapes[0], .name = NULL, .n_ctx = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end;
@@ -514,6 +518,14 @@ static int parse_args(int argc, char **argv, opts *o) {
                 if (strcmp(v, shapes[s].name) == 0) o->sh = &shapes[s];
             if (!o->sh) return -1;
             i++;
+        } else if (strcmp(a, "--name") == 0 && v) {
+            o->name = v;
+            i++;
+        } else if (strcmp(a, "--ctx") == 0 && v) {
+            long n = strtol(v, &end, 10);
+            if (*end || !*v || n < 0 || n > 1 << 20) return -1;
+            o->n_ctx = n;
+            i++;
         } else if (strcmp(a, "--layers") == 0 && v) {
             /* checked against the shape below: the options come in any order */
             layers = strtol(v, &end, 10);
@@ -535,7 +547,7 @@ static int parse_args(int argc, char **argv, opts *o) {
 
 int main(int argc, char **argv) {
     opts o;
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = 1;
     if (parse_args(argc, argv, &o) != 0) return usage();
     td_gguf_writer *w = td_gguf_writer_create();

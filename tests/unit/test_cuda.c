@@ -43,7 +43,7 @@ static const char *bin_dir(void) {
 }
 
 static bool have_gpu(void) {
-    td_err err = {{0}};
+    td_err err = {0};
     if (!td_cuda_compiled()) return false;
     if (td_cuda_device_count(&err) > 0) return true;
     fprintf(stderr, "# no CUDA device: %s\n", err.msg);
@@ -95,7 +95,7 @@ static void layout_roundtrip(void **s) {
 static void layout_refusals(void **s) {
     (void)s;
     td_cuda_layout lay;
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(td_cuda_layout_of(TD_TYPE_Q4_K, 256, 4, &lay, &err), TD_E_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "Q4_K"));
     assert_int_equal(td_cuda_layout_of(TD_TYPE_F16, 64, 4, &lay, &err), TD_E_UNSUPPORTED);
@@ -119,7 +119,7 @@ static void layout_refusals(void **s) {
 static void device_names(void **s) {
     (void)s;
     td_device d;
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(td_device_parse("cpu", &d, &err), TD_OK);
     assert_int_equal(d.kind, TD_DEVICE_CPU);
     assert_int_equal(td_device_parse("cuda", &d, &err), TD_OK);
@@ -144,7 +144,7 @@ static void no_device_message(void **s) {
     assert_int_equal(system(cmd), 0);
     td_gguf *g;
     td_model *m;
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(td_gguf_open(path, &g, &err), TD_OK);
     assert_int_equal(td_model_load(g, &m, &err), TD_OK);
     assert_null(td_ctx_create_on(m, 4, NULL, GPU, &err));
@@ -163,7 +163,7 @@ typedef struct loaded {
 } loaded;
 
 static bool load(const char *path, loaded *L) {
-    td_err err = {{0}};
+    td_err err = {0};
     memset(L, 0, sizeof *L);
     if (td_gguf_open(path, &L->g, &err) || td_model_load(L->g, &L->m, &err)) {
         fprintf(stderr, "# %s: %s\n", path, err.msg);
@@ -212,9 +212,9 @@ static void compare_rows(const float *a, const float *b, int32_t n_rows, int32_t
  * `chunk` rows with every row's logits. */
 static void cpu_vs_gpu(td_model *m, const int32_t *ids, int32_t n, int32_t chunk, td_pool *pool, cmp *c) {
     int32_t V = td_model_hparams(m)->n_vocab;
-    td_err err = {{0}};
-    td_kv *kc = td_kv_create(m, 1, n + 8), *kg = td_kv_create(m, 1, n + 8);
-    td_ctx *cc = td_ctx_create(m, chunk, pool);
+    td_err err = {0};
+    td_kv *kc = td_kv_create(m, 1, n + 8, NULL), *kg = td_kv_create(m, 1, n + 8, NULL);
+    td_ctx *cc = td_ctx_create(m, chunk, pool, NULL);
     td_ctx *cg = td_ctx_create_on(m, chunk, NULL, GPU, &err);
     if (!cg) fprintf(stderr, "# %s\n", err.msg);
     assert_non_null(cg);
@@ -244,7 +244,7 @@ static void tiny_logits_match_cpu(void **s) {
     if (!have_gpu()) skip();
     static const char *const kinds[4][2] = {{"--type Q4_1", "q41"}, {"--type Q8_0", "q80"},
                                             {"--type Q4_1 --arch qwen2 --tied", "qwen"}, {"--type Q4_0", "q40"}};
-    td_pool *pool = td_pool_create(2);
+    td_pool *pool = td_pool_create(2, NULL);
     for (int k = 0; k < 4; k++) {
         loaded L;
         assert_true(tiny(kinds[k][0], kinds[k][1], &L));
@@ -283,7 +283,7 @@ static void gpu_batch_invariance(void **s) {
     assert_true(tiny("--type Q4_1", "inv", &L));
     const td_hparams *hp = td_model_hparams(L.m);
     int32_t V = hp->n_vocab;
-    td_err err = {{0}};
+    td_err err = {0};
     enum { P = 24 };
     int32_t ids[P + 4];
     tokens_of(V, ids, P + 4);
@@ -292,7 +292,7 @@ static void gpu_batch_invariance(void **s) {
     float *alone = malloc((size_t)P * V * sizeof(float)), *batch = malloc((size_t)P * V * sizeof(float));
     td_row rows[P];
     /* token by token */
-    td_kv *kv = td_kv_create(L.m, 4, 128);
+    td_kv *kv = td_kv_create(L.m, 4, 128, NULL);
     for (int32_t i = 0; i < P; i++) {
         rows[0] = td_row_linear(0, i, ids[i], true);
         assert_int_equal(td_model_forward(c, kv, rows, 1, alone + (size_t)i * V, &err), TD_OK);
@@ -338,7 +338,7 @@ static void gpu_batch_invariance(void **s) {
     assert_int_equal(td_model_forward(c, kv, rows, 1, lin, &err), TD_OK);
     assert_memory_equal(lin, alone + (size_t)23 * V, (size_t)V * sizeof(float));
     /* a CPU context refuses a cache that lives on the GPU */
-    td_ctx *cpu = td_ctx_create(L.m, 4, NULL);
+    td_ctx *cpu = td_ctx_create(L.m, 4, NULL, NULL);
     rows[0] = td_row_linear(0, P, ids[0], true);
     assert_int_equal(td_model_forward(cpu, kv, rows, 1, lin, &err), TD_E_ARG);
     td_ctx_destroy(cpu);
@@ -389,12 +389,12 @@ static void real_teacher_forced(void **s) {
     assert_non_null(text);
     int32_t *ids;
     size_t n;
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(td_tok_encode(L.tok, text, strlen(text), td_tok_add_bos(L.tok), false, &ids, &n, &err), TD_OK);
     enum { N = 2000 };
     int32_t *all = malloc(N * sizeof *all);
     for (int32_t i = 0; i < N; i++) all[i] = ids[(size_t)i % n]; /* the text repeats if short */
-    td_pool *pool = td_pool_create(td_cpu_count());
+    td_pool *pool = td_pool_create(td_cpu_count(), NULL);
     cmp c = {0}, dec = {0};
     cpu_vs_gpu(L.m, all, N, 500, pool, &c);
     cpu_vs_gpu(L.m, all, 64, 1, pool, &dec);
@@ -422,7 +422,7 @@ static void real_spec_identity(void **s) {
     assert_non_null(jl);
     int32_t *prompt[NQ];
     size_t n_prompt[NQ];
-    td_err err = {{0}};
+    td_err err = {0};
     char *line = jl;
     for (int q = 0; q < NQ; q++) {
         char *nl = strchr(line, '\n');
@@ -445,7 +445,7 @@ static void real_spec_identity(void **s) {
         cJSON_Delete(j);
         line = nl + 1;
     }
-    td_pool *pool = td_pool_create(td_cpu_count());
+    td_pool *pool = td_pool_create(td_cpu_count(), NULL);
     td_ctx *ctx = td_ctx_create_on(L.m, 512, pool, GPU, &err);
     assert_non_null(ctx);
     static const char *const names[5] = {"lookup", "ngram", "recycle", "layerskip", "lookup+recycle+ngram"};
@@ -453,7 +453,7 @@ static void real_spec_identity(void **s) {
         td_sample_params sp = td_sample_defaults();
         if (mode == 1) sp.temperature = 0.8f, sp.top_p = 0.9f, sp.seed = 7;
         int32_t want[NQ][NGEN];
-        td_kv *kv = td_kv_create(L.m, NQ, MAXLEN);
+        td_kv *kv = td_kv_create(L.m, NQ, MAXLEN, NULL);
         for (int q = 0; q < NQ; q++) {
             td_gen_params gp = {.sample = sp, .max_tokens = NGEN, .ignore_eos = true};
             td_gen_stats st;
@@ -465,14 +465,14 @@ static void real_spec_identity(void **s) {
             if (mode == 1 && dk != 0 && dk != 4) continue;
             td_drafter *d[3];
             int nd = 0;
-            if (dk == 0 || dk == 4) d[nd++] = td_spec_lookup_create(1, 4);
-            if (dk == 2 || dk == 4) d[nd++] = td_spec_recycle_create(td_model_hparams(L.m)->n_vocab, 8);
-            if (dk == 1 || dk == 4) d[nd++] = td_spec_ngram_create(4, NQ);
+            if (dk == 0 || dk == 4) d[nd++] = td_spec_lookup_create(1, 4, NULL);
+            if (dk == 2 || dk == 4) d[nd++] = td_spec_recycle_create(td_model_hparams(L.m)->n_vocab, 8, NULL);
+            if (dk == 1 || dk == 4) d[nd++] = td_spec_ngram_create(4, NQ, NULL);
             if (dk == 3) d[nd++] = td_spec_layerskip_create(L.m, pool, &sp, NQ, MAXLEN, NULL, &err);
             for (int i = 0; i < nd; i++) assert_non_null(d[i]);
             td_spec_params spp = td_spec_defaults();
             spp.draft_max = 16;
-            kv = td_kv_create(L.m, NQ, MAXLEN);
+            kv = td_kv_create(L.m, NQ, MAXLEN, NULL);
             int32_t got[NQ][NGEN];
             td_spec_request rq[NQ];
             for (int q = 0; q < NQ; q++)

@@ -39,7 +39,7 @@ static int make_tiny(fixture *f, const char *args) {
     td_err err;
     if (td_gguf_open(f->path, &f->g, &err)) { fprintf(stderr, "%s\n", err.msg); return -1; }
     if (td_model_load(f->g, &f->m, &err)) { fprintf(stderr, "%s\n", err.msg); return -1; }
-    f->pool = td_pool_create(2);
+    f->pool = td_pool_create(2, NULL);
     return f->pool ? 0 : -1;
 }
 
@@ -168,8 +168,8 @@ static double *reference_logits(const td_gguf *g, const td_hparams *hp, const in
  * order; returns (n, n_vocab) logits. */
 static float *decode_one_by_one_in(td_numerics order, fixture *f, td_pool *pool, const int32_t *toks, int n) {
     int32_t V = td_model_hparams(f->m)->n_vocab;
-    td_kv *kv = td_kv_create(f->m, 2, n < 64 ? 64 : n);
-    td_ctx *c = td_ctx_create(f->m, 16, pool);
+    td_kv *kv = td_kv_create(f->m, 2, n < 64 ? 64 : n, NULL);
+    td_ctx *c = td_ctx_create(f->m, 16, pool, NULL);
     assert_non_null(c);
     td_ctx_set_numerics(c, order);
     float *lg = malloc((size_t)n * V * sizeof(float));
@@ -238,8 +238,8 @@ static void batch_invariance_in(td_numerics order) {
 
     /* whole prefill, chunked prefill, and two interleaved sequences */
     for (int chunk = 1; chunk <= n; chunk++) {
-        td_kv *kv = td_kv_create(f.m, 2, 64);
-        td_ctx *c = td_ctx_create(f.m, 32, f.pool);
+        td_kv *kv = td_kv_create(f.m, 2, 64, NULL);
+        td_ctx *c = td_ctx_create(f.m, 32, f.pool, NULL);
         assert_non_null(c);
         td_ctx_set_numerics(c, order);
         float *lg = malloc((size_t)2 * n * row);
@@ -266,7 +266,7 @@ static void batch_invariance_in(td_numerics order) {
         td_kv_destroy(kv);
     }
     /* one thread vs two */
-    td_pool *one = td_pool_create(1);
+    td_pool *one = td_pool_create(1, NULL);
     float *single = decode_one_by_one_in(order, &f, one, seq_a, n);
     float *two = decode_one_by_one_in(order, &f, f.pool, seq_a, n);
     assert_memory_equal(single, two, (size_t)n * row);
@@ -309,8 +309,8 @@ static void long_context_invariance(void **s) {
     float *alone = decode_one_by_one(&f, f.pool, toks, N);
     td_err err;
 
-    td_kv *kv = td_kv_create(f.m, 2, N + 8);
-    td_ctx *c = td_ctx_create(f.m, 2 * CHUNK, f.pool);
+    td_kv *kv = td_kv_create(f.m, 2, N + 8, NULL);
+    td_ctx *c = td_ctx_create(f.m, 2 * CHUNK, f.pool, NULL);
     float *lg = malloc((size_t)2 * CHUNK * row);
     for (int p0 = 0; p0 < N; p0 += CHUNK) {
         td_row rows[2 * CHUNK];
@@ -364,8 +364,8 @@ static void kv_truncate_rolls_back(void **s) {
     int32_t kept[10] = {5, 17, 200, 3, 99, 42, 11, 12, 13, 14};
     float *want = decode_one_by_one(&f, f.pool, kept, 10);
 
-    td_kv *kv = td_kv_create(f.m, 1, 128);
-    td_ctx *c = td_ctx_create(f.m, 16, f.pool);
+    td_kv *kv = td_kv_create(f.m, 1, 128, NULL);
+    td_ctx *c = td_ctx_create(f.m, 16, f.pool, NULL);
     float *lg = malloc(16 * row);
     td_err err;
     /* 6 accepted tokens, a rejected draft of 9, then the real continuation:
@@ -405,8 +405,8 @@ static void tree_rows_match_linear_paths(void **s) {
         {0, 4, 30, true, true, -1}, {0, 5, 31, true, true, 0}, {0, 5, 32, true, true, 0},
         {0, 6, 33, true, true, 1},  {0, 4, 40, true, true, -1},
     };
-    td_kv *kv = td_kv_create(f.m, 1, 64);
-    td_ctx *c = td_ctx_create(f.m, 16, f.pool);
+    td_kv *kv = td_kv_create(f.m, 1, 64, NULL);
+    td_ctx *c = td_ctx_create(f.m, 16, f.pool, NULL);
     float *lg = malloc(8 * row);
     td_row pre[4];
     for (int i = 0; i < 4; i++) pre[i] = (td_row){0, i, prefix[i], false, false, 0};
@@ -450,8 +450,8 @@ static void bad_rows_are_refused(void **s) {
     fixture f = {0};
     assert_int_equal(make_tiny(&f, "--arch llama"), 0);
     int32_t V = td_model_hparams(f.m)->n_vocab;
-    td_kv *kv = td_kv_create(f.m, 1, 4);
-    td_ctx *c = td_ctx_create(f.m, 4, f.pool);
+    td_kv *kv = td_kv_create(f.m, 1, 4, NULL);
+    td_ctx *c = td_ctx_create(f.m, 4, f.pool, NULL);
     float *lg = malloc((size_t)8 * V * sizeof(float));
     td_err err;
     td_row r = td_row_linear(0, 1, 5, true);
@@ -545,7 +545,7 @@ static void attention_kernels_agree(void **s) {
     assert_int_equal(make_tiny(&f, "--arch llama"), 0);
     const td_hparams *hp = td_model_hparams(f.m);
     const int32_t hd = hp->head_dim, n = 150;
-    td_kv *kv = td_kv_create(f.m, 1, 256);
+    td_kv *kv = td_kv_create(f.m, 1, 256, NULL);
     assert_non_null(kv);
     assert_int_equal(td_kv_reserve(kv, 0, n), TD_OK);
     uint32_t rng = 12345;

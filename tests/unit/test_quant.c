@@ -792,6 +792,66 @@ static void matmul_vs_ref(void **state) {
     }
 }
 
+/* The default kernels (TD_NUMERICS_FAST: the interleaved Q4_1/Q8_0 kernels,
+ * the tiled AVX2/VNNI ones elsewhere) against an independent reference, the
+ * scalar vec_dot of quant_ref.c on the same quantized bytes, for every weight
+ * format and every batch height 1..17 (every tile height, one tile and two),
+ * short rows and rows long enough to go in chunks. Stated tolerance: both sum
+ * the same exact per-block products in float, in different orders, so they
+ * differ by a few roundings of the magnitude: |fast - ref| <= 4e-6 * sum|w x|
+ * over the dequantized rows (measured worst: printed; ~1e-7). */
+static void fast_matmul_vs_scalar_reference(void **state) {
+    (void)state;
+    const double tol_rel = 4e-6;
+    double worst = 0;
+    for (size_t ti = 0; ti < N_WEIGHT; ti++) {
+        uint32_t t = weight_types[ti];
+        const td_type_traits *tr = td_quant_traits(t), *rf = td_quant_traits_ref(t);
+        const td_type_traits *at = td_quant_traits(tr->vec_dot_type);
+        const int64_t ins[2] = {tr->block_elems == 256 ? 768 : 576, tr->block_elems == 256 ? 256 * 41 : 32 * 301};
+        for (int ii = 0; ii < 2; ii++) {
+            const int64_t n_in = ins[ii], n_out = 13, max_rows = 17;
+            float *w = malloc((size_t)(n_in * n_out) * sizeof(float)), *x = malloc((size_t)(n_in * max_rows) * sizeof(float));
+            float *wd = malloc((size_t)n_in * sizeof(float)), *xd = malloc((size_t)n_in * sizeof(float));
+            size_t wrb = td_quant_row_bytes(t, n_in), xrb = td_quant_row_bytes(tr->vec_dot_type, n_in);
+            uint8_t *W = malloc(wrb * (size_t)n_out), *X = malloc(xrb * (size_t)max_rows);
+            float *y = malloc((size_t)(max_rows * n_out) * sizeof(float));
+            double *mag = malloc((size_t)(max_rows * n_out) * sizeof(double));
+            float *ref = malloc((size_t)(max_rows * n_out) * sizeof(float));
+            assert_true(w && x && wd && xd && W && X && y && mag && ref);
+            fill_random(w, n_in * n_out, 0.05f);
+            fill_random(x, n_in * max_rows, 1.0f);
+            for (int64_t o = 0; o < n_out; o++) rf->from_float(w + o * n_in, W + (size_t)o * wrb, n_in);
+            assert_int_equal(td_quant_activations(t, x, n_in, max_rows, X), TD_OK);
+            for (int64_t o = 0; o < n_out; o++) {
+                rf->to_float(W + (size_t)o * wrb, wd, n_in);
+                for (int64_t r = 0; r < max_rows; r++) {
+                    rf->vec_dot(n_in, &ref[r * n_out + o], W + (size_t)o * wrb, X + (size_t)r * xrb);
+                    at->to_float(X + (size_t)r * xrb, xd, n_in);
+                    double m = 0;
+                    for (int64_t i = 0; i < n_in; i++) m += fabs((double)wd[i] * xd[i]);
+                    mag[r * n_out + o] = m;
+                }
+            }
+            for (int64_t nr = 1; nr <= max_rows; nr++) {
+                assert_int_equal(td_quant_matmul_in(TD_NUMERICS_FAST, t, W, n_in, 0, n_out, X, nr, y, n_out), TD_OK);
+                for (int64_t r = 0; r < nr; r++)
+                    for (int64_t o = 0; o < n_out; o++) {
+                        double e = fabs((double)y[r * n_out + o] - ref[r * n_out + o]), m = mag[r * n_out + o];
+                        if (e > tol_rel * m + 1e-30)
+                            fail_msg("%s n_in=%lld rows=%lld y[%lld][%lld]: fast %.9g, scalar reference %.9g (mag %g)",
+                                     tr->name, (long long)n_in, (long long)nr, (long long)r, (long long)o,
+                                     y[r * n_out + o], ref[r * n_out + o], m);
+                        if (m > 0 && e / m > worst) worst = e / m;
+                    }
+            }
+            free(w); free(x); free(wd); free(xd); free(W); free(X); free(y); free(mag); free(ref);
+        }
+    }
+    print_message("fast kernels (%s) vs scalar reference: worst |fast - ref| / sum|w x| = %.3g (tolerance %.0e)\n",
+                  td_quant_kernel_name(), worst, tol_rel);
+}
+
 /* The AVX2 Q4_1 / Q8_0 matmuls give the bits of the scalar reference dot,
  * which spells out llama.cpp's per-block order: short rows and rows long
  * enough to go in chunks, one tile and two. */
@@ -829,9 +889,48 @@ static void matmul_reference_order(void **state) {
     }
 }
 
+/* Settings are read once: TD_KERNELS set after the first lookup changes
+ * nothing (it was once read by getenv on every traits lookup). */
+static void kernel_set_read_once(void **state) {
+    (void)state;
+    const char *before = td_quant_kernel_name();
+    const td_type_traits *t = td_quant_traits(TD_TYPE_Q4_1);
+    const char *old = getenv("TD_KERNELS");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("TD_KERNELS", strcmp(before, "scalar") ? "scalar" : "avx2", 1);
+    assert_string_equal(td_quant_kernel_name(), before);
+    assert_ptr_equal(td_quant_traits(TD_TYPE_Q4_1), t);
+    if (saved) setenv("TD_KERNELS", saved, 1);
+    else unsetenv("TD_KERNELS");
+    free(saved);
+}
+
+/* A caller's mistake is an error, never an abort (assert policy). */
+static void bad_arguments_are_errors(void **state) {
+    (void)state;
+    float x[64] = {0}, y[4] = {0};
+    uint8_t w[4 * 34] = {0}, xq[2 * 34] = {0};
+    /* unknown and non-weight types */
+    assert_int_equal(td_quant_matmul(5, w, 32, 0, 1, xq, 1, y, 4), TD_E_ARG);
+    assert_int_equal(td_quant_matmul(TD_TYPE_Q8_1, w, 32, 0, 1, xq, 1, y, 4), TD_E_ARG);
+    /* n_in not a whole number of blocks, a reversed range, too short a stride */
+    assert_int_equal(td_quant_matmul(TD_TYPE_Q8_0, w, 33, 0, 1, xq, 1, y, 4), TD_E_ARG);
+    assert_int_equal(td_quant_matmul(TD_TYPE_Q8_0, w, 32, 2, 1, xq, 1, y, 4), TD_E_ARG);
+    assert_int_equal(td_quant_matmul(TD_TYPE_Q8_0, w, 32, 0, 4, xq, 2, y, 2), TD_E_ARG);
+    assert_int_equal(td_quant_matmul_in(TD_NUMERICS_FAST, TD_TYPE_Q8_0, NULL, 32, 0, 4, xq, 1, y, 4), TD_E_ARG);
+    assert_int_equal(td_quant_matmul_in(TD_NUMERICS_FAST, TD_TYPE_Q8_0, w, 32, 0, 4, xq, 1, y, 4), TD_OK);
+    assert_int_equal(td_quant_activations(5, x, 32, 1, xq), TD_E_ARG);
+    assert_int_equal(td_quant_activations(TD_TYPE_Q8_0, x, 33, 1, xq), TD_E_ARG);
+    assert_int_equal(td_quant_activations(TD_TYPE_Q8_0, x, 32, -1, xq), TD_E_ARG);
+    assert_int_equal(td_quant_activations(TD_TYPE_Q8_0, x, 32, 2, xq), TD_OK);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(table_facts),
+        cmocka_unit_test(bad_arguments_are_errors),
+        cmocka_unit_test(kernel_set_read_once),
+        cmocka_unit_test(fast_matmul_vs_scalar_reference),
         cmocka_unit_test(row_bytes),
         cmocka_unit_test(fp16_conversions),
         cmocka_unit_test(bf16_conversions),

@@ -49,6 +49,12 @@ static int setup(void **state) {
     else snprintf(path, sizeof path, "%s/.cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf", getenv("HOME"));
     td_err err;
     if (td_gguf_open(path, &E.g, &err) != TD_OK) {
+        /* under CI a missing model is a broken set-up: fail, never pass green */
+        const char *ci = getenv("CI");
+        if (ci && !strcmp(ci, "true")) {
+            fprintf(stderr, "# model not available (%s): FAIL under CI=true\n", err.msg);
+            return -1;
+        }
         fprintf(stderr, "# model not available (%s): reference tests skipped\n", err.msg);
         return 0;
     }
@@ -56,7 +62,7 @@ static int setup(void **state) {
         fprintf(stderr, "# %s\n", err.msg);
         return -1;
     }
-    E.pool = td_pool_create(td_cpu_count());
+    E.pool = td_pool_create(td_cpu_count(), NULL);
     return E.pool ? 0 : -1;
 }
 
@@ -140,8 +146,8 @@ static void teacher_forced(td_numerics numerics) {
     assert_int_equal(n_arg, n - 1);
 
     int32_t V = td_model_hparams(E.m)->n_vocab, B = 256;
-    td_kv *kv = td_kv_create(E.m, 1, n);
-    td_ctx *ctx = td_ctx_create(E.m, B, E.pool);
+    td_kv *kv = td_kv_create(E.m, 1, n, NULL);
+    td_ctx *ctx = td_ctx_create(E.m, B, E.pool, NULL);
     if (ctx) td_ctx_set_numerics(ctx, numerics);
     float *lg = malloc((size_t)B * V * sizeof(float));
     td_row *rows = malloc((size_t)B * sizeof *rows);
@@ -221,8 +227,8 @@ static void greedy_chat(td_numerics numerics) {
         int32_t *want = int_array(cJSON_GetObjectItem(c, "generated_ids"), &n_want);
         const cJSON *margins = cJSON_GetObjectItem(c, "margins");
         int32_t *got = calloc((size_t)n_want, sizeof *got);
-        td_kv *kv = td_kv_create(E.m, 1, n_prompt + n_want + 1);
-        td_ctx *ctx = td_ctx_create(E.m, 512, E.pool);
+        td_kv *kv = td_kv_create(E.m, 1, n_prompt + n_want + 1, NULL);
+        td_ctx *ctx = td_ctx_create(E.m, 512, E.pool, NULL);
         assert_non_null(ctx);
         td_ctx_set_numerics(ctx, numerics);
         td_gen_params gp = {.sample = td_sample_defaults(), .max_tokens = n_want, .ignore_eos = true};

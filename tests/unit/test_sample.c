@@ -35,7 +35,7 @@ static void fill_logits(float *l, int n, uint64_t seed, float lo, float hi) {
 }
 
 static td_sampler *make(td_sample_params p, int n) {
-    td_sampler *s = td_sampler_create(&p, n);
+    td_sampler *s = td_sampler_create(&p, n, NULL);
     assert_non_null(s);
     return s;
 }
@@ -91,17 +91,17 @@ static void test_defaults_valid(void **state) {
     td_sample_params p = td_sample_defaults();
     assert_true(p.temperature == 0.0f && p.top_k == 0 && p.top_p == 1.0f && p.min_p == 0.0f &&
                 p.repeat_penalty == 1.0f && p.repeat_last_n == 64 && p.seed == 0);
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(td_sample_validate(&p, &err), TD_OK);
     assert_int_equal(td_sample_validate(&p, NULL), TD_OK);
 }
 
 static void expect_reject(td_sample_params p, const char *name, const char *value) {
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(td_sample_validate(&p, &err), TD_E_ARG);
     assert_non_null(strstr(err.msg, name));
     assert_non_null(strstr(err.msg, value));
-    assert_null(td_sampler_create(&p, 16));
+    assert_null(td_sampler_create(&p, 16, NULL));
 }
 
 static void test_validate_rejects(void **state) {
@@ -131,14 +131,14 @@ static void test_validate_rejects(void **state) {
 
 static void test_create_and_set_params(void **state) {
     (void)state;
-    assert_null(td_sampler_create(NULL, 0));
-    assert_null(td_sampler_create(NULL, -5));
-    td_sampler *s = td_sampler_create(NULL, 8); /* NULL = defaults: greedy */
+    assert_null(td_sampler_create(NULL, 0, NULL));
+    assert_null(td_sampler_create(NULL, -5, NULL));
+    td_sampler *s = td_sampler_create(NULL, 8, NULL); /* NULL = defaults: greedy */
     assert_non_null(s);
     float l[8] = {0, 1, 7, 3, 7, 2, 1, 0};
     assert_int_equal(td_sampler_pick(s, l, 0, NULL, 0), 2);
 
-    td_err err = {{0}};
+    td_err err = {0};
     td_sample_params bad = td_sample_defaults();
     bad.top_p = 2.0f;
     assert_int_equal(td_sampler_set_params(s, &bad, &err), TD_E_ARG);
@@ -760,9 +760,29 @@ static void test_pick_in_candidate_set(void **state) {
     }
 }
 
+/* A caller's mistake is an error, never an abort (assert policy). */
+static void test_bad_arguments_are_errors(void **state) {
+    (void)state;
+    td_sample_params p = td_sample_defaults();
+    td_sampler *s = td_sampler_create(&p, 4, NULL);
+    assert_non_null(s);
+    float logits[4] = {0, 1, 2, 3}, probs[4];
+    assert_int_equal(td_sampler_pick(NULL, logits, 0, NULL, 0), TD_E_ARG);
+    assert_int_equal(td_sampler_pick(s, NULL, 0, NULL, 0), TD_E_ARG);
+    assert_int_equal(td_sampler_pick(s, logits, 0, NULL, 3), TD_E_ARG);
+    assert_int_equal(td_sampler_pick(s, logits, -1, NULL, 0), TD_E_ARG);
+    assert_int_equal(td_sampler_pick(s, logits, 0, NULL, 0), 3);
+    assert_int_equal(td_sampler_probs(s, logits, NULL, 0, NULL), TD_E_ARG);
+    assert_int_equal(td_sampler_probs(NULL, logits, NULL, 0, probs), TD_E_ARG);
+    assert_int_equal(td_sampler_probs(s, logits, NULL, 0, probs), TD_OK);
+    assert_true(probs[3] == 1.0f);
+    td_sampler_destroy(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_valid),
+        cmocka_unit_test(test_bad_arguments_are_errors),
         cmocka_unit_test(test_validate_rejects),
         cmocka_unit_test(test_create_and_set_params),
         cmocka_unit_test(test_greedy),

@@ -2,7 +2,8 @@
  * draft lengths 1..8, adaptive and fixed, greedy and seeded sampling, single
  * and batched requests all give exactly plain decoding's tokens; the opt-in
  * rejection mode keeps the sampling distribution (two-sample chi-square) and
- * the same test fails when its correction step is removed.
+ * the same test fails when its correction step is removed. Every drafter
+ * must also really draft (a drafter that stops proposing passes identity).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -44,7 +45,7 @@ static int setup(void **s) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
     }
-    T.pool = td_pool_create(2);
+    T.pool = td_pool_create(2, NULL);
     T.numerics = TD_NUMERICS_FAST;
     return T.pool ? 0 : -1;
 }
@@ -66,8 +67,8 @@ static const int32_t prompt[] = {40, 41, 42, 43, 44, 45, 40, 41, 42, 43, 44, 45,
 #define N_GEN 24
 
 static void plain(const td_sample_params *sp, int32_t *out, int32_t n_gen) {
-    td_kv *kv = td_kv_create(T.m, 1, 128);
-    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool);
+    td_kv *kv = td_kv_create(T.m, 1, 128, NULL);
+    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool, NULL);
     td_ctx_set_numerics(ctx, T.numerics);
     td_gen_params gp = {.sample = *sp, .max_tokens = n_gen, .ignore_eos = true};
     td_gen_stats st;
@@ -80,8 +81,8 @@ static void plain(const td_sample_params *sp, int32_t *out, int32_t n_gen) {
 
 static void speculative(const td_sample_params *sp, td_drafter **d, int n_d, const td_spec_params *spp,
                         int32_t n_reqs, int32_t *out, int32_t n_gen, td_spec_stats *stats) {
-    td_kv *kv = td_kv_create(T.m, n_reqs, 128);
-    td_ctx *ctx = td_ctx_create(T.m, 64 * n_reqs + 64, T.pool);
+    td_kv *kv = td_kv_create(T.m, n_reqs, 128, NULL);
+    td_ctx *ctx = td_ctx_create(T.m, 64 * n_reqs + 64, T.pool, NULL);
     td_ctx_set_numerics(ctx, T.numerics);
     td_spec_request rq[4];
     for (int32_t i = 0; i < n_reqs; i++) {
@@ -90,7 +91,7 @@ static void speculative(const td_sample_params *sp, td_drafter **d, int n_d, con
                                   .out_tokens = out + (size_t)i * n_gen};
         rq[i].gen.sample.seed = sp->seed + (uint64_t)i;
     }
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = td_spec_run(T.m, T.tok, ctx, kv, rq, n_reqs, d, n_d, spp, &err);
     if (rc) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(rc, TD_OK);
@@ -101,9 +102,9 @@ static void speculative(const td_sample_params *sp, td_drafter **d, int n_d, con
 }
 
 typedef td_drafter *(*maker)(const td_sample_params *sp);
-static td_drafter *mk_lookup(const td_sample_params *sp) { (void)sp; return td_spec_lookup_create(1, 4); }
-static td_drafter *mk_ngram(const td_sample_params *sp) { (void)sp; return td_spec_ngram_create(3, 4); }
-static td_drafter *mk_recycle(const td_sample_params *sp) { (void)sp; return td_spec_recycle_create(td_model_hparams(T.m)->n_vocab, 4); }
+static td_drafter *mk_lookup(const td_sample_params *sp) { (void)sp; return td_spec_lookup_create(1, 4, NULL); }
+static td_drafter *mk_ngram(const td_sample_params *sp) { (void)sp; return td_spec_ngram_create(3, 4, NULL); }
+static td_drafter *mk_recycle(const td_sample_params *sp) { (void)sp; return td_spec_recycle_create(td_model_hparams(T.m)->n_vocab, 4, NULL); }
 static td_drafter *mk_layerskip(const td_sample_params *sp) {
     uint8_t skip[8] = {0, 1, 0, 0, 0, 0, 0, 0};
     return td_spec_layerskip_create(T.m, T.pool, sp, 4, 128, skip, NULL);
@@ -138,6 +139,14 @@ static void check_identical(const td_sample_params *sp) {
             if (memcmp(got, want, sizeof want) != 0)
                 fprintf(stderr, "# %s k=%d: tokens differ from plain decoding\n", drafters[d].name, spp.draft_max);
             assert_memory_equal(got, want, sizeof want);
+            fprintf(stderr, "# %s k=%d%s: %lld of %lld drafted accepted\n", drafters[d].name, spp.draft_max,
+                    spp.adaptive ? " adaptive" : "", (long long)st.n_accepted, (long long)st.n_drafted);
+            /* identity alone passes a drafter that stopped proposing: each
+             * must draft here (the automatic layer-skip may find that no
+             * skip set pays on this model, by design), and the target as
+             * its own draft model must have every draft accepted */
+            if (strcmp(drafters[d].name, "layerskip-auto") != 0) assert_true(st.n_drafted > 0);
+            if (strcmp(drafters[d].name, "model") == 0) assert_true(st.n_accepted == st.n_drafted);
             td_drafter_destroy(dr);
         }
     }
@@ -242,7 +251,7 @@ static double rejection_chi2(bool skip_residual) {
     int32_t first;
     td_sample_params greedy = td_sample_defaults();
     plain(&greedy, &first, 1);
-    fixed_drafter fd = {{&fixed_ops}, first};
+    fixed_drafter fd = {{.ops = &fixed_ops}, first};
     td_drafter *d = &fd.base;
     td_spec_params spp = td_spec_defaults();
     spp.mode = TD_SPEC_REJECTION;
@@ -280,10 +289,37 @@ static void rejection_mode_keeps_distribution(void **s) {
     assert_true(broken > 30.7);
 }
 
+/* A drafter whose propose fails: td_spec_run names it and keeps its reason. */
+static int failing_propose(td_drafter *d, int32_t seq, const int32_t *h, size_t n, int32_t max, td_draft *out) {
+    (void)seq; (void)h; (void)n; (void)max;
+    out->n = 0;
+    return td_err_set(&d->err, TD_E_IO, "the drafter's worker went away");
+}
+static const td_drafter_ops failing_ops = {"failing", failing_propose, NULL, NULL, NULL, fixed_destroy};
+
+static void failing_drafter_is_named(void **s) {
+    (void)s;
+    td_drafter fd = {.ops = &failing_ops};
+    td_drafter *d = &fd;
+    td_kv *kv = td_kv_create(T.m, 1, 64, NULL);
+    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool, NULL);
+    assert_non_null(kv);
+    assert_non_null(ctx);
+    td_spec_request rq = {.prompt = prompt, .n_prompt = N_PROMPT, .gen = {.sample = td_sample_defaults(), .max_tokens = 4}};
+    td_spec_params spp = td_spec_defaults();
+    td_err err = {0};
+    assert_int_equal(td_spec_run(T.m, T.tok, ctx, kv, &rq, 1, &d, 1, &spp, &err), TD_E_IO);
+    assert_int_equal(err.code, TD_E_IO);
+    assert_non_null(strstr(err.msg, "failing"));
+    assert_non_null(strstr(err.msg, "the drafter's worker went away"));
+    td_ctx_destroy(ctx);
+    td_kv_destroy(kv);
+}
+
 static void bad_parameters_refused(void **s) {
     (void)s;
-    td_kv *kv = td_kv_create(T.m, 1, 64);
-    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool);
+    td_kv *kv = td_kv_create(T.m, 1, 64, NULL);
+    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool, NULL);
     td_spec_request rq = {.prompt = prompt, .n_prompt = N_PROMPT, .gen = {.sample = td_sample_defaults(), .max_tokens = 4}};
     td_spec_params spp = td_spec_defaults();
     td_err err;
@@ -320,6 +356,7 @@ int main(void) {
         cmocka_unit_test(batched_requests_identical),
         cmocka_unit_test(rejection_mode_keeps_distribution),
         cmocka_unit_test(bad_parameters_refused),
+        cmocka_unit_test(failing_drafter_is_named),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

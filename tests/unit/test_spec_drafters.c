@@ -87,7 +87,7 @@ static int32_t rng_int(uint64_t *s, int32_t lo, int32_t hi) { /* [lo, hi] */
 
 static void lookup_longest_then_newest(void **state) {
     (void)state;
-    td_drafter *d = td_spec_lookup_tree_create(1, 3, 1);
+    td_drafter *d = td_spec_lookup_tree_create(1, 3, 1, NULL);
     assert_non_null(d);
     td_draft out;
     /* [1 2 3] occurs once (followed by 9); the newer [2 3] (followed by 8)
@@ -109,7 +109,7 @@ static void lookup_longest_then_newest(void **state) {
 
 static void lookup_falls_back_to_shorter(void **state) {
     (void)state;
-    td_drafter *d = td_spec_lookup_tree_create(2, 4, 1);
+    td_drafter *d = td_spec_lookup_tree_create(2, 4, 1, NULL);
     assert_non_null(d);
     td_draft out;
     /* Last 4, 3 unseen; [5 6] seen, followed by 7 8. */
@@ -122,7 +122,7 @@ static void lookup_falls_back_to_shorter(void **state) {
     assert_int_equal(out.n, 0);
     td_drafter_destroy(d);
 
-    d = td_spec_lookup_create(1, 4);
+    d = td_spec_lookup_create(1, 4, NULL);
     assert_non_null(d);
     assert_int_equal(propose(d, 1, h2, 10, 3, &out), TD_OK);
     assert_chain(&out, (const int32_t[]){7, 8, 1}, 3);
@@ -131,7 +131,7 @@ static void lookup_falls_back_to_shorter(void **state) {
 
 static void lookup_no_match_and_limits(void **state) {
     (void)state;
-    td_drafter *d = td_spec_lookup_create(1, 3);
+    td_drafter *d = td_spec_lookup_create(1, 3, NULL);
     assert_non_null(d);
     td_draft out;
     const int32_t h[] = {1, 2, 3, 4, 5, 6};
@@ -160,7 +160,7 @@ static void lookup_no_match_and_limits(void **state) {
 /* Older matches with other continuations become short branches. */
 static void lookup_branches(void **state) {
     (void)state;
-    td_drafter *d = td_spec_lookup_create(1, 2);
+    td_drafter *d = td_spec_lookup_create(1, 2, NULL);
     assert_non_null(d);
     td_draft out;
     const int32_t h[] = {1, 2, 3, 30, 1, 2, 4, 40, 1, 2, 5, 50, 1, 2};
@@ -192,7 +192,7 @@ static void lookup_matches_brute_force(void **state) {
     enum { MAXN = 1400 };
     static int32_t hist[2][MAXN + 16];
     for (int32_t variant = 0; variant < 2; variant++) {
-        td_drafter *d = td_spec_lookup_tree_create(1, 4, variant ? 3 : 1);
+        td_drafter *d = td_spec_lookup_tree_create(1, 4, variant ? 3 : 1, NULL);
         assert_non_null(d);
         uint64_t rs = 12345 + (uint64_t)variant;
         int32_t n[2] = {0, 0};
@@ -242,8 +242,8 @@ static void lookup_matches_brute_force(void **state) {
 
 static void lookup_reset_forgets(void **state) {
     (void)state;
-    td_drafter *d = td_spec_lookup_tree_create(1, 3, 1);
-    td_drafter *fresh = td_spec_lookup_tree_create(1, 3, 1);
+    td_drafter *d = td_spec_lookup_tree_create(1, 3, 1, NULL);
+    td_drafter *fresh = td_spec_lookup_tree_create(1, 3, 1, NULL);
     assert_non_null(d);
     assert_non_null(fresh);
     const int32_t a[] = {1, 2, 3, 1, 2};
@@ -266,7 +266,7 @@ static void lookup_reset_forgets(void **state) {
 
 static void ngram_counts_follow_accepted_text(void **state) {
     (void)state;
-    td_drafter *d = td_spec_ngram_create(3, 4);
+    td_drafter *d = td_spec_ngram_create(3, 4, NULL);
     assert_non_null(d);
     td_draft out;
     int32_t h[64] = {5, 6, 5, 7, 5, 7, 5};
@@ -289,7 +289,7 @@ static void ngram_counts_follow_accepted_text(void **state) {
 
 static void ngram_backs_off_and_chains(void **state) {
     (void)state;
-    td_drafter *d = td_spec_ngram_create(4, 1);
+    td_drafter *d = td_spec_ngram_create(4, 1, NULL);
     assert_non_null(d);
     td_draft out;
     /* The 3- and 2-token contexts ending the history are new; the 1-token
@@ -302,7 +302,7 @@ static void ngram_backs_off_and_chains(void **state) {
     int32_t r[40];
     for (int i = 0; i < 40; i++) r[i] = 10 + i % 5;
     td_drafter_destroy(d);
-    d = td_spec_ngram_create(3, 1);
+    d = td_spec_ngram_create(3, 1, NULL);
     assert_int_equal(propose(d, 0, r, 40, 10, &out), TD_OK);
     assert_chain(&out, (const int32_t[]){10, 11, 12, 13, 14, 10, 11, 12, 13, 14}, 10);
     /* Reset forgets: an unrelated history predicts nothing from the old one. */
@@ -317,7 +317,7 @@ static void ngram_backs_off_and_chains(void **state) {
  * it back. */
 static void ngram_demotes_failing_context(void **state) {
     (void)state;
-    td_drafter *d = td_spec_ngram_create(2, 1);
+    td_drafter *d = td_spec_ngram_create(2, 1, NULL);
     assert_non_null(d);
     td_draft out;
     int32_t h[64] = {1, 2, 1, 2, 1, 2, 1, 2, 1};
@@ -343,7 +343,7 @@ static void ngram_demotes_failing_context(void **state) {
 
 static void ngram_limits(void **state) {
     (void)state;
-    td_drafter *d = td_spec_ngram_create(3, 2);
+    td_drafter *d = td_spec_ngram_create(3, 2, NULL);
     assert_non_null(d);
     int32_t r[300];
     for (int i = 0; i < 300; i++) r[i] = i % 3;
@@ -375,7 +375,7 @@ static void recycle_fill(td_drafter *d, int32_t n_vocab, int32_t k) {
 
 static void recycle_tree_shape(void **state) {
     (void)state;
-    td_drafter *d = td_spec_recycle_create(100, 8);
+    td_drafter *d = td_spec_recycle_create_scoped(100, 8, TD_DRAFTER_SHARED, NULL);
     assert_non_null(d);
     td_draft out;
     const int32_t h[] = {3, 0};
@@ -415,7 +415,7 @@ static void recycle_tree_shape(void **state) {
     for (int32_t i = 0; i < out.n; i++) roots += out.parent[i] == -1;
     assert_int_equal(roots, 1);
     assert_int_equal(out.token[0], 5);
-    /* The table is about the model: reset keeps it, other sequences share it. */
+    /* Shared scope: reset keeps the table, other sequences share it. */
     d->ops->reset(d, 0);
     td_draft other;
     assert_int_equal(propose(d, 9, h, 2, 16, &other), TD_OK);
@@ -430,7 +430,7 @@ static void recycle_tree_shape(void **state) {
 
 static void recycle_observe_checks(void **state) {
     (void)state;
-    td_drafter *d = td_spec_recycle_create(10, 3);
+    td_drafter *d = td_spec_recycle_create(10, 3, NULL);
     assert_non_null(d);
     /* Out-of-range ids are dropped, short lists leave -1, empty ones and bad
      * tokens are ignored, and top_k truncates. */
@@ -464,11 +464,48 @@ static void recycle_observe_checks(void **state) {
     td_drafter_destroy(d);
 }
 
+/* Per request scope (the default): what one request's verifications taught
+ * never reaches another request, in the same batch (another sequence) or
+ * after it (reset at the next request's start); per tenant keeps it. Before
+ * scopes, every request read one shared table. */
+static void recycle_scopes(void **state) {
+    (void)state;
+    const int32_t top[] = {7, 8, 9};
+    td_observation o[] = {{2, top, 3, {1, 5}}};
+    const int32_t h[] = {5, 1, 2};
+    td_draft out;
+    td_drafter *req = td_spec_recycle_create(20, 3, NULL); /* default scope */
+    td_drafter *ten = td_spec_recycle_create_scoped(20, 3, TD_DRAFTER_PER_TENANT, NULL);
+    assert_non_null(req);
+    assert_non_null(ten);
+    td_drafter *ds[2] = {req, ten};
+    for (int k = 0; k < 2; k++) {
+        td_drafter *d = ds[k];
+        d->ops->reset(d, 0);
+        d->ops->reset(d, 1);
+        d->ops->observe(d, 0, o, 1); /* request on sequence 0 learns */
+        assert_int_equal(propose(d, 0, h, 3, 1, &out), TD_OK);
+        assert_chain(&out, (const int32_t[]){7}, 1); /* it uses what it learnt */
+        /* another request of the same batch */
+        assert_int_equal(propose(d, 1, h, 3, 4, &out), TD_OK);
+        assert_int_equal(out.n, k == 0 ? 0 : 3);
+        /* the next request on sequence 0 */
+        d->ops->reset(d, 0);
+        assert_int_equal(propose(d, 0, h, 3, 4, &out), TD_OK);
+        assert_int_equal(out.n, k == 0 ? 0 : 3);
+    }
+    td_err e = {0};
+    assert_null(td_spec_recycle_create_scoped(20, 3, (td_drafter_scope)7, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    td_drafter_destroy(req);
+    td_drafter_destroy(ten);
+}
+
 /* The longer contexts: after (1, 2) and after (5, 2) the target said
  * different things; the one-token row of 2 holds only the newest. */
 static void recycle_longer_contexts(void **state) {
     (void)state;
-    td_drafter *d = td_spec_recycle_create(20, 2);
+    td_drafter *d = td_spec_recycle_create(20, 2, NULL);
     assert_non_null(d);
     const int32_t after12[] = {7, 9}, after52[] = {8, 9}, after27[] = {11, 12};
     td_observation obs[] = {{2, after12, 2, {1, -1}}, {2, after52, 2, {5, -1}}, {7, after27, 2, {2, -1}}};
@@ -592,27 +629,71 @@ static void context_cases(void **state) {
 
 /* ---- arguments ---- */
 
+/* Constructors say why they failed: the code tells a caller's mistake from
+ * running out of memory, the message names the drafter and the parameter. */
+static void constructors_say_why(void **state) {
+    (void)state;
+    td_err e = {0};
+    assert_null(td_spec_lookup_create(0, 3, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    assert_non_null(strstr(e.msg, "lookup"));
+    e = (td_err){0};
+    assert_null(td_spec_lookup_tree_create(1, 3, 9, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    assert_non_null(strstr(e.msg, "branches"));
+    e = (td_err){0};
+    assert_null(td_spec_ngram_create(1, 4, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    assert_non_null(strstr(e.msg, "n-gram"));
+    e = (td_err){0};
+    assert_null(td_spec_recycle_create(INT32_MAX, 64, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    assert_non_null(strstr(e.msg, "recycle"));
+    e = (td_err){0};
+    assert_null(td_sampler_create(NULL, 0, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    td_sample_params bad = td_sample_defaults();
+    bad.top_p = 2;
+    e = (td_err){0};
+    assert_null(td_sampler_create(&bad, 10, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    assert_non_null(strstr(e.msg, "top_p"));
+    e = (td_err){0};
+    assert_null(td_pool_create(0, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    e = (td_err){0};
+    assert_null(td_kv_create(NULL, 1, 1, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    e = (td_err){0};
+    assert_null(td_ctx_create(NULL, 1, NULL, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+    const char *stops[1] = {NULL};
+    e = (td_err){0};
+    assert_null(td_textout_create(stops, 1, NULL, NULL, &e));
+    assert_int_equal(e.code, TD_E_ARG);
+}
+
 static void bad_arguments(void **state) {
     (void)state;
-    assert_null(td_spec_lookup_create(0, 3));
-    assert_null(td_spec_lookup_create(3, 2));
-    assert_null(td_spec_lookup_create(-1, -1));
-    assert_null(td_spec_lookup_create(1, 100));
-    assert_null(td_spec_lookup_tree_create(1, 3, 0));
-    assert_null(td_spec_lookup_tree_create(1, 3, 9));
-    assert_null(td_spec_ngram_create(1, 4));
-    assert_null(td_spec_ngram_create(3, 0));
-    assert_null(td_spec_ngram_create(3, -5));
-    assert_null(td_spec_ngram_create(99, 4));
-    assert_null(td_spec_recycle_create(0, 8));
-    assert_null(td_spec_recycle_create(100, 0));
-    assert_null(td_spec_recycle_create(-100, 8));
-    assert_null(td_spec_recycle_create(100, 1000));
-    assert_null(td_spec_recycle_create(INT32_MAX, 64));
+    assert_null(td_spec_lookup_create(0, 3, NULL));
+    assert_null(td_spec_lookup_create(3, 2, NULL));
+    assert_null(td_spec_lookup_create(-1, -1, NULL));
+    assert_null(td_spec_lookup_create(1, 100, NULL));
+    assert_null(td_spec_lookup_tree_create(1, 3, 0, NULL));
+    assert_null(td_spec_lookup_tree_create(1, 3, 9, NULL));
+    assert_null(td_spec_ngram_create(1, 4, NULL));
+    assert_null(td_spec_ngram_create(3, 0, NULL));
+    assert_null(td_spec_ngram_create(3, -5, NULL));
+    assert_null(td_spec_ngram_create(99, 4, NULL));
+    assert_null(td_spec_recycle_create(0, 8, NULL));
+    assert_null(td_spec_recycle_create(100, 0, NULL));
+    assert_null(td_spec_recycle_create(-100, 8, NULL));
+    assert_null(td_spec_recycle_create(100, 1000, NULL));
+    assert_null(td_spec_recycle_create(INT32_MAX, 64, NULL));
     td_drafter_destroy(NULL);
 
-    td_drafter *ds[3] = {td_spec_lookup_create(1, 4), td_spec_ngram_create(3, 8),
-                         td_spec_recycle_create(50, 4)};
+    td_drafter *ds[3] = {td_spec_lookup_create(1, 4, NULL), td_spec_ngram_create(3, 8, NULL),
+                         td_spec_recycle_create(50, 4, NULL)};
     const int32_t h[] = {1, 2, 1, 2, 1};
     for (int i = 0; i < 3; i++) {
         td_drafter *d = ds[i];
@@ -658,10 +739,12 @@ int main(void) {
         cmocka_unit_test(recycle_tree_shape),
         cmocka_unit_test(recycle_observe_checks),
         cmocka_unit_test(recycle_longer_contexts),
+        cmocka_unit_test(recycle_scopes),
         cmocka_unit_test(accept_path_cases),
         cmocka_unit_test(depths_cases),
         cmocka_unit_test(context_cases),
         cmocka_unit_test(bad_arguments),
+        cmocka_unit_test(constructors_say_why),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

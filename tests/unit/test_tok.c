@@ -153,7 +153,7 @@ static td_tok *bpe_tok(const char *pre, const char *tmpl) {
               0,      k_bpe_merges, sizeof k_bpe_merges / sizeof *k_bpe_merges,
               tmpl,   T_IM_START,   T_EOT};
     td_tok *t = NULL;
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = build(&s, &t, &err);
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, TD_OK);
@@ -196,7 +196,7 @@ static td_tok *spm_tok(const char *tmpl) {
     spec s = {"llama", NULL, (const char *const *)text, type, score, SPM_N, 0, NULL, 0, tmpl,
               -1,      -1};
     td_tok *t = NULL;
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = build(&s, &t, &err);
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, TD_OK);
@@ -209,7 +209,7 @@ static void expect_ids(const td_tok *t, const char *text, bool special, const in
                        size_t n_want) {
     int32_t *ids = NULL;
     size_t n = 0;
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = td_tok_encode(t, text, strlen(text), false, special, &ids, &n, &err);
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, TD_OK);
@@ -232,7 +232,7 @@ static void expect_ids(const td_tok *t, const char *text, bool special, const in
 static void round_trip(const td_tok *t, const char *s, size_t len) {
     int32_t *ids;
     size_t n;
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(td_tok_encode(t, s, len, false, false, &ids, &n, &err), TD_OK);
     char *out;
     size_t out_len;
@@ -397,7 +397,7 @@ static void test_unknown_pre(void **state) {
               -1,
               -1};
     td_tok *t = (td_tok *)1;
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(build(&s, &t, &err), TD_E_UNSUPPORTED);
     assert_null(t);
     assert_non_null(strstr(err.msg, "no-such-pre"));
@@ -409,7 +409,7 @@ static void test_bad_files(void **state) {
     bpe_vocab v;
     bpe_vocab_init(&v);
     td_tok *t;
-    td_err err = {{0}};
+    td_err err = {0};
     static const char *const bad_merge[] = {"a b", "ab"};
     spec s = {
         "gpt2", "gpt-2", (const char *const *)v.text, v.type, NULL, BPE_N, 0, bad_merge, 2, NULL,
@@ -503,7 +503,7 @@ static void test_invalid_utf8(void **state) {
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         int32_t *ids = (int32_t *)1;
         size_t n = 9;
-        td_err err = {{0}};
+        td_err err = {0};
         assert_int_equal(td_tok_encode(t, bad[i].s, bad[i].len, true, true, &ids, &n, &err),
                          TD_E_ARG);
         assert_null(ids);
@@ -666,7 +666,7 @@ static void test_vocab_hash(void **state) {
     spec s = {
         "gpt2", "gpt-2", (const char *const *)v.text, v.type, NULL, BPE_N, 0, k_bpe_merges, 1, NULL,
         -1,     -1};
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(build(&s, &b, &err), TD_OK);
     assert_true(td_tok_vocab_hash(a) != td_tok_vocab_hash(b)); /* a type differs */
     td_tok_destroy(b);
@@ -692,7 +692,7 @@ static const char k_smol_tmpl[] =
 
 static char *render(const td_tok *t, const td_chat_msg *m, size_t n, bool gen) {
     char *out = NULL;
-    td_err err = {{0}};
+    td_err err = {0};
     int rc = td_tok_chat_format(t, m, n, gen, &out, &err);
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, TD_OK);
@@ -776,7 +776,7 @@ static void test_chat_llama3_mistral_none(void **state) {
     free(s);
     td_chat_msg bad[] = {{"user", "x"}, {"tool", "y"}};
     char *out = NULL;
-    td_err err = {{0}};
+    td_err err = {0};
     assert_int_equal(td_tok_chat_format(t, bad, 2, true, &out, &err), TD_E_ARG);
     assert_null(out);
     assert_non_null(strstr(err.msg, "tool"));
@@ -1085,7 +1085,7 @@ static int model_setup(void **state) {
     memset(&fx, 0, sizeof fx);
     *state = &fx;
     if (!model_path(path, sizeof path)) return 0;
-    td_err err = {{0}};
+    td_err err = {0};
     if (td_gguf_open(path, &fx.g, &err) != TD_OK) return print_message("%s\n", err.msg), -1;
     double t0 = td_now_sec();
     if (td_tok_create(fx.g, &fx.t, &err) != TD_OK) return print_message("%s\n", err.msg), -1;
@@ -1139,7 +1139,7 @@ static void test_model_fixture(void **state) {
         assert_non_null(c->text);
         int32_t *ids;
         size_t n;
-        td_err err = {{0}};
+        td_err err = {0};
         int rc = td_tok_encode(t, c->text, c->len, false, c->special, &ids, &n, &err);
         if (rc) print_message("case %zu: %s\n", i, err.msg);
         assert_int_equal(rc, TD_OK);

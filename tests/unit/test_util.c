@@ -54,7 +54,7 @@ static void pool_fn(void *ctx, int ith, int nth) {
 static void pool_runs_claimed_work_once(void **state) {
     (void)state;
     for (int n = 1; n <= 4; n++) {
-        td_pool *p = td_pool_create(n);
+        td_pool *p = td_pool_create(n, NULL);
         assert_non_null(p);
         assert_int_equal(td_pool_size(p), n);
         for (int rep = 0; rep < 2000; rep++) {
@@ -68,7 +68,7 @@ static void pool_runs_claimed_work_once(void **state) {
         }
         td_pool_destroy(p);
     }
-    assert_null(td_pool_create(0));
+    assert_null(td_pool_create(0, NULL));
 }
 
 static void claim_chunks_cover_range(void **state) {
@@ -104,12 +104,23 @@ static void err_formats(void **state) {
     assert_int_equal(r, 3);
 }
 
+/* The assert policy (docs/engine.md): assert() guards internal invariants in
+ * every build, the sanitizer build included, so no build type may define
+ * NDEBUG (CMake's RelWithDebInfo and MinSizeRel do by default). */
+static void asserts_are_live(void **state) {
+    (void)state;
+#ifdef NDEBUG
+    fail_msg("built with NDEBUG: internal invariants are not checked in this build");
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(sha256_vectors),
         cmocka_unit_test(pool_runs_claimed_work_once),
         cmocka_unit_test(claim_chunks_cover_range),
         cmocka_unit_test(err_formats),
+        cmocka_unit_test(asserts_are_live),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
