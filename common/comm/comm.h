@@ -94,7 +94,9 @@ int td_comm_allgather_f32(td_comm *c, const float *send, int64_t n, float *recv,
 /* Unequal counts: rank r sends counts[r] floats (n on this rank, which must
  * equal counts[rank]); recv receives them back to back in rank order, rank
  * r's at counts[0] + ... + counts[r-1]. counts has size() entries, the same on
- * every rank; a count may be 0. In place as above (send == recv + offset). */
+ * every rank; a count may be 0. In place as above (send == recv + offset).
+ * The MPI backend refuses a total over 2^31 - 1 floats (TD_E_RANGE: MPI's
+ * counts are ints). */
 int td_comm_allgatherv_f32(td_comm *c, const float *send, int64_t n, float *recv,
                            const int64_t *counts, td_err *err);
 
