@@ -1,0 +1,186 @@
+/* net.h — gRPC for tandem: a server with typed unary and server-streaming
+ * handlers, and a client for the same two call shapes, over gRPC core's C
+ * API and protobuf-c messages. Every grpc_* call of the project lives in
+ * common/net/; the rest of the code sees only this header (and etcd.h).
+ *
+ * Server model: one thread per call in flight, at most max_calls of them
+ * (a call beyond that gets RESOURCE_EXHAUSTED at once, with a retry hint in
+ * its message). A handler runs on its call's thread and may block: sending a
+ * message returns when gRPC took it, or fails when the client is gone
+ * (cancelled, deadline passed, connection lost). Handlers therefore never
+ * run on gRPC's own threads, and a slow handler delays only its own call.
+ *
+ * Status codes are gRPC's (TD_NET_*), so a client sees exactly what a
+ * handler chose. Messages bigger than max_message_bytes are refused by gRPC
+ * itself (RESOURCE_EXHAUSTED); bytes that do not unpack as the method's
+ * request type get INVALID_ARGUMENT before any handler runs.
+ *
+ * Threads: a td_net_server and a td_net_channel may be used from any thread.
+ * A td_net_call belongs to the thread running its handler; a td_net_stream
+ * (client side) to one thread at a time.
+ */
+#ifndef TD_NET_H
+#define TD_NET_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "util/util.h"
+
+/* gRPC status codes (the numbers are gRPC's). */
+enum {
+    TD_NET_OK = 0,
+    TD_NET_CANCELLED = 1,
+    TD_NET_UNKNOWN = 2,
+    TD_NET_INVALID_ARGUMENT = 3,
+    TD_NET_DEADLINE_EXCEEDED = 4,
+    TD_NET_NOT_FOUND = 5,
+    TD_NET_ALREADY_EXISTS = 6,
+    TD_NET_PERMISSION_DENIED = 7,
+    TD_NET_RESOURCE_EXHAUSTED = 8,
+    TD_NET_FAILED_PRECONDITION = 9,
+    TD_NET_ABORTED = 10,
+    TD_NET_OUT_OF_RANGE = 11,
+    TD_NET_UNIMPLEMENTED = 12,
+    TD_NET_INTERNAL = 13,
+    TD_NET_UNAVAILABLE = 14,
+    TD_NET_UNAUTHENTICATED = 16,
+};
+
+/* A call's outcome as the client saw it (or as a handler set it). */
+typedef struct td_net_status {
+    int code;        /* TD_NET_* */
+    char msg[256];   /* gRPC's status details, "" when OK */
+} td_net_status;
+
+const char *td_net_code_name(int code); /* "OK", "INVALID_ARGUMENT", ... */
+
+/* Calls gRPC's global init once per process (reference counted, like
+ * grpc_init); every create below does it, so callers rarely need to. */
+void td_net_init(void);
+void td_net_shutdown(void);
+
+/* ---- server ---- */
+
+typedef struct td_net_server td_net_server;
+typedef struct td_net_call td_net_call;
+
+typedef struct td_net_server_opts {
+    int32_t max_calls;            /* calls in flight at most (0 = 64) */
+    int32_t max_message_bytes;    /* largest message received or sent (0 = 16 MiB) */
+    const char *name;             /* for log lines ("coordinator", "worker", "health") */
+} td_net_server_opts;
+
+/* The handler of a unary method answers with td_net_call_reply or
+ * td_net_call_fail; a streaming one sends with td_net_call_send and ends
+ * with td_net_call_finish (or td_net_call_fail). Returning without
+ * answering sends INTERNAL. `request` is the unpacked message (descriptor
+ * given at registration), freed by the layer after the handler returns. */
+typedef void (*td_net_handler)(td_net_call *call, const ProtobufCMessage *request, void *user);
+
+/* NULL on failure (out of memory: err). */
+td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err);
+/* Registers a method before start: path "/tandem.v1.Inference/Generate",
+ * request type, whether the response is a stream. Unknown methods get
+ * UNIMPLEMENTED. */
+int td_net_server_add(td_net_server *s, const char *path, const ProtobufCMessageDescriptor *request_type,
+                      bool server_streaming, td_net_handler handler, void *user, td_err *err);
+/* Binds a plaintext port ("127.0.0.1:0" picks a free one). Returns the
+ * port bound (> 0) or a negative TD_E_* with err set. Before start. */
+int td_net_server_listen(td_net_server *s, const char *addr, td_err *err);
+int td_net_server_start(td_net_server *s, td_err *err);
+/* Stops accepting calls, lets calls in flight finish for up to grace_ms,
+ * then cancels the rest (their sends fail, td_net_call_cancelled turns
+ * true) and waits for their handlers to return. */
+void td_net_server_shutdown(td_net_server *s, int32_t grace_ms);
+void td_net_server_destroy(td_net_server *s); /* shuts down first if needed; accepts NULL */
+/* Calls in flight now. */
+int32_t td_net_server_active(const td_net_server *s);
+
+/* Inside a handler: */
+/* "/tandem.v1.Worker/Verify" */
+const char *td_net_call_method(const td_net_call *c);
+/* The client's address ("ipv4:127.0.0.1:53412"). */
+const char *td_net_call_peer(const td_net_call *c);
+/* Milliseconds left until the client's deadline; INT64_MAX when none. Pass
+ * it on to downstream calls so deadlines propagate. */
+int64_t td_net_call_deadline_ms(const td_net_call *c);
+/* True once the client cancelled, the deadline passed, or the server is
+ * shutting down: a long handler polls it between steps. */
+bool td_net_call_cancelled(td_net_call *c);
+/* Unary answer: the message and status OK. Returns 0, or a negative
+ * TD_E_* when the call is already gone. */
+int td_net_call_reply(td_net_call *c, const ProtobufCMessage *response);
+/* Streaming: one message; blocks until gRPC has taken it (flow control is a
+ * slow reader's bounded buffer). Fails (negative) when the call is gone or
+ * when the write did not complete within write_timeout_ms (0 = no limit),
+ * which cancels the call. */
+int td_net_call_send(td_net_call *c, const ProtobufCMessage *msg, int32_t write_timeout_ms);
+/* Ends a stream with OK. */
+int td_net_call_finish(td_net_call *c);
+/* Ends any call with an error status (code != OK) and a message. */
+int td_net_call_fail(td_net_call *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- client ---- */
+
+typedef struct td_net_channel td_net_channel;
+
+typedef struct td_net_channel_opts {
+    int32_t max_message_bytes;    /* 0 = 16 MiB */
+    /* HTTP/2 keepalive pings every keepalive_ms (0 = off), a connection that
+     * does not answer within keepalive_timeout_ms is dropped: a hung peer is
+     * noticed even with no call in flight. */
+    int32_t keepalive_ms;
+    int32_t keepalive_timeout_ms;
+    /* Reconnect backoff bounds (0 = gRPC's defaults). */
+    int32_t min_reconnect_ms, max_reconnect_ms;
+} td_net_channel_opts;
+
+/* target: "127.0.0.1:7000" or any gRPC target. Connects lazily. opts may be
+ * NULL. NULL only on out of memory. */
+td_net_channel *td_net_channel_open(const char *target, const td_net_channel_opts *opts, td_err *err);
+void td_net_channel_close(td_net_channel *ch); /* accepts NULL */
+const char *td_net_channel_target(const td_net_channel *ch);
+
+/* Metadata sent with a call (etcd's auth token); may be NULL. */
+typedef struct td_net_metadata {
+    const char *key, *value;
+} td_net_metadata;
+
+/* Unary call. deadline_ms <= 0: no deadline. On OK *response is the
+ * unpacked message (free with protobuf_c_message_free_unpacked(resp, NULL));
+ * otherwise NULL and st says why (a reply that does not unpack is
+ * INTERNAL). Returns st->code. */
+int td_net_unary(td_net_channel *ch, const char *path, const ProtobufCMessage *request,
+                 const ProtobufCMessageDescriptor *response_type, ProtobufCMessage **response,
+                 int64_t deadline_ms, const td_net_metadata *md, size_t n_md, td_net_status *st);
+
+/* Server-streaming call. */
+typedef struct td_net_stream td_net_stream;
+/* Starts the call (sends the request). NULL only on out of memory; a call
+ * that fails later reports it from td_net_stream_next. */
+td_net_stream *td_net_stream_open(td_net_channel *ch, const char *path, const ProtobufCMessage *request,
+                                  int64_t deadline_ms, const td_net_metadata *md, size_t n_md, td_err *err);
+/* Next message: 1 with *msg set (free it as above), 0 at the end of the
+ * stream with st = the final status (OK or the error), or 0 with an error
+ * status when the reply does not unpack (the call is cancelled). */
+int td_net_stream_next(td_net_stream *s, const ProtobufCMessageDescriptor *type, ProtobufCMessage **msg,
+                       td_net_status *st);
+/* Cancels the call (the server sees CANCELLED); next then ends. */
+void td_net_stream_cancel(td_net_stream *s);
+void td_net_stream_close(td_net_stream *s); /* cancels if unfinished; accepts NULL */
+
+/* ---- process signals ----
+ * gRPC's threads inherit the signal mask: call td_net_signals_block before
+ * creating any thread, then td_net_signals_wait in the main thread. */
+void td_net_signals_block(void);
+/* Blocks until SIGINT or SIGTERM (returns the signal number), or until
+ * timeout_ms passed (returns 0; timeout_ms < 0 waits for ever). */
+int td_net_signals_wait(int32_t timeout_ms);
+
+#endif
