@@ -45,6 +45,8 @@ void td_kv_destroy(td_kv *kv) {
 
 int32_t td_kv_max_len(const td_kv *kv) { return kv->max_len; }
 
+int32_t td_kv_max_seqs(const td_kv *kv) { return kv->max_seqs; }
+
 int32_t td_kv_seq_len(const td_kv *kv, int32_t seq) {
     if (seq < 0 || seq >= kv->max_seqs) return -1;
     return kv->len[seq];

@@ -60,6 +60,7 @@ typedef struct td_kv td_kv;
 td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len, td_err *err);
 void td_kv_destroy(td_kv *kv);
 int32_t td_kv_max_len(const td_kv *kv);
+int32_t td_kv_max_seqs(const td_kv *kv);
 int32_t td_kv_seq_len(const td_kv *kv, int32_t seq);
 /* Forgets positions >= len (rejected drafts roll back). len <= seq_len. */
 int td_kv_truncate(td_kv *kv, int32_t seq, int32_t len);

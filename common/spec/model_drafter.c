@@ -22,6 +22,8 @@ typedef struct model_drafter {
     td_ctx *ctx;
     td_kv *kv;
     td_sampler *smp;
+    td_sample_params base_sp;  /* the constructor's */
+    td_sample_params *seq_sp;  /* (max_seqs) each request's own, set by set_params */
     int32_t max_seqs, max_len, n_vocab, n_layer;
     int32_t **fed;       /* (max_seqs, max_len) tokens held in kv */
     int32_t *scratch;    /* (max_len + TD_DRAFT_MAX) history + drafted tokens */
@@ -152,6 +154,8 @@ static int md_propose(td_drafter *d, int32_t seq, const int32_t *hist, size_t n,
     int rc = feed(md, seq, hist + cp, (int32_t)n - cp, true, err);
     if (rc) return rc;
 
+    /* validated when set: cannot fail */
+    if ((rc = td_sampler_set_params(md->smp, &md->seq_sp[seq], err))) return rc;
     memcpy(md->scratch, hist, n * sizeof(int32_t));
     for (int32_t i = 0; i < max_nodes; i++) {
         int32_t t = td_sampler_pick(md->smp, md->logits, (int64_t)n + i, md->scratch, n + (size_t)i);
@@ -178,7 +182,16 @@ static void md_accept(td_drafter *d, int32_t seq, const int32_t *hist, size_t n,
 
 static void md_reset(td_drafter *d, int32_t seq) {
     model_drafter *md = (model_drafter *)d;
-    if (seq >= 0 && seq < md->max_seqs) td_kv_truncate(md->kv, seq, 0);
+    if (seq < 0 || seq >= md->max_seqs) return;
+    td_kv_truncate(md->kv, seq, 0);
+    md->seq_sp[seq] = md->base_sp;
+}
+
+/* Invalid parameters keep the previous ones (the session validated them). */
+static void md_set_params(td_drafter *d, int32_t seq, const td_sample_params *sp) {
+    model_drafter *md = (model_drafter *)d;
+    td_err ignored = {0};
+    if (seq >= 0 && seq < md->max_seqs && sp && td_sample_validate(sp, &ignored) == TD_OK) md->seq_sp[seq] = *sp;
 }
 
 static void md_destroy(td_drafter *d) {
@@ -191,14 +204,17 @@ static void md_destroy(td_drafter *d) {
     free(md->logits);
     free(md->rows);
     free(md->skip);
+    free(md->seq_sp);
     td_sampler_destroy(md->smp);
     td_ctx_destroy(md->ctx);
     td_kv_destroy(md->kv);
     free(md);
 }
 
-static const td_drafter_ops model_ops = {"model", md_propose, md_accept, NULL, md_reset, md_destroy};
-static const td_drafter_ops layerskip_ops = {"layerskip", md_propose, md_accept, NULL, md_reset, md_destroy};
+static const td_drafter_ops model_ops = {"model", md_propose, md_accept, NULL, md_reset, md_destroy,
+                                         md_set_params};
+static const td_drafter_ops layerskip_ops = {"layerskip", md_propose, md_accept, NULL, md_reset, md_destroy,
+                                             md_set_params};
 
 static model_drafter *create(const td_model *m, td_pool *pool, const td_sample_params *sp, int32_t max_seqs,
                              int32_t max_len, td_err *err) {
@@ -227,7 +243,11 @@ static model_drafter *create(const td_model *m, td_pool *pool, const td_sample_p
     md->scratch = malloc(((size_t)max_len + TD_DRAFT_MAX) * sizeof(int32_t));
     md->logits = malloc((size_t)MEASURE_WINDOW * hp->n_vocab * sizeof(float));
     md->rows = malloc(MEASURE_WINDOW * sizeof *md->rows);
-    if (!md->kv || !md->ctx || !md->smp || !md->fed || !md->scratch || !md->logits || !md->rows) goto nomem;
+    md->seq_sp = malloc((size_t)max_seqs * sizeof *md->seq_sp);
+    if (!md->kv || !md->ctx || !md->smp || !md->fed || !md->scratch || !md->logits || !md->rows || !md->seq_sp)
+        goto nomem;
+    md->base_sp = *sp;
+    for (int32_t s = 0; s < max_seqs; s++) md->seq_sp[s] = *sp;
     for (int32_t s = 0; s < max_seqs + 1; s++)
         if (!(md->fed[s] = malloc((size_t)max_len * sizeof(int32_t)))) goto nomem;
     return md;

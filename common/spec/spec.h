@@ -71,6 +71,10 @@ typedef struct td_drafter_ops {
     /* Forget everything about seq. */
     void (*reset)(td_drafter *d, int32_t seq);
     void (*destroy)(td_drafter *d);
+    /* The sampling parameters of the request now on seq (called after
+     * reset): drafters that sample (the model drafters) draft with the
+     * request's own keyed sampler. May be NULL. */
+    void (*set_params)(td_drafter *d, int32_t seq, const td_sample_params *sp);
 } td_drafter_ops;
 
 struct td_drafter {
@@ -162,12 +166,87 @@ td_drafter *td_spec_layerskip_create(const td_model *target, td_pool *pool,
                                      const td_sample_params *sp, int32_t max_seqs, int32_t max_len,
                                      const uint8_t *skip, td_err *err);
 
-/* ---- the speculative generation loop (spec_run.c) ---- */
-
 typedef enum td_spec_mode {
     TD_SPEC_EXACT = 0,     /* accept a draft iff it equals the target's keyed sample: tokens identical to plain decoding */
     TD_SPEC_REJECTION = 1, /* classic min(1, p/q) test + residual resampling: same distribution, not same tokens */
 } td_spec_mode;
+
+/* ---- the target: where verification happens (spec_target_local.c; the
+ * service's remote target lives in the coordinator) ----
+ *
+ * A target holds sequences. Each has a token history whose last token is
+ * "pending": sampled, not yet in the cache; it is the root row of the next
+ * verification. verify runs [pending + a draft tree] through the model and
+ * walks the tree the way the target would decode: the target's keyed pick
+ * after the root, the child carrying that token, the pick after it, ...
+ * until a pick no child carries. Sampling thus happens where the logits
+ * are; only tokens leave the target. commit keeps the walked path in the
+ * cache, and the pick after its last node becomes pending. */
+
+#define TD_TARGET_TOP_MAX 16   /* observation candidates per node */
+#define TD_TARGET_ALT_MAX 20   /* logprob alternatives per produced token */
+
+typedef struct td_target_seq_params {
+    td_sample_params sample;
+    td_spec_mode mode;
+    int32_t max_new_tokens;   /* the target reserves room for prompt + this */
+    int32_t n_top;            /* candidates per verified node for observe (0..TD_TARGET_TOP_MAX) */
+    int32_t n_logprobs;       /* -1: none; else the produced token's logprob and this many alternatives */
+    bool test_skip_residual;  /* tests only: rejection mode without its correction */
+} td_target_seq_params;
+
+/* What verification found at the root (index 0) or tree node i (index i+1). */
+typedef struct td_node_result {
+    int32_t sample;           /* the target's token after this node; -1 off the walked path */
+    float logprob;            /* log-softmax of the raw logits at sample (n_logprobs >= 0) */
+    int32_t n_top;
+    int32_t top[TD_TARGET_TOP_MAX];            /* most likely next ids, best first (all verified nodes) */
+    int32_t n_alt;
+    int32_t alt_id[TD_TARGET_ALT_MAX];         /* on the path: best alternatives and their logprobs */
+    float alt_logprob[TD_TARGET_ALT_MAX];
+} td_node_result;
+
+typedef struct td_verify_item {
+    int32_t seq;
+    const td_draft *tree;     /* n may be 0: one plain decoding step */
+    td_node_result *nodes;    /* out: tree->n + 1 entries */
+    int32_t path[TD_DRAFT_MAX]; /* out: walked (accepted) node indices, root to leaf */
+    int32_t n_path;           /* out */
+} td_verify_item;
+
+/* Wall time and size of the pass a verification shared (the planner learns
+ * what a row costs from them). */
+typedef struct td_pass_info {
+    double sec;
+    int32_t rows;
+} td_pass_info;
+
+typedef struct td_target td_target;
+typedef struct td_target_ops {
+    /* Opens seq with tokens[0..n) (n >= 1): caches all but the last, which
+     * becomes pending. TD_E_RANGE when prompt + max_new_tokens does not fit. */
+    int (*open)(td_target *t, int32_t seq, const td_target_seq_params *p, const int32_t *tokens, size_t n,
+                td_err *err);
+    /* Verifies several sequences' trees in one pass (one per item). */
+    int (*verify)(td_target *t, td_verify_item *items, int32_t n_items, td_pass_info *pass, td_err *err);
+    /* Keeps path[0..n_path), a prefix of the last verify's walk of seq. */
+    int (*commit)(td_target *t, int32_t seq, const int32_t *path, int32_t n_path, td_err *err);
+    void (*release)(td_target *t, int32_t seq);
+    void (*destroy)(td_target *t);
+} td_target_ops;
+
+struct td_target {
+    const td_target_ops *ops;
+};
+
+/* The in-process target over a context and cache (sequence ids are the
+ * cache's). ctx and kv stay the caller's; max rows per pass are ctx's. */
+td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv, td_err *err);
+void td_target_destroy(td_target *t); /* accepts NULL */
+/* Sequences open now, and cache tokens they have reserved (local target). */
+int32_t td_spec_target_local_open_seqs(const td_target *t);
+
+/* ---- the speculative generation loop (spec_session.c, spec_run.c) ---- */
 
 typedef struct td_spec_params {
     int32_t draft_max;     /* nodes per step at most (<= TD_DRAFT_MAX) */
@@ -191,14 +270,21 @@ typedef struct td_spec_stats {
     int64_t n_tokens;      /* tokens produced by those passes */
 } td_spec_stats;
 
-/* One generation request of a batch; sequence id = its index. */
+/* Called once per produced token, in order, before its text is emitted;
+ * nr is the target's result at the node that produced it (logprobs when
+ * asked). Return non-zero to stop the request (TD_STOP_CALLER). */
+typedef int (*td_spec_token_fn)(void *user, int32_t token, const td_node_result *nr);
+
+/* One generation request. */
 typedef struct td_spec_request {
     const int32_t *prompt;
     size_t n_prompt;
     td_gen_params gen;       /* sampling, max tokens, stop strings */
     td_gen_emit_fn emit;     /* streamed text, may be NULL */
+    td_spec_token_fn on_token; /* produced tokens, may be NULL */
     void *user;
     int32_t *out_tokens;     /* room for gen.max_tokens ids, may be NULL */
+    int32_t n_logprobs;      /* on_token receives logprobs: -1 none, else alternatives (0..20) */
     td_gen_stats stats;      /* filled: like td_gen_run's */
     td_spec_stats spec;      /* filled */
 } td_spec_request;
@@ -214,5 +300,29 @@ typedef struct td_spec_request {
 int td_spec_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, td_spec_request *reqs,
                 int32_t n_reqs, td_drafter *const *drafters, int32_t n_drafters, const td_spec_params *sp,
                 td_err *err);
+
+/* The same loop step by step, over any target: requests join (add) and
+ * leave (finish, cancel) a running batch; each step verifies every active
+ * request's [pending + draft tree] in one target call. Sequence ids are
+ * 0..max_seqs-1, the same for the target and the drafters. The planner's
+ * learned acceptance and row cost persist for the session's life. */
+typedef struct td_spec_session td_spec_session;
+/* max_rows: rows one target pass may hold; max_len: the longest sequence. */
+td_spec_session *td_spec_session_create(const td_tok *tok, int32_t n_vocab, td_target *target,
+                                        td_drafter *const *drafters, int32_t n_drafters,
+                                        const td_spec_params *sp, int32_t max_seqs, int32_t max_rows,
+                                        int32_t max_len, td_err *err);
+void td_spec_session_destroy(td_spec_session *s); /* releases open sequences; accepts NULL */
+/* Validates req and opens it on seq (prefill through the target). req must
+ * stay alive until the request finishes or is cancelled. */
+int td_spec_session_add(td_spec_session *s, int32_t seq, td_spec_request *req, td_err *err);
+/* One pass for every active request. Returns the number still active (>= 0)
+ * or a negative TD_E_*; a finished request's stats are final and its
+ * sequence is released. */
+int td_spec_session_step(td_spec_session *s, td_err *err);
+/* Ends a request now (stats as they are, stop = TD_STOP_CALLER). */
+void td_spec_session_cancel(td_spec_session *s, int32_t seq);
+bool td_spec_session_active(const td_spec_session *s, int32_t seq);
+int32_t td_spec_session_n_active(const td_spec_session *s);
 
 #endif

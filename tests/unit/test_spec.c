@@ -228,7 +228,7 @@ static int fixed_propose(td_drafter *d, int32_t seq, const int32_t *h, size_t n,
     return TD_OK;
 }
 static void fixed_destroy(td_drafter *d) { (void)d; }
-static const td_drafter_ops fixed_ops = {"fixed", fixed_propose, NULL, NULL, NULL, fixed_destroy};
+static const td_drafter_ops fixed_ops = {"fixed", fixed_propose, NULL, NULL, NULL, fixed_destroy, NULL};
 
 /* Chi-square homogeneity statistic of two count vectors. */
 static double chi2_two_sample(const int *a, const int *b, int k) {
@@ -295,7 +295,7 @@ static int failing_propose(td_drafter *d, int32_t seq, const int32_t *h, size_t 
     out->n = 0;
     return td_err_set(&d->err, TD_E_IO, "the drafter's worker went away");
 }
-static const td_drafter_ops failing_ops = {"failing", failing_propose, NULL, NULL, NULL, fixed_destroy};
+static const td_drafter_ops failing_ops = {"failing", failing_propose, NULL, NULL, NULL, fixed_destroy, NULL};
 
 static void failing_drafter_is_named(void **s) {
     (void)s;

@@ -1,0 +1,317 @@
+/* spec_target_local.c — the in-process target: verification over a td_ctx
+ * and td_kv of this process (tandem generate, and each verifier worker).
+ *
+ * It walks each verified tree the way plain decoding would go: the keyed
+ * pick after the pending token, the child carrying it, the pick after that
+ * child, ... (or, in rejection mode, the min(1, p/q) test at each first
+ * child). Picks are made with the sequence's own history plus the walked
+ * path, at absolute positions, so they are exactly plain decoding's.
+ * Only nodes on the walk are sampled; every verified node gets its top
+ * candidates when the caller asked for observations.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gen/gen.h"
+#include "spec/spec.h"
+
+typedef struct local_seq {
+    bool open, verified;
+    td_target_seq_params p;
+    int32_t *hist;        /* cached tokens + the pending one; room for a walked path */
+    size_t n_hist, cap;
+    td_draft tree;        /* the last verify's tree */
+    int32_t walk[TD_DRAFT_MAX];
+    int32_t walk_sample[TD_DRAFT_MAX + 1]; /* pick after the root, after walk[0], ... */
+    int32_t n_walk;
+} local_seq;
+
+typedef struct local_target {
+    td_target base;
+    const td_model *m;
+    td_ctx *ctx;
+    td_kv *kv;
+    int32_t n_vocab, max_seqs, max_rows;
+    local_seq *seqs;
+    td_sampler *smp;      /* one, re-parametrised per sequence */
+    float *logits;        /* (max_rows, n_vocab) */
+    float *probs;         /* rejection mode */
+    td_row *rows;
+    int32_t *row0;        /* per item: batch index of its root row */
+} local_target;
+
+static void top_ids(const float *logits, int32_t n, int32_t *top, int32_t k) {
+    int32_t cnt = 0;
+    for (int32_t v = 0; v < n; v++) {
+        if (cnt == k && !(logits[v] > logits[top[k - 1]])) continue;
+        int32_t j = cnt < k ? cnt++ : k - 1;
+        while (j > 0 && logits[v] > logits[top[j - 1]]) { top[j] = top[j - 1]; j--; }
+        top[j] = v;
+    }
+}
+
+static double log_sum_exp(const float *x, int32_t n) {
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < n; i++) if (x[i] > mx) mx = x[i];
+    if (!isfinite(mx)) return mx;
+    double s = 0;
+    for (int32_t i = 0; i < n; i++) s += exp((double)x[i] - mx);
+    return mx + log(s);
+}
+
+static int32_t child_with(const td_draft *d, int32_t parent, int32_t t) {
+    for (int32_t j = 0; j < d->n; j++)
+        if (d->parent[j] == parent && d->token[j] == t) return j;
+    return -1;
+}
+
+static int32_t first_child(const td_draft *d, int32_t parent) {
+    for (int32_t j = 0; j < d->n; j++)
+        if (d->parent[j] == parent) return j;
+    return -1;
+}
+
+static int lt_open(td_target *base, int32_t seq, const td_target_seq_params *p, const int32_t *tokens, size_t n,
+                   td_err *err) {
+    local_target *t = (local_target *)base;
+    if (seq < 0 || seq >= t->max_seqs) return td_err_set(err, TD_E_ARG, "sequence %d out of range (0..%d)", seq, t->max_seqs - 1);
+    local_seq *s = &t->seqs[seq];
+    if (s->open) return td_err_set(err, TD_E_ARG, "sequence %d is already open", seq);
+    if (n == 0) return td_err_set(err, TD_E_ARG, "empty prompt");
+    if (td_kv_seq_len(t->kv, seq) != 0) return td_err_set(err, TD_E_ARG, "sequence %d is not empty", seq);
+    if (n >= (size_t)td_kv_max_len(t->kv))
+        return td_err_set(err, TD_E_RANGE, "prompt of %zu tokens does not fit the context of %d", n, td_kv_max_len(t->kv));
+    if (p->n_top < 0 || p->n_top > TD_TARGET_TOP_MAX || p->n_logprobs < -1 || p->n_logprobs > TD_TARGET_ALT_MAX)
+        return td_err_set(err, TD_E_ARG, "observations %d (0..%d) or logprobs %d (-1..%d) out of range", p->n_top,
+                          TD_TARGET_TOP_MAX, p->n_logprobs, TD_TARGET_ALT_MAX);
+    int rc = td_sample_validate(&p->sample, err);
+    if (rc) return rc;
+    size_t cap = n + (size_t)(p->max_new_tokens > 0 ? p->max_new_tokens : 0) + TD_DRAFT_MAX + 2;
+    if (cap > (size_t)td_kv_max_len(t->kv) + TD_DRAFT_MAX + 2) cap = (size_t)td_kv_max_len(t->kv) + TD_DRAFT_MAX + 2;
+    int32_t *hist = malloc(cap * sizeof *hist);
+    if (!hist) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    if (p->mode == TD_SPEC_REJECTION && !t->probs && !(t->probs = malloc((size_t)t->n_vocab * sizeof(float)))) {
+        free(hist);
+        return td_err_set(err, TD_E_NOMEM, "out of memory");
+    }
+    if ((rc = td_gen_prefill(t->ctx, t->kv, seq, 0, tokens, n - 1, 0, NULL, err))) {
+        td_kv_truncate(t->kv, seq, 0);
+        free(hist);
+        return rc;
+    }
+    memcpy(hist, tokens, n * sizeof *hist);
+    *s = (local_seq){.open = true, .p = *p, .hist = hist, .n_hist = n, .cap = cap};
+    return TD_OK;
+}
+
+/* Rejection mode at one node (see spec_run.c's history of this test): the
+ * proposal is a point mass, so accept x with probability p(x), else draw
+ * from p without x, each with randomness of its own key. */
+static int32_t rejection_pick(local_target *t, local_seq *s, const float *lg, size_t n_ctx, int32_t child,
+                              const td_draft *d, bool *acc) {
+    td_sampler_probs(t->smp, lg, s->hist, n_ctx, t->probs);
+    uint64_t seed = s->p.sample.seed;
+    uint64_t resample_seed = seed ^ 0x9e3779b97f4a7c15ULL;
+    int64_t pos = (int64_t)n_ctx;
+    *acc = false;
+    if (child >= 0) {
+        int32_t x = d->token[child];
+        double u = td_sample_uniform(seed, pos, 0x5eedULL);
+        if (u < t->probs[x]) {
+            *acc = true;
+            return x;
+        }
+        if (!s->p.test_skip_residual) t->probs[x] = 0.0f;
+    }
+    int32_t best = -1;
+    double bestv = -INFINITY;
+    for (int32_t v = 0; v < t->n_vocab; v++) {
+        if (!(t->probs[v] > 0)) continue;
+        double g = log((double)t->probs[v]) + td_sample_gumbel(resample_seed, pos, v);
+        if (g > bestv) { bestv = g; best = v; }
+    }
+    return best >= 0 ? best : td_sampler_pick(t->smp, lg, pos, s->hist, n_ctx);
+}
+
+static void fill_logprobs(const local_target *t, const float *lg, int32_t tk, int32_t n_alt, td_node_result *r) {
+    double lse = log_sum_exp(lg, t->n_vocab);
+    r->logprob = (float)((double)lg[tk] - lse);
+    r->n_alt = n_alt;
+    if (n_alt > 0) {
+        top_ids(lg, t->n_vocab, r->alt_id, n_alt);
+        for (int32_t a = 0; a < n_alt; a++) r->alt_logprob[a] = (float)((double)lg[r->alt_id[a]] - lse);
+    }
+}
+
+/* Walks one sequence's verified tree; rows start at row0 in t->logits. */
+static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0, td_err *err) {
+    const td_draft *d = it->tree;
+    int rc = td_sampler_set_params(t->smp, &s->p.sample, err);
+    if (rc) return rc;
+    for (int32_t i = 0; i <= d->n; i++) {
+        td_node_result *r = &it->nodes[i];
+        r->sample = -1;
+        r->logprob = 0;
+        r->n_alt = 0;
+        r->n_top = s->p.n_top;
+        if (s->p.n_top > 0) top_ids(t->logits + (size_t)(row0 + i) * t->n_vocab, t->n_vocab, r->top, s->p.n_top);
+    }
+    int32_t node = -1, depth = 0;
+    it->n_path = 0;
+    s->n_walk = 0;
+    for (;;) {
+        const float *lg = t->logits + (size_t)(row0 + 1 + node) * t->n_vocab;
+        size_t n_ctx = s->n_hist + (size_t)depth; /* history + walked path, written into hist's spare room */
+        int32_t tk, child;
+        if (s->p.mode == TD_SPEC_REJECTION) {
+            bool acc;
+            child = first_child(d, node);
+            tk = rejection_pick(t, s, lg, n_ctx, child, d, &acc);
+            if (!acc) child = -1;
+        } else {
+            tk = td_sampler_pick(t->smp, lg, (int64_t)n_ctx, s->hist, n_ctx);
+            if (tk < 0) return td_err_set(err, tk, "sampler refused its arguments");
+            child = child_with(d, node, tk);
+        }
+        td_node_result *r = &it->nodes[node + 1];
+        r->sample = tk;
+        if (s->p.n_logprobs >= 0) fill_logprobs(t, lg, tk, s->p.n_logprobs, r);
+        s->walk_sample[s->n_walk] = tk;
+        if (child < 0 || n_ctx + 1 >= s->cap) break;
+        s->hist[n_ctx] = tk;
+        it->path[it->n_path++] = child;
+        s->walk[s->n_walk++] = child;
+        node = child;
+        depth++;
+    }
+    return TD_OK;
+}
+
+static int lt_verify(td_target *base, td_verify_item *items, int32_t n_items, td_pass_info *pass, td_err *err) {
+    local_target *t = (local_target *)base;
+    int32_t n_rows = 0;
+    for (int32_t k = 0; k < n_items; k++) {
+        td_verify_item *it = &items[k];
+        if (it->seq < 0 || it->seq >= t->max_seqs || !t->seqs[it->seq].open)
+            return td_err_set(err, TD_E_ARG, "sequence %d is not open", it->seq);
+        local_seq *s = &t->seqs[it->seq];
+        if (s->verified) return td_err_set(err, TD_E_ARG, "sequence %d: verify again before commit", it->seq);
+        const td_draft *d = it->tree;
+        if (d->n < 0 || d->n > TD_DRAFT_MAX) return td_err_set(err, TD_E_ARG, "tree of %d nodes (0..%d)", d->n, TD_DRAFT_MAX);
+        if (n_rows + 1 + d->n > t->max_rows)
+            return td_err_set(err, TD_E_RANGE, "%d rows do not fit a pass of %d", n_rows + 1 + d->n, t->max_rows);
+        int32_t depth[TD_DRAFT_MAX];
+        for (int32_t j = 0; j < d->n; j++) {
+            if (d->parent[j] < -1 || d->parent[j] >= j)
+                return td_err_set(err, TD_E_ARG, "tree node %d: parent %d is not an earlier node", j, d->parent[j]);
+            if (d->token[j] < 0 || d->token[j] >= t->n_vocab)
+                return td_err_set(err, TD_E_ARG, "tree node %d: token %d outside the vocabulary", j, d->token[j]);
+            depth[j] = d->parent[j] < 0 ? 1 : depth[d->parent[j]] + 1;
+        }
+        int32_t root_pos = (int32_t)s->n_hist - 1;
+        int32_t max_depth = 0;
+        for (int32_t j = 0; j < d->n; j++) if (depth[j] > max_depth) max_depth = depth[j];
+        if (root_pos + max_depth >= td_kv_max_len(t->kv) || s->n_hist + (size_t)max_depth + 1 >= s->cap)
+            return td_err_set(err, TD_E_RANGE, "sequence %d: the tree reaches past the context", it->seq);
+        t->row0[k] = n_rows;
+        t->rows[n_rows++] = (td_row){it->seq, root_pos, s->hist[s->n_hist - 1], true, true, -1};
+        for (int32_t j = 0; j < d->n; j++)
+            t->rows[n_rows++] = (td_row){it->seq, root_pos + depth[j], d->token[j], true, true,
+                                         t->row0[k] + 1 + d->parent[j]};
+    }
+    double t0 = td_now_sec();
+    int rc = td_model_forward(t->ctx, t->kv, t->rows, n_rows, t->logits, err);
+    if (rc) return rc;
+    if (pass) *pass = (td_pass_info){td_now_sec() - t0, n_rows};
+    for (int32_t k = 0; k < n_items; k++) {
+        local_seq *s = &t->seqs[items[k].seq];
+        s->tree = *items[k].tree;
+        s->verified = true;
+        if ((rc = walk(t, s, &items[k], t->row0[k], err))) return rc;
+    }
+    return TD_OK;
+}
+
+static int lt_commit(td_target *base, int32_t seq, const int32_t *path, int32_t n_path, td_err *err) {
+    local_target *t = (local_target *)base;
+    if (seq < 0 || seq >= t->max_seqs || !t->seqs[seq].open) return td_err_set(err, TD_E_ARG, "sequence %d is not open", seq);
+    local_seq *s = &t->seqs[seq];
+    if (!s->verified) return td_err_set(err, TD_E_ARG, "sequence %d: commit without verify", seq);
+    if (n_path < 0 || n_path > s->n_walk) return td_err_set(err, TD_E_ARG, "path of %d nodes; the walk had %d", n_path, s->n_walk);
+    int32_t keep[TD_DRAFT_MAX + 1];
+    keep[0] = 0;
+    for (int32_t k = 0; k < n_path; k++) {
+        if (path[k] != s->walk[k]) return td_err_set(err, TD_E_ARG, "path node %d is not on the walk", k);
+        keep[k + 1] = 1 + path[k];
+    }
+    int rc = td_kv_compact(t->kv, seq, (int32_t)s->n_hist - 1, keep, n_path + 1);
+    if (rc) return td_err_set(err, rc, "cache compaction failed: %s", td_err_name(rc));
+    for (int32_t k = 0; k < n_path; k++) s->hist[s->n_hist++] = s->tree.token[path[k]];
+    s->hist[s->n_hist++] = s->walk_sample[n_path];
+    s->verified = false;
+    return TD_OK;
+}
+
+static void lt_release(td_target *base, int32_t seq) {
+    local_target *t = (local_target *)base;
+    if (seq < 0 || seq >= t->max_seqs || !t->seqs[seq].open) return;
+    free(t->seqs[seq].hist);
+    t->seqs[seq] = (local_seq){0};
+    td_kv_truncate(t->kv, seq, 0);
+}
+
+static void lt_destroy(td_target *base) {
+    local_target *t = (local_target *)base;
+    for (int32_t i = 0; i < t->max_seqs; i++) free(t->seqs[i].hist);
+    free(t->seqs);
+    td_sampler_destroy(t->smp);
+    free(t->logits);
+    free(t->probs);
+    free(t->rows);
+    free(t->row0);
+    free(t);
+}
+
+static const td_target_ops local_ops = {lt_open, lt_verify, lt_commit, lt_release, lt_destroy};
+
+td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv, td_err *err) {
+    if (!m || !ctx || !kv) {
+        td_err_set(err, TD_E_ARG, "local target: model, context and cache are required");
+        return NULL;
+    }
+    local_target *t = calloc(1, sizeof *t);
+    if (!t) goto nomem;
+    t->base.ops = &local_ops;
+    t->m = m;
+    t->ctx = ctx;
+    t->kv = kv;
+    t->n_vocab = td_model_hparams(m)->n_vocab;
+    t->max_rows = td_ctx_max_rows(ctx);
+    t->max_seqs = td_kv_max_seqs(kv);
+    t->seqs = calloc((size_t)t->max_seqs, sizeof *t->seqs);
+    t->logits = malloc((size_t)t->max_rows * t->n_vocab * sizeof(float));
+    t->rows = malloc((size_t)t->max_rows * sizeof *t->rows);
+    t->row0 = malloc((size_t)t->max_rows * sizeof *t->row0);
+    td_err why = {0};
+    t->smp = td_sampler_create(NULL, t->n_vocab, &why);
+    if (!t->seqs || !t->logits || !t->rows || !t->row0 || !t->smp) {
+        lt_destroy(&t->base);
+        goto nomem;
+    }
+    return &t->base;
+nomem:
+    td_err_set(err, TD_E_NOMEM, "out of memory");
+    return NULL;
+}
+
+int32_t td_spec_target_local_open_seqs(const td_target *base) {
+    const local_target *t = (const local_target *)base;
+    int32_t n = 0;
+    for (int32_t i = 0; i < t->max_seqs; i++) n += t->seqs[i].open;
+    return n;
+}
+
+void td_target_destroy(td_target *t) {
+    if (t) t->ops->destroy(t);
+}
