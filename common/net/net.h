@@ -183,4 +183,20 @@ void td_net_signals_block(void);
  * timeout_ms passed (returns 0; timeout_ms < 0 waits for ever). */
 int td_net_signals_wait(int32_t timeout_ms);
 
+
+/* ---- grpc.health.v1.Health (net_health.c) ----
+ * Check answers the status of a service name ("" = the whole server);
+ * Watch streams it, one message per change. Statuses are the proto's:
+ * 1 SERVING, 2 NOT_SERVING (unknown names: NOT_FOUND for Check,
+ * SERVICE_UNKNOWN for Watch). One td_net_health may be added to several
+ * servers (the main port and the plaintext health port). */
+enum { TD_NET_HEALTH_SERVING = 1, TD_NET_HEALTH_NOT_SERVING = 2 };
+typedef struct td_net_health td_net_health;
+td_net_health *td_net_health_create(td_err *err);
+void td_net_health_destroy(td_net_health *h); /* after the servers it was added to */
+int td_net_health_add(td_net_health *h, td_net_server *s, td_err *err);
+/* Sets (or creates) a service's status; wakes its watchers. */
+void td_net_health_set(td_net_health *h, const char *service, int status);
+/* Ends every Watch stream (server shutdown). */
+void td_net_health_shutdown(td_net_health *h);
 #endif

@@ -88,4 +88,10 @@ int td_tok_decode(const td_tok *t, const int32_t *ids, size_t n, bool render_spe
  *   Mistral, whose templates start with bos_token), so encode it with
  *   parse_special = true and add_bos = false. */
 
+/* The tokenizer's metadata of g (tokenizer.* keys, general.architecture,
+ * general.name) as a GGUF file in memory (malloc'ed, *out freed by the
+ * caller): what a process without the model file needs to build the same
+ * tokenizer (tok_export.c). */
+int td_tok_export_gguf(const td_gguf *g, void **out, size_t *size, td_err *err);
+
 #endif

@@ -135,4 +135,16 @@ static inline int64_t td_claim_chunk(int64_t n, int nth, int per_thread, int64_t
 /* Number of online CPUs (>= 1). */
 int td_cpu_count(void);
 
+/* ---- logging (log.c): one line per event on stderr ----
+ * "2026-12-04T20:01:02.123Z worker[1234] INFO req=ab12 message". Library
+ * code below the service layer never logs (it returns td_err); the service
+ * programs do. td_log_setup names the process and the least level printed:
+ * the process's only log configuration, set once in main. */
+typedef enum td_log_level { TD_LOG_DEBUG = 0, TD_LOG_INFO = 1, TD_LOG_WARN = 2, TD_LOG_ERROR = 3 } td_log_level;
+void td_log_setup(const char *process_name, td_log_level min_level);
+/* req may be NULL or "" (no request). */
+void td_log(td_log_level level, const char *req, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Parses "debug|info|warn|error"; false otherwise. */
+bool td_log_level_parse(const char *s, td_log_level *out);
+
 #endif

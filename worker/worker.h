@@ -1,0 +1,128 @@
+/* worker.h — inside tandem-worker: the engine that owns the model and its
+ * sequences (worker_engine.c, worker_score.c), the gRPC handlers that
+ * translate tandem.v1.Worker messages to it (worker_rpc.c), and membership
+ * (worker_main.c registers in etcd).
+ *
+ * Concurrency: gRPC handlers run one thread per call. Everything that runs
+ * the model takes the engine's pass token in turn; concurrent Verify calls
+ * are combined: whoever finds no pass running takes every waiting
+ * verification into one forward pass (batch invariance makes that safe:
+ * a row's logits do not depend on its pass-mates), so throughput grows with
+ * concurrent streams.
+ */
+#ifndef TD_WORKER_H
+#define TD_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/model.h"
+#include "spec/spec.h"
+#include "tok/tok.h"
+#include "util/util.h"
+
+/* Worker-level outcomes besides TD_E_* (mapped to gRPC codes by worker_rpc.c). */
+enum {
+    TD_WORKER_E_NOT_FOUND = -20,  /* no such sequence (released, timed out, or never opened) */
+    TD_WORKER_E_FULL = -21,       /* admission refused: sequences or cache tokens exhausted */
+    TD_WORKER_E_ROLE = -22,       /* this role does not serve that call */
+    TD_WORKER_E_EXISTS = -23,     /* the sequence key is already open */
+};
+
+typedef enum td_worker_role { TD_WORKER_VERIFIER = 0, TD_WORKER_DRAFTER = 1 } td_worker_role;
+
+typedef struct td_worker_config {
+    td_worker_role role;
+    const char *model_path;
+    const char *listen;          /* gRPC address, e.g. 127.0.0.1:7100 */
+    const char *health_listen;   /* plaintext health-only port, NULL = none */
+    const char *advertise;       /* address others dial (default: listen) */
+    const char *etcd;            /* endpoints; NULL = no registration (tests, single box) */
+    const char *cluster;
+    const char *id;              /* worker id (default: role-host-port) */
+    int32_t threads;
+    int32_t max_seqs;            /* open sequences at most */
+    int64_t max_tokens;          /* cache tokens reserved by open sequences at most */
+    int32_t ctx;                 /* longest sequence */
+    int32_t max_rows;            /* rows of one forward pass */
+    int32_t lease_ttl;           /* seconds */
+    int32_t idle_timeout;        /* seconds a sequence may sit unused before it is reclaimed */
+    int32_t max_calls;
+    td_numerics numerics;
+    bool batching;               /* combine concurrent verifications into one pass (default on) */
+} td_worker_config;
+
+typedef struct td_worker_engine td_worker_engine;
+
+/* Loads the model, creates the caches. NULL with err on failure. */
+td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *err);
+void td_worker_engine_destroy(td_worker_engine *e);
+
+typedef struct td_worker_info {
+    char model_id[65];       /* sha256 hex */
+    char model_name[128];
+    char fingerprint[160];
+    uint64_t vocab_hash;
+    int32_t vocab_size, ctx;
+    td_worker_role role;
+} td_worker_info;
+const td_worker_info *td_worker_engine_info(const td_worker_engine *e);
+/* A GGUF holding only the tokenizer's metadata (owned by the engine). */
+const void *td_worker_engine_tokenizer(const td_worker_engine *e, size_t *size);
+const td_tok *td_worker_engine_tok(const td_worker_engine *e);
+
+int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const td_target_seq_params *p,
+                      const int32_t *tokens, size_t n, int32_t *cached, td_err *err);
+int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const td_draft *tree,
+                     td_node_result *nodes, int32_t *path, int32_t *n_path, td_pass_info *pass, td_err *err);
+int td_worker_commit(td_worker_engine *e, const char *req, uint64_t key, const int32_t *path, int32_t n_path,
+                     int32_t *cached, td_err *err);
+/* Draft from the drafter model (drafter role) or layer-skip (verifier). */
+int td_worker_draft(td_worker_engine *e, const char *req, uint64_t key, const int32_t *history, size_t n,
+                    int32_t max_nodes, const td_sample_params *sp, td_draft *out, td_err *err);
+bool td_worker_release(td_worker_engine *e, uint64_t key);
+
+/* Scoring one item: logprob of each continuation token given what precedes
+ * it; greedy[i]: it is the most likely token; top (n_cont x top_k) ids and
+ * logprobs of the best alternatives. */
+typedef struct td_worker_score_out {
+    float *logprob;      /* n_cont */
+    bool *greedy;        /* n_cont */
+    int32_t *top_id;     /* n_cont * top_k */
+    float *top_logprob;  /* n_cont * top_k */
+} td_worker_score_out;
+int td_worker_score(td_worker_engine *e, const char *req, const int32_t *prompt, size_t n_prompt,
+                    const int32_t *cont, size_t n_cont, int32_t top_k, td_worker_score_out *out, td_err *err);
+
+/* For worker_score.c: the pass token, and the cache's scratch sequence that
+ * scoring runs in (one scoring job at a time holds score_lock). */
+void td_worker_engine_pass_take(td_worker_engine *e);
+void td_worker_engine_pass_give(td_worker_engine *e);
+typedef struct td_worker_scratch {
+    td_ctx *ctx;
+    td_kv *kv;
+    int32_t seq, max_rows, n_vocab, ctx_len;
+    float *logits;
+    td_row *rows;
+    pthread_mutex_t *score_lock;
+} td_worker_scratch;
+void td_worker_engine_scratch(td_worker_engine *e, td_worker_scratch *out);
+
+typedef struct td_worker_stats {
+    int32_t sequences, max_sequences;
+    int64_t reserved_tokens, max_tokens;
+    int64_t passes, rows;
+    double mean_step_sec;
+} td_worker_stats;
+void td_worker_engine_stats(td_worker_engine *e, td_worker_stats *out);
+
+/* The JSON value registered in etcd (role, model, address, capacity, load,
+ * fingerprint); malloc'ed. */
+char *td_worker_registration_json(td_worker_engine *e, const td_worker_config *cfg, const char *address);
+
+/* worker_rpc.c: registers the tandem.v1.Worker methods on a server. */
+typedef struct td_net_server td_net_server;
+int td_worker_rpc_register(td_net_server *srv, td_worker_engine *e, td_err *err);
+
+#endif

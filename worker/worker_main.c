@@ -1,0 +1,214 @@
+/* worker_main.c — tandem-worker: loads a model, serves tandem.v1.Worker and
+ * grpc.health.v1 over gRPC, registers itself in etcd under a lease (and
+ * again whenever the lease is lost), reports its load there, and on SIGTERM
+ * or SIGINT deregisters, lets calls in flight finish (then cancels them)
+ * and exits 0.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "net/etcd.h"
+#include "net/net.h"
+#include "worker.h"
+
+static void usage(FILE *f) {
+    fputs("usage: tandem-worker --role verifier|drafter --model PATH --listen ADDR [OPTIONS]\n"
+          "\n"
+          "Serves one model to tandem coordinators (tandem.v1.Worker over gRPC).\n"
+          "  verifier: holds sequences, verifies draft trees (concurrent calls share\n"
+          "            forward passes), scores texts, drafts by layer skipping\n"
+          "  drafter:  drafts with its (small) model for the coordinators\n"
+          "\n"
+          "  --role ROLE           verifier or drafter (required)\n"
+          "  --model PATH          GGUF model (required)\n"
+          "  --listen ADDR         gRPC address, e.g. 127.0.0.1:7100 (required; port 0 picks one)\n"
+          "  --health-listen ADDR  plaintext port serving only grpc.health.v1 (for probes)\n"
+          "  --advertise ADDR      address registered in etcd (default: the listen address)\n"
+          "  --etcd ENDPOINTS      etcd endpoints, comma separated (default: no registration)\n"
+          "  --cluster NAME        cluster name: registers under /tandem/NAME/workers/ (default: default)\n"
+          "  --id ID               worker id (default: ROLE-HOST-PORT)\n"
+          "  --lease-ttl S         etcd lease TTL in seconds (default 10)\n"
+          "  --threads N           compute threads (default: all cores)\n"
+          "  --ctx N               longest sequence in tokens (default min(model, 4096))\n"
+          "  --max-seqs N          open sequences at most (default 16)\n"
+          "  --max-tokens N        cache tokens all open sequences may reserve (default max-seqs x ctx);\n"
+          "                        a sequence reserves prompt + max new tokens at admission\n"
+          "  --max-rows N          rows of one forward pass (default 256)\n"
+          "  --idle-timeout S      reclaim sequences unused this long (default 120)\n"
+          "  --max-calls N         gRPC calls in flight at most (default 256)\n"
+          "  --numerics MODE       fast (default) or reference (the fingerprint says which)\n"
+          "  --no-batching         one verification per forward pass (benchmarks)\n"
+          "  --log-level LEVEL     debug, info (default), warn, error\n",
+          f);
+}
+
+static bool parse_long(const char *opt, const char *v, long lo, long hi, long *out) {
+    char *end = NULL;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || x < lo || x > hi) {
+        fprintf(stderr, "tandem-worker: %s needs an integer in %ld..%ld (got \"%s\")\n", opt, lo, hi, v ? v : "");
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+int main(int argc, char **argv) {
+    td_worker_config cfg = {.role = -1, .cluster = "default", .lease_ttl = 10, .idle_timeout = 120,
+                            .max_calls = 256, .numerics = TD_NUMERICS_FAST, .batching = true};
+    td_log_level level = TD_LOG_INFO;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long l;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        if (!strcmp(a, "--no-batching")) { cfg.batching = false; continue; }
+        if (!v) { fprintf(stderr, "tandem-worker: unknown option or missing value: %s\n", a); usage(stderr); return 2; }
+        i++;
+        if (!strcmp(a, "--role")) {
+            if (!strcmp(v, "verifier")) cfg.role = TD_WORKER_VERIFIER;
+            else if (!strcmp(v, "drafter")) cfg.role = TD_WORKER_DRAFTER;
+            else { fprintf(stderr, "tandem-worker: --role must be verifier or drafter (got \"%s\")\n", v); return 2; }
+        } else if (!strcmp(a, "--model")) cfg.model_path = v;
+        else if (!strcmp(a, "--listen")) cfg.listen = v;
+        else if (!strcmp(a, "--health-listen")) cfg.health_listen = v;
+        else if (!strcmp(a, "--advertise")) cfg.advertise = v;
+        else if (!strcmp(a, "--etcd")) cfg.etcd = v;
+        else if (!strcmp(a, "--cluster")) cfg.cluster = v;
+        else if (!strcmp(a, "--id")) cfg.id = v;
+        else if (!strcmp(a, "--lease-ttl")) { if (!parse_long(a, v, 1, 3600, &l)) return 2; cfg.lease_ttl = (int32_t)l; }
+        else if (!strcmp(a, "--threads")) { if (!parse_long(a, v, 1, 1024, &l)) return 2; cfg.threads = (int32_t)l; }
+        else if (!strcmp(a, "--ctx")) { if (!parse_long(a, v, 16, 1 << 20, &l)) return 2; cfg.ctx = (int32_t)l; }
+        else if (!strcmp(a, "--max-seqs")) { if (!parse_long(a, v, 1, 4096, &l)) return 2; cfg.max_seqs = (int32_t)l; }
+        else if (!strcmp(a, "--max-tokens")) { if (!parse_long(a, v, 16, 1L << 40, &l)) return 2; cfg.max_tokens = l; }
+        else if (!strcmp(a, "--max-rows")) { if (!parse_long(a, v, 16, 4096, &l)) return 2; cfg.max_rows = (int32_t)l; }
+        else if (!strcmp(a, "--idle-timeout")) { if (!parse_long(a, v, 1, 86400, &l)) return 2; cfg.idle_timeout = (int32_t)l; }
+        else if (!strcmp(a, "--max-calls")) { if (!parse_long(a, v, 1, 100000, &l)) return 2; cfg.max_calls = (int32_t)l; }
+        else if (!strcmp(a, "--numerics")) {
+            if (!strcmp(v, "fast")) cfg.numerics = TD_NUMERICS_FAST;
+            else if (!strcmp(v, "reference")) cfg.numerics = TD_NUMERICS_REFERENCE;
+            else { fprintf(stderr, "tandem-worker: --numerics must be fast or reference (got \"%s\")\n", v); return 2; }
+        } else if (!strcmp(a, "--log-level")) {
+            if (!td_log_level_parse(v, &level)) { fprintf(stderr, "tandem-worker: --log-level debug|info|warn|error\n"); return 2; }
+        } else {
+            fprintf(stderr, "tandem-worker: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if ((int)cfg.role < 0 || !cfg.model_path || !cfg.listen) {
+        fprintf(stderr, "tandem-worker: --role, --model and --listen are required\n");
+        usage(stderr);
+        return 2;
+    }
+    td_log_setup(cfg.role == TD_WORKER_VERIFIER ? "verifier" : "drafter", level);
+    td_net_signals_block(); /* before any thread starts: gRPC's and the pool's inherit it */
+
+    td_err err = {0};
+    int status = 1;
+    td_net_server *srv = NULL, *hsrv = NULL;
+    td_net_health *health = NULL;
+    td_etcd *etcd = NULL;
+    td_etcd_reg *reg = NULL;
+    char *json = NULL;
+    double t0 = td_now_sec();
+    td_worker_engine *e = td_worker_engine_create(&cfg, &err);
+    if (!e) {
+        td_log(TD_LOG_ERROR, NULL, "cannot load %s: %s", cfg.model_path, err.msg);
+        return 1;
+    }
+    const td_worker_info *in = td_worker_engine_info(e);
+    td_log(TD_LOG_INFO, NULL, "model %s (%s) loaded in %.2f s; fingerprint %s", in->model_name, in->model_id,
+           td_now_sec() - t0, in->fingerprint);
+
+    td_net_server_opts so = {.max_calls = cfg.max_calls, .name = "worker"};
+    if (!(srv = td_net_server_create(&so, &err)) || !(health = td_net_health_create(&err)) ||
+        td_worker_rpc_register(srv, e, &err) || td_net_health_add(health, srv, &err))
+        goto out;
+    int port = td_net_server_listen(srv, cfg.listen, &err);
+    if (port <= 0) goto out;
+    if (cfg.health_listen) {
+        td_net_server_opts ho = {.max_calls = 16, .name = "health"};
+        if (!(hsrv = td_net_server_create(&ho, &err)) || td_net_health_add(health, hsrv, &err) ||
+            td_net_server_listen(hsrv, cfg.health_listen, &err) <= 0 || td_net_server_start(hsrv, &err))
+            goto out;
+    }
+    td_net_health_set(health, "", TD_NET_HEALTH_SERVING);
+    td_net_health_set(health, "tandem.v1.Worker", TD_NET_HEALTH_SERVING);
+    if (td_net_server_start(srv, &err)) goto out;
+
+    /* The address others dial: --advertise, else the listen host with the
+     * port actually bound. */
+    char address[256], id[256];
+    if (cfg.advertise) snprintf(address, sizeof address, "%s", cfg.advertise);
+    else {
+        const char *colon = strrchr(cfg.listen, ':');
+        int host_len = colon ? (int)(colon - cfg.listen) : (int)strlen(cfg.listen);
+        snprintf(address, sizeof address, "%.*s:%d", host_len, cfg.listen, port);
+    }
+    if (cfg.id) snprintf(id, sizeof id, "%s", cfg.id);
+    else {
+        char host[64] = "host";
+        gethostname(host, sizeof host - 1);
+        snprintf(id, sizeof id, "%s-%s-%d", cfg.role == TD_WORKER_VERIFIER ? "verifier" : "drafter", host, port);
+    }
+    cfg.id = id;
+    td_log(TD_LOG_INFO, NULL, "serving tandem.v1.Worker on %s (id %s)", address, id);
+
+    char key[512];
+    snprintf(key, sizeof key, "/tandem/%s/workers/%s", cfg.cluster, id);
+    if (cfg.etcd) {
+        td_etcd_opts eo = {0};
+        if (!(etcd = td_etcd_open(cfg.etcd, &eo, &err))) goto out;
+        if (!(json = td_worker_registration_json(e, &cfg, address))) { td_err_set(&err, TD_E_NOMEM, "out of memory"); goto out; }
+        if (!(reg = td_etcd_register(etcd, key, json, strlen(json), cfg.lease_ttl, &err))) goto out;
+        td_log(TD_LOG_INFO, NULL, "registering %s in etcd %s (lease TTL %d s)", key, cfg.etcd, cfg.lease_ttl);
+    }
+
+    /* Main loop: wait for a signal; meanwhile report load changes to etcd. */
+    bool was_alive = false;
+    int32_t last_load = -1;
+    for (;;) {
+        int sig = td_net_signals_wait(1000);
+        if (sig) {
+            td_log(TD_LOG_INFO, NULL, "signal %d: shutting down", sig);
+            break;
+        }
+        if (reg) {
+            bool alive = td_etcd_reg_alive(reg);
+            if (alive != was_alive)
+                td_log(alive ? TD_LOG_INFO : TD_LOG_WARN, NULL, "etcd registration %s (generation %d)",
+                       alive ? "live" : "lost, retrying", td_etcd_reg_generation(reg));
+            was_alive = alive;
+            td_worker_stats st;
+            td_worker_engine_stats(e, &st);
+            if (st.sequences != last_load) {
+                char *j = td_worker_registration_json(e, &cfg, address);
+                if (j) {
+                    td_etcd_reg_update(reg, j, strlen(j));
+                    free(json);
+                    json = j;
+                    last_load = st.sequences;
+                }
+            }
+        }
+    }
+    status = 0;
+out:
+    if (status) td_log(TD_LOG_ERROR, NULL, "%s", err.msg);
+    /* deregister first, so coordinators stop routing here, then drain */
+    td_etcd_unregister(reg);
+    td_etcd_close(etcd);
+    if (health) td_net_health_set(health, "", TD_NET_HEALTH_NOT_SERVING);
+    if (health) td_net_health_shutdown(health);
+    td_net_server_destroy(hsrv);
+    if (srv) td_net_server_shutdown(srv, 5000);
+    td_net_server_destroy(srv);
+    td_net_health_destroy(health);
+    td_worker_engine_destroy(e);
+    free(json);
+    td_log(TD_LOG_INFO, NULL, "stopped");
+    return status;
+}

@@ -1,0 +1,94 @@
+/* worker_score.c — scoring: the log-probability the model gives each token
+ * of a continuation after a prompt (teacher forcing), with greedy flags and
+ * the best alternatives. Runs in the cache's scratch sequence, one chunk of
+ * rows per pass, giving the pass token back between chunks so generation
+ * streams are not held up by a long scoring job. Batch invariance makes the
+ * result independent of the chunking: it equals `tandem perplexity`'s.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker.h"
+
+static void top_ids(const float *logits, int32_t n, int32_t *top, int32_t k) {
+    int32_t cnt = 0;
+    for (int32_t v = 0; v < n; v++) {
+        if (cnt == k && !(logits[v] > logits[top[k - 1]])) continue;
+        int32_t j = cnt < k ? cnt++ : k - 1;
+        while (j > 0 && logits[v] > logits[top[j - 1]]) { top[j] = top[j - 1]; j--; }
+        top[j] = v;
+    }
+}
+
+int td_worker_score(td_worker_engine *e, const char *req, const int32_t *prompt, size_t n_prompt,
+                    const int32_t *cont, size_t n_cont, int32_t top_k, td_worker_score_out *out, td_err *err) {
+    (void)req;
+    td_worker_scratch sc;
+    td_worker_engine_scratch(e, &sc);
+    if (n_prompt == 0) return td_err_set(err, TD_E_ARG, "prompt: empty (a continuation needs something before it)");
+    if (n_cont == 0) return td_err_set(err, TD_E_ARG, "continuation: empty");
+    if (n_prompt + n_cont > (size_t)sc.ctx_len)
+        return td_err_set(err, TD_E_RANGE, "prompt + continuation: %zu tokens exceed the context of %d",
+                          n_prompt + n_cont, sc.ctx_len);
+    if (top_k < 0 || top_k > TD_TARGET_ALT_MAX) return td_err_set(err, TD_E_ARG, "top_k: %d (0..%d)", top_k, TD_TARGET_ALT_MAX);
+    for (size_t i = 0; i < n_prompt + n_cont; i++) {
+        int32_t t = i < n_prompt ? prompt[i] : cont[i - n_prompt];
+        if (t < 0 || t >= sc.n_vocab) return td_err_set(err, TD_E_ARG, "token %d outside the vocabulary", t);
+    }
+    size_t n = n_prompt + n_cont;
+    /* one scoring job at a time owns the scratch sequence */
+    pthread_mutex_lock(sc.score_lock);
+    int rc = TD_OK;
+    td_worker_engine_pass_take(e);
+    td_kv_truncate(sc.kv, sc.seq, 0);
+    td_worker_engine_pass_give(e);
+    for (size_t done = 0; done + 1 < n && rc == TD_OK;) {
+        /* rows: tokens [done, done + k), all of them up to n - 1 (the last
+         * token is never input); logits only where a continuation token is
+         * predicted (positions n_prompt - 1 ... n - 2) */
+        size_t k = n - 1 - done < (size_t)sc.max_rows ? n - 1 - done : (size_t)sc.max_rows;
+        int32_t n_logit = 0;
+        for (size_t i = 0; i < k; i++) {
+            size_t p = done + i;
+            int32_t t = p < n_prompt ? prompt[p] : cont[p - n_prompt];
+            bool want = p + 1 >= n_prompt;
+            sc.rows[i] = td_row_linear(sc.seq, (int32_t)p, t, want);
+            n_logit += want;
+        }
+        td_worker_engine_pass_take(e);
+        rc = td_model_forward(sc.ctx, sc.kv, sc.rows, (int32_t)k, sc.logits, err);
+        td_worker_engine_pass_give(e);
+        if (rc) break;
+        int32_t li = 0;
+        for (size_t i = 0; i < k; i++) {
+            size_t p = done + i;
+            if (p + 1 < n_prompt) continue;
+            const float *lg = sc.logits + (size_t)li++ * sc.n_vocab;
+            size_t c = p + 1 - n_prompt; /* continuation index predicted here */
+            int32_t tk = cont[c];
+            float mx = -INFINITY;
+            int32_t best = 0;
+            for (int32_t v = 0; v < sc.n_vocab; v++)
+                if (lg[v] > mx) { mx = lg[v]; best = v; }
+            double s = 0;
+            for (int32_t v = 0; v < sc.n_vocab; v++) s += exp((double)lg[v] - mx);
+            double lse = mx + log(s);
+            out->logprob[c] = (float)((double)lg[tk] - lse);
+            out->greedy[c] = best == tk;
+            if (top_k > 0) {
+                int32_t *ids = out->top_id + c * (size_t)top_k;
+                top_ids(lg, sc.n_vocab, ids, top_k);
+                for (int32_t a = 0; a < top_k; a++) out->top_logprob[c * (size_t)top_k + a] = (float)((double)lg[ids[a]] - lse);
+            }
+        }
+        (void)n_logit;
+        done += k;
+    }
+    td_worker_engine_pass_take(e);
+    td_kv_truncate(sc.kv, sc.seq, 0);
+    td_worker_engine_pass_give(e);
+    pthread_mutex_unlock(sc.score_lock);
+    return rc;
+}
