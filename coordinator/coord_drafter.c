@@ -1,0 +1,133 @@
+/* coord_drafter.c — a drafter that runs on a worker: the draft model of a
+ * drafter worker, or layer skipping on a verifier. It is a td_drafter like
+ * the in-process ones, so the session merges its proposals with the others.
+ * Drafts only ever save time, so a worker that fails costs nothing but
+ * drafts: propose returns none and the worker is left alone for a while.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator.h"
+#include "tandem/v1/worker.pb-c.h"
+
+#define DRAFT_TIMEOUT_MS 5000
+#define RETRY_AFTER_SEC 5.0
+
+typedef struct remote_drafter {
+    td_drafter base;
+    td_coord *c;
+    char role[16];
+    char req[40];
+    char name[32];
+    td_coord_worker *w;
+    uint64_t key;
+    td_sample_params sp;
+    double quiet_until;       /* after a failure: no drafts until then */
+} remote_drafter;
+
+static void give_back(remote_drafter *d, bool failed) {
+    if (!d->w) return;
+    if (d->key && !failed) {
+        Tandem__V1__ReleaseRequest q = TANDEM__V1__RELEASE_REQUEST__INIT;
+        q.request_id = d->req;
+        q.seq = d->key;
+        ProtobufCMessage *resp = NULL;
+        td_net_status st;
+        if (td_net_unary(d->w->ch, "/tandem.v1.Worker/Release", &q.base, &tandem__v1__release_response__descriptor,
+                         &resp, 2000, NULL, 0, &st) == TD_NET_OK)
+            protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    td_coord_members_put(d->c->members, d->w, failed);
+    d->w = NULL;
+    d->key = 0;
+}
+
+static int rd_propose(td_drafter *base, int32_t seq, const int32_t *history, size_t n, int32_t max_nodes,
+                      td_draft *out) {
+    remote_drafter *d = (remote_drafter *)base;
+    (void)seq;
+    out->n = 0;
+    if (max_nodes <= 0 || td_now_sec() < d->quiet_until) return TD_OK;
+    if (!d->w) {
+        if (!(d->w = td_coord_members_pick(d->c->members, d->role, NULL, NULL))) {
+            d->quiet_until = td_now_sec() + RETRY_AFTER_SEC;
+            return TD_OK;
+        }
+        d->key = atomic_fetch_add(&d->c->next_seq, 1);
+    }
+    Tandem__V1__DraftRequest q = TANDEM__V1__DRAFT_REQUEST__INIT;
+    Tandem__V1__Sampling smp = TANDEM__V1__SAMPLING__INIT;
+    smp.temperature = d->sp.temperature;
+    smp.top_k = d->sp.top_k;
+    smp.top_p = d->sp.top_p;
+    smp.min_p = d->sp.min_p;
+    smp.repeat_penalty = d->sp.repeat_penalty;
+    smp.repeat_last_n = d->sp.repeat_last_n;
+    smp.seed = d->sp.seed;
+    q.request_id = d->req;
+    q.seq = d->key;
+    q.n_history = n;
+    q.history = (int32_t *)history;
+    q.max_nodes = max_nodes;
+    q.sampling = &smp;
+    ProtobufCMessage *resp = NULL;
+    td_net_status st;
+    if (td_net_unary(d->w->ch, "/tandem.v1.Worker/Draft", &q.base, &tandem__v1__draft_response__descriptor, &resp,
+                     DRAFT_TIMEOUT_MS, NULL, 0, &st) != TD_NET_OK) {
+        td_log(TD_LOG_WARN, d->req, "%s on %s failed (%s: %s): drafting without it for %.0f s", d->name, d->w->id,
+               td_net_code_name(st.code), st.msg, RETRY_AFTER_SEC);
+        give_back(d, true);
+        d->quiet_until = td_now_sec() + RETRY_AFTER_SEC;
+        return TD_OK;
+    }
+    const Tandem__V1__DraftResponse *r = (const Tandem__V1__DraftResponse *)resp;
+    size_t k = r->n_tokens;
+    if (k > (size_t)max_nodes || r->n_parents != k) k = 0; /* a malformed answer is no answer */
+    for (size_t i = 0; i < k; i++) {
+        out->token[i] = r->tokens[i];
+        out->parent[i] = r->parents[i];
+        out->prob[i] = i < r->n_probs ? r->probs[i] : 0;
+        out->conf[i] = i < r->conf.len ? r->conf.data[i] : 0;
+    }
+    out->n = (int32_t)k;
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return TD_OK;
+}
+
+static void rd_reset(td_drafter *base, int32_t seq) {
+    (void)seq;
+    give_back((remote_drafter *)base, false);
+}
+
+static void rd_set_params(td_drafter *base, int32_t seq, const td_sample_params *sp) {
+    (void)seq;
+    ((remote_drafter *)base)->sp = *sp;
+}
+
+static void rd_destroy(td_drafter *base) {
+    remote_drafter *d = (remote_drafter *)base;
+    give_back(d, false);
+    free(d);
+}
+
+static const td_drafter_ops model_ops = {.name = "model", .propose = rd_propose, .reset = rd_reset,
+                                         .destroy = rd_destroy, .set_params = rd_set_params};
+static const td_drafter_ops skip_ops = {.name = "layerskip", .propose = rd_propose, .reset = rd_reset,
+                                        .destroy = rd_destroy, .set_params = rd_set_params};
+
+td_drafter *td_coord_drafter_create(td_coord *c, const char *role, const char *request_id, td_err *err) {
+    remote_drafter *d = calloc(1, sizeof *d);
+    if (!d) {
+        td_err_set(err, TD_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    bool drafter = strcmp(role, "drafter") == 0;
+    d->base.ops = drafter ? &model_ops : &skip_ops;
+    d->c = c;
+    snprintf(d->role, sizeof d->role, "%s", role);
+    snprintf(d->req, sizeof d->req, "%s", request_id);
+    snprintf(d->name, sizeof d->name, "%s", drafter ? "draft model" : "layer-skip drafter");
+    d->sp = td_sample_defaults();
+    return &d->base;
+}

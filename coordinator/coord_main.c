@@ -1,0 +1,181 @@
+/* coord_main.c — tandem-coordinator: follows the worker set in etcd, serves
+ * tandem.v1.Inference and grpc.health.v1 (also on a plaintext health-only
+ * port), and on SIGTERM or SIGINT stops accepting, lets requests finish for
+ * a grace period, cancels the rest and exits 0.
+ *
+ * Health: the server ("") is SERVING while the process runs — liveness never
+ * depends on etcd; "tandem.v1.Inference" is SERVING only while a verifier
+ * is known and the etcd watch is current — readiness.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator.h"
+#include "net/etcd.h"
+
+static void usage(FILE *f) {
+    fputs("usage: tandem-coordinator --listen ADDR (--etcd ENDPOINTS | --worker ROLE=ADDR...) [OPTIONS]\n"
+          "\n"
+          "Serves tandem.v1.Inference (Generate, Score, Tokenize, ListModels) and grpc.health.v1,\n"
+          "running speculative decoding over the cluster's workers. Needs no model file.\n"
+          "\n"
+          "  --listen ADDR           gRPC address, e.g. 127.0.0.1:7000 (port 0 picks one)\n"
+          "  --health-listen ADDR    plaintext port serving only grpc.health.v1 (for probes)\n"
+          "  --etcd ENDPOINTS        etcd endpoints, comma separated: follow /tandem/CLUSTER/workers/\n"
+          "  --cluster NAME          cluster name (default: default)\n"
+          "  --worker ROLE=ADDR      a worker without etcd (verifier=HOST:PORT or drafter=HOST:PORT);\n"
+          "                          repeatable\n"
+          "  --max-calls N           requests in flight at most; more get RESOURCE_EXHAUSTED (default 64)\n"
+          "  --max-tokens N          default max_tokens of Generate (default 128)\n"
+          "  --step-timeout-ms MS    floor of the per-step deadline on verifiers (default 2000); a step\n"
+          "                          may also take 20x the measured step time\n"
+          "  --keepalive-ms MS       HTTP/2 keepalive to workers: a hung worker is dropped after about\n"
+          "                          twice this (default 2000)\n"
+          "  --write-timeout-ms MS   cancel a stream whose client reads nothing this long (default 10000)\n"
+          "  --grace-ms MS           on SIGTERM, time requests get to finish (default 5000)\n"
+          "  --log-level LEVEL       debug, info (default), warn, error\n",
+          f);
+}
+
+static bool parse_long(const char *opt, const char *v, long lo, long hi, long *out) {
+    char *end = NULL;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || x < lo || x > hi) {
+        fprintf(stderr, "tandem-coordinator: %s needs an integer in %ld..%ld (got \"%s\")\n", opt, lo, hi, v ? v : "");
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+#define MAX_STATIC 32
+
+int main(int argc, char **argv) {
+    const char *listen = NULL, *health_listen = NULL, *etcd_ep = NULL, *cluster = "default";
+    const char *statics[MAX_STATIC];
+    int n_static = 0;
+    long max_calls = 64, max_tokens = 128, step_ms = 2000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
+    td_log_level level = TD_LOG_INFO;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        if (!v) { fprintf(stderr, "tandem-coordinator: unknown option or missing value: %s\n", a); usage(stderr); return 2; }
+        i++;
+        if (!strcmp(a, "--listen")) listen = v;
+        else if (!strcmp(a, "--health-listen")) health_listen = v;
+        else if (!strcmp(a, "--etcd")) etcd_ep = v;
+        else if (!strcmp(a, "--cluster")) cluster = v;
+        else if (!strcmp(a, "--worker")) {
+            if (n_static >= MAX_STATIC || (strncmp(v, "verifier=", 9) && strncmp(v, "drafter=", 8))) {
+                fprintf(stderr, "tandem-coordinator: --worker verifier=HOST:PORT or drafter=HOST:PORT (at most %d)\n", MAX_STATIC);
+                return 2;
+            }
+            statics[n_static++] = v;
+        } else if (!strcmp(a, "--max-calls")) { if (!parse_long(a, v, 1, 100000, &max_calls)) return 2; }
+        else if (!strcmp(a, "--max-tokens")) { if (!parse_long(a, v, 1, 1 << 20, &max_tokens)) return 2; }
+        else if (!strcmp(a, "--step-timeout-ms")) { if (!parse_long(a, v, 10, 3600000, &step_ms)) return 2; }
+        else if (!strcmp(a, "--keepalive-ms")) { if (!parse_long(a, v, 100, 3600000, &keepalive_ms)) return 2; }
+        else if (!strcmp(a, "--write-timeout-ms")) { if (!parse_long(a, v, 10, 3600000, &write_ms)) return 2; }
+        else if (!strcmp(a, "--grace-ms")) { if (!parse_long(a, v, 0, 3600000, &grace_ms)) return 2; }
+        else if (!strcmp(a, "--log-level")) {
+            if (!td_log_level_parse(v, &level)) { fprintf(stderr, "tandem-coordinator: --log-level debug|info|warn|error\n"); return 2; }
+        } else {
+            fprintf(stderr, "tandem-coordinator: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!listen || (!etcd_ep && n_static == 0)) {
+        fprintf(stderr, "tandem-coordinator: --listen and one of --etcd or --worker are required\n");
+        usage(stderr);
+        return 2;
+    }
+    td_log_setup("coordinator", level);
+    td_net_signals_block();
+
+    td_err err = {0};
+    int status = 1;
+    td_coord c = {.max_tokens_default = (int32_t)max_tokens, .step_timeout_min_ms = (int32_t)step_ms,
+                  .write_timeout_ms = (int32_t)write_ms, .next_seq = 1};
+    td_net_server *srv = NULL, *hsrv = NULL;
+    td_net_health *health = NULL;
+    td_etcd *etcd = NULL;
+    td_etcd_watch *watch = NULL;
+    /* sequence keys: unique per coordinator process (several may share a worker) */
+    {
+        char id[40];
+        td_coord_request_id(NULL, id);
+        c.next_seq = strtoull(id, NULL, 16) & ~0xffffffULL;
+    }
+    if (!(c.members = td_coord_members_create((int32_t)keepalive_ms, &err)) || !(c.models = td_coord_models_create(&err)))
+        goto out;
+    for (int i = 0; i < n_static; i++) {
+        const char *eq = strchr(statics[i], '=');
+        char role[16];
+        snprintf(role, sizeof role, "%.*s", (int)(eq - statics[i]), statics[i]);
+        td_coord_members_add_static(c.members, role, eq + 1, &err);
+    }
+    td_net_server_opts so = {.max_calls = (int32_t)max_calls, .name = "coordinator"};
+    if (!(srv = td_net_server_create(&so, &err)) || !(health = td_net_health_create(&err)) ||
+        td_coord_api_register(srv, &c, &err) || td_net_health_add(health, srv, &err))
+        goto out;
+    int port = td_net_server_listen(srv, listen, &err);
+    if (port <= 0) goto out;
+    if (health_listen) {
+        td_net_server_opts ho = {.max_calls = 16, .name = "health"};
+        if (!(hsrv = td_net_server_create(&ho, &err)) || td_net_health_add(health, hsrv, &err) ||
+            td_net_server_listen(hsrv, health_listen, &err) <= 0 || td_net_server_start(hsrv, &err))
+            goto out;
+    }
+    td_net_health_set(health, "", TD_NET_HEALTH_SERVING);
+    td_net_health_set(health, "tandem.v1.Inference", TD_NET_HEALTH_NOT_SERVING);
+    if (etcd_ep) {
+        char prefix[256];
+        snprintf(prefix, sizeof prefix, "/tandem/%s/workers/", cluster);
+        td_etcd_opts eo = {0};
+        if (!(etcd = td_etcd_open(etcd_ep, &eo, &err))) goto out;
+        if (!(watch = td_etcd_watch_prefix(etcd, prefix, td_coord_members_on_event, c.members, &err)))
+            goto out;
+        td_log(TD_LOG_INFO, NULL, "following %s in etcd %s", prefix, etcd_ep);
+    }
+    if (td_net_server_start(srv, &err)) goto out;
+    td_log(TD_LOG_INFO, NULL, "serving tandem.v1.Inference on port %d", port);
+    /* the bound port on stdout, for scripts that asked for port 0 */
+    printf("port %d\n", port);
+    fflush(stdout);
+
+    int last_ready = -1;
+    for (;;) {
+        int sig = td_net_signals_wait(500);
+        if (sig) {
+            td_log(TD_LOG_INFO, NULL, "signal %d: shutting down (grace %ld ms)", sig, grace_ms);
+            break;
+        }
+        bool ready = td_coord_members_count(c.members, "verifier", NULL) > 0 && (!watch || td_etcd_watch_alive(watch));
+        if ((int)ready != last_ready) {
+            td_net_health_set(health, "tandem.v1.Inference", ready ? TD_NET_HEALTH_SERVING : TD_NET_HEALTH_NOT_SERVING);
+            td_log(ready ? TD_LOG_INFO : TD_LOG_WARN, NULL, "readiness: %s (%d verifiers%s)", ready ? "SERVING" : "NOT_SERVING",
+                   td_coord_members_count(c.members, "verifier", NULL), watch && !td_etcd_watch_alive(watch) ? ", etcd away" : "");
+            last_ready = ready;
+        }
+    }
+    status = 0;
+out:
+    if (status) td_log(TD_LOG_ERROR, NULL, "%s", err.msg);
+    if (health) {
+        td_net_health_set(health, "tandem.v1.Inference", TD_NET_HEALTH_NOT_SERVING);
+        td_net_health_shutdown(health);
+    }
+    if (srv) td_net_server_shutdown(srv, (int32_t)grace_ms);
+    td_net_server_destroy(srv);
+    td_net_server_destroy(hsrv);
+    td_etcd_watch_stop(watch);
+    td_etcd_close(etcd);
+    td_net_health_destroy(health);
+    td_coord_models_destroy(c.models);
+    td_coord_members_destroy(c.members);
+    td_log(TD_LOG_INFO, NULL, "stopped");
+    return status;
+}

@@ -1,0 +1,125 @@
+/* coordinator.h — inside tandem-coordinator: the live worker set
+ * (coord_members.c, fed by an etcd watch), tokenizers fetched from workers
+ * (coord_tokenizer.c), the remote target that verifies on a worker and moves
+ * to another when one is lost (coord_target.c), drafters on workers
+ * (coord_drafter.c), and the public API's handlers (coord_generate.c,
+ * coord_score.c, coord_api.c).
+ *
+ * Data flows one way: a request enters a handler, which picks workers here
+ * and calls them; nothing below a handler calls back up.
+ */
+#ifndef TD_COORDINATOR_H
+#define TD_COORDINATOR_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gguf/gguf.h"
+#include "net/etcd.h"
+#include "net/net.h"
+#include "spec/spec.h"
+#include "tok/tok.h"
+#include "util/util.h"
+
+/* A remote failure as a td_err code: -(100 + gRPC status). */
+#define TD_COORD_E_GRPC(code) (-100 - (code))
+/* The gRPC status for any td_err code (remote ones keep theirs). */
+int td_coord_grpc_code(int rc);
+
+/* ---- the worker set ---- */
+
+typedef struct td_coord_worker {
+    char id[128];
+    char address[256];
+    char role[16];             /* verifier | drafter */
+    char model_id[65];
+    char model_name[128];
+    char fingerprint[160];
+    int32_t load, capacity, ctx;
+    /* owned by the member table: */
+    td_net_channel *ch;
+    int32_t refs;              /* picks not yet put back */
+    int32_t inflight;          /* requests this coordinator runs on it */
+    bool gone;                 /* left etcd; freed when refs drop to 0 */
+    double avoid_until;        /* after a failure: not picked before this time */
+} td_coord_worker;
+
+typedef struct td_coord_members td_coord_members;
+td_coord_members *td_coord_members_create(int32_t keepalive_ms, td_err *err);
+void td_coord_members_destroy(td_coord_members *m);
+/* etcd watch callback (etcd.h's td_etcd_watch_fn): key .../workers/<id>. */
+void td_coord_members_on_event(void *user, td_etcd_event_kind kind, const char *key, const char *value, size_t len);
+/* A worker given on the command line (no etcd). */
+int td_coord_members_add_static(td_coord_members *m, const char *role, const char *address, td_err *err);
+/* The least-loaded live worker of a role whose fingerprint matches (NULL =
+ * any) and whose id differs from avoid (NULL = none); NULL when none.
+ * Holds a reference: give it back with put (failed = avoid it a while). */
+td_coord_worker *td_coord_members_pick(td_coord_members *m, const char *role, const char *fingerprint,
+                                       const char *avoid);
+void td_coord_members_put(td_coord_members *m, td_coord_worker *w, bool failed);
+/* Live workers of a role (and fingerprint, NULL = any). */
+int32_t td_coord_members_count(td_coord_members *m, const char *role, const char *fingerprint);
+/* Copies of up to max live workers (for ListModels and Score's spread). */
+int32_t td_coord_members_snapshot(td_coord_members *m, td_coord_worker *out, int32_t max);
+
+/* ---- tokenizers, one per model, fetched from a worker ---- */
+
+typedef struct td_coord_model {
+    char model_id[65];
+    char model_name[128];
+    char fingerprint[160];
+    int32_t vocab_size, ctx;
+    uint64_t vocab_hash;
+    void *gguf_bytes;
+    td_gguf *gguf;
+    td_tok *tok;
+} td_coord_model;
+
+typedef struct td_coord_models td_coord_models;
+td_coord_models *td_coord_models_create(td_err *err);
+void td_coord_models_destroy(td_coord_models *c);
+/* The model the worker serves (Describe on first use, then cached; the
+ * result lives as long as the cache). */
+const td_coord_model *td_coord_models_get(td_coord_models *c, td_coord_worker *w, int64_t deadline_ms, td_err *err);
+
+/* ---- the coordinator as the handlers see it ---- */
+
+typedef struct td_coord {
+    td_coord_members *members;
+    td_coord_models *models;
+    int32_t max_tokens_default;
+    int32_t step_timeout_min_ms;   /* per-step deadline floor; scaled up from measured step time */
+    int32_t write_timeout_ms;      /* a client that does not read for this long is cancelled */
+    _Atomic uint64_t next_seq;     /* sequence keys on workers */
+} td_coord;
+
+/* A remote verifier (td_target) for one request: opens on the least-loaded
+ * verifier, and when that worker fails (unreachable, hung past the step
+ * deadline, lost the sequence) re-opens the sequence on another verifier of
+ * the same fingerprint from the tokens already accepted and repeats the
+ * step. fingerprint may be NULL (any; then fixed at the first open). */
+td_target *td_coord_target_create(td_coord *c, const char *request_id, const char *fingerprint,
+                                  int64_t deadline_at_ms, td_err *err);
+/* The worker the target is on now ("" before open); how often it moved. */
+const char *td_coord_target_worker(const td_target *t);
+int32_t td_coord_target_moves(const td_target *t);
+
+/* A drafter on workers: the draft model of a drafter worker (role
+ * "drafter"), or layer skipping on a verifier (role "verifier"). A worker
+ * that fails only costs drafts: propose then returns none. */
+td_drafter *td_coord_drafter_create(td_coord *c, const char *role, const char *request_id, td_err *err);
+
+/* Milliseconds since an arbitrary start (monotonic). */
+int64_t td_coord_now_ms(void);
+
+/* Handlers (coord_generate.c, coord_score.c, coord_api.c). */
+int td_coord_api_register(td_net_server *srv, td_coord *c, td_err *err);
+void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *user);
+void td_coord_score(td_net_call *call, const ProtobufCMessage *msg, void *user);
+/* A request id: the caller's when given (sanitised), else a fresh one. */
+void td_coord_request_id(const char *given, char out[40]);
+/* Whether s[0..n) is well-formed UTF-8. */
+bool td_coord_utf8_valid(const char *s, size_t n);
+
+#endif
