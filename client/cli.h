@@ -11,6 +11,7 @@
 
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "sample/sample.h"
 #include "tok/tok.h"
 #include "util/util.h"
 
@@ -84,5 +85,28 @@ int td_cmd_info(int argc, char **argv);
 int td_cmd_perplexity(int argc, char **argv);
 int td_cmd_bench(int argc, char **argv);
 int td_cmd_bench_spec(int argc, char **argv);
+int td_cmd_health(int argc, char **argv);
+int td_cmd_score(int argc, char **argv);
+
+/* `tandem generate --server ADDR` (remote_generate.c): the same request sent
+ * to a tandem coordinator; streams text to stdout, the summary to stderr. */
+typedef struct td_cli_remote_gen {
+    const char *server;
+    const char *prompt;      /* UTF-8, NUL-terminated */
+    const char *system;
+    bool chat, parse_special, ignore_eos;
+    int32_t max_tokens;
+    td_sample_params sample;
+    bool seed_given;
+    const char *const *stop;
+    size_t n_stop;
+    const char *draft;       /* the --draft list as given */
+    int32_t draft_max, draft_min;
+    bool draft_fixed;
+    int32_t logprobs;        /* print per-token logprobs to stderr (0 = no) */
+    int64_t deadline_ms;     /* 0 = none */
+    const char *request_id;
+} td_cli_remote_gen;
+int td_cli_remote_generate(const td_cli_remote_gen *g);
 
 #endif

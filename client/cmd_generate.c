@@ -48,7 +48,15 @@ static void usage(FILE *f) {
           "                        pass (default: learned from this machine's timings;\n"
           "                        e.g. 0.02 to draft as a GPU verifier would)\n"
           "  --draft-mode MODE     exact (default) or rejection (classic p/q test: same\n"
-          "                        distribution, not the same tokens)\n",
+          "                        distribution, not the same tokens)\n"
+          "\n"
+          "Through a tandem cluster (the output is the same as local generation):\n"
+          "  --server ADDR         send the request to a coordinator (host:port) instead of\n"
+          "                        loading the model here; --draft names the cluster's drafters\n"
+          "                        (model = its drafter workers, layerskip = the verifiers')\n"
+          "  --logprobs N          also print each token's logprob to stderr (with --server)\n"
+          "  --deadline-ms MS      give up after MS milliseconds (with --server)\n"
+          "  --request-id ID       id that appears in the cluster's logs (with --server)\n",
           f);
 }
 
@@ -74,6 +82,8 @@ int td_cmd_generate(int argc, char **argv) {
     td_gen_params gp = {.sample = td_sample_defaults()};
     const char *draft = "none";
     td_spec_params spp = td_spec_defaults();
+    const char *server = NULL, *request_id = NULL;
+    long logprobs = 0, deadline_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         long l;
@@ -109,6 +119,10 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--draft-max")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_max = (int32_t)l; }
         else if (!strcmp(a, "--draft-min")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_min = (int32_t)l; }
         else if (!strcmp(a, "--draft-fixed")) spp.adaptive = false;
+        else if (!strcmp(a, "--server")) { VAL(); server = v; }
+        else if (!strcmp(a, "--request-id")) { VAL(); request_id = v; }
+        else if (!strcmp(a, "--logprobs")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 20, &logprobs)) return 2; }
+        else if (!strcmp(a, "--deadline-ms")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 1L << 40, &deadline_ms)) return 2; }
         else if (!strcmp(a, "--row-cost")) { VAL(); if (!td_cli_float(cmd, a, v, 1e-4, 10, &d)) return 2; spp.row_cost = (float)d; }
         else if (!strcmp(a, "--draft-mode")) {
             VAL();
@@ -140,6 +154,17 @@ int td_cmd_generate(int argc, char **argv) {
         }
     }
 
+    if (server) {
+        td_cli_remote_gen rg = {.server = server, .prompt = prompt, .system = system, .chat = chat,
+                                .parse_special = parse_special, .ignore_eos = gp.ignore_eos,
+                                .max_tokens = (int32_t)max_tokens, .sample = gp.sample, .stop = stops, .n_stop = n_stop,
+                                .draft = draft, .draft_max = spp.draft_max, .draft_min = spp.draft_min,
+                                .draft_fixed = !spp.adaptive, .logprobs = (int32_t)logprobs, .deadline_ms = deadline_ms,
+                                .request_id = request_id};
+        int rc = td_cli_remote_generate(&rg);
+        free(file_text);
+        return rc;
+    }
     td_engine e;
     if (td_cli_engine_open(&e, model, (int)threads)) { free(file_text); return 1; }
     int status = 1;

@@ -15,6 +15,8 @@ static void usage(FILE *f) {
           "  info         describe a GGUF model file\n"
           "  perplexity   score a text file (teacher-forced log-likelihood)\n"
           "  bench        measure the engine (decode, prefill, verification cost, memory)\n"
+          "  score        batch-score a JSONL file through a tandem cluster (resumable)\n"
+          "  health       ask a tandem coordinator or worker whether it is serving\n"
           "\n"
           "Run 'tandem COMMAND --help' for the options of a command.\n"
           "The default model is $TANDEM_MODEL, else ~/.cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf\n"
@@ -37,6 +39,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "info")) return td_cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "perplexity")) return td_cmd_perplexity(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return td_cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "score")) return td_cmd_score(argc - 1, argv + 1);
+    if (!strcmp(cmd, "health")) return td_cmd_health(argc - 1, argv + 1);
     fprintf(stderr, "tandem: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;
