@@ -11,11 +11,10 @@
 #include "gen/gen.h"
 
 static double log_softmax_at(const float *logits, int32_t n, int32_t id) {
-    float mx = logits[0];
-    for (int32_t i = 1; i < n; i++) if (logits[i] > mx) mx = logits[i];
-    double sum = 0;
-    for (int32_t i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
-    return (double)logits[id] - mx - log(sum);
+    float mx;
+    double log_sum;
+    td_sample_log_norm(logits, n, &mx, &log_sum);
+    return td_sample_logprob_at(logits, mx, log_sum, id);
 }
 
 int td_cmd_perplexity(int argc, char **argv) {
@@ -23,6 +22,7 @@ int td_cmd_perplexity(int argc, char **argv) {
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *file = NULL;
     long ctx_len = 512, threads = 0, batch = 512, max_tokens = 0;
+    bool per_token = false;
     td_numerics numerics = TD_NUMERICS_FAST;
     bool numerics_given = false;
     td_device device = {TD_DEVICE_CPU, 0};
@@ -30,14 +30,18 @@ int td_cmd_perplexity(int argc, char **argv) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem perplexity [--model PATH] --file TEXT [--ctx N] [--batch N] [--max-tokens N] [--threads N]\n"
+                 "                        [--per-token]\n"
                  "                        [--numerics fast|reference|llamacpp] [--device cpu|cuda[:N]]\n\n"
                  "Scores the file's tokens: each window of --ctx tokens (default 512) is evaluated\n"
                  "with logits for every row, in batches of --batch rows (default 512).\n"
-                 "Prints the perplexity exp(mean negative log-likelihood) and the token count.\n\n"
+                 "Prints the perplexity exp(mean negative log-likelihood) and the token count.\n"
+                 "--per-token also prints each scored token: its id and log-probability (%.9g of\n"
+                 "a float, as tandem.v1.Inference/Score returns it), one per line.\n\n"
                  TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }
         if (!strcmp(a, "--model")) { if (!(model = td_cli_value(cmd, argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "--per-token")) per_token = true;
         else if (!strcmp(a, "--file")) { if (!(file = td_cli_value(cmd, argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--ctx")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 2, 1 << 20, &ctx_len)) return 2; }
         else if (!strcmp(a, "--batch")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &batch)) return 2; }
@@ -93,7 +97,9 @@ int td_cmd_perplexity(int argc, char **argv) {
             for (int32_t i = 0; i < k; i++) {
                 size_t next = b0 + (size_t)i + 1;
                 if (next >= wn) break;
-                nll -= log_softmax_at(logits + (size_t)i * V, V, ids[w0 + next]);
+                double lp = log_softmax_at(logits + (size_t)i * V, V, ids[w0 + next]);
+                nll -= lp;
+                if (per_token) printf("%d\t%.9g\n", ids[w0 + next], (double)(float)lp);
                 scored++;
             }
         }

@@ -68,19 +68,19 @@ int td_worker_score(td_worker_engine *e, const char *req, const int32_t *prompt,
             const float *lg = sc.logits + (size_t)li++ * sc.n_vocab;
             size_t c = p + 1 - n_prompt; /* continuation index predicted here */
             int32_t tk = cont[c];
-            float mx = -INFINITY;
-            int32_t best = 0;
-            for (int32_t v = 0; v < sc.n_vocab; v++)
-                if (lg[v] > mx) { mx = lg[v]; best = v; }
-            double s = 0;
-            for (int32_t v = 0; v < sc.n_vocab; v++) s += exp((double)lg[v] - mx);
-            double lse = mx + log(s);
-            out->logprob[c] = (float)((double)lg[tk] - lse);
+            float mx;
+            double log_sum;
+            td_sample_log_norm(lg, sc.n_vocab, &mx, &log_sum);
+            int32_t best = 0; /* the first maximum: ties go to the lowest id, as greedy decoding does */
+            for (int32_t v = 1; v < sc.n_vocab; v++)
+                if (lg[v] > lg[best]) best = v;
+            out->logprob[c] = (float)td_sample_logprob_at(lg, mx, log_sum, tk);
             out->greedy[c] = best == tk;
             if (top_k > 0) {
                 int32_t *ids = out->top_id + c * (size_t)top_k;
                 top_ids(lg, sc.n_vocab, ids, top_k);
-                for (int32_t a = 0; a < top_k; a++) out->top_logprob[c * (size_t)top_k + a] = (float)((double)lg[ids[a]] - lse);
+                for (int32_t a = 0; a < top_k; a++)
+                    out->top_logprob[c * (size_t)top_k + a] = (float)td_sample_logprob_at(lg, mx, log_sum, ids[a]);
             }
         }
         (void)n_logit;

@@ -528,3 +528,12 @@ int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
         probs[s->cand[i]] = (float)(s->e[s->cand[i]] / z);
     return TD_OK;
 }
+
+void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_sum) {
+    float mx = logits[0];
+    for (int32_t i = 1; i < n; i++) if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int32_t i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
+    *max = mx;
+    *log_sum = log(sum);
+}

@@ -68,4 +68,13 @@ double td_sample_gumbel(uint64_t seed, int64_t pos, int32_t token);
 int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
                       size_t n_history, float *probs);
 
+/* Log-softmax of raw logits (no sampling filters), in double: the max m and
+ * log(sum exp(logits - m)) once, then logprob(id) = (logits[id] - m) - log_sum.
+ * Scoring, perplexity and per-token logprobs all use it, so their numbers
+ * agree bit for bit. */
+void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_sum);
+static inline double td_sample_logprob_at(const float *logits, float max, double log_sum, int32_t id) {
+    return ((double)logits[id] - max) - log_sum;
+}
+
 #endif

@@ -51,15 +51,6 @@ static void top_ids(const float *logits, int32_t n, int32_t *top, int32_t k) {
     }
 }
 
-static double log_sum_exp(const float *x, int32_t n) {
-    float mx = -INFINITY;
-    for (int32_t i = 0; i < n; i++) if (x[i] > mx) mx = x[i];
-    if (!isfinite(mx)) return mx;
-    double s = 0;
-    for (int32_t i = 0; i < n; i++) s += exp((double)x[i] - mx);
-    return mx + log(s);
-}
-
 static int32_t child_with(const td_draft *d, int32_t parent, int32_t t) {
     for (int32_t j = 0; j < d->n; j++)
         if (d->parent[j] == parent && d->token[j] == t) return j;
@@ -135,12 +126,14 @@ static int32_t rejection_pick(local_target *t, local_seq *s, const float *lg, si
 }
 
 static void fill_logprobs(const local_target *t, const float *lg, int32_t tk, int32_t n_alt, td_node_result *r) {
-    double lse = log_sum_exp(lg, t->n_vocab);
-    r->logprob = (float)((double)lg[tk] - lse);
+    float mx;
+    double log_sum;
+    td_sample_log_norm(lg, t->n_vocab, &mx, &log_sum);
+    r->logprob = (float)td_sample_logprob_at(lg, mx, log_sum, tk);
     r->n_alt = n_alt;
     if (n_alt > 0) {
         top_ids(lg, t->n_vocab, r->alt_id, n_alt);
-        for (int32_t a = 0; a < n_alt; a++) r->alt_logprob[a] = (float)((double)lg[r->alt_id[a]] - lse);
+        for (int32_t a = 0; a < n_alt; a++) r->alt_logprob[a] = (float)td_sample_logprob_at(lg, mx, log_sum, r->alt_id[a]);
     }
 }
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# up.sh — a tandem cluster on loopback: Debian's etcd (data in a temp dir),
+# one verifier and one drafter worker (the default model unless
+# TANDEM_MODEL is set) and one coordinator, each its own process. Waits
+# until the coordinator says it is ready (grpc.health.v1), then prints its
+# address. deploy/local/down.sh stops everything by PID.
+#
+# Environment: TANDEM_LOCAL_DIR (state: pids, logs, etcd data; default
+# /tmp/tandem-local), TANDEM_MODEL, TANDEM_PORT (coordinator port, default
+# a free one), TANDEM_THREADS (verifier threads, default all cores),
+# TANDEM_BUILD (default build/).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DIR=${TANDEM_LOCAL_DIR:-/tmp/tandem-local}
+BUILD=${TANDEM_BUILD:-build}
+MODEL=${TANDEM_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+THREADS=${TANDEM_THREADS:-$(nproc)}
+TTL=${TANDEM_LEASE_TTL:-10}
+
+log() { printf '[up] %s\n' "$*"; }
+die() { printf '[up] error: %s\n' "$*" >&2; exit 1; }
+
+for b in "$BUILD/tandem-worker" "$BUILD/tandem-coordinator" "$BUILD/tandem"; do
+  [ -x "$b" ] || die "$b is missing: run scripts/setup.sh first"
+done
+command -v etcd >/dev/null || die "etcd is not installed (Debian package etcd-server; scripts/setup.sh installs it)"
+[ -f "$MODEL" ] || die "model $MODEL is missing: run scripts/setup.sh or set TANDEM_MODEL"
+if [ -f "$DIR/pids" ] && [ -s "$DIR/pids" ]; then
+  die "a cluster seems to be up already (state in $DIR): run deploy/local/down.sh first"
+fi
+mkdir -p "$DIR/logs"
+rm -rf "$DIR/etcd-data"
+: > "$DIR/pids"
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+start() { # name, command...: runs in the background, logs to logs/NAME.log, remembers its PID
+  local name=$1; shift
+  "$@" >"$DIR/logs/$name.log" 2>&1 &
+  echo "$! $name" >>"$DIR/pids"
+}
+fail() { log "$1 (last log lines follow)"; tail -n 20 "$DIR/logs/$2.log" >&2 || true; deploy/local/down.sh >/dev/null 2>&1 || true; exit 1; }
+
+ETCD_PORT=$(free_port); PEER_PORT=$(free_port)
+start etcd etcd --name local --data-dir "$DIR/etcd-data" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
+  --initial-cluster "local=http://127.0.0.1:$PEER_PORT"
+for _ in $(seq 1 100); do
+  ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && break
+  sleep 0.1
+done
+ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 || fail "etcd did not start" etcd
+log "etcd on 127.0.0.1:$ETCD_PORT (data in $DIR/etcd-data)"
+
+ETCD="127.0.0.1:$ETCD_PORT"
+start verifier "$BUILD/tandem-worker" --role verifier --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
+  --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1
+start drafter "$BUILD/tandem-worker" --role drafter --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
+  --cluster local --threads 1 --lease-ttl "$TTL" --id drafter-1
+PORT=${TANDEM_PORT:-$(free_port)}
+HEALTH_PORT=$(free_port)
+start coordinator "$BUILD/tandem-coordinator" --listen "127.0.0.1:$PORT" --health-listen "127.0.0.1:$HEALTH_PORT" \
+  --etcd "$ETCD" --cluster local
+ADDR="127.0.0.1:$PORT"
+for _ in $(seq 1 300); do
+  "$BUILD/tandem" health --server "$ADDR" --service tandem.v1.Inference >/dev/null 2>&1 && break
+  while read -r pid name; do kill -0 "$pid" 2>/dev/null || fail "$name exited" "$name"; done <"$DIR/pids"
+  sleep 0.2
+done
+"$BUILD/tandem" health --server "$ADDR" --service tandem.v1.Inference >/dev/null 2>&1 || fail "the coordinator is not ready after 60 s" coordinator
+echo "$ADDR" >"$DIR/address"
+echo "127.0.0.1:$HEALTH_PORT" >"$DIR/health-address"
+echo "$ETCD" >"$DIR/etcd-address"
+log "cluster up: coordinator $ADDR (health on 127.0.0.1:$HEALTH_PORT), verifier and drafter registered in etcd"
+log "logs in $DIR/logs; stop with deploy/local/down.sh"
+echo "$ADDR"
