@@ -289,6 +289,10 @@ static void *call_thread(void *arg) {
         } else {
             m->fn(c, req, m->user);
             protobuf_c_message_free_unpacked(req, NULL);
+            /* a handler that gave up because the deadline passed may beat
+             * gRPC's own timer: the client still hears DEADLINE_EXCEEDED */
+            if (!c->status_sent && td_net_call_deadline_ms(c) <= 0)
+                send_status(c, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded", NULL);
             if (!c->status_sent) send_status(c, GRPC_STATUS_INTERNAL, "handler returned without answering", NULL);
         }
     }
