@@ -461,10 +461,14 @@ void td_net_server_shutdown(td_net_server *s, int32_t grace_ms) {
         pthread_join(s->acceptor, NULL); /* it ends on the shutdown tag */
         s->acceptor_running = false;
     } else {
-        /* never started: wait for the tag here */
+        /* never started (or its acceptor could not start): wait for the
+         * tag here, freeing the request that shutdown failed */
         for (;;) {
             grpc_event ev = grpc_completion_queue_next(s->notify_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
             if (ev.type != GRPC_OP_COMPLETE || ev.tag == &s->tag_shutdown) break;
+            td_net_call *c = ev.tag;
+            call_release(c);
+            free(c);
         }
     }
     reap(s, true);
