@@ -4,7 +4,8 @@
  * do not unpack, RESOURCE_EXHAUSTED for oversized messages and a full
  * server, INTERNAL for a handler that does not answer), a handler's own
  * error reaching the client intact, deadlines and cancellation as a handler
- * sees them, and shutdown with a call in flight. Pass/fail never depends on
+ * sees them, a send to a client that never reads timing out, and shutdown
+ * with a call in flight. Pass/fail never depends on
  * timing beyond generous waits (a handler that blocks until cancelled). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,6 +40,7 @@ typedef struct fixture {
     atomic_int handler_done;  /* blocking/forever handlers that returned */
     char peer[128], method[128];
     int64_t deadline_ms;
+    int flood_rc; /* the failed send of the "flood" stream */
 } fixture;
 
 static void sleep_ms(int ms) {
@@ -105,6 +107,24 @@ static void watch_handler(td_net_call *call, const ProtobufCMessage *request, vo
             if (td_net_call_cancelled(call)) break;
             sleep_ms(1);
         }
+        if (td_net_call_cancelled(call)) atomic_fetch_add(&f->saw_cancel, 1);
+        atomic_fetch_add(&f->handler_done, 1);
+        return;
+    }
+    if (strcmp(req->service, "flood") == 0) {
+        /* a client that never reads: once flow control stops the writes, a
+         * send times out (TD_E_RANGE) and cancels the call */
+        Grpc__Health__V1__HealthCheckRequest big = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+        size_t n = 60 * 1024;
+        char *text = malloc(n + 1);
+        assert_non_null(text);
+        memset(text, 'x', n);
+        text[n] = '\0';
+        big.service = text;
+        int rc = 0;
+        for (int i = 0; i < 4096 && rc == 0; i++) rc = td_net_call_send(call, &big.base, 200); /* <= 240 MiB */
+        free(text);
+        f->flood_rc = rc;
         if (td_net_call_cancelled(call)) atomic_fetch_add(&f->saw_cancel, 1);
         atomic_fetch_add(&f->handler_done, 1);
         return;
@@ -347,6 +367,29 @@ static void stream_cancel(void **state) {
     assert_true(wait_for(none_active, f));
 }
 
+static void slow_reader(void **state) {
+    fixture *f = *state;
+    atomic_store(&f->saw_cancel, 0);
+    atomic_store(&f->handler_done, 0);
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = "flood";
+    td_err err = {0};
+    td_net_stream *s = td_net_stream_open(f->ch, WATCH, &req.base, 0, NULL, 0, &err);
+    assert_non_null(s);
+    assert_true(wait_for(handler_returned, f)); /* never reading */
+    assert_int_equal(f->flood_rc, TD_E_RANGE);
+    assert_int_equal(atomic_load(&f->saw_cancel), 1);
+    /* the stream holds what came before the cancel, then CANCELLED; the
+     * replies are HealthCheckRequests (the handler's "big" message) */
+    td_net_status st;
+    ProtobufCMessage *m = NULL;
+    while (td_net_stream_next(s, &grpc__health__v1__health_check_request__descriptor, &m, &st) == 1)
+        protobuf_c_message_free_unpacked(m, NULL);
+    assert_int_equal(st.code, TD_NET_CANCELLED);
+    td_net_stream_close(s);
+    assert_true(wait_for(none_active, f));
+}
+
 typedef struct bg_call {
     fixture *f;
     const char *service;
@@ -471,7 +514,7 @@ int main(void) {
     const struct CMUnitTest shared[] = {
         cmocka_unit_test(unary_ok),        cmocka_unit_test(stream_ok),         cmocka_unit_test(unknown_method),
         cmocka_unit_test(handler_errors),  cmocka_unit_test(malformed_request), cmocka_unit_test(oversized),
-        cmocka_unit_test(deadline_exceeded), cmocka_unit_test(stream_cancel),
+        cmocka_unit_test(deadline_exceeded), cmocka_unit_test(stream_cancel), cmocka_unit_test(slow_reader),
     };
     const struct CMUnitTest own[] = {
         cmocka_unit_test(max_calls),    cmocka_unit_test(shutdown_in_flight), cmocka_unit_test(server_edges),
