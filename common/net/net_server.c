@@ -385,7 +385,7 @@ static void dispatch(td_net_server *s, td_net_call *c) {
     pthread_mutex_unlock(&s->mu);
     if (busy) {
         char msg[256];
-        snprintf(msg, sizeof msg, "%s busy: %" PRId32 " calls in flight, retry later", s->name, active);
+        snprintf(msg, sizeof msg, "server busy: %" PRId32 " calls in flight, retry later", active);
         reject(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
         return;
     }
