@@ -110,7 +110,8 @@ const char *td_net_call_peer(const td_net_call *c);
  * it on to downstream calls so deadlines propagate. */
 int64_t td_net_call_deadline_ms(const td_net_call *c);
 /* True once the client cancelled, the deadline passed, or the server is
- * shutting down: a long handler polls it between steps. */
+ * shutting down and its grace period is over (during the grace the call may
+ * still finish): a long handler polls it between steps. */
 bool td_net_call_cancelled(td_net_call *c);
 /* Unary answer: the message and status OK. Returns 0, or a negative
  * TD_E_* when the call is already gone. */

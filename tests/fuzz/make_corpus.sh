@@ -3,8 +3,8 @@
 # the fuzz target NAME into CORPUS_DIR (never committed). fuzz_gguf gets the
 # hand-built files of make_corpus.py plus tiny-model heads when BUILD_DIR has
 # td-mktiny; fuzz_tok gets a few inputs per operation (see fuzz_tok.c for the
-# layout: operation and tokenizer byte, flags byte, payload); other targets
-# get no seeds from here.
+# layout: operation and tokenizer byte, flags byte, payload); fuzz_proto a few
+# generic protobuf shapes; other targets get no seeds from here.
 set -euo pipefail
 name=$1
 out=$2
@@ -28,6 +28,13 @@ case "$name" in
       printf "${op1}\\064\\001\\000\\000\\000\\101\\000\\000\\000\\001\\001\\000\\000\\377\\377\\377\\377" >"$out/dec-$tk"
       printf "${op2}\\010system\\000Be brief.\\000user\\000Hi there\\000assistant\\000Hello!\\000user\\000Bye" >"$out/chat-$tk"
     done
+    ;;
+  fuzz_proto)
+    # generic protobuf shapes (any request type): a string, varints, a
+    # nested message, packed repeated varints, a fixed64 and a fixed32
+    printf '\012\005hello\020\226\001' >"$out/string-varint"
+    printf '\012\004\010\001\020\002\030\377\377\377\377\017' >"$out/nested"
+    printf '\042\004\001\002\003\004\051\000\000\000\000\000\000\360\077\065\000\000\200\077' >"$out/packed-fixed"
     ;;
   *) ;;
 esac

@@ -1,0 +1,38 @@
+/* net_internal.h — what the files of common/net/ share and nothing else
+ * includes (tests and the fuzzer excepted): the protobuf-c <-> byte buffer
+ * codec, deadline helpers, and a raw-bytes unary call for tests that must put
+ * bytes on the wire that no message type would produce. */
+#ifndef TD_NET_INTERNAL_H
+#define TD_NET_INTERNAL_H
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/support/time.h>
+
+#include "net/net.h"
+
+/* A byte buffer holding the packed message; NULL on out of memory. The
+ * caller destroys it (grpc_byte_buffer_destroy). */
+grpc_byte_buffer *td_net_pack(const ProtobufCMessage *msg);
+/* The same for raw bytes (len may be 0). */
+grpc_byte_buffer *td_net_pack_bytes(const void *data, size_t len);
+/* The message in bb as `type`, or NULL when the bytes do not unpack (or
+ * memory ran out). Does not take bb. Free the result with
+ * protobuf_c_message_free_unpacked(msg, NULL). */
+ProtobufCMessage *td_net_unpack(const ProtobufCMessageDescriptor *type, grpc_byte_buffer *bb);
+/* The step td_net_unpack ends with, on contiguous bytes (the fuzzer's entry). */
+ProtobufCMessage *td_net_unpack_bytes(const ProtobufCMessageDescriptor *type, const uint8_t *data, size_t len);
+
+/* An absolute deadline ms from now (ms <= 0: none). */
+gpr_timespec td_net_deadline_after(int64_t ms);
+
+/* Copies a status-details slice (and the optional error string) into st. */
+void td_net_status_set(td_net_status *st, grpc_status_code code, grpc_slice details);
+
+/* td_net_unary with the request given as bytes, sent as they are. */
+int td_net_unary_raw(td_net_channel *ch, const char *path, const void *bytes, size_t len,
+                     const ProtobufCMessageDescriptor *response_type, ProtobufCMessage **response,
+                     int64_t deadline_ms, td_net_status *st);
+
+#endif

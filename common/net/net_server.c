@@ -1,0 +1,577 @@
+/* net_server.c — the gRPC server of net.h: one acceptor thread takes new
+ * calls off a completion queue registered with the server, and each call
+ * runs on a thread of its own with a pluck queue of its own (bound to the
+ * call by grpc_server_request_call), so a handler may block on its call
+ * without holding up the acceptor or any other call.
+ *
+ * Promises: every call gets exactly one status (the handler's, or INTERNAL
+ * when it returned without one, or the layer's INVALID_ARGUMENT /
+ * UNIMPLEMENTED / RESOURCE_EXHAUSTED); at most max_calls handler threads
+ * exist at once; shutdown returns only after every handler returned and
+ * every gRPC object of the server was released.
+ *
+ * Life of a call record: allocated by the acceptor before it asks gRPC for
+ * the next call; handed to a new thread when a call arrives; the thread
+ * releases the gRPC objects and marks the record finished; the acceptor (or
+ * shutdown) joins the thread and frees the record. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+
+#include "net/net_internal.h"
+
+#define TD_NET_DEFAULT_MAX_CALLS 64
+#define TD_NET_DEFAULT_MAX_MESSAGE (16 * 1024 * 1024)
+/* How long a rejected call (busy, unknown method) may keep the acceptor
+ * waiting for gRPC to confirm it closed before the acceptor cancels it. */
+#define TD_NET_REJECT_WAIT_MS 2000
+
+typedef struct td_net_method {
+    char *path;
+    const ProtobufCMessageDescriptor *type;
+    bool streaming;
+    td_net_handler fn;
+    void *user;
+} td_net_method;
+
+struct td_net_call {
+    td_net_server *srv;
+    const td_net_method *m; /* NULL until routed */
+    grpc_completion_queue *cq; /* pluck queue, this call's alone */
+    grpc_call *call;
+    grpc_call_details details;
+    grpc_metadata_array md;
+    char *peer; /* gpr_malloc'd by gRPC */
+    int close_cancelled; /* RECV_CLOSE_ON_SERVER's answer */
+    bool close_posted, close_done;
+    bool status_sent; /* a status batch was started (one per call) */
+    bool gone;        /* a batch failed: the call is over for the server */
+    /* tags: the addresses of these, so that each batch is plucked by its own */
+    char tag_op, tag_close;
+    pthread_t thread;
+    bool finished; /* under srv->mu: the thread is done with everything but its record */
+    struct td_net_call *next; /* srv->calls */
+};
+
+struct td_net_server {
+    grpc_server *srv;
+    grpc_completion_queue *notify_cq; /* next queue: new calls, shutdown */
+    td_net_method *methods;
+    size_t n_methods, cap_methods;
+    int32_t max_calls, max_msg;
+    char name[64];
+    bool listening, started, shut_down;
+    pthread_t acceptor;
+    bool acceptor_running;
+    char tag_shutdown;
+    td_net_call *pending; /* the call record gRPC will fill next (acceptor's) */
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* signalled when a handler finishes */
+    int32_t active;    /* handler threads not yet finished (under mu) */
+    td_net_call *calls; /* records with a thread, finished or not (under mu) */
+
+    atomic_bool stopping;   /* shutdown began: post no new request */
+    atomic_bool cancelling; /* grace is over: handlers see cancelled */
+};
+
+/* ---- creation ---- */
+
+td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err) {
+    td_net_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        td_err_set(err, TD_E_NOMEM, "net server: out of memory");
+        return NULL;
+    }
+    s->max_calls = opts && opts->max_calls > 0 ? opts->max_calls : TD_NET_DEFAULT_MAX_CALLS;
+    s->max_msg = opts && opts->max_message_bytes > 0 ? opts->max_message_bytes : TD_NET_DEFAULT_MAX_MESSAGE;
+    snprintf(s->name, sizeof s->name, "%s", opts && opts->name ? opts->name : "server");
+    atomic_init(&s->stopping, false);
+    atomic_init(&s->cancelling, false);
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0) {
+        free(s);
+        td_err_set(err, TD_E_NOMEM, "net server: condattr");
+        return NULL;
+    }
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* grace is a duration */
+    int rc = pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0) {
+        free(s);
+        td_err_set(err, TD_E_NOMEM, "net server: cond");
+        return NULL;
+    }
+    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+        pthread_cond_destroy(&s->cv);
+        free(s);
+        td_err_set(err, TD_E_NOMEM, "net server: mutex");
+        return NULL;
+    }
+    td_net_init();
+    /* Message limits both ways; client keepalive pings allowed every 500 ms
+     * even with no call in flight, so that a client pinging every second is
+     * not sent away with "too_many_pings". */
+    grpc_arg args[4] = {
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = s->max_msg},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, .value.integer = s->max_msg},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, .value.integer = 500},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, .value.integer = 1},
+    };
+    grpc_channel_args ch_args = {.num_args = 4, .args = args};
+    s->srv = grpc_server_create(&ch_args, NULL);
+    s->notify_cq = grpc_completion_queue_create_for_next(NULL);
+    if (!s->srv || !s->notify_cq) {
+        if (s->srv) grpc_server_destroy(s->srv);
+        if (s->notify_cq) grpc_completion_queue_destroy(s->notify_cq);
+        td_net_shutdown();
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cv);
+        free(s);
+        td_err_set(err, TD_E_NOMEM, "net server: gRPC could not create the server");
+        return NULL;
+    }
+    grpc_server_register_completion_queue(s->srv, s->notify_cq, NULL);
+    return s;
+}
+
+int td_net_server_add(td_net_server *s, const char *path, const ProtobufCMessageDescriptor *request_type,
+                      bool server_streaming, td_net_handler handler, void *user, td_err *err) {
+    if (!s || !path || path[0] != '/' || !request_type || !handler)
+        return td_err_set(err, TD_E_ARG, "net server add: path (\"/pkg.Service/Method\"), type and handler needed");
+    if (s->started) return td_err_set(err, TD_E_ARG, "net server add %s: server already started", path);
+    for (size_t i = 0; i < s->n_methods; i++)
+        if (strcmp(s->methods[i].path, path) == 0)
+            return td_err_set(err, TD_E_ARG, "net server add: %s registered twice", path);
+    if (s->n_methods == s->cap_methods) {
+        size_t cap = s->cap_methods ? s->cap_methods * 2 : 8;
+        td_net_method *m = realloc(s->methods, cap * sizeof *m);
+        if (!m) return td_err_set(err, TD_E_NOMEM, "net server add: out of memory");
+        s->methods = m;
+        s->cap_methods = cap;
+    }
+    char *p = strdup(path);
+    if (!p) return td_err_set(err, TD_E_NOMEM, "net server add: out of memory");
+    s->methods[s->n_methods++] =
+        (td_net_method){.path = p, .type = request_type, .streaming = server_streaming, .fn = handler, .user = user};
+    return 0;
+}
+
+int td_net_server_listen(td_net_server *s, const char *addr, td_err *err) {
+    if (!s || !addr) return td_err_set(err, TD_E_ARG, "net server listen: address needed");
+    if (s->started) return td_err_set(err, TD_E_ARG, "net server listen %s: server already started", addr);
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    if (!creds) return td_err_set(err, TD_E_NOMEM, "net server listen: no credentials");
+    int port = grpc_server_add_http2_port(s->srv, addr, creds);
+    grpc_server_credentials_release(creds);
+    if (port <= 0) return td_err_set(err, TD_E_IO, "net server %s: cannot listen on %s", s->name, addr);
+    s->listening = true;
+    return port;
+}
+
+/* ---- call records ---- */
+
+static td_net_call *call_new(td_net_server *s) {
+    td_net_call *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->cq = grpc_completion_queue_create_for_pluck(NULL);
+    if (!c->cq) {
+        free(c);
+        return NULL;
+    }
+    c->srv = s;
+    grpc_call_details_init(&c->details);
+    grpc_metadata_array_init(&c->md);
+    return c;
+}
+
+/* Everything gRPC gave the record; every posted tag has been plucked. */
+static void call_release(td_net_call *c) {
+    if (c->call) grpc_call_unref(c->call);
+    c->call = NULL;
+    grpc_call_details_destroy(&c->details);
+    grpc_metadata_array_destroy(&c->md);
+    if (c->peer) gpr_free(c->peer);
+    c->peer = NULL;
+    /* all tags plucked: the queue shuts down at once */
+    grpc_completion_queue_shutdown(c->cq);
+    grpc_completion_queue_destroy(c->cq);
+    c->cq = NULL;
+}
+
+/* Starts a batch on the call and waits for it on the call's queue until
+ * deadline; on a timeout the call is cancelled (which completes the batch)
+ * and *timed_out set. Returns the batch's success. */
+static bool call_batch(td_net_call *c, const grpc_op *ops, size_t n, gpr_timespec deadline, bool *timed_out) {
+    if (timed_out) *timed_out = false;
+    if (grpc_call_start_batch(c->call, ops, n, &c->tag_op, NULL) != GRPC_CALL_OK) return false;
+    grpc_event ev = grpc_completion_queue_pluck(c->cq, &c->tag_op, deadline, NULL);
+    if (ev.type == GRPC_QUEUE_TIMEOUT) {
+        if (timed_out) *timed_out = true;
+        grpc_call_cancel(c->call, NULL);
+        ev = grpc_completion_queue_pluck(c->cq, &c->tag_op, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        return false;
+    }
+    return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+static void close_post(td_net_call *c) {
+    grpc_op op = {.op = GRPC_OP_RECV_CLOSE_ON_SERVER};
+    op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+    c->close_posted = grpc_call_start_batch(c->call, &op, 1, &c->tag_close, NULL) == GRPC_CALL_OK;
+}
+
+/* Non-blocking (deadline in the past) or blocking wait for the close tag. */
+static void close_check(td_net_call *c, bool block) {
+    if (!c->close_posted || c->close_done) return;
+    gpr_timespec dl = block ? gpr_inf_future(GPR_CLOCK_REALTIME) : gpr_inf_past(GPR_CLOCK_MONOTONIC);
+    grpc_event ev = grpc_completion_queue_pluck(c->cq, &c->tag_close, dl, NULL);
+    if (ev.type == GRPC_OP_COMPLETE) c->close_done = true;
+}
+
+static int send_status(td_net_call *c, grpc_status_code code, const char *msg, grpc_byte_buffer *bb) {
+    if (c->status_sent) return TD_E_ARG; /* one status per call */
+    c->status_sent = true;
+    if (c->gone) return TD_E_IO;
+    grpc_slice details = grpc_slice_from_copied_string(msg ? msg : "");
+    grpc_op ops[3];
+    size_t n = 0;
+    memset(ops, 0, sizeof ops);
+    if (bb) {
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = bb;
+        n++;
+    }
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = code;
+    ops[n].data.send_status_from_server.status_details = &details;
+    n++;
+    bool ok = call_batch(c, ops, n, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_slice_unref(details);
+    if (!ok) {
+        c->gone = true;
+        return TD_E_IO;
+    }
+    return 0;
+}
+
+/* ---- the handler thread ---- */
+
+static void *call_thread(void *arg) {
+    td_net_call *c = arg;
+    td_net_server *s = c->srv;
+    const td_net_method *m = c->m;
+    close_post(c);
+    grpc_byte_buffer *bb = NULL;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_RECV_MESSAGE;
+    ops[1].data.recv_message.recv_message = &bb;
+    if (!call_batch(c, ops, 2, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)) {
+        c->gone = true; /* client gone before its request arrived, or too big */
+    } else if (!bb) {
+        send_status(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed request: no message", NULL);
+    } else {
+        ProtobufCMessage *req = td_net_unpack(m->type, bb);
+        if (!req) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "malformed request: not a %s", m->type->name);
+            send_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg, NULL);
+        } else {
+            m->fn(c, req, m->user);
+            protobuf_c_message_free_unpacked(req, NULL);
+            /* a handler that gave up because the deadline passed may beat
+             * gRPC's own timer: the client still hears DEADLINE_EXCEEDED */
+            if (!c->status_sent && td_net_call_deadline_ms(c) <= 0)
+                send_status(c, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded", NULL);
+            if (!c->status_sent) send_status(c, GRPC_STATUS_INTERNAL, "handler returned without answering", NULL);
+        }
+    }
+    if (bb) grpc_byte_buffer_destroy(bb);
+    /* a call without a status (gone, or its status batch failed) is
+     * cancelled, so that the close tag is sure to come */
+    if (c->gone) grpc_call_cancel(c->call, NULL);
+    close_check(c, true);
+    call_release(c);
+    pthread_mutex_lock(&s->mu);
+    c->finished = true;
+    s->active--;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Joins and frees the records of finished threads (all of them when all). */
+static void reap(td_net_server *s, bool all) {
+    for (;;) {
+        td_net_call *done = NULL;
+        pthread_mutex_lock(&s->mu);
+        for (td_net_call **pp = &s->calls; *pp; pp = &(*pp)->next) {
+            if ((*pp)->finished || all) {
+                done = *pp;
+                *pp = done->next;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!done) return;
+        pthread_join(done->thread, NULL);
+        free(done);
+    }
+}
+
+/* Answers a call on the acceptor's thread without a handler. */
+static void reject(td_net_call *c, grpc_status_code code, const char *msg) {
+    grpc_slice details = grpc_slice_from_copied_string(msg);
+    grpc_op ops[3];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[1].data.send_status_from_server.status = code;
+    ops[1].data.send_status_from_server.status_details = &details;
+    ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[2].data.recv_close_on_server.cancelled = &c->close_cancelled;
+    call_batch(c, ops, 3, td_net_deadline_after(TD_NET_REJECT_WAIT_MS), NULL);
+    grpc_slice_unref(details);
+    call_release(c);
+    free(c);
+}
+
+static const td_net_method *route(const td_net_server *s, grpc_slice method) {
+    for (size_t i = 0; i < s->n_methods; i++)
+        if (grpc_slice_str_cmp(method, s->methods[i].path) == 0) return &s->methods[i];
+    return NULL;
+}
+
+/* Asks gRPC for the next call into a fresh record. */
+static void post_request(td_net_server *s) {
+    s->pending = NULL;
+    if (atomic_load(&s->stopping)) return;
+    td_net_call *c = call_new(s);
+    if (!c) return; /* out of memory: this server takes no more calls */
+    if (grpc_server_request_call(s->srv, &c->call, &c->details, &c->md, c->cq, s->notify_cq, c) != GRPC_CALL_OK) {
+        call_release(c);
+        free(c);
+        return;
+    }
+    s->pending = c;
+}
+
+static void dispatch(td_net_server *s, td_net_call *c) {
+    c->peer = grpc_call_get_peer(c->call);
+    c->m = route(s, c->details.method);
+    if (!c->m) {
+        char msg[256];
+        char *path = grpc_slice_to_c_string(c->details.method);
+        snprintf(msg, sizeof msg, "unknown method %s", path ? path : "?");
+        gpr_free(path);
+        reject(c, GRPC_STATUS_UNIMPLEMENTED, msg);
+        return;
+    }
+    reap(s, false);
+    pthread_mutex_lock(&s->mu);
+    int32_t active = s->active;
+    bool busy = active >= s->max_calls;
+    if (!busy) s->active++;
+    pthread_mutex_unlock(&s->mu);
+    if (busy) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "server busy: %" PRId32 " calls in flight, retry later", active);
+        reject(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    int rc = pthread_create(&c->thread, NULL, call_thread, c);
+    if (rc == 0) {
+        c->next = s->calls;
+        s->calls = c;
+    } else {
+        s->active--;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc != 0) reject(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "server cannot start a thread for the call, retry later");
+}
+
+static void *acceptor_thread(void *arg) {
+    td_net_server *s = arg;
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(s->notify_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type != GRPC_OP_COMPLETE) break; /* queue shut down: not before destroy */
+        if (ev.tag == &s->tag_shutdown) break;  /* every call is over */
+        td_net_call *c = ev.tag;
+        if (c == s->pending) s->pending = NULL;
+        if (!ev.success) { /* the request was cancelled by shutdown */
+            call_release(c);
+            free(c);
+            continue;
+        }
+        post_request(s); /* first, so that the next call is not kept waiting */
+        dispatch(s, c);
+    }
+    return NULL;
+}
+
+int td_net_server_start(td_net_server *s, td_err *err) {
+    if (!s) return td_err_set(err, TD_E_ARG, "net server start: no server");
+    if (s->started) return td_err_set(err, TD_E_ARG, "net server %s: started twice", s->name);
+    if (!s->listening) return td_err_set(err, TD_E_ARG, "net server %s: start before listen", s->name);
+    grpc_server_start(s->srv);
+    s->started = true;
+    post_request(s);
+    if (!s->pending) return td_err_set(err, TD_E_NOMEM, "net server %s: cannot ask gRPC for calls", s->name);
+    if (pthread_create(&s->acceptor, NULL, acceptor_thread, s) != 0)
+        return td_err_set(err, TD_E_NOMEM, "net server %s: cannot start the acceptor thread", s->name);
+    s->acceptor_running = true;
+    return 0;
+}
+
+/* ---- shutdown ---- */
+
+void td_net_server_shutdown(td_net_server *s, int32_t grace_ms) {
+    if (!s || s->shut_down) return;
+    s->shut_down = true;
+    atomic_store(&s->stopping, true);
+    grpc_server_shutdown_and_notify(s->srv, s->notify_cq, &s->tag_shutdown);
+    if (grace_ms > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += grace_ms / 1000;
+        until.tv_nsec += (long)(grace_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&s->mu);
+        while (s->active > 0)
+            if (pthread_cond_timedwait(&s->cv, &s->mu, &until) == ETIMEDOUT) break;
+        pthread_mutex_unlock(&s->mu);
+    }
+    atomic_store(&s->cancelling, true);
+    grpc_server_cancel_all_calls(s->srv);
+    if (s->acceptor_running) {
+        pthread_join(s->acceptor, NULL); /* it ends on the shutdown tag */
+        s->acceptor_running = false;
+    } else {
+        /* never started (or its acceptor could not start): wait for the
+         * tag here, freeing the request that shutdown failed */
+        for (;;) {
+            grpc_event ev = grpc_completion_queue_next(s->notify_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            if (ev.type != GRPC_OP_COMPLETE || ev.tag == &s->tag_shutdown) break;
+            td_net_call *c = ev.tag;
+            call_release(c);
+            free(c);
+        }
+    }
+    reap(s, true);
+    grpc_server_destroy(s->srv);
+    s->srv = NULL;
+    grpc_completion_queue_shutdown(s->notify_cq);
+    for (;;) { /* a request that failed after the shutdown tag */
+        grpc_event ev = grpc_completion_queue_next(s->notify_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+        if (ev.type == GRPC_OP_COMPLETE && ev.tag != &s->tag_shutdown) {
+            td_net_call *c = ev.tag;
+            call_release(c);
+            free(c);
+        }
+    }
+    grpc_completion_queue_destroy(s->notify_cq);
+    s->notify_cq = NULL;
+}
+
+void td_net_server_destroy(td_net_server *s) {
+    if (!s) return;
+    td_net_server_shutdown(s, 0);
+    for (size_t i = 0; i < s->n_methods; i++) free(s->methods[i].path);
+    free(s->methods);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+    td_net_shutdown();
+}
+
+int32_t td_net_server_active(const td_net_server *s) {
+    if (!s) return 0;
+    pthread_mutex_t *mu = (pthread_mutex_t *)&s->mu; /* reading under the lock mutates only the lock */
+    pthread_mutex_lock(mu);
+    int32_t n = s->active;
+    pthread_mutex_unlock(mu);
+    return n;
+}
+
+/* ---- inside a handler ---- */
+
+const char *td_net_call_method(const td_net_call *c) { return c && c->m ? c->m->path : ""; }
+
+const char *td_net_call_peer(const td_net_call *c) { return c && c->peer ? c->peer : ""; }
+
+int64_t td_net_call_deadline_ms(const td_net_call *c) {
+    if (!c) return INT64_MAX;
+    gpr_timespec dl = c->details.deadline;
+    if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) == 0) return INT64_MAX;
+    gpr_timespec now = gpr_now(dl.clock_type);
+    return gpr_time_to_millis(gpr_time_sub(dl, now));
+}
+
+bool td_net_call_cancelled(td_net_call *c) {
+    if (!c) return true;
+    if (c->gone || atomic_load(&c->srv->cancelling)) return true;
+    if (td_net_call_deadline_ms(c) <= 0) return true;
+    close_check(c, false);
+    return c->close_done && c->close_cancelled;
+}
+
+int td_net_call_reply(td_net_call *c, const ProtobufCMessage *response) {
+    if (!c || !response) return TD_E_ARG;
+    grpc_byte_buffer *bb = td_net_pack(response);
+    if (!bb) {
+        send_status(c, GRPC_STATUS_INTERNAL, "server out of memory packing the reply", NULL);
+        return TD_E_NOMEM;
+    }
+    int rc = send_status(c, GRPC_STATUS_OK, "", bb);
+    grpc_byte_buffer_destroy(bb);
+    return rc;
+}
+
+int td_net_call_send(td_net_call *c, const ProtobufCMessage *msg, int32_t write_timeout_ms) {
+    if (!c || !msg) return TD_E_ARG;
+    if (c->status_sent) return TD_E_ARG;
+    if (td_net_call_cancelled(c)) return TD_E_IO;
+    grpc_byte_buffer *bb = td_net_pack(msg);
+    if (!bb) return TD_E_NOMEM;
+    grpc_op op = {.op = GRPC_OP_SEND_MESSAGE};
+    op.data.send_message.send_message = bb;
+    bool timed_out = false;
+    bool ok = call_batch(c, &op, 1, td_net_deadline_after(write_timeout_ms), &timed_out);
+    grpc_byte_buffer_destroy(bb);
+    if (!ok) {
+        c->gone = true;
+        return timed_out ? TD_E_RANGE : TD_E_IO;
+    }
+    return 0;
+}
+
+int td_net_call_finish(td_net_call *c) {
+    if (!c) return TD_E_ARG;
+    return send_status(c, GRPC_STATUS_OK, "", NULL);
+}
+
+int td_net_call_fail(td_net_call *c, int code, const char *fmt, ...) {
+    if (!c) return TD_E_ARG;
+    if (code <= 0 || code > TD_NET_UNAUTHENTICATED) code = TD_NET_UNKNOWN; /* OK is not a failure */
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return send_status(c, (grpc_status_code)code, msg, NULL);
+}

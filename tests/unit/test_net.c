@@ -1,0 +1,526 @@
+/* test_net.c — common/net/ over loopback with the real generated types of
+ * grpc.health.v1 (Check unary, Watch streaming): the OK paths, every status
+ * the layer itself produces (UNIMPLEMENTED, INVALID_ARGUMENT for bytes that
+ * do not unpack, RESOURCE_EXHAUSTED for oversized messages and a full
+ * server, INTERNAL for a handler that does not answer), a handler's own
+ * error reaching the client intact, deadlines and cancellation as a handler
+ * sees them, a send to a client that never reads timing out, and shutdown
+ * with a call in flight. Pass/fail never depends on
+ * timing beyond generous waits (a handler that blocks until cancelled). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "net/net.h"
+#include "net/net_internal.h"
+
+#define CHECK "/grpc.health.v1.Health/Check"
+#define WATCH "/grpc.health.v1.Health/Watch"
+#define WATCH_N 5
+#define WAIT_MS 20000 /* the most any test waits for something that must happen */
+
+typedef struct fixture {
+    td_net_server *srv;
+    td_net_channel *ch;
+    char target[64];
+    atomic_bool release;      /* lets a blocking handler return */
+    atomic_int saw_cancel;    /* a blocking handler saw td_net_call_cancelled */
+    atomic_int send_failed;   /* a streaming handler's send failed */
+    atomic_int handler_done;  /* blocking/forever handlers that returned */
+    char peer[128], method[128];
+    int64_t deadline_ms;
+    int flood_rc; /* the failed send of the "flood" stream */
+} fixture;
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Polls cond(f) every 5 ms for up to WAIT_MS. */
+static bool wait_for(bool (*cond)(fixture *), fixture *f) {
+    for (int i = 0; i < WAIT_MS / 5; i++) {
+        if (cond(f)) return true;
+        sleep_ms(5);
+    }
+    return cond(f);
+}
+static bool one_active(fixture *f) { return td_net_server_active(f->srv) == 1; }
+static bool none_active(fixture *f) { return td_net_server_active(f->srv) == 0; }
+static bool handler_returned(fixture *f) { return atomic_load(&f->handler_done) > 0; }
+
+/* ---- handlers ---- */
+
+static void check_handler(td_net_call *call, const ProtobufCMessage *request, void *user) {
+    fixture *f = user;
+    const Grpc__Health__V1__HealthCheckRequest *req = (const Grpc__Health__V1__HealthCheckRequest *)request;
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    if (strcmp(req->service, "bad") == 0) {
+        td_net_call_fail(call, TD_NET_INVALID_ARGUMENT, "no such service: %s (%d)", req->service, 42);
+        return;
+    }
+    if (strcmp(req->service, "silent") == 0) return; /* the layer answers INTERNAL */
+    if (strcmp(req->service, "info") == 0) {
+        snprintf(f->peer, sizeof f->peer, "%s", td_net_call_peer(call));
+        snprintf(f->method, sizeof f->method, "%s", td_net_call_method(call));
+        f->deadline_ms = td_net_call_deadline_ms(call);
+    }
+    if (strcmp(req->service, "block") == 0) {
+        while (!atomic_load(&f->release) && !td_net_call_cancelled(call)) sleep_ms(2);
+        if (td_net_call_cancelled(call)) {
+            atomic_fetch_add(&f->saw_cancel, 1); /* gives up without an answer, as a handler should */
+        } else if (td_net_call_reply(call, &resp.base) != 0) {
+            atomic_fetch_add(&f->send_failed, 1);
+        }
+        atomic_fetch_add(&f->handler_done, 1);
+        return;
+    }
+    assert_int_equal(td_net_call_reply(call, &resp.base), 0);
+    assert_int_not_equal(td_net_call_reply(call, &resp.base), 0); /* one answer per call */
+}
+
+static void watch_handler(td_net_call *call, const ProtobufCMessage *request, void *user) {
+    fixture *f = user;
+    const Grpc__Health__V1__HealthCheckRequest *req = (const Grpc__Health__V1__HealthCheckRequest *)request;
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    if (strcmp(req->service, "forever") == 0) {
+        /* until the client goes away: the send must fail, cancelled turn true */
+        for (int i = 0;; i++) {
+            resp.status = i % 2 ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                                : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+            if (td_net_call_send(call, &resp.base, 10000) != 0) {
+                atomic_fetch_add(&f->send_failed, 1);
+                break;
+            }
+            if (td_net_call_cancelled(call)) break;
+            sleep_ms(1);
+        }
+        if (td_net_call_cancelled(call)) atomic_fetch_add(&f->saw_cancel, 1);
+        atomic_fetch_add(&f->handler_done, 1);
+        return;
+    }
+    if (strcmp(req->service, "flood") == 0) {
+        /* a client that never reads: once flow control stops the writes, a
+         * send times out (TD_E_RANGE) and cancels the call */
+        Grpc__Health__V1__HealthCheckRequest big = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+        size_t n = 60 * 1024;
+        char *text = malloc(n + 1);
+        assert_non_null(text);
+        memset(text, 'x', n);
+        text[n] = '\0';
+        big.service = text;
+        int rc = 0;
+        for (int i = 0; i < 4096 && rc == 0; i++) rc = td_net_call_send(call, &big.base, 200); /* <= 240 MiB */
+        free(text);
+        f->flood_rc = rc;
+        if (td_net_call_cancelled(call)) atomic_fetch_add(&f->saw_cancel, 1);
+        atomic_fetch_add(&f->handler_done, 1);
+        return;
+    }
+    if (strcmp(req->service, "fail") == 0) {
+        resp.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+        assert_int_equal(td_net_call_send(call, &resp.base, 0), 0);
+        td_net_call_fail(call, TD_NET_NOT_FOUND, "service %s went away", req->service);
+        return;
+    }
+    for (int i = 0; i < WATCH_N; i++) {
+        resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)(i % 3);
+        assert_int_equal(td_net_call_send(call, &resp.base, 0), 0);
+    }
+    assert_int_equal(td_net_call_finish(call), 0);
+}
+
+/* ---- fixtures ---- */
+
+static fixture *fixture_new(int32_t max_calls, int32_t max_message_bytes) {
+    fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    td_err err = {0};
+    td_net_server_opts o = {.max_calls = max_calls, .max_message_bytes = max_message_bytes, .name = "test"};
+    f->srv = td_net_server_create(&o, &err);
+    assert_non_null(f->srv);
+    assert_int_equal(td_net_server_add(f->srv, CHECK, &grpc__health__v1__health_check_request__descriptor, false,
+                                       check_handler, f, &err), 0);
+    assert_int_equal(td_net_server_add(f->srv, WATCH, &grpc__health__v1__health_check_request__descriptor, true,
+                                       watch_handler, f, &err), 0);
+    /* the same path twice is the caller's mistake */
+    assert_true(td_net_server_add(f->srv, CHECK, &grpc__health__v1__health_check_request__descriptor, false,
+                                  check_handler, f, &err) < 0);
+    int port = td_net_server_listen(f->srv, "127.0.0.1:0", &err);
+    assert_true(port > 0);
+    assert_int_equal(td_net_server_start(f->srv, &err), 0);
+    snprintf(f->target, sizeof f->target, "127.0.0.1:%d", port);
+    f->ch = td_net_channel_open(f->target, NULL, &err);
+    assert_non_null(f->ch);
+    return f;
+}
+
+static void fixture_free(fixture *f) {
+    td_net_channel_close(f->ch);
+    td_net_server_destroy(f->srv);
+    free(f);
+}
+
+static int setup(void **state) {
+    *state = fixture_new(0, 64 * 1024);
+    return 0;
+}
+static int teardown(void **state) {
+    fixture_free(*state);
+    return 0;
+}
+
+static int check(fixture *f, const char *service, int64_t deadline_ms, td_net_status *st,
+                 Grpc__Health__V1__HealthCheckResponse **out) {
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = (char *)service;
+    ProtobufCMessage *resp = NULL;
+    td_net_metadata md[2] = {{"x-tandem-test", "yes"}, {"authorization", "token"}};
+    int code = td_net_unary(f->ch, CHECK, &req.base, &grpc__health__v1__health_check_response__descriptor, &resp,
+                            deadline_ms, md, 2, st);
+    if (out) {
+        *out = (Grpc__Health__V1__HealthCheckResponse *)resp;
+    } else if (resp) {
+        protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    return code;
+}
+
+/* ---- tests ---- */
+
+static void unary_ok(void **state) {
+    fixture *f = *state;
+    td_net_status st;
+    Grpc__Health__V1__HealthCheckResponse *resp = NULL;
+    assert_int_equal(check(f, "", 10000, &st, &resp), TD_NET_OK);
+    assert_int_equal(st.code, TD_NET_OK);
+    assert_string_equal(st.msg, "");
+    assert_non_null(resp);
+    assert_int_equal(resp->status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    /* what the handler saw of its call */
+    assert_int_equal(check(f, "info", 10000, &st, NULL), TD_NET_OK);
+    assert_string_equal(f->method, CHECK);
+    assert_non_null(strstr(f->peer, "127.0.0.1"));
+    /* gRPC rounds a deadline up when it encodes it: allow a second */
+    assert_true(f->deadline_ms > 0 && f->deadline_ms <= 11000);
+    assert_int_equal(check(f, "info", 0, &st, NULL), TD_NET_OK);
+    assert_true(f->deadline_ms == INT64_MAX);
+    assert_string_equal(td_net_channel_target(f->ch), f->target);
+    assert_string_equal(td_net_code_name(TD_NET_RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+}
+
+static void stream_ok(void **state) {
+    fixture *f = *state;
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    td_err err = {0};
+    td_net_metadata md = {"x-tandem-test", "stream"};
+    td_net_stream *s = td_net_stream_open(f->ch, WATCH, &req.base, 10000, &md, 1, &err);
+    assert_non_null(s);
+    td_net_status st;
+    ProtobufCMessage *m = NULL;
+    for (int i = 0; i < WATCH_N; i++) {
+        assert_int_equal(td_net_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, &st), 1);
+        assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status, i % 3);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    assert_int_equal(td_net_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, &st), 0);
+    assert_null(m);
+    assert_int_equal(st.code, TD_NET_OK);
+    /* after the end, next keeps saying so */
+    assert_int_equal(td_net_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, &st), 0);
+    assert_int_equal(st.code, TD_NET_OK);
+    td_net_stream_close(s);
+    td_net_stream_close(NULL);
+
+    /* a stream ending with an error after a message */
+    req.service = "fail";
+    s = td_net_stream_open(f->ch, WATCH, &req.base, 10000, NULL, 0, &err);
+    assert_non_null(s);
+    assert_int_equal(td_net_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, &st), 1);
+    protobuf_c_message_free_unpacked(m, NULL);
+    assert_int_equal(td_net_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, &st), 0);
+    assert_int_equal(st.code, TD_NET_NOT_FOUND);
+    assert_string_equal(st.msg, "service fail went away");
+    td_net_stream_close(s);
+
+    /* closing a stream before reading it */
+    req.service = "";
+    s = td_net_stream_open(f->ch, WATCH, &req.base, 10000, NULL, 0, &err);
+    assert_non_null(s);
+    td_net_stream_close(s);
+}
+
+static void unknown_method(void **state) {
+    fixture *f = *state;
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    td_net_status st;
+    ProtobufCMessage *resp = (ProtobufCMessage *)1;
+    assert_int_equal(td_net_unary(f->ch, "/grpc.health.v1.Health/Nope", &req.base,
+                                  &grpc__health__v1__health_check_response__descriptor, &resp, 10000, NULL, 0, &st),
+                     TD_NET_UNIMPLEMENTED);
+    assert_null(resp);
+    assert_non_null(strstr(st.msg, "/grpc.health.v1.Health/Nope"));
+}
+
+static void handler_errors(void **state) {
+    fixture *f = *state;
+    td_net_status st;
+    Grpc__Health__V1__HealthCheckResponse *resp = NULL;
+    assert_int_equal(check(f, "bad", 10000, &st, &resp), TD_NET_INVALID_ARGUMENT);
+    assert_null(resp);
+    assert_string_equal(st.msg, "no such service: bad (42)");
+    assert_int_equal(check(f, "silent", 10000, &st, NULL), TD_NET_INTERNAL);
+    assert_non_null(strstr(st.msg, "without answering"));
+}
+
+static void malformed_request(void **state) {
+    fixture *f = *state;
+    td_net_status st;
+    /* field 1 as a length-delimited string claiming far more bytes than follow */
+    static const uint8_t garbage[] = {0xff, 0xff, 0xff};
+    static const uint8_t truncated[] = {0x0a, 0x7f, 'a'};
+    assert_int_equal(td_net_unary_raw(f->ch, CHECK, garbage, sizeof garbage,
+                                      &grpc__health__v1__health_check_response__descriptor, NULL, 10000, &st),
+                     TD_NET_INVALID_ARGUMENT);
+    assert_string_equal(st.msg, "malformed request: not a grpc.health.v1.HealthCheckRequest");
+    assert_int_equal(td_net_unary_raw(f->ch, WATCH, truncated, sizeof truncated,
+                                      &grpc__health__v1__health_check_response__descriptor, NULL, 10000, &st),
+                     TD_NET_INVALID_ARGUMENT);
+    /* an empty message is a valid proto3 message (all defaults) */
+    assert_int_equal(td_net_unary_raw(f->ch, CHECK, NULL, 0, &grpc__health__v1__health_check_response__descriptor,
+                                      NULL, 10000, &st),
+                     TD_NET_OK);
+    /* the reverse: a reply that is not the expected type is INTERNAL */
+    assert_int_equal(td_net_unary_raw(f->ch, CHECK, NULL, 0, &grpc__health__v1__health_check_request__descriptor,
+                                      NULL, 10000, &st),
+                     TD_NET_INTERNAL); /* SERVING as a varint in field 1, which is a string there */
+    assert_non_null(strstr(st.msg, "reply is not a grpc.health.v1.HealthCheckRequest"));
+}
+
+static void oversized(void **state) {
+    fixture *f = *state; /* the server takes at most 64 KiB */
+    size_t n = 100 * 1024;
+    char *big = malloc(n + 1);
+    assert_non_null(big);
+    memset(big, 'x', n);
+    big[n] = '\0';
+    td_net_status st;
+    assert_int_equal(check(f, big, 10000, &st, NULL), TD_NET_RESOURCE_EXHAUSTED);
+    free(big);
+    /* the server still serves */
+    assert_int_equal(check(f, "", 10000, &st, NULL), TD_NET_OK);
+}
+
+static void deadline_exceeded(void **state) {
+    fixture *f = *state;
+    atomic_store(&f->release, false);
+    atomic_store(&f->saw_cancel, 0);
+    atomic_store(&f->handler_done, 0);
+    td_net_status st;
+    assert_int_equal(check(f, "block", 200, &st, NULL), TD_NET_DEADLINE_EXCEEDED);
+    assert_true(wait_for(handler_returned, f));
+    assert_int_equal(atomic_load(&f->saw_cancel), 1);
+    assert_true(wait_for(none_active, f));
+}
+
+static void stream_cancel(void **state) {
+    fixture *f = *state;
+    atomic_store(&f->saw_cancel, 0);
+    atomic_store(&f->send_failed, 0);
+    atomic_store(&f->handler_done, 0);
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = "forever";
+    td_err err = {0};
+    td_net_stream *s = td_net_stream_open(f->ch, WATCH, &req.base, 0, NULL, 0, &err);
+    assert_non_null(s);
+    td_net_status st;
+    ProtobufCMessage *m = NULL;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(td_net_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, &st), 1);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    td_net_stream_cancel(s);
+    /* messages already buffered may still come; then the end, CANCELLED */
+    int guard = 0;
+    while (td_net_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, &st) == 1) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        assert_true(++guard < 1000000);
+    }
+    assert_int_equal(st.code, TD_NET_CANCELLED);
+    td_net_stream_close(s);
+    assert_true(wait_for(handler_returned, f));
+    assert_true(atomic_load(&f->send_failed) + atomic_load(&f->saw_cancel) >= 1);
+    assert_int_equal(atomic_load(&f->saw_cancel), 1);
+    assert_true(wait_for(none_active, f));
+}
+
+static void slow_reader(void **state) {
+    fixture *f = *state;
+    atomic_store(&f->saw_cancel, 0);
+    atomic_store(&f->handler_done, 0);
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = "flood";
+    td_err err = {0};
+    td_net_stream *s = td_net_stream_open(f->ch, WATCH, &req.base, 0, NULL, 0, &err);
+    assert_non_null(s);
+    assert_true(wait_for(handler_returned, f)); /* never reading */
+    assert_int_equal(f->flood_rc, TD_E_RANGE);
+    assert_int_equal(atomic_load(&f->saw_cancel), 1);
+    /* the stream holds what came before the cancel, then CANCELLED; the
+     * replies are HealthCheckRequests (the handler's "big" message) */
+    td_net_status st;
+    ProtobufCMessage *m = NULL;
+    while (td_net_stream_next(s, &grpc__health__v1__health_check_request__descriptor, &m, &st) == 1)
+        protobuf_c_message_free_unpacked(m, NULL);
+    assert_int_equal(st.code, TD_NET_CANCELLED);
+    td_net_stream_close(s);
+    assert_true(wait_for(none_active, f));
+}
+
+typedef struct bg_call {
+    fixture *f;
+    const char *service;
+    td_net_status st;
+    pthread_t thread;
+} bg_call;
+
+static void *bg_check(void *arg) {
+    bg_call *b = arg;
+    check(b->f, b->service, 0, &b->st, NULL);
+    return NULL;
+}
+
+static void max_calls(void **state) {
+    (void)state;
+    fixture *f = fixture_new(1, 0);
+    bg_call b = {.f = f, .service = "block"};
+    assert_int_equal(pthread_create(&b.thread, NULL, bg_check, &b), 0);
+    assert_true(wait_for(one_active, f));
+    td_net_status st;
+    assert_int_equal(check(f, "", 10000, &st, NULL), TD_NET_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(st.msg, "busy: 1 calls in flight, retry later"));
+    atomic_store(&f->release, true);
+    pthread_join(b.thread, NULL);
+    assert_int_equal(b.st.code, TD_NET_OK);
+    assert_true(wait_for(none_active, f));
+    assert_int_equal(check(f, "", 10000, &st, NULL), TD_NET_OK);
+    fixture_free(f);
+}
+
+static void shutdown_in_flight(void **state) {
+    (void)state;
+    fixture *f = fixture_new(0, 0);
+    bg_call b = {.f = f, .service = "block"};
+    assert_int_equal(pthread_create(&b.thread, NULL, bg_check, &b), 0);
+    assert_true(wait_for(one_active, f));
+    td_net_server_shutdown(f->srv, 50); /* the handler ignores grace: it waits to be cancelled */
+    assert_int_equal(atomic_load(&f->handler_done), 1);
+    assert_int_equal(atomic_load(&f->saw_cancel), 1);
+    assert_int_equal(td_net_server_active(f->srv), 0);
+    pthread_join(b.thread, NULL);
+    assert_int_not_equal(b.st.code, TD_NET_OK);
+    td_net_server_shutdown(f->srv, 0); /* twice: no-op */
+    fixture_free(f);
+}
+
+static void server_edges(void **state) {
+    (void)state;
+    td_err err = {0};
+    /* created, listening, never started */
+    td_net_server *s = td_net_server_create(NULL, &err);
+    assert_non_null(s);
+    assert_true(td_net_server_start(s, &err) < 0); /* start before listen */
+    assert_true(td_net_server_listen(s, "127.0.0.1:0", &err) > 0);
+    td_net_server_destroy(s);
+    td_net_server_destroy(NULL);
+    /* a port that cannot be bound */
+    s = td_net_server_create(NULL, &err);
+    assert_non_null(s);
+    assert_true(td_net_server_listen(s, "256.1.1.1:1", &err) < 0);
+    td_net_server_destroy(s);
+    td_net_channel_close(NULL);
+    /* a channel to nowhere fails its call (UNAVAILABLE, or the deadline) */
+    td_net_channel_opts o = {.keepalive_ms = 1000, .keepalive_timeout_ms = 1000, .min_reconnect_ms = 100,
+                             .max_reconnect_ms = 500};
+    td_net_channel *ch = td_net_channel_open("127.0.0.1:1", &o, &err);
+    assert_non_null(ch);
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    td_net_status st;
+    int code = td_net_unary(ch, CHECK, &req.base, &grpc__health__v1__health_check_response__descriptor, NULL, 2000,
+                            NULL, 0, &st);
+    assert_true(code == TD_NET_UNAVAILABLE || code == TD_NET_DEADLINE_EXCEEDED);
+    td_net_channel_close(ch);
+}
+
+static void keepalive_client(void **state) {
+    (void)state;
+    /* a client pinging every second, idle between calls, is not sent away */
+    fixture *f = fixture_new(0, 0);
+    td_err err = {0};
+    td_net_channel_opts o = {.keepalive_ms = 1000, .keepalive_timeout_ms = 5000};
+    td_net_channel *ch = td_net_channel_open(f->target, &o, &err);
+    assert_non_null(ch);
+    td_net_channel *keep = f->ch;
+    f->ch = ch;
+    td_net_status st;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(check(f, "", 10000, &st, NULL), TD_NET_OK);
+        sleep_ms(1100);
+    }
+    f->ch = keep;
+    td_net_channel_close(ch);
+    fixture_free(f);
+}
+
+static void codec(void **state) {
+    (void)state;
+    td_net_init();
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = "tandem.v1.Worker";
+    grpc_byte_buffer *bb = td_net_pack(&req.base);
+    assert_non_null(bb);
+    ProtobufCMessage *m = td_net_unpack(&grpc__health__v1__health_check_request__descriptor, bb);
+    assert_non_null(m);
+    assert_string_equal(((Grpc__Health__V1__HealthCheckRequest *)m)->service, "tandem.v1.Worker");
+    protobuf_c_message_free_unpacked(m, NULL);
+    grpc_byte_buffer_destroy(bb);
+    static const uint8_t bad[] = {0x0a, 0x05, 'a'};
+    assert_null(td_net_unpack_bytes(&grpc__health__v1__health_check_request__descriptor, bad, sizeof bad));
+    td_net_shutdown();
+}
+
+static void signals(void **state) {
+    (void)state;
+    td_net_signals_block();
+    assert_int_equal(td_net_signals_wait(10), 0);
+    pthread_kill(pthread_self(), SIGTERM);
+    assert_int_equal(td_net_signals_wait(1000), SIGTERM);
+}
+
+int main(void) {
+    const struct CMUnitTest shared[] = {
+        cmocka_unit_test(unary_ok),        cmocka_unit_test(stream_ok),         cmocka_unit_test(unknown_method),
+        cmocka_unit_test(handler_errors),  cmocka_unit_test(malformed_request), cmocka_unit_test(oversized),
+        cmocka_unit_test(deadline_exceeded), cmocka_unit_test(stream_cancel), cmocka_unit_test(slow_reader),
+    };
+    const struct CMUnitTest own[] = {
+        cmocka_unit_test(max_calls),    cmocka_unit_test(shutdown_in_flight), cmocka_unit_test(server_edges),
+        cmocka_unit_test(keepalive_client), cmocka_unit_test(codec),         cmocka_unit_test(signals),
+    };
+    int failed = cmocka_run_group_tests_name("net (one server)", shared, setup, teardown);
+    failed += cmocka_run_group_tests_name("net (own servers)", own, NULL, NULL);
+    return failed;
+}
