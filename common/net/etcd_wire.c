@@ -56,9 +56,11 @@ static grpc_channel *channel_locked(td_etcd *e, size_t i) {
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
     args[0].value.integer = e->backoff_min_ms;
+    /* (not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC takes it as the time a
+     * connection attempt may take, and a short one cuts handshakes off) */
     args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
-    args[1].value.integer = e->backoff_min_ms;
+    args[1].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+    args[1].value.integer = 1;
     args[2].type = GRPC_ARG_INTEGER;
     args[2].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
     args[2].value.integer = e->backoff_max_ms;
