@@ -52,7 +52,7 @@ static grpc_channel *channel_locked(td_etcd *e, size_t i) {
     if (!creds) return NULL;
     /* gRPC's own reconnect backoff follows ours: its default grows to two
      * minutes, far past a lease's TTL. */
-    grpc_arg args[4];
+    grpc_arg args[5];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
     args[0].value.integer = e->backoff_min_ms;
@@ -69,7 +69,12 @@ static grpc_channel *channel_locked(td_etcd *e, size_t i) {
     args[3].type = GRPC_ARG_INTEGER;
     args[3].key = GRPC_ARG_KEEPALIVE_TIME_MS;
     args[3].value.integer = 30000;
-    grpc_channel_args ca = {4, args};
+    /* after a failure gRPC resolves the name again, by default at most
+     * every 30 s: a restarted etcd would wait that long */
+    args[4].type = GRPC_ARG_INTEGER;
+    args[4].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
+    args[4].value.integer = e->backoff_min_ms;
+    grpc_channel_args ca = {5, args};
     e->chans[i] = grpc_channel_create(e->eps[i], creds, &ca);
     grpc_channel_credentials_release(creds);
     return e->chans[i];
