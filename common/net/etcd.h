@@ -36,7 +36,9 @@ typedef struct td_etcd_opts {
  * (the client uses the first that answers and moves on when one fails).
  * Does not contact etcd yet. NULL on bad arguments or out of memory. */
 td_etcd *td_etcd_open(const char *endpoints, const td_etcd_opts *opts, td_err *err);
-void td_etcd_close(td_etcd *e); /* stops registrations and watches first; accepts NULL */
+/* Stops (and frees) the registrations and watches still open on e first —
+ * their handles are gone afterwards — then the handle. Accepts NULL. */
+void td_etcd_close(td_etcd *e);
 
 /* Key-value calls: 0, or a negative TD_E_* with err naming the gRPC status
  * (TD_E_IO when etcd cannot be reached). */
@@ -77,13 +79,19 @@ int td_etcd_lease_keepalive_once(td_etcd *e, int64_t lease, int64_t *ttl_left, t
 typedef struct td_etcd_reg td_etcd_reg;
 td_etcd_reg *td_etcd_register(td_etcd *e, const char *key, const char *value, size_t len, int64_t ttl_sec,
                               td_err *err);
-/* Replaces the value (load reports); written at once when registered. */
+/* Replaces the value (load reports); the registration's thread writes it at
+ * once when registered (asynchronously: this call does not wait for etcd),
+ * else with the next registration. 0, TD_E_ARG or TD_E_NOMEM. */
 int td_etcd_reg_update(td_etcd_reg *r, const char *value, size_t len);
 /* Whether the key is currently registered (last put/keep-alive succeeded and
- * the lease was alive), and how many times it had to register anew. */
+ * the lease was alive), and how many times it registered with a new lease:
+ * 0 before the first registration, 1 after it, +1 each time it registered
+ * anew. */
 bool td_etcd_reg_alive(const td_etcd_reg *r);
 int32_t td_etcd_reg_generation(const td_etcd_reg *r);
-/* Stops keeping alive, revokes the lease (the key disappears at once). */
+/* Stops keeping alive, revokes the lease (the key disappears at once; when
+ * etcd cannot be reached the revoke gives up after call_timeout_ms and the
+ * lease runs out by itself). */
 void td_etcd_unregister(td_etcd_reg *r); /* accepts NULL */
 
 /* ---- watch: follow every key under a prefix ----
@@ -92,7 +100,9 @@ void td_etcd_unregister(td_etcd_reg *r); /* accepts NULL */
  * resumes from the last revision seen; when that revision was compacted
  * away, or the server's revision went backwards (etcd restored or wiped),
  * it lists everything again (RESET + PUTs). So a consumer that clears its
- * table on RESET always mirrors etcd. */
+ * table on RESET always mirrors etcd. RESET comes with key and value NULL;
+ * PUT and DELETE with NUL-terminated copies (value NULL for DELETE), valid
+ * only during the call. */
 typedef enum td_etcd_event_kind { TD_ETCD_RESET = 0, TD_ETCD_PUT = 1, TD_ETCD_DELETE = 2 } td_etcd_event_kind;
 typedef void (*td_etcd_watch_fn)(void *user, td_etcd_event_kind kind, const char *key, const char *value,
                                  size_t value_len);
