@@ -72,7 +72,7 @@ static int copy_number_array(td_gguf_writer *w, const td_gguf_kv *kv, const char
     return rc;
 }
 
-static int copy_kv(td_gguf_writer *w, const td_gguf_kv *kv) {
+static int copy_kv(td_gguf_writer *w, const td_gguf *g, const td_gguf_kv *kv) {
     const char *key = td_gguf_kv_key(kv);
     td_gguf_vtype t = td_gguf_kv_type(kv);
     if (t == TD_GGUF_STRING) {
@@ -92,9 +92,9 @@ static int copy_kv(td_gguf_writer *w, const td_gguf_kv *kv) {
         return copy_number_array(w, kv, key);
     }
     if (t == TD_GGUF_BOOL) {
-        int64_t b;
-        if (!td_gguf_kv_i64(kv, &b)) return TD_E_FORMAT;
-        return td_gguf_writer_add_bool(w, key, b != 0);
+        bool b;
+        if (!td_gguf_get_bool(g, key, &b)) return TD_E_FORMAT;
+        return td_gguf_writer_add_bool(w, key, b);
     }
     if (t == TD_GGUF_F32 || t == TD_GGUF_F64) {
         double d;
@@ -115,7 +115,7 @@ int td_tok_export_gguf(const td_gguf *g, void **out, size_t *size, td_err *err) 
     for (size_t i = 0; i < td_gguf_kv_count(g) && rc == TD_OK; i++) {
         const td_gguf_kv *kv = td_gguf_kv_at(g, i);
         if (!wanted(td_gguf_kv_key(kv))) continue;
-        if ((rc = copy_kv(w, kv)))
+        if ((rc = copy_kv(w, g, kv)))
             td_err_set(err, rc, "tokenizer export: key %s: %s", td_gguf_kv_key(kv), td_err_name(rc));
     }
     if (rc == TD_OK) rc = td_gguf_writer_to_memory(w, out, size, err);
