@@ -33,17 +33,46 @@ typedef struct gen_out {
     double t_first;                     /* time of the first token */
 } gen_out;
 
+/* Length of the longest prefix of s[0..n) that starts a well-formed UTF-8
+ * sequence (the "maximal subpart" of Unicode's U+FFFD substitution), and
+ * whether that prefix is a whole character. */
+static size_t utf8_subpart(const unsigned char *s, size_t n, bool *whole) {
+    unsigned c = s[0];
+    size_t need;
+    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+    *whole = false;
+    if (c < 0x80) { *whole = true; return 1; }
+    if (c >= 0xC2 && c <= 0xDF) need = 2;
+    else if (c >= 0xE0 && c <= 0xEF) { need = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { need = 4; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+    else return 1;
+    size_t k = 1;
+    while (k < need && k < n && s[k] >= (k == 1 ? lo : 0x80) && s[k] <= (k == 1 ? hi : 0xBF)) k++;
+    *whole = k == need;
+    return k;
+}
+
+/* Appends text as valid UTF-8: the wire's strings must be (proto3), and a
+ * model may emit byte tokens that are not. Each maximal ill-formed subpart
+ * becomes U+FFFD, as Unicode recommends (and Python's errors="replace"
+ * does); token ids stay exact. */
 static int on_text(void *user, const char *text, size_t len) {
     gen_out *o = user;
-    if (o->n_text + len + 1 > o->cap_text) {
-        size_t cap = (o->n_text + len + 1) * 2;
+    if (o->n_text + 3 * len + 1 > o->cap_text) {
+        size_t cap = (o->n_text + 3 * len + 1) * 2;
         char *p = realloc(o->text, cap);
         if (!p) { o->nomem = true; return 1; }
         o->text = p;
         o->cap_text = cap;
     }
-    memcpy(o->text + o->n_text, text, len);
-    o->n_text += len;
+    const unsigned char *s = (const unsigned char *)text;
+    for (size_t i = 0; i < len;) {
+        bool whole;
+        size_t k = utf8_subpart(s + i, len - i, &whole);
+        if (whole) memcpy(o->text + o->n_text, s + i, k), o->n_text += k;
+        else memcpy(o->text + o->n_text, "\xEF\xBF\xBD", 3), o->n_text += 3;
+        i += k;
+    }
     o->text[o->n_text] = 0;
     return 0;
 }
@@ -400,8 +429,13 @@ void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *use
            td_coord_target_worker(target), td_coord_target_moves(target) ? " (moved)" : "");
     goto done;
 gone:
-    td_log(TD_LOG_INFO, req, "Generate: the client went away (cancelled, deadline or slow reader); sequence released");
-    td_net_call_fail(call, TD_NET_CANCELLED, "cancelled");
+    if (td_net_call_deadline_ms(call) <= 0) {
+        td_log(TD_LOG_INFO, req, "Generate: deadline exceeded; sequence released");
+        td_net_call_fail(call, TD_NET_DEADLINE_EXCEEDED, "deadline exceeded after %d tokens", rq.stats.n_generated);
+    } else {
+        td_log(TD_LOG_INFO, req, "Generate: the client went away (cancelled or not reading); sequence released");
+        td_net_call_fail(call, TD_NET_CANCELLED, "cancelled");
+    }
     goto done;
 fail:
     fail(call, req, rc, &err);

@@ -87,16 +87,24 @@ static void sampling_to(const td_sample_params *sp, Tandem__V1__Sampling *m) {
     m->seed = sp->seed;
 }
 
-static void release_remote(remote_target *t) {
-    if (!t->w || !t->seq.key) return;
+/* Frees key on the current worker, best effort, in its own time (not the
+ * client's: a request that ran out of time or was cancelled must still free
+ * its sequence). A worker that cannot be reached reclaims it itself after
+ * its idle timeout. */
+static void release_key(remote_target *t, uint64_t key, int64_t timeout_ms) {
+    if (!t->w || !key) return;
     Tandem__V1__ReleaseRequest q = TANDEM__V1__RELEASE_REQUEST__INIT;
     q.request_id = t->req;
-    q.seq = t->seq.key;
+    q.seq = key;
     ProtobufCMessage *resp = NULL;
     td_net_status st;
-    if (td_net_unary(t->w->ch, W "Release", &q.base, &tandem__v1__release_response__descriptor, &resp, budget(t, 2000),
+    if (td_net_unary(t->w->ch, W "Release", &q.base, &tandem__v1__release_response__descriptor, &resp, timeout_ms,
                      NULL, 0, &st) == TD_NET_OK)
         protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+static void release_remote(remote_target *t) {
+    release_key(t, t->seq.key, 2000);
     t->seq.key = 0;
 }
 
@@ -119,6 +127,8 @@ static int prefill_on(remote_target *t, td_net_status *st) {
     int64_t ms = 5000 + (int64_t)s->n_hist * 20;
     if (td_net_unary(t->w->ch, W "Prefill", &q.base, &tandem__v1__prefill_response__descriptor, &resp, budget(t, ms),
                      NULL, 0, st) != TD_NET_OK) {
+        /* the worker may have opened it before the answer was lost */
+        if (st->code == TD_NET_DEADLINE_EXCEEDED || st->code == TD_NET_CANCELLED) release_key(t, s->key, 500);
         s->key = 0;
         return st->code;
     }
@@ -134,6 +144,8 @@ static int move(remote_target *t, const td_net_status *why, td_err *err) {
     if (t->w) {
         td_log(TD_LOG_WARN, t->req, "verifier %s failed (%s: %s): moving the sequence", lost, td_net_code_name(why->code),
                why->msg);
+        release_key(t, t->seq.key, 500); /* in case it is only slow */
+        t->seq.key = 0;
         td_coord_members_put(t->c->members, t->w, true);
         t->w = NULL;
     }

@@ -1,0 +1,487 @@
+#!/usr/bin/python3
+"""test_service.py — the tandem service as its users meet it: real processes
+on loopback (Debian's etcd, a coordinator, two verifier workers and a drafter
+worker) and an independent client, Python's grpcio (Debian's, under
+/usr/bin/python3) with stubs generated here from our .proto files at test
+time (nothing generated is committed).
+
+Checked against the in-process CLI on the same model: Generate's text equals
+`tandem generate`'s (greedy and seeded sampling, every drafter, resumed
+streams), Score's logprobs equal `tandem perplexity --per-token`'s bit for
+bit, Tokenize equals `tandem tokenize`. Then bad input (a gRPC status naming
+the field), cancellation and deadlines (the worker's sequence count returns
+to 0), `tandem score` killed and resumed (every item exactly once), a
+verifier killed mid-stream (the stream completes with identical tokens),
+etcd stopped for longer than the lease TTL and restarted (registrations
+return, requests flow), and the last verifier killed (UNAVAILABLE, no hang).
+
+Usage: /usr/bin/python3 test_service.py BUILD_DIR [--default-model PATH]
+Every process is started here and stopped by PID, also on failure.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO = os.path.join(HERE, "..", "..", "proto")
+BUILD = None
+DEFAULT_MODEL = None
+TTL = "2"
+
+import grpc  # noqa: E402  (Debian's python3-grpcio)
+
+
+def gen_stubs(out):
+    from grpc_tools import protoc
+
+    args = ["protoc", "-I" + PROTO, "--python_out=" + out, "--grpc_python_out=" + out,
+            os.path.join(PROTO, "tandem", "v1", "inference.proto"), os.path.join(PROTO, "tandem", "v1", "worker.proto")]
+    assert protoc.main(args) == 0, "protoc failed on tandem protos"
+    hsrc = os.path.join(PROTO, "grpc", "health", "v1")  # own root: clear of grpcio's "grpc" package
+    assert protoc.main(["protoc", "-I" + hsrc, "--python_out=" + out, "--grpc_python_out=" + out,
+                        os.path.join(hsrc, "health.proto")]) == 0
+    sys.path.insert(0, out)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Cluster:
+    """Processes of one test cluster, each remembered by PID."""
+
+    def __init__(self, tmp, model):
+        self.tmp, self.model = tmp, model
+        self.procs = {}  # name -> Popen
+        self.addr = {}   # name -> address
+        self.etcd_port, self.peer_port = free_port(), free_port()
+        self.etcd = "127.0.0.1:%d" % self.etcd_port
+
+    def log(self, name):
+        return os.path.join(self.tmp, name + ".log")
+
+    def start(self, name, argv):
+        f = open(self.log(name), "ab")
+        self.procs[name] = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
+        f.close()
+        return self.procs[name]
+
+    def start_etcd(self, wipe=False):
+        data = os.path.join(self.tmp, "etcd-data")
+        if wipe:
+            shutil.rmtree(data, ignore_errors=True)
+        self.start("etcd", ["etcd", "--name", "t", "--data-dir", data,
+                            "--listen-client-urls", "http://" + self.etcd, "--advertise-client-urls", "http://" + self.etcd,
+                            "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer_port,
+                            "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer_port,
+                            "--initial-cluster", "t=http://127.0.0.1:%d" % self.peer_port])
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.etcdctl("endpoint", "health").returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("etcd did not start: " + open(self.log("etcd")).read()[-2000:])
+
+    def etcdctl(self, *args):
+        env = dict(os.environ, ETCDCTL_API="3")
+        return subprocess.run(["etcdctl", "--endpoints", self.etcd] + list(args), capture_output=True, text=True, env=env)
+
+    def start_worker(self, name, role, extra=()):
+        port = free_port()
+        self.addr[name] = "127.0.0.1:%d" % port
+        self.start(name, [os.path.join(BUILD, "tandem-worker"), "--role", role, "--model", self.model,
+                          "--listen", self.addr[name], "--etcd", self.etcd, "--cluster", "t", "--id", name,
+                          "--lease-ttl", TTL, "--threads", "1", "--max-seqs", "8"] + list(extra))
+
+    def start_coordinator(self):
+        port, hport = free_port(), free_port()
+        self.addr["coordinator"] = "127.0.0.1:%d" % port
+        self.addr["health"] = "127.0.0.1:%d" % hport
+        self.start("coordinator", [os.path.join(BUILD, "tandem-coordinator"), "--listen", self.addr["coordinator"],
+                                   "--health-listen", self.addr["health"], "--etcd", self.etcd, "--cluster", "t",
+                                   "--step-timeout-ms", "1500", "--keepalive-ms", "1000"])
+
+    def stop(self, name, sig=signal.SIGTERM, wait=15):
+        p = self.procs.pop(name, None)
+        if not p:
+            return None
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(wait)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return p.returncode
+
+    def stop_all(self):
+        codes = {}
+        for name in ["coordinator"] + [n for n in list(self.procs) if n not in ("coordinator", "etcd")] + ["etcd"]:
+            if name in self.procs:
+                codes[name] = self.stop(name)
+        return codes
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            if pred():
+                return
+        except Exception as e:  # the thing is not up yet
+            last = e
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for %s (%s)" % (what, last))
+
+
+class ServiceTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="tandem-service-")
+        cls.model = os.path.join(cls.tmp, "tiny.gguf")
+        subprocess.run([os.path.join(BUILD, "td-mktiny"), cls.model, "--ctx", "2048"], check=True, capture_output=True)
+        cls.c = Cluster(cls.tmp, cls.model)
+        try:
+            cls.c.start_etcd()
+            cls.c.start_worker("verifier-a", "verifier")
+            cls.c.start_worker("verifier-b", "verifier")
+            cls.c.start_worker("drafter-a", "drafter")
+            cls.c.start_coordinator()
+            cls.ch = grpc.insecure_channel(cls.c.addr["coordinator"])
+            cls.api = pbg.InferenceStub(cls.ch)
+            cls.health = hpbg.HealthStub(cls.ch)
+            wait_for(lambda: cls.health.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2).status
+                     == hpb.HealthCheckResponse.SERVING, 60, "coordinator readiness")
+            wait_for(lambda: len(cls.registered()) == 3, 30, "three registrations")
+        except Exception:
+            cls.c.stop_all()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        codes = cls.c.stop_all()
+        cls.ch.close()
+        # tandem processes exit 0 on SIGTERM; etcd dies of it (-15)
+        bad = {k: v for k, v in codes.items() if v not in (0, -9, None) and not (k == "etcd" and v == -15)}
+        if bad:
+            for name in bad:
+                print("---- %s.log (exit %s) ----\n%s" % (name, bad[name], open(cls.c.log(name)).read()[-3000:]))
+        if os.environ.get("TD_KEEP_LOGS"):
+            print("logs kept in", cls.tmp)
+        else:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+        assert not bad, "processes did not exit 0 on SIGTERM: %s" % bad
+
+    @classmethod
+    def registered(cls):
+        r = cls.c.etcdctl("get", "--prefix", "/tandem/t/workers/", "--print-value-only")
+        return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+
+    # ---- helpers ----
+    def cli(self, *args, check=True):
+        r = subprocess.run([os.path.join(BUILD, "tandem")] + list(args), capture_output=True)
+        if check and r.returncode != 0:
+            self.fail("tandem %s: exit %d: %s" % (" ".join(args), r.returncode, r.stderr.decode(errors="replace")))
+        return r
+
+    def generate(self, timeout=60, **kw):
+        text, ids, last, first = [], [], None, None
+        for m in self.api.Generate(pb.GenerateRequest(**kw), timeout=timeout):
+            first = first or m
+            text.append(m.text)
+            ids.extend(t.id for t in m.tokens)
+            last = m
+        self.assertTrue(last.done)
+        return "".join(text).encode(), ids, last, first
+
+    @staticmethod
+    def wire(b):
+        """Local output as the wire carries it: ill-formed UTF-8 replaced."""
+        return b.decode("utf-8", errors="replace").encode()
+
+    def worker_stats(self, name):
+        with grpc.insecure_channel(self.c.addr[name]) as ch:
+            return wpbg.WorkerStub(ch).Stats(wpb.StatsRequest(), timeout=5)
+
+    def sequences(self):
+        return sum(self.worker_stats(n).sequences for n in ("verifier-a", "verifier-b") if n in self.c.procs)
+
+    # ---- tests (run in name order) ----
+    def test_01_health(self):
+        for addr in (self.c.addr["coordinator"], self.c.addr["health"]):
+            with grpc.insecure_channel(addr) as ch:
+                h = hpbg.HealthStub(ch)
+                self.assertEqual(h.Check(hpb.HealthCheckRequest(), timeout=5).status, hpb.HealthCheckResponse.SERVING)
+                self.assertEqual(h.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=5).status,
+                                 hpb.HealthCheckResponse.SERVING)
+        with grpc.insecure_channel(self.c.addr["health"]) as ch:  # the health port serves nothing else
+            with self.assertRaises(grpc.RpcError) as e:
+                pbg.InferenceStub(ch).ListModels(pb.ListModelsRequest(), timeout=5)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        r = self.cli("health", "--server", self.c.addr["coordinator"])
+        self.assertEqual(r.stdout.strip(), b"SERVING")
+
+    def test_02_models_and_tokenize(self):
+        models = self.api.ListModels(pb.ListModelsRequest(), timeout=5).models
+        self.assertEqual(len(models), 1)
+        self.assertEqual(models[0].verifiers, 2)
+        self.assertEqual(models[0].drafters, 1)
+        text = "hello world, tandem here"
+        got = self.api.Tokenize(pb.TokenizeRequest(text=text, add_bos=False), timeout=5).ids
+        want = self.cli("tokenize", "--model", self.model, text).stdout.split()
+        self.assertEqual([str(i).encode() for i in got], want)
+
+    def test_03_generate_identical_to_local(self):
+        prompt = "the quick brown fox jumps over the lazy dog and the quick brown fox"
+        local = self.cli("generate", "--model", self.model, "--prompt", prompt, "--max-tokens", "40").stdout
+        for drafters in ("none", "auto", "model", "layerskip", "lookup,model"):
+            text, ids, last, first = self.generate(prompt=prompt, max_tokens=40,
+                                                   sampling=pb.SamplingParams(seed=0),
+                                                   speculation=pb.SpeculationParams(drafters=drafters))
+            self.assertEqual(text, self.wire(local), "drafters " + drafters)
+            self.assertEqual(len(ids), last.usage.completion_tokens)
+            self.assertTrue(first.request_id)
+        # seeded sampling, with and without speculation
+        local = self.cli("generate", "--model", self.model, "--prompt", prompt, "--max-tokens", "40",
+                         "--temperature", "0.9", "--top-p", "0.95", "--seed", "1234").stdout
+        for drafters in ("none", "auto,model"):
+            text, ids, last, first = self.generate(prompt=prompt, max_tokens=40,
+                                                   sampling=pb.SamplingParams(temperature=0.9, top_p=0.95, seed=1234),
+                                                   speculation=pb.SpeculationParams(drafters=drafters))
+            self.assertEqual(text, self.wire(local), "sampled, drafters " + drafters)
+            self.assertEqual(first.seed, 1234)
+        # the CLI's --server path prints the same bytes
+        r = self.cli("generate", "--server", self.c.addr["coordinator"], "--prompt", prompt, "--max-tokens", "40",
+                     "--temperature", "0.9", "--top-p", "0.95", "--seed", "1234", "--draft", "auto")
+        self.assertEqual(r.stdout, self.wire(local))
+        # an unset seed is fixed by the coordinator and returned; resuming
+        # with it and the tokens already received continues identically
+        text, ids, last, first = self.generate(prompt=prompt, max_tokens=30, sampling=pb.SamplingParams(temperature=1.0))
+        self.assertNotEqual(first.seed, 0)
+        _, ids2, last2, _ = self.generate(prompt=prompt, max_tokens=30, resume_ids=ids[:12],
+                                          sampling=pb.SamplingParams(temperature=1.0, seed=first.seed))
+        self.assertEqual(ids[12:], ids2)
+        # logprobs: one per token, the sampled token's within the alternatives when it is the best
+        _, ids, last, _ = self.generate(prompt=prompt, max_tokens=8, logprobs=3)
+
+    def test_04_score_equals_perplexity(self):
+        text = "the cat sat on the mat and looked at the dog who sat on the log near the frog"
+        path = os.path.join(self.tmp, "ppl.txt")
+        with open(path, "w") as f:
+            f.write(text)
+        lines = self.cli("perplexity", "--model", self.model, "--file", path, "--per-token").stdout.decode().splitlines()
+        want = [l.split("\t") for l in lines if "\t" in l]
+        # perplexity tokenizes as the model says (BOS or not); so does this
+        ids = list(self.api.Tokenize(pb.TokenizeRequest(text=text, add_bos=False), timeout=5).ids)
+        if len(ids) == len(want):
+            ids = list(self.api.Tokenize(pb.TokenizeRequest(text=text, add_bos=True), timeout=5).ids)
+        self.assertEqual([int(w[0]) for w in want], ids[1:])
+        item = pb.ScoreItem(id="x", prompt_ids=ids[:1], continuation_ids=ids[1:])
+        r = self.api.Score(pb.ScoreRequest(items=[item, item, item], top_k=2), timeout=60)
+        self.assertEqual(len(r.results), 3)
+        for res in r.results:
+            self.assertEqual(res.error, "")
+            self.assertEqual(["%.9g" % t.logprob for t in res.tokens], [w[1] for w in want])
+            self.assertEqual(res.token_count, len(ids) - 1)
+            for t in res.tokens:  # greedy means "is the best alternative"
+                self.assertEqual(t.greedy, t.top[0].id == t.id)
+        # text items, with per-item errors beside good ones
+        items = [pb.ScoreItem(id="ok", prompt="the cat", continuation=" sat"),
+                 pb.ScoreItem(id="empty", prompt="the cat", continuation=""),
+                 pb.ScoreItem(id="long", prompt="the cat " * 1500, continuation=" sat")]
+        r = self.api.Score(pb.ScoreRequest(items=items, add_bos=True), timeout=60)
+        self.assertEqual([x.id for x in r.results], ["ok", "empty", "long"])
+        self.assertEqual(r.results[0].error, "")
+        self.assertIn("continuation", r.results[1].error)
+        self.assertIn("context", r.results[2].error)
+
+    def expect_error(self, code, words, **kw):
+        with self.assertRaises(grpc.RpcError) as e:
+            list(self.api.Generate(pb.GenerateRequest(**kw), timeout=30))
+        self.assertEqual(e.exception.code(), code, e.exception.details())
+        for w in words:
+            self.assertIn(w, e.exception.details())
+
+    def test_05_bad_input(self):
+        INV = grpc.StatusCode.INVALID_ARGUMENT
+        self.expect_error(INV, ["prompt"], prompt="")
+        self.expect_error(INV, ["max_tokens"], prompt="hi", max_tokens=-3)
+        self.expect_error(INV, ["max_tokens"], prompt="hi", max_tokens=1 << 30)
+        self.expect_error(INV, ["temperature"], prompt="hi", sampling=pb.SamplingParams(temperature=float("nan")))
+        self.expect_error(INV, ["top_p"], prompt="hi", sampling=pb.SamplingParams(top_p=1.5))
+        self.expect_error(INV, ["drafters"], prompt="hi", speculation=pb.SpeculationParams(drafters="telepathy"))
+        self.expect_error(INV, ["context"], prompt="the cat " * 1500)
+        self.expect_error(INV, ["logprobs"], prompt="hi", logprobs=99)
+        self.expect_error(grpc.StatusCode.NOT_FOUND, ["model"], prompt="hi", model="no-such-model")
+        # bytes the Python client would refuse to send: raw protobuf
+        raw = self.ch.unary_stream("/tandem.v1.Inference/Generate", request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        bad_utf8 = b"\x12\x03\xff\xfe\x41"  # field 2 (prompt), 3 bytes that are no UTF-8
+        garbage = b"\xff\xff\xff\xff"
+        for body in (bad_utf8, garbage):
+            with self.assertRaises(grpc.RpcError) as e:
+                list(raw(body, timeout=10))
+            self.assertEqual(e.exception.code(), INV, e.exception.details())
+        with self.assertRaises(grpc.RpcError) as e:  # bigger than the server takes
+            list(self.api.Generate(pb.GenerateRequest(prompt="x" * (20 << 20)), timeout=30))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertEqual(self.sequences(), 0)
+
+    def test_06_cancel_and_deadline_free_the_sequence(self):
+        req = pb.GenerateRequest(prompt="once upon a time", max_tokens=2000, ignore_eos=True,
+                                 speculation=pb.SpeculationParams(drafters="none"))
+        call = self.api.Generate(req, timeout=60)
+        next(call)
+        next(call)
+        self.assertEqual(self.sequences(), 1)
+        call.cancel()
+        wait_for(lambda: self.sequences() == 0, 10, "the sequence to be released after cancel")
+        with self.assertRaises(grpc.RpcError) as e:
+            list(self.api.Generate(req, timeout=0.5))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        wait_for(lambda: self.sequences() == 0, 10, "the sequence to be released after the deadline")
+
+    def test_07_score_cli_resumes_exactly_once(self):
+        src = os.path.join(self.tmp, "items.jsonl")
+        out = os.path.join(self.tmp, "scores.jsonl")
+        n = 240
+        with open(src, "wb") as f:
+            for i in range(n):
+                f.write(json.dumps({"custom_id": "item-%d" % i, "prompt": "the cat number %d" % i,
+                                    "continuation": " sat on the mat " * (1 + i % 3)}).encode() + b"\n")
+            f.write(b'{"custom_id": "bad-utf8", "prompt": "a\xff\xfe", "continuation": " b"}\n')
+            f.write(b"this line is not json\n")
+        argv = [os.path.join(BUILD, "tandem"), "score", "--server", self.c.addr["coordinator"], "--in", src,
+                "--out", out, "--batch", "4", "--concurrency", "2"]
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        def lines(path):
+            with open(path, "rb") as f:
+                return f.read().splitlines()
+        wait_for(lambda: os.path.exists(out) and len(lines(out)) >= 40, 60, "some scores")
+        p.kill()  # SIGKILL: no chance to tidy up
+        p.wait()
+        with open(out, "ab") as f:  # as if the crash had torn a line
+            f.write(b'{"custom_id": "item-9999", "logprob_su')
+        r = subprocess.run(argv, capture_output=True)
+        self.assertIn(r.returncode, (0, 1), r.stderr)  # 1: the two bad items are errors
+        self.assertIn(b"torn", r.stderr)
+        ids = [json.loads(l)["custom_id"] for l in lines(out)]
+        self.assertEqual(sorted(ids), sorted("item-%d" % i for i in range(n)))
+        errs = [json.loads(l)["custom_id"] for l in lines(out + ".errors.jsonl")]
+        self.assertEqual(sorted(errs), ["bad-utf8", "line-%d" % (n + 2)])
+        # a third run has nothing left to do
+        r = subprocess.run(argv, capture_output=True)
+        self.assertIn(b"0 scored", r.stderr)
+        self.assertEqual(len(lines(out)), n)
+
+    def test_08_verifier_killed_mid_stream(self):
+        req = dict(prompt="in a land far away there lived", max_tokens=160, ignore_eos=True,
+                   sampling=pb.SamplingParams(temperature=0.8, seed=99), speculation=pb.SpeculationParams(drafters="auto"))
+        want, want_ids, _, _ = self.generate(**req)
+        call = self.api.Generate(pb.GenerateRequest(**req), timeout=120)
+        got_ids, text = [], []
+        m = next(call)
+        text.append(m.text)
+        got_ids.extend(t.id for t in m.tokens)
+        busy = [n for n in ("verifier-a", "verifier-b") if self.worker_stats(n).sequences > 0]
+        self.assertEqual(len(busy), 1)
+        self.c.stop(busy[0], signal.SIGKILL)
+        for m in call:
+            text.append(m.text)
+            got_ids.extend(t.id for t in m.tokens)
+        self.assertTrue(m.done)
+        self.assertEqual(got_ids, want_ids)
+        self.assertEqual("".join(text).encode(), want)
+        # a replacement for the later tests
+        self.c.start_worker(busy[0], "verifier")
+        wait_for(lambda: self.api.ListModels(pb.ListModelsRequest(), timeout=5).models[0].verifiers == 2, 30,
+                 "the replacement verifier")
+
+    def test_09_etcd_outage(self):
+        self.c.stop("etcd", signal.SIGKILL)
+        # requests keep flowing while etcd is away (the coordinator keeps its table)
+        text, _, _, _ = self.generate(prompt="hello", max_tokens=8)
+        with grpc.insecure_channel(self.c.addr["health"]) as ch:  # liveness ignores etcd
+            self.assertEqual(hpbg.HealthStub(ch).Check(hpb.HealthCheckRequest(), timeout=5).status,
+                             hpb.HealthCheckResponse.SERVING)
+        time.sleep(10)  # longer than the lease TTL: the leases expire
+        self.c.start_etcd()
+        wait_for(lambda: len(self.registered()) == 3, 40, "registrations to come back")
+        wait_for(lambda: self.health.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2).status
+                 == hpb.HealthCheckResponse.SERVING, 40, "readiness after etcd returned")
+        text2, _, _, _ = self.generate(prompt="hello", max_tokens=8)
+        self.assertEqual(text, text2)
+        for name in ("verifier-a", "verifier-b", "drafter-a"):
+            self.assertIsNone(self.c.procs[name].poll(), name + " exited while etcd was away")
+
+    def test_10_last_verifier_gone(self):
+        self.c.stop("verifier-a", signal.SIGKILL)
+        self.c.stop("verifier-b", signal.SIGKILL)
+        t0 = time.time()
+        with self.assertRaises(grpc.RpcError) as e:
+            list(self.api.Generate(pb.GenerateRequest(prompt="hello", max_tokens=8), timeout=60))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, e.exception.details())
+        self.assertLess(time.time() - t0, 30)  # fails within seconds: never waits for the 60 s deadline
+
+
+class DefaultModelTest(unittest.TestCase):
+    """One check on the real default model: a chat generation through the
+    service equals the local one."""
+
+    def test_default_model(self):
+        if not DEFAULT_MODEL or not os.path.exists(DEFAULT_MODEL):
+            self.skipTest("default model not present")
+        tmp = tempfile.mkdtemp(prefix="tandem-service-default-")
+        c = Cluster(tmp, DEFAULT_MODEL)
+        try:
+            c.start_etcd()
+            c.start_worker("verifier", "verifier", ["--threads", "2"])
+            c.start_coordinator()
+            with grpc.insecure_channel(c.addr["coordinator"]) as ch:
+                health = hpbg.HealthStub(ch)
+                wait_for(lambda: health.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2).status
+                         == hpb.HealthCheckResponse.SERVING, 120, "readiness")
+                prompt = "Explain speculative decoding in two sentences."
+                local = subprocess.run([os.path.join(BUILD, "tandem"), "generate", "--model", DEFAULT_MODEL, "--chat",
+                                        "--prompt", prompt, "--max-tokens", "48"], capture_output=True, check=True).stdout
+                text = b""
+                for m in pbg.InferenceStub(ch).Generate(pb.GenerateRequest(
+                        prompt=prompt, chat=True, max_tokens=48, sampling=pb.SamplingParams(seed=0),
+                        speculation=pb.SpeculationParams(drafters="auto")), timeout=120):
+                    text += m.text.encode()
+                self.assertEqual(text, local)
+        finally:
+            codes = c.stop_all()
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.assertTrue(all(v == 0 for k, v in codes.items() if k != "etcd"), codes)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        print(__doc__)
+        sys.exit(2)
+    BUILD = os.path.abspath(sys.argv[1])
+    stubs = tempfile.mkdtemp(prefix="tandem-stubs-")
+    gen_stubs(stubs)
+    from tandem.v1 import inference_pb2 as pb, inference_pb2_grpc as pbg  # noqa: E402
+    from tandem.v1 import worker_pb2 as wpb, worker_pb2_grpc as wpbg  # noqa: E402
+    import health_pb2 as hpb, health_pb2_grpc as hpbg  # noqa: E402
+    shutil.rmtree(stubs, ignore_errors=True)  # loaded: the files may go
+    args = sys.argv[2:]
+    if "--default-model" in args:
+        DEFAULT_MODEL = args[args.index("--default-model") + 1]
+        args = [a for a in args if a not in ("--default-model", DEFAULT_MODEL)]
+    unittest.main(argv=[sys.argv[0]] + args, verbosity=2)
