@@ -11,7 +11,9 @@ MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models"
 PACKAGES=(build-essential cmake pkg-config clang libclang-rt-14-dev libpcre2-dev libcmocka-dev
-          libcjson-dev libsimde-dev libopenmpi-dev openmpi-bin python3 python3-pip unzip)
+          libcjson-dev libsimde-dev libopenmpi-dev openmpi-bin python3 python3-pip unzip
+          libgrpc-dev libprotobuf-c-dev protobuf-c-compiler etcd-server etcd-client
+          python3-grpcio python3-grpc-tools)
 
 log() { printf '[setup] %s\n' "$*"; }
 
