@@ -24,6 +24,9 @@ static void usage(FILE *f) {
           "  --health-listen ADDR    plaintext port serving only grpc.health.v1 (for probes)\n"
           "  --etcd ENDPOINTS        etcd endpoints, comma separated: follow /tandem/CLUSTER/workers/\n"
           "  --cluster NAME          cluster name (default: default)\n"
+          "  --etcd-ca FILE          TLS to etcd: CA certificate (PEM); --etcd-cert/--etcd-key FILE for\n"
+          "                          client certificates\n"
+          "  --etcd-user NAME        etcd authentication; the password comes from $TANDEM_ETCD_PASSWORD\n"
           "  --worker ROLE=ADDR      a worker without etcd (verifier=HOST:PORT or drafter=HOST:PORT);\n"
           "                          repeatable\n"
           "  --max-calls N           requests in flight at most; more get RESOURCE_EXHAUSTED (default 64)\n"
@@ -57,6 +60,7 @@ int main(int argc, char **argv) {
     int n_static = 0;
     long max_calls = 64, max_tokens = 128, step_ms = 2000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
     td_log_level level = TD_LOG_INFO;
+    td_etcd_opts eo = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -67,6 +71,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--health-listen")) health_listen = v;
         else if (!strcmp(a, "--etcd")) etcd_ep = v;
         else if (!strcmp(a, "--cluster")) cluster = v;
+        else if (!strcmp(a, "--etcd-ca")) eo.ca_file = v;
+        else if (!strcmp(a, "--etcd-cert")) eo.cert_file = v;
+        else if (!strcmp(a, "--etcd-key")) eo.key_file = v;
+        else if (!strcmp(a, "--etcd-user")) eo.user = v;
         else if (!strcmp(a, "--worker")) {
             if (n_static >= MAX_STATIC || (strncmp(v, "verifier=", 9) && strncmp(v, "drafter=", 8))) {
                 fprintf(stderr, "tandem-coordinator: --worker verifier=HOST:PORT or drafter=HOST:PORT (at most %d)\n", MAX_STATIC);
@@ -134,7 +142,7 @@ int main(int argc, char **argv) {
     if (etcd_ep) {
         char prefix[256];
         snprintf(prefix, sizeof prefix, "/tandem/%s/workers/", cluster);
-        td_etcd_opts eo = {0};
+        eo.password = eo.user ? getenv("TANDEM_ETCD_PASSWORD") : NULL;
         if (!(etcd = td_etcd_open(etcd_ep, &eo, &err))) goto out;
         if (!(watch = td_etcd_watch_prefix(etcd, prefix, td_coord_members_on_event, c.members, &err)))
             goto out;

@@ -82,6 +82,9 @@ int td_worker_commit(td_worker_engine *e, const char *req, uint64_t key, const i
 int td_worker_draft(td_worker_engine *e, const char *req, uint64_t key, const int32_t *history, size_t n,
                     int32_t max_nodes, const td_sample_params *sp, td_draft *out, td_err *err);
 bool td_worker_release(td_worker_engine *e, uint64_t key);
+/* Frees sequences unused for idle_timeout seconds (a coordinator that died
+ * or lost touch); the main loop calls it every second. */
+void td_worker_engine_reclaim(td_worker_engine *e);
 
 /* Scoring one item: logprob of each continuation token given what precedes
  * it; greedy[i]: it is the most likely token; top (n_cont x top_k) ids and

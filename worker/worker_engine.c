@@ -211,6 +211,14 @@ static void reclaim_idle(td_worker_engine *e, const char *req) {
     }
 }
 
+void td_worker_engine_reclaim(td_worker_engine *e) {
+    take_pass(e);
+    pthread_mutex_lock(&e->mu);
+    reclaim_idle(e, NULL);
+    pthread_mutex_unlock(&e->mu);
+    give_pass(e);
+}
+
 int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const td_target_seq_params *p,
                       const int32_t *tokens, size_t n, int32_t *cached, td_err *err) {
     if (e->cfg.role != TD_WORKER_VERIFIER) return td_err_set(err, TD_WORKER_E_ROLE, "this worker is a drafter");

@@ -28,6 +28,9 @@ static void usage(FILE *f) {
           "  --advertise ADDR      address registered in etcd (default: the listen address)\n"
           "  --etcd ENDPOINTS      etcd endpoints, comma separated (default: no registration)\n"
           "  --cluster NAME        cluster name: registers under /tandem/NAME/workers/ (default: default)\n"
+          "  --etcd-ca FILE        TLS to etcd: CA certificate (PEM); --etcd-cert/--etcd-key FILE for\n"
+          "                        client certificates\n"
+          "  --etcd-user NAME      etcd authentication; the password comes from $TANDEM_ETCD_PASSWORD\n"
           "  --id ID               worker id (default: ROLE-HOST-PORT)\n"
           "  --lease-ttl S         etcd lease TTL in seconds (default 10)\n"
           "  --threads N           compute threads (default: all cores)\n"
@@ -59,6 +62,7 @@ int main(int argc, char **argv) {
     td_worker_config cfg = {.role = -1, .cluster = "default", .lease_ttl = 10, .idle_timeout = 120,
                             .max_calls = 256, .numerics = TD_NUMERICS_FAST, .batching = true};
     td_log_level level = TD_LOG_INFO;
+    td_etcd_opts eo = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -77,6 +81,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--advertise")) cfg.advertise = v;
         else if (!strcmp(a, "--etcd")) cfg.etcd = v;
         else if (!strcmp(a, "--cluster")) cfg.cluster = v;
+        else if (!strcmp(a, "--etcd-ca")) eo.ca_file = v;
+        else if (!strcmp(a, "--etcd-cert")) eo.cert_file = v;
+        else if (!strcmp(a, "--etcd-key")) eo.key_file = v;
+        else if (!strcmp(a, "--etcd-user")) eo.user = v;
         else if (!strcmp(a, "--id")) cfg.id = v;
         else if (!strcmp(a, "--lease-ttl")) { if (!parse_long(a, v, 1, 3600, &l)) return 2; cfg.lease_ttl = (int32_t)l; }
         else if (!strcmp(a, "--threads")) { if (!parse_long(a, v, 1, 1024, &l)) return 2; cfg.threads = (int32_t)l; }
@@ -160,7 +168,7 @@ int main(int argc, char **argv) {
     char key[512];
     snprintf(key, sizeof key, "/tandem/%s/workers/%s", cfg.cluster, id);
     if (cfg.etcd) {
-        td_etcd_opts eo = {0};
+        eo.password = eo.user ? getenv("TANDEM_ETCD_PASSWORD") : NULL;
         if (!(etcd = td_etcd_open(cfg.etcd, &eo, &err))) goto out;
         if (!(json = td_worker_registration_json(e, &cfg, address))) { td_err_set(&err, TD_E_NOMEM, "out of memory"); goto out; }
         if (!(reg = td_etcd_register(etcd, key, json, strlen(json), cfg.lease_ttl, &err))) goto out;
@@ -176,6 +184,7 @@ int main(int argc, char **argv) {
             td_log(TD_LOG_INFO, NULL, "signal %d: shutting down", sig);
             break;
         }
+        td_worker_engine_reclaim(e);
         if (reg) {
             bool alive = td_etcd_reg_alive(reg);
             if (alive != was_alive)

@@ -103,7 +103,7 @@ class Cluster:
         self.addr[name] = "127.0.0.1:%d" % port
         self.start(name, [os.path.join(BUILD, "tandem-worker"), "--role", role, "--model", self.model,
                           "--listen", self.addr[name], "--etcd", self.etcd, "--cluster", "t", "--id", name,
-                          "--lease-ttl", TTL, "--threads", "1", "--max-seqs", "8"] + list(extra))
+                          "--lease-ttl", TTL, "--threads", "1", "--max-seqs", "8", "--idle-timeout", "5"] + list(extra))
 
     def start_coordinator(self):
         port, hport = free_port(), free_port()
@@ -409,6 +409,29 @@ class ServiceTest(unittest.TestCase):
         self.c.start_worker(busy[0], "verifier")
         wait_for(lambda: self.api.ListModels(pb.ListModelsRequest(), timeout=5).models[0].verifiers == 2, 30,
                  "the replacement verifier")
+
+    def test_08b_verifier_hung_mid_stream(self):
+        # SIGSTOP: the process and its lease live on, it just stops answering;
+        # the per-step deadline notices and the stream moves
+        req = dict(prompt="in a land far away there lived", max_tokens=160, ignore_eos=True,
+                   sampling=pb.SamplingParams(temperature=0.8, seed=99), speculation=pb.SpeculationParams(drafters="auto"))
+        want, want_ids, _, _ = self.generate(**req)
+        call = self.api.Generate(pb.GenerateRequest(**req), timeout=120)
+        got_ids = []
+        m = next(call)
+        got_ids.extend(t.id for t in m.tokens)
+        busy = [n for n in ("verifier-a", "verifier-b") if self.worker_stats(n).sequences > 0]
+        self.assertEqual(len(busy), 1)
+        self.c.procs[busy[0]].send_signal(signal.SIGSTOP)
+        try:
+            for m in call:
+                got_ids.extend(t.id for t in m.tokens)
+        finally:
+            self.c.procs[busy[0]].send_signal(signal.SIGCONT)
+        self.assertTrue(m.done)
+        self.assertEqual(got_ids, want_ids)
+        # the woken worker lost nothing it cannot reclaim, and still serves
+        wait_for(lambda: self.worker_stats(busy[0]).sequences == 0, 30, "the hung worker's sequence to be released")
 
     def test_09_etcd_outage(self):
         self.c.stop("etcd", signal.SIGKILL)

@@ -212,6 +212,94 @@ static void batched_requests_identical(void **s) {
     td_drafter_destroy(d[1]);
 }
 
+/* The step-by-step session: requests join a running batch at different
+ * steps (each with its own seed and drafter state), one is cancelled
+ * midway, and each finished one has plain decoding's tokens. The local
+ * target also refuses what a remote caller could get wrong: a verify twice
+ * without commit, a commit off the walk, an unknown sequence. */
+static void session_requests_join_and_leave(void **s) {
+    (void)s;
+    td_sample_params sp = td_sample_defaults();
+    sp.temperature = 0.7f;
+    td_kv *kv = td_kv_create(T.m, 4, 128, NULL);
+    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool, NULL);
+    td_ctx_set_numerics(ctx, T.numerics);
+    td_err err = {0};
+    td_target *t = td_spec_target_local_create(T.m, ctx, kv, &err);
+    assert_non_null(t);
+    td_drafter *d[2] = {mk_lookup(&sp), mk_model(&sp)};
+    td_spec_params spp = td_spec_defaults();
+    td_spec_session *ss = td_spec_session_create(T.tok, td_model_hparams(T.m)->n_vocab, t, d, 2, &spp, 4, 64, 128, &err);
+    assert_non_null(ss);
+    int32_t got[4][N_GEN];
+    td_spec_request rq[4];
+    for (int i = 0; i < 4; i++)
+        rq[i] = (td_spec_request){.prompt = prompt, .n_prompt = N_PROMPT, .out_tokens = got[i], .n_logprobs = -1,
+                                  .gen = {.sample = sp, .max_tokens = N_GEN, .ignore_eos = true}};
+    for (int i = 0; i < 4; i++) rq[i].gen.sample.seed = 500 + (uint64_t)i;
+    /* request 0 alone for two steps, then 1 and 2 join, then 3 joins and 2 is cancelled */
+    assert_int_equal(td_spec_session_add(ss, 0, &rq[0], &err), TD_OK);
+    assert_true(td_spec_session_step(ss, &err) >= 0);
+    assert_true(td_spec_session_step(ss, &err) >= 0);
+    assert_int_equal(td_spec_session_add(ss, 1, &rq[1], &err), TD_OK);
+    assert_int_equal(td_spec_session_add(ss, 2, &rq[2], &err), TD_OK);
+    assert_int_equal(td_spec_session_add(ss, 1, &rq[3], &err), TD_E_ARG); /* busy */
+    assert_true(td_spec_session_step(ss, &err) >= 0);
+    assert_int_equal(td_spec_session_add(ss, 3, &rq[3], &err), TD_OK);
+    td_spec_session_cancel(ss, 2);
+    assert_false(td_spec_session_active(ss, 2));
+    assert_int_equal(rq[2].stats.stop, TD_STOP_CALLER);
+    int left;
+    while ((left = td_spec_session_step(ss, &err)) > 0) {}
+    assert_int_equal(left, 0);
+    assert_int_equal(td_spec_target_local_open_seqs(t), 0); /* every sequence released */
+    for (int i = 0; i < 4; i++) {
+        if (i == 2) continue;
+        int32_t want[N_GEN];
+        td_sample_params one = sp;
+        one.seed = 500 + (uint64_t)i;
+        plain(&one, want, N_GEN);
+        assert_int_equal(rq[i].stats.n_generated, N_GEN);
+        assert_memory_equal(got[i], want, sizeof want);
+    }
+    /* a canceled request's tokens so far are a prefix of its plain run */
+    int32_t want2[N_GEN];
+    td_sample_params two = sp;
+    two.seed = 502;
+    plain(&two, want2, N_GEN);
+    assert_true(rq[2].stats.n_generated < N_GEN);
+    assert_memory_equal(got[2], want2, (size_t)rq[2].stats.n_generated * sizeof(int32_t));
+
+    /* misuse of the target */
+    td_target_seq_params tp = {.sample = sp, .max_new_tokens = 8, .n_logprobs = 2};
+    assert_int_equal(t->ops->open(t, 0, &tp, prompt, N_PROMPT, &err), TD_OK);
+    assert_int_equal(t->ops->open(t, 0, &tp, prompt, N_PROMPT, &err), TD_E_ARG);
+    td_draft tree = {.n = 2, .token = {prompt[0], prompt[1]}, .parent = {-1, 0}};
+    td_node_result nodes[3];
+    td_verify_item it = {.seq = 0, .tree = &tree, .nodes = nodes};
+    assert_int_equal(t->ops->verify(t, &it, 1, NULL, &err), TD_OK);
+    assert_true(nodes[0].sample >= 0 && nodes[0].logprob <= 0 && nodes[0].n_alt == 2);
+    assert_true(nodes[0].alt_logprob[0] >= nodes[0].alt_logprob[1]);
+    assert_int_equal(t->ops->verify(t, &it, 1, NULL, &err), TD_E_ARG); /* no commit in between */
+    int32_t off_walk[1] = {it.n_path > 0 ? 1 - it.path[0] : 0};
+    assert_int_equal(t->ops->commit(t, 0, off_walk, 1, &err), TD_E_ARG);
+    assert_int_equal(t->ops->commit(t, 0, it.path, it.n_path, &err), TD_OK);
+    td_draft bad = {.n = 1, .token = {1 << 30}, .parent = {-1}};
+    it.tree = &bad;
+    assert_int_equal(t->ops->verify(t, &it, 1, NULL, &err), TD_E_ARG); /* token outside the vocabulary */
+    it.seq = 3;
+    assert_int_equal(t->ops->verify(t, &it, 1, NULL, &err), TD_E_ARG); /* not open */
+    t->ops->release(t, 0);
+    assert_int_equal(td_spec_target_local_open_seqs(t), 0);
+
+    td_spec_session_destroy(ss);
+    td_target_destroy(t);
+    td_drafter_destroy(d[0]);
+    td_drafter_destroy(d[1]);
+    td_ctx_destroy(ctx);
+    td_kv_destroy(kv);
+}
+
 /* A drafter that always proposes the same token: what plain greedy decoding
  * would produce first, so acceptances and rejections both happen. */
 typedef struct fixed_drafter {
@@ -354,6 +442,7 @@ int main(void) {
         cmocka_unit_test(greedy_identical_reference),
         cmocka_unit_test(seeded_sampling_identical),
         cmocka_unit_test(batched_requests_identical),
+        cmocka_unit_test(session_requests_join_and_leave),
         cmocka_unit_test(rejection_mode_keeps_distribution),
         cmocka_unit_test(bad_parameters_refused),
         cmocka_unit_test(failing_drafter_is_named),
