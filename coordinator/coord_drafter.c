@@ -3,6 +3,14 @@
  * the in-process ones, so the session merges its proposals with the others.
  * Drafts only ever save time, so a worker that fails costs nothing but
  * drafts: propose returns none and the worker is left alone for a while.
+ *
+ * Overlap: right after proposing window i, the drafter asks its worker, in
+ * the background, for one token more than it proposed and the window after
+ * it, as if window i were accepted whole (that extra token is its guess of
+ * the target's own token after the window). Verification of window i runs
+ * meanwhile on the verifier. When the target did accept window i and picked
+ * the guessed token, window i+1 is ready at once; otherwise it is thrown
+ * away and drafted anew.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +22,20 @@
 #define DRAFT_TIMEOUT_MS 5000
 #define RETRY_AFTER_SEC 5.0
 
+typedef struct prefetch {
+    pthread_t th;
+    bool running, ok;
+    int32_t *hist;            /* the history it drafted after: window i's history + window i */
+    size_t n, cap;
+    int32_t max_nodes;
+    td_draft out;
+    td_net_status st;
+} prefetch;
+
 typedef struct remote_drafter {
     td_drafter base;
+    prefetch pf;
+    int64_t hits, misses;
     td_coord *c;
     char role[16];
     char req[40];
@@ -43,19 +63,10 @@ static void give_back(remote_drafter *d, bool failed) {
     d->key = 0;
 }
 
-static int rd_propose(td_drafter *base, int32_t seq, const int32_t *history, size_t n, int32_t max_nodes,
-                      td_draft *out) {
-    remote_drafter *d = (remote_drafter *)base;
-    (void)seq;
+/* One Draft call; 0 or the gRPC code. */
+static int draft_call(remote_drafter *d, const int32_t *history, size_t n, int32_t max_nodes, td_draft *out,
+                      td_net_status *st) {
     out->n = 0;
-    if (max_nodes <= 0 || td_now_sec() < d->quiet_until) return TD_OK;
-    if (!d->w) {
-        if (!(d->w = td_coord_members_pick(d->c->members, d->role, NULL, NULL))) {
-            d->quiet_until = td_now_sec() + RETRY_AFTER_SEC;
-            return TD_OK;
-        }
-        d->key = atomic_fetch_add(&d->c->next_seq, 1);
-    }
     Tandem__V1__DraftRequest q = TANDEM__V1__DRAFT_REQUEST__INIT;
     Tandem__V1__Sampling smp = TANDEM__V1__SAMPLING__INIT;
     smp.temperature = d->sp.temperature;
@@ -72,15 +83,9 @@ static int rd_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
     q.max_nodes = max_nodes;
     q.sampling = &smp;
     ProtobufCMessage *resp = NULL;
-    td_net_status st;
-    if (td_net_unary(d->w->ch, "/tandem.v1.Worker/Draft", &q.base, &tandem__v1__draft_response__descriptor, &resp,
-                     DRAFT_TIMEOUT_MS, NULL, 0, &st) != TD_NET_OK) {
-        td_log(TD_LOG_WARN, d->req, "%s on %s failed (%s: %s): drafting without it for %.0f s", d->name, d->w->id,
-               td_net_code_name(st.code), st.msg, RETRY_AFTER_SEC);
-        give_back(d, true);
-        d->quiet_until = td_now_sec() + RETRY_AFTER_SEC;
-        return TD_OK;
-    }
+    int code = td_net_unary(d->w->ch, "/tandem.v1.Worker/Draft", &q.base, &tandem__v1__draft_response__descriptor,
+                            &resp, DRAFT_TIMEOUT_MS, NULL, 0, st);
+    if (code != TD_NET_OK) return code;
     const Tandem__V1__DraftResponse *r = (const Tandem__V1__DraftResponse *)resp;
     size_t k = r->n_tokens;
     if (k > (size_t)max_nodes || r->n_parents != k) k = 0; /* a malformed answer is no answer */
@@ -92,12 +97,104 @@ static int rd_propose(td_drafter *base, int32_t seq, const int32_t *history, siz
     }
     out->n = (int32_t)k;
     protobuf_c_message_free_unpacked(resp, NULL);
+    return TD_NET_OK;
+}
+
+static void *prefetch_run(void *arg) {
+    remote_drafter *d = arg;
+    prefetch *pf = &d->pf;
+    pf->ok = draft_call(d, pf->hist, pf->n, pf->max_nodes, &pf->out, &pf->st) == TD_NET_OK;
+    return NULL;
+}
+
+static void prefetch_join(remote_drafter *d) {
+    if (!d->pf.running) return;
+    pthread_join(d->pf.th, NULL);
+    d->pf.running = false;
+}
+
+/* Whether node j of a proposal continues node j-1 (a chain). */
+static bool is_chain(const td_draft *p) {
+    for (int32_t j = 0; j < p->n; j++)
+        if (p->parent[j] != j - 1) return false;
+    return true;
+}
+
+/* Starts drafting window i+1 while window i (out) is verified. */
+static void prefetch_start(remote_drafter *d, const int32_t *history, size_t n, const td_draft *out, int32_t max_nodes) {
+    prefetch *pf = &d->pf;
+    pf->ok = false;
+    if (!d->c->overlap || out->n <= 0 || !is_chain(out) || max_nodes + 1 > TD_DRAFT_MAX) return;
+    size_t need = n + (size_t)out->n;
+    if (need > pf->cap) {
+        int32_t *h = realloc(pf->hist, need * 2 * sizeof *h);
+        if (!h) return;
+        pf->hist = h;
+        pf->cap = need * 2;
+    }
+    memcpy(pf->hist, history, n * sizeof *history);
+    memcpy(pf->hist + n, out->token, (size_t)out->n * sizeof(int32_t));
+    pf->n = need;
+    pf->max_nodes = max_nodes + 1; /* the guessed target token, then window i+1 */
+    pf->running = pthread_create(&pf->th, NULL, prefetch_run, d) == 0;
+}
+
+/* Window i+1 from the prefetch, if the history is what it guessed. */
+static bool prefetch_take(remote_drafter *d, const int32_t *history, size_t n, int32_t max_nodes, td_draft *out) {
+    prefetch *pf = &d->pf;
+    if (!pf->ok || pf->out.n < 2 || n != pf->n + 1 || memcmp(history, pf->hist, pf->n * sizeof *history) != 0 ||
+        history[n - 1] != pf->out.token[0])
+        return false;
+    int32_t k = pf->out.n - 1 < max_nodes ? pf->out.n - 1 : max_nodes;
+    for (int32_t j = 0; j < k; j++) {
+        out->token[j] = pf->out.token[j + 1];
+        out->parent[j] = j - 1;
+        out->prob[j] = pf->out.prob[j + 1];
+        out->conf[j] = pf->out.conf[j + 1];
+    }
+    out->n = k;
+    return true;
+}
+
+static int rd_propose(td_drafter *base, int32_t seq, const int32_t *history, size_t n, int32_t max_nodes,
+                      td_draft *out) {
+    remote_drafter *d = (remote_drafter *)base;
+    (void)seq;
+    out->n = 0;
+    prefetch_join(d);
+    if (max_nodes <= 0 || td_now_sec() < d->quiet_until) return TD_OK;
+    if (!d->w) {
+        if (!(d->w = td_coord_members_pick(d->c->members, d->role, NULL, NULL))) {
+            d->quiet_until = td_now_sec() + RETRY_AFTER_SEC;
+            return TD_OK;
+        }
+        d->key = atomic_fetch_add(&d->c->next_seq, 1);
+        d->pf.ok = false;
+    }
+    if (prefetch_take(d, history, n, max_nodes, out)) {
+        d->hits++;
+    } else {
+        d->misses += d->pf.ok;
+        td_net_status st;
+        if (draft_call(d, history, n, max_nodes, out, &st) != TD_NET_OK) {
+            td_log(TD_LOG_WARN, d->req, "%s on %s failed (%s: %s): drafting without it for %.0f s", d->name, d->w->id,
+                   td_net_code_name(st.code), st.msg, RETRY_AFTER_SEC);
+            give_back(d, true);
+            d->quiet_until = td_now_sec() + RETRY_AFTER_SEC;
+            out->n = 0;
+            return TD_OK;
+        }
+    }
+    prefetch_start(d, history, n, out, max_nodes);
     return TD_OK;
 }
 
 static void rd_reset(td_drafter *base, int32_t seq) {
     (void)seq;
-    give_back((remote_drafter *)base, false);
+    remote_drafter *d = (remote_drafter *)base;
+    prefetch_join(d);
+    d->pf.ok = false;
+    give_back(d, false);
 }
 
 static void rd_set_params(td_drafter *base, int32_t seq, const td_sample_params *sp) {
@@ -107,7 +204,12 @@ static void rd_set_params(td_drafter *base, int32_t seq, const td_sample_params 
 
 static void rd_destroy(td_drafter *base) {
     remote_drafter *d = (remote_drafter *)base;
+    prefetch_join(d);
+    if (d->hits + d->misses > 0)
+        td_log(TD_LOG_DEBUG, d->req, "%s: %lld of %lld overlapped drafts used", d->name, (long long)d->hits,
+               (long long)(d->hits + d->misses));
     give_back(d, false);
+    free(d->pf.hist);
     free(d);
 }
 

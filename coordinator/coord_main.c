@@ -37,6 +37,8 @@ static void usage(FILE *f) {
           "                          twice this (default 2000)\n"
           "  --write-timeout-ms MS   cancel a stream whose client reads nothing this long (default 10000)\n"
           "  --grace-ms MS           on SIGTERM, time requests get to finish (default 5000)\n"
+          "  --no-overlap            draft models draft only after verification returns (benchmarks;\n"
+          "                          by default window i+1 is drafted while window i is verified)\n"
           "  --log-level LEVEL       debug, info (default), warn, error\n",
           f);
 }
@@ -58,6 +60,7 @@ int main(int argc, char **argv) {
     const char *listen = NULL, *health_listen = NULL, *etcd_ep = NULL, *cluster = "default";
     const char *statics[MAX_STATIC];
     int n_static = 0;
+    bool overlap = true;
     long max_calls = 64, max_tokens = 128, step_ms = 2000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
@@ -65,6 +68,7 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        if (!strcmp(a, "--no-overlap")) { overlap = false; continue; }
         if (!v) { fprintf(stderr, "tandem-coordinator: unknown option or missing value: %s\n", a); usage(stderr); return 2; }
         i++;
         if (!strcmp(a, "--listen")) listen = v;
@@ -106,7 +110,7 @@ int main(int argc, char **argv) {
     td_err err = {0};
     int status = 1;
     td_coord c = {.max_tokens_default = (int32_t)max_tokens, .step_timeout_min_ms = (int32_t)step_ms,
-                  .write_timeout_ms = (int32_t)write_ms, .next_seq = 1};
+                  .write_timeout_ms = (int32_t)write_ms, .overlap = overlap, .next_seq = 1};
     td_net_server *srv = NULL, *hsrv = NULL;
     td_net_health *health = NULL;
     td_etcd *etcd = NULL;
