@@ -121,7 +121,8 @@ int main(int argc, char **argv) {
         td_coord_request_id(NULL, id);
         c.next_seq = strtoull(id, NULL, 16) & ~0xffffffULL;
     }
-    if (!(c.members = td_coord_members_create((int32_t)keepalive_ms, &err)) || !(c.models = td_coord_models_create(&err)))
+    if (!(c.members = td_coord_members_create((int32_t)keepalive_ms, &err)) || !(c.models = td_coord_models_create(&err)) ||
+        !(c.learned = td_spec_learned_create(&err)))
         goto out;
     for (int i = 0; i < n_static; i++) {
         const char *eq = strchr(statics[i], '=');
@@ -187,6 +188,7 @@ out:
     td_etcd_close(etcd);
     td_net_health_destroy(health);
     td_coord_models_destroy(c.models);
+    td_spec_learned_destroy(c.learned);
     td_coord_members_destroy(c.members);
     td_log(TD_LOG_INFO, NULL, "stopped");
     return status;

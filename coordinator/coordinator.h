@@ -92,6 +92,7 @@ typedef struct td_coord {
     int32_t step_timeout_min_ms;   /* per-step deadline floor; scaled up from measured step time */
     int32_t write_timeout_ms;      /* a client that does not read for this long is cancelled */
     bool overlap;                  /* remote drafters draft window i+1 while window i is verified */
+    td_spec_learned *learned;      /* the planner's statistics, carried from request to request */
     _Atomic uint64_t next_seq;     /* sequence keys on workers */
 } td_coord;
 

@@ -81,7 +81,7 @@ int td_worker_commit(td_worker_engine *e, const char *req, uint64_t key, const i
 /* Draft from the drafter model (drafter role) or layer-skip (verifier). */
 int td_worker_draft(td_worker_engine *e, const char *req, uint64_t key, const int32_t *history, size_t n,
                     int32_t max_nodes, const td_sample_params *sp, td_draft *out, td_err *err);
-bool td_worker_release(td_worker_engine *e, uint64_t key);
+bool td_worker_release(td_worker_engine *e, const char *req, uint64_t key);
 /* Frees sequences unused for idle_timeout seconds (a coordinator that died
  * or lost touch); the main loop calls it every second. */
 void td_worker_engine_reclaim(td_worker_engine *e);

@@ -267,8 +267,8 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
         pthread_mutex_unlock(&e->mu);
         if (rc == TD_OK) {
             *cached = td_kv_seq_len(e->kv, idx);
-            td_log(TD_LOG_DEBUG, req, "opened sequence %016llx in slot %d: %zu prompt tokens", (unsigned long long)key,
-                   idx, n);
+            td_log(TD_LOG_INFO, req, "opened sequence %016llx: %zu prompt tokens, %lld cache tokens reserved",
+                   (unsigned long long)key, n, (long long)want);
         }
     }
     give_pass(e);
@@ -392,7 +392,7 @@ int td_worker_commit(td_worker_engine *e, const char *req, uint64_t key, const i
     return rc;
 }
 
-bool td_worker_release(td_worker_engine *e, uint64_t key) {
+bool td_worker_release(td_worker_engine *e, const char *req, uint64_t key) {
     bool found = false;
     take_pass(e);
     pthread_mutex_lock(&e->mu);
@@ -411,6 +411,7 @@ bool td_worker_release(td_worker_engine *e, uint64_t key) {
     }
     pthread_mutex_unlock(&e->mu);
     give_pass(e);
+    if (found) td_log(TD_LOG_INFO, req, "released sequence %016llx", (unsigned long long)key);
     return found;
 }
 

@@ -258,7 +258,7 @@ static void on_release(td_net_call *c, const ProtobufCMessage *msg, void *user) 
     td_worker_engine *e = user;
     const Tandem__V1__ReleaseRequest *q = (const Tandem__V1__ReleaseRequest *)msg;
     Tandem__V1__ReleaseResponse r = TANDEM__V1__RELEASE_RESPONSE__INIT;
-    r.found = td_worker_release(e, q->seq);
+    r.found = td_worker_release(e, q->request_id, q->seq);
     td_net_call_reply(c, &r.base);
 }
 

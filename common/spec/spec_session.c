@@ -10,6 +10,7 @@
  * finish or are cancelled; the planner's statistics live as long as the
  * session.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,7 +32,15 @@ typedef struct sess_seq {
     double t_start;        /* decoding start */
 } sess_seq;
 
+struct td_spec_learned {
+    pthread_mutex_t mu;
+    bool have;
+    td_spec_plan plan;
+    float score[MAX_DRAFTERS];
+};
+
 struct td_spec_session {
+    td_spec_learned *learned;
     const td_tok *tok;
     int32_t n_vocab;
     td_target *target;
@@ -101,8 +110,49 @@ static void free_seq(td_spec_session *s, int32_t seq) {
     *q = (sess_seq){0};
 }
 
+td_spec_learned *td_spec_learned_create(td_err *err) {
+    td_spec_learned *l = calloc(1, sizeof *l);
+    if (!l) {
+        td_err_set(err, TD_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&l->mu, NULL);
+    return l;
+}
+
+void td_spec_learned_destroy(td_spec_learned *l) {
+    if (!l) return;
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+void td_spec_session_attach(td_spec_session *s, td_spec_learned *l) {
+    s->learned = l;
+    if (!l) return;
+    pthread_mutex_lock(&l->mu);
+    if (l->have) {
+        /* a fixed row cost asked for by this session's parameters stays */
+        bool learn_cost = s->plan.learn_cost;
+        double row_cost = s->plan.row_cost;
+        s->plan = l->plan;
+        if (!learn_cost) {
+            s->plan.learn_cost = false;
+            s->plan.row_cost = row_cost;
+        }
+        memcpy(s->score, l->score, sizeof s->score);
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
 void td_spec_session_destroy(td_spec_session *s) {
     if (!s) return;
+    if (s->learned) {
+        pthread_mutex_lock(&s->learned->mu);
+        s->learned->plan = s->plan;
+        memcpy(s->learned->score, s->score, sizeof s->score);
+        s->learned->have = true;
+        pthread_mutex_unlock(&s->learned->mu);
+    }
     if (s->seqs)
         for (int32_t i = 0; i < s->max_seqs; i++)
             if (s->seqs[i].req) {
