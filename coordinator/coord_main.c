@@ -160,11 +160,22 @@ int main(int argc, char **argv) {
     fflush(stdout);
 
     int last_ready = -1;
+    double etcd_down_since = td_now_sec(), last_warn = 0;
     for (;;) {
         int sig = td_net_signals_wait(500);
         if (sig) {
             td_log(TD_LOG_INFO, NULL, "signal %d: shutting down (grace %ld ms)", sig, grace_ms);
             break;
+        }
+        if (watch) {
+            if (td_etcd_watch_alive(watch)) etcd_down_since = 0;
+            else if (etcd_down_since == 0) etcd_down_since = td_now_sec();
+            if (etcd_down_since > 0 && td_now_sec() - etcd_down_since > 3 && td_now_sec() - last_warn > 10) {
+                td_log(TD_LOG_WARN, NULL, "etcd %s unreachable for %.0f s: serving the %d workers known, retrying", etcd_ep,
+                       td_now_sec() - etcd_down_since, td_coord_members_count(c.members, "verifier", NULL) +
+                                                           td_coord_members_count(c.members, "drafter", NULL));
+                last_warn = td_now_sec();
+            }
         }
         bool ready = td_coord_members_count(c.members, "verifier", NULL) > 0 && (!watch || td_etcd_watch_alive(watch));
         if ((int)ready != last_ready) {

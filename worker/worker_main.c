@@ -178,6 +178,7 @@ int main(int argc, char **argv) {
     /* Main loop: wait for a signal; meanwhile report load changes to etcd. */
     bool was_alive = false;
     int32_t last_load = -1;
+    double down_since = td_now_sec(), last_warn = 0;
     for (;;) {
         int sig = td_net_signals_wait(1000);
         if (sig) {
@@ -190,6 +191,13 @@ int main(int argc, char **argv) {
             if (alive != was_alive)
                 td_log(alive ? TD_LOG_INFO : TD_LOG_WARN, NULL, "etcd registration %s (generation %d)",
                        alive ? "live" : "lost, retrying", td_etcd_reg_generation(reg));
+            if (alive) down_since = 0;
+            else if (down_since == 0) down_since = td_now_sec();
+            if (!alive && td_now_sec() - down_since > 3 && td_now_sec() - last_warn > 10) {
+                td_log(TD_LOG_WARN, NULL, "etcd %s unreachable for %.0f s: not registered, still serving, retrying",
+                       cfg.etcd, td_now_sec() - down_since);
+                last_warn = td_now_sec();
+            }
             was_alive = alive;
             td_worker_stats st;
             td_worker_engine_stats(e, &st);
