@@ -201,7 +201,7 @@ static void copy_result(const Tandem__V1__NodeResult *m, td_node_result *r) {
     r->sample = m->sample;
     r->logprob = m->logprob;
     r->n_top = (int32_t)(m->n_top < TD_TARGET_TOP_MAX ? m->n_top : TD_TARGET_TOP_MAX);
-    memcpy(r->top, m->top, (size_t)r->n_top * sizeof(int32_t));
+    if (r->n_top) memcpy(r->top, m->top, (size_t)r->n_top * sizeof(int32_t));
     r->n_alt = (int32_t)(m->n_alternatives < TD_TARGET_ALT_MAX ? m->n_alternatives : TD_TARGET_ALT_MAX);
     for (int32_t a = 0; a < r->n_alt; a++) {
         r->alt_id[a] = m->alternatives[a]->id;
@@ -239,7 +239,7 @@ static int rt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
             }
             for (size_t i = 0; i < r->n_nodes; i++) copy_result(r->nodes[i], &it->nodes[i]);
             it->n_path = (int32_t)r->n_path;
-            memcpy(it->path, r->path, r->n_path * sizeof(int32_t));
+            if (r->n_path) memcpy(it->path, r->path, r->n_path * sizeof(int32_t));
             if (pass) *pass = (td_pass_info){r->pass_sec, r->pass_rows};
             protobuf_c_message_free_unpacked(resp, NULL);
             /* remember the walk: commit appends it, a move re-opens after it */

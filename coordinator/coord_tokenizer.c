@@ -70,7 +70,7 @@ const td_coord_model *td_coord_models_get(td_coord_models *c, td_coord_worker *w
         rc = td_err_set(err, TD_E_NOMEM, "out of memory");
         goto fail;
     }
-    memcpy(m->gguf_bytes, r->tokenizer_gguf.data, r->tokenizer_gguf.len);
+    if (r->tokenizer_gguf.len) memcpy(m->gguf_bytes, r->tokenizer_gguf.data, r->tokenizer_gguf.len);
     snprintf(m->model_id, sizeof m->model_id, "%s", r->model_id);
     snprintf(m->model_name, sizeof m->model_name, "%s", r->model_name);
     snprintf(m->fingerprint, sizeof m->fingerprint, "%s", r->fingerprint);

@@ -76,8 +76,10 @@ static void on_verify(td_net_call *c, const ProtobufCMessage *msg, void *user) {
         return fail(c, q->request_id, TD_E_ARG, &err);
     }
     td_draft tree = {.n = (int32_t)q->n_tokens};
-    memcpy(tree.token, q->tokens, q->n_tokens * sizeof(int32_t));
-    memcpy(tree.parent, q->parents, q->n_parents * sizeof(int32_t));
+    if (q->n_tokens) { /* an empty repeated field is a NULL array */
+        memcpy(tree.token, q->tokens, q->n_tokens * sizeof(int32_t));
+        memcpy(tree.parent, q->parents, q->n_parents * sizeof(int32_t));
+    }
     td_node_result *nodes = malloc((q->n_tokens + 1) * sizeof *nodes);
     Tandem__V1__NodeResult *nr = malloc((q->n_tokens + 1) * sizeof *nr);
     Tandem__V1__NodeResult **nrp = malloc((q->n_tokens + 1) * sizeof *nrp);

@@ -67,6 +67,7 @@ ap.add_argument("--model", default=os.path.join(os.environ.get("XDG_CACHE_HOME",
                                                 "tandem", "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
 ap.add_argument("--build", default=os.path.join(ROOT, "build"))
 ap.add_argument("--prompts", default="/work/shared/bench/spec_bench.jsonl")
+ap.add_argument("--coordinator-args", default="", help="extra coordinator options, e.g. \"--step-timeout-ms 10000\"")
 ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir of logs even on success")
 args = ap.parse_args()
 
@@ -210,10 +211,15 @@ class Cluster:
                     WORKER, "--role", "drafter", "--model", args.model, "--listen", "127.0.0.1:%d" % port,
                     "--threads", "1", "--id", "drafter-1"]))
                 workers.append("drafter=127.0.0.1:%d" % port)
+            # Start the coordinator only once every worker accepts connections: in static mode it reports
+            # SERVING at once, and a first connection refused puts its channel to the worker into gRPC's
+            # reconnect backoff (the first request then waited ~4.5 s for it in our runs).
+            self._wait_listening([w.split("=", 1)[1] for w in workers])
             port = free_port()
             argv = [COORD, "--listen", "127.0.0.1:%d" % port, "--max-calls", "64"]
             for w in workers:
                 argv += ["--worker", w]
+            argv += args.coordinator_args.split()
             self.entries.append(spawn("coordinator" + tag, argv))
             self.addr = "127.0.0.1:%d" % port
             # short reconnect backoff: the first attempts precede the coordinator's listen(), and gRPC's
@@ -227,14 +233,31 @@ class Cluster:
             self.close()
             raise
 
+    def _wait_listening(self, addrs, timeout=60):
+        t_end = time.time() + timeout
+        for a in addrs:
+            host, port = a.rsplit(":", 1)
+            while True:
+                self._check_alive()
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                    break
+                except OSError:
+                    if time.time() > t_end:
+                        raise RuntimeError("worker at %s not listening after %d s" % (a, timeout))
+                    time.sleep(0.05)
+
+    def _check_alive(self):
+        for p, name, path in self.entries:
+            if p.poll() is not None:
+                raise RuntimeError("%s exited with %s; log %s:\n%s" % (name, p.returncode, path, tail(path)))
+
     def _wait_ready(self, n_ver, n_dra, timeout=90):
         health = health_pb2_grpc.HealthStub(self.channel)
         t_end = time.time() + timeout
         last = None
         while time.time() < t_end:
-            for p, name, path in self.entries:
-                if p.poll() is not None:
-                    raise RuntimeError("%s exited with %s; log %s:\n%s" % (name, p.returncode, path, tail(path)))
+            self._check_alive()
             try:
                 h = health.Check(health_pb2.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2)
                 if h.status == health_pb2.HealthCheckResponse.SERVING:
