@@ -31,8 +31,9 @@ static void usage(FILE *f) {
           "                          repeatable\n"
           "  --max-calls N           requests in flight at most; more get RESOURCE_EXHAUSTED (default 64)\n"
           "  --max-tokens N          default max_tokens of Generate (default 128)\n"
-          "  --step-timeout-ms MS    floor of the per-step deadline on verifiers (default 2000); a step\n"
-          "                          may also take 20x the measured step time\n"
+          "  --step-timeout-ms MS    floor of the per-step deadline on verifiers (default 10000); a step\n"
+          "                          may also take 20x the measured step time. A hung verifier is\n"
+          "                          usually caught sooner, by keepalive\n"
           "  --keepalive-ms MS       HTTP/2 keepalive to workers: a hung worker is dropped after about\n"
           "                          twice this (default 2000)\n"
           "  --write-timeout-ms MS   cancel a stream whose client reads nothing this long (default 10000)\n"
@@ -61,7 +62,7 @@ int main(int argc, char **argv) {
     const char *statics[MAX_STATIC];
     int n_static = 0;
     bool overlap = true;
-    long max_calls = 64, max_tokens = 128, step_ms = 2000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
+    long max_calls = 64, max_tokens = 128, step_ms = 10000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
     for (int i = 1; i < argc; i++) {

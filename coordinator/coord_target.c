@@ -31,6 +31,9 @@ typedef struct remote_seq {
     td_draft tree;
     int32_t walk[TD_DRAFT_MAX], n_walk;
     int32_t walk_sample[TD_DRAFT_MAX + 1];
+    /* the last commit, not yet sent: it rides on the next Verify */
+    bool commit_pending;
+    int32_t commit_path[TD_DRAFT_MAX], n_commit;
 } remote_seq;
 
 typedef struct remote_target {
@@ -153,14 +156,18 @@ static int move(remote_target *t, const td_net_status *why, td_err *err) {
     for (int attempt = 0; attempt < MAX_MOVES; attempt++) {
         if (t->deadline_at != INT64_MAX && td_coord_now_ms() >= t->deadline_at)
             return td_err_set(err, TD_COORD_E_GRPC(TD_NET_DEADLINE_EXCEEDED), "deadline exceeded");
-        t->w = td_coord_members_pick(t->c->members, "verifier", t->fingerprint[0] ? t->fingerprint : NULL,
-                                     lost[0] ? lost : NULL);
+        const char *fp = t->fingerprint[0] ? t->fingerprint : NULL;
+        t->w = td_coord_members_pick(t->c->members, "verifier", fp, lost[0] ? lost : NULL);
+        /* the lost one again as a last resort: overloaded is not dead, and a
+         * dead one refuses the connection at once */
+        if (!t->w && lost[0]) t->w = td_coord_members_pick(t->c->members, "verifier", fp, NULL);
         if (!t->w)
             return td_err_set(err, TD_COORD_E_GRPC(TD_NET_UNAVAILABLE), "no %sverifier available%s%s",
                               t->fingerprint[0] ? "compatible " : "", lost[0] ? " (lost " : "", lost[0] ? lost : "");
         if (lost[0] || t->moves > 0) t->moves++;
         int code = prefill_on(t, &st);
         if (code == TD_NET_OK) {
+            t->seq.commit_pending = false; /* the new worker has the whole history */
             if (lost[0]) td_log(TD_LOG_INFO, t->req, "sequence re-opened on %s from %zu tokens", t->w->id, t->seq.n_hist);
             return TD_OK;
         }
@@ -223,6 +230,9 @@ static int rt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
         q.n_tokens = q.n_parents = (size_t)d->n;
         q.tokens = (int32_t *)d->token;
         q.parents = (int32_t *)d->parent;
+        q.commit = s->commit_pending;
+        q.n_commit_path = s->commit_pending ? (size_t)s->n_commit : 0;
+        q.commit_path = s->commit_path;
         ProtobufCMessage *resp = NULL;
         td_net_status st;
         double t0 = td_now_sec();
@@ -230,6 +240,7 @@ static int rt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
                                 step_budget(t), NULL, 0, &st);
         if (code == TD_NET_OK) {
             const Tandem__V1__VerifyResponse *r = (const Tandem__V1__VerifyResponse *)resp;
+            s->commit_pending = false;
             double dt = td_now_sec() - t0;
             t->step_sec = t->step_sec > 0 ? 0.8 * t->step_sec + 0.2 * dt : dt;
             if (r->n_nodes != (size_t)d->n + 1 || r->n_path > (size_t)d->n) {
@@ -273,21 +284,12 @@ static int rt_commit(td_target *base, int32_t seq, const int32_t *path, int32_t 
     for (int32_t k = 0; k < n_path; k++) s->hist[s->n_hist++] = s->tree.token[path[k]];
     s->hist[s->n_hist++] = s->walk_sample[n_path];
     s->verified = false;
-    Tandem__V1__CommitRequest q = TANDEM__V1__COMMIT_REQUEST__INIT;
-    q.request_id = t->req;
-    q.seq = s->key;
-    q.n_path = (size_t)n_path;
-    q.path = (int32_t *)path;
-    ProtobufCMessage *resp = NULL;
-    td_net_status st;
-    int code = td_net_unary(t->w->ch, W "Commit", &q.base, &tandem__v1__commit_response__descriptor, &resp,
-                            step_budget(t), NULL, 0, &st);
-    if (code == TD_NET_OK) {
-        protobuf_c_message_free_unpacked(resp, NULL);
-        return TD_OK;
-    }
-    if (!worker_failed(code)) return td_err_set(err, TD_COORD_E_GRPC(code), "verifier %s: %s", t->w->id, st.msg);
-    return move(t, &st, err); /* re-opened with the committed history */
+    /* sent with the next Verify (one round trip a step, not two) */
+    s->commit_pending = true;
+    s->n_commit = n_path;
+    memcpy(s->commit_path, path, (size_t)n_path * sizeof *path);
+    (void)err;
+    return TD_OK;
 }
 
 static void rt_release(td_target *base, int32_t seq) {
@@ -305,7 +307,7 @@ static void rt_destroy(td_target *base) {
     free(t);
 }
 
-static const td_target_ops remote_ops = {rt_open, rt_verify, rt_commit, rt_release, rt_destroy};
+static const td_target_ops remote_ops = {rt_open, rt_verify, rt_commit, NULL, rt_release, rt_destroy};
 
 td_target *td_coord_target_create(td_coord *c, const char *request_id, const char *fingerprint,
                                   int64_t deadline_at_ms, td_err *err) {

@@ -46,6 +46,7 @@ typedef struct td_worker_config {
     int64_t max_tokens;          /* cache tokens reserved by open sequences at most */
     int32_t ctx;                 /* longest sequence */
     int32_t max_rows;            /* rows of one forward pass */
+    int32_t prefill_chunk;       /* prompt tokens per pass; verifications run between chunks */
     int32_t lease_ttl;           /* seconds */
     int32_t idle_timeout;        /* seconds a sequence may sit unused before it is reclaimed */
     int32_t max_calls;
@@ -74,8 +75,11 @@ const td_tok *td_worker_engine_tok(const td_worker_engine *e);
 
 int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const td_target_seq_params *p,
                       const int32_t *tokens, size_t n, int32_t *cached, td_err *err);
-int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const td_draft *tree,
-                     td_node_result *nodes, int32_t *path, int32_t *n_path, td_pass_info *pass, td_err *err);
+/* commit_path (may be NULL: nothing to commit) is the previous step's
+ * Commit, applied in the pass that verifies tree. */
+int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const int32_t *commit_path, int32_t n_commit,
+                     const td_draft *tree, td_node_result *nodes, int32_t *path, int32_t *n_path, td_pass_info *pass,
+                     td_err *err);
 int td_worker_commit(td_worker_engine *e, const char *req, uint64_t key, const int32_t *path, int32_t n_path,
                      int32_t *cached, td_err *err);
 /* Draft from the drafter model (drafter role) or layer-skip (verifier). */

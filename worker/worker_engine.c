@@ -32,6 +32,8 @@ typedef struct slot {
 /* One Verify call waiting for (or riding in) a pass. */
 typedef struct waiter {
     td_verify_item item;
+    const int32_t *commit_path;  /* NULL: nothing to commit first */
+    int32_t n_commit;
     int32_t rows;
     bool taken, done;
     int rc;
@@ -138,6 +140,7 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     const td_hparams *hp = td_model_hparams(e->model);
     if (e->cfg.ctx <= 0) e->cfg.ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
     if (e->cfg.max_rows <= 0) e->cfg.max_rows = 256;
+    if (e->cfg.prefill_chunk <= 0 || e->cfg.prefill_chunk > e->cfg.max_rows) e->cfg.prefill_chunk = e->cfg.max_rows < 64 ? e->cfg.max_rows : 64;
     if (e->cfg.max_seqs <= 0) e->cfg.max_seqs = 16;
     if (e->cfg.max_tokens <= 0) e->cfg.max_tokens = (int64_t)e->cfg.max_seqs * e->cfg.ctx;
     if (!(e->pool = td_pool_create(cfg->threads > 0 ? cfg->threads : td_cpu_count(), err))) goto fail;
@@ -255,7 +258,18 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
     }
     pthread_mutex_unlock(&e->mu);
     if (rc == TD_OK) {
-        rc = e->target->ops->open(e->target, idx, p, tokens, n, err);
+        /* a long prompt goes in chunks, and verifications of other streams
+         * run between them: one stream's prefill never stalls the others
+         * for longer than a chunk */
+        size_t chunk = (size_t)e->cfg.prefill_chunk, done = n < chunk ? n : chunk;
+        rc = e->target->ops->open(e->target, idx, p, tokens, done, err);
+        while (rc == TD_OK && done < n) {
+            give_pass(e);
+            take_pass(e);
+            size_t k = n - done < chunk ? n - done : chunk;
+            rc = e->target->ops->extend(e->target, idx, tokens + done, k, err);
+            done += k;
+        }
         pthread_mutex_lock(&e->mu);
         if (rc) {
             e->reserved -= e->slots[idx].reserved;
@@ -303,6 +317,23 @@ static void run_pass(td_worker_engine *e, waiter **batch, int32_t n) {
     td_verify_item items[64];
     td_pass_info pass = {0};
     td_err err = {0};
+    /* the commits carried by these verifications come first; one that fails
+     * fails only its own call */
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; i++) {
+        waiter *w = batch[i];
+        if (w->commit_path) {
+            int rc = e->target->ops->commit(e->target, w->item.seq, w->commit_path, w->n_commit, &w->err);
+            w->commit_path = NULL;
+            if (rc) {
+                w->rc = rc;
+                continue;
+            }
+        }
+        batch[m++] = w;
+    }
+    n = m;
+    if (n == 0) return;
     for (int32_t i = 0; i < n; i++) items[i] = batch[i]->item;
     int rc = e->target->ops->verify(e->target, items, n, &pass, &err);
     if (rc == TD_OK) {
@@ -327,15 +358,19 @@ static void run_pass(td_worker_engine *e, waiter **batch, int32_t n) {
     pthread_mutex_unlock(&e->mu);
 }
 
-int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const td_draft *tree,
-                     td_node_result *nodes, int32_t *path, int32_t *n_path, td_pass_info *pass, td_err *err) {
+int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const int32_t *commit_path, int32_t n_commit,
+                     const td_draft *tree, td_node_result *nodes, int32_t *path, int32_t *n_path, td_pass_info *pass,
+                     td_err *err) {
     (void)req;
+    if (commit_path && (n_commit < 0 || n_commit > TD_DRAFT_MAX))
+        return td_err_set(err, TD_E_ARG, "commit_path: %d nodes (at most %d)", n_commit, TD_DRAFT_MAX);
     if (e->cfg.role != TD_WORKER_VERIFIER) return td_err_set(err, TD_WORKER_E_ROLE, "this worker is a drafter");
     if (tree->n < 0 || tree->n > TD_DRAFT_MAX)
         return td_err_set(err, TD_E_ARG, "tokens: %d nodes (at most %d)", tree->n, TD_DRAFT_MAX);
     int32_t idx = claim(e, key, err);
     if (idx < 0) return err->code;
-    waiter me = {.item = {.seq = idx, .tree = tree, .nodes = nodes}, .rows = 1 + tree->n};
+    waiter me = {.item = {.seq = idx, .tree = tree, .nodes = nodes}, .rows = 1 + tree->n, .commit_path = commit_path,
+                 .n_commit = n_commit};
     pthread_mutex_lock(&e->mu);
     if (e->queue_tail) e->queue_tail->next = &me;
     else e->queue_head = &me;
@@ -355,10 +390,12 @@ int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const t
                 rows += w->rows;
                 batch[n++] = w;
             }
+            waiter *taken[64];
+            memcpy(taken, batch, (size_t)n * sizeof *batch);
             pthread_mutex_unlock(&e->mu);
             run_pass(e, batch, n);
             pthread_mutex_lock(&e->mu);
-            for (int32_t i = 0; i < n; i++) batch[i]->done = true;
+            for (int32_t i = 0; i < n; i++) taken[i]->done = true;
             e->pass_busy = false;
             pthread_cond_broadcast(&e->cv);
         } else {

@@ -64,6 +64,7 @@ static void on_prefill(td_net_call *c, const ProtobufCMessage *msg, void *user) 
 }
 
 static void on_verify(td_net_call *c, const ProtobufCMessage *msg, void *user) {
+    static const int32_t empty_path[1] = {0}; /* "commit nothing" is not "no commit" */
     td_worker_engine *e = user;
     const Tandem__V1__VerifyRequest *q = (const Tandem__V1__VerifyRequest *)msg;
     td_err err = {0};
@@ -92,7 +93,10 @@ static void on_verify(td_net_call *c, const ProtobufCMessage *msg, void *user) {
     }
     int32_t path[TD_DRAFT_MAX], n_path = 0;
     td_pass_info pass = {0};
-    int rc = td_worker_verify(e, q->request_id, q->seq, &tree, nodes, path, &n_path, &pass, &err);
+    int rc = q->n_commit_path > TD_DRAFT_MAX
+                 ? td_err_set(&err, TD_E_ARG, "commit_path: %zu nodes (at most %d)", q->n_commit_path, TD_DRAFT_MAX)
+                 : td_worker_verify(e, q->request_id, q->seq, q->commit ? (q->n_commit_path ? q->commit_path : empty_path) : NULL,
+                                    (int32_t)q->n_commit_path, &tree, nodes, path, &n_path, &pass, &err);
     if (rc) {
         fail(c, q->request_id, rc, &err);
         goto done;

@@ -231,6 +231,11 @@ typedef struct td_target_ops {
     int (*verify)(td_target *t, td_verify_item *items, int32_t n_items, td_pass_info *pass, td_err *err);
     /* Keeps path[0..n_path), a prefix of the last verify's walk of seq. */
     int (*commit)(td_target *t, int32_t seq, const int32_t *path, int32_t n_path, td_err *err);
+    /* Appends tokens[0..n) (n >= 1) to an open sequence between steps (not
+     * after a verify without commit): the pending token and all but the
+     * last are cached, the last becomes pending. Lets a long prompt be
+     * prefilled in chunks, with other work between them. May be NULL. */
+    int (*extend)(td_target *t, int32_t seq, const int32_t *tokens, size_t n, td_err *err);
     void (*release)(td_target *t, int32_t seq);
     void (*destroy)(td_target *t);
 } td_target_ops;

@@ -246,6 +246,32 @@ static int lt_commit(td_target *base, int32_t seq, const int32_t *path, int32_t 
     return TD_OK;
 }
 
+static int lt_extend(td_target *base, int32_t seq, const int32_t *tokens, size_t n, td_err *err) {
+    local_target *t = (local_target *)base;
+    if (seq < 0 || seq >= t->max_seqs || !t->seqs[seq].open) return td_err_set(err, TD_E_ARG, "sequence %d is not open", seq);
+    local_seq *s = &t->seqs[seq];
+    if (s->verified) return td_err_set(err, TD_E_ARG, "sequence %d: extend after verify without commit", seq);
+    if (n == 0) return TD_OK;
+    if (s->n_hist + n >= (size_t)td_kv_max_len(t->kv))
+        return td_err_set(err, TD_E_RANGE, "%zu tokens do not fit the context of %d", s->n_hist + n, td_kv_max_len(t->kv));
+    size_t need = s->n_hist + n + (size_t)(s->p.max_new_tokens > 0 ? s->p.max_new_tokens : 0) + TD_DRAFT_MAX + 2;
+    if (need > s->cap) {
+        int32_t *h = realloc(s->hist, need * sizeof *h);
+        if (!h) return td_err_set(err, TD_E_NOMEM, "out of memory");
+        s->hist = h;
+        s->cap = need;
+    }
+    memcpy(s->hist + s->n_hist, tokens, n * sizeof *tokens);
+    /* the pending token and tokens[0..n-1) go into the cache */
+    int rc = td_gen_prefill(t->ctx, t->kv, seq, (int32_t)s->n_hist - 1, s->hist + s->n_hist - 1, n, 0, NULL, err);
+    if (rc) {
+        td_kv_truncate(t->kv, seq, (int32_t)s->n_hist - 1);
+        return rc;
+    }
+    s->n_hist += n;
+    return TD_OK;
+}
+
 static void lt_release(td_target *base, int32_t seq) {
     local_target *t = (local_target *)base;
     if (seq < 0 || seq >= t->max_seqs || !t->seqs[seq].open) return;
@@ -266,7 +292,7 @@ static void lt_destroy(td_target *base) {
     free(t);
 }
 
-static const td_target_ops local_ops = {lt_open, lt_verify, lt_commit, lt_release, lt_destroy};
+static const td_target_ops local_ops = {lt_open, lt_verify, lt_commit, lt_extend, lt_release, lt_destroy};
 
 td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv, td_err *err) {
     if (!m || !ctx || !kv) {

@@ -68,6 +68,7 @@ ap.add_argument("--model", default=os.path.join(os.environ.get("XDG_CACHE_HOME",
 ap.add_argument("--build", default=os.path.join(ROOT, "build"))
 ap.add_argument("--prompts", default="/work/shared/bench/spec_bench.jsonl")
 ap.add_argument("--coordinator-args", default="", help="extra coordinator options, e.g. \"--step-timeout-ms 10000\"")
+ap.add_argument("--figures", default="1,3,4", help="which figures to run (1 = figures 1-2), e.g. 3")
 ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir of logs even on success")
 args = ap.parse_args()
 
@@ -222,6 +223,7 @@ class Cluster:
             argv += args.coordinator_args.split()
             self.entries.append(spawn("coordinator" + tag, argv))
             self.addr = "127.0.0.1:%d" % port
+            self._wait_port_line(self.entries[-1][2])
             # short reconnect backoff: the first attempts precede the coordinator's listen(), and gRPC's
             # default backoff (1 s, x1.6) would otherwise delay readiness by seconds
             self.channel = grpc.insecure_channel(self.addr, options=[("grpc.initial_reconnect_backoff_ms", 100),
@@ -246,6 +248,18 @@ class Cluster:
                     if time.time() > t_end:
                         raise RuntimeError("worker at %s not listening after %d s" % (a, timeout))
                     time.sleep(0.05)
+
+    def _wait_port_line(self, path, timeout=60):
+        """The coordinator prints `port N` once it listens: connect only then, so that the client's
+        channel never starts in gRPC's reconnect backoff (which delayed our first requests by seconds)."""
+        t_end = time.time() + timeout
+        while time.time() < t_end:
+            self._check_alive()
+            with open(path, errors="replace") as f:
+                if re.search(r"^port \d+$", f.read(), re.M):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("coordinator did not print its port after %d s; log %s" % (timeout, path))
 
     def _check_alive(self):
         for p, name, path in self.entries:
@@ -635,9 +649,13 @@ def main():
         sys.exit("service_bench: model %s is missing" % args.model)
     t0 = time.time()
     try:
-        fig_one_stream()
-        fig_concurrency()
-        fig_score()
+        figs = set(args.figures.split(","))
+        if "1" in figs or "2" in figs:
+            fig_one_stream()
+        if "3" in figs:
+            fig_concurrency()
+        if "4" in figs:
+            fig_score()
     except BaseException:
         _failed = True
         if RESULTS:
