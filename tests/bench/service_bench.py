@@ -197,6 +197,7 @@ class Cluster:
 
     def __init__(self, verifiers, drafter=True, tag=""):
         self.entries = []
+        self.extra_channels = []
         self.addr = None
         try:
             workers = []
@@ -212,28 +213,33 @@ class Cluster:
                     WORKER, "--role", "drafter", "--model", args.model, "--listen", "127.0.0.1:%d" % port,
                     "--threads", "1", "--id", "drafter-1"]))
                 workers.append("drafter=127.0.0.1:%d" % port)
-            # Start the coordinator only once every worker accepts connections: in static mode it reports
-            # SERVING at once, and a first connection refused puts its channel to the worker into gRPC's
-            # reconnect backoff (the first request then waited ~4.5 s for it in our runs).
+            # the coordinator starts once every worker listens (a static worker it cannot reach yet would
+            # only be retried after its channel's reconnect backoff)
             self._wait_listening([w.split("=", 1)[1] for w in workers])
-            port = free_port()
-            argv = [COORD, "--listen", "127.0.0.1:%d" % port, "--max-calls", "64"]
-            for w in workers:
-                argv += ["--worker", w]
-            argv += args.coordinator_args.split()
-            self.entries.append(spawn("coordinator" + tag, argv))
-            self.addr = "127.0.0.1:%d" % port
-            self._wait_port_line(self.entries[-1][2])
-            # short reconnect backoff: the first attempts precede the coordinator's listen(), and gRPC's
-            # default backoff (1 s, x1.6) would otherwise delay readiness by seconds
-            self.channel = grpc.insecure_channel(self.addr, options=[("grpc.initial_reconnect_backoff_ms", 100),
-                                                                     ("grpc.min_reconnect_backoff_ms", 100),
-                                                                     ("grpc.max_reconnect_backoff_ms", 200)])
-            self.stub = pbg.InferenceStub(self.channel)
-            self._wait_ready(len(verifiers), 1 if drafter else 0)
+            self.workers = workers
+            self.addr, self.channel, self.stub = self.coordinator(tag=tag)
+            self._wait_ready(self.stub, self.channel, len(verifiers), 1 if drafter else 0)
         except BaseException:
             self.close()
             raise
+
+    def coordinator(self, extra=(), tag=""):
+        """Starts a coordinator over this cluster's workers; returns (addr, channel, stub)."""
+        port = free_port()
+        argv = [COORD, "--listen", "127.0.0.1:%d" % port, "--max-calls", "64"]
+        for w in self.workers:
+            argv += ["--worker", w]
+        argv += args.coordinator_args.split() + list(extra)
+        self.entries.append(spawn("coordinator" + tag, argv))
+        addr = "127.0.0.1:%d" % port
+        # connect only once it listens: a Python channel whose first attempt is refused sits in gRPC's
+        # reconnect backoff (1 s, x1.6), which delayed our first requests by ~4.5 s
+        self._wait_port_line(self.entries[-1][2])
+        channel = grpc.insecure_channel(addr, options=[("grpc.initial_reconnect_backoff_ms", 100),
+                                                       ("grpc.min_reconnect_backoff_ms", 100),
+                                                       ("grpc.max_reconnect_backoff_ms", 200)])
+        self.extra_channels.append(channel)
+        return addr, channel, pbg.InferenceStub(channel)
 
     def _wait_listening(self, addrs, timeout=60):
         t_end = time.time() + timeout
@@ -266,8 +272,8 @@ class Cluster:
             if p.poll() is not None:
                 raise RuntimeError("%s exited with %s; log %s:\n%s" % (name, p.returncode, path, tail(path)))
 
-    def _wait_ready(self, n_ver, n_dra, timeout=90):
-        health = health_pb2_grpc.HealthStub(self.channel)
+    def _wait_ready(self, stub, channel, n_ver, n_dra, timeout=90):
+        health = health_pb2_grpc.HealthStub(channel)
         t_end = time.time() + timeout
         last = None
         while time.time() < t_end:
@@ -275,7 +281,7 @@ class Cluster:
             try:
                 h = health.Check(health_pb2.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2)
                 if h.status == health_pb2.HealthCheckResponse.SERVING:
-                    ms = self.stub.ListModels(pb.ListModelsRequest(), timeout=2).models
+                    ms = stub.ListModels(pb.ListModelsRequest(), timeout=2).models
                     last = ms
                     if ms and ms[0].verifiers >= n_ver and ms[0].drafters >= n_dra:
                         return
@@ -287,8 +293,9 @@ class Cluster:
 
     def close(self):
         try:
-            if getattr(self, "channel", None):
-                self.channel.close()
+            for ch in self.extra_channels:
+                ch.close()
+            self.extra_channels = []
         finally:
             for e in reversed(self.entries):
                 stop(e)
@@ -381,6 +388,16 @@ def local_generate(prompt, max_tokens, draft):
     return dict(tokens=n_gen, total=wall, tok_s=n_gen / wall, tpp=float(t.group(1)) if t else 1.0, text=r.stdout)
 
 
+HAS_OVERLAP = "--no-overlap" in subprocess.run([COORD, "--help"], capture_output=True, text=True).stdout + \
+    subprocess.run([COORD, "--help"], capture_output=True, text=True).stderr
+
+
+def binaries_state():
+    """(git HEAD, mtimes of the binaries): the build dir may be rebuilt by someone else during a run."""
+    head = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h %ci"], capture_output=True, text=True).stdout
+    return head.strip(), tuple(os.stat(b).st_mtime for b in (TANDEM, WORKER, COORD))
+
+
 RESULTS = []  # (section, rows) for the table
 NOTES = []
 
@@ -396,12 +413,18 @@ def fig_one_stream():
     prompts = load_prompts(CFG["n_prompts"])
     T = CFG["tokens1"]
     log("figures 1-2: %d prompts x %d repeats, %d tokens" % (len(prompts), CFG["repeats"], T))
-    per = {k: [] for k in ("local none", "local auto", "service none", "service auto", "service model")}
+    per = {k: [] for k in ("local none", "local auto", "service none", "service auto", "service model",
+                           "service model no-overlap")}
     ratio = {"none": [], "auto": []}  # service/local of runs made back to back (same prompt, same minute)
     tpp = {k: [] for k in per}
     mismatch = []
     with Cluster([["--threads", "2", "--max-seqs", "32"]], drafter=True, tag="-f1") as c:
         generate(c.stub, "Hello", 8, "none")  # warm-up
+        stub_no = None
+        if HAS_OVERLAP:  # a second coordinator over the same workers, drafting only after verification
+            _, ch, stub_no = c.coordinator(extra=["--no-overlap"], tag="-f1-no-overlap")
+            c._wait_ready(stub_no, ch, 1, 1)
+            generate(stub_no, "Hello", 8, "none")
         for rep in range(CFG["repeats"]):
             for i, p in enumerate(prompts):
                 order = ["none", "auto"] if (rep + i) % 2 == 0 else ["auto", "none"]
@@ -415,6 +438,10 @@ def fig_one_stream():
                     tpp["service " + d].append(so["tpp"])
                     ratio[d].append(so["tok_s"] / lo["tok_s"])
                     outs[d] = (lo["text"], so["text"])
+                if stub_no:
+                    sn = generate(stub_no, p, T, "model")
+                    per["service model no-overlap"].append(sn["tok_s"])
+                    tpp["service model no-overlap"].append(sn["tpp"])
                 so = generate(c.stub, p, T, "model")
                 per["service model"].append(so["tok_s"])
                 tpp["service model"].append(so["tpp"])
@@ -431,7 +458,13 @@ def fig_one_stream():
                      "service/local %sx (median of paired runs; of medians %sx; target >= 0.9x)"
                      % (fmt(med(ratio[d]), 2), fmt(se / lo, 2))])
     sm, sn = med(per["service model"]), med(per["service none"])
-    rows.append(["1 stream, drafters model (separate drafter process, NOT overlapped)", "-",
+    if HAS_OVERLAP:
+        so = med(per["service model no-overlap"])
+        rows.append(["1 stream, drafters model (separate drafter process), --no-overlap", "-",
+                     "service %s tok/s (%.2f tok/pass)" % (fmt(so), med(tpp["service model no-overlap"])),
+                     "vs service none %sx" % fmt(so / sn, 2)])
+    rows.append(["1 stream, drafters model (separate drafter process), %s" %
+                 ("overlapped (coordinator default)" if HAS_OVERLAP else "NOT overlapped (this build cannot)"), "-",
                  "service %s tok/s (%.2f tok/pass)" % (fmt(sm), med(tpp["service model"])),
                  "vs service none %sx" % fmt(sm / sn, 2)])
     RESULTS.append(("1-2. One stream: service vs local `tandem generate` (%d tokens, %d prompts x %d, median)"
@@ -625,8 +658,13 @@ def fig_score():
                     % CFG["score_items"], ["figure", "throughput / time", "details"], rows))
 
 
+STATE0 = None
+
+
 def table():
+    head, mt = STATE0
     out = ["# tandem service benchmark (%s)" % ("--quick" if Q else "full"), "",
+           "checkout %s; binaries built %s" % (head, time.strftime("%H:%M:%S", time.localtime(max(mt)))), "",
            "model %s; %s; load average at end %s; %s" % (os.path.basename(args.model), time.strftime("%Y-%m-%d %H:%M"),
                                                          "%.2f %.2f %.2f" % os.getloadavg(),
                                                          "2-core shared machine: medians, compare side by side"),
@@ -647,6 +685,8 @@ def main():
             sys.exit("service_bench: %s is missing (build first)" % b)
     if not os.path.exists(args.model):
         sys.exit("service_bench: model %s is missing" % args.model)
+    global STATE0
+    STATE0 = binaries_state()
     t0 = time.time()
     try:
         figs = set(args.figures.split(","))
@@ -663,6 +703,9 @@ def main():
         raise
     finally:
         stop_all()
+    if binaries_state()[1] != STATE0[1]:
+        NOTES.append("the binaries in %s were rebuilt during this run (now at %s): the figures mix builds"
+                     % (args.build, binaries_state()[0]))
     if NOTES:
         _failed = True  # keep the logs for whoever reads the notes
     text = table() + "\nrun time %.0f s\n" % (time.time() - t0)
