@@ -377,7 +377,7 @@ void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *use
         rc = err.code;
         goto fail;
     }
-    td_spec_session_attach(sess, c->learned);
+    td_spec_session_attach(sess, c->learned, q->speculation && q->speculation->drafters[0] ? q->speculation->drafters : "auto");
     out.n_logprobs = q->logprobs;
     td_spec_request rq = {.prompt = all, .n_prompt = n_ids + n_resume,
                           .gen = {.sample = sp, .max_tokens = max_tokens - (int32_t)n_resume,

@@ -332,13 +332,16 @@ bool td_spec_session_active(const td_spec_session *s, int32_t seq);
 /* What sessions learn (the planner's acceptance per drafter, class and
  * depth, the cost of a row, the drafters' recent scores), kept across
  * sessions: a service running one session per request attaches each to the
- * same store, so request n starts where request n-1 left off. Thread-safe;
- * a session reads the store when attached and writes it back when
- * destroyed (the last to finish wins). Only speed depends on it. */
+ * same store, so request n starts where request n-1 left off. Statistics
+ * are per drafter position, so the store keeps one entry per drafter set
+ * (`kind`, e.g. "lookup,recycle,ngram"; up to 32 kinds, then the oldest
+ * goes). Thread-safe; a session reads its entry when attached and writes
+ * it back when destroyed (the last to finish wins). Only speed depends on
+ * it. */
 typedef struct td_spec_learned td_spec_learned;
 td_spec_learned *td_spec_learned_create(td_err *err);
 void td_spec_learned_destroy(td_spec_learned *l); /* accepts NULL */
-void td_spec_session_attach(td_spec_session *s, td_spec_learned *l);
+void td_spec_session_attach(td_spec_session *s, td_spec_learned *l, const char *kind);
 int32_t td_spec_session_n_active(const td_spec_session *s);
 
 #endif

@@ -11,6 +11,7 @@
  * session.
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,15 +33,25 @@ typedef struct sess_seq {
     double t_start;        /* decoding start */
 } sess_seq;
 
-struct td_spec_learned {
-    pthread_mutex_t mu;
-    bool have;
+#define LEARNED_KINDS 32
+
+typedef struct learned_entry {
+    char kind[64];
+    uint64_t used;        /* last write, for eviction */
     td_spec_plan plan;
     float score[MAX_DRAFTERS];
+} learned_entry;
+
+struct td_spec_learned {
+    pthread_mutex_t mu;
+    uint64_t clock;
+    int32_t n;
+    learned_entry e[LEARNED_KINDS];
 };
 
 struct td_spec_session {
     td_spec_learned *learned;
+    char learned_kind[64];
     const td_tok *tok;
     int32_t n_vocab;
     td_target *target;
@@ -126,20 +137,28 @@ void td_spec_learned_destroy(td_spec_learned *l) {
     free(l);
 }
 
-void td_spec_session_attach(td_spec_session *s, td_spec_learned *l) {
+static learned_entry *learned_find(td_spec_learned *l, const char *kind) {
+    for (int32_t i = 0; i < l->n; i++)
+        if (strcmp(l->e[i].kind, kind) == 0) return &l->e[i];
+    return NULL;
+}
+
+void td_spec_session_attach(td_spec_session *s, td_spec_learned *l, const char *kind) {
     s->learned = l;
     if (!l) return;
+    snprintf(s->learned_kind, sizeof s->learned_kind, "%s", kind ? kind : "");
     pthread_mutex_lock(&l->mu);
-    if (l->have) {
+    learned_entry *e = learned_find(l, s->learned_kind);
+    if (e) {
         /* a fixed row cost asked for by this session's parameters stays */
         bool learn_cost = s->plan.learn_cost;
         double row_cost = s->plan.row_cost;
-        s->plan = l->plan;
+        s->plan = e->plan;
         if (!learn_cost) {
             s->plan.learn_cost = false;
             s->plan.row_cost = row_cost;
         }
-        memcpy(s->score, l->score, sizeof s->score);
+        memcpy(s->score, e->score, sizeof s->score);
     }
     pthread_mutex_unlock(&l->mu);
 }
@@ -147,11 +166,22 @@ void td_spec_session_attach(td_spec_session *s, td_spec_learned *l) {
 void td_spec_session_destroy(td_spec_session *s) {
     if (!s) return;
     if (s->learned) {
-        pthread_mutex_lock(&s->learned->mu);
-        s->learned->plan = s->plan;
-        memcpy(s->learned->score, s->score, sizeof s->score);
-        s->learned->have = true;
-        pthread_mutex_unlock(&s->learned->mu);
+        td_spec_learned *l = s->learned;
+        pthread_mutex_lock(&l->mu);
+        learned_entry *e = learned_find(l, s->learned_kind);
+        if (!e) {
+            if (l->n < LEARNED_KINDS) e = &l->e[l->n++];
+            else { /* the least recently written kind goes */
+                e = &l->e[0];
+                for (int32_t i = 1; i < l->n; i++)
+                    if (l->e[i].used < e->used) e = &l->e[i];
+            }
+            snprintf(e->kind, sizeof e->kind, "%s", s->learned_kind);
+        }
+        e->plan = s->plan;
+        memcpy(e->score, s->score, sizeof s->score);
+        e->used = ++l->clock;
+        pthread_mutex_unlock(&l->mu);
     }
     if (s->seqs)
         for (int32_t i = 0; i < s->max_seqs; i++)
