@@ -27,8 +27,11 @@ Figures (default model, greedy, chat prompts from Spec-Bench, medians):
     counted. Runs alternate local/service per prompt so background load on
     the shared machine hits both alike.
  2. drafter "model" (the draft model on the separate drafter process; here
-    the drafter serves the same default model). Drafting and verification do
-    NOT overlap yet: this is the non-overlapped figure.
+    the drafter serves the same default model, so every draft should be
+    accepted). Where the coordinator has --no-overlap (drafting window i+1
+    while window i is verified is its default), a second coordinator over
+    the same workers gives the non-overlapped figure side by side; older
+    builds give the non-overlapped figure only.
  3. concurrency: 1/4/16 streams (threads, one Generate each, ignore_eos so
     lengths are equal), aggregate tokens/s (all tokens / wall of the round)
     and client-side time to first token (p50/p99 over all requests), with
