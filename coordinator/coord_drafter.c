@@ -27,6 +27,7 @@ typedef struct prefetch {
     bool running, ok;
     int32_t *hist;            /* the history it drafted after: window i's history + window i */
     size_t n, cap;
+    size_t base;              /* window i's history length (window i starts there) */
     int32_t max_nodes;
     td_draft out;
     td_net_status st;
@@ -135,25 +136,35 @@ static void prefetch_start(remote_drafter *d, const int32_t *history, size_t n, 
     memcpy(pf->hist, history, n * sizeof *history);
     memcpy(pf->hist + n, out->token, (size_t)out->n * sizeof(int32_t));
     pf->n = need;
+    pf->base = n + 1; /* a history not past window i's first token holds nothing new */
     pf->max_nodes = max_nodes + 1; /* the guessed target token, then window i+1 */
     pf->running = pthread_create(&pf->th, NULL, prefetch_run, d) == 0;
 }
 
-/* Window i+1 from the prefetch, if the history is what it guessed. */
+/* The draft model is deterministic given the history (keyed sampling,
+ * batch-invariant passes), so everything it said after window i's history
+ * is known: window i, then the prefetch's guess and window i+1. Whatever
+ * part of that the target kept, the rest is still the drafter's own
+ * continuation: propose it without asking again. */
 static bool prefetch_take(remote_drafter *d, const int32_t *history, size_t n, int32_t max_nodes, td_draft *out) {
     prefetch *pf = &d->pf;
-    if (!pf->ok || pf->out.n < 2 || n != pf->n + 1 || memcmp(history, pf->hist, pf->n * sizeof *history) != 0 ||
-        history[n - 1] != pf->out.token[0])
-        return false;
-    int32_t k = pf->out.n - 1 < max_nodes ? pf->out.n - 1 : max_nodes;
-    for (int32_t j = 0; j < k; j++) {
-        out->token[j] = pf->out.token[j + 1];
-        out->parent[j] = j - 1;
-        out->prob[j] = pf->out.prob[j + 1];
-        out->conf[j] = pf->out.conf[j + 1];
+    if (!pf->ok) return false;
+    size_t known = pf->n + (size_t)pf->out.n;
+    if (n < pf->base || n >= known) return false;
+    size_t same = n < pf->n ? n : pf->n;
+    if (memcmp(history, pf->hist, same * sizeof *history) != 0) return false;
+    for (size_t i = pf->n; i < n; i++)
+        if (history[i] != pf->out.token[i - pf->n]) return false;
+    int32_t k = 0;
+    for (size_t i = n; i < known && k < max_nodes; i++, k++) {
+        bool in_window = i < pf->n;
+        out->token[k] = in_window ? pf->hist[i] : pf->out.token[i - pf->n];
+        out->parent[k] = k - 1;
+        out->prob[k] = in_window ? 0 : pf->out.prob[i - pf->n];
+        out->conf[k] = in_window ? 0 : pf->out.conf[i - pf->n];
     }
     out->n = k;
-    return true;
+    return k > 0;
 }
 
 static int rd_propose(td_drafter *base, int32_t seq, const int32_t *history, size_t n, int32_t max_nodes,

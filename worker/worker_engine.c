@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -27,6 +28,7 @@ typedef struct slot {
     double last_use;
     bool busy;            /* a call is working on it now: never reclaimed */
     size_t drafted_at;    /* drafter slots: history length of the last proposal */
+    bool doomed;          /* released while a call was working on it: freed when that call ends */
 } slot;
 
 /* One Verify call waiting for (or riding in) a pass. */
@@ -199,6 +201,13 @@ const void *td_worker_engine_tokenizer(const td_worker_engine *e, size_t *size) 
 
 /* ---- verifier calls ---- */
 
+/* Frees target slot idx (caller holds mu and the pass token). */
+static void free_slot(td_worker_engine *e, int32_t idx) {
+    e->target->ops->release(e->target, idx);
+    e->reserved -= e->slots[idx].reserved;
+    e->slots[idx] = (slot){0};
+}
+
 /* Frees target slots idle past the timeout (their coordinator is gone).
  * Caller holds mu and the pass token. */
 static void reclaim_idle(td_worker_engine *e, const char *req) {
@@ -208,9 +217,7 @@ static void reclaim_idle(td_worker_engine *e, const char *req) {
         if (!s->used || s->busy || now - s->last_use < e->cfg.idle_timeout) continue;
         td_log(TD_LOG_WARN, req, "reclaiming sequence %016llx idle for %.0f s", (unsigned long long)s->key,
                now - s->last_use);
-        e->target->ops->release(e->target, i);
-        e->reserved -= s->reserved;
-        *s = (slot){0};
+        free_slot(e, i);
     }
 }
 
@@ -274,6 +281,10 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
         if (rc) {
             e->reserved -= e->slots[idx].reserved;
             e->slots[idx] = (slot){0};
+        } else if (e->slots[idx].doomed) { /* released while it was being opened */
+            free_slot(e, idx);
+            rc = td_err_set(err, TD_E_IO, "sequence %016llx was released while it was being opened",
+                            (unsigned long long)key);
         } else {
             e->slots[idx].busy = false;
             e->slots[idx].last_use = td_now_sec();
@@ -305,9 +316,17 @@ static int32_t claim(td_worker_engine *e, uint64_t key, td_err *err) {
 
 static void unclaim(td_worker_engine *e, int32_t idx) {
     pthread_mutex_lock(&e->mu);
+    bool doomed = e->slots[idx].doomed;
     e->slots[idx].busy = false;
     e->slots[idx].last_use = td_now_sec();
     pthread_mutex_unlock(&e->mu);
+    if (doomed) { /* a Release came while we worked on it */
+        take_pass(e);
+        pthread_mutex_lock(&e->mu);
+        if (e->slots[idx].used && e->slots[idx].doomed && !e->slots[idx].busy) free_slot(e, idx);
+        pthread_mutex_unlock(&e->mu);
+        give_pass(e);
+    }
 }
 
 /* Runs one pass for the waiters taken from the queue. A pass that fails for
@@ -375,10 +394,32 @@ int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const i
     if (e->queue_tail) e->queue_tail->next = &me;
     else e->queue_head = &me;
     e->queue_tail = &me;
+    pthread_cond_broadcast(&e->cv); /* a leader gathering a pass counts arrivals */
     while (!me.done) {
         if (!e->pass_busy && !me.taken) {
-            /* Lead a pass: take the queue (in order) while it fits. */
+            /* Lead a pass. Streams answered by the last pass come back at
+             * nearly the same time; wait a moment for them so that passes
+             * stay full instead of alternating one lone row with the rest
+             * (at most a quarter of a pass, and never beyond 5 ms). */
             e->pass_busy = true;
+            if (e->cfg.batching) {
+                int32_t open = 0, queued = 0;
+                for (int32_t i = 0; i < e->cfg.max_seqs; i++) open += e->slots[i].used;
+                for (waiter *w = e->queue_head; w; w = w->next) queued++;
+                double window = 0.25 * e->mean_step_sec;
+                if (window > 0.005) window = 0.005;
+                double until = td_now_sec() + window;
+                while (queued < open && td_now_sec() < until) {
+                    struct timespec ts;
+                    clock_gettime(CLOCK_REALTIME, &ts);
+                    long ns = ts.tv_nsec + 200000L; /* re-count every 0.2 ms */
+                    ts.tv_sec += ns / 1000000000L;
+                    ts.tv_nsec = ns % 1000000000L;
+                    pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+                    queued = 0;
+                    for (waiter *w = e->queue_head; w; w = w->next) queued++;
+                }
+            }
             waiter *batch[64];
             int32_t n = 0, rows = 0;
             int32_t max_items = e->cfg.batching ? 64 : 1;
@@ -435,9 +476,10 @@ bool td_worker_release(td_worker_engine *e, const char *req, uint64_t key) {
     pthread_mutex_lock(&e->mu);
     int32_t idx = find_slot(e->slots, e->cfg.max_seqs, key);
     if (idx >= 0 && !e->slots[idx].busy) {
-        e->target->ops->release(e->target, idx);
-        e->reserved -= e->slots[idx].reserved;
-        e->slots[idx] = (slot){0};
+        free_slot(e, idx);
+        found = true;
+    } else if (idx >= 0) {
+        e->slots[idx].doomed = true; /* its call frees it when done */
         found = true;
     }
     int32_t d = find_slot(e->draft_slots, e->cfg.max_seqs, key);

@@ -130,11 +130,12 @@ int32_t td_spec_plan_prune(td_spec_plan *p, td_draft *const *drafts, int8_t *con
     /* Best prefix of the ranking by expected tokens per unit of time; ties
      * go to fewer rows. Gains fall along every path, so any prefix holds
      * each kept node's ancestors. */
-    double tokens = n_drafts, best_rate = 0;
+    double others = p->shared_rows > 0 ? p->shared_rows : 0;
+    double tokens = n_drafts + others, best_rate = 0;
     int32_t best_k = 0;
     for (int32_t k = 0; k <= n; k++) {
         if (k > 0) tokens += scratch[k - 1].gain;
-        double rate = tokens / (1.0 + p->row_cost * (double)(n_drafts - 1 + k));
+        double rate = tokens / (1.0 + p->row_cost * ((double)(n_drafts - 1 + k) + others));
         if (k == 0 || rate > best_rate) {
             best_rate = rate;
             best_k = k;

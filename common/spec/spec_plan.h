@@ -31,6 +31,11 @@ typedef struct td_spec_plan {
      * (rows - 1, seconds): weight, x, x^2, y, x*y */
     double w, sx, sxx, sy, sxy;
     int32_t starved;       /* passes in a row that pruned every drafted node */
+    /* Rows that other sequences, not planned here, add to each pass (a
+     * verifier worker batches many coordinators' requests): they make a
+     * pass dearer and produce about one token each, so under load only
+     * the surest drafts still pay. 0 when this planner sees the whole pass. */
+    double shared_rows;
 } td_spec_plan;
 
 /* One node of a pass as the planner ranks it. */

@@ -477,7 +477,14 @@ int td_spec_session_step(td_spec_session *s, td_err *err) {
     td_pass_info pass = {0};
     int rc = s->target->ops->verify(s->target, s->items, n_items, &pass, err);
     if (rc) return rc;
-    if (pass.rows > 0) td_spec_plan_time(&s->plan, pass.rows, pass.sec);
+    if (pass.rows > 0) {
+        td_spec_plan_time(&s->plan, pass.rows, pass.sec);
+        /* rows of the pass that were not ours: other streams on the worker */
+        int32_t own = 0;
+        for (int32_t k = 0; k < n_items; k++) own += 1 + s->items[k].tree->n;
+        double others = pass.rows > own ? (double)(pass.rows - own) : 0;
+        s->plan.shared_rows = 0.7 * s->plan.shared_rows + 0.3 * others;
+    }
     td_spec_plan_age(&s->plan);
     for (int32_t k = 0; k < n_items; k++)
         if ((rc = settle(s, s->items[k].seq, &s->items[k], err))) return rc;

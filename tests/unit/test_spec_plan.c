@@ -82,6 +82,21 @@ static void prune_follows_acceptance(void **state) {
     int32_t kept = td_spec_plan_prune(&dear, ds, os, 1, scratch);
     assert_true(kept < 8);
     assert_int_equal(d.n, kept);
+
+    /* Load: a pass shared with 15 other streams' rows. Middling drafts
+     * (acceptance 0.5) pay alone but not when every extra row delays all
+     * sixteen streams; sure ones still do. */
+    td_spec_plan mid;
+    td_spec_plan_init(&mid, 0.2f);
+    teach(&mid, 0, 1, 0.5f, 60);
+    chain(&d, origin, 1, 1, 0);
+    assert_int_equal(td_spec_plan_prune(&mid, ds, os, 1, scratch), 1);
+    mid.shared_rows = 15;
+    chain(&d, origin, 1, 1, 0);
+    assert_int_equal(td_spec_plan_prune(&mid, ds, os, 1, scratch), 0);
+    p.shared_rows = 15;
+    chain(&d, origin, 8, 3, 0);
+    assert_true(td_spec_plan_prune(&p, ds, os, 1, scratch) >= 1);
 }
 
 /* A planner whose estimates say "never" still tries the best node now and
