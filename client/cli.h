@@ -107,10 +107,6 @@ td_net_channel *td_cli_conn_open(const char *cmd, td_cli_conn *c, const char *se
 /* The metadata to pass with each call (NULL when no token); count n_md. */
 const td_net_metadata *td_cli_conn_md(const td_cli_conn *c);
 void td_cli_conn_close(td_cli_conn *c);
-#define TD_CLI_CONN_HELP                                                                        \
-    "  --tls-ca FILE         TLS to the server, its certificate checked against this CA (PEM)\n" \
-    "  --token-file FILE     bearer token (first line) for a server that wants one; default\n"   \
-    "                        $TANDEM_TOKEN\n"
 
 /* `tandem generate --server ADDR` (remote_generate.c): the same request sent
  * to a tandem coordinator; streams text to stdout, the summary to stderr. */

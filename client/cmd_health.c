@@ -18,7 +18,9 @@ static void usage(FILE *f) {
           "  --service NAME     \"\" (default) = the process is alive; tandem.v1.Inference =\n"
           "                     the coordinator is ready (a verifier is known, etcd current)\n"
           "  --timeout-ms MS    give up after MS milliseconds (default 3000)\n"
-          TD_CLI_CONN_HELP,
+          "  --tls-ca FILE      TLS to the server, its certificate checked against this CA (PEM)\n"
+          "  --token-file FILE  bearer token (first line); default $TANDEM_TOKEN (health itself\n"
+          "                     needs none)\n",
           f);
 }
 

@@ -15,6 +15,10 @@
  * itself (RESOURCE_EXHAUSTED); bytes that do not unpack as the method's
  * request type get INVALID_ARGUMENT before any handler runs.
  *
+ * Security: a port may be TLS (td_net_server_listen_tls, optionally asking
+ * for client certificates) and a server may require bearer tokens for all
+ * but its exempt (health) methods; a channel may be TLS or mutual TLS.
+ *
  * Threads: a td_net_server and a td_net_channel may be used from any thread.
  * A td_net_call belongs to the thread running its handler; a td_net_stream
  * (client side) to one thread at a time.
