@@ -90,6 +90,15 @@ struct td_net_server {
 
 /* ---- creation ---- */
 
+/* The token copies (wiped) and the exempt prefix. */
+static void auth_free(td_net_server *s) {
+    td_net_tokens_free(s->tokens, s->n_tokens);
+    s->tokens = NULL;
+    s->n_tokens = 0;
+    free(s->auth_exempt);
+    s->auth_exempt = NULL;
+}
+
 td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err) {
     td_net_server *s = calloc(1, sizeof *s);
     if (!s) {
@@ -108,8 +117,8 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
         for (size_t i = 0; ok && i < opts->n_tokens; i++) {
             /* an empty token would accept "Bearer " with nothing after it */
             if (!opts->tokens[i] || !*opts->tokens[i]) {
-                td_net_tokens_free(s->tokens, opts->n_tokens);
-                free(s->auth_exempt);
+                s->n_tokens = opts->n_tokens; /* the array's size: unset entries are NULL */
+                auth_free(s);
                 free(s);
                 td_err_set(err, TD_E_ARG, "net server: empty bearer token");
                 return NULL;
@@ -118,8 +127,7 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
         }
         s->n_tokens = opts->n_tokens;
         if (!ok) {
-            td_net_tokens_free(s->tokens, s->n_tokens);
-            free(s->auth_exempt);
+            auth_free(s);
             free(s);
             td_err_set(err, TD_E_NOMEM, "net server: out of memory");
             return NULL;
@@ -129,8 +137,7 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
     atomic_init(&s->cancelling, false);
     pthread_condattr_t ca;
     if (pthread_condattr_init(&ca) != 0) {
-        td_net_tokens_free(s->tokens, s->n_tokens);
-        free(s->auth_exempt);
+        auth_free(s);
         free(s);
         td_err_set(err, TD_E_NOMEM, "net server: condattr");
         return NULL;
@@ -139,16 +146,14 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
     int rc = pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
     if (rc != 0) {
-        td_net_tokens_free(s->tokens, s->n_tokens);
-        free(s->auth_exempt);
+        auth_free(s);
         free(s);
         td_err_set(err, TD_E_NOMEM, "net server: cond");
         return NULL;
     }
     if (pthread_mutex_init(&s->mu, NULL) != 0) {
         pthread_cond_destroy(&s->cv);
-        td_net_tokens_free(s->tokens, s->n_tokens);
-        free(s->auth_exempt);
+        auth_free(s);
         free(s);
         td_err_set(err, TD_E_NOMEM, "net server: mutex");
         return NULL;
@@ -172,8 +177,7 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
         td_net_shutdown();
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cv);
-        td_net_tokens_free(s->tokens, s->n_tokens);
-        free(s->auth_exempt);
+        auth_free(s);
         free(s);
         td_err_set(err, TD_E_NOMEM, "net server: gRPC could not create the server");
         return NULL;
@@ -571,8 +575,7 @@ void td_net_server_destroy(td_net_server *s) {
     td_net_server_shutdown(s, 0);
     for (size_t i = 0; i < s->n_methods; i++) free(s->methods[i].path);
     free(s->methods);
-    td_net_tokens_free(s->tokens, s->n_tokens);
-    free(s->auth_exempt);
+    auth_free(s);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);
