@@ -29,13 +29,12 @@ struct td_coord_members {
 int64_t td_coord_now_ms(void) { return (int64_t)(td_now_sec() * 1000.0); }
 
 td_coord_members *td_coord_members_create(int32_t keepalive_ms, const td_net_tls *worker_tls, td_err *err) {
-    if (worker_tls) {
-        /* channels open lazily, long after startup: a TLS file that cannot
-         * be read is caught now, by a channel that never connects */
-        td_net_channel_opts o = {.tls = worker_tls};
-        td_net_channel *probe = td_net_channel_open("127.0.0.1:1", &o, err);
-        if (!probe) return NULL;
-        td_net_channel_close(probe);
+    /* channels open lazily, long after startup: a TLS file that cannot be
+     * read is caught now */
+    td_err terr = {0};
+    if (worker_tls && td_net_tls_check(worker_tls, false, &terr)) {
+        td_err_set(err, terr.code, "worker TLS: %s", terr.msg);
+        return NULL;
     }
     td_coord_members *m = calloc(1, sizeof *m);
     if (!m) {

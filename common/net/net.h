@@ -95,6 +95,11 @@ typedef struct td_net_tls {
  * starting with '#' are skipped; surrounding white space is dropped). At
  * least one token is required. Free with td_net_tokens_free, which wipes
  * them. */
+/* Checks that the settings' files can be read and make credentials (for a
+ * server port when server, else for a channel), without using them: for
+ * channels opened long after startup. 0, or an error naming the file. */
+int td_net_tls_check(const td_net_tls *tls, bool server, td_err *err);
+
 int td_net_tokens_load(const char *path, char ***tokens, size_t *n_tokens, td_err *err);
 void td_net_tokens_free(char **tokens, size_t n_tokens);
 

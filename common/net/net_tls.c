@@ -136,6 +136,22 @@ grpc_channel_credentials *td_net_tls_channel_creds(const td_net_tls *tls, td_err
     return creds;
 }
 
+int td_net_tls_check(const td_net_tls *tls, bool server, td_err *err) {
+    td_net_init(); /* credentials need gRPC initialised */
+    int rc = 0;
+    if (server) {
+        grpc_server_credentials *c = td_net_tls_server_creds(tls, err);
+        if (c) grpc_server_credentials_release(c);
+        else rc = err ? err->code : TD_E_IO;
+    } else {
+        grpc_channel_credentials *c = td_net_tls_channel_creds(tls, err);
+        if (c) grpc_channel_credentials_release(c);
+        else rc = err ? err->code : TD_E_IO;
+    }
+    td_net_shutdown();
+    return rc;
+}
+
 /* ---- bearer tokens ---- */
 
 void td_net_tokens_free(char **tokens, size_t n_tokens) {

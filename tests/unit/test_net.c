@@ -681,6 +681,14 @@ static void tls_bad_files(void **state) {
     td_net_tls half = {.ca_file = t->ca, .cert_file = t->ccert};
     o.tls = &half;
     assert_null(td_net_channel_open("127.0.0.1:1", &o, &err));
+    /* the check without a port or channel (the coordinator's, at start) */
+    assert_true(td_net_tls_check(&bad_ca, false, &err) < 0);
+    assert_non_null(strstr(err.msg, missing));
+    assert_true(td_net_tls_check(&bad_key, true, &err) < 0);
+    td_net_tls good = {.ca_file = t->ca, .cert_file = t->ccert, .key_file = t->ckey};
+    assert_int_equal(td_net_tls_check(&good, false, &err), 0);
+    td_net_tls good_srv = {.cert_file = t->cert, .key_file = t->key, .ca_file = t->ca, .require_client_cert = true};
+    assert_int_equal(td_net_tls_check(&good_srv, true, &err), 0);
 }
 
 static void tokens(void **state) {
