@@ -11,6 +11,7 @@
 
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "net/net.h"
 #include "sample/sample.h"
 #include "tok/tok.h"
 #include "util/util.h"
@@ -88,6 +89,25 @@ int td_cmd_bench_spec(int argc, char **argv);
 int td_cmd_health(int argc, char **argv);
 int td_cmd_score(int argc, char **argv);
 
+/* Reaching a tandem server (cli_conn.c): the options --tls-ca FILE (TLS,
+ * the server's certificate checked against this CA; default plaintext) and
+ * --token-file FILE (else $TANDEM_TOKEN: a bearer token sent with every
+ * call). */
+typedef struct td_cli_conn {
+    const char *tls_ca, *token_file; /* the options as given */
+    /* set by open: */
+    char *bearer; /* "Bearer <token>" */
+    td_net_metadata md;
+    size_t n_md;
+} td_cli_conn;
+/* The channel (base may be NULL), with the token loaded; prints the error
+ * and returns NULL on failure. td_cli_conn_close after the channel. */
+td_net_channel *td_cli_conn_open(const char *cmd, td_cli_conn *c, const char *server,
+                                 const td_net_channel_opts *base);
+/* The metadata to pass with each call (NULL when no token); count n_md. */
+const td_net_metadata *td_cli_conn_md(const td_cli_conn *c);
+void td_cli_conn_close(td_cli_conn *c);
+
 /* `tandem generate --server ADDR` (remote_generate.c): the same request sent
  * to a tandem coordinator; streams text to stdout, the summary to stderr. */
 typedef struct td_cli_remote_gen {
@@ -106,6 +126,7 @@ typedef struct td_cli_remote_gen {
     int32_t logprobs;        /* print per-token logprobs to stderr (0 = no) */
     int64_t deadline_ms;     /* 0 = none */
     const char *request_id;
+    const char *tls_ca, *token_file; /* td_cli_conn's options */
 } td_cli_remote_gen;
 int td_cli_remote_generate(const td_cli_remote_gen *g);
 

@@ -56,7 +56,11 @@ static void usage(FILE *f) {
           "                        (model = its drafter workers, layerskip = the verifiers')\n"
           "  --logprobs N          also print each token's logprob to stderr (with --server)\n"
           "  --deadline-ms MS      give up after MS milliseconds (with --server)\n"
-          "  --request-id ID       id that appears in the cluster's logs (with --server)\n",
+          "  --request-id ID       id that appears in the cluster's logs (with --server)\n"
+          "  --tls-ca FILE         TLS to the server, its certificate checked against this CA\n"
+          "                        (PEM; with --server)\n"
+          "  --token-file FILE     bearer token (first line) for a server that wants one (with\n"
+          "                        --server); default $TANDEM_TOKEN\n",
           f);
 }
 
@@ -82,7 +86,7 @@ int td_cmd_generate(int argc, char **argv) {
     td_gen_params gp = {.sample = td_sample_defaults()};
     const char *draft = "none";
     td_spec_params spp = td_spec_defaults();
-    const char *server = NULL, *request_id = NULL;
+    const char *server = NULL, *request_id = NULL, *tls_ca = NULL, *token_file = NULL;
     long logprobs = 0, deadline_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
@@ -120,6 +124,8 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--draft-min")) { VAL(); if (!td_cli_int(cmd, a, v, 1, TD_DRAFT_MAX, &l)) return 2; spp.draft_min = (int32_t)l; }
         else if (!strcmp(a, "--draft-fixed")) spp.adaptive = false;
         else if (!strcmp(a, "--server")) { VAL(); server = v; }
+        else if (!strcmp(a, "--tls-ca")) { VAL(); tls_ca = v; }
+        else if (!strcmp(a, "--token-file")) { VAL(); token_file = v; }
         else if (!strcmp(a, "--request-id")) { VAL(); request_id = v; }
         else if (!strcmp(a, "--logprobs")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 20, &logprobs)) return 2; }
         else if (!strcmp(a, "--deadline-ms")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 1L << 40, &deadline_ms)) return 2; }
@@ -160,7 +166,7 @@ int td_cmd_generate(int argc, char **argv) {
                                 .max_tokens = (int32_t)max_tokens, .sample = gp.sample, .stop = stops, .n_stop = n_stop,
                                 .draft = draft, .draft_max = spp.draft_max, .draft_min = spp.draft_min,
                                 .draft_fixed = !spp.adaptive, .logprobs = (int32_t)logprobs, .deadline_ms = deadline_ms,
-                                .request_id = request_id};
+                                .request_id = request_id, .tls_ca = tls_ca, .token_file = token_file};
         int rc = td_cli_remote_generate(&rg);
         free(file_text);
         return rc;

@@ -17,32 +17,37 @@ static void usage(FILE *f) {
           "  --server ADDR      host:port of the process (its main or its health port)\n"
           "  --service NAME     \"\" (default) = the process is alive; tandem.v1.Inference =\n"
           "                     the coordinator is ready (a verifier is known, etcd current)\n"
-          "  --timeout-ms MS    give up after MS milliseconds (default 3000)\n",
+          "  --timeout-ms MS    give up after MS milliseconds (default 3000)\n"
+          "  --tls-ca FILE      TLS to the server, its certificate checked against this CA (PEM)\n"
+          "  --token-file FILE  bearer token (first line); default $TANDEM_TOKEN (health itself\n"
+          "                     needs none)\n",
           f);
 }
 
 int td_cmd_health(int argc, char **argv) {
     const char *cmd = "health", *server = NULL, *service = "";
     long timeout = 3000;
+    td_cli_conn conn = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         if (!(v = td_cli_value(cmd, argc, argv, &i))) return 2;
         if (!strcmp(a, "--server")) server = v;
         else if (!strcmp(a, "--service")) service = v;
+        else if (!strcmp(a, "--tls-ca")) conn.tls_ca = v;
+        else if (!strcmp(a, "--token-file")) conn.token_file = v;
         else if (!strcmp(a, "--timeout-ms")) { if (!td_cli_int(cmd, a, v, 1, 3600000, &timeout)) return 2; }
         else { fprintf(stderr, "tandem health: unknown option '%s'\n", a); usage(stderr); return 2; }
     }
     if (!server) { fprintf(stderr, "tandem health: --server ADDR is required\n"); return 2; }
-    td_err err = {0};
-    td_net_channel *ch = td_net_channel_open(server, NULL, &err);
-    if (!ch) { fprintf(stderr, "tandem health: %s\n", err.msg); return 1; }
+    td_net_channel *ch = td_cli_conn_open("health", &conn, server, NULL);
+    if (!ch) return 1;
     Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     q.service = (char *)service;
     ProtobufCMessage *resp = NULL;
     td_net_status st;
     int code = td_net_unary(ch, "/grpc.health.v1.Health/Check", &q.base, &grpc__health__v1__health_check_response__descriptor,
-                            &resp, timeout, NULL, 0, &st);
+                            &resp, timeout, td_cli_conn_md(&conn), conn.n_md, &st);
     int status = 1;
     if (code != TD_NET_OK) {
         printf("UNREACHABLE\n");
@@ -55,5 +60,6 @@ int td_cmd_health(int argc, char **argv) {
         protobuf_c_message_free_unpacked(resp, NULL);
     }
     td_net_channel_close(ch);
+    td_cli_conn_close(&conn);
     return status;
 }

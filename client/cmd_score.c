@@ -46,7 +46,10 @@ static void usage(FILE *f) {
           "  --no-bos             do not prepend BOS to prompts\n"
           "  --shard I/N          score only items with index %% N == I (0 <= I < N)\n"
           "  --timeout-ms MS      per request (default 600000)\n"
-          "  --retries N          attempts per batch when the cluster is unavailable (default 5)\n",
+          "  --retries N          attempts per batch when the cluster is unavailable (default 5)\n"
+          "  --tls-ca FILE        TLS to the server, its certificate checked against this CA (PEM)\n"
+          "  --token-file FILE    bearer token (first line) for a server that wants one; default\n"
+          "                       $TANDEM_TOKEN\n",
           f);
 }
 
@@ -160,6 +163,7 @@ typedef struct item {
 typedef struct job {
     const char *server;
     td_net_channel *ch;
+    td_cli_conn conn; /* TLS and the bearer token */
     item *items;
     size_t *todo, n_todo, next;
     int32_t batch, top_k, retries;
@@ -248,7 +252,7 @@ static int score_batch(job *j, const size_t *idx, size_t n, td_net_status *st) {
     q.add_bos = j->add_bos;
     ProtobufCMessage *m = NULL;
     code = td_net_unary(j->ch, "/tandem.v1.Inference/Score", &q.base, &tandem__v1__score_response__descriptor, &m,
-                        j->timeout_ms, NULL, 0, st);
+                        j->timeout_ms, td_cli_conn_md(&j->conn), j->conn.n_md, st);
     if (code != TD_NET_OK) goto out;
     const Tandem__V1__ScoreResponse *r = (const Tandem__V1__ScoreResponse *)m;
     for (size_t k = 0; k < n && k < r->n_results; k++) {
@@ -333,7 +337,10 @@ static void *worker(void *arg) {
             usleep((useconds_t)(200000u << (a < 5 ? a : 5)));
         }
         if (code != TD_NET_OK) {
-            if (retryable(code)) { /* the cluster is gone: stop, a rerun continues */
+            /* a refused token is no item's fault: recording every item as an
+             * error would make a rerun skip them all */
+            if (retryable(code) || code == TD_NET_UNAUTHENTICATED || code == TD_NET_PERMISSION_DENIED) {
+                /* the cluster is gone (or refuses us): stop, a rerun continues */
                 pthread_mutex_lock(&j->mu);
                 j->fatal = true;
                 snprintf(j->fatal_msg, sizeof j->fatal_msg, "%s: %s: %s", j->server, td_net_code_name(code), st.msg);
@@ -355,12 +362,15 @@ int td_cmd_score(int argc, char **argv) {
     const char *cmd = "score", *server = NULL, *in = NULL, *out = NULL, *errors = NULL;
     long concurrency = 4, batch = 8, top_k = 0, shard_i = 0, shard_n = 1, timeout = 600000, retries = 5;
     bool add_bos = true;
+    job j = {.out_fd = -1, .err_fd = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         if (!strcmp(a, "--no-bos")) { add_bos = false; continue; }
         if (!(v = td_cli_value(cmd, argc, argv, &i))) return 2;
         if (!strcmp(a, "--server")) server = v;
+        else if (!strcmp(a, "--tls-ca")) j.conn.tls_ca = v;
+        else if (!strcmp(a, "--token-file")) j.conn.token_file = v;
         else if (!strcmp(a, "--in")) in = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--errors")) errors = v;
@@ -390,8 +400,12 @@ int td_cmd_score(int argc, char **argv) {
 
     int status = 1;
     id_set done = {0}, seen = {0};
-    job j = {.server = server, .batch = (int32_t)batch, .top_k = (int32_t)top_k, .retries = (int32_t)retries,
-             .add_bos = add_bos, .timeout_ms = timeout, .out_fd = -1, .err_fd = -1};
+    j.server = server;
+    j.batch = (int32_t)batch;
+    j.top_k = (int32_t)top_k;
+    j.retries = (int32_t)retries;
+    j.add_bos = add_bos;
+    j.timeout_ms = timeout;
     pthread_mutex_init(&j.mu, NULL);
     size_t n_items = 0, cap = 0, prev_out = 0, prev_err = 0, skipped = 0;
     pthread_t th[256];
@@ -440,8 +454,7 @@ int td_cmd_score(int argc, char **argv) {
     if (skipped)
         fprintf(stderr, "tandem score: resuming: %zu items already done (%zu result and %zu error lines)\n", skipped,
                 prev_out, prev_err);
-    td_err err = {0};
-    if (!(j.ch = td_net_channel_open(server, NULL, &err))) { fprintf(stderr, "tandem score: %s\n", err.msg); goto cleanup; }
+    if (!(j.ch = td_cli_conn_open(cmd, &j.conn, server, NULL))) goto cleanup;
 
     td_net_signals_block(); /* Ctrl-C: finish the batches in flight, write them, stop */
     for (long k = 0; k < concurrency; k++)
@@ -493,6 +506,7 @@ cleanup:
     free(j.items);
     free(j.todo);
     td_net_channel_close(j.ch);
+    td_cli_conn_close(&j.conn);
     if (j.out_fd >= 0) close(j.out_fd);
     if (j.err_fd >= 0) close(j.err_fd);
     set_free(&done);

@@ -37,11 +37,9 @@ static const char *finish_name(int f) {
 
 int td_cli_remote_generate(const td_cli_remote_gen *g) {
     td_err err = {0};
-    td_net_channel *ch = td_net_channel_open(g->server, NULL, &err);
-    if (!ch) {
-        fprintf(stderr, "tandem generate: %s\n", err.msg);
-        return 1;
-    }
+    td_cli_conn conn = {.tls_ca = g->tls_ca, .token_file = g->token_file};
+    td_net_channel *ch = td_cli_conn_open("generate", &conn, g->server, NULL);
+    if (!ch) return 1;
     Tandem__V1__GenerateRequest q = TANDEM__V1__GENERATE_REQUEST__INIT;
     Tandem__V1__SamplingParams sp = TANDEM__V1__SAMPLING_PARAMS__INIT;
     Tandem__V1__SpeculationParams spec = TANDEM__V1__SPECULATION_PARAMS__INIT;
@@ -83,10 +81,11 @@ int td_cli_remote_generate(const td_cli_remote_gen *g) {
     q.no_special = !g->parse_special;
     q.request_id = (char *)(g->request_id ? g->request_id : "");
 
-    td_net_stream *s = td_net_stream_open(ch, "/tandem.v1.Inference/Generate", &q.base, g->deadline_ms, NULL, 0, &err);
+    td_net_stream *s = td_net_stream_open(ch, "/tandem.v1.Inference/Generate", &q.base, g->deadline_ms, td_cli_conn_md(&conn), conn.n_md, &err);
     if (!s) {
         fprintf(stderr, "tandem generate: %s\n", err.msg);
         td_net_channel_close(ch);
+        td_cli_conn_close(&conn);
         return 1;
     }
     int status = 1;
@@ -123,5 +122,6 @@ int td_cli_remote_generate(const td_cli_remote_gen *g) {
     }
     td_net_stream_close(s);
     td_net_channel_close(ch);
+    td_cli_conn_close(&conn);
     return status;
 }

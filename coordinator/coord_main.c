@@ -22,6 +22,14 @@ static void usage(FILE *f) {
           "\n"
           "  --listen ADDR           gRPC address, e.g. 127.0.0.1:7000 (port 0 picks one)\n"
           "  --health-listen ADDR    plaintext port serving only grpc.health.v1 (for probes)\n"
+          "  --tls-cert FILE         serve --listen over TLS with this certificate chain (PEM); needs\n"
+          "                          --tls-key FILE (default: plaintext)\n"
+          "  --tls-client-ca FILE    with TLS: clients must present a certificate signed by this CA\n"
+          "  --auth-tokens FILE      bearer tokens, one a line: every call on --listen except\n"
+          "                          grpc.health.v1 needs \"authorization: Bearer TOKEN\"\n"
+          "                          (default: $TANDEM_AUTH_TOKENS_FILE, else no authentication)\n"
+          "  --worker-tls-ca FILE    TLS to workers, verified against this CA; --worker-tls-cert and\n"
+          "                          --worker-tls-key FILE add a client certificate (mutual TLS)\n"
           "  --etcd ENDPOINTS        etcd endpoints, comma separated: follow /tandem/CLUSTER/workers/\n"
           "  --cluster NAME          cluster name (default: default)\n"
           "  --etcd-ca FILE          TLS to etcd: CA certificate (PEM); --etcd-cert/--etcd-key FILE for\n"
@@ -65,6 +73,8 @@ int main(int argc, char **argv) {
     long max_calls = 64, max_tokens = 128, step_ms = 10000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
+    td_net_tls tls = {0}, wtls = {0};
+    const char *tokens_file = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -74,6 +84,13 @@ int main(int argc, char **argv) {
         i++;
         if (!strcmp(a, "--listen")) listen = v;
         else if (!strcmp(a, "--health-listen")) health_listen = v;
+        else if (!strcmp(a, "--tls-cert")) tls.cert_file = v;
+        else if (!strcmp(a, "--tls-key")) tls.key_file = v;
+        else if (!strcmp(a, "--tls-client-ca")) tls.ca_file = v;
+        else if (!strcmp(a, "--auth-tokens")) tokens_file = v;
+        else if (!strcmp(a, "--worker-tls-ca")) wtls.ca_file = v;
+        else if (!strcmp(a, "--worker-tls-cert")) wtls.cert_file = v;
+        else if (!strcmp(a, "--worker-tls-key")) wtls.key_file = v;
         else if (!strcmp(a, "--etcd")) etcd_ep = v;
         else if (!strcmp(a, "--cluster")) cluster = v;
         else if (!strcmp(a, "--etcd-ca")) eo.ca_file = v;
@@ -105,6 +122,19 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (!tls.cert_file != !tls.key_file || (tls.ca_file && !tls.cert_file)) {
+        fprintf(stderr, "tandem-coordinator: --tls-cert and --tls-key go together; --tls-client-ca needs both\n");
+        return 2;
+    }
+    if (!wtls.cert_file != !wtls.key_file || (wtls.cert_file && !wtls.ca_file)) {
+        fprintf(stderr, "tandem-coordinator: --worker-tls-cert and --worker-tls-key go together and need --worker-tls-ca\n");
+        return 2;
+    }
+    /* a client CA is given to be enforced, not merely to check certificates
+     * that happen to be presented */
+    tls.require_client_cert = tls.ca_file != NULL;
+    if (!tokens_file && getenv("TANDEM_AUTH_TOKENS_FILE") && *getenv("TANDEM_AUTH_TOKENS_FILE"))
+        tokens_file = getenv("TANDEM_AUTH_TOKENS_FILE");
     td_log_setup("coordinator", level);
     td_net_signals_block();
 
@@ -116,13 +146,16 @@ int main(int argc, char **argv) {
     td_net_health *health = NULL;
     td_etcd *etcd = NULL;
     td_etcd_watch *watch = NULL;
+    char **tokens = NULL;
+    size_t n_tokens = 0;
     /* sequence keys: unique per coordinator process (several may share a worker) */
     {
         char id[40];
         td_coord_request_id(NULL, id);
         c.next_seq = strtoull(id, NULL, 16) & ~0xffffffULL;
     }
-    if (!(c.members = td_coord_members_create((int32_t)keepalive_ms, &err)) || !(c.models = td_coord_models_create(&err)) ||
+    if (tokens_file && td_net_tokens_load(tokens_file, &tokens, &n_tokens, &err)) goto out;
+    if (!(c.members = td_coord_members_create((int32_t)keepalive_ms, wtls.ca_file ? &wtls : NULL, &err)) || !(c.models = td_coord_models_create(&err)) ||
         !(c.learned = td_spec_learned_create(&err)))
         goto out;
     for (int i = 0; i < n_static; i++) {
@@ -131,11 +164,16 @@ int main(int argc, char **argv) {
         snprintf(role, sizeof role, "%.*s", (int)(eq - statics[i]), statics[i]);
         td_coord_members_add_static(c.members, role, eq + 1, &err);
     }
-    td_net_server_opts so = {.max_calls = (int32_t)max_calls, .name = "coordinator"};
+    /* the server keeps its own copies of the tokens */
+    td_net_server_opts so = {.max_calls = (int32_t)max_calls, .name = "coordinator",
+                             .tokens = (const char *const *)tokens, .n_tokens = n_tokens};
     if (!(srv = td_net_server_create(&so, &err)) || !(health = td_net_health_create(&err)) ||
         td_coord_api_register(srv, &c, &err) || td_net_health_add(health, srv, &err))
         goto out;
-    int port = td_net_server_listen(srv, listen, &err);
+    td_net_tokens_free(tokens, n_tokens);
+    tokens = NULL;
+    n_tokens = 0;
+    int port = tls.cert_file ? td_net_server_listen_tls(srv, listen, &tls, &err) : td_net_server_listen(srv, listen, &err);
     if (port <= 0) goto out;
     if (health_listen) {
         td_net_server_opts ho = {.max_calls = 16, .name = "health"};
@@ -155,7 +193,10 @@ int main(int argc, char **argv) {
         td_log(TD_LOG_INFO, NULL, "following %s in etcd %s", prefix, etcd_ep);
     }
     if (td_net_server_start(srv, &err)) goto out;
-    td_log(TD_LOG_INFO, NULL, "serving tandem.v1.Inference on port %d", port);
+    td_log(TD_LOG_INFO, NULL, "serving tandem.v1.Inference on port %d (%s, %s; workers over %s)", port,
+           !tls.cert_file ? "plaintext" : tls.ca_file ? "mutual TLS" : "TLS",
+           so.n_tokens ? "bearer tokens required" : "no authentication",
+           !wtls.ca_file ? "plaintext" : wtls.cert_file ? "mutual TLS" : "TLS");
     /* the bound port on stdout, for scripts that asked for port 0 */
     printf("port %d\n", port);
     fflush(stdout);
@@ -202,6 +243,7 @@ out:
     td_coord_models_destroy(c.models);
     td_spec_learned_destroy(c.learned);
     td_coord_members_destroy(c.members);
+    td_net_tokens_free(tokens, n_tokens);
     td_log(TD_LOG_INFO, NULL, "stopped");
     return status;
 }

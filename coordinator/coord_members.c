@@ -22,15 +22,28 @@ struct td_coord_members {
     td_coord_worker *w[MAX_WORKERS];
     int32_t n;
     int32_t keepalive_ms;
+    td_net_tls tls;  /* channels to workers: TLS when tls_on */
+    bool tls_on;
 };
 
 int64_t td_coord_now_ms(void) { return (int64_t)(td_now_sec() * 1000.0); }
 
-td_coord_members *td_coord_members_create(int32_t keepalive_ms, td_err *err) {
+td_coord_members *td_coord_members_create(int32_t keepalive_ms, const td_net_tls *worker_tls, td_err *err) {
+    /* channels open lazily, long after startup: a TLS file that cannot be
+     * read is caught now */
+    td_err terr = {0};
+    if (worker_tls && td_net_tls_check(worker_tls, false, &terr)) {
+        td_err_set(err, terr.code, "worker TLS: %s", terr.msg);
+        return NULL;
+    }
     td_coord_members *m = calloc(1, sizeof *m);
     if (!m) {
         td_err_set(err, TD_E_NOMEM, "out of memory");
         return NULL;
+    }
+    if (worker_tls) {
+        m->tls = *worker_tls; /* the file names are the caller's (argv) */
+        m->tls_on = true;
     }
     pthread_mutex_init(&m->mu, NULL);
     m->keepalive_ms = keepalive_ms;
@@ -178,8 +191,11 @@ td_coord_worker *td_coord_members_pick(td_coord_members *m, const char *role, co
     if (best) {
         if (!best->ch) {
             td_net_channel_opts o = {.keepalive_ms = m->keepalive_ms, .keepalive_timeout_ms = m->keepalive_ms,
-                                     .min_reconnect_ms = 100, .max_reconnect_ms = 1000};
-            best->ch = td_net_channel_open(best->address, &o, NULL);
+                                     .min_reconnect_ms = 100, .max_reconnect_ms = 1000,
+                                     .tls = m->tls_on ? &m->tls : NULL};
+            td_err err = {0};
+            best->ch = td_net_channel_open(best->address, &o, &err);
+            if (!best->ch) td_log(TD_LOG_WARN, NULL, "worker %s: %s", best->id, err.msg);
         }
         if (best->ch) {
             best->refs++;

@@ -46,7 +46,10 @@ typedef struct td_coord_worker {
 } td_coord_worker;
 
 typedef struct td_coord_members td_coord_members;
-td_coord_members *td_coord_members_create(int32_t keepalive_ms, td_err *err);
+/* worker_tls: TLS (with a certificate: mutual TLS) on every channel to a
+ * worker; NULL = plaintext. Its files are checked now; the struct is copied
+ * but its strings must outlive the table. */
+td_coord_members *td_coord_members_create(int32_t keepalive_ms, const td_net_tls *worker_tls, td_err *err);
 void td_coord_members_destroy(td_coord_members *m);
 /* etcd watch callback (etcd.h's td_etcd_watch_fn): key .../workers/<id>. */
 void td_coord_members_on_event(void *user, td_etcd_event_kind kind, const char *key, const char *value, size_t len);

@@ -25,6 +25,10 @@ static void usage(FILE *f) {
           "  --model PATH          GGUF model (required)\n"
           "  --listen ADDR         gRPC address, e.g. 127.0.0.1:7100 (required; port 0 picks one)\n"
           "  --health-listen ADDR  plaintext port serving only grpc.health.v1 (for probes)\n"
+          "  --tls-cert FILE       serve the Worker port over TLS with this certificate chain (PEM);\n"
+          "                        needs --tls-key FILE (default: plaintext)\n"
+          "  --tls-client-ca FILE  with TLS: coordinators must present a certificate signed by this\n"
+          "                        CA (mutual TLS)\n"
           "  --advertise ADDR      address registered in etcd (default: the listen address)\n"
           "  --etcd ENDPOINTS      etcd endpoints, comma separated (default: no registration)\n"
           "  --cluster NAME        cluster name: registers under /tandem/NAME/workers/ (default: default)\n"
@@ -63,6 +67,7 @@ int main(int argc, char **argv) {
                             .max_calls = 256, .numerics = TD_NUMERICS_FAST, .batching = true};
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
+    td_net_tls tls = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -79,6 +84,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--listen")) cfg.listen = v;
         else if (!strcmp(a, "--health-listen")) cfg.health_listen = v;
         else if (!strcmp(a, "--advertise")) cfg.advertise = v;
+        else if (!strcmp(a, "--tls-cert")) tls.cert_file = v;
+        else if (!strcmp(a, "--tls-key")) tls.key_file = v;
+        else if (!strcmp(a, "--tls-client-ca")) tls.ca_file = v;
         else if (!strcmp(a, "--etcd")) cfg.etcd = v;
         else if (!strcmp(a, "--cluster")) cfg.cluster = v;
         else if (!strcmp(a, "--etcd-ca")) eo.ca_file = v;
@@ -111,6 +119,13 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (!tls.cert_file != !tls.key_file || (tls.ca_file && !tls.cert_file)) {
+        fprintf(stderr, "tandem-worker: --tls-cert and --tls-key go together; --tls-client-ca needs both\n");
+        return 2;
+    }
+    /* a client CA is given to be enforced: without a certificate from it a
+     * coordinator is refused during the handshake */
+    tls.require_client_cert = tls.ca_file != NULL;
     td_log_setup(cfg.role == TD_WORKER_VERIFIER ? "verifier" : "drafter", level);
     td_net_signals_block(); /* before any thread starts: gRPC's and the pool's inherit it */
 
@@ -135,7 +150,8 @@ int main(int argc, char **argv) {
     if (!(srv = td_net_server_create(&so, &err)) || !(health = td_net_health_create(&err)) ||
         td_worker_rpc_register(srv, e, &err) || td_net_health_add(health, srv, &err))
         goto out;
-    int port = td_net_server_listen(srv, cfg.listen, &err);
+    int port = tls.cert_file ? td_net_server_listen_tls(srv, cfg.listen, &tls, &err)
+                             : td_net_server_listen(srv, cfg.listen, &err);
     if (port <= 0) goto out;
     if (cfg.health_listen) {
         td_net_server_opts ho = {.max_calls = 16, .name = "health"};
@@ -163,7 +179,8 @@ int main(int argc, char **argv) {
         snprintf(id, sizeof id, "%s-%s-%d", cfg.role == TD_WORKER_VERIFIER ? "verifier" : "drafter", host, port);
     }
     cfg.id = id;
-    td_log(TD_LOG_INFO, NULL, "serving tandem.v1.Worker on %s (id %s)", address, id);
+    td_log(TD_LOG_INFO, NULL, "serving tandem.v1.Worker on %s (id %s, %s)", address, id,
+           !tls.cert_file ? "plaintext" : tls.ca_file ? "mutual TLS" : "TLS");
 
     char key[512];
     snprintf(key, sizeof key, "/tandem/%s/workers/%s", cfg.cluster, id);

@@ -15,6 +15,10 @@
  * itself (RESOURCE_EXHAUSTED); bytes that do not unpack as the method's
  * request type get INVALID_ARGUMENT before any handler runs.
  *
+ * Security: a port may be TLS (td_net_server_listen_tls, optionally asking
+ * for client certificates) and a server may require bearer tokens for all
+ * but its exempt (health) methods; a channel may be TLS or mutual TLS.
+ *
  * Threads: a td_net_server and a td_net_channel may be used from any thread.
  * A td_net_call belongs to the thread running its handler; a td_net_stream
  * (client side) to one thread at a time.
@@ -64,6 +68,41 @@ const char *td_net_code_name(int code); /* "OK", "INVALID_ARGUMENT", ... */
 void td_net_init(void);
 void td_net_shutdown(void);
 
+/* ---- transport security ----
+ * TLS for a server port or a channel. Files are PEM; they are read when the
+ * port is bound or the channel opened (a file that cannot be read is an
+ * error naming it), and the key's bytes are wiped from our memory once gRPC
+ * has its copy. */
+typedef struct td_net_tls {
+    /* Server: its certificate chain and private key (both required).
+     * Client: a certificate of its own for mutual TLS (both or neither). */
+    const char *cert_file, *key_file;
+    /* Server: the CA that client certificates must chain to (NULL: client
+     * certificates are neither asked for nor checked). Client: the roots
+     * the server's certificate must chain to (NULL: the system's roots). */
+    const char *ca_file;
+    /* Server: a client without a certificate from ca_file is refused during
+     * the handshake (needs ca_file). Without it a client certificate is
+     * checked only when one is presented. */
+    bool require_client_cert;
+    /* Client: the name the server's certificate must carry, instead of the
+     * target's host (tests; a server reached by an address not in its
+     * certificate). NULL: the target's host. */
+    const char *server_name;
+} td_net_tls;
+
+/* Bearer tokens: reads a file of tokens, one a line (blank lines and lines
+ * starting with '#' are skipped; surrounding white space is dropped). At
+ * least one token is required. Free with td_net_tokens_free, which wipes
+ * them. */
+/* Checks that the settings' files can be read and make credentials (for a
+ * server port when server, else for a channel), without using them: for
+ * channels opened long after startup. 0, or an error naming the file. */
+int td_net_tls_check(const td_net_tls *tls, bool server, td_err *err);
+
+int td_net_tokens_load(const char *path, char ***tokens, size_t *n_tokens, td_err *err);
+void td_net_tokens_free(char **tokens, size_t n_tokens);
+
 /* ---- server ---- */
 
 typedef struct td_net_server td_net_server;
@@ -73,6 +112,16 @@ typedef struct td_net_server_opts {
     int32_t max_calls;            /* calls in flight at most (0 = 64) */
     int32_t max_message_bytes;    /* largest message received or sent (0 = 16 MiB) */
     const char *name;             /* for log lines ("coordinator", "worker", "health") */
+    /* Bearer-token authentication (NULL / 0: none). A call must carry the
+     * metadata "authorization: Bearer <one of tokens>", or it ends with
+     * UNAUTHENTICATED before its request is read or any handler runs. The
+     * server keeps copies; tokens are never logged. */
+    const char *const *tokens;
+    size_t n_tokens;
+    /* Methods whose path starts with this need no token (NULL:
+     * "/grpc.health.v1.", so that probes work without secrets; "" would
+     * exempt everything, so it is taken as NULL too). */
+    const char *auth_exempt_prefix;
 } td_net_server_opts;
 
 /* The handler of a unary method answers with td_net_call_reply or
@@ -92,6 +141,9 @@ int td_net_server_add(td_net_server *s, const char *path, const ProtobufCMessage
 /* Binds a plaintext port ("127.0.0.1:0" picks a free one). Returns the
  * port bound (> 0) or a negative TD_E_* with err set. Before start. */
 int td_net_server_listen(td_net_server *s, const char *addr, td_err *err);
+/* The same over TLS (tls->cert_file and key_file required; see td_net_tls
+ * for client certificates). A server may listen on both kinds of port. */
+int td_net_server_listen_tls(td_net_server *s, const char *addr, const td_net_tls *tls, td_err *err);
 int td_net_server_start(td_net_server *s, td_err *err);
 /* Stops accepting calls, lets calls in flight finish for up to grace_ms,
  * then cancels the rest (their sends fail, td_net_call_cancelled turns
@@ -140,15 +192,20 @@ typedef struct td_net_channel_opts {
     int32_t keepalive_timeout_ms;
     /* Reconnect backoff bounds (0 = gRPC's defaults). */
     int32_t min_reconnect_ms, max_reconnect_ms;
+    /* NULL: plaintext. Otherwise TLS (with cert_file and key_file: mutual
+     * TLS). Read at open; the channel keeps no pointer to it. */
+    const td_net_tls *tls;
 } td_net_channel_opts;
 
 /* target: "127.0.0.1:7000" or any gRPC target. Connects lazily. opts may be
- * NULL. NULL only on out of memory. */
+ * NULL. NULL on out of memory, or when a TLS file cannot be read (err names
+ * it). */
 td_net_channel *td_net_channel_open(const char *target, const td_net_channel_opts *opts, td_err *err);
 void td_net_channel_close(td_net_channel *ch); /* accepts NULL */
 const char *td_net_channel_target(const td_net_channel *ch);
 
-/* Metadata sent with a call (etcd's auth token); may be NULL. */
+/* Metadata sent with a call (etcd's auth token; "authorization" with
+ * "Bearer <token>" for a tandem server that wants one); may be NULL. */
 typedef struct td_net_metadata {
     const char *key, *value;
 } td_net_metadata;

@@ -17,6 +17,8 @@
 
 #define TD_NET_DEFAULT_MAX_MESSAGE (16 * 1024 * 1024)
 #define TD_NET_DEFAULT_KEEPALIVE_TIMEOUT_MS 20000
+/* The shortest connection attempt allowed on a TLS channel (see below). */
+#define TD_NET_MIN_TLS_CONNECT_MS 2000
 
 struct td_net_channel {
     grpc_channel *ch;
@@ -36,7 +38,7 @@ td_net_channel *td_net_channel_open(const char *target, const td_net_channel_opt
     }
     td_net_channel_opts o = opts ? *opts : (td_net_channel_opts){0};
     int32_t max_msg = o.max_message_bytes > 0 ? o.max_message_bytes : TD_NET_DEFAULT_MAX_MESSAGE;
-    grpc_arg args[10];
+    grpc_arg args[12];
     size_t n = 0;
 #define TD_ARG_INT(k, v) args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (k), .value.integer = (v)}
     TD_ARG_INT(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, max_msg);
@@ -51,21 +53,31 @@ td_net_channel *td_net_channel_open(const char *target, const td_net_channel_opt
         TD_ARG_INT(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     }
     if (o.min_reconnect_ms > 0) {
-        TD_ARG_INT(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, o.min_reconnect_ms);
+        /* gRPC also takes the minimum backoff as the time one connection
+         * attempt may take: a TLS handshake on a busy host needs more than
+         * a plaintext connect */
+        int32_t min_connect = o.tls && o.min_reconnect_ms < TD_NET_MIN_TLS_CONNECT_MS ? TD_NET_MIN_TLS_CONNECT_MS
+                                                                                      : o.min_reconnect_ms;
+        TD_ARG_INT(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, min_connect);
         TD_ARG_INT(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, o.min_reconnect_ms);
     }
     if (o.max_reconnect_ms > 0) TD_ARG_INT(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, o.max_reconnect_ms);
 #undef TD_ARG_INT
+    if (o.tls && o.tls->server_name)
+        args[n++] = (grpc_arg){.type = GRPC_ARG_STRING, .key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                               .value.string = (char *)o.tls->server_name};
     grpc_channel_args ch_args = {.num_args = n, .args = args};
     td_net_init();
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    td_err cerr = {0};
+    grpc_channel_credentials *creds = o.tls ? td_net_tls_channel_creds(o.tls, &cerr) : grpc_insecure_credentials_create();
     if (creds) c->ch = grpc_channel_create(target, creds, &ch_args);
     if (creds) grpc_channel_credentials_release(creds);
     if (!c->ch) {
         td_net_shutdown();
+        if (!creds && o.tls) td_err_set(err, cerr.code, "net channel %s: %s", target, cerr.msg);
+        else td_err_set(err, TD_E_NOMEM, "net channel %s: gRPC could not create the channel", target);
         free(c->target);
         free(c);
-        td_err_set(err, TD_E_NOMEM, "net channel %s: gRPC could not create the channel", target);
         return NULL;
     }
     return c;

@@ -10,6 +10,8 @@
 #include <grpc/grpc.h>
 #include <grpc/support/time.h>
 
+#include <grpc/grpc_security.h>
+
 #include "net/net.h"
 
 /* A byte buffer holding the packed message; NULL on out of memory. The
@@ -34,5 +36,20 @@ void td_net_status_set(td_net_status *st, grpc_status_code code, grpc_slice deta
 int td_net_unary_raw(td_net_channel *ch, const char *path, const void *bytes, size_t len,
                      const ProtobufCMessageDescriptor *response_type, ProtobufCMessage **response,
                      int64_t deadline_ms, td_net_status *st);
+
+/* ---- net_tls.c ---- */
+
+/* The whole file as a NUL-terminated string (malloc'd); NULL with err
+ * naming the file (and `what` it was meant to be) when it cannot be read. */
+char *td_net_read_pem(const char *path, const char *what, td_err *err);
+/* Wipes then frees (key material must not linger in freed memory). */
+void td_net_secret_free(char *s);
+/* gRPC credentials for a TLS port / a TLS channel; NULL with err set. The
+ * caller releases them. */
+grpc_server_credentials *td_net_tls_server_creds(const td_net_tls *tls, td_err *err);
+grpc_channel_credentials *td_net_tls_channel_creds(const td_net_tls *tls, td_err *err);
+/* Whether an "authorization" metadata value is "Bearer <t>" for one of the
+ * tokens; compares in time that depends on the lengths only. */
+bool td_net_bearer_ok(char *const *tokens, size_t n_tokens, const char *value, size_t len);
 
 #endif

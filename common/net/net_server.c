@@ -68,6 +68,11 @@ struct td_net_server {
     size_t n_methods, cap_methods;
     int32_t max_calls, max_msg;
     char name[64];
+    /* bearer tokens (copies; none: no authentication) and the method prefix
+     * that needs none */
+    char **tokens;
+    size_t n_tokens;
+    char *auth_exempt;
     bool listening, started, shut_down;
     pthread_t acceptor;
     bool acceptor_running;
@@ -85,6 +90,15 @@ struct td_net_server {
 
 /* ---- creation ---- */
 
+/* The token copies (wiped) and the exempt prefix. */
+static void auth_free(td_net_server *s) {
+    td_net_tokens_free(s->tokens, s->n_tokens);
+    s->tokens = NULL;
+    s->n_tokens = 0;
+    free(s->auth_exempt);
+    s->auth_exempt = NULL;
+}
+
 td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err) {
     td_net_server *s = calloc(1, sizeof *s);
     if (!s) {
@@ -94,10 +108,36 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
     s->max_calls = opts && opts->max_calls > 0 ? opts->max_calls : TD_NET_DEFAULT_MAX_CALLS;
     s->max_msg = opts && opts->max_message_bytes > 0 ? opts->max_message_bytes : TD_NET_DEFAULT_MAX_MESSAGE;
     snprintf(s->name, sizeof s->name, "%s", opts && opts->name ? opts->name : "server");
+    if (opts && opts->tokens && opts->n_tokens > 0) {
+        const char *ex = opts->auth_exempt_prefix && *opts->auth_exempt_prefix ? opts->auth_exempt_prefix
+                                                                                 : "/grpc.health.v1.";
+        s->tokens = calloc(opts->n_tokens, sizeof *s->tokens);
+        s->auth_exempt = strdup(ex);
+        bool ok = s->tokens && s->auth_exempt;
+        for (size_t i = 0; ok && i < opts->n_tokens; i++) {
+            /* an empty token would accept "Bearer " with nothing after it */
+            if (!opts->tokens[i] || !*opts->tokens[i]) {
+                s->n_tokens = opts->n_tokens; /* the array's size: unset entries are NULL */
+                auth_free(s);
+                free(s);
+                td_err_set(err, TD_E_ARG, "net server: empty bearer token");
+                return NULL;
+            }
+            ok = (s->tokens[i] = strdup(opts->tokens[i])) != NULL;
+        }
+        s->n_tokens = opts->n_tokens;
+        if (!ok) {
+            auth_free(s);
+            free(s);
+            td_err_set(err, TD_E_NOMEM, "net server: out of memory");
+            return NULL;
+        }
+    }
     atomic_init(&s->stopping, false);
     atomic_init(&s->cancelling, false);
     pthread_condattr_t ca;
     if (pthread_condattr_init(&ca) != 0) {
+        auth_free(s);
         free(s);
         td_err_set(err, TD_E_NOMEM, "net server: condattr");
         return NULL;
@@ -106,12 +146,14 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
     int rc = pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
     if (rc != 0) {
+        auth_free(s);
         free(s);
         td_err_set(err, TD_E_NOMEM, "net server: cond");
         return NULL;
     }
     if (pthread_mutex_init(&s->mu, NULL) != 0) {
         pthread_cond_destroy(&s->cv);
+        auth_free(s);
         free(s);
         td_err_set(err, TD_E_NOMEM, "net server: mutex");
         return NULL;
@@ -135,6 +177,7 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
         td_net_shutdown();
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cv);
+        auth_free(s);
         free(s);
         td_err_set(err, TD_E_NOMEM, "net server: gRPC could not create the server");
         return NULL;
@@ -173,6 +216,18 @@ int td_net_server_listen(td_net_server *s, const char *addr, td_err *err) {
     int port = grpc_server_add_http2_port(s->srv, addr, creds);
     grpc_server_credentials_release(creds);
     if (port <= 0) return td_err_set(err, TD_E_IO, "net server %s: cannot listen on %s", s->name, addr);
+    s->listening = true;
+    return port;
+}
+
+int td_net_server_listen_tls(td_net_server *s, const char *addr, const td_net_tls *tls, td_err *err) {
+    if (!s || !addr || !tls) return td_err_set(err, TD_E_ARG, "net server listen: address and TLS settings needed");
+    if (s->started) return td_err_set(err, TD_E_ARG, "net server listen %s: server already started", addr);
+    grpc_server_credentials *creds = td_net_tls_server_creds(tls, err);
+    if (!creds) return err ? err->code : TD_E_IO;
+    int port = grpc_server_add_http2_port(s->srv, addr, creds);
+    grpc_server_credentials_release(creds);
+    if (port <= 0) return td_err_set(err, TD_E_IO, "net server %s: cannot listen (TLS) on %s", s->name, addr);
     s->listening = true;
     return port;
 }
@@ -265,12 +320,38 @@ static int send_status(td_net_call *c, grpc_status_code code, const char *msg, g
 
 /* ---- the handler thread ---- */
 
+/* Whether the call may run: no tokens configured, an exempt method, or an
+ * "authorization: Bearer <token>" entry with one of the tokens. */
+static bool call_authorized(const td_net_call *c) {
+    const td_net_server *s = c->srv;
+    if (s->n_tokens == 0) return true;
+    if (strncmp(c->m->path, s->auth_exempt, strlen(s->auth_exempt)) == 0) return true;
+    bool ok = false;
+    for (size_t i = 0; i < c->md.count; i++) {
+        const grpc_metadata *e = &c->md.metadata[i];
+        if (grpc_slice_str_cmp(e->key, "authorization") != 0) continue;
+        ok |= td_net_bearer_ok(s->tokens, s->n_tokens, (const char *)GRPC_SLICE_START_PTR(e->value),
+                               GRPC_SLICE_LENGTH(e->value));
+    }
+    return ok;
+}
+
 static void *call_thread(void *arg) {
     td_net_call *c = arg;
     td_net_server *s = c->srv;
     const td_net_method *m = c->m;
     close_post(c);
     grpc_byte_buffer *bb = NULL;
+    if (!call_authorized(c)) {
+        /* before the request is read: an unauthenticated client costs no
+         * unpacking and reaches no handler. The value is not logged. */
+        td_log(TD_LOG_DEBUG, NULL, "%s: %s from %s: no valid bearer token", s->name, m->path,
+               c->peer ? c->peer : "?");
+        grpc_op hop = {.op = GRPC_OP_SEND_INITIAL_METADATA};
+        if (!call_batch(c, &hop, 1, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)) c->gone = true;
+        send_status(c, GRPC_STATUS_UNAUTHENTICATED, "missing or invalid bearer token", NULL);
+        goto done;
+    }
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -296,6 +377,7 @@ static void *call_thread(void *arg) {
             if (!c->status_sent) send_status(c, GRPC_STATUS_INTERNAL, "handler returned without answering", NULL);
         }
     }
+done:
     if (bb) grpc_byte_buffer_destroy(bb);
     /* a call without a status (gone, or its status batch failed) is
      * cancelled, so that the close tag is sure to come */
@@ -493,6 +575,7 @@ void td_net_server_destroy(td_net_server *s) {
     td_net_server_shutdown(s, 0);
     for (size_t i = 0; i < s->n_methods; i++) free(s->methods[i].path);
     free(s->methods);
+    auth_free(s);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

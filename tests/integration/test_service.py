@@ -15,6 +15,12 @@ verifier killed mid-stream (the stream completes with identical tokens),
 etcd stopped for longer than the lease TTL and restarted (registrations
 return, requests flow), and the last verifier killed (UNAVAILABLE, no hang).
 
+SecureServiceTest: the same service with every port protected — TLS on the
+coordinator's public port with bearer tokens, mutual TLS from the
+coordinator to its verifier — reached by grpcio over TLS and by `tandem
+generate --server --tls-ca --token-file`; no token is UNAUTHENTICATED, the
+plaintext health port still answers, and no log holds the token or the key.
+
 Usage: /usr/bin/python3 test_service.py BUILD_DIR [--default-model PATH]
 Every process is started here and stopped by PID, also on failure.
 """
@@ -105,13 +111,13 @@ class Cluster:
                           "--listen", self.addr[name], "--etcd", self.etcd, "--cluster", "t", "--id", name,
                           "--lease-ttl", TTL, "--threads", "1", "--max-seqs", "8", "--idle-timeout", "5"] + list(extra))
 
-    def start_coordinator(self):
+    def start_coordinator(self, extra=()):
         port, hport = free_port(), free_port()
         self.addr["coordinator"] = "127.0.0.1:%d" % port
         self.addr["health"] = "127.0.0.1:%d" % hport
         self.start("coordinator", [os.path.join(BUILD, "tandem-coordinator"), "--listen", self.addr["coordinator"],
                                    "--health-listen", self.addr["health"], "--etcd", self.etcd, "--cluster", "t",
-                                   "--step-timeout-ms", "1500", "--keepalive-ms", "1000"])
+                                   "--step-timeout-ms", "1500", "--keepalive-ms", "1000"] + list(extra))
 
     def stop(self, name, sig=signal.SIGTERM, wait=15):
         p = self.procs.pop(name, None)
@@ -458,6 +464,171 @@ class ServiceTest(unittest.TestCase):
             list(self.api.Generate(pb.GenerateRequest(prompt="hello", max_tokens=8), timeout=60))
         self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, e.exception.details())
         self.assertLess(time.time() - t0, 30)  # fails within seconds: never waits for the 60 s deadline
+
+
+def slurp(path, mode="rb"):
+    with open(path, mode, errors=None if "b" in mode else "replace") as f:
+        return f.read()
+
+
+def make_pki(d):
+    """A throwaway CA, a certificate for 127.0.0.1/localhost (coordinator
+    and worker share it) and a client certificate (the coordinator's, to the
+    worker), all signed by the CA."""
+    sh = ("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=tandem-test-ca -keyout ca.key -out ca.pem && "
+          "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext && "
+          "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr && "
+          "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext "
+          "-out server.pem && "
+          "openssl req -newkey rsa:2048 -nodes -subj /CN=tandem-coordinator -keyout client.key -out client.csr && "
+          "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem")
+    subprocess.run(["sh", "-c", sh], cwd=d, check=True, capture_output=True)
+    return {k: os.path.join(d, k) for k in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+class SecureServiceTest(unittest.TestCase):
+    """TLS + bearer tokens on the coordinator's public port, mutual TLS to
+    the verifier, plaintext health-only port."""
+
+    TOKEN = "tok-7f3c9a1e5b2d4608a9e1c3b5d7f90a2b"
+    PROMPT = "the quick brown fox jumps over the lazy dog and the quick brown fox"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="tandem-secure-")
+        cls.model = os.path.join(cls.tmp, "tiny.gguf")
+        subprocess.run([os.path.join(BUILD, "td-mktiny"), cls.model, "--ctx", "2048"], check=True, capture_output=True)
+        pki_dir = os.path.join(cls.tmp, "pki")
+        os.mkdir(pki_dir)
+        cls.pki = make_pki(pki_dir)
+        cls.tokens_file = os.path.join(cls.tmp, "tokens")
+        with open(cls.tokens_file, "w") as f:
+            f.write("# tokens of this cluster\nother-token-not-used\n%s\n" % cls.TOKEN)
+        cls.client_token = os.path.join(cls.tmp, "client-token")
+        with open(cls.client_token, "w") as f:
+            f.write(cls.TOKEN + "\n")
+        cls.ca = slurp(cls.pki["ca.pem"])
+        cls.c = Cluster(cls.tmp, cls.model)
+        try:
+            cls.c.start_etcd()
+            cls.c.start_worker("verifier", "verifier", ["--tls-cert", cls.pki["server.pem"], "--tls-key",
+                                                        cls.pki["server.key"], "--tls-client-ca", cls.pki["ca.pem"]])
+            cls.c.start_coordinator(["--tls-cert", cls.pki["server.pem"], "--tls-key", cls.pki["server.key"],
+                                     "--auth-tokens", cls.tokens_file, "--worker-tls-ca", cls.pki["ca.pem"],
+                                     "--worker-tls-cert", cls.pki["client.pem"], "--worker-tls-key",
+                                     cls.pki["client.key"]])
+            # reconnect soon: the channel exists before the coordinator listens
+            cls.ch = grpc.secure_channel(cls.c.addr["coordinator"], grpc.ssl_channel_credentials(root_certificates=cls.ca),
+                                         options=[("grpc.initial_reconnect_backoff_ms", 200),
+                                                  ("grpc.max_reconnect_backoff_ms", 1000)])
+            cls.api = pbg.InferenceStub(cls.ch)
+            health = hpbg.HealthStub(cls.ch)  # health needs no token, also on the TLS port
+            wait_for(lambda: health.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2).status
+                     == hpb.HealthCheckResponse.SERVING, 60, "coordinator readiness over TLS")
+        except Exception:
+            cls.c.stop_all()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        codes = cls.c.stop_all()
+        cls.ch.close()
+        bad = {k: v for k, v in codes.items() if v not in (0, None) and not (k == "etcd" and v == -15)}
+        if bad:
+            for name in bad:
+                print("---- %s.log (exit %s) ----\n%s" % (name, bad[name], open(cls.c.log(name)).read()[-3000:]))
+        # every process log, read after the processes ended: no secret in any
+        leaks = []
+        key_lines = [l for l in (slurp(cls.pki["server.key"], "r") + slurp(cls.pki["client.key"], "r")).splitlines()
+                     if l and not l.startswith("-----")]
+        for name in os.listdir(cls.tmp):
+            if name.endswith(".log"):
+                text = slurp(os.path.join(cls.tmp, name), "r")
+                if cls.TOKEN in text:
+                    leaks.append(name + ": the token")
+                if "PRIVATE KEY" in text or any(l in text for l in key_lines):
+                    leaks.append(name + ": private key text")
+        if os.environ.get("TD_KEEP_LOGS"):
+            print("logs kept in", cls.tmp)
+        else:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+        assert not bad, "processes did not exit 0 on SIGTERM: %s" % bad
+        assert not leaks, "secrets in logs: %s" % leaks
+
+    def cli(self, *args, env=None):
+        return subprocess.run([os.path.join(BUILD, "tandem")] + list(args), capture_output=True,
+                              env=dict(os.environ, **(env or {})))
+
+    def local(self):
+        r = self.cli("generate", "--model", self.model, "--prompt", self.PROMPT, "--max-tokens", "32")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def generate(self, metadata):
+        text = b""
+        for m in self.api.Generate(pb.GenerateRequest(prompt=self.PROMPT, max_tokens=32,
+                                                      sampling=pb.SamplingParams(seed=0)),
+                                   timeout=60, metadata=metadata):
+            text += m.text.encode()
+        return text
+
+    def test_01_generate_over_tls_with_token(self):
+        text = self.generate([("authorization", "Bearer " + self.TOKEN)])
+        self.assertEqual(text, self.local().decode("utf-8", errors="replace").encode())
+
+    def test_02_no_or_wrong_token(self):
+        for md in (None, [("authorization", "Bearer wrong")], [("authorization", self.TOKEN)]):
+            with self.assertRaises(grpc.RpcError) as e:
+                self.generate(md)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED, md)
+            self.assertEqual(e.exception.details(), "missing or invalid bearer token")
+        with self.assertRaises(grpc.RpcError) as e:
+            self.api.ListModels(pb.ListModelsRequest(), timeout=5)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+
+    def test_03_plaintext_refused_health_port_open(self):
+        with grpc.insecure_channel(self.c.addr["coordinator"]) as ch:  # plaintext to the TLS port
+            with self.assertRaises(grpc.RpcError) as e:
+                hpbg.HealthStub(ch).Check(hpb.HealthCheckRequest(), timeout=5)
+            self.assertIn(e.exception.code(), (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
+        with grpc.insecure_channel(self.c.addr["health"]) as ch:
+            self.assertEqual(hpbg.HealthStub(ch).Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"),
+                                                       timeout=5).status, hpb.HealthCheckResponse.SERVING)
+        r = self.cli("health", "--server", self.c.addr["health"])
+        self.assertEqual(r.stdout.strip(), b"SERVING")
+        r = self.cli("health", "--server", self.c.addr["coordinator"], "--tls-ca", self.pki["ca.pem"])
+        self.assertEqual(r.stdout.strip(), b"SERVING", r.stderr)
+
+    def test_04_worker_wants_client_certificate(self):
+        addr = self.c.addr["verifier"]
+        for creds in (None, grpc.ssl_channel_credentials(root_certificates=self.ca)):
+            ch = grpc.secure_channel(addr, creds) if creds else grpc.insecure_channel(addr)
+            with ch:
+                with self.assertRaises(grpc.RpcError):
+                    wpbg.WorkerStub(ch).Stats(wpb.StatsRequest(), timeout=5)
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca,
+                                             private_key=slurp(self.pki["client.key"]),
+                                             certificate_chain=slurp(self.pki["client.pem"]))
+        with grpc.secure_channel(addr, creds) as ch:
+            wpbg.WorkerStub(ch).Stats(wpb.StatsRequest(), timeout=5)
+
+    def test_05_cli_generate_with_tls_and_token(self):
+        base = ["generate", "--server", self.c.addr["coordinator"], "--prompt", self.PROMPT, "--max-tokens", "32",
+                "--tls-ca", self.pki["ca.pem"]]
+        local = self.local()
+        r = self.cli(*(base + ["--token-file", self.client_token]))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, local.decode("utf-8", errors="replace").encode())
+        r = self.cli(*base, env={"TANDEM_TOKEN": self.TOKEN})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, local.decode("utf-8", errors="replace").encode())
+        r = self.cli(*base)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"UNAUTHENTICATED", r.stderr)
+        r = self.cli(*(base + ["--token-file", os.path.join(self.tmp, "no-such-file")]))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"no-such-file", r.stderr)
+        self.assertNotIn(self.TOKEN.encode(), r.stdout + r.stderr)
 
 
 class DefaultModelTest(unittest.TestCase):

@@ -6,7 +6,14 @@
  * error reaching the client intact, deadlines and cancellation as a handler
  * sees them, a send to a client that never reads timing out, and shutdown
  * with a call in flight. Pass/fail never depends on
- * timing beyond generous waits (a handler that blocks until cancelled). */
+ * timing beyond generous waits (a handler that blocks until cancelled).
+ *
+ * Transport security: a throwaway CA made by `openssl` at test time signs a
+ * server certificate (IP:127.0.0.1, DNS:localhost) and a client one: a call
+ * over TLS works, a plaintext client to the TLS port fails, mutual TLS
+ * refuses a client without a certificate, unreadable files are errors that
+ * name them; bearer tokens: none or a wrong one is UNAUTHENTICATED, a right
+ * one passes, health stays open. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "net/net.h"
@@ -510,6 +518,275 @@ static void signals(void **state) {
     assert_int_equal(td_net_signals_wait(1000), SIGTERM);
 }
 
+/* ---- TLS and bearer tokens ---- */
+
+#define SECRET "/test.Secret/Check" /* the same handler on a path that needs a token */
+
+typedef struct tls_env {
+    char dir[64];
+    char ca[128], cert[128], key[128], ccert[128], ckey[128], other_ca[128];
+} tls_env;
+
+/* The CA, a server certificate for 127.0.0.1/localhost and a client
+ * certificate, all signed by it, plus a second CA that signed neither. */
+static int tls_setup(void **state) {
+    tls_env *t = calloc(1, sizeof *t);
+    if (!t) return -1;
+    snprintf(t->dir, sizeof t->dir, "/tmp/td-net-tls-XXXXXX");
+    if (!mkdtemp(t->dir)) {
+        free(t);
+        return -1;
+    }
+    snprintf(t->ca, sizeof t->ca, "%s/ca.pem", t->dir);
+    snprintf(t->cert, sizeof t->cert, "%s/server.pem", t->dir);
+    snprintf(t->key, sizeof t->key, "%s/server.key", t->dir);
+    snprintf(t->ccert, sizeof t->ccert, "%s/client.pem", t->dir);
+    snprintf(t->ckey, sizeof t->ckey, "%s/client.key", t->dir);
+    snprintf(t->other_ca, sizeof t->other_ca, "%s/other-ca.pem", t->dir);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && exec >openssl.log 2>&1 && "
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=td-test-ca -keyout ca.key -out ca.pem && "
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=td-other-ca -keyout other-ca.key -out other-ca.pem && "
+             "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > server.ext && "
+             "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr && "
+             "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext -out server.pem && "
+             "openssl req -newkey rsa:2048 -nodes -subj /CN=td-test-client -keyout client.key -out client.csr && "
+             "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem",
+             t->dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "tls_setup: openssl failed (see %s/openssl.log)\n", t->dir);
+        free(t);
+        return -1;
+    }
+    *state = t;
+    return 0;
+}
+
+static int tls_teardown(void **state) {
+    tls_env *t = *state;
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", t->dir);
+    if (system(cmd) != 0) fprintf(stderr, "tls_teardown: could not remove %s\n", t->dir);
+    free(t);
+    return 0;
+}
+
+/* A server with CHECK (exempt from tokens: a health path) and SECRET, on a
+ * TLS port when tls is given; its port in *port. */
+static td_net_server *secure_server(fixture *f, const td_net_tls *tls, const char *const *tokens, size_t n_tokens,
+                                    int *port) {
+    td_err err = {0};
+    td_net_server_opts o = {.name = "secure", .tokens = tokens, .n_tokens = n_tokens};
+    td_net_server *s = td_net_server_create(&o, &err);
+    assert_non_null(s);
+    assert_int_equal(td_net_server_add(s, CHECK, &grpc__health__v1__health_check_request__descriptor, false,
+                                       check_handler, f, &err), 0);
+    assert_int_equal(td_net_server_add(s, SECRET, &grpc__health__v1__health_check_request__descriptor, false,
+                                       check_handler, f, &err), 0);
+    assert_int_equal(td_net_server_add(s, WATCH, &grpc__health__v1__health_check_request__descriptor, true,
+                                       watch_handler, f, &err), 0);
+    *port = tls ? td_net_server_listen_tls(s, "127.0.0.1:0", tls, &err) : td_net_server_listen(s, "127.0.0.1:0", &err);
+    assert_true(*port > 0);
+    assert_int_equal(td_net_server_start(s, &err), 0);
+    return s;
+}
+
+static int call_on(td_net_channel *ch, const char *path, const char *token, td_net_status *st) {
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = "";
+    char bearer[128];
+    snprintf(bearer, sizeof bearer, "Bearer %s", token ? token : "");
+    td_net_metadata md = {"authorization", bearer};
+    return td_net_unary(ch, path, &req.base, &grpc__health__v1__health_check_response__descriptor, NULL, 10000,
+                        token ? &md : NULL, token ? 1 : 0, st);
+}
+
+static td_net_channel *open_to(int port, const td_net_tls *tls) {
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    td_err err = {0};
+    td_net_channel_opts o = {.tls = tls};
+    td_net_channel *ch = td_net_channel_open(target, &o, &err);
+    assert_non_null(ch);
+    return ch;
+}
+
+static void tls_call(void **state) {
+    tls_env *t = *state;
+    fixture f = {0};
+    int port;
+    td_net_tls stls = {.cert_file = t->cert, .key_file = t->key};
+    td_net_server *s = secure_server(&f, &stls, NULL, 0, &port);
+    td_net_status st;
+    /* verified against the CA, by IP and (overridden) by name */
+    td_net_tls ctls = {.ca_file = t->ca};
+    td_net_channel *ch = open_to(port, &ctls);
+    assert_int_equal(call_on(ch, SECRET, NULL, &st), TD_NET_OK);
+    td_net_channel_close(ch);
+    td_net_tls named = {.ca_file = t->ca, .server_name = "localhost"};
+    ch = open_to(port, &named);
+    assert_int_equal(call_on(ch, SECRET, NULL, &st), TD_NET_OK);
+    td_net_channel_close(ch);
+    /* a plaintext client to the TLS port gets nowhere */
+    ch = open_to(port, NULL);
+    assert_int_not_equal(call_on(ch, SECRET, NULL, &st), TD_NET_OK);
+    td_net_channel_close(ch);
+    /* nor does a client trusting another CA */
+    td_net_tls other = {.ca_file = t->other_ca};
+    ch = open_to(port, &other);
+    assert_int_not_equal(call_on(ch, SECRET, NULL, &st), TD_NET_OK);
+    td_net_channel_close(ch);
+    td_net_server_destroy(s);
+}
+
+static void tls_mutual(void **state) {
+    tls_env *t = *state;
+    fixture f = {0};
+    int port;
+    td_net_tls stls = {.cert_file = t->cert, .key_file = t->key, .ca_file = t->ca, .require_client_cert = true};
+    td_net_server *s = secure_server(&f, &stls, NULL, 0, &port);
+    td_net_status st;
+    td_net_tls no_cert = {.ca_file = t->ca};
+    td_net_channel *ch = open_to(port, &no_cert);
+    assert_int_not_equal(call_on(ch, SECRET, NULL, &st), TD_NET_OK);
+    td_net_channel_close(ch);
+    td_net_tls with_cert = {.ca_file = t->ca, .cert_file = t->ccert, .key_file = t->ckey};
+    ch = open_to(port, &with_cert);
+    assert_int_equal(call_on(ch, SECRET, NULL, &st), TD_NET_OK);
+    assert_int_equal(call_on(ch, CHECK, NULL, &st), TD_NET_OK);
+    td_net_channel_close(ch);
+    td_net_server_destroy(s);
+}
+
+static void tls_bad_files(void **state) {
+    tls_env *t = *state;
+    td_err err = {0};
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/no-such.key", t->dir);
+    td_net_server *s = td_net_server_create(NULL, &err);
+    assert_non_null(s);
+    td_net_tls bad_key = {.cert_file = t->cert, .key_file = missing};
+    assert_true(td_net_server_listen_tls(s, "127.0.0.1:0", &bad_key, &err) < 0);
+    assert_non_null(strstr(err.msg, missing));
+    td_net_tls no_key = {.cert_file = t->cert};
+    assert_true(td_net_server_listen_tls(s, "127.0.0.1:0", &no_key, &err) < 0);
+    td_net_tls need_ca = {.cert_file = t->cert, .key_file = t->key, .require_client_cert = true};
+    assert_true(td_net_server_listen_tls(s, "127.0.0.1:0", &need_ca, &err) < 0);
+    td_net_server_destroy(s);
+    td_net_tls bad_ca = {.ca_file = missing};
+    td_net_channel_opts o = {.tls = &bad_ca};
+    assert_null(td_net_channel_open("127.0.0.1:1", &o, &err));
+    assert_non_null(strstr(err.msg, missing));
+    td_net_tls half = {.ca_file = t->ca, .cert_file = t->ccert};
+    o.tls = &half;
+    assert_null(td_net_channel_open("127.0.0.1:1", &o, &err));
+    /* the check without a port or channel (the coordinator's, at start) */
+    assert_true(td_net_tls_check(&bad_ca, false, &err) < 0);
+    assert_non_null(strstr(err.msg, missing));
+    assert_true(td_net_tls_check(&bad_key, true, &err) < 0);
+    td_net_tls good = {.ca_file = t->ca, .cert_file = t->ccert, .key_file = t->ckey};
+    assert_int_equal(td_net_tls_check(&good, false, &err), 0);
+    td_net_tls good_srv = {.cert_file = t->cert, .key_file = t->key, .ca_file = t->ca, .require_client_cert = true};
+    assert_int_equal(td_net_tls_check(&good_srv, true, &err), 0);
+}
+
+static void tokens(void **state) {
+    tls_env *t = *state;
+    (void)t;
+    fixture f = {0};
+    int port;
+    const char *toks[] = {"s3cret-one", "s3cret-two"};
+    td_net_server *s = secure_server(&f, NULL, toks, 2, &port);
+    td_net_channel *ch = open_to(port, NULL);
+    td_net_status st;
+    assert_int_equal(call_on(ch, SECRET, NULL, &st), TD_NET_UNAUTHENTICATED);
+    assert_string_equal(st.msg, "missing or invalid bearer token");
+    assert_int_equal(call_on(ch, SECRET, "wrong", &st), TD_NET_UNAUTHENTICATED);
+    assert_int_equal(call_on(ch, SECRET, "s3cret-on", &st), TD_NET_UNAUTHENTICATED);  /* a prefix */
+    assert_int_equal(call_on(ch, SECRET, "s3cret-one!", &st), TD_NET_UNAUTHENTICATED); /* longer */
+    assert_int_equal(call_on(ch, SECRET, "", &st), TD_NET_UNAUTHENTICATED);
+    assert_int_equal(call_on(ch, SECRET, "s3cret-one", &st), TD_NET_OK);
+    assert_int_equal(call_on(ch, SECRET, "s3cret-two", &st), TD_NET_OK);
+    /* health needs none */
+    assert_int_equal(call_on(ch, CHECK, NULL, &st), TD_NET_OK);
+    /* a stream on a method that needs a token: refused the same way */
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    td_net_server_destroy(s);
+    td_net_channel_close(ch);
+    const char *exempt_none[] = {"tok"};
+    td_err err = {0};
+    td_net_server_opts o = {.name = "strict", .tokens = exempt_none, .n_tokens = 1, .auth_exempt_prefix = "/none."};
+    s = td_net_server_create(&o, &err);
+    assert_non_null(s);
+    assert_int_equal(td_net_server_add(s, WATCH, &grpc__health__v1__health_check_request__descriptor, true,
+                                       watch_handler, &f, &err), 0);
+    port = td_net_server_listen(s, "127.0.0.1:0", &err);
+    assert_true(port > 0);
+    assert_int_equal(td_net_server_start(s, &err), 0);
+    ch = open_to(port, NULL);
+    td_net_stream *str = td_net_stream_open(ch, WATCH, &req.base, 10000, NULL, 0, &err);
+    assert_non_null(str);
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(td_net_stream_next(str, &grpc__health__v1__health_check_response__descriptor, &m, &st), 0);
+    assert_int_equal(st.code, TD_NET_UNAUTHENTICATED);
+    td_net_stream_close(str);
+    td_net_metadata md = {"authorization", "bearer tok"}; /* the scheme in any case */
+    str = td_net_stream_open(ch, WATCH, &req.base, 10000, &md, 1, &err);
+    assert_non_null(str);
+    int got = 0;
+    while (td_net_stream_next(str, &grpc__health__v1__health_check_response__descriptor, &m, &st) == 1) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        got++;
+    }
+    assert_int_equal(st.code, TD_NET_OK);
+    assert_int_equal(got, WATCH_N);
+    td_net_stream_close(str);
+    td_net_channel_close(ch);
+    td_net_server_destroy(s);
+    /* an empty token would let "Bearer " through: refused at create */
+    const char *empty[] = {""};
+    td_net_server_opts eo = {.tokens = empty, .n_tokens = 1};
+    assert_null(td_net_server_create(&eo, &err));
+}
+
+static void token_file(void **state) {
+    tls_env *t = *state;
+    char path[160];
+    snprintf(path, sizeof path, "%s/tokens", t->dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs("# comment\n\n  alpha  \r\nbeta\ngamma", fp);
+    fclose(fp);
+    char **toks = NULL;
+    size_t n = 0;
+    td_err err = {0};
+    assert_int_equal(td_net_tokens_load(path, &toks, &n, &err), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(toks[0], "alpha");
+    assert_string_equal(toks[1], "beta");
+    assert_string_equal(toks[2], "gamma");
+    td_net_tokens_free(toks, n);
+    fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs("# only a comment\n", fp);
+    fclose(fp);
+    assert_true(td_net_tokens_load(path, &toks, &n, &err) < 0);
+    assert_null(toks);
+    char missing[180];
+    snprintf(missing, sizeof missing, "%s/none", t->dir);
+    assert_true(td_net_tokens_load(missing, &toks, &n, &err) < 0);
+    assert_non_null(strstr(err.msg, missing));
+    /* the comparison itself */
+    char *list[] = {"abc", "xyz"};
+    assert_true(td_net_bearer_ok(list, 2, "Bearer xyz", 10));
+    assert_true(td_net_bearer_ok(list, 2, "BEARER abc", 10));
+    assert_false(td_net_bearer_ok(list, 2, "Bearer ab", 9));
+    assert_false(td_net_bearer_ok(list, 2, "Bearer ", 7));
+    assert_false(td_net_bearer_ok(list, 2, "Basic abc", 9));
+    assert_false(td_net_bearer_ok(list, 2, "Bearer abcd", 11));
+}
+
 int main(void) {
     const struct CMUnitTest shared[] = {
         cmocka_unit_test(unary_ok),        cmocka_unit_test(stream_ok),         cmocka_unit_test(unknown_method),
@@ -522,5 +799,10 @@ int main(void) {
     };
     int failed = cmocka_run_group_tests_name("net (one server)", shared, setup, teardown);
     failed += cmocka_run_group_tests_name("net (own servers)", own, NULL, NULL);
+    const struct CMUnitTest secure[] = {
+        cmocka_unit_test(tls_call), cmocka_unit_test(tls_mutual), cmocka_unit_test(tls_bad_files),
+        cmocka_unit_test(tokens),   cmocka_unit_test(token_file),
+    };
+    failed += cmocka_run_group_tests_name("net (TLS and tokens)", secure, tls_setup, tls_teardown);
     return failed;
 }
