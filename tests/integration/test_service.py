@@ -275,9 +275,12 @@ class ServiceTest(unittest.TestCase):
         self.assertEqual(r.stdout, self.wire(local))
         # an unset seed is fixed by the coordinator and returned; resuming
         # with it and the tokens already received continues identically
-        text, ids, last, first = self.generate(prompt=prompt, max_tokens=30, sampling=pb.SamplingParams(temperature=1.0))
+        # (ignore_eos: a random seed must not end the stream before the resume point)
+        text, ids, last, first = self.generate(prompt=prompt, max_tokens=30, ignore_eos=True,
+                                               sampling=pb.SamplingParams(temperature=1.0))
         self.assertNotEqual(first.seed, 0)
-        _, ids2, last2, _ = self.generate(prompt=prompt, max_tokens=30, resume_ids=ids[:12],
+        self.assertEqual(len(ids), 30)
+        _, ids2, last2, _ = self.generate(prompt=prompt, max_tokens=30, resume_ids=ids[:12], ignore_eos=True,
                                           sampling=pb.SamplingParams(temperature=1.0, seed=first.seed))
         self.assertEqual(ids[12:], ids2)
         # logprobs: one per token, the sampled token's within the alternatives when it is the best
