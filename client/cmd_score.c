@@ -165,7 +165,7 @@ typedef struct job {
     td_net_channel *ch;
     td_cli_conn conn; /* TLS and the bearer token */
     item *items;
-    size_t *todo, n_todo, next;
+    size_t *queue, n_queue, next;  /* items still to score, in file order */
     int32_t batch, top_k, retries;
     bool add_bos;
     int64_t timeout_ms;
@@ -222,7 +222,7 @@ static int32_t *ids_of(const cJSON *arr, size_t *n) {
     return v;
 }
 
-/* Scores items todo[lo..hi): 0, or the gRPC code of a failure that a retry
+/* Scores the items idx[0..n): 0, or the gRPC code of a failure that a retry
  * might cure (UNAVAILABLE and friends); per-item problems are recorded. */
 static int score_batch(job *j, const size_t *idx, size_t n, td_net_status *st) {
     Tandem__V1__ScoreItem *it = calloc(n, sizeof *it);
@@ -324,7 +324,7 @@ static void *worker(void *arg) {
         pthread_mutex_lock(&j->mu);
         size_t n = 0;
         if (!j->stop && !j->fatal)
-            while (n < (size_t)j->batch && j->next < j->n_todo) idx[n++] = j->todo[j->next++];
+            while (n < (size_t)j->batch && j->next < j->n_queue) idx[n++] = j->queue[j->next++];
         pthread_mutex_unlock(&j->mu);
         if (n == 0) break;
         td_net_status st = {0};
@@ -445,11 +445,11 @@ int td_cmd_score(int argc, char **argv) {
         }
         j.items[n_items++] = x;
     }
-    j.todo = malloc((n_items ? n_items : 1) * sizeof *j.todo);
-    if (!j.todo) goto nomem;
+    j.queue = malloc((n_items ? n_items : 1) * sizeof *j.queue);
+    if (!j.queue) goto nomem;
     for (size_t i = 0; i < n_items; i++) {
         if (j.items[i].error) record_error(&j, j.items[i].id, j.items[i].error);
-        else j.todo[j.n_todo++] = i;
+        else j.queue[j.n_queue++] = i;
     }
     if (skipped)
         fprintf(stderr, "tandem score: resuming: %zu items already done (%zu result and %zu error lines)\n", skipped,
@@ -465,7 +465,7 @@ int td_cmd_score(int argc, char **argv) {
     for (;;) {
         pthread_mutex_lock(&j.mu);
         size_t d = j.done + j.failed, next = j.next;
-        bool finished = (next >= j.n_todo || j.fatal || j.stop);
+        bool finished = (next >= j.n_queue || j.fatal || j.stop);
         pthread_mutex_unlock(&j.mu);
         double now = td_now_sec(), rate = (double)d / (now - t0 > 1e-3 ? now - t0 : 1e-3);
         size_t total = n_items;
@@ -475,7 +475,7 @@ int td_cmd_score(int argc, char **argv) {
                     (int)eta / 60, (int)eta % 60, tty ? "   " : "\n");
             last_print = now;
         }
-        if (finished && next >= j.n_todo) break;
+        if (finished && next >= j.n_queue) break;
         if (finished) break;
         if ((sig = td_net_signals_wait(200))) {
             fprintf(stderr, "\ntandem score: signal %d: finishing the requests in flight, then stopping\n", sig);
@@ -504,7 +504,7 @@ cleanup:
         free(j.items[i].error);
     }
     free(j.items);
-    free(j.todo);
+    free(j.queue);
     td_net_channel_close(j.ch);
     td_cli_conn_close(&j.conn);
     if (j.out_fd >= 0) close(j.out_fd);

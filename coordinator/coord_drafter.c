@@ -69,14 +69,8 @@ static int draft_call(remote_drafter *d, const int32_t *history, size_t n, int32
                       td_net_status *st) {
     out->n = 0;
     Tandem__V1__DraftRequest q = TANDEM__V1__DRAFT_REQUEST__INIT;
-    Tandem__V1__Sampling smp = TANDEM__V1__SAMPLING__INIT;
-    smp.temperature = d->sp.temperature;
-    smp.top_k = d->sp.top_k;
-    smp.top_p = d->sp.top_p;
-    smp.min_p = d->sp.min_p;
-    smp.repeat_penalty = d->sp.repeat_penalty;
-    smp.repeat_last_n = d->sp.repeat_last_n;
-    smp.seed = d->sp.seed;
+    Tandem__V1__Sampling smp;
+    td_coord_sampling_to(&d->sp, &smp);
     q.request_id = d->req;
     q.seq = d->key;
     q.n_history = n;

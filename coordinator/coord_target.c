@@ -79,7 +79,7 @@ static int64_t step_budget(const remote_target *t) {
     return budget(t, want);
 }
 
-static void sampling_to(const td_sample_params *sp, Tandem__V1__Sampling *m) {
+void td_coord_sampling_to(const td_sample_params *sp, Tandem__V1__Sampling *m) {
     tandem__v1__sampling__init(m);
     m->temperature = sp->temperature;
     m->top_k = sp->top_k;
@@ -116,7 +116,7 @@ static int prefill_on(remote_target *t, td_net_status *st) {
     remote_seq *s = &t->seq;
     Tandem__V1__PrefillRequest q = TANDEM__V1__PREFILL_REQUEST__INIT;
     Tandem__V1__Sampling smp;
-    sampling_to(&s->p.sample, &smp);
+    td_coord_sampling_to(&s->p.sample, &smp);
     s->key = atomic_fetch_add(&t->c->next_seq, 1);
     q.request_id = t->req;
     q.seq = s->key;

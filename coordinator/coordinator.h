@@ -115,6 +115,10 @@ int32_t td_coord_target_moves(const td_target *t);
  * that fails only costs drafts: propose then returns none. */
 td_drafter *td_coord_drafter_create(td_coord *c, const char *role, const char *request_id, td_err *err);
 
+/* Resolved sampling parameters as tandem.v1.Sampling (coord_target.c). */
+struct Tandem__V1__Sampling;
+void td_coord_sampling_to(const td_sample_params *sp, struct Tandem__V1__Sampling *m);
+
 /* Milliseconds since an arbitrary start (monotonic). */
 int64_t td_coord_now_ms(void);
 

@@ -12,15 +12,6 @@
 
 #include "worker.h"
 
-static void top_ids(const float *logits, int32_t n, int32_t *top, int32_t k) {
-    int32_t cnt = 0;
-    for (int32_t v = 0; v < n; v++) {
-        if (cnt == k && !(logits[v] > logits[top[k - 1]])) continue;
-        int32_t j = cnt < k ? cnt++ : k - 1;
-        while (j > 0 && logits[v] > logits[top[j - 1]]) { top[j] = top[j - 1]; j--; }
-        top[j] = v;
-    }
-}
 
 int td_worker_score(td_worker_engine *e, const char *req, const int32_t *prompt, size_t n_prompt,
                     const int32_t *cont, size_t n_cont, int32_t top_k, td_worker_score_out *out, td_err *err) {
@@ -78,7 +69,7 @@ int td_worker_score(td_worker_engine *e, const char *req, const int32_t *prompt,
             out->greedy[c] = best == tk;
             if (top_k > 0) {
                 int32_t *ids = out->top_id + c * (size_t)top_k;
-                top_ids(lg, sc.n_vocab, ids, top_k);
+                td_sample_top_ids(lg, sc.n_vocab, ids, top_k);
                 for (int32_t a = 0; a < top_k; a++)
                     out->top_logprob[c * (size_t)top_k + a] = (float)td_sample_logprob_at(lg, mx, log_sum, ids[a]);
             }

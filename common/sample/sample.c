@@ -537,3 +537,13 @@ void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_
     *max = mx;
     *log_sum = log(sum);
 }
+
+void td_sample_top_ids(const float *logits, int32_t n, int32_t *top, int32_t k) {
+    int32_t cnt = 0;
+    for (int32_t v = 0; v < n; v++) {
+        if (cnt == k && !(logits[v] > logits[top[k - 1]])) continue;
+        int32_t j = cnt < k ? cnt++ : k - 1;
+        while (j > 0 && logits[v] > logits[top[j - 1]]) { top[j] = top[j - 1]; j--; }
+        top[j] = v;
+    }
+}

@@ -72,6 +72,8 @@ int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
  * log(sum exp(logits - m)) once, then logprob(id) = (logits[id] - m) - log_sum.
  * Scoring, perplexity and per-token logprobs all use it, so their numbers
  * agree bit for bit. */
+/* The k (>= 1) ids with the largest logits, best first (ties: lower id). */
+void td_sample_top_ids(const float *logits, int32_t n, int32_t *top, int32_t k);
 void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_sum);
 static inline double td_sample_logprob_at(const float *logits, float max, double log_sum, int32_t id) {
     return ((double)logits[id] - max) - log_sum;

@@ -41,15 +41,6 @@ typedef struct local_target {
     int32_t *row0;        /* per item: batch index of its root row */
 } local_target;
 
-static void top_ids(const float *logits, int32_t n, int32_t *top, int32_t k) {
-    int32_t cnt = 0;
-    for (int32_t v = 0; v < n; v++) {
-        if (cnt == k && !(logits[v] > logits[top[k - 1]])) continue;
-        int32_t j = cnt < k ? cnt++ : k - 1;
-        while (j > 0 && logits[v] > logits[top[j - 1]]) { top[j] = top[j - 1]; j--; }
-        top[j] = v;
-    }
-}
 
 static int32_t child_with(const td_draft *d, int32_t parent, int32_t t) {
     for (int32_t j = 0; j < d->n; j++)
@@ -132,7 +123,7 @@ static void fill_logprobs(const local_target *t, const float *lg, int32_t tk, in
     r->logprob = (float)td_sample_logprob_at(lg, mx, log_sum, tk);
     r->n_alt = n_alt;
     if (n_alt > 0) {
-        top_ids(lg, t->n_vocab, r->alt_id, n_alt);
+        td_sample_top_ids(lg, t->n_vocab, r->alt_id, n_alt);
         for (int32_t a = 0; a < n_alt; a++) r->alt_logprob[a] = (float)td_sample_logprob_at(lg, mx, log_sum, r->alt_id[a]);
     }
 }
@@ -148,7 +139,7 @@ static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0,
         r->logprob = 0;
         r->n_alt = 0;
         r->n_top = s->p.n_top;
-        if (s->p.n_top > 0) top_ids(t->logits + (size_t)(row0 + i) * t->n_vocab, t->n_vocab, r->top, s->p.n_top);
+        if (s->p.n_top > 0) td_sample_top_ids(t->logits + (size_t)(row0 + i) * t->n_vocab, t->n_vocab, r->top, s->p.n_top);
     }
     int32_t node = -1, depth = 0;
     it->n_path = 0;
