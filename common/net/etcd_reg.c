@@ -109,7 +109,12 @@ static void *reg_main(void *arg) {
         }
         int32_t wait_ms;
         if (failed) {
+            /* never back off past a keep-alive interval: when etcd returns
+             * (its restart refreshes every lease to one TTL) the value must
+             * be put again before that TTL runs out, or the registration
+             * blinks out and readers see the worker leave */
             wait_ms = td_etcd_backoff_next(e, &backoff, &rng);
+            if (wait_ms > interval_ms) wait_ms = interval_ms;
         } else if (r->lease == 0 || atomic_load(&r->dirty) || outage) {
             continue;
         } else {

@@ -454,8 +454,20 @@ class ServiceTest(unittest.TestCase):
         wait_for(lambda: len(self.registered()) == 3, 40, "registrations to come back")
         wait_for(lambda: self.health.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2).status
                  == hpb.HealthCheckResponse.SERVING, 40, "readiness after etcd returned")
-        text2, _, _, _ = self.generate(prompt="hello", max_tokens=8)
-        self.assertEqual(text, text2)
+        # a registration restored from etcd's data may still expire once
+        # before its worker puts it again: a client retries UNAVAILABLE
+        got = []
+
+        def served():
+            try:
+                got.append(self.generate(prompt="hello", max_tokens=8)[0])
+                return True
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                return False
+        wait_for(served, 40, "a request served after etcd returned")
+        self.assertEqual(text, got[0])
         for name in ("verifier-a", "verifier-b", "drafter-a"):
             self.assertIsNone(self.c.procs[name].poll(), name + " exited while etcd was away")
 
