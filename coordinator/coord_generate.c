@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "coordinator.h"
+#include "metrics/metrics.h"
 #include "tandem/v1/inference.pb-c.h"
 
 #define MAX_STOPS 16
@@ -425,6 +426,8 @@ void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *use
     last.speculation = &stats;
     if (flush(call, &out, &last, c->write_timeout_ms)) goto gone;
     td_net_call_finish(call);
+    td_metrics_generate_done((int64_t)n_ids, rq.stats.n_generated, usage.time_to_first_token_sec, usage.total_sec,
+                             rq.spec.n_steps, rq.spec.n_drafted, rq.spec.n_accepted);
     td_log(TD_LOG_INFO, req, "Generate done: %d tokens in %.2f s (%s), %.2f tokens/pass, verifier %s%s",
            rq.stats.n_generated, usage.total_sec, td_gen_stop_name(rq.stats.stop), stats.tokens_per_pass,
            td_coord_target_worker(target), td_coord_target_moves(target) ? " (moved)" : "");

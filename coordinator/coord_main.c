@@ -22,6 +22,9 @@ static void usage(FILE *f) {
           "\n"
           "  --listen ADDR           gRPC address, e.g. 127.0.0.1:7000 (port 0 picks one)\n"
           "  --health-listen ADDR    plaintext port serving only grpc.health.v1 (for probes)\n"
+          "  --metrics-listen ADDR   plaintext HTTP port serving Prometheus metrics (GET /metrics)\n"
+          "  --max-connection-age-ms MS  close client connections after about this long (default 0: never),\n"
+          "                          so clients reconnect and spread over new coordinator replicas\n"
           "  --tls-cert FILE         serve --listen over TLS with this certificate chain (PEM); needs\n"
           "                          --tls-key FILE (default: plaintext)\n"
           "  --tls-client-ca FILE    with TLS: clients must present a certificate signed by this CA\n"
@@ -66,11 +69,11 @@ static bool parse_long(const char *opt, const char *v, long lo, long hi, long *o
 #define MAX_STATIC 32
 
 int main(int argc, char **argv) {
-    const char *listen = NULL, *health_listen = NULL, *etcd_ep = NULL, *cluster = "default";
+    const char *listen = NULL, *health_listen = NULL, *metrics_listen = NULL, *etcd_ep = NULL, *cluster = "default";
     const char *statics[MAX_STATIC];
     int n_static = 0;
     bool overlap = true;
-    long max_calls = 64, max_tokens = 128, step_ms = 10000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
+    long max_conn_age_ms = 0, max_calls = 64, max_tokens = 128, step_ms = 10000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
     td_net_tls tls = {0}, wtls = {0};
@@ -84,6 +87,8 @@ int main(int argc, char **argv) {
         i++;
         if (!strcmp(a, "--listen")) listen = v;
         else if (!strcmp(a, "--health-listen")) health_listen = v;
+        else if (!strcmp(a, "--metrics-listen")) metrics_listen = v;
+        else if (!strcmp(a, "--max-connection-age-ms")) { if (!parse_long(a, v, 0, 2147483647, &max_conn_age_ms)) return 2; }
         else if (!strcmp(a, "--tls-cert")) tls.cert_file = v;
         else if (!strcmp(a, "--tls-key")) tls.key_file = v;
         else if (!strcmp(a, "--tls-client-ca")) tls.ca_file = v;
@@ -146,6 +151,7 @@ int main(int argc, char **argv) {
     td_net_health *health = NULL;
     td_etcd *etcd = NULL;
     td_etcd_watch *watch = NULL;
+    td_coord_metrics *metrics = NULL;
     char **tokens = NULL;
     size_t n_tokens = 0;
     /* sequence keys: unique per coordinator process (several may share a worker) */
@@ -165,7 +171,7 @@ int main(int argc, char **argv) {
         td_coord_members_add_static(c.members, role, eq + 1, &err);
     }
     /* the server keeps its own copies of the tokens */
-    td_net_server_opts so = {.max_calls = (int32_t)max_calls, .name = "coordinator",
+    td_net_server_opts so = {.max_calls = (int32_t)max_calls, .name = "coordinator", .max_connection_age_ms = (int32_t)max_conn_age_ms,
                              .tokens = (const char *const *)tokens, .n_tokens = n_tokens};
     if (!(srv = td_net_server_create(&so, &err)) || !(health = td_net_health_create(&err)) ||
         td_coord_api_register(srv, &c, &err) || td_net_health_add(health, srv, &err))
@@ -192,6 +198,7 @@ int main(int argc, char **argv) {
             goto out;
         td_log(TD_LOG_INFO, NULL, "following %s in etcd %s", prefix, etcd_ep);
     }
+    if (metrics_listen && !(metrics = td_coord_metrics_start(metrics_listen, &c, watch, &err))) goto out;
     if (td_net_server_start(srv, &err)) goto out;
     td_log(TD_LOG_INFO, NULL, "serving tandem.v1.Inference on port %d (%s, %s; workers over %s)", port,
            !tls.cert_file ? "plaintext" : tls.ca_file ? "mutual TLS" : "TLS",
@@ -237,6 +244,7 @@ out:
     if (srv) td_net_server_shutdown(srv, (int32_t)grace_ms);
     td_net_server_destroy(srv);
     td_net_server_destroy(hsrv);
+    td_coord_metrics_stop(metrics);
     td_etcd_watch_stop(watch);
     td_etcd_close(etcd);
     td_net_health_destroy(health);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "coordinator.h"
+#include "metrics/metrics.h"
 #include "tandem/v1/inference.pb-c.h"
 #include "tandem/v1/worker.pb-c.h"
 
@@ -251,6 +252,7 @@ void td_coord_score(td_net_call *call, const ProtobufCMessage *msg, void *user) 
     r.results = resp;
     r.request_id = req;
     td_net_call_reply(call, &r.base);
+    td_metrics_score_done((int64_t)n_ok, (int64_t)total);
     td_log(TD_LOG_INFO, req, "Score: %zu items (%zu invalid), %zu tokens over %d verifiers", n, n - n_ok, total, n_shares);
 out:
     if (code != TD_NET_OK) {

@@ -122,6 +122,12 @@ void td_coord_sampling_to(const td_sample_params *sp, struct Tandem__V1__Samplin
 /* Milliseconds since an arbitrary start (monotonic). */
 int64_t td_coord_now_ms(void);
 
+/* Prometheus /metrics on addr (coord_metrics.c); watch may be NULL. Stop
+ * before the members table and the watch are destroyed. */
+typedef struct td_coord_metrics td_coord_metrics;
+td_coord_metrics *td_coord_metrics_start(const char *addr, td_coord *c, td_etcd_watch *watch, td_err *err);
+void td_coord_metrics_stop(td_coord_metrics *m); /* accepts NULL */
+
 /* Handlers (coord_generate.c, coord_score.c, coord_api.c). */
 int td_coord_api_register(td_net_server *srv, td_coord *c, td_err *err);
 void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *user);

@@ -13,7 +13,7 @@ CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models"
 PACKAGES=(build-essential cmake pkg-config clang libclang-rt-14-dev libpcre2-dev libcmocka-dev
           libcjson-dev libsimde-dev libopenmpi-dev openmpi-bin python3 python3-pip unzip
           libgrpc-dev libprotobuf-c-dev protobuf-c-compiler etcd-server etcd-client
-          python3-grpcio python3-grpc-tools)
+          python3-grpcio python3-grpc-tools python3-prometheus-client python3-venv)
 
 log() { printf '[setup] %s\n' "$*"; }
 

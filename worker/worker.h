@@ -128,6 +128,13 @@ void td_worker_engine_stats(td_worker_engine *e, td_worker_stats *out);
  * fingerprint); malloc'ed. */
 char *td_worker_registration_json(td_worker_engine *e, const td_worker_config *cfg, const char *address);
 
+/* worker_metrics.c: Prometheus /metrics on addr; reg may be NULL (no etcd).
+ * Stop before the engine and the registration are destroyed. */
+typedef struct td_worker_metrics td_worker_metrics;
+typedef struct td_etcd_reg td_etcd_reg;
+td_worker_metrics *td_worker_metrics_start(const char *addr, td_worker_engine *e, td_etcd_reg *reg, td_err *err);
+void td_worker_metrics_stop(td_worker_metrics *m); /* accepts NULL */
+
 /* worker_rpc.c: registers the tandem.v1.Worker methods on a server. */
 typedef struct td_net_server td_net_server;
 int td_worker_rpc_register(td_net_server *srv, td_worker_engine *e, td_err *err);

@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "gguf/gguf.h"
+#include "metrics/metrics.h"
 #include "quant/quant.h"
 #include "worker.h"
 
@@ -254,6 +255,7 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
             for (int32_t i = 0; i < e->cfg.max_seqs && idx < 0; i++)
                 if (!e->slots[i].used) idx = i;
         }
+        if (idx < 0) td_metrics_rejected("worker_full");
         if (idx < 0)
             rc = td_err_set(err, TD_WORKER_E_FULL,
                             "worker full: %lld of %lld cache tokens reserved, a sequence needs %lld; retry later",

@@ -25,6 +25,7 @@ static void usage(FILE *f) {
           "  --model PATH          GGUF model (required)\n"
           "  --listen ADDR         gRPC address, e.g. 127.0.0.1:7100 (required; port 0 picks one)\n"
           "  --health-listen ADDR  plaintext port serving only grpc.health.v1 (for probes)\n"
+          "  --metrics-listen ADDR plaintext HTTP port serving Prometheus metrics (GET /metrics)\n"
           "  --tls-cert FILE       serve the Worker port over TLS with this certificate chain (PEM);\n"
           "                        needs --tls-key FILE (default: plaintext)\n"
           "  --tls-client-ca FILE  with TLS: coordinators must present a certificate signed by this\n"
@@ -68,6 +69,7 @@ int main(int argc, char **argv) {
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
     td_net_tls tls = {0};
+    const char *metrics_listen = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -83,6 +85,7 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--model")) cfg.model_path = v;
         else if (!strcmp(a, "--listen")) cfg.listen = v;
         else if (!strcmp(a, "--health-listen")) cfg.health_listen = v;
+        else if (!strcmp(a, "--metrics-listen")) metrics_listen = v;
         else if (!strcmp(a, "--advertise")) cfg.advertise = v;
         else if (!strcmp(a, "--tls-cert")) tls.cert_file = v;
         else if (!strcmp(a, "--tls-key")) tls.key_file = v;
@@ -135,6 +138,7 @@ int main(int argc, char **argv) {
     td_net_health *health = NULL;
     td_etcd *etcd = NULL;
     td_etcd_reg *reg = NULL;
+    td_worker_metrics *metrics = NULL;
     char *json = NULL;
     double t0 = td_now_sec();
     td_worker_engine *e = td_worker_engine_create(&cfg, &err);
@@ -192,6 +196,8 @@ int main(int argc, char **argv) {
         td_log(TD_LOG_INFO, NULL, "registering %s in etcd %s (lease TTL %d s)", key, cfg.etcd, cfg.lease_ttl);
     }
 
+    if (metrics_listen && !(metrics = td_worker_metrics_start(metrics_listen, e, reg, &err))) goto out;
+
     /* Main loop: wait for a signal; meanwhile report load changes to etcd. */
     bool was_alive = false;
     int32_t last_load = -1;
@@ -232,6 +238,7 @@ int main(int argc, char **argv) {
     status = 0;
 out:
     if (status) td_log(TD_LOG_ERROR, NULL, "%s", err.msg);
+    td_worker_metrics_stop(metrics);
     /* deregister first, so coordinators stop routing here, then drain */
     td_etcd_unregister(reg);
     td_etcd_close(etcd);

@@ -122,6 +122,10 @@ typedef struct td_net_server_opts {
      * "/grpc.health.v1.", so that probes work without secrets; "" would
      * exempt everything, so it is taken as NULL too). */
     const char *auth_exempt_prefix;
+    /* Connections are closed (GOAWAY, calls in flight get as long again to
+     * finish) after about this long; 0 = never. Long-lived HTTP/2 clients
+     * then reconnect, and a load balancer spreads them over replicas. */
+    int32_t max_connection_age_ms;
 } td_net_server_opts;
 
 /* The handler of a unary method answers with td_net_call_reply or

@@ -26,6 +26,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 
+#include "metrics/metrics.h"
 #include "net/net_internal.h"
 
 #define TD_NET_DEFAULT_MAX_CALLS 64
@@ -54,6 +55,8 @@ struct td_net_call {
     bool close_posted, close_done;
     bool status_sent; /* a status batch was started (one per call) */
     bool gone;        /* a batch failed: the call is over for the server */
+    int code;         /* the status sent (metrics) */
+    double t_start;   /* when the handler thread began (metrics) */
     /* tags: the addresses of these, so that each batch is plucked by its own */
     char tag_op, tag_close;
     pthread_t thread;
@@ -162,13 +165,17 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
     /* Message limits both ways; client keepalive pings allowed every 500 ms
      * even with no call in flight, so that a client pinging every second is
      * not sent away with "too_many_pings". */
-    grpc_arg args[4] = {
+    int32_t max_age = opts && opts->max_connection_age_ms > 0 ? opts->max_connection_age_ms : 0;
+    grpc_arg args[6] = {
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = s->max_msg},
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, .value.integer = s->max_msg},
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, .value.integer = 500},
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, .value.integer = 1},
+        /* optional: a maximum connection age, the grace equal to it */
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_CONNECTION_AGE_MS, .value.integer = max_age},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, .value.integer = max_age},
     };
-    grpc_channel_args ch_args = {.num_args = 4, .args = args};
+    grpc_channel_args ch_args = {.num_args = max_age > 0 ? 6 : 4, .args = args};
     s->srv = grpc_server_create(&ch_args, NULL);
     s->notify_cq = grpc_completion_queue_create_for_next(NULL);
     if (!s->srv || !s->notify_cq) {
@@ -295,6 +302,7 @@ static void close_check(td_net_call *c, bool block) {
 static int send_status(td_net_call *c, grpc_status_code code, const char *msg, grpc_byte_buffer *bb) {
     if (c->status_sent) return TD_E_ARG; /* one status per call */
     c->status_sent = true;
+    c->code = code;
     if (c->gone) return TD_E_IO;
     grpc_slice details = grpc_slice_from_copied_string(msg ? msg : "");
     grpc_op ops[3];
@@ -340,6 +348,8 @@ static void *call_thread(void *arg) {
     td_net_call *c = arg;
     td_net_server *s = c->srv;
     const td_net_method *m = c->m;
+    c->t_start = td_now_sec();
+    td_metrics_call_begin(s->name);
     close_post(c);
     grpc_byte_buffer *bb = NULL;
     if (!call_authorized(c)) {
@@ -378,6 +388,8 @@ static void *call_thread(void *arg) {
         }
     }
 done:
+    td_metrics_call_end(s->name, m->path, td_net_code_name(c->gone ? TD_NET_CANCELLED : c->code),
+                        td_now_sec() - c->t_start);
     if (bb) grpc_byte_buffer_destroy(bb);
     /* a call without a status (gone, or its status batch failed) is
      * cancelled, so that the close tag is sure to come */
@@ -468,6 +480,7 @@ static void dispatch(td_net_server *s, td_net_call *c) {
     if (busy) {
         char msg[256];
         snprintf(msg, sizeof msg, "server busy: %" PRId32 " calls in flight, retry later", active);
+        td_metrics_call_refused(s->name, c->m->path, "RESOURCE_EXHAUSTED", "max_calls");
         reject(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
         return;
     }
