@@ -44,7 +44,7 @@ static void usage(FILE *f) {
           "  --batch N            items per request (default 8)\n"
           "  --top-k K            also report the K best alternatives per token (default 0)\n"
           "  --no-bos             do not prepend BOS to prompts\n"
-          "  --shard I/N          score only items with index %% N == I (0 <= I < N)\n"
+          "  --shard I/N          score only items with index % N == I (0 <= I < N)\n"
           "  --timeout-ms MS      per request (default 600000)\n"
           "  --retries N          attempts per batch when the cluster is unavailable (default 5)\n"
           "  --tls-ca FILE        TLS to the server, its certificate checked against this CA (PEM)\n"
