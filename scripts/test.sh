@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh — every test: the unit and real-model tests (CTest), the same unit
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer (asserts live: no
-# build type defines NDEBUG), the unit tests that use threads under
+# build type defines NDEBUG), the Helm chart's checks (tests/helm/run.sh, a
+# venv of PyPI tools under build/), the unit tests that use threads under
 # ThreadSanitizer, the libFuzzer targets (GGUF reader, tokenizers) for a
 # bounded time, the CLI integration checks, and the CUDA build where the
 # toolkit is installed.
@@ -59,3 +60,6 @@ step "release build: all tests, including the real-model reference tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$JOBS" >/dev/null
 ctest --test-dir build --output-on-failure
+
+step "Helm chart: rendered and linted by Helm's engine, validated against the Kubernetes schemas, its pods run on loopback"
+tests/helm/run.sh
