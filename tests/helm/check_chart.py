@@ -283,6 +283,22 @@ def check_operator_facts(objs, values, label):
             fail("%s: auth.enabled but the Job sends no token" % label)
 
 
+# maps passed to Kubernetes as they are: documented as one value
+OPAQUE = ("resources", "nodeSelector", "affinity", "annotations", "podAnnotations", "labels", "podSecurityContext",
+          "securityContext")
+
+
+def value_paths(o, p=""):
+    """Documented value paths: models[].verifier.tp, coordinator.resources, ..."""
+    if isinstance(o, dict) and o and not p.endswith(OPAQUE):
+        for k, x in o.items():
+            yield from value_paths(x, "%s.%s" % (p, k) if p else k)
+    elif isinstance(o, list) and o and isinstance(o[0], dict):
+        yield from value_paths(o[0], p + "[]")
+    else:
+        yield p
+
+
 def merged_values(overrides):
     with helm.Chart.load(CHART) as chart:
         return chart.merge_values(overrides)
@@ -331,6 +347,12 @@ def main():
                 fail("bad/%s: the error does not name %s: %s" % (f, want, e))
             else:
                 print("ok: bad/%s refused: %s" % (f, " ".join(str(e).split())[-110:]))
+    # every value is documented in the chart's README
+    with open(os.path.join(CHART, "README.md")) as fh:
+        readme = fh.read()
+    for path in value_paths(load_values(os.path.join(CHART, "values.yaml"))):
+        if "`%s`" % path not in readme:
+            fail("helm/tandem/README.md does not document `%s`" % path)
     # the schema itself is a valid draft-07 schema
     import jsonschema
     with open(os.path.join(CHART, "values.schema.json")) as fh:
