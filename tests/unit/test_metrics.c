@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,7 +243,7 @@ static void test_http_check(void **state) {
 
 /* ---- the server over loopback ---- */
 
-static int collected;
+static atomic_int collected; /* written on the server's thread */
 static void collect(void *user) {
     td_metrics_series *s = user;
     collected++;
