@@ -53,14 +53,17 @@ ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health >/dev/n
 log "etcd on 127.0.0.1:$ETCD_PORT (data in $DIR/etcd-data)"
 
 ETCD="127.0.0.1:$ETCD_PORT"
+# Prometheus metrics of each process (GET /metrics), addresses in $DIR/metrics
+M_VERIFIER=127.0.0.1:$(free_port); M_DRAFTER=127.0.0.1:$(free_port); M_COORD=127.0.0.1:$(free_port)
+printf 'coordinator %s\nverifier %s\ndrafter %s\n' "$M_COORD" "$M_VERIFIER" "$M_DRAFTER" >"$DIR/metrics"
 start verifier "$BUILD/tandem-worker" --role verifier --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
-  --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1
+  --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1 --metrics-listen "$M_VERIFIER"
 start drafter "$BUILD/tandem-worker" --role drafter --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
-  --cluster local --threads 1 --lease-ttl "$TTL" --id drafter-1
+  --cluster local --threads 1 --lease-ttl "$TTL" --id drafter-1 --metrics-listen "$M_DRAFTER"
 PORT=${TANDEM_PORT:-$(free_port)}
 HEALTH_PORT=$(free_port)
 start coordinator "$BUILD/tandem-coordinator" --listen "127.0.0.1:$PORT" --health-listen "127.0.0.1:$HEALTH_PORT" \
-  --etcd "$ETCD" --cluster local
+  --etcd "$ETCD" --cluster local --metrics-listen "$M_COORD"
 ADDR="127.0.0.1:$PORT"
 for _ in $(seq 1 300); do
   "$BUILD/tandem" health --server "$ADDR" --service tandem.v1.Inference >/dev/null 2>&1 && break
@@ -72,5 +75,6 @@ echo "$ADDR" >"$DIR/address"
 echo "127.0.0.1:$HEALTH_PORT" >"$DIR/health-address"
 echo "$ETCD" >"$DIR/etcd-address"
 log "cluster up: coordinator $ADDR (health on 127.0.0.1:$HEALTH_PORT), verifier and drafter registered in etcd"
+log "metrics: curl http://$M_COORD/metrics (all three addresses in $DIR/metrics)"
 log "logs in $DIR/logs; stop with deploy/local/down.sh"
 echo "$ADDR"
