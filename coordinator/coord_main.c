@@ -122,6 +122,11 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    td_err derr = {0};
+    if (td_coord_drafters_check(vllm_drafters, &derr)) {
+        fprintf(stderr, "tandem-coordinator: --vllm-drafters: %s\n", derr.msg);
+        return 2;
+    }
     if (!listen || (!etcd_ep && n_static == 0)) {
         fprintf(stderr, "tandem-coordinator: --listen and one of --etcd or --worker are required\n");
         usage(stderr);

@@ -45,6 +45,24 @@ const td_coord_model *td_coord_model_for(td_coord *c, const char *name, int64_t 
     return model;
 }
 
+static const char *const k_drafter_names[] = {"none", "lookup", "ngram", "recycle", "layerskip", "model", "auto"};
+
+int td_coord_drafters_check(const char *list, td_err *err) {
+    char buf[256];
+    if (!list || strlen(list) >= sizeof buf) return td_err_set(err, TD_E_ARG, "drafters: empty or too long");
+    snprintf(buf, sizeof buf, "%s", list);
+    char *save = NULL;
+    int n = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
+        size_t k = 0;
+        while (k < sizeof k_drafter_names / sizeof *k_drafter_names && strcmp(tok, k_drafter_names[k])) k++;
+        if (k == sizeof k_drafter_names / sizeof *k_drafter_names)
+            return td_err_set(err, TD_E_ARG, "drafters: unknown drafter \"%.40s\" (none, lookup, ngram, recycle, "
+                              "layerskip, model, auto)", tok);
+    }
+    return n ? TD_OK : td_err_set(err, TD_E_ARG, "drafters: empty list");
+}
+
 /* Parses a drafter list ("lookup,ngram", "auto", "none") into drafters. */
 static int make_drafters(td_coord *c, const char *spec, const char *req, int32_t n_vocab, td_drafter **out, int32_t *n,
                          td_err *err) {

@@ -156,6 +156,8 @@ typedef struct td_coord_job {
  * TD_COORD_GONE, or an error code with *err set. */
 int td_coord_run(td_coord *c, const td_coord_model *model, td_coord_job *job, td_err *err);
 uint64_t td_coord_random_seed(void);
+/* Whether a drafter list names only known drafters (for flags). */
+int td_coord_drafters_check(const char *list, td_err *err);
 
 /* Handlers (coord_generate.c, coord_score.c, coord_api.c). */
 int td_coord_api_register(td_net_server *srv, td_coord *c, td_err *err);

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,7 @@ class GatewayTest(unittest.TestCase):
         if getattr(cls, "ch", None):
             cls.ch.close()
         subprocess.run([os.path.join(ROOT, "deploy", "local", "down.sh")], env=cls.env, capture_output=True)
+        shutil.rmtree(cls.dir, ignore_errors=True)
 
     # ---- through the gateway, with the openai client ----
 
@@ -176,6 +178,31 @@ class GatewayTest(unittest.TestCase):
         self.assertEqual(len(streamed), n_gen)
         self.assertEqual(complete.finish_reason, "length")
         self.assertEqual(self.detokenize(streamed), want)
+
+    def test_chat_turns_reuse_the_cache_and_keep_tokens(self):
+        # three turns of one conversation, each prompt the whole conversation
+        # so far (as a gateway sends it): the verifier reuses the cached
+        # earlier turns, and the third answer equals a cold in-process run
+        text = ""
+        for turn, question in enumerate(["Tell me about cats.", "And dogs?", "Which is better?"]):
+            text += "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n" % question
+            req = vpb.GenerateRequest(request_id="turn-%d" % turn, tokenized=vpb.TokenizedInput(input_ids=self.tokenize(text)),
+                                      sampling_params=vpb.SamplingParams(temperature=0, max_tokens=32, n=1))
+            out = [m.complete for m in self.engine.Generate(req, timeout=120) if m.HasField("complete")][0]
+            ids = list(out.output_ids)
+            if out.finish_reason == "stop" and ids and ids[-1] == 2:  # the turn's own <|im_end|>
+                ids.pop()
+            answer = self.detokenize(ids)
+            if turn == 2:
+                with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+                    f.write(text)
+                want, _, _ = tandem_generate("--prompt-file", f.name, "--max-tokens", "32")
+                os.unlink(f.name)
+                self.assertEqual(answer, want)
+            text += answer + "<|im_end|>\n"
+        log = slurp(os.path.join(self.dir, "logs", "verifier.log"))
+        reused = [int(n) for n in re.findall(r"\((\d+) reused from the cache\)", log)]
+        self.assertGreaterEqual(sum(1 for n in reused if n > 20), 2, reused)
 
     def test_abort_stops_a_running_request(self):
         req = vpb.GenerateRequest(
