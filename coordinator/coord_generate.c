@@ -5,19 +5,15 @@
  * step. A client that cancels, or whose deadline passes, frees the
  * sequence on its worker at once.
  */
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "coordinator.h"
-#include "metrics/metrics.h"
 #include "tandem/v1/inference.pb-c.h"
 
 #define MAX_STOPS 16
-#define MAX_DRAFTERS 6
 
 /* What the stream has produced since its last message. */
 typedef struct gen_out {
@@ -137,49 +133,6 @@ static int flush(td_net_call *call, gen_out *o, Tandem__V1__GenerateResponse *r,
     return rc;
 }
 
-static uint64_t random_seed(void) {
-    uint64_t s = 0;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (read(fd, &s, sizeof s) != (ssize_t)sizeof s) s = 0;
-        close(fd);
-    }
-    if (!s) s = (uint64_t)(td_now_sec() * 1e9) ^ ((uint64_t)getpid() << 32);
-    return s;
-}
-
-/* Parses speculation.drafters into drafters for this request. */
-static int make_drafters(td_coord *c, const char *spec, const char *req, int32_t n_vocab, td_drafter **out, int32_t *n,
-                         td_err *err) {
-    *n = 0;
-    if (!spec || !*spec) spec = "auto";
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", spec);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        const char *names[3] = {tok, NULL, NULL};
-        if (!strcmp(tok, "auto")) { names[0] = "lookup"; names[1] = "recycle"; names[2] = "ngram"; }
-        for (int k = 0; k < 3 && names[k]; k++) {
-            const char *nm = names[k];
-            if (!strcmp(nm, "none")) continue;
-            if (*n >= MAX_DRAFTERS) return td_err_set(err, TD_E_ARG, "speculation.drafters: at most %d", MAX_DRAFTERS);
-            td_drafter *d = NULL;
-            if (!strcmp(nm, "lookup")) d = td_spec_lookup_create(1, 4, err);
-            else if (!strcmp(nm, "ngram")) d = td_spec_ngram_create(4, 1, err);
-            else if (!strcmp(nm, "recycle")) d = td_spec_recycle_create(n_vocab, 8, err);
-            else if (!strcmp(nm, "model")) d = td_coord_drafter_create(c, "drafter", req, err);
-            else if (!strcmp(nm, "layerskip")) d = td_coord_drafter_create(c, "verifier", req, err);
-            else
-                return td_err_set(err, TD_E_ARG,
-                                  "speculation.drafters: unknown drafter \"%.40s\" (none, lookup, ngram, recycle, "
-                                  "layerskip, model, auto)", nm);
-            if (!d) return err->code;
-            out[(*n)++] = d;
-        }
-    }
-    return TD_OK;
-}
-
 static Tandem__V1__FinishReason finish_reason(td_stop_reason r) {
     switch (r) {
     case TD_STOP_LENGTH: return TANDEM__V1__FINISH_REASON__FINISH_LENGTH;
@@ -237,6 +190,33 @@ static void fail(td_net_call *call, const char *req, int rc, const td_err *err) 
     td_net_call_fail(call, code, "%s", err->msg);
 }
 
+/* The tandem.v1 stream as td_coord_run's callbacks see it. */
+typedef struct gen_stream {
+    td_net_call *call;
+    gen_out *out;
+    const char *request_id;
+    uint64_t seed;
+    int32_t write_timeout_ms;
+} gen_stream;
+
+static int gen_started(void *user) {
+    gen_stream *g = user;
+    Tandem__V1__GenerateResponse first = TANDEM__V1__GENERATE_RESPONSE__INIT;
+    first.request_id = (char *)g->request_id;
+    first.seed = g->seed;
+    return flush(g->call, g->out, &first, g->write_timeout_ms) ? 1 : 0;
+}
+
+static bool gen_cancelled(void *user) { return td_net_call_cancelled(((gen_stream *)user)->call); }
+
+static int gen_stepped(void *user, td_err *err) {
+    gen_stream *g = user;
+    if (g->out->nomem) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    if (!g->out->n_text && !g->out->n_tok) return 0;
+    Tandem__V1__GenerateResponse r = TANDEM__V1__GENERATE_RESPONSE__INIT;
+    return flush(g->call, g->out, &r, g->write_timeout_ms) ? 1 : 0;
+}
+
 void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *user) {
     td_coord *c = user;
     const Tandem__V1__GenerateRequest *q = (const Tandem__V1__GenerateRequest *)msg;
@@ -248,15 +228,11 @@ void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *use
     int64_t left = td_net_call_deadline_ms(call);
     int64_t deadline_at = left == INT64_MAX ? INT64_MAX : td_coord_now_ms() + left;
 
-    td_drafter *drafters[MAX_DRAFTERS] = {0};
-    int32_t n_drafters = 0;
     char *formatted = NULL;
     int32_t *ids = NULL, *all = NULL;
     size_t n_ids = 0;
-    td_target *target = NULL;
-    td_spec_session *sess = NULL;
-    td_coord_worker *w = NULL;
     gen_out out = {0};
+    td_coord_job job = {.request_id = req, .deadline_at_ms = deadline_at};
 
     /* ---- the request's own fields ---- */
     size_t prompt_len = strlen(q->prompt);
@@ -299,22 +275,12 @@ void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *use
         if (spp.draft_min > spp.draft_max) spp.draft_min = spp.draft_max;
         spp.adaptive = !s->draft_fixed;
     }
-    if (!seed_given) sp.seed = random_seed();
+    if (!seed_given) sp.seed = td_coord_random_seed();
 
-    /* ---- a verifier, and its model's tokenizer ---- */
-    w = td_coord_members_pick(c->members, "verifier", NULL, NULL);
-    if (!w) { rc = td_err_set(&err, TD_COORD_E_GRPC(TD_NET_UNAVAILABLE), "no verifier available"); goto fail; }
-    const td_coord_model *model = td_coord_models_get(c->models, w, left == INT64_MAX ? 10000 : left, &err);
-    if (!model) { rc = err.code; goto fail; }
-    if (q->model[0] && strcmp(q->model, model->model_id) && strcmp(q->model, model->model_name)) {
-        rc = td_err_set(&err, TD_COORD_E_GRPC(TD_NET_NOT_FOUND), "model: \"%.80s\" is not served here (have %s, id %.16s)",
-                        q->model, model->model_name, model->model_id);
-        goto fail;
-    }
+    /* ---- the model, and its tokenizer ---- */
     char fingerprint[160];
-    snprintf(fingerprint, sizeof fingerprint, "%s", model->fingerprint);
-    td_coord_members_put(c->members, w, false);
-    w = NULL;
+    const td_coord_model *model = td_coord_model_for(c, q->model, left, fingerprint, &err);
+    if (!model) { rc = err.code; goto fail; }
 
     /* ---- tokens, as `tandem generate` makes them ---- */
     if (q->n_prompt_ids) {
@@ -368,74 +334,54 @@ void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *use
         all[n_ids + i] = q->resume_ids[i];
     }
 
-    /* ---- the session ---- */
-    if ((rc = make_drafters(c, q->speculation ? q->speculation->drafters : NULL, req, model->vocab_size, drafters,
-                            &n_drafters, &err)))
-        goto fail;
-    if (!(target = td_coord_target_create(c, req, fingerprint, deadline_at, &err))) { rc = err.code; goto fail; }
-    if (!(sess = td_spec_session_create(model->tok, model->vocab_size, target, drafters, n_drafters, &spp, 1,
-                                        1 + TD_DRAFT_MAX, model->ctx, &err))) {
-        rc = err.code;
-        goto fail;
-    }
-    td_spec_session_attach(sess, c->learned, q->speculation && q->speculation->drafters[0] ? q->speculation->drafters : "auto");
+    /* ---- the run ---- */
     out.n_logprobs = q->logprobs;
-    td_spec_request rq = {.prompt = all, .n_prompt = n_ids + n_resume,
-                          .gen = {.sample = sp, .max_tokens = max_tokens - (int32_t)n_resume,
-                                  .stop = (const char *const *)q->stop, .n_stop = q->n_stop, .ignore_eos = q->ignore_eos},
-                          .emit = on_text, .on_token = on_token, .user = &out,
-                          .n_logprobs = q->logprobs > 0 ? q->logprobs : -1};
+    const char *dlist = q->speculation && q->speculation->drafters[0] ? q->speculation->drafters : "auto";
+    job.rq = (td_spec_request){.prompt = all, .n_prompt = n_ids + n_resume,
+                               .gen = {.sample = sp, .max_tokens = max_tokens - (int32_t)n_resume,
+                                       .stop = (const char *const *)q->stop, .n_stop = q->n_stop,
+                                       .ignore_eos = q->ignore_eos},
+                               .emit = on_text, .on_token = on_token, .user = &out,
+                               .n_logprobs = q->logprobs > 0 ? q->logprobs : -1};
+    job.spec = spp;
+    job.drafters = dlist;
+    gen_stream gs = {.call = call, .out = &out, .request_id = req, .seed = sp.seed, .write_timeout_ms = c->write_timeout_ms};
+    job.started = gen_started;
+    job.cancelled = gen_cancelled;
+    job.stepped = gen_stepped;
+    job.user = &gs;
     td_log(TD_LOG_INFO, req, "Generate: %zu prompt tokens%s, max %d, seed %llu, drafters %s", n_ids,
-           n_resume ? " + resumed" : "", max_tokens, (unsigned long long)sp.seed,
-           q->speculation && q->speculation->drafters[0] ? q->speculation->drafters : "auto");
-    if ((rc = td_spec_session_add(sess, 0, &rq, &err))) goto fail;
+           n_resume ? " + resumed" : "", max_tokens, (unsigned long long)sp.seed, dlist);
+    rc = td_coord_run(c, model, &job, &err);
+    if (rc == TD_COORD_GONE) goto gone;
+    if (rc) goto fail;
+    const td_spec_request *rq = &job.rq;
 
-    Tandem__V1__GenerateResponse first = TANDEM__V1__GENERATE_RESPONSE__INIT;
-    first.request_id = req;
-    first.seed = sp.seed;
-    if (flush(call, &out, &first, c->write_timeout_ms)) goto gone;
-    bool cancelled = false;
-    while (td_spec_session_active(sess, 0)) {
-        if (td_net_call_cancelled(call)) { cancelled = true; break; }
-        int left_n = td_spec_session_step(sess, &err);
-        if (left_n < 0) { rc = left_n; goto fail; }
-        if (out.nomem) { rc = td_err_set(&err, TD_E_NOMEM, "out of memory"); goto fail; }
-        if (out.n_text || out.n_tok) {
-            Tandem__V1__GenerateResponse r = TANDEM__V1__GENERATE_RESPONSE__INIT;
-            if (flush(call, &out, &r, c->write_timeout_ms)) { cancelled = true; break; }
-        }
-    }
-    if (cancelled) {
-        td_spec_session_cancel(sess, 0);
-        goto gone;
-    }
     Tandem__V1__GenerateResponse last = TANDEM__V1__GENERATE_RESPONSE__INIT;
     Tandem__V1__Usage usage = TANDEM__V1__USAGE__INIT;
     Tandem__V1__SpeculationStats stats = TANDEM__V1__SPECULATION_STATS__INIT;
     last.done = true;
-    last.finish_reason = finish_reason(rq.stats.stop);
+    last.finish_reason = finish_reason(rq->stats.stop);
     usage.prompt_tokens = (int32_t)n_ids;
-    usage.completion_tokens = rq.stats.n_generated + (int32_t)n_resume;
+    usage.completion_tokens = rq->stats.n_generated + (int32_t)n_resume;
     usage.time_to_first_token_sec = out.t_first > 0 ? out.t_first - t_start : 0;
     usage.total_sec = td_now_sec() - t_start;
-    stats.steps = rq.spec.n_steps;
-    stats.drafted = rq.spec.n_drafted;
-    stats.accepted = rq.spec.n_accepted;
-    stats.tokens_per_pass = rq.spec.n_steps ? (double)rq.spec.n_tokens / (double)rq.spec.n_steps : 0;
+    stats.steps = rq->spec.n_steps;
+    stats.drafted = rq->spec.n_drafted;
+    stats.accepted = rq->spec.n_accepted;
+    stats.tokens_per_pass = rq->spec.n_steps ? (double)rq->spec.n_tokens / (double)rq->spec.n_steps : 0;
     last.usage = &usage;
     last.speculation = &stats;
     if (flush(call, &out, &last, c->write_timeout_ms)) goto gone;
     td_net_call_finish(call);
-    td_metrics_generate_done((int64_t)n_ids, rq.stats.n_generated, usage.time_to_first_token_sec, usage.total_sec,
-                             rq.spec.n_steps, rq.spec.n_drafted, rq.spec.n_accepted);
     td_log(TD_LOG_INFO, req, "Generate done: %d tokens in %.2f s (%s), %.2f tokens/pass, verifier %s%s",
-           rq.stats.n_generated, usage.total_sec, td_gen_stop_name(rq.stats.stop), stats.tokens_per_pass,
-           td_coord_target_worker(target), td_coord_target_moves(target) ? " (moved)" : "");
+           rq->stats.n_generated, usage.total_sec, td_gen_stop_name(rq->stats.stop), stats.tokens_per_pass,
+           job.verifier, job.moves ? " (moved)" : "");
     goto done;
 gone:
     if (td_net_call_deadline_ms(call) <= 0) {
         td_log(TD_LOG_INFO, req, "Generate: deadline exceeded; sequence released");
-        td_net_call_fail(call, TD_NET_DEADLINE_EXCEEDED, "deadline exceeded after %d tokens", rq.stats.n_generated);
+        td_net_call_fail(call, TD_NET_DEADLINE_EXCEEDED, "deadline exceeded after %d tokens", job.rq.stats.n_generated);
     } else {
         td_log(TD_LOG_INFO, req, "Generate: the client went away (cancelled or not reading); sequence released");
         td_net_call_fail(call, TD_NET_CANCELLED, "cancelled");
@@ -444,10 +390,6 @@ gone:
 fail:
     fail(call, req, rc, &err);
 done:
-    td_spec_session_destroy(sess); /* releases the sequence on its worker */
-    td_target_destroy(target);
-    for (int32_t i = 0; i < n_drafters; i++) td_drafter_destroy(drafters[i]);
-    if (w) td_coord_members_put(c->members, w, false);
     free(formatted);
     free(ids);
     free(all);

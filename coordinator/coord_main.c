@@ -1,6 +1,7 @@
 /* coord_main.c — tandem-coordinator: follows the worker set in etcd, serves
- * tandem.v1.Inference and grpc.health.v1 (also on a plaintext health-only
- * port), and on SIGTERM or SIGINT stops accepting, lets requests finish for
+ * tandem.v1.Inference, vLLM's engine API (vllm.grpc.engine.VllmEngine, for
+ * OpenAI-compatible gateways) and grpc.health.v1 (also on a plaintext
+ * health-only port), and on SIGTERM or SIGINT stops accepting, lets requests finish for
  * a grace period, cancels the rest and exits 0.
  *
  * Health: the server ("") is SERVING while the process runs — liveness never
@@ -49,6 +50,9 @@ static void usage(FILE *f) {
           "                          twice this (default 2000)\n"
           "  --write-timeout-ms MS   cancel a stream whose client reads nothing this long (default 10000)\n"
           "  --grace-ms MS           on SIGTERM, time requests get to finish (default 5000)\n"
+          "  --vllm-drafters LIST    speculation for requests of the vLLM engine API (served on --listen\n"
+          "                          beside tandem.v1): auto (default), none, or a list of lookup,\n"
+          "                          ngram, recycle, layerskip, model; tokens are the same either way\n"
           "  --no-overlap            draft models draft only after verification returns (benchmarks;\n"
           "                          by default window i+1 is drafted while window i is verified)\n"
           "  --log-level LEVEL       debug, info (default), warn, error\n",
@@ -69,7 +73,7 @@ static bool parse_long(const char *opt, const char *v, long lo, long hi, long *o
 #define MAX_STATIC 32
 
 int main(int argc, char **argv) {
-    const char *listen = NULL, *health_listen = NULL, *metrics_listen = NULL, *etcd_ep = NULL, *cluster = "default";
+    const char *listen = NULL, *health_listen = NULL, *metrics_listen = NULL, *etcd_ep = NULL, *cluster = "default", *vllm_drafters = "auto";
     const char *statics[MAX_STATIC];
     int n_static = 0;
     bool overlap = true;
@@ -97,6 +101,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--worker-tls-cert")) wtls.cert_file = v;
         else if (!strcmp(a, "--worker-tls-key")) wtls.key_file = v;
         else if (!strcmp(a, "--etcd")) etcd_ep = v;
+        else if (!strcmp(a, "--vllm-drafters")) vllm_drafters = v;
         else if (!strcmp(a, "--cluster")) cluster = v;
         else if (!strcmp(a, "--etcd-ca")) eo.ca_file = v;
         else if (!strcmp(a, "--etcd-cert")) eo.cert_file = v;
@@ -121,6 +126,11 @@ int main(int argc, char **argv) {
             usage(stderr);
             return 2;
         }
+    }
+    td_err derr = {0};
+    if (td_coord_drafters_check(vllm_drafters, &derr)) {
+        fprintf(stderr, "tandem-coordinator: --vllm-drafters: %s\n", derr.msg);
+        return 2;
     }
     if (!listen || (!etcd_ep && n_static == 0)) {
         fprintf(stderr, "tandem-coordinator: --listen and one of --etcd or --worker are required\n");
@@ -162,7 +172,7 @@ int main(int argc, char **argv) {
     }
     if (tokens_file && td_net_tokens_load(tokens_file, &tokens, &n_tokens, &err)) goto out;
     if (!(c.members = td_coord_members_create((int32_t)keepalive_ms, wtls.ca_file ? &wtls : NULL, &err)) || !(c.models = td_coord_models_create(&err)) ||
-        !(c.learned = td_spec_learned_create(&err)))
+        !(c.learned = td_spec_learned_create(&err)) || !(c.vllm = td_coord_vllm_create(vllm_drafters, &err)))
         goto out;
     for (int i = 0; i < n_static; i++) {
         const char *eq = strchr(statics[i], '=');
@@ -174,7 +184,8 @@ int main(int argc, char **argv) {
     td_net_server_opts so = {.max_calls = (int32_t)max_calls, .name = "coordinator", .max_connection_age_ms = (int32_t)max_conn_age_ms,
                              .tokens = (const char *const *)tokens, .n_tokens = n_tokens};
     if (!(srv = td_net_server_create(&so, &err)) || !(health = td_net_health_create(&err)) ||
-        td_coord_api_register(srv, &c, &err) || td_net_health_add(health, srv, &err))
+        td_coord_api_register(srv, &c, &err) || td_coord_vllm_register(srv, &c, &err) ||
+        td_net_health_add(health, srv, &err))
         goto out;
     td_net_tokens_free(tokens, n_tokens);
     tokens = NULL;
@@ -250,6 +261,7 @@ out:
     td_net_health_destroy(health);
     td_coord_models_destroy(c.models);
     td_spec_learned_destroy(c.learned);
+    td_coord_vllm_destroy(c.vllm);
     td_coord_members_destroy(c.members);
     td_net_tokens_free(tokens, n_tokens);
     td_log(TD_LOG_INFO, NULL, "stopped");

@@ -307,7 +307,7 @@ static void rt_destroy(td_target *base) {
     free(t);
 }
 
-static const td_target_ops remote_ops = {rt_open, rt_verify, rt_commit, NULL, rt_release, rt_destroy};
+static const td_target_ops remote_ops = {rt_open, rt_verify, rt_commit, NULL, rt_release, rt_destroy, NULL};
 
 td_target *td_coord_target_create(td_coord *c, const char *request_id, const char *fingerprint,
                                   int64_t deadline_at_ms, td_err *err) {

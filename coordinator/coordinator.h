@@ -88,6 +88,8 @@ const td_coord_model *td_coord_models_get(td_coord_models *c, td_coord_worker *w
 
 /* ---- the coordinator as the handlers see it ---- */
 
+typedef struct td_coord_vllm td_coord_vllm; /* the vLLM engine API's state (coord_vllm.c) */
+
 typedef struct td_coord {
     td_coord_members *members;
     td_coord_models *models;
@@ -97,6 +99,7 @@ typedef struct td_coord {
     bool overlap;                  /* remote drafters draft window i+1 while window i is verified */
     td_spec_learned *learned;      /* the planner's statistics, carried from request to request */
     _Atomic uint64_t next_seq;     /* sequence keys on workers */
+    td_coord_vllm *vllm;           /* NULL when that API is not served */
 } td_coord;
 
 /* A remote verifier (td_target) for one request: opens on the least-loaded
@@ -128,10 +131,49 @@ typedef struct td_coord_metrics td_coord_metrics;
 td_coord_metrics *td_coord_metrics_start(const char *addr, td_coord *c, td_etcd_watch *watch, td_err *err);
 void td_coord_metrics_stop(td_coord_metrics *m); /* accepts NULL */
 
+/* ---- one generation request, whatever API it came in by (coord_run.c) ---- */
+
+/* The model of the least-loaded verifier (Describe on first use), refused
+ * with NOT_FOUND when name is given and is neither its id nor its name;
+ * fingerprint receives the model's. NULL with *err set on failure. */
+const td_coord_model *td_coord_model_for(td_coord *c, const char *name, int64_t left_ms, char fingerprint[160],
+                                         td_err *err);
+
+#define TD_COORD_GONE 1 /* td_coord_run: the client went away (the sequence is released) */
+
+typedef struct td_coord_job {
+    const char *request_id;
+    td_spec_request rq;        /* prompt (incl. resumed tokens), gen, emit, on_token, user, n_logprobs;
+                                  stats and spec filled */
+    td_spec_params spec;
+    const char *drafters;      /* "lookup,ngram", "none"...; NULL or "" = "auto" */
+    int64_t deadline_at_ms;    /* INT64_MAX = none */
+    /* the API layer's callbacks, all optional, all given user: */
+    int (*started)(void *user);               /* after prefill; non-zero = client gone */
+    bool (*cancelled)(void *user);            /* polled before each step */
+    int (*stepped)(void *user, td_err *err);  /* after each step: > 0 client gone, < 0 error (err set) */
+    void *user;
+    /* filled: */
+    char verifier[128];        /* the worker it ended on */
+    int32_t moves;             /* times it moved to another verifier */
+} td_coord_job;
+
+/* Runs the job to its end: TD_OK (finished: rq.stats.stop says why),
+ * TD_COORD_GONE, or an error code with *err set. */
+int td_coord_run(td_coord *c, const td_coord_model *model, td_coord_job *job, td_err *err);
+uint64_t td_coord_random_seed(void);
+/* Whether a drafter list names only known drafters (for flags). */
+int td_coord_drafters_check(const char *list, td_err *err);
+
 /* Handlers (coord_generate.c, coord_score.c, coord_api.c). */
 int td_coord_api_register(td_net_server *srv, td_coord *c, td_err *err);
 void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *user);
 void td_coord_score(td_net_call *call, const ProtobufCMessage *msg, void *user);
+/* vllm.grpc.engine.VllmEngine (coord_vllm.c): drafters is the speculation
+ * every request of that API gets ("auto", "none", "lookup,ngram"...). */
+td_coord_vllm *td_coord_vllm_create(const char *drafters, td_err *err);
+void td_coord_vllm_destroy(td_coord_vllm *v);
+int td_coord_vllm_register(td_net_server *srv, td_coord *c, td_err *err);
 /* A request id: the caller's when given (sanitised), else a fresh one. */
 void td_coord_request_id(const char *given, char out[40]);
 /* Whether s[0..n) is well-formed UTF-8. */

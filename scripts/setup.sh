@@ -53,7 +53,22 @@ else
   log "model present and verified: $model"
 fi
 
-# 3. Build (incremental).
+# 3. The OpenAI-compatible gateway and its test clients, from PyPI, pinned,
+#    in a venv of their own (smg-grpc-proto needs newer grpcio/protobuf than
+#    Debian's): deploy/local/up.sh --gateway and tests/gateway use it.
+GATEWAY_VENV=build/venv-gateway
+GATEWAY_PKGS=(smg==1.13.0 smg-grpc-proto==0.4.28 grpcio==1.85.3 protobuf==7.36.2 openai==3.63.0 tokenizers==0.23.3)
+if [ ! -x "$GATEWAY_VENV/bin/smg" ] || ! cmp -s <(printf '%s\n' "${GATEWAY_PKGS[@]}") "$GATEWAY_VENV/.pinned"; then
+  log "installing the gateway venv ($GATEWAY_VENV): ${GATEWAY_PKGS[*]}"
+  rm -rf "$GATEWAY_VENV"
+  python3 -m venv "$GATEWAY_VENV"
+  "$GATEWAY_VENV/bin/pip" install --quiet --disable-pip-version-check "${GATEWAY_PKGS[@]}"
+  printf '%s\n' "${GATEWAY_PKGS[@]}" >"$GATEWAY_VENV/.pinned"
+else
+  log "gateway venv present: $GATEWAY_VENV"
+fi
+
+# 4. Build (incremental).
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 log "built build/tandem"

@@ -52,6 +52,7 @@ typedef struct td_worker_config {
     int32_t max_calls;
     td_numerics numerics;
     bool batching;               /* combine concurrent verifications into one pass (default on) */
+    bool prefix_cache;           /* a new sequence reuses what a closed one left in the cache (default on) */
 } td_worker_config;
 
 typedef struct td_worker_engine td_worker_engine;

@@ -206,7 +206,25 @@ const void *td_worker_engine_tokenizer(const td_worker_engine *e, size_t *size) 
 static void free_slot(td_worker_engine *e, int32_t idx) {
     e->target->ops->release(e->target, idx);
     e->reserved -= e->slots[idx].reserved;
-    e->slots[idx] = (slot){0};
+    e->slots[idx] = (slot){.last_use = td_now_sec()}; /* its cache stays warm: LRU order */
+}
+
+/* The free slot for a new sequence (caller holds mu and the pass token):
+ * with the prefix cache, the one whose warm cache shares the longest
+ * prefix with the prompt; else (or on a tie) the least recently used, so
+ * the warm caches that go first are the oldest. -1 when none is free. */
+static int32_t pick_free_slot(td_worker_engine *e, const int32_t *tokens, size_t n, int32_t *reuse) {
+    int32_t best = -1, best_reuse = -1;
+    for (int32_t i = 0; i < e->cfg.max_seqs; i++) {
+        if (e->slots[i].used) continue;
+        int32_t r = e->cfg.prefix_cache && e->target->ops->reusable ? e->target->ops->reusable(e->target, i, tokens, n) : 0;
+        if (best < 0 || r > best_reuse || (r == best_reuse && e->slots[i].last_use < e->slots[best].last_use)) {
+            best = i;
+            best_reuse = r;
+        }
+    }
+    *reuse = best < 0 ? 0 : best_reuse;
+    return best;
 }
 
 /* Frees target slots idle past the timeout (their coordinator is gone).
@@ -245,15 +263,14 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
     take_pass(e);
     pthread_mutex_lock(&e->mu);
     int rc = TD_OK;
-    int32_t idx = -1;
+    int32_t idx = -1, reuse = 0;
     if (find_slot(e->slots, e->cfg.max_seqs, key) >= 0) {
         rc = td_err_set(err, TD_WORKER_E_EXISTS, "sequence %016llx is already open", (unsigned long long)key);
     } else {
         for (int pass = 0; pass < 2 && idx < 0; pass++) {
             if (pass == 1) reclaim_idle(e, req);
             if (e->reserved + want > e->cfg.max_tokens) continue;
-            for (int32_t i = 0; i < e->cfg.max_seqs && idx < 0; i++)
-                if (!e->slots[i].used) idx = i;
+            idx = pick_free_slot(e, tokens, n, &reuse);
         }
         if (idx < 0) td_metrics_rejected("worker_full");
         if (idx < 0)
@@ -270,8 +287,10 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
         /* a long prompt goes in chunks, and verifications of other streams
          * run between them: one stream's prefill never stalls the others
          * for longer than a chunk */
-        size_t chunk = (size_t)e->cfg.prefill_chunk, done = n < chunk ? n : chunk;
-        rc = e->target->ops->open(e->target, idx, p, tokens, done, err);
+        size_t chunk = (size_t)e->cfg.prefill_chunk, done = n < (size_t)reuse + chunk ? n : (size_t)reuse + chunk;
+        td_target_seq_params po = *p;
+        po.reuse_prefix = e->cfg.prefix_cache;
+        rc = e->target->ops->open(e->target, idx, &po, tokens, done, err);
         while (rc == TD_OK && done < n) {
             give_pass(e);
             take_pass(e);
@@ -282,7 +301,7 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
         pthread_mutex_lock(&e->mu);
         if (rc) {
             e->reserved -= e->slots[idx].reserved;
-            e->slots[idx] = (slot){0};
+            e->slots[idx] = (slot){.last_use = td_now_sec()};
         } else if (e->slots[idx].doomed) { /* released while it was being opened */
             free_slot(e, idx);
             rc = td_err_set(err, TD_E_IO, "sequence %016llx was released while it was being opened",
@@ -294,8 +313,8 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
         pthread_mutex_unlock(&e->mu);
         if (rc == TD_OK) {
             *cached = td_kv_seq_len(e->kv, idx);
-            td_log(TD_LOG_INFO, req, "opened sequence %016llx: %zu prompt tokens, %lld cache tokens reserved",
-                   (unsigned long long)key, n, (long long)want);
+            td_log(TD_LOG_INFO, req, "opened sequence %016llx: %zu prompt tokens (%d reused from the cache), %lld cache "
+                   "tokens reserved", (unsigned long long)key, n, reuse, (long long)want);
         }
     }
     give_pass(e);

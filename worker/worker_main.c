@@ -48,6 +48,9 @@ static void usage(FILE *f) {
           "  --max-calls N         gRPC calls in flight at most (default 256)\n"
           "  --numerics MODE       fast (default) or reference (the fingerprint says which)\n"
           "  --no-batching         one verification per forward pass (benchmarks)\n"
+          "  --no-prefix-cache     every sequence prefills its whole prompt (default: a new sequence\n"
+          "                        reuses the cached prefix a closed one shares with it, e.g. the\n"
+          "                        earlier turns of a chat; the tokens are the same either way)\n"
           "  --log-level LEVEL     debug, info (default), warn, error\n",
           f);
 }
@@ -65,7 +68,8 @@ static bool parse_long(const char *opt, const char *v, long lo, long hi, long *o
 
 int main(int argc, char **argv) {
     td_worker_config cfg = {.role = -1, .cluster = "default", .lease_ttl = 10, .idle_timeout = 120,
-                            .max_calls = 256, .numerics = TD_NUMERICS_FAST, .batching = true};
+                            .max_calls = 256, .numerics = TD_NUMERICS_FAST, .batching = true,
+                            .prefix_cache = true};
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
     td_net_tls tls = {0};
@@ -76,6 +80,7 @@ int main(int argc, char **argv) {
         long l;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         if (!strcmp(a, "--no-batching")) { cfg.batching = false; continue; }
+        if (!strcmp(a, "--no-prefix-cache")) { cfg.prefix_cache = false; continue; }
         if (!v) { fprintf(stderr, "tandem-worker: unknown option or missing value: %s\n", a); usage(stderr); return 2; }
         i++;
         if (!strcmp(a, "--role")) {

@@ -193,6 +193,8 @@ typedef struct td_target_seq_params {
     int32_t n_top;            /* candidates per verified node for observe (0..TD_TARGET_TOP_MAX) */
     int32_t n_logprobs;       /* -1: none; else the produced token's logprob and this many alternatives */
     bool test_skip_residual;  /* tests only: rejection mode without its correction */
+    bool reuse_prefix;        /* open keeps what the closed sequence's cache shares with
+                                 the prompt (ops->reusable); off: it starts empty */
 } td_target_seq_params;
 
 /* What verification found at the root (index 0) or tree node i (index i+1). */
@@ -238,6 +240,11 @@ typedef struct td_target_ops {
     int (*extend)(td_target *t, int32_t seq, const int32_t *tokens, size_t n, td_err *err);
     void (*release)(td_target *t, int32_t seq);
     void (*destroy)(td_target *t);
+    /* Prefix reuse: how many leading tokens of tokens[0..n) the closed
+     * sequence seq still holds in its cache from its last use (at most
+     * n - 1). An open with p->reuse_prefix keeps them and computes only the
+     * rest. May be NULL (no reuse). */
+    int32_t (*reusable)(const td_target *t, int32_t seq, const int32_t *tokens, size_t n);
 } td_target_ops;
 
 struct td_target {

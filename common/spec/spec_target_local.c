@@ -8,6 +8,12 @@
  * path, at absolute positions, so they are exactly plain decoding's.
  * Only nodes on the walk are sampled; every verified node gets its top
  * candidates when the caller asked for observations.
+ *
+ * Prefix reuse: a released sequence keeps its cache and the tokens in it
+ * ("warm"); the next open of that sequence with reuse_prefix keeps the
+ * longest common prefix and prefills only the rest. Batch invariance makes
+ * that exact: a cached position holds the same bits however its pass was
+ * made up, so the tokens equal a cold open's.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -18,6 +24,7 @@
 
 typedef struct local_seq {
     bool open, verified;
+    size_t n_warm;        /* closed: hist[0..n_warm) are the tokens still in the cache */
     td_target_seq_params p;
     int32_t *hist;        /* cached tokens + the pending one; room for a walked path */
     size_t n_hist, cap;
@@ -54,6 +61,16 @@ static int32_t first_child(const td_draft *d, int32_t parent) {
     return -1;
 }
 
+static int32_t lt_reusable(const td_target *base, int32_t seq, const int32_t *tokens, size_t n) {
+    const local_target *t = (const local_target *)base;
+    if (seq < 0 || seq >= t->max_seqs || n == 0) return 0;
+    const local_seq *s = &t->seqs[seq];
+    if (s->open || !s->hist) return 0;
+    size_t k = 0, lim = s->n_warm < n - 1 ? s->n_warm : n - 1;
+    while (k < lim && s->hist[k] == tokens[k]) k++;
+    return (int32_t)k;
+}
+
 static int lt_open(td_target *base, int32_t seq, const td_target_seq_params *p, const int32_t *tokens, size_t n,
                    td_err *err) {
     local_target *t = (local_target *)base;
@@ -61,7 +78,7 @@ static int lt_open(td_target *base, int32_t seq, const td_target_seq_params *p, 
     local_seq *s = &t->seqs[seq];
     if (s->open) return td_err_set(err, TD_E_ARG, "sequence %d is already open", seq);
     if (n == 0) return td_err_set(err, TD_E_ARG, "empty prompt");
-    if (td_kv_seq_len(t->kv, seq) != 0) return td_err_set(err, TD_E_ARG, "sequence %d is not empty", seq);
+    if (td_kv_seq_len(t->kv, seq) != (int32_t)s->n_warm) return td_err_set(err, TD_E_ARG, "sequence %d is not empty", seq);
     if (n >= (size_t)td_kv_max_len(t->kv))
         return td_err_set(err, TD_E_RANGE, "prompt of %zu tokens does not fit the context of %d", n, td_kv_max_len(t->kv));
     if (p->n_top < 0 || p->n_top > TD_TARGET_TOP_MAX || p->n_logprobs < -1 || p->n_logprobs > TD_TARGET_ALT_MAX)
@@ -77,7 +94,13 @@ static int lt_open(td_target *base, int32_t seq, const td_target_seq_params *p, 
         free(hist);
         return td_err_set(err, TD_E_NOMEM, "out of memory");
     }
-    if ((rc = td_gen_prefill(t->ctx, t->kv, seq, 0, tokens, n - 1, 0, NULL, err))) {
+    int32_t keep = p->reuse_prefix ? lt_reusable(base, seq, tokens, n) : 0;
+    td_kv_truncate(t->kv, seq, keep);
+    free(s->hist); /* the warm tokens, if any */
+    s->hist = NULL;
+    s->n_warm = 0;
+    if ((size_t)keep < n - 1 &&
+        (rc = td_gen_prefill(t->ctx, t->kv, seq, keep, tokens + keep, n - 1 - (size_t)keep, 0, NULL, err))) {
         td_kv_truncate(t->kv, seq, 0);
         free(hist);
         return rc;
@@ -266,9 +289,14 @@ static int lt_extend(td_target *base, int32_t seq, const int32_t *tokens, size_t
 static void lt_release(td_target *base, int32_t seq) {
     local_target *t = (local_target *)base;
     if (seq < 0 || seq >= t->max_seqs || !t->seqs[seq].open) return;
-    free(t->seqs[seq].hist);
-    t->seqs[seq] = (local_seq){0};
-    td_kv_truncate(t->kv, seq, 0);
+    local_seq *s = &t->seqs[seq];
+    /* stays warm: the cached positions and their tokens (after a verify
+     * without commit the cache holds tree nodes past them: cut those) */
+    int32_t cached = (int32_t)s->n_hist - 1;
+    if (td_kv_seq_len(t->kv, seq) < cached) cached = td_kv_seq_len(t->kv, seq);
+    td_kv_truncate(t->kv, seq, cached);
+    int32_t *hist = s->hist;
+    *s = (local_seq){.hist = hist, .n_warm = (size_t)cached};
 }
 
 static void lt_destroy(td_target *base) {
@@ -283,7 +311,7 @@ static void lt_destroy(td_target *base) {
     free(t);
 }
 
-static const td_target_ops local_ops = {lt_open, lt_verify, lt_commit, lt_extend, lt_release, lt_destroy};
+static const td_target_ops local_ops = {lt_open, lt_verify, lt_commit, lt_extend, lt_release, lt_destroy, lt_reusable};
 
 td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv, td_err *err) {
     if (!m || !ctx || !kv) {

@@ -94,4 +94,14 @@ int td_tok_decode(const td_tok *t, const int32_t *ids, size_t n, bool render_spe
  * tokenizer (tok_export.c). */
 int td_tok_export_gguf(const td_gguf *g, void **out, size_t *size, td_err *err);
 
+/* The tokenizer as Hugging Face files, for clients that tokenize on their
+ * own (a gateway): tokenizer.json, which PyPI `tokenizers` loads and which
+ * encodes like td_tok_encode with parse_special set, and
+ * tokenizer_config.json (chat template, special tokens, max_len as
+ * model_max_length). g is the file t was created from. Both strings are
+ * malloc'd, NUL-terminated, freed by the caller. Byte-level BPE only:
+ * SentencePiece vocabularies give TD_E_UNSUPPORTED (tok_export_hf.c). */
+int td_tok_export_hf(const td_tok *t, const td_gguf *g, int32_t max_len, char **tokenizer_json, char **config_json,
+                     td_err *err);
+
 #endif

@@ -95,6 +95,7 @@ enum { TD_TOK_MAX_PASSES = 4 };
 
 typedef struct td_tok_pretok {
     void *re[TD_TOK_MAX_PASSES]; /* pcre2_code_8 *, one per pass */
+    const char *pattern[TD_TOK_MAX_PASSES]; /* each pass's regex source (static) */
     int n_re;
     bool ignore_merges; /* llama3: a piece that is a whole token skips BPE */
     bool add_bos;       /* the pre type's own add_bos default */

@@ -73,6 +73,7 @@ int td_tok_pretok_init(td_tok_pretok *p, const char *name, size_t name_len, td_e
                               (const char *)msg, (size_t)eoff);
         }
         (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter */
+        p->pattern[p->n_re] = d->passes[i];
         p->re[p->n_re++] = re;
     }
     return TD_OK;

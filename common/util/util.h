@@ -85,6 +85,17 @@ void td_sha256_final(td_sha256 *s, uint8_t out[32]);
 /* Hex digest (65 bytes incl. NUL) of a memory range. */
 void td_sha256_hex(const void *data, size_t n, char out[65]);
 
+/* ---- CRC-32 and zip archives of stored files (zip.c) ---- */
+uint32_t td_crc32(uint32_t crc, const void *data, size_t n); /* start with crc = 0 */
+typedef struct td_zip_file {
+    const char *name;  /* UTF-8 path inside the archive */
+    const void *data;
+    size_t size;
+} td_zip_file;
+/* A zip of the files, uncompressed, in one malloc'd buffer (*out; caller
+ * frees). TD_E_ARG past zip's 4 GiB / 65535-file limits. */
+int td_zip_store(const td_zip_file *files, size_t n, uint8_t **out, size_t *out_len, td_err *err);
+
 /* ---- FNV-1a 64-bit, for cheap content hashes (vocabulary hash) ---- */
 uint64_t td_fnv1a64(uint64_t h, const void *data, size_t n);
 #define TD_FNV1A64_INIT 0xcbf29ce484222325ULL

@@ -16,5 +16,5 @@ tac "$DIR/pids" | while read -r pid name; do
   fi
   echo "[down] stopped $name ($pid)"
 done
-rm -f "$DIR/pids" "$DIR/address" "$DIR/health-address" "$DIR/etcd-address"
+rm -f "$DIR/pids" "$DIR/address" "$DIR/health-address" "$DIR/etcd-address" "$DIR/gateway-address"
 rm -rf "$DIR/etcd-data"

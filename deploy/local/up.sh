@@ -5,12 +5,26 @@
 # until the coordinator says it is ready (grpc.health.v1), then prints its
 # address. deploy/local/down.sh stops everything by PID.
 #
+# --gateway: also the Shepherd Model Gateway (PyPI `smg`, installed by
+# scripts/setup.sh into $TANDEM_GATEWAY_VENV, default build/venv-gateway) in
+# front of the coordinator's vLLM engine API: OpenAI-compatible HTTP
+# (/v1/completions, /v1/chat/completions) on $TANDEM_GATEWAY_PORT (default
+# a free one), its address written to $TANDEM_LOCAL_DIR/gateway-address.
+#
 # Environment: TANDEM_LOCAL_DIR (state: pids, logs, etcd data; default
 # /tmp/tandem-local), TANDEM_MODEL, TANDEM_PORT (coordinator port, default
 # a free one), TANDEM_THREADS (verifier threads, default all cores),
 # TANDEM_BUILD (default build/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+GATEWAY=0
+for arg in "$@"; do
+  case "$arg" in
+    --gateway) GATEWAY=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "[up] unknown option: $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
 DIR=${TANDEM_LOCAL_DIR:-/tmp/tandem-local}
 BUILD=${TANDEM_BUILD:-build}
 MODEL=${TANDEM_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -23,6 +37,10 @@ die() { printf '[up] error: %s\n' "$*" >&2; exit 1; }
 for b in "$BUILD/tandem-worker" "$BUILD/tandem-coordinator" "$BUILD/tandem"; do
   [ -x "$b" ] || die "$b is missing: run scripts/setup.sh first"
 done
+VENV=${TANDEM_GATEWAY_VENV:-$BUILD/venv-gateway}
+if [ "$GATEWAY" = 1 ] && [ ! -x "$VENV/bin/smg" ]; then
+  die "the gateway is not installed ($VENV/bin/smg): run scripts/setup.sh"
+fi
 command -v etcd >/dev/null || die "etcd is not installed (Debian package etcd-server; scripts/setup.sh installs it)"
 [ -f "$MODEL" ] || die "model $MODEL is missing: run scripts/setup.sh or set TANDEM_MODEL"
 if [ -f "$DIR/pids" ] && [ -s "$DIR/pids" ]; then
@@ -75,6 +93,26 @@ echo "$ADDR" >"$DIR/address"
 echo "127.0.0.1:$HEALTH_PORT" >"$DIR/health-address"
 echo "$ETCD" >"$DIR/etcd-address"
 log "cluster up: coordinator $ADDR (health on 127.0.0.1:$HEALTH_PORT), verifier and drafter registered in etcd"
+if [ "$GATEWAY" = 1 ]; then
+  GW_PORT=${TANDEM_GATEWAY_PORT:-$(free_port)}
+  GW_METRICS=$(free_port)
+  start gateway "$VENV/bin/smg" launch --backend vllm --worker-urls "grpc://$ADDR" \
+    --host 127.0.0.1 --port "$GW_PORT" --prometheus-host 127.0.0.1 --prometheus-port "$GW_METRICS"
+  # ready once the worker is registered and its tokenizer loaded: /v1/models lists the model
+  for _ in $(seq 1 300); do
+    /usr/bin/python3 - "$GW_PORT" <<'PY' >/dev/null 2>&1 && break
+import json, sys, urllib.request
+d = json.load(urllib.request.urlopen("http://127.0.0.1:%s/v1/models" % sys.argv[1], timeout=2))
+sys.exit(0 if d.get("data") else 1)
+PY
+    while read -r pid name; do kill -0 "$pid" 2>/dev/null || fail "$name exited" "$name"; done <"$DIR/pids"
+    sleep 0.2
+  done
+  /usr/bin/python3 -c "import json,urllib.request,sys; sys.exit(0 if json.load(urllib.request.urlopen('http://127.0.0.1:$GW_PORT/v1/models', timeout=2)).get('data') else 1)" \
+    >/dev/null 2>&1 || fail "the gateway did not list the model after 60 s" gateway
+  echo "127.0.0.1:$GW_PORT" >"$DIR/gateway-address"
+  log "gateway up: OpenAI-compatible HTTP on http://127.0.0.1:$GW_PORT/v1 (metrics on :$GW_METRICS)"
+fi
 log "metrics: curl http://$M_COORD/metrics (all three addresses in $DIR/metrics)"
 log "logs in $DIR/logs; stop with deploy/local/down.sh"
 echo "$ADDR"

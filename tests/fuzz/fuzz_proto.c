@@ -1,6 +1,7 @@
 /* fuzz_proto.c — libFuzzer target for the bytes a tandem gRPC server takes
  * off the wire: every input is unpacked as each request type the services
- * accept (tandem.v1.Inference, tandem.v1.Worker, grpc.health.v1) through the
+ * accept (tandem.v1.Inference, tandem.v1.Worker, grpc.health.v1 and the
+ * coordinator's vllm.grpc.engine.VllmEngine) through the
  * server's own path (td_net_unpack on a gRPC byte buffer), and whatever
  * unpacks is packed back.
  * Besides the sanitizers, it traps on: td_net_unpack_bytes and td_net_unpack
@@ -18,10 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "net/net_internal.h"
 #include "tandem/v1/inference.pb-c.h"
 #include "tandem/v1/worker.pb-c.h"
+#include "vllm_engine.pb-c.h"
 
 #define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
 
@@ -39,6 +42,13 @@ static const ProtobufCMessageDescriptor *const types[] = {
     &tandem__v1__release_request__descriptor,
     &tandem__v1__stats_request__descriptor,
     &tandem__v1__describe_request__descriptor,
+    &vllm__grpc__engine__generate_request__descriptor,
+    &vllm__grpc__engine__abort_request__descriptor,
+    &vllm__grpc__engine__health_check_request__descriptor,
+    &vllm__grpc__engine__get_model_info_request__descriptor,
+    &vllm__grpc__engine__get_server_info_request__descriptor,
+    &vllm__grpc__engine__get_loads_request__descriptor,
+    &smg__grpc__common__get_tokenizer_request__descriptor,
 };
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
