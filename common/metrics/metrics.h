@@ -111,7 +111,7 @@ void td_metrics_call_end(const char *server, const char *method, const char *cod
 void td_metrics_call_refused(const char *server, const char *method, const char *code, const char *reason);
 /* An admission refusal inside a handler (a worker's "worker_full"). */
 void td_metrics_rejected(const char *reason);
-/* A completed Generate (coordinator). */
+/* A completed generation (coordinator's td_coord_run, either API). */
 void td_metrics_generate_done(int64_t prompt_tokens, int64_t generated, double ttft_sec, double total_sec,
                               int64_t steps, int64_t drafted, int64_t accepted);
 /* A completed Score (coordinator): items scored, continuation tokens. */
