@@ -24,6 +24,7 @@ static void collect(void *user) {
     td_worker_engine_stats(m->e, &st);
     td_metrics_worker_kv(st.sequences, st.max_sequences, st.reserved_tokens, st.max_tokens);
     td_metrics_etcd_up(m->reg && td_etcd_reg_alive(m->reg));
+    td_metrics_etcd_registrations(m->reg ? td_etcd_reg_generation(m->reg) : 0);
 }
 
 td_worker_metrics *td_worker_metrics_start(const char *addr, td_worker_engine *e, td_etcd_reg *reg, td_err *err) {

@@ -119,6 +119,8 @@ void td_metrics_score_done(int64_t items, int64_t tokens);
 /* Gauges set by collectors. */
 void td_metrics_workers_known(const char *role, int64_t n);
 void td_metrics_etcd_up(bool up);
+/* Worker: registrations made with a fresh lease so far (1 = never lost). */
+void td_metrics_etcd_registrations(int64_t n);
 void td_metrics_worker_kv(int64_t sequences, int64_t max_sequences, int64_t tokens, int64_t max_tokens);
 
 #endif

@@ -26,7 +26,7 @@ static struct {
     td_metrics_registry *reg;
     td_metrics_family *calls, *call_seconds, *in_flight, *rejected, *workers, *tok_in, *tok_out, *ttft, *tpot;
     td_metrics_series *s_tok_in, *s_tok_out, *s_ttft, *s_tpot, *s_steps, *s_drafted, *s_accepted, *s_items,
-        *s_scored, *s_etcd, *s_seqs, *s_seqs_max, *s_kv, *s_kv_max;
+        *s_scored, *s_etcd, *s_etcd_gen, *s_seqs, *s_seqs_max, *s_kv, *s_kv_max;
 } process_metrics = {.once = PTHREAD_ONCE_INIT};
 
 static td_metrics_series *scalar(td_metrics_type t, const char *name, const char *help, bool *ok) {
@@ -91,6 +91,9 @@ static void init_once(void) {
                                                              l_role, NULL, 0, NULL));
     process_metrics.s_etcd = scalar(TD_METRICS_GAUGE, "tandem_etcd_up",
                                     "1 while the etcd watch (coordinator) or registration (worker) is current", &ok);
+    process_metrics.s_etcd_gen = scalar(TD_METRICS_GAUGE, "tandem_etcd_registrations",
+                                        "Worker: registrations with a fresh etcd lease so far (more than 1: the lease was "
+                                        "lost and renewed)", &ok);
     process_metrics.s_seqs = scalar(TD_METRICS_GAUGE, "tandem_worker_sequences", "Sequences open on this worker", &ok);
     process_metrics.s_seqs_max = scalar(TD_METRICS_GAUGE, "tandem_worker_sequences_max",
                                         "Sequences this worker admits at most (--max-seqs)", &ok);
@@ -170,6 +173,10 @@ void td_metrics_workers_known(const char *role, int64_t n) {
 
 void td_metrics_etcd_up(bool up) {
     if (READY()) td_metrics_set(process_metrics.s_etcd, up ? 1 : 0);
+}
+
+void td_metrics_etcd_registrations(int64_t n) {
+    if (READY()) td_metrics_set(process_metrics.s_etcd_gen, n);
 }
 
 void td_metrics_worker_kv(int64_t sequences, int64_t max_sequences, int64_t tokens, int64_t max_tokens) {

@@ -153,6 +153,7 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(val(after["verifier"], "tandem_worker_sequences_max"), 8)
         self.assertGreater(val(after["verifier"], "tandem_worker_kv_tokens_max"), 0)
         self.assertEqual(val(after["verifier"], "tandem_etcd_up"), 1)
+        self.assertEqual(val(after["verifier"], "tandem_etcd_registrations"), 1)
         # the drafter drafted for the "model" request
         self.assertGreater(d("drafter", "tandem_grpc_requests_total", server="worker",
                              method="/tandem.v1.Worker/Draft", code="OK"), 0)

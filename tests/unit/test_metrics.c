@@ -358,6 +358,7 @@ static void test_tandem_hooks(void **state) {
     td_metrics_score_done(2, 7);
     td_metrics_workers_known("verifier", 2);
     td_metrics_etcd_up(true);
+    td_metrics_etcd_registrations(2);
     td_metrics_worker_kv(1, 8, 100, 4096);
     char *text = NULL;
     size_t len = 0;
@@ -382,6 +383,7 @@ static void test_tandem_hooks(void **state) {
         "tandem_scored_tokens_total 7\n",
         "tandem_workers_known{role=\"verifier\"} 2\n",
         "tandem_etcd_up 1\n",
+        "tandem_etcd_registrations 2\n",
         "tandem_worker_sequences 1\n",
         "tandem_worker_sequences_max 8\n",
         "tandem_worker_kv_tokens_reserved 100\n",
