@@ -4,7 +4,8 @@
 # hand-built files of make_corpus.py plus tiny-model heads when BUILD_DIR has
 # td-mktiny; fuzz_tok gets a few inputs per operation (see fuzz_tok.c for the
 # layout: operation and tokenizer byte, flags byte, payload); fuzz_proto a few
-# generic protobuf shapes; other targets get no seeds from here.
+# generic protobuf shapes; fuzz_metrics_http a few request heads; other
+# targets get no seeds from here.
 set -euo pipefail
 name=$1
 out=$2
@@ -35,6 +36,11 @@ case "$name" in
     printf '\012\005hello\020\226\001' >"$out/string-varint"
     printf '\012\004\010\001\020\002\030\377\377\377\377\017' >"$out/nested"
     printf '\042\004\001\002\003\004\051\000\000\000\000\000\000\360\077\065\000\000\200\077' >"$out/packed-fixed"
+    ;;
+  fuzz_metrics_http)
+    printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n' >"$out/get"
+    printf 'POST /metrics?a=b HTTP/1.0\nContent-Length: 2\n\nhi' >"$out/post-lf"
+    printf 'GET /metrics HTTP/2.0\r\nX: \001\r\n folded\r\n\r\n' >"$out/odd"
     ;;
   *) ;;
 esac
