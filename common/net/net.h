@@ -122,6 +122,10 @@ typedef struct td_net_server_opts {
      * "/grpc.health.v1.", so that probes work without secrets; "" would
      * exempt everything, so it is taken as NULL too). */
     const char *auth_exempt_prefix;
+    /* Calls in flight per token at most (0 = only max_calls): one client
+     * cannot take every slot. Beyond it: RESOURCE_EXHAUSTED, as when the
+     * server is full. Calls of exempt methods are not counted. */
+    int32_t max_calls_per_token;
 } td_net_server_opts;
 
 /* The handler of a unary method answers with td_net_call_reply or
