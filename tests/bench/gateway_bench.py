@@ -32,6 +32,7 @@ stopped by down.sh by PID) twice: once for figure 1, once per figure-2 arm.
 import argparse
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -187,6 +188,8 @@ def main():
     ap.add_argument("--conversations", type=int, default=6)
     a = ap.parse_args()
     a.build = os.path.abspath(a.build)
+    # a SIGTERM unwinds like Ctrl-C, so every cluster is stopped by down.sh
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     fig_one_stream(a)
     fig_prefix(a)
 
