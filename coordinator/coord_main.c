@@ -42,6 +42,8 @@ static void usage(FILE *f) {
           "  --worker ROLE=ADDR      a worker without etcd (verifier=HOST:PORT or drafter=HOST:PORT);\n"
           "                          repeatable\n"
           "  --max-calls N           requests in flight at most; more get RESOURCE_EXHAUSTED (default 64)\n"
+          "  --max-calls-per-token N with --auth-tokens: requests in flight per token at most, so one\n"
+          "                          client cannot take every slot (default 0: only --max-calls)\n"
           "  --max-tokens N          default max_tokens of Generate (default 128)\n"
           "  --step-timeout-ms MS    floor of the per-step deadline on verifiers (default 10000); a step\n"
           "                          may also take 20x the measured step time. A hung verifier is\n"
@@ -77,7 +79,7 @@ int main(int argc, char **argv) {
     const char *statics[MAX_STATIC];
     int n_static = 0;
     bool overlap = true;
-    long max_conn_age_ms = 0, max_calls = 64, max_tokens = 128, step_ms = 10000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000;
+    long max_conn_age_ms = 0, max_calls = 64, max_tokens = 128, step_ms = 10000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000, per_token = 0;
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
     td_net_tls tls = {0}, wtls = {0};
@@ -114,6 +116,7 @@ int main(int argc, char **argv) {
             }
             statics[n_static++] = v;
         } else if (!strcmp(a, "--max-calls")) { if (!parse_long(a, v, 1, 100000, &max_calls)) return 2; }
+        else if (!strcmp(a, "--max-calls-per-token")) { if (!parse_long(a, v, 0, 100000, &per_token)) return 2; }
         else if (!strcmp(a, "--max-tokens")) { if (!parse_long(a, v, 1, 1 << 20, &max_tokens)) return 2; }
         else if (!strcmp(a, "--step-timeout-ms")) { if (!parse_long(a, v, 10, 3600000, &step_ms)) return 2; }
         else if (!strcmp(a, "--keepalive-ms")) { if (!parse_long(a, v, 100, 3600000, &keepalive_ms)) return 2; }
@@ -130,6 +133,10 @@ int main(int argc, char **argv) {
     td_err derr = {0};
     if (td_coord_drafters_check(vllm_drafters, &derr)) {
         fprintf(stderr, "tandem-coordinator: --vllm-drafters: %s\n", derr.msg);
+        return 2;
+    }
+    if (per_token > 0 && !tokens_file) {
+        fprintf(stderr, "tandem-coordinator: --max-calls-per-token needs --auth-tokens (calls are counted per token)\n");
         return 2;
     }
     if (!listen || (!etcd_ep && n_static == 0)) {
@@ -181,8 +188,10 @@ int main(int argc, char **argv) {
         td_coord_members_add_static(c.members, role, eq + 1, &err);
     }
     /* the server keeps its own copies of the tokens */
-    td_net_server_opts so = {.max_calls = (int32_t)max_calls, .name = "coordinator", .max_connection_age_ms = (int32_t)max_conn_age_ms,
-                             .tokens = (const char *const *)tokens, .n_tokens = n_tokens};
+    td_net_server_opts so = {.max_calls = (int32_t)max_calls, .name = "coordinator",
+                             .tokens = (const char *const *)tokens, .n_tokens = n_tokens,
+                             .max_calls_per_token = (int32_t)per_token,
+                             .max_connection_age_ms = (int32_t)max_conn_age_ms};
     if (!(srv = td_net_server_create(&so, &err)) || !(health = td_net_health_create(&err)) ||
         td_coord_api_register(srv, &c, &err) || td_coord_vllm_register(srv, &c, &err) ||
         td_net_health_add(health, srv, &err))

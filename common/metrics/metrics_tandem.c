@@ -60,7 +60,7 @@ static void init_once(void) {
                                                                NULL, 0, NULL));
     ok &= !!(process_metrics.rejected = td_metrics_family_add(
                  r, TD_METRICS_COUNTER, "tandem_admission_rejections_total",
-                 "Requests refused with RESOURCE_EXHAUSTED: max_calls (server busy), worker_full (no cache room)",
+                 "Requests refused with RESOURCE_EXHAUSTED: max_calls (server busy), max_calls_per_token (one client's cap), worker_full (no cache room)",
                  l_reason, NULL, 0, NULL));
     process_metrics.s_tok_in = scalar(TD_METRICS_COUNTER, "tandem_prompt_tokens_total",
                                       "Prompt tokens (resumed ones included) of completed generations, both APIs", &ok);

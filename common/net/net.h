@@ -126,6 +126,10 @@ typedef struct td_net_server_opts {
      * finish) after about this long; 0 = never. Long-lived HTTP/2 clients
      * then reconnect, and a load balancer spreads them over replicas. */
     int32_t max_connection_age_ms;
+    /* Calls in flight per token at most (0 = only max_calls): one client
+     * cannot take every slot. Beyond it: RESOURCE_EXHAUSTED, as when the
+     * server is full. Calls of exempt methods are not counted. */
+    int32_t max_calls_per_token;
 } td_net_server_opts;
 
 /* The handler of a unary method answers with td_net_call_reply or

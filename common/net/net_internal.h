@@ -48,8 +48,9 @@ void td_net_secret_free(char *s);
  * caller releases them. */
 grpc_server_credentials *td_net_tls_server_creds(const td_net_tls *tls, td_err *err);
 grpc_channel_credentials *td_net_tls_channel_creds(const td_net_tls *tls, td_err *err);
-/* Whether an "authorization" metadata value is "Bearer <t>" for one of the
- * tokens; compares in time that depends on the lengths only. */
-bool td_net_bearer_ok(char *const *tokens, size_t n_tokens, const char *value, size_t len);
+/* Which token an "authorization" metadata value ("Bearer <t>") carries: its
+ * index, or -1. Every token is compared, in time that depends on the
+ * lengths only, so the time does not tell which one matched. */
+int32_t td_net_bearer_match(char *const *tokens, size_t n_tokens, const char *value, size_t len);
 
 #endif

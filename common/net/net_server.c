@@ -61,6 +61,7 @@ struct td_net_call {
     char tag_op, tag_close;
     pthread_t thread;
     bool finished; /* under srv->mu: the thread is done with everything but its record */
+    int32_t token;   /* index of the bearer token it carried, -1: none or exempt */
     struct td_net_call *next; /* srv->calls */
 };
 
@@ -76,6 +77,8 @@ struct td_net_server {
     char **tokens;
     size_t n_tokens;
     char *auth_exempt;
+    int32_t max_per_token;   /* 0: no cap */
+    int32_t *token_active;   /* (n_tokens) calls in flight per token (under mu) */
     bool listening, started, shut_down;
     pthread_t acceptor;
     bool acceptor_running;
@@ -95,6 +98,8 @@ struct td_net_server {
 
 /* The token copies (wiped) and the exempt prefix. */
 static void auth_free(td_net_server *s) {
+    free(s->token_active);
+    s->token_active = NULL;
     td_net_tokens_free(s->tokens, s->n_tokens);
     s->tokens = NULL;
     s->n_tokens = 0;
@@ -116,7 +121,9 @@ td_net_server *td_net_server_create(const td_net_server_opts *opts, td_err *err)
                                                                                  : "/grpc.health.v1.";
         s->tokens = calloc(opts->n_tokens, sizeof *s->tokens);
         s->auth_exempt = strdup(ex);
-        bool ok = s->tokens && s->auth_exempt;
+        s->token_active = calloc(opts->n_tokens, sizeof *s->token_active);
+        s->max_per_token = opts->max_calls_per_token > 0 ? opts->max_calls_per_token : 0;
+        bool ok = s->tokens && s->auth_exempt && s->token_active;
         for (size_t i = 0; ok && i < opts->n_tokens; i++) {
             /* an empty token would accept "Bearer " with nothing after it */
             if (!opts->tokens[i] || !*opts->tokens[i]) {
@@ -329,18 +336,37 @@ static int send_status(td_net_call *c, grpc_status_code code, const char *msg, g
 /* ---- the handler thread ---- */
 
 /* Whether the call may run: no tokens configured, an exempt method, or an
- * "authorization: Bearer <token>" entry with one of the tokens. */
-static bool call_authorized(const td_net_call *c) {
+ * "authorization: Bearer <token>" entry with one of the tokens (then
+ * c->token is its index). */
+static bool call_authorized(td_net_call *c) {
     const td_net_server *s = c->srv;
+    c->token = -1;
     if (s->n_tokens == 0) return true;
     if (strncmp(c->m->path, s->auth_exempt, strlen(s->auth_exempt)) == 0) return true;
-    bool ok = false;
     for (size_t i = 0; i < c->md.count; i++) {
         const grpc_metadata *e = &c->md.metadata[i];
         if (grpc_slice_str_cmp(e->key, "authorization") != 0) continue;
-        ok |= td_net_bearer_ok(s->tokens, s->n_tokens, (const char *)GRPC_SLICE_START_PTR(e->value),
-                               GRPC_SLICE_LENGTH(e->value));
+        int32_t k = td_net_bearer_match(s->tokens, s->n_tokens, (const char *)GRPC_SLICE_START_PTR(e->value),
+                                        GRPC_SLICE_LENGTH(e->value));
+        if (k >= 0) c->token = k;
     }
+    return c->token >= 0;
+}
+
+/* Counts the call against its token's cap; false when the token has
+ * max_calls_per_token calls in flight already. */
+static bool token_admit(td_net_call *c, int32_t *in_flight) {
+    td_net_server *s = c->srv;
+    if (c->token < 0 || s->max_per_token == 0) {
+        c->token = -1; /* not counted */
+        return true;
+    }
+    pthread_mutex_lock(&s->mu);
+    *in_flight = s->token_active[c->token];
+    bool ok = *in_flight < s->max_per_token;
+    if (ok) s->token_active[c->token]++;
+    pthread_mutex_unlock(&s->mu);
+    if (!ok) c->token = -1;
     return ok;
 }
 
@@ -360,6 +386,17 @@ static void *call_thread(void *arg) {
         grpc_op hop = {.op = GRPC_OP_SEND_INITIAL_METADATA};
         if (!call_batch(c, &hop, 1, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)) c->gone = true;
         send_status(c, GRPC_STATUS_UNAUTHENTICATED, "missing or invalid bearer token", NULL);
+        goto done;
+    }
+    int32_t in_flight = 0;
+    if (!token_admit(c, &in_flight)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "too many calls in flight for this token (%" PRId32 "), retry later", in_flight);
+        td_log(TD_LOG_INFO, NULL, "%s: %s from %s: %s", s->name, m->path, c->peer ? c->peer : "?", msg);
+        grpc_op hop = {.op = GRPC_OP_SEND_INITIAL_METADATA};
+        if (!call_batch(c, &hop, 1, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)) c->gone = true;
+        td_metrics_rejected("max_calls_per_token");
+        send_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg, NULL);
         goto done;
     }
     grpc_op ops[2];
@@ -397,6 +434,7 @@ done:
     close_check(c, true);
     call_release(c);
     pthread_mutex_lock(&s->mu);
+    if (c->token >= 0) s->token_active[c->token]--;
     c->finished = true;
     s->active--;
     pthread_cond_broadcast(&s->cv);

@@ -209,16 +209,19 @@ static bool same_bytes(const char *a, size_t an, const char *b, size_t bn) {
     return diff == 0;
 }
 
-bool td_net_bearer_ok(char *const *tokens, size_t n_tokens, const char *value, size_t len) {
+int32_t td_net_bearer_match(char *const *tokens, size_t n_tokens, const char *value, size_t len) {
     static const char scheme[] = "bearer ";
     const size_t sn = sizeof scheme - 1;
-    if (!value || len <= sn) return false;
+    if (!value || len <= sn) return -1;
     for (size_t i = 0; i < sn; i++) /* the scheme is case-insensitive (RFC 7235) */
-        if (tolower((unsigned char)value[i]) != scheme[i]) return false;
+        if (tolower((unsigned char)value[i]) != scheme[i]) return -1;
     const char *t = value + sn;
     size_t tn = len - sn;
-    bool ok = false;
+    int32_t match = -1;
     /* every token is compared, so the time does not tell which matched */
-    for (size_t i = 0; i < n_tokens; i++) ok |= same_bytes(tokens[i], strlen(tokens[i]), t, tn);
-    return ok;
+    for (size_t i = 0; i < n_tokens; i++) {
+        bool same = same_bytes(tokens[i], strlen(tokens[i]), t, tn);
+        match = same ? (int32_t)i : match;
+    }
+    return match;
 }

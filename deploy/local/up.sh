@@ -14,7 +14,9 @@
 # Environment: TANDEM_LOCAL_DIR (state: pids, logs, etcd data; default
 # /tmp/tandem-local), TANDEM_MODEL, TANDEM_PORT (coordinator port, default
 # a free one), TANDEM_THREADS (verifier threads, default all cores),
-# TANDEM_BUILD (default build/).
+# TANDEM_BUILD (default build/), TANDEM_VERIFIER_FLAGS and TANDEM_COORD_FLAGS
+# (extra flags for the verifier and the coordinator, e.g. --no-prefix-cache
+# or --vllm-drafters none).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GATEWAY=0
@@ -75,13 +77,13 @@ ETCD="127.0.0.1:$ETCD_PORT"
 M_VERIFIER=127.0.0.1:$(free_port); M_DRAFTER=127.0.0.1:$(free_port); M_COORD=127.0.0.1:$(free_port)
 printf 'coordinator %s\nverifier %s\ndrafter %s\n' "$M_COORD" "$M_VERIFIER" "$M_DRAFTER" >"$DIR/metrics"
 start verifier "$BUILD/tandem-worker" --role verifier --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
-  --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1 --metrics-listen "$M_VERIFIER"
+  --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1 --metrics-listen "$M_VERIFIER" ${TANDEM_VERIFIER_FLAGS:-}
 start drafter "$BUILD/tandem-worker" --role drafter --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
   --cluster local --threads 1 --lease-ttl "$TTL" --id drafter-1 --metrics-listen "$M_DRAFTER"
 PORT=${TANDEM_PORT:-$(free_port)}
 HEALTH_PORT=$(free_port)
 start coordinator "$BUILD/tandem-coordinator" --listen "127.0.0.1:$PORT" --health-listen "127.0.0.1:$HEALTH_PORT" \
-  --etcd "$ETCD" --cluster local --metrics-listen "$M_COORD"
+  --etcd "$ETCD" --cluster local --metrics-listen "$M_COORD" ${TANDEM_COORD_FLAGS:-}
 ADDR="127.0.0.1:$PORT"
 for _ in $(seq 1 300); do
   "$BUILD/tandem" health --server "$ADDR" --service tandem.v1.Inference >/dev/null 2>&1 && break

@@ -1,7 +1,8 @@
 /* fuzz_proto.c — libFuzzer target for the bytes a tandem gRPC server takes
  * off the wire: every input is unpacked as each request type the services
  * accept (tandem.v1.Inference, tandem.v1.Worker, grpc.health.v1 and the
- * coordinator's vllm.grpc.engine.VllmEngine) through the
+ * coordinator's vllm.grpc.engine.VllmEngine), and as each etcd response
+ * tandem's etcd client decodes, through the
  * server's own path (td_net_unpack on a gRPC byte buffer), and whatever
  * unpacks is packed back.
  * Besides the sanitizers, it traps on: td_net_unpack_bytes and td_net_unpack
@@ -20,6 +21,7 @@
 #include <string.h>
 
 #include "common.pb-c.h"
+#include "etcd/rpc.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "net/net_internal.h"
 #include "tandem/v1/inference.pb-c.h"
@@ -49,6 +51,16 @@ static const ProtobufCMessageDescriptor *const types[] = {
     &vllm__grpc__engine__get_server_info_request__descriptor,
     &vllm__grpc__engine__get_loads_request__descriptor,
     &smg__grpc__common__get_tokenizer_request__descriptor,
+    /* what etcd answers (common/net/etcd*.c) */
+    &etcdserverpb__range_response__descriptor,
+    &etcdserverpb__put_response__descriptor,
+    &etcdserverpb__delete_range_response__descriptor,
+    &etcdserverpb__txn_response__descriptor,
+    &etcdserverpb__lease_grant_response__descriptor,
+    &etcdserverpb__lease_revoke_response__descriptor,
+    &etcdserverpb__lease_keep_alive_response__descriptor,
+    &etcdserverpb__watch_response__descriptor,
+    &etcdserverpb__authenticate_response__descriptor,
 };
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {

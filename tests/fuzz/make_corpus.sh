@@ -2,7 +2,7 @@
 # make_corpus.sh NAME CORPUS_DIR [BUILD_DIR] — writes generated seed inputs for
 # the fuzz target NAME into CORPUS_DIR (never committed). fuzz_gguf gets the
 # hand-built files of make_corpus.py plus tiny-model heads when BUILD_DIR has
-# td-mktiny; fuzz_tok gets a few inputs per operation (see fuzz_tok.c for the
+# td-mktiny (so does fuzz_tok_export: their tokenizers); fuzz_tok gets a few inputs per operation (see fuzz_tok.c for the
 # layout: operation and tokenizer byte, flags byte, payload); fuzz_proto a few
 # generic protobuf shapes; fuzz_metrics_http a few request heads; other
 # targets get no seeds from here.
@@ -13,7 +13,7 @@ build=${3:-build}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 case "$name" in
-  fuzz_gguf)
+  fuzz_gguf|fuzz_tok_export)
     if [ -x "$build/td-mktiny" ]; then
       python3 "$here/make_corpus.py" "$out" --mktiny "$build/td-mktiny"
     else

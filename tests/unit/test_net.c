@@ -779,12 +779,69 @@ static void token_file(void **state) {
     assert_non_null(strstr(err.msg, missing));
     /* the comparison itself */
     char *list[] = {"abc", "xyz"};
-    assert_true(td_net_bearer_ok(list, 2, "Bearer xyz", 10));
-    assert_true(td_net_bearer_ok(list, 2, "BEARER abc", 10));
-    assert_false(td_net_bearer_ok(list, 2, "Bearer ab", 9));
-    assert_false(td_net_bearer_ok(list, 2, "Bearer ", 7));
-    assert_false(td_net_bearer_ok(list, 2, "Basic abc", 9));
-    assert_false(td_net_bearer_ok(list, 2, "Bearer abcd", 11));
+    assert_int_equal(td_net_bearer_match(list, 2, "Bearer xyz", 10), 1);
+    assert_int_equal(td_net_bearer_match(list, 2, "BEARER abc", 10), 0);
+    assert_int_equal(td_net_bearer_match(list, 2, "Bearer ab", 9), -1);
+    assert_int_equal(td_net_bearer_match(list, 2, "Bearer ", 7), -1);
+    assert_int_equal(td_net_bearer_match(list, 2, "Basic abc", 9), -1);
+    assert_int_equal(td_net_bearer_match(list, 2, "Bearer abcd", 11), -1);
+}
+
+/* A blocking call on SECRET with a token, in the background. */
+typedef struct token_call {
+    td_net_channel *ch;
+    const char *token;
+    td_net_status st;
+    pthread_t thread;
+} token_call;
+
+static void *bg_token_block(void *arg) {
+    token_call *b = arg;
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = "block";
+    char bearer[128];
+    snprintf(bearer, sizeof bearer, "Bearer %s", b->token);
+    td_net_metadata md = {"authorization", bearer};
+    td_net_unary(b->ch, SECRET, &req.base, &grpc__health__v1__health_check_response__descriptor, NULL, 20000, &md, 1,
+                 &b->st);
+    return NULL;
+}
+
+/* max_calls_per_token: a token at its cap gets RESOURCE_EXHAUSTED while
+ * another token (and the exempt health path) still get through; the slot
+ * comes back when its call ends. */
+static void per_token_cap(void **state) {
+    (void)state;
+    fixture f = {0};
+    const char *toks[] = {"tenant-a", "tenant-b"};
+    td_err err = {0};
+    td_net_server_opts o = {.name = "capped", .tokens = toks, .n_tokens = 2, .max_calls_per_token = 1};
+    td_net_server *s = td_net_server_create(&o, &err);
+    assert_non_null(s);
+    f.srv = s;
+    assert_int_equal(td_net_server_add(s, CHECK, &grpc__health__v1__health_check_request__descriptor, false,
+                                       check_handler, &f, &err), 0);
+    assert_int_equal(td_net_server_add(s, SECRET, &grpc__health__v1__health_check_request__descriptor, false,
+                                       check_handler, &f, &err), 0);
+    int port = td_net_server_listen(s, "127.0.0.1:0", &err);
+    assert_true(port > 0);
+    assert_int_equal(td_net_server_start(s, &err), 0);
+    td_net_channel *ch = open_to(port, NULL);
+    token_call b = {.ch = ch, .token = "tenant-a"};
+    assert_int_equal(pthread_create(&b.thread, NULL, bg_token_block, &b), 0);
+    assert_true(wait_for(one_active, &f));
+    td_net_status st;
+    assert_int_equal(call_on(ch, SECRET, "tenant-a", &st), TD_NET_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(st.msg, "too many calls in flight for this token (1)"));
+    assert_int_equal(call_on(ch, SECRET, "tenant-b", &st), TD_NET_OK);
+    assert_int_equal(call_on(ch, CHECK, NULL, &st), TD_NET_OK);
+    atomic_store(&f.release, true);
+    pthread_join(b.thread, NULL);
+    assert_int_equal(b.st.code, TD_NET_OK);
+    assert_true(wait_for(none_active, &f));
+    assert_int_equal(call_on(ch, SECRET, "tenant-a", &st), TD_NET_OK);
+    td_net_channel_close(ch);
+    td_net_server_destroy(s);
 }
 
 int main(void) {
@@ -801,7 +858,7 @@ int main(void) {
     failed += cmocka_run_group_tests_name("net (own servers)", own, NULL, NULL);
     const struct CMUnitTest secure[] = {
         cmocka_unit_test(tls_call), cmocka_unit_test(tls_mutual), cmocka_unit_test(tls_bad_files),
-        cmocka_unit_test(tokens),   cmocka_unit_test(token_file),
+        cmocka_unit_test(tokens),   cmocka_unit_test(token_file),  cmocka_unit_test(per_token_cap),
     };
     failed += cmocka_run_group_tests_name("net (TLS and tokens)", secure, tls_setup, tls_teardown);
     return failed;
