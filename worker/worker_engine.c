@@ -208,22 +208,31 @@ static void free_slot(td_worker_engine *e, int32_t idx) {
     e->slots[idx] = (slot){.last_use = td_now_sec()}; /* its cache stays warm: LRU order */
 }
 
-/* The free slot for a new sequence (caller holds mu and the pass token):
- * with the prefix cache, the one whose warm cache shares the longest
- * prefix with the prompt; else (or on a tie) the least recently used, so
- * the warm caches that go first are the oldest. -1 when none is free. */
+/* The free slot for a new sequence (caller holds mu and the pass token),
+ * in this order: with the prefix cache, the warm slot sharing the longest
+ * prefix with the prompt, when the prompt keeps at least half of what that
+ * slot holds (a chat's next turn); else a slot never used; else the least
+ * recently used one, so the warm caches that go first are the oldest and a
+ * long history is not thrown away for a few shared tokens (a common system
+ * prompt). -1 when none is free; *reuse: the tokens the open will keep. */
 static int32_t pick_free_slot(td_worker_engine *e, const int32_t *tokens, size_t n, int32_t *reuse) {
-    int32_t best = -1, best_reuse = -1;
+    int32_t best = -1, best_reuse = 0, empty = -1, lru = -1;
     for (int32_t i = 0; i < e->cfg.max_seqs; i++) {
         if (e->slots[i].used) continue;
-        int32_t r = e->cfg.prefix_cache && e->target->ops->reusable ? e->target->ops->reusable(e->target, i, tokens, n) : 0;
-        if (best < 0 || r > best_reuse || (r == best_reuse && e->slots[i].last_use < e->slots[best].last_use)) {
+        int32_t held = 0, r = 0;
+        if (e->cfg.prefix_cache && e->target->ops->reusable) r = e->target->ops->reusable(e->target, i, tokens, n, &held);
+        if (r > 0 && 2 * r >= held && r > best_reuse) {
             best = i;
             best_reuse = r;
         }
+        if (held == 0 && empty < 0) empty = i;
+        if (lru < 0 || e->slots[i].last_use < e->slots[lru].last_use) lru = i;
     }
-    *reuse = best < 0 ? 0 : best_reuse;
-    return best;
+    int32_t idx = best >= 0 ? best : empty >= 0 ? empty : lru;
+    *reuse = idx < 0 || !e->cfg.prefix_cache || !e->target->ops->reusable
+                 ? 0
+                 : e->target->ops->reusable(e->target, idx, tokens, n, NULL);
+    return idx;
 }
 
 /* Frees target slots idle past the timeout (their coordinator is gone).
