@@ -45,6 +45,7 @@ typedef struct remote_target {
     int64_t deadline_at;     /* client's deadline (ms, monotonic); INT64_MAX none */
     td_coord_worker *w;      /* current verifier, or NULL */
     int32_t moves;
+    int32_t reused;          /* prompt tokens the verifier had cached (last Prefill) */
     double step_sec;         /* recent step wall time, seen from here */
     remote_seq seq;          /* one sequence per request */
 } remote_target;
@@ -136,6 +137,7 @@ static int prefill_on(remote_target *t, td_net_status *st) {
         s->key = 0;
         return st->code;
     }
+    t->reused = ((const Tandem__V1__PrefillResponse *)resp)->reused;
     protobuf_c_message_free_unpacked(resp, NULL);
     return TD_NET_OK;
 }
@@ -339,3 +341,4 @@ const char *td_coord_target_worker(const td_target *base) {
 }
 
 int32_t td_coord_target_moves(const td_target *base) { return ((const remote_target *)base)->moves; }
+int32_t td_coord_target_reused(const td_target *base) { return ((const remote_target *)base)->reused; }

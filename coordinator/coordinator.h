@@ -128,6 +128,8 @@ td_target *td_coord_target_create(td_coord *c, const char *request_id, const cha
 /* The worker the target is on now ("" before open); how often it moved. */
 const char *td_coord_target_worker(const td_target *t);
 int32_t td_coord_target_moves(const td_target *t);
+/* Prompt tokens its verifier already held in its prefix cache (last open). */
+int32_t td_coord_target_reused(const td_target *t);
 
 /* A drafter on workers: the draft model of a drafter worker (role
  * "drafter"), or layer skipping on a verifier (role "verifier"). A worker
@@ -166,6 +168,7 @@ typedef struct td_coord_job {
     /* filled: */
     char verifier[128];        /* the worker it ended on */
     int32_t moves;             /* times it moved to another verifier */
+    int32_t cached_tokens;     /* prompt tokens the verifier had cached (set before `started`) */
 } td_coord_job;
 
 /* Runs the job to its end: TD_OK (finished: rq.stats.stop says why),

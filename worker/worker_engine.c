@@ -257,7 +257,7 @@ void td_worker_engine_reclaim(td_worker_engine *e) {
 }
 
 int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const td_target_seq_params *p,
-                      const int32_t *tokens, size_t n, int32_t *cached, td_err *err) {
+                      const int32_t *tokens, size_t n, int32_t *cached, int32_t *reused, td_err *err) {
     if (e->cfg.role != TD_WORKER_VERIFIER) return td_err_set(err, TD_WORKER_E_ROLE, "this worker is a drafter");
     if (n == 0) return td_err_set(err, TD_E_ARG, "prompt_ids: empty");
     if (n >= (size_t)e->cfg.ctx)
@@ -320,6 +320,7 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
         pthread_mutex_unlock(&e->mu);
         if (rc == TD_OK) {
             *cached = td_kv_seq_len(e->kv, idx);
+            *reused = reuse;
             td_log(TD_LOG_INFO, req, "opened sequence %016llx: %zu prompt tokens (%d reused from the cache), %lld cache "
                    "tokens reserved", (unsigned long long)key, n, reuse, (long long)want);
         }

@@ -397,12 +397,13 @@ class ServiceTest(unittest.TestCase):
         next(bg)
         self.assertEqual([n for n in ("verifier-a", "verifier-b") if self.worker_stats(n).sequences > 0], [where])
         before = slurp(self.c.log(where), "r").count("reused from the cache")
-        _, _, _, first2 = self.generate(prompt_ids=ids_a + out_a + [7, 8, 9], max_tokens=4, speculation=nd)
+        _, _, last2, first2 = self.generate(prompt_ids=ids_a + out_a + [7, 8, 9], max_tokens=4, speculation=nd)
         bg.cancel()
         self.assertEqual(self.served_by(first2), where)
         opened = re.findall(r"\((\d+) reused from the cache\)", slurp(self.c.log(where), "r"))[before:]
         # the first turn's prompt and most of its answer (the last commits
         # ride on a next Verify that never came)
+        self.assertEqual(last2.usage.cached_tokens, int(opened[-1]) if opened else -1)
         self.assertTrue(opened and int(opened[-1]) > len(ids_a),
                         [l[60:] for l in slurp(self.c.log(where), "r").splitlines() if "opened" in l or "releas" in l])
         wait_for(lambda: self.sequences() == 0, 30, "the sequences to be released")
