@@ -366,6 +366,7 @@ void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *use
     usage.completion_tokens = rq->stats.n_generated + (int32_t)n_resume;
     usage.time_to_first_token_sec = out.t_first > 0 ? out.t_first - t_start : 0;
     usage.total_sec = td_now_sec() - t_start;
+    usage.cached_tokens = job.cached_tokens;
     stats.steps = rq->spec.n_steps;
     stats.drafted = rq->spec.n_drafted;
     stats.accepted = rq->spec.n_accepted;

@@ -55,6 +55,9 @@ static void usage(FILE *f) {
           "  --vllm-drafters LIST    speculation for requests of the vLLM engine API (served on --listen\n"
           "                          beside tandem.v1): auto (default), none, or a list of lookup,\n"
           "                          ngram, recycle, layerskip, model; tokens are the same either way\n"
+          "  --no-affinity           always the least-loaded verifier (default: a request whose prompt\n"
+          "                          continues an earlier one goes to the verifier that cached it,\n"
+          "                          unless that one has 2 more requests in flight)\n"
           "  --no-overlap            draft models draft only after verification returns (benchmarks;\n"
           "                          by default window i+1 is drafted while window i is verified)\n"
           "  --log-level LEVEL       debug, info (default), warn, error\n",
@@ -78,7 +81,7 @@ int main(int argc, char **argv) {
     const char *listen = NULL, *health_listen = NULL, *metrics_listen = NULL, *etcd_ep = NULL, *cluster = "default", *vllm_drafters = "auto";
     const char *statics[MAX_STATIC];
     int n_static = 0;
-    bool overlap = true;
+    bool overlap = true, affinity = true;
     long max_conn_age_ms = 0, max_calls = 64, max_tokens = 128, step_ms = 10000, keepalive_ms = 2000, write_ms = 10000, grace_ms = 5000, per_token = 0;
     td_log_level level = TD_LOG_INFO;
     td_etcd_opts eo = {0};
@@ -89,6 +92,7 @@ int main(int argc, char **argv) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         if (!strcmp(a, "--no-overlap")) { overlap = false; continue; }
+        if (!strcmp(a, "--no-affinity")) { affinity = false; continue; }
         if (!v) { fprintf(stderr, "tandem-coordinator: unknown option or missing value: %s\n", a); usage(stderr); return 2; }
         i++;
         if (!strcmp(a, "--listen")) listen = v;
@@ -179,7 +183,8 @@ int main(int argc, char **argv) {
     }
     if (tokens_file && td_net_tokens_load(tokens_file, &tokens, &n_tokens, &err)) goto out;
     if (!(c.members = td_coord_members_create((int32_t)keepalive_ms, wtls.ca_file ? &wtls : NULL, &err)) || !(c.models = td_coord_models_create(&err)) ||
-        !(c.learned = td_spec_learned_create(&err)) || !(c.vllm = td_coord_vllm_create(vllm_drafters, &err)))
+        !(c.learned = td_spec_learned_create(&err)) || !(c.vllm = td_coord_vllm_create(vllm_drafters, &err)) ||
+        (affinity && !(c.affinity = td_coord_affinity_create(&err))))
         goto out;
     for (int i = 0; i < n_static; i++) {
         const char *eq = strchr(statics[i], '=');
@@ -271,6 +276,7 @@ out:
     td_coord_models_destroy(c.models);
     td_spec_learned_destroy(c.learned);
     td_coord_vllm_destroy(c.vllm);
+    td_coord_affinity_destroy(c.affinity);
     td_coord_members_destroy(c.members);
     td_net_tokens_free(tokens, n_tokens);
     td_log(TD_LOG_INFO, NULL, "stopped");

@@ -174,20 +174,27 @@ static bool matches(const td_coord_worker *w, const char *role, const char *fing
 
 td_coord_worker *td_coord_members_pick(td_coord_members *m, const char *role, const char *fingerprint,
                                        const char *avoid) {
+    return td_coord_members_pick_prefer(m, role, fingerprint, avoid, NULL, 0);
+}
+
+td_coord_worker *td_coord_members_pick_prefer(td_coord_members *m, const char *role, const char *fingerprint,
+                                              const char *avoid, const char *prefer, int32_t slack) {
     double now = td_now_sec();
     pthread_mutex_lock(&m->mu);
-    td_coord_worker *best = NULL;
+    td_coord_worker *best = NULL, *preferred = NULL;
     for (int pass = 0; pass < 2 && !best; pass++) {
         /* second pass: a worker that failed recently beats none at all,
          * unless it is the one to avoid */
         for (int32_t i = 0; i < m->n; i++) {
             td_coord_worker *w = m->w[i];
             if (!matches(w, role, fingerprint, avoid, pass ? INFINITY : now)) continue;
+            if (prefer && !strcmp(w->id, prefer)) preferred = w;
             if (!best || w->inflight < best->inflight ||
                 (w->inflight == best->inflight && w->load < best->load))
                 best = w;
         }
     }
+    if (best && preferred && preferred->inflight <= best->inflight + slack) best = preferred;
     if (best) {
         if (!best->ch) {
             td_net_channel_opts o = {.keepalive_ms = m->keepalive_ms, .keepalive_timeout_ms = m->keepalive_ms,

@@ -116,6 +116,7 @@ int td_coord_run(td_coord *c, const td_coord_model *model, td_coord_job *job, td
     }
     td_spec_session_attach(sess, c->learned, dlist);
     if ((rc = td_spec_session_add(sess, 0, &job->rq, err))) goto done;
+    job->cached_tokens = td_coord_target_reused(target);
     if (job->started && job->started(job->user)) {
         rc = TD_COORD_GONE;
         goto cancel;

@@ -19,6 +19,7 @@
 #include "coordinator.h"
 #include "tandem/v1/worker.pb-c.h"
 
+#define AFFINITY_SLACK 2 /* requests in flight a prefix's verifier may be ahead by and still get it */
 #define MAX_MOVES 4
 #define W "/tandem.v1.Worker/"
 
@@ -44,6 +45,7 @@ typedef struct remote_target {
     int64_t deadline_at;     /* client's deadline (ms, monotonic); INT64_MAX none */
     td_coord_worker *w;      /* current verifier, or NULL */
     int32_t moves;
+    int32_t reused;          /* prompt tokens the verifier had cached (last Prefill) */
     double step_sec;         /* recent step wall time, seen from here */
     remote_seq seq;          /* one sequence per request */
 } remote_target;
@@ -135,6 +137,7 @@ static int prefill_on(remote_target *t, td_net_status *st) {
         s->key = 0;
         return st->code;
     }
+    t->reused = ((const Tandem__V1__PrefillResponse *)resp)->reused;
     protobuf_c_message_free_unpacked(resp, NULL);
     return TD_NET_OK;
 }
@@ -157,7 +160,12 @@ static int move(remote_target *t, const td_net_status *why, td_err *err) {
         if (t->deadline_at != INT64_MAX && td_coord_now_ms() >= t->deadline_at)
             return td_err_set(err, TD_COORD_E_GRPC(TD_NET_DEADLINE_EXCEEDED), "deadline exceeded");
         const char *fp = t->fingerprint[0] ? t->fingerprint : NULL;
-        t->w = td_coord_members_pick(t->c->members, "verifier", fp, lost[0] ? lost : NULL);
+        /* the verifier that holds the longest prefix of this history in its
+         * cache, unless it is much busier than the least-loaded one */
+        char near[128] = "";
+        if (t->c->affinity) td_coord_affinity_lookup(t->c->affinity, t->seq.hist, t->seq.n_hist, near);
+        t->w = td_coord_members_pick_prefer(t->c->members, "verifier", fp, lost[0] ? lost : NULL, near[0] ? near : NULL,
+                                            AFFINITY_SLACK);
         /* the lost one again as a last resort: overloaded is not dead, and a
          * dead one refuses the connection at once */
         if (!t->w && lost[0]) t->w = td_coord_members_pick(t->c->members, "verifier", fp, NULL);
@@ -295,6 +303,9 @@ static int rt_commit(td_target *base, int32_t seq, const int32_t *path, int32_t 
 static void rt_release(td_target *base, int32_t seq) {
     remote_target *t = (remote_target *)base;
     if (seq != 0 || !t->seq.open) return;
+    /* the worker keeps the cached part warm for a request that continues it */
+    if (t->c->affinity && t->w && t->seq.n_hist > 1)
+        td_coord_affinity_record(t->c->affinity, t->seq.hist, t->seq.n_hist - 1, t->w->id);
     release_remote(t);
     free(t->seq.hist);
     t->seq = (remote_seq){0};
@@ -330,3 +341,4 @@ const char *td_coord_target_worker(const td_target *base) {
 }
 
 int32_t td_coord_target_moves(const td_target *base) { return ((const remote_target *)base)->moves; }
+int32_t td_coord_target_reused(const td_target *base) { return ((const remote_target *)base)->reused; }

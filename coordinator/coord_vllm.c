@@ -210,6 +210,7 @@ static void free_scratch(void *scratch) {
 
 typedef struct vllm_stream {
     td_net_call *call;
+    const td_coord_job *job;
     vllm_out *out;
     active_req *active;
     uint32_t n_prompt;
@@ -236,6 +237,7 @@ static int vllm_stepped(void *user, td_err *err) {
     ch.token_ids = &o->ids[o->sent];
     ch.prompt_tokens = s->n_prompt;
     ch.completion_tokens = (uint32_t)o->n;
+    ch.cached_tokens = (uint32_t)s->job->cached_tokens;
     if (o->n_logprobs >= 0) {
         if (!fill_logprobs(o, o->sent, o->n, &lp, &scratch)) return td_err_set(err, TD_E_NOMEM, "out of memory");
         ch.output_logprobs = &lp;
@@ -414,7 +416,7 @@ static void on_generate(td_net_call *call, const ProtobufCMessage *msg, void *us
                                .n_logprobs = out.n_logprobs};
     job.spec = td_spec_defaults();
     job.drafters = v->drafters;
-    vllm_stream vs = {.call = call, .out = &out, .active = active, .n_prompt = (uint32_t)n_ids,
+    vllm_stream vs = {.call = call, .job = &job, .out = &out, .active = active, .n_prompt = (uint32_t)n_ids,
                       .stream = q->stream, .write_timeout_ms = c->write_timeout_ms};
     job.cancelled = vllm_cancelled;
     job.stepped = vllm_stepped;
@@ -441,6 +443,7 @@ static void on_generate(td_net_call *call, const ProtobufCMessage *msg, void *us
     done.finish_reason = (char *)(aborted ? "abort" : finish_name(job.rq.stats.stop));
     done.prompt_tokens = (uint32_t)n_ids;
     done.completion_tokens = (uint32_t)out.n;
+    done.cached_tokens = (uint32_t)job.cached_tokens;
     done.spec_draft_tokens = (uint32_t)job.rq.spec.n_drafted;
     done.spec_accepted_tokens = (uint32_t)job.rq.spec.n_accepted;
     if (out.n_logprobs >= 0 && !q->stream) {

@@ -61,6 +61,21 @@ int td_coord_members_add_static(td_coord_members *m, const char *role, const cha
 td_coord_worker *td_coord_members_pick(td_coord_members *m, const char *role, const char *fingerprint,
                                        const char *avoid);
 void td_coord_members_put(td_coord_members *m, td_coord_worker *w, bool failed);
+/* pick, but the worker with id prefer (may be NULL) wins while it has at
+ * most slack more requests in flight than the least-loaded one. */
+td_coord_worker *td_coord_members_pick_prefer(td_coord_members *m, const char *role, const char *fingerprint,
+                                              const char *avoid, const char *prefer, int32_t slack);
+
+/* ---- prefix affinity: where a token prefix is cached (coord_affinity.c) ---- */
+
+typedef struct td_coord_affinity td_coord_affinity;
+td_coord_affinity *td_coord_affinity_create(td_err *err);
+void td_coord_affinity_destroy(td_coord_affinity *a);
+/* The worker that last held the longest remembered prefix of tokens (its id
+ * into worker, "" when none); returns that prefix's length (0: none). */
+int32_t td_coord_affinity_lookup(td_coord_affinity *a, const int32_t *tokens, size_t n, char worker[128]);
+/* Remembers that worker holds tokens[0..n) in its cache. */
+void td_coord_affinity_record(td_coord_affinity *a, const int32_t *tokens, size_t n, const char *worker);
 /* Live workers of a role (and fingerprint, NULL = any). */
 int32_t td_coord_members_count(td_coord_members *m, const char *role, const char *fingerprint);
 /* Copies of up to max live workers (for ListModels and Score's spread). */
@@ -100,6 +115,7 @@ typedef struct td_coord {
     td_spec_learned *learned;      /* the planner's statistics, carried from request to request */
     _Atomic uint64_t next_seq;     /* sequence keys on workers */
     td_coord_vllm *vllm;           /* NULL when that API is not served */
+    td_coord_affinity *affinity;   /* NULL: the least-loaded verifier, always */
 } td_coord;
 
 /* A remote verifier (td_target) for one request: opens on the least-loaded
@@ -112,6 +128,8 @@ td_target *td_coord_target_create(td_coord *c, const char *request_id, const cha
 /* The worker the target is on now ("" before open); how often it moved. */
 const char *td_coord_target_worker(const td_target *t);
 int32_t td_coord_target_moves(const td_target *t);
+/* Prompt tokens its verifier already held in its prefix cache (last open). */
+int32_t td_coord_target_reused(const td_target *t);
 
 /* A drafter on workers: the draft model of a drafter worker (role
  * "drafter"), or layer skipping on a verifier (role "verifier"). A worker
@@ -156,6 +174,7 @@ typedef struct td_coord_job {
     /* filled: */
     char verifier[128];        /* the worker it ended on */
     int32_t moves;             /* times it moved to another verifier */
+    int32_t cached_tokens;     /* prompt tokens the verifier had cached (set before `started`) */
 } td_coord_job;
 
 /* Runs the job to its end: TD_OK (finished: rq.stats.stop says why),

@@ -75,7 +75,7 @@ const void *td_worker_engine_tokenizer(const td_worker_engine *e, size_t *size);
 const td_tok *td_worker_engine_tok(const td_worker_engine *e);
 
 int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const td_target_seq_params *p,
-                      const int32_t *tokens, size_t n, int32_t *cached, td_err *err);
+                      const int32_t *tokens, size_t n, int32_t *cached, int32_t *reused, td_err *err);
 /* commit_path (may be NULL: nothing to commit) is the previous step's
  * Commit, applied in the pass that verifies tree. */
 int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const int32_t *commit_path, int32_t n_commit,

@@ -209,22 +209,31 @@ static void free_slot(td_worker_engine *e, int32_t idx) {
     e->slots[idx] = (slot){.last_use = td_now_sec()}; /* its cache stays warm: LRU order */
 }
 
-/* The free slot for a new sequence (caller holds mu and the pass token):
- * with the prefix cache, the one whose warm cache shares the longest
- * prefix with the prompt; else (or on a tie) the least recently used, so
- * the warm caches that go first are the oldest. -1 when none is free. */
+/* The free slot for a new sequence (caller holds mu and the pass token),
+ * in this order: with the prefix cache, the warm slot sharing the longest
+ * prefix with the prompt, when the prompt keeps at least half of what that
+ * slot holds (a chat's next turn); else a slot never used; else the least
+ * recently used one, so the warm caches that go first are the oldest and a
+ * long history is not thrown away for a few shared tokens (a common system
+ * prompt). -1 when none is free; *reuse: the tokens the open will keep. */
 static int32_t pick_free_slot(td_worker_engine *e, const int32_t *tokens, size_t n, int32_t *reuse) {
-    int32_t best = -1, best_reuse = -1;
+    int32_t best = -1, best_reuse = 0, empty = -1, lru = -1;
     for (int32_t i = 0; i < e->cfg.max_seqs; i++) {
         if (e->slots[i].used) continue;
-        int32_t r = e->cfg.prefix_cache && e->target->ops->reusable ? e->target->ops->reusable(e->target, i, tokens, n) : 0;
-        if (best < 0 || r > best_reuse || (r == best_reuse && e->slots[i].last_use < e->slots[best].last_use)) {
+        int32_t held = 0, r = 0;
+        if (e->cfg.prefix_cache && e->target->ops->reusable) r = e->target->ops->reusable(e->target, i, tokens, n, &held);
+        if (r > 0 && 2 * r >= held && r > best_reuse) {
             best = i;
             best_reuse = r;
         }
+        if (held == 0 && empty < 0) empty = i;
+        if (lru < 0 || e->slots[i].last_use < e->slots[lru].last_use) lru = i;
     }
-    *reuse = best < 0 ? 0 : best_reuse;
-    return best;
+    int32_t idx = best >= 0 ? best : empty >= 0 ? empty : lru;
+    *reuse = idx < 0 || !e->cfg.prefix_cache || !e->target->ops->reusable
+                 ? 0
+                 : e->target->ops->reusable(e->target, idx, tokens, n, NULL);
+    return idx;
 }
 
 /* Frees target slots idle past the timeout (their coordinator is gone).
@@ -249,7 +258,7 @@ void td_worker_engine_reclaim(td_worker_engine *e) {
 }
 
 int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const td_target_seq_params *p,
-                      const int32_t *tokens, size_t n, int32_t *cached, td_err *err) {
+                      const int32_t *tokens, size_t n, int32_t *cached, int32_t *reused, td_err *err) {
     if (e->cfg.role != TD_WORKER_VERIFIER) return td_err_set(err, TD_WORKER_E_ROLE, "this worker is a drafter");
     if (n == 0) return td_err_set(err, TD_E_ARG, "prompt_ids: empty");
     if (n >= (size_t)e->cfg.ctx)
@@ -313,6 +322,7 @@ int td_worker_prefill(td_worker_engine *e, const char *req, uint64_t key, const 
         pthread_mutex_unlock(&e->mu);
         if (rc == TD_OK) {
             *cached = td_kv_seq_len(e->kv, idx);
+            *reused = reuse;
             td_log(TD_LOG_INFO, req, "opened sequence %016llx: %zu prompt tokens (%d reused from the cache), %lld cache "
                    "tokens reserved", (unsigned long long)key, n, reuse, (long long)want);
         }

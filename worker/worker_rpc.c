@@ -55,11 +55,13 @@ static void on_prefill(td_net_call *c, const ProtobufCMessage *msg, void *user) 
     if (rc == TD_OK && (q->logprobs < -1 || q->logprobs > TD_TARGET_ALT_MAX))
         rc = td_err_set(&err, TD_E_ARG, "logprobs: %d (-1..%d)", q->logprobs, TD_TARGET_ALT_MAX);
     if (rc == TD_OK && q->max_new_tokens < 0) rc = td_err_set(&err, TD_E_ARG, "max_new_tokens: %d", q->max_new_tokens);
-    int32_t cached = 0;
-    if (rc == TD_OK) rc = td_worker_prefill(e, q->request_id, q->seq, &p, q->prompt_ids, q->n_prompt_ids, &cached, &err);
+    int32_t cached = 0, reused = 0;
+    if (rc == TD_OK)
+        rc = td_worker_prefill(e, q->request_id, q->seq, &p, q->prompt_ids, q->n_prompt_ids, &cached, &reused, &err);
     if (rc) return fail(c, q->request_id, rc, &err);
     Tandem__V1__PrefillResponse r = TANDEM__V1__PREFILL_RESPONSE__INIT;
     r.cached = cached;
+    r.reused = reused;
     td_net_call_reply(c, &r.base);
 }
 

@@ -242,9 +242,10 @@ typedef struct td_target_ops {
     void (*destroy)(td_target *t);
     /* Prefix reuse: how many leading tokens of tokens[0..n) the closed
      * sequence seq still holds in its cache from its last use (at most
-     * n - 1). An open with p->reuse_prefix keeps them and computes only the
-     * rest. May be NULL (no reuse). */
-    int32_t (*reusable)(const td_target *t, int32_t seq, const int32_t *tokens, size_t n);
+     * n - 1); *held (may be NULL) gets how many it holds in all. An open
+     * with p->reuse_prefix keeps them and computes only the rest. May be
+     * NULL (no reuse). */
+    int32_t (*reusable)(const td_target *t, int32_t seq, const int32_t *tokens, size_t n, int32_t *held);
 } td_target_ops;
 
 struct td_target {

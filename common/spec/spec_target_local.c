@@ -61,11 +61,13 @@ static int32_t first_child(const td_draft *d, int32_t parent) {
     return -1;
 }
 
-static int32_t lt_reusable(const td_target *base, int32_t seq, const int32_t *tokens, size_t n) {
+static int32_t lt_reusable(const td_target *base, int32_t seq, const int32_t *tokens, size_t n, int32_t *held) {
     const local_target *t = (const local_target *)base;
+    if (held) *held = 0;
     if (seq < 0 || seq >= t->max_seqs || n == 0) return 0;
     const local_seq *s = &t->seqs[seq];
     if (s->open || !s->hist) return 0;
+    if (held) *held = (int32_t)s->n_warm;
     size_t k = 0, lim = s->n_warm < n - 1 ? s->n_warm : n - 1;
     while (k < lim && s->hist[k] == tokens[k]) k++;
     return (int32_t)k;
@@ -94,7 +96,7 @@ static int lt_open(td_target *base, int32_t seq, const td_target_seq_params *p, 
         free(hist);
         return td_err_set(err, TD_E_NOMEM, "out of memory");
     }
-    int32_t keep = p->reuse_prefix ? lt_reusable(base, seq, tokens, n) : 0;
+    int32_t keep = p->reuse_prefix ? lt_reusable(base, seq, tokens, n, NULL) : 0;
     td_kv_truncate(t->kv, seq, keep);
     free(s->hist); /* the warm tokens, if any */
     s->hist = NULL;

@@ -189,6 +189,8 @@ class GatewayTest(unittest.TestCase):
             req = vpb.GenerateRequest(request_id="turn-%d" % turn, tokenized=vpb.TokenizedInput(input_ids=self.tokenize(text)),
                                       sampling_params=vpb.SamplingParams(temperature=0, max_tokens=32, n=1))
             out = [m.complete for m in self.engine.Generate(req, timeout=120) if m.HasField("complete")][0]
+            if turn > 0:  # the earlier turns came from the verifier's cache
+                self.assertGreater(out.cached_tokens, 20)
             ids = list(out.output_ids)
             if out.finish_reason == "stop" and ids and ids[-1] == 2:  # the turn's own <|im_end|>
                 ids.pop()

@@ -25,6 +25,7 @@ Usage: /usr/bin/python3 test_service.py BUILD_DIR [--default-model PATH]
 Every process is started here and stopped by PID, also on failure.
 """
 import json
+import re
 import os
 import shutil
 import signal
@@ -362,6 +363,50 @@ class ServiceTest(unittest.TestCase):
             list(self.api.Generate(req, timeout=0.5))
         self.assertEqual(e.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
         wait_for(lambda: self.sequences() == 0, 10, "the sequence to be released after the deadline")
+
+    def served_by(self, first):
+        """The verifier that served a finished Generate (the coordinator's log)."""
+        m = re.search(r"req=%s Generate done: .* verifier (\S+)" % re.escape(first.request_id),
+                      slurp(self.c.log("coordinator"), "r"))
+        return m.group(1) if m else None
+
+    def test_06b_a_continuation_goes_where_its_prefix_is_cached(self):
+        # conversations A and C each have a first turn; C's continuation then
+        # keeps A's verifier busy, and A's second turn (A's first + its
+        # answer + more) still goes there -- least-loaded would pick the
+        # idle one -- and reuses the cached first turn
+        nd = pb.SpeculationParams(drafters="none")
+        words = " ".join("word%d" % i for i in range(60))
+        ids_a = list(self.api.Tokenize(pb.TokenizeRequest(text="conversation A: " + words), timeout=10).ids)
+        self.assertGreater(len(ids_a), 70)
+        _, out_a, _, first_a = self.generate(prompt_ids=ids_a, max_tokens=16, ignore_eos=True, speculation=nd)
+        where = self.served_by(first_a)
+        self.assertIsNotNone(where)
+        # a first turn of C that landed on the same verifier (both are idle:
+        # the pick between them is a tie, so try a few conversations)
+        for k in range(12):
+            ids_c = list(self.api.Tokenize(pb.TokenizeRequest(text="conversation C%d, unrelated: %s" % (k, words[::-1])),
+                                           timeout=10).ids)
+            _, _, _, first_c = self.generate(prompt_ids=ids_c, max_tokens=4, ignore_eos=True, speculation=nd)
+            if self.served_by(first_c) == where:
+                break
+        self.assertEqual(self.served_by(first_c), where)
+        bg = self.api.Generate(pb.GenerateRequest(prompt_ids=ids_c + [5], max_tokens=400, ignore_eos=True,
+                                                  speculation=nd), timeout=120)
+        next(bg)
+        next(bg)
+        self.assertEqual([n for n in ("verifier-a", "verifier-b") if self.worker_stats(n).sequences > 0], [where])
+        before = slurp(self.c.log(where), "r").count("reused from the cache")
+        _, _, last2, first2 = self.generate(prompt_ids=ids_a + out_a + [7, 8, 9], max_tokens=4, speculation=nd)
+        bg.cancel()
+        self.assertEqual(self.served_by(first2), where)
+        opened = re.findall(r"\((\d+) reused from the cache\)", slurp(self.c.log(where), "r"))[before:]
+        # the first turn's prompt and most of its answer (the last commits
+        # ride on a next Verify that never came)
+        self.assertEqual(last2.usage.cached_tokens, int(opened[-1]) if opened else -1)
+        self.assertTrue(opened and int(opened[-1]) > len(ids_a),
+                        [l[60:] for l in slurp(self.c.log(where), "r").splitlines() if "opened" in l or "releas" in l])
+        wait_for(lambda: self.sequences() == 0, 30, "the sequences to be released")
 
     def test_07_score_cli_resumes_exactly_once(self):
         src = os.path.join(self.tmp, "items.jsonl")

@@ -268,11 +268,14 @@ static void prefix_reuse_is_exact(void **s) {
     size_t n2 = N_PROMPT + N_GEN + 3;
     /* the prompt and the answer's tokens that were committed (the last
      * step's were verified but not committed when the request ended) */
-    int32_t reuse = t->ops->reusable(t, 0, turn2, n2);
+    int32_t held = 0;
+    int32_t reuse = t->ops->reusable(t, 0, turn2, n2, &held);
+    assert_true(held >= reuse);
     assert_true(reuse > (int32_t)N_PROMPT + 8 && reuse <= (int32_t)(N_PROMPT + N_GEN - 1));
-    assert_int_equal(t->ops->reusable(t, 1, turn2, n2), 0); /* never used */
+    assert_int_equal(t->ops->reusable(t, 1, turn2, n2, &held), 0); /* never used */
+    assert_int_equal(held, 0);
     int32_t other[3] = {prompt[0] + 1, 2, 3};
-    assert_int_equal(t->ops->reusable(t, 0, other, 3), 0);
+    assert_int_equal(t->ops->reusable(t, 0, other, 3, NULL), 0);
     td_node_result warm[5] = {0}, cold[5] = {0}, plain_open[5] = {0};
     open_and_verify(t, 0, turn2, n2, true, warm);
     assert_int_equal(td_kv_seq_len(kv, 0), (int32_t)n2 - 1 + 5); /* the cache and the verified tree */

@@ -1,5 +1,7 @@
-/* test_util.c — SHA-256 against FIPS test vectors, the thread pool's
- * every-thread-runs-once promise, work splitting and error formatting. */
+/* test_util.c — SHA-256 against FIPS test vectors, CRC-32 against its
+ * standard check value and zip archives read back by Python's zipfile, the
+ * thread pool's every-thread-runs-once promise, work splitting and error
+ * formatting. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,7 +9,10 @@
 #include <cmocka.h>
 
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util/util.h"
 
@@ -51,6 +56,54 @@ static void pool_fn(void *ctx, int ith, int nth) {
 /* The caller always runs; a worker runs a job at most once, or skips it if
  * the caller finished first; either way the claimed work is done exactly
  * once by the time td_pool_run returns. */
+static void crc32_check_value(void **state) {
+    (void)state;
+    assert_int_equal(td_crc32(0, "123456789", 9), 0xCBF43926u); /* CRC-32/ISO-HDLC's check value */
+    assert_int_equal(td_crc32(0, "", 0), 0);
+    /* in pieces, continuing from the previous value */
+    assert_int_equal(td_crc32(td_crc32(0, "1234", 4), "56789", 5), 0xCBF43926u);
+}
+
+/* Two files zipped, then listed and checked (CRC included) by Python's
+ * zipfile, an independent reader; bad arguments refused. */
+static void zip_read_back(void **state) {
+    (void)state;
+    static const char big_text[] = "{\"version\": \"1.0\"}\n";
+    char *big = malloc(100000);
+    assert_non_null(big);
+    for (size_t i = 0; i < 100000; i++) big[i] = (char)('a' + i % 26);
+    td_zip_file files[3] = {{"tokenizer.json", big, 100000}, {"dir/config.json", big_text, sizeof big_text - 1},
+                            {"empty", NULL, 0}};
+    uint8_t *zip = NULL;
+    size_t len = 0;
+    td_err err = {0};
+    assert_int_equal(td_zip_store(files, 3, &zip, &len, &err), TD_OK);
+    char path[] = "/tmp/td_zip_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, zip, len), (ssize_t)len);
+    close(fd);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); "
+             "assert z.testzip() is None; n = z.namelist(); assert n == [\"tokenizer.json\", \"dir/config.json\", \"empty\"], n; "
+             "d = z.read(\"tokenizer.json\"); assert len(d) == 100000 and d[:3] == b\"abc\" and d[-1:] == b\"d\"; "
+             "assert z.read(\"dir/config.json\") == b\"{\\\"version\\\": \\\"1.0\\\"}\\n\"; assert z.read(\"empty\") == b\"\"' %s",
+             path);
+    assert_int_equal(system(cmd), 0);
+    unlink(path);
+    free(zip);
+    free(big);
+    td_zip_file bad[1] = {{"", "x", 1}};
+    assert_int_equal(td_zip_store(bad, 1, &zip, &len, &err), TD_E_ARG);
+    assert_null(zip);
+    td_zip_file nodata[1] = {{"a", NULL, 5}};
+    assert_int_equal(td_zip_store(nodata, 1, &zip, &len, &err), TD_E_ARG);
+    assert_int_equal(td_zip_store(NULL, 0, &zip, &len, &err), TD_OK); /* an empty archive */
+    assert_int_equal(len, 22);
+    free(zip);
+}
+
 static void pool_runs_claimed_work_once(void **state) {
     (void)state;
     for (int n = 1; n <= 4; n++) {
@@ -117,6 +170,8 @@ static void asserts_are_live(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(sha256_vectors),
+        cmocka_unit_test(crc32_check_value),
+        cmocka_unit_test(zip_read_back),
         cmocka_unit_test(pool_runs_claimed_work_once),
         cmocka_unit_test(claim_chunks_cover_range),
         cmocka_unit_test(err_formats),
