@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -114,12 +115,21 @@ class MetricsTest(unittest.TestCase):
                  pb.ScoreItem(id="b", prompt="a dog", continuation=" ran")]
         sr = self.api.Score(pb.ScoreRequest(items=items), timeout=60)
         scored = sum(r.token_count for r in sr.results)
-        after = {n: scrape(a) for n, a in self.m.items()}
+        gen = "/tandem.v1.Inference/Generate"
+        after = {}
 
         def d(proc, name, **labels):
             return val(after[proc], name, **labels) - val(before[proc], name, **labels)
 
-        gen = "/tandem.v1.Inference/Generate"
+        # a call is counted when its handler thread ends, which may be just
+        # after the client has its answer: scrape until all three are in
+        for _ in range(100):
+            after.update({n: scrape(a) for n, a in self.m.items()})
+            if d("coordinator", "tandem_grpc_request_duration_seconds_count", method=gen) >= 3 and \
+                    d("coordinator", "tandem_grpc_requests_total", server="coordinator",
+                      method="/tandem.v1.Inference/Score", code="OK") >= 1:
+                break
+            time.sleep(0.05)
         self.assertEqual(d("coordinator", "tandem_grpc_requests_total", server="coordinator", method=gen, code="OK"), 2)
         self.assertEqual(d("coordinator", "tandem_grpc_requests_total", server="coordinator", method=gen,
                            code="INVALID_ARGUMENT"), 1)
