@@ -281,6 +281,24 @@ def check_operator_facts(objs, values, label):
             fail("%s: the shards would share one output file" % label)
         if merged["auth"]["enabled"] and not flag(argv, "--token-file"):
             fail("%s: auth.enabled but the Job sends no token" % label)
+    # the OpenAI-compatible gateway: smg pointed at the coordinator Service
+    gws = [o for _, o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gateway")]
+    if bool(gws) != merged["gateway"]["enabled"]:
+        fail("%s: gateway.enabled %s but %d gateway Deployments" % (label, merged["gateway"]["enabled"], len(gws)))
+    for g in gws:
+        c = g["spec"]["template"]["spec"]["containers"][0]
+        argv = c["command"] + c["args"]
+        svc = [o for _, o in objs if o["kind"] == "Service" and o["metadata"]["name"].endswith("-coordinator")][0]
+        want = "grpc://%s.ns.svc.%s:%d" % (svc["metadata"]["name"], merged["clusterDomain"], svc["spec"]["ports"][0]["port"])
+        if argv[:2] != ["/opt/smg/bin/smg", "launch"] or flag(argv, "--backend") != "vllm" or \
+                flag(argv, "--worker-urls") != want:
+            fail("%s: the gateway does not run smg launch --backend vllm --worker-urls %s: %s" % (label, want, argv))
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        if int(flag(argv, "--port")) != ports.get("http") or c["readinessProbe"]["httpGet"]["port"] != "http":
+            fail("%s: the gateway's --port is not its http port, or readiness does not ask it" % label)
+        gsvc = [o for _, o in objs if o["kind"] == "Service" and o["metadata"]["name"].endswith("-gateway")]
+        if len(gsvc) != 1 or gsvc[0]["spec"]["ports"][0]["targetPort"] != "http":
+            fail("%s: no gateway Service on its http port" % label)
 
 
 # maps passed to Kubernetes as they are: documented as one value
