@@ -145,6 +145,14 @@ class Client:
                 return None, attempts, codes, time.time() - t0
 
 
+def count_lines(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 shapes_cache = {}
 EXPECTED = {}
 
@@ -301,6 +309,16 @@ class Suite:
                     n += common.wpbg.WorkerStub(ch).Stats(common.wpb.StatsRequest(), timeout=3).sequences
         return n
 
+    def busy_verifier(self, c, names=("verifier-a", "verifier-b")):
+        """The verifier holding the most sequences now, and how many."""
+        best = (names[0], -1)
+        for n in names:
+            with grpc.insecure_channel(c.addr[n]) as ch:
+                k = common.wpbg.WorkerStub(ch).Stats(common.wpb.StatsRequest(), timeout=3).sequences
+            if k > best[1]:
+                best = (n, k)
+        return best
+
     def run_traffic_case(self, case, c, coords, inject, heal=None, hold=0.0, after=None):
         """Traffic on; inject(); (hold s; heal()); post s; traffic off."""
         tr = Traffic([c.addr[n] for n in coords], self.nthreads)
@@ -338,22 +356,25 @@ class Suite:
 
     # ---- cases ----
     def case_verifier_kill(self, case, c):
-        victim = []
-
         def inject():
-            with grpc.insecure_channel(c.addr["verifier-a"]) as ch:
-                busy = common.wpbg.WorkerStub(ch).Stats(common.wpb.StatsRequest(), timeout=3).sequences
-            victim.append("verifier-a" if busy else "verifier-b")
-            c.send(victim[0], signal.SIGKILL)
-            c.procs[victim[0]].wait()
+            victim, k = self.busy_verifier(c)
+            case.note("SIGKILL %s holding %d sequences" % (victim, k))
+            c.send(victim, signal.SIGKILL)
+            c.procs[victim].wait()
         ok = self.run_traffic_case(case, c, ["coordinator"], inject)
-        case.note("killed " + victim[0])
         live = [n for n in ("verifier-a", "verifier-b") if c.alive(n)]
         return self.released(c, live, case) and ok
 
     def case_verifier_stop(self, case, c):
-        ok = self.run_traffic_case(case, c, ["coordinator"], lambda: c.send("verifier-a", signal.SIGSTOP),
-                                   heal=lambda: c.send("verifier-a", signal.SIGCONT), hold=8.0)
+        victim = []
+
+        def inject():
+            v, k = self.busy_verifier(c)
+            victim.append(v)
+            case.note("SIGSTOP %s holding %d sequences for 8 s" % (v, k))
+            c.send(v, signal.SIGSTOP)
+        ok = self.run_traffic_case(case, c, ["coordinator"], inject,
+                                   heal=lambda: c.send(victim[0], signal.SIGCONT), hold=8.0)
         c.wait_ready(verifiers=2, timeout=30)
         return self.released(c, ["verifier-a", "verifier-b"], case) and ok
 
@@ -431,8 +452,10 @@ class Suite:
         assert reg and reg[0]["address"].startswith(self.NS_PEER), "verifier-b advertises %s" % reg
         # streams must be on the partitioned verifier: it is SIGSTOP-free, so
         # the least-loaded pick spreads streams over both
-        ok = self.run_traffic_case(case, c, ["coordinator"],
-                                   lambda: subprocess.run(["ip", "link", "set", hostif, "down"], check=True),
+        def inject():
+            case.note("link down with %d sequences on the partitioned verifier" % self.busy_verifier(c, ["verifier-b"])[1])
+            subprocess.run(["ip", "link", "set", hostif, "down"], check=True)
+        ok = self.run_traffic_case(case, c, ["coordinator"], inject,
                                    heal=lambda: subprocess.run(["ip", "link", "set", hostif, "up"], check=True),
                                    hold=8.0)
         c.wait_ready(verifiers=2, drafters=1, timeout=40)
@@ -467,16 +490,20 @@ class Suite:
         return src, want
 
     def case_score_kill(self, case, c):
-        n = 200 if self.quick else 600
+        n = 1000 if self.quick else 3000
         src, want = self.reference_scores(c, case.tmp, n)
         out = os.path.join(case.tmp, "killed.jsonl")
         argv = self.score_argv(c, src, out)
         kills = 0
         t0 = time.time()
-        for k in range(5):
-            p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(os.path.join(case.tmp, "score.log"), "ab"))
+        # five random points of the job, in items written
+        points = sorted(self.rng.sample(range(n // 20, n - n // 20), 5))
+        log = open(os.path.join(case.tmp, "score.log"), "ab")
+        for k in points:
+            p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
             try:
-                time.sleep(self.rng.uniform(0.2, 1.5))
+                while p.poll() is None and count_lines(out) < k and time.time() - t0 < 300:
+                    time.sleep(0.005)
                 if p.poll() is None:
                     p.kill()
                     kills += 1
@@ -484,6 +511,8 @@ class Suite:
                 if p.poll() is None:
                     p.kill()
                 p.wait()
+        log.close()
+        case.note("SIGKILL at %s items written" % points)
         r = subprocess.run(argv, capture_output=True, timeout=300)
         got = self.sorted_lines(out)
         ids = [json.loads(l)["custom_id"] for l in got]
@@ -492,12 +521,12 @@ class Suite:
         case.row.update(sent=n, identical=sum(1 for a, b in zip(got, want) if a == b) if not dup else 0,
                         lost=missing + dup + (0 if got == want else max(0, n - sum(1 for a, b in zip(got, want) if a == b))),
                         recovered=0.0)
-        case.note("%d SIGKILLs (the job finished before the rest); final run exit %d" % (kills, r.returncode))
+        case.note("%d SIGKILLs; final run exit %d" % (kills, r.returncode))
         if dup:
             case.note("%d duplicated items" % dup)
         if os.path.exists(out + ".errors.jsonl") and os.path.getsize(out + ".errors.jsonl"):
             case.note("errors file not empty")
-        return r.returncode == 0 and got == want and kills >= 1 and time.time() - t0 < 600
+        return r.returncode == 0 and got == want and kills == 5
 
     def case_disk_full(self, case, c):
         n = 200 if self.quick else 600
@@ -515,6 +544,17 @@ class Suite:
             err = r.stderr.decode(errors="replace")
             clear = r.returncode != 0 and "No space left on device" in err
             case.note("full: exit %d, %r" % (r.returncode, [l for l in err.splitlines() if "stopped" in l][-1:]))
+            # what the failed run left: whole lines, then at most one torn line (cut on resume)
+            with open(out, "rb") as f:
+                left = f.read().split(b"\n")[:-1]
+            broken = 0
+            for l in left:
+                try:
+                    json.loads(l)["custom_id"]
+                except (ValueError, KeyError):
+                    broken += 1
+            case.note("the full disk left %d whole lines, %d broken ones" % (len(left) - broken, broken))
+            clear = clear and broken == 0
             subprocess.run(["mount", "-o", "remount,size=%dk" % (4 * ref_bytes // 1024 + 64), mnt], check=True)
             r2 = subprocess.run(argv, capture_output=True, timeout=300)
             got = self.sorted_lines(out)
