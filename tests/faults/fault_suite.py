@@ -15,9 +15,12 @@ next coordinator of its list; Score is re-sent whole. Retried requests that
 end identical are counted apart ("retried").
 
 A probe (short greedy Generate, 5 s deadline) runs every 0.3 s beside the
-traffic; "recovered" is the time from the fault until the end of the last
+traffic; "recover_s" is the time from the fault until the end of the last
 probe after it that failed or took over 3 x (pre-fault median + 0.2 s):
-the seconds until the cluster served normally again.
+the seconds until the cluster served normally again. "slowest_s" is the
+longest any traffic request of the case took (a stream that had to move
+off a dead or hung worker shows here); "infl" the requests in flight when
+the fault was injected. Times are reported, never asserted.
 
 Cases (in order of value; select with --cases a,b):
   verifier_kill   SIGKILL of the verifier serving streams (two running)
@@ -161,12 +164,14 @@ class Tally:
     def __init__(self):
         self.mu = threading.Lock()
         self.sent = self.identical = self.retried = self.lost = 0
+        self.slowest = 0.0
         self.failed = {}   # code -> count
         self.lost_why = []
 
     def add(self, shape, res, attempts, codes, elapsed, deadline):
         with self.mu:
             self.sent += 1
+            self.slowest = max(self.slowest, elapsed)
             if elapsed > deadline + HANG_SLACK:
                 self.lost += 1
                 self.lost_why.append("%s: hung %.1f s past a %.0f s deadline" % (shape, elapsed, deadline))
@@ -249,7 +254,7 @@ class Traffic:
 class Case:
     def __init__(self, suite, name):
         self.suite, self.name = suite, name
-        self.row = dict(case=name, inflight=0, sent=0, identical=0, retried=0, failed={}, lost=0, recovered=None,
+        self.row = dict(case=name, inflight=0, sent=0, identical=0, retried=0, failed={}, lost=0, recovered=None, slowest=None,
                         notes=[], status="?")
 
     def note(self, s):
@@ -335,7 +340,7 @@ class Suite:
         finally:
             tr.stop()
         t = tr.tally
-        case.row.update(sent=t.sent, identical=t.identical, retried=t.retried, failed=dict(t.failed), lost=t.lost,
+        case.row.update(sent=t.sent, identical=t.identical, retried=t.retried, failed=dict(t.failed), lost=t.lost, slowest=t.slowest,
                         recovered=tr.recovery(t_fault))
         for w in t.lost_why[:5]:
             case.note("LOST " + w)
@@ -633,14 +638,17 @@ class Suite:
         return case
 
     def table(self):
-        hdr = "%-17s %5s %6s %6s %5s %-28s %5s %9s  %s" % ("fault", "infl", "sent", "ident", "retry",
-                                                        "failed (status)", "lost", "recover_s", "result")
+        hdr = "%-17s %5s %6s %6s %5s %-22s %5s %9s %9s  %s" % ("fault", "infl", "sent", "ident", "retry",
+                                                             "failed (status)", "lost", "recover_s", "slowest_s",
+                                                             "result")
         out = [hdr, "-" * len(hdr)]
         for r in self.rows:
             failed = ",".join("%s:%d" % kv for kv in sorted(r["failed"].items())) or "-"
             rec = "never" if r["recovered"] is None else "%.1f" % r["recovered"]
-            out.append("%-17s %5d %6d %6d %5d %-28s %5d %9s  %s" % (r["case"], r["inflight"], r["sent"], r["identical"], r["retried"],
-                                                              failed, r["lost"], rec, r["status"]))
+            slow = "-" if r["slowest"] is None else "%.1f" % r["slowest"]
+            out.append("%-17s %5d %6d %6d %5d %-22s %5d %9s %9s  %s" % (
+                r["case"], r["inflight"], r["sent"], r["identical"], r["retried"], failed, r["lost"], rec, slow,
+                r["status"]))
             for note in r["notes"]:
                 out.append("    " + note)
         return "\n".join(out)
