@@ -24,9 +24,10 @@ the fault was injected. Times are reported, never asserted.
 
 Cases (in order of value; select with --cases a,b):
   verifier_kill   SIGKILL of the verifier serving streams (two running)
-  verifier_stop   SIGSTOP of a verifier (lease alive) for 8 s, then SIGCONT
+  verifier_stop   SIGSTOP of the busiest verifier for 8 s, then SIGCONT (lease TTL
+                  10 s: the hung verifier stays registered all along)
   drafter_kill    SIGKILL of the drafter worker (then a replacement starts)
-  drafter_stop    SIGSTOP of the drafter for 8 s, then SIGCONT
+  drafter_stop    SIGSTOP of the drafter for 8 s, then SIGCONT (lease TTL 10 s)
   coordinator_kill SIGKILL of one of two coordinators on the same etcd;
                   clients fail over to the other and resume their streams
   etcd_stop       etcd stopped (SIGKILL) for 10 s, restarted on its data
@@ -71,6 +72,7 @@ CASES = ["verifier_kill", "verifier_stop", "drafter_kill", "drafter_stop", "coor
 # failure is reported, and the suite does not fail for it
 EXPECTED_FAILURES = {}
 
+LEASE_OUTLIVES_STOP = ("verifier_stop", "drafter_stop")  # these run with --lease-ttl 10, the others 2
 REQ_DEADLINE = 30.0   # every traffic request's deadline (s)
 HANG_SLACK = 5.0      # a call returning later than deadline + this is a hang
 PROBE_DEADLINE = 5.0
@@ -273,8 +275,8 @@ class Suite:
         self.cleanups = []
 
     # ---- cluster helpers ----
-    def cluster(self, tmp, coordinators=1, etcd_extra_hosts=(), skip_verifier_b=False):
-        c = Cluster(self.build, tmp, self.model, etcd_extra_hosts=etcd_extra_hosts)
+    def cluster(self, tmp, coordinators=1, etcd_extra_hosts=(), skip_verifier_b=False, ttl="2"):
+        c = Cluster(self.build, tmp, self.model, ttl=ttl, etcd_extra_hosts=etcd_extra_hosts)
         c.start_etcd()
         c.start_worker("verifier-a", "verifier")
         if not skip_verifier_b:
@@ -592,7 +594,9 @@ class Suite:
                     return case
             c, coords = self.cluster(case.tmp, coordinators=2 if name == "coordinator_kill" else 1,
                                      etcd_extra_hosts=[self.NS_HOST] if name == "partition" else (),
-                                     skip_verifier_b=(name == "partition"))
+                                     skip_verifier_b=(name == "partition"),
+                                     # a hung worker's lease outlives the 8 s stop: it stays listed
+                                     ttl="10" if name in LEASE_OUTLIVES_STOP else "2")
             for n in coords:
                 c.wait_ready(n, verifiers=None if name == "partition" else 2,
                              drafters=1, timeout=60)
