@@ -158,6 +158,10 @@ def count_lines(path):
         return 0
 
 
+class Skip(Exception):
+    """The case cannot run here (no root, no netns, no tmpfs)."""
+
+
 shapes_cache = {}
 EXPECTED = {}
 
@@ -542,7 +546,10 @@ class Suite:
         mnt = os.path.join(case.tmp, "small")
         os.mkdir(mnt)
         size_kib = max(8, ref_bytes // 3 // 1024)  # about a third of the output fits
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % size_kib, "tandem-faults", mnt], check=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % size_kib, "tandem-faults", mnt],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Skip("cannot mount a tmpfs: " + r.stderr.strip())
         self.cleanups.append(lambda: subprocess.run(["umount", "-l", mnt], capture_output=True))
         try:
             out = os.path.join(mnt, "scores.jsonl")
@@ -589,7 +596,7 @@ class Suite:
             if name == "partition":
                 try:
                     self.partition_env = self.netns_setup()
-                except (RuntimeError, subprocess.CalledProcessError) as e:
+                except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
                     case.row["status"] = "skipped (no netns/veth: %s)" % (getattr(e, "stderr", b"") or e)
                     return case
             c, coords = self.cluster(case.tmp, coordinators=2 if name == "coordinator_kill" else 1,
@@ -610,6 +617,8 @@ class Suite:
             finally:
                 cl.close()
             ok = getattr(self, "case_" + name)(case, c)
+        except Skip as e:
+            case.row["status"] = "skipped (%s)" % e
         except Exception as e:
             case.note("ERROR " + "".join(traceback.format_exception_only(type(e), e)).strip())
             if os.environ.get("TD_FAULTS_DEBUG"):

@@ -34,7 +34,8 @@ p50/p99 time to first token and time per output token, rejected share;
 peak RSS (VmHWM) and fds per process.
 
 Usage: /usr/bin/python3 soak.py BUILD_DIR [--minutes M] [--hold N] [--max-calls K]
-       [--stage-s S] [--long] [--model GGUF] [--keep-logs]
+       [--stage-s S] [--deadline S] [--long] [--model GGUF] [--keep-logs]
+--deadline: every request's (default 60 s; a request past it fails the run)
 """
 import os
 import shutil
@@ -186,6 +187,7 @@ def main():
     hold = int(opt("--hold", "16"))
     max_calls = int(opt("--max-calls", "12"))
     stage_s = float(opt("--stage-s", "8"))
+    deadline = float(opt("--deadline", "60"))
     ramp = [1, 2, 4, 8, 16] + ([32, 64] if "--long" in args else [])
     common.load_stubs()
     tmp = tempfile.mkdtemp(prefix="tandem-soak-")
@@ -211,7 +213,7 @@ def main():
                     expected[name] = [x.SerializeToString() for x in stub.Score(req, timeout=60).results]
                 else:
                     expected[name] = [t.id for m in stub.Generate(req, timeout=60) for t in m.tokens]
-        load = Load(c.addr["coordinator"], expected, sl, deadline=60.0)
+        load = Load(c.addr["coordinator"], expected, sl, deadline=deadline)
         names = ["coordinator", "verifier", "drafter", "etcd"]
         stop_sampler = threading.Event()
 
