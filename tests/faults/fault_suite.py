@@ -528,10 +528,11 @@ class Suite:
         got = self.sorted_lines(out)
         ids = [json.loads(l)["custom_id"] for l in got]
         dup = len(ids) - len(set(ids))
-        missing = n - len(set(ids))
-        case.row.update(sent=n, identical=sum(1 for a, b in zip(got, want) if a == b) if not dup else 0,
-                        lost=missing + dup + (0 if got == want else max(0, n - sum(1 for a, b in zip(got, want) if a == b))),
-                        recovered=0.0)
+        # identical: items whose line equals the uninterrupted run's; the rest
+        # (missing, duplicated, different) are lost
+        wanted = {json.loads(l)["custom_id"]: l for l in want}
+        same = sum(1 for l in set(got) if wanted.get(json.loads(l)["custom_id"]) == l)
+        case.row.update(sent=n, identical=same if not dup else 0, lost=n - same + dup, recovered=0.0)
         case.note("%d SIGKILLs; final run exit %d" % (kills, r.returncode))
         if dup:
             case.note("%d duplicated items" % dup)
@@ -575,9 +576,11 @@ class Suite:
         finally:
             subprocess.run(["umount", mnt], capture_output=True)
         ids = [json.loads(l)["custom_id"] for l in got]
-        same = sum(1 for a, b in zip(got, want) if a == b)
-        case.row.update(sent=n, identical=same if len(ids) == len(set(ids)) else 0,
-                        failed={"ENOSPC(first run)": 1} if clear else {}, lost=n - same, recovered=0.0)
+        dup = len(ids) - len(set(ids))
+        wanted = {json.loads(l)["custom_id"]: l for l in want}
+        same = sum(1 for l in set(got) if wanted.get(json.loads(l)["custom_id"]) == l)
+        case.row.update(sent=n, identical=same if not dup else 0,
+                        failed={"ENOSPC(first run)": 1} if clear else {}, lost=n - same + dup, recovered=0.0)
         case.note("resumed after growing the tmpfs: exit %d" % r2.returncode)
         return clear and r2.returncode == 0 and got == want
 
