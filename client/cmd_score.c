@@ -185,12 +185,21 @@ static int write_line(job *j, int fd, cJSON *o) {
     memcpy(line, s, n);
     line[n] = '\n';
     free(s);
-    /* one write per line: a crash leaves at most one torn line, cut on resume */
+    /* one write per line: a crash leaves at most one torn line, cut on
+     * resume. A write that fails part way (disk full) takes its part back,
+     * so no torn line is ever followed by another. */
+    off_t start = lseek(fd, 0, SEEK_CUR);
     size_t off = 0;
     while (off < n + 1) {
         ssize_t w = write(fd, line + off, n + 1 - off);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) { free(line); return -1; }
+        if (w <= 0) {
+            int e = w < 0 ? errno : ENOSPC;
+            if (off > 0 && start >= 0 && ftruncate(fd, start) == 0) (void)lseek(fd, start, SEEK_SET);
+            free(line);
+            errno = e;
+            return -1;
+        }
         off += (size_t)w;
     }
     free(line);
@@ -202,11 +211,14 @@ static void record_error(job *j, const char *id, const char *msg) {
     cJSON *o = cJSON_CreateObject();
     if (o && cJSON_AddStringToObject(o, "custom_id", id) && cJSON_AddStringToObject(o, "error", msg)) {
         pthread_mutex_lock(&j->mu);
-        if (write_line(j, j->err_fd, o) != 0) {
+        if (j->fatal) {
+            /* stopped (disk full, cluster gone): write nothing more; a rerun does it */
+        } else if (write_line(j, j->err_fd, o) != 0) {
             j->fatal = true;
             snprintf(j->fatal_msg, sizeof j->fatal_msg, "cannot write the errors file: %s", strerror(errno));
+        } else {
+            j->failed++;
         }
-        j->failed++;
         pthread_mutex_unlock(&j->mu);
     }
     cJSON_Delete(o);
@@ -287,7 +299,9 @@ static int score_batch(job *j, const size_t *idx, size_t n, td_net_status *st) {
             toks = NULL;
         }
         pthread_mutex_lock(&j->mu);
-        if (!ok || write_line(j, j->out_fd, o) != 0) {
+        if (j->fatal) {
+            /* stopped: write nothing more (keeps the first error's message) */
+        } else if (!ok || write_line(j, j->out_fd, o) != 0) {
             j->fatal = true;
             snprintf(j->fatal_msg, sizeof j->fatal_msg, "cannot write the output file: %s", strerror(errno ? errno : ENOMEM));
         } else {
