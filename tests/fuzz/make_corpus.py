@@ -78,6 +78,26 @@ def seeds():
          ("q5k", [256], 13), ("q6k", [256, 1, 1, 1], 14)])
     yield "align64", gguf([("general.alignment", U32, 64)],
                           [("a", [16], 0), ("b", [32], 8)], alignment=64)
+    # tokenizer-only files (what a worker's Describe sends): byte-level BPE
+    # with each pre-tokenizer family, for fuzz_tok_export
+    byte_sym = [chr(b) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255 else None for b in range(256)]
+    n = 0
+    for b in range(256):  # GPT-2's byte alphabet: unprintable bytes map to U+0100 and up
+        if byte_sym[b] is None:
+            byte_sym[b] = chr(256 + n)
+            n += 1
+    vocab = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<user>"] + byte_sym + ["\u0120t", "he", "\u0120the"]
+    types = [3, 3, 3, 4] + [1] * (len(vocab) - 4)
+    merges = ["\u0120 t", "h e", "\u0120t he"]
+    chat = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    for pre in ("smollm", "gpt-2", "llama-bpe", "qwen2", "default"):
+        yield "tok_" + pre, gguf([
+            ("general.architecture", STRING, "llama"), ("tokenizer.ggml.model", STRING, "gpt2"),
+            ("tokenizer.ggml.pre", STRING, pre), ("tokenizer.ggml.tokens", ARRAY, (STRING, vocab)),
+            ("tokenizer.ggml.token_type", ARRAY, (I32, types)), ("tokenizer.ggml.merges", ARRAY, (STRING, merges)),
+            ("tokenizer.ggml.bos_token_id", U32, 1), ("tokenizer.ggml.eos_token_id", U32, 2),
+            ("tokenizer.ggml.add_bos_token", BOOL, 1 if pre == "llama-bpe" else 0),
+            ("tokenizer.chat_template", STRING, chat)])
 
 
 def main():
