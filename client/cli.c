@@ -109,8 +109,10 @@ bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out) {
     if (!strcmp(val, "reference")) *out = TD_NUMERICS_REFERENCE;
     else if (!strcmp(val, "fast")) *out = TD_NUMERICS_FAST;
     else if (!strcmp(val, "llamacpp")) *out = TD_NUMERICS_LLAMACPP;
+    else if (!strcmp(val, "tp-invariant")) *out = TD_NUMERICS_TP_INVARIANT;
     else {
-        fprintf(stderr, "tandem %s: --numerics expects 'reference', 'fast' or 'llamacpp', got '%s'\n", cmd, val);
+        fprintf(stderr, "tandem %s: --numerics expects 'reference', 'fast', 'llamacpp' or 'tp-invariant', got '%s'\n",
+                cmd, val);
         return false;
     }
     return true;

@@ -55,7 +55,10 @@ bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);
     "                        plus llama.cpp's other attention order for one-token passes,\n" \
     "                        so token-by-token decoding carries its bits too (not batch\n" \
     "                        invariant, hence no --draft). fast and reference are batch\n" \
-    "                        invariant: a row's logits never depend on its batch\n"
+    "                        invariant: a row's logits never depend on its batch;\n" \
+    "                        tp-invariant: fast's kernels, with the projections a tensor-\n" \
+    "                        parallel split cuts summed in fixed chunks, so --tp N gives\n" \
+    "                        the logits of --tp 1 bit for bit (also batch invariant)\n"
 
 /* --device cpu|cuda|cuda:N; prints the error and returns false otherwise. */
 bool td_cli_device(const char *cmd, const char *val, td_device *out);

@@ -17,7 +17,7 @@ td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len, td_err
     if (!kv) goto nomem;
     const td_hparams *hp = &m->hp;
     kv->n_layer = hp->n_layer;
-    kv->kv_dim = hp->n_head_kv * hp->head_dim;
+    kv->kv_dim = m->shard.n_head_kv * hp->head_dim; /* this rank's KV heads */
     kv->max_seqs = max_seqs;
     kv->max_len = max_len;
     kv->pages_per_seq = (max_len + TD_KV_PAGE - 1) / TD_KV_PAGE;

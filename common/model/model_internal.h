@@ -11,14 +11,46 @@
 #include "model/model.h"
 #include "quant/quant.h"
 
-/* A matrix of n_out rows of n_in elements, borrowed from the GGUF mapping.
- * A tensor-parallel rank will hold a slice of rows (heads, FFN rows or vocab
- * rows): only n_out and data change, the kernels do not care. */
+/* A matrix of n_out rows of n_in elements, borrowed from the GGUF mapping,
+ * or (a tensor-parallel rank's slice: some rows, or some columns of every
+ * row) an owned copy of its part, own != NULL. The kernels do not care. */
 typedef struct td_weight {
     const void *data; /* (n_out, n_in) of type */
     uint32_t type;
     int64_t n_in, n_out;
+    void *own;        /* == data when the slice is a copy; freed with the model */
 } td_weight;
+
+/* What a tensor-parallel rank holds (model_load.c); an unsplit model is rank
+ * 0 of 1 holding everything. Every split is contiguous and in rank order:
+ * KV heads (each with its GQA group of query heads), FFN rows in whole
+ * chunks of ff_chunk, vocabulary rows in units of TD_SHARD_VOCAB_UNIT. */
+typedef struct td_shard {
+    int32_t rank, size;
+    int32_t kv_head0, n_head_kv;  /* KV heads [kv_head0, kv_head0 + n_head_kv) */
+    int32_t head0, n_head;        /* their query heads */
+    int32_t ff0, n_ff;            /* FFN rows (w_gate, w_up) = w_down's inputs */
+    int32_t vocab0, n_vocab;      /* output (and embedding) rows */
+    int32_t ff_chunk;             /* FFN inputs per chunk of the invariant order */
+} td_shard;
+
+#define TD_SHARD_VOCAB_UNIT 32 /* the kernels' block of weight rows */
+
+/* The part [lo, hi) of n units that rank of size ranks holds: contiguous,
+ * in rank order, the first n % size ranks one unit more (3 KV heads on 2
+ * ranks: 2 + 1). */
+static inline void td_shard_split(int64_t n, int32_t rank, int32_t size, int64_t *lo, int64_t *hi) {
+    *lo = (n * rank + size - 1) / size;
+    *hi = (n * (rank + 1) + size - 1) / size;
+}
+
+/* The vocabulary rows [lo, hi) a rank holds: TD_SHARD_VOCAB_UNIT rows at a
+ * time, the last unit possibly short. */
+static inline void td_shard_vocab(int64_t n_vocab, int32_t rank, int32_t size, int64_t *lo, int64_t *hi) {
+    td_shard_split((n_vocab + TD_SHARD_VOCAB_UNIT - 1) / TD_SHARD_VOCAB_UNIT, rank, size, lo, hi);
+    *lo *= TD_SHARD_VOCAB_UNIT;
+    *hi = *hi * TD_SHARD_VOCAB_UNIT < n_vocab ? *hi * TD_SHARD_VOCAB_UNIT : n_vocab;
+}
 
 typedef struct td_layer {
     float *attn_norm;              /* (n_embd) owned f32 copy */
@@ -35,7 +67,8 @@ struct td_model {
     float *output_norm;   /* (n_embd) */
     float *rope_factors;  /* (n_rot/2) or NULL: per-frequency divisors */
     td_layer *layers;     /* (n_layer) */
-    uint64_t weight_bytes;
+    td_shard shard;       /* this rank's part (all of it unless split) */
+    uint64_t weight_bytes; /* of this rank's part */
     /* The weights on a CUDA device, uploaded by the first context there
      * (model_device.c); the lock makes that one-time write safe while the
      * model is otherwise shared read-only. */
