@@ -25,11 +25,15 @@ typedef struct td_engine {
     td_tok *tok;
     td_pool *pool;
     int n_threads;
+    td_comm *comm; /* a tensor-parallel group (td_cli_engine_open_tp), else NULL */
 } td_engine;
 
 /* Opens the GGUF, builds model and tokenizer, starts the pool. Prints one
  * error line and returns non-zero on failure. */
 int td_cli_engine_open(td_engine *e, const char *path, int n_threads);
+/* The same as one rank of a tensor-parallel group of tp processes started
+ * by mpirun (tp > 1): joins the group and loads this rank's shard. */
+int td_cli_engine_open_tp(td_engine *e, const char *path, int n_threads, int tp);
 void td_cli_engine_close(td_engine *e);
 
 /* Argument parsing: every parser prints "tandem CMD: ..." and returns false

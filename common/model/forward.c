@@ -293,13 +293,6 @@ static void chunk_worker(void *arg, int ith, int nth) {
     }
 }
 
-/* True when chunks of chunk_in inputs are whole blocks of w's type and of
- * its activations' (the invariant order cuts rows there). */
-static bool chunks_fit(const td_weight *w, int64_t chunk_in) {
-    return td_quant_row_bytes(w->type, chunk_in) != 0 &&
-           td_quant_row_bytes(td_quant_traits(w->type)->vec_dot_type, chunk_in) != 0;
-}
-
 /* c->x += w·in for a projection whose inputs a split cuts (wo, w_down); in
  * is (n_rows, w->n_in), this rank's inputs. The model's inputs come in
  * n_chunks_all chunks of chunk_in, split between ranks as td_shard_split
@@ -850,9 +843,7 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
         return td_err_set(err, TD_E_ARG, "rank %d of a model split %d ways: the context has no communicator",
                           sh->rank, sh->size);
     int32_t group = hp->n_head / hp->n_head_kv;
-    if (c->numerics == TD_NUMERICS_TP_INVARIANT &&
-        (!chunks_fit(&m->layers[0].wo, (int64_t)group * hp->head_dim) ||
-         !chunks_fit(&m->layers[0].w_down, sh->ff_chunk)))
+    if (c->numerics == TD_NUMERICS_TP_INVARIANT && !sh->chunks_ok)
         return td_err_set(err, TD_E_UNSUPPORTED,
                           "numerics tp-invariant: chunks of %d attention / %d FFN inputs are not whole blocks of "
                           "this model's weight types", group * hp->head_dim, sh->ff_chunk);

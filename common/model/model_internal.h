@@ -32,6 +32,10 @@ typedef struct td_shard {
     int32_t ff0, n_ff;            /* FFN rows (w_gate, w_up) = w_down's inputs */
     int32_t vocab0, n_vocab;      /* output (and embedding) rows */
     int32_t ff_chunk;             /* FFN inputs per chunk of the invariant order */
+    /* every layer's wo and w_down cut into whole blocks at the invariant
+     * order's chunks (not so for K-quants on narrow heads): else that
+     * order is unavailable */
+    bool chunks_ok;
 } td_shard;
 
 #define TD_SHARD_VOCAB_UNIT 32 /* the kernels' block of weight rows */

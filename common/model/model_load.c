@@ -285,6 +285,13 @@ static int plan_shard(const td_hparams *hp, int32_t rank, int32_t size, td_shard
     return TD_OK;
 }
 
+/* True when chunks of chunk_in inputs are whole blocks of w's type and of
+ * its activations' type. */
+static bool chunks_fit(const td_weight *w, int64_t chunk_in) {
+    return td_quant_row_bytes(w->type, chunk_in) != 0 &&
+           td_quant_row_bytes(td_quant_traits(w->type)->vec_dot_type, chunk_in) != 0;
+}
+
 static uint64_t matrix_bytes(const td_weight *w) {
     return (uint64_t)td_quant_row_bytes(w->type, w->n_in) * (uint64_t)w->n_out;
 }
@@ -356,6 +363,15 @@ int td_model_load_shard(const td_gguf *g, int32_t rank, int32_t size, td_model *
         m->weight_bytes += matrix_bytes(&ly->wq) + matrix_bytes(&ly->wk) + matrix_bytes(&ly->wv) +
                            matrix_bytes(&ly->wo) + matrix_bytes(&ly->w_gate) + matrix_bytes(&ly->w_up) +
                            matrix_bytes(&ly->w_down);
+    }
+    /* the invariant order cuts wo into one chunk per KV head's query heads
+     * and w_down into ff_chunk inputs: whole blocks of the weights and of
+     * their activations, or that order is unavailable */
+    m->shard.chunks_ok = true;
+    for (int32_t i = 0; i < hp->n_layer; i++) {
+        const td_layer *ly = &m->layers[i];
+        int64_t o_chunk = (int64_t)(hp->n_head / hp->n_head_kv) * hp->head_dim;
+        if (!chunks_fit(&ly->wo, o_chunk) || !chunks_fit(&ly->w_down, m->shard.ff_chunk)) m->shard.chunks_ok = false;
     }
     if (size > 1) td_gguf_release_data(g); /* every slice is a copy now */
     *out = m;
