@@ -81,6 +81,7 @@ struct td_ctx {
     size_t gather_len;
     int64_t *counts;   /* (comm size) all-gather counts */
     td_tp_stats stats;
+    td_lead *lead;     /* a group leader's context: passes are broadcast first */
 };
 
 /* ---- parallel jobs ---- */
@@ -666,6 +667,9 @@ int td_ctx_set_comm(td_ctx *c, td_comm *comm, td_err *err) {
 
 void td_ctx_tp_stats(const td_ctx *c, td_tp_stats *out) { *out = c->stats; }
 
+void td_ctx_set_lead(td_ctx *c, td_lead *l) { c->lead = l; }
+const td_model *td_ctx_model(const td_ctx *c) { return c->m; }
+
 /* The invariant order's chunk partials (every chunk of the model, so the
  * gather lands in place) and a split model's gathered logits, for a pass
  * of n_rows rows of which n_out want logits. */
@@ -829,8 +833,26 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     return TD_OK;
 }
 
+static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                        const uint8_t *skip, td_err *err);
+
 int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
                           const uint8_t *skip, td_err *err) {
+    if (!c->lead) return forward_pass(c, kv, rows, n_rows, logits, skip, err);
+    /* a group leader: the other ranks run the same pass on their shards */
+    if (n_rows < 1 || n_rows > c->max_rows)
+        return td_err_set(err, TD_E_ARG, "batch of %d rows (context holds at most %d)", n_rows, c->max_rows);
+    pthread_mutex_lock(&c->lead->mu);
+    td_step st = {TD_STEP_FORWARD, 0, skip != NULL, n_rows};
+    int rc = td_lead_send(c->lead, &st, rows, (size_t)n_rows * sizeof *rows, skip,
+                          skip ? (size_t)c->m->hp.n_layer : 0, err);
+    if (rc == TD_OK) rc = forward_pass(c, kv, rows, n_rows, logits, skip, err);
+    pthread_mutex_unlock(&c->lead->mu);
+    return rc;
+}
+
+static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                        const uint8_t *skip, td_err *err) {
     const td_model *m = c->m;
     const td_hparams *hp = &m->hp;
     int rc = bind_cache(c, kv, err);

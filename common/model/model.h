@@ -154,6 +154,25 @@ typedef struct td_tp_stats {
 } td_tp_stats;
 void td_ctx_tp_stats(const td_ctx *c, td_tp_stats *out);
 
+/* ---- tensor-parallel groups in a server (group.c) ----
+ * Only rank 0 (the leader) takes requests. It leads its context and cache:
+ * from td_model_group_lead on, each td_model_forward(_skip) of that context
+ * and each td_kv_truncate / td_kv_compact of that cache is first broadcast
+ * (the rows, positions and tokens; the sequence operation) to the other
+ * ranks, which run the same step on their shard in td_model_group_follow.
+ * Steps are taken one at a time under a lock, so the leader's threads may
+ * call them concurrently (the MPI backend is then used from several threads
+ * in turn). td_model_group_end releases the followers. The followers' cache
+ * and context must be created with the same sizes as the leader's. */
+typedef struct td_group td_group;
+td_group *td_model_group_lead(td_comm *comm, td_ctx *c, td_kv *kv, td_err *err);
+/* Broadcasts the stop, detaches from the context and cache. Accepts NULL. */
+void td_model_group_end(td_group *g);
+/* Runs the leader's steps until it ends the group (TD_OK) or the group
+ * fails (TD_E_IO). A step that fails on this rank fails on the leader too
+ * (same rows, same checks) and is skipped. */
+int td_model_group_follow(td_comm *comm, td_ctx *c, td_kv *kv, td_err *err);
+
 /* ---- devices ----
  * A context computes on the CPU (the pool's threads) or on a CUDA device.
  * On CUDA the model's weights are uploaded by the first context there and

@@ -88,7 +88,28 @@ int td_model_cuda(const td_model *m, int32_t index, td_cuda_model **out, td_err 
  * cache and matches the reference implementation's rounding. */
 #define TD_KV_PAGE 64
 
+/* The leader side of a tensor-parallel group in a server (group.c): every
+ * pass and cache operation on the led context and cache is broadcast to
+ * the other ranks before it runs, one at a time (mu). */
+typedef struct td_lead {
+    td_comm *comm;
+    pthread_mutex_t mu;
+    int32_t n_layer;
+} td_lead;
+
+/* What the leader broadcasts before each step. */
+enum { TD_STEP_FORWARD = 1, TD_STEP_TRUNCATE = 2, TD_STEP_COMPACT = 3, TD_STEP_STOP = 4 };
+typedef struct td_step {
+    int32_t op, seq, a, n; /* forward: a = skip given, n rows; truncate: a = len; compact: a = base, n keep */
+} td_step;
+/* Broadcasts a step and its payloads (NULL/0 for none); TD_OK or the comm's error. */
+int td_lead_send(td_lead *l, const td_step *s, const void *p1, size_t b1, const void *p2, size_t b2, td_err *err);
+/* forward.c: the context's leader, set by td_model_group_lead */
+void td_ctx_set_lead(td_ctx *c, td_lead *l);
+const td_model *td_ctx_model(const td_ctx *c);
+
 struct td_kv {
+    struct td_lead *lead; /* a group leader's cache: operations are broadcast first */
     int32_t n_layer, kv_dim, max_seqs, max_len, pages_per_seq;
     int32_t *len;      /* (max_seqs) cached positions per sequence */
     uint16_t **pages;  /* (max_seqs * pages_per_seq), NULL until first used */

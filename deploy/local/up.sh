@@ -8,7 +8,9 @@
 # Environment: TANDEM_LOCAL_DIR (state: pids, logs, etcd data; default
 # /tmp/tandem-local), TANDEM_MODEL, TANDEM_PORT (coordinator port, default
 # a free one), TANDEM_THREADS (verifier threads, default all cores),
-# TANDEM_BUILD (default build/).
+# TANDEM_BUILD (default build/), TANDEM_TP (N > 1: the verifier is a
+# tensor-parallel group of N processes, `mpirun -np N tandem-worker --tp N`,
+# each with TANDEM_THREADS / N threads; rank 0 registers with tp: N).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR=${TANDEM_LOCAL_DIR:-/tmp/tandem-local}
@@ -16,6 +18,7 @@ BUILD=${TANDEM_BUILD:-build}
 MODEL=${TANDEM_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 THREADS=${TANDEM_THREADS:-$(nproc)}
 TTL=${TANDEM_LEASE_TTL:-10}
+TP=${TANDEM_TP:-1}
 
 log() { printf '[up] %s\n' "$*"; }
 die() { printf '[up] error: %s\n' "$*" >&2; exit 1; }
@@ -53,8 +56,18 @@ ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health >/dev/n
 log "etcd on 127.0.0.1:$ETCD_PORT (data in $DIR/etcd-data)"
 
 ETCD="127.0.0.1:$ETCD_PORT"
-start verifier "$BUILD/tandem-worker" --role verifier --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
-  --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1
+if [ "$TP" -gt 1 ]; then
+  command -v mpirun >/dev/null || die "TANDEM_TP=$TP needs mpirun (Debian package openmpi-bin)"
+  # down.sh stops mpirun by PID; mpirun takes its ranks down with it
+  TP_THREADS=$(( THREADS / TP > 0 ? THREADS / TP : 1 ))
+  start verifier mpirun --allow-run-as-root --oversubscribe -np "$TP" \
+    "$BUILD/tandem-worker" --role verifier --tp "$TP" --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
+    --cluster local --threads "$TP_THREADS" --lease-ttl "$TTL" --id verifier-1
+  log "verifier: a TP=$TP group (mpirun -np $TP, $TP_THREADS thread(s) per rank)"
+else
+  start verifier "$BUILD/tandem-worker" --role verifier --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
+    --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1
+fi
 start drafter "$BUILD/tandem-worker" --role drafter --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
   --cluster local --threads 1 --lease-ttl "$TTL" --id drafter-1
 PORT=${TANDEM_PORT:-$(free_port)}
