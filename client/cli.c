@@ -21,8 +21,26 @@ const char *td_cli_default_model(char *buf, size_t cap) {
 }
 
 int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
+    return td_cli_engine_open_tp(e, path, n_threads, 1);
+}
+
+int td_cli_engine_open_tp(td_engine *e, const char *path, int n_threads, int tp) {
     memset(e, 0, sizeof *e);
     td_err err = {0};
+    if (tp > 1) {
+        if (!td_comm_launched()) {
+            fprintf(stderr, "tandem: --tp %d runs as %d processes: start it with mpirun -np %d\n", tp, tp, tp);
+            return 1;
+        }
+        if (!(e->comm = td_comm_open("mpi", &err))) {
+            fprintf(stderr, "tandem: --tp %d: %s\n", tp, err.msg);
+            return 1;
+        }
+        if (td_comm_size(e->comm) != tp) {
+            fprintf(stderr, "tandem: --tp %d, but mpirun started %d processes\n", tp, td_comm_size(e->comm));
+            goto fail;
+        }
+    }
     int rc = td_gguf_open(path, &e->gguf, &err);
     if (rc) {
         fprintf(stderr, "tandem: %s: %s\n", path, err.msg);
@@ -31,9 +49,9 @@ int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
         char def[1024];
         if (rc == TD_E_IO && !strcmp(path, td_cli_default_model(def, sizeof def)))
             fprintf(stderr, "tandem: run scripts/setup.sh to fetch the default model, or pass --model PATH\n");
-        return 1;
+        goto fail;
     }
-    if ((rc = td_model_load(e->gguf, &e->model, &err))) {
+    if ((rc = td_model_load_shard(e->gguf, td_comm_rank(e->comm), td_comm_size(e->comm), &e->model, &err))) {
         fprintf(stderr, "tandem: %s: %s\n", path, err.msg);
         goto fail;
     }
@@ -63,6 +81,7 @@ void td_cli_engine_close(td_engine *e) {
     td_tok_destroy(e->tok);
     td_model_free(e->model);
     td_gguf_close(e->gguf);
+    td_comm_close(e->comm);
     memset(e, 0, sizeof *e);
 }
 
@@ -109,8 +128,10 @@ bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out) {
     if (!strcmp(val, "reference")) *out = TD_NUMERICS_REFERENCE;
     else if (!strcmp(val, "fast")) *out = TD_NUMERICS_FAST;
     else if (!strcmp(val, "llamacpp")) *out = TD_NUMERICS_LLAMACPP;
+    else if (!strcmp(val, "tp-invariant")) *out = TD_NUMERICS_TP_INVARIANT;
     else {
-        fprintf(stderr, "tandem %s: --numerics expects 'reference', 'fast' or 'llamacpp', got '%s'\n", cmd, val);
+        fprintf(stderr, "tandem %s: --numerics expects 'reference', 'fast', 'llamacpp' or 'tp-invariant', got '%s'\n",
+                cmd, val);
         return false;
     }
     return true;
@@ -193,6 +214,11 @@ td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_poo
         return NULL;
     }
     td_ctx_set_numerics(ctx, numerics);
+    if (e->comm && td_ctx_set_comm(ctx, e->comm, &err) != TD_OK) {
+        fprintf(stderr, "tandem %s: %s\n", cmd, err.msg);
+        td_ctx_destroy(ctx);
+        return NULL;
+    }
     return ctx;
 }
 

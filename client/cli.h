@@ -25,11 +25,15 @@ typedef struct td_engine {
     td_tok *tok;
     td_pool *pool;
     int n_threads;
+    td_comm *comm; /* a tensor-parallel group (td_cli_engine_open_tp), else NULL */
 } td_engine;
 
 /* Opens the GGUF, builds model and tokenizer, starts the pool. Prints one
  * error line and returns non-zero on failure. */
 int td_cli_engine_open(td_engine *e, const char *path, int n_threads);
+/* The same as one rank of a tensor-parallel group of tp processes started
+ * by mpirun (tp > 1): joins the group and loads this rank's shard. */
+int td_cli_engine_open_tp(td_engine *e, const char *path, int n_threads, int tp);
 void td_cli_engine_close(td_engine *e);
 
 /* Argument parsing: every parser prints "tandem CMD: ..." and returns false
@@ -55,7 +59,10 @@ bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);
     "                        plus llama.cpp's other attention order for one-token passes,\n" \
     "                        so token-by-token decoding carries its bits too (not batch\n" \
     "                        invariant, hence no --draft). fast and reference are batch\n" \
-    "                        invariant: a row's logits never depend on its batch\n"
+    "                        invariant: a row's logits never depend on its batch;\n" \
+    "                        tp-invariant: fast's kernels, with the projections a tensor-\n" \
+    "                        parallel split cuts summed in fixed chunks, so --tp N gives\n" \
+    "                        the logits of --tp 1 bit for bit (also batch invariant)\n"
 
 /* --device cpu|cuda|cuda:N; prints the error and returns false otherwise. */
 bool td_cli_device(const char *cmd, const char *val, td_device *out);

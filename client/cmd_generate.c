@@ -31,6 +31,10 @@ static void usage(FILE *f) {
           "  --ignore-eos          keep generating past end-of-turn tokens\n"
           "  --ctx N               context length in tokens (default min(model, 4096))\n"
           "  --threads N           worker threads (default: all cores)\n"
+          "  --tp N                tensor parallelism: run as N processes, each holding 1/N of\n"
+          "                        the model (mpirun -np N tandem generate --tp N ...); rank 0\n"
+          "                        prints. With --numerics tp-invariant the output is the same\n"
+          "                        for every N\n"
           TD_CLI_NUMERICS_HELP
           TD_CLI_DEVICE_HELP
           "  --no-special          do not parse special-token text in the prompt\n"
@@ -65,7 +69,7 @@ static void usage(FILE *f) {
 }
 
 static int write_stdout(void *user, const char *text, size_t len) {
-    (void)user;
+    if (user) return 0; /* a tensor-parallel rank other than 0: rank 0 prints */
     fwrite(text, 1, len, stdout);
     fflush(stdout);
     return 0;
@@ -79,7 +83,7 @@ int td_cmd_generate(int argc, char **argv) {
     const char *stops[MAX_STOPS];
     size_t n_stop = 0;
     bool chat = false, parse_special = true;
-    long max_tokens = 128, threads = 0, ctx_len = 0;
+    long max_tokens = 128, threads = 0, ctx_len = 0, tp = 1;
     td_numerics numerics = TD_NUMERICS_FAST;
     bool numerics_given = false;
     td_device device = {TD_DEVICE_CPU, 0};
@@ -103,6 +107,7 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--ignore-eos")) gp.ignore_eos = true;
         else if (!strcmp(a, "--max-tokens")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 20, &max_tokens)) return 2; }
         else if (!strcmp(a, "--threads")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 256, &threads)) return 2; }
+        else if (!strcmp(a, "--tp")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 64, &tp)) return 2; }
         else if (!strcmp(a, "--numerics")) { VAL(); if (!td_cli_numerics(cmd, v, &numerics)) return 2; numerics_given = true; }
         else if (!strcmp(a, "--device")) { VAL(); if (!td_cli_device(cmd, v, &device)) return 2; }
         else if (!strcmp(a, "--ctx")) { VAL(); if (!td_cli_int(cmd, a, v, 16, 1 << 20, &ctx_len)) return 2; }
@@ -171,8 +176,21 @@ int td_cmd_generate(int argc, char **argv) {
         free(file_text);
         return rc;
     }
+    if (tp > 1 && strcmp(draft, "none") != 0) {
+        if (strstr(draft, "layerskip")) {
+            fprintf(stderr, "tandem generate: --draft layerskip runs the target's own layers: not with --tp\n");
+            free(file_text);
+            return 2;
+        }
+        /* every rank plans the same drafts only if no rank learns the
+         * cost of a row from its own wall clock */
+        if (!(spp.row_cost > 0)) spp.row_cost = 0.1f;
+    }
     td_engine e;
-    if (td_cli_engine_open(&e, model, (int)threads)) { free(file_text); return 1; }
+    if (td_cli_engine_open_tp(&e, model, (int)threads, (int)tp)) { free(file_text); return 1; }
+    /* rank 0 prints; the others compute their shard of the same passes */
+    bool quiet = td_comm_rank(e.comm) != 0;
+    void *emit_user = quiet ? &e : NULL;
     int status = 1;
     char *formatted = NULL;
     int32_t *ids = NULL;
@@ -223,20 +241,21 @@ int td_cmd_generate(int argc, char **argv) {
     if (!(ctx = td_cli_ctx(cmd, &e, 512, e.pool, device, numerics))) goto out;
     if (!speculate) {
         td_gen_stats st;
-        if (td_gen_run(e.model, e.tok, ctx, kv, 0, ids, n_ids, &gp, write_stdout, NULL, NULL, &st, &err)) {
+        if (td_gen_run(e.model, e.tok, ctx, kv, 0, ids, n_ids, &gp, write_stdout, emit_user, NULL, &st, &err)) {
             fprintf(stderr, "\ntandem generate: %s\n", err.msg);
             goto out;
         }
+        if (!quiet)
         fprintf(stderr,
                 "\n[tandem] prompt %d tokens, generated %d tokens, prefill %.1f tok/s, decode %.1f tok/s, "
-                "stop: %s, threads %d, kernels %s\n",
+                "stop: %s, threads %d, kernels %s%s\n",
                 st.n_prompt, st.n_generated, st.prefill_sec > 0 ? st.n_prefilled / st.prefill_sec : 0.0,
                 st.decode_sec > 0 ? st.n_forward / st.decode_sec : 0.0, td_gen_stop_name(st.stop), e.n_threads,
-                device.kind == TD_DEVICE_CUDA ? "cuda" : td_quant_kernel_name());
+                device.kind == TD_DEVICE_CUDA ? "cuda" : td_quant_kernel_name(), tp > 1 ? ", tensor parallel" : "");
     } else {
         td_drafter_set ds;
         if (td_cli_drafters_open(&ds, draft, &e, &gp.sample, 1, (int32_t)ctx_len, TD_DRAFTER_PER_REQUEST)) goto out;
-        td_spec_request rq = {.prompt = ids, .n_prompt = n_ids, .gen = gp, .emit = write_stdout};
+        td_spec_request rq = {.prompt = ids, .n_prompt = n_ids, .gen = gp, .emit = write_stdout, .user = emit_user};
         int rc = td_spec_run(e.model, e.tok, ctx, kv, &rq, 1, ds.d, ds.n, &spp, &err);
         td_cli_drafters_close(&ds);
         if (rc) {
@@ -269,6 +288,7 @@ int td_cmd_generate(int argc, char **argv) {
         const td_spec_stats *sx = &rq.spec;
         double per_pass = sx->n_steps ? (double)sx->n_tokens / sx->n_steps : 0;
         double plain_est = t_one * st->n_generated;
+        if (!quiet)
         fprintf(stderr,
                 "\n[tandem] prompt %d tokens, generated %d tokens, prefill %.1f tok/s, decode %.1f tok/s, "
                 "stop: %s, threads %d, kernels %s\n"

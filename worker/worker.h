@@ -53,6 +53,10 @@ typedef struct td_worker_config {
     td_numerics numerics;
     bool batching;               /* combine concurrent verifications into one pass (default on) */
     bool prefix_cache;           /* a new sequence reuses what a closed one left in the cache (default on) */
+    /* A tensor-parallel group (mpirun -np N ... --tp N): the group's
+     * communicator (borrowed), or NULL for a worker of its own. Rank 0
+     * serves and leads; the others follow (td_worker_engine_follow). */
+    td_comm *comm;
 } td_worker_config;
 
 typedef struct td_worker_engine td_worker_engine;
@@ -60,6 +64,9 @@ typedef struct td_worker_engine td_worker_engine;
 /* Loads the model, creates the caches. NULL with err on failure. */
 td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *err);
 void td_worker_engine_destroy(td_worker_engine *e);
+/* A follower rank (1..N-1) of a group: runs rank 0's steps on this rank's
+ * shard until rank 0 ends the group (TD_OK) or the group fails. */
+int td_worker_engine_follow(td_worker_engine *e, td_err *err);
 
 typedef struct td_worker_info {
     char model_id[65];       /* sha256 hex */

@@ -56,6 +56,7 @@ struct td_worker_engine {
     td_kv *kv;               /* max_seqs + 1 slots: the last one is scoring's scratch */
     td_target *target;
     td_drafter *drafter;     /* drafter role: the draft model; verifier: layer-skip, made on first use */
+    td_group *group;         /* rank 0 of a tensor-parallel group: leads ctx and kv */
     void *tok_gguf;
     size_t tok_gguf_size;
     float *score_logits;     /* (max_rows, n_vocab) */
@@ -122,8 +123,8 @@ static void fill_info(td_worker_engine *e) {
     in->role = e->cfg.role;
     /* Same fingerprint, same bits: the file, the summation order, the kernel
      * family that computes it, the tensor-parallel layout, the backend. */
-    snprintf(in->fingerprint, sizeof in->fingerprint, "sha256=%.16s;numerics=%s;kernels=%s;tp=1;backend=cpu",
-             in->model_id, td_numerics_name(e->cfg.numerics), td_quant_kernel_name());
+    snprintf(in->fingerprint, sizeof in->fingerprint, "sha256=%.16s;numerics=%s;kernels=%s;tp=%d;backend=cpu",
+             in->model_id, td_numerics_name(e->cfg.numerics), td_quant_kernel_name(), td_comm_size(e->cfg.comm));
 }
 
 td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *err) {
@@ -138,7 +139,8 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     pthread_cond_init(&e->cv, NULL);
     int rc;
     if ((rc = td_gguf_open(cfg->model_path, &e->gguf, err))) goto fail;
-    if ((rc = td_model_load(e->gguf, &e->model, err))) goto fail;
+    if ((rc = td_model_load_shard(e->gguf, td_comm_rank(cfg->comm), td_comm_size(cfg->comm), &e->model, err)))
+        goto fail;
     if ((rc = td_tok_create(e->gguf, &e->tok, err))) goto fail;
     const td_hparams *hp = td_model_hparams(e->model);
     if (e->cfg.ctx <= 0) e->cfg.ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
@@ -149,7 +151,12 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     if (!(e->pool = td_pool_create(cfg->threads > 0 ? cfg->threads : td_cpu_count(), err))) goto fail;
     if (!(e->ctx = td_ctx_create(e->model, e->cfg.max_rows, e->pool, err))) goto fail;
     td_ctx_set_numerics(e->ctx, e->cfg.numerics);
+    if (cfg->comm && (rc = td_ctx_set_comm(e->ctx, cfg->comm, err))) goto fail;
     if (!(e->kv = td_kv_create(e->model, e->cfg.max_seqs + 1, e->cfg.ctx, err))) goto fail;
+    /* rank 0 of a group: every pass and cache step reaches the other ranks */
+    if (td_comm_size(cfg->comm) > 1 && td_comm_rank(cfg->comm) == 0 &&
+        !(e->group = td_model_group_lead(cfg->comm, e->ctx, e->kv, err)))
+        goto fail;
     if (!(e->target = td_spec_target_local_create(e->model, e->ctx, e->kv, err))) goto fail;
     if ((rc = td_tok_export_gguf(e->gguf, &e->tok_gguf, &e->tok_gguf_size, err))) goto fail;
     e->slots = calloc((size_t)e->cfg.max_seqs, sizeof *e->slots);
@@ -174,6 +181,7 @@ fail:
 
 void td_worker_engine_destroy(td_worker_engine *e) {
     if (!e) return;
+    td_model_group_end(e->group); /* the followers stop before the cache goes */
     td_drafter_destroy(e->drafter);
     td_target_destroy(e->target);
     td_kv_destroy(e->kv);
@@ -191,6 +199,10 @@ void td_worker_engine_destroy(td_worker_engine *e) {
     pthread_mutex_destroy(&e->score_lock);
     pthread_cond_destroy(&e->cv);
     free(e);
+}
+
+int td_worker_engine_follow(td_worker_engine *e, td_err *err) {
+    return td_model_group_follow(e->cfg.comm, e->ctx, e->kv, err);
 }
 
 const td_worker_info *td_worker_engine_info(const td_worker_engine *e) { return &e->info; }
@@ -540,6 +552,10 @@ int td_worker_draft(td_worker_engine *e, const char *req, uint64_t key, const in
     int rc = td_sample_validate(sp, err);
     if (rc) return rc;
     take_pass(e);
+    if (!e->drafter && e->group) { /* its own passes would skip the group's collectives */
+        give_pass(e);
+        return td_err_set(err, TD_WORKER_E_ROLE, "a tensor-parallel verifier does not draft (layer-skip)");
+    }
     if (!e->drafter) { /* verifier: layer-skip self-drafting, made on first use */
         td_sample_params d = td_sample_defaults();
         e->drafter = td_spec_layerskip_create(e->model, e->pool, &d, e->cfg.max_seqs, e->cfg.ctx, NULL, err);
@@ -603,7 +619,7 @@ char *td_worker_registration_json(td_worker_engine *e, const td_worker_config *c
               cJSON_AddStringToObject(o, "id", cfg->id ? cfg->id : "") &&
               cJSON_AddStringToObject(o, "model_id", in->model_id) &&
               cJSON_AddStringToObject(o, "model_name", in->model_name) &&
-              cJSON_AddStringToObject(o, "vocab_hash", hash) && cJSON_AddNumberToObject(o, "tp", 1) &&
+              cJSON_AddStringToObject(o, "vocab_hash", hash) && cJSON_AddNumberToObject(o, "tp", td_comm_size(cfg->comm)) &&
               cJSON_AddStringToObject(o, "address", address) &&
               cJSON_AddNumberToObject(o, "capacity", st.max_sequences) &&
               cJSON_AddNumberToObject(o, "max_tokens", (double)st.max_tokens) &&

@@ -46,7 +46,11 @@ static void usage(FILE *f) {
           "  --max-rows N          rows of one forward pass (default 256)\n"
           "  --idle-timeout S      reclaim sequences unused this long (default 120)\n"
           "  --max-calls N         gRPC calls in flight at most (default 256)\n"
-          "  --numerics MODE       fast (default) or reference (the fingerprint says which)\n"
+          "  --numerics MODE       fast (default), reference or tp-invariant (the fingerprint\n"
+          "                        says which)\n"
+          "  --tp N                a tensor-parallel group of N processes, each holding 1/N of\n"
+          "                        the model: mpirun -np N tandem-worker --role verifier --tp N\n"
+          "                        ...; rank 0 serves and registers (tp: N), the others follow\n"
           "  --no-batching         one verification per forward pass (benchmarks)\n"
           "  --no-prefix-cache     every sequence prefills its whole prompt (default: a new sequence\n"
           "                        reuses the cached prefix a closed one shares with it, e.g. the\n"
@@ -71,6 +75,7 @@ int main(int argc, char **argv) {
                             .max_calls = 256, .numerics = TD_NUMERICS_FAST, .batching = true,
                             .prefix_cache = true};
     td_log_level level = TD_LOG_INFO;
+    long tp = 1;
     td_etcd_opts eo = {0};
     td_net_tls tls = {0};
     const char *metrics_listen = NULL;
@@ -104,6 +109,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--id")) cfg.id = v;
         else if (!strcmp(a, "--lease-ttl")) { if (!parse_long(a, v, 1, 3600, &l)) return 2; cfg.lease_ttl = (int32_t)l; }
         else if (!strcmp(a, "--threads")) { if (!parse_long(a, v, 1, 1024, &l)) return 2; cfg.threads = (int32_t)l; }
+        else if (!strcmp(a, "--tp")) { if (!parse_long(a, v, 1, 64, &tp)) return 2; }
         else if (!strcmp(a, "--ctx")) { if (!parse_long(a, v, 16, 1 << 20, &l)) return 2; cfg.ctx = (int32_t)l; }
         else if (!strcmp(a, "--max-seqs")) { if (!parse_long(a, v, 1, 4096, &l)) return 2; cfg.max_seqs = (int32_t)l; }
         else if (!strcmp(a, "--max-tokens")) { if (!parse_long(a, v, 16, 1L << 40, &l)) return 2; cfg.max_tokens = l; }
@@ -113,7 +119,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--numerics")) {
             if (!strcmp(v, "fast")) cfg.numerics = TD_NUMERICS_FAST;
             else if (!strcmp(v, "reference")) cfg.numerics = TD_NUMERICS_REFERENCE;
-            else { fprintf(stderr, "tandem-worker: --numerics must be fast or reference (got \"%s\")\n", v); return 2; }
+            else if (!strcmp(v, "tp-invariant")) cfg.numerics = TD_NUMERICS_TP_INVARIANT;
+            else { fprintf(stderr, "tandem-worker: --numerics must be fast, reference or tp-invariant (got \"%s\")\n", v); return 2; }
         } else if (!strcmp(a, "--log-level")) {
             if (!td_log_level_parse(v, &level)) { fprintf(stderr, "tandem-worker: --log-level debug|info|warn|error\n"); return 2; }
         } else {
@@ -134,10 +141,45 @@ int main(int argc, char **argv) {
     /* a client CA is given to be enforced: without a certificate from it a
      * coordinator is refused during the handshake */
     tls.require_client_cert = tls.ca_file != NULL;
+    if (tp > 1 && cfg.role != TD_WORKER_VERIFIER) {
+        fprintf(stderr, "tandem-worker: --tp is for verifiers\n");
+        return 2;
+    }
     td_log_setup(cfg.role == TD_WORKER_VERIFIER ? "verifier" : "drafter", level);
     td_net_signals_block(); /* before any thread starts: gRPC's and the pool's inherit it */
 
     td_err err = {0};
+    td_comm *comm = NULL;
+    if (tp > 1) {
+        if (!td_comm_launched()) {
+            fprintf(stderr, "tandem-worker: --tp %ld runs as %ld processes: start it with mpirun -np %ld\n", tp, tp, tp);
+            return 2;
+        }
+        if (!(comm = td_comm_open("mpi", &err))) {
+            td_log(TD_LOG_ERROR, NULL, "--tp %ld: %s", tp, err.msg);
+            return 1;
+        }
+        if (td_comm_size(comm) != tp) {
+            td_log(TD_LOG_ERROR, NULL, "--tp %ld, but mpirun started %d processes", tp, td_comm_size(comm));
+            return 1; /* without MPI_Finalize: mpirun ends the group */
+        }
+        cfg.comm = comm;
+    }
+    if (td_comm_rank(comm) != 0) { /* a follower: rank 0's steps on this shard, no server, no etcd */
+        td_worker_engine *f = td_worker_engine_create(&cfg, &err);
+        if (!f) {
+            td_log(TD_LOG_ERROR, NULL, "rank %d: cannot load %s: %s", td_comm_rank(comm), cfg.model_path, err.msg);
+            return 1;
+        }
+        td_log(TD_LOG_INFO, NULL, "rank %d of %d: following rank 0", td_comm_rank(comm), td_comm_size(comm));
+        int rc = td_worker_engine_follow(f, &err);
+        if (rc) td_log(TD_LOG_ERROR, NULL, "rank %d: %s", td_comm_rank(comm), err.msg);
+        td_worker_engine_destroy(f);
+        if (rc) return 1; /* a failed group: no collective shutdown */
+        td_comm_close(comm);
+        td_log(TD_LOG_INFO, NULL, "stopped");
+        return 0;
+    }
     int status = 1;
     td_net_server *srv = NULL, *hsrv = NULL;
     td_net_health *health = NULL;
@@ -149,7 +191,7 @@ int main(int argc, char **argv) {
     td_worker_engine *e = td_worker_engine_create(&cfg, &err);
     if (!e) {
         td_log(TD_LOG_ERROR, NULL, "cannot load %s: %s", cfg.model_path, err.msg);
-        return 1;
+        return 1; /* a group's followers are left to mpirun */
     }
     const td_worker_info *in = td_worker_engine_info(e);
     td_log(TD_LOG_INFO, NULL, "model %s (%s) loaded in %.2f s; fingerprint %s", in->model_name, in->model_id,
@@ -253,7 +295,8 @@ out:
     if (srv) td_net_server_shutdown(srv, 5000);
     td_net_server_destroy(srv);
     td_net_health_destroy(health);
-    td_worker_engine_destroy(e);
+    td_worker_engine_destroy(e); /* ends a group: its followers return */
+    td_comm_close(comm);
     free(json);
     td_log(TD_LOG_INFO, NULL, "stopped");
     return status;

@@ -36,9 +36,10 @@
  * sent — its peers then wait in the call, as with any collective one rank
  * skips. A failed collective (TD_E_IO) leaves the group unusable: close it.
  *
- * Threads: a td_comm belongs to one thread at a time (the MPI backend asks
- * for MPI_THREAD_FUNNELED). One MPI communicator per process: MPI cannot be
- * started again after it was shut down, so after td_comm_close of an MPI
+ * Threads: a td_comm belongs to one thread at a time, not necessarily the
+ * same one (the MPI backend asks for MPI_THREAD_SERIALIZED). One MPI
+ * communicator per process: MPI cannot be started again after it was shut
+ * down, so after td_comm_close of an MPI
  * communicator that started MPI, opening "mpi" again fails (TD_E_UNSUPPORTED).
  */
 #ifndef TD_COMM_H

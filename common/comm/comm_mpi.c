@@ -136,8 +136,10 @@ int td_comm_mpi_open(td_comm *c, td_err *err) {
     MPI_Initialized(&init);
     if (!init) {
         int provided = 0;
-        /* FUNNELED: one thread makes MPI calls (comm.h's threads rule) */
-        int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+        /* SERIALIZED: one thread at a time makes MPI calls, not always the
+         * same one (comm.h's threads rule: a server's passes run on its
+         * call threads in turn) */
+        int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
         if (rc != MPI_SUCCESS) return mpi_fail(err, "MPI_Init_thread", rc);
         g_started = true;
     }

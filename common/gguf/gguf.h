@@ -46,6 +46,10 @@ size_t td_gguf_file_size(const td_gguf *g);
 const void *td_gguf_file_data(const td_gguf *g); /* whole mapping (for sha256) */
 uint64_t td_gguf_alignment(const td_gguf *g);   /* general.alignment or 32 */
 uint64_t td_gguf_data_offset(const td_gguf *g); /* file offset of the data section */
+/* Drops this process's resident pages of the tensor data (a tensor-parallel
+ * rank that copied its slices); a later read faults them back in from the
+ * file, so every pointer stays valid. No-op for a borrowed buffer. */
+void td_gguf_release_data(const td_gguf *g);
 /* "u32", "string", "array", ...; "?" for an unknown id. */
 const char *td_gguf_vtype_name(td_gguf_vtype t);
 

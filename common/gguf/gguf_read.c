@@ -678,6 +678,19 @@ const void *td_gguf_file_data(const td_gguf *g) { return g->data; }
 uint64_t td_gguf_alignment(const td_gguf *g) { return g->alignment; }
 uint64_t td_gguf_data_offset(const td_gguf *g) { return g->data_offset; }
 
+void td_gguf_release_data(const td_gguf *g) {
+    /* Only our own read-only file mapping: there MADV_DONTNEED just unmaps
+     * clean pages (the page cache keeps them); on a borrowed buffer, which
+     * may be anonymous memory, it would zero the caller's bytes. */
+    if (!g || !g->mapped) return;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) return;
+    uintptr_t lo = (uintptr_t)g->data + g->data_offset, hi = (uintptr_t)g->data + g->size;
+    lo = (lo + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    hi &= ~((uintptr_t)page - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* ---- metadata ---- */
 
 size_t td_gguf_kv_count(const td_gguf *g) { return g->n_kv; }

@@ -8,10 +8,15 @@
  * batches that share a KV head). Nothing here allocates except KV pages and
  * scratch grown to a longer context than seen before.
  *
- * Tensor parallelism (later): a rank owns a slice of heads and FFN rows; the
- * outputs of wo and w_down are then partial sums that an all-reduce adds up
- * before the residual add (MM_THEN_ADD, which then runs after the all-reduce
- * instead of inside the matmul job). Nothing else changes.
+ * Tensor parallelism: a rank owns a slice of KV heads, FFN rows and
+ * vocabulary rows (td_shard) and every dimension below is its own part's;
+ * the residual stream stays whole and identical on every rank. The outputs
+ * of wo and w_down are then partial sums that an all-reduce adds up before
+ * the residual add (MM_THEN_ADD runs after it instead of inside the matmul
+ * job); in TD_NUMERICS_TP_INVARIANT they are per-chunk partials gathered
+ * from every rank and summed left to right (split_projection). The
+ * embedding row of a token comes from the rank holding it, the logits are
+ * gathered from all.
  */
 #include <assert.h>
 #include <math.h>
@@ -67,6 +72,16 @@ struct td_ctx {
     td_cuda_ctx *gpu;
     int32_t *tokens, *seqs, *chain_off, *chain_len, *out_rows; /* (max_rows) */
     int32_t *chains; /* (max_rows * (max_rows + 1) / 2) tree rows' chains */
+    /* tensor parallelism and the invariant order; both buffers grow to the
+     * largest pass seen, like scores */
+    td_comm *comm;     /* borrowed; NULL for an unsplit model */
+    float *part;       /* (chunks of the model, part_rows, n_embd) chunk partials */
+    int32_t part_rows;
+    float *gather;     /* (gather_len) logits of every rank, rank by rank */
+    size_t gather_len;
+    int64_t *counts;   /* (comm size) all-gather counts */
+    td_tp_stats stats;
+    td_lead *lead;     /* a group leader's context: passes are broadcast first */
 };
 
 /* ---- parallel jobs ---- */
@@ -218,6 +233,189 @@ static void matmuls(td_ctx *c, const float *x, int64_t n_rows, int n, const td_w
     }
 }
 
+/* ---- tensor parallelism ---- */
+
+static void residual_add(float *x, const float *delta, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += delta[i];
+}
+
+/* The collectives of a pass, counted for td_ctx_tp_stats. */
+static int tp_allreduce(td_ctx *c, float *buf, int64_t n, td_err *err) {
+    double t0 = td_now_sec();
+    int rc = td_comm_allreduce_sum_f32(c->comm, buf, n, err);
+    c->stats.sec += td_now_sec() - t0;
+    c->stats.calls++;
+    c->stats.allreduce_bytes += (uint64_t)n * sizeof(float);
+    return rc;
+}
+
+/* In place: rank r's counts[r] floats already sit at their offset in recv. */
+static int tp_allgatherv(td_ctx *c, float *recv, td_err *err) {
+    int rank = td_comm_rank(c->comm), size = td_comm_size(c->comm);
+    int64_t off = 0, total = 0;
+    for (int r = 0; r < size; r++) {
+        if (r < rank) off += c->counts[r];
+        total += c->counts[r];
+    }
+    double t0 = td_now_sec();
+    int rc = td_comm_allgatherv_f32(c->comm, recv + off, c->counts[rank], recv, c->counts, err);
+    c->stats.sec += td_now_sec() - t0;
+    c->stats.calls++;
+    c->stats.gather_bytes += (uint64_t)total * sizeof(float);
+    return rc;
+}
+
+/* Partial sums of one chunk of a weight's inputs: unit u is a range of
+ * output columns of chunk u / units_per_chunk. */
+typedef struct chunk_job {
+    const td_weight *w;
+    int64_t chunk_in, n_chunks;   /* inputs per chunk; this rank's chunks */
+    size_t w_chunk, x_chunk;      /* bytes of one chunk of a weight / activation row */
+    size_t w_stride, x_stride;    /* bytes of a whole (local) row */
+    const void *xq;
+    float *part;                  /* (n_chunks, n_rows, n_out) */
+    int64_t n_rows, cols, units_per_chunk;
+    _Atomic int64_t next;
+    td_numerics numerics;
+} chunk_job;
+
+static void chunk_worker(void *arg, int ith, int nth) {
+    chunk_job *j = arg;
+    (void)ith, (void)nth;
+    int64_t n_out = j->w->n_out;
+    for (;;) {
+        int64_t u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (u >= j->n_chunks * j->units_per_chunk) return;
+        int64_t k = u / j->units_per_chunk, lo = (u % j->units_per_chunk) * j->cols;
+        int64_t hi = lo + j->cols < n_out ? lo + j->cols : n_out;
+        td_quant_matmul_strided(j->numerics, j->w->type, (const char *)j->w->data + (size_t)k * j->w_chunk,
+                                j->w_stride, j->chunk_in, lo, hi, (const char *)j->xq + (size_t)k * j->x_chunk,
+                                j->x_stride, j->n_rows, j->part + k * j->n_rows * n_out, n_out);
+    }
+}
+
+/* c->x += w·in for a projection whose inputs a split cuts (wo, w_down); in
+ * is (n_rows, w->n_in), this rank's inputs. The model's inputs come in
+ * n_chunks_all chunks of chunk_in, split between ranks as td_shard_split
+ * splits them.
+ *   Unsplit, not invariant: the fused matmul + residual add.
+ *   Split, not invariant: this rank's partial sum, all-reduced in rank
+ *     order, then added.
+ *   TD_NUMERICS_TP_INVARIANT: each chunk's partial on its own, every
+ *     rank's gathered, then summed chunk by chunk left to right: the sum
+ *     is the same whichever rank computed which chunk, so any split (and
+ *     none) gives the same bits. An all-reduce of per-rank sums would
+ *     regroup the additions by rank. */
+static int split_projection(td_ctx *c, const td_weight *w, const float *in, int64_t n_rows, int64_t chunk_in,
+                            int64_t n_chunks_all, td_err *err) {
+    int64_t E = w->n_out;
+    const td_weight *ws[1] = {w};
+    float *ys[1] = {c->proj};
+    if (c->numerics != TD_NUMERICS_TP_INVARIANT) {
+        if (!c->comm) {
+            matmuls(c, in, n_rows, 1, ws, ys, MM_THEN_ADD, c->x);
+            return TD_OK;
+        }
+        matmuls(c, in, n_rows, 1, ws, ys, MM_THEN_NOTHING, NULL);
+        int rc = tp_allreduce(c, c->proj, n_rows * E, err);
+        if (rc) return rc;
+        residual_add(c->x, c->proj, n_rows * E);
+        return TD_OK;
+    }
+    const td_shard *sh = &c->m->shard;
+    int64_t lo, hi;
+    td_shard_split(n_chunks_all, sh->rank, sh->size, &lo, &hi);
+    assert((hi - lo) * chunk_in == w->n_in);
+    uint32_t vt = td_quant_traits(w->type)->vec_dot_type;
+    quantize_rows(c, w->type, in, w->n_in, n_rows);
+    int nth = td_pool_size(c->pool);
+    chunk_job j = {.w = w, .chunk_in = chunk_in, .n_chunks = hi - lo,
+                   .w_chunk = td_quant_row_bytes(w->type, chunk_in), .x_chunk = td_quant_row_bytes(vt, chunk_in),
+                   .w_stride = td_quant_row_bytes(w->type, w->n_in), .x_stride = td_quant_row_bytes(vt, w->n_in),
+                   .xq = c->xq, .part = c->part + lo * n_rows * E, .n_rows = n_rows,
+                   .cols = td_claim_chunk(E, nth, MM_CHUNKS_PER_THREAD, MM_CHUNK_ALIGN), .numerics = c->numerics};
+    j.units_per_chunk = (E + j.cols - 1) / j.cols;
+    atomic_init(&j.next, 0);
+    td_pool_run(c->pool, chunk_worker, &j);
+    if (c->comm) {
+        for (int32_t r = 0; r < sh->size; r++) {
+            int64_t a, b;
+            td_shard_split(n_chunks_all, r, sh->size, &a, &b);
+            c->counts[r] = (b - a) * n_rows * E;
+        }
+        int rc = tp_allgatherv(c, c->part, err);
+        if (rc) return rc;
+    }
+    int64_t n = n_rows * E;
+    for (int64_t i = 0; i < n; i++) {
+        float acc = c->part[i];
+        for (int64_t k = 1; k < n_chunks_all; k++) acc += c->part[k * n + i];
+        c->x[i] += acc;
+    }
+    return TD_OK;
+}
+
+/* The embedding rows of the pass's tokens into c->x. A split model's rank
+ * holds some of the vocabulary: it fills the rows it holds and -0.0 in the
+ * others, and an all-reduce adds them up. -0.0 is the exact identity of
+ * float addition (v + -0.0 == v for every v, +0.0 included, where +0.0
+ * would turn a -0.0 into +0.0), so every row arrives with its bits. */
+static int embed_rows(td_ctx *c, const td_row *rows, int32_t n_rows, td_err *err) {
+    const td_model *m = c->m;
+    const td_shard *sh = &m->shard;
+    int64_t E = m->hp.n_embd;
+    const td_type_traits *tr = td_quant_traits(m->tok_embd.type);
+    size_t row = td_quant_row_bytes(m->tok_embd.type, E);
+    for (int32_t r = 0; r < n_rows; r++) {
+        int64_t t = (int64_t)rows[r].token - sh->vocab0;
+        float *x = c->x + r * E;
+        if (t >= 0 && t < sh->n_vocab)
+            tr->to_float((const char *)m->tok_embd.data + (size_t)t * row, x, E);
+        else
+            for (int64_t i = 0; i < E; i++) x[i] = -0.0f;
+    }
+    return c->comm ? tp_allreduce(c, c->x, n_rows * E, err) : TD_OK;
+}
+
+/* Logits of the n_out normed rows in c->xn. A split model's rank computes
+ * its vocabulary rows into c->gather (rank by rank, each (n_out, its
+ * rows)), gathers the others' and lays them out row by row. */
+static int output_logits(td_ctx *c, int32_t n_out, float *logits, td_err *err) {
+    const td_model *m = c->m;
+    const td_shard *sh = &m->shard;
+    int64_t V = m->hp.n_vocab;
+    quantize_rows(c, m->output.type, c->xn, m->hp.n_embd, n_out);
+    float *y = logits;
+    int64_t y_stride = V;
+    if (c->comm) {
+        int64_t off = 0;
+        for (int32_t r = 0; r < sh->size; r++) {
+            int64_t a, b;
+            td_shard_vocab(V, r, sh->size, &a, &b);
+            c->counts[r] = (b - a) * n_out;
+            if (r < sh->rank) off += c->counts[r];
+        }
+        y = c->gather + off;
+        y_stride = sh->n_vocab;
+    }
+    /* the reference order, in every mode (as unsplit passes always did) */
+    mm_job job = {.n_tasks = 1, .n_rows = n_out, .numerics = TD_NUMERICS_REFERENCE};
+    job.t[0] = (mm_task){&m->output, c->xq, y, y_stride};
+    mm_job_ready(&job, td_pool_size(c->pool));
+    td_pool_run(c->pool, mm_worker, &job);
+    if (!c->comm) return TD_OK;
+    int rc = tp_allgatherv(c, c->gather, err);
+    if (rc) return rc;
+    const float *src = c->gather;
+    for (int32_t r = 0; r < sh->size; r++) {
+        int64_t a, b;
+        td_shard_vocab(V, r, sh->size, &a, &b);
+        for (int32_t i = 0; i < n_out; i++, src += b - a)
+            memcpy(logits + i * V + a, src, (size_t)(b - a) * sizeof(float));
+    }
+    return TD_OK;
+}
+
 typedef struct attn_job {
     td_ctx *c;
     const td_kv *kv;
@@ -249,8 +447,9 @@ static int32_t tree_chain(const td_ctx *c, const td_row *rows, int32_t r, int32_
 static void attn_range(attn_job *j, int ith, int64_t lo, int64_t hi) {
     td_ctx *c = j->c;
     const td_hparams *hp = &c->m->hp;
+    const td_shard *sh = &c->m->shard;
     int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
-    int64_t q_dim = (int64_t)hp->n_head * hd;
+    int64_t q_dim = (int64_t)sh->n_head * hd; /* this rank's heads */
     float *scores = c->scores + (size_t)ith * TD_ATTN_MAX_QUERIES * c->scores_len;
     int32_t *chains = c->chain + (size_t)ith * TD_ATTN_MAX_QUERIES * c->max_rows;
     float *lanes = c->lanes + (size_t)ith * TD_ATTN_MAX_QUERIES * TD_ATTN_LANE_SETS * hd;
@@ -262,7 +461,7 @@ static void attn_range(attn_job *j, int ith, int64_t lo, int64_t hi) {
     for (int32_t e = 0; e < c->n_groups && item < hi; e++) {
         const td_attn_group *g = &c->groups[e];
         int64_t per_head = (int64_t)g->n_rows * group;
-        for (int32_t kvh = 0; kvh < hp->n_head_kv; kvh++, item += per_head) {
+        for (int32_t kvh = 0; kvh < sh->n_head_kv; kvh++, item += per_head) {
             if (item + per_head <= lo || item >= hi) continue;
             int64_t i0 = lo > item ? lo - item : 0, i1 = hi < item + per_head ? hi - item : per_head;
             b.seq = g->seq;
@@ -358,6 +557,8 @@ static int cuda_ctx_init(td_ctx *c, td_device dev, td_err *err) {
     c->chains = td_alloc(R * (R + 1) / 2 * sizeof(int32_t));
     if (!c->tokens || !c->seqs || !c->chain_off || !c->chain_len || !c->out_rows || !c->chains)
         return td_err_set(err, TD_E_NOMEM, "context: out of memory for a CUDA pass of %d rows", c->max_rows);
+    if (c->m->shard.size > 1)
+        return td_err_set(err, TD_E_UNSUPPORTED, "a tensor-parallel rank computes on the CPU only (so far)");
     td_cuda_model *gm;
     int rc = td_model_cuda(c->m, dev.index, &gm, err);
     if (rc) return rc;
@@ -435,6 +636,9 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->tokens); td_free(c->seqs); td_free(c->chain_off); td_free(c->chain_len); td_free(c->out_rows);
     td_free(c->chains);
     td_free(c->pass_seqs);
+    td_free(c->part);
+    td_free(c->gather);
+    free(c->counts);
     free(c);
 }
 
@@ -445,6 +649,49 @@ void td_ctx_set_numerics(td_ctx *c, td_numerics order) {
 }
 
 td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }
+
+int td_ctx_set_comm(td_ctx *c, td_comm *comm, td_err *err) {
+    const td_shard *sh = &c->m->shard;
+    if (td_comm_size(comm) != sh->size || td_comm_rank(comm) != sh->rank)
+        return td_err_set(err, TD_E_ARG, "communicator: rank %d of %d, but the model is loaded as rank %d of %d",
+                          td_comm_rank(comm), td_comm_size(comm), sh->rank, sh->size);
+    if (sh->size == 1) { /* nothing to combine */
+        c->comm = NULL;
+        return TD_OK;
+    }
+    if (!c->counts && !(c->counts = calloc((size_t)sh->size, sizeof *c->counts)))
+        return td_err_set(err, TD_E_NOMEM, "out of memory");
+    c->comm = comm;
+    return TD_OK;
+}
+
+void td_ctx_tp_stats(const td_ctx *c, td_tp_stats *out) { *out = c->stats; }
+
+void td_ctx_set_lead(td_ctx *c, td_lead *l) { c->lead = l; }
+const td_model *td_ctx_model(const td_ctx *c) { return c->m; }
+
+/* The invariant order's chunk partials (every chunk of the model, so the
+ * gather lands in place) and a split model's gathered logits, for a pass
+ * of n_rows rows of which n_out want logits. */
+static int grow_tp(td_ctx *c, int32_t n_rows, int32_t n_out, td_err *err) {
+    const td_model *m = c->m;
+    if (c->numerics == TD_NUMERICS_TP_INVARIANT && n_rows > c->part_rows) {
+        int64_t chunks = m->hp.n_head_kv > m->hp.n_ff / m->shard.ff_chunk ? m->hp.n_head_kv
+                                                                          : m->hp.n_ff / m->shard.ff_chunk;
+        td_free(c->part);
+        c->part = td_alloc((size_t)chunks * (size_t)n_rows * (size_t)m->hp.n_embd * sizeof(float));
+        c->part_rows = c->part ? n_rows : 0;
+        if (!c->part) return td_err_set(err, TD_E_NOMEM, "out of memory for %d rows' chunk partials", n_rows);
+    }
+    size_t need = (size_t)n_out * (size_t)m->hp.n_vocab;
+    if (c->comm && need > c->gather_len) {
+        td_free(c->gather);
+        c->gather = td_alloc(need * sizeof(float));
+        c->gather_len = c->gather ? need : 0;
+        if (!c->gather) return td_err_set(err, TD_E_NOMEM, "out of memory for %d rows' logits", n_out);
+    }
+    return TD_OK;
+}
 
 /* ---- the pass ---- */
 
@@ -543,10 +790,6 @@ static void rope_table(td_ctx *c, const td_row *rows, int32_t n_rows) {
     }
 }
 
-static void residual_add(float *x, const float *delta, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] += delta[i];
-}
-
 int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits, td_err *err) {
     return td_model_forward_skip(c, kv, rows, n_rows, logits, NULL, err);
 }
@@ -590,8 +833,26 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     return TD_OK;
 }
 
+static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                        const uint8_t *skip, td_err *err);
+
 int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
                           const uint8_t *skip, td_err *err) {
+    if (!c->lead) return forward_pass(c, kv, rows, n_rows, logits, skip, err);
+    /* a group leader: the other ranks run the same pass on their shards */
+    if (n_rows < 1 || n_rows > c->max_rows)
+        return td_err_set(err, TD_E_ARG, "batch of %d rows (context holds at most %d)", n_rows, c->max_rows);
+    pthread_mutex_lock(&c->lead->mu);
+    td_step st = {TD_STEP_FORWARD, 0, skip != NULL, n_rows};
+    int rc = td_lead_send(c->lead, &st, rows, (size_t)n_rows * sizeof *rows, skip,
+                          skip ? (size_t)c->m->hp.n_layer : 0, err);
+    if (rc == TD_OK) rc = forward_pass(c, kv, rows, n_rows, logits, skip, err);
+    pthread_mutex_unlock(&c->lead->mu);
+    return rc;
+}
+
+static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                        const uint8_t *skip, td_err *err) {
     const td_model *m = c->m;
     const td_hparams *hp = &m->hp;
     int rc = bind_cache(c, kv, err);
@@ -599,6 +860,18 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
     rc = check_rows(c, kv, rows, n_rows, err);
     if (rc) return rc;
     if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, skip, err);
+    const td_shard *sh = &m->shard;
+    if (sh->size > 1 && !c->comm)
+        return td_err_set(err, TD_E_ARG, "rank %d of a model split %d ways: the context has no communicator",
+                          sh->rank, sh->size);
+    int32_t group = hp->n_head / hp->n_head_kv;
+    if (c->numerics == TD_NUMERICS_TP_INVARIANT && !sh->chunks_ok)
+        return td_err_set(err, TD_E_UNSUPPORTED,
+                          "numerics tp-invariant: chunks of %d attention / %d FFN inputs are not whole blocks of "
+                          "this model's weight types", group * hp->head_dim, sh->ff_chunk);
+    int32_t n_logits = 0;
+    for (int32_t i = 0; i < n_rows; i++) n_logits += rows[i].logits;
+    if ((rc = grow_tp(c, n_rows, n_logits, err))) return rc;
     int32_t max_pos = 0; /* a row attends to at most slot + 1 positions */
     for (int32_t i = 0; i < n_rows; i++)
         if (c->slot[i] + 1 > max_pos) max_pos = c->slot[i] + 1;
@@ -607,11 +880,9 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
     group_rows(c, rows, n_rows);
 
     int64_t E = hp->n_embd, hd = hp->head_dim;
-    int64_t q_dim = (int64_t)hp->n_head * hd, kv_dim = (int64_t)hp->n_head_kv * hd;
-    const td_type_traits *emb_tr = td_quant_traits(m->tok_embd.type);
-    size_t emb_row = td_quant_row_bytes(m->tok_embd.type, E);
-    for (int32_t r = 0; r < n_rows; r++)
-        emb_tr->to_float((const char *)m->tok_embd.data + (size_t)rows[r].token * emb_row, c->x + r * E, E);
+    /* this rank's heads (all of them unless split) */
+    int64_t q_dim = (int64_t)sh->n_head * hd, kv_dim = (int64_t)sh->n_head_kv * hd;
+    if ((rc = embed_rows(c, rows, n_rows, err))) return rc;
     rope_table(c, rows, n_rows);
 
     for (int32_t l = 0; l < hp->n_layer; l++) {
@@ -629,31 +900,28 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
                 residual_add(v, ly->bv, kv_dim);
             }
             const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
-            for (int32_t h = 0; h < hp->n_head; h++) td_op_rope(q + h * hd, cs, hp->n_rot, hp->rope_kind);
-            for (int32_t h = 0; h < hp->n_head_kv; h++) td_op_rope(k + h * hd, cs, hp->n_rot, hp->rope_kind);
+            for (int32_t h = 0; h < sh->n_head; h++) td_op_rope(q + h * hd, cs, hp->n_rot, hp->rope_kind);
+            for (int32_t h = 0; h < sh->n_head_kv; h++) td_op_rope(k + h * hd, cs, hp->n_rot, hp->rope_kind);
             c->ops.to_f16(k, td_kv_at(kv, rows[r].seq, l, 0, c->slot[r]), kv_dim);
             c->ops.to_f16(v, td_kv_at(kv, rows[r].seq, l, 1, c->slot[r]), kv_dim);
         }
         /* one claim per thread when all take part (the old static split)
          * unless the pass is long enough to balance finer */
-        int64_t n_items = (int64_t)n_rows * hp->n_head;
+        int64_t n_items = (int64_t)n_rows * sh->n_head;
         int nth = td_pool_size(c->pool);
         attn_job aj = {.c = c, .kv = kv, .rows = rows, .n_rows = n_rows, .layer = l, .n_items = n_items,
                        .chunk = td_claim_chunk(n_items, nth, n_items >= 64 * nth ? 4 : 1, 1)};
         atomic_init(&aj.next, 0);
         td_pool_run(c->pool, attn_worker, &aj);
 
-        const td_weight *o_w[1] = {&ly->wo};
-        float *o_y[1] = {c->proj};
-        matmuls(c, c->xn, n_rows, 1, o_w, o_y, MM_THEN_ADD, c->x);
+        if ((rc = split_projection(c, &ly->wo, c->xn, n_rows, (int64_t)group * hd, hp->n_head_kv, err))) return rc;
 
         for (int32_t r = 0; r < n_rows; r++) td_op_rmsnorm(c->xn + r * E, c->x + r * E, ly->ffn_norm, E, hp->rms_eps);
         const td_weight *gu_w[2] = {&ly->w_gate, &ly->w_up};
         float *gu_y[2] = {c->gate, c->up};
         matmuls(c, c->xn, n_rows, 2, gu_w, gu_y, MM_THEN_SILU_MUL, NULL);
-        const td_weight *d_w[1] = {&ly->w_down};
-        float *d_y[1] = {c->proj};
-        matmuls(c, c->gate, n_rows, 1, d_w, d_y, MM_THEN_ADD, c->x);
+        if ((rc = split_projection(c, &ly->w_down, c->gate, n_rows, sh->ff_chunk, hp->n_ff / sh->ff_chunk, err)))
+            return rc;
     }
     for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
 
@@ -663,12 +931,6 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
             td_op_rmsnorm(c->xn + n_out * E, c->x + r * E, m->output_norm, E, hp->rms_eps);
             n_out++;
         }
-    if (n_out > 0) {
-        quantize_rows(c, m->output.type, c->xn, E, n_out);
-        mm_job job = {.n_tasks = 1, .n_rows = n_out};
-        job.t[0] = (mm_task){&m->output, c->xq, logits, hp->n_vocab};
-        mm_job_ready(&job, td_pool_size(c->pool));
-        td_pool_run(c->pool, mm_worker, &job);
-    }
+    if (n_out > 0) return output_logits(c, n_out, logits, err);
     return TD_OK;
 }

@@ -17,7 +17,7 @@ td_kv *td_kv_create(const td_model *m, int32_t max_seqs, int32_t max_len, td_err
     if (!kv) goto nomem;
     const td_hparams *hp = &m->hp;
     kv->n_layer = hp->n_layer;
-    kv->kv_dim = hp->n_head_kv * hp->head_dim;
+    kv->kv_dim = m->shard.n_head_kv * hp->head_dim; /* this rank's KV heads */
     kv->max_seqs = max_seqs;
     kv->max_len = max_len;
     kv->pages_per_seq = (max_len + TD_KV_PAGE - 1) / TD_KV_PAGE;
@@ -52,7 +52,33 @@ int32_t td_kv_seq_len(const td_kv *kv, int32_t seq) {
     return kv->len[seq];
 }
 
+static int kv_truncate(td_kv *kv, int32_t seq, int32_t len);
+static int kv_compact(td_kv *kv, int32_t seq, int32_t base, const int32_t *keep, int32_t n_keep);
+
+/* A group leader's cache: the step goes to the other ranks first (group.c),
+ * which apply it to their shard's cache. */
 int td_kv_truncate(td_kv *kv, int32_t seq, int32_t len) {
+    if (!kv->lead) return kv_truncate(kv, seq, len);
+    pthread_mutex_lock(&kv->lead->mu);
+    td_step st = {TD_STEP_TRUNCATE, seq, len, 0};
+    int rc = td_lead_send(kv->lead, &st, NULL, 0, NULL, 0, NULL);
+    if (rc == TD_OK) rc = kv_truncate(kv, seq, len);
+    pthread_mutex_unlock(&kv->lead->mu);
+    return rc;
+}
+
+int td_kv_compact(td_kv *kv, int32_t seq, int32_t base, const int32_t *keep, int32_t n_keep) {
+    if (!kv->lead) return kv_compact(kv, seq, base, keep, n_keep);
+    if (n_keep < 0) return TD_E_ARG;
+    pthread_mutex_lock(&kv->lead->mu);
+    td_step st = {TD_STEP_COMPACT, seq, base, n_keep};
+    int rc = td_lead_send(kv->lead, &st, keep, (size_t)n_keep * sizeof *keep, NULL, 0, NULL);
+    if (rc == TD_OK) rc = kv_compact(kv, seq, base, keep, n_keep);
+    pthread_mutex_unlock(&kv->lead->mu);
+    return rc;
+}
+
+static int kv_truncate(td_kv *kv, int32_t seq, int32_t len) {
     if (seq < 0 || seq >= kv->max_seqs) return TD_E_ARG;
     if (len < 0 || len > kv->len[seq]) return TD_E_ARG;
     kv->len[seq] = len;
@@ -61,7 +87,7 @@ int td_kv_truncate(td_kv *kv, int32_t seq, int32_t len) {
 
 size_t td_kv_bytes(const td_kv *kv) { return kv->bytes + td_cuda_kv_bytes(kv->cuda); }
 
-int td_kv_compact(td_kv *kv, int32_t seq, int32_t base, const int32_t *keep, int32_t n_keep) {
+static int kv_compact(td_kv *kv, int32_t seq, int32_t base, const int32_t *keep, int32_t n_keep) {
     if (seq < 0 || seq >= kv->max_seqs || base < 0 || n_keep < 0 || base + n_keep > kv->len[seq])
         return TD_E_ARG;
     for (int32_t j = 0; j < n_keep; j++)

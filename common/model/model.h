@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm/comm.h"
 #include "gguf/gguf.h"
 #include "quant/quant.h"
 #include "util/util.h"
@@ -48,10 +49,24 @@ typedef struct td_hparams {
 typedef struct td_model td_model;
 
 int td_model_load(const td_gguf *g, td_model **out, td_err *err);
+/* Tensor parallelism: rank `rank` of a group of `size` processes loads only
+ * its part of the model and copies it out of the mapping (whose pages it
+ * then releases; td_gguf_release_data): its KV heads with their query heads
+ * (q/k/v rows, the attention output's matching inputs), a contiguous part
+ * of the FFN (gate/up rows, down's inputs) and of the vocabulary (output
+ * head and embedding rows). Splits may be uneven (3 KV heads on 2 ranks:
+ * 2 + 1). TD_E_UNSUPPORTED, naming the tensor, for a split that leaves a
+ * rank without attention heads. size 1 is td_model_load. Every rank of the
+ * group then runs the same passes with a context given the group's
+ * communicator (td_ctx_set_comm); hparams stay the whole model's. */
+int td_model_load_shard(const td_gguf *g, int32_t rank, int32_t size, td_model **out, td_err *err);
 void td_model_free(td_model *m); /* accepts NULL */
 const td_hparams *td_model_hparams(const td_model *m);
-/* Bytes of weights one decode step reads (every matrix once). */
+/* Bytes of weights one decode step reads (every matrix once) — of this
+ * rank's part for a split model. */
 uint64_t td_model_weight_bytes(const td_model *m);
+int32_t td_model_tp_rank(const td_model *m); /* 0 unless split */
+int32_t td_model_tp_size(const td_model *m); /* 1 unless split */
 
 /* ---- KV cache: per-sequence pages, grown on demand ---- */
 typedef struct td_kv td_kv;
@@ -110,6 +125,53 @@ int32_t td_ctx_max_rows(const td_ctx *c);
  * batch invariant. */
 void td_ctx_set_numerics(td_ctx *c, td_numerics order);
 td_numerics td_ctx_numerics(const td_ctx *c);
+
+/* ---- tensor parallelism ----
+ * A context of a split model computes its rank's part of every pass and
+ * combines the parts over comm (borrowed; one context per communicator, as
+ * its collectives must come in the same order on every rank): the
+ * embedding lookup and the attention-output and MLP-down projections
+ * (all-reduce, or in TD_NUMERICS_TP_INVARIANT an all-gather of per-chunk
+ * partial sums), and the logits (all-gathered: every rank gets every row's
+ * logits, so every rank samples the same token). Every rank must run the
+ * same passes on the same rows. TD_E_ARG when comm's size or rank is not
+ * the model's. An unsplit model needs no communicator.
+ *
+ * TD_NUMERICS_TP_INVARIANT: the attention output and MLP down projections
+ * are sums of per-chunk partials (one chunk per KV head's query heads; one
+ * per fixed block of FFN inputs, td_shard.ff_chunk) added left to right; a
+ * rank computes its chunks' partials and all-gathers the rest, so logits
+ * are bitwise those of the unsplit model in the same mode, for any number
+ * of ranks. Batch invariant, like FAST whose kernels it uses. */
+int td_ctx_set_comm(td_ctx *c, td_comm *comm, td_err *err);
+/* What the context's collectives moved since it was created: payload
+ * bytes (all-reduce: the buffer; all-gather: what every rank receives in
+ * all), number of calls and seconds spent in them. */
+typedef struct td_tp_stats {
+    uint64_t allreduce_bytes, gather_bytes;
+    int64_t calls;
+    double sec;
+} td_tp_stats;
+void td_ctx_tp_stats(const td_ctx *c, td_tp_stats *out);
+
+/* ---- tensor-parallel groups in a server (group.c) ----
+ * Only rank 0 (the leader) takes requests. It leads its context and cache:
+ * from td_model_group_lead on, each td_model_forward(_skip) of that context
+ * and each td_kv_truncate / td_kv_compact of that cache is first broadcast
+ * (the rows, positions and tokens; the sequence operation) to the other
+ * ranks, which run the same step on their shard in td_model_group_follow.
+ * Steps are taken one at a time under a lock, so the leader's threads may
+ * call them concurrently (the MPI backend is then used from several threads
+ * in turn). td_model_group_end releases the followers. The followers' cache
+ * and context must be created with the same sizes as the leader's. */
+typedef struct td_group td_group;
+td_group *td_model_group_lead(td_comm *comm, td_ctx *c, td_kv *kv, td_err *err);
+/* Broadcasts the stop, detaches from the context and cache. Accepts NULL. */
+void td_model_group_end(td_group *g);
+/* Runs the leader's steps until it ends the group (TD_OK) or the group
+ * fails (TD_E_IO). A step that fails on this rank fails on the leader too
+ * (same rows, same checks) and is skipped. */
+int td_model_group_follow(td_comm *comm, td_ctx *c, td_kv *kv, td_err *err);
 
 /* ---- devices ----
  * A context computes on the CPU (the pool's threads) or on a CUDA device.

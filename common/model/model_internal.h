@@ -11,14 +11,50 @@
 #include "model/model.h"
 #include "quant/quant.h"
 
-/* A matrix of n_out rows of n_in elements, borrowed from the GGUF mapping.
- * A tensor-parallel rank will hold a slice of rows (heads, FFN rows or vocab
- * rows): only n_out and data change, the kernels do not care. */
+/* A matrix of n_out rows of n_in elements, borrowed from the GGUF mapping,
+ * or (a tensor-parallel rank's slice: some rows, or some columns of every
+ * row) an owned copy of its part, own != NULL. The kernels do not care. */
 typedef struct td_weight {
     const void *data; /* (n_out, n_in) of type */
     uint32_t type;
     int64_t n_in, n_out;
+    void *own;        /* == data when the slice is a copy; freed with the model */
 } td_weight;
+
+/* What a tensor-parallel rank holds (model_load.c); an unsplit model is rank
+ * 0 of 1 holding everything. Every split is contiguous and in rank order:
+ * KV heads (each with its GQA group of query heads), FFN rows in whole
+ * chunks of ff_chunk, vocabulary rows in units of TD_SHARD_VOCAB_UNIT. */
+typedef struct td_shard {
+    int32_t rank, size;
+    int32_t kv_head0, n_head_kv;  /* KV heads [kv_head0, kv_head0 + n_head_kv) */
+    int32_t head0, n_head;        /* their query heads */
+    int32_t ff0, n_ff;            /* FFN rows (w_gate, w_up) = w_down's inputs */
+    int32_t vocab0, n_vocab;      /* output (and embedding) rows */
+    int32_t ff_chunk;             /* FFN inputs per chunk of the invariant order */
+    /* every layer's wo and w_down cut into whole blocks at the invariant
+     * order's chunks (not so for K-quants on narrow heads): else that
+     * order is unavailable */
+    bool chunks_ok;
+} td_shard;
+
+#define TD_SHARD_VOCAB_UNIT 32 /* the kernels' block of weight rows */
+
+/* The part [lo, hi) of n units that rank of size ranks holds: contiguous,
+ * in rank order, the first n % size ranks one unit more (3 KV heads on 2
+ * ranks: 2 + 1). */
+static inline void td_shard_split(int64_t n, int32_t rank, int32_t size, int64_t *lo, int64_t *hi) {
+    *lo = (n * rank + size - 1) / size;
+    *hi = (n * (rank + 1) + size - 1) / size;
+}
+
+/* The vocabulary rows [lo, hi) a rank holds: TD_SHARD_VOCAB_UNIT rows at a
+ * time, the last unit possibly short. */
+static inline void td_shard_vocab(int64_t n_vocab, int32_t rank, int32_t size, int64_t *lo, int64_t *hi) {
+    td_shard_split((n_vocab + TD_SHARD_VOCAB_UNIT - 1) / TD_SHARD_VOCAB_UNIT, rank, size, lo, hi);
+    *lo *= TD_SHARD_VOCAB_UNIT;
+    *hi = *hi * TD_SHARD_VOCAB_UNIT < n_vocab ? *hi * TD_SHARD_VOCAB_UNIT : n_vocab;
+}
 
 typedef struct td_layer {
     float *attn_norm;              /* (n_embd) owned f32 copy */
@@ -35,7 +71,8 @@ struct td_model {
     float *output_norm;   /* (n_embd) */
     float *rope_factors;  /* (n_rot/2) or NULL: per-frequency divisors */
     td_layer *layers;     /* (n_layer) */
-    uint64_t weight_bytes;
+    td_shard shard;       /* this rank's part (all of it unless split) */
+    uint64_t weight_bytes; /* of this rank's part */
     /* The weights on a CUDA device, uploaded by the first context there
      * (model_device.c); the lock makes that one-time write safe while the
      * model is otherwise shared read-only. */
@@ -51,7 +88,28 @@ int td_model_cuda(const td_model *m, int32_t index, td_cuda_model **out, td_err 
  * cache and matches the reference implementation's rounding. */
 #define TD_KV_PAGE 64
 
+/* The leader side of a tensor-parallel group in a server (group.c): every
+ * pass and cache operation on the led context and cache is broadcast to
+ * the other ranks before it runs, one at a time (mu). */
+typedef struct td_lead {
+    td_comm *comm;
+    pthread_mutex_t mu;
+    int32_t n_layer;
+} td_lead;
+
+/* What the leader broadcasts before each step. */
+enum { TD_STEP_FORWARD = 1, TD_STEP_TRUNCATE = 2, TD_STEP_COMPACT = 3, TD_STEP_STOP = 4 };
+typedef struct td_step {
+    int32_t op, seq, a, n; /* forward: a = skip given, n rows; truncate: a = len; compact: a = base, n keep */
+} td_step;
+/* Broadcasts a step and its payloads (NULL/0 for none); TD_OK or the comm's error. */
+int td_lead_send(td_lead *l, const td_step *s, const void *p1, size_t b1, const void *p2, size_t b2, td_err *err);
+/* forward.c: the context's leader, set by td_model_group_lead */
+void td_ctx_set_lead(td_ctx *c, td_lead *l);
+const td_model *td_ctx_model(const td_ctx *c);
+
 struct td_kv {
+    struct td_lead *lead; /* a group leader's cache: operations are broadcast first */
     int32_t n_layer, kv_dim, max_seqs, max_len, pages_per_seq;
     int32_t *len;      /* (max_seqs) cached positions per sequence */
     uint16_t **pages;  /* (max_seqs * pages_per_seq), NULL until first used */

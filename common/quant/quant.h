@@ -82,9 +82,14 @@ uint16_t td_f32_to_bf16(float f);
  *     passes over several activation rows (prefill, verification) cost
  *     noticeably less, and results differ from the reference in the last
  *     bits. The engine's default (td_ctx).
+ *   TP_INVARIANT: FAST's kernels; the model sums the projections whose
+ *     inputs a tensor-parallel split cuts (attention output, MLP down) chunk
+ *     by fixed chunk, left to right, so a model split across N ranks gives
+ *     the unsplit model's bits (forward.c). Matmuls themselves run as FAST.
  * Formats without a reference-order kernel have one kernel, used by all.
  * Every order is fixed per output, so matmul results stay batch invariant. */
-typedef enum td_numerics { TD_NUMERICS_REFERENCE, TD_NUMERICS_FAST, TD_NUMERICS_LLAMACPP } td_numerics;
+typedef enum td_numerics { TD_NUMERICS_REFERENCE, TD_NUMERICS_FAST, TD_NUMERICS_LLAMACPP,
+                            TD_NUMERICS_TP_INVARIANT } td_numerics;
 
 /* Batched matrix-vector products, the hot spot of the whole engine.
  *   W:  n_out rows of n_in elements of type wtype, row stride row_bytes(wtype,n_in)
@@ -103,7 +108,14 @@ int td_quant_matmul(uint32_t wtype, const void *W, int64_t n_in,
 int td_quant_matmul_in(td_numerics order, uint32_t wtype, const void *W, int64_t n_in,
                         int64_t o_lo, int64_t o_hi, const void *xq, int64_t n_rows,
                        float *y, int64_t y_stride);
-/* "reference" / "fast" */
+/* Same, over a sub-block of a larger matrix: weight row o starts at
+ * W + o*w_stride and activation row r at xq + r*x_stride (strides in bytes,
+ * at least the row bytes of n_in elements), so a run of whole blocks of
+ * every row (one chunk of the inputs) is a matmul of its own. */
+int td_quant_matmul_strided(td_numerics order, uint32_t wtype, const void *W, size_t w_stride, int64_t n_in,
+                            int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
+                            float *y, int64_t y_stride);
+/* "reference" / "fast" / "llamacpp" / "tp-invariant" */
 const char *td_numerics_name(td_numerics order);
 
 /* Converts n_rows rows of n_in floats (stride n_in) to vec_dot_type of wtype;

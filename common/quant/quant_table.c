@@ -145,6 +145,7 @@ const char *td_quant_kernel_name(void) {
 
 td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
     const quant_row *table = active_table(), *r = row_of(table, type);
+    if (order == TD_NUMERICS_TP_INVARIANT) order = TD_NUMERICS_FAST;
 #ifdef HAVE_AVX2_TABLE
     if (order == TD_NUMERICS_FAST && table == avx2_table) {
         if (type == TD_TYPE_Q4_1) return td_quant_avx2_matmul_q4_1_fast;
@@ -161,7 +162,10 @@ td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
 }
 
 const char *td_numerics_name(td_numerics order) {
-    return order == TD_NUMERICS_FAST ? "fast" : order == TD_NUMERICS_LLAMACPP ? "llamacpp" : "reference";
+    return order == TD_NUMERICS_FAST            ? "fast"
+           : order == TD_NUMERICS_LLAMACPP      ? "llamacpp"
+           : order == TD_NUMERICS_TP_INVARIANT  ? "tp-invariant"
+                                                : "reference";
 }
 
 size_t td_quant_row_bytes(uint32_t type, int64_t n) {

@@ -14,9 +14,11 @@
 # Environment: TANDEM_LOCAL_DIR (state: pids, logs, etcd data; default
 # /tmp/tandem-local), TANDEM_MODEL, TANDEM_PORT (coordinator port, default
 # a free one), TANDEM_THREADS (verifier threads, default all cores),
-# TANDEM_BUILD (default build/), TANDEM_VERIFIER_FLAGS and TANDEM_COORD_FLAGS
-# (extra flags for the verifier and the coordinator, e.g. --no-prefix-cache
-# or --vllm-drafters none).
+# TANDEM_BUILD (default build/), TANDEM_TP (N > 1: the verifier is a
+# tensor-parallel group of N processes, `mpirun -np N tandem-worker --tp N`,
+# each with TANDEM_THREADS / N threads; rank 0 registers with tp: N),
+# TANDEM_VERIFIER_FLAGS and TANDEM_COORD_FLAGS (extra flags for the verifier
+# and the coordinator, e.g. --no-prefix-cache or --vllm-drafters none).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GATEWAY=0
@@ -32,6 +34,7 @@ BUILD=${TANDEM_BUILD:-build}
 MODEL=${TANDEM_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 THREADS=${TANDEM_THREADS:-$(nproc)}
 TTL=${TANDEM_LEASE_TTL:-10}
+TP=${TANDEM_TP:-1}
 
 log() { printf '[up] %s\n' "$*"; }
 die() { printf '[up] error: %s\n' "$*" >&2; exit 1; }
@@ -76,8 +79,20 @@ ETCD="127.0.0.1:$ETCD_PORT"
 # Prometheus metrics of each process (GET /metrics), addresses in $DIR/metrics
 M_VERIFIER=127.0.0.1:$(free_port); M_DRAFTER=127.0.0.1:$(free_port); M_COORD=127.0.0.1:$(free_port)
 printf 'coordinator %s\nverifier %s\ndrafter %s\n' "$M_COORD" "$M_VERIFIER" "$M_DRAFTER" >"$DIR/metrics"
-start verifier "$BUILD/tandem-worker" --role verifier --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
-  --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1 --metrics-listen "$M_VERIFIER" ${TANDEM_VERIFIER_FLAGS:-}
+if [ "$TP" -gt 1 ]; then
+  command -v mpirun >/dev/null || die "TANDEM_TP=$TP needs mpirun (Debian package openmpi-bin)"
+  # down.sh stops mpirun by PID; mpirun takes its ranks down with it
+  TP_THREADS=$(( THREADS / TP > 0 ? THREADS / TP : 1 ))
+  start verifier mpirun --allow-run-as-root --oversubscribe -np "$TP" \
+    "$BUILD/tandem-worker" --role verifier --tp "$TP" --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
+    --cluster local --threads "$TP_THREADS" --lease-ttl "$TTL" --id verifier-1 --metrics-listen "$M_VERIFIER" \
+    ${TANDEM_VERIFIER_FLAGS:-}
+  log "verifier: a TP=$TP group (mpirun -np $TP, $TP_THREADS thread(s) per rank)"
+else
+  start verifier "$BUILD/tandem-worker" --role verifier --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
+    --cluster local --threads "$THREADS" --lease-ttl "$TTL" --id verifier-1 --metrics-listen "$M_VERIFIER" \
+    ${TANDEM_VERIFIER_FLAGS:-}
+fi
 start drafter "$BUILD/tandem-worker" --role drafter --model "$MODEL" --listen 127.0.0.1:0 --etcd "$ETCD" \
   --cluster local --threads 1 --lease-ttl "$TTL" --id drafter-1 --metrics-listen "$M_DRAFTER"
 PORT=${TANDEM_PORT:-$(free_port)}

@@ -691,6 +691,82 @@ class SecureServiceTest(unittest.TestCase):
         self.assertNotIn(self.TOKEN.encode(), r.stdout + r.stderr)
 
 
+class TensorParallelServiceTest(unittest.TestCase):
+    """A TP=2 verifier group (mpirun -np 2 tandem-worker --tp 2, the
+    tp-invariant order) in the service: rank 0 registers with tp 2, and a
+    generation through the coordinator (lookup drafts verified by the
+    group) equals the unsplit model's local one; then kill -9 of rank 1
+    takes the group out of etcd within the lease TTL."""
+
+    def test_tp2_group(self):
+        mpirun = shutil.which("mpirun")
+        if not mpirun:
+            self.skipTest("mpirun not installed")
+        tmp = tempfile.mkdtemp(prefix="tandem-service-tp-")
+        model = os.path.join(tmp, "tiny.gguf")
+        # Q4_1 throughout: the mixed tiny model's K-quant blocks are wider
+        # than a rank's attention inputs, a split tandem refuses
+        subprocess.run([os.path.join(BUILD, "td-mktiny"), model, "--ctx", "2048", "--type", "Q4_1"], check=True,
+                       capture_output=True)
+        c = Cluster(tmp, model)
+        try:
+            c.start_etcd()
+            port = free_port()
+            c.addr["tp"] = "127.0.0.1:%d" % port
+            c.start("tp", [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2",
+                           os.path.join(BUILD, "tandem-worker"), "--role", "verifier", "--tp", "2",
+                           "--numerics", "tp-invariant", "--model", model, "--listen", c.addr["tp"],
+                           "--etcd", c.etcd, "--cluster", "t", "--id", "tp", "--lease-ttl", TTL,
+                           "--threads", "1", "--max-seqs", "8", "--idle-timeout", "5"])
+            key = "/tandem/t/workers/tp"
+
+            def reg():
+                r = c.etcdctl("get", key, "--print-value-only")
+                return json.loads(r.stdout) if r.stdout.strip() else None
+            wait_for(lambda: reg() is not None, 60, "the group's registration")
+            self.assertEqual(reg()["tp"], 2)
+            self.assertIn("tp=2", reg()["fingerprint"])
+            c.start_coordinator()
+            with grpc.insecure_channel(c.addr["coordinator"]) as ch:
+                health = hpbg.HealthStub(ch)
+                wait_for(lambda: health.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2).status
+                         == hpb.HealthCheckResponse.SERVING, 60, "readiness")
+                prompt = "the cat sat on the mat and the cat sat on the"
+                local = subprocess.run([os.path.join(BUILD, "tandem"), "generate", "--model", model, "--prompt", prompt,
+                                        "--max-tokens", "40", "--numerics", "tp-invariant", "--threads", "1"],
+                                       capture_output=True, check=True).stdout
+                text = b""
+                for m in pbg.InferenceStub(ch).Generate(pb.GenerateRequest(
+                        prompt=prompt, max_tokens=40, sampling=pb.SamplingParams(seed=0),
+                        speculation=pb.SpeculationParams(drafters="lookup")), timeout=120):
+                    text += m.text.encode()
+                self.assertEqual(text, local.decode("utf-8", errors="replace").encode())
+            # rank 1: the mpirun child whose environment says so
+            rank1 = None
+            for pid in subprocess.run(["pgrep", "-P", str(c.procs["tp"].pid)], capture_output=True,
+                                      text=True).stdout.split():
+                try:
+                    with open("/proc/%s/environ" % pid, "rb") as f:
+                        env = f.read().split(b"\0")
+                except OSError:
+                    continue
+                if b"OMPI_COMM_WORLD_RANK=1" in env:
+                    rank1 = int(pid)
+            self.assertIsNotNone(rank1, "rank 1 not found among mpirun's children")
+            t0 = time.time()
+            os.kill(rank1, signal.SIGKILL)
+            wait_for(lambda: reg() is None, float(TTL) + 3, "the group to leave etcd")
+            gone = time.time() - t0
+            print("# group left etcd %.2f s after kill -9 of rank 1 (lease TTL %s s)" % (gone, TTL))
+            self.assertLessEqual(gone, float(TTL) + 1.0)  # + etcd's expiry granularity
+        finally:
+            c.stop_all()
+            if os.environ.get("TD_KEEP_LOGS"):
+                print("logs kept in", tmp)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
 class DefaultModelTest(unittest.TestCase):
     """One check on the real default model: a chat generation through the
     service equals the local one."""

@@ -227,7 +227,9 @@ static void matches_reference_tied_q8_0(void **s) { (void)s; check_against_refer
 
 static void batch_invariance_in(td_numerics order) {
     fixture f = {0};
-    assert_int_equal(make_tiny(&f, "--arch llama"), 0);
+    /* the mixed types include K-quants, whose 256-element blocks the
+     * invariant order's chunks of 128 attention inputs would cut */
+    assert_int_equal(make_tiny(&f, order == TD_NUMERICS_TP_INVARIANT ? "--arch llama --type Q8_0" : "--arch llama"), 0);
     int32_t V = td_model_hparams(f.m)->n_vocab;
     int n = 12;
     /* the baseline: one row per pass; in llamacpp order those take the
@@ -286,6 +288,96 @@ static void batch_invariance(void **s) {
     batch_invariance_in(TD_NUMERICS_FAST);
     batch_invariance_in(TD_NUMERICS_REFERENCE);
     batch_invariance_in(TD_NUMERICS_LLAMACPP);
+    batch_invariance_in(TD_NUMERICS_TP_INVARIANT);
+}
+
+/* Tensor-parallel loading of the tiny model (2 KV heads, 512 FFN rows):
+ * two ranks hold 1 + 1 KV heads, FFN and vocabulary halves, whose bytes add
+ * up to the whole; three ranks would leave one without attention heads and
+ * are refused, naming the tensor and the count. A split model will not run
+ * without its group's communicator. The tp-invariant order (unsplit) stays
+ * within rounding of fast. (tp_mpi_check runs split passes under mpirun.) */
+static void tp_shards(void **s) {
+    (void)s;
+    fixture f = {0};
+    /* the mixed types' K-quant blocks (256) are wider than a rank's 128
+     * attention inputs: that split is refused, naming the tensor; the
+     * invariant order is unavailable there too */
+    assert_int_equal(make_tiny(&f, "--arch llama"), 0);
+    td_model *k = NULL;
+    td_err kerr;
+    assert_int_equal(td_model_load_shard(f.g, 0, 2, &k, &kerr), TD_E_UNSUPPORTED);
+    assert_non_null(strstr(kerr.msg, "blk.1.attn_output.weight"));
+    {
+        td_ctx *ctx = td_ctx_create(f.m, 4, f.pool, &kerr);
+        td_kv *kv = td_kv_create(f.m, 1, 16, &kerr);
+        td_ctx_set_numerics(ctx, TD_NUMERICS_TP_INVARIANT);
+        td_row row = td_row_linear(0, 0, 5, true);
+        float *lg = malloc((size_t)td_model_hparams(f.m)->n_vocab * sizeof(float));
+        assert_int_equal(td_model_forward(ctx, kv, &row, 1, lg, &kerr), TD_E_UNSUPPORTED);
+        free(lg);
+        td_kv_destroy(kv);
+        td_ctx_destroy(ctx);
+    }
+    drop_tiny(&f);
+    assert_int_equal(make_tiny(&f, "--arch llama --type Q4_1"), 0);
+    const td_hparams *hp = td_model_hparams(f.m);
+    td_model *a = NULL, *b = NULL, *c = NULL;
+    td_err err;
+    assert_int_equal(td_model_load_shard(f.g, 0, 2, &a, &err), TD_OK);
+    assert_int_equal(td_model_load_shard(f.g, 1, 2, &b, &err), TD_OK);
+    assert_int_equal(td_model_tp_size(b), 2);
+    assert_int_equal(td_model_tp_rank(b), 1);
+    assert_int_equal(a->shard.n_head_kv, 1);
+    assert_int_equal(b->shard.kv_head0, 1);
+    assert_int_equal(b->shard.head0, hp->n_head / 2);
+    assert_int_equal(a->layers[0].wq.n_out, (int64_t)a->shard.n_head * hp->head_dim);
+    assert_int_equal(a->layers[0].wo.n_in, (int64_t)a->shard.n_head * hp->head_dim);
+    assert_int_equal(a->shard.n_ff + b->shard.n_ff, hp->n_ff);
+    assert_int_equal(b->shard.ff0, a->shard.n_ff);
+    assert_int_equal(b->layers[1].w_down.n_in, b->shard.n_ff);
+    assert_int_equal(a->shard.n_vocab % TD_SHARD_VOCAB_UNIT, 0);
+    assert_int_equal(b->shard.vocab0, a->shard.n_vocab);
+    assert_int_equal(a->shard.n_vocab + b->shard.n_vocab, hp->n_vocab);
+    assert_true(td_model_weight_bytes(a) + td_model_weight_bytes(b) == td_model_weight_bytes(f.m));
+    /* a split model's pass needs the communicator of a group of its size */
+    td_ctx *ctx = td_ctx_create(a, 4, f.pool, &err);
+    td_kv *kv = td_kv_create(a, 1, 16, &err);
+    assert_non_null(ctx);
+    assert_non_null(kv);
+    td_row row = td_row_linear(0, 0, 5, true);
+    float *lg = malloc((size_t)hp->n_vocab * sizeof(float));
+    assert_int_equal(td_model_forward(ctx, kv, &row, 1, lg, &err), TD_E_ARG);
+    assert_non_null(strstr(err.msg, "communicator"));
+    td_comm *single = td_comm_open("single", &err);
+    assert_non_null(single);
+    assert_int_equal(td_ctx_set_comm(ctx, single, &err), TD_E_ARG);
+    td_comm_close(single);
+    td_ctx_destroy(ctx);
+    td_kv_destroy(kv);
+    free(lg);
+    td_model_free(a);
+    td_model_free(b);
+    assert_int_equal(td_model_load_shard(f.g, 0, 3, &c, &err), TD_E_UNSUPPORTED);
+    assert_null(c);
+    assert_non_null(strstr(err.msg, "attn_k"));
+    assert_non_null(strstr(err.msg, "across 3 ranks"));
+    assert_int_equal(td_model_load_shard(f.g, 2, 2, &c, &err), TD_E_ARG);
+
+    /* the invariant order only regroups sums: close to fast, not equal */
+    int n = 12;
+    float *fast = decode_one_by_one_in(TD_NUMERICS_FAST, &f, f.pool, seq_a, n);
+    float *inv = decode_one_by_one_in(TD_NUMERICS_TP_INVARIANT, &f, f.pool, seq_a, n);
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < (size_t)n * hp->n_vocab; i++) {
+        double d = fabs((double)fast[i] - inv[i]);
+        if (d > worst) worst = d;
+        if (fabs(fast[i]) > scale) scale = fabs(fast[i]);
+    }
+    assert_true(worst <= 1e-4 * scale);
+    free(fast);
+    free(inv);
+    drop_tiny(&f);
 }
 
 /* Past 64 cached positions attention reads a shared f32 copy of the prefix
@@ -590,6 +682,7 @@ int main(void) {
         cmocka_unit_test(matches_reference_qwen2),
         cmocka_unit_test(matches_reference_tied_q8_0),
         cmocka_unit_test(batch_invariance),
+        cmocka_unit_test(tp_shards),
         cmocka_unit_test(long_context_invariance),
         cmocka_unit_test(kv_truncate_rolls_back),
         cmocka_unit_test(tree_rows_match_linear_paths),
