@@ -88,7 +88,7 @@ check "run: fast_plain" run_to "$tmp/fast_plain" "$TANDEM" generate --model "$MO
 check "run: fast_auto" run_to "$tmp/fast_auto" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics fast --draft auto
 check "--numerics fast: speculation gives the same text as fast plain decoding" cmp -s "$tmp/fast_auto" "$tmp/fast_plain"
 check "--numerics with an unknown mode refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics exact
-check "numerics error names the modes" err_has "'reference', 'fast' or 'llamacpp'"
+check "numerics error names the modes" err_has "'reference', 'fast', 'llamacpp' or 'tp-invariant'"
 check "speculation with llamacpp numerics refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics llamacpp --draft lookup
 check "the refusal says why" err_has "needs --numerics reference or fast"
 check "run: llamacpp_out" run_to "$tmp/llamacpp_out" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 24 --threads 2 --numerics llamacpp
