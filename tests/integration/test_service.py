@@ -374,7 +374,8 @@ class ServiceTest(unittest.TestCase):
         # conversations A and C each have a first turn; C's continuation then
         # keeps A's verifier busy, and A's second turn (A's first + its
         # answer + more) still goes there -- least-loaded would pick the
-        # idle one -- and reuses the cached first turn
+        # idle one -- and reuses the cached first turn, which C's requests
+        # on the same verifier did not take
         nd = pb.SpeculationParams(drafters="none")
         words = " ".join("word%d" % i for i in range(60))
         ids_a = list(self.api.Tokenize(pb.TokenizeRequest(text="conversation A: " + words), timeout=10).ids)
@@ -382,14 +383,13 @@ class ServiceTest(unittest.TestCase):
         _, out_a, _, first_a = self.generate(prompt_ids=ids_a, max_tokens=16, ignore_eos=True, speculation=nd)
         where = self.served_by(first_a)
         self.assertIsNotNone(where)
-        # a first turn of C that landed on the same verifier (both are idle:
-        # the pick between them is a tie, so try a few conversations)
-        for k in range(12):
-            ids_c = list(self.api.Tokenize(pb.TokenizeRequest(text="conversation C%d, unrelated: %s" % (k, words[::-1])),
-                                           timeout=10).ids)
-            _, _, _, first_c = self.generate(prompt_ids=ids_c, max_tokens=4, ignore_eos=True, speculation=nd)
-            if self.served_by(first_c) == where:
-                break
+        # conversation C shares A's first 64 tokens (a common system prompt):
+        # affinity sends it to A's verifier too, where it takes a fresh slot
+        # rather than A's long warm one (it would keep under half of it)
+        tail_c = list(self.api.Tokenize(pb.TokenizeRequest(text="conversation C, unrelated: " + words[::-1]),
+                                        timeout=10).ids)
+        ids_c = ids_a[:64] + tail_c
+        _, _, _, first_c = self.generate(prompt_ids=ids_c, max_tokens=4, ignore_eos=True, speculation=nd)
         self.assertEqual(self.served_by(first_c), where)
         bg = self.api.Generate(pb.GenerateRequest(prompt_ids=ids_c + [5], max_tokens=400, ignore_eos=True,
                                                   speculation=nd), timeout=120)
