@@ -1,11 +1,9 @@
 /* coord_api.c — the small handlers of tandem.v1.Inference (Tokenize,
  * ListModels), the method table, request ids and UTF-8 checks.
  */
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "coordinator.h"
 #include "tandem/v1/inference.pb-c.h"
@@ -41,14 +39,7 @@ void td_coord_request_id(const char *given, char out[40]) {
             out[n++] = *p;
     out[n] = 0;
     if (n) return;
-    uint64_t r = 0;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (read(fd, &r, sizeof r) != (ssize_t)sizeof r) r = 0;
-        close(fd);
-    }
-    if (!r) r = (uint64_t)(td_now_sec() * 1e9);
-    snprintf(out, 40, "%016llx", (unsigned long long)r);
+    snprintf(out, 40, "%016llx", (unsigned long long)td_coord_random_seed());
 }
 
 static void on_tokenize(td_net_call *call, const ProtobufCMessage *msg, void *user) {
@@ -59,21 +50,10 @@ static void on_tokenize(td_net_call *call, const ProtobufCMessage *msg, void *us
         td_net_call_fail(call, TD_NET_INVALID_ARGUMENT, "text: not valid UTF-8");
         return;
     }
-    td_coord_worker *w = td_coord_members_pick(c->members, "verifier", NULL, NULL);
-    if (!w) {
-        td_net_call_fail(call, TD_NET_UNAVAILABLE, "no verifier available");
-        return;
-    }
     td_err err = {0};
-    int64_t left = td_net_call_deadline_ms(call);
-    const td_coord_model *m = td_coord_models_get(c->models, w, left == INT64_MAX ? 10000 : left, &err);
-    td_coord_members_put(c->members, w, m == NULL);
+    const td_coord_model *m = td_coord_model_for(c, q->model, td_net_call_deadline_ms(call), NULL, &err);
     if (!m) {
         td_net_call_fail(call, td_coord_grpc_code(err.code), "%s", err.msg);
-        return;
-    }
-    if (q->model[0] && strcmp(q->model, m->model_id) && strcmp(q->model, m->model_name)) {
-        td_net_call_fail(call, TD_NET_NOT_FOUND, "model: \"%.80s\" is not served here", q->model);
         return;
     }
     int32_t *ids = NULL;

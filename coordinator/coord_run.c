@@ -35,14 +35,14 @@ const td_coord_model *td_coord_model_for(td_coord *c, const char *name, int64_t 
         return NULL;
     }
     const td_coord_model *model = td_coord_models_get(c->models, w, left_ms == INT64_MAX ? 10000 : left_ms, err);
-    td_coord_members_put(c->members, w, false);
+    td_coord_members_put(c->members, w, model == NULL);
     if (!model) return NULL;
     if (name && name[0] && strcmp(name, model->model_id) && strcmp(name, model->model_name)) {
         td_err_set(err, TD_COORD_E_GRPC(TD_NET_NOT_FOUND), "model: \"%.80s\" is not served here (have %s, id %.16s)",
                    name, model->model_name, model->model_id);
         return NULL;
     }
-    snprintf(fingerprint, 160, "%s", model->fingerprint);
+    if (fingerprint) snprintf(fingerprint, 160, "%s", model->fingerprint);
     return model;
 }
 

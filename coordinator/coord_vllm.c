@@ -515,16 +515,19 @@ static const char *hf_architecture(const char *arch) {
     return arch;
 }
 
+/* The served model, or the call failed with the reason. */
+static const td_coord_model *model_or_fail(td_net_call *call, td_coord *c) {
+    td_err err = {0};
+    const td_coord_model *m = td_coord_model_for(c, NULL, td_net_call_deadline_ms(call), NULL, &err);
+    if (!m) td_net_call_fail(call, td_coord_grpc_code(err.code), "%s", err.msg);
+    return m;
+}
+
 static void on_model_info(td_net_call *call, const ProtobufCMessage *msg, void *user) {
     (void)msg;
     td_coord *c = user;
-    td_err err = {0};
-    char fingerprint[160];
-    const td_coord_model *m = td_coord_model_for(c, NULL, td_net_call_deadline_ms(call), fingerprint, &err);
-    if (!m) {
-        td_net_call_fail(call, td_coord_grpc_code(err.code), "%s", err.msg);
-        return;
-    }
+    const td_coord_model *m = model_or_fail(call, c);
+    if (!m) return;
     char arch[64] = "llama";
     const char *s;
     size_t len;
@@ -624,13 +627,9 @@ static void on_tokenizer(td_net_call *call, const ProtobufCMessage *msg, void *u
     (void)msg;
     td_coord *c = user;
     td_coord_vllm *v = c->vllm;
+    const td_coord_model *m = model_or_fail(call, c);
+    if (!m) return;
     td_err err = {0};
-    char fingerprint[160];
-    const td_coord_model *m = td_coord_model_for(c, NULL, td_net_call_deadline_ms(call), fingerprint, &err);
-    if (!m) {
-        td_net_call_fail(call, td_coord_grpc_code(err.code), "%s", err.msg);
-        return;
-    }
     /* the zip is copied out under the lock: another model's request may
      * replace the cache while this stream is still sending */
     pthread_mutex_lock(&v->mu);

@@ -153,7 +153,8 @@ void td_coord_metrics_stop(td_coord_metrics *m); /* accepts NULL */
 
 /* The model of the least-loaded verifier (Describe on first use), refused
  * with NOT_FOUND when name is given and is neither its id nor its name;
- * fingerprint receives the model's. NULL with *err set on failure. */
+ * fingerprint (may be NULL) receives the model's. NULL with *err set on
+ * failure (a worker whose Describe failed is avoided a while). */
 const td_coord_model *td_coord_model_for(td_coord *c, const char *name, int64_t left_ms, char fingerprint[160],
                                          td_err *err);
 
@@ -180,6 +181,8 @@ typedef struct td_coord_job {
 /* Runs the job to its end: TD_OK (finished: rq.stats.stop says why),
  * TD_COORD_GONE, or an error code with *err set. */
 int td_coord_run(td_coord *c, const td_coord_model *model, td_coord_job *job, td_err *err);
+/* 64 random bits (/dev/urandom; the clock and pid if it cannot be read):
+ * sampling seeds and request ids. */
 uint64_t td_coord_random_seed(void);
 /* Whether a drafter list names only known drafters (for flags). */
 int td_coord_drafters_check(const char *list, td_err *err);
