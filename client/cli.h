@@ -93,6 +93,7 @@ int td_cmd_info(int argc, char **argv);
 int td_cmd_perplexity(int argc, char **argv);
 int td_cmd_bench(int argc, char **argv);
 int td_cmd_bench_spec(int argc, char **argv);
+int td_cmd_bench_kernels(int argc, char **argv);
 int td_cmd_health(int argc, char **argv);
 int td_cmd_score(int argc, char **argv);
 

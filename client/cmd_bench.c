@@ -247,12 +247,14 @@ out:
 int td_cmd_bench(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "engine")) return bench_engine(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "spec")) return td_cmd_bench_spec(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "kernels")) return td_cmd_bench_kernels(argc - 1, argv + 1);
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         puts("usage: tandem bench engine [OPTIONS]   decode, prefill, verification cost, bandwidth\n"
              "       tandem bench spec --prompts F   speculative decoding vs plain, per task group\n"
+             "       tandem bench kernels [OPTIONS]  matmul kernels against the CPU's peak and bandwidth\n"
              "(see --help of each)");
         return 0;
     }
-    fprintf(stderr, "usage: tandem bench engine|spec [OPTIONS]\n");
+    fprintf(stderr, "usage: tandem bench engine|spec|kernels [OPTIONS]\n");
     return 2;
 }

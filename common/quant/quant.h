@@ -125,4 +125,12 @@ const char *td_numerics_name(td_numerics order);
 int td_quant_activations(uint32_t wtype, const float *x, int64_t n_in,
                           int64_t n_rows, void *dst);
 
+/* The integer dot instructions of the kernels, for measuring one core's
+ * peak: form 0, 1, 2... names one ("vpdpbusd zmm", ...); false when there is
+ * no such form or this CPU does not run it. td_quant_peak_run issues iters x
+ * macs_per_iter int8 multiply-adds back to back on independent accumulators
+ * (time it to get the rate); its value means nothing. */
+bool td_quant_peak_form(int form, const char **name, int64_t *macs_per_iter);
+int64_t td_quant_peak_run(int form, int64_t iters);
+
 #endif

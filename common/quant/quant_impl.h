@@ -195,4 +195,10 @@ void td_quant_avx512_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_
                                       int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                       float *y, int64_t y_stride);
 
+/* Peak-rate loops (quant_peak_*.c): iters x (chains) dot instructions on the
+ * 128 bytes at src; the return value only keeps the work alive. */
+int64_t td_quant_avx512_peak_dpbusd_zmm(const uint8_t *src, int64_t iters);
+int64_t td_quant_avx512_peak_dpbusd_ymm(const uint8_t *src, int64_t iters);
+int64_t td_quant_avx2_peak_maddubs_ymm(const uint8_t *src, int64_t iters);
+
 #endif

@@ -925,9 +925,57 @@ static void bad_arguments_are_errors(void **state) {
     assert_int_equal(td_quant_activations(TD_TYPE_Q8_0, x, 32, 2, xq), TD_OK);
 }
 
+/* The peak loops of `tandem bench kernels` do what their names say: the
+ * value each returns is the sum of its accumulators, which a scalar model of
+ * the instruction predicts exactly (iters x chains x the per-lane products,
+ * with vpmaddubsw's int16 saturation), so a loop that skipped work, or ran
+ * another instruction, would show. Forms this CPU lacks are skipped. */
+static int32_t sat16(int32_t v) { return v > 32767 ? 32767 : v < -32768 ? -32768 : v; }
+
+static void peak_loops_compute_what_they_claim(void **state) {
+    (void)state;
+    uint8_t src[128];
+    for (int i = 0; i < 128; i++) src[i] = (uint8_t)(i * 37 + 11); /* as td_quant_peak_run fills it */
+    const int64_t iters = 1000;
+    int forms = 0;
+    for (int f = 0; f < 8; f++) {
+        const char *name;
+        int64_t per_iter;
+        if (!td_quant_peak_form(f, &name, &per_iter)) continue;
+        forms++;
+        bool zmm = strstr(name, "zmm") != NULL, dpbusd = strstr(name, "vpdpbusd") != NULL;
+        int width = zmm ? 64 : 32, lanes = width / 4, chains = (int)(per_iter / width);
+        const uint8_t *a = src, *b = src + width;
+        int64_t per_lane_sum = 0; /* one step of one chain, all lanes */
+        for (int l = 0; l < lanes; l++) {
+            int32_t d = 0;
+            if (dpbusd) {
+                for (int j = 0; j < 4; j++) d += (int32_t)a[4 * l + j] * (int8_t)b[4 * l + j];
+            } else {
+                for (int h = 0; h < 2; h++) {
+                    int k = 4 * l + 2 * h;
+                    d += sat16((int32_t)a[k] * (int8_t)b[k] + (int32_t)a[k + 1] * (int8_t)b[k + 1]);
+                }
+            }
+            per_lane_sum += d;
+        }
+        int64_t start = 0; /* chain c starts at c in every lane */
+        for (int c = 0; c < chains; c++) start += (int64_t)c * lanes;
+        int64_t want = start + iters * chains * per_lane_sum;
+        int64_t got = td_quant_peak_run(f, iters);
+        if (zmm) want = (int32_t)(uint32_t)want; /* its reduction is 32-bit */
+        assert_int_equal(got, want);
+    }
+    if (strcmp(td_quant_kernel_name(), "scalar") != 0) assert_true(forms > 0);
+    assert_false(td_quant_peak_form(-1, NULL, NULL));
+    assert_false(td_quant_peak_form(1000, NULL, NULL));
+    assert_int_equal(td_quant_peak_run(1000, 10), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(table_facts),
+        cmocka_unit_test(peak_loops_compute_what_they_claim),
         cmocka_unit_test(bad_arguments_are_errors),
         cmocka_unit_test(kernel_set_read_once),
         cmocka_unit_test(fast_matmul_vs_scalar_reference),
