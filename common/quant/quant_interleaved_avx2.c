@@ -349,3 +349,166 @@ void TD_KERNEL(matmul_q8_0_fast)(const void *W, size_t w_stride, int64_t n_in, i
     legacy_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
 }
 LEGACY(q5_1, L_Q5_1)
+
+#ifdef TD_QUANT_VNNI
+/* ---- 512-bit forms of the FAST Q4_1 and Q8_0 kernels (AVX512-VNNI builds) ----
+ *
+ * Two neighbouring groups share each zmm: group g in the low half, g + 1 in
+ * the high half, so one vpdpbusd chain gives both groups' integer sums and
+ * every activation vector is one load. The float steps then run per group,
+ * low half first, exactly as legacy_group orders them (convert, d_x * d_y,
+ * fma, then the m_x * s fma): the same operations on the same values, so
+ * the bits are the 256-bit kernel's, and so the AVX2 kernel's. A row pass
+ * that would not fit the scratch whole goes to the 256-bit kernel, which
+ * gives the same bits. */
+
+#define PAIR_BYTES (2 * GROUP_BYTES) /* codes g|g+1 x 4 at +64v, dy g|g+1 at +256, second g|g+1 at +320 */
+
+#ifdef TD_QUANT_SIMDE
+#define WIDE_INLINE static __attribute__((noinline, unused)) /* see DOT4_INLINE */
+#else
+#define WIDE_INLINE static inline
+#endif
+
+WIDE_INLINE __m512i join256(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* Both groups' sums, as floats, low group first. */
+WIDE_INLINE void cvt_halves(__m512i s, __m256 *lo, __m256 *hi) {
+#ifdef TD_QUANT_SIMDE /* SIMDe has no 512-bit convert; per half is the same per lane */
+    *lo = _mm256_cvtepi32_ps(_mm512_castsi512_si256(s));
+    *hi = _mm256_cvtepi32_ps(_mm512_extracti64x4_epi64(s, 1));
+#else
+    __m512 f = _mm512_cvtepi32_ps(s);
+    *lo = _mm512_castps512_ps256(f);
+    *hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1));
+#endif
+}
+
+/* Activation row blocks [0, nb) as pairs of legacy_prep groups; a missing
+ * last group of a pair is zeros (and never used). */
+INLINE void wide_prep(enum lkind k, const uint8_t *yrow, int64_t nb, uint8_t *dst) {
+    _Alignas(32) uint8_t two[2 * GROUP_BYTES];
+    const int64_t ng = (nb + GB - 1) / GB;
+    for (int64_t g = 0; g < ng; g += 2, dst += PAIR_BYTES) {
+        memset(two, 0, sizeof two);
+        for (int h = 0; h < 2 && g + h < ng; h++) {
+            const int64_t b0 = (g + h) * GB, b1 = b0 + GB < nb ? b0 + GB : nb;
+            legacy_prep(k, yrow, b0, b1, two + h * GROUP_BYTES);
+        }
+        for (int v = 0; v < GB; v++)
+            for (int h = 0; h < 2; h++) memcpy(dst + 64 * v + 32 * h, two + h * GROUP_BYTES + 32 * v, 32);
+        for (int h = 0; h < 2; h++) {
+            memcpy(dst + 256 + 32 * h, two + h * GROUP_BYTES + 128, 32);
+            memcpy(dst + 320 + 32 * h, two + h * GROUP_BYTES + 160, 32);
+        }
+    }
+}
+
+/* One pair of groups of one weight row (nv0, nv1 blocks; nv1 = 0: no second
+ * group) against nr prepared rows. */
+INLINE void wide_pair(enum lkind k, int nr, int nv0, int nv1, const uint8_t *wg, const uint8_t *ya, size_t yrs,
+                      __m256 *acc) {
+    const size_t wb = w_bytes(k);
+    __m256i w0[GB], w1[GB];
+    __m256 dx0, mx0, dx1 = _mm256_setzero_ps(), mx1 = _mm256_setzero_ps();
+    w_group(k, wg, nv0, w0);
+    load_dm(wg, wb, nv0, &dx0, &mx0);
+    if (nv1 > 0) {
+        w_group(k, wg + GB * wb, nv1, w1);
+        load_dm(wg + GB * wb, wb, nv1, &dx1, &mx1);
+    } else {
+        UNROLL
+        for (int v = 0; v < GB; v++) w1[v] = _mm256_setzero_si256();
+    }
+    __m512i w[GB];
+    __mmask64 neg[GB] = {0, 0, 0, 0};
+    UNROLL
+    for (int v = 0; v < GB; v++) {
+        w[v] = join256(w0[v], w1[v]);
+        if (k == L_Q8_0) { /* |w| * (y negated where w < 0): w * y, as legacy_group's sign trick */
+            neg[v] = _mm512_movepi8_mask(w[v]);
+            w[v] = _mm512_abs_epi8(w[v]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *yp = ya + (size_t)r * yrs;
+        __m512i s = _mm512_setzero_si512();
+        UNROLL
+        for (int v = 0; v < GB; v++) {
+            __m512i yv = _mm512_loadu_si512(yp + 64 * v);
+            if (k == L_Q8_0) yv = _mm512_mask_sub_epi8(yv, neg[v], _mm512_setzero_si512(), yv);
+            s = _mm512_dpbusd_epi32(s, w[v], yv);
+        }
+        __m256 f0, f1;
+        cvt_halves(s, &f0, &f1);
+        acc[r] = _mm256_fmadd_ps(f0, _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(yp + 256))), acc[r]);
+        if (act_q8_1(k))
+            acc[r] = _mm256_fmadd_ps(mx0, _mm256_loadu_ps((const float *)(yp + 320)), acc[r]);
+        if (nv1 > 0) {
+            acc[r] = _mm256_fmadd_ps(f1, _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(yp + 288))), acc[r]);
+            if (act_q8_1(k))
+                acc[r] = _mm256_fmadd_ps(mx1, _mm256_loadu_ps((const float *)(yp + 352)), acc[r]);
+        }
+    }
+}
+
+INLINE void wide_rows(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0, int64_t o1, int64_t nb,
+                      const uint8_t *ya, size_t yrs, float *y, int64_t y_stride) {
+    const size_t wb = w_bytes(k);
+    const int64_t ng = (nb + GB - 1) / GB;
+    for (int64_t o = o0; o < o1; o++) {
+        const uint8_t *w = W + (size_t)o * w_stride;
+        __m256 acc[TILE_ROWS];
+        UNROLL
+        for (int r = 0; r < nr; r++) acc[r] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < ng; g += 2) {
+            const int64_t left0 = nb - g * GB, left1 = nb - (g + 1) * GB;
+            const int nv0 = left0 < GB ? (int)left0 : GB, nv1 = left1 <= 0 ? 0 : left1 < GB ? (int)left1 : GB;
+            wide_pair(k, nr, nv0, nv1, w + g * GB * wb, ya + (g / 2) * PAIR_BYTES, yrs, acc);
+        }
+        UNROLL
+        for (int r = 0; r < nr; r++) y[r * y_stride + o] = hsum_ps(acc[r]);
+    }
+}
+
+INLINE void wide_rows_nr(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0, int64_t o1, int64_t nb,
+                         const uint8_t *ya, size_t yrs, float *y, int64_t y_stride) {
+#define ROWS(n) wide_rows(k, n, W, w_stride, o0, o1, nb, ya, yrs, y, y_stride)
+    TD_TILE_DISPATCH(nr, ROWS)
+#undef ROWS
+}
+
+/* false: the rows do not fit the scratch whole; nothing was computed. */
+INLINE bool wide_matmul(enum lkind k, const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                        const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+    const int64_t nb = n_in / TD_QK, ng = (nb + GB - 1) / GB, np = (ng + 1) / 2;
+    const size_t yrs = (size_t)np * PAIR_BYTES;
+    if ((size_t)n_rows * yrs > SCRATCH) return false;
+    _Alignas(64) uint8_t scratch[SCRATCH];
+    const uint8_t *X = xq;
+    for (int64_t r = 0; r < n_rows; r++) wide_prep(k, X + (size_t)r * x_stride, nb, scratch + r * yrs);
+    for (int64_t o0 = o_lo; o0 < o_hi; o0 += O_BLOCK) {
+        const int64_t o1 = o0 + O_BLOCK < o_hi ? o0 + O_BLOCK : o_hi;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
+            const int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
+            wide_rows_nr(k, nr, W, w_stride, o0, o1, nb, scratch + r0 * yrs, yrs, y + r0 * y_stride, y_stride);
+        }
+    }
+    return true;
+}
+
+void TD_KERNEL(matmul_q4_1_fast_zmm)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                                     const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+    if (!wide_matmul(L_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride))
+        legacy_matmul(L_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
+}
+
+void TD_KERNEL(matmul_q8_0_fast_zmm)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
+                                     const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
+    if (!wide_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride))
+        legacy_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
+}
+#endif /* TD_QUANT_VNNI */
