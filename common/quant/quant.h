@@ -81,10 +81,7 @@ uint16_t td_f32_to_bf16(float f);
  *   FAST: interleaved kernels that share that work across four blocks;
  *     passes over several activation rows (prefill, verification) cost
  *     noticeably less, and results differ from the reference in the last
- *     bits. Q4_1 and Q8_0 sum even and odd groups of four blocks apart and
- *     add the two at the end (the order of a 512-bit vector holding two
- *     groups), on every CPU alike: AVX2 and AVX-512 workers agree bit for
- *     bit. The engine's default (td_ctx).
+ *     bits. The engine's default (td_ctx).
  *   TP_INVARIANT: FAST's kernels; the model sums the projections whose
  *     inputs a tensor-parallel split cuts (attention output, MLP down) chunk
  *     by fixed chunk, left to right, so a model split across N ranks gives

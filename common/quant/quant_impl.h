@@ -194,14 +194,6 @@ void td_quant_avx512_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n_
 void td_quant_avx512_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
                                       int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                       float *y, int64_t y_stride);
-/* The same two on 512-bit vectors (two groups per vector; AVX512F and BW
- * besides VNNI and VL): the same bits. */
-void td_quant_avx512_matmul_q4_1_fast_zmm(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
-                                          int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
-                                          float *y, int64_t y_stride);
-void td_quant_avx512_matmul_q8_0_fast_zmm(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
-                                          int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
-                                          float *y, int64_t y_stride);
 
 /* Peak-rate loops (quant_peak_*.c): iters x (chains) dot instructions on the
  * 128 bytes at src; the return value only keeps the work alive. */

@@ -5,10 +5,6 @@
  * AVX512-VNNI (quant_simd.h: the same integer sums, one instruction); reached
  * only through the table td_quant_traits hands out after checking the CPU.
  *
- * The AVX512-VNNI builds also hold 512-bit forms of the FAST Q4_1 and Q8_0
- * kernels (two groups per vector, at the end of this file), which compute
- * the 256-bit kernels' bits; the table uses them where the CPU has AVX512BW.
- *
  * Each (weight row, activation row) pair owns its accumulator and goes
  * through the same operations whichever tile or pass it is computed in, so
  * td_quant_matmul results do not depend on batch size or output range.
@@ -57,12 +53,6 @@ INLINE size_t w_bytes(enum lkind k) {
 INLINE bool act_q8_1(enum lkind k) { return k == L_Q4_1 || k == L_Q5_1; }
 INLINE size_t y_bytes(enum lkind k) { return act_q8_1(k) ? 36 : 34; }
 INLINE size_t y_qs(enum lkind k) { return act_q8_1(k) ? 4 : 2; }
-/* The FAST kernels of Q4_1 and Q8_0 sum in two lane sets: even groups into
- * one, odd groups into the other, added only at the end. That is the order a
- * 512-bit vector gives when it holds two groups (the wide kernels below), so
- * the 256-bit builds compute the very same bits; the other formats keep one
- * lane set. */
-INLINE bool paired(enum lkind k) { return k == L_Q4_1 || k == L_Q8_0; }
 /* Q4_0/Q5_0 are computed on unsigned codes c = w + bias, then corrected
  * with bias * sum(y) per block (exact integers). */
 INLINE int bias_shift(enum lkind k) { return k == L_Q4_0 ? 3 : k == L_Q5_0 ? 4 : 0; }
@@ -199,36 +189,23 @@ INLINE void legacy_group(enum lkind k, int nr, int nv, const uint8_t *wg, const 
 }
 
 /* Groups [g0, g1) of weight row w (nb blocks in all) against nr activation
- * rows prepared from group g0 on (row stride yrs), accumulating into acc:
- * acc[r], and for paired formats acc[TILE_ROWS + r] for the odd groups. */
+ * rows prepared from group g0 on (row stride yrs), accumulating into acc. */
 INLINE void legacy_tile(enum lkind k, int nr, const uint8_t *w, int64_t nb, const uint8_t *ya,
                         size_t yrs, int64_t g0, int64_t g1, __m256 *acc) {
     const size_t wb = w_bytes(k);
-    __m256 a[2 * TILE_ROWS];
+    __m256 a[TILE_ROWS];
     UNROLL
-    for (int r = 0; r < nr; r++) {
+    for (int r = 0; r < nr; r++)
         a[r] = acc[r];
-        if (paired(k)) a[TILE_ROWS + r] = acc[TILE_ROWS + r];
-    }
     const int64_t full = g1 * GB <= nb ? g1 : g1 - 1; /* the last group may be short */
     int64_t g = g0;
     for (; g < full; g++)
-        legacy_group(k, nr, GB, w + g * GB * wb, ya + (g - g0) * GROUP_BYTES, yrs,
-                     paired(k) && (g & 1) ? a + TILE_ROWS : a);
+        legacy_group(k, nr, GB, w + g * GB * wb, ya + (g - g0) * GROUP_BYTES, yrs, a);
     if (g < g1)
-        legacy_group(k, nr, (int)(nb - g * GB), w + g * GB * wb, ya + (g - g0) * GROUP_BYTES, yrs,
-                     paired(k) && (g & 1) ? a + TILE_ROWS : a);
+        legacy_group(k, nr, (int)(nb - g * GB), w + g * GB * wb, ya + (g - g0) * GROUP_BYTES, yrs, a);
     UNROLL
-    for (int r = 0; r < nr; r++) {
+    for (int r = 0; r < nr; r++)
         acc[r] = a[r];
-        if (paired(k)) acc[TILE_ROWS + r] = a[TILE_ROWS + r];
-    }
-}
-
-/* The result of a pair's accumulators: both lane sets added, then the
- * eight lanes. */
-INLINE float legacy_result(enum lkind k, const __m256 *acc, int r) {
-    return hsum_ps(paired(k) ? _mm256_add_ps(acc[r], acc[TILE_ROWS + r]) : acc[r]);
 }
 
 /* Interleaves blocks [b0, b1) of one activation row into dst (layout as in
@@ -268,35 +245,30 @@ INLINE void legacy_prep(enum lkind k, const uint8_t *yrow, int64_t b0, int64_t b
 /* Weight rows [o0, o1) against nr prepared activation rows (at ya, stride
  * yrs); results to y[r * y_stride + o]. The accumulators of a pair live in
  * acc_mem between calls when the rows' groups come in chunks (acc_mem then
- * holds O_BLOCK x 2 TILE_ROWS vectors, the second half the odd groups of
- * paired formats); with acc_mem NULL the whole row is
+ * holds O_BLOCK x TILE_ROWS vectors); with acc_mem NULL the whole row is
  * done in one call and stored. */
 INLINE void legacy_rows(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0,
                         int64_t o1, int64_t nb, const uint8_t *ya, size_t yrs, int64_t g0,
-                        int64_t g1, __m256 (*acc_mem)[2 * TILE_ROWS], float *y, int64_t y_stride) {
+                        int64_t g1, __m256 (*acc_mem)[TILE_ROWS], float *y, int64_t y_stride) {
     for (int64_t o = o0; o < o1; o++) {
-        __m256 acc[2 * TILE_ROWS];
+        __m256 acc[TILE_ROWS];
         UNROLL
-        for (int r = 0; r < nr; r++) {
+        for (int r = 0; r < nr; r++)
             acc[r] = acc_mem ? acc_mem[o - o0][r] : _mm256_setzero_ps();
-            if (paired(k)) acc[TILE_ROWS + r] = acc_mem ? acc_mem[o - o0][TILE_ROWS + r] : _mm256_setzero_ps();
-        }
         legacy_tile(k, nr, W + (size_t)o * w_stride, nb, ya, yrs, g0, g1, acc);
         UNROLL
         for (int r = 0; r < nr; r++) {
-            if (acc_mem) {
+            if (acc_mem)
                 acc_mem[o - o0][r] = acc[r];
-                if (paired(k)) acc_mem[o - o0][TILE_ROWS + r] = acc[TILE_ROWS + r];
-            } else {
-                y[r * y_stride + o] = legacy_result(k, acc, r);
-            }
+            else
+                y[r * y_stride + o] = hsum_ps(acc[r]);
         }
     }
 }
 
 INLINE void legacy_rows_nr(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0,
                            int64_t o1, int64_t nb, const uint8_t *ya, size_t yrs, int64_t g0,
-                           int64_t g1, __m256 (*acc_mem)[2 * TILE_ROWS], float *y, int64_t y_stride) {
+                           int64_t g1, __m256 (*acc_mem)[TILE_ROWS], float *y, int64_t y_stride) {
 #define ROWS(n) legacy_rows(k, n, W, w_stride, o0, o1, nb, ya, yrs, g0, g1, acc_mem, y, y_stride)
     TD_TILE_DISPATCH(nr, ROWS)
 #undef ROWS
@@ -324,7 +296,7 @@ INLINE void legacy_matmul(enum lkind k, const void *W, size_t w_stride, int64_t 
     if (all_fit)
         for (int64_t r = 0; r < n_rows; r++)
             legacy_prep(k, X + (size_t)r * x_stride, 0, nb, scratch + r * yrs);
-    __m256 acc[O_BLOCK][2 * TILE_ROWS];
+    __m256 acc[O_BLOCK][TILE_ROWS];
     for (int64_t o0 = o_lo; o0 < o_hi; o0 += O_BLOCK) {
         const int64_t o1 = o0 + O_BLOCK < o_hi ? o0 + O_BLOCK : o_hi;
         for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
@@ -339,7 +311,7 @@ INLINE void legacy_matmul(enum lkind k, const void *W, size_t w_stride, int64_t 
                 continue;
             }
             for (int64_t o = 0; o < O_BLOCK; o++)
-                for (int r = 0; r < 2 * TILE_ROWS; r++)
+                for (int r = 0; r < TILE_ROWS; r++)
                     acc[o][r] = _mm256_setzero_ps();
             for (int64_t g0 = 0; g0 < ng; g0 += cg) {
                 const int64_t g1 = g0 + cg < ng ? g0 + cg : ng;
@@ -350,7 +322,7 @@ INLINE void legacy_matmul(enum lkind k, const void *W, size_t w_stride, int64_t 
             }
             for (int64_t o = o0; o < o1; o++)
                 for (int r = 0; r < nr; r++)
-                    y[(r0 + r) * y_stride + o] = legacy_result(k, acc[o - o0], r);
+                    y[(r0 + r) * y_stride + o] = hsum_ps(acc[o - o0][r]);
         }
     }
 }
@@ -377,218 +349,3 @@ void TD_KERNEL(matmul_q8_0_fast)(const void *W, size_t w_stride, int64_t n_in, i
     legacy_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
 }
 LEGACY(q5_1, L_Q5_1)
-
-#ifdef TD_QUANT_VNNI
-/* ---- 512-bit forms of the FAST Q4_1 and Q8_0 kernels (AVX512-VNNI builds) ----
- *
- * A zmm holds two neighbouring groups, even in the low half, odd in the
- * high half: the two lane sets of paired formats side by side. One vpdpbusd
- * chain gives both groups' integer sums, and the float steps (convert, d_x *
- * d_y, fma, then the m_x * s fma) run once for both, per lane the operations
- * legacy_group applies to the lane set of its group: the same bits as the
- * 256-bit builds, at half the instructions per row. A pass whose rows would
- * not fit the scratch whole goes to legacy_matmul, which gives the same
- * bits. */
-
-#define PAIR_BYTES (2 * GROUP_BYTES) /* codes g|g+1 x 4 at +64v, dy g|g+1 at +256, second g|g+1 at +320 */
-
-#ifdef TD_QUANT_SIMDE
-#define WIDE_INLINE static __attribute__((noinline, unused)) /* see DOT4_INLINE */
-#else
-#define WIDE_INLINE static inline
-#endif
-
-WIDE_INLINE __m512i join256(__m256i lo, __m256i hi) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-WIDE_INLINE __m512 join256_ps(__m256 lo, __m256 hi) {
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
-}
-
-WIDE_INLINE __m512 cvt512(__m512i s) {
-#ifdef TD_QUANT_SIMDE /* SIMDe has no 512-bit convert; per half is the same per lane */
-    return join256_ps(_mm256_cvtepi32_ps(_mm512_castsi512_si256(s)),
-                      _mm256_cvtepi32_ps(_mm512_extracti64x4_epi64(s, 1)));
-#else
-    return _mm512_cvtepi32_ps(s);
-#endif
-}
-
-/* legacy_result of a zmm accumulator: low half + high half, then hsum_ps. */
-WIDE_INLINE float wide_result(__m512 acc) {
-    __m256 lo = _mm512_castps512_ps256(acc);
-    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
-    return hsum_ps(_mm256_add_ps(lo, hi));
-}
-
-/* Activation row blocks [0, nb) as pairs of legacy_prep groups; a missing
- * last group of a pair is zeros. */
-INLINE void wide_prep(enum lkind k, const uint8_t *yrow, int64_t nb, uint8_t *dst) {
-    _Alignas(32) uint8_t two[2 * GROUP_BYTES];
-    const int64_t ng = (nb + GB - 1) / GB;
-    for (int64_t g = 0; g < ng; g += 2, dst += PAIR_BYTES) {
-        memset(two, 0, sizeof two);
-        for (int h = 0; h < 2 && g + h < ng; h++) {
-            const int64_t b0 = (g + h) * GB, b1 = b0 + GB < nb ? b0 + GB : nb;
-            legacy_prep(k, yrow, b0, b1, two + h * GROUP_BYTES);
-        }
-        for (int v = 0; v < GB; v++)
-            for (int h = 0; h < 2; h++) memcpy(dst + 64 * v + 32 * h, two + h * GROUP_BYTES + 32 * v, 32);
-        for (int h = 0; h < 2; h++) {
-            memcpy(dst + 256 + 32 * h, two + h * GROUP_BYTES + 128, 32);
-            memcpy(dst + 320 + 32 * h, two + h * GROUP_BYTES + 160, 32);
-        }
-    }
-}
-
-/* A whole pair of Q4_1 groups (8 blocks, 160 bytes) straight into the
- * 512-bit layout: the code bytes of blocks 0-3 and 4-7 gathered by word
- * permutes from overlapping loads, then qword permutes into the halves
- * w_group gives each group, and the 16 fp16 scales by one more permute. A
- * handful of shuffles where the per-group path takes about twenty: port 5 is
- * what a one-row pass waits on. */
-WIDE_INLINE void wide_w_q4_1(const uint8_t *wg, __m512i w[GB], __m512 *dx, __m512 *mx) {
-    const __m512i r0 = _mm512_loadu_si512(wg), r1 = _mm512_loadu_si512(wg + 64);
-    const __m512i r2 = _mm512_loadu_si512(wg + 32), r3 = _mm512_loadu_si512(wg + 96);
-    const __m512i r4 = _mm512_loadu_si512(wg + 80);
-    /* word i of blocks 0-3: block i/8, code word i%8 at byte 20(i/8) + 4 + 2(i%8) of r0:r1;
-     * of blocks 4-7, the same from byte 32 on (r2:r3) */
-    const __m512i ia = _mm512_set_epi16(39, 38, 37, 36, 35, 34, 33, 32, 29, 28, 27, 26, 25, 24, 23, 22,
-                                        19, 18, 17, 16, 15, 14, 13, 12, 9, 8, 7, 6, 5, 4, 3, 2);
-    const __m512i ib = _mm512_set_epi16(63, 62, 61, 60, 59, 58, 57, 56, 53, 52, 51, 50, 49, 48, 47, 46,
-                                        43, 42, 41, 40, 39, 38, 37, 36, 33, 32, 31, 30, 29, 28, 27, 26);
-    const __m512i a = _mm512_permutex2var_epi16(r0, ia, r1), b = _mm512_permutex2var_epi16(r2, ib, r3);
-    const __m512i lo = _mm512_permutex2var_epi64(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
-    const __m512i hi = _mm512_permutex2var_epi64(a, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), b);
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    w[0] = _mm512_and_si512(lo, m4);
-    w[1] = _mm512_and_si512(hi, m4);
-    w[2] = _mm512_and_si512(_mm512_srli_epi16(lo, 4), m4);
-    w[3] = _mm512_and_si512(_mm512_srli_epi16(hi, 4), m4);
-    /* d and m of block j are words 10j, 10j + 1: blocks 0-3 in r0, 4-7 in r4 (from byte 80) */
-    const __m512i idm = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                         32 + 31, 32 + 30, 32 + 21, 32 + 20, 32 + 11, 32 + 10, 32 + 1, 32 + 0,
-                                         31, 30, 21, 20, 11, 10, 1, 0);
-    const __m256i h = _mm512_castsi512_si256(_mm512_permutex2var_epi16(r0, idm, r4));
-#ifdef TD_QUANT_SIMDE /* no 512-bit fp16 convert in SIMDe */
-    const __m512 f = join256_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)));
-#else
-    const __m512 f = _mm512_cvtph_ps(h);
-#endif
-    *dx = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12, 14, 14), f);
-    *mx = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15), f);
-}
-
-/* One pair of groups of one weight row (nv0, nv1 blocks; nv1 = 0: no odd
- * group, its lanes get zeros, which leave them as they are) against nr
- * prepared rows. */
-INLINE void wide_pair(enum lkind k, int nr, int nv0, int nv1, const uint8_t *wg, const uint8_t *ya, size_t yrs,
-                      __m512 *acc) {
-    const size_t wb = w_bytes(k);
-    __m512i w[GB];
-    __m512 dx, mx;
-    if (k == L_Q4_1 && nv0 == GB && nv1 == GB) {
-        wide_w_q4_1(wg, w, &dx, &mx);
-    } else {
-        __m256i w0[GB], w1[GB];
-        __m256 dx0, mx0, dx1 = _mm256_setzero_ps(), mx1 = _mm256_setzero_ps();
-        w_group(k, wg, nv0, w0);
-        load_dm(wg, wb, nv0, &dx0, &mx0);
-        if (nv1 > 0) {
-            w_group(k, wg + GB * wb, nv1, w1);
-            load_dm(wg + GB * wb, wb, nv1, &dx1, &mx1);
-        } else {
-            UNROLL
-            for (int v = 0; v < GB; v++) w1[v] = _mm256_setzero_si256();
-        }
-        dx = join256_ps(dx0, dx1);
-        mx = join256_ps(mx0, mx1);
-        UNROLL
-        for (int v = 0; v < GB; v++) w[v] = join256(w0[v], w1[v]);
-    }
-    __mmask64 neg[GB] = {0, 0, 0, 0};
-    if (k == L_Q8_0) { /* |w| * (y negated where w < 0): w * y, as legacy_group's sign trick */
-        UNROLL
-        for (int v = 0; v < GB; v++) {
-            neg[v] = _mm512_movepi8_mask(w[v]);
-            w[v] = _mm512_abs_epi8(w[v]);
-        }
-    }
-    UNROLL
-    for (int r = 0; r < nr; r++) {
-        const uint8_t *yp = ya + (size_t)r * yrs;
-        __m512i s = _mm512_setzero_si512();
-        UNROLL
-        for (int v = 0; v < GB; v++) {
-            __m512i yv = _mm512_loadu_si512(yp + 64 * v);
-            if (k == L_Q8_0) yv = _mm512_mask_sub_epi8(yv, neg[v], _mm512_setzero_si512(), yv);
-            s = _mm512_dpbusd_epi32(s, w[v], yv);
-        }
-        acc[r] = _mm512_fmadd_ps(cvt512(s), _mm512_mul_ps(dx, _mm512_loadu_ps((const float *)(yp + 256))), acc[r]);
-        if (act_q8_1(k))
-            acc[r] = _mm512_fmadd_ps(mx, _mm512_loadu_ps((const float *)(yp + 320)), acc[r]);
-    }
-}
-
-INLINE void wide_rows(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0, int64_t o1, int64_t nb,
-                      const uint8_t *ya, size_t yrs, float *y, int64_t y_stride) {
-    const size_t wb = w_bytes(k);
-    const int64_t ng = (nb + GB - 1) / GB;
-    for (int64_t o = o0; o < o1; o++) {
-        const uint8_t *w = W + (size_t)o * w_stride;
-        __m512 acc[TILE_ROWS];
-        UNROLL
-        for (int r = 0; r < nr; r++) acc[r] = _mm512_setzero_ps();
-        for (int64_t g = 0; g < ng; g += 2) {
-            const int64_t left0 = nb - g * GB, left1 = nb - (g + 1) * GB;
-            const int nv0 = left0 < GB ? (int)left0 : GB, nv1 = left1 <= 0 ? 0 : left1 < GB ? (int)left1 : GB;
-            wide_pair(k, nr, nv0, nv1, w + g * GB * wb, ya + (g / 2) * PAIR_BYTES, yrs, acc);
-        }
-        UNROLL
-        for (int r = 0; r < nr; r++) y[r * y_stride + o] = wide_result(acc[r]);
-    }
-}
-
-INLINE void wide_rows_nr(enum lkind k, int nr, const uint8_t *W, size_t w_stride, int64_t o0, int64_t o1, int64_t nb,
-                         const uint8_t *ya, size_t yrs, float *y, int64_t y_stride) {
-#define ROWS(n) wide_rows(k, n, W, w_stride, o0, o1, nb, ya, yrs, y, y_stride)
-    TD_TILE_DISPATCH(nr, ROWS)
-#undef ROWS
-}
-
-/* false: one row, or rows that do not fit the scratch whole; nothing was
- * computed. One row goes to the 256-bit kernel because a one-row pass waits
- * on the weight shuffles, and with 512-bit uops in flight Intel cores give
- * vector work one port fewer (measured: Q8_0 0.018 ms at 512 bits against
- * 0.016 at 256 on the `tandem bench kernels` hot matrix). */
-INLINE bool wide_matmul(enum lkind k, const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                        const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
-    const int64_t nb = n_in / TD_QK, ng = (nb + GB - 1) / GB, np = (ng + 1) / 2;
-    const size_t yrs = (size_t)np * PAIR_BYTES;
-    if (n_rows < 2 || (size_t)n_rows * yrs > SCRATCH) return false;
-    _Alignas(64) uint8_t scratch[SCRATCH];
-    const uint8_t *X = xq;
-    for (int64_t r = 0; r < n_rows; r++) wide_prep(k, X + (size_t)r * x_stride, nb, scratch + r * yrs);
-    for (int64_t o0 = o_lo; o0 < o_hi; o0 += O_BLOCK) {
-        const int64_t o1 = o0 + O_BLOCK < o_hi ? o0 + O_BLOCK : o_hi;
-        for (int64_t r0 = 0; r0 < n_rows; r0 += TILE_ROWS) {
-            const int nr = n_rows - r0 < TILE_ROWS ? (int)(n_rows - r0) : TILE_ROWS;
-            wide_rows_nr(k, nr, W, w_stride, o0, o1, nb, scratch + r0 * yrs, yrs, y + r0 * y_stride, y_stride);
-        }
-    }
-    return true;
-}
-
-void TD_KERNEL(matmul_q4_1_fast_zmm)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                     const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
-    if (!wide_matmul(L_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride))
-        legacy_matmul(L_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
-}
-
-void TD_KERNEL(matmul_q8_0_fast_zmm)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                     const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
-    if (!wide_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride))
-        legacy_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
-}
-#endif /* TD_QUANT_VNNI */

@@ -108,28 +108,10 @@ static const quant_row *choose_table(void) {
     return ref_table;
 }
 
-/* Whether the VNNI set's FAST Q4_1/Q8_0 matmuls run on 512-bit vectors:
- * where the CPU has AVX512F and BW, unless TD_KERNELS=avx512-256 keeps them
- * on 256 bits (A/B timing; the results are the same bits either way). */
-static bool choose_wide(const quant_row *table) {
-#ifdef HAVE_AVX2_TABLE
-    const char *cap = getenv("TD_KERNELS");
-    return table == avx512_table && !(cap && !strcmp(cap, "avx512-256")) && __builtin_cpu_supports("avx512f") &&
-           __builtin_cpu_supports("avx512bw");
-#else
-    (void)table;
-    return false;
-#endif
-}
-
 static const quant_row *chosen_table;
-static bool chosen_wide;
 static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
 
-static void choose_once(void) {
-    chosen_table = choose_table();
-    chosen_wide = choose_wide(chosen_table);
-}
+static void choose_once(void) { chosen_table = choose_table(); }
 
 static const quant_row *active_table(void) {
     pthread_once(&chosen_once, choose_once);
@@ -170,8 +152,8 @@ td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
         if (type == TD_TYPE_Q8_0) return td_quant_avx2_matmul_q8_0_fast;
     }
     if (order == TD_NUMERICS_FAST && table == avx512_table) {
-        if (type == TD_TYPE_Q4_1) return chosen_wide ? td_quant_avx512_matmul_q4_1_fast_zmm : td_quant_avx512_matmul_q4_1_fast;
-        if (type == TD_TYPE_Q8_0) return chosen_wide ? td_quant_avx512_matmul_q8_0_fast_zmm : td_quant_avx512_matmul_q8_0_fast;
+        if (type == TD_TYPE_Q4_1) return td_quant_avx512_matmul_q4_1_fast;
+        if (type == TD_TYPE_Q8_0) return td_quant_avx512_matmul_q8_0_fast;
     }
 #else
     (void)order;

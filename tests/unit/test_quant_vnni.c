@@ -26,10 +26,6 @@ void td_quant_vnniemu_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n
                                        const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
 void td_quant_vnniemu_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
                                        const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
-void td_quant_vnniemu_matmul_q4_1_fast_zmm(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                           const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
-void td_quant_vnniemu_matmul_q8_0_fast_zmm(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                           const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
 
 typedef void (*matmul_fn)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
                           const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
@@ -41,23 +37,18 @@ typedef struct kernel {
     uint32_t type;
     matmul_fn avx2, emul, native;
     dot_fn avx2_dot, emul_dot, native_dot; /* NULL for the _fast matmuls */
-    bool wide; /* 512-bit: the native build also needs AVX512F and BW */
 } kernel;
 
 #define LEGACY(t, T)                                                                             \
     {#t, TD_TYPE_##T, td_quant_avx2_matmul_##t, td_quant_vnniemu_matmul_##t,                      \
      td_quant_avx512_matmul_##t, td_quant_avx2_dot_##t, td_quant_vnniemu_dot_##t,                 \
-     td_quant_avx512_dot_##t, false}
+     td_quant_avx512_dot_##t}
 #define FAST(t, T)                                                                               \
     {#t "_fast", TD_TYPE_##T, td_quant_avx2_matmul_##t##_fast, td_quant_vnniemu_matmul_##t##_fast, \
-     td_quant_avx512_matmul_##t##_fast, NULL, NULL, NULL, false}
-/* the 512-bit forms of the FAST kernels, against the same AVX2 yardstick */
-#define WIDE(t, T)                                                                                     \
-    {#t "_fast_zmm", TD_TYPE_##T, td_quant_avx2_matmul_##t##_fast, td_quant_vnniemu_matmul_##t##_fast_zmm, \
-     td_quant_avx512_matmul_##t##_fast_zmm, NULL, NULL, NULL, true}
+     td_quant_avx512_matmul_##t##_fast, NULL, NULL, NULL}
 static const kernel kernels[] = {
     LEGACY(q4_0, Q4_0), LEGACY(q4_1, Q4_1), LEGACY(q5_0, Q5_0), LEGACY(q5_1, Q5_1),
-    LEGACY(q8_0, Q8_0), FAST(q4_1, Q4_1),   FAST(q8_0, Q8_0),   WIDE(q4_1, Q4_1), WIDE(q8_0, Q8_0),
+    LEGACY(q8_0, Q8_0), FAST(q4_1, Q4_1),   FAST(q8_0, Q8_0),
 };
 #define N_KERNELS ((int)(sizeof kernels / sizeof kernels[0]))
 
@@ -66,9 +57,6 @@ static bool cpu_has_avx2(void) {
 }
 static bool cpu_has_vnni(void) {
     return cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
-}
-static bool cpu_has_wide(void) {
-    return cpu_has_vnni() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 }
 
 static uint64_t rng = 0x2545F4914F6CDD1DULL;
@@ -143,8 +131,7 @@ static void vnni_builds_match_avx2(void **state) {
     for (int ki = 0; ki < N_KERNELS; ki++)
         for (size_t i = 0; i < sizeof n_ins / sizeof n_ins[0]; i++)
             for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++)
-                compared += compare(&kernels[ki], n_ins[i], n_ins[i] > 4096 ? 40 : 72, rows[r],
-                                    kernels[ki].wide ? cpu_has_wide() : native);
+                compared += compare(&kernels[ki], n_ins[i], n_ins[i] > 4096 ? 40 : 72, rows[r], native);
     fprintf(stderr, "# %d kernel runs identical to AVX2 (SIMDe build%s; this CPU %s AVX512-VNNI+VL)\n", compared,
             native ? " and native build" : "", native ? "has" : "lacks");
 }
