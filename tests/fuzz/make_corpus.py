@@ -184,6 +184,9 @@ def seeds_worker():
         (W_VERIFY | PIN, f_packed(3, [113, 91]) + f_packed(4, [-1, 0])),
         (W_VERIFY | PIN, f_packed(3, [239, 1]) + f_packed(4, [-1, 0]) + f_varint(5, 1) + f_packed(6, [0, 1])),
         (W_COMMIT | PIN, f_packed(3, [0])), (W_STATS, b"")])
+    # a prompt longer than a prefill chunk with max_new_tokens near INT32_MAX
+    # (the history once grew by it: gigabytes)
+    yield "prefill_huge_max_new", worker_input(0, [(W_PREFILL | PIN, prefill + f_varint(5, 2**31 - 1))])
     yield "prefill_twice", worker_input(0, [(W_PREFILL | PIN, prefill), (W_PREFILL | PIN, prefill)])
     # more rows than one pass holds (the target runs with --max-rows 16)
     wide = f_packed(3, list(range(110, 130))) + f_packed(4, [-1] * 20)
