@@ -6,7 +6,10 @@
  * random model (td-mktiny's micro shape), made at start-up by td-mktiny's
  * own code (tests/tools/mktiny.c).
  * Two workers: a verifier and a drafter, each on a server that never
- * starts; no network, no files left behind.
+ * starts; no network, no files left behind. Their limits are small so that
+ * inputs reach them: 4 sequences, a context of 64, passes of 16 rows, one
+ * thread. Watch (which waits for changes while its client stays) always
+ * runs for a client that is gone.
  *
  * Input: byte 0 picks the worker (bit 0: drafter). Then up to 8 calls, each
  *   [method byte][length, 2 bytes little-endian][request bytes]
