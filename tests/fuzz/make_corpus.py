@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """make_corpus.py — seed inputs for the fuzz targets.
 
-fuzz_gguf / fuzz_tok_export (the default; generated at test time, never
-committed): small hand-built GGUF files covering every value type, nested
-arrays, tensors of several types and a non-default alignment, plus, when
-td-mktiny is given, the metadata head of the tiny models (tensor data cut off).
+The seeds are committed under tests/fuzz/corpus/<target>/; make_corpus.sh
+--commit rewrites them with this script.
 
---target fuzz_worker | fuzz_coordinator | fuzz_score_input: the committed
-seeds under tests/fuzz/corpus/<target>/ (make_corpus.sh --commit writes them
-there): protobuf requests for every handler, encoded by the small encoder
-below (no protobuf package needed), in each target's input layout (see the
-targets' header comments), and JSONL files for the score reader.
+fuzz_gguf / fuzz_tok_export (the default): small hand-built GGUF files
+covering every value type, nested arrays, tensors of several types and a
+non-default alignment, plus, when td-mktiny is given, the metadata head of
+the tiny models (tensor data cut off).
+
+--target fuzz_worker | fuzz_coordinator | fuzz_score_input: protobuf
+requests for every handler, encoded by the small encoder below (no protobuf
+package needed), in each target's input layout (see the targets' header
+comments), and JSONL files for the score reader.
 
 usage: make_corpus.py OUTDIR [--mktiny PATH/TO/td-mktiny]
        make_corpus.py OUTDIR --target NAME
