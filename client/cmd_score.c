@@ -22,6 +22,7 @@
 
 #include "cli.h"
 #include "net/net.h"
+#include "score_input.h"
 #include "tandem/v1/inference.pb-c.h"
 
 static void usage(FILE *f) {
@@ -53,57 +54,10 @@ static void usage(FILE *f) {
           f);
 }
 
-/* ---- a set of custom ids ---- */
-
-typedef struct id_set {
-    char **slot;
-    size_t cap, n;
-} id_set;
-
-static uint64_t hash_str(const char *s) { return td_fnv1a64(0xcbf29ce484222325ULL, s, strlen(s)); }
-
-static bool set_has(const id_set *s, const char *id) {
-    if (!s->cap) return false;
-    for (size_t i = hash_str(id) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
-        if (!s->slot[i]) return false;
-        if (!strcmp(s->slot[i], id)) return true;
-    }
-}
-
-static bool set_add(id_set *s, const char *id) {
-    if ((s->n + 1) * 2 > s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 1024;
-        char **slot = calloc(cap, sizeof *slot);
-        if (!slot) return false;
-        for (size_t i = 0; i < s->cap; i++)
-            if (s->slot[i]) {
-                size_t j = hash_str(s->slot[i]) & (cap - 1);
-                while (slot[j]) j = (j + 1) & (cap - 1);
-                slot[j] = s->slot[i];
-            }
-        free(s->slot);
-        s->slot = slot;
-        s->cap = cap;
-    }
-    size_t i = hash_str(id) & (s->cap - 1);
-    while (s->slot[i]) {
-        if (!strcmp(s->slot[i], id)) return true;
-        i = (i + 1) & (s->cap - 1);
-    }
-    if (!(s->slot[i] = strdup(id))) return false;
-    s->n++;
-    return true;
-}
-
-static void set_free(id_set *s) {
-    for (size_t i = 0; i < s->cap; i++) free(s->slot[i]);
-    free(s->slot);
-}
-
 /* Reads a results file: every complete line's custom_id joins done; a torn
  * last line (no newline: the writer died mid-line) is cut off. Returns the
  * fd opened for appending, or -1. */
-static int open_results(const char *path, id_set *done, size_t *n_lines) {
+static int open_results(const char *path, td_score_ids *done, size_t *n_lines) {
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         fprintf(stderr, "tandem score: %s: %s\n", path, strerror(errno));
@@ -120,23 +74,11 @@ static int open_results(const char *path, id_set *done, size_t *n_lines) {
         if (r <= 0) { free(buf); goto fail; }
         got += (size_t)r;
     }
-    buf[size] = 0;
-    size_t good = 0; /* bytes up to the end of the last complete line */
-    for (size_t i = 0; i < size;) {
-        char *nl = memchr(buf + i, '\n', size - i);
-        if (!nl) break;
-        *nl = 0;
-        cJSON *o = cJSON_Parse(buf + i);
-        const cJSON *id = o ? cJSON_GetObjectItemCaseSensitive(o, "custom_id") : NULL;
-        if (cJSON_IsString(id) && !set_add(done, id->valuestring)) {
-            cJSON_Delete(o);
-            free(buf);
-            goto fail;
-        }
-        cJSON_Delete(o);
-        (*n_lines)++;
-        i = (size_t)(nl - buf) + 1;
-        good = i;
+    size_t good = 0;
+    if (td_score_results_scan(buf, size, done, n_lines, &good)) {
+        free(buf);
+        errno = ENOMEM;
+        goto fail;
     }
     free(buf);
     if (good < size) {
@@ -154,17 +96,11 @@ fail:
 
 /* ---- the job ---- */
 
-typedef struct item {
-    char *id;
-    cJSON *obj;                /* the parsed line */
-    char *error;               /* bad line: written as an error */
-} item;
-
 typedef struct job {
     const char *server;
     td_net_channel *ch;
     td_cli_conn conn; /* TLS and the bearer token */
-    item *items;
+    td_score_item *items;
     size_t *queue, n_queue, next;  /* items still to score, in file order */
     int32_t batch, top_k, retries;
     bool add_bos;
@@ -224,16 +160,6 @@ static void record_error(job *j, const char *id, const char *msg) {
     cJSON_Delete(o);
 }
 
-static int32_t *ids_of(const cJSON *arr, size_t *n) {
-    *n = (size_t)cJSON_GetArraySize(arr);
-    int32_t *v = malloc((*n ? *n : 1) * sizeof *v);
-    if (!v) return NULL;
-    size_t i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, arr) v[i++] = cJSON_IsNumber(e) ? (int32_t)e->valuedouble : -1;
-    return v;
-}
-
 /* Scores the items idx[0..n): 0, or the gRPC code of a failure that a retry
  * might cure (UNAVAILABLE and friends); per-item problems are recorded. */
 static int score_batch(job *j, const size_t *idx, size_t n, td_net_status *st) {
@@ -243,18 +169,8 @@ static int score_batch(job *j, const size_t *idx, size_t n, td_net_status *st) {
     int code = TD_NET_RESOURCE_EXHAUSTED;
     if (!it || !itp || !owned) goto out;
     for (size_t k = 0; k < n; k++) {
-        item *x = &j->items[idx[k]];
         tandem__v1__score_item__init(&it[k]);
-        it[k].id = x->id;
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(x->obj, "prompt");
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(x->obj, "continuation");
-        const cJSON *pi = cJSON_GetObjectItemCaseSensitive(x->obj, "prompt_ids");
-        const cJSON *ci = cJSON_GetObjectItemCaseSensitive(x->obj, "continuation_ids");
-        if (cJSON_IsString(p)) it[k].prompt = p->valuestring;
-        else if (cJSON_IsArray(pi) && (owned[2 * k] = ids_of(pi, &it[k].n_prompt_ids))) it[k].prompt_ids = owned[2 * k];
-        if (cJSON_IsString(c)) it[k].continuation = c->valuestring;
-        else if (cJSON_IsArray(ci) && (owned[2 * k + 1] = ids_of(ci, &it[k].n_continuation_ids)))
-            it[k].continuation_ids = owned[2 * k + 1];
+        if (!td_score_item_fill(&j->items[idx[k]], &it[k], &owned[2 * k], &owned[2 * k + 1])) goto out;
         itp[k] = &it[k];
     }
     Tandem__V1__ScoreRequest q = TANDEM__V1__SCORE_REQUEST__INIT;
@@ -413,7 +329,8 @@ int td_cmd_score(int argc, char **argv) {
     if (!text) return 1;
 
     int status = 1;
-    id_set done = {0}, seen = {0};
+    td_score_ids done = {0};
+    td_score_items parsed = {0};
     j.server = server;
     j.batch = (int32_t)batch;
     j.top_k = (int32_t)top_k;
@@ -421,44 +338,16 @@ int td_cmd_score(int argc, char **argv) {
     j.add_bos = add_bos;
     j.timeout_ms = timeout;
     pthread_mutex_init(&j.mu, NULL);
-    size_t n_items = 0, cap = 0, prev_out = 0, prev_err = 0, skipped = 0;
+    size_t n_items = 0, prev_out = 0, prev_err = 0, skipped = 0;
     pthread_t th[256];
     int n_th = 0;
     if ((j.out_fd = open_results(out, &done, &prev_out)) < 0 || (j.err_fd = open_results(errors, &done, &prev_err)) < 0)
         goto cleanup;
     /* the items of this shard, minus those already done */
-    size_t line_no = 0, index = 0;
-    for (char *p = text, *end = text + text_len; p < end; line_no++) {
-        char *nl = memchr(p, '\n', (size_t)(end - p));
-        size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        char *line = p;
-        p += len + 1;
-        line[len] = 0;
-        if (len && line[len - 1] == '\r') line[len - 1] = 0;
-        if (!line[0]) continue;
-        if (index++ % (size_t)shard_n != (size_t)shard_i) continue;
-        item x = {0};
-        x.obj = cJSON_Parse(line);
-        const cJSON *id = x.obj ? cJSON_GetObjectItemCaseSensitive(x.obj, "custom_id") : NULL;
-        char idbuf[64];
-        if (cJSON_IsString(id) && id->valuestring[0]) x.id = strdup(id->valuestring);
-        else {
-            snprintf(idbuf, sizeof idbuf, "line-%zu", line_no + 1);
-            x.id = strdup(idbuf);
-            x.error = strdup(x.obj ? "no custom_id (a non-empty string) on this line" : "not a JSON object");
-        }
-        if (!x.id) goto nomem;
-        if (set_has(&done, x.id)) { skipped++; cJSON_Delete(x.obj); free(x.id); free(x.error); continue; }
-        if (set_has(&seen, x.id) && !x.error) x.error = strdup("custom_id repeats an earlier line's");
-        if (!set_add(&seen, x.id)) goto nomem;
-        if (n_items == cap) {
-            cap = cap ? cap * 2 : 1024;
-            item *grown = realloc(j.items, cap * sizeof *grown);
-            if (!grown) goto nomem;
-            j.items = grown;
-        }
-        j.items[n_items++] = x;
-    }
+    if (td_score_input_parse(text, text_len, (size_t)shard_i, (size_t)shard_n, &done, &parsed)) goto nomem;
+    j.items = parsed.v;
+    n_items = parsed.n;
+    skipped = parsed.skipped;
     j.queue = malloc((n_items ? n_items : 1) * sizeof *j.queue);
     if (!j.queue) goto nomem;
     for (size_t i = 0; i < n_items; i++) {
@@ -512,19 +401,13 @@ int td_cmd_score(int argc, char **argv) {
 nomem:
     fprintf(stderr, "tandem score: out of memory\n");
 cleanup:
-    for (size_t i = 0; i < n_items; i++) {
-        cJSON_Delete(j.items[i].obj);
-        free(j.items[i].id);
-        free(j.items[i].error);
-    }
-    free(j.items);
+    td_score_items_free(&parsed); /* j.items is parsed.v */
     free(j.queue);
     td_net_channel_close(j.ch);
     td_cli_conn_close(&j.conn);
     if (j.out_fd >= 0) close(j.out_fd);
     if (j.err_fd >= 0) close(j.err_fd);
-    set_free(&done);
-    set_free(&seen);
+    td_score_ids_free(&done);
     pthread_mutex_destroy(&j.mu);
     free(text);
     return status;

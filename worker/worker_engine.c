@@ -429,6 +429,9 @@ int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const i
     if (e->cfg.role != TD_WORKER_VERIFIER) return td_err_set(err, TD_WORKER_E_ROLE, "this worker is a drafter");
     if (tree->n < 0 || tree->n > TD_DRAFT_MAX)
         return td_err_set(err, TD_E_ARG, "tokens: %d nodes (at most %d)", tree->n, TD_DRAFT_MAX);
+    if (1 + tree->n > e->cfg.max_rows)
+        return td_err_set(err, TD_E_RANGE, "tokens: %d nodes and the root need %d rows; this worker's passes hold %d "
+                          "(--max-rows)", tree->n, 1 + tree->n, e->cfg.max_rows);
     int32_t idx = claim(e, key, err);
     if (idx < 0) return err->code;
     waiter me = {.item = {.seq = idx, .tree = tree, .nodes = nodes}, .rows = 1 + tree->n, .commit_path = commit_path,
@@ -466,7 +469,9 @@ int td_worker_verify(td_worker_engine *e, const char *req, uint64_t key, const i
             waiter *batch[64];
             int32_t n = 0, rows = 0;
             int32_t max_items = e->cfg.batching ? 64 : 1;
-            while (e->queue_head && n < max_items && rows + e->queue_head->rows <= e->cfg.max_rows) {
+            /* the first waiter always rides: one bigger than a pass would
+             * otherwise wait for ever (the target refuses it instead) */
+            while (e->queue_head && n < max_items && (n == 0 || rows + e->queue_head->rows <= e->cfg.max_rows)) {
                 waiter *w = e->queue_head;
                 e->queue_head = w->next;
                 if (!e->queue_head) e->queue_tail = NULL;

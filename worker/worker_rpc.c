@@ -212,9 +212,9 @@ static void on_score(td_net_call *c, const ProtobufCMessage *msg, void *user) {
         td_err ierr = {0};
         int rc = td_worker_score(e, q->request_id, it->prompt_ids, it->n_prompt_ids, it->continuation_ids,
                                  it->n_continuation_ids, q->top_k, &o, &ierr);
-        if (td_net_call_cancelled(c)) {
-            td_err_set(&err, TD_E_IO, "cancelled by the client");
-            fail(c, q->request_id, TD_E_IO, &err);
+        if (td_net_call_cancelled(c)) { /* the client's doing, not an error of ours */
+            td_log(TD_LOG_DEBUG, q->request_id, "%s: cancelled by the client", td_net_call_method(c));
+            td_net_call_fail(c, TD_NET_CANCELLED, "cancelled by the client");
             goto done;
         }
         if (rc) { /* this item fails; the others stand */

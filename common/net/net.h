@@ -103,6 +103,12 @@ int td_net_tls_check(const td_net_tls *tls, bool server, td_err *err);
 int td_net_tokens_load(const char *path, char ***tokens, size_t *n_tokens, td_err *err);
 void td_net_tokens_free(char **tokens, size_t n_tokens);
 
+/* Metadata sent with a call (etcd's auth token; "authorization" with
+ * "Bearer <token>" for a tandem server that wants one); may be NULL. */
+typedef struct td_net_metadata {
+    const char *key, *value;
+} td_net_metadata;
+
 /* ---- server ---- */
 
 typedef struct td_net_server td_net_server;
@@ -187,6 +193,64 @@ int td_net_call_finish(td_net_call *c);
 int td_net_call_fail(td_net_call *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* ---- handlers without gRPC (tests and fuzz targets) ----
+ * A fake call stands where a client's call would: handlers registered on a
+ * server (started or not) run on it through td_net_server_dispatch, exactly
+ * as the server runs them for a call off the wire, and whatever they answer
+ * is recorded in memory instead of sent. No gRPC object is involved, so a
+ * server that was never started can serve them. The live path does not
+ * change: a call from the wire never has a fake record. */
+
+/* What a fake call carries in, as a client would. */
+typedef struct td_net_fake_opts {
+    const char *peer;            /* td_net_call_peer (NULL: "fake") */
+    int64_t deadline_ms;         /* from creation; <= 0: none. */
+    bool expired;                /* the deadline has passed already */
+    bool gone;                   /* the client is gone: cancelled true, sends fail */
+    int32_t max_sends;           /* > 0: the client goes after this many streamed messages */
+    const td_net_metadata *md;   /* copied ("authorization: Bearer ..." is checked) */
+    size_t n_md;
+} td_net_fake_opts;
+
+/* A fresh fake call (opts may be NULL: no deadline, a client that stays).
+ * NULL when out of memory (err). One dispatch per call. */
+td_net_call *td_net_fake_call_create(const td_net_fake_opts *opts, td_err *err);
+void td_net_fake_call_destroy(td_net_call *c); /* accepts NULL */
+
+/* What a registered method is (for a harness choosing among them). */
+typedef struct td_net_method_info {
+    const char *path;                          /* owned by the server */
+    const ProtobufCMessageDescriptor *type;    /* its request type */
+    bool streaming;
+} td_net_method_info;
+/* The registered methods in registration order: returns how many there
+ * are, filling out[0 .. min(that, max)). */
+size_t td_net_server_methods(const td_net_server *s, td_net_method_info *out, size_t max);
+
+/* Runs the method at path on the fake call c with the request given as the
+ * bytes a client sent: UNIMPLEMENTED for an unknown path, the bearer-token
+ * check and per-token cap when the server has tokens, INVALID_ARGUMENT
+ * ("malformed request") when the bytes do not unpack as the method's request
+ * type, else the handler; then, as the server does, DEADLINE_EXCEEDED or
+ * INTERNAL for a handler that returned without answering. Returns the
+ * final status code (as td_net_fake_call_status gives it), or TD_E_ARG for
+ * a call that is not fake or was dispatched before. */
+int td_net_server_dispatch(td_net_server *s, const char *path, const uint8_t *bytes, size_t len, td_net_call *c);
+
+/* After dispatch: the status the call ended with, the handler's or the
+ * layer's, recorded even when the client was gone by then (false: not
+ * dispatched yet). Dispatch counts no metrics: it serves no client. */
+bool td_net_fake_call_status(const td_net_call *c, td_net_status *st);
+/* The messages sent (td_net_call_send, or the one of td_net_call_reply),
+ * packed as on the wire, in order. */
+size_t td_net_fake_call_messages(const td_net_call *c);
+const uint8_t *td_net_fake_call_message(const td_net_call *c, size_t i, size_t *len);
+/* NULL when the handler kept the layer's rules; otherwise the first rule it
+ * broke: answering twice, sending after its status, a unary call ending OK
+ * without exactly one message, returning without any status while the
+ * client was still there (the layer then answers INTERNAL). */
+const char *td_net_fake_call_misuse(const td_net_call *c);
+
 /* ---- client ---- */
 
 typedef struct td_net_channel td_net_channel;
@@ -212,11 +276,6 @@ td_net_channel *td_net_channel_open(const char *target, const td_net_channel_opt
 void td_net_channel_close(td_net_channel *ch); /* accepts NULL */
 const char *td_net_channel_target(const td_net_channel *ch);
 
-/* Metadata sent with a call (etcd's auth token; "authorization" with
- * "Bearer <token>" for a tandem server that wants one); may be NULL. */
-typedef struct td_net_metadata {
-    const char *key, *value;
-} td_net_metadata;
 
 /* Unary call. deadline_ms <= 0: no deadline. On OK *response is the
  * unpacked message (free with protobuf_c_message_free_unpacked(resp, NULL));

@@ -37,6 +37,28 @@ int td_net_unary_raw(td_net_channel *ch, const char *path, const void *bytes, si
                      const ProtobufCMessageDescriptor *response_type, ProtobufCMessage **response,
                      int64_t deadline_ms, td_net_status *st);
 
+/* ---- net_fake.c: the record of a fake call (net.h) ---- */
+
+typedef struct td_net_fake td_net_fake;
+td_net_fake *td_net_fake_new(const td_net_fake_opts *o, td_err *err);
+void td_net_fake_free(td_net_fake *f);
+const char *td_net_fake_peer(const td_net_fake *f);
+int64_t td_net_fake_deadline_ms(const td_net_fake *f);
+/* The client is gone (it left, or the deadline passed). */
+bool td_net_fake_gone(const td_net_fake *f);
+size_t td_net_fake_md(const td_net_fake *f, const td_net_metadata **md);
+/* Notes a broken rule (the first one is kept). */
+void td_net_fake_misuse(td_net_fake *f, const char *what);
+/* Records a message sent: 0, TD_E_IO when the client is gone (or leaves
+ * now: max_sends, or bigger than max_bytes, as gRPC would refuse it),
+ * TD_E_NOMEM. */
+int td_net_fake_record(td_net_fake *f, const ProtobufCMessage *m, size_t max_bytes);
+void td_net_fake_set_status(td_net_fake *f, int code, const char *msg);
+bool td_net_fake_get_status(const td_net_fake *f, td_net_status *st);
+size_t td_net_fake_count(const td_net_fake *f);
+const uint8_t *td_net_fake_msg(const td_net_fake *f, size_t i, size_t *len);
+const char *td_net_fake_first_misuse(const td_net_fake *f);
+
 /* ---- net_tls.c ---- */
 
 /* The whole file as a NUL-terminated string (malloc'd); NULL with err

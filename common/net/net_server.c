@@ -13,7 +13,13 @@
  * Life of a call record: allocated by the acceptor before it asks gRPC for
  * the next call; handed to a new thread when a call arrives; the thread
  * releases the gRPC objects and marks the record finished; the acceptor (or
- * shutdown) joins the thread and frees the record. */
+ * shutdown) joins the thread and frees the record.
+ *
+ * Fake calls (net.h, "handlers without gRPC"): a record with a td_net_fake
+ * and no gRPC object, run by td_net_server_dispatch on the caller's thread
+ * through the same steps as call_thread (token, cap, unpack, handler, the
+ * layer's fallback status). Every accessor checks for one first, so the
+ * live path only gains that test; net_fake.c keeps the fake's books. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -63,6 +69,10 @@ struct td_net_call {
     bool finished; /* under srv->mu: the thread is done with everything but its record */
     int32_t token;   /* index of the bearer token it carried, -1: none or exempt */
     struct td_net_call *next; /* srv->calls */
+    /* A fake call (net.h: handlers without gRPC) has this record and no
+     * gRPC objects at all; every accessor below checks it first. */
+    td_net_fake *fake;
+    bool dispatched; /* fake calls: one dispatch each */
 };
 
 struct td_net_server {
@@ -307,9 +317,16 @@ static void close_check(td_net_call *c, bool block) {
 }
 
 static int send_status(td_net_call *c, grpc_status_code code, const char *msg, grpc_byte_buffer *bb) {
-    if (c->status_sent) return TD_E_ARG; /* one status per call */
+    if (c->status_sent) { /* one status per call */
+        if (c->fake) td_net_fake_misuse(c->fake, "answered twice");
+        return TD_E_ARG;
+    }
     c->status_sent = true;
     c->code = code;
+    if (c->fake) { /* recorded even for a gone client: the harness checks what the handler chose */
+        td_net_fake_set_status(c->fake, (int)code, msg);
+        return c->gone || td_net_fake_gone(c->fake) ? TD_E_IO : 0;
+    }
     if (c->gone) return TD_E_IO;
     grpc_slice details = grpc_slice_from_copied_string(msg ? msg : "");
     grpc_op ops[3];
@@ -343,6 +360,16 @@ static bool call_authorized(td_net_call *c) {
     c->token = -1;
     if (s->n_tokens == 0) return true;
     if (strncmp(c->m->path, s->auth_exempt, strlen(s->auth_exempt)) == 0) return true;
+    if (c->fake) {
+        const td_net_metadata *md;
+        size_t n = td_net_fake_md(c->fake, &md);
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(md[i].key, "authorization") != 0) continue;
+            int32_t k = td_net_bearer_match(s->tokens, s->n_tokens, md[i].value, strlen(md[i].value));
+            if (k >= 0) c->token = k;
+        }
+        return c->token >= 0;
+    }
     for (size_t i = 0; i < c->md.count; i++) {
         const grpc_metadata *e = &c->md.metadata[i];
         if (grpc_slice_str_cmp(e->key, "authorization") != 0) continue;
@@ -368,6 +395,20 @@ static bool token_admit(td_net_call *c, int32_t *in_flight) {
     pthread_mutex_unlock(&s->mu);
     if (!ok) c->token = -1;
     return ok;
+}
+
+/* The method's handler on the unpacked request (freed here), then the
+ * layer's answer for a handler that returned without one. */
+static void run_handler(td_net_call *c, ProtobufCMessage *req) {
+    c->m->fn(c, req, c->m->user);
+    protobuf_c_message_free_unpacked(req, NULL);
+    if (!c->status_sent && c->fake && !td_net_call_cancelled(c))
+        td_net_fake_misuse(c->fake, "returned without answering a client that was still there");
+    /* a handler that gave up because the deadline passed may beat
+     * gRPC's own timer: the client still hears DEADLINE_EXCEEDED */
+    if (!c->status_sent && td_net_call_deadline_ms(c) <= 0)
+        send_status(c, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded", NULL);
+    if (!c->status_sent) send_status(c, GRPC_STATUS_INTERNAL, "handler returned without answering", NULL);
 }
 
 static void *call_thread(void *arg) {
@@ -415,13 +456,7 @@ static void *call_thread(void *arg) {
             snprintf(msg, sizeof msg, "malformed request: not a %s", m->type->name);
             send_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg, NULL);
         } else {
-            m->fn(c, req, m->user);
-            protobuf_c_message_free_unpacked(req, NULL);
-            /* a handler that gave up because the deadline passed may beat
-             * gRPC's own timer: the client still hears DEADLINE_EXCEEDED */
-            if (!c->status_sent && td_net_call_deadline_ms(c) <= 0)
-                send_status(c, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline exceeded", NULL);
-            if (!c->status_sent) send_status(c, GRPC_STATUS_INTERNAL, "handler returned without answering", NULL);
+            run_handler(c, req);
         }
     }
 done:
@@ -642,14 +677,135 @@ int32_t td_net_server_active(const td_net_server *s) {
     return n;
 }
 
+/* ---- fake calls (net.h: handlers without gRPC) ---- */
+
+td_net_call *td_net_fake_call_create(const td_net_fake_opts *opts, td_err *err) {
+    td_net_call *c = calloc(1, sizeof *c);
+    if (!c) {
+        td_err_set(err, TD_E_NOMEM, "fake call: out of memory");
+        return NULL;
+    }
+    if (!(c->fake = td_net_fake_new(opts, err))) {
+        free(c);
+        return NULL;
+    }
+    c->token = -1;
+    return c;
+}
+
+void td_net_fake_call_destroy(td_net_call *c) {
+    if (!c) return;
+    td_net_fake_free(c->fake);
+    free(c);
+}
+
+size_t td_net_server_methods(const td_net_server *s, td_net_method_info *out, size_t max) {
+    if (!s) return 0;
+    for (size_t i = 0; i < s->n_methods && i < max; i++)
+        out[i] = (td_net_method_info){s->methods[i].path, s->methods[i].type, s->methods[i].streaming};
+    return s->n_methods;
+}
+
+/* A unary reply on a fake call: the message, then status OK. */
+static int fake_reply(td_net_call *c, const ProtobufCMessage *response) {
+    if (c->status_sent) {
+        td_net_fake_misuse(c->fake, "answered twice");
+        return TD_E_ARG;
+    }
+    size_t max = c->srv ? (size_t)c->srv->max_msg : SIZE_MAX;
+    int rc = td_net_call_cancelled(c) ? TD_E_IO : td_net_fake_record(c->fake, response, max);
+    if (rc == TD_E_IO) c->gone = true;
+    if (rc == TD_E_NOMEM) {
+        send_status(c, GRPC_STATUS_INTERNAL, "server out of memory packing the reply", NULL);
+        return rc;
+    }
+    int st = send_status(c, GRPC_STATUS_OK, "", NULL);
+    return rc ? rc : st;
+}
+
+int td_net_server_dispatch(td_net_server *s, const char *path, const uint8_t *bytes, size_t len, td_net_call *c) {
+    if (!s || !path || !c || !c->fake || c->dispatched || (len && !bytes)) return TD_E_ARG;
+    c->dispatched = true;
+    c->srv = s;
+    const td_net_method *m = NULL;
+    for (size_t i = 0; i < s->n_methods && !m; i++)
+        if (strcmp(s->methods[i].path, path) == 0) m = &s->methods[i];
+    if (!m) { /* as reject(): no handler, the path named */
+        char msg[256];
+        snprintf(msg, sizeof msg, "unknown method %s", path);
+        send_status(c, GRPC_STATUS_UNIMPLEMENTED, msg, NULL);
+        return c->code;
+    }
+    c->m = m;
+    /* the order of call_thread: token, per-token cap, size, unpack, handler */
+    if (!call_authorized(c)) {
+        send_status(c, GRPC_STATUS_UNAUTHENTICATED, "missing or invalid bearer token", NULL);
+        return c->code;
+    }
+    int32_t in_flight = 0;
+    if (!token_admit(c, &in_flight)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "too many calls in flight for this token (%" PRId32 "), retry later", in_flight);
+        send_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg, NULL);
+        return c->code;
+    }
+    if (len > (size_t)s->max_msg) { /* gRPC refuses it before the server sees it */
+        char msg[128];
+        snprintf(msg, sizeof msg, "received message larger than max (%zu vs. %" PRId32 ")", len, s->max_msg);
+        send_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg, NULL);
+    } else {
+        ProtobufCMessage *req = td_net_unpack_bytes(m->type, bytes, len);
+        if (!req) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "malformed request: not a %s", m->type->name);
+            send_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg, NULL);
+        } else {
+            run_handler(c, req);
+        }
+    }
+    if (c->token >= 0) {
+        pthread_mutex_lock(&s->mu);
+        s->token_active[c->token]--;
+        pthread_mutex_unlock(&s->mu);
+        c->token = -1;
+    }
+    if (!m->streaming && c->code == GRPC_STATUS_OK && !td_net_call_cancelled(c) && td_net_fake_count(c->fake) != 1)
+        td_net_fake_misuse(c->fake, "a unary call ended OK without exactly one message");
+    return c->code;
+}
+
+bool td_net_fake_call_status(const td_net_call *c, td_net_status *st) {
+    if (!c || !c->fake) {
+        if (st) *st = (td_net_status){.code = TD_NET_UNKNOWN, .msg = "not a fake call"};
+        return false;
+    }
+    return td_net_fake_get_status(c->fake, st);
+}
+
+size_t td_net_fake_call_messages(const td_net_call *c) { return c && c->fake ? td_net_fake_count(c->fake) : 0; }
+
+const uint8_t *td_net_fake_call_message(const td_net_call *c, size_t i, size_t *len) {
+    if (!c || !c->fake) {
+        if (len) *len = 0;
+        return NULL;
+    }
+    return td_net_fake_msg(c->fake, i, len);
+}
+
+const char *td_net_fake_call_misuse(const td_net_call *c) { return c && c->fake ? td_net_fake_first_misuse(c->fake) : NULL; }
+
 /* ---- inside a handler ---- */
 
 const char *td_net_call_method(const td_net_call *c) { return c && c->m ? c->m->path : ""; }
 
-const char *td_net_call_peer(const td_net_call *c) { return c && c->peer ? c->peer : ""; }
+const char *td_net_call_peer(const td_net_call *c) {
+    if (c && c->fake) return td_net_fake_peer(c->fake);
+    return c && c->peer ? c->peer : "";
+}
 
 int64_t td_net_call_deadline_ms(const td_net_call *c) {
     if (!c) return INT64_MAX;
+    if (c->fake) return td_net_fake_deadline_ms(c->fake);
     gpr_timespec dl = c->details.deadline;
     if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) == 0) return INT64_MAX;
     gpr_timespec now = gpr_now(dl.clock_type);
@@ -658,6 +814,7 @@ int64_t td_net_call_deadline_ms(const td_net_call *c) {
 
 bool td_net_call_cancelled(td_net_call *c) {
     if (!c) return true;
+    if (c->fake) return c->gone || td_net_fake_gone(c->fake) || (c->srv && atomic_load(&c->srv->cancelling));
     if (c->gone || atomic_load(&c->srv->cancelling)) return true;
     if (td_net_call_deadline_ms(c) <= 0) return true;
     close_check(c, false);
@@ -666,6 +823,7 @@ bool td_net_call_cancelled(td_net_call *c) {
 
 int td_net_call_reply(td_net_call *c, const ProtobufCMessage *response) {
     if (!c || !response) return TD_E_ARG;
+    if (c->fake) return fake_reply(c, response);
     grpc_byte_buffer *bb = td_net_pack(response);
     if (!bb) {
         send_status(c, GRPC_STATUS_INTERNAL, "server out of memory packing the reply", NULL);
@@ -678,8 +836,16 @@ int td_net_call_reply(td_net_call *c, const ProtobufCMessage *response) {
 
 int td_net_call_send(td_net_call *c, const ProtobufCMessage *msg, int32_t write_timeout_ms) {
     if (!c || !msg) return TD_E_ARG;
-    if (c->status_sent) return TD_E_ARG;
+    if (c->status_sent) {
+        if (c->fake) td_net_fake_misuse(c->fake, "sent a message after its status");
+        return TD_E_ARG;
+    }
     if (td_net_call_cancelled(c)) return TD_E_IO;
+    if (c->fake) {
+        int rc = td_net_fake_record(c->fake, msg, c->srv ? (size_t)c->srv->max_msg : SIZE_MAX);
+        if (rc == TD_E_IO) c->gone = true;
+        return rc;
+    }
     grpc_byte_buffer *bb = td_net_pack(msg);
     if (!bb) return TD_E_NOMEM;
     grpc_op op = {.op = GRPC_OP_SEND_MESSAGE};

@@ -271,6 +271,11 @@ static int lt_extend(td_target *base, int32_t seq, const int32_t *tokens, size_t
     if (s->n_hist + n >= (size_t)td_kv_max_len(t->kv))
         return td_err_set(err, TD_E_RANGE, "%zu tokens do not fit the context of %d", s->n_hist + n, td_kv_max_len(t->kv));
     size_t need = s->n_hist + n + (size_t)(s->p.max_new_tokens > 0 ? s->p.max_new_tokens : 0) + TD_DRAFT_MAX + 2;
+    /* as in open: the history never outgrows the context plus a window of
+     * drafts, whatever max_new_tokens says (it is the caller's, up to
+     * INT32_MAX); the check above keeps need >= n_hist + n */
+    size_t room = (size_t)td_kv_max_len(t->kv) + TD_DRAFT_MAX + 2;
+    if (need > room) need = room;
     if (need > s->cap) {
         int32_t *h = realloc(s->hist, need * sizeof *h);
         if (!h) return td_err_set(err, TD_E_NOMEM, "out of memory");

@@ -12,7 +12,8 @@
  * normalises: duplicates merged, known fields in order, unknown ones last;
  * after that, packing must be stable). See has_field0 for the one exception.
  * Build: clang -fsanitize=fuzzer,address,undefined (CMake: -DTANDEM_FUZZ=ON).
- * Seeds: none needed (an empty input is every proto3 message's default).
+ * Seeds: tests/fuzz/corpus/fuzz_proto (a few generic shapes; none are needed:
+ * an empty input is every proto3 message's default).
  */
 #include <stdbool.h>
 #include <stddef.h>

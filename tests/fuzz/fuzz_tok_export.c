@@ -7,7 +7,7 @@
  * message, output that is not JSON (cJSON) or lacks its top-level keys, a
  * vocabulary in tokenizer.json whose size differs from the tokenizer's, and
  * a zip whose size is not its two files plus the fixed headers.
- * Seeds: make_corpus.sh (the fuzz_gguf seeds: hand-built GGUF files and the
+ * Seeds: tests/fuzz/corpus/fuzz_tok_export (the fuzz_gguf seeds: hand-built GGUF files and the
  * tiny models' heads, which carry byte-level BPE tokenizers).
  * Build: clang -fsanitize=fuzzer,address,undefined (CMake: -DTANDEM_FUZZ=ON).
  */

@@ -1,10 +1,21 @@
 #!/usr/bin/env python3
-"""make_corpus.py — writes a seed corpus for fuzz_gguf (generated, never
-committed): small hand-built GGUF files covering every value type, nested
-arrays, tensors of several types and a non-default alignment, plus, when
-td-mktiny is given, the metadata head of the tiny models (tensor data cut off).
+"""make_corpus.py — seed inputs for the fuzz targets.
+
+The seeds are committed under tests/fuzz/corpus/<target>/; make_corpus.sh
+--commit rewrites them with this script.
+
+fuzz_gguf / fuzz_tok_export (the default): small hand-built GGUF files
+covering every value type, nested arrays, tensors of several types and a
+non-default alignment, plus, when td-mktiny is given, the metadata head of
+the tiny models (tensor data cut off).
+
+--target fuzz_worker | fuzz_coordinator | fuzz_score_input: protobuf
+requests for every handler, encoded by the small encoder below (no protobuf
+package needed), in each target's input layout (see the targets' header
+comments), and JSONL files for the score reader.
 
 usage: make_corpus.py OUTDIR [--mktiny PATH/TO/td-mktiny]
+       make_corpus.py OUTDIR --target NAME
 """
 import os
 import struct
@@ -100,14 +111,201 @@ def seeds():
             ("tokenizer.chat_template", STRING, chat)])
 
 
+# ---- protobuf wire format, just enough for requests ----
+
+def varint(v):
+    v &= (1 << 64) - 1  # negative int32/int64 take ten bytes, as protobuf writes them
+    out = b""
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out += bytes([b | (0x80 if v else 0)])
+        if not v:
+            return out
+
+
+def f_varint(num, v):
+    return varint(num << 3) + varint(v)
+
+
+def f_bytes(num, b):
+    b = b.encode() if isinstance(b, str) else b
+    return varint(num << 3 | 2) + varint(len(b)) + b
+
+
+def f_float(num, x):
+    return varint(num << 3 | 5) + struct.pack("<f", x)
+
+
+def f_packed(num, values):
+    return f_bytes(num, b"".join(varint(v) for v in values))
+
+
+def worker_sampling(temperature=0.0, seed=7):
+    return (f_float(1, temperature) + f_float(3, 1.0) + f_float(5, 1.0) + f_varint(6, 64)
+            + f_varint(7, seed))
+
+
+# fuzz_worker's methods (the order td_worker_rpc_register and
+# td_net_health_add register them in) and its method-byte flags
+W_PREFILL, W_VERIFY, W_COMMIT, W_DRAFT, W_SCORE, W_RELEASE, W_STATS, W_DESCRIBE, W_CHECK, W_WATCH = range(10)
+PIN, SEQ2, GONE, EXPIRED = 16, 32, 64, 128
+
+
+def worker_input(role, calls):
+    """role 0 verifier, 1 drafter; calls: [(method byte, request bytes)]."""
+    out = bytes([role])
+    for mb, req in calls:
+        out += bytes([mb]) + struct.pack("<H", len(req)) + req
+    return out
+
+
+def seeds_worker():
+    prompt = [1, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]  # BOS + bytes: ids 3.. are bytes
+    prefill = (f_bytes(1, "r1") + f_packed(3, prompt) + f_bytes(4, worker_sampling())
+               + f_varint(5, 8) + f_varint(6, 2) + f_varint(7, 2))
+    chain = f_packed(3, [104, 105, 106]) + f_packed(4, [-1, 0, 1])
+    tree = f_packed(3, [104, 105, 106, 107, 108]) + f_packed(4, [-1, 0, 0, -1, 3])
+    yield "prefill", worker_input(0, [(W_PREFILL | PIN, prefill)])
+    yield "prefill_verify", worker_input(0, [(W_PREFILL | PIN, prefill), (W_VERIFY | PIN, chain)])
+    yield "prefill_verify_commit", worker_input(0, [
+        (W_PREFILL | PIN, prefill), (W_VERIFY | PIN, tree), (W_COMMIT | PIN, f_packed(3, [0])),
+        (W_VERIFY | PIN, chain), (W_COMMIT | PIN, b"")])
+    yield "verify_carries_commit", worker_input(0, [
+        (W_PREFILL | PIN, prefill), (W_VERIFY | PIN, chain),
+        (W_VERIFY | PIN, tree + f_varint(5, 1) + f_packed(6, [0, 1]))])
+    yield "two_sequences", worker_input(0, [
+        (W_PREFILL | PIN, prefill), (W_PREFILL | PIN | SEQ2, prefill), (W_VERIFY | PIN | SEQ2, chain),
+        (W_RELEASE | PIN, b""), (W_STATS, b"")])
+    # drafts the micro model accepts: its greedy continuation of the prompt
+    # is 64 119 242 296 113 91 239 (TD_FUZZ_VERBOSE=1 prints a Verify's
+    # samples), so these walks go deep and the commits keep them
+    accepted = f_packed(3, [64, 5, 119, 7, 242]) + f_packed(4, [-1, -1, 0, 0, 2])
+    yield "accepted_walk", worker_input(0, [
+        (W_PREFILL | PIN, prefill), (W_VERIFY | PIN, accepted), (W_COMMIT | PIN, f_packed(3, [0, 2, 4])),
+        (W_VERIFY | PIN, f_packed(3, [113, 91]) + f_packed(4, [-1, 0])),
+        (W_VERIFY | PIN, f_packed(3, [239, 1]) + f_packed(4, [-1, 0]) + f_varint(5, 1) + f_packed(6, [0, 1])),
+        (W_COMMIT | PIN, f_packed(3, [0])), (W_STATS, b"")])
+    # a prompt longer than a prefill chunk with max_new_tokens near INT32_MAX
+    # (the history once grew by it: gigabytes)
+    yield "prefill_huge_max_new", worker_input(0, [(W_PREFILL | PIN, prefill + f_varint(5, 2**31 - 1))])
+    yield "prefill_twice", worker_input(0, [(W_PREFILL | PIN, prefill), (W_PREFILL | PIN, prefill)])
+    # more rows than one pass holds (the target runs with --max-rows 16)
+    wide = f_packed(3, list(range(110, 130))) + f_packed(4, [-1] * 20)
+    yield "verify_wide", worker_input(0, [(W_PREFILL | PIN, prefill), (W_VERIFY | PIN, wide)])
+    deep = f_packed(3, list(range(110, 125))) + f_packed(4, list(range(-1, 14)))
+    yield "verify_deep", worker_input(0, [(W_PREFILL | PIN, prefill), (W_VERIFY | PIN, deep)])
+    yield "verify_unopened", worker_input(0, [(W_VERIFY | PIN, chain), (W_COMMIT | PIN, b"")])
+    yield "verify_gone", worker_input(0, [(W_PREFILL | PIN, prefill), (W_VERIFY | PIN | GONE, chain)])
+    yield "verify_bad_parents", worker_input(0, [
+        (W_PREFILL | PIN, prefill), (W_VERIFY | PIN, f_packed(3, [5, 6]) + f_packed(4, [1, -2]))])
+    draft = f_packed(3, prompt) + f_varint(4, 6) + f_bytes(5, worker_sampling())
+    yield "draft_layerskip", worker_input(0, [(W_DRAFT | PIN, draft), (W_DRAFT | PIN, draft + f_packed(3, [104, 105]))])
+    yield "draft_model", worker_input(1, [(W_DRAFT | PIN, draft), (W_DRAFT | PIN, draft + f_packed(3, [104]))])
+    yield "draft_sampled", worker_input(1, [(W_DRAFT | PIN, f_packed(3, prompt) + f_varint(4, 4)
+                                              + f_bytes(5, worker_sampling(0.8, 3)))])
+    yield "drafter_refuses_prefill", worker_input(1, [(W_PREFILL | PIN, prefill)])
+    item = f_bytes(1, "a") + f_packed(2, [1, 72, 101]) + f_packed(3, [108, 108, 111])
+    bad_item = f_bytes(1, "b") + f_packed(2, []) + f_packed(3, [400])
+    yield "score", worker_input(0, [(W_SCORE, f_bytes(1, "s") + f_bytes(2, item) + f_bytes(2, bad_item) + f_varint(3, 3))])
+    yield "score_gone", worker_input(0, [(W_SCORE | GONE, f_bytes(2, item))])
+    yield "info", worker_input(0, [(W_STATS, b""), (W_DESCRIBE, b""), (W_CHECK, f_bytes(1, "")),
+                                   (W_CHECK, f_bytes(1, "tandem.v1.Worker")), (W_CHECK, f_bytes(1, "nope")),
+                                   (W_WATCH, f_bytes(1, ""))])
+    yield "release_unknown", worker_input(1, [(W_RELEASE, f_varint(2, 99)), (W_DESCRIBE | EXPIRED, b"")])
+    yield "malformed", worker_input(0, [(W_PREFILL, b"\x0a\x05ab"), (W_VERIFY, b"\xff\xff\xff")])
+
+
+# fuzz_coordinator's methods (td_coord_api_register, td_coord_vllm_register,
+# then td_net_health_add) and its flags (byte 0's top bits)
+(C_GENERATE, C_SCORE, C_TOKENIZE, C_LIST, V_GENERATE, V_ABORT, V_HEALTH, V_MODEL_INFO, V_SERVER_INFO,
+ V_LOADS, V_TOKENIZER, C_CHECK, C_WATCH) = range(13)
+
+
+def coord_input(method, req, flags=0):
+    return bytes([method | flags]) + req
+
+
+def seeds_coordinator():
+    sampling = f_float(1, 0.7) + f_varint(2, 40) + f_float(3, 0.9) + f_float(4, 0.05) + f_float(5, 1.1) + f_varint(7, 42)
+    spec = f_bytes(1, "lookup,ngram") + f_varint(2, 8) + f_varint(3, 2)
+    yield "generate", coord_input(C_GENERATE, f_bytes(2, "Hello, world") + f_varint(6, 16) + f_bytes(7, sampling)
+                                  + f_bytes(10, spec) + f_varint(11, 2) + f_bytes(8, "\n\n") + f_bytes(14, "req-1"))
+    yield "generate_chat", coord_input(C_GENERATE, f_bytes(2, "Hi") + f_varint(4, 1) + f_bytes(5, "Be brief.")
+                                       + f_packed(13, [5, 6]))
+    yield "generate_ids", coord_input(C_GENERATE, f_packed(3, [1, 2, 3]) + f_varint(6, 4))
+    yield "generate_bad", coord_input(C_GENERATE, f_bytes(2, "x") + f_bytes(7, f_float(3, 2.0)) + f_varint(11, 99))
+    yield "generate_bad_utf8", coord_input(C_GENERATE, f_bytes(2, b"\xc3\x28") + f_bytes(8, b""))
+    yield "generate_expired", coord_input(C_GENERATE, f_bytes(2, "Hello"), 0x80)
+    items = f_bytes(2, f_bytes(1, "a") + f_bytes(2, "The capital of France is") + f_bytes(4, " Paris"))
+    items += f_bytes(2, f_bytes(1, "b") + f_packed(3, [1, 2]) + f_packed(5, [3]))
+    yield "score", coord_input(C_SCORE, items + f_varint(3, 2) + f_varint(4, 1) + f_bytes(5, "job"))
+    yield "score_bad_topk", coord_input(C_SCORE, items + f_varint(3, 50))
+    yield "tokenize", coord_input(C_TOKENIZE, f_bytes(2, "<|im_start|>user hi") + f_varint(3, 1) + f_varint(4, 1))
+    yield "list_models", coord_input(C_LIST, b"")
+    vs = (f_float(1, 0.0) + f_float(2, 0.95) + f_varint(3, 20) + f_varint(8, 32) + f_bytes(10, "STOP")
+          + f_varint(22, 2) + f_varint(24, 5))
+    yield "vllm_generate_tokens", coord_input(V_GENERATE, f_bytes(1, "v1") + f_bytes(2, f_packed(2, [1, 10, 20]))
+                                              + f_bytes(4, vs) + f_varint(5, 1))
+    yield "vllm_generate_text", coord_input(V_GENERATE, f_bytes(1, "v2") + f_bytes(3, "Hello") + f_bytes(4, f_float(1, 1.0)))
+    yield "vllm_generate_refused", coord_input(V_GENERATE, f_bytes(3, "x") + f_bytes(4, f_float(5, 0.5) + f_varint(15, 2)
+                                                                                 + f_bytes(16, "{}")))
+    yield "vllm_generate_mm", coord_input(V_GENERATE, f_bytes(3, "x") + f_bytes(7, b""))
+    yield "vllm_abort", coord_input(V_ABORT, f_bytes(1, "v1") + f_bytes(1, "v2"))
+    for tag, m in (("vllm_health", V_HEALTH), ("vllm_model_info", V_MODEL_INFO), ("vllm_server_info", V_SERVER_INFO),
+                   ("vllm_loads", V_LOADS), ("vllm_tokenizer", V_TOKENIZER)):
+        yield tag, coord_input(m, b"")
+    yield "health_check", coord_input(C_CHECK, f_bytes(1, "tandem.v1.Inference"))
+    yield "health_watch", coord_input(C_WATCH, f_bytes(1, ""))
+    yield "malformed", coord_input(C_GENERATE, b"\x12\x10abc")
+
+
+def seeds_score_input():
+    """byte 0: shard (see fuzz_score_input.c); then the results file's bytes,
+    0xFF, the input file's bytes."""
+    def case(shard, done, lines):
+        return bytes([shard]) + done + b"\xff" + lines
+    ok = (b'{"custom_id": "a1", "prompt": "The capital of France is", "continuation": " Paris"}\n'
+          b'{"custom_id": "a2", "prompt_ids": [1, 2, 3], "continuation_ids": [4, 5]}\n')
+    yield "plain", case(0, b"", ok)
+    yield "resume", case(0, b'{"custom_id": "a1", "logprob_sum": -0.7}\n{"custom_id": "a2", "error": "x"}\n{"cus', ok)
+    yield "bad_lines", case(0, b"", b'not json\n{"prompt": "no id"}\n["a"]\n{"custom_id": ""}\n'
+                            b'{"custom_id": 5}\n\r\n\n{"custom_id": "a1"}\n{"custom_id": "a1"}\n')
+    yield "crlf_no_final_newline", case(0, b"", b'{"custom_id": "x", "prompt": "p"}\r\n{"custom_id": "y", "prompt": "q"}')
+    yield "shards", case(1 | 2 << 2, b"", ok + b'{"custom_id": "a3", "prompt": "z", "continuation": "w"}\n')
+    yield "odd_ids", case(0, b"", b'{"custom_id": "n", "prompt_ids": [1e300, -1e300, 2.5, "x", null, -1, 2147483647, '
+                          b'2147483648], "continuation_ids": []}\n{"custom_id": "m", "prompt": 7, "continuation_ids": {}}\n')
+    yield "unicode", case(0, b"", '{"custom_id": "\u00e9\u4e2d", "prompt": "\\ud83d\\ude00 caf\u00e9", "continuation": "\\u0000x"}\n'.encode())
+    yield "torn_results_only", case(0, b'{"custom_id": "a1"', b"")
+    yield "empty", case(0, b"", b"")
+    yield "blank_lines", case(0, b"\n\n\r\n \n\t\n", b"\r\n\n\x00\n \n")
+    yield "bom_and_spaces", case(0, b"", b'\xef\xbb\xbf{"custom_id": "bom"}\n   {"custom_id" : "sp" , "prompt":"x"}   \n')
+    yield "results_not_json", case(0, b'garbage\n{"custom_id": 3}\n{"error": "no id"}\n[1, 2]\n', ok)
+    yield "results_dup_ids", case(0, b'{"custom_id": "a1"}\n{"custom_id": "a1"}\n{"custom_id": "zz"}\n', ok)
+    yield "nested_values", case(0, b"", b'{"custom_id": "deep", "prompt": {"a": [1, {"b": null}]}, "prompt_ids": '
+                                b'[[1], 2, true], "continuation": ["x"]}\n{"custom_id": "esc\\n\\t\\"q", "prompt": ""}\n')
+    yield "line_ids_collide", case(0, b"", b'oops\n{"custom_id": "line-1", "prompt": "p"}\n{"custom_id": "line-4"}\nbad\n')
+    yield "shard_last", case(3 | 3 << 2, b'{"custom_id": "s3"}\n', b"".join(
+        b'{"custom_id": "s%d", "prompt_ids": [%d], "continuation_ids": [%d]}\n' % (i, i, i + 1) for i in range(9)))
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     outdir = sys.argv[1]
+    os.makedirs(outdir, exist_ok=True)
+    if len(sys.argv) == 4 and sys.argv[2] == "--target":
+        gen = {"fuzz_worker": seeds_worker, "fuzz_coordinator": seeds_coordinator,
+               "fuzz_score_input": seeds_score_input}.get(sys.argv[3])
+        if not gen:
+            sys.exit("make_corpus.py: no seeds for " + sys.argv[3])
+        for name, blob in gen():
+            with open(os.path.join(outdir, name), "wb") as f:
+                f.write(blob)
+        return
     mktiny = None
     if len(sys.argv) == 4 and sys.argv[2] == "--mktiny":
         mktiny = sys.argv[3]
-    os.makedirs(outdir, exist_ok=True)
     for name, blob in seeds():
         with open(os.path.join(outdir, name + ".gguf"), "wb") as f:
             f.write(blob)

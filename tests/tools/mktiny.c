@@ -7,6 +7,9 @@
  *     as many embedding rows as tokens; every supported weight type appears
  *     somewhere unless --type makes all matrices one type. Weights are normal
  *     samples quantized by the reference quantizers, for the unit tests.
+ *   micro: the same with n_embd 64, 2 heads, 1 KV head, n_ff 128, 1..2
+ *     layers, context 64 (K types fall back as below: rows of 64), for
+ *     fuzz targets that run passes on every input.
  *   llama7b, smol135m: the matrix shapes of Llama-2-7B and SmolLM2-135M, for
  *     speed and memory work on realistic sizes (1..64 layers). Their token
  *     embedding/output matrices keep the real row counts (32000, 49152): the
@@ -53,6 +56,10 @@ typedef struct shape {
 
 static const shape shapes[] = {
     {"tiny", 256, 4, 2, 512, 0, 256, 2, 2, 4, 10000.0f, 0, 0},
+    /* micro: the tiny plan on a quarter of the width and one layer, for the
+     * worker fuzz target, whose every input may run several passes under
+     * the sanitizers. */
+    {"micro", 64, 2, 1, 128, 0, 64, 1, 1, 2, 10000.0f, 0, 0},
     /* Llama-2-7B: head dim 128, no GQA, untied output. */
     {"llama7b", 4096, 32, 32, 11008, 32000, 4096, 32, 1, 64, 10000.0f, 0, 1},
     /* SmolLM2-135M: head dim 64, GQA 3:1, tied embeddings. */
@@ -470,6 +477,7 @@ static int usage(void) {
             "                 [--type TYPE] [--layers N] [--tied]\n"
             "                 [--name TEXT] [--ctx N]\n"
             "  NAME: tiny      n_embd 256, 4/2 heads, n_ff 512, 300 rows, 2 layers (default)\n"
+            "        micro     n_embd 64, 2/1 heads, n_ff 128, 300 rows, 1 layer, ctx 64\n"
             "        llama7b   Llama-2-7B shapes: 4096, 32/32 heads, n_ff 11008, 32000 rows,\n"
             "                  32 layers, ctx 4096, untied (Q4_1: 3.9 GiB)\n"
             "        smol135m  SmolLM2-135M shapes: 576, 9/3 heads, n_ff 1536, 49152 rows,\n"
@@ -477,7 +485,7 @@ static int usage(void) {
             "  TYPE: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K, or mixed\n"
             "        (default: mixed for tiny, Q4_1 for the others; K types fall back\n"
             "        to Q5_0/Q5_1/Q8_0 on rows that are not a multiple of 256)\n"
-            "  --layers: 2..4 for tiny, 1..64 for the others (default: the shape's)\n"
+            "  --layers: 2..4 for tiny, 1..2 for micro, 1..64 for the others (default: the shape's)\n"
             "  --name, --ctx: general.name and context_length (tests of hostile files)\n"
             "  The whole file is built in memory before it is written.\n");
     return 2;
@@ -545,7 +553,11 @@ static int parse_args(int argc, char **argv, opts *o) {
     return 0;
 }
 
-int main(int argc, char **argv) {
+/* The whole tool, argv as for main. A program that wants the same model
+ * files without running the tool compiles this file with TD_MKTINY_NO_MAIN
+ * and calls this (the worker fuzz target makes its model so). */
+int td_mktiny_run(int argc, char **argv);
+int td_mktiny_run(int argc, char **argv) {
     opts o;
     td_err err = {0};
     int rc = 1;
@@ -565,3 +577,7 @@ done:
     td_gguf_writer_destroy(w);
     return rc;
 }
+
+#ifndef TD_MKTINY_NO_MAIN
+int main(int argc, char **argv) { return td_mktiny_run(argc, argv); }
+#endif

@@ -13,7 +13,11 @@
  * over TLS works, a plaintext client to the TLS port fails, mutual TLS
  * refuses a client without a certificate, unreadable files are errors that
  * name them; bearer tokens: none or a wrong one is UNAUTHENTICATED, a right
- * one passes, health stays open. */
+ * one passes, health stays open.
+ *
+ * Fake calls: the same handlers on a server that never starts, through
+ * td_net_server_dispatch: the layer's statuses, the answers recorded, the
+ * rules a handler breaks, deadlines, a client that leaves, tokens. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -874,7 +878,164 @@ static void per_token_cap(void **state) {
     td_net_server_destroy(s);
 }
 
+/* ---- handlers without gRPC: fake calls (net.h) ---- */
+
+/* Dispatches a HealthCheckRequest for service (or raw bytes when raw) on a
+ * fresh fake call; returns the call (the caller destroys it). */
+static td_net_call *fake_dispatch(td_net_server *s, const char *path, const char *service, const td_net_fake_opts *o,
+                                  int *code) {
+    td_err err = {0};
+    td_net_call *c = td_net_fake_call_create(o, &err);
+    assert_non_null(c);
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = (char *)service;
+    uint8_t buf[256];
+    size_t n = protobuf_c_message_pack(&req.base, buf);
+    *code = td_net_server_dispatch(s, path, buf, n, c);
+    td_net_status st;
+    assert_true(td_net_fake_call_status(c, &st));
+    assert_int_equal(st.code, *code);
+    return c;
+}
+
+/* The registered handlers on a server that never listens nor starts: the
+ * layer's statuses, the handlers' answers and the rules they break, as a
+ * call off the wire would have them. */
+static void fake_calls(void **state) {
+    (void)state;
+    fixture f = {0};
+    td_err err = {0};
+    td_net_server_opts so = {.name = "fake", .max_message_bytes = 1024};
+    td_net_server *s = td_net_server_create(&so, &err);
+    assert_non_null(s);
+    assert_int_equal(td_net_server_add(s, CHECK, &grpc__health__v1__health_check_request__descriptor, false,
+                                       check_handler, &f, &err), 0);
+    assert_int_equal(td_net_server_add(s, WATCH, &grpc__health__v1__health_check_request__descriptor, true,
+                                       watch_handler, &f, &err), 0);
+    td_net_method_info info[4];
+    assert_int_equal(td_net_server_methods(s, info, 4), 2);
+    assert_string_equal(info[0].path, CHECK);
+    assert_false(info[0].streaming);
+    assert_true(info[1].streaming);
+    assert_ptr_equal(info[1].type, &grpc__health__v1__health_check_request__descriptor);
+
+    int code;
+    /* a reply, then the handler's deliberate second answer: refused, and
+     * noted as the rule it breaks */
+    td_net_call *c = fake_dispatch(s, CHECK, "", NULL, &code);
+    assert_int_equal(code, TD_NET_OK);
+    assert_int_equal(td_net_fake_call_messages(c), 1);
+    size_t len = 0;
+    const uint8_t *p = td_net_fake_call_message(c, 0, &len);
+    Grpc__Health__V1__HealthCheckResponse *r = grpc__health__v1__health_check_response__unpack(NULL, len, p);
+    assert_non_null(r);
+    assert_int_equal(r->status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    grpc__health__v1__health_check_response__free_unpacked(r, NULL);
+    assert_string_equal(td_net_fake_call_misuse(c), "answered twice");
+    assert_int_equal(td_net_server_dispatch(s, CHECK, NULL, 0, c), TD_E_ARG); /* one dispatch per call */
+    td_net_fake_call_destroy(c);
+
+    /* the handler's own error, intact */
+    td_net_status st;
+    c = fake_dispatch(s, CHECK, "bad", NULL, &code);
+    assert_int_equal(code, TD_NET_INVALID_ARGUMENT);
+    td_net_fake_call_status(c, &st);
+    assert_string_equal(st.msg, "no such service: bad (42)");
+    assert_int_equal(td_net_fake_call_messages(c), 0);
+    assert_null(td_net_fake_call_misuse(c));
+    td_net_fake_call_destroy(c);
+
+    /* no answer: the layer's INTERNAL, and the broken rule */
+    c = fake_dispatch(s, CHECK, "silent", NULL, &code);
+    assert_int_equal(code, TD_NET_INTERNAL);
+    td_net_fake_call_status(c, &st);
+    assert_string_equal(st.msg, "handler returned without answering");
+    assert_non_null(strstr(td_net_fake_call_misuse(c), "without answering"));
+    td_net_fake_call_destroy(c);
+
+    /* what the handler sees of its call */
+    td_net_fake_opts o = {.peer = "ipv4:10.0.0.1:5", .deadline_ms = 5000};
+    c = fake_dispatch(s, CHECK, "info", &o, &code);
+    assert_int_equal(code, TD_NET_OK);
+    assert_string_equal(f.peer, "ipv4:10.0.0.1:5");
+    assert_string_equal(f.method, CHECK);
+    assert_true(f.deadline_ms > 0 && f.deadline_ms <= 5000);
+    td_net_fake_call_destroy(c);
+    c = fake_dispatch(s, CHECK, "info", NULL, &code);
+    assert_int_equal(f.deadline_ms, INT64_MAX);
+    assert_string_equal(f.peer, "fake");
+    td_net_fake_call_destroy(c);
+    /* an expired deadline: the reply goes nowhere, which breaks no rule */
+    o = (td_net_fake_opts){.expired = true};
+    c = fake_dispatch(s, CHECK, "info", &o, &code);
+    assert_true(f.deadline_ms <= 0);
+    assert_int_equal(td_net_fake_call_messages(c), 0);
+    td_net_fake_call_destroy(c);
+
+    /* the layer's own statuses */
+    c = td_net_fake_call_create(NULL, &err);
+    assert_int_equal(td_net_server_dispatch(s, "/no.Such/Method", NULL, 0, c), TD_NET_UNIMPLEMENTED);
+    td_net_fake_call_status(c, &st);
+    assert_string_equal(st.msg, "unknown method /no.Such/Method");
+    td_net_fake_call_destroy(c);
+    c = td_net_fake_call_create(NULL, &err);
+    assert_int_equal(td_net_server_dispatch(s, CHECK, (const uint8_t *)"\xff", 1, c), TD_NET_INVALID_ARGUMENT);
+    td_net_fake_call_status(c, &st);
+    assert_string_equal(st.msg, "malformed request: not a grpc.health.v1.HealthCheckRequest");
+    td_net_fake_call_destroy(c);
+    uint8_t big[2048] = {0};
+    c = td_net_fake_call_create(NULL, &err);
+    assert_int_equal(td_net_server_dispatch(s, CHECK, big, sizeof big, c), TD_NET_RESOURCE_EXHAUSTED);
+    td_net_fake_call_destroy(c);
+    assert_int_equal(td_net_server_dispatch(s, CHECK, NULL, 0, NULL), TD_E_ARG);
+
+    /* streams: all messages then OK; a client that leaves after 3 */
+    c = fake_dispatch(s, WATCH, "", NULL, &code);
+    assert_int_equal(code, TD_NET_OK);
+    assert_int_equal(td_net_fake_call_messages(c), WATCH_N);
+    assert_null(td_net_fake_call_misuse(c));
+    td_net_fake_call_destroy(c);
+    o = (td_net_fake_opts){.max_sends = 3};
+    c = fake_dispatch(s, WATCH, "forever", &o, &code);
+    assert_int_equal(td_net_fake_call_messages(c), 3);
+    assert_int_equal(atomic_load(&f.send_failed), 1);
+    assert_int_equal(atomic_load(&f.saw_cancel), 1);
+    assert_null(td_net_fake_call_misuse(c)); /* giving up on a gone client is no fault */
+    td_net_fake_call_destroy(c);
+    o = (td_net_fake_opts){.gone = true};
+    c = fake_dispatch(s, WATCH, "fail", &o, &code);
+    assert_int_equal(code, TD_NET_NOT_FOUND); /* recorded, though nobody hears it */
+    assert_int_equal(td_net_fake_call_messages(c), 0);
+    td_net_fake_call_destroy(c);
+    td_net_server_destroy(s);
+
+    /* bearer tokens, checked on the fake call's metadata */
+    const char *toks[] = {"s3cret"};
+    so = (td_net_server_opts){.name = "fake-auth", .tokens = toks, .n_tokens = 1, .max_calls_per_token = 1};
+    s = td_net_server_create(&so, &err);
+    assert_non_null(s);
+    assert_int_equal(td_net_server_add(s, SECRET, &grpc__health__v1__health_check_request__descriptor, false,
+                                       check_handler, &f, &err), 0);
+    c = fake_dispatch(s, SECRET, "bad", NULL, &code);
+    assert_int_equal(code, TD_NET_UNAUTHENTICATED);
+    td_net_fake_call_destroy(c);
+    td_net_metadata md[2] = {{"x-other", "1"}, {"authorization", "Bearer s3cret"}};
+    o = (td_net_fake_opts){.md = md, .n_md = 2};
+    for (int i = 0; i < 2; i++) { /* the per-token count goes back down after each call */
+        c = fake_dispatch(s, SECRET, "bad", &o, &code);
+        assert_int_equal(code, TD_NET_INVALID_ARGUMENT);
+        td_net_fake_call_destroy(c);
+    }
+    md[1].value = "Bearer wrong";
+    c = fake_dispatch(s, SECRET, "bad", &o, &code);
+    assert_int_equal(code, TD_NET_UNAUTHENTICATED);
+    td_net_fake_call_destroy(c);
+    td_net_server_destroy(s);
+    assert_int_equal(atomic_load(&f.handler_wrong), 0);
+}
+
 int main(void) {
+    const struct CMUnitTest fake[] = {cmocka_unit_test(fake_calls)};
     const struct CMUnitTest shared[] = {
         cmocka_unit_test(unary_ok),        cmocka_unit_test(stream_ok),         cmocka_unit_test(unknown_method),
         cmocka_unit_test(handler_errors),  cmocka_unit_test(malformed_request), cmocka_unit_test(oversized),
@@ -892,5 +1053,6 @@ int main(void) {
         cmocka_unit_test(tokens),   cmocka_unit_test(token_file),  cmocka_unit_test(per_token_cap),
     };
     failed += cmocka_run_group_tests_name("net (TLS and tokens)", secure, tls_setup, tls_teardown);
+    failed += cmocka_run_group_tests_name("net (fake calls)", fake, NULL, NULL);
     return failed;
 }
