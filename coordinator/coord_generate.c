@@ -345,6 +345,7 @@ void td_coord_generate(td_net_call *call, const ProtobufCMessage *msg, void *use
                                .n_logprobs = q->logprobs > 0 ? q->logprobs : -1};
     job.spec = spp;
     job.drafters = dlist;
+    job.fingerprint = fingerprint;
     gen_stream gs = {.call = call, .out = &out, .request_id = req, .seed = sp.seed, .write_timeout_ms = c->write_timeout_ms};
     job.started = gen_started;
     job.cancelled = gen_cancelled;

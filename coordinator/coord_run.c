@@ -35,6 +35,13 @@ const td_coord_model *td_coord_model_for(td_coord *c, const char *name, int64_t 
         return NULL;
     }
     const td_coord_model *model = td_coord_models_get(c->models, w, left_ms == INT64_MAX ? 10000 : left_ms, err);
+    /* The request follows the fingerprint of the verifier picked now, not
+     * the one the model was first described by: verifiers of one model may
+     * differ in layout (a TP group beside single processes), and pinning
+     * the first one's would leave the others unused, and every request
+     * refused once that set is gone. (A static worker's is "" until
+     * described: then the model's.) */
+    if (fingerprint && model) snprintf(fingerprint, 160, "%s", w->fingerprint[0] ? w->fingerprint : model->fingerprint);
     td_coord_members_put(c->members, w, model == NULL);
     if (!model) return NULL;
     if (name && name[0] && strcmp(name, model->model_id) && strcmp(name, model->model_name)) {
@@ -42,7 +49,6 @@ const td_coord_model *td_coord_model_for(td_coord *c, const char *name, int64_t 
                    name, model->model_name, model->model_id);
         return NULL;
     }
-    if (fingerprint) snprintf(fingerprint, 160, "%s", model->fingerprint);
     return model;
 }
 
@@ -105,7 +111,8 @@ int td_coord_run(td_coord *c, const td_coord_model *model, td_coord_job *job, td
     double t_start = td_now_sec(), t_first = 0; /* metrics: both APIs run here */
     int rc = make_drafters(c, dlist, job->request_id, model->vocab_size, drafters, &n_drafters, err);
     if (rc) goto done;
-    if (!(target = td_coord_target_create(c, job->request_id, model->fingerprint, job->deadline_at_ms, err))) {
+    const char *fp = job->fingerprint && job->fingerprint[0] ? job->fingerprint : model->fingerprint;
+    if (!(target = td_coord_target_create(c, job->request_id, fp, job->deadline_at_ms, err))) {
         rc = err->code;
         goto done;
     }

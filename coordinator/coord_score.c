@@ -154,6 +154,10 @@ void td_coord_score(td_net_call *call, const ProtobufCMessage *msg, void *user) 
         return;
     }
     const td_coord_model *model = td_coord_models_get(c->models, w, left == INT64_MAX ? 10000 : left, &err);
+    /* the items go to the verifiers of the picked one's fingerprint (see
+     * td_coord_model_for) */
+    char fingerprint[160];
+    if (model) snprintf(fingerprint, sizeof fingerprint, "%s", w->fingerprint[0] ? w->fingerprint : model->fingerprint);
     td_coord_members_put(c->members, w, model == NULL);
     if (!model) {
         td_net_call_fail(call, td_coord_grpc_code(err.code), "%s", err.msg);
@@ -172,14 +176,14 @@ void td_coord_score(td_net_call *call, const ProtobufCMessage *msg, void *user) 
         else n_ok++;
     }
     /* shares: one per live verifier, at most MAX_SHARES, of consecutive items */
-    int32_t n_workers = td_coord_members_count(c->members, "verifier", model->fingerprint);
+    int32_t n_workers = td_coord_members_count(c->members, "verifier", fingerprint);
     if (n_workers < 1) n_workers = 1;
     if (n_workers > MAX_SHARES) n_workers = MAX_SHARES;
     if ((size_t)n_workers > n) n_workers = n ? (int32_t)n : 1;
     pthread_t th[MAX_SHARES];
     bool started[MAX_SHARES] = {false};
     for (int32_t k = 0; k < n_workers; k++) {
-        shares[k] = (share){.c = c, .req = req, .fingerprint = model->fingerprint, .q = q, .items = items,
+        shares[k] = (share){.c = c, .req = req, .fingerprint = fingerprint, .q = q, .items = items,
                             .lo = n * (size_t)k / (size_t)n_workers, .hi = n * (size_t)(k + 1) / (size_t)n_workers,
                             .deadline_ms = left == INT64_MAX ? 0 : left};
         n_shares++;

@@ -416,6 +416,7 @@ static void on_generate(td_net_call *call, const ProtobufCMessage *msg, void *us
                                .n_logprobs = out.n_logprobs};
     job.spec = td_spec_defaults();
     job.drafters = v->drafters;
+    job.fingerprint = fingerprint;
     vllm_stream vs = {.call = call, .job = &job, .out = &out, .active = active, .n_prompt = (uint32_t)n_ids,
                       .stream = q->stream, .write_timeout_ms = c->write_timeout_ms};
     job.cancelled = vllm_cancelled;

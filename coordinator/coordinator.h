@@ -153,8 +153,9 @@ void td_coord_metrics_stop(td_coord_metrics *m); /* accepts NULL */
 
 /* The model of the least-loaded verifier (Describe on first use), refused
  * with NOT_FOUND when name is given and is neither its id nor its name;
- * fingerprint (may be NULL) receives the model's. NULL with *err set on
- * failure (a worker whose Describe failed is avoided a while). */
+ * fingerprint (may be NULL) receives that verifier's (the request is then
+ * served and moved among verifiers of that fingerprint). NULL with *err set
+ * on failure (a worker whose Describe failed is avoided a while). */
 const td_coord_model *td_coord_model_for(td_coord *c, const char *name, int64_t left_ms, char fingerprint[160],
                                          td_err *err);
 
@@ -166,6 +167,7 @@ typedef struct td_coord_job {
                                   stats and spec filled */
     td_spec_params spec;
     const char *drafters;      /* "lookup,ngram", "none"...; NULL or "" = "auto" */
+    const char *fingerprint;   /* verifiers it may run and move on (td_coord_model_for's); NULL = the model's */
     int64_t deadline_at_ms;    /* INT64_MAX = none */
     /* the API layer's callbacks, all optional, all given user: */
     int (*started)(void *user);               /* after prefill; non-zero = client gone */

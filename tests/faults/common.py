@@ -1,7 +1,10 @@
 """common.py — pieces shared by the fault suite and the soak: protobuf stubs
 generated at run time from proto/ (nothing generated is committed), free
-ports, and a Cluster of real processes (Debian's etcd, tandem-coordinator,
-tandem-worker) each remembered by PID and stopped by PID, also on failure.
+ports, a throwaway PKI (openssl), and a Cluster of real processes (Debian's
+etcd, tandem-coordinator, tandem-worker, mpirun for tensor-parallel groups)
+each remembered by PID and stopped by PID, also on failure. A Cluster made
+with `tls` runs hardened: TLS + bearer tokens on the coordinator's public
+port, mutual TLS coordinator -> workers, a plaintext health-only port.
 """
 import json
 import os
@@ -67,15 +70,109 @@ def wait_for(pred, timeout, what):
     raise AssertionError("timed out waiting for %s (%s)" % (what, last))
 
 
+def make_pki(d, extra_ips=()):
+    """A throwaway CA, a certificate for 127.0.0.1/localhost (+ extra_ips;
+    coordinator and workers share it) and a client certificate (the
+    coordinator's, to the workers), all signed by the CA; the token files.
+    Returns a dict of paths plus "token" (the bearer token itself)."""
+    san = ",".join(["IP:127.0.0.1", "DNS:localhost"] + ["IP:" + ip for ip in extra_ips])
+    sh = ("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=tandem-test-ca -keyout ca.key -out ca.pem && "
+          "printf 'subjectAltName=%s\\n' > server.ext && "
+          "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr && "
+          "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext "
+          "-out server.pem && "
+          "openssl req -newkey rsa:2048 -nodes -subj /CN=tandem-coordinator -keyout client.key -out client.csr && "
+          "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem") % san
+    subprocess.run(["sh", "-c", sh], cwd=d, check=True, capture_output=True)
+    pki = {k: os.path.join(d, k) for k in ("ca.pem", "ca.key", "server.pem", "server.key", "client.pem",
+                                           "client.key")}
+    # a fresh token per run: a hit in a log can only come from this run
+    pki["token"] = "tok-" + os.urandom(16).hex()
+    pki["tokens"] = os.path.join(d, "tokens")        # the coordinator's --auth-tokens
+    with open(pki["tokens"], "w") as f:
+        f.write("# tokens of this cluster\nother-token-not-used\n%s\n" % pki["token"])
+    pki["client-token"] = os.path.join(d, "client-token")  # tandem score --token-file
+    with open(pki["client-token"], "w") as f:
+        f.write(pki["token"] + "\n")
+    return pki
+
+
+def slurp(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def secrets_in_logs(tmp, pki):
+    """Every *.log under tmp searched for the token and the private keys'
+    text (read after the processes ended): a list of 'file: what' hits."""
+    keys = []
+    for k in ("server.key", "client.key", "ca.key"):
+        keys += [l for l in slurp(pki[k]).decode().splitlines() if l and not l.startswith("-----")]
+    hits = []
+    for root, _, files in os.walk(tmp):
+        for name in files:
+            if not name.endswith(".log"):
+                continue
+            text = slurp(os.path.join(root, name)).decode(errors="replace")
+            if pki["token"] in text:
+                hits.append(name + ": the token")
+            if "PRIVATE KEY" in text or any(l in text for l in keys):
+                hits.append(name + ": private key text")
+    return hits
+
+
+def mpi_ranks(mpirun_pid):
+    """rank -> pid of the processes an mpirun started (its children whose
+    environment names their rank)."""
+    ranks = {}
+    r = subprocess.run(["pgrep", "-P", str(mpirun_pid)], capture_output=True, text=True)
+    for pid in r.stdout.split():
+        try:
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        for e in env:
+            if e.startswith(b"OMPI_COMM_WORLD_RANK="):
+                ranks[int(e.split(b"=")[1])] = int(pid)
+    return ranks
+
+
 class Cluster:
     """Processes of one test cluster, each remembered by PID (name -> Popen)."""
 
-    def __init__(self, build, tmp, model, ttl="2", etcd_extra_hosts=()):
+    def __init__(self, build, tmp, model, ttl="2", etcd_extra_hosts=(), tls=None):
         self.build, self.tmp, self.model, self.ttl = build, tmp, model, ttl
         self.procs, self.addr = {}, {}
         self.etcd_port, self.peer_port = free_port(), free_port()
         self.etcd = "127.0.0.1:%d" % self.etcd_port
         self.etcd_extra_hosts = list(etcd_extra_hosts)  # more addresses etcd listens on (a veth)
+        self.tls = tls  # make_pki's dict: run hardened
+        self.rank_pids = {}  # TP group name -> {rank: pid}, killed by PID at the end if still there
+
+    # ---- channels as a client of this cluster sees them ----
+    def creds(self):
+        """Channel credentials for the coordinator's public port (None: plaintext)."""
+        if not self.tls:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=slurp(self.tls["ca.pem"]))
+
+    def metadata(self):
+        """Metadata every Inference call carries (the bearer token when hardened)."""
+        return [("authorization", "Bearer " + self.tls["token"])] if self.tls else None
+
+    def channel(self, name, options=None):
+        """A channel to a process of the cluster: the coordinator's with the
+        CA, a worker's with the coordinator's client certificate (mTLS)."""
+        addr = self.addr[name]
+        if not self.tls:
+            return grpc.insecure_channel(addr, options=options)
+        if name.startswith("coordinator"):
+            return grpc.secure_channel(addr, self.creds(), options=options)
+        creds = grpc.ssl_channel_credentials(root_certificates=slurp(self.tls["ca.pem"]),
+                                             private_key=slurp(self.tls["client.key"]),
+                                             certificate_chain=slurp(self.tls["client.pem"]))
+        return grpc.secure_channel(addr, creds, options=options)
 
     def log(self, name):
         return os.path.join(self.tmp, name + ".log")
@@ -117,24 +214,52 @@ class Cluster:
         r = self.etcdctl("get", "--prefix", "/tandem/t/workers/", "--print-value-only")
         return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
-    def start_worker(self, name, role, extra=(), listen=None, etcd=None, prefix=()):
+    def worker_tls_flags(self):
+        if not self.tls:
+            return []
+        return ["--tls-cert", self.tls["server.pem"], "--tls-key", self.tls["server.key"],
+                "--tls-client-ca", self.tls["ca.pem"]]
+
+    def worker_argv(self, name, role, listen, etcd=None, model=None):
+        return [os.path.join(self.build, "tandem-worker"), "--role", role, "--model", model or self.model,
+                "--listen", listen, "--etcd", etcd or self.etcd, "--cluster", "t", "--id", name,
+                "--lease-ttl", self.ttl, "--threads", "1", "--max-seqs", "8", "--idle-timeout", "5"] + \
+            self.worker_tls_flags()
+
+    def start_worker(self, name, role, extra=(), listen=None, etcd=None, prefix=(), model=None):
         if listen is None:
             listen = "127.0.0.1:%d" % free_port()
         self.addr[name] = listen
-        self.start(name, list(prefix) + [
-            os.path.join(self.build, "tandem-worker"), "--role", role, "--model", self.model,
-            "--listen", listen, "--etcd", etcd or self.etcd, "--cluster", "t", "--id", name,
-            "--lease-ttl", self.ttl, "--threads", "1", "--max-seqs", "8", "--idle-timeout", "5"] + list(extra))
+        self.start(name, list(prefix) + self.worker_argv(name, role, listen, etcd, model) + list(extra))
+
+    def start_tp_group(self, name, n, extra=(), model=None):
+        """A tensor-parallel verifier group: `mpirun -np n tandem-worker --tp n`;
+        rank 0 serves on self.addr[name] and registers as `name`. The Popen
+        is mpirun's; mpi_ranks() finds the ranks."""
+        mpirun = shutil.which("mpirun")
+        self.addr[name] = "127.0.0.1:%d" % free_port()
+        self.start(name, [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(n)] +
+                   self.worker_argv(name, "verifier", self.addr[name], model=model) + ["--tp", str(n)] + list(extra))
+        wait_for(lambda: len(mpi_ranks(self.pid(name))) == n, 30, "the %d ranks of %s" % (n, name))
+        self.rank_pids[name] = mpi_ranks(self.pid(name))
 
     def start_coordinator(self, name="coordinator", extra=()):
         port = free_port()
         self.addr[name] = "127.0.0.1:%d" % port
+        sec = []
+        if self.tls:
+            self.addr[name + "-health"] = "127.0.0.1:%d" % free_port()
+            sec = ["--tls-cert", self.tls["server.pem"], "--tls-key", self.tls["server.key"],
+                   "--auth-tokens", self.tls["tokens"], "--worker-tls-ca", self.tls["ca.pem"],
+                   "--worker-tls-cert", self.tls["client.pem"], "--worker-tls-key", self.tls["client.key"],
+                   "--health-listen", self.addr[name + "-health"]]
         self.start(name, [os.path.join(self.build, "tandem-coordinator"), "--listen", self.addr[name],
                           "--etcd", self.etcd, "--cluster", "t",
-                          "--step-timeout-ms", "1500", "--keepalive-ms", "1000"] + list(extra))
+                          "--step-timeout-ms", "1500", "--keepalive-ms", "1000"] + sec + list(extra))
 
     def wait_ready(self, name="coordinator", verifiers=None, drafters=None, timeout=60):
-        with grpc.insecure_channel(self.addr[name]) as ch:
+        # (over TLS when hardened: health needs no token, ListModels does)
+        with self.channel(name) as ch:
             health = hpbg.HealthStub(ch)
             wait_for(lambda: health.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2).status
                      == hpb.HealthCheckResponse.SERVING, timeout, name + " readiness")
@@ -142,7 +267,7 @@ class Cluster:
                 api = pbg.InferenceStub(ch)
 
                 def counts():
-                    m = api.ListModels(pb.ListModelsRequest(), timeout=2).models
+                    m = api.ListModels(pb.ListModelsRequest(), timeout=2, metadata=self.metadata()).models
                     return len(m) == 1 and (verifiers is None or m[0].verifiers == verifiers) and \
                         (drafters is None or m[0].drafters == drafters)
                 wait_for(counts, timeout, "%s to see %s verifiers, %s drafters" % (name, verifiers, drafters))
@@ -175,6 +300,19 @@ class Cluster:
         for name in names + ["etcd"]:
             if name in self.procs:
                 codes[name] = self.stop(name)
+        # ranks of a TP group that outlived their mpirun (it was killed, or
+        # lost track of them): by PID, each checked to be the rank we started
+        for group, ranks in self.rank_pids.items():
+            for rank, pid in ranks.items():
+                try:
+                    with open("/proc/%d/cmdline" % pid, "rb") as f:
+                        if b"tandem-worker" not in f.read():
+                            continue
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+                    codes["%s-rank%d" % (group, rank)] = "left over, killed"
+                except OSError:
+                    pass
         return codes
 
 
