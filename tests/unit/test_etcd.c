@@ -4,7 +4,10 @@
  * a registration that outlives its TTL, a watch that mirrors a prefix, and
  * both surviving etcd being killed and restarted on the same data and being
  * wiped (a fresh store whose revision went backwards). Also a caller's
- * mistakes, an unreachable etcd, and etcd auth (user + password). etcd is
+ * mistakes, an unreachable etcd, and etcd auth (user + password). A second
+ * etcd runs as production etcd does, on TLS with client certificates
+ * required: calls, a watch and a registration pass with the CA and a client
+ * certificate; no certificate, a foreign CA and plaintext are refused. etcd is
  * always stopped by its PID: group teardown, with an atexit handler as the
  * backup when a test aborts. Skipped only when no `etcd` is on PATH.
  * Waits are on conditions with generous timeouts, never on elapsed time. */
@@ -44,6 +47,9 @@ typedef struct fx {
     int port, peer;
     char ep[64];                 /* "127.0.0.1:port" */
     pid_t pid;
+    /* TLS with client certificates (the second group): PEM files under dir */
+    bool tls;
+    char ca[160], cert[160], key[160], ccert[160], ckey[160], other_ca[160];
 } fx;
 
 /* The one piece of process state: the PID that the atexit handler must
@@ -100,7 +106,10 @@ static td_etcd *client(const char *ep, int32_t timeout_ms) {
 
 /* Waits (up to ~30 s) until etcd answers a Range (or refuses it: auth). */
 static bool wait_ready(fx *f) {
-    td_etcd *e = client(f->ep, 1000);
+    td_etcd_opts to = {.call_timeout_ms = 1000, .ca_file = f->ca, .cert_file = f->ccert, .key_file = f->ckey};
+    td_err oerr = {0};
+    td_etcd *e = f->tls ? td_etcd_open(f->ep, &to, &oerr) : client(f->ep, 1000);
+    if (!e) fail_msg("td_etcd_open(%s): %s", f->ep, oerr.msg);
     bool ok = false;
     td_err err = {0};
     for (int i = 0; i < 300 && !ok; i++) {
@@ -120,12 +129,16 @@ static bool wait_ready(fx *f) {
 
 static void etcd_start(fx *f) {
     char client_url[64], peer_url[64], cluster[96];
-    snprintf(client_url, sizeof client_url, "http://127.0.0.1:%d", f->port);
+    snprintf(client_url, sizeof client_url, "%s://127.0.0.1:%d", f->tls ? "https" : "http", f->port);
     snprintf(peer_url, sizeof peer_url, "http://127.0.0.1:%d", f->peer);
     snprintf(cluster, sizeof cluster, "t=%s", peer_url);
+    /* with TLS, as production etcd runs: a server certificate, and client
+     * certificates required, signed by the test's CA */
     char *argv[] = {f->etcd, "--name", "t", "--data-dir", f->data, "--listen-client-urls", client_url,
                     "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
-                    "--initial-advertise-peer-urls", peer_url, "--initial-cluster", cluster, NULL};
+                    "--initial-advertise-peer-urls", peer_url, "--initial-cluster", cluster,
+                    f->tls ? "--cert-file" : NULL, f->cert, "--key-file", f->key, "--client-cert-auth",
+                    "--trusted-ca-file", f->ca, NULL};
     int logfd = open(f->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     assert_true(logfd >= 0);
     pid_t pid = fork();
@@ -163,7 +176,8 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 
 static void rm_rf(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
-static int group_setup(void **state) {
+/* The fixture without etcd started: binaries found, a temp dir, ports. */
+static int group_setup_dirs(void **state) {
     fx *f = calloc(1, sizeof *f);
     if (!f) return -1;
     *state = f;
@@ -181,8 +195,13 @@ static int group_setup(void **state) {
     while (f->peer == f->port) f->peer = free_port();
     if (f->port <= 0 || f->peer <= 0) return -1;
     snprintf(f->ep, sizeof f->ep, "127.0.0.1:%d", f->port);
-    atexit(kill_etcd_atexit);
-    etcd_start(f);
+    return 0;
+}
+
+static int group_setup(void **state) {
+    if (group_setup_dirs(state)) return -1;
+    fx *f = *state;
+    if (!f->absent) etcd_start(f);
     return 0;
 }
 
@@ -710,11 +729,103 @@ static void auth(void **state) {
     td_etcd_close(e);
 }
 
+/* ---- etcd over TLS with client certificates ---- */
+
+/* A throwaway CA made by `openssl` signs etcd's server certificate
+ * (IP:127.0.0.1) and a client certificate; a second CA signs nothing etcd
+ * trusts. Then etcd is started on https with client certificates required. */
+static int tls_group_setup(void **state) {
+    if (group_setup_dirs(state)) return -1;
+    fx *f = *state;
+    if (f->absent) return 0;
+    f->tls = true;
+    snprintf(f->ca, sizeof f->ca, "%s/ca.pem", f->dir);
+    snprintf(f->cert, sizeof f->cert, "%s/server.pem", f->dir);
+    snprintf(f->key, sizeof f->key, "%s/server.key", f->dir);
+    snprintf(f->ccert, sizeof f->ccert, "%s/client.pem", f->dir);
+    snprintf(f->ckey, sizeof f->ckey, "%s/client.key", f->dir);
+    snprintf(f->other_ca, sizeof f->other_ca, "%s/other-ca.pem", f->dir);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && exec >openssl.log 2>&1 && "
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=td-etcd-ca -keyout ca.key -out ca.pem && "
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=td-other-ca -keyout other-ca.key -out other-ca.pem && "
+             "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' > server.ext && "
+             "printf 'extendedKeyUsage=clientAuth\n' > client.ext && "
+             "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr && "
+             "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext -out server.pem && "
+             "openssl req -newkey rsa:2048 -nodes -subj /CN=td-etcd-client -keyout client.key -out client.csr && "
+             "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile client.ext -out client.pem",
+             f->dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "tls_group_setup: openssl failed (see %s/openssl.log)\n", f->dir);
+        return -1;
+    }
+    etcd_start(f);
+    return 0;
+}
+
+static void tls_client_certs(void **state) {
+    fx *f = get_fx(state);
+    td_err err = {0};
+    /* the CA and a client certificate: every kind of call works */
+    td_etcd_opts o = {.call_timeout_ms = 3000, .ca_file = f->ca, .cert_file = f->ccert, .key_file = f->ckey};
+    td_etcd *e = td_etcd_open(f->ep, &o, &err);
+    assert_non_null(e);
+    assert_int_equal(td_etcd_put(e, "/tls/k", "v", 1, 0, &err), 0);
+    assert_true(value_is(e, "/tls/k", "v"));
+    mirror m;
+    mirror_init(&m);
+    td_etcd_watch *w = td_etcd_watch_prefix(e, "/tls/", on_event, &m, &err);
+    assert_non_null(w);
+    td_etcd_reg *r = td_etcd_register(e, "/tls/reg", "r", 1, 2, &err);
+    assert_non_null(r);
+    assert_true(mirror_wait(&m, "/tls/reg", "r", 1, 10));
+    assert_true(wait_reg_alive(r, 10));
+    td_etcd_close(e);
+    mirror_destroy(&m);
+
+    /* no client certificate: etcd refuses the handshake */
+    td_etcd_opts no_cert = {.call_timeout_ms = 2000, .ca_file = f->ca};
+    e = td_etcd_open(f->ep, &no_cert, &err);
+    assert_non_null(e);
+    assert_true(td_etcd_put(e, "/tls/k", "x", 1, 0, &err) < 0);
+    td_etcd_close(e);
+    /* a CA that did not sign etcd's certificate: the client refuses etcd */
+    td_etcd_opts wrong_ca = {.call_timeout_ms = 2000, .ca_file = f->other_ca, .cert_file = f->ccert, .key_file = f->ckey};
+    e = td_etcd_open(f->ep, &wrong_ca, &err);
+    assert_non_null(e);
+    assert_true(td_etcd_put(e, "/tls/k", "x", 1, 0, &err) < 0);
+    td_etcd_close(e);
+    /* plaintext to the TLS port */
+    e = client(f->ep, 2000);
+    assert_true(td_etcd_put(e, "/tls/k", "x", 1, 0, &err) < 0);
+    td_etcd_close(e);
+    /* none of the refused puts landed */
+    e = td_etcd_open(f->ep, &o, &err);
+    assert_non_null(e);
+    assert_true(value_is(e, "/tls/k", "v"));
+    td_etcd_close(e);
+    /* an unreadable file is an error that names it */
+    td_etcd_opts missing = {.ca_file = "/nonexistent/ca.pem"};
+    memset(&err, 0, sizeof err);
+    e = td_etcd_open(f->ep, &missing, &err);
+    if (e) {
+        assert_true(td_etcd_put(e, "/tls/k", "x", 1, 0, &err) < 0);
+        td_etcd_close(e);
+    }
+    assert_non_null(strstr(err.msg, "/nonexistent/ca.pem"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_input),    cmocka_unit_test(kv_calls),     cmocka_unit_test(cas),
         cmocka_unit_test(leases),       cmocka_unit_test(registration), cmocka_unit_test(watch),
         cmocka_unit_test(etcd_restart), cmocka_unit_test(etcd_wiped),   cmocka_unit_test(auth),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    const struct CMUnitTest tls_tests[] = {cmocka_unit_test(tls_client_certs)};
+    atexit(kill_etcd_atexit);
+    int failed = cmocka_run_group_tests_name("etcd", tests, group_setup, group_teardown);
+    failed += cmocka_run_group_tests_name("etcd over TLS", tls_tests, tls_group_setup, group_teardown);
+    return failed;
 }
