@@ -94,6 +94,10 @@ int td_cmd_perplexity(int argc, char **argv);
 int td_cmd_bench(int argc, char **argv);
 int td_cmd_bench_spec(int argc, char **argv);
 int td_cmd_bench_kernels(int argc, char **argv);
+/* bench_measure.c: the median of n timings (sorts v); read bandwidth in
+ * bytes/s over buf on the pool's threads (median of 5 sweeps). */
+double td_bench_median(double *v, int n);
+double td_bench_read_bandwidth(td_pool *pool, const uint64_t *buf, size_t bytes);
 int td_cmd_health(int argc, char **argv);
 int td_cmd_score(int argc, char **argv);
 

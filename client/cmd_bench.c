@@ -13,51 +13,15 @@
 #include "gen/gen.h"
 #include "quant/quant.h"
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-typedef struct bw_job {
-    const uint64_t *buf;
-    int64_t n;
-    _Atomic int64_t next;
-    uint64_t sums[64];
-} bw_job;
-
-static void bw_worker(void *arg, int ith, int nth) {
-    bw_job *j = arg;
-    int64_t lo, hi;
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    (void)nth;
-    while (td_claim(&j->next, j->n, (int64_t)1 << 17, &lo, &hi)) /* 1 MiB at a time */
-        for (int64_t i = lo; i + 4 <= hi; i += 4) {
-            s0 += j->buf[i]; s1 += j->buf[i + 1]; s2 += j->buf[i + 2]; s3 += j->buf[i + 3];
-        }
-    j->sums[ith & 63] = s0 + s1 + s2 + s3;
-}
-
 /* Read bandwidth in GB/s over a buffer far larger than the caches. */
 static double read_bandwidth(td_pool *pool) {
     size_t bytes = (size_t)512 << 20;
     uint64_t *buf = malloc(bytes);
     if (!buf) return 0;
     for (size_t i = 0; i < bytes / 8; i++) buf[i] = i;
-    bw_job j = {.buf = buf, .n = (int64_t)(bytes / 8)};
-    double t[5];
-    for (int r = 0; r < 5; r++) {
-        atomic_init(&j.next, 0);
-        double t0 = td_now_sec();
-        td_pool_run(pool, bw_worker, &j);
-        t[r] = td_now_sec() - t0;
-    }
+    double bw = td_bench_read_bandwidth(pool, buf, bytes);
     free(buf);
-    return bytes / median(t, 5) / 1e9;
+    return bw / 1e9;
 }
 
 typedef struct bench_opts {
@@ -129,19 +93,19 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
         if (td_gen_prefill(ctx, kv, 0, 0, o->ids, (size_t)o->n_prefill, o->n_prefill, logits, &err)) goto fail;
         pre[r] = o->n_prefill / (td_now_sec() - t0);
     }
-    double d = median(dec, o->repeats), p = median(pre, o->repeats);
-    double v1 = median(ver[0], o->repeats * 4);
+    double d = td_bench_median(dec, o->repeats), p = td_bench_median(pre, o->repeats);
+    double v1 = td_bench_median(ver[0], o->repeats * 4);
     char who[32];
     if (gpu) td_device_format(o->device, who, sizeof who);
     else snprintf(who, sizeof who, "threads %d", threads);
     printf("%s: decode %.1f tok/s (%d after %d), prefill %.1f tok/s (%d rows)\n", who, d, o->n_decode,
            o->n_prompt, p, o->n_prefill);
     printf("%s: verify cost vs 1 row after %d tokens:", who, o->n_prompt);
-    for (int k = 0; k < n_ks; k++) printf("  %d rows %.2fx", verify_rows[k], median(ver[k], o->repeats * 4) / v1);
+    for (int k = 0; k < n_ks; k++) printf("  %d rows %.2fx", verify_rows[k], td_bench_median(ver[k], o->repeats * 4) / v1);
     printf("  (1 row = %.3f ms)\n", v1 * 1e3);
     if (gpu) {
         printf("%s: one pass, ms:", who);
-        for (int k = 0; k < n_ks; k++) printf("  %d rows %.3f", verify_rows[k], median(ver[k], o->repeats * 4) * 1e3);
+        for (int k = 0; k < n_ks; k++) printf("  %d rows %.3f", verify_rows[k], td_bench_median(ver[k], o->repeats * 4) * 1e3);
         printf("\n");
         char prof[512];
         td_ctx_profile(ctx, prof, sizeof prof);

@@ -27,16 +27,6 @@ static const int row_counts[] = {1, 2, 4, 8, 16};
  * and the model's widest projection input. */
 #define N_IN 1536
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* ---- the limits ---- */
 
 /* One core's peak of a dot form, multiply-adds per second: the best of 5
@@ -60,41 +50,6 @@ static double measure_peak(int form, int64_t macs_per_iter) {
     }
     (void)sink;
     return best;
-}
-
-typedef struct bw_job {
-    const uint64_t *buf;
-    int64_t n;
-    _Atomic int64_t next;
-    uint64_t sums[64];
-} bw_job;
-
-static void bw_worker(void *arg, int ith, int nth) {
-    bw_job *j = arg;
-    int64_t lo, hi;
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    (void)nth;
-    while (td_claim(&j->next, j->n, (int64_t)1 << 17, &lo, &hi)) /* 1 MiB at a time */
-        for (int64_t i = lo; i + 4 <= hi; i += 4) {
-            s0 += j->buf[i];
-            s1 += j->buf[i + 1];
-            s2 += j->buf[i + 2];
-            s3 += j->buf[i + 3];
-        }
-    j->sums[ith & 63] = s0 + s1 + s2 + s3;
-}
-
-/* Read bandwidth, bytes per second, over `buf` (median of 5 sweeps). */
-static double measure_bandwidth(td_pool *pool, uint64_t *buf, size_t bytes) {
-    bw_job j = {.buf = buf, .n = (int64_t)(bytes / 8)};
-    double t[5];
-    for (int r = 0; r < 5; r++) {
-        atomic_init(&j.next, 0);
-        double t0 = td_now_sec();
-        td_pool_run(pool, bw_worker, &j);
-        t[r] = td_now_sec() - t0;
-    }
-    return (double)bytes / median(t, 5);
 }
 
 /* ---- the kernels ---- */
@@ -139,7 +94,7 @@ static double time_matmul(td_pool *pool, mm_job *j, int repeats) {
         }
         t[r] = (td_now_sec() - t0) / calls;
     }
-    double m = j->failed ? -1 : median(t, repeats);
+    double m = j->failed ? -1 : td_bench_median(t, repeats);
     free(t);
     return m;
 }
@@ -335,7 +290,7 @@ int td_cmd_bench_kernels(int argc, char **argv) {
     if (!no_stream) {
         bwbuf = (uint64_t *)W; /* the weight buffer doubles as the bandwidth buffer */
         for (size_t i = 0; i < o.stream_bytes / 8; i++) bwbuf[i] = i;
-        o.bandwidth = measure_bandwidth(pool, bwbuf, o.stream_bytes);
+        o.bandwidth = td_bench_read_bandwidth(pool, bwbuf, o.stream_bytes);
         printf("read bandwidth, %ld thread%s, %ld MiB buffer: %.1f GB/s\n", threads, threads == 1 ? "" : "s",
                stream_mib, o.bandwidth / 1e9);
     }
