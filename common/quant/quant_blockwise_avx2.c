@@ -49,7 +49,25 @@ typedef struct tile_prep {
     _Alignas(32) float dx[PREP_BLOCKS][TILE_ROWS];
     _Alignas(32) float sx[PREP_BLOCKS][TILE_ROWS];
     _Alignas(32) uint8_t qs[PREP_BLOCKS][TILE_ROWS][32];
+#ifdef TD_QUANT_VNNI
+    /* Q8_0 on vpdpbusd: -128 * (the sum of each lane's four codes), the
+     * accumulator a block's dot starts from (see q8_0_lanes) */
+    _Alignas(32) int32_t bias[PREP_BLOCKS][TILE_ROWS][8];
+#endif
 } tile_prep;
+
+/* A Q8_0 block's eight lane sums w·x, both sides signed. vpdpbusd wants one
+ * side unsigned: with u = w + 128 (w ^ 0x80 as a byte), w·x = u·x - 128·Σx,
+ * so starting the accumulator at -128·Σx (per lane, from the activation
+ * tile) gives w·x in one instruction, where the sign trick
+ * (|w|·sign(x, w)) costs a sign per row. The same exact integers either way,
+ * so the same bits. */
+#ifdef TD_QUANT_VNNI
+INLINE __m256i q8_0_bias(__m256i xq) {
+    __m256i sum4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), xq);
+    return _mm256_sub_epi32(_mm256_setzero_si256(), sum4);
+}
+#endif
 
 /* A pair's running sums while its row comes in several chunks. */
 typedef struct pair_state {
@@ -65,6 +83,10 @@ INLINE void prepare_tile(enum bkind k, int nr, int64_t i0, int64_t i1, const uin
             ts->dx[i - i0][r] = half(xb);
             ts->sx[i - i0][r] = k == B_Q4_1 ? half(xb + 2) : 0.0f;
             _mm256_store_si256((__m256i *)ts->qs[i - i0][r], load256(xb + (k == B_Q4_1 ? 4 : 2)));
+#ifdef TD_QUANT_VNNI
+            if (k == B_Q8_0)
+                _mm256_store_si256((__m256i *)ts->bias[i - i0][r], q8_0_bias(load256(xb + 2)));
+#endif
         }
         for (int r = nr; r < TILE_ROWS; r++)
             ts->dx[i - i0][r] = ts->sx[i - i0][r] = 0.0f;
@@ -96,14 +118,24 @@ INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_
             mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_load_ps(ts->sx[i - i0]), mins);
         } else {
             codes = _mm256_loadu_si256((const __m256i *)(wb + 2));
+#ifdef TD_QUANT_VNNI
+            codes = _mm256_xor_si256(codes, _mm256_set1_epi8((char)0x80)); /* w + 128, unsigned */
+#else
             abs_codes = _mm256_sign_epi8(codes, codes); /* maddubs wants one unsigned side */
+#endif
         }
         _Alignas(32) float scale[TILE_ROWS]; /* d_w * d_x per row */
         _mm256_store_ps(scale, _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_load_ps(ts->dx[i - i0])));
         UNROLL
         for (int r = 0; r < nr; r++) {
             __m256i xq = _mm256_load_si256((const __m256i *)ts->qs[i - i0][r]);
+#ifdef TD_QUANT_VNNI
+            __m256i sums = k == B_Q4_1 ? dot4(codes, xq)
+                                       : dot4_add(_mm256_load_si256((const __m256i *)ts->bias[i - i0][r]), codes, xq);
+            (void)abs_codes;
+#else
             __m256i sums = k == B_Q4_1 ? dot4(codes, xq) : dot4(abs_codes, _mm256_sign_epi8(xq, codes));
+#endif
             __m256 lanes = _mm256_cvtepi32_ps(sums);
             acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[r]), lanes, acc[r]);
         }
