@@ -51,6 +51,9 @@ typedef struct td_worker_config {
     int32_t idle_timeout;        /* seconds a sequence may sit unused before it is reclaimed */
     int32_t max_calls;
     td_numerics numerics;
+    /* Where the passes run: the CPU (default) or a CUDA GPU, which computes
+     * the reference order only (td_worker_engine_create refuses another). */
+    td_device device;
     bool batching;               /* combine concurrent verifications into one pass (default on) */
     bool prefix_cache;           /* a new sequence reuses what a closed one left in the cache (default on) */
     /* A tensor-parallel group (mpirun -np N ... --tp N): the group's

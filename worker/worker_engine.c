@@ -123,8 +123,10 @@ static void fill_info(td_worker_engine *e) {
     in->role = e->cfg.role;
     /* Same fingerprint, same bits: the file, the summation order, the kernel
      * family that computes it, the tensor-parallel layout, the backend. */
-    snprintf(in->fingerprint, sizeof in->fingerprint, "sha256=%.16s;numerics=%s;kernels=%s;tp=%d;backend=cpu",
-             in->model_id, td_numerics_name(e->cfg.numerics), td_quant_kernel_name(), td_comm_size(e->cfg.comm));
+    const bool gpu = e->cfg.device.kind == TD_DEVICE_CUDA;
+    snprintf(in->fingerprint, sizeof in->fingerprint, "sha256=%.16s;numerics=%s;kernels=%s;tp=%d;backend=%s",
+             in->model_id, td_numerics_name(e->cfg.numerics), gpu ? "cuda" : td_quant_kernel_name(),
+             td_comm_size(e->cfg.comm), gpu ? "cuda" : "cpu");
 }
 
 td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *err) {
@@ -138,6 +140,20 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     pthread_mutex_init(&e->score_lock, NULL);
     pthread_cond_init(&e->cv, NULL);
     int rc;
+    /* The GPU computes the reference order and holds a whole model: a
+     * request may move only between workers whose bits agree, and a
+     * tensor-parallel GPU group needs the NCCL backend. */
+    if (cfg->device.kind == TD_DEVICE_CUDA) {
+        if (cfg->numerics != TD_NUMERICS_REFERENCE) {
+            td_err_set(err, TD_E_ARG, "--device cuda computes --numerics reference only (got %s)",
+                       td_numerics_name(cfg->numerics));
+            goto fail;
+        }
+        if (td_comm_size(cfg->comm) > 1) {
+            td_err_set(err, TD_E_UNSUPPORTED, "--device cuda with --tp > 1: tensor-parallel groups run on CPUs");
+            goto fail;
+        }
+    }
     if ((rc = td_gguf_open(cfg->model_path, &e->gguf, err))) goto fail;
     if ((rc = td_model_load_shard(e->gguf, td_comm_rank(cfg->comm), td_comm_size(cfg->comm), &e->model, err)))
         goto fail;
@@ -149,7 +165,7 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     if (e->cfg.max_seqs <= 0) e->cfg.max_seqs = 16;
     if (e->cfg.max_tokens <= 0) e->cfg.max_tokens = (int64_t)e->cfg.max_seqs * e->cfg.ctx;
     if (!(e->pool = td_pool_create(cfg->threads > 0 ? cfg->threads : td_cpu_count(), err))) goto fail;
-    if (!(e->ctx = td_ctx_create(e->model, e->cfg.max_rows, e->pool, err))) goto fail;
+    if (!(e->ctx = td_ctx_create_on(e->model, e->cfg.max_rows, e->pool, e->cfg.device, err))) goto fail;
     td_ctx_set_numerics(e->ctx, e->cfg.numerics);
     if (cfg->comm && (rc = td_ctx_set_comm(e->ctx, cfg->comm, err))) goto fail;
     if (!(e->kv = td_kv_create(e->model, e->cfg.max_seqs + 1, e->cfg.ctx, err))) goto fail;

@@ -48,6 +48,10 @@ static void usage(FILE *f) {
           "  --max-calls N         gRPC calls in flight at most (default 256)\n"
           "  --numerics MODE       fast (default), reference or tp-invariant (the fingerprint\n"
           "                        says which)\n"
+          "  --device DEV          cpu (default) or cuda[:N]: run the passes on a CUDA GPU (a build\n"
+          "                        with -DTANDEM_CUDA=ON; Q4_0/Q4_1/Q8_0 weights). The GPU computes\n"
+          "                        the reference order, so --numerics defaults to reference there;\n"
+          "                        its fingerprint says backend=cuda\n"
           "  --tp N                a tensor-parallel group of N processes, each holding 1/N of\n"
           "                        the model: mpirun -np N tandem-worker --role verifier --tp N\n"
           "                        ...; rank 0 serves and registers (tp: N), the others follow\n"
@@ -76,6 +80,7 @@ int main(int argc, char **argv) {
                             .prefix_cache = true};
     td_log_level level = TD_LOG_INFO;
     long tp = 1;
+    bool numerics_given = false;
     td_etcd_opts eo = {0};
     td_net_tls tls = {0};
     const char *metrics_listen = NULL;
@@ -116,7 +121,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--max-rows")) { if (!parse_long(a, v, 16, 4096, &l)) return 2; cfg.max_rows = (int32_t)l; }
         else if (!strcmp(a, "--idle-timeout")) { if (!parse_long(a, v, 1, 86400, &l)) return 2; cfg.idle_timeout = (int32_t)l; }
         else if (!strcmp(a, "--max-calls")) { if (!parse_long(a, v, 1, 100000, &l)) return 2; cfg.max_calls = (int32_t)l; }
-        else if (!strcmp(a, "--numerics")) {
+        else if (!strcmp(a, "--device")) {
+            td_err derr = {0};
+            if (td_device_parse(v, &cfg.device, &derr)) { fprintf(stderr, "tandem-worker: --device: %s\n", derr.msg); return 2; }
+        } else if (!strcmp(a, "--numerics")) {
+            numerics_given = true;
             if (!strcmp(v, "fast")) cfg.numerics = TD_NUMERICS_FAST;
             else if (!strcmp(v, "reference")) cfg.numerics = TD_NUMERICS_REFERENCE;
             else if (!strcmp(v, "tp-invariant")) cfg.numerics = TD_NUMERICS_TP_INVARIANT;
@@ -141,6 +150,22 @@ int main(int argc, char **argv) {
     /* a client CA is given to be enforced: without a certificate from it a
      * coordinator is refused during the handshake */
     tls.require_client_cert = tls.ca_file != NULL;
+    if (cfg.device.kind == TD_DEVICE_CUDA) {
+        if (numerics_given && cfg.numerics != TD_NUMERICS_REFERENCE) {
+            fprintf(stderr, "tandem-worker: --device cuda computes --numerics reference only (got %s)\n",
+                    td_numerics_name(cfg.numerics));
+            return 2;
+        }
+        cfg.numerics = TD_NUMERICS_REFERENCE;
+        if (cfg.role == TD_WORKER_DRAFTER) {
+            fprintf(stderr, "tandem-worker: --device cuda is for verifiers (a drafter's model runs on the CPU)\n");
+            return 2;
+        }
+        if (tp > 1) {
+            fprintf(stderr, "tandem-worker: --device cuda with --tp > 1: tensor-parallel groups run on CPUs\n");
+            return 2;
+        }
+    }
     if (tp > 1 && cfg.role != TD_WORKER_VERIFIER) {
         fprintf(stderr, "tandem-worker: --tp is for verifiers\n");
         return 2;

@@ -230,6 +230,8 @@ def check_operator_facts(objs, values, label):
         gpus = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
         if (gpus or 0) != v["gpus"]:
             fail("%s: model %s: nvidia.com/gpu limit %s, values say %d" % (label, m["name"], gpus, v["gpus"]))
+        if (flag(argv, "--device") == "cuda") != (v["gpus"] > 0):
+            fail("%s: model %s: --device %s with %d GPUs" % (label, m["name"], flag(argv, "--device"), v["gpus"]))
         if not flag(argv, "--model", ).endswith("/" + m["file"]):
             fail("%s: model %s: --model %s" % (label, m["name"], flag(argv, "--model")))
         init = sts[0]["spec"]["template"]["spec"].get("initContainers", [])

@@ -691,6 +691,48 @@ class SecureServiceTest(unittest.TestCase):
         self.assertNotIn(self.TOKEN.encode(), r.stdout + r.stderr)
 
 
+class WorkerDeviceFlagsTest(unittest.TestCase):
+    """tandem-worker --device: refusals name the flag and exit 2 before
+    anything loads; on a build or machine without CUDA the worker says so
+    and exits 1 (no cluster needed)."""
+
+    def worker(self, *args):
+        return subprocess.run([os.path.join(BUILD, "tandem-worker"), "--listen", "127.0.0.1:0"] + list(args),
+                              capture_output=True, timeout=60)
+
+    def test_help_names_device(self):
+        r = self.worker("--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn(b"--device DEV", r.stdout)
+
+    def test_refusals(self):
+        model = os.path.join(tempfile.gettempdir(), "no-model-needed.gguf")
+        for args, text in [(["--role", "verifier", "--model", model, "--device", "gpu"], b"unknown device"),
+                           (["--role", "verifier", "--model", model, "--device", "cuda:x"], b"--device"),
+                           (["--role", "verifier", "--model", model, "--device", "cuda", "--numerics", "fast"],
+                            b"reference only"),
+                           (["--role", "drafter", "--model", model, "--device", "cuda"], b"for verifiers")]:
+            r = self.worker(*args)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn(text, r.stderr, args)
+
+    def test_no_gpu_here_is_said(self):
+        model = DEFAULT_MODEL or os.path.join(os.path.expanduser("~"), ".cache", "tandem", "models",
+                                              "SmolLM2-135M-Instruct.Q4_1.gguf")
+        if not os.path.exists(model):
+            self.skipTest("no model file")
+        p = subprocess.Popen([os.path.join(BUILD, "tandem-worker"), "--listen", "127.0.0.1:0", "--role", "verifier",
+                              "--model", model, "--device", "cuda"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # it serves: a GPU is here (the lent machine)
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=30)
+            self.skipTest("a GPU is here: the worker serves")
+        self.assertEqual(p.returncode, 1, err)
+        self.assertRegex(err.decode(errors="replace"), r"cannot load .*(CUDA|cuda|GPU|device)")
+
+
 class TensorParallelServiceTest(unittest.TestCase):
     """A TP=2 verifier group (mpirun -np 2 tandem-worker --tp 2, the
     tp-invariant order) in the service: rank 0 registers with tp 2, and a
