@@ -105,6 +105,7 @@ INLINE void pair_rows(enum bkind k, int nr, const uint8_t *w, int64_t i0, int64_
         acc[r] = i0 == 0 ? _mm256_setzero_ps() : st->acc[r];
     for (int64_t i = i0; i < i1; i++) {
         const uint8_t *wb = w + (size_t)i * w_bytes(k);
+        td_quant_prefetch_ahead(wb, w_bytes(k));
         /* d (and Q4_1's m) in one conversion: [d, m, -, -]; for Q8_0 the
          * second half is the first two codes, unused */
         int32_t dm_bits;
@@ -163,6 +164,7 @@ INLINE float one_pair(enum bkind k, const uint8_t *w, int64_t nb, const uint8_t 
     float mins = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *xb = x + (size_t)i * x_bytes(k), *wb = w + (size_t)i * w_bytes(k);
+        td_quant_prefetch_ahead(wb, w_bytes(k));
         const __m256i xq = _mm256_loadu_si256((const __m256i *)(xb + (k == B_Q4_1 ? 4 : 2)));
         __m256i sums;
         if (k == B_Q4_1) {

@@ -199,8 +199,10 @@ INLINE void legacy_tile(enum lkind k, int nr, const uint8_t *w, int64_t nb, cons
         a[r] = acc[r];
     const int64_t full = g1 * GB <= nb ? g1 : g1 - 1; /* the last group may be short */
     int64_t g = g0;
-    for (; g < full; g++)
+    for (; g < full; g++) {
+        td_quant_prefetch_ahead(w + g * GB * wb, GB * wb);
         legacy_group(k, nr, GB, w + g * GB * wb, ya + (g - g0) * GROUP_BYTES, yrs, a);
+    }
     if (g < g1)
         legacy_group(k, nr, (int)(nb - g * GB), w + g * GB * wb, ya + (g - g0) * GROUP_BYTES, yrs, a);
     UNROLL
