@@ -72,6 +72,9 @@
  *     publishes them; the etcd rendezvous that does so lives in common/net
  *     (td_etcd_rdv_publish / td_etcd_rdv_wait in net/etcd.h) because this
  *     library does not link gRPC.
+ * Opening waits in ncclCommInitRank until every rank has joined, with no
+ * timeout of its own (NCCL's blocking init): a rank that never comes leaves
+ * the others waiting, as with any collective one rank skips.
  */
 #ifndef TD_COMM_H
 #define TD_COMM_H
