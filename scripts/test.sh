@@ -64,11 +64,13 @@ TD_MKTINY=build/td-mktiny tests/integration/test_cli.sh build/tandem
 
 if [ -x /usr/local/cuda/bin/nvcc ]; then
   # The CUDA backend compiles wherever the toolkit is, so it never rots;
-  # test_cuda checks the host side everywhere and the kernels where a GPU is.
-  step "CUDA build (-DTANDEM_CUDA=ON): compile, test_cuda"
+  # test_cuda checks the host side everywhere and the kernels where a GPU is;
+  # so do test_comm and comm_nccl_check for the NCCL backend (the check
+  # exits 77, skipped, without a GPU).
+  step "CUDA build (-DTANDEM_CUDA=ON): compile, test_cuda, the NCCL backend"
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON >/dev/null
   cmake --build build-cuda -j"$JOBS" >/dev/null
-  ctest --test-dir build-cuda --output-on-failure -R '^test_cuda$'
+  ctest --test-dir build-cuda --output-on-failure -R '^(test_cuda|test_comm|comm_nccl_check|comm_nccl_mpi_np1)$'
 else
   step "CUDA build skipped: no /usr/local/cuda/bin/nvcc"
 fi

@@ -1,5 +1,6 @@
 /* comm.c — td_comm's front end: backend choice, the argument checks every
- * backend relies on, and the single backend (size 1). */
+ * backend relies on (the NCCL options' included), and the single backend
+ * (size 1). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@ static void single_close(td_comm *c) { (void)c; }
 static const td_comm_ops single_ops = {
     .name = "single",
     .bcast = single_bcast,
+    .bcast_ctrl = NULL,
     .allreduce_sum_f32 = single_allreduce,
     .allgatherv_f32 = single_allgatherv,
     .barrier = single_barrier,
@@ -37,6 +39,7 @@ static const td_comm_ops single_ops = {
 };
 
 bool td_comm_mpi_compiled(void) { return td_comm_mpi_built(); }
+bool td_comm_nccl_compiled(void) { return td_comm_nccl_built(); }
 
 static bool env_set(const char *name) {
     const char *v = getenv(name);
@@ -46,6 +49,19 @@ static bool env_set(const char *name) {
 bool td_comm_launched(void) {
     return env_set("OMPI_COMM_WORLD_SIZE") || env_set("PMIX_RANK") || env_set("PMI_RANK") ||
            env_set("PMI_SIZE");
+}
+
+/* The tail every open shares: allgather's scratch, offsets then counts
+ * (size entries each). Closes c on failure. */
+static td_comm *open_finish(td_comm *c, td_err *err) {
+    c->offsets = calloc(2 * (size_t)c->size, sizeof *c->offsets);
+    if (!c->offsets) {
+        td_err_set(err, TD_E_NOMEM, "comm: out of memory");
+        td_comm_close(c);
+        return NULL;
+    }
+    c->counts = c->offsets + c->size;
+    return c;
 }
 
 td_comm *td_comm_open(const char *backend, td_err *err) {
@@ -64,8 +80,11 @@ td_comm *td_comm_open(const char *backend, td_err *err) {
         mpi = false;
     } else if (!strcmp(backend, "mpi")) {
         mpi = true;
+    } else if (!strcmp(backend, "nccl")) {
+        td_comm_nccl_opts o = {.device = -1, .boot = TD_COMM_NCCL_BOOT_MPI};
+        return td_comm_open_nccl(&o, err);
     } else {
-        td_err_set(err, TD_E_ARG, "comm: unknown backend \"%.64s\" (auto, single, mpi)", backend);
+        td_err_set(err, TD_E_ARG, "comm: unknown backend \"%.64s\" (auto, single, mpi, nccl)", backend);
         return NULL;
     }
     td_comm *c = calloc(1, sizeof *c);
@@ -83,15 +102,50 @@ td_comm *td_comm_open(const char *backend, td_err *err) {
         c->rank = 0;
         c->size = 1;
     }
-    /* allgather's scratch: offsets, then counts (size entries each) */
-    c->offsets = calloc(2 * (size_t)c->size, sizeof *c->offsets);
-    if (!c->offsets) {
-        td_err_set(err, TD_E_NOMEM, "comm: out of memory");
-        td_comm_close(c);
+    return open_finish(c, err);
+}
+
+int td_comm_nccl_unique_id(uint8_t id[TD_COMM_NCCL_ID_BYTES], td_err *err) {
+    if (!id) return td_err_set(err, TD_E_ARG, "td_comm_nccl_unique_id: id is NULL");
+    return td_comm_nccl_make_id(id, err);
+}
+
+td_comm *td_comm_open_nccl(const td_comm_nccl_opts *o, td_err *err) {
+    static const char fn[] = "td_comm_open_nccl";
+    /* the options are checked here, identically in every build, so a
+     * caller's mistake reads the same with or without NCCL */
+    if (!o) {
+        td_err_set(err, TD_E_ARG, "%s: options are NULL", fn);
         return NULL;
     }
-    c->counts = c->offsets + c->size;
-    return c;
+    if (o->device < -1) {
+        td_err_set(err, TD_E_ARG, "%s: device %d is not a device index (-1: the launcher's local rank)", fn,
+                   o->device);
+        return NULL;
+    }
+    if (o->boot == TD_COMM_NCCL_BOOT_ID) {
+        if (o->size < 1 || o->rank < 0 || o->rank >= o->size) {
+            td_err_set(err, TD_E_ARG, "%s: rank %d of size %d is not a rank of the group", fn, o->rank, o->size);
+            return NULL;
+        }
+        if (!o->id) {
+            td_err_set(err, TD_E_ARG, "%s: bootstrap by id, but the id is NULL", fn);
+            return NULL;
+        }
+    } else if (o->boot != TD_COMM_NCCL_BOOT_MPI) {
+        td_err_set(err, TD_E_ARG, "%s: unknown bootstrap %d (TD_COMM_NCCL_BOOT_MPI or _ID)", fn, (int)o->boot);
+        return NULL;
+    }
+    td_comm *c = calloc(1, sizeof *c);
+    if (!c) {
+        td_err_set(err, TD_E_NOMEM, "comm: out of memory");
+        return NULL;
+    }
+    if (td_comm_nccl_open(c, o, err) < 0) {
+        free(c);
+        return NULL;
+    }
+    return open_finish(c, err);
 }
 
 void td_comm_close(td_comm *c) {
@@ -119,6 +173,7 @@ int td_comm_bcast_ctrl(td_comm *c, void *buf, size_t bytes, td_err *err) {
     if (!c) return td_err_set(err, TD_E_ARG, "td_comm_bcast_ctrl: communicator is NULL");
     if (bytes > 0 && !buf) return td_err_set(err, TD_E_ARG, "td_comm_bcast_ctrl: buffer is NULL (%zu bytes)", bytes);
     if (bytes == 0) return TD_OK;
+    if (c->ops->bcast_ctrl) return c->ops->bcast_ctrl(c, buf, bytes, err);
     return c->ops->bcast(c, buf, bytes, 0, err);
 }
 

@@ -2,8 +2,9 @@
  * pointers. comm.c checks every argument before it calls a backend, so an
  * entry may assume valid, non-overlapping buffers (in-place gathers
  * excepted, as comm.h allows), 0 <= root < size, counts that sum without
- * overflow, and n > 0 (empty calls never reach a backend, barrier aside). A
- * later NCCL backend adds one more table (its buffers on the device). */
+ * overflow, and n > 0 (empty calls never reach a backend, barrier aside).
+ * The NCCL backend's table takes device buffers, and its own bcast_ctrl for
+ * host bytes (the other backends leave it NULL: their bcast takes both). */
 #ifndef TD_COMM_INTERNAL_H
 #define TD_COMM_INTERNAL_H
 
@@ -12,6 +13,8 @@
 typedef struct td_comm_ops {
     const char *name;
     int (*bcast)(td_comm *c, void *buf, size_t bytes, int root, td_err *err);
+    /* Host bytes from rank 0 (td_comm_bcast_ctrl); NULL: bcast does it. */
+    int (*bcast_ctrl)(td_comm *c, void *buf, size_t bytes, td_err *err);
     /* In place, in the fixed left-to-right rank order of comm.h. */
     int (*allreduce_sum_f32)(td_comm *c, float *buf, int64_t n, td_err *err);
     /* counts and offsets (in floats) of every rank; offsets[r] = sum of
@@ -33,5 +36,17 @@ struct td_comm {
  * c->ops, rank, size and impl. */
 int td_comm_mpi_open(td_comm *c, td_err *err);
 bool td_comm_mpi_built(void);
+
+/* The NCCL backend (comm_nccl.cu, or comm_nccl_absent.c without NCCL): fills
+ * c->ops, rank, size and impl from options comm.c has checked. */
+int td_comm_nccl_open(td_comm *c, const td_comm_nccl_opts *o, td_err *err);
+bool td_comm_nccl_built(void);
+int td_comm_nccl_make_id(uint8_t id[TD_COMM_NCCL_ID_BYTES], td_err *err);
+
+/* The NCCL all-reduce's ordered sum on its own, for the device check (a
+ * one-rank group cannot show the order): parts holds nparts device rows of n
+ * floats; out[i] = ((parts[0][i] + parts[1][i]) + ...) on device `device`.
+ * TD_E_UNSUPPORTED without NCCL. */
+int td_comm_nccl_ordered_sum(int device, const float *parts, int nparts, int64_t n, float *out, td_err *err);
 
 #endif

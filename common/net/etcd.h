@@ -112,4 +112,49 @@ td_etcd_watch *td_etcd_watch_prefix(td_etcd *e, const char *prefix, td_etcd_watc
 bool td_etcd_watch_alive(const td_etcd_watch *w);
 void td_etcd_watch_stop(td_etcd_watch *w); /* accepts NULL */
 
+/* ---- rendezvous: a group's bootstrap bytes (an ncclUniqueId) ----
+ * Where no MPI launcher exists (Kubernetes), the ranks of a tensor-parallel
+ * group meet at /tandem/<cluster>/groups/<group>/nccl-id. Rank 0 publishes
+ * opaque bytes there; every other rank waits for them. It lives here, not in
+ * common/comm, because libtandem (comm) does not link gRPC: the worker takes
+ * the bytes from here and hands them to td_comm_open_nccl (TD_COMM_NCCL_BOOT_ID).
+ *
+ * The value is text: "tandem-rdv/1 <generation> <base64 of the bytes>".
+ * The generation names one start of the group (e.g. the StatefulSet's
+ * controller-revision hash or a rollout counter; the same on every rank), so
+ * a key left by an earlier start is told from the current one:
+ *   publish — creates the key by compare-and-set (create only if absent)
+ *     under a lease of ttl_sec, so a dead group's id disappears by itself. A
+ *     key of ANOTHER generation (or one that does not parse) is stale and is
+ *     replaced by compare-and-set on its mod revision. A key of the SAME
+ *     generation means another rank 0 of this start is (or just was) alive:
+ *     publish waits for its lease to run out, up to timeout_ms, then fails
+ *     naming the key — it never overwrites a live peer's id.
+ *   wait — polls (every poll_ms) until the key holds this generation, then
+ *     decodes it; a key of another generation is ignored (stale), one of this
+ *     generation that is not valid base64 or not `len` bytes is an error
+ *     (TD_E_FORMAT) at once, and nothing by timeout_ms is TD_E_IO naming the
+ *     key and what was found there.
+ * The lease is not kept alive: rank 0 revokes it (td_etcd_lease_revoke) once
+ * the group has formed (ncclCommInitRank returned), and ttl_sec must cover
+ * the time the other ranks take to start. */
+typedef struct td_etcd_rdv_opts {
+    const char *cluster, *group; /* key path parts: 1-128 chars, no '/' */
+    const char *generation;      /* 1-64 of [A-Za-z0-9._-]; NULL = "0" */
+    int64_t ttl_sec;             /* publish's lease (0 = 60) */
+    int32_t timeout_ms;          /* how long to wait (0 = 120000) */
+    int32_t poll_ms;             /* between reads (0 = 100) */
+} td_etcd_rdv_opts;
+
+#define TD_ETCD_RDV_MAX_BYTES 4096
+
+/* Rank 0: publishes bytes[0..len) (1 <= len <= TD_ETCD_RDV_MAX_BYTES); *lease
+ * receives the lease the key lives under. 0, or TD_E_ARG, TD_E_NOMEM, TD_E_IO
+ * (etcd unreachable, or a live key of this generation until the timeout). */
+int td_etcd_rdv_publish(td_etcd *e, const td_etcd_rdv_opts *o, const void *bytes, size_t len, int64_t *lease,
+                        td_err *err);
+/* Ranks 1..N-1: waits for this generation's bytes, exactly len of them, into
+ * out. 0, or TD_E_ARG, TD_E_NOMEM, TD_E_FORMAT, TD_E_IO (timeout, etcd). */
+int td_etcd_rdv_wait(td_etcd *e, const td_etcd_rdv_opts *o, void *out, size_t len, td_err *err);
+
 #endif

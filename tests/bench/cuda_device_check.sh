@@ -6,6 +6,9 @@
 #   tests/bench/cuda_device_check.sh stage     there, call 1: keep the model's
 #                                              first part (and llama.cpp) in /tmp
 #   tests/bench/cuda_device_check.sh run       there, call 2: everything below
+#   tests/bench/cuda_device_check.sh nccl      there, one call carrying only
+#                                              .devcarry/bin and .devcarry/lib:
+#                                              the NCCL backend's check alone
 #
 # A device call carries at most 64 MiB and removes what an earlier call
 # carried, so the 98 MB default model travels in two parts over two calls
@@ -21,7 +24,11 @@
 # engine --device cuda before and after llama-bench on the same file (decode,
 # prefill 512, passes of 1-32 rows); a kernel-time profile; the same on a
 # synthesized 7B-shaped Q4_1 model; generate on CPU and GPU (same text); and
-# Spec-Bench on the GPU. Figures only: nothing here fails on timing.
+# Spec-Bench on the GPU; and comm_nccl_check, the NCCL backend of
+# common/comm/ on a one-rank group, without a launcher (bootstrap by id) and
+# under mpirun -np 1 (bootstrap over MPI): every collective bit for bit, the
+# ordered sum on 1-7 parts (rc=0 passed, 77 skipped: no GPU, else failed).
+# Figures only: nothing here fails on timing.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
@@ -34,7 +41,8 @@ pack)
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON >/dev/null
   cmake --build build-cuda -j"$(nproc)" >/dev/null
   mkdir -p .devcarry/bin .devcarry/lib .devcarry/m1 .devcarry/m2
-  cp build-cuda/tandem build-cuda/test_cuda build-cuda/td-mktiny .devcarry/bin/ && strip .devcarry/bin/*
+  cp build-cuda/tandem build-cuda/test_cuda build-cuda/td-mktiny build-cuda/comm_nccl_check .devcarry/bin/
+  strip .devcarry/bin/*
   # Debian libraries the device's Ubuntu may lack
   for l in libcmocka.so.0 libcjson.so.1 libpcre2-8.so.0; do cp -L "/lib/x86_64-linux-gnu/$l" .devcarry/lib/; done
   m="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models/$MODEL_FILE"
@@ -58,6 +66,7 @@ run)
   ($B/td-mktiny /tmp/7b.gguf --shape llama7b --type Q4_1 > /dev/null; echo "7B-shaped model made: rc=$?") &
   export TD_BINARY_DIR=/tmp/bd TD_SOURCE_DIR=$PWD
   timeout 200 $B/test_cuda 2>&1 | tee $OUT/test_cuda.log | grep -E "^#|OK|FAIL|ERROR|LINE"
+  bash tests/bench/cuda_device_check.sh nccl # cwd is the repo root (cd above)
   LB() { if [ -x $L/llama-bench ]; then (cd $L && LD_LIBRARY_PATH=$L:$LD_LIBRARY_PATH timeout 120 ./llama-bench "$@"); fi; }
   {
     echo "== tandem (before)"; timeout 60 $B/tandem bench engine --device cuda --repeats 5
@@ -77,6 +86,22 @@ run)
     --prompts .devcarry/m2/spec_bench.jsonl --limit 12 --max-tokens 128 --draft lookup --draft auto 2>&1 |
     tee $OUT/spec.log | tail -10
   ;;
+nccl)
+  # NCCL's own diagnostics on failure only (NCCL_DEBUG=WARN); the library is
+  # the device's libnccl.so.2 (linked dynamically, never carried)
+  OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+  export LD_LIBRARY_PATH=$PWD/.devcarry/lib NCCL_DEBUG=WARN
+  B=$PWD/.devcarry/bin
+  {
+    echo "== comm_nccl_check (bootstrap by id)"; timeout 90 $B/comm_nccl_check; echo "rc=$?"
+    if command -v mpirun > /dev/null; then
+      echo "== comm_nccl_check --mpi (mpirun -np 1)"
+      timeout 90 mpirun --allow-run-as-root -np 1 $B/comm_nccl_check --mpi; echo "rc=$?"
+    else
+      echo "== no mpirun: the MPI bootstrap not checked"
+    fi
+  } 2>&1 | tee $OUT/comm_nccl.log
+  ;;
 *)
-  sed -n '2,25p' "$0"; exit 2 ;;
+  sed -n '2,30p' "$0"; exit 2 ;;
 esac

@@ -2,7 +2,9 @@
  * backend choice from the environment, and a caller's mistakes (NULL
  * buffers, negative counts, counts that do not match) answered with TD_E_ARG
  * and a message. The MPI backend is checked under mpirun by comm_mpi_check
- * (CTest: comm_mpi_np1/2/3). */
+ * (CTest: comm_mpi_np1/2/3). The NCCL backend's option checks run here in
+ * every build; in a build without NCCL every way in says "built without
+ * NCCL"; its collectives run on a GPU (comm_nccl_check). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,10 +61,11 @@ static void unknown_and_absent_backends(void **state) {
     (void)state;
     clear_launcher_env();
     td_err err = {0};
-    assert_null(td_comm_open("nccl", &err));
+    assert_null(td_comm_open("gloo", &err));
     assert_int_equal(err.code, TD_E_ARG);
-    assert_non_null(strstr(err.msg, "nccl"));
-    assert_null(td_comm_open("nccl", NULL)); /* no err: still no crash */
+    assert_non_null(strstr(err.msg, "gloo"));
+    assert_non_null(strstr(err.msg, "nccl")); /* the list of backends */
+    assert_null(td_comm_open("gloo", NULL)); /* no err: still no crash */
     if (td_comm_mpi_compiled()) {
         /* starting MPI here (a singleton) is left to comm_mpi_np1 */
         skip();
@@ -82,6 +85,47 @@ static void unknown_and_absent_backends(void **state) {
     assert_non_null(c);
     td_comm_close(c);
     clear_launcher_env();
+}
+
+/* The NCCL backend's options: a caller's mistakes are TD_E_ARG in every
+ * build; without NCCL, "nccl", td_comm_open_nccl and td_comm_nccl_unique_id
+ * say so (with NCCL they would start MPI or look for a GPU: comm_nccl_check). */
+static void nccl_options(void **state) {
+    (void)state;
+    clear_launcher_env();
+    td_err err = {0};
+    uint8_t id[TD_COMM_NCCL_ID_BYTES] = {0};
+    assert_null(td_comm_open_nccl(NULL, &err));
+    assert_int_equal(err.code, TD_E_ARG);
+    const td_comm_nccl_opts bad[] = {
+        {.device = 0, .boot = TD_COMM_NCCL_BOOT_ID, .rank = 2, .size = 2, .id = id},
+        {.device = 0, .boot = TD_COMM_NCCL_BOOT_ID, .rank = -1, .size = 2, .id = id},
+        {.device = 0, .boot = TD_COMM_NCCL_BOOT_ID, .rank = 0, .size = 0, .id = id},
+        {.device = 0, .boot = TD_COMM_NCCL_BOOT_ID, .rank = 0, .size = 1, .id = NULL},
+        {.device = -2, .boot = TD_COMM_NCCL_BOOT_ID, .rank = 0, .size = 1, .id = id},
+        {.device = 0, .boot = (td_comm_nccl_boot)9, .rank = 0, .size = 1, .id = id},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&err, 0, sizeof err);
+        assert_null(td_comm_open_nccl(&bad[i], &err));
+        assert_int_equal(err.code, TD_E_ARG);
+        assert_non_null(strstr(err.msg, "td_comm_open_nccl"));
+    }
+    memset(&err, 0, sizeof err);
+    assert_int_equal(td_comm_nccl_unique_id(NULL, &err), TD_E_ARG);
+    if (td_comm_nccl_compiled()) skip();
+    memset(&err, 0, sizeof err);
+    assert_null(td_comm_open("nccl", &err));
+    assert_int_equal(err.code, TD_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "built without NCCL"));
+    const td_comm_nccl_opts good = {.device = 0, .boot = TD_COMM_NCCL_BOOT_ID, .rank = 0, .size = 1, .id = id};
+    memset(&err, 0, sizeof err);
+    assert_null(td_comm_open_nccl(&good, &err));
+    assert_int_equal(err.code, TD_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "built without NCCL"));
+    memset(&err, 0, sizeof err);
+    assert_int_equal(td_comm_nccl_unique_id(id, &err), TD_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "built without NCCL"));
 }
 
 /* Size 1: the sum is the buffer itself (bits included: -0.0 stays -0.0), a
@@ -196,6 +240,7 @@ int main(void) {
         cmocka_unit_test(open_single),
         cmocka_unit_test(launcher_detection),
         cmocka_unit_test(unknown_and_absent_backends),
+        cmocka_unit_test(nccl_options),
         cmocka_unit_test(single_collectives),
         cmocka_unit_test(malformed_calls),
     };
