@@ -175,19 +175,23 @@ void td_quant_avx2_matmul_q6_k(const void *W, size_t w_stride, int64_t n_in, int
                                int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                float *y, int64_t y_stride);
 
-/* quant_interleaved_avx512.c and quant_blockwise_avx512.c: the legacy-format
- * kernels above built for AVX512-VNNI + AVX512-VL (quant_simd.h), bitwise
- * the same results; the table uses them where the CPU has both. */
-#define TD_QUANT_DECLARE_LEGACY(isa, name)                                                         \
-    void td_quant_##isa##_dot_##name(int64_t n, float *s, const void *x, const void *y);           \
+/* quant_interleaved_avx512.c, quant_blockwise_avx512.c and
+ * quant_kq_avx512.c: the integer-dot kernels above (legacy blocks and
+ * K-quants) built for AVX512-VNNI + AVX512-VL (quant_simd.h), bitwise the
+ * same results; the table uses them where the CPU has both. */
+#define TD_QUANT_DECLARE_DOT(isa, name)                                                             \
+    void td_quant_##isa##_dot_##name(int64_t n, float *s, const void *x, const void *y);            \
     void td_quant_##isa##_matmul_##name(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, \
                                         int64_t o_hi, const void *xq, size_t x_stride,              \
                                         int64_t n_rows, float *y, int64_t y_stride);
-TD_QUANT_DECLARE_LEGACY(avx512, q4_0)
-TD_QUANT_DECLARE_LEGACY(avx512, q4_1)
-TD_QUANT_DECLARE_LEGACY(avx512, q5_0)
-TD_QUANT_DECLARE_LEGACY(avx512, q5_1)
-TD_QUANT_DECLARE_LEGACY(avx512, q8_0)
+TD_QUANT_DECLARE_DOT(avx512, q4_0)
+TD_QUANT_DECLARE_DOT(avx512, q4_1)
+TD_QUANT_DECLARE_DOT(avx512, q5_0)
+TD_QUANT_DECLARE_DOT(avx512, q5_1)
+TD_QUANT_DECLARE_DOT(avx512, q8_0)
+TD_QUANT_DECLARE_DOT(avx512, q4_k)
+TD_QUANT_DECLARE_DOT(avx512, q5_k)
+TD_QUANT_DECLARE_DOT(avx512, q6_k)
 void td_quant_avx512_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
                                       int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                       float *y, int64_t y_stride);

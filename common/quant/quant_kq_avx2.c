@@ -1,13 +1,14 @@
 /* quant_kq_avx2.c — AVX2/FMA kernels for the K-quant weights (Q4_K, Q5_K,
  * Q6_K) against Q8_K activations. Built with -mavx2 -mfma -mf16c; reached only
- * through the table td_quant_traits hands out after checking the CPU.
+ * through the table td_quant_traits hands out after checking the CPU. Built a
+ * second time by quant_kq_avx512.c for AVX512-VNNI (dot4_scaled_add in
+ * quant_simd.h), with the same integers and so the same bits.
  *
  * Within a 256-element super-block everything is an exact integer sum (the
  * 6-bit/8-bit sub-scales are integers too); each (weight row, activation row)
  * pair then takes one or two fmas per super-block into its own accumulator, in
  * the same order whatever tile it is computed in (batch invariance).
  */
-#include <immintrin.h>
 #include <string.h>
 
 #include "quant/quant_impl.h"
@@ -15,19 +16,16 @@
 
 #define TILE_ROWS 4 /* activation rows per pass over a weight row */
 
-
-
-
 enum kkind { K_Q4, K_Q5, K_Q6 };
 
 INLINE size_t kw_bytes(enum kkind k) {
     return k == K_Q4 ? sizeof(td_block_q4_k) : k == K_Q5 ? sizeof(td_block_q5_k) : sizeof(td_block_q6_k);
 }
 
-/* s16 vector with word w of s (both 128-bit lanes hold the same 8 words)
- * in every lane: the per-sub-block scale for madd. */
+/* Word w of s (both 128-bit lanes hold the same 8 int16 words) in every
+ * int32 lane, in the form dot4_scaled_add takes: the per-sub-block scale. */
 static inline __m256i bcast_word(__m256i s, int w) {
-    return _mm256_shuffle_epi8(s, _mm256_set1_epi16((short)((2 * w) | (2 * w + 1) << 8)));
+    return _mm256_shuffle_epi8(s, _mm256_set1_epi32(kq_scale_ctl(w)));
 }
 
 /* Q4_K / Q5_K: sub-block j (32 elements) of a super-block, codes 0..15/31. */
@@ -76,10 +74,8 @@ INLINE void k45_block(enum kkind k, int nr, const uint8_t *blk, const td_block_q
     for (int j = 0; j < 8; j++) {
         __m256i q = k45_codes(k, qs, qh, j), s = bcast_word(scales, j);
         UNROLL
-        for (int r = 0; r < nr; r++) {
-            __m256i p = _mm256_maddubs_epi16(q, load256(yb[r]->qs + 32 * j));
-            isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
-        }
+        for (int r = 0; r < nr; r++)
+            isum[r] = dot4_scaled_add(isum[r], q, load256(yb[r]->qs + 32 * j), s);
     }
     UNROLL
     for (int r = 0; r < nr; r++) {
@@ -123,14 +119,12 @@ INLINE void q6_block(int nr, const uint8_t *blk, const td_block_q8_k *const *yb,
                                : _mm256_permute2x128_si256(scales, scales, 0x00);
         UNROLL
         for (int i = 0; i < 4; i++) {
-            const __m256i lo = _mm256_set1_epi16((short)((4 * i) | (4 * i + 1) << 8));
-            const __m256i hi = _mm256_set1_epi16((short)((4 * i + 2) | (4 * i + 3) << 8));
+            const __m256i lo = _mm256_set1_epi32(kq_scale_ctl(2 * i));
+            const __m256i hi = _mm256_set1_epi32(kq_scale_ctl(2 * i + 1));
             __m256i s = _mm256_shuffle_epi8(sh, _mm256_permute2x128_si256(lo, hi, 0x20));
             UNROLL
-            for (int r = 0; r < nr; r++) {
-                __m256i p = _mm256_maddubs_epi16(q[i], load256(yb[r]->qs + 128 * h + 32 * i));
-                isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
-            }
+            for (int r = 0; r < nr; r++)
+                isum[r] = dot4_scaled_add(isum[r], q[i], load256(yb[r]->qs + 128 * h + 32 * i), s);
         }
     }
     UNROLL
@@ -149,6 +143,7 @@ INLINE void kq_row(enum kkind k, int nr, const uint8_t *w, const uint8_t *y, siz
     }
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *blk = w + (size_t)i * kw_bytes(k);
+        td_quant_prefetch_ahead(blk, kw_bytes(k));
         if (k == K_Q6)
             q6_block(nr, blk, yb, acc);
         else
@@ -186,14 +181,14 @@ INLINE void kq_matmul(enum kkind k, const void *W, size_t w_stride, int64_t n_in
     }
 }
 
-#define KQUANT(name, kind)                                                                        \
-    void td_quant_avx2_matmul_##name(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,  \
-                                     int64_t o_hi, const void *xq, size_t x_stride,               \
-                                     int64_t n_rows, float *y, int64_t y_stride) {                \
-        kq_matmul(kind, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);        \
-    }                                                                                             \
-    void td_quant_avx2_dot_##name(int64_t n, float *s, const void *x, const void *y) {            \
-        kq_matmul(kind, x, 0, n, 0, 1, y, 0, 1, s, 1);                                            \
+#define KQUANT(name, kind)                                                                  \
+    void TD_KERNEL(matmul_##name)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, \
+                                  int64_t o_hi, const void *xq, size_t x_stride,              \
+                                  int64_t n_rows, float *y, int64_t y_stride) {               \
+        kq_matmul(kind, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);  \
+    }                                                                                       \
+    void TD_KERNEL(dot_##name)(int64_t n, float *s, const void *x, const void *y) {         \
+        kq_matmul(kind, x, 0, n, 0, 1, y, 0, 1, s, 1);                                      \
     }
 KQUANT(q4_k, K_Q4)
 KQUANT(q5_k, K_Q5)

@@ -1,16 +1,17 @@
 /* quant_simd.h — helpers shared by the SIMD kernel files of the quant module
  * (quant_avx2.c, quant_interleaved_avx2.c, quant_blockwise_avx2.c,
- * quant_kq_avx2.c and the *_avx512.c builds of two of them); only those
+ * quant_kq_avx2.c and the *_avx512.c builds of the last three); only those
  * files, built with -mavx2 -mfma -mf16c (and more), include it.
  *
- * quant_interleaved_avx2.c and quant_blockwise_avx2.c are built twice: as
- * themselves (names td_quant_avx2_*) and, through quant_*_avx512.c with
- * TD_QUANT_VNNI, for CPUs with AVX512-VNNI and AVX512-VL (td_quant_avx512_*).
- * The only difference is dot4 / dot4_add below: vpdpbusd instead of maddubs +
- * madd, the same exact integers, so the same bits. The unit test
- * test_quant_vnni builds them a third time with TD_QUANT_SIMDE, on SIMDe's
- * portable forms of the AVX-512 intrinsics (td_quant_vnniemu_*), so the VNNI
- * path is checked on machines without it.
+ * quant_interleaved_avx2.c, quant_blockwise_avx2.c and quant_kq_avx2.c are
+ * built twice: as themselves (names td_quant_avx2_*) and, through
+ * quant_*_avx512.c with TD_QUANT_VNNI, for CPUs with AVX512-VNNI and
+ * AVX512-VL (td_quant_avx512_*). The only difference is dot4, dot4_add and
+ * dot4_scaled_add below: vpdpbusd (and vpdpwssd) instead of maddubs + madd,
+ * the same exact integers, so the same bits. The unit test test_quant_vnni
+ * builds them a third time with TD_QUANT_SIMDE, on SIMDe's portable forms of
+ * the AVX-512 intrinsics (td_quant_vnniemu_*), so the VNNI path is checked
+ * on machines without it.
  */
 #ifndef TD_QUANT_SIMD_H
 #define TD_QUANT_SIMD_H
@@ -101,6 +102,32 @@ DOT4_INLINE __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
 static inline __attribute__((always_inline)) void td_quant_prefetch_ahead(const uint8_t *piece, size_t bytes) {
     for (size_t b = 0; b < bytes; b += 64)
         _mm_prefetch((const char *)(piece + TD_PREFETCH_AHEAD + b), _MM_HINT_T0);
+}
+
+/* For the K-quant kernels (quant_kq_avx2.c): acc + sc * (u x s) per int32
+ * lane, where u x s is the lane's sum of four u8 x s8 products and sc the
+ * lane's sub-block scale. AVX2 takes maddubs (int16 pair sums) and madd by a
+ * scale in both int16 words of the lane; the VNNI build takes vpdpbusd (the
+ * int32 four-product sum, which fits in int16: at most 4 * 63 * 128 = 32256
+ * in magnitude for codes up to 63) and vpdpwssd by the scale in the low word
+ * and 0 in the high one, so the high word of the sum, its sign extension,
+ * drops out. Each lane's integer is the same either way. kq_scale_ctl(w)
+ * is the pshufb control per int32 lane that moves int16 word w of a scale
+ * vector into the form its build needs (0x80 bytes give zeros). */
+DOT4_INLINE __m256i dot4_scaled_add(__m256i acc, __m256i u, __m256i s, __m256i sc) {
+#ifdef TD_QUANT_VNNI
+    return _mm256_dpwssd_epi32(acc, _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s), sc);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), sc));
+#endif
+}
+
+static inline int kq_scale_ctl(int w) {
+#ifdef TD_QUANT_VNNI
+    return (int)((unsigned)(2 * w) | (unsigned)(2 * w + 1) << 8 | 0x80800000u);
+#else
+    return (int)(((unsigned)(2 * w) | (unsigned)(2 * w + 1) << 8) * 0x10001u);
+#endif
 }
 
 static inline __m256i load256(const void *p) {

@@ -1,6 +1,6 @@
 /* quant_table.c — the type table: one row per GGUF type id with the block
  * layout facts and the kernels. There are three static tables, the scalar
- * reference, AVX2, and AVX2 with AVX512-VNNI for the legacy block formats,
+ * reference, AVX2, and AVX2 with AVX512-VNNI for the integer-dot formats,
  * sharing the same facts. The first lookup picks one from a CPU check and
  * TD_KERNELS, once (pthread_once), so the choice is fixed for the life of the
  * process and the hot path reads no environment.
@@ -62,24 +62,26 @@ static const quant_row ref_table[TD_TYPE_COUNT] = {
     [TD_TYPE_F16] = ROW(F_F16, td_quant_avx2_from_f16, td_quant_avx2_dot_f16, NULL),                      \
     [TD_TYPE_BF16] = ROW(F_BF16, td_quant_ref_from_bf16, td_quant_avx2_dot_bf16, NULL),                   \
     [TD_TYPE_Q8_1] = ROW(F_Q8_1, td_quant_avx2_from_q8_1, NULL, NULL),                                    \
-    [TD_TYPE_Q4_K] = ROW(F_Q4_K, td_quant_ref_from_q4_k, td_quant_avx2_dot_q4_k, td_quant_avx2_matmul_q4_k), \
-    [TD_TYPE_Q5_K] = ROW(F_Q5_K, td_quant_ref_from_q5_k, td_quant_avx2_dot_q5_k, td_quant_avx2_matmul_q5_k), \
-    [TD_TYPE_Q6_K] = ROW(F_Q6_K, td_quant_ref_from_q6_k, td_quant_avx2_dot_q6_k, td_quant_avx2_matmul_q6_k), \
     [TD_TYPE_Q8_K] = ROW(F_Q8_K, td_quant_avx2_from_q8_k, NULL, NULL)
-/* The legacy block formats, from the AVX2 build or the AVX512-VNNI one. */
-#define LEGACY_ROW(T, t, FROM, isa) \
+/* The integer-dot formats (legacy blocks and K-quants), from the AVX2 build
+ * or the AVX512-VNNI one. */
+#define DOT_ROW(T, t, FROM, isa) \
     [TD_TYPE_##T] = ROW(F_##T, FROM, td_quant_##isa##_dot_##t, td_quant_##isa##_matmul_##t)
-#define LEGACY_ROWS(isa)                                   \
-    LEGACY_ROW(Q4_0, q4_0, td_quant_ref_from_q4_0, isa),  \
-    LEGACY_ROW(Q4_1, q4_1, td_quant_ref_from_q4_1, isa),  \
-    LEGACY_ROW(Q5_0, q5_0, td_quant_ref_from_q5_0, isa),  \
-    LEGACY_ROW(Q5_1, q5_1, td_quant_ref_from_q5_1, isa),  \
-    LEGACY_ROW(Q8_0, q8_0, td_quant_avx2_from_q8_0, isa)
+#define DOT_ROWS(isa)                                   \
+    DOT_ROW(Q4_0, q4_0, td_quant_ref_from_q4_0, isa),  \
+    DOT_ROW(Q4_1, q4_1, td_quant_ref_from_q4_1, isa),  \
+    DOT_ROW(Q5_0, q5_0, td_quant_ref_from_q5_0, isa),  \
+    DOT_ROW(Q5_1, q5_1, td_quant_ref_from_q5_1, isa),  \
+    DOT_ROW(Q8_0, q8_0, td_quant_avx2_from_q8_0, isa), \
+    DOT_ROW(Q4_K, q4_k, td_quant_ref_from_q4_k, isa),  \
+    DOT_ROW(Q5_K, q5_k, td_quant_ref_from_q5_k, isa),  \
+    DOT_ROW(Q6_K, q6_k, td_quant_ref_from_q6_k, isa)
 
-static const quant_row avx2_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_ROWS(avx2)};
-/* The same with the legacy formats' integer sums on vpdpbusd: the same
- * results, fewer instructions per block. */
-static const quant_row avx512_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, LEGACY_ROWS(avx512)};
+static const quant_row avx2_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, DOT_ROWS(avx2)};
+/* The same with the integer sums on vpdpbusd (and, for the K-quants'
+ * sub-block scales, vpdpwssd): the same results, fewer instructions per
+ * block. */
+static const quant_row avx512_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, DOT_ROWS(avx512)};
 #endif
 
 /* Settings are read once: the table a process uses is chosen at its first
