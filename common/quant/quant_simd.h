@@ -96,12 +96,14 @@ DOT4_INLINE __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
  * (`tandem bench kernels`, stream). Asking for every line of the piece
  * TD_PREFETCH_AHEAD bytes ahead brings it to ~100 %. 2 KiB was the best of
  * 0.5/1/2/4 KiB on the development machine, for Q4_1 and Q8_0 alike. A
- * prefetch never faults, so running past the end of the weights is
+ * prefetch never faults, so asking past the end of the weights is
  * harmless. */
 #define TD_PREFETCH_AHEAD 2048
 static inline __attribute__((always_inline)) void td_quant_prefetch_ahead(const uint8_t *piece, size_t bytes) {
+    /* the address is computed as an integer: a pointer past the weights'
+     * end may not even be formed in C */
     for (size_t b = 0; b < bytes; b += 64)
-        _mm_prefetch((const char *)(piece + TD_PREFETCH_AHEAD + b), _MM_HINT_T0);
+        _mm_prefetch((const char *)((uintptr_t)piece + TD_PREFETCH_AHEAD + b), _MM_HINT_T0);
 }
 
 /* For the K-quant kernels (quant_kq_avx2.c): acc + sc * (u x s) per int32
