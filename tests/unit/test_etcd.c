@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "net/etcd.h"
+#include "test_support.h"
 
 /* ---- the etcd under test ---- */
 
@@ -64,38 +65,6 @@ static void kill_etcd_atexit(void) {
     }
 }
 
-static bool find_on_path(const char *name, char *out, size_t size) {
-    const char *path = getenv("PATH");
-    if (!path) return false;
-    char *copy = strdup(path);
-    if (!copy) return false;
-    bool found = false;
-    for (char *save = NULL, *d = strtok_r(copy, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
-        snprintf(out, size, "%s/%s", d, name);
-        found = access(out, X_OK) == 0;
-    }
-    free(copy);
-    return found;
-}
-
-static int free_port(void) {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    if (s < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(s, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(s, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(s);
-    return port;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) && errno == EINTR) {
-    }
-}
-
 static td_etcd *client(const char *ep, int32_t timeout_ms) {
     td_etcd_opts o = {.call_timeout_ms = timeout_ms, .backoff_min_ms = 100, .backoff_max_ms = 1000};
     td_err err = {0};
@@ -119,7 +88,7 @@ static bool wait_ready(fx *f) {
             if (rc == 0) td_etcd_list_free(&l);
             ok = true;
         } else {
-            sleep_ms(100);
+            test_sleep_ms(100);
         }
     }
     td_etcd_close(e);
@@ -139,60 +108,35 @@ static void etcd_start(fx *f) {
                     "--initial-advertise-peer-urls", peer_url, "--initial-cluster", cluster,
                     f->tls ? "--cert-file" : NULL, f->cert, "--key-file", f->key, "--client-cert-auth",
                     "--trusted-ca-file", f->ca, NULL};
-    int logfd = open(f->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    assert_true(logfd >= 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(logfd, 1);
-        dup2(logfd, 2);
-        execv(f->etcd, argv);
-        _exit(127);
-    }
-    close(logfd);
+    pid_t pid = test_spawn_logged(f->etcd, argv, f->log);
+    assert_true(pid > 0);
     f->pid = g_etcd_pid = pid;
     if (!wait_ready(f)) fail_msg("etcd did not answer on %s (log: %s)", f->ep, f->log);
 }
 
 /* SIGTERM, then SIGKILL when it has not gone after 5 s; hard: SIGKILL now. */
 static void etcd_stop(fx *f, bool hard) {
-    if (f->pid <= 0) return;
-    kill(f->pid, hard ? SIGKILL : SIGTERM);
-    int st;
-    for (int i = 0; i < 50; i++) {
-        if (waitpid(f->pid, &st, WNOHANG) == f->pid) goto gone;
-        sleep_ms(100);
-    }
-    kill(f->pid, SIGKILL);
-    waitpid(f->pid, &st, 0);
-gone:
+    test_stop_pid(f->pid, hard);
     f->pid = g_etcd_pid = 0;
 }
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 /* The fixture without etcd started: binaries found, a temp dir, ports. */
 static int group_setup_dirs(void **state) {
     fx *f = calloc(1, sizeof *f);
     if (!f) return -1;
     *state = f;
-    if (!find_on_path("etcd", f->etcd, sizeof f->etcd)) {
+    if (!test_find_on_path("etcd", f->etcd, sizeof f->etcd)) {
         f->absent = true;
         return 0;
     }
-    if (!find_on_path("etcdctl", f->etcdctl, sizeof f->etcdctl)) f->etcdctl[0] = 0;
+    if (!test_find_on_path("etcdctl", f->etcdctl, sizeof f->etcdctl)) f->etcdctl[0] = 0;
     snprintf(f->dir, sizeof f->dir, "/tmp/td_etcd_XXXXXX");
     if (!mkdtemp(f->dir)) return -1;
     snprintf(f->data, sizeof f->data, "%s/data", f->dir);
     snprintf(f->log, sizeof f->log, "%s/etcd.log", f->dir);
-    f->port = free_port();
-    f->peer = free_port();
-    while (f->peer == f->port) f->peer = free_port();
+    f->port = test_free_port();
+    f->peer = test_free_port();
+    while (f->peer == f->port) f->peer = test_free_port();
     if (f->port <= 0 || f->peer <= 0) return -1;
     snprintf(f->ep, sizeof f->ep, "127.0.0.1:%d", f->port);
     return 0;
@@ -211,7 +155,7 @@ static int group_teardown(void **state) {
     etcd_stop(f, false);
     if (f->dir[0]) {
         if (getenv("TD_ETCD_KEEP")) fprintf(stderr, "etcd test dir kept: %s\n", f->dir);
-        else rm_rf(f->dir);
+        else test_rm_rf(f->dir);
     }
     free(f);
     return 0;
@@ -251,7 +195,7 @@ static bool value_is(td_etcd *e, const char *key, const char *want) {
 static bool wait_value(td_etcd *e, const char *key, const char *want, int secs) {
     for (int i = 0; i < secs * 10; i++) {
         if (value_is(e, key, want)) return true;
-        sleep_ms(100);
+        test_sleep_ms(100);
     }
     return false;
 }
@@ -259,7 +203,7 @@ static bool wait_value(td_etcd *e, const char *key, const char *want, int secs) 
 static bool wait_reg_alive(td_etcd_reg *r, int secs) {
     for (int i = 0; i < secs * 10; i++) {
         if (td_etcd_reg_alive(r)) return true;
-        sleep_ms(100);
+        test_sleep_ms(100);
     }
     return false;
 }
@@ -368,7 +312,7 @@ static void bad_input(void **state) {
 
     /* nothing listens: TD_E_IO, within the call timeout (plus slack for a
      * loaded machine) */
-    int dead = free_port();
+    int dead = test_free_port();
     char ep[64];
     snprintf(ep, sizeof ep, "127.0.0.1:%d", dead);
     e = client(ep, 1000);
@@ -507,7 +451,7 @@ static void registration(void **state) {
     assert_true(wait_reg_alive(r, 10));
     assert_true(wait_value(e, "/reg/a", "load=1", 10));
     assert_int_equal(td_etcd_reg_generation(r), 1);
-    sleep_ms(5000); /* > 2 x TTL: only keep-alives hold it */
+    test_sleep_ms(5000); /* > 2 x TTL: only keep-alives hold it */
     assert_true(value_is(e, "/reg/a", "load=1"));
     assert_true(td_etcd_reg_alive(r));
     assert_int_equal(td_etcd_reg_generation(r), 1);
@@ -545,7 +489,7 @@ static void watch(void **state) {
     assert_true(mirror_wait(&m, "/w/a", "1", 1, 10));
     assert_true(mirror_wait(&m, "/w/b", "2", 1, 10));
     assert_true(mirror_wait(&m, "/wx", NULL, 1, 10));
-    for (int i = 0; i < 100 && !td_etcd_watch_alive(w); i++) sleep_ms(100);
+    for (int i = 0; i < 100 && !td_etcd_watch_alive(w); i++) test_sleep_ms(100);
     assert_true(td_etcd_watch_alive(w));
     assert_int_equal(td_etcd_put(e, "/w/c", "3", 1, 0, &err), 0);
     assert_true(mirror_wait(&m, "/w/c", "3", 1, 10));
@@ -585,8 +529,8 @@ static void etcd_restart(void **state) {
     int gen = td_etcd_reg_generation(r);
 
     etcd_stop(f, true);
-    sleep_ms(3000); /* longer than the TTL */
-    for (int i = 0; i < 100 && (td_etcd_reg_alive(r) || td_etcd_watch_alive(w)); i++) sleep_ms(100);
+    test_sleep_ms(3000); /* longer than the TTL */
+    for (int i = 0; i < 100 && (td_etcd_reg_alive(r) || td_etcd_watch_alive(w)); i++) test_sleep_ms(100);
     assert_false(td_etcd_reg_alive(r));
     assert_false(td_etcd_watch_alive(w));
     etcd_start(f);
@@ -600,7 +544,7 @@ static void etcd_restart(void **state) {
     assert_true(mirror_wait(&m, "/rs/after", "yes", 1, 30));
     assert_true(mirror_wait(&m, "/rs/reg", "up", 1, 30));
     /* and the registration keeps it alive past the TTL */
-    sleep_ms(3000);
+    test_sleep_ms(3000);
     assert_true(value_is(e2, "/rs/reg", "up"));
     td_etcd_watch_stop(w);
     td_etcd_unregister(r);
@@ -630,12 +574,12 @@ static void etcd_wiped(void **state) {
     int resets = mirror_resets(&m);
 
     etcd_stop(f, true);
-    rm_rf(f->data);
+    test_rm_rf(f->data);
     etcd_start(f);
 
     td_etcd *e2 = client(f->ep, 2000);
     assert_true(wait_value(e2, "/wp/reg", "me", 30));
-    for (int i = 0; i < 300 && td_etcd_reg_generation(r) <= gen; i++) sleep_ms(100);
+    for (int i = 0; i < 300 && td_etcd_reg_generation(r) <= gen; i++) test_sleep_ms(100);
     assert_true(td_etcd_reg_generation(r) > gen); /* a new lease */
     assert_true(wait_reg_alive(r, 30));
     /* the watch listed again: "/wp/old" is gone from the mirror */
@@ -711,7 +655,7 @@ static void auth(void **state) {
     int rc = -1;
     for (int i = 0; i < 100 && rc != 0; i++) {
         rc = td_etcd_put(e, "/auth/k2", "v2", 2, 0, &err);
-        if (rc) sleep_ms(100);
+        if (rc) test_sleep_ms(100);
     }
     if (rc) fail_msg("put after the restart: %s", err.msg);
     assert_true(mirror_wait(&m, "/auth/k2", "v2", 1, 30));

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "net/etcd.h"
+#include "test_support.h"
 
 /* ---- the etcd under test (test_etcd.c's fixture, plaintext only) ---- */
 
@@ -57,38 +58,6 @@ static void kill_etcd_atexit(void) {
     }
 }
 
-static bool find_on_path(const char *name, char *out, size_t size) {
-    const char *path = getenv("PATH");
-    if (!path) return false;
-    char *copy = strdup(path);
-    if (!copy) return false;
-    bool found = false;
-    for (char *save = NULL, *d = strtok_r(copy, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
-        snprintf(out, size, "%s/%s", d, name);
-        found = access(out, X_OK) == 0;
-    }
-    free(copy);
-    return found;
-}
-
-static int free_port(void) {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    if (s < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(s, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(s, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(s);
-    return port;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) && errno == EINTR) {
-    }
-}
-
 static td_etcd *client(const char *ep) {
     td_etcd_opts o = {.call_timeout_ms = 5000, .backoff_min_ms = 100, .backoff_max_ms = 1000};
     td_err err = {0};
@@ -106,7 +75,7 @@ static bool wait_ready(fx *f) {
             td_etcd_list_free(&l);
             ok = true;
         } else {
-            sleep_ms(100);
+            test_sleep_ms(100);
         }
     }
     td_etcd_close(e);
@@ -117,7 +86,7 @@ static int group_setup(void **state) {
     fx *f = calloc(1, sizeof *f);
     if (!f) return -1;
     *state = f;
-    if (!find_on_path("etcd", f->etcd, sizeof f->etcd)) {
+    if (!test_find_on_path("etcd", f->etcd, sizeof f->etcd)) {
         f->absent = true;
         return 0;
     }
@@ -125,9 +94,9 @@ static int group_setup(void **state) {
     if (!mkdtemp(f->dir)) return -1;
     snprintf(f->data, sizeof f->data, "%s/data", f->dir);
     snprintf(f->log, sizeof f->log, "%s/etcd.log", f->dir);
-    f->port = free_port();
-    f->peer = free_port();
-    while (f->peer == f->port) f->peer = free_port();
+    f->port = test_free_port();
+    f->peer = test_free_port();
+    while (f->peer == f->port) f->peer = test_free_port();
     if (f->port <= 0 || f->peer <= 0) return -1;
     snprintf(f->ep, sizeof f->ep, "127.0.0.1:%d", f->port);
     char client_url[64], peer_url[64], cluster[96];
@@ -137,17 +106,8 @@ static int group_setup(void **state) {
     char *argv[] = {f->etcd, "--name", "t", "--data-dir", f->data, "--listen-client-urls", client_url,
                     "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
                     "--initial-advertise-peer-urls", peer_url, "--initial-cluster", cluster, NULL};
-    int logfd = open(f->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (logfd < 0) return -1;
-    pid_t pid = fork();
+    pid_t pid = test_spawn_logged(f->etcd, argv, f->log);
     if (pid < 0) return -1;
-    if (pid == 0) {
-        dup2(logfd, 1);
-        dup2(logfd, 2);
-        execv(f->etcd, argv);
-        _exit(127);
-    }
-    close(logfd);
     f->pid = g_etcd_pid = pid;
     if (!wait_ready(f)) {
         fprintf(stderr, "etcd did not answer on %s (log: %s)\n", f->ep, f->log);
@@ -156,25 +116,12 @@ static int group_setup(void **state) {
     return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static int group_teardown(void **state) {
     fx *f = *state;
     if (!f) return 0;
-    if (f->pid > 0) {
-        kill(f->pid, SIGTERM);
-        int st, i;
-        for (i = 0; i < 50 && waitpid(f->pid, &st, WNOHANG) != f->pid; i++) sleep_ms(100);
-        if (i == 50) {
-            kill(f->pid, SIGKILL);
-            waitpid(f->pid, &st, 0);
-        }
-        f->pid = g_etcd_pid = 0;
-    }
-    if (f->dir[0]) nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test_stop_pid(f->pid, false);
+    f->pid = g_etcd_pid = 0;
+    if (f->dir[0]) test_rm_rf(f->dir);
     free(f);
     return 0;
 }
@@ -236,7 +183,7 @@ static void two_ranks(void **state) {
     waiter w = {.ep = f->ep, .o = opts("g2", "rev-1")};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, wait_thread, &w), 0);
-    sleep_ms(200); /* not needed for correctness: lets rank 1 find nothing first */
+    test_sleep_ms(200); /* not needed for correctness: lets rank 1 find nothing first */
     uint8_t id[ID_BYTES];
     fill(id, sizeof id, 7);
     td_etcd *e = client(f->ep);
@@ -285,7 +232,7 @@ static void stale_generation(void **state) {
     waiter w = {.ep = f->ep, .o = opts("gs", "new")};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, wait_thread, &w), 0);
-    sleep_ms(300); /* the waiter sees the stale key a few times */
+    test_sleep_ms(300); /* the waiter sees the stale key a few times */
     td_etcd_rdv_opts o = opts("gs", "new");
     int64_t lease = 0;
     assert_int_equal(td_etcd_rdv_publish(e, &o, id, sizeof id, &lease, &err), 0);
