@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "comm/comm.h"
+#include "comm_inputs.h"
 
 static int g_rank = -1;
 
@@ -26,36 +27,11 @@ static int g_rank = -1;
         }                                                                           \
     } while (0)
 
-static uint32_t mix(uint32_t x) {
-    x ^= x >> 16;
-    x *= 0x7feb352dU;
-    x ^= x >> 15;
-    x *= 0x846ca68bU;
-    x ^= x >> 16;
-    return x;
-}
-
-/* Rank r's input at index i. Every fourth index carries 1e8, 1, -1e8 on ranks
- * 0, 1, 2 (then 3, 4, ...): (1e8 + 1) + -1e8 is 0 in f32 but (1e8 + -1e8) + 1
- * is 1, so a sum in another order than rank order gives other bits. The rest
- * are values of mixed sign and magnitude, where rounding differs by order. */
-static float input(int r, int64_t i) {
-    if (i % 4 == 0) {
-        static const float tricky[3] = {1e8f, 1.0f, -1e8f};
-        return r < 3 ? tricky[r] : (float)r;
-    }
-    uint32_t h = mix((uint32_t)i * 2654435761U + (uint32_t)r * 40503U + 1U);
-    float m = (float)((int32_t)(h & 0xffffff) - 0x800000) / (float)0x800000;
-    int e = (int)((h >> 24) % 24) - 12;
-    float s = 1.0f;
-    for (int k = 0; k < (e < 0 ? -e : e); k++) s *= 2.0f;
-    return e < 0 ? m / s : m * s;
-}
 
 /* The reference: rank 0 + rank 1 + ... left to right. */
 static float ref_sum(int size, int64_t i) {
-    float acc = input(0, i);
-    for (int r = 1; r < size; r++) acc += input(r, i);
+    float acc = comm_input(0, i);
+    for (int r = 1; r < size; r++) acc += comm_input(r, i);
     return acc;
 }
 
@@ -75,7 +51,7 @@ static void check_allreduce(td_comm *c, int size, int rank, int64_t n) {
     td_err err = {0};
     float *buf = alloc_f32(n), *want = alloc_f32(n);
     for (int64_t i = 0; i < n; i++) {
-        buf[i] = input(rank, i);
+        buf[i] = comm_input(rank, i);
         want[i] = ref_sum(size, i);
     }
     CHECK(td_comm_allreduce_sum_f32(c, buf, n, &err) == TD_OK, "%s", err.msg);
@@ -88,16 +64,16 @@ static void check_bcast(td_comm *c, int size, int rank, int64_t n) {
     td_err err = {0};
     float *buf = alloc_f32(n);
     for (int root = 0; root < size; root++) {
-        for (int64_t i = 0; i < n; i++) buf[i] = rank == root ? input(root, i) : -7.0f;
+        for (int64_t i = 0; i < n; i++) buf[i] = rank == root ? comm_input(root, i) : -7.0f;
         CHECK(td_comm_bcast_f32(c, buf, n, root, &err) == TD_OK, "%s", err.msg);
         for (int64_t i = 0; i < n; i++)
-            CHECK(td_f32_bits(buf[i]) == td_f32_bits(input(root, i)), "bcast from %d: index %lld", root,
+            CHECK(td_f32_bits(buf[i]) == td_f32_bits(comm_input(root, i)), "bcast from %d: index %lld", root,
                   (long long)i);
     }
     free(buf);
 }
 
-/* counts[r] floats from rank r (input(r, i), i < counts[r]) gathered back to
+/* counts[r] floats from rank r (comm_input(r, i), i < counts[r]) gathered back to
  * back, with a guard after the end that must stay untouched; in_place puts
  * this rank's part in its slot first. */
 static void check_gatherv(td_comm *c, int size, int rank, const int64_t *counts, bool equal, bool in_place) {
@@ -110,7 +86,7 @@ static void check_gatherv(td_comm *c, int size, int rank, const int64_t *counts,
     const int64_t guard = 3;
     float *recv = alloc_f32(total + guard), *send = alloc_f32(counts[rank]);
     for (int64_t i = 0; i < total + guard; i++) recv[i] = -3.0f;
-    for (int64_t i = 0; i < counts[rank]; i++) send[i] = input(rank, i);
+    for (int64_t i = 0; i < counts[rank]; i++) send[i] = comm_input(rank, i);
     const float *src = send;
     if (in_place) {
         memcpy(recv + off, send, (size_t)counts[rank] * sizeof *send);
@@ -122,7 +98,7 @@ static void check_gatherv(td_comm *c, int size, int rank, const int64_t *counts,
     int64_t at = 0;
     for (int r = 0; r < size; r++)
         for (int64_t i = 0; i < counts[r]; i++, at++)
-            CHECK(td_f32_bits(recv[at]) == td_f32_bits(input(r, i)), "gather%s%s: rank %d's index %lld",
+            CHECK(td_f32_bits(recv[at]) == td_f32_bits(comm_input(r, i)), "gather%s%s: rank %d's index %lld",
                   equal ? "" : "v", in_place ? " in place" : "", r, (long long)i);
     for (int64_t i = 0; i < guard; i++) CHECK(recv[total + i] == -3.0f, "gather wrote past its end");
     free(recv);
@@ -154,7 +130,7 @@ int main(int argc, char **argv) {
      * reference must differ from another association, or the bitwise check
      * below could not catch a wrong order */
     if (size == 3) {
-        float other = (input(0, 0) + input(2, 0)) + input(1, 0);
+        float other = (comm_input(0, 0) + comm_input(2, 0)) + comm_input(1, 0);
         CHECK(td_f32_bits(other) != td_f32_bits(ref_sum(3, 0)), "inputs do not depend on the order");
     }
 

@@ -20,6 +20,7 @@
 
 #include "comm/comm.h"
 #include "comm/comm_internal.h" /* td_comm_nccl_ordered_sum */
+#include "comm_inputs.h"
 
 #define CHECK(cond, ...)                                                                 \
     do {                                                                                 \
@@ -36,31 +37,6 @@
         CHECK(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));              \
     } while (0)
 
-static uint32_t mix(uint32_t x) {
-    x ^= x >> 16;
-    x *= 0x7feb352dU;
-    x ^= x >> 15;
-    x *= 0x846ca68bU;
-    x ^= x >> 16;
-    return x;
-}
-
-/* Part r's value at index i (as comm_mpi_check's inputs): every fourth index
- * 1e8, 1, -1e8 on parts 0, 1, 2 ((1e8 + 1) + -1e8 is 0 in f32, (1e8 + -1e8)
- * + 1 is 1), the rest mixed signs and magnitudes where rounding follows the
- * order. */
-static float input(int r, int64_t i) {
-    if (i % 4 == 0) {
-        static const float tricky[3] = {1e8f, 1.0f, -1e8f};
-        return r < 3 ? tricky[r] : (float)r;
-    }
-    uint32_t h = mix((uint32_t)i * 2654435761U + (uint32_t)r * 40503U + 1U);
-    float m = (float)((int32_t)(h & 0xffffff) - 0x800000) / (float)0x800000;
-    int e = (int)((h >> 24) % 24) - 12;
-    float s = 1.0f;
-    for (int k = 0; k < (e < 0 ? -e : e); k++) s *= 2.0f;
-    return e < 0 ? m / s : m * s;
-}
 
 static float *host_f32(int64_t n) {
     float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof *p);
@@ -114,7 +90,7 @@ static void check_ordered_sum(int device, int nparts, int64_t n) {
     float *h = host_f32(n * nparts), *want = host_f32(n);
     int64_t differ = 0;
     for (int64_t i = 0; i < n; i++) {
-        for (int r = 0; r < nparts; r++) h[(int64_t)r * n + i] = input(r, i);
+        for (int r = 0; r < nparts; r++) h[(int64_t)r * n + i] = comm_input(r, i);
         float acc = h[i], rev = h[(int64_t)(nparts - 1) * n + i];
         for (int r = 1; r < nparts; r++) acc += h[(int64_t)r * n + i];
         for (int r = nparts - 2; r >= 0; r--) rev += h[(int64_t)r * n + i];
@@ -146,7 +122,7 @@ static void check_group(td_comm *c) {
     size_t nb = (size_t)200 << 10;
     uint8_t *ctrl = malloc(nb), *copy = malloc(nb);
     CHECK(ctrl && copy, "out of memory");
-    for (size_t i = 0; i < nb; i++) ctrl[i] = (uint8_t)mix((uint32_t)i);
+    for (size_t i = 0; i < nb; i++) ctrl[i] = (uint8_t)comm_inputs_mix((uint32_t)i);
     memcpy(copy, ctrl, nb);
     CHECK(td_comm_bcast_ctrl(c, ctrl, nb, &err) == TD_OK, "bcast_ctrl: %s", err.msg);
     CHECK(!memcmp(ctrl, copy, nb), "bcast_ctrl changed the root's bytes");
@@ -160,7 +136,7 @@ static void check_group(td_comm *c) {
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         int64_t n = sizes[s];
         float *h = host_f32(n), *d = dev_f32(n);
-        for (int64_t i = 0; i < n; i++) h[i] = input(0, i);
+        for (int64_t i = 0; i < n; i++) h[i] = comm_input(0, i);
         to_dev(d, h, n);
         CHECK(td_comm_allreduce_sum_f32(c, d, n, &err) == TD_OK, "allreduce: %s", err.msg);
         check_dev_bits(d, h, n, "allreduce (one rank)");
@@ -174,7 +150,7 @@ static void check_group(td_comm *c) {
     /* all-gather: out of place and in place; all-gatherv with a zero count */
     int64_t n = 4099;
     float *h = host_f32(n), *send = dev_f32(n), *recv = dev_f32(n);
-    for (int64_t i = 0; i < n; i++) h[i] = input(1, i);
+    for (int64_t i = 0; i < n; i++) h[i] = comm_input(1, i);
     to_dev(send, h, n);
     CUDA_OK(cudaMemset(recv, 0xff, (size_t)n * sizeof(float)));
     CHECK(td_comm_allgather_f32(c, send, n, recv, &err) == TD_OK, "allgather: %s", err.msg);
