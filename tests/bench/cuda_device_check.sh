@@ -9,6 +9,18 @@
 #   tests/bench/cuda_device_check.sh nccl      there, one call carrying only
 #                                              .devcarry/bin and .devcarry/lib:
 #                                              the NCCL backend's check alone
+#   tests/bench/cuda_device_check.sh service   there, after `run` (which leaves
+#                                              the model in ~/.cache), a call
+#                                              carrying .devcarry/bin and
+#                                              .devcarry/lib: a GPU verifier
+#                                              behind a coordinator on loopback
+#
+# Binaries and the shared libraries they need (everything ldd names but
+# glibc, the C++ runtime, the CUDA driver and NCCL, which the device has)
+# travel as two tar.xz files (~2 and ~6 MB: the CUDA binaries are mostly
+# fatbin padding), unpacked under /tmp/dc on the device. The service and
+# the CLI link gRPC, protobuf-c and OpenMPI from Debian, which the device's
+# Ubuntu lacks or has in other versions.
 #
 # A device call carries at most 64 MiB and removes what an earlier call
 # carried, so the 98 MB default model travels in two parts over two calls
@@ -34,17 +46,32 @@ cd "$(dirname "$0")/../.."
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 SPLIT=48000000 # bytes in part 1: part 1 + llama.tar.xz and part 2 + binaries each fit a call
 
+# There: the carried binaries and libraries, unpacked under /tmp/dc.
+unpack() {
+  mkdir -p /tmp/dc/bin /tmp/dc/lib
+  tar xJf .devcarry/bin/bin.tar.xz -C /tmp/dc/bin && tar xJf .devcarry/lib/lib.tar.xz -C /tmp/dc/lib || exit 1
+  export LD_LIBRARY_PATH=/tmp/dc/lib
+  B=/tmp/dc/bin
+}
+
 case "${1:-}" in
 pack)
   set -e
   grep -qx '/.devcarry/' .git/info/exclude 2>/dev/null || echo '/.devcarry/' >> .git/info/exclude
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON >/dev/null
   cmake --build build-cuda -j"$(nproc)" >/dev/null
+  rm -rf .devcarry/bin .devcarry/lib
   mkdir -p .devcarry/bin .devcarry/lib .devcarry/m1 .devcarry/m2
-  cp build-cuda/tandem build-cuda/test_cuda build-cuda/td-mktiny build-cuda/comm_nccl_check .devcarry/bin/
-  strip .devcarry/bin/*
-  # Debian libraries the device's Ubuntu may lack
-  for l in libcmocka.so.0 libcjson.so.1 libpcre2-8.so.0; do cp -L "/lib/x86_64-linux-gnu/$l" .devcarry/lib/; done
+  st=$(mktemp -d)
+  BINS="tandem test_cuda td-mktiny comm_nccl_check tandem-worker tandem-coordinator"
+  for b in $BINS; do strip -o "$st/$b" "build-cuda/$b"; done
+  tar cJf .devcarry/bin/bin.tar.xz -C "$st" $BINS
+  # every library the binaries load but glibc, the C++ runtime, the CUDA
+  # driver and NCCL (the device's own)
+  (cd build-cuda && ldd $BINS) | awk '/=> \//{print $3}' | sort -u |
+    grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libnccl|ld-linux[^/]*)\.so' > "$st/libs"
+  tar cJhf .devcarry/lib/lib.tar.xz --transform 's,.*/,,' $(cat "$st/libs") 2>/dev/null
+  rm -rf "$st"
   m="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models/$MODEL_FILE"
   head -c $SPLIT "$m" > .devcarry/m1/part
   tail -c +$((SPLIT + 1)) "$m" > .devcarry/m2/part
@@ -58,8 +85,8 @@ stage)
   ;;
 run)
   OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-  export LD_LIBRARY_PATH=$PWD/.devcarry/lib
-  B=$PWD/.devcarry/bin L=/tmp/keep/llama
+  unpack
+  L=/tmp/keep/llama
   mkdir -p /tmp/bd ~/.cache/tandem/models && cp $B/td-mktiny /tmp/bd/
   M=~/.cache/tandem/models/$MODEL_FILE
   cat /tmp/keep/m1part .devcarry/m2/part > $M && sha256sum $M | cut -c1-16
@@ -90,8 +117,8 @@ nccl)
   # NCCL's own diagnostics on failure only (NCCL_DEBUG=WARN); the library is
   # the device's libnccl.so.2 (linked dynamically, never carried)
   OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-  export LD_LIBRARY_PATH=$PWD/.devcarry/lib NCCL_DEBUG=WARN
-  B=$PWD/.devcarry/bin
+  unpack
+  export NCCL_DEBUG=WARN
   {
     echo "== comm_nccl_check (bootstrap by id)"; timeout 90 $B/comm_nccl_check; echo "rc=$?"
     if command -v mpirun > /dev/null; then
@@ -102,6 +129,51 @@ nccl)
     fi
   } 2>&1 | tee $OUT/comm_nccl.log
   ;;
+service)
+  # A GPU verifier (tandem-worker --device cuda) behind a coordinator that
+  # knows it statically (no etcd on the device), on loopback: generation
+  # through the service against the same generation in-process on the GPU
+  # (same text, greedy), plain and with speculation; processes stopped by PID.
+  OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+  unpack
+  M=~/.cache/tandem/models/$MODEL_FILE
+  [ -f "$M" ] || { echo "no $M: run \`run\` first in this warm session"; exit 1; }
+  $B/tandem-worker --role verifier --model "$M" --listen 127.0.0.1:7101 --device cuda --threads 4 \
+    > "$OUT/worker.log" 2>&1 & WP=$!
+  ready() { # ADDR: SERVING within 120 s while the worker lives
+    for i in $(seq 120); do
+      $B/tandem health --server "$1" > /dev/null 2>&1 && return 0
+      kill -0 $WP 2> /dev/null || return 1
+      sleep 1
+    done
+    return 1
+  }
+  if ! ready 127.0.0.1:7101; then
+    echo "the GPU worker did not come up:"; tail -5 "$OUT/worker.log"; kill -KILL $WP 2> /dev/null; exit 1
+  fi
+  $B/tandem-coordinator --listen 127.0.0.1:7100 --worker verifier=127.0.0.1:7101 > "$OUT/coordinator.log" 2>&1 & CP=$!
+  ready 127.0.0.1:7100 || echo "the coordinator is not SERVING"
+  {
+    grep -m1 fingerprint "$OUT/worker.log"
+    P="Explain speculative decoding in two sentences."
+    for d in none auto; do
+      timeout 60 $B/tandem generate --chat --prompt "$P" --max-tokens 96 --device cuda --draft $d > /tmp/dc/local.txt 2>/dev/null
+      lrc=$?
+      timeout 60 $B/tandem generate --server 127.0.0.1:7100 --chat --prompt "$P" --max-tokens 96 --draft $d \
+        > /tmp/dc/svc.txt 2> /tmp/dc/svc.err
+      src=$?
+      same=DIFFERENT
+      [ $lrc -eq 0 ] && [ $src -eq 0 ] && [ -s /tmp/dc/svc.txt ] && cmp -s /tmp/dc/local.txt /tmp/dc/svc.txt && same=IDENTICAL
+      echo "draft $d: local rc=$lrc, service rc=$src; text sha256 $(sha256sum < /tmp/dc/local.txt | cut -c1-16) / $(sha256sum < /tmp/dc/svc.txt | cut -c1-16): $same"
+      tail -2 /tmp/dc/svc.err
+    done
+  } 2>&1 | tee "$OUT/service.log"
+  kill -TERM $CP $WP
+  wait $CP; crc=$?
+  wait $WP; wrc=$?
+  echo "stopped by SIGTERM (each drains and exits 0): coordinator rc=$crc, worker rc=$wrc"
+  tail -3 "$OUT/worker.log"
+  ;;
 *)
-  sed -n '2,30p' "$0"; exit 2 ;;
+  sed -n '2,43p' "$0"; exit 2 ;;
 esac
