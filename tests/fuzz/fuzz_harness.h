@@ -20,15 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_check.h"
 #include "net/net.h"
 
-#define FZ_CHECK(c)                                                                  \
-    do {                                                                             \
-        if (!(c)) {                                                                  \
-            fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); \
-            __builtin_trap();                                                        \
-        }                                                                            \
-    } while (0)
 
 /* A method the harness knows: its path and response type. */
 typedef struct fz_method {

@@ -13,8 +13,8 @@
 #include <string.h>
 
 #include "metrics/metrics.h"
+#include "fuzz_check.h"
 
-#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
 
 static int known(int st) {
     return st == 0 || st == 200 || st == 400 || st == 404 || st == 405 || st == 414 || st == 431 || st == 505;
@@ -26,14 +26,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!buf) return 0;
     memcpy(buf, data, size);
     int whole = td_metrics_http_check(buf, size, 8192);
-    CHECK(known(whole));
+    FZ_CHECK(known(whole));
     for (size_t n = 0; n < size; n += 10) {
         int part = td_metrics_http_check(buf, n, 8192);
-        CHECK(known(part));
+        FZ_CHECK(known(part));
         /* once the head is complete (or too big), more bytes change nothing */
-        if (part != 0) CHECK(part == whole);
+        if (part != 0) FZ_CHECK(part == whole);
     }
-    if (whole == 200) CHECK(td_metrics_http_check(buf, size, 1 << 20) == 200);
+    if (whole == 200) FZ_CHECK(td_metrics_http_check(buf, size, 1 << 20) == 200);
     free(buf);
     return 0;
 }

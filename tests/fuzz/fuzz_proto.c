@@ -28,8 +28,8 @@
 #include "tandem/v1/inference.pb-c.h"
 #include "tandem/v1/worker.pb-c.h"
 #include "vllm_engine.pb-c.h"
+#include "fuzz_check.h"
 
-#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
 
 static const ProtobufCMessageDescriptor *const types[] = {
     &grpc__health__v1__health_check_request__descriptor,
@@ -75,8 +75,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 static uint8_t *pack(const ProtobufCMessage *m, size_t *len) {
     size_t n = protobuf_c_message_get_packed_size(m);
     uint8_t *buf = malloc(n ? n : 1);
-    CHECK(buf);
-    CHECK(protobuf_c_message_pack(m, buf) == n);
+    FZ_CHECK(buf);
+    FZ_CHECK(protobuf_c_message_pack(m, buf) == n);
     *len = n;
     return buf;
 }
@@ -111,11 +111,11 @@ static bool has_field0(const ProtobufCMessage *m) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     grpc_byte_buffer *bb = td_net_pack_bytes(data, size);
-    CHECK(bb);
+    FZ_CHECK(bb);
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         ProtobufCMessage *m = td_net_unpack(types[t], bb);
         ProtobufCMessage *direct = td_net_unpack_bytes(types[t], data, size);
-        CHECK((m == NULL) == (direct == NULL));
+        FZ_CHECK((m == NULL) == (direct == NULL));
         if (direct) protobuf_c_message_free_unpacked(direct, NULL);
         if (!m) continue;
         if (has_field0(m)) {
@@ -126,10 +126,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         uint8_t *p1 = pack(m, &n1);
         protobuf_c_message_free_unpacked(m, NULL);
         ProtobufCMessage *again = td_net_unpack_bytes(types[t], p1, n1);
-        CHECK(again);
+        FZ_CHECK(again);
         uint8_t *p2 = pack(again, &n2);
         protobuf_c_message_free_unpacked(again, NULL);
-        CHECK(n1 == n2 && memcmp(p1, p2, n1) == 0);
+        FZ_CHECK(n1 == n2 && memcmp(p1, p2, n1) == 0);
         free(p1);
         free(p2);
     }

@@ -25,19 +25,12 @@
 
 #include "score_input.h"
 #include "util/util.h"
-
-#define CHECK(c)                                                                     \
-    do {                                                                             \
-        if (!(c)) {                                                                  \
-            fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); \
-            __builtin_trap();                                                        \
-        }                                                                            \
-    } while (0)
+#include "fuzz_check.h"
 
 /* A NUL-terminated copy (the reader writes into its text). */
 static char *dup_bytes(const uint8_t *p, size_t n) {
     char *s = malloc(n + 1);
-    CHECK(s);
+    FZ_CHECK(s);
     if (n) memcpy(s, p, n);
     s[n] = 0;
     return s;
@@ -61,13 +54,13 @@ static size_t shard_lines(const uint8_t *text, size_t n, size_t shard_i, size_t 
 static void check_results(const uint8_t *p, size_t n, td_score_ids *done) {
     char *buf = dup_bytes(p, n);
     size_t lines = 0, good = 0;
-    CHECK(td_score_results_scan(buf, n, done, &lines, &good) == TD_OK);
-    CHECK(good <= n);
-    CHECK(good == 0 || p[good - 1] == '\n');
-    CHECK(memchr(p + good, '\n', n - good) == NULL);
+    FZ_CHECK(td_score_results_scan(buf, n, done, &lines, &good) == TD_OK);
+    FZ_CHECK(good <= n);
+    FZ_CHECK(good == 0 || p[good - 1] == '\n');
+    FZ_CHECK(memchr(p + good, '\n', n - good) == NULL);
     size_t nl = 0;
     for (size_t i = 0; i < good; i++) nl += p[i] == '\n';
-    CHECK(lines == nl);
+    FZ_CHECK(lines == nl);
     free(buf);
 }
 
@@ -75,13 +68,13 @@ static void check_request(const td_score_items *items) {
     Tandem__V1__ScoreItem *it = calloc(items->n ? items->n : 1, sizeof *it);
     Tandem__V1__ScoreItem **itp = calloc(items->n ? items->n : 1, sizeof *itp);
     int32_t **owned = calloc(2 * items->n + 1, sizeof *owned);
-    CHECK(it && itp && owned);
+    FZ_CHECK(it && itp && owned);
     size_t m = 0;
     for (size_t i = 0; i < items->n; i++) {
         const td_score_item *x = &items->v[i];
         if (x->error) continue;
         tandem__v1__score_item__init(&it[m]);
-        CHECK(td_score_item_fill(x, &it[m], &owned[2 * m], &owned[2 * m + 1]));
+        FZ_CHECK(td_score_item_fill(x, &it[m], &owned[2 * m], &owned[2 * m + 1]));
         itp[m] = &it[m];
         m++;
     }
@@ -90,16 +83,16 @@ static void check_request(const td_score_items *items) {
     q.items = itp;
     size_t n = protobuf_c_message_get_packed_size(&q.base);
     uint8_t *buf = malloc(n ? n : 1);
-    CHECK(buf);
-    CHECK(protobuf_c_message_pack(&q.base, buf) == n);
+    FZ_CHECK(buf);
+    FZ_CHECK(protobuf_c_message_pack(&q.base, buf) == n);
     Tandem__V1__ScoreRequest *back = tandem__v1__score_request__unpack(NULL, n, buf);
-    CHECK(back && back->n_items == m);
+    FZ_CHECK(back && back->n_items == m);
     for (size_t i = 0; i < m; i++) {
         const Tandem__V1__ScoreItem *a = it + i, *b = back->items[i];
-        CHECK(!strcmp(a->id, b->id) && !strcmp(a->prompt, b->prompt) && !strcmp(a->continuation, b->continuation));
-        CHECK(a->n_prompt_ids == b->n_prompt_ids && a->n_continuation_ids == b->n_continuation_ids);
-        for (size_t k = 0; k < a->n_prompt_ids; k++) CHECK(a->prompt_ids[k] == b->prompt_ids[k]);
-        for (size_t k = 0; k < a->n_continuation_ids; k++) CHECK(a->continuation_ids[k] == b->continuation_ids[k]);
+        FZ_CHECK(!strcmp(a->id, b->id) && !strcmp(a->prompt, b->prompt) && !strcmp(a->continuation, b->continuation));
+        FZ_CHECK(a->n_prompt_ids == b->n_prompt_ids && a->n_continuation_ids == b->n_continuation_ids);
+        for (size_t k = 0; k < a->n_prompt_ids; k++) FZ_CHECK(a->prompt_ids[k] == b->prompt_ids[k]);
+        for (size_t k = 0; k < a->n_continuation_ids; k++) FZ_CHECK(a->continuation_ids[k] == b->continuation_ids[k]);
     }
     tandem__v1__score_request__free_unpacked(back, NULL);
     free(buf);
@@ -128,17 +121,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     char *text = dup_bytes(in, n_in);
     td_score_items items = {0};
-    CHECK(td_score_input_parse(text, n_in, shard_i, shard_n, &done, &items) == TD_OK);
-    CHECK(items.n + items.skipped == shard_lines(in, n_in, shard_i, shard_n));
+    FZ_CHECK(td_score_input_parse(text, n_in, shard_i, shard_n, &done, &items) == TD_OK);
+    FZ_CHECK(items.n + items.skipped == shard_lines(in, n_in, shard_i, shard_n));
     td_score_ids seen = {0};
     for (size_t i = 0; i < items.n; i++) {
         const td_score_item *x = &items.v[i];
-        CHECK(x->id && x->id[0]);
-        CHECK(!td_score_ids_has(&done, x->id));
-        CHECK(!td_score_ids_has(&seen, x->id) || x->error); /* a repeated id is refused */
-        CHECK(td_score_ids_add(&seen, x->id));
-        CHECK(!x->error || x->error[0]);
-        CHECK(x->error || cJSON_IsObject(x->obj));
+        FZ_CHECK(x->id && x->id[0]);
+        FZ_CHECK(!td_score_ids_has(&done, x->id));
+        FZ_CHECK(!td_score_ids_has(&seen, x->id) || x->error); /* a repeated id is refused */
+        FZ_CHECK(td_score_ids_add(&seen, x->id));
+        FZ_CHECK(!x->error || x->error[0]);
+        FZ_CHECK(x->error || cJSON_IsObject(x->obj));
     }
     check_request(&items);
     td_score_ids_free(&seen);

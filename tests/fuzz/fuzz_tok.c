@@ -23,8 +23,8 @@
 
 #include "gguf/gguf.h"
 #include "tok/tok.h"
+#include "fuzz_check.h"
 
-#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
 
 enum { N_TOK = 5, MAX_IDS = 1024 };
 static td_tok *toks[N_TOK];
@@ -157,31 +157,31 @@ static void fuzz_decode(const td_tok *t, const int32_t *ids, size_t n, bool rend
     size_t len = 0;
     td_err err;
     int rc = td_tok_decode(t, ids, n, render, &out, &len, &err);
-    CHECK(rc == TD_OK || err.msg[0]);
-    CHECK(rc != TD_OK || all_ok); /* a bad id must be refused */
-    if (rc == TD_OK) CHECK(out[len] == '\0');
+    FZ_CHECK(rc == TD_OK || err.msg[0]);
+    FZ_CHECK(rc != TD_OK || all_ok); /* a bad id must be refused */
+    if (rc == TD_OK) FZ_CHECK(out[len] == '\0');
     /* pieces: never written past cap; what fits is the decode's bytes */
     char buf[64 + 8];
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
         memset(buf, 0xA5, sizeof buf);
         int k = td_tok_piece(t, ids[i], render, buf, cap);
-        for (size_t j = cap; j < sizeof buf; j++) CHECK((unsigned char)buf[j] == 0xA5);
+        for (size_t j = cap; j < sizeof buf; j++) FZ_CHECK((unsigned char)buf[j] == 0xA5);
         if (ids[i] < 0 || ids[i] >= vocab) {
-            CHECK(k < 0);
+            FZ_CHECK(k < 0);
             continue;
         }
-        CHECK(k >= 0);
+        FZ_CHECK(k >= 0);
         /* SentencePiece drops the first text token's prefixed space: compare
          * byte-level vocabularies only, where decode is the concatenation */
         if (rc == TD_OK && out && t != toks[4]) {
             size_t m = (size_t)k < cap ? (size_t)k : cap;
-            CHECK(off + (size_t)k <= len);
-            CHECK(memcmp(out + off, buf, m) == 0);
+            FZ_CHECK(off + (size_t)k <= len);
+            FZ_CHECK(memcmp(out + off, buf, m) == 0);
         }
         off += (size_t)k;
     }
-    if (rc == TD_OK && t != toks[4]) CHECK(off == len);
+    if (rc == TD_OK && t != toks[4]) FZ_CHECK(off == len);
     free(out);
 }
 
@@ -191,15 +191,15 @@ static void fuzz_encode(int which, const uint8_t *data, size_t size, bool bos, b
     size_t n = 0;
     td_err err;
     int rc = td_tok_encode(t, (const char *)data, size, bos, special, &ids, &n, &err);
-    CHECK(rc == TD_OK || (err.msg[0] && ids == NULL));
+    FZ_CHECK(rc == TD_OK || (err.msg[0] && ids == NULL));
     if (rc != TD_OK) return;
-    for (size_t i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < td_tok_vocab_size(t));
+    for (size_t i = 0; i < n; i++) FZ_CHECK(ids[i] >= 0 && ids[i] < td_tok_vocab_size(t));
     if (byte_level[which] && !bos && !special) {
         /* byte-level BPE loses nothing: every byte has a symbol */
         char *back = NULL;
         size_t len = 0;
-        CHECK(td_tok_decode(t, ids, n, false, &back, &len, &err) == TD_OK);
-        CHECK(len == size && memcmp(back, data, size) == 0);
+        FZ_CHECK(td_tok_decode(t, ids, n, false, &back, &len, &err) == TD_OK);
+        FZ_CHECK(len == size && memcmp(back, data, size) == 0);
         free(back);
     }
     free(ids);
@@ -221,18 +221,18 @@ static void fuzz_chat(const td_tok *t, const uint8_t *data, size_t size, bool ge
     char *out = NULL;
     td_err err;
     int rc = td_tok_chat_format(t, msgs, nm, gen, &out, &err);
-    CHECK(rc == TD_OK || err.msg[0]);
+    FZ_CHECK(rc == TD_OK || err.msg[0]);
     if (rc == TD_OK) {
-        CHECK(out != NULL);
+        FZ_CHECK(out != NULL);
         size_t len = strlen(out);
         /* the rendering is then encoded as the CLI does */
         int32_t *ids = NULL;
         size_t n = 0;
         if (td_tok_encode(t, out, len, false, true, &ids, &n, &err) == TD_OK) {
-            for (size_t i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < td_tok_vocab_size(t));
+            for (size_t i = 0; i < n; i++) FZ_CHECK(ids[i] >= 0 && ids[i] < td_tok_vocab_size(t));
             free(ids);
         } else {
-            CHECK(err.msg[0]);
+            FZ_CHECK(err.msg[0]);
         }
     }
     free(out);

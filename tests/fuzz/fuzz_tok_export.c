@@ -21,8 +21,8 @@
 #include "gguf/gguf.h"
 #include "tok/tok.h"
 #include "util/util.h"
+#include "fuzz_check.h"
 
-#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -38,25 +38,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     err = (td_err){0};
     int rc = td_tok_export_hf(t, g, 4096, &tj, &cj, &err);
     if (rc) {
-        CHECK(err.msg[0] && !tj && !cj);
+        FZ_CHECK(err.msg[0] && !tj && !cj);
     } else {
         cJSON *a = cJSON_Parse(tj), *b = cJSON_Parse(cj);
-        CHECK(a && b);
+        FZ_CHECK(a && b);
         const cJSON *model = cJSON_GetObjectItemCaseSensitive(a, "model");
         const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-        CHECK(cJSON_IsObject(vocab) && cJSON_GetArraySize(vocab) == td_tok_vocab_size(t));
-        CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(model, "merges")));
-        CHECK(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(a, "pre_tokenizer")));
-        CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(a, "added_tokens")));
-        CHECK(cJSON_GetObjectItemCaseSensitive(b, "tokenizer_class") != NULL);
+        FZ_CHECK(cJSON_IsObject(vocab) && cJSON_GetArraySize(vocab) == td_tok_vocab_size(t));
+        FZ_CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(model, "merges")));
+        FZ_CHECK(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(a, "pre_tokenizer")));
+        FZ_CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(a, "added_tokens")));
+        FZ_CHECK(cJSON_GetObjectItemCaseSensitive(b, "tokenizer_class") != NULL);
         cJSON_Delete(a);
         cJSON_Delete(b);
         td_zip_file files[2] = {{"tokenizer.json", tj, strlen(tj)}, {"tokenizer_config.json", cj, strlen(cj)}};
         uint8_t *zip = NULL;
         size_t len = 0;
-        CHECK(td_zip_store(files, 2, &zip, &len, &err) == 0);
+        FZ_CHECK(td_zip_store(files, 2, &zip, &len, &err) == 0);
         size_t names = strlen("tokenizer.json") + strlen("tokenizer_config.json");
-        CHECK(len == 22 + 2 * (30 + 46) + 2 * names + files[0].size + files[1].size);
+        FZ_CHECK(len == 22 + 2 * (30 + 46) + 2 * names + files[0].size + files[1].size);
         free(zip);
     }
     free(tj);
