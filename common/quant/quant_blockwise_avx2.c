@@ -51,7 +51,7 @@ typedef struct tile_prep {
     _Alignas(32) uint8_t qs[PREP_BLOCKS][TILE_ROWS][32];
 #ifdef TD_QUANT_VNNI
     /* Q8_0 on vpdpbusd: -128 * (the sum of each lane's four codes), the
-     * accumulator a block's dot starts from (see q8_0_lanes) */
+     * accumulator a block's dot starts from (see q8_0_bias) */
     _Alignas(32) int32_t bias[PREP_BLOCKS][TILE_ROWS][8];
 #endif
 } tile_prep;
