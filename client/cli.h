@@ -51,11 +51,11 @@ bool td_cli_numerics(const char *cmd, const char *val, td_numerics *out);
  * returns false for that combination. */
 bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);
 #define TD_CLI_NUMERICS_HELP \
-    "  --numerics MODE       fast (default): interleaved matmul kernels, cheapest passes over\n" \
+    "  --numerics MODE       fast (default): column-wise matmul kernels, cheapest passes over\n" \
     "                        many rows (prefill, speculative verification); reference:\n" \
     "                        llama.cpp's summation order, so logits of a batch (prefill,\n" \
     "                        scoring) are bit-identical to its CPU build's on Q4_1/Q8_0\n" \
-    "                        models (multi-row passes ~5-15% dearer); llamacpp: reference,\n" \
+    "                        models (prefill about 1.8x slower); llamacpp: reference,\n" \
     "                        plus llama.cpp's other attention order for one-token passes,\n" \
     "                        so token-by-token decoding carries its bits too (not batch\n" \
     "                        invariant, hence no --draft). fast and reference are batch\n" \

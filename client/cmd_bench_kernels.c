@@ -58,6 +58,7 @@ typedef struct mm_job {
     td_numerics numerics;
     uint32_t wtype;
     const uint8_t *W;
+    const void *T; /* FAST's tiled copy of W, as the engine reads it, or NULL */
     int64_t n_out, n_rows;
     const void *xq;
     float *y;
@@ -71,9 +72,13 @@ static void mm_worker(void *arg, int ith, int nth) {
     int64_t lo, hi;
     (void)ith;
     int64_t chunk = td_claim_chunk(j->n_out, nth, 4, 32);
-    while (td_claim(&j->next, j->n_out, chunk, &lo, &hi))
-        if (td_quant_matmul_in(j->numerics, j->wtype, j->W, N_IN, lo, hi, j->xq, j->n_rows, j->y, j->n_out) != TD_OK)
-            j->failed = 1;
+    const size_t xs = td_quant_row_bytes(td_quant_traits(j->wtype)->vec_dot_type, N_IN);
+    while (td_claim(&j->next, j->n_out, chunk, &lo, &hi)) {
+        int rc = j->T ? td_quant_matmul_tiled(j->wtype, j->T, N_IN, j->n_out, 0, N_IN / 32, lo, hi, j->xq, xs,
+                                              j->n_rows, j->y, j->n_out)
+                      : td_quant_matmul_in(j->numerics, j->wtype, j->W, N_IN, lo, hi, j->xq, j->n_rows, j->y, j->n_out);
+        if (rc != TD_OK) j->failed = 1;
+    }
 }
 
 /* Seconds per matmul (median of `repeats` timings, each of enough calls to
@@ -141,6 +146,18 @@ static int bench_format(td_pool *pool, const kopts *o, uint32_t wtype, td_numeri
     int64_t n_out = (int64_t)(w_bytes / row) / 32 * 32;
     if (n_out < 32) n_out = 32;
     mm_job j = {.numerics = numerics, .wtype = wtype, .W = W, .n_out = n_out, .xq = xq, .y = y};
+    /* FAST on a tiled copy where the engine would make one (the copy is what streams) */
+    void *T = NULL;
+    size_t tb = numerics == TD_NUMERICS_FAST ? td_quant_tiled_bytes(wtype, N_IN, n_out) : 0;
+    if (tb) {
+        T = td_alloc(tb);
+        if (!T || td_quant_tile(wtype, W, N_IN, n_out, T) != TD_OK) {
+            td_free(T);
+            fprintf(stderr, "tandem bench kernels: no memory for a tiled copy of %zu bytes\n", tb);
+            return -1;
+        }
+        j.T = T;
+    }
     double t[N_ROW_COUNTS];
     for (int k = 0; k < N_ROW_COUNTS; k++) {
         j.n_rows = row_counts[k];
@@ -148,9 +165,11 @@ static int bench_format(td_pool *pool, const kopts *o, uint32_t wtype, td_numeri
         if (t[k] < 0) {
             fprintf(stderr, "tandem bench kernels: %s matmul refused %lld x %d\n", td_quant_traits(wtype)->name,
                     (long long)n_out, N_IN);
+            td_free(T);
             return -1;
         }
     }
+    td_free(T);
     bool hot = !strcmp(place, "hot");
     printf("%-5s %-9s %-6s %6.2f MB", td_quant_traits(wtype)->name, td_numerics_name(numerics), place,
            (double)n_out * (double)row / 1e6);
@@ -211,7 +230,8 @@ int td_cmd_bench_kernels(int argc, char **argv) {
                  "          row, and GB/s of weights as a share of the measured bandwidth.\n"
                  "Medians of --repeats timings (default 5). --formats: comma list of Q4_0 Q4_1\n"
                  "Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K (default all); --numerics: fast,reference\n"
-                 "(default both); --threads N (default 1) splits output rows as the engine does.\n"
+                 "(default both); fast runs Q4_1/Q8_0 on the tiled copy the engine makes of them.\n"
+                 "--threads N (default 1) splits output rows as the engine does.\n"
                  "Figures only; nothing passes or fails.");
             return 0;
         }

@@ -122,11 +122,12 @@ static void fill_info(td_worker_engine *e) {
     in->ctx = e->cfg.ctx;
     in->role = e->cfg.role;
     /* Same fingerprint, same bits: the file, the summation order, the kernel
-     * family that computes it, the tensor-parallel layout, the backend. */
+     * family that computes it, the tensor-parallel layout, the backend, and
+     * the revision of the orders' bits (a newer build may change them). */
     const bool gpu = e->cfg.device.kind == TD_DEVICE_CUDA;
-    snprintf(in->fingerprint, sizeof in->fingerprint, "sha256=%.16s;numerics=%s;kernels=%s;tp=%d;backend=%s",
+    snprintf(in->fingerprint, sizeof in->fingerprint, "sha256=%.16s;numerics=%s;kernels=%s;tp=%d;backend=%s;rev=%d",
              in->model_id, td_numerics_name(e->cfg.numerics), gpu ? "cuda" : td_quant_kernel_name(),
-             td_comm_size(e->cfg.comm), gpu ? "cuda" : "cpu");
+             td_comm_size(e->cfg.comm), gpu ? "cuda" : "cpu", TD_NUMERICS_REVISION);
 }
 
 td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *err) {

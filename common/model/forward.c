@@ -42,6 +42,7 @@ typedef struct td_pass_seq {
 struct td_ctx {
     const td_model *m;
     td_numerics numerics;
+    bool tiled;     /* went through td_model_tile, which made the copies */
     td_pool *pool;
     int32_t max_rows;
     float *x;       /* (max_rows, n_embd) residual stream */
@@ -122,7 +123,14 @@ typedef struct mm_job {
     float *add_to;
     td_silu_mul_fn silu_mul;
     td_numerics numerics;
+    bool tiled; /* FAST on the weights' tiled copies where they have them */
 } mm_job;
+
+/* Whether a context's matmuls read the tiled copies: FAST's order (the
+ * tiled kernels compute no other) on a model that has them. */
+static bool use_tiles(const td_ctx *c) {
+    return c->tiled && (c->numerics == TD_NUMERICS_FAST || c->numerics == TD_NUMERICS_TP_INVARIANT);
+}
 
 static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
     for (int64_t r = 0; r < job->n_rows; r++) {
@@ -138,8 +146,16 @@ static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
 
 static void mm_task_run(const mm_job *job, const mm_task *t, int64_t lo, int64_t hi) {
     if (hi > t->w->n_out) hi = t->w->n_out;
-    if (lo < hi)
-        td_quant_matmul_in(job->numerics, t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y,
+    if (lo >= hi) return;
+    if (job->tiled && t->w->tiled && lo % 16 == 0) {
+        const td_weight *w = t->w;
+        const size_t xs = td_quant_row_bytes(td_quant_traits(w->type)->vec_dot_type, w->n_in);
+        const int64_t nb = w->n_in / td_quant_traits(w->type)->block_elems;
+        td_quant_matmul_tiled(w->type, w->tiled, w->n_in, w->n_out, 0, nb, lo, hi, t->xq, xs, job->n_rows, t->y,
+                              t->y_stride);
+        return;
+    }
+    td_quant_matmul_in(job->numerics, t->w->type, t->w->data, t->w->n_in, lo, hi, t->xq, job->n_rows, t->y,
                            t->y_stride);
 }
 
@@ -208,7 +224,8 @@ static void quantize_rows(td_ctx *c, uint32_t wtype, const float *x, int64_t n_i
  * over y[0] (and y[1]); add_to is MM_THEN_ADD's destination. */
 static void matmuls(td_ctx *c, const float *x, int64_t n_rows, int n, const td_weight *const *w,
                     float *const *y, mm_then then, float *add_to) {
-    mm_job job = {.n_tasks = 0, .n_rows = n_rows, .silu_mul = c->ops.silu_mul, .numerics = c->numerics};
+    mm_job job = {.n_tasks = 0, .n_rows = n_rows, .silu_mul = c->ops.silu_mul, .numerics = c->numerics,
+                  .tiled = use_tiles(c)};
     /* Weights of one group normally share a type; if not, quantize per type. */
     for (int i = 0; i < n;) {
         uint32_t vt = td_quant_traits(w[i]->type)->vec_dot_type;
@@ -277,6 +294,7 @@ typedef struct chunk_job {
     int64_t n_rows, cols, units_per_chunk;
     _Atomic int64_t next;
     td_numerics numerics;
+    bool tiled; /* on the weight's tiled copy (it has one, and FAST's order) */
 } chunk_job;
 
 static void chunk_worker(void *arg, int ith, int nth) {
@@ -288,6 +306,13 @@ static void chunk_worker(void *arg, int ith, int nth) {
         if (u >= j->n_chunks * j->units_per_chunk) return;
         int64_t k = u / j->units_per_chunk, lo = (u % j->units_per_chunk) * j->cols;
         int64_t hi = lo + j->cols < n_out ? lo + j->cols : n_out;
+        if (j->tiled && lo % 16 == 0) {
+            const int64_t per = td_quant_traits(j->w->type)->block_elems;
+            td_quant_matmul_tiled(j->w->type, j->w->tiled, j->w->n_in, n_out, k * j->chunk_in / per,
+                                  (k + 1) * j->chunk_in / per, lo, hi, (const char *)j->xq + (size_t)k * j->x_chunk,
+                                  j->x_stride, j->n_rows, j->part + k * j->n_rows * n_out, n_out);
+            continue;
+        }
         td_quant_matmul_strided(j->numerics, j->w->type, (const char *)j->w->data + (size_t)k * j->w_chunk,
                                 j->w_stride, j->chunk_in, lo, hi, (const char *)j->xq + (size_t)k * j->x_chunk,
                                 j->x_stride, j->n_rows, j->part + k * j->n_rows * n_out, n_out);
@@ -333,7 +358,8 @@ static int split_projection(td_ctx *c, const td_weight *w, const float *in, int6
                    .w_chunk = td_quant_row_bytes(w->type, chunk_in), .x_chunk = td_quant_row_bytes(vt, chunk_in),
                    .w_stride = td_quant_row_bytes(w->type, w->n_in), .x_stride = td_quant_row_bytes(vt, w->n_in),
                    .xq = c->xq, .part = c->part + lo * n_rows * E, .n_rows = n_rows,
-                   .cols = td_claim_chunk(E, nth, MM_CHUNKS_PER_THREAD, MM_CHUNK_ALIGN), .numerics = c->numerics};
+                   .cols = td_claim_chunk(E, nth, MM_CHUNKS_PER_THREAD, MM_CHUNK_ALIGN), .numerics = c->numerics,
+                   .tiled = use_tiles(c) && w->tiled};
     j.units_per_chunk = (E + j.cols - 1) / j.cols;
     atomic_init(&j.next, 0);
     td_pool_run(c->pool, chunk_worker, &j);
@@ -398,8 +424,12 @@ static int output_logits(td_ctx *c, int32_t n_out, float *logits, td_err *err) {
         y = c->gather + off;
         y_stride = sh->n_vocab;
     }
-    /* the reference order, in every mode (as unsplit passes always did) */
-    mm_job job = {.n_tasks = 1, .n_rows = n_out, .numerics = TD_NUMERICS_REFERENCE};
+    /* FAST's order where the context computes it, else the reference: the
+     * head's outputs are whole rows of the vocabulary on every rank, so a
+     * split cuts no sum here and either order is tensor-parallel safe */
+    const bool fast = c->numerics == TD_NUMERICS_FAST || c->numerics == TD_NUMERICS_TP_INVARIANT;
+    mm_job job = {.n_tasks = 1, .n_rows = n_out, .numerics = fast ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE,
+                  .tiled = use_tiles(c)};
     job.t[0] = (mm_task){&m->output, c->xq, y, y_stride};
     mm_job_ready(&job, td_pool_size(c->pool));
     td_pool_run(c->pool, mm_worker, &job);
@@ -612,6 +642,7 @@ td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_
         td_ctx_destroy(c);
         return NULL;
     }
+    if (!c->gpu) c->tiled = td_model_tile(m); /* FAST, the default, reads them */
     return c;
 nomem:
     td_err_set(err, TD_E_NOMEM, "context: out of memory for %d rows", max_rows);
@@ -645,7 +676,9 @@ void td_ctx_destroy(td_ctx *c) {
 int32_t td_ctx_max_rows(const td_ctx *c) { return c->max_rows; }
 
 void td_ctx_set_numerics(td_ctx *c, td_numerics order) {
-    if (!c->gpu) c->numerics = order; /* CUDA computes the reference order only */
+    if (c->gpu) return; /* CUDA computes the reference order only */
+    c->numerics = order;
+    if (order == TD_NUMERICS_FAST || order == TD_NUMERICS_TP_INVARIANT) c->tiled = td_model_tile(c->m);
 }
 
 td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }

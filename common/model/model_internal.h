@@ -19,6 +19,10 @@ typedef struct td_weight {
     uint32_t type;
     int64_t n_in, n_out;
     void *own;        /* == data when the slice is a copy; freed with the model */
+    /* FAST's tiled copy (td_quant_tile), made by td_model_tile; NULL before,
+     * or for a type without one. Read only by contexts that have been
+     * through td_model_tile (its lock orders the write before them). */
+    const void *tiled;
 } td_weight;
 
 /* What a tensor-parallel rank holds (model_load.c); an unsplit model is rank
@@ -78,7 +82,17 @@ struct td_model {
      * model is otherwise shared read-only. */
     pthread_mutex_t device_lock;
     td_cuda_model *cuda;
+    /* td_model_tile ran (under device_lock too), and the bytes it took */
+    bool tiles_done;
+    uint64_t tiled_bytes;
 };
+
+/* Makes the tiled copies of the weights FAST's kernels can read tiled
+ * (model_tiles.c), once per model, on the first CPU context computing
+ * FAST or TP_INVARIANT: same bits, one linear stream per column tile. True
+ * when the copies exist; false when the CPU has no tiled kernels or memory
+ * ran out (the kernels then read GGUF's rows: slower, same bits). */
+bool td_model_tile(const td_model *m);
 
 /* The model's CUDA copy on device `index`, uploading it on first use. */
 int td_model_cuda(const td_model *m, int32_t index, td_cuda_model **out, td_err *err);

@@ -392,12 +392,16 @@ void td_model_free(td_model *m) {
             td_free(ly->bk);
             td_free(ly->bv);
             td_weight *ws[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
-            for (int k = 0; k < 7; k++) td_free(ws[k]->own);
+            for (int k = 0; k < 7; k++) {
+                td_free(ws[k]->own);
+                td_free((void *)ws[k]->tiled);
+            }
         }
         free(m->layers);
     }
     td_free(m->tok_embd.own);
     td_free(m->output.own);
+    td_free((void *)m->output.tiled);
     td_free(m->output_norm);
     td_free(m->rope_factors);
     td_cuda_model_free(m->cuda);

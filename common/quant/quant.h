@@ -78,10 +78,11 @@ uint16_t td_f32_to_bf16(float f);
  *   LLAMACPP: the same matmuls; the model also copies llama.cpp's one
  *     batch-dependent step (td_attn_batch.lone), so that token-by-token
  *     decoding carries its bits too, at the price of batch invariance.
- *   FAST: interleaved kernels that share that work across four blocks;
- *     passes over several activation rows (prefill, verification) cost
- *     noticeably less, and results differ from the reference in the last
- *     bits. The engine's default (td_ctx).
+ *   FAST: column-wise kernels (one vector lane per output column, blocks
+ *     summed first to last in one accumulator), so that work is done once
+ *     per block, row and column; passes over several activation rows
+ *     (prefill, verification) cost much less, and results differ from the
+ *     reference in the last bits. The engine's default (td_ctx).
  *   TP_INVARIANT: FAST's kernels; the model sums the projections whose
  *     inputs a tensor-parallel split cuts (attention output, MLP down) chunk
  *     by fixed chunk, left to right, so a model split across N ranks gives
@@ -115,6 +116,31 @@ int td_quant_matmul_in(td_numerics order, uint32_t wtype, const void *W, int64_t
 int td_quant_matmul_strided(td_numerics order, uint32_t wtype, const void *W, size_t w_stride, int64_t n_in,
                             int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                             float *y, int64_t y_stride);
+/* FAST's Q4_1 and Q8_0 kernels keep one vector lane per output column. In
+ * GGUF's layout a lane's weights are a row, so a pass reads 16 rows side by
+ * side; the tiled copy stores each block of 16 rows' codes as the kernel
+ * loads them, one linear stream (the decode pass reads GGUF's rows ~10 %
+ * slower). Same bits either way.
+ * td_quant_tiled_bytes: bytes of the tiled copy of an (n_out, n_in) matrix,
+ *   or 0 when wtype has no tiled form with this CPU's kernels (only Q4_1
+ *   and Q8_0 with AVX2 or AVX512-VNNI) or the shape is bad.
+ * td_quant_tile: writes that copy of W (GGUF rows, n_out x n_in) to dst.
+ * td_quant_matmul_tiled: td_quant_matmul_strided(TD_NUMERICS_FAST, ...)
+ *   over blocks [b0, b1) of every row (one chunk of the inputs; the whole
+ *   row is b0 = 0, b1 = n_in / 32) of the matrix T is a copy of, with row
+ *   r's activations for block b0 on at xq + r * x_stride; o_lo a multiple
+ *   of 16. TD_OK, or TD_E_ARG with nothing computed. */
+size_t td_quant_tiled_bytes(uint32_t wtype, int64_t n_in, int64_t n_out);
+int td_quant_tile(uint32_t wtype, const void *W, int64_t n_in, int64_t n_out, void *dst);
+int td_quant_matmul_tiled(uint32_t wtype, const void *T, int64_t n_in, int64_t n_out, int64_t b0, int64_t b1,
+                          int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows, float *y,
+                          int64_t y_stride);
+/* Revision of the orders' bits, raised whenever a mode's results change
+ * (2: FAST's column-wise kernels and output head). Workers put it in their
+ * fingerprint, so that workers of two revisions never pass a sequence
+ * between them. */
+#define TD_NUMERICS_REVISION 2
+
 /* "reference" / "fast" / "llamacpp" / "tp-invariant" */
 const char *td_numerics_name(td_numerics order);
 

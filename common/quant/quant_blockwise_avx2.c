@@ -10,9 +10,8 @@
  * and the result is hsum(acc) (upper half onto lower, then (0+2)+(1+3))
  * plus mins. The order is fixed per pair, whichever tile, range or chunk
  * computes it, so results stay batch invariant. This is slower per block
- * than the interleaved kernels of quant_interleaved_avx2.c (one madd,
- * convert and fma per block instead of per four; TD_NUMERICS_FAST uses
- * those).
+ * than TD_NUMERICS_FAST's column-wise kernels (quant_colwise_avx2.c: one
+ * convert and fma per block and output column, 8 or 16 columns a vector).
  */
 #include "quant/quant_impl.h"
 #include "quant/quant_simd.h"

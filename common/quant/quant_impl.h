@@ -146,13 +146,29 @@ void td_quant_avx2_dot_q6_k(int64_t n, float *s, const void *x, const void *y);
 void td_quant_avx2_matmul_q4_0(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
                                int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                float *y, int64_t y_stride);
-/* interleaved (TD_NUMERICS_FAST) forms of Q4_1 and Q8_0 */
-void td_quant_avx2_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
-                                    int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
-                                    float *y, int64_t y_stride);
-void td_quant_avx2_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
-                                    int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
-                                    float *y, int64_t y_stride);
+/* The column-wise FAST kernels (quant_colwise_avx2.c; the avx512 build in
+ * quant_colwise_avx512.c): one lane per output column, on GGUF's rows
+ * (_colwise) or on the tiled copy (_tiled, quant_tiled.c), with the same
+ * bits. */
+typedef void (*td_tiled_fn)(const void *T, int64_t nb_all, int64_t b0, int64_t b1, int64_t o_lo, int64_t o_hi,
+                            const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
+/* The tiled kernel of the active table for wtype, or NULL (no tiled form). */
+td_tiled_fn td_quant_tiled_kernel(uint32_t wtype);
+#define TD_QUANT_DECLARE_COLWISE(isa)                                                                   \
+    void td_quant_##isa##_matmul_q4_1_colwise(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, \
+                                              int64_t o_hi, const void *xq, size_t x_stride,            \
+                                              int64_t n_rows, float *y, int64_t y_stride);              \
+    void td_quant_##isa##_matmul_q8_0_colwise(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, \
+                                              int64_t o_hi, const void *xq, size_t x_stride,            \
+                                              int64_t n_rows, float *y, int64_t y_stride);            \
+    void td_quant_##isa##_matmul_q4_1_tiled(const void *T, int64_t nb_all, int64_t b0, int64_t b1,        \
+                                            int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride,  \
+                                            int64_t n_rows, float *y, int64_t y_stride);                  \
+    void td_quant_##isa##_matmul_q8_0_tiled(const void *T, int64_t nb_all, int64_t b0, int64_t b1,        \
+                                            int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride,  \
+                                            int64_t n_rows, float *y, int64_t y_stride);
+TD_QUANT_DECLARE_COLWISE(avx2)
+TD_QUANT_DECLARE_COLWISE(avx512)
 void td_quant_avx2_matmul_q4_1(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
                                int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                float *y, int64_t y_stride);
@@ -192,12 +208,6 @@ TD_QUANT_DECLARE_DOT(avx512, q8_0)
 TD_QUANT_DECLARE_DOT(avx512, q4_k)
 TD_QUANT_DECLARE_DOT(avx512, q5_k)
 TD_QUANT_DECLARE_DOT(avx512, q6_k)
-void td_quant_avx512_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
-                                      int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
-                                      float *y, int64_t y_stride);
-void td_quant_avx512_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
-                                      int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
-                                      float *y, int64_t y_stride);
 
 /* Peak-rate loops (quant_peak_*.c): iters x (chains) dot instructions on the
  * 128 bytes at src; the return value only keeps the work alive. */

@@ -1,6 +1,6 @@
 /* quant_interleaved_avx2.c — the interleaved kernels of the legacy block
- * formats: Q4_0, Q5_0, Q5_1, and the TD_NUMERICS_FAST forms of Q4_1 and Q8_0
- * (their reference-order kernels are in quant_blockwise_avx2.c). Built with
+ * formats Q4_0, Q5_0 and Q5_1 (Q4_1 and Q8_0 have a reference-order kernel
+ * in quant_blockwise_avx2.c and FAST's in quant_colwise_avx2.c). Built with
  * -mavx2 -mfma -mf16c, and a second time as quant_interleaved_avx512.c with
  * AVX512-VNNI (quant_simd.h: the same integer sums, one instruction); reached
  * only through the table td_quant_traits hands out after checking the CPU.
@@ -45,19 +45,19 @@ static inline uint32_t load_u32(const uint8_t *p) {
 #define SCRATCH (48 * 1024)
 #define O_BLOCK 32        /* weight rows kept in cache while all activation rows pass */
 
-enum lkind { L_Q4_0, L_Q4_1, L_Q5_0, L_Q5_1, L_Q8_0 };
+enum lkind { L_Q4_0, L_Q5_0, L_Q5_1 };
 
 INLINE size_t w_bytes(enum lkind k) {
-    return k == L_Q4_0 ? 18 : k == L_Q4_1 ? 20 : k == L_Q5_0 ? 22 : k == L_Q5_1 ? 24 : 34;
+    return k == L_Q4_0 ? 18 : k == L_Q5_0 ? 22 : 24;
 }
-INLINE bool act_q8_1(enum lkind k) { return k == L_Q4_1 || k == L_Q5_1; }
+INLINE bool act_q8_1(enum lkind k) { return k == L_Q5_1; }
 INLINE size_t y_bytes(enum lkind k) { return act_q8_1(k) ? 36 : 34; }
 INLINE size_t y_qs(enum lkind k) { return act_q8_1(k) ? 4 : 2; }
 /* Q4_0/Q5_0 are computed on unsigned codes c = w + bias, then corrected
  * with bias * sum(y) per block (exact integers). */
 INLINE int bias_shift(enum lkind k) { return k == L_Q4_0 ? 3 : k == L_Q5_0 ? 4 : 0; }
 INLINE size_t qs_off(enum lkind k) {
-    return k == L_Q4_0 ? 2 : k == L_Q4_1 ? 4 : k == L_Q5_0 ? 6 : k == L_Q5_1 ? 8 : 2;
+    return k == L_Q4_0 ? 2 : k == L_Q5_0 ? 6 : 8;
 }
 
 /* The first two fp16 fields (d and m, or d and s) of nv <= 4 blocks as
@@ -86,17 +86,9 @@ static inline void interleave32(const __m256i q[GB], __m256i v[GB]) {
 }
 
 /* Weight codes of one group, in the interleaved order: w[k] holds elements
- * 8k..8k+7 of each block (unsigned codes; for Q8_0 the raw int8 weights). */
+ * 8k..8k+7 of each block (unsigned codes). */
 INLINE void w_group(enum lkind k, const uint8_t *wg, int nv, __m256i w[GB]) {
     const size_t wb = w_bytes(k), qo = qs_off(k);
-    if (k == L_Q8_0) {
-        __m256i q[GB];
-        UNROLL
-        for (int j = 0; j < GB; j++)
-            q[j] = j < nv ? load256(wg + j * wb + qo) : _mm256_setzero_si256();
-        interleave32(q, w);
-        return;
-    }
     /* 16 code bytes per block: byte i holds element i (low nibble) and
      * element i + 16 (high nibble) */
     __m128i q[GB];
@@ -143,41 +135,25 @@ INLINE void legacy_group(enum lkind k, int nr, int nv, const uint8_t *wg, const 
     w_group(k, wg, nv, w);
     __m256 dx, mx;
     load_dm(wg, w_bytes(k), nv, &dx, &mx);
-    __m256i aw[GB];
-    if (k == L_Q8_0) { /* maddubs needs one unsigned side: |w| * (y * sign w) */
-        UNROLL
-        for (int v = 0; v < GB; v++)
-            aw[v] = _mm256_sign_epi8(w[v], w[v]);
-    }
     UNROLL
     for (int r = 0; r < nr; r++) {
         const uint8_t *yg = ya + (size_t)r * yrs;
         const __m256i *yv = (const __m256i *)yg;
         __m256i s;
-        if (k == L_Q8_0) {
-            __m256i p[GB];
-            UNROLL
-            for (int v = 0; v < GB; v++) {
-                __m256i sy = _mm256_sign_epi8(_mm256_load_si256(yv + v), w[v]);
-                p[v] = dot4(aw[v], sy);
-            }
-            s = _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3]));
-        } else {
 #ifdef TD_QUANT_VNNI
-            s = dot4(w[0], _mm256_load_si256(yv + 0));
-            for (int v = 1; v < GB; v++)
-                s = dot4_add(s, w[v], _mm256_load_si256(yv + v));
+        s = dot4(w[0], _mm256_load_si256(yv + 0));
+        for (int v = 1; v < GB; v++)
+            s = dot4_add(s, w[v], _mm256_load_si256(yv + v));
 #else
-            /* 4 x 2 products per s16 lane: at most 8 * 31 * 127 < 2^15, so
-             * the four vectors add in int16 before one widening madd */
-            __m256i p0 = _mm256_maddubs_epi16(w[0], _mm256_load_si256(yv + 0));
-            __m256i p1 = _mm256_maddubs_epi16(w[1], _mm256_load_si256(yv + 1));
-            __m256i p2 = _mm256_maddubs_epi16(w[2], _mm256_load_si256(yv + 2));
-            __m256i p3 = _mm256_maddubs_epi16(w[3], _mm256_load_si256(yv + 3));
-            __m256i p = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-            s = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+        /* 4 x 2 products per s16 lane: at most 8 * 31 * 127 < 2^15, so
+         * the four vectors add in int16 before one widening madd */
+        __m256i p0 = _mm256_maddubs_epi16(w[0], _mm256_load_si256(yv + 0));
+        __m256i p1 = _mm256_maddubs_epi16(w[1], _mm256_load_si256(yv + 1));
+        __m256i p2 = _mm256_maddubs_epi16(w[2], _mm256_load_si256(yv + 2));
+        __m256i p3 = _mm256_maddubs_epi16(w[3], _mm256_load_si256(yv + 3));
+        __m256i p = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+        s = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 #endif
-        }
         const __m256 dy = _mm256_load_ps((const float *)(yg + 128));
         const __m256i second = _mm256_load_si256((const __m256i *)(yg + 160));
         if (bias_shift(k))
@@ -341,13 +317,4 @@ INLINE void legacy_matmul(enum lkind k, const void *W, size_t w_stride, int64_t 
 LEGACY(q4_0, L_Q4_0)
 LEGACY(q5_0, L_Q5_0)
 
-void TD_KERNEL(matmul_q4_1_fast)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                 const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
-    legacy_matmul(L_Q4_1, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
-}
-
-void TD_KERNEL(matmul_q8_0_fast)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                 const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride) {
-    legacy_matmul(L_Q8_0, W, w_stride, n_in, o_lo, o_hi, xq, x_stride, n_rows, y, y_stride);
-}
 LEGACY(q5_1, L_Q5_1)

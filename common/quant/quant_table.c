@@ -102,7 +102,8 @@ static const quant_row *choose_table(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         /* the runtime sets AVX-512 features only where the OS saves their
          * state (XCR0), so this also says the instructions may run */
-        if (!avx2_only && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
+        if (!avx2_only && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512bw")) /* the column-wise kernels' zmm byte ops */
             return avx512_table;
         return avx2_table;
     }
@@ -150,17 +151,34 @@ td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
     if (order == TD_NUMERICS_TP_INVARIANT) order = TD_NUMERICS_FAST;
 #ifdef HAVE_AVX2_TABLE
     if (order == TD_NUMERICS_FAST && table == avx2_table) {
-        if (type == TD_TYPE_Q4_1) return td_quant_avx2_matmul_q4_1_fast;
-        if (type == TD_TYPE_Q8_0) return td_quant_avx2_matmul_q8_0_fast;
+        if (type == TD_TYPE_Q4_1) return td_quant_avx2_matmul_q4_1_colwise;
+        if (type == TD_TYPE_Q8_0) return td_quant_avx2_matmul_q8_0_colwise;
     }
     if (order == TD_NUMERICS_FAST && table == avx512_table) {
-        if (type == TD_TYPE_Q4_1) return td_quant_avx512_matmul_q4_1_fast;
-        if (type == TD_TYPE_Q8_0) return td_quant_avx512_matmul_q8_0_fast;
+        if (type == TD_TYPE_Q4_1) return td_quant_avx512_matmul_q4_1_colwise;
+        if (type == TD_TYPE_Q8_0) return td_quant_avx512_matmul_q8_0_colwise;
     }
 #else
     (void)order;
 #endif
     return r ? r->matmul : NULL;
+}
+
+td_tiled_fn td_quant_tiled_kernel(uint32_t type) {
+#ifdef HAVE_AVX2_TABLE
+    const quant_row *table = active_table();
+    if (table == avx2_table) {
+        if (type == TD_TYPE_Q4_1) return td_quant_avx2_matmul_q4_1_tiled;
+        if (type == TD_TYPE_Q8_0) return td_quant_avx2_matmul_q8_0_tiled;
+    }
+    if (table == avx512_table) {
+        if (type == TD_TYPE_Q4_1) return td_quant_avx512_matmul_q4_1_tiled;
+        if (type == TD_TYPE_Q8_0) return td_quant_avx512_matmul_q8_0_tiled;
+    }
+#else
+    (void)type;
+#endif
+    return NULL;
 }
 
 const char *td_numerics_name(td_numerics order) {

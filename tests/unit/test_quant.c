@@ -132,7 +132,7 @@ static void table_facts(void **state) {
     bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_f16c() &&
                 !(cap && !strcmp(cap, "scalar"));
     bool vnni = avx2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-                !(cap && !strcmp(cap, "avx2"));
+                __builtin_cpu_supports("avx512bw") && !(cap && !strcmp(cap, "avx2"));
     assert_string_equal(k, vnni ? "avx2+avx512vnni" : avx2 ? "avx2" : "scalar");
 #endif
 }

@@ -1,6 +1,7 @@
 /* test_quant_vnni.c — the AVX512-VNNI builds of the integer-dot kernels
  * (quant_blockwise_avx512.c, quant_interleaved_avx512.c for the legacy
- * formats, quant_kq_avx512.c for Q4_K/Q5_K/Q6_K) against their AVX2 builds,
+ * formats, quant_colwise_avx512.c for FAST's Q4_1/Q8_0 on GGUF rows and on
+ * the tiled copy, quant_kq_avx512.c for Q4_K/Q5_K/Q6_K) against their AVX2 builds,
  * bit for bit. The VNNI sources are compiled a second time on SIMDe's
  * portable intrinsics (vnni_emul_*.c, names td_quant_vnniemu_*), so this
  * runs on any x86-64 with AVX2; where the CPU has AVX512-VNNI and AVX512-VL
@@ -26,30 +27,31 @@ TD_QUANT_DECLARE_DOT(vnniemu, q8_0)
 TD_QUANT_DECLARE_DOT(vnniemu, q4_k)
 TD_QUANT_DECLARE_DOT(vnniemu, q5_k)
 TD_QUANT_DECLARE_DOT(vnniemu, q6_k)
-void td_quant_vnniemu_matmul_q4_1_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                       const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
-void td_quant_vnniemu_matmul_q8_0_fast(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
-                                       const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
+TD_QUANT_DECLARE_COLWISE(vnniemu)
 
 typedef void (*matmul_fn)(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo, int64_t o_hi,
                           const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
 typedef void (*dot_fn)(int64_t n, float *s, const void *x, const void *y);
+typedef void (*tiled_fn)(const void *T, int64_t nb_all, int64_t b0, int64_t b1, int64_t o_lo, int64_t o_hi,
+                         const void *xq, size_t x_stride, int64_t n_rows, float *y, int64_t y_stride);
 
 /* One kernel in its three builds: AVX2, VNNI on SIMDe, native VNNI. */
 typedef struct kernel {
     const char *name;
     uint32_t type;
     matmul_fn avx2, emul, native;
-    dot_fn avx2_dot, emul_dot, native_dot; /* NULL for the _fast matmuls */
+    dot_fn avx2_dot, emul_dot, native_dot; /* NULL for the _colwise matmuls */
+    tiled_fn avx2_tiled, emul_tiled, native_tiled; /* the _colwise matmuls' tiled forms, else NULL */
 } kernel;
 
 #define LEGACY(t, T)                                                                             \
     {#t, TD_TYPE_##T, td_quant_avx2_matmul_##t, td_quant_vnniemu_matmul_##t,                      \
      td_quant_avx512_matmul_##t, td_quant_avx2_dot_##t, td_quant_vnniemu_dot_##t,                 \
-     td_quant_avx512_dot_##t}
-#define FAST(t, T)                                                                               \
-    {#t "_fast", TD_TYPE_##T, td_quant_avx2_matmul_##t##_fast, td_quant_vnniemu_matmul_##t##_fast, \
-     td_quant_avx512_matmul_##t##_fast, NULL, NULL, NULL}
+     td_quant_avx512_dot_##t, NULL, NULL, NULL}
+#define FAST(t, T)                                                                                      \
+    {#t "_colwise", TD_TYPE_##T, td_quant_avx2_matmul_##t##_colwise, td_quant_vnniemu_matmul_##t##_colwise, \
+     td_quant_avx512_matmul_##t##_colwise, NULL, NULL, NULL, td_quant_avx2_matmul_##t##_tiled,            \
+     td_quant_vnniemu_matmul_##t##_tiled, td_quant_avx512_matmul_##t##_tiled}
 static const kernel kernels[] = {
     LEGACY(q4_0, Q4_0), LEGACY(q4_1, Q4_1), LEGACY(q5_0, Q5_0), LEGACY(q5_1, Q5_1),
     LEGACY(q8_0, Q8_0), FAST(q4_1, Q4_1),   FAST(q8_0, Q8_0),
@@ -61,7 +63,8 @@ static bool cpu_has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 static bool cpu_has_vnni(void) {
-    return cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw");
 }
 
 static uint64_t rng = 0x2545F4914F6CDD1DULL;
@@ -167,6 +170,25 @@ static int compare(const kernel *k, int64_t n_in, int64_t n_out, int64_t n_rows,
             }
         }
         builds++;
+    }
+    if (k->avx2_tiled) { /* the tiled copy: every build gives GGUF rows' bits */
+        uint8_t *T = malloc(td_quant_tiled_bytes(k->type, n_in, n_out));
+        assert_non_null(T);
+        assert_int_equal(td_quant_tile(k->type, W, n_in, n_out, T), TD_OK);
+        const int64_t mid = (n_out / 2) & ~(int64_t)15;
+        for (int b = 0; b < 3; b++) {
+            tiled_fn f = b == 0 ? k->avx2_tiled : b == 1 ? k->emul_tiled : k->native_tiled;
+            if (b == 2 && !native) continue;
+            memset(got, 0xFF, (size_t)(n_rows * n_out) * sizeof *got);
+            f(T, n_in / TD_QK, 0, n_in / TD_QK, 0, mid, X, xrow, n_rows, got, n_out);
+            f(T, n_in / TD_QK, 0, n_in / TD_QK, mid, n_out, X, xrow, n_rows, got, n_out);
+            if (memcmp(got, want, (size_t)(n_rows * n_out) * sizeof *got) != 0)
+                fprintf(stderr, "# %s tiled (%s) n_in %lld, %lld rows: differs from GGUF rows\n", k->name,
+                        b == 0 ? "AVX2" : b == 1 ? "SIMDe" : "native", (long long)n_in, (long long)n_rows);
+            assert_memory_equal(got, want, (size_t)(n_rows * n_out) * sizeof *got);
+            builds++;
+        }
+        free(T);
     }
     free(w); free(x); free(W); free(X); free(want); free(got);
     return builds;
