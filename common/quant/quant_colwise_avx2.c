@@ -405,12 +405,30 @@ INLINE void tile_rows(enum ckind k, int nr, const layout *L, int64_t c0, int nco
     }
 }
 
+/* One body per format and tile height, reached through one call per tile
+ * (its cost is nothing beside a tile's blocks): inlined into both paths of
+ * the driver they would be compiled twice over, and the sanitizer builds
+ * take minutes on them. */
+#define TILE_ARGS                                                                                          \
+    int nr, const layout *L, int64_t c0, int ncols, int64_t b0, int64_t b1, bool first, const uint8_t *x,   \
+        size_t x_stride, const prep_word *prep, size_t prep_stride, float *acc_mem, float *y, int64_t y_stride
+static __attribute__((noinline)) void tile_rows_q4_1(TILE_ARGS) {
+#define ROWS(n) tile_rows(C_Q4_1, n, L, c0, ncols, b0, b1, first, x, x_stride, prep, prep_stride, acc_mem, y, y_stride)
+    TD_TILE_DISPATCH(nr, ROWS)
+#undef ROWS
+}
+static __attribute__((noinline)) void tile_rows_q8_0(TILE_ARGS) {
+#define ROWS(n) tile_rows(C_Q8_0, n, L, c0, ncols, b0, b1, first, x, x_stride, prep, prep_stride, acc_mem, y, y_stride)
+    TD_TILE_DISPATCH(nr, ROWS)
+#undef ROWS
+}
+#undef TILE_ARGS
+
 INLINE void tile_rows_nr(enum ckind k, int nr, const layout *L, int64_t c0, int ncols, int64_t b0, int64_t b1,
                          bool first, const uint8_t *x, size_t x_stride, const prep_word *prep, size_t prep_stride,
                          float *acc_mem, float *y, int64_t y_stride) {
-#define ROWS(n) tile_rows(k, n, L, c0, ncols, b0, b1, first, x, x_stride, prep, prep_stride, acc_mem, y, y_stride)
-    TD_TILE_DISPATCH(nr, ROWS)
-#undef ROWS
+    (k == C_Q4_1 ? tile_rows_q4_1 : tile_rows_q8_0)(nr, L, c0, ncols, b0, b1, first, x, x_stride, prep, prep_stride,
+                                                     acc_mem, y, y_stride);
 }
 
 /* The driver, for blocks [b0, b1) of every weight row (X: each activation
