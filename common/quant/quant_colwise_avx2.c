@@ -17,12 +17,15 @@
  * block's scale and sx its d * sum(codes) field (Q8_1). Lanes never mix, so
  * the results depend neither on the batch nor on which columns a thread
  * takes; the integer sums are the same with maddubs or vpdpbusd, so AVX2 and
- * AVX512-VNNI give the same bits (test_quant_vnni), and test_quant checks
- * them against a scalar model of this order.
+ * AVX512-VNNI give the same bits (test_quant_vnni), and
+ * test_quant_fast_order checks them against a scalar model of this order.
  *
- * Weights stay in GGUF's layout: each block of a tile's columns is loaded
- * and transposed in registers (4x4 dwords per 128-bit lane) once for all
- * activation rows of the tile.
+ * Two layouts, the same bits. The engine reads the tiled copy
+ * (quant_tiled.c: each block of 16 columns stored as it is loaded here),
+ * one linear stream. td_quant_matmul on GGUF's rows loads each block of a
+ * tile's columns and transposes it in registers (4x4 dwords per 128-bit
+ * lane) once for all activation rows of the tile; a one-row pass reads 16
+ * rows side by side that way, ~10 % slower (docs/benchmarks.md).
  */
 #include <string.h>
 
