@@ -53,7 +53,7 @@ INLINE size_t xb_of(enum ckind k) { return k == C_Q4_1 ? 36 : 34; }
 INLINE size_t xqs_of(enum ckind k) { return k == C_Q4_1 ? 4 : 2; }
 /* One block of a 16-column tile in the tiled copy: 16 header dwords, then
  * the code vectors (4 for Q4_1, 8 for Q8_0) of 16 x 4 bytes. */
-INLINE size_t tile_block_bytes(enum ckind k) { return k == C_Q4_1 ? 64 + 4 * 64 : 64 + 8 * 64; }
+INLINE size_t tile_block_bytes(enum ckind k) { return td_quant_tile_block_bytes(k == C_Q4_1); }
 
 /* An activation block's prepared scalars: its scale as float, and for Q8_1
  * the s field as float (Q4_1), for Q8_0 -128 * sum(codes) as an integer (the
@@ -358,9 +358,9 @@ INLINE void prep_row(enum ckind k, const uint8_t *xrow, int64_t b0, int64_t b1, 
         const uint8_t *blk = xrow + (size_t)b * xb;
         uint16_t h[2];
         memcpy(h, blk, sizeof h);
-        dst[0].f = td_fp16_to_f32(h[0]);
+        dst[0].f = _cvtsh_ss(h[0]); /* F16C: exact, as td_fp16_to_f32, without a call */
         if (k == C_Q4_1) {
-            dst[1].f = td_fp16_to_f32(h[1]);
+            dst[1].f = _cvtsh_ss(h[1]);
         } else {
             int32_t sum = 0;
             for (int i = 0; i < 32; i++) sum += (int8_t)blk[2 + i];
@@ -390,7 +390,7 @@ INLINE void tile_rows(enum ckind k, int nr, const layout *L, int64_t c0, int nco
     uintptr_t next = 0;
     size_t span = 0;
     if (L->T) {
-        src.tile = L->T + (size_t)(c0 / 16) * L->tile_stride + (size_t)(c0 % 16) * 4;
+        src.tile = L->T + (size_t)(c0 / TD_QUANT_TILE_COLS) * L->tile_stride + (size_t)(c0 % TD_QUANT_TILE_COLS) * 4;
     } else {
         for (int c = 0; c < COLS; c++) col[c] = L->W + (size_t)(c0 + (c < ncols ? c : ncols - 1)) * L->w_stride;
         src.offs = col_offsets(L->w_stride, ncols);

@@ -17,10 +17,10 @@
 #include "quant/quant.h"
 #include "quant/quant_impl.h"
 
-enum { TILE = 16 };
+enum { TILE = TD_QUANT_TILE_COLS };
 
-static size_t code_vectors(uint32_t t) { return t == TD_TYPE_Q4_1 ? 4 : 8; }
-static size_t block_bytes(uint32_t t) { return 64 + 64 * code_vectors(t); }
+static size_t code_vectors(uint32_t t) { return td_quant_tile_code_vectors(t == TD_TYPE_Q4_1); }
+static size_t block_bytes(uint32_t t) { return td_quant_tile_block_bytes(t == TD_TYPE_Q4_1); }
 static size_t codes_at(uint32_t t) { return t == TD_TYPE_Q4_1 ? 4 : 2; }
 
 size_t td_quant_tiled_bytes(uint32_t wtype, int64_t n_in, int64_t n_out) {

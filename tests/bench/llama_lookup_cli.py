@@ -25,30 +25,17 @@ Usage:
 """
 
 import argparse
-import json
 import os
 import re
 import statistics
 import subprocess
 import sys
 
-DEFAULT_MODEL = os.path.expanduser("~/.cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+from specbench_prompts import DEFAULT_MODEL, chatml, pick_questions
+
 TANDEM_SUMMARY = re.compile(r"generated (\d+) tokens, prefill ([\d.]+) tok/s, decode ([\d.]+) tok/s")
 LLAMA_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s")
 LLAMA_ACCEPT = re.compile(r"n_drafted\s+=\s+(\d+)[\s\S]*n_accept\s+=\s+(\d+)")
-
-
-def chatml(question):
-    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
-            f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
-
-
-def pick_questions(path, limit):
-    lines = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip()]
-    stride = len(lines) // limit if 0 < limit < len(lines) else 1
-    picked = [q for i, q in enumerate(lines) if i % stride == 0]
-    return picked[:limit] if limit > 0 else picked
 
 
 def run_tandem(args, text, draft):

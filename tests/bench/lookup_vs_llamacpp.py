@@ -39,20 +39,7 @@ import time
 import llama_cpp
 from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-DEFAULT_MODEL = os.path.expanduser("~/.cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
-
-def chatml(question):
-    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
-            f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
-
-
-def pick_questions(path, limit):
-    lines = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip()]
-    stride = len(lines) // limit if 0 < limit < len(lines) else 1
-    picked = [q for i, q in enumerate(lines) if i % stride == 0]
-    return picked[:limit] if limit > 0 else picked
+from specbench_prompts import DEFAULT_MODEL, chatml, pick_questions
 
 
 def tandem_ids(tandem, model, text):
