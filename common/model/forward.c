@@ -43,6 +43,9 @@ struct td_ctx {
     const td_model *m;
     td_numerics numerics;
     bool tiled;     /* went through td_model_tile, which made the copies */
+    bool tiles_asked; /* ... on its first FAST pass: only then, so that a
+                       * context kept in the reference order never costs
+                       * the model a copy */
     td_pool *pool;
     int32_t max_rows;
     float *x;       /* (max_rows, n_embd) residual stream */
@@ -126,11 +129,15 @@ typedef struct mm_job {
     bool tiled; /* FAST on the weights' tiled copies where they have them */
 } mm_job;
 
+/* The modes whose matmuls run FAST's kernels (TP_INVARIANT differs only
+ * in how the model adds chunks up). */
+static bool fast_kernels(td_numerics order) {
+    return order == TD_NUMERICS_FAST || order == TD_NUMERICS_TP_INVARIANT;
+}
+
 /* Whether a context's matmuls read the tiled copies: FAST's order (the
  * tiled kernels compute no other) on a model that has them. */
-static bool use_tiles(const td_ctx *c) {
-    return c->tiled && (c->numerics == TD_NUMERICS_FAST || c->numerics == TD_NUMERICS_TP_INVARIANT);
-}
+static bool use_tiles(const td_ctx *c) { return c->tiled && fast_kernels(c->numerics); }
 
 static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
     for (int64_t r = 0; r < job->n_rows; r++) {
@@ -147,7 +154,7 @@ static void mm_then_run(const mm_job *job, int64_t lo, int64_t hi) {
 static void mm_task_run(const mm_job *job, const mm_task *t, int64_t lo, int64_t hi) {
     if (hi > t->w->n_out) hi = t->w->n_out;
     if (lo >= hi) return;
-    if (job->tiled && t->w->tiled && lo % 16 == 0) {
+    if (job->tiled && t->w->tiled && lo % TD_QUANT_TILE_COLS == 0) {
         const td_weight *w = t->w;
         const size_t xs = td_quant_row_bytes(td_quant_traits(w->type)->vec_dot_type, w->n_in);
         const int64_t nb = w->n_in / td_quant_traits(w->type)->block_elems;
@@ -306,7 +313,7 @@ static void chunk_worker(void *arg, int ith, int nth) {
         if (u >= j->n_chunks * j->units_per_chunk) return;
         int64_t k = u / j->units_per_chunk, lo = (u % j->units_per_chunk) * j->cols;
         int64_t hi = lo + j->cols < n_out ? lo + j->cols : n_out;
-        if (j->tiled && lo % 16 == 0) {
+        if (j->tiled && lo % TD_QUANT_TILE_COLS == 0) {
             const int64_t per = td_quant_traits(j->w->type)->block_elems;
             td_quant_matmul_tiled(j->w->type, j->w->tiled, j->w->n_in, n_out, k * j->chunk_in / per,
                                   (k + 1) * j->chunk_in / per, lo, hi, (const char *)j->xq + (size_t)k * j->x_chunk,
@@ -427,8 +434,8 @@ static int output_logits(td_ctx *c, int32_t n_out, float *logits, td_err *err) {
     /* FAST's order where the context computes it, else the reference: the
      * head's outputs are whole rows of the vocabulary on every rank, so a
      * split cuts no sum here and either order is tensor-parallel safe */
-    const bool fast = c->numerics == TD_NUMERICS_FAST || c->numerics == TD_NUMERICS_TP_INVARIANT;
-    mm_job job = {.n_tasks = 1, .n_rows = n_out, .numerics = fast ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE,
+    mm_job job = {.n_tasks = 1, .n_rows = n_out,
+                  .numerics = fast_kernels(c->numerics) ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE,
                   .tiled = use_tiles(c)};
     job.t[0] = (mm_task){&m->output, c->xq, y, y_stride};
     mm_job_ready(&job, td_pool_size(c->pool));
@@ -642,7 +649,6 @@ td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_
         td_ctx_destroy(c);
         return NULL;
     }
-    if (!c->gpu) c->tiled = td_model_tile(m); /* FAST, the default, reads them */
     return c;
 nomem:
     td_err_set(err, TD_E_NOMEM, "context: out of memory for %d rows", max_rows);
@@ -676,9 +682,7 @@ void td_ctx_destroy(td_ctx *c) {
 int32_t td_ctx_max_rows(const td_ctx *c) { return c->max_rows; }
 
 void td_ctx_set_numerics(td_ctx *c, td_numerics order) {
-    if (c->gpu) return; /* CUDA computes the reference order only */
-    c->numerics = order;
-    if (order == TD_NUMERICS_FAST || order == TD_NUMERICS_TP_INVARIANT) c->tiled = td_model_tile(c->m);
+    if (!c->gpu) c->numerics = order; /* CUDA computes the reference order only */
 }
 
 td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }
@@ -893,6 +897,10 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     rc = check_rows(c, kv, rows, n_rows, err);
     if (rc) return rc;
     if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, skip, err);
+    if (!c->tiles_asked && fast_kernels(c->numerics)) {
+        c->tiled = td_model_tile(m);
+        c->tiles_asked = true;
+    }
     const td_shard *sh = &m->shard;
     if (sh->size > 1 && !c->comm)
         return td_err_set(err, TD_E_ARG, "rank %d of a model split %d ways: the context has no communicator",

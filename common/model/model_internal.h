@@ -88,8 +88,9 @@ struct td_model {
 };
 
 /* Makes the tiled copies of the weights FAST's kernels can read tiled
- * (model_tiles.c), once per model, on the first CPU context computing
- * FAST or TP_INVARIANT: same bits, one linear stream per column tile. True
+ * (model_tiles.c), once per model, on the first pass of a CPU context
+ * computing FAST or TP_INVARIANT: same bits, one linear stream per column
+ * tile. True
  * when the copies exist; false when the CPU has no tiled kernels or memory
  * ran out (the kernels then read GGUF's rows: slower, same bits). */
 bool td_model_tile(const td_model *m);

@@ -1,6 +1,6 @@
 /* model_tiles.c — the tiled copies of a model's weights for FAST's
  * column-wise kernels (quant.h, td_quant_tile), made once per model by the
- * first context that computes FAST on the CPU. The GGUF bytes stay as they
+ * first pass a CPU context computes in FAST. The GGUF bytes stay as they
  * are: the reference order, the CUDA upload and the embedding lookup read
  * them; a model that only ever computes the reference order never pays for
  * the copies.

@@ -129,7 +129,8 @@ int td_quant_matmul_strided(td_numerics order, uint32_t wtype, const void *W, si
  *   over blocks [b0, b1) of every row (one chunk of the inputs; the whole
  *   row is b0 = 0, b1 = n_in / 32) of the matrix T is a copy of, with row
  *   r's activations for block b0 on at xq + r * x_stride; o_lo a multiple
- *   of 16. TD_OK, or TD_E_ARG with nothing computed. */
+ *   of TD_QUANT_TILE_COLS. TD_OK, or TD_E_ARG with nothing computed. */
+#define TD_QUANT_TILE_COLS 16
 size_t td_quant_tiled_bytes(uint32_t wtype, int64_t n_in, int64_t n_out);
 int td_quant_tile(uint32_t wtype, const void *W, int64_t n_in, int64_t n_out, void *dst);
 int td_quant_matmul_tiled(uint32_t wtype, const void *T, int64_t n_in, int64_t n_out, int64_t b0, int64_t b1,

@@ -168,10 +168,9 @@ td_tiled_fn td_quant_tiled_kernel(uint32_t wtype);
                                             int64_t o_lo, int64_t o_hi, const void *xq, size_t x_stride,  \
                                             int64_t n_rows, float *y, int64_t y_stride);
 /* The tiled copy's geometry (quant_tiled.c writes it, the _tiled kernels
- * read it): tiles of TD_QUANT_TILE_COLS weight rows; per block of a tile 64
- * bytes of header dwords, then 64-byte code vectors, 4 for Q4_1 and 8 for
- * Q8_0. */
-#define TD_QUANT_TILE_COLS 16
+ * read it): tiles of TD_QUANT_TILE_COLS (quant.h) weight rows; per block of
+ * a tile 64 bytes of header dwords, then 64-byte code vectors, 4 for Q4_1
+ * and 8 for Q8_0. */
 static inline size_t td_quant_tile_code_vectors(bool q4_1) { return q4_1 ? 4 : 8; }
 static inline size_t td_quant_tile_block_bytes(bool q4_1) { return 64 + 64 * td_quant_tile_code_vectors(q4_1); }
 TD_QUANT_DECLARE_COLWISE(avx2)
