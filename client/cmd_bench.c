@@ -30,6 +30,8 @@ typedef struct bench_opts {
     size_t n_ids;
     td_numerics numerics;
     td_device device;
+    td_schedule schedule;
+    bool pin;
 } bench_opts;
 
 /* Verification passes measured: 1..16 rows on the CPU, to 32 on a GPU
@@ -39,6 +41,11 @@ static const int verify_rows[6] = {1, 2, 4, 8, 16, 32};
 static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     td_err err = {0};
     td_pool *pool = td_pool_create(threads, &err);
+    if (pool && o->pin && td_pool_pin(pool, &err) != TD_OK) {
+        fprintf(stderr, "tandem bench: --pin: %s\n", err.msg);
+        td_pool_destroy(pool);
+        return 1;
+    }
     const td_hparams *hp = td_model_hparams(e->model);
     int32_t ctx_len = o->n_prefill + o->n_prompt + o->n_decode + 64;
     td_kv *kv = pool ? td_kv_create(e->model, 1, ctx_len, &err) : NULL;
@@ -56,6 +63,7 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
         goto out;
     }
     if (!ctx) goto out; /* td_cli_ctx said why */
+    td_ctx_set_schedule(ctx, o->schedule);
     if (!logits || !dec || !pre || !ver_ok) {
         fprintf(stderr, "tandem bench: out of memory\n");
         goto out;
@@ -97,7 +105,7 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     double v1 = td_bench_median(ver[0], o->repeats * 4);
     char who[32];
     if (gpu) td_device_format(o->device, who, sizeof who);
-    else snprintf(who, sizeof who, "threads %d", threads);
+    else snprintf(who, sizeof who, "threads %d%s", threads, o->schedule == TD_SCHEDULE_JOBS ? " (jobs)" : "");
     printf("%s: decode %.1f tok/s (%d after %d), prefill %.1f tok/s (%d rows)\n", who, d, o->n_decode,
            o->n_prompt, p, o->n_prefill);
     printf("%s: verify cost vs 1 row after %d tokens:", who, o->n_prompt);
@@ -115,8 +123,8 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     }
     double bw = read_bandwidth(pool);
     double per_tok = (double)td_model_weight_bytes(e->model);
-    printf("threads %d: read bandwidth %.1f GB/s; weights %.1f MB/token -> limit %.1f tok/s; decode at %.0f%% of it\n",
-           threads, bw, per_tok / 1e6, bw * 1e9 / per_tok, 100.0 * d / (bw * 1e9 / per_tok));
+    printf("%s: read bandwidth %.1f GB/s; weights %.1f MB/token -> limit %.1f tok/s; decode at %.0f%% of it\n",
+           who, bw, per_tok / 1e6, bw * 1e9 / per_tok, 100.0 * d / (bw * 1e9 / per_tok));
     rc = 0;
     goto out;
 fail:
@@ -141,12 +149,14 @@ static int bench_engine(int argc, char **argv) {
     td_numerics numerics = TD_NUMERICS_FAST;
     bool numerics_given = false;
     td_device device = {TD_DEVICE_CPU, 0};
+    const char *schedule = "phases";
+    bool pin = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n"
                  "                           [--context N] [--numerics fast|reference|llamacpp]\n"
-                 "                           [--device cpu|cuda[:N]]\n\n"
+                 "                           [--device cpu|cuda[:N]] [--schedule phases|jobs|both] [--pin]\n\n"
                  "Decode tok/s (128 tokens after an N-token prompt), prefill tok/s (512-token batch),\n"
                  "verification cost of 1,2,4,8,16 rows after the N-token prompt relative to 1 row,\n"
                  "read bandwidth and the decode speed as a share of the bandwidth limit. Prompt\n"
@@ -154,7 +164,10 @@ static int bench_engine(int argc, char **argv) {
                  "runs (default 5). --threads is a comma list (default 1,2); --context N sets the\n"
                  "prompt before decode and verification (default 64; longer ones weigh attention).\n"
                  "With --device cuda: one run on the GPU (--threads ignored), passes of up to 32 rows,\n"
-                 "and each pass's time in ms.\n\n"
+                 "and each pass's time in ms. --schedule: how a CPU pass goes to the threads, as one\n"
+                 "job of phases (the default) or one job per matmul (what split models take); both\n"
+                 "runs each thread count with jobs, then phases, for a side-by-side figure. --pin\n"
+                 "pins each worker thread to its own CPU (refused with fewer CPUs than threads).\n\n"
                  TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }
@@ -164,6 +177,14 @@ static int bench_engine(int argc, char **argv) {
         else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) return 2; numerics_given = true; }
         else if (!strcmp(a, "--device")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_device(cmd, v, &device)) return 2; }
         else if (!strcmp(a, "--context")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &context)) return 2; }
+        else if (!strcmp(a, "--pin")) pin = true;
+        else if (!strcmp(a, "--schedule")) {
+            if (!(schedule = td_cli_value(cmd, argc, argv, &i))) return 2;
+            if (strcmp(schedule, "phases") && strcmp(schedule, "jobs") && strcmp(schedule, "both")) {
+                fprintf(stderr, "tandem bench engine: --schedule '%s': phases, jobs or both\n", schedule);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--repeats")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 1000, &repeats)) return 2; }
         else { fprintf(stderr, "tandem bench engine: unknown option '%s'\n", a); return 2; }
     }
@@ -182,7 +203,8 @@ static int bench_engine(int argc, char **argv) {
         fprintf(stderr, "tandem bench: %s\n", err.msg);
         goto out;
     }
-    bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n, numerics, device};
+    bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n, numerics, device,
+                    strcmp(schedule, "jobs") ? TD_SCHEDULE_PHASES : TD_SCHEDULE_JOBS, pin};
     size_t need = (size_t)(context + 32 > 600 ? context + 32 : 600);
     if (n < need) { fprintf(stderr, "tandem bench: --text needs at least %zu tokens, has %zu\n", need, n); goto out; }
     char kernels[160];
@@ -195,6 +217,11 @@ static int bench_engine(int argc, char **argv) {
         char *end;
         long t = strtol(p, &end, 10);
         if (end == p || t < 1 || t > 256) { fprintf(stderr, "tandem bench: bad --threads list '%s'\n", threads_list); status = 2; break; }
+        if (!strcmp(schedule, "both")) {
+            bench_opts jobs = o;
+            jobs.schedule = TD_SCHEDULE_JOBS;
+            if (bench_threads(&e, &jobs, (int)t)) { status = 1; break; }
+        }
         if (bench_threads(&e, &o, (int)t)) { status = 1; break; }
         p = *end == ',' ? end + 1 : end;
     }

@@ -42,6 +42,7 @@ typedef struct td_worker_config {
     const char *cluster;
     const char *id;              /* worker id (default: role-host-port) */
     int32_t threads;
+    bool pin_threads;            /* td_pool_pin the compute threads */
     int32_t max_seqs;            /* open sequences at most */
     int64_t max_tokens;          /* cache tokens reserved by open sequences at most */
     int32_t ctx;                 /* longest sequence */

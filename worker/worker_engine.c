@@ -166,6 +166,7 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     if (e->cfg.max_seqs <= 0) e->cfg.max_seqs = 16;
     if (e->cfg.max_tokens <= 0) e->cfg.max_tokens = (int64_t)e->cfg.max_seqs * e->cfg.ctx;
     if (!(e->pool = td_pool_create(cfg->threads > 0 ? cfg->threads : td_cpu_count(), err))) goto fail;
+    if (cfg->pin_threads && (rc = td_pool_pin(e->pool, err))) goto fail;
     if (!(e->ctx = td_ctx_create_on(e->model, e->cfg.max_rows, e->pool, e->cfg.device, err))) goto fail;
     td_ctx_set_numerics(e->ctx, e->cfg.numerics);
     if (cfg->comm && (rc = td_ctx_set_comm(e->ctx, cfg->comm, err))) goto fail;

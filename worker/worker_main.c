@@ -39,6 +39,8 @@ static void usage(FILE *f) {
           "  --id ID               worker id (default: ROLE-HOST-PORT)\n"
           "  --lease-ttl S         etcd lease TTL in seconds (default 10)\n"
           "  --threads N           compute threads (default: all cores)\n"
+          "  --pin-threads         pin each compute thread but the first to its own CPU (refused\n"
+          "                        when the process may use fewer CPUs than --threads)\n"
           "  --ctx N               longest sequence in tokens (default min(model, 4096))\n"
           "  --max-seqs N          open sequences at most (default 16)\n"
           "  --max-tokens N        cache tokens all open sequences may reserve (default max-seqs x ctx);\n"
@@ -91,6 +93,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         if (!strcmp(a, "--no-batching")) { cfg.batching = false; continue; }
         if (!strcmp(a, "--no-prefix-cache")) { cfg.prefix_cache = false; continue; }
+        if (!strcmp(a, "--pin-threads")) { cfg.pin_threads = true; continue; }
         if (!v) { fprintf(stderr, "tandem-worker: unknown option or missing value: %s\n", a); usage(stderr); return 2; }
         i++;
         if (!strcmp(a, "--role")) {

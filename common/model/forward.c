@@ -39,6 +39,9 @@ typedef struct td_pass_seq {
     int8_t mode;       /* 1 linear, 2 tree rows */
 } td_pass_seq;
 
+/* phases of one layer in forward_phased */
+#define PHASES_PER_LAYER 10
+
 struct td_ctx {
     const td_model *m;
     td_numerics numerics;
@@ -86,6 +89,10 @@ struct td_ctx {
     int64_t *counts;   /* (comm size) all-gather counts */
     td_tp_stats stats;
     td_lead *lead;     /* a group leader's context: passes are broadcast first */
+    /* the pass as one job of phases (forward_phased) */
+    td_schedule schedule;
+    td_phase *phases;  /* (n_layer * PHASES_PER_LAYER + 3) */
+    int32_t *out_idx;  /* (max_rows) the rows that want logits */
 };
 
 /* ---- parallel jobs ---- */
@@ -170,23 +177,34 @@ static int64_t units_of(const mm_job *job, int64_t n_out) { return (n_out + job-
 
 /* A unit is a chunk of one task's columns; with a `then` step (whose tasks
  * all have then_n columns) a chunk of columns of every task, followed by
- * the step on those columns. */
+ * the step on those columns. False past the last unit. */
+static bool mm_unit(const mm_job *job, int64_t u) {
+    if (job->then != MM_THEN_NOTHING) {
+        if (u >= units_of(job, job->then_n)) return false;
+        int64_t lo = u * job->chunk, hi = lo + job->chunk < job->then_n ? lo + job->chunk : job->then_n;
+        for (int i = 0; i < job->n_tasks; i++) mm_task_run(job, &job->t[i], lo, hi);
+        mm_then_run(job, lo, hi);
+        return true;
+    }
+    int i = 0;
+    while (i < job->n_tasks && u >= units_of(job, job->t[i].w->n_out)) u -= units_of(job, job->t[i++].w->n_out);
+    if (i == job->n_tasks) return false;
+    mm_task_run(job, &job->t[i], u * job->chunk, (u + 1) * job->chunk);
+    return true;
+}
+
+/* Units of a job (its chunk set). */
+static int64_t mm_units(const mm_job *job) {
+    if (job->then != MM_THEN_NOTHING) return units_of(job, job->then_n);
+    int64_t n = 0;
+    for (int i = 0; i < job->n_tasks; i++) n += units_of(job, job->t[i].w->n_out);
+    return n;
+}
+
 static void mm_worker(void *arg, int ith, int nth) {
     mm_job *job = arg;
     (void)ith, (void)nth;
-    for (;;) {
-        int64_t u = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
-        if (job->then != MM_THEN_NOTHING) {
-            if (u >= units_of(job, job->then_n)) return;
-            int64_t lo = u * job->chunk, hi = lo + job->chunk < job->then_n ? lo + job->chunk : job->then_n;
-            for (int i = 0; i < job->n_tasks; i++) mm_task_run(job, &job->t[i], lo, hi);
-            mm_then_run(job, lo, hi);
-            continue;
-        }
-        int i = 0;
-        while (i < job->n_tasks && u >= units_of(job, job->t[i].w->n_out)) u -= units_of(job, job->t[i++].w->n_out);
-        if (i == job->n_tasks) return;
-        mm_task_run(job, &job->t[i], u * job->chunk, (u + 1) * job->chunk);
+    while (mm_unit(job, atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed))) {
     }
 }
 
@@ -388,25 +406,49 @@ static int split_projection(td_ctx *c, const td_weight *w, const float *in, int6
     return TD_OK;
 }
 
+/* Row r's q, k, v after the projections: biases, RoPE, and k, v into the
+ * cache at the row's slot. */
+static void qkv_finish_row(td_ctx *c, td_kv *kv, const td_row *rows, int32_t r, int32_t l) {
+    const td_hparams *hp = &c->m->hp;
+    const td_shard *sh = &c->m->shard;
+    const td_layer *ly = &c->m->layers[l];
+    int64_t hd = hp->head_dim, q_dim = (int64_t)sh->n_head * hd, kv_dim = (int64_t)sh->n_head_kv * hd;
+    float *q = c->q + r * q_dim, *k = c->k + r * kv_dim, *v = c->v + r * kv_dim;
+    if (ly->bq) {
+        residual_add(q, ly->bq, q_dim);
+        residual_add(k, ly->bk, kv_dim);
+        residual_add(v, ly->bv, kv_dim);
+    }
+    const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
+    for (int32_t h = 0; h < sh->n_head; h++) td_op_rope(q + h * hd, cs, hp->n_rot, hp->rope_kind);
+    for (int32_t h = 0; h < sh->n_head_kv; h++) td_op_rope(k + h * hd, cs, hp->n_rot, hp->rope_kind);
+    c->ops.to_f16(k, td_kv_at(kv, rows[r].seq, l, 0, c->slot[r]), kv_dim);
+    c->ops.to_f16(v, td_kv_at(kv, rows[r].seq, l, 1, c->slot[r]), kv_dim);
+}
+
+/* Row r's token's embedding row into c->x, or -0.0 where another rank
+ * holds the token (embed_rows says why -0.0). */
+static void embed_row(td_ctx *c, const td_row *rows, int32_t r) {
+    const td_model *m = c->m;
+    const td_shard *sh = &m->shard;
+    int64_t E = m->hp.n_embd;
+    int64_t t = (int64_t)rows[r].token - sh->vocab0;
+    float *x = c->x + r * E;
+    if (t >= 0 && t < sh->n_vocab)
+        td_quant_traits(m->tok_embd.type)->to_float(
+            (const char *)m->tok_embd.data + (size_t)t * td_quant_row_bytes(m->tok_embd.type, E), x, E);
+    else
+        for (int64_t i = 0; i < E; i++) x[i] = -0.0f;
+}
+
 /* The embedding rows of the pass's tokens into c->x. A split model's rank
  * holds some of the vocabulary: it fills the rows it holds and -0.0 in the
  * others, and an all-reduce adds them up. -0.0 is the exact identity of
  * float addition (v + -0.0 == v for every v, +0.0 included, where +0.0
  * would turn a -0.0 into +0.0), so every row arrives with its bits. */
 static int embed_rows(td_ctx *c, const td_row *rows, int32_t n_rows, td_err *err) {
-    const td_model *m = c->m;
-    const td_shard *sh = &m->shard;
-    int64_t E = m->hp.n_embd;
-    const td_type_traits *tr = td_quant_traits(m->tok_embd.type);
-    size_t row = td_quant_row_bytes(m->tok_embd.type, E);
-    for (int32_t r = 0; r < n_rows; r++) {
-        int64_t t = (int64_t)rows[r].token - sh->vocab0;
-        float *x = c->x + r * E;
-        if (t >= 0 && t < sh->n_vocab)
-            tr->to_float((const char *)m->tok_embd.data + (size_t)t * row, x, E);
-        else
-            for (int64_t i = 0; i < E; i++) x[i] = -0.0f;
-    }
+    int64_t E = c->m->hp.n_embd;
+    for (int32_t r = 0; r < n_rows; r++) embed_row(c, rows, r);
     return c->comm ? tp_allreduce(c, c->x, n_rows * E, err) : TD_OK;
 }
 
@@ -637,11 +679,13 @@ td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_
     c->lanes = td_alloc((size_t)td_pool_size(pool) * TD_ATTN_MAX_QUERIES * TD_ATTN_LANE_SETS * hp->head_dim *
                         sizeof(float));
     c->pass_seqs = td_alloc(R * sizeof(td_pass_seq));
+    c->phases = td_alloc(((size_t)hp->n_layer * PHASES_PER_LAYER + 3) * sizeof(td_phase));
+    c->out_idx = td_alloc(R * sizeof(int32_t));
     c->ops = td_op_select(hp->head_dim);
     c->device = dev;
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
         !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile || !c->lanes ||
-        !c->pass_seqs) {
+        !c->pass_seqs || !c->phases || !c->out_idx) {
         td_ctx_destroy(c);
         goto nomem;
     }
@@ -673,6 +717,8 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->tokens); td_free(c->seqs); td_free(c->chain_off); td_free(c->chain_len); td_free(c->out_rows);
     td_free(c->chains);
     td_free(c->pass_seqs);
+    td_free(c->phases);
+    td_free(c->out_idx);
     td_free(c->part);
     td_free(c->gather);
     free(c->counts);
@@ -686,6 +732,8 @@ void td_ctx_set_numerics(td_ctx *c, td_numerics order) {
 }
 
 td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }
+
+void td_ctx_set_schedule(td_ctx *c, td_schedule s) { c->schedule = s; }
 
 int td_ctx_set_comm(td_ctx *c, td_comm *comm, td_err *err) {
     const td_shard *sh = &c->m->shard;
@@ -888,6 +936,215 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
     return rc;
 }
 
+/* ---- the pass as one job of phases ----
+ *
+ * An unsplit model in any order but tp-invariant runs its whole pass as one
+ * td_pool_run_phases job: ten phases a layer, each claimed in units by the
+ * threads already inside, so a decode step costs one entry into the pool
+ * instead of a few hundred, and the per-row work that ran on the calling
+ * thread alone (norms, RoPE, cache stores, quantization) is spread over the
+ * rows. Every output is computed by the same calls as in the job-per-matmul
+ * pass below (which split models and the invariant order still take), so
+ * both give the same bits. */
+
+enum pass_phase {
+    PH_EMBED,      /* rows: embedding row into x */
+    PH_ATTN_NORM,  /* rows: rmsnorm into xn, quantized for wq into xq */
+    PH_QKV,        /* matmul units of wq, wk, wv */
+    PH_QKV_FINISH, /* rows: biases, RoPE, k and v into the cache */
+    PH_ATTN,       /* attention items, the output into xn */
+    PH_ATTN_QUANT, /* rows: xn quantized for wo */
+    PH_WO,         /* matmul units of wo, added to x */
+    PH_FFN_NORM,   /* rows: rmsnorm into xn, quantized for w_gate */
+    PH_GATE_UP,    /* matmul units of w_gate and w_up, then SwiGLU */
+    PH_FFN_QUANT,  /* rows: the SwiGLU output quantized for w_down */
+    PH_DOWN,       /* matmul units of w_down, added to x */
+    PH_OUT_NORM,   /* output rows: rmsnorm, quantized for the head */
+    PH_HEAD,       /* matmul units of the output head into the logits */
+};
+
+typedef struct phased_pass {
+    td_ctx *c;
+    td_kv *kv;
+    const td_row *rows;
+    int32_t n_rows, n_out;
+    float *logits;
+    int64_t attn_chunk; /* attention items per claim */
+    int nth;
+} phased_pass;
+
+/* The matmul job of a phase; chunk is the same for every layer (the
+ * shapes are), so units claimed under one build are the same columns
+ * under the next. */
+static mm_job phase_mm(const phased_pass *p, enum pass_phase kind, int32_t l) {
+    td_ctx *c = p->c;
+    const td_model *m = c->m;
+    const td_layer *ly = kind == PH_HEAD ? NULL : &m->layers[l];
+    mm_job job = {.n_rows = p->n_rows, .silu_mul = c->ops.silu_mul, .numerics = c->numerics, .tiled = use_tiles(c)};
+    switch (kind) {
+    case PH_QKV:
+        job.t[0] = (mm_task){&ly->wq, c->xq, c->q, ly->wq.n_out};
+        job.t[1] = (mm_task){&ly->wk, c->xq, c->k, ly->wk.n_out};
+        job.t[2] = (mm_task){&ly->wv, c->xq, c->v, ly->wv.n_out};
+        job.n_tasks = 3;
+        break;
+    case PH_WO:
+    case PH_DOWN: {
+        const td_weight *w = kind == PH_WO ? &ly->wo : &ly->w_down;
+        job.t[0] = (mm_task){w, c->xq, c->proj, w->n_out};
+        job.n_tasks = 1;
+        job.then = MM_THEN_ADD;
+        job.then_n = w->n_out;
+        job.then_y[0] = c->proj;
+        job.add_to = c->x;
+        break;
+    }
+    case PH_GATE_UP:
+        job.t[0] = (mm_task){&ly->w_gate, c->xq, c->gate, ly->w_gate.n_out};
+        job.t[1] = (mm_task){&ly->w_up, c->xq, c->up, ly->w_up.n_out};
+        job.n_tasks = 2;
+        job.then = MM_THEN_SILU_MUL;
+        job.then_n = ly->w_gate.n_out;
+        job.then_y[0] = c->gate;
+        job.then_y[1] = c->up;
+        break;
+    default: /* PH_HEAD: as output_logits, unsplit */
+        job.n_rows = p->n_out;
+        job.numerics = fast_kernels(c->numerics) ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE;
+        job.t[0] = (mm_task){&m->output, c->xq, p->logits, m->hp.n_vocab};
+        job.n_tasks = 1;
+        break;
+    }
+    int64_t widest = 0;
+    for (int i = 0; i < job.n_tasks; i++)
+        if (job.t[i].w->n_out > widest) widest = job.t[i].w->n_out;
+    job.chunk = td_claim_chunk(widest, p->nth, MM_CHUNKS_PER_THREAD, MM_CHUNK_ALIGN);
+    return job;
+}
+
+/* Row r of src, n_in wide, quantized for weights of type wtype into its
+ * row of xq. */
+static void quantize_row(td_ctx *c, uint32_t wtype, const float *src, int64_t n_in, int64_t r) {
+    size_t row_bytes = td_quant_row_bytes(td_quant_traits(wtype)->vec_dot_type, n_in);
+    td_quant_activations(wtype, src, n_in, 1, (char *)c->xq + (size_t)r * row_bytes);
+}
+
+static void phase_run(void *arg, const td_phase *ph, int64_t lo, int64_t hi, int ith) {
+    const phased_pass *p = arg;
+    td_ctx *c = p->c;
+    const td_model *m = c->m;
+    const td_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd;
+    const int32_t l = ph->arg;
+    const td_layer *ly = ph->kind == PH_EMBED || ph->kind >= PH_OUT_NORM ? NULL : &m->layers[l];
+    switch ((enum pass_phase)ph->kind) {
+    case PH_EMBED:
+        for (int64_t r = lo; r < hi; r++) embed_row(c, p->rows, (int32_t)r);
+        return;
+    case PH_ATTN_NORM:
+    case PH_FFN_NORM: {
+        const float *w = ph->kind == PH_ATTN_NORM ? ly->attn_norm : ly->ffn_norm;
+        uint32_t wt = ph->kind == PH_ATTN_NORM ? ly->wq.type : ly->w_gate.type;
+        for (int64_t r = lo; r < hi; r++) {
+            td_op_rmsnorm(c->xn + r * E, c->x + r * E, w, E, hp->rms_eps);
+            quantize_row(c, wt, c->xn + r * E, E, r);
+        }
+        return;
+    }
+    case PH_QKV_FINISH:
+        for (int64_t r = lo; r < hi; r++) qkv_finish_row(c, p->kv, p->rows, (int32_t)r, l);
+        return;
+    case PH_ATTN: {
+        attn_job aj = {.c = c, .kv = p->kv, .rows = p->rows, .n_rows = p->n_rows, .layer = l};
+        attn_range(&aj, ith, lo, hi);
+        return;
+    }
+    case PH_ATTN_QUANT:
+        for (int64_t r = lo; r < hi; r++) quantize_row(c, ly->wo.type, c->xn + r * ly->wo.n_in, ly->wo.n_in, r);
+        return;
+    case PH_FFN_QUANT:
+        for (int64_t r = lo; r < hi; r++)
+            quantize_row(c, ly->w_down.type, c->gate + r * ly->w_down.n_in, ly->w_down.n_in, r);
+        return;
+    case PH_OUT_NORM:
+        for (int64_t i = lo; i < hi; i++) {
+            int32_t r = c->out_idx[i];
+            td_op_rmsnorm(c->xn + i * E, c->x + r * E, m->output_norm, E, hp->rms_eps);
+            quantize_row(c, m->output.type, c->xn + i * E, E, i);
+        }
+        return;
+    case PH_QKV:
+    case PH_WO:
+    case PH_GATE_UP:
+    case PH_DOWN:
+    case PH_HEAD: {
+        mm_job job = phase_mm(p, (enum pass_phase)ph->kind, l);
+        for (int64_t u = lo; u < hi; u++) mm_unit(&job, u);
+        return;
+    }
+    }
+}
+
+/* Whether the pass can run as phases: one rank, an order that sums whole
+ * rows, and each group of weights read from one quantized input (so one
+ * quantization per group, as the job-per-matmul pass does). */
+static bool phases_fit(const td_ctx *c) {
+    const td_model *m = c->m;
+    if (c->schedule != TD_SCHEDULE_PHASES || c->comm || m->shard.size > 1 || c->numerics == TD_NUMERICS_TP_INVARIANT)
+        return false;
+    for (int32_t l = 0; l < m->hp.n_layer; l++) {
+        const td_layer *ly = &m->layers[l];
+        uint32_t q = td_quant_traits(ly->wq.type)->vec_dot_type, g = td_quant_traits(ly->w_gate.type)->vec_dot_type;
+        if (td_quant_traits(ly->wk.type)->vec_dot_type != q || td_quant_traits(ly->wv.type)->vec_dot_type != q ||
+            td_quant_traits(ly->w_up.type)->vec_dot_type != g)
+            return false;
+    }
+    return true;
+}
+
+static void phase_add(td_phase *ph, int64_t *n, enum pass_phase kind, int32_t arg, int64_t n_units, int64_t chunk) {
+    ph[*n] = (td_phase){.kind = kind, .arg = arg, .n_units = n_units, .chunk = chunk};
+    (*n)++;
+}
+
+/* The layers and the head of a pass (rows checked, slots and RoPE angles
+ * set, rows grouped) as one job. */
+static void forward_phased(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                           const uint8_t *skip) {
+    const td_model *m = c->m;
+    const td_hparams *hp = &m->hp;
+    phased_pass p = {.c = c, .kv = kv, .rows = rows, .n_rows = n_rows, .logits = logits,
+                     .nth = td_pool_size(c->pool)};
+    for (int32_t r = 0; r < n_rows; r++)
+        if (rows[r].logits) c->out_idx[p.n_out++] = r;
+    int64_t n_items = (int64_t)n_rows * hp->n_head;
+    p.attn_chunk = td_claim_chunk(n_items, p.nth, n_items >= 64 * p.nth ? 4 : 1, 1);
+    td_phase *ph = c->phases;
+    int64_t n = 0;
+    phase_add(ph, &n, PH_EMBED, 0, n_rows, 1);
+    for (int32_t l = 0; l < hp->n_layer; l++) {
+        if (skip && skip[l]) continue;
+        for (int k = PH_ATTN_NORM; k <= PH_DOWN; k++) {
+            int64_t units = n_rows, chunk = 1;
+            if (k == PH_ATTN) {
+                units = n_items;
+                chunk = p.attn_chunk;
+            } else if (k == PH_QKV || k == PH_WO || k == PH_GATE_UP || k == PH_DOWN) {
+                mm_job job = phase_mm(&p, (enum pass_phase)k, l);
+                units = mm_units(&job);
+                chunk = 1;
+            }
+            phase_add(ph, &n, (enum pass_phase)k, l, units, chunk);
+        }
+    }
+    if (p.n_out > 0) {
+        phase_add(ph, &n, PH_OUT_NORM, 0, p.n_out, 1);
+        mm_job head = phase_mm(&p, PH_HEAD, 0);
+        phase_add(ph, &n, PH_HEAD, 0, mm_units(&head), 1);
+    }
+    td_pool_run_phases(c->pool, ph, n, phase_run, &p);
+}
+
 static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
                         const uint8_t *skip, td_err *err) {
     const td_model *m = c->m;
@@ -920,11 +1177,15 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
         return td_err_set(err, TD_E_NOMEM, "out of memory for attention scores");
     group_rows(c, rows, n_rows);
 
-    int64_t E = hp->n_embd, hd = hp->head_dim;
-    /* this rank's heads (all of them unless split) */
-    int64_t q_dim = (int64_t)sh->n_head * hd, kv_dim = (int64_t)sh->n_head_kv * hd;
-    if ((rc = embed_rows(c, rows, n_rows, err))) return rc;
     rope_table(c, rows, n_rows);
+    if (phases_fit(c)) {
+        forward_phased(c, kv, rows, n_rows, logits, skip);
+        for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
+        return TD_OK;
+    }
+
+    int64_t E = hp->n_embd, hd = hp->head_dim;
+    if ((rc = embed_rows(c, rows, n_rows, err))) return rc;
 
     for (int32_t l = 0; l < hp->n_layer; l++) {
         if (skip && skip[l]) continue;
@@ -933,19 +1194,7 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
         const td_weight *qkv_w[3] = {&ly->wq, &ly->wk, &ly->wv};
         float *qkv_y[3] = {c->q, c->k, c->v};
         matmuls(c, c->xn, n_rows, 3, qkv_w, qkv_y, MM_THEN_NOTHING, NULL);
-        for (int32_t r = 0; r < n_rows; r++) {
-            float *q = c->q + r * q_dim, *k = c->k + r * kv_dim, *v = c->v + r * kv_dim;
-            if (ly->bq) {
-                residual_add(q, ly->bq, q_dim);
-                residual_add(k, ly->bk, kv_dim);
-                residual_add(v, ly->bv, kv_dim);
-            }
-            const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
-            for (int32_t h = 0; h < sh->n_head; h++) td_op_rope(q + h * hd, cs, hp->n_rot, hp->rope_kind);
-            for (int32_t h = 0; h < sh->n_head_kv; h++) td_op_rope(k + h * hd, cs, hp->n_rot, hp->rope_kind);
-            c->ops.to_f16(k, td_kv_at(kv, rows[r].seq, l, 0, c->slot[r]), kv_dim);
-            c->ops.to_f16(v, td_kv_at(kv, rows[r].seq, l, 1, c->slot[r]), kv_dim);
-        }
+        for (int32_t r = 0; r < n_rows; r++) qkv_finish_row(c, kv, rows, r, l);
         /* one claim per thread when all take part (the old static split)
          * unless the pass is long enough to balance finer */
         int64_t n_items = (int64_t)n_rows * sh->n_head;

@@ -126,6 +126,16 @@ int32_t td_ctx_max_rows(const td_ctx *c);
 void td_ctx_set_numerics(td_ctx *c, td_numerics order);
 td_numerics td_ctx_numerics(const td_ctx *c);
 
+/* How a CPU pass goes to the pool's threads. TD_SCHEDULE_PHASES (the
+ * default): an unsplit model's pass is one pool job of ordered phases that
+ * the threads go through together, per-row work (norms, RoPE, cache stores,
+ * quantization) spread over the rows. TD_SCHEDULE_JOBS: one pool job per
+ * matmul group, attention and quantization, the per-row work on the calling
+ * thread: what a split model and the tp-invariant order always take. Both
+ * give the same bits; the choice exists for benchmarks and tests. */
+typedef enum td_schedule { TD_SCHEDULE_PHASES, TD_SCHEDULE_JOBS } td_schedule;
+void td_ctx_set_schedule(td_ctx *c, td_schedule s);
+
 /* ---- tensor parallelism ----
  * A context of a split model computes its rank's part of every pass and
  * combines the parts over comm (borrowed; one context per communicator, as

@@ -158,6 +158,27 @@ void td_pool_destroy(td_pool *p) {
 
 int td_pool_size(const td_pool *p) { return p ? p->n : 1; }
 
+int td_pool_pin(td_pool *p, td_err *err) {
+    if (!p || p->n == 1) return TD_OK;
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        return td_err_set(err, TD_E_IO, "thread pool: cannot read the CPUs this process may use");
+    int n_cpus = CPU_COUNT(&allowed);
+    if (n_cpus < p->n)
+        return td_err_set(err, TD_E_ARG, "thread pool: %d threads but %d CPUs to pin them to", p->n, n_cpus);
+    for (int i = 1, cpu = -1; i < p->n; i++) {
+        int k = 0; /* the i-th allowed CPU: worker 0's is left to the caller */
+        for (cpu = 0; cpu < CPU_SETSIZE; cpu++)
+            if (CPU_ISSET(cpu, &allowed) && k++ == i) break;
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        int rc = pthread_setaffinity_np(p->threads[i], sizeof one, &one);
+        if (rc != 0) return td_err_set(err, TD_E_IO, "thread pool: cannot pin thread %d to CPU %d (error %d)", i, cpu, rc);
+    }
+    return TD_OK;
+}
+
 void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx) {
     if (!p || p->n == 1) {
         fn(ctx, 0, 1);
@@ -181,4 +202,61 @@ void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx) {
         else td_cpu_relax();
     }
     pthread_mutex_unlock(&p->run_mu);
+}
+
+/* ---- jobs of ordered phases ---- */
+
+typedef struct phases_job {
+    td_phase *phases;
+    int64_t n;
+    td_phase_fn fn;
+    void *ctx;
+    _Atomic int64_t reached; /* the furthest phase any thread started */
+} phases_job;
+
+/* Every unit of s is done. The acquire pairs with the release of each
+ * unit's count, so the unit's writes are visible here. */
+static void wait_phase(const td_phase *s) {
+    for (int spins = 0; atomic_load_explicit(&s->done, memory_order_acquire) < s->n_units; spins++) {
+        if (spins % SPIN_BEFORE_YIELD == SPIN_BEFORE_YIELD - 1) sched_yield();
+        else td_cpu_relax();
+    }
+}
+
+static void phases_worker(void *arg, int ith, int nth) {
+    phases_job *j = arg;
+    (void)nth;
+    for (int64_t i = atomic_load_explicit(&j->reached, memory_order_relaxed); i < j->n; i++) {
+        td_phase *s = &j->phases[i];
+        /* the last phase with units: an empty one orders nothing */
+        for (int64_t k = i - 1; k >= 0; k--) {
+            wait_phase(&j->phases[k]);
+            if (j->phases[k].n_units > 0) break;
+        }
+        int64_t seen = atomic_load_explicit(&j->reached, memory_order_relaxed);
+        while (seen < i && !atomic_compare_exchange_weak_explicit(&j->reached, &seen, i, memory_order_relaxed,
+                                                                  memory_order_relaxed)) {
+        }
+        int64_t lo, hi;
+        /* a look before the claim: a phase that others have taken whole
+         * (one row's norm, say) costs a read, not a write to their line */
+        /* one unit (a one-row pass's norm, say) is the caller's: its cache
+         * holds the row, and a race for it slowed one-row passes by ~5 % */
+        if (s->n_units == 1 && ith != 0) continue;
+        while (atomic_load_explicit(&s->next, memory_order_relaxed) < s->n_units &&
+               td_claim(&s->next, s->n_units, s->chunk, &lo, &hi)) {
+            j->fn(j->ctx, s, lo, hi, ith);
+            atomic_fetch_add_explicit(&s->done, hi - lo, memory_order_acq_rel);
+        }
+    }
+}
+
+void td_pool_run_phases(td_pool *p, td_phase *phases, int64_t n_phases, td_phase_fn fn, void *ctx) {
+    for (int64_t i = 0; i < n_phases; i++) {
+        atomic_init(&phases[i].next, 0);
+        atomic_init(&phases[i].done, 0);
+    }
+    phases_job j = {.phases = phases, .n = n_phases, .fn = fn, .ctx = ctx};
+    atomic_init(&j.reached, 0);
+    td_pool_run(p, phases_worker, &j);
 }

@@ -121,7 +121,38 @@ typedef void (*td_pool_fn)(void *ctx, int ith, int nth);
 td_pool *td_pool_create(int n_threads, td_err *err);
 void td_pool_destroy(td_pool *p);       /* accepts NULL */
 int td_pool_size(const td_pool *p);     /* 1 for a NULL pool */
+/* Pins worker i (1 .. n-1) to the i-th CPU the process may run on, so each
+ * keeps its caches and its slice of a pass's work lands on one core; the
+ * calling thread (worker 0) stays free to move. Refused (TD_E_ARG) when
+ * the process may use fewer CPUs than the pool has threads, where pinned
+ * workers would share cores; TD_E_IO when the OS refuses. Call right after
+ * td_pool_create. A NULL or one-thread pool has nothing to pin. */
+int td_pool_pin(td_pool *p, td_err *err);
 void td_pool_run(td_pool *p, td_pool_fn fn, void *ctx); /* NULL pool: runs fn(ctx,0,1) */
+
+#ifndef __cplusplus
+/* A job of ordered phases, run in one td_pool_run: threads stay inside it
+ * and go from phase to phase, each phase's work claimed in chunks of its
+ * units, and a phase's first claim waits only until every unit of the last
+ * phase before it with units is done — not for the threads to leave and
+ * re-enter the pool,
+ * as one job per phase would. A thread that enters late starts at the phase
+ * the others reached. The promise of td_pool_run holds: the caller alone
+ * can do every phase, and a phase of one unit is always the caller's. Fill
+ * kind/arg/n_units/chunk (chunk >= 1); the runner
+ * resets the counters. fn(ctx, phase, lo, hi, ith) does units [lo, hi). */
+typedef struct td_phase {
+    int32_t kind, arg;   /* the caller's: which work, on what */
+    int64_t n_units;     /* may be 0: the phase is then done at once */
+    int64_t chunk;       /* units per claim */
+    /* Own cache lines: threads waiting on one phase's count must not slow
+     * the claims of the next (keep arrays of phases 64-byte aligned). */
+    _Alignas(64) _Atomic int64_t next; /* first unit not yet claimed */
+    _Alignas(64) _Atomic int64_t done; /* units finished */
+} td_phase;
+typedef void (*td_phase_fn)(void *ctx, const td_phase *phase, int64_t lo, int64_t hi, int ith);
+void td_pool_run_phases(td_pool *p, td_phase *phases, int64_t n_phases, td_phase_fn fn, void *ctx);
+#endif
 
 #ifndef __cplusplus
 /* Takes the next chunk of [0, n) from *next (start it at 0): false when none

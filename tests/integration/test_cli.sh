@@ -114,6 +114,11 @@ printf '%s\n' '{"category": "qa", "turns": ["Hi?"]}' '{"category": 7}' >"$tmp/ba
 check "bench spec: malformed question refused" exit_is 1 "$TANDEM" bench spec --model "$MODEL" --prompts "$tmp/bad.jsonl" --max-tokens 4 --draft lookup
 check "bench spec: names the line" err_has "bad.jsonl:2"
 check "bench spec: negative warm-up is a usage error" exit_is 2 "$TANDEM" bench spec --prompts "$tmp/q.jsonl" --warmup -1
+# bench engine: the schedule is named or refused; --pin with more threads than CPUs says why
+check "bench engine: unknown schedule refused" exit_is 2 "$TANDEM" bench engine --schedule bogus
+check "bench engine: the refusal lists the schedules" err_has "phases, jobs or both"
+check "bench engine: --pin beyond the CPUs refused" exit_is 1 "$TANDEM" bench engine --model "$MODEL" --threads $(( $(nproc) + 1 )) --pin --repeats 1
+check "bench engine: --pin says why" err_has "CPUs to pin them to"
 # hostile input found by hand (issue 11): each of these was accepted or misreported before
 check "--seed -1 refused" exit_is 2 "$TANDEM" generate --prompt hi --seed -1
 check "--seed -1: range message" err_has "expects an integer in \[0, 18446744073709551615\], got '-1'"

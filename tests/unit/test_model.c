@@ -676,12 +676,88 @@ static void attention_kernels_agree(void **s) {
     drop_tiny(&f);
 }
 
+/* The pass as one job of phases and as one pool job per matmul (what split
+ * models take) give the same bits, logits and cache: a prefill of two
+ * sequences with some rows' logits, a one-row decode, a token tree and a
+ * pass that skips layers, on a pool of three threads (on two cores: some
+ * enter late, some never). */
+static void schedules_agree_in(td_numerics order, const char *args) {
+    fixture f = {0};
+    assert_int_equal(make_tiny(&f, args), 0);
+    const td_hparams *hp = td_model_hparams(f.m);
+    int32_t V = hp->n_vocab, L = hp->n_layer;
+    td_pool *three = td_pool_create(3, NULL);
+    assert_non_null(three);
+    td_kv *kv[2];
+    td_ctx *c[2];
+    float *lg[2];
+    for (int s = 0; s < 2; s++) {
+        kv[s] = td_kv_create(f.m, 2, 64, NULL);
+        c[s] = td_ctx_create(f.m, 32, three, NULL);
+        lg[s] = malloc((size_t)32 * V * sizeof(float));
+        assert_non_null(kv[s]);
+        assert_non_null(c[s]);
+        assert_non_null(lg[s]);
+        td_ctx_set_numerics(c[s], order);
+        td_ctx_set_schedule(c[s], s ? TD_SCHEDULE_JOBS : TD_SCHEDULE_PHASES);
+    }
+    uint8_t skip[64] = {0};
+    for (int32_t l = 1; l < L; l += 2) skip[l] = 1;
+    td_row pre[16], one[1], tree[5], tail[3];
+    int n_out_pre = 0;
+    for (int i = 0; i < 10; i++) {
+        pre[i] = td_row_linear(0, i, seq_a[i], i == 3 || i == 9);
+        n_out_pre += pre[i].logits;
+    }
+    for (int i = 0; i < 6; i++, n_out_pre++) pre[10 + i] = td_row_linear(1, i, seq_a[(i * 5) % 12], true);
+    one[0] = td_row_linear(0, 10, 77, true);
+    td_row t[5] = {{0, 11, 30, true, true, -1}, {0, 12, 31, true, true, 0}, {0, 12, 32, true, true, 0},
+                   {0, 13, 33, true, true, 1},  {0, 11, 40, true, true, -1}};
+    memcpy(tree, t, sizeof t);
+    for (int i = 0; i < 3; i++) tail[i] = td_row_linear(1, 6 + i, seq_a[i + 2], true);
+    struct { const td_row *rows; int n, n_out; const uint8_t *skip; } passes[4] = {
+        {pre, 16, n_out_pre, NULL}, {one, 1, 1, NULL}, {tree, 5, 5, NULL}, {tail, 3, 3, skip}};
+    td_err err;
+    for (int p = 0; p < 4; p++) {
+        for (int s = 0; s < 2; s++)
+            assert_int_equal(td_model_forward_skip(c[s], kv[s], passes[p].rows, passes[p].n, lg[s], passes[p].skip,
+                                                   &err), TD_OK);
+        assert_memory_equal(lg[0], lg[1], (size_t)passes[p].n_out * V * sizeof(float));
+    }
+    for (int32_t seq = 0; seq < 2; seq++) {
+        int32_t len = td_kv_seq_len(kv[0], seq);
+        assert_int_equal(len, td_kv_seq_len(kv[1], seq));
+        for (int32_t l = 0; l < L; l++)
+            for (int kvi = 0; kvi < 2; kvi++)
+                for (int32_t slot = 0; slot < len; slot++)
+                    assert_memory_equal(td_kv_at(kv[0], seq, l, kvi, slot), td_kv_at(kv[1], seq, l, kvi, slot),
+                                        (size_t)kv[0]->kv_dim * sizeof(uint16_t));
+    }
+    for (int s = 0; s < 2; s++) {
+        td_ctx_destroy(c[s]);
+        td_kv_destroy(kv[s]);
+        free(lg[s]);
+    }
+    td_pool_destroy(three);
+    drop_tiny(&f);
+}
+
+static void schedules_agree(void **s) {
+    (void)s;
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama");
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch qwen2 --type Q4_1"); /* biases; FAST's tiled copies */
+    schedules_agree_in(TD_NUMERICS_FAST, "--tied --type Q8_0");
+    schedules_agree_in(TD_NUMERICS_REFERENCE, "--arch llama");
+    schedules_agree_in(TD_NUMERICS_LLAMACPP, "--arch qwen2");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matches_reference_llama_mixed_types),
         cmocka_unit_test(matches_reference_qwen2),
         cmocka_unit_test(matches_reference_tied_q8_0),
         cmocka_unit_test(batch_invariance),
+        cmocka_unit_test(schedules_agree),
         cmocka_unit_test(tp_shards),
         cmocka_unit_test(long_context_invariance),
         cmocka_unit_test(kv_truncate_rolls_back),

@@ -12,7 +12,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,9 +187,102 @@ static void two_contexts_one_model_one_pool(void **state) {
     td_pool_destroy(pool);
 }
 
+/* ---- a job of phases ----
+ * Phase k's unit u writes v[k][u] = u + the sum of every v[k-1]: a unit
+ * that ran before the whole phase before it was done would read a value not
+ * yet written (the arrays start as NaN). Empty phases and chunks of several
+ * units in between; pools of 1, 2 and 4 threads (4 on a 2-core machine:
+ * workers enter late or not at all); against the sums computed here. */
+#define PH_N 9
+#define PH_UNITS 37
+
+typedef struct phase_arg {
+    double v[PH_N][PH_UNITS];
+} phase_arg;
+
+static void phase_fn(void *ctx, const td_phase *ph, int64_t lo, int64_t hi, int ith) {
+    phase_arg *a = ctx;
+    (void)ith;
+    for (int64_t u = lo; u < hi; u++) {
+        double prev = 0;
+        if (ph->arg > 0)
+            for (int i = 0; i < PH_UNITS; i++) prev += a->v[ph->arg - 1][i];
+        a->v[ph->arg][u] = (double)u + prev;
+    }
+}
+
+static void phases_run_in_order(void **state) {
+    (void)state;
+    double want[PH_N][PH_UNITS];
+    for (int k = 0; k < PH_N; k++) {
+        double prev = 0;
+        for (int i = 0; k > 0 && i < PH_UNITS; i++) prev += want[k - 1][i];
+        for (int u = 0; u < PH_UNITS; u++) want[k][u] = u + prev;
+    }
+    int sizes[3] = {1, 2, 4};
+    for (int t = 0; t < 3; t++) {
+        td_pool *pool = td_pool_create(sizes[t], NULL);
+        assert_non_null(pool);
+        td_phase ph[2 * PH_N];
+        phase_arg *a = malloc(sizeof *a);
+        assert_non_null(a);
+        for (int rep = 0; rep < 200; rep++) {
+            int64_t n = 0;
+            for (int k = 0; k < PH_N; k++) {
+                if (k % 3 == 1) ph[n++] = (td_phase){.kind = 1, .arg = k, .n_units = 0, .chunk = 1};
+                ph[n++] = (td_phase){.kind = 0, .arg = k, .n_units = PH_UNITS, .chunk = 1 + k % 4};
+            }
+            for (int k = 0; k < PH_N; k++)
+                for (int u = 0; u < PH_UNITS; u++) a->v[k][u] = NAN;
+            td_pool_run_phases(pool, ph, n, phase_fn, a);
+            assert_memory_equal(a->v, want, sizeof want);
+        }
+        free(a);
+        td_pool_destroy(pool);
+    }
+}
+
+/* ---- pinning ----
+ * A pinned worker may run on one CPU only (its own affinity, read from
+ * inside a job); more threads than CPUs is refused with the reason. */
+static void affinity_fn(void *ctx, int ith, int nth) {
+    _Atomic int *cpus_of_1 = ctx;
+    (void)nth;
+    cpu_set_t set;
+    if (ith == 1 && sched_getaffinity(0, sizeof set, &set) == 0) atomic_store(cpus_of_1, CPU_COUNT(&set));
+    /* the caller holds the job open (up to 10 s) until the worker came: a
+     * worker may skip a job it comes late to, as on a busy machine */
+    for (double t0 = td_now_sec(); ith == 0 && atomic_load(cpus_of_1) == 0 && td_now_sec() - t0 < 10;)
+        sched_yield();
+}
+
+static void pool_pinning(void **state) {
+    (void)state;
+    td_err err;
+    assert_int_equal(td_pool_pin(NULL, &err), TD_OK);
+    cpu_set_t allowed;
+    assert_int_equal(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    int n = CPU_COUNT(&allowed);
+    td_pool *over = td_pool_create(n + 1, NULL);
+    assert_non_null(over);
+    assert_int_equal(td_pool_pin(over, &err), TD_E_ARG);
+    assert_non_null(strstr(err.msg, "CPUs to pin them to"));
+    td_pool_destroy(over);
+    if (n < 2) return; /* nothing more to pin on one CPU */
+    td_pool *pool = td_pool_create(2, NULL);
+    assert_non_null(pool);
+    assert_int_equal(td_pool_pin(pool, &err), TD_OK);
+    _Atomic int cpus_of_1 = 0;
+    td_pool_run(pool, affinity_fn, &cpus_of_1);
+    assert_int_equal(atomic_load(&cpus_of_1), 1);
+    td_pool_destroy(pool);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(pool_shared_by_two_callers),
+        cmocka_unit_test(phases_run_in_order),
+        cmocka_unit_test(pool_pinning),
         cmocka_unit_test_setup_teardown(two_contexts_one_model, model_setup, model_teardown),
         cmocka_unit_test_setup_teardown(two_contexts_one_model_one_pool, model_setup, model_teardown),
     };
