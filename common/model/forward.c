@@ -5,8 +5,11 @@
  * residual → RMSNorm → SwiGLU MLP → residual. Matmuls read each weight row
  * once for all rows of the batch; threads split output rows (matmuls) or
  * (sequence, KV head, row, head) items (attention, handed to the kernel in
- * batches that share a KV head). Nothing here allocates except KV pages and
- * scratch grown to a longer context than seen before.
+ * batches that share a KV head). An unsplit model's pass goes to the pool
+ * as one job of phases (forward_phased); split models and the tp-invariant
+ * order take one job per step (forward_pass), and both compute the same
+ * bits. Nothing here allocates except KV pages and scratch grown to a
+ * longer context than seen before.
  *
  * Tensor parallelism: a rank owns a slice of KV heads, FFN rows and
  * vocabulary rows (td_shard) and every dimension below is its own part's;
