@@ -100,6 +100,7 @@ struct td_ctx {
     td_lead *lead;     /* a group leader's context: passes are broadcast first */
     /* the pass as one job of phases (forward_phased) */
     td_schedule schedule;
+    bool groups_share_input; /* groups_share_input(m) */
     td_phase *phases;  /* (n_layer * PHASES_PER_LAYER + 3) */
     int32_t *out_idx;  /* (max_rows) the rows that want logits */
 };
@@ -217,12 +218,18 @@ static void mm_worker(void *arg, int ith, int nth) {
     }
 }
 
-/* Sizes the chunks for the largest task and starts the counter over. */
-static void mm_job_ready(mm_job *job, int nth) {
+/* Sizes the chunks for the largest task: per_thread claims each when all
+ * nth threads take part. */
+static void mm_job_chunk(mm_job *job, int nth, int per_thread) {
     int64_t widest = 0;
     for (int i = 0; i < job->n_tasks; i++)
         if (job->t[i].w->n_out > widest) widest = job->t[i].w->n_out;
-    job->chunk = td_claim_chunk(widest, nth, MM_CHUNKS_PER_THREAD, MM_CHUNK_ALIGN);
+    job->chunk = td_claim_chunk(widest, nth, per_thread, MM_CHUNK_ALIGN);
+}
+
+/* Sizes the chunks for the largest task and starts the counter over. */
+static void mm_job_ready(mm_job *job, int nth) {
+    mm_job_chunk(job, nth, MM_CHUNKS_PER_THREAD);
     atomic_store_explicit(&job->next, 0, memory_order_relaxed);
 }
 
@@ -581,6 +588,12 @@ static void attn_range(attn_job *j, int ith, int64_t lo, int64_t hi) {
     }
 }
 
+/* Attention items per claim: one claim per thread when all take part (the
+ * old static split) unless the pass is long enough to balance finer. */
+static int64_t attn_chunk(int64_t n_items, int nth) {
+    return td_claim_chunk(n_items, nth, n_items >= 64 * nth ? 4 : 1, 1);
+}
+
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
     int64_t lo, hi;
@@ -629,6 +642,8 @@ static size_t max_act_row_bytes(const td_model *m) {
     }
     return best;
 }
+
+static bool groups_share_input(const td_model *m);
 
 td_ctx *td_ctx_create(const td_model *m, int32_t max_rows, td_pool *pool, td_err *err) {
     return td_ctx_create_on(m, max_rows, pool, (td_device){TD_DEVICE_CPU, 0}, err);
@@ -692,6 +707,7 @@ td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_
     c->out_idx = td_alloc(R * sizeof(int32_t));
     c->ops = td_op_select(hp->head_dim);
     c->device = dev;
+    c->groups_share_input = groups_share_input(m);
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->proj || !c->gate || !c->up || !c->rope_cs ||
         !c->xq || !c->slot || !c->base || !c->chain || !c->groups || !c->order || !c->tile || !c->lanes ||
         !c->pass_seqs || !c->phases || !c->out_idx) {
@@ -1024,10 +1040,7 @@ static mm_job phase_mm(const phased_pass *p, enum pass_phase kind, int32_t l) {
         job.n_tasks = 1;
         break;
     }
-    int64_t widest = 0;
-    for (int i = 0; i < job.n_tasks; i++)
-        if (job.t[i].w->n_out > widest) widest = job.t[i].w->n_out;
-    job.chunk = td_claim_chunk(widest, p->nth, PHASE_CHUNKS_PER_THREAD, MM_CHUNK_ALIGN);
+    mm_job_chunk(&job, p->nth, PHASE_CHUNKS_PER_THREAD);
     return job;
 }
 
@@ -1098,9 +1111,13 @@ static void phase_run(void *arg, const td_phase *ph, int64_t lo, int64_t hi, int
  * rows, and each group of weights read from one quantized input (so one
  * quantization per group, as the job-per-matmul pass does). */
 static bool phases_fit(const td_ctx *c) {
-    const td_model *m = c->m;
-    if (c->schedule != TD_SCHEDULE_PHASES || c->comm || m->shard.size > 1 || c->numerics == TD_NUMERICS_TP_INVARIANT)
-        return false;
+    return c->schedule == TD_SCHEDULE_PHASES && c->groups_share_input && !c->comm && c->m->shard.size == 1 &&
+           c->numerics != TD_NUMERICS_TP_INVARIANT;
+}
+
+/* Whether wq, wk, wv (and w_gate, w_up) of every layer take one quantized
+ * input: the model's types decide it, once. */
+static bool groups_share_input(const td_model *m) {
     for (int32_t l = 0; l < m->hp.n_layer; l++) {
         const td_layer *ly = &m->layers[l];
         uint32_t q = td_quant_traits(ly->wq.type)->vec_dot_type, g = td_quant_traits(ly->w_gate.type)->vec_dot_type;
@@ -1127,7 +1144,7 @@ static void forward_phased(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
     for (int32_t r = 0; r < n_rows; r++)
         if (rows[r].logits) c->out_idx[p.n_out++] = r;
     int64_t n_items = (int64_t)n_rows * hp->n_head;
-    p.attn_chunk = td_claim_chunk(n_items, p.nth, n_items >= 64 * p.nth ? 4 : 1, 1);
+    p.attn_chunk = attn_chunk(n_items, p.nth);
     td_phase *ph = c->phases;
     int64_t n = 0;
     phase_add(ph, &n, PH_EMBED, 0, n_rows, 1);
@@ -1141,7 +1158,6 @@ static void forward_phased(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
             } else if (k == PH_QKV || k == PH_WO || k == PH_GATE_UP || k == PH_DOWN) {
                 mm_job job = phase_mm(&p, (enum pass_phase)k, l);
                 units = mm_units(&job);
-                chunk = 1;
             }
             phase_add(ph, &n, (enum pass_phase)k, l, units, chunk);
         }
@@ -1204,12 +1220,10 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
         float *qkv_y[3] = {c->q, c->k, c->v};
         matmuls(c, c->xn, n_rows, 3, qkv_w, qkv_y, MM_THEN_NOTHING, NULL);
         for (int32_t r = 0; r < n_rows; r++) qkv_finish_row(c, kv, rows, r, l);
-        /* one claim per thread when all take part (the old static split)
-         * unless the pass is long enough to balance finer */
         int64_t n_items = (int64_t)n_rows * sh->n_head;
         int nth = td_pool_size(c->pool);
         attn_job aj = {.c = c, .kv = kv, .rows = rows, .n_rows = n_rows, .layer = l, .n_items = n_items,
-                       .chunk = td_claim_chunk(n_items, nth, n_items >= 64 * nth ? 4 : 1, 1)};
+                       .chunk = attn_chunk(n_items, nth)};
         atomic_init(&aj.next, 0);
         td_pool_run(c->pool, attn_worker, &aj);
 

@@ -237,12 +237,12 @@ static void phases_worker(void *arg, int ith, int nth) {
         while (seen < i && !atomic_compare_exchange_weak_explicit(&j->reached, &seen, i, memory_order_relaxed,
                                                                   memory_order_relaxed)) {
         }
-        int64_t lo, hi;
-        /* a look before the claim: a phase that others have taken whole
-         * (one row's norm, say) costs a read, not a write to their line */
         /* one unit (a one-row pass's norm, say) is the caller's: its cache
          * holds the row, and a race for it slowed one-row passes by ~5 % */
         if (s->n_units == 1 && ith != 0) continue;
+        /* a look before the claim: a phase that others have taken whole
+         * costs a read, not a write to their line */
+        int64_t lo, hi;
         while (atomic_load_explicit(&s->next, memory_order_relaxed) < s->n_units &&
                td_claim(&s->next, s->n_units, s->chunk, &lo, &hi)) {
             j->fn(j->ctx, s, lo, hi, ith);
