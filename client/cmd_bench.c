@@ -125,6 +125,12 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     double per_tok = (double)td_model_weight_bytes(e->model);
     printf("%s: read bandwidth %.1f GB/s; weights %.1f MB/token -> limit %.1f tok/s; decode at %.0f%% of it\n",
            who, bw, per_tok / 1e6, bw * 1e9 / per_tok, 100.0 * d / (bw * 1e9 / per_tok));
+    if (o->schedule == TD_SCHEDULE_PHASES) {
+        td_ctx_plan plan;
+        td_ctx_plan_report(ctx, &plan);
+        printf("%s: matmul bytes on the busiest thread %.2fx an even share (planned chunks; one slice per thread: "
+               "%.2fx)\n", who, plan.busiest, plan.one_slice_busiest);
+    }
     rc = 0;
     goto out;
 fail:
@@ -167,7 +173,10 @@ static int bench_engine(int argc, char **argv) {
                  "and each pass's time in ms. --schedule: how a CPU pass goes to the threads, as one\n"
                  "job of phases (the default) or one job per matmul (what split models take); both\n"
                  "runs each thread count with jobs, then phases, for a side-by-side figure. --pin\n"
-                 "pins each worker thread to its own CPU (refused with fewer CPUs than threads).\n\n"
+                 "pins each worker thread to its own CPU (refused with fewer CPUs than threads).\n"
+                 "With phases, each thread count also prints how evenly the planned matmul chunks\n"
+                 "share a pass's weight bytes among the threads (a figure of shapes, the same on\n"
+                 "any machine: worth reading before timing many threads).\n\n"
                  TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }

@@ -42,14 +42,32 @@ typedef struct td_pass_seq {
     int8_t mode;       /* 1 linear, 2 tree rows */
 } td_pass_seq;
 
+/* The phases of forward_phased, in the order of a pass. */
+enum pass_phase {
+    PH_EMBED,      /* rows: embedding row into x */
+    PH_ATTN_NORM,  /* rows: rmsnorm into xn, quantized for wq into xq */
+    PH_QKV,        /* matmul units of wq, wk, wv */
+    PH_QKV_FINISH, /* rows: biases, RoPE, k and v into the cache */
+    PH_ATTN,       /* attention items, the output into xn */
+    PH_ATTN_QUANT, /* rows: xn quantized for wo */
+    PH_WO,         /* matmul units of wo, added to x */
+    PH_FFN_NORM,   /* rows: rmsnorm into xn, quantized for w_gate */
+    PH_GATE_UP,    /* matmul units of w_gate and w_up, then SwiGLU */
+    PH_FFN_QUANT,  /* rows: the SwiGLU output quantized for w_down */
+    PH_DOWN,       /* matmul units of w_down, added to x */
+    PH_OUT_NORM,   /* output rows: rmsnorm, quantized for the head */
+    PH_HEAD,       /* matmul units of the output head into the logits */
+};
 /* phases of one layer in forward_phased */
 #define PHASES_PER_LAYER 10
-/* A matmul phase is cut into one slice of columns per thread: each thread
- * streams its own part of the matrix in one kernel call, and a thread that
- * finishes early takes a slice left unclaimed. Measured on 2 threads
- * (docs/benchmarks.md): 6-12 % faster passes than 4 slices per thread, and
- * no worse with two processes sharing the cores. */
-#define PHASE_CHUNKS_PER_THREAD 1
+/* A matmul phase's chunk (columns per claim) is planned by playing the
+ * claims out (td_claim_plan) with each claim charged as many weight bytes as
+ * this: on 2 threads an extra claim per matmul phase cost ~0.55 us, about
+ * 16 KiB of weights streamed at ~30 GB/s (docs/benchmarks.md). On few
+ * threads the plan is one slice of columns per thread, which measured 6-12 %
+ * faster than 4 per thread; on many it evens out narrow matrices (576
+ * columns on 16 threads: 12 claims of 48, not 9 of 64). */
+#define PHASE_CLAIM_BYTES 16384.0
 
 struct td_ctx {
     const td_model *m;
@@ -103,6 +121,11 @@ struct td_ctx {
     bool groups_share_input; /* groups_share_input(m) */
     td_phase *phases;  /* (n_layer * PHASES_PER_LAYER + 3) */
     int32_t *out_idx;  /* (max_rows) the rows that want logits */
+    /* the matmul phases' chunks, planned for the pool's threads and for
+     * whether the pass reads tiled copies (their alignment is finer) */
+    bool planned, planned_tiled;
+    int64_t phase_chunk[PH_HEAD + 1]; /* by phase kind; matmul kinds only */
+    td_ctx_plan plan;
 };
 
 /* ---- parallel jobs ---- */
@@ -972,21 +995,6 @@ int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_ro
  * pass below (which split models and the invariant order still take), so
  * both give the same bits. */
 
-enum pass_phase {
-    PH_EMBED,      /* rows: embedding row into x */
-    PH_ATTN_NORM,  /* rows: rmsnorm into xn, quantized for wq into xq */
-    PH_QKV,        /* matmul units of wq, wk, wv */
-    PH_QKV_FINISH, /* rows: biases, RoPE, k and v into the cache */
-    PH_ATTN,       /* attention items, the output into xn */
-    PH_ATTN_QUANT, /* rows: xn quantized for wo */
-    PH_WO,         /* matmul units of wo, added to x */
-    PH_FFN_NORM,   /* rows: rmsnorm into xn, quantized for w_gate */
-    PH_GATE_UP,    /* matmul units of w_gate and w_up, then SwiGLU */
-    PH_FFN_QUANT,  /* rows: the SwiGLU output quantized for w_down */
-    PH_DOWN,       /* matmul units of w_down, added to x */
-    PH_OUT_NORM,   /* output rows: rmsnorm, quantized for the head */
-    PH_HEAD,       /* matmul units of the output head into the logits */
-};
 
 typedef struct phased_pass {
     td_ctx *c;
@@ -1040,8 +1048,64 @@ static mm_job phase_mm(const phased_pass *p, enum pass_phase kind, int32_t l) {
         job.n_tasks = 1;
         break;
     }
-    mm_job_chunk(&job, p->nth, PHASE_CHUNKS_PER_THREAD);
+    job.chunk = c->phase_chunk[kind];
     return job;
+}
+
+/* A matmul phase's claims as td_claim_plan sees them, costed in weight
+ * bytes: a job with a `then` step claims columns of all its tasks at once. */
+static int phase_spans(const mm_job *job, td_claim_span *sp) {
+    if (job->then != MM_THEN_NOTHING) {
+        double cost = 0;
+        for (int i = 0; i < job->n_tasks; i++)
+            cost += (double)td_quant_row_bytes(job->t[i].w->type, job->t[i].w->n_in);
+        sp[0] = (td_claim_span){job->then_n, cost};
+        return 1;
+    }
+    for (int i = 0; i < job->n_tasks; i++)
+        sp[i] = (td_claim_span){job->t[i].w->n_out, (double)td_quant_row_bytes(job->t[i].w->type, job->t[i].w->n_in)};
+    return job->n_tasks;
+}
+
+/* Plans the matmul phases' chunks for the pool's threads (layer 0 stands
+ * for every layer: a chunk only moves work between threads, never changes
+ * a result), and how even the plan is against one slice per thread. */
+static void plan_phases(td_ctx *c) {
+    static const enum pass_phase kinds[] = {PH_QKV, PH_WO, PH_GATE_UP, PH_DOWN, PH_HEAD};
+    phased_pass p = {.c = c, .n_rows = 1, .n_out = 1, .nth = td_pool_size(c->pool)};
+    double sum = 0, planned = 0, one_slice = 0;
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        mm_job job = phase_mm(&p, kinds[k], 0);
+        td_claim_span sp[3];
+        int n_sp = phase_spans(&job, sp);
+        bool tiled = job.tiled;
+        double bytes = 0;
+        int64_t widest = 0;
+        for (int i = 0; i < n_sp; i++) bytes += (double)sp[i].n * sp[i].cost;
+        for (int i = 0; i < job.n_tasks; i++) {
+            tiled = tiled && job.t[i].w->tiled;
+            if (job.t[i].w->n_out > widest) widest = job.t[i].w->n_out;
+        }
+        int64_t chunk = td_claim_plan(sp, n_sp, p.nth, tiled ? TD_QUANT_TILE_COLS : MM_CHUNK_ALIGN,
+                                      PHASE_CLAIM_BYTES);
+        c->phase_chunk[kinds[k]] = chunk;
+        /* the report is of bytes alone: what a claim costs in time differs
+         * by machine and thread count */
+        double busiest = td_claim_busiest(sp, n_sp, p.nth, chunk, 0);
+        double before = td_claim_busiest(sp, n_sp, p.nth, td_claim_chunk(widest, p.nth, 1, MM_CHUNK_ALIGN), 0);
+        double weight = bytes * (kinds[k] == PH_HEAD ? 1 : c->m->hp.n_layer);
+        sum += weight;
+        planned += weight * busiest;
+        one_slice += weight * before;
+    }
+    c->plan = (td_ctx_plan){.busiest = planned / sum, .one_slice_busiest = one_slice / sum};
+    c->planned = true;
+    c->planned_tiled = use_tiles(c);
+}
+
+void td_ctx_plan_report(td_ctx *c, td_ctx_plan *out) {
+    if (!c->planned || c->planned_tiled != use_tiles(c)) plan_phases(c);
+    *out = c->plan;
 }
 
 /* Row r of src, n_in wide, quantized for weights of type wtype into its
@@ -1141,6 +1205,7 @@ static void forward_phased(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
     const td_hparams *hp = &m->hp;
     phased_pass p = {.c = c, .kv = kv, .rows = rows, .n_rows = n_rows, .logits = logits,
                      .nth = td_pool_size(c->pool)};
+    if (!c->planned || c->planned_tiled != use_tiles(c)) plan_phases(c);
     for (int32_t r = 0; r < n_rows; r++)
         if (rows[r].logits) c->out_idx[p.n_out++] = r;
     int64_t n_items = (int64_t)n_rows * hp->n_head;

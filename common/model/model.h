@@ -136,6 +136,18 @@ td_numerics td_ctx_numerics(const td_ctx *c);
 typedef enum td_schedule { TD_SCHEDULE_PHASES, TD_SCHEDULE_JOBS } td_schedule;
 void td_ctx_set_schedule(td_ctx *c, td_schedule s);
 
+/* How evenly the phased pass's matmuls fall on the pool's threads: the
+ * busiest thread's weight bytes per pass over an even share, with the planned chunks (td_claim_plan) and with one
+ * slice of columns per thread, the rule before plans. A figure of shapes
+ * and thread count, not of timing: it is the same on any machine. It
+ * reflects whether the context reads tiled copies, made on its first FAST
+ * pass. */
+typedef struct td_ctx_plan {
+    double busiest;           /* 1.0 is a perfect split */
+    double one_slice_busiest;
+} td_ctx_plan;
+void td_ctx_plan_report(td_ctx *c, td_ctx_plan *out);
+
 /* ---- tensor parallelism ----
  * A context of a split model computes its rank's part of every pass and
  * combines the parts over comm (borrowed; one context per communicator, as

@@ -174,6 +174,24 @@ static inline int64_t td_claim_chunk(int64_t n, int nth, int per_thread, int64_t
     return c < align ? align : c;
 }
 
+/* ---- claim plans (claim_plan.c) ----
+ * A span is n items claimed in chunks (its last chunk short), each item
+ * costing `cost`; a phase's spans are claimed one after the other. */
+typedef struct td_claim_span {
+    int64_t n;
+    double cost;
+} td_claim_span;
+/* The multiple of align (>= 1) at which nth equally fast threads, each
+ * claiming the next chunk as soon as it is free and paying per_claim for
+ * each claim, finish the spans soonest; ties go to the larger chunk, and no
+ * chunk finer than 8 claims per thread is tried. Without memory to plan,
+ * td_claim_chunk's one claim per thread. */
+int64_t td_claim_plan(const td_claim_span *spans, int n_spans, int nth, int64_t align, double per_claim);
+/* The busiest thread's cost (claims included) over an even share of the
+ * items' cost, for a given chunk: 1.0 is a perfect split; -1 without
+ * memory. */
+double td_claim_busiest(const td_claim_span *spans, int n_spans, int nth, int64_t chunk, double per_claim);
+
 /* Number of online CPUs (>= 1). */
 int td_cpu_count(void);
 

@@ -119,6 +119,15 @@ check "bench engine: unknown schedule refused" exit_is 2 "$TANDEM" bench engine 
 check "bench engine: the refusal lists the schedules" err_has "phases, jobs or both"
 check "bench engine: --pin beyond the CPUs refused" exit_is 1 "$TANDEM" bench engine --model "$MODEL" --threads $(( $(nproc) + 1 )) --pin --repeats 1
 check "bench engine: --pin says why" err_has "CPUs to pin them to"
+# the planned chunks of the default model on 16 threads share a pass's bytes
+# out more evenly than one slice per thread (a figure of shapes alone)
+plan_is_even() {
+  run_to "$tmp/plan" "$TANDEM" bench engine --model "$MODEL" --threads 16 --repeats 1 || return 1
+  awk '/busiest thread/ { gsub(/[x(;:)]/, " "); for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v[n++] = $i }
+       END { exit !(n >= 3 && v[1] + 0.05 < v[2]) }' "$tmp/plan" ||
+    { echo "  $(grep busiest "$tmp/plan")"; return 1; }
+}
+check "bench engine: planned chunks even out 16 threads" plan_is_even
 # hostile input found by hand (issue 11): each of these was accepted or misreported before
 check "--seed -1 refused" exit_is 2 "$TANDEM" generate --prompt hi --seed -1
 check "--seed -1: range message" err_has "expects an integer in \[0, 18446744073709551615\], got '-1'"

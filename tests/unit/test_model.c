@@ -681,12 +681,12 @@ static void attention_kernels_agree(void **s) {
  * sequences with some rows' logits, a one-row decode, a token tree and a
  * pass that skips layers, on a pool of three threads (on two cores: some
  * enter late, some never). */
-static void schedules_agree_in(td_numerics order, const char *args) {
+static void schedules_agree_in(td_numerics order, const char *args, int n_threads) {
     fixture f = {0};
     assert_int_equal(make_tiny(&f, args), 0);
     const td_hparams *hp = td_model_hparams(f.m);
     int32_t V = hp->n_vocab, L = hp->n_layer;
-    td_pool *three = td_pool_create(3, NULL);
+    td_pool *three = td_pool_create(n_threads, NULL);
     assert_non_null(three);
     td_kv *kv[2];
     td_ctx *c[2];
@@ -724,6 +724,13 @@ static void schedules_agree_in(td_numerics order, const char *args) {
                                                    &err), TD_OK);
         assert_memory_equal(lg[0], lg[1], (size_t)passes[p].n_out * V * sizeof(float));
     }
+    /* On 16 threads these shapes' one slice per thread, rounded to 32
+     * columns, leaves threads idle; the plan shares the bytes out more
+     * evenly (on 3 it may trade a little evenness for fewer claims). */
+    td_ctx_plan plan;
+    td_ctx_plan_report(c[0], &plan);
+    assert_true(plan.busiest >= 1.0 - 1e-9 && plan.one_slice_busiest >= 1.0 - 1e-9);
+    if (n_threads == 16) assert_true(plan.busiest < plan.one_slice_busiest - 0.05);
     for (int32_t seq = 0; seq < 2; seq++) {
         int32_t len = td_kv_seq_len(kv[0], seq);
         assert_int_equal(len, td_kv_seq_len(kv[1], seq));
@@ -744,11 +751,15 @@ static void schedules_agree_in(td_numerics order, const char *args) {
 
 static void schedules_agree(void **s) {
     (void)s;
-    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama");
-    schedules_agree_in(TD_NUMERICS_FAST, "--arch qwen2 --type Q4_1"); /* biases; FAST's tiled copies */
-    schedules_agree_in(TD_NUMERICS_FAST, "--tied --type Q8_0");
-    schedules_agree_in(TD_NUMERICS_REFERENCE, "--arch llama");
-    schedules_agree_in(TD_NUMERICS_LLAMACPP, "--arch qwen2");
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama", 3);
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch qwen2 --type Q4_1", 3); /* biases; FAST's tiled copies */
+    schedules_agree_in(TD_NUMERICS_FAST, "--tied --type Q8_0", 3);
+    schedules_agree_in(TD_NUMERICS_REFERENCE, "--arch llama", 3);
+    schedules_agree_in(TD_NUMERICS_LLAMACPP, "--arch qwen2", 3);
+    /* many threads on few columns: chunks planned finer than one slice per
+     * thread, down to single tiles of 16 columns on the tiled copies */
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch qwen2 --type Q4_1", 16);
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama", 16);
 }
 
 int main(void) {

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +145,79 @@ static void claim_chunks_cover_range(void **state) {
                 }
 }
 
+/* The claims played out the plain way, for checking td_claim_plan: nth
+ * threads, each unit to the thread free first (lowest index on ties). */
+static double naive_busiest(const td_claim_span *sp, int n_sp, int nth, int64_t chunk, double per_claim) {
+    double t[64] = {0}, total = 0;
+    for (int i = 0; i < n_sp; i++) {
+        total += (double)sp[i].n * sp[i].cost;
+        for (int64_t lo = 0; lo < sp[i].n; lo += chunk) {
+            int first = 0;
+            for (int k = 1; k < nth; k++)
+                if (t[k] < t[first]) first = k;
+            t[first] += per_claim + (double)(sp[i].n - lo < chunk ? sp[i].n - lo : chunk) * sp[i].cost;
+        }
+    }
+    double most = 0;
+    for (int k = 0; k < nth; k++)
+        if (t[k] > most) most = t[k];
+    return most / (total / nth);
+}
+
+static void claim_plan_evens_out(void **state) {
+    (void)state;
+    /* the default model's wo on 16 threads: 36 tiles of 16 columns. One
+     * claim per thread rounds to 64 columns: 9 claims, the step takes 64
+     * columns' time against an even 36. Chunks of 48 (12 claims) take 48. */
+    td_claim_span wo = {576, 360};
+    assert_int_equal(td_claim_chunk(576, 16, 1, 32), 64);
+    assert_int_equal(td_claim_plan(&wo, 1, 16, 16, 16384), 48);
+    assert_true(fabs(td_claim_busiest(&wo, 1, 16, 48, 0) - 48.0 / 36.0) < 1e-12);
+    assert_true(fabs(td_claim_busiest(&wo, 1, 16, 64, 0) - 64.0 / 36.0) < 1e-12);
+    /* a free claim would split q/k/v on 4 threads into 20 slivers; a costly
+     * one keeps about one per thread */
+    td_claim_span qkv[3] = {{576, 360}, {192, 360}, {192, 360}};
+    assert_int_equal(td_claim_plan(qkv, 3, 4, 16, 0), 48);
+    assert_true(td_claim_plan(qkv, 3, 4, 16, 16384) >= 240);
+    /* edges: one thread takes each span whole; nothing to claim; align 0 */
+    assert_int_equal(td_claim_plan(qkv, 3, 1, 32, 100), 576);
+    assert_int_equal(td_claim_plan(NULL, 0, 8, 16, 100), 16);
+    assert_int_equal(td_claim_plan(&wo, 1, 8, 0, 0), 72);
+    assert_true(td_claim_busiest(&wo, 1, 0, 48, 0) == 1.0);
+}
+
+/* The plan is the best aligned chunk by an independent simulation, and
+ * never worse than one claim per thread. */
+static void claim_plan_is_the_best_chunk(void **state) {
+    (void)state;
+    int checked = 0;
+    for (int nth = 1; nth <= 40; nth += 3)
+        for (int64_t n0 = 1; n0 <= 1600; n0 = n0 * 3 + 7)
+            for (int shape = 0; shape < 3; shape++) {
+                td_claim_span sp[3] = {{n0, 1.0}, {n0 / 3 + 1, 1.0}, {n0 / 3 + 1, 2.5}};
+                int n_sp = shape == 0 ? 1 : 3;
+                if (shape == 2) sp[0].cost = 0.5;
+                for (int64_t align = 1; align <= 32; align *= 4)
+                    for (int pc = 0; pc < 2; pc++) {
+                        double per_claim = pc ? 40.0 : 0.0;
+                        int64_t plan = td_claim_plan(sp, n_sp, nth, align, per_claim);
+                        assert_true(plan >= align && plan % align == 0);
+                        double got = naive_busiest(sp, n_sp, nth, plan, per_claim);
+                        assert_true(fabs(got - td_claim_busiest(sp, n_sp, nth, plan, per_claim)) < 1e-9);
+                        int64_t one = td_claim_chunk(n0, nth, 1, align);
+                        assert_true(got <= naive_busiest(sp, n_sp, nth, one, per_claim) + 1e-9);
+                        for (int64_t c = align; c <= (n0 + align - 1) / align * align; c += align) {
+                            int64_t claims = 0;
+                            for (int i = 0; i < n_sp; i++) claims += (sp[i].n + c - 1) / c;
+                            if (nth > 1 && claims <= 8 * nth)
+                                assert_true(got <= naive_busiest(sp, n_sp, nth, c, per_claim) + 1e-9);
+                        }
+                        checked++;
+                    }
+            }
+    assert_true(checked > 500);
+}
+
 static void err_formats(void **state) {
     (void)state;
     td_err e;
@@ -174,6 +248,8 @@ int main(void) {
         cmocka_unit_test(zip_read_back),
         cmocka_unit_test(pool_runs_claimed_work_once),
         cmocka_unit_test(claim_chunks_cover_range),
+        cmocka_unit_test(claim_plan_evens_out),
+        cmocka_unit_test(claim_plan_is_the_best_chunk),
         cmocka_unit_test(err_formats),
         cmocka_unit_test(asserts_are_live),
     };
