@@ -14,6 +14,14 @@
 #                                              carrying .devcarry/bin and
 #                                              .devcarry/lib: a GPU verifier
 #                                              behind a coordinator on loopback
+##   tests/bench/cuda_device_check.sh cpu       there, after `run`, a call
+#                                              carrying .devcarry/bin,
+#                                              .devcarry/lib and .devcarry/lc:
+#                                              the 16-core host's CPU figures
+#                                              (issue 18), tandem against
+#                                              llama.cpp's CPU llama-bench
+#                                              (pack with LLAMA_CPU_BIN and
+#                                              LLAMA_CPU_NATIVE_BIN set)
 #
 # Binaries and the shared libraries they need (everything ldd names but
 # glibc, the C++ runtime, the CUDA driver and NCCL, which the device has)
@@ -76,6 +84,22 @@ pack)
   head -c $SPLIT "$m" > .devcarry/m1/part
   tail -c +$((SPLIT + 1)) "$m" > .devcarry/m2/part
   [ -f ../shared/bench/spec_bench.jsonl ] && cp ../shared/bench/spec_bench.jsonl .devcarry/m2/
+  # llama.cpp's CPU tools for `cpu`, where builds of them are named, with
+  # the libraries they load: the llama.cpp in the llama-cpp-python 0.3.36
+  # sdist with -DGGML_OPENMP=ON -DBUILD_SHARED_LIBS=ON, LLAMA_CPU_NATIVE_BIN
+  # built with -DGGML_NATIVE=ON on a machine of the device host's kind
+  # (AVX-512 and AMX: its repacked Q4_1 path, the fair comparison), and
+  # LLAMA_CPU_BIN without it (AVX512-VNNI, no AMX: runs wherever AVX-512
+  # does). docs/benchmarks.md, "llama.cpp's native CPU build".
+  rm -rf .devcarry/lc && mkdir -p .devcarry/lc
+  [ -f ../shared/bench/spec_bench.jsonl ] && cp ../shared/bench/spec_bench.jsonl .devcarry/lc/
+  for build in "llama-cpu:${LLAMA_CPU_BIN:-}" "llama-cpu-native:${LLAMA_CPU_NATIVE_BIN:-}"; do
+    name=${build%%:*} dir=${build#*:}
+    [ -n "$dir" ] && [ -x "$dir/llama-bench" ] || continue
+    libs=$(ldd "$dir/llama-bench" 2>/dev/null | awk '/=> \//{print $3}' | sort -u |
+      grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so')
+    tar cJhf ".devcarry/lc/$name.tar.xz" --transform 's,.*/,,' "$dir/llama-bench" $libs 2>/dev/null
+  done
   du -sh .devcarry/*
   ;;
 stage)
@@ -174,6 +198,41 @@ service)
   echo "stopped by SIGTERM (each drains and exits 0): coordinator rc=$crc, worker rc=$wrc"
   tail -3 "$OUT/worker.log"
   ;;
+cpu)
+  # The lent machine's 16-core host is the only many-core CPU within reach
+  # (issue 18). tandem's CPU pass per thread count, phases against jobs
+  # side by side, with the planned matmul balance; llama.cpp's CPU
+  # llama-bench at the same counts between two tandem runs (decode, prefill
+  # 512, passes of 1-16 rows); tandem pinned; the kernels against the
+  # machine's peak and bandwidth; Spec-Bench at 16 threads.
+  OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+  unpack
+  M=~/.cache/tandem/models/$MODEL_FILE
+  [ -f "$M" ] || { echo "no $M: run \`run\` first in this warm session"; exit 1; }
+  n=$(nproc); T=1; for t in 2 4 8 16 32 64; do [ $t -le $n ] && T=$T,$t; done
+  LCB() { # NAME llama-bench arguments...: one carried llama.cpp CPU build
+    local d=/tmp/dc/$1; shift
+    [ -f .devcarry/lc/$(basename $d).tar.xz ] || { echo "(not carried)"; return; }
+    mkdir -p $d && tar xJf .devcarry/lc/$(basename $d).tar.xz -C $d &&
+      LD_LIBRARY_PATH=$d:$LD_LIBRARY_PATH timeout 150 $d/llama-bench "$@"
+  }
+  {
+    lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L3)'
+    echo "== tandem, threads $T, jobs then phases"; timeout 200 $B/tandem bench engine --threads $T --repeats 5 --schedule both
+    for lc in llama-cpu-native llama-cpu; do
+      # decode on its own: where a VM lists AMX but faults on it (as the
+      # development VM does), the prompt runs die and decode still reports
+      echo "== llama.cpp CPU, $lc"; LCB $lc -m $M -t $T -p 0 -n 128 -r 3
+      LCB $lc -m $M -t $T -p 512 -n 0 -r 3; LCB $lc -m $M -t $T -p 1,2,4,8,16 -n 0 -r 3
+    done
+    echo "== tandem (after)"; timeout 150 $B/tandem bench engine --threads $T --repeats 5
+    echo "== tandem pinned"; timeout 100 $B/tandem bench engine --threads ${T#1,2,4,} --repeats 5 --pin
+    echo "== kernels"; timeout 100 $B/tandem bench kernels --formats Q4_1,Q8_0 --threads $n --repeats 3
+  } 2>&1 | tee $OUT/cpu.log
+  S=.devcarry/lc/spec_bench.jsonl
+  [ -f "$S" ] && timeout 200 $B/tandem bench spec --prompts "$S" --limit 12 --threads $n --max-tokens 256 \
+    --draft lookup --draft auto 2>&1 | tee $OUT/cpu_spec.log | tail -8
+  ;;
 *)
-  sed -n '2,43p' "$0"; exit 2 ;;
+  sed -n '2,50p' "$0"; exit 2 ;;
 esac
