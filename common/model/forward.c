@@ -1103,8 +1103,14 @@ static void plan_phases(td_ctx *c) {
     c->planned_tiled = use_tiles(c);
 }
 
-void td_ctx_plan_report(td_ctx *c, td_ctx_plan *out) {
+/* The plan for what the next pass reads: made on the first phased pass,
+ * and again when FAST's tiled copies come or go with the numerics. */
+static void ensure_plan(td_ctx *c) {
     if (!c->planned || c->planned_tiled != use_tiles(c)) plan_phases(c);
+}
+
+void td_ctx_plan_report(td_ctx *c, td_ctx_plan *out) {
+    ensure_plan(c);
     *out = c->plan;
 }
 
@@ -1205,7 +1211,7 @@ static void forward_phased(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
     const td_hparams *hp = &m->hp;
     phased_pass p = {.c = c, .kv = kv, .rows = rows, .n_rows = n_rows, .logits = logits,
                      .nth = td_pool_size(c->pool)};
-    if (!c->planned || c->planned_tiled != use_tiles(c)) plan_phases(c);
+    ensure_plan(c);
     for (int32_t r = 0; r < n_rows; r++)
         if (rows[r].logits) c->out_idx[p.n_out++] = r;
     int64_t n_items = (int64_t)n_rows * hp->n_head;
