@@ -31,12 +31,44 @@ typedef struct bench_opts {
     td_numerics numerics;
     td_device device;
     td_schedule schedule;
-    bool pin;
+    bool pin, profile;
 } bench_opts;
 
 /* Verification passes measured: 1..16 rows on the CPU, to 32 on a GPU
  * (where rows should be nearly free). */
 static const int verify_rows[6] = {1, 2, 4, 8, 16, 32};
+
+/* One line of a pass profile: each step's share of the threads' time
+ * (work, then waiting for it to finish), the steps under 0.5 % left out. */
+static void print_profile(const char *who, const char *what, const td_pass_profile *pr) {
+    double all = pr->wall_s * pr->threads, inside = 0;
+    printf("%s: %s, %.3f ms a pass; share of %d threads' time, work (+ waiting for the step):", who, what,
+           1e3 * pr->wall_s / (double)(pr->passes > 0 ? pr->passes : 1), pr->threads);
+    for (int k = 0; k < TD_PASS_STEPS; k++) {
+        inside += pr->work_s[k] + pr->wait_s[k];
+        if (pr->work_s[k] + pr->wait_s[k] >= 0.005 * all)
+            printf("  %s %.1f%% (+%.1f%%)", td_pass_step_name(k), 100 * pr->work_s[k] / all, 100 * pr->wait_s[k] / all);
+    }
+    printf("  outside the job %.1f%%\n", 100 * (all - inside) / all);
+}
+
+/* The profile of one-row and 8-row passes after the prompt (phases only). */
+static int profile_passes(td_ctx *ctx, td_kv *kv, const bench_opts *o, float *logits, const char *who, td_err *err) {
+    static const int rows_of[2] = {1, 8};
+    for (int w = 0; w < 2; w++) {
+        if (td_ctx_profile_phases(ctx, true, err)) return 1;
+        for (int rep = 0; rep < (w ? 16 : 64); rep++) {
+            td_kv_truncate(kv, 0, (int32_t)o->n_prompt);
+            td_row rows[8];
+            for (int i = 0; i < rows_of[w]; i++) rows[i] = td_row_linear(0, o->n_prompt + i, o->ids[o->n_prompt + i], true);
+            if (td_model_forward(ctx, kv, rows, rows_of[w], logits, err)) return 1;
+        }
+        td_pass_profile pr;
+        td_ctx_phase_profile(ctx, &pr);
+        print_profile(who, w ? "8-row passes" : "1-row passes", &pr);
+    }
+    return td_ctx_profile_phases(ctx, false, err);
+}
 
 static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
     td_err err = {0};
@@ -130,6 +162,7 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
         td_ctx_plan_report(ctx, &plan);
         printf("%s: matmul bytes on the busiest thread %.2fx an even share (planned chunks; one slice per thread: "
                "%.2fx)\n", who, plan.busiest, plan.one_slice_busiest);
+        if (o->profile && profile_passes(ctx, kv, o, logits, who, &err)) goto fail;
     }
     rc = 0;
     goto out;
@@ -156,13 +189,14 @@ static int bench_engine(int argc, char **argv) {
     bool numerics_given = false;
     td_device device = {TD_DEVICE_CPU, 0};
     const char *schedule = "phases";
-    bool pin = false;
+    bool pin = false, profile = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n"
                  "                           [--context N] [--numerics fast|reference|llamacpp]\n"
-                 "                           [--device cpu|cuda[:N]] [--schedule phases|jobs|both] [--pin]\n\n"
+                 "                           [--device cpu|cuda[:N]] [--schedule phases|jobs|both] [--pin]\n"
+                 "                           [--profile]\n\n"
                  "Decode tok/s (128 tokens after an N-token prompt), prefill tok/s (512-token batch),\n"
                  "verification cost of 1,2,4,8,16 rows after the N-token prompt relative to 1 row,\n"
                  "read bandwidth and the decode speed as a share of the bandwidth limit. Prompt\n"
@@ -176,7 +210,10 @@ static int bench_engine(int argc, char **argv) {
                  "pins each worker thread to its own CPU (refused with fewer CPUs than threads).\n"
                  "With phases, each thread count also prints how evenly the planned matmul chunks\n"
                  "share a pass's weight bytes among the threads (a figure of shapes, the same on\n"
-                 "any machine: worth reading before timing many threads).\n\n"
+                 "any machine: worth reading before timing many threads). --profile adds where\n"
+                 "the threads' time goes in 1-row and 8-row passes: per step of a layer (summed\n"
+                 "over the layers) the share spent on its work and waiting for it to finish, and\n"
+                 "the share outside the pass's job (clock reads make these passes a little slower).\n\n"
                  TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }
@@ -187,6 +224,7 @@ static int bench_engine(int argc, char **argv) {
         else if (!strcmp(a, "--device")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_device(cmd, v, &device)) return 2; }
         else if (!strcmp(a, "--context")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &context)) return 2; }
         else if (!strcmp(a, "--pin")) pin = true;
+        else if (!strcmp(a, "--profile")) profile = true;
         else if (!strcmp(a, "--schedule")) {
             if (!(schedule = td_cli_value(cmd, argc, argv, &i))) return 2;
             if (strcmp(schedule, "phases") && strcmp(schedule, "jobs") && strcmp(schedule, "both")) {
@@ -213,7 +251,7 @@ static int bench_engine(int argc, char **argv) {
         goto out;
     }
     bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n, numerics, device,
-                    strcmp(schedule, "jobs") ? TD_SCHEDULE_PHASES : TD_SCHEDULE_JOBS, pin};
+                    strcmp(schedule, "jobs") ? TD_SCHEDULE_PHASES : TD_SCHEDULE_JOBS, pin, profile};
     size_t need = (size_t)(context + 32 > 600 ? context + 32 : 600);
     if (n < need) { fprintf(stderr, "tandem bench: --text needs at least %zu tokens, has %zu\n", need, n); goto out; }
     char kernels[160];

@@ -126,6 +126,10 @@ struct td_ctx {
     bool planned, planned_tiled;
     int64_t phase_chunk[PH_HEAD + 1]; /* by phase kind; matmul kinds only */
     td_ctx_plan plan;
+    /* td_ctx_profile_phases: per-pass counts (threads, phases, wait|work)
+     * and their sums by step; NULL while off */
+    int64_t *phase_ns;
+    td_pass_profile profile;
 };
 
 /* ---- parallel jobs ---- */
@@ -767,6 +771,7 @@ void td_ctx_destroy(td_ctx *c) {
     td_free(c->pass_seqs);
     td_free(c->phases);
     td_free(c->out_idx);
+    free(c->phase_ns);
     td_free(c->part);
     td_free(c->gather);
     free(c->counts);
@@ -1114,6 +1119,45 @@ void td_ctx_plan_report(td_ctx *c, td_ctx_plan *out) {
     *out = c->plan;
 }
 
+_Static_assert(PH_HEAD + 1 == TD_PASS_STEPS, "a profile step per phase kind");
+
+const char *td_pass_step_name(int step) {
+    static const char *const names[TD_PASS_STEPS] = {
+        [PH_EMBED] = "embed",        [PH_ATTN_NORM] = "attn norm", [PH_QKV] = "qkv",
+        [PH_QKV_FINISH] = "rope+kv", [PH_ATTN] = "attention",      [PH_ATTN_QUANT] = "attn quant",
+        [PH_WO] = "wo",              [PH_FFN_NORM] = "ffn norm",   [PH_GATE_UP] = "gate/up",
+        [PH_FFN_QUANT] = "ffn quant", [PH_DOWN] = "down",          [PH_OUT_NORM] = "out norm",
+        [PH_HEAD] = "head"};
+    return step >= 0 && step < TD_PASS_STEPS ? names[step] : "?";
+}
+
+int td_ctx_profile_phases(td_ctx *c, bool on, td_err *err) {
+    free(c->phase_ns);
+    c->phase_ns = NULL;
+    c->profile = (td_pass_profile){.threads = td_pool_size(c->pool)};
+    if (!on) return TD_OK;
+    size_t n = (size_t)td_pool_size(c->pool) * ((size_t)c->m->hp.n_layer * PHASES_PER_LAYER + 3) * 2;
+    c->phase_ns = calloc(n, sizeof *c->phase_ns);
+    if (!c->phase_ns) return td_err_set(err, TD_E_NOMEM, "out of memory for a profile of the pass");
+    return TD_OK;
+}
+
+void td_ctx_phase_profile(const td_ctx *c, td_pass_profile *out) { *out = c->profile; }
+
+/* Adds a timed pass's counts to the sums by step, and zeroes them. */
+static void profile_add(td_ctx *c, const td_phase *ph, int64_t n, double wall_s) {
+    td_pass_profile *pr = &c->profile;
+    for (int t = 0; t < pr->threads; t++)
+        for (int64_t i = 0; i < n; i++) {
+            int64_t *ns = c->phase_ns + ((size_t)t * (size_t)n + (size_t)i) * 2;
+            pr->wait_s[ph[i].kind] += (double)ns[0] * 1e-9;
+            pr->work_s[ph[i].kind] += (double)ns[1] * 1e-9;
+            ns[0] = ns[1] = 0;
+        }
+    pr->wall_s += wall_s;
+    pr->passes++;
+}
+
 /* Row r of src, n_in wide, quantized for weights of type wtype into its
  * row of xq. */
 static void quantize_row(td_ctx *c, uint32_t wtype, const float *src, int64_t n_in, int64_t r) {
@@ -1238,7 +1282,13 @@ static void forward_phased(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
         mm_job head = phase_mm(&p, PH_HEAD, 0);
         phase_add(ph, &n, PH_HEAD, 0, mm_units(&head), 1);
     }
-    td_pool_run_phases(c->pool, ph, n, phase_run, &p);
+    if (!c->phase_ns) {
+        td_pool_run_phases(c->pool, ph, n, phase_run, &p);
+        return;
+    }
+    double t0 = td_now_sec();
+    td_pool_run_phases_timed(c->pool, ph, n, phase_run, &p, c->phase_ns);
+    profile_add(c, ph, n, td_now_sec() - t0);
 }
 
 static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,

@@ -148,6 +148,27 @@ typedef struct td_ctx_plan {
 } td_ctx_plan;
 void td_ctx_plan_report(td_ctx *c, td_ctx_plan *out);
 
+/* Where the threads' time goes in phased passes, while switched on
+ * (td_ctx_profile_phases; off by default: it reads the clock twice per
+ * thread and phase). Per step of a pass (td_pass_step_name: a layer's ten
+ * steps, summed over the layers, and the embedding, output norm and head),
+ * the thread-seconds spent on its units and spent waiting for it to finish;
+ * threads x wall time less both sums is time outside the job (a thread
+ * entering late or leaving early, the pool's hand-over). */
+#define TD_PASS_STEPS 13
+typedef struct td_pass_profile {
+    int64_t passes;
+    int threads;
+    double wall_s;                /* over all passes */
+    double work_s[TD_PASS_STEPS]; /* summed over threads */
+    double wait_s[TD_PASS_STEPS];
+} td_pass_profile;
+const char *td_pass_step_name(int step); /* "qkv", "attention", ...; "?" outside 0..TD_PASS_STEPS-1 */
+/* on: allocates the counts (TD_E_NOMEM) and starts them at zero; off frees
+ * them. A pass that does not take the phased path counts nothing. */
+int td_ctx_profile_phases(td_ctx *c, bool on, td_err *err);
+void td_ctx_phase_profile(const td_ctx *c, td_pass_profile *out);
+
 /* ---- tensor parallelism ----
  * A context of a split model computes its rank's part of every pass and
  * combines the parts over comm (borrowed; one context per communicator, as

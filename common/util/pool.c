@@ -24,6 +24,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -211,8 +212,15 @@ typedef struct phases_job {
     int64_t n;
     td_phase_fn fn;
     void *ctx;
+    int64_t *ns; /* NULL, or td_pool_run_phases_timed's (thread, phase, wait|work) */
     _Atomic int64_t reached; /* the furthest phase any thread started */
 } phases_job;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 /* Every unit of s is done. The acquire pairs with the release of each
  * unit's count, so the unit's writes are visible here. */
@@ -226,13 +234,16 @@ static void wait_phase(const td_phase *s) {
 static void phases_worker(void *arg, int ith, int nth) {
     phases_job *j = arg;
     (void)nth;
+    int64_t *ns = j->ns ? j->ns + (size_t)ith * (size_t)j->n * 2 : NULL; /* this thread's row */
     for (int64_t i = atomic_load_explicit(&j->reached, memory_order_relaxed); i < j->n; i++) {
         td_phase *s = &j->phases[i];
         /* the last phase with units: an empty one orders nothing */
-        for (int64_t k = i - 1; k >= 0; k--) {
+        int64_t t0 = ns ? now_ns() : 0, k = i - 1;
+        for (; k >= 0; k--) {
             wait_phase(&j->phases[k]);
             if (j->phases[k].n_units > 0) break;
         }
+        if (ns && k >= 0) ns[2 * k] += now_ns() - t0; /* the wait is the awaited phase's */
         int64_t seen = atomic_load_explicit(&j->reached, memory_order_relaxed);
         while (seen < i && !atomic_compare_exchange_weak_explicit(&j->reached, &seen, i, memory_order_relaxed,
                                                                   memory_order_relaxed)) {
@@ -242,21 +253,28 @@ static void phases_worker(void *arg, int ith, int nth) {
         if (s->n_units == 1 && ith != 0) continue;
         /* a look before the claim: a phase that others have taken whole
          * costs a read, not a write to their line */
-        int64_t lo, hi;
+        if (s->n_units == 0) continue; /* nothing to claim, nothing to time */
+        int64_t lo, hi, w0 = ns ? now_ns() : 0;
         while (atomic_load_explicit(&s->next, memory_order_relaxed) < s->n_units &&
                td_claim(&s->next, s->n_units, s->chunk, &lo, &hi)) {
             j->fn(j->ctx, s, lo, hi, ith);
             atomic_fetch_add_explicit(&s->done, hi - lo, memory_order_acq_rel);
         }
+        if (ns) ns[2 * i + 1] += now_ns() - w0;
     }
 }
 
-void td_pool_run_phases(td_pool *p, td_phase *phases, int64_t n_phases, td_phase_fn fn, void *ctx) {
+void td_pool_run_phases_timed(td_pool *p, td_phase *phases, int64_t n_phases, td_phase_fn fn, void *ctx,
+                              int64_t *ns) {
     for (int64_t i = 0; i < n_phases; i++) {
         atomic_init(&phases[i].next, 0);
         atomic_init(&phases[i].done, 0);
     }
-    phases_job j = {.phases = phases, .n = n_phases, .fn = fn, .ctx = ctx};
+    phases_job j = {.phases = phases, .n = n_phases, .fn = fn, .ctx = ctx, .ns = ns};
     atomic_init(&j.reached, 0);
     td_pool_run(p, phases_worker, &j);
+}
+
+void td_pool_run_phases(td_pool *p, td_phase *phases, int64_t n_phases, td_phase_fn fn, void *ctx) {
+    td_pool_run_phases_timed(p, phases, n_phases, fn, ctx, NULL);
 }

@@ -152,6 +152,14 @@ typedef struct td_phase {
 } td_phase;
 typedef void (*td_phase_fn)(void *ctx, const td_phase *phase, int64_t lo, int64_t hi, int ith);
 void td_pool_run_phases(td_pool *p, td_phase *phases, int64_t n_phases, td_phase_fn fn, void *ctx);
+/* The same, and each thread ith adds to ns[(ith * n_phases + k) * 2] the
+ * nanoseconds it spent waiting for phase k to finish, and to [... + 1]
+ * those it spent on phase k's units (claims included). ns holds
+ * td_pool_size(p) * n_phases * 2 counts, zeroed by the caller. Time a
+ * thread spends outside the job (entering late, leaving early) is in
+ * neither: the wall time of the call, times the threads, less both sums. */
+void td_pool_run_phases_timed(td_pool *p, td_phase *phases, int64_t n_phases, td_phase_fn fn, void *ctx,
+                              int64_t *ns);
 #endif
 
 #ifndef __cplusplus

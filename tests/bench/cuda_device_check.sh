@@ -203,8 +203,9 @@ cpu)
   # (issue 18). tandem's CPU pass per thread count, phases against jobs
   # side by side, with the planned matmul balance; llama.cpp's CPU
   # llama-bench at the same counts between two tandem runs (decode, prefill
-  # 512, passes of 1-16 rows); tandem pinned; the kernels against the
-  # machine's peak and bandwidth; Spec-Bench at 16 threads.
+  # 512, passes of 1-16 rows); tandem pinned; where the threads' time goes
+  # per step (--profile); the kernels against the machine's peak and
+  # bandwidth; Spec-Bench at 16 threads.
   OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   unpack
   M=~/.cache/tandem/models/$MODEL_FILE
@@ -227,6 +228,8 @@ cpu)
     done
     echo "== tandem (after)"; timeout 150 $B/tandem bench engine --threads $T --repeats 5
     echo "== tandem pinned"; timeout 100 $B/tandem bench engine --threads ${T#1,2,4,} --repeats 5 --pin
+    echo "== where the threads' time goes"; timeout 150 $B/tandem bench engine --threads $T --repeats 1 --profile |
+      grep -E 'passes|busiest'
     echo "== kernels"; timeout 100 $B/tandem bench kernels --formats Q4_1,Q8_0 --threads $n --repeats 3
   } 2>&1 | tee $OUT/cpu.log
   S=.devcarry/lc/spec_bench.jsonl

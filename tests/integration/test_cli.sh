@@ -128,6 +128,10 @@ plan_is_even() {
     { echo "  $(grep busiest "$tmp/plan")"; return 1; }
 }
 check "bench engine: planned chunks even out 16 threads" plan_is_even
+# --profile: where the threads' time goes, per step, for both pass sizes
+check "bench engine --profile" run_to "$tmp/prof" "$TANDEM" bench engine --model "$MODEL" --threads 2 --repeats 1 --profile
+check "bench engine --profile: 1-row and 8-row lines" \
+  sh -c "grep -q '1-row passes.*gate/up.*outside the job' '$tmp/prof' && grep -q '8-row passes.*attention' '$tmp/prof'"
 # hostile input found by hand (issue 11): each of these was accepted or misreported before
 check "--seed -1 refused" exit_is 2 "$TANDEM" generate --prompt hi --seed -1
 check "--seed -1: range message" err_has "expects an integer in \[0, 18446744073709551615\], got '-1'"

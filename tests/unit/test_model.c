@@ -681,7 +681,11 @@ static void attention_kernels_agree(void **s) {
  * sequences with some rows' logits, a one-row decode, a token tree and a
  * pass that skips layers, on a pool of three threads (on two cores: some
  * enter late, some never). */
-static void schedules_agree_in(td_numerics order, const char *args, int n_threads) {
+/* phased: whether the model's weights let a pass run as phases (a mixed
+ * model's q/k/v want different quantized inputs and take the job-per-matmul
+ * pass in both contexts); the profile of the phased context says which
+ * path each pass took. */
+static void schedules_agree_in(td_numerics order, const char *args, int n_threads, bool phased) {
     fixture f = {0};
     assert_int_equal(make_tiny(&f, args), 0);
     const td_hparams *hp = td_model_hparams(f.m);
@@ -701,6 +705,7 @@ static void schedules_agree_in(td_numerics order, const char *args, int n_thread
         td_ctx_set_numerics(c[s], order);
         td_ctx_set_schedule(c[s], s ? TD_SCHEDULE_JOBS : TD_SCHEDULE_PHASES);
     }
+    assert_int_equal(td_ctx_profile_phases(c[0], true, NULL), TD_OK);
     uint8_t skip[64] = {0};
     for (int32_t l = 1; l < L; l += 2) skip[l] = 1;
     td_row pre[16], one[1], tree[5], tail[3];
@@ -727,10 +732,13 @@ static void schedules_agree_in(td_numerics order, const char *args, int n_thread
     /* On 16 threads these shapes' one slice per thread, rounded to 32
      * columns, leaves threads idle; the plan shares the bytes out more
      * evenly (on 3 it may trade a little evenness for fewer claims). */
+    td_pass_profile pr;
+    td_ctx_phase_profile(c[0], &pr);
+    assert_int_equal(pr.passes, phased ? 4 : 0);
     td_ctx_plan plan;
     td_ctx_plan_report(c[0], &plan);
     assert_true(plan.busiest >= 1.0 - 1e-9 && plan.one_slice_busiest >= 1.0 - 1e-9);
-    if (n_threads == 16) assert_true(plan.busiest < plan.one_slice_busiest - 0.05);
+    if (n_threads == 16 && phased) assert_true(plan.busiest < plan.one_slice_busiest - 0.05);
     for (int32_t seq = 0; seq < 2; seq++) {
         int32_t len = td_kv_seq_len(kv[0], seq);
         assert_int_equal(len, td_kv_seq_len(kv[1], seq));
@@ -751,15 +759,68 @@ static void schedules_agree_in(td_numerics order, const char *args, int n_thread
 
 static void schedules_agree(void **s) {
     (void)s;
-    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama", 3);
-    schedules_agree_in(TD_NUMERICS_FAST, "--arch qwen2 --type Q4_1", 3); /* biases; FAST's tiled copies */
-    schedules_agree_in(TD_NUMERICS_FAST, "--tied --type Q8_0", 3);
-    schedules_agree_in(TD_NUMERICS_REFERENCE, "--arch llama", 3);
-    schedules_agree_in(TD_NUMERICS_LLAMACPP, "--arch qwen2", 3);
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama --type Q4_0", 3, true);   /* GGUF rows, no tiles */
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch qwen2 --type Q4_1", 3, true);   /* biases; FAST's tiled copies */
+    schedules_agree_in(TD_NUMERICS_FAST, "--tied --type Q8_0", 3, true);
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama --type Q4_K", 3, true);   /* K-quants */
+    schedules_agree_in(TD_NUMERICS_REFERENCE, "--arch llama --type Q4_1", 3, true);
+    schedules_agree_in(TD_NUMERICS_LLAMACPP, "--arch qwen2 --type Q5_1", 3, true);
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama", 3, false);              /* mixed: jobs in both */
     /* many threads on few columns: chunks planned finer than one slice per
      * thread, down to single tiles of 16 columns on the tiled copies */
-    schedules_agree_in(TD_NUMERICS_FAST, "--arch qwen2 --type Q4_1", 16);
-    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama", 16);
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch qwen2 --type Q4_1", 16, true);
+    schedules_agree_in(TD_NUMERICS_FAST, "--arch llama --type Q8_0", 16, true);
+}
+
+/* The pass profile counts phased passes only, names its steps, and its
+ * thread-seconds fit inside threads x wall time. */
+static void pass_profile_counts(void **s) {
+    (void)s;
+    fixture f = {0};
+    assert_int_equal(make_tiny(&f, "--arch llama --type Q4_1"), 0);
+    td_pool *two = td_pool_create(2, NULL);
+    td_kv *kv = td_kv_create(f.m, 1, 64, NULL);
+    td_ctx *c = td_ctx_create(f.m, 8, two, NULL);
+    float *lg = malloc((size_t)8 * td_model_hparams(f.m)->n_vocab * sizeof(float));
+    assert_true(two && kv && c && lg);
+    int qkv = -1;
+    for (int k = 0; k < TD_PASS_STEPS; k++) {
+        assert_string_not_equal(td_pass_step_name(k), "?");
+        for (int j = 0; j < k; j++) assert_string_not_equal(td_pass_step_name(k), td_pass_step_name(j));
+        if (!strcmp(td_pass_step_name(k), "qkv")) qkv = k;
+    }
+    assert_string_equal(td_pass_step_name(TD_PASS_STEPS), "?");
+    assert_true(qkv >= 0);
+    td_err err;
+    assert_int_equal(td_ctx_profile_phases(c, true, &err), TD_OK);
+    td_row rows[3];
+    for (int i = 0; i < 3; i++) rows[i] = td_row_linear(0, i, seq_a[i], true);
+    assert_int_equal(td_model_forward(c, kv, rows, 3, lg, &err), TD_OK);
+    td_pass_profile pr;
+    td_ctx_phase_profile(c, &pr);
+    assert_int_equal(pr.passes, 1);
+    assert_int_equal(pr.threads, 2);
+    double inside = 0;
+    for (int k = 0; k < TD_PASS_STEPS; k++) {
+        assert_true(pr.work_s[k] >= 0 && pr.wait_s[k] >= 0);
+        inside += pr.work_s[k] + pr.wait_s[k];
+    }
+    assert_true(pr.work_s[qkv] > 0);
+    assert_true(inside <= pr.threads * pr.wall_s + 1e-6);
+    /* the job-per-matmul pass is not phased: nothing counted */
+    td_ctx_set_schedule(c, TD_SCHEDULE_JOBS);
+    rows[0] = td_row_linear(0, 3, seq_a[3], true);
+    assert_int_equal(td_model_forward(c, kv, rows, 1, lg, &err), TD_OK);
+    td_ctx_phase_profile(c, &pr);
+    assert_int_equal(pr.passes, 1);
+    assert_int_equal(td_ctx_profile_phases(c, false, &err), TD_OK);
+    td_ctx_phase_profile(c, &pr);
+    assert_int_equal(pr.passes, 0);
+    free(lg);
+    td_ctx_destroy(c);
+    td_kv_destroy(kv);
+    td_pool_destroy(two);
+    drop_tiny(&f);
 }
 
 int main(void) {
@@ -769,6 +830,7 @@ int main(void) {
         cmocka_unit_test(matches_reference_tied_q8_0),
         cmocka_unit_test(batch_invariance),
         cmocka_unit_test(schedules_agree),
+        cmocka_unit_test(pass_profile_counts),
         cmocka_unit_test(tp_shards),
         cmocka_unit_test(long_context_invariance),
         cmocka_unit_test(kv_truncate_rolls_back),

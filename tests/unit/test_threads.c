@@ -226,6 +226,8 @@ static void phases_run_in_order(void **state) {
         td_phase ph[2 * PH_N];
         phase_arg *a = malloc(sizeof *a);
         assert_non_null(a);
+        int64_t *ns = calloc((size_t)sizes[t] * 2 * PH_N * 2, sizeof *ns);
+        assert_non_null(ns);
         for (int rep = 0; rep < 200; rep++) {
             int64_t n = 0;
             for (int k = 0; k < PH_N; k++) {
@@ -234,9 +236,32 @@ static void phases_run_in_order(void **state) {
             }
             for (int k = 0; k < PH_N; k++)
                 for (int u = 0; u < PH_UNITS; u++) a->v[k][u] = NAN;
-            td_pool_run_phases(pool, ph, n, phase_fn, a);
+            if (rep % 2 == 0) {
+                td_pool_run_phases(pool, ph, n, phase_fn, a);
+            } else { /* timed: the same order, and the times add up */
+                memset(ns, 0, (size_t)sizes[t] * (size_t)n * 2 * sizeof *ns);
+                int64_t t0 = (int64_t)(td_now_sec() * 1e9);
+                td_pool_run_phases_timed(pool, ph, n, phase_fn, a, ns);
+                int64_t wall = (int64_t)(td_now_sec() * 1e9) - t0 + 1000; /* + rounding of the two reads */
+                int64_t caller_work = 0;
+                for (int th = 0; th < sizes[t]; th++) {
+                    int64_t sum = 0;
+                    for (int64_t i = 0; i < 2 * n; i++) {
+                        assert_true(ns[(size_t)th * (size_t)n * 2 + (size_t)i] >= 0);
+                        sum += ns[(size_t)th * (size_t)n * 2 + (size_t)i];
+                    }
+                    /* a thread's intervals are disjoint and inside the call */
+                    assert_true(sum <= wall);
+                }
+                for (int64_t i = 0; i < n; i++) {
+                    if (ph[i].n_units == 0) assert_int_equal(ns[2 * i] + ns[2 * i + 1], 0);
+                    caller_work += ns[2 * i + 1];
+                }
+                assert_true(caller_work > 0); /* the caller always works: every phase may be its alone */
+            }
             assert_memory_equal(a->v, want, sizeof want);
         }
+        free(ns);
         free(a);
         td_pool_destroy(pool);
     }
