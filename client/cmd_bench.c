@@ -38,6 +38,19 @@ typedef struct bench_opts {
  * (where rows should be nearly free). */
 static const int verify_rows[6] = {1, 2, 4, 8, 16, 32};
 
+/* One verification pass of nk rows right after the prompt, all rows'
+ * logits; *secs (may be NULL): the forward pass alone. */
+static int verify_pass(td_ctx *ctx, td_kv *kv, const bench_opts *o, int nk, float *logits, double *secs,
+                       td_err *err) {
+    td_kv_truncate(kv, 0, (int32_t)o->n_prompt);
+    td_row rows[32];
+    for (int i = 0; i < nk; i++) rows[i] = td_row_linear(0, o->n_prompt + i, o->ids[o->n_prompt + i], true);
+    double t0 = td_now_sec();
+    int rc = td_model_forward(ctx, kv, rows, nk, logits, err);
+    if (secs) *secs = td_now_sec() - t0;
+    return rc;
+}
+
 /* One line of a pass profile: each step's share of the threads' time
  * (work, then waiting for it to finish), the steps under 0.5 % left out. */
 static void print_profile(const char *who, const char *what, const td_pass_profile *pr) {
@@ -56,18 +69,14 @@ static void print_profile(const char *who, const char *what, const td_pass_profi
 static int profile_passes(td_ctx *ctx, td_kv *kv, const bench_opts *o, float *logits, const char *who, td_err *err) {
     static const int rows_of[2] = {1, 8};
     for (int w = 0; w < 2; w++) {
-        if (td_ctx_profile_phases(ctx, true, err)) return 1;
-        for (int rep = 0; rep < (w ? 16 : 64); rep++) {
-            td_kv_truncate(kv, 0, (int32_t)o->n_prompt);
-            td_row rows[8];
-            for (int i = 0; i < rows_of[w]; i++) rows[i] = td_row_linear(0, o->n_prompt + i, o->ids[o->n_prompt + i], true);
-            if (td_model_forward(ctx, kv, rows, rows_of[w], logits, err)) return 1;
-        }
+        if (td_ctx_set_pass_profile(ctx, true, err)) return 1;
+        for (int rep = 0; rep < (w ? 16 : 64); rep++)
+            if (verify_pass(ctx, kv, o, rows_of[w], logits, NULL, err)) return 1;
         td_pass_profile pr;
-        td_ctx_phase_profile(ctx, &pr);
+        td_ctx_pass_profile(ctx, &pr);
         print_profile(who, w ? "8-row passes" : "1-row passes", &pr);
     }
-    return td_ctx_profile_phases(ctx, false, err);
+    return td_ctx_set_pass_profile(ctx, false, err);
 }
 
 static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
@@ -117,15 +126,8 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
 
         /* verification cost: k rows after the prompt, all rows' logits */
         for (int rep = 0; rep < 4; rep++)
-            for (int k = 0; k < n_ks; k++) {
-                td_kv_truncate(kv, 0, (int32_t)o->n_prompt);
-                td_row rows[32];
-                int nk = verify_rows[k];
-                for (int i = 0; i < nk; i++) rows[i] = td_row_linear(0, o->n_prompt + i, o->ids[o->n_prompt + i], true);
-                double v0 = td_now_sec();
-                if (td_model_forward(ctx, kv, rows, nk, logits, &err)) goto fail;
-                ver[k][r * 4 + rep] = td_now_sec() - v0;
-            }
+            for (int k = 0; k < n_ks; k++)
+                if (verify_pass(ctx, kv, o, verify_rows[k], logits, &ver[k][r * 4 + rep], &err)) goto fail;
 
         /* prefill: one batch of n_prefill rows, logits of the last */
         td_kv_truncate(kv, 0, 0);

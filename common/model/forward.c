@@ -126,7 +126,7 @@ struct td_ctx {
     bool planned, planned_tiled;
     int64_t phase_chunk[PH_HEAD + 1]; /* by phase kind; matmul kinds only */
     td_ctx_plan plan;
-    /* td_ctx_profile_phases: per-pass counts (threads, phases, wait|work)
+    /* td_ctx_set_pass_profile: per-pass counts (threads, phases, wait|work)
      * and their sums by step; NULL while off */
     int64_t *phase_ns;
     td_pass_profile profile;
@@ -1131,7 +1131,7 @@ const char *td_pass_step_name(int step) {
     return step >= 0 && step < TD_PASS_STEPS ? names[step] : "?";
 }
 
-int td_ctx_profile_phases(td_ctx *c, bool on, td_err *err) {
+int td_ctx_set_pass_profile(td_ctx *c, bool on, td_err *err) {
     free(c->phase_ns);
     c->phase_ns = NULL;
     c->profile = (td_pass_profile){.threads = td_pool_size(c->pool)};
@@ -1142,7 +1142,7 @@ int td_ctx_profile_phases(td_ctx *c, bool on, td_err *err) {
     return TD_OK;
 }
 
-void td_ctx_phase_profile(const td_ctx *c, td_pass_profile *out) { *out = c->profile; }
+void td_ctx_pass_profile(const td_ctx *c, td_pass_profile *out) { *out = c->profile; }
 
 /* Adds a timed pass's counts to the sums by step, and zeroes them. */
 static void profile_add(td_ctx *c, const td_phase *ph, int64_t n, double wall_s) {

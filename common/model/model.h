@@ -137,11 +137,11 @@ typedef enum td_schedule { TD_SCHEDULE_PHASES, TD_SCHEDULE_JOBS } td_schedule;
 void td_ctx_set_schedule(td_ctx *c, td_schedule s);
 
 /* How evenly the phased pass's matmuls fall on the pool's threads: the
- * busiest thread's weight bytes per pass over an even share, with the planned chunks (td_claim_plan) and with one
- * slice of columns per thread, the rule before plans. A figure of shapes
- * and thread count, not of timing: it is the same on any machine. It
- * reflects whether the context reads tiled copies, made on its first FAST
- * pass. */
+ * busiest thread's weight bytes per pass over an even share, with the
+ * planned chunks (td_claim_plan) and with one slice of columns per thread,
+ * the rule before plans. A figure of shapes and thread count, not of
+ * timing: it is the same on any machine. It reflects whether the context
+ * reads tiled copies, made on its first FAST pass. */
 typedef struct td_ctx_plan {
     double busiest;           /* 1.0 is a perfect split */
     double one_slice_busiest;
@@ -149,7 +149,7 @@ typedef struct td_ctx_plan {
 void td_ctx_plan_report(td_ctx *c, td_ctx_plan *out);
 
 /* Where the threads' time goes in phased passes, while switched on
- * (td_ctx_profile_phases; off by default: it reads the clock twice per
+ * (td_ctx_set_pass_profile; off by default: it reads the clock twice per
  * thread and phase). Per step of a pass (td_pass_step_name: a layer's ten
  * steps, summed over the layers, and the embedding, output norm and head),
  * the thread-seconds spent on its units and spent waiting for it to finish;
@@ -166,8 +166,8 @@ typedef struct td_pass_profile {
 const char *td_pass_step_name(int step); /* "qkv", "attention", ...; "?" outside 0..TD_PASS_STEPS-1 */
 /* on: allocates the counts (TD_E_NOMEM) and starts them at zero; off frees
  * them. A pass that does not take the phased path counts nothing. */
-int td_ctx_profile_phases(td_ctx *c, bool on, td_err *err);
-void td_ctx_phase_profile(const td_ctx *c, td_pass_profile *out);
+int td_ctx_set_pass_profile(td_ctx *c, bool on, td_err *err);
+void td_ctx_pass_profile(const td_ctx *c, td_pass_profile *out);
 
 /* ---- tensor parallelism ----
  * A context of a split model computes its rank's part of every pass and

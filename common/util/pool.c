@@ -24,7 +24,6 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -216,12 +215,6 @@ typedef struct phases_job {
     _Atomic int64_t reached; /* the furthest phase any thread started */
 } phases_job;
 
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Every unit of s is done. The acquire pairs with the release of each
  * unit's count, so the unit's writes are visible here. */
 static void wait_phase(const td_phase *s) {
@@ -238,12 +231,12 @@ static void phases_worker(void *arg, int ith, int nth) {
     for (int64_t i = atomic_load_explicit(&j->reached, memory_order_relaxed); i < j->n; i++) {
         td_phase *s = &j->phases[i];
         /* the last phase with units: an empty one orders nothing */
-        int64_t t0 = ns ? now_ns() : 0, k = i - 1;
+        int64_t t0 = ns ? td_now_ns() : 0, k = i - 1;
         for (; k >= 0; k--) {
             wait_phase(&j->phases[k]);
             if (j->phases[k].n_units > 0) break;
         }
-        if (ns && k >= 0) ns[2 * k] += now_ns() - t0; /* the wait is the awaited phase's */
+        if (ns && k >= 0) ns[2 * k] += td_now_ns() - t0; /* the wait is the awaited phase's */
         int64_t seen = atomic_load_explicit(&j->reached, memory_order_relaxed);
         while (seen < i && !atomic_compare_exchange_weak_explicit(&j->reached, &seen, i, memory_order_relaxed,
                                                                   memory_order_relaxed)) {
@@ -251,16 +244,16 @@ static void phases_worker(void *arg, int ith, int nth) {
         /* one unit (a one-row pass's norm, say) is the caller's: its cache
          * holds the row, and a race for it slowed one-row passes by ~5 % */
         if (s->n_units == 1 && ith != 0) continue;
+        if (s->n_units == 0) continue; /* nothing to claim, nothing to time */
         /* a look before the claim: a phase that others have taken whole
          * costs a read, not a write to their line */
-        if (s->n_units == 0) continue; /* nothing to claim, nothing to time */
-        int64_t lo, hi, w0 = ns ? now_ns() : 0;
+        int64_t lo, hi, w0 = ns ? td_now_ns() : 0;
         while (atomic_load_explicit(&s->next, memory_order_relaxed) < s->n_units &&
                td_claim(&s->next, s->n_units, s->chunk, &lo, &hi)) {
             j->fn(j->ctx, s, lo, hi, ith);
             atomic_fetch_add_explicit(&s->done, hi - lo, memory_order_acq_rel);
         }
-        if (ns) ns[2 * i + 1] += now_ns() - w0;
+        if (ns) ns[2 * i + 1] += td_now_ns() - w0;
     }
 }
 

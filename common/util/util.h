@@ -71,6 +71,7 @@ void td_free(void *p);
 
 /* ---- time ---- */
 double td_now_sec(void); /* monotonic seconds */
+int64_t td_now_ns(void);  /* the same clock in integer nanoseconds */
 
 /* ---- SHA-256 ---- */
 typedef struct td_sha256 {

@@ -705,7 +705,7 @@ static void schedules_agree_in(td_numerics order, const char *args, int n_thread
         td_ctx_set_numerics(c[s], order);
         td_ctx_set_schedule(c[s], s ? TD_SCHEDULE_JOBS : TD_SCHEDULE_PHASES);
     }
-    assert_int_equal(td_ctx_profile_phases(c[0], true, NULL), TD_OK);
+    assert_int_equal(td_ctx_set_pass_profile(c[0], true, NULL), TD_OK);
     uint8_t skip[64] = {0};
     for (int32_t l = 1; l < L; l += 2) skip[l] = 1;
     td_row pre[16], one[1], tree[5], tail[3];
@@ -733,7 +733,7 @@ static void schedules_agree_in(td_numerics order, const char *args, int n_thread
      * columns, leaves threads idle; the plan shares the bytes out more
      * evenly (on 3 it may trade a little evenness for fewer claims). */
     td_pass_profile pr;
-    td_ctx_phase_profile(c[0], &pr);
+    td_ctx_pass_profile(c[0], &pr);
     assert_int_equal(pr.passes, phased ? 4 : 0);
     td_ctx_plan plan;
     td_ctx_plan_report(c[0], &plan);
@@ -792,12 +792,12 @@ static void pass_profile_counts(void **s) {
     assert_string_equal(td_pass_step_name(TD_PASS_STEPS), "?");
     assert_true(qkv >= 0);
     td_err err;
-    assert_int_equal(td_ctx_profile_phases(c, true, &err), TD_OK);
+    assert_int_equal(td_ctx_set_pass_profile(c, true, &err), TD_OK);
     td_row rows[3];
     for (int i = 0; i < 3; i++) rows[i] = td_row_linear(0, i, seq_a[i], true);
     assert_int_equal(td_model_forward(c, kv, rows, 3, lg, &err), TD_OK);
     td_pass_profile pr;
-    td_ctx_phase_profile(c, &pr);
+    td_ctx_pass_profile(c, &pr);
     assert_int_equal(pr.passes, 1);
     assert_int_equal(pr.threads, 2);
     double inside = 0;
@@ -811,10 +811,10 @@ static void pass_profile_counts(void **s) {
     td_ctx_set_schedule(c, TD_SCHEDULE_JOBS);
     rows[0] = td_row_linear(0, 3, seq_a[3], true);
     assert_int_equal(td_model_forward(c, kv, rows, 1, lg, &err), TD_OK);
-    td_ctx_phase_profile(c, &pr);
+    td_ctx_pass_profile(c, &pr);
     assert_int_equal(pr.passes, 1);
-    assert_int_equal(td_ctx_profile_phases(c, false, &err), TD_OK);
-    td_ctx_phase_profile(c, &pr);
+    assert_int_equal(td_ctx_set_pass_profile(c, false, &err), TD_OK);
+    td_ctx_pass_profile(c, &pr);
     assert_int_equal(pr.passes, 0);
     free(lg);
     td_ctx_destroy(c);

@@ -240,9 +240,9 @@ static void phases_run_in_order(void **state) {
                 td_pool_run_phases(pool, ph, n, phase_fn, a);
             } else { /* timed: the same order, and the times add up */
                 memset(ns, 0, (size_t)sizes[t] * (size_t)n * 2 * sizeof *ns);
-                int64_t t0 = (int64_t)(td_now_sec() * 1e9);
+                int64_t t0 = td_now_ns();
                 td_pool_run_phases_timed(pool, ph, n, phase_fn, a, ns);
-                int64_t wall = (int64_t)(td_now_sec() * 1e9) - t0 + 1000; /* + rounding of the two reads */
+                int64_t wall = td_now_ns() - t0;
                 int64_t caller_work = 0;
                 for (int th = 0; th < sizes[t]; th++) {
                     int64_t sum = 0;
