@@ -82,3 +82,6 @@ ctest --test-dir build --output-on-failure
 
 step "Helm chart: rendered and linted by Helm's engine, validated against the Kubernetes schemas, its pods run on loopback"
 tests/helm/run.sh
+
+step "Image: the packages its runtime stage installs (deploy/docker/runtime-packages.sh)"
+tests/integration/test_runtime_packages.sh build $([ -x build-cuda/tandem-worker ] && echo build-cuda)

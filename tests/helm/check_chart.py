@@ -192,6 +192,11 @@ def check_operator_facts(objs, values, label):
         if sc.get("allowPrivilegeEscalation") is not False or not o["spec"]["template"]["spec"].get(
                 "securityContext", {}).get("runAsNonRoot"):
             fail("%s: %s: should run as non-root without privilege escalation" % (label, c["name"]))
+    # only GPU verifiers run the CUDA image; every other tandem pod the plain one
+    for role, items in roles.items():
+        for o, c, argv in items:
+            if role != "verifier" and c.get("image") != plain_image(merged):
+                fail("%s: %s: image %s, expected %s" % (label, c["name"], c.get("image"), plain_image(merged)))
     if "coordinator" not in roles or "verifier" not in roles:
         fail("%s: no coordinator or no verifier rendered" % label)
         return
@@ -232,6 +237,14 @@ def check_operator_facts(objs, values, label):
             fail("%s: model %s: nvidia.com/gpu limit %s, values say %d" % (label, m["name"], gpus, v["gpus"]))
         if (flag(argv, "--device") == "cuda") != (v["gpus"] > 0):
             fail("%s: model %s: --device %s with %d GPUs" % (label, m["name"], flag(argv, "--device"), v["gpus"]))
+        want_image = cuda_image(merged) if v["gpus"] > 0 else plain_image(merged)
+        if c.get("image") != want_image:
+            fail("%s: model %s: verifier image %s with %d GPUs, expected %s" % (label, m["name"], c.get("image"),
+                                                                                v["gpus"], want_image))
+        rc = sts[0]["spec"]["template"]["spec"].get("runtimeClassName", "")
+        if rc != v.get("runtimeClassName", ""):
+            fail("%s: model %s: runtimeClassName %r, values say %r" % (label, m["name"], rc,
+                                                                        v.get("runtimeClassName", "")))
         if not flag(argv, "--model", ).endswith("/" + m["file"]):
             fail("%s: model %s: --model %s" % (label, m["name"], flag(argv, "--model")))
         init = sts[0]["spec"]["template"]["spec"].get("initContainers", [])
@@ -317,6 +330,21 @@ def value_paths(o, p=""):
         yield from value_paths(o[0], p + "[]")
     else:
         yield p
+
+
+def app_version():
+    with open(os.path.join(CHART, "Chart.yaml")) as fh:
+        return yaml.safe_load(fh)["appVersion"]
+
+
+def plain_image(v):
+    return "%s:%s" % (v["image"]["repository"], v["image"].get("tag") or app_version())
+
+
+def cuda_image(v):
+    cu = v["image"].get("cuda", {})
+    tag = cu.get("tag") or "%s-cuda" % (v["image"].get("tag") or app_version())
+    return "%s:%s" % (cu.get("repository") or v["image"]["repository"], tag)
 
 
 def merged_values(overrides):

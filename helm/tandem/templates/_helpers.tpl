@@ -62,6 +62,15 @@ tandem.io/model: {{ .model }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The image of verifier pods with GPUs: the same Dockerfile built on the
+CUDA base images (deploy/docker/Dockerfile, CUDA=yes). By default the same
+repository, tag suffixed "-cuda". */}}
+{{- define "tandem.cudaImage" -}}
+{{- $repo := default .Values.image.repository .Values.image.cuda.repository }}
+{{- $tag := default (printf "%s-cuda" (default .Chart.AppVersion .Values.image.tag)) .Values.image.cuda.tag }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+
 {{/* etcd endpoints, comma separated: the bundled members or etcd.endpoints. */}}
 {{- define "tandem.etcdEndpoints" -}}
 {{- if .Values.etcd.bundled }}
