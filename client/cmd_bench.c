@@ -257,7 +257,8 @@ static int bench_engine(int argc, char **argv) {
     size_t need = (size_t)(context + 32 > 600 ? context + 32 : 600);
     if (n < need) { fprintf(stderr, "tandem bench: --text needs at least %zu tokens, has %zu\n", need, n); goto out; }
     char kernels[160];
-    snprintf(kernels, sizeof kernels, "%s", td_quant_kernel_name());
+    snprintf(kernels, sizeof kernels, "%s%s", td_quant_kernel_name(),
+             td_quant_uses_amx() ? " (AMX tiles for passes of 6 rows or more)" : "");
     if (device.kind == TD_DEVICE_CUDA && td_cuda_device_name(device.index, kernels, sizeof kernels, &err) != TD_OK)
         snprintf(kernels, sizeof kernels, "cuda (%.100s)", err.msg);
     printf("model %s, kernels %s, %s numerics, %d repeats (medians)\n", model, kernels, td_numerics_name(o.numerics), o.repeats);

@@ -276,7 +276,8 @@ int td_cmd_bench_kernels(int argc, char **argv) {
         fprintf(stderr, "tandem bench kernels: %s\n", err.msg);
         goto out;
     }
-    printf("kernels %s; L2 %ld KiB, last-level cache %ld MiB; %ld thread%s\n", td_quant_kernel_name(),
+    printf("kernels %s%s; L2 %ld KiB, last-level cache %ld MiB; %ld thread%s\n", td_quant_kernel_name(),
+           td_quant_uses_amx() ? " (fast tiled: AMX tiles from 6 rows; TD_KERNELS=avx512 without)" : "",
            l2 > 0 ? l2 >> 10 : -1, llc > 0 ? llc >> 20 : -1, threads, threads == 1 ? "" : "s");
     o.peak = 0;
     for (int f = 0; f < 8; f++) { /* forms this CPU lacks are skipped */

@@ -58,8 +58,13 @@ typedef struct td_type_traits {
 const td_type_traits *td_quant_traits(uint32_t type);
 /* Same, but always the scalar reference kernels (for tests). */
 const td_type_traits *td_quant_traits_ref(uint32_t type);
-/* Name of the kernel variant td_quant_traits selected: "avx2" or "scalar". */
+/* Name of the kernel family td_quant_traits selected: "avx2+avx512vnni",
+ * "avx2" or "scalar". */
 const char *td_quant_kernel_name(void);
+/* True when FAST's tiled kernels take AMX tile products for passes of
+ * several rows (quant_tiled_amx.c): same bits as without, so the family
+ * name stays; TD_KERNELS=avx512 turns it off. */
+bool td_quant_uses_amx(void);
 
 /* Bytes of a row of n elements; 0 if n is not a multiple of the block size or
  * the type is unknown. */

@@ -175,6 +175,16 @@ static inline size_t td_quant_tile_code_vectors(bool q4_1) { return q4_1 ? 4 : 8
 static inline size_t td_quant_tile_block_bytes(bool q4_1) { return 64 + 64 * td_quant_tile_code_vectors(q4_1); }
 TD_QUANT_DECLARE_COLWISE(avx2)
 TD_QUANT_DECLARE_COLWISE(avx512)
+/* The same tiled kernels with AMX tile products for the integer sums
+ * (quant_tiled_amx.c), same bits; passes of fewer rows than this take the
+ * avx512 ones. Only where td_quant_amx_usable. */
+#define TD_QUANT_AMX_MIN_ROWS 6
+void td_quant_amx_matmul_q4_1_tiled(const void *T, int64_t nb_all, int64_t b0, int64_t b1, int64_t o_lo,
+                                    int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows, float *y,
+                                    int64_t y_stride);
+void td_quant_amx_matmul_q8_0_tiled(const void *T, int64_t nb_all, int64_t b0, int64_t b1, int64_t o_lo,
+                                    int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows, float *y,
+                                    int64_t y_stride);
 void td_quant_avx2_matmul_q4_1(const void *W, size_t w_stride, int64_t n_in, int64_t o_lo,
                                int64_t o_hi, const void *xq, size_t x_stride, int64_t n_rows,
                                float *y, int64_t y_stride);

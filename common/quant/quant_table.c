@@ -9,6 +9,11 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "quant/quant_impl.h"
 
@@ -84,14 +89,40 @@ static const quant_row avx2_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, DOT_ROWS(a
 static const quant_row avx512_table[TD_TYPE_COUNT] = {SIMD_COMMON_ROWS, DOT_ROWS(avx512)};
 #endif
 
-/* Settings are read once: the table a process uses is chosen at its first
- * lookup and kept. clang (14) knows no "f16c" feature string; every CPU with
- * AVX2 has F16C. */
-static const quant_row *choose_table(void) {
-    /* TD_KERNELS=scalar|avx2 caps the set below what the CPU offers (A/B
-     * timing, isolating a kernel bug); it never raises it */
+#if defined(HAVE_AVX2_TABLE) && defined(__x86_64__)
+#define HAVE_AMX 1
+/* AMX tiles may run: the CPU has AMX-TILE and AMX-INT8 (CPUID 7.0 EDX bits
+ * 24, 25), the OS saves tile state (XCR0 bits 17, 18: a hypervisor may show
+ * the CPUID bits without them, and then the first tile instruction faults),
+ * and Linux grants this process the tile data state (arch_prctl
+ * ARCH_REQ_XCOMP_PERM, a per-process permission, asked once here). */
+static bool amx_usable(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return false;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false; /* OSXSAVE: xgetbv exists */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return false;
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+#endif
+
+/* What the process runs, chosen at its first lookup and kept: a table, and
+ * whether the tiled kernels take AMX tiles (with the avx512 table only). */
+typedef struct kernel_choice {
+    const quant_row *table;
+    bool amx;
+} kernel_choice;
+
+/* clang (14) knows no "f16c" feature string; every CPU with AVX2 has F16C. */
+static kernel_choice choose_kernels(void) {
+    /* TD_KERNELS=scalar|avx2|avx512 caps the set below what the CPU offers
+     * (A/B timing, isolating a kernel bug; avx512: no AMX); it never raises
+     * it */
     const char *cap = getenv("TD_KERNELS");
-    if (cap && !strcmp(cap, "scalar")) return ref_table;
+    kernel_choice k = {ref_table, false};
+    if (cap && !strcmp(cap, "scalar")) return k;
 #ifdef HAVE_AVX2_TABLE
     bool avx2_only = cap && !strcmp(cap, "avx2");
 #ifdef __clang__
@@ -103,23 +134,36 @@ static const quant_row *choose_table(void) {
         /* the runtime sets AVX-512 features only where the OS saves their
          * state (XCR0), so this also says the instructions may run */
         if (!avx2_only && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512bw")) /* the column-wise kernels' zmm byte ops */
-            return avx512_table;
-        return avx2_table;
+            __builtin_cpu_supports("avx512bw")) { /* the column-wise kernels' zmm byte ops */
+            k.table = avx512_table;
+#ifdef HAVE_AMX
+            k.amx = !(cap && !strcmp(cap, "avx512")) && amx_usable();
+#endif
+            return k;
+        }
+        k.table = avx2_table;
+        return k;
     }
 #endif
-    return ref_table;
+    return k;
 }
 
-static const quant_row *chosen_table;
+static kernel_choice chosen;
 static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
 
-static void choose_once(void) { chosen_table = choose_table(); }
+static void choose_once(void) { chosen = choose_kernels(); }
 
 static const quant_row *active_table(void) {
     pthread_once(&chosen_once, choose_once);
-    return chosen_table;
+    return chosen.table;
 }
+
+#ifdef HAVE_AVX2_TABLE
+static bool active_amx(void) {
+    pthread_once(&chosen_once, choose_once);
+    return chosen.amx;
+}
+#endif
 
 static const quant_row *row_of(const quant_row *table, uint32_t type) {
     if (type >= TD_TYPE_COUNT || table[type].traits.name == NULL)
@@ -146,6 +190,14 @@ const char *td_quant_kernel_name(void) {
     return "scalar";
 }
 
+bool td_quant_uses_amx(void) {
+#ifdef HAVE_AVX2_TABLE
+    return active_amx();
+#else
+    return false;
+#endif
+}
+
 td_matmul_fn td_quant_matmul_kernel(uint32_t type, td_numerics order) {
     const quant_row *table = active_table(), *r = row_of(table, type);
     if (order == TD_NUMERICS_TP_INVARIANT) order = TD_NUMERICS_FAST;
@@ -170,6 +222,10 @@ td_tiled_fn td_quant_tiled_kernel(uint32_t type) {
     if (table == avx2_table) {
         if (type == TD_TYPE_Q4_1) return td_quant_avx2_matmul_q4_1_tiled;
         if (type == TD_TYPE_Q8_0) return td_quant_avx2_matmul_q8_0_tiled;
+    }
+    if (table == avx512_table && active_amx()) {
+        if (type == TD_TYPE_Q4_1) return td_quant_amx_matmul_q4_1_tiled;
+        if (type == TD_TYPE_Q8_0) return td_quant_amx_matmul_q8_0_tiled;
     }
     if (table == avx512_table) {
         if (type == TD_TYPE_Q4_1) return td_quant_avx512_matmul_q4_1_tiled;

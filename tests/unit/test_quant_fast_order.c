@@ -4,7 +4,9 @@
  * acc)), bit for bit; and the tiled copy (td_quant_tile,
  * td_quant_matmul_tiled) against GGUF's rows, bit for bit, whole and in
  * chunks of the inputs, for every tile height, partial tiles of columns,
- * and rows long enough to take the kernels' chunked paths.
+ * and rows long enough to take the kernels' chunked paths. Where the CPU
+ * runs AMX, the tiled kernels take tile products from 6 rows on
+ * (quant_tiled_amx.c): this is the check that they keep the bits.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -148,7 +150,8 @@ static void tiled_matches_rows(void **state) {
     for (size_t ti = 0; ti < 2; ti++)
         for (size_t ii = 0; ii < sizeof n_ins / sizeof n_ins[0]; ii++)
             for (size_t oi = 0; oi < sizeof n_outs / sizeof n_outs[0]; oi++) {
-                const int64_t n_in = n_ins[ii], n_out = n_outs[oi], max_rows = n_in > 10000 ? 9 : 17;
+                /* up to 33 rows: AMX takes rows in tiles of 16 (pairs of blocks up to 8) */
+                const int64_t n_in = n_ins[ii], n_out = n_outs[oi], max_rows = n_in > 10000 ? 9 : n_in > 600 ? 17 : 33;
                 const int64_t nb = n_in / 32;
                 case_data c = make_case(types[ti], n_in, n_out, max_rows);
                 const size_t tb = td_quant_tiled_bytes(c.t, n_in, n_out);
@@ -188,7 +191,8 @@ static void tiled_matches_rows(void **state) {
                 free(got);
                 free_case(&c);
             }
-    print_message("%d tiled matmuls equal GGUF rows' (%s)\n", runs, td_quant_kernel_name());
+    print_message("%d tiled matmuls equal GGUF rows' (%s%s)\n", runs, td_quant_kernel_name(),
+                  td_quant_uses_amx() ? ", tiled ones with AMX from 6 rows" : "");
 }
 
 /* Misuse is an error, with nothing written. */
