@@ -463,8 +463,8 @@ static void qkv_finish_row(td_ctx *c, td_kv *kv, const td_row *rows, int32_t r, 
         residual_add(v, ly->bv, kv_dim);
     }
     const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
-    for (int32_t h = 0; h < sh->n_head; h++) td_op_rope(q + h * hd, cs, hp->n_rot, hp->rope_kind);
-    for (int32_t h = 0; h < sh->n_head_kv; h++) td_op_rope(k + h * hd, cs, hp->n_rot, hp->rope_kind);
+    for (int32_t h = 0; h < sh->n_head; h++) c->ops.rope(q + h * hd, cs, hp->n_rot, hp->rope_kind);
+    for (int32_t h = 0; h < sh->n_head_kv; h++) c->ops.rope(k + h * hd, cs, hp->n_rot, hp->rope_kind);
     c->ops.to_f16(k, td_kv_at(kv, rows[r].seq, l, 0, c->slot[r]), kv_dim);
     c->ops.to_f16(v, td_kv_at(kv, rows[r].seq, l, 1, c->slot[r]), kv_dim);
 }

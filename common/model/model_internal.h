@@ -193,11 +193,13 @@ typedef struct td_attn_batch {
 typedef void (*td_attend_fn)(const td_attn_batch *a);
 #define TD_ATTN_MAX_HEAD_DIM 256
 
+typedef void (*td_rope_fn)(float *head, const float *cs, int32_t n_rot, td_rope_kind kind);
 typedef struct td_op_kernels {
     td_to_f16_fn to_f16;
     td_attend_fn attend;
     td_attend_fn attend_lone; /* td_attn_batch.lone passes */
     td_silu_mul_fn silu_mul;
+    td_rope_fn rope;
 } td_op_kernels;
 /* The fastest variant this CPU runs (AVX2+F16C, else scalar). */
 td_op_kernels td_op_select(int32_t head_dim);
@@ -215,5 +217,8 @@ void td_op_attend_lone_avx2(const td_attn_batch *a); /* head_dim % 8 == 0 */
 float td_op_round_f16(float x);
 /* Rotates pairs of a head vector in place; cs holds (n_rot/2) x {cos, sin}. */
 void td_op_rope(float *head, const float *cs, int32_t n_rot, td_rope_kind kind);
+/* td_op_rope eight pairs at a time, the same two operations per element, so
+ * the same bits; n_rot % 16 == 0 (td_op_select checks). */
+void td_op_rope_avx2(float *head, const float *cs, int32_t n_rot, td_rope_kind kind);
 
 #endif

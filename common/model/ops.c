@@ -133,14 +133,24 @@ static void to_f16_scalar(const float *x, uint16_t *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = td_f32_to_fp16(x[i]);
 }
 
+/* The vector RoPE where the rotated part is whole vectors of pairs, else
+ * the scalar one (the same bits either way). */
+static void rope_any_avx2(float *head, const float *cs, int32_t n_rot, td_rope_kind kind) {
+    if (n_rot % 16 == 0) td_op_rope_avx2(head, cs, n_rot, kind);
+    else td_op_rope(head, cs, n_rot, kind);
+}
+
 td_op_kernels td_op_select(int32_t head_dim) {
     /* The quant module already checked AVX2, FMA and F16C: every set but the
      * scalar one has them (AVX-512 machines run "avx2+avx512vnni") */
     bool avx2 = strcmp(td_quant_kernel_name(), "scalar") != 0;
-    if (!avx2) return (td_op_kernels){to_f16_scalar, td_op_attend_scalar, td_op_attend_scalar, td_op_silu_mul_scalar};
+    if (!avx2)
+        return (td_op_kernels){to_f16_scalar, td_op_attend_scalar, td_op_attend_scalar, td_op_silu_mul_scalar,
+                               td_op_rope};
     bool vec = head_dim % 8 == 0;
     return (td_op_kernels){td_op_to_f16_avx2, vec ? td_op_attend_avx2 : td_op_attend_scalar,
-                           vec ? td_op_attend_lone_avx2 : td_op_attend_scalar, td_op_silu_mul_avx2};
+                           vec ? td_op_attend_lone_avx2 : td_op_attend_scalar, td_op_silu_mul_avx2,
+                           rope_any_avx2};
 }
 
 float td_op_round_f16(float x) { return td_fp16_to_f32(td_f32_to_fp16(x)); }

@@ -55,6 +55,40 @@ void td_op_silu_mul_avx2(float *gate, const float *up, int64_t n) {
     td_op_silu_mul_scalar(gate + i, up + i, n - i);
 }
 
+/* td_op_rope on vectors: per element the scalar form's fma(x0, c, -(x1 s))
+ * and fma(x0, s, x1 c). NEOX's pairs (i, i + n_rot/2) lie in two vectors;
+ * NORM's neighbours (2i, 2i+1) share one, so both results are computed for
+ * every lane (cos and sin duplicated over each pair) and the even lanes take
+ * the first, the odd the second. */
+/* -v exactly (the sign bit flipped, as C's unary minus; 0 - v would turn
+ * -0 into +0) */
+static inline __m256 neg(__m256 v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.0f)); }
+
+void td_op_rope_avx2(float *head, const float *cs, int32_t n_rot, td_rope_kind kind) {
+    const int32_t half = n_rot / 2;
+    if (kind == TD_ROPE_NORM) {
+        for (int32_t i = 0; i < n_rot; i += 8) {
+            const __m256 h = _mm256_loadu_ps(head + i), t = _mm256_loadu_ps(cs + i);
+            const __m256 x0 = _mm256_moveldup_ps(h), x1 = _mm256_movehdup_ps(h);
+            const __m256 c = _mm256_moveldup_ps(t), s = _mm256_movehdup_ps(t);
+            const __m256 a = _mm256_fmadd_ps(x0, c, neg(_mm256_mul_ps(x1, s)));
+            const __m256 b = _mm256_fmadd_ps(x0, s, _mm256_mul_ps(x1, c));
+            _mm256_storeu_ps(head + i, _mm256_blend_ps(a, b, 0xAA));
+        }
+        return;
+    }
+    for (int32_t i = 0; i < half; i += 8) {
+        /* cos/sin of pairs i..i+7, interleaved, to a cos and a sin vector */
+        const __m256 t0 = _mm256_loadu_ps(cs + 2 * i), t1 = _mm256_loadu_ps(cs + 2 * i + 8);
+        const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        const __m256 u0 = _mm256_permutevar8x32_ps(t0, order), u1 = _mm256_permutevar8x32_ps(t1, order);
+        const __m256 c = _mm256_permute2f128_ps(u0, u1, 0x20), s = _mm256_permute2f128_ps(u0, u1, 0x31);
+        const __m256 x0 = _mm256_loadu_ps(head + i), x1 = _mm256_loadu_ps(head + i + half);
+        _mm256_storeu_ps(head + i, _mm256_fmadd_ps(x0, c, neg(_mm256_mul_ps(x1, s))));
+        _mm256_storeu_ps(head + i + half, _mm256_fmadd_ps(x0, s, _mm256_mul_ps(x1, c)));
+    }
+}
+
 /* td_op_hsum8 of one vector */
 static inline float hsum1(__m256 v) {
     __m128 c = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
