@@ -1181,10 +1181,8 @@ static void phase_run(void *arg, const td_phase *ph, int64_t lo, int64_t hi, int
     case PH_FFN_NORM: {
         const float *w = ph->kind == PH_ATTN_NORM ? ly->attn_norm : ly->ffn_norm;
         uint32_t wt = ph->kind == PH_ATTN_NORM ? ly->wq.type : ly->w_gate.type;
-        for (int64_t r = lo; r < hi; r++) {
-            td_op_rmsnorm(c->xn + r * E, c->x + r * E, w, E, hp->rms_eps);
-            quantize_row(c, wt, c->xn + r * E, E, r);
-        }
+        td_op_rmsnorm_rows(c->xn + lo * E, c->x + lo * E, w, E, hp->rms_eps, hi - lo, E);
+        for (int64_t r = lo; r < hi; r++) quantize_row(c, wt, c->xn + r * E, E, r);
         return;
     }
     case PH_QKV_FINISH:
@@ -1260,6 +1258,11 @@ static void forward_phased(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
         if (rows[r].logits) c->out_idx[p.n_out++] = r;
     int64_t n_items = (int64_t)n_rows * hp->n_head;
     p.attn_chunk = attn_chunk(n_items, p.nth);
+    /* norms in claims of up to four rows (td_op_rmsnorm_rows interleaves
+     * them), but no fewer claims than threads while rows allow */
+    int64_t norm_chunk = (n_rows + p.nth - 1) / p.nth;
+    if (norm_chunk > 4) norm_chunk = 4;
+    if (norm_chunk < 1) norm_chunk = 1;
     td_phase *ph = c->phases;
     int64_t n = 0;
     phase_add(ph, &n, PH_EMBED, 0, n_rows, 1);
@@ -1267,7 +1270,9 @@ static void forward_phased(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
         if (skip && skip[l]) continue;
         for (int k = PH_ATTN_NORM; k <= PH_DOWN; k++) {
             int64_t units = n_rows, chunk = 1;
-            if (k == PH_ATTN) {
+            if (k == PH_ATTN_NORM || k == PH_FFN_NORM) {
+                chunk = norm_chunk;
+            } else if (k == PH_ATTN) {
                 units = n_items;
                 chunk = p.attn_chunk;
             } else if (k == PH_QKV || k == PH_WO || k == PH_GATE_UP || k == PH_DOWN) {

@@ -147,6 +147,12 @@ int td_kv_reserve(struct td_kv *kv, int32_t seq, int32_t len);
 
 /* ---- elementwise operators (ops.c); fixed reduction order per call ---- */
 void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
+/* td_op_rmsnorm of rows rows (row r at x + r * stride, out + r * stride),
+ * four at a time with their sums of squares interleaved: each row's chain
+ * of double adds is the one td_op_rmsnorm runs, so the same bits, but four
+ * chains hide each other's add latency. */
+void td_op_rmsnorm_rows(float *out, const float *x, const float *w, int64_t n, float eps, int64_t rows,
+                        int64_t stride);
 /* gate = silu(gate) * up, with td_op_exp; the AVX2 form gives the same bits */
 typedef void (*td_silu_mul_fn)(float *gate, const float *up, int64_t n);
 void td_op_silu_mul_scalar(float *gate, const float *up, int64_t n);

@@ -26,6 +26,30 @@ void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float 
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
+void td_op_rmsnorm_rows(float *out, const float *x, const float *w, int64_t n, float eps, int64_t rows,
+                        int64_t stride) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *x0 = x + r * stride, *x1 = x0 + stride, *x2 = x1 + stride, *x3 = x2 + stride;
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            s0 += (double)(x0[i] * x0[i]);
+            s1 += (double)(x1[i] * x1[i]);
+            s2 += (double)(x2[i] * x2[i]);
+            s3 += (double)(x3[i] * x3[i]);
+        }
+        const double ss[4] = {s0, s1, s2, s3};
+        for (int k = 0; k < 4; k++) {
+            const float *xr = x + (r + k) * stride;
+            float *o = out + (r + k) * stride;
+            float mean = (float)(ss[k] / (double)n);
+            float scale = 1.0f / sqrtf(mean + eps);
+            for (int64_t i = 0; i < n; i++) o[i] = (xr[i] * scale) * w[i];
+        }
+    }
+    for (; r < rows; r++) td_op_rmsnorm(out + r * stride, x + r * stride, w, n, eps);
+}
+
 /* e^x by the vector algorithm llama.cpp's CPU build uses for softmax and
  * SiLU (x = n ln2 + b, b split into two ln2 parts, a degree-5 polynomial in
  * b, 2^n put into the exponent; special scaling when |n| > 126), operation

@@ -666,6 +666,23 @@ static void rope_kernels_agree(void **s) {
     print_message("%d RoPE calls bitwise equal (scalar, vector)\n", compared);
 }
 
+/* Norms of several rows at once give each row's td_op_rmsnorm bits. */
+static void rmsnorm_rows_agree(void **s) {
+    (void)s;
+    enum { N = 576, STRIDE = 600, MAXR = 9 };
+    static float x[MAXR * STRIDE], w[N], want[MAXR * STRIDE], got[MAXR * STRIDE];
+    uint32_t rng = 99;
+    for (int i = 0; i < MAXR * STRIDE; i++) x[i] = lcg_unit(&rng) * powf(2.0f, (float)(i % 13) - 6.0f);
+    for (int i = 0; i < N; i++) w[i] = 1.0f + lcg_unit(&rng);
+    for (int rows = 1; rows <= MAXR; rows++) {
+        memset(want, 0, sizeof want);
+        memset(got, 0, sizeof got);
+        for (int r = 0; r < rows; r++) td_op_rmsnorm(want + r * STRIDE, x + r * STRIDE, w, N, 1e-5f);
+        td_op_rmsnorm_rows(got, x, w, N, 1e-5f, rows, STRIDE);
+        assert_memory_equal(got, want, sizeof want); /* the gaps between rows untouched too */
+    }
+}
+
 static void attention_kernels_agree(void **s) {
     (void)s;
     if (strcmp(td_quant_kernel_name(), "scalar") == 0) skip(); /* nothing to compare against */
@@ -875,6 +892,7 @@ int main(void) {
         cmocka_unit_test(unsupported_architecture),
         cmocka_unit_test(attention_kernels_agree),
         cmocka_unit_test(rope_kernels_agree),
+        cmocka_unit_test(rmsnorm_rows_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
