@@ -639,7 +639,7 @@ class Suite:
         def inject():
             # the case proves something only with streams on the group
             try:
-                wait_for(lambda: self.sequences(c, [group]) > 0, 5, "a sequence on the TP group")
+                wait_for(lambda: self.sequences(c, [group]) > 0, 10, "a sequence on the TP group")
             except AssertionError:
                 pass
             k = self.sequences(c, [group])
