@@ -115,6 +115,20 @@ INLINE void block_floats(enum akind k, int NR, const uint8_t *head, const int32_
         else _tile_dpbssd(tc, ta, tb);                                              \
     } while (0)
 
+/* The NR accumulators to y's rows, ncols real columns each. */
+INLINE void store_rows(int NR, const __m512 *a, float *y, int64_t y_stride, int ncols) {
+    UNROLL16
+    for (int r = 0; r < NR; r++) {
+        if (ncols == 16) {
+            _mm512_storeu_ps(y + r * y_stride, a[r]);
+        } else {
+            _Alignas(64) float t[16];
+            _mm512_store_ps(t, a[r]);
+            memcpy(y + r * y_stride, t, (size_t)ncols * sizeof *t);
+        }
+    }
+}
+
 /* One column tile (tile: its block b0) against NR activation rows (x: row
  * 0's block b0; prep: row 0's pairs from block b0), nblk blocks, into y
  * (ncols real columns). The tiles hold NR rows (configure).
@@ -158,16 +172,7 @@ INLINE void column_tile(enum akind k, int NR, const uint8_t *tile, int64_t nblk,
         x += (size_t)n * xb;
         prep += 2 * (size_t)n;
     }
-    UNROLL16
-    for (int r = 0; r < NR; r++) {
-        if (ncols == 16) {
-            _mm512_storeu_ps(y + r * y_stride, a[r]);
-        } else {
-            _Alignas(64) float t[16];
-            _mm512_store_ps(t, a[r]);
-            memcpy(y + r * y_stride, t, (size_t)ncols * sizeof *t);
-        }
-    }
+    store_rows(NR, a, y, y_stride, ncols);
 }
 #undef ISSUE
 
@@ -234,16 +239,7 @@ INLINE void column_tile_paired(enum akind k, int NR, const uint8_t *tile, int64_
         apair += (size_t)np * 1024;
         prep += 2 * (size_t)n;
     }
-    UNROLL16
-    for (int r = 0; r < NR; r++) {
-        if (ncols == 16) {
-            _mm512_storeu_ps(y + r * y_stride, a[r]);
-        } else {
-            _Alignas(64) float t[16];
-            _mm512_store_ps(t, a[r]);
-            memcpy(y + r * y_stride, t, (size_t)ncols * sizeof *t);
-        }
-    }
+    store_rows(NR, a, y, y_stride, ncols);
 }
 #undef ISSUE_PAIR
 
