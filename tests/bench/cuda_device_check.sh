@@ -205,7 +205,8 @@ cpu)
   # llama-bench at the same counts between two tandem runs (decode, prefill
   # 512, passes of 1-16 rows); tandem pinned; where the threads' time goes
   # per step (--profile); the kernels against the machine's peak and
-  # bandwidth; Spec-Bench at 16 threads.
+  # bandwidth; where AMX runs, the engine and kernels once more without it;
+  # Spec-Bench at 16 threads.
   OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   unpack
   M=~/.cache/tandem/models/$MODEL_FILE
@@ -231,6 +232,13 @@ cpu)
     echo "== where the threads' time goes"; timeout 150 $B/tandem bench engine --threads $T --repeats 1 --profile |
       grep -E 'passes|busiest'
     echo "== kernels"; timeout 100 $B/tandem bench kernels --formats Q4_1,Q8_0 --threads $n --repeats 3
+    # where tandem takes AMX tiles (the kernels line says so), the same
+    # without them, for the side by side
+    if $B/tandem bench kernels --formats Q4_1 --no-stream --repeats 1 2>/dev/null | grep -q AMX; then
+      echo "== tandem without AMX (TD_KERNELS=avx512)"
+      TD_KERNELS=avx512 timeout 120 $B/tandem bench engine --threads $T --repeats 3
+      TD_KERNELS=avx512 timeout 60 $B/tandem bench kernels --formats Q4_1,Q8_0 --no-stream --threads $n --repeats 3
+    fi
   } 2>&1 | tee $OUT/cpu.log
   S=.devcarry/lc/spec_bench.jsonl
   [ -f "$S" ] && timeout 200 $B/tandem bench spec --prompts "$S" --limit 12 --threads $n --max-tokens 256 \
