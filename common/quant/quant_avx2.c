@@ -57,6 +57,12 @@ void td_quant_avx2_dot_bf16(int64_t n, float *s, const void *x, const void *y) {
 
 /* ---- activation quantizers: bit-identical to quant_ref_quantize.c ---- */
 
+/* td_f32_to_fp16 in one F16C instruction: round to nearest even, NaN kept
+ * quiet with its upper payload bits, the same bits for every input
+ * (test_quant checks the two against each other), without a call into
+ * quant_ref.c per block. */
+static inline uint16_t f16_of(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+
 void td_quant_avx2_from_f16(const float *src, void *dst, int64_t n) {
     uint16_t *y = dst;
     int64_t i = 0;
@@ -64,7 +70,7 @@ void td_quant_avx2_from_f16(const float *src, void *dst, int64_t n) {
         _mm_storeu_si128((__m128i *)(y + i),
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++)
-        y[i] = td_f32_to_fp16(src[i]);
+        y[i] = f16_of(src[i]);
 }
 
 static inline __m256 abs_ps(__m256 v) {
@@ -124,7 +130,7 @@ void td_quant_avx2_from_q8_0(const float *src, void *dst, int64_t n) {
     for (int64_t i = 0; i < n / TD_QK; i++, src += TD_QK) {
         float d;
         q8_block(src, y[i].qs, &d);
-        y[i].d = td_f32_to_fp16(d);
+        y[i].d = f16_of(d);
     }
 }
 
@@ -133,8 +139,8 @@ void td_quant_avx2_from_q8_1(const float *src, void *dst, int64_t n) {
     for (int64_t i = 0; i < n / TD_QK; i++, src += TD_QK) {
         float d;
         int sum = q8_block(src, y[i].qs, &d);
-        y[i].d = td_f32_to_fp16(d);
-        y[i].s = td_f32_to_fp16((float)sum * d);
+        y[i].d = f16_of(d);
+        y[i].s = f16_of((float)sum * d);
     }
 }
 
