@@ -1341,7 +1341,7 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     for (int32_t l = 0; l < hp->n_layer; l++) {
         if (skip && skip[l]) continue;
         const td_layer *ly = &m->layers[l];
-        for (int32_t r = 0; r < n_rows; r++) td_op_rmsnorm(c->xn + r * E, c->x + r * E, ly->attn_norm, E, hp->rms_eps);
+        td_op_rmsnorm_rows(c->xn, c->x, ly->attn_norm, E, hp->rms_eps, n_rows, E);
         const td_weight *qkv_w[3] = {&ly->wq, &ly->wk, &ly->wv};
         float *qkv_y[3] = {c->q, c->k, c->v};
         matmuls(c, c->xn, n_rows, 3, qkv_w, qkv_y, MM_THEN_NOTHING, NULL);
@@ -1355,7 +1355,7 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
 
         if ((rc = split_projection(c, &ly->wo, c->xn, n_rows, (int64_t)group * hd, hp->n_head_kv, err))) return rc;
 
-        for (int32_t r = 0; r < n_rows; r++) td_op_rmsnorm(c->xn + r * E, c->x + r * E, ly->ffn_norm, E, hp->rms_eps);
+        td_op_rmsnorm_rows(c->xn, c->x, ly->ffn_norm, E, hp->rms_eps, n_rows, E);
         const td_weight *gu_w[2] = {&ly->w_gate, &ly->w_up};
         float *gu_y[2] = {c->gate, c->up};
         matmuls(c, c->xn, n_rows, 2, gu_w, gu_y, MM_THEN_SILU_MUL, NULL);

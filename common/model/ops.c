@@ -14,6 +14,13 @@
 
 #include "model/model_internal.h"
 
+/* A row's norm from its sum of squares ss: mean and root in float. */
+static void rms_apply(float *out, const float *x, const float *w, int64_t n, float eps, double ss) {
+    float mean = (float)(ss / (double)n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
+}
+
 void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
     /* Squares in float, summed in double, mean and root in float: the same
      * operation order as llama.cpp. With 8-bit activations downstream, even
@@ -21,9 +28,7 @@ void td_op_rmsnorm(float *out, const float *x, const float *w, int64_t n, float 
      * logit noise, so matching the reference's order is worth it. */
     double ss = 0.0;
     for (int64_t i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
-    float mean = (float)(ss / (double)n);
-    float scale = 1.0f / sqrtf(mean + eps);
-    for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
+    rms_apply(out, x, w, n, eps, ss);
 }
 
 void td_op_rmsnorm_rows(float *out, const float *x, const float *w, int64_t n, float eps, int64_t rows,
@@ -39,13 +44,7 @@ void td_op_rmsnorm_rows(float *out, const float *x, const float *w, int64_t n, f
             s3 += (double)(x3[i] * x3[i]);
         }
         const double ss[4] = {s0, s1, s2, s3};
-        for (int k = 0; k < 4; k++) {
-            const float *xr = x + (r + k) * stride;
-            float *o = out + (r + k) * stride;
-            float mean = (float)(ss[k] / (double)n);
-            float scale = 1.0f / sqrtf(mean + eps);
-            for (int64_t i = 0; i < n; i++) o[i] = (xr[i] * scale) * w[i];
-        }
+        for (int k = 0; k < 4; k++) rms_apply(out + (r + k) * stride, x + (r + k) * stride, w, n, eps, ss[k]);
     }
     for (; r < rows; r++) td_op_rmsnorm(out + r * stride, x + r * stride, w, n, eps);
 }
