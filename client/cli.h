@@ -66,8 +66,9 @@ bool td_cli_numerics_allow_speculation(const char *cmd, td_numerics order);
 
 /* --device cpu|cuda|cuda:N; prints the error and returns false otherwise. */
 bool td_cli_device(const char *cmd, const char *val, td_device *out);
-/* CUDA computes the reference order only: with --device cuda the default
- * becomes reference, and an explicit other --numerics is refused. */
+/* CUDA computes the reference order (its default there) or its own fast
+ * order: with --device cuda the default becomes reference, and llamacpp or
+ * tp-invariant is refused. */
 bool td_cli_device_numerics(const char *cmd, td_device dev, bool numerics_given, td_numerics *numerics);
 /* Creates the pass context on the device, printing why not on failure. */
 td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_pool *pool, td_device dev,
@@ -75,7 +76,11 @@ td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_poo
 #define TD_CLI_DEVICE_HELP \
     "  --device DEV          cpu (default) or cuda[:N]: run the model on a CUDA GPU (a build\n" \
     "                        with -DTANDEM_CUDA=ON; Q4_0/Q4_1/Q8_0 weights). The GPU computes\n" \
-    "                        the reference order, so its logits equal --numerics reference's\n"
+    "                        the reference order by default, so its logits equal --numerics\n" \
+    "                        reference's on the CPU; with --numerics fast, its own order\n" \
+    "                        (wide rows split between warps, added in a fixed order: batch\n" \
+    "                        invariant, close to reference, not its bits; faster on wide\n" \
+    "                        models)\n"
 /* Prints text that came from a model file (metadata strings, tensor names,
  * token pieces), where a crafted file could put terminal escape sequences or
  * fake lines: C0 and C1 controls, DEL, quotes, backslashes and bytes that are

@@ -1,7 +1,8 @@
 /* cuda.h — the CUDA backend of the model module: weights uploaded once, KV
  * caches on the device, and the batched forward pass computed in the CPU's
  * reference summation order (TD_NUMERICS_REFERENCE), operation for
- * operation, so that a pass's logits carry the same bits on either device.
+ * operation, so that a pass's logits carry the same bits on either device;
+ * or, asked for, in a FAST order of the device's own (td_cuda_ctx_set_fast).
  *
  * The model module is the only caller: it describes the model in the plain
  * structures below, validates rows and assigns cache slots, and hands each
@@ -98,13 +99,31 @@ int td_cuda_kv_compact(td_cuda_kv *kv, int32_t seq, int32_t base, const int32_t 
 
 int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_cuda_ctx **out, td_err *err);
 void td_cuda_ctx_free(td_cuda_ctx *c); /* accepts NULL */
+/* The summation order of the context's passes: the CPU's reference (the
+ * default; every output's eight chains run over the whole row, so logits
+ * carry the CPU reference's bits), or FAST: the blocks of a wide row are
+ * split between warps and the slices added in a fixed order. FAST is batch
+ * invariant too (a row's bits depend on nothing else in its pass) but not
+ * the CPU's bits; it exists because long serial chains leave too few loads
+ * in flight to use the GPU's memory bandwidth. */
+void td_cuda_ctx_set_fast(td_cuda_ctx *c, bool fast);
+bool td_cuda_ctx_fast(const td_cuda_ctx *c);
 /* Decode-step graphs: passes of one shape (rows, rows with logits) replay a
  * captured CUDA graph instead of launching each kernel. On by default. */
 void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on);
 /* With TD_CUDA_PROFILE=1 in the environment when the context was created
  * (a tuning aid: passes then run without graphs, an event after every
- * launch), the mean kernel time per pass by kind, as one line. */
+ * launch), the mean kernel time per pass by kind, as one line; otherwise
+ * how the context launches a pass's kernels. Two more tuning aids, read at
+ * creation: TD_CUDA_PDL=0 turns programmatic dependent launch off (each
+ * kernel then starts only when the one before has finished), and
+ * TD_CUDA_TILE=A[:B] forces rows per matmul tile (1, 2, 4 or 8; B for the
+ * SwiGLU matmul). Neither changes a bit of the results. */
 int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap);
+/* TD_CUDA_TILE's value: "A" or "A:B" with A and B in 1, 2, 4, 8 (B for the
+ * SwiGLU matmul; "A" sets both). False, outputs untouched, for anything
+ * else. Host code, in every build. */
+bool td_cuda_tile_parse(const char *s, int *tile, int *tile_swiglu);
 
 /* One pass, already validated by the model module. Row r writes its K/V at
  * cache slot slot[r] of sequence seq[r] and attends to slots [0, base[r])

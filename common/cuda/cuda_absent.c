@@ -39,6 +39,11 @@ int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_cuda_ctx **o
 }
 void td_cuda_ctx_free(td_cuda_ctx *c) { (void)c; }
 void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on) { (void)c, (void)on; }
+void td_cuda_ctx_set_fast(td_cuda_ctx *c, bool fast) { (void)c, (void)fast; }
+bool td_cuda_ctx_fast(const td_cuda_ctx *c) {
+    (void)c;
+    return false;
+}
 int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *p, float *logits, td_err *err) {
     (void)c, (void)kv, (void)p, (void)logits;
     return ABSENT(err);

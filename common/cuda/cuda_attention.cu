@@ -33,6 +33,8 @@ __global__ void __launch_bounds__(AT_THREADS) k_attend(td_attn_args a, td_dpass 
     const int32_t *chain = p.chain + p.chain_off[r];
     const __half *kb = kv.tab[p.seq[r]] + (size_t)(kv.layer * 2) * kv.max_len * kv.kv_dim + (size_t)kvh * hd;
     const __half *vb = kb + (size_t)kv.max_len * kv.kv_dim;
+    td_d_pdl_wait(); /* the pass descriptor was read above: written before the pass, never by a kernel */
+    td_d_pdl_release();
 
     for (int d = threadIdx.x; d < hd; d += AT_THREADS) q16[d] = td_d_round_f16(a.q[(size_t)r * q_dim + h * hd + d]);
     __syncthreads();
@@ -126,8 +128,8 @@ cudaError_t td_cu_attention_prepare(size_t smem) {
 }
 
 cudaError_t td_cu_attention(const td_attn_args *a, const td_dpass *p, const td_dkv *kv, int32_t n_rows,
-                            cudaStream_t st) {
+                            const td_lc &lc) {
     dim3 grid((unsigned)a->n_head, (unsigned)n_rows);
-    k_attend<<<grid, AT_THREADS, td_cu_attention_smem(kv->max_len, a->head_dim), st>>>(*a, *p, *kv);
-    return cudaGetLastError();
+    return td_cu_launch(lc, k_attend, grid, dim3(AT_THREADS), td_cu_attention_smem(kv->max_len, a->head_dim), *a, *p,
+                        *kv);
 }

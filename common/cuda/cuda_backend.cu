@@ -313,6 +313,11 @@ struct td_cuda_ctx {
     int32_t *d_desc; /* the pass descriptor (layout by row count) */
     int32_t *h_desc; /* pinned host image */
     bool graphs_on;
+    bool pdl; /* kernels start while the one before finishes (cuda_internal.cuh) */
+    int tile, tile_swiglu; /* forced rows per matmul tile (TD_CUDA_TILE), or 0 */
+    bool fast;             /* split reductions (td_cuda_ctx_set_fast) */
+    int ksplit;            /* forced warps per output in FAST (TD_CUDA_KSPLIT), or 0 */
+    float *ff;             /* (2, max_rows, n_ff): gate and up when FAST splits them */
     const td_cuda_kv *graph_kv; /* graphs below were captured for this cache */
     graph_slot graphs[GRAPH_SLOTS];
     int n_graphs;
@@ -341,7 +346,15 @@ static void prof_collect(td_cuda_ctx *c) {
 }
 
 extern "C" int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap) {
-    if (!c->profile || c->prof_passes == 0) return snprintf(buf, cap, "no profile (set TD_CUDA_PROFILE=1)");
+    if (!c->profile) {
+        char tiles[32] = "by rows";
+        if (c->tile) snprintf(tiles, sizeof tiles, "%d (SwiGLU %d) rows", c->tile, c->tile_swiglu);
+        char split[40] = "";
+        if (c->fast) snprintf(split, sizeof split, ", FAST: warps per output %s", c->ksplit == 1 ? "1" : c->ksplit == 2 ? "2" : c->ksplit == 4 ? "4" : "by width");
+        return snprintf(buf, cap, "launches: %s, programmatic dependent launch %s, matmul tiles %s%s",
+                        c->graphs_on ? "CUDA graphs" : "one by one", c->pdl ? "on" : "off", tiles, split);
+    }
+    if (c->prof_passes == 0) return snprintf(buf, cap, "no profile yet (no one-row pass)");
     size_t used = (size_t)snprintf(buf, cap, "kernel us per one-row pass (%lld passes):", (long long)c->prof_passes);
     for (int k = 0; k < P_KINDS && used < cap; k++)
         used += (size_t)snprintf(buf + used, cap - used, " %s %.1f", prof_names[k], 1e3 * c->prof_ms[k] / (double)c->prof_passes);
@@ -359,7 +372,7 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     cudaSetDevice(c->m->device);
     drop_graphs(c);
     cudaFree(c->x); cudaFree(c->q); cudaFree(c->k); cudaFree(c->v); cudaFree(c->att);
-    cudaFree(c->logits); cudaFree(c->act.qs); cudaFree(c->act.d); cudaFree(c->act.s); cudaFree(c->d_desc);
+    cudaFree(c->logits); cudaFree(c->ff); cudaFree(c->act.qs); cudaFree(c->act.d); cudaFree(c->act.s); cudaFree(c->d_desc);
     cudaFree(c->act2.qs); cudaFree(c->act2.d); cudaFree(c->act2.s);
     cudaFreeHost(c->h_desc);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -368,9 +381,46 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     free(c);
 }
 
+extern "C" void td_cuda_ctx_set_fast(td_cuda_ctx *c, bool fast) {
+    if (c->fast != fast) drop_graphs(c); /* they were captured for the other order */
+    c->fast = fast;
+}
+
+extern "C" bool td_cuda_ctx_fast(const td_cuda_ctx *c) { return c->fast; }
+
 extern "C" void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on) {
     if (!on) drop_graphs(c);
     c->graphs_on = on;
+}
+
+/* Does programmatic dependent launch work here, captured into a graph as a
+ * pass uses it? Asked once per context; where it does not (an older driver),
+ * the context launches kernels one after another as before. */
+__global__ void k_pdl_probe(int *flag) {
+    td_d_pdl_wait();
+    td_d_pdl_release();
+    if (flag && threadIdx.x == 0) *flag = 1;
+}
+
+static bool pdl_works(cudaStream_t st) {
+    const td_lc plain = {st, false, 0, 0, false, 0}, overlap = {st, true, 0, 0, false, 0};
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    cudaError_t e = td_cu_launch(plain, k_pdl_probe, dim3(1), dim3(32), 0, (int *)NULL);
+    if (e == cudaSuccess) e = td_cu_launch(overlap, k_pdl_probe, dim3(1), dim3(32), 0, (int *)NULL);
+    cudaError_t e2 = cudaStreamEndCapture(st, &g);
+    if (e == cudaSuccess) e = e2;
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, g, 0);
+    if (e == cudaSuccess) e = cudaGraphLaunch(exec, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (exec) cudaGraphExecDestroy(exec);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError(); /* a refused launch leaves its error behind: clear it */
+    return e == cudaSuccess;
 }
 
 /* Descriptor ints for n rows: 7 per-row arrays, the RoPE table, the chains. */
@@ -387,10 +437,29 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     c->m = m;
     c->max_rows = max_rows;
     c->graphs_on = true;
+    /* Programmatic dependent launch needs sm_90; TD_CUDA_PDL=0 turns it off
+     * (for the side-by-side figures: the bits are the same either way). */
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, m->device);
+    const char *pdl = getenv("TD_CUDA_PDL");
+    c->pdl = major >= 9 && !(pdl && strcmp(pdl, "0") == 0);
+    /* TD_CUDA_TILE=A or A:B forces A rows per matmul tile (B for the SwiGLU
+     * matmul) in passes of more than one row: a tuning aid for the
+     * side-by-side figures */
+    const char *tile = getenv("TD_CUDA_TILE");
+    if (tile && *tile && !td_cuda_tile_parse(tile, &c->tile, &c->tile_swiglu))
+        fprintf(stderr, "tandem: TD_CUDA_TILE=%s ignored (want A or A:B, each 1, 2, 4 or 8)\n", tile);
+    /* TD_CUDA_KSPLIT=1, 2 or 4 forces the warps per output of FAST passes */
+    const char *ks = getenv("TD_CUDA_KSPLIT");
+    if (ks && *ks) {
+        if ((ks[0] == '1' || ks[0] == '2' || ks[0] == '4') && ks[1] == 0) c->ksplit = ks[0] - '0';
+        else fprintf(stderr, "tandem: TD_CUDA_KSPLIT=%s ignored (want 1, 2 or 4)\n", ks);
+    }
     const char *prof = getenv("TD_CUDA_PROFILE");
     if (prof && *prof && strcmp(prof, "0") != 0) {
         c->profile = true;
         c->graphs_on = false;
+        c->pdl = false; /* each kernel timed alone, as before */
         for (int i = 0; i < PROF_EVENTS; i++)
             if (cudaEventCreate(&c->ev[i]) != cudaSuccess) {
                 for (int j = 0; j < i; j++) cudaEventDestroy(c->ev[j]);
@@ -414,6 +483,7 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     ALLOC(c->v, R * kvd * sizeof(float));
     ALLOC(c->att, R * qd * sizeof(float));
     ALLOC(c->logits, R * (size_t)hp->n_vocab * sizeof(float));
+    ALLOC(c->ff, 2 * R * (size_t)hp->n_ff * sizeof(float));
     ALLOC(c->act.qs, R * ld);
     ALLOC(c->act.d, R * ld / TD_QK * sizeof(float));
     ALLOC(c->act.s, R * ld / TD_QK * sizeof(float));
@@ -428,6 +498,7 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
         td_cuda_ctx_free(c);
         return rc;
     }
+    if (c->pdl && !pdl_works(c->stream)) c->pdl = false;
     *out = c;
     return TD_OK;
 }
@@ -467,13 +538,16 @@ static int32_t fill_desc(td_cuda_ctx *c, const td_cuda_pass *ps) {
 static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t n_out, const uint8_t *skip) {
     const td_cuda_model *m = c->m;
     const td_cuda_model_desc *hp = &m->hp;
-    cudaStream_t st = c->stream;
+    /* the first kernel waits for everything before the pass (the descriptor's
+     * copy, the last pass); each later one may overlap its predecessor */
+    const td_lc first = {c->stream, false, c->tile, c->tile_swiglu, c->fast, c->ksplit};
+    const td_lc st = {c->stream, c->pdl, c->tile, c->tile_swiglu, c->fast, c->ksplit};
     int32_t E = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     td_dpass p = dpass_of(c, n);
     td_dkv dkv = {kv->d_tab, kv->max_len, kv->kv_dim, 0};
     const td_dact none = {NULL, NULL, NULL, 0};
     prof_mark(c, P_EMBED);
-    cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, c->x, st);
+    cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, c->x, first);
     prof_mark(c, P_EMBED);
 #define RUN(call) \
     if (e == cudaSuccess) e = (call)
@@ -521,8 +595,16 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         RUN(td_cu_matmul(&mo, &att, n, st));
         prof_mark(c, P_WO);
         td_mm_in ffn = {none, c->x, E, NULL, ly->ffn_norm, hp->rms_eps, c->act};
-        td_mm mg = {{ly->w_gate, ly->w_up}, {NULL}, {0}, 2, TD_EPI_SWIGLU, c->act2, {}};
-        RUN(td_cu_matmul(&mg, &ffn, n, st));
+        if (td_cu_ksplit(st, ly->w_gate.n_in) > 1) {
+            /* FAST, wide input: gate and up as one split product, then silu * up */
+            float *gate = c->ff, *up = c->ff + (size_t)c->max_rows * hp->n_ff;
+            td_mm mg = {{ly->w_gate, ly->w_up}, {gate, up}, {hp->n_ff, hp->n_ff}, 2, TD_EPI_STORE, none, {}};
+            RUN(td_cu_matmul(&mg, &ffn, n, st));
+            RUN(td_cu_swiglu_quantize(gate, up, hp->n_ff, n, hp->n_ff, &c->act2, st));
+        } else {
+            td_mm mg = {{ly->w_gate, ly->w_up}, {NULL}, {0}, 2, TD_EPI_SWIGLU, c->act2, {}};
+            RUN(td_cu_matmul(&mg, &ffn, n, st));
+        }
         prof_mark(c, P_GATEUP);
         td_mm_in gated = {c->act2, NULL, 0, NULL, NULL, 0, none};
         td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};

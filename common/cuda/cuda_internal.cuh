@@ -105,6 +105,58 @@ __device__ __forceinline__ void td_d_quant_block(float v, int lane, int8_t *qs, 
     }
 }
 
+/* ---- programmatic dependent launch (Hopper and later) ----
+ * A pass is a chain of small kernels, each waiting for the one before it.
+ * Launched with programmatic stream serialization, kernel N+1's blocks may
+ * start while kernel N still runs: they load what no earlier kernel writes
+ * (weights) and then wait in td_d_pdl_wait until kernel N has finished and
+ * its writes are visible. So every kernel of a pass follows one rule:
+ * nothing but weights and its own arguments is read, and nothing at all is
+ * written, before td_d_pdl_wait. Right after it, td_d_pdl_release lets the
+ * next kernel start its own prologue (no earlier: a kernel that has not
+ * passed its wait could otherwise let a whole cascade of waiting kernels
+ * take the SMs). Without the launch attribute both are no-ops. */
+__device__ __forceinline__ void td_d_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void td_d_pdl_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Where and how a pass's kernels are launched: the stream, whether a
+ * kernel may start before the previous one on it has finished (pdl), rows
+ * per matmul tile when forced (tile for every matmul but the SwiGLU one,
+ * tile_swiglu for it; 0: the policy in cuda_matmul.cu), and the summation
+ * order: the CPU's reference, or (fast) each output's blocks split between
+ * warps, ksplit of them when forced (0: by width; td_cu_ksplit). */
+struct td_lc {
+    cudaStream_t st;
+    bool pdl;
+    int tile, tile_swiglu;
+    bool fast;
+    int ksplit;
+};
+
+template <typename... KArgs, typename... Args>
+static inline cudaError_t td_cu_launch(const td_lc &lc, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                       Args &&...args) {
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = lc.st;
+    cfg.attrs = at;
+    cfg.numAttrs = lc.pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+}
+
 /* ---- launchers (each returns the launch's cudaError_t) ---- */
 
 enum td_epi { TD_EPI_STORE = 0, TD_EPI_ADD = 1, TD_EPI_SWIGLU = 2, TD_EPI_QKV = 3 };
@@ -145,12 +197,20 @@ struct td_mm {
     td_dact qout;
     td_qkv_epi qkv;
 };
-cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, cudaStream_t st);
+cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc);
+/* Warps that share each output of a matmul over n_in inputs (1: the
+ * reference order). A SwiGLU matmul must have 1: where its input is split,
+ * gate and up run as one TD_EPI_STORE product of two matrices and
+ * td_cu_swiglu_quantize finishes them. */
+int td_cu_ksplit(const td_lc &lc, int32_t n_in);
+/* silu(gate) * up of (n_rows, n) float rows, quantized into act. */
+cudaError_t td_cu_swiglu_quantize(const float *gate, const float *up, int32_t ld, int32_t n_rows, int32_t n,
+                                  const td_dact *act, const td_lc &lc);
 
 /* x (n_rows, n_in) rows, gathered through rows[] when not NULL, to act. */
 cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,
-                           const td_dact *act, cudaStream_t st);
-cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, cudaStream_t st);
+                           const td_dact *act, const td_lc &lc);
+cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, const td_lc &lc);
 /* Biases, RoPE on q and k, K and V narrowed into the cache. */
 struct td_rope_args {
     float *q, *k, *v;
@@ -159,7 +219,7 @@ struct td_rope_args {
     bool neox;
 };
 cudaError_t td_cu_rope_store(const td_rope_args *a, const td_dpass *p, const td_dkv *kv, int32_t n_rows,
-                             cudaStream_t st);
+                             const td_lc &lc);
 /* Attention of every (row, head): q (n_rows, n_head*head_dim) -> out. */
 struct td_attn_args {
     const float *q;
@@ -169,7 +229,7 @@ struct td_attn_args {
     td_dact qout; /* also quantize the output here (qs NULL: no) */
 };
 cudaError_t td_cu_attention(const td_attn_args *a, const td_dpass *p, const td_dkv *kv, int32_t n_rows,
-                            cudaStream_t st);
+                            const td_lc &lc);
 /* Dynamic shared memory the attention kernel needs for a cache of max_len. */
 size_t td_cu_attention_smem(int32_t max_len, int32_t head_dim);
 cudaError_t td_cu_attention_prepare(size_t smem);

@@ -26,8 +26,6 @@
  * a serial chain, so the loads of a whole chunk must be in flight at once
  * (at one row, a few warps per SM are all there is to hide latency with). */
 #define MM_CHUNK 16
-/* Up to this many rows a matmul normalizes its float input itself */
-#define FUSED_NORM_ROWS 16
 
 template <int TYPE> struct words_per_block { static const int n = TYPE == TD_TYPE_Q8_0 ? 8 : 4; };
 
@@ -96,13 +94,17 @@ template <int TYPE> __device__ __forceinline__ int lane_shift(int lane8) {
     return (TYPE != TD_TYPE_Q8_0 && lane8 >= 4) ? 4 : 0;
 }
 
+/* The chains run over blocks [ib, ie) of the row: all of it in the reference
+ * order, a slice of it where the blocks are split between warps (FAST). ib
+ * is a multiple of four. */
 template <int TYPE>
-__device__ __forceinline__ void load_first(const chain_state &w, bool valid, int nb, int lane8, first_chunk &f) {
-    load_chunk<TYPE>(w, lane_words<TYPE>(w, lane8), valid, nb, 0, lane_shift<TYPE>(lane8), f.wv, f.dw, f.mw);
+__device__ __forceinline__ void load_first(const chain_state &w, bool valid, int ib, int ie, int lane8,
+                                           first_chunk &f) {
+    load_chunk<TYPE>(w, lane_words<TYPE>(w, lane8), valid, ie, ib, lane_shift<TYPE>(lane8), f.wv, f.dw, f.mw);
 }
 
 template <int TYPE, int R>
-__device__ __forceinline__ void dot_tile(const chain_state &w, bool valid, int nb, const staged &x, int nr,
+__device__ __forceinline__ void dot_tile(const chain_state &w, bool valid, int ib, int nb, const staged &x, int nr,
                                          int lane8, const first_chunk &f, float acc[R], float mins[R]) {
     const int shift = lane_shift<TYPE>(lane8);
     const uint32_t *wq = lane_words<TYPE>(w, lane8);
@@ -112,7 +114,7 @@ __device__ __forceinline__ void dot_tile(const chain_state &w, bool valid, int n
     float dw[MM_CHUNK], mw[MM_CHUNK], ndw[MM_CHUNK], nmw[MM_CHUNK];
 #pragma unroll
     for (int k = 0; k < MM_CHUNK; k++) wv[k] = f.wv[k], dw[k] = f.dw[k], mw[k] = f.mw[k];
-    for (int i0 = 0; i0 < nb; i0 += MM_CHUNK) {
+    for (int i0 = ib; i0 < nb; i0 += MM_CHUNK) {
         load_chunk<TYPE>(w, wq, valid, nb, i0 + MM_CHUNK, shift, nwv, ndw, nmw);
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -193,23 +195,73 @@ __device__ __forceinline__ staged stage_rows(char *sm, const td_dact &act, int r
     return x;
 }
 
+/* One 32-element block quantized by one thread (td_d_quant_block's
+ * arithmetic, element by element): for matmul blocks of few warps, where a
+ * warp per block would take many rounds of shuffles. Max and the integer sum
+ * are exact in any order, so each thread starts at its own word of the block
+ * (word j of thread blk is (j + blk) % 8) and the threads of a warp read
+ * different shared-memory banks; the codes land where the warp form puts
+ * them, four per 32-bit store. v_i = (x_i * scale) * w_i. */
+__device__ __forceinline__ void quant_block_thread(const float *x, const float *w, float scale, int rot, int8_t *qs,
+                                                   float *d_out, float *s_out) {
+    float v[TD_QK];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int at = 4 * ((j + rot) & 7);
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[4 * j + u] = (x[at + u] * scale) * w[at + u];
+    }
+    float amax = fabsf(v[0]);
+#pragma unroll
+    for (int k = 1; k < TD_QK; k++) amax = fmaxf(amax, fabsf(v[k]));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        uint32_t packed = 0;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float t = v[4 * j + u] * id;
+            int q = 0;
+            if (t == t) {
+                const float r = rintf(t);
+                q = r < -127.0f ? -127 : r > 127.0f ? 127 : (int)r;
+            }
+            sum += q;
+            packed |= (uint32_t)(q & 0xFF) << (8 * u);
+        }
+        *(uint32_t *)(qs + 4 * ((j + rot) & 7)) = packed;
+    }
+    *d_out = td_d_round_f16(d);
+    *s_out = td_d_round_f16((float)sum * d);
+}
+
+/* The norm weights of a fused RMSNorm into shared memory at ws (n_in
+ * floats): weights, so a kernel copies them before its td_d_pdl_wait. */
+__device__ __forceinline__ void stage_norm_weights(const td_mm_in &in, int n_in, float *ws) {
+    copy_words((int *)ws, n_in, [&](int e) { return __float_as_int(in.norm_w[e]); });
+}
+
 /* RMSNorm of one float row, quantized per 32 (as td_cu_quantize does) into
  * qs/d/s: shared memory when a matmul stages its own input, global memory
  * for the standalone kernel below; both run this code, so both give the same
- * bits. xs: room for 2 * n_in floats of shared memory (the row and the norm
- * weights are copied there in one round, then read from there). The sum of squares: element i into lane
+ * bits. xs: room for 2 * n_in floats of shared memory, the norm weights
+ * already in the upper half (stage_norm_weights); the row is copied into
+ * the lower. The sum of squares: element i into lane
  * i % 32 in element order, in double, then a fixed butterfly over the lanes
  * — the same tree for any block size or batch, so results stay batch
  * invariant. (The CPU adds in element order; both in double, the float mean
  * differs only when the two double sums fall on either side of a float
- * rounding boundary.) Then (x * scale) * w. */
+ * rounding boundary.) Then (x * scale) * w, quantized a warp per block, or a
+ * thread per block where the warps would take more than three rounds. */
 __device__ __forceinline__ void norm_quant_row(const td_mm_in &in, int row, int n_in, float *xs, int8_t *qs, float *d,
                                                float *s) {
     __shared__ float scale_sh;
     const int nb = n_in / TD_QK, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
     const float *xr = in.x + (size_t)(in.rows ? in.rows[row] : row) * in.ldx;
-    float *ws = xs + n_in; /* the norm weights beside the row */
-    copy_words((int *)xs, 2 * n_in, [&](int e) { return __float_as_int(e < n_in ? xr[e] : in.norm_w[e - n_in]); });
+    const float *ws = xs + n_in; /* the norm weights beside the row */
+    copy_words((int *)xs, n_in, [&](int e) { return __float_as_int(xr[e]); });
     __syncthreads();
     if (warp == 0) {
         double ss = 0.0;
@@ -222,18 +274,29 @@ __device__ __forceinline__ void norm_quant_row(const td_mm_in &in, int row, int 
     }
     __syncthreads();
     const float scale = scale_sh;
-    for (int blk = warp; blk < nb; blk += nwarps) {
-        const int i = blk * TD_QK + lane;
-        td_d_quant_block((xs[i] * scale) * ws[i], lane, qs + blk * TD_QK, d + blk, s + blk);
+    if (nb > 3 * nwarps) {
+        for (int blk = threadIdx.x; blk < nb; blk += blockDim.x)
+            quant_block_thread(xs + blk * TD_QK, ws + blk * TD_QK, scale, blk, qs + blk * TD_QK, d + blk, s + blk);
+    } else {
+        for (int blk = warp; blk < nb; blk += nwarps) {
+            const int i = blk * TD_QK + lane;
+            td_d_quant_block((xs[i] * scale) * ws[i], lane, qs + blk * TD_QK, d + blk, s + blk);
+        }
     }
     __syncthreads();
 }
 
-/* Only for passes of one row per block (R == 1): see FUSED_NORM_ROWS. */
+/* Only for tiles of one row (R == 1): a tile of more rows gets them
+ * normalized by k_norm_quantize first (td_cu_matmul). The
+ * pieces in shared memory: codes (n_in bytes), scales and sums (nb floats
+ * each), the row and the norm weights (n_in floats each). */
+__device__ __forceinline__ float *norm_row_xs(char *sm, int n_in) {
+    return (float *)(sm + (size_t)n_in) + 2 * (n_in / TD_QK);
+}
 __device__ __forceinline__ staged stage_norm_row(char *sm, const td_mm_in &in, int row, int n_in) {
     const int nb = n_in / TD_QK;
     int8_t *qs = (int8_t *)sm;
-    float *d = (float *)(sm + (size_t)n_in), *s = d + nb, *xs = s + nb;
+    float *d = (float *)(sm + (size_t)n_in), *s = d + nb, *xs = norm_row_xs(sm, n_in);
     norm_quant_row(in, row, n_in, xs, qs, d, s);
     staged x = {(const int8_t *)qs, d, s, n_in, nb};
     return x;
@@ -243,19 +306,63 @@ __device__ __forceinline__ staged stage_norm_row(char *sm, const td_mm_in &in, i
  * fused matmul would normalize every row once per block of outputs. */
 __global__ void __launch_bounds__(256) k_norm_quantize(td_mm_in in, int32_t n_in, td_dact out) {
     extern __shared__ float xs_dyn[];
+    stage_norm_weights(in, n_in, xs_dyn + n_in);
+    td_d_pdl_wait();
+    td_d_pdl_release();
     const int r = blockIdx.x, ldb = out.ld / TD_QK;
     norm_quant_row(in, r, n_in, xs_dyn, out.qs + (size_t)r * out.ld, out.d + (size_t)r * ldb, out.s + (size_t)r * ldb);
 }
 
-static size_t stage_bytes(int R, int n_in) { return (size_t)R * n_in + (size_t)R * (n_in / TD_QK) * 2 * sizeof(float); }
+/* Dynamic shared memory of a matmul block: the staged rows (and, for a
+ * fused RMSNorm, the float row and the norm weights), then, where KS warps
+ * share each output, the slices' partial sums (slice_sum). */
+__host__ __device__ __forceinline__ size_t stage_bytes(int R, int n_in) {
+    return (size_t)R * n_in + (size_t)R * (n_in / TD_QK) * 2 * sizeof(float);
+}
+__host__ __device__ __forceinline__ size_t slice_area(int R, int n_in, bool fused_norm) {
+    return (stage_bytes(R, n_in) + (fused_norm ? 2 * (size_t)n_in * sizeof(float) : 0) + 15) / 16 * 16;
+}
+__host__ __device__ __forceinline__ size_t slice_bytes(int R, int out_threads, int KS) {
+    return (size_t)(KS - 1) * out_threads * R * 2 * sizeof(float);
+}
 
-template <int TYPE, int R, int EPI, int THREADS>
-__global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_mm_in in, int32_t n_rows) {
+/* FAST, KS > 1: slice k's chains (acc, mins of each lane and row) are added
+ * to slice 0's in slice order, ((s0 + s1) + s2) + s3, the same for every
+ * tile, pass and position; slice 0 then holds what the epilogue folds. */
+template <int R, int KS, int OUT_THREADS>
+__device__ __forceinline__ void slice_sum(float *red, float acc[R], float mins[R]) {
+    if (KS == 1) return;
+    const int tid = threadIdx.x % OUT_THREADS, slice = threadIdx.x / OUT_THREADS;
+    if (slice > 0)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float *at = red + ((size_t)((slice - 1) * R + r) * 2) * OUT_THREADS + tid;
+            at[0] = acc[r];
+            at[OUT_THREADS] = mins[r];
+        }
+    __syncthreads();
+    if (slice == 0)
+#pragma unroll
+        for (int k = 1; k < KS; k++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const float *at = red + ((size_t)((k - 1) * R + r) * 2) * OUT_THREADS + tid;
+                acc[r] = acc[r] + at[0];
+                mins[r] = mins[r] + at[OUT_THREADS];
+            }
+}
+
+/* OUT_THREADS threads (eight per output) compute OUT_THREADS / 8 outputs;
+ * KS such groups share them, group k taking the k-th slice of each row's
+ * blocks (whole quads). KS == 1 is the CPU's reference order. */
+template <int TYPE, int R, int EPI, int OUT_THREADS, int KS>
+__global__ void __launch_bounds__(OUT_THREADS *KS) k_matmul(td_mm mm, td_mm_in in, int32_t n_rows) {
     extern __shared__ __align__(16) char sm[];
-    const int OUT_PER_BLOCK = THREADS / 8;
-    const int lane8 = threadIdx.x & 7, group_base = (threadIdx.x & 31) & ~7;
+    const int OUT_PER_BLOCK = OUT_THREADS / 8;
+    const int tid = threadIdx.x % OUT_THREADS, slice = threadIdx.x / OUT_THREADS;
+    const int lane8 = tid & 7, group_base = (tid & 31) & ~7;
     const int r0 = blockIdx.y * R, nr = n_rows - r0 < R ? n_rows - r0 : R;
-    int o = blockIdx.x * OUT_PER_BLOCK + (threadIdx.x >> 3);
+    int o = blockIdx.x * OUT_PER_BLOCK + (tid >> 3);
     int wi = 0;
     if (EPI != TD_EPI_SWIGLU) {
         if (mm.n_w > 1 && o >= mm.w[0].n_out) { o -= mm.w[0].n_out; wi = 1; }
@@ -266,22 +373,30 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_mm_in in, int32
     const int ldy = wi == 0 ? mm.ldy[0] : wi == 1 ? mm.ldy[1] : mm.ldy[2];
     const bool valid = o < W.n_out;
     const int nb = W.n_in / TD_QK, WPB = words_per_block<TYPE>::n, nbp = (nb + 3) / 4 * 4;
+    const int quads = nbp / 4, ib = 4 * (slice * quads / KS), ie_q = 4 * ((slice + 1) * quads / KS);
+    const int ie = ie_q < nb ? ie_q : nb; /* ib == ie: an empty slice (few blocks) */
     const size_t oo = valid ? (size_t)o : 0;
     chain_state cs = {W.qs + oo * nbp * WPB, W.d + oo * nbp, W.m ? W.m + oo * nbp : NULL, nbp};
     first_chunk f;
-    load_first<TYPE>(cs, valid, nb, lane8, f);
+    /* weights only before the wait: they load while the kernel before ends */
+    load_first<TYPE>(cs, valid, ib, ie, lane8, f);
+    if (R == 1 && in.x) stage_norm_weights(in, mm.w[0].n_in, norm_row_xs(sm, mm.w[0].n_in) + mm.w[0].n_in);
+    td_d_pdl_wait();
+    td_d_pdl_release();
     const staged x = (R == 1 && in.x) ? stage_norm_row(sm, in, r0, mm.w[0].n_in)
                                       : stage_rows(sm, in.act, r0, nr, R, mm.w[0].n_in);
     float acc[R], mins[R];
-    dot_tile<TYPE, R>(cs, valid, nb, x, nr, lane8, f, acc, mins);
+    dot_tile<TYPE, R>(cs, valid, ib, ie, x, nr, lane8, f, acc, mins);
+    slice_sum<R, KS, OUT_THREADS>((float *)(sm + slice_area(R, mm.w[0].n_in, R == 1 && in.x)), acc, mins);
+    const bool writer = slice == 0; /* every thread goes on to the barriers below */
     if (EPI == TD_EPI_SWIGLU) {
         /* silu(gate) * up, then quantized for the down projection: the block
-         * holds whole 32-wide blocks of outputs (THREADS == 256) */
+         * holds whole 32-wide blocks of outputs (OUT_THREADS == 256, KS == 1) */
         const td_dw U = mm.w[1];
         chain_state cu = {U.qs + oo * nbp * WPB, U.d + oo * nbp, U.m ? U.m + oo * nbp : NULL, nbp};
-        load_first<TYPE>(cu, valid, nb, lane8, f);
+        load_first<TYPE>(cu, valid, ib, ie, lane8, f);
         float acc_u[R], mins_u[R];
-        dot_tile<TYPE, R>(cu, valid, nb, x, nr, lane8, f, acc_u, mins_u);
+        dot_tile<TYPE, R>(cu, valid, ib, ie, x, nr, lane8, f, acc_u, mins_u);
         __shared__ float ybuf[R][TD_QK];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -292,10 +407,10 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_mm_in in, int32
         }
         __syncthreads();
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        if (warp < nr) {
+        for (int rr = warp; rr < nr; rr += OUT_THREADS / 32) { /* uniform per warp */
             const td_dact &q = mm.qout;
-            const int row = r0 + warp, ldb = q.ld / TD_QK, blk = blockIdx.x;
-            td_d_quant_block(ybuf[warp][lane], lane, q.qs + (size_t)row * q.ld + blk * TD_QK,
+            const int row = r0 + rr, ldb = q.ld / TD_QK, blk = blockIdx.x;
+            td_d_quant_block(ybuf[rr][lane], lane, q.qs + (size_t)row * q.ld + blk * TD_QK,
                              q.d + (size_t)row * ldb + blk, q.s + (size_t)row * ldb + blk);
         }
     } else if (EPI == TD_EPI_QKV) {
@@ -315,7 +430,7 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_mm_in in, int32
                 const float *cs = e.rope_cs + (size_t)row * e.n_rot + (dd & ~1);
                 v = (dd & 1) == 0 ? fmaf(v, cs[0], -(partner * cs[1])) : fmaf(partner, cs[1], v * cs[0]);
             }
-            if (!valid || lane8 != 0) continue;
+            if (!valid || lane8 != 0 || !writer) continue;
             if (wi == 0) {
                 y[(size_t)row * ldy + o] = v;
             } else {
@@ -328,7 +443,7 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_mm_in in, int32
         for (int r = 0; r < R; r++) {
             if (r >= nr) continue;
             float s = finish<TYPE>(acc[r], mins[r], group_base);
-            if (valid && lane8 == 0) {
+            if (valid && lane8 == 0 && writer) {
                 float *dst = y + (size_t)(r0 + r) * ldy + o;
                 *dst = EPI == TD_EPI_ADD ? *dst + s : s;
             }
@@ -336,74 +451,111 @@ __global__ void __launch_bounds__(THREADS) k_matmul(td_mm mm, td_mm_in in, int32
     }
 }
 
+/* Rows per tile of a matmul block. Few rows (decoding, verification): one
+ * row per block, so the rows run side by side on idle SMs, the weights
+ * re-read from L2, and the block normalizes its row itself. Many rows
+ * (prefill): tiles share each weight word. A row's result is the same for
+ * any tile (its chains do not change), so this is a choice of speed alone;
+ * lc.tile / lc.tile_swiglu (TD_CUDA_TILE, a tuning aid) override it. */
+static int tile_rows(const td_lc &lc, bool swiglu, int32_t n_rows) {
+    const int forced = swiglu ? lc.tile_swiglu : lc.tile;
+    if (forced > 0) return n_rows == 1 ? 1 : forced;
+    return n_rows <= 16 ? 1 : n_rows <= 64 ? 2 : 8;
+}
+
+/* Warps sharing each output (FAST only; the reference order is one chain
+ * per lane over the whole row): wide rows are split so that more loads are
+ * in flight. lc.ksplit (TD_CUDA_KSPLIT, a tuning aid) overrides it. */
+int td_cu_ksplit(const td_lc &lc, int32_t n_in) {
+    if (!lc.fast) return 1;
+    if (lc.ksplit > 0) return lc.ksplit;
+    const int32_t nb = n_in / TD_QK;
+    return nb >= 64 ? 4 : nb >= 32 ? 2 : 1;
+}
+
+template <int TYPE, int EPI, int R, int KS>
+static cudaError_t launch_tile(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc, unsigned gx) {
+    const int OUT_THREADS = EPI == TD_EPI_SWIGLU ? 256 : 64;
+    const dim3 grid(gx, (unsigned)((n_rows + R - 1) / R));
+    const size_t smem = slice_area(R, mm->w[0].n_in, in->x != NULL) + slice_bytes(R, OUT_THREADS, KS);
+    /* wide inputs (a 7B model's down projection) stage more than the default
+     * 48 KiB of shared memory: ask for it */
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(k_matmul<TYPE, R, EPI, OUT_THREADS, KS>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    return td_cu_launch(lc, k_matmul<TYPE, R, EPI, OUT_THREADS, KS>, grid, dim3(OUT_THREADS * KS), smem, *mm, *in,
+                        n_rows);
+}
+
+template <int TYPE, int EPI, int R>
+static cudaError_t launch_split(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc, unsigned gx) {
+    if constexpr (EPI == TD_EPI_SWIGLU) { /* split SwiGLU runs as two plain products (cuda_backend.cu) */
+        return launch_tile<TYPE, EPI, R, 1>(mm, in, n_rows, lc, gx);
+    } else {
+        switch (td_cu_ksplit(lc, mm->w[0].n_in)) {
+        case 2: return launch_tile<TYPE, EPI, R, 2>(mm, in, n_rows, lc, gx);
+        case 4: return launch_tile<TYPE, EPI, R, 4>(mm, in, n_rows, lc, gx);
+        default: return launch_tile<TYPE, EPI, R, 1>(mm, in, n_rows, lc, gx);
+        }
+    }
+}
+
 template <int TYPE, int EPI> static cudaError_t launch_type(const td_mm *mm, const td_mm_in *in, int32_t n_rows,
-                                                            cudaStream_t st) {
-    const int THREADS = EPI == TD_EPI_SWIGLU ? 256 : 64;
+                                                            const td_lc &lc) {
+    const int OUT_PER_BLOCK = (EPI == TD_EPI_SWIGLU ? 256 : 64) / 8;
     int32_t outs = 0;
     if (EPI == TD_EPI_SWIGLU) outs = mm->w[0].n_out;
     else
         for (int i = 0; i < mm->n_w; i++) outs += mm->w[i].n_out;
-    unsigned gx = (unsigned)((outs + THREADS / 8 - 1) / (THREADS / 8));
-    /* wide inputs (a 7B model's down projection) stage more than the default
-     * 48 KiB of shared memory: ask for it */
-#define TD_MM_LAUNCH(R)                                                                                      \
-    do {                                                                                                     \
-        dim3 grid(gx, (unsigned)((n_rows + (R)-1) / (R)));                                                   \
-        size_t smem = stage_bytes(R, mm->w[0].n_in) + (in->x ? 2 * (size_t)mm->w[0].n_in * sizeof(float) : 0); \
-        if (smem > 48 * 1024) {                                                                              \
-            cudaError_t e = cudaFuncSetAttribute(k_matmul<TYPE, R, EPI, THREADS>,                            \
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);    \
-            if (e != cudaSuccess) return e;                                                                  \
-        }                                                                                                    \
-        k_matmul<TYPE, R, EPI, THREADS><<<grid, THREADS, smem, st>>>(*mm, *in, n_rows);                       \
-    } while (0)
-    /* Few rows (decoding, verification): one row per block, so the rows run
-     * side by side on idle SMs; the weights are re-read from L2, which is
-     * cheap next to a serial chain per row. Many rows (prefill): tiles of 8
-     * share each weight word. Either way a row's result is the same. */
-    if (n_rows <= 16) TD_MM_LAUNCH(1);
-    else if (n_rows <= 64) TD_MM_LAUNCH(2);
-    else TD_MM_LAUNCH(8);
-#undef TD_MM_LAUNCH
-    return cudaGetLastError();
+    const unsigned gx = (unsigned)((outs + OUT_PER_BLOCK - 1) / OUT_PER_BLOCK);
+    switch (tile_rows(lc, EPI == TD_EPI_SWIGLU, n_rows)) {
+    case 1: return launch_split<TYPE, EPI, 1>(mm, in, n_rows, lc, gx);
+    case 2: return launch_split<TYPE, EPI, 2>(mm, in, n_rows, lc, gx);
+    case 4: return launch_split<TYPE, EPI, 4>(mm, in, n_rows, lc, gx);
+    default: return launch_split<TYPE, EPI, 8>(mm, in, n_rows, lc, gx);
+    }
 }
 
-template <int EPI> static cudaError_t launch_epi(const td_mm *mm, const td_mm_in *in, int32_t n_rows, cudaStream_t st) {
+template <int EPI> static cudaError_t launch_epi(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc) {
     switch (mm->w[0].type) {
-    case TD_TYPE_Q4_0: return launch_type<TD_TYPE_Q4_0, EPI>(mm, in, n_rows, st);
-    case TD_TYPE_Q4_1: return launch_type<TD_TYPE_Q4_1, EPI>(mm, in, n_rows, st);
-    case TD_TYPE_Q8_0: return launch_type<TD_TYPE_Q8_0, EPI>(mm, in, n_rows, st);
+    case TD_TYPE_Q4_0: return launch_type<TD_TYPE_Q4_0, EPI>(mm, in, n_rows, lc);
+    case TD_TYPE_Q4_1: return launch_type<TD_TYPE_Q4_1, EPI>(mm, in, n_rows, lc);
+    case TD_TYPE_Q8_0: return launch_type<TD_TYPE_Q8_0, EPI>(mm, in, n_rows, lc);
     default: return cudaErrorInvalidValue;
     }
 }
 
-cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, cudaStream_t st) {
+cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc) {
     for (int i = 1; i < mm->n_w; i++)
         if (mm->w[i].type != mm->w[0].type || mm->w[i].n_in != mm->w[0].n_in) return cudaErrorInvalidValue;
-    if (mm->epi == TD_EPI_SWIGLU && (!mm->qout.qs || mm->w[0].n_out % TD_QK != 0)) return cudaErrorInvalidValue;
+    if (mm->epi == TD_EPI_SWIGLU && (!mm->qout.qs || mm->w[0].n_out % TD_QK != 0 || td_cu_ksplit(lc, mm->w[0].n_in) > 1))
+        return cudaErrorInvalidValue;
     /* RoPE pairs must not straddle matrices or thread groups */
     if (mm->epi == TD_EPI_QKV && (mm->n_w != 3 || mm->w[0].n_out % 8 || mm->w[1].n_out % 8 || mm->qkv.head_dim % 2))
         return cudaErrorInvalidValue;
-    if (in->x && n_rows > FUSED_NORM_ROWS) {
+    const int tile = tile_rows(lc, mm->epi == TD_EPI_SWIGLU, n_rows);
+    if (in->x && tile > 1) {
         if (!in->scratch.qs) return cudaErrorInvalidValue;
         size_t smem = 2 * (size_t)mm->w[0].n_in * sizeof(float);
         if (smem > 48 * 1024) {
             cudaError_t e = cudaFuncSetAttribute(k_norm_quantize, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             if (e != cudaSuccess) return e;
         }
-        k_norm_quantize<<<n_rows, 256, smem, st>>>(*in, mm->w[0].n_in, in->scratch);
-        cudaError_t e = cudaGetLastError();
+        cudaError_t e = td_cu_launch(lc, k_norm_quantize, dim3((unsigned)n_rows), dim3(256), smem, *in,
+                                     mm->w[0].n_in, in->scratch);
         if (e != cudaSuccess) return e;
         td_mm_in q = *in;
         q.x = NULL;
         q.act = in->scratch;
-        return td_cu_matmul(mm, &q, n_rows, st);
+        return td_cu_matmul(mm, &q, n_rows, lc);
     }
     switch (mm->epi) {
-    case TD_EPI_STORE: return launch_epi<TD_EPI_STORE>(mm, in, n_rows, st);
-    case TD_EPI_ADD: return launch_epi<TD_EPI_ADD>(mm, in, n_rows, st);
-    case TD_EPI_SWIGLU: return launch_epi<TD_EPI_SWIGLU>(mm, in, n_rows, st);
-    case TD_EPI_QKV: return launch_epi<TD_EPI_QKV>(mm, in, n_rows, st);
+    case TD_EPI_STORE: return launch_epi<TD_EPI_STORE>(mm, in, n_rows, lc);
+    case TD_EPI_ADD: return launch_epi<TD_EPI_ADD>(mm, in, n_rows, lc);
+    case TD_EPI_SWIGLU: return launch_epi<TD_EPI_SWIGLU>(mm, in, n_rows, lc);
+    case TD_EPI_QKV: return launch_epi<TD_EPI_QKV>(mm, in, n_rows, lc);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -10,6 +10,8 @@
 
 /* grid (ceil(blocks / 4), n_rows), 4 warps: one warp per block of 32 */
 __global__ void k_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_in, td_dact act) {
+    td_d_pdl_wait();
+    td_d_pdl_release();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int blk = blockIdx.x * 4 + warp, r = blockIdx.y;
     if (blk >= n_in / TD_QK) return; /* whole warp leaves together */
@@ -21,14 +23,36 @@ __global__ void k_quantize(const float *x, int32_t ldx, const int32_t *rows, int
 }
 
 cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,
-                           const td_dact *act, cudaStream_t st) {
+                           const td_dact *act, const td_lc &lc) {
     dim3 grid((unsigned)((n_in / TD_QK + 3) / 4), (unsigned)n_rows);
-    k_quantize<<<grid, 128, 0, st>>>(x, ldx, rows, n_in, *act);
-    return cudaGetLastError();
+    return td_cu_launch(lc, k_quantize, grid, dim3(128), 0, x, ldx, rows, n_in, *act);
+}
+
+/* grid (ceil(blocks / 4), n_rows), 4 warps: silu(gate) * up as the fused
+ * SwiGLU matmul computes it, then quantized, one warp per block of 32 */
+__global__ void k_swiglu_quantize(const float *gate, const float *up, int32_t ld, int32_t n, td_dact act) {
+    td_d_pdl_wait();
+    td_d_pdl_release();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int blk = blockIdx.x * 4 + warp, r = blockIdx.y;
+    if (blk >= n / TD_QK) return; /* whole warp leaves together */
+    const size_t at = (size_t)r * ld + blk * TD_QK + lane;
+    const float g = gate[at], u = up[at];
+    int ldb = act.ld / TD_QK;
+    td_d_quant_block(g / (1.0f + td_d_exp(0.0f - g)) * u, lane, act.qs + (size_t)r * act.ld + blk * TD_QK,
+                     act.d + (size_t)r * ldb + blk, act.s + (size_t)r * ldb + blk);
+}
+
+cudaError_t td_cu_swiglu_quantize(const float *gate, const float *up, int32_t ld, int32_t n_rows, int32_t n,
+                                  const td_dact *act, const td_lc &lc) {
+    dim3 grid((unsigned)((n / TD_QK + 3) / 4), (unsigned)n_rows);
+    return td_cu_launch(lc, k_swiglu_quantize, grid, dim3(128), 0, gate, up, ld, n, *act);
 }
 
 /* ---- token embedding: the CPU's to_float of the token's row ---- */
 __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
+    td_d_pdl_wait(); /* a pass's first kernel: launched without the attribute, a no-op */
+    td_d_pdl_release();
     const int r = blockIdx.x, n = emb.n_in, nb = n / TD_QK, nbp = (nb + 3) / 4 * 4;
     const int words = emb.type == TD_TYPE_Q8_0 ? 8 : 4;
     const size_t row = (size_t)token[r];
@@ -50,9 +74,8 @@ __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
     }
 }
 
-cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, cudaStream_t st) {
-    k_embed<<<n_rows, 256, 0, st>>>(*emb, p->token, x);
-    return cudaGetLastError();
+cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, const td_lc &lc) {
+    return td_cu_launch(lc, k_embed, dim3((unsigned)n_rows), dim3(256), 0, *emb, p->token, x);
 }
 
 /* ---- biases, RoPE, K/V into the cache (forward.c, td_op_rope) ---- */
@@ -65,6 +88,8 @@ __device__ __forceinline__ void rope_pair(float *head, const float *cs, int i, i
 }
 
 __global__ void k_rope_store(td_rope_args a, td_dpass p, td_dkv kv) {
+    td_d_pdl_wait();
+    td_d_pdl_release();
     int r = blockIdx.x, hd = a.head_dim, half = a.n_rot / 2;
     int q_dim = a.n_head * hd, kv_dim = a.n_head_kv * hd;
     float *q = a.q + (size_t)r * q_dim, *k = a.k + (size_t)r * kv_dim, *v = a.v + (size_t)r * kv_dim;
@@ -91,9 +116,8 @@ __global__ void k_rope_store(td_rope_args a, td_dpass p, td_dkv kv) {
 }
 
 cudaError_t td_cu_rope_store(const td_rope_args *a, const td_dpass *p, const td_dkv *kv, int32_t n_rows,
-                             cudaStream_t st) {
-    k_rope_store<<<n_rows, 128, 0, st>>>(*a, *p, *kv);
-    return cudaGetLastError();
+                             const td_lc &lc) {
+    return td_cu_launch(lc, k_rope_store, dim3((unsigned)n_rows), dim3(128), 0, *a, *p, *kv);
 }
 
 /* ---- compaction: each element moves through the kept slots in order ---- */

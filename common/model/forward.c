@@ -781,7 +781,14 @@ void td_ctx_destroy(td_ctx *c) {
 int32_t td_ctx_max_rows(const td_ctx *c) { return c->max_rows; }
 
 void td_ctx_set_numerics(td_ctx *c, td_numerics order) {
-    if (!c->gpu) c->numerics = order; /* CUDA computes the reference order only */
+    if (!c->gpu) {
+        c->numerics = order;
+        return;
+    }
+    /* CUDA: its FAST order, or else the reference (llama.cpp's one-row order
+     * has no device form) */
+    c->numerics = order == TD_NUMERICS_FAST ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE;
+    td_cuda_ctx_set_fast(c->gpu, c->numerics == TD_NUMERICS_FAST);
 }
 
 td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }

@@ -221,8 +221,10 @@ int td_model_group_follow(td_comm *comm, td_ctx *c, td_kv *kv, td_err *err);
  * On CUDA the model's weights are uploaded by the first context there and
  * shared by later ones (freed with the model); a KV cache moves to the
  * device of the first context that runs a pass on it and stays there. A
- * CUDA context computes the TD_NUMERICS_REFERENCE order only (its logits
- * carry the CPU reference's bits); td_ctx_set_numerics leaves it there. */
+ * CUDA context computes TD_NUMERICS_REFERENCE (its logits carry the CPU
+ * reference's bits; the default there) or TD_NUMERICS_FAST, the device's
+ * own order (cuda.h: batch invariant, close to the reference, not its
+ * bits); td_ctx_set_numerics maps TD_NUMERICS_LLAMACPP to the reference. */
 typedef enum td_device_kind { TD_DEVICE_CPU = 0, TD_DEVICE_CUDA = 1 } td_device_kind;
 typedef struct td_device {
     td_device_kind kind;

@@ -6,6 +6,10 @@
 #   tests/bench/cuda_device_check.sh stage     there, call 1: keep the model's
 #                                              first part (and llama.cpp) in /tmp
 #   tests/bench/cuda_device_check.sh run       there, call 2: everything below
+#   tests/bench/cuda_device_check.sh spec      there, call 3 (carrying only
+#                                              .devcarry/bin, .devcarry/lib):
+#                                              Spec-Bench on the GPU, then
+#                                              `service`
 #   tests/bench/cuda_device_check.sh nccl      there, one call carrying only
 #                                              .devcarry/bin and .devcarry/lib:
 #                                              the NCCL backend's check alone
@@ -44,7 +48,7 @@
 # engine --device cuda before and after llama-bench on the same file (decode,
 # prefill 512, passes of 1-32 rows); a kernel-time profile; the same on a
 # synthesized 7B-shaped Q4_1 model; generate on CPU and GPU (same text); and
-# Spec-Bench on the GPU; and comm_nccl_check, the NCCL backend of
+# comm_nccl_check, the NCCL backend of
 # common/comm/ on a one-rank group, without a launcher (bootstrap by id) and
 # under mpirun -np 1 (bootstrap over MPI): every collective bit for bit, the
 # ordered sum on 1-7 parts (rc=0 passed, 77 skipped: no GPU, else failed).
@@ -116,26 +120,51 @@ run)
   cat /tmp/keep/m1part .devcarry/m2/part > $M && sha256sum $M | cut -c1-16
   ($B/td-mktiny /tmp/7b.gguf --shape llama7b --type Q4_1 > /dev/null; echo "7B-shaped model made: rc=$?") &
   export TD_BINARY_DIR=/tmp/bd TD_SOURCE_DIR=$PWD
-  timeout 200 $B/test_cuda 2>&1 | tee $OUT/test_cuda.log | grep -E "^#|OK|FAIL|ERROR|LINE"
-  bash tests/bench/cuda_device_check.sh nccl # cwd is the repo root (cd above)
+  timeout 300 $B/test_cuda 2>&1 | tee $OUT/test_cuda.log | grep -E "^#|OK|FAIL|ERROR|LINE"
   LB() { if [ -x $L/llama-bench ]; then (cd $L && LD_LIBRARY_PATH=$L:$LD_LIBRARY_PATH timeout 120 ./llama-bench "$@"); fi; }
+  # TD_CUDA_PDL=0: kernels one after another (as before programmatic
+  # dependent launch); TD_CUDA_TILE: rows per matmul tile forced, for the
+  # choice by rows (cuda_matmul.cu). Same bits every way (test_cuda).
   {
     echo "== tandem (before)"; timeout 60 $B/tandem bench engine --device cuda --repeats 5
+    echo "== tandem, TD_CUDA_PDL=0"; TD_CUDA_PDL=0 timeout 60 $B/tandem bench engine --device cuda --repeats 5
     echo "== llama.cpp"; LB -m $M -ngl 99 -fa 0 -p 512 -n 128 -r 5; LB -m $M -ngl 99 -fa 0 -p 1,2,4,8,16,32 -n 0 -r 5
     echo "== tandem (after)"; timeout 60 $B/tandem bench engine --device cuda --repeats 5
+    echo "== tandem, TD_CUDA_PDL=0 (after)"; TD_CUDA_PDL=0 timeout 60 $B/tandem bench engine --device cuda --repeats 5
+    echo "== tandem, --numerics fast"; timeout 60 $B/tandem bench engine --device cuda --repeats 5 --numerics fast
+    echo "== tandem, --numerics fast, TD_CUDA_KSPLIT=4"
+    TD_CUDA_KSPLIT=4 timeout 60 $B/tandem bench engine --device cuda --repeats 5 --numerics fast
+    for t in 2 4 8 1:4 1:8 2:8; do
+      echo "== tandem, TD_CUDA_TILE=$t"; TD_CUDA_TILE=$t timeout 60 $B/tandem bench engine --device cuda --repeats 3
+    done
     echo "== tandem, 512-token context"; timeout 60 $B/tandem bench engine --device cuda --repeats 5 --context 512
     TD_CUDA_PROFILE=1 timeout 60 $B/tandem bench engine --device cuda --repeats 1 | grep kernel
   } 2>&1 | tee $OUT/bench.log
+  bash tests/bench/cuda_device_check.sh nccl # cwd is the repo root (cd above)
   wait
-  echo "== 7B-shaped, synthetic weights"; timeout 120 $B/tandem bench engine --device cuda --model /tmp/7b.gguf --repeats 3 2>&1 | tee $OUT/bench7b.log
+  {
+    B7() { timeout 120 $B/tandem bench engine --device cuda --model /tmp/7b.gguf --repeats 3 "$@"; }
+    echo "== 7B-shaped, synthetic weights, reference order"; B7
+    echo "== 7B-shaped, --numerics fast"; B7 --numerics fast
+    echo "== 7B-shaped, --numerics fast, TD_CUDA_TILE=8"; TD_CUDA_TILE=8 B7 --numerics fast
+  } 2>&1 | tee $OUT/bench7b.log
   P="Explain speculative decoding in two sentences."
-  for dev in "--numerics reference" "--device cuda" "--device cuda --draft auto"; do
+  for dev in "--numerics reference" "--device cuda" "--device cuda --draft auto" "--device cuda --numerics fast"; do
     timeout 60 $B/tandem generate --chat --prompt "$P" --max-tokens 96 $dev > /tmp/bd/o.txt 2>/tmp/bd/e.txt
     echo "rc=$? [$dev] text sha256 $(sha256sum < /tmp/bd/o.txt | cut -c1-16)"; cat /tmp/bd/e.txt
   done 2>&1 | tee $OUT/generate.log
-  [ -f .devcarry/m2/spec_bench.jsonl ] && timeout 150 $B/tandem bench spec --device cuda \
-    --prompts .devcarry/m2/spec_bench.jsonl --limit 12 --max-tokens 128 --draft lookup --draft auto 2>&1 |
+  [ -f .devcarry/m2/spec_bench.jsonl ] && cp .devcarry/m2/spec_bench.jsonl /tmp/keep/
+  ;;
+spec)
+  # there, after `run` in the same warm session (it leaves the model and the
+  # prompts), a call carrying .devcarry/bin and .devcarry/lib: Spec-Bench on
+  # the GPU, then the service check
+  OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+  unpack
+  [ -f /tmp/keep/spec_bench.jsonl ] && timeout 150 $B/tandem bench spec --device cuda \
+    --prompts /tmp/keep/spec_bench.jsonl --limit 12 --max-tokens 128 --draft lookup --draft auto 2>&1 |
     tee $OUT/spec.log | tail -10
+  bash tests/bench/cuda_device_check.sh service
   ;;
 nccl)
   # NCCL's own diagnostics on failure only (NCCL_DEBUG=WARN); the library is

@@ -116,6 +116,26 @@ static void layout_refusals(void **s) {
     assert_int_equal(td_cuda_check_model(&d, &err), TD_E_UNSUPPORTED);
 }
 
+/* TD_CUDA_TILE's values (host code, every build) */
+static void tile_values(void **s) {
+    (void)s;
+    int a = 0, b = 0;
+    assert_true(td_cuda_tile_parse("4", &a, &b));
+    assert_int_equal(a, 4);
+    assert_int_equal(b, 4);
+    assert_true(td_cuda_tile_parse("1:8", &a, &b));
+    assert_int_equal(a, 1);
+    assert_int_equal(b, 8);
+    static const char *const bad[] = {"", "3", "16", "4:", ":4", "4:3", "4:8:1", "4x", "a", "8 ", "-1", "2:16"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        a = b = 7;
+        assert_false(td_cuda_tile_parse(bad[i], &a, &b));
+        assert_int_equal(a, 7); /* untouched */
+        assert_int_equal(b, 7);
+    }
+    assert_false(td_cuda_tile_parse(NULL, &a, &b));
+}
+
 static void device_names(void **s) {
     (void)s;
     td_device d;
@@ -208,16 +228,40 @@ static void compare_rows(const float *a, const float *b, int32_t n_rows, int32_t
     }
 }
 
-/* The same n tokens through CPU (reference numerics) and GPU in passes of
- * `chunk` rows with every row's logits. */
-static void cpu_vs_gpu(td_model *m, const int32_t *ids, int32_t n, int32_t chunk, td_pool *pool, cmp *c) {
+/* How a GPU context is made: its order (fast: the device's FAST order, else
+ * the reference) and TD_CUDA_KSPLIT while it is made (NULL: unset). */
+typedef struct gpu_kind {
+    bool fast;
+    const char *ksplit;
+} gpu_kind;
+
+static td_ctx *gpu_ctx(td_model *m, int32_t rows, gpu_kind k) {
+    td_err err = {0};
+    if (k.ksplit) setenv("TD_CUDA_KSPLIT", k.ksplit, 1);
+    td_ctx *c = td_ctx_create_on(m, rows, NULL, GPU, &err);
+    unsetenv("TD_CUDA_KSPLIT");
+    if (!c) fprintf(stderr, "# %s\n", err.msg);
+    assert_non_null(c);
+    td_ctx_set_numerics(c, k.fast ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE);
+    assert_int_equal(td_ctx_numerics(c), k.fast ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE);
+    return c;
+}
+
+/* The same n tokens through the CPU (reference numerics) and n_kinds GPU
+ * contexts in passes of `chunk` rows with every row's logits; c[k] compares
+ * kind k with the CPU. */
+static void cpu_vs_gpus(td_model *m, const int32_t *ids, int32_t n, int32_t chunk, td_pool *pool, const gpu_kind *kinds,
+                        int n_kinds, cmp *c) {
+    enum { MAX_KINDS = 4 };
+    assert_true(n_kinds >= 1 && n_kinds <= MAX_KINDS);
     int32_t V = td_model_hparams(m)->n_vocab;
     td_err err = {0};
-    td_kv *kc = td_kv_create(m, 1, n + 8, NULL), *kg = td_kv_create(m, 1, n + 8, NULL);
-    td_ctx *cc = td_ctx_create(m, chunk, pool, NULL);
-    td_ctx *cg = td_ctx_create_on(m, chunk, NULL, GPU, &err);
-    if (!cg) fprintf(stderr, "# %s\n", err.msg);
-    assert_non_null(cg);
+    td_kv *kc = td_kv_create(m, 1, n + 8, NULL), *kg[MAX_KINDS];
+    td_ctx *cc = td_ctx_create(m, chunk, pool, NULL), *cg[MAX_KINDS];
+    for (int k = 0; k < n_kinds; k++) {
+        kg[k] = td_kv_create(m, 1, n + 8, NULL);
+        cg[k] = gpu_ctx(m, chunk, kinds[k]);
+    }
     td_ctx_set_numerics(cc, TD_NUMERICS_REFERENCE);
     float *lc = malloc((size_t)chunk * V * sizeof(float)), *lg = malloc((size_t)chunk * V * sizeof(float));
     td_row *rows = malloc((size_t)chunk * sizeof *rows);
@@ -225,14 +269,22 @@ static void cpu_vs_gpu(td_model *m, const int32_t *ids, int32_t n, int32_t chunk
         int32_t k = n - p0 < chunk ? n - p0 : chunk;
         for (int32_t i = 0; i < k; i++) rows[i] = td_row_linear(0, p0 + i, ids[p0 + i], true);
         assert_int_equal(td_model_forward(cc, kc, rows, k, lc, &err), TD_OK);
-        int rc = td_model_forward(cg, kg, rows, k, lg, &err);
-        if (rc) fprintf(stderr, "# %s\n", err.msg);
-        assert_int_equal(rc, TD_OK);
-        compare_rows(lc, lg, k, V, c);
+        for (int g = 0; g < n_kinds; g++) {
+            int rc = td_model_forward(cg[g], kg[g], rows, k, lg, &err);
+            if (rc) fprintf(stderr, "# %s\n", err.msg);
+            assert_int_equal(rc, TD_OK);
+            compare_rows(lc, lg, k, V, &c[g]);
+        }
     }
     free(rows), free(lc), free(lg);
-    td_ctx_destroy(cc), td_ctx_destroy(cg);
-    td_kv_destroy(kc), td_kv_destroy(kg);
+    td_ctx_destroy(cc);
+    td_kv_destroy(kc);
+    for (int k = 0; k < n_kinds; k++) td_ctx_destroy(cg[k]), td_kv_destroy(kg[k]);
+}
+
+static void cpu_vs_gpu(td_model *m, const int32_t *ids, int32_t n, int32_t chunk, td_pool *pool, cmp *c) {
+    const gpu_kind ref = {false, NULL};
+    cpu_vs_gpus(m, ids, n, chunk, pool, &ref, 1, c);
 }
 
 static void tokens_of(int32_t vocab, int32_t *ids, int32_t n) {
@@ -297,8 +349,8 @@ static void gpu_batch_invariance(void **s) {
         rows[0] = td_row_linear(0, i, ids[i], true);
         assert_int_equal(td_model_forward(c, kv, rows, 1, alone + (size_t)i * V, &err), TD_OK);
     }
-    /* passes of 2, 3, 5, 6 and 8 rows, and of 24 rows mixed with another sequence */
-    static const int sizes[] = {2, 3, 5, 6, 8, 24};
+    /* passes of 2, 3, 5, 6, 8, 12, 16 and 24 rows */
+    static const int sizes[] = {2, 3, 5, 6, 8, 12, 16, 24};
     for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
         td_kv_truncate(kv, 1, 0);
         for (int32_t p0 = 0; p0 < P; p0 += sizes[z]) {
@@ -307,6 +359,30 @@ static void gpu_batch_invariance(void **s) {
             assert_int_equal(td_model_forward(c, kv, rows, k, batch + (size_t)p0 * V, &err), TD_OK);
         }
         assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
+    }
+    /* rows per matmul tile forced (TD_CUDA_TILE, read when a context is
+     * made): every tile gives a row the same bits, the fused RMSNorm of
+     * one-row tiles and the separate one of wider tiles included */
+    static const char *const tiles[] = {"2", "4:8", "8:1", "1:4"};
+    for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
+        setenv("TD_CUDA_TILE", tiles[t], 1);
+        td_ctx *ct = td_ctx_create_on(L.m, 64, NULL, GPU, &err);
+        unsetenv("TD_CUDA_TILE");
+        assert_non_null(ct);
+        td_kv *kt = td_kv_create(L.m, 1, 128, NULL);
+        assert_non_null(kt);
+        for (int z = 0; z < 2; z++) { /* passes of 16, then of 5 rows */
+            int32_t w = z == 0 ? 16 : 5;
+            td_kv_truncate(kt, 0, 0);
+            for (int32_t p0 = 0; p0 < P; p0 += w) {
+                int32_t k = P - p0 < w ? P - p0 : w;
+                for (int32_t i = 0; i < k; i++) rows[i] = td_row_linear(0, p0 + i, ids[p0 + i], true);
+                assert_int_equal(td_model_forward(ct, kt, rows, k, batch + (size_t)p0 * V, &err), TD_OK);
+            }
+            assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
+        }
+        td_kv_destroy(kt);
+        td_ctx_destroy(ct);
     }
     /* a tree after the first 20 tokens: a -> {b -> d, c} in sequence 2 */
     td_kv_truncate(kv, 2, 0);
@@ -345,6 +421,74 @@ static void gpu_batch_invariance(void **s) {
     free(tl), free(lin), free(alone), free(batch);
     td_kv_destroy(kv);
     td_ctx_destroy(c);
+    unload(&L);
+}
+
+/* FAST on the GPU: rows split between warps and added in a fixed order.
+ * Batch invariant bit for bit (a row alone, in passes of 5, 16 and 40, in
+ * tiles of 1 to 8 rows), close to the CPU reference, for the split chosen
+ * by width and forced to 2 and 4 warps per output (the tiny model's rows
+ * are 8 and 16 blocks: every slice path, the split SwiGLU included). */
+static void gpu_fast_order(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    assert_true(tiny("--type Q4_1", "fast", &L));
+    const td_hparams *hp = td_model_hparams(L.m);
+    const int32_t V = hp->n_vocab;
+    enum { P = 40 };
+    int32_t ids[P];
+    tokens_of(V, ids, P);
+    td_err err = {0};
+    td_pool *pool = td_pool_create(2, NULL);
+    float *alone = malloc((size_t)P * V * sizeof(float)), *batch = malloc((size_t)P * V * sizeof(float));
+    td_row rows[P];
+    static const char *const splits[] = {NULL, "2", "4"};
+    for (size_t sp = 0; sp < sizeof splits / sizeof splits[0]; sp++) {
+        const gpu_kind fast = {true, splits[sp]};
+        td_ctx *c = gpu_ctx(L.m, P, fast);
+        td_kv *kv = td_kv_create(L.m, 1, 128, NULL);
+        for (int32_t i = 0; i < P; i++) {
+            rows[0] = td_row_linear(0, i, ids[i], true);
+            assert_int_equal(td_model_forward(c, kv, rows, 1, alone + (size_t)i * V, &err), TD_OK);
+        }
+        static const int sizes[] = {5, 16, P};
+        for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+            td_kv_truncate(kv, 0, 0);
+            for (int32_t p0 = 0; p0 < P; p0 += sizes[z]) {
+                int32_t k = P - p0 < sizes[z] ? P - p0 : sizes[z];
+                for (int32_t i = 0; i < k; i++) rows[i] = td_row_linear(0, p0 + i, ids[p0 + i], true);
+                assert_int_equal(td_model_forward(c, kv, rows, k, batch + (size_t)p0 * V, &err), TD_OK);
+            }
+            assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
+        }
+        td_kv_destroy(kv);
+        td_ctx_destroy(c);
+        /* tiles forced: the same bits again */
+        setenv("TD_CUDA_TILE", "4:8", 1);
+        c = gpu_ctx(L.m, P, fast);
+        unsetenv("TD_CUDA_TILE");
+        kv = td_kv_create(L.m, 1, 128, NULL);
+        for (int32_t i = 0; i < P; i++) rows[i] = td_row_linear(0, i, ids[i], true);
+        assert_int_equal(td_model_forward(c, kv, rows, 16, batch, &err), TD_OK);
+        assert_memory_equal(alone, batch, (size_t)16 * V * sizeof(float));
+        td_kv_destroy(kv);
+        td_ctx_destroy(c);
+        /* against the CPU reference: one pass of 40 rows, 40 one-row passes */
+        cmp prompt = {0}, decode = {0};
+        cpu_vs_gpus(L.m, ids, P, P, pool, &fast, 1, &prompt);
+        cpu_vs_gpus(L.m, ids, P, 1, pool, &fast, 1, &decode);
+        fprintf(stderr, "# tiny Q4_1, FAST, split %-8s prompt rows %lld/%lld bitwise, decode %lld/%lld, argmax %lld+%lld/%lld, "
+                "max |diff| %.3g\n", splits[sp] ? splits[sp] : "by width", (long long)prompt.rows_bitwise,
+                (long long)prompt.rows, (long long)decode.rows_bitwise, (long long)decode.rows,
+                (long long)prompt.argmax_same, (long long)decode.argmax_same, (long long)(prompt.rows + decode.rows),
+                prompt.max_abs > decode.max_abs ? prompt.max_abs : decode.max_abs);
+        /* random weights: near-ties in the argmax, as with Q4_0 above */
+        assert_true(prompt.max_abs < 0.05 && decode.max_abs < 0.05);
+        assert_true(prompt.argmax_same >= prompt.rows * 9 / 10 && decode.argmax_same >= decode.rows * 9 / 10);
+    }
+    free(alone), free(batch);
+    td_pool_destroy(pool);
     unload(&L);
 }
 
@@ -395,23 +539,31 @@ static void real_teacher_forced(void **s) {
     int32_t *all = malloc(N * sizeof *all);
     for (int32_t i = 0; i < N; i++) all[i] = ids[(size_t)i % n]; /* the text repeats if short */
     td_pool *pool = td_pool_create(td_cpu_count(), NULL);
-    cmp c = {0}, dec = {0};
-    cpu_vs_gpu(L.m, all, N, 500, pool, &c);
-    cpu_vs_gpu(L.m, all, 64, 1, pool, &dec);
-    fprintf(stderr,
-            "# real model, %d teacher-forced tokens (passes of 500): argmax agree %lld/%lld (%.2f%%), rows bitwise "
-            "%lld, max |diff| %.3g; 64 one-row passes: %lld bitwise, max |diff| %.3g\n",
-            N, (long long)c.argmax_same, (long long)c.rows, 100.0 * (double)c.argmax_same / (double)c.rows,
-            (long long)c.rows_bitwise, c.max_abs, (long long)dec.rows_bitwise, dec.max_abs);
-    assert_true((double)c.argmax_same >= 0.995 * (double)c.rows);
-    assert_true(c.max_abs < 1e-2);
+    /* the reference order, FAST split by width, FAST with every matmul split 4 ways */
+    static const gpu_kind kinds[3] = {{false, NULL}, {true, NULL}, {true, "4"}};
+    static const char *const names[3] = {"reference", "FAST", "FAST, split 4"};
+    cmp c[3] = {{0}}, dec[3] = {{0}};
+    cpu_vs_gpus(L.m, all, N, 500, pool, kinds, 3, c);
+    cpu_vs_gpus(L.m, all, 64, 1, pool, kinds, 3, dec);
+    for (int k = 0; k < 3; k++) {
+        fprintf(stderr,
+                "# real model, GPU %s, %d teacher-forced tokens (passes of 500): argmax agree %lld/%lld (%.2f%%), rows "
+                "bitwise %lld, max |diff| %.3g; 64 one-row passes: %lld bitwise, max |diff| %.3g\n",
+                names[k], N, (long long)c[k].argmax_same, (long long)c[k].rows,
+                100.0 * (double)c[k].argmax_same / (double)c[k].rows, (long long)c[k].rows_bitwise, c[k].max_abs,
+                (long long)dec[k].rows_bitwise, dec[k].max_abs);
+        assert_true((double)c[k].argmax_same >= 0.995 * (double)c[k].rows);
+    }
+    assert_true(c[0].max_abs < 1e-2); /* the reference order: the CPU's bits but for RMSNorm's rare last bit */
+    assert_true(c[1].max_abs < 0.5 && c[2].max_abs < 0.5); /* FAST: close, over 30 layers of last-bit drift */
     td_pool_destroy(pool);
     free(all), free(ids), free(text);
     unload(&L);
 }
 
 /* Speculation on the GPU never changes a token: 8 Spec-Bench questions,
- * plain GPU decoding against each drafter, greedy and seeded. */
+ * plain GPU decoding against each drafter, greedy and seeded, and in the
+ * FAST order greedy. */
 static void real_spec_identity(void **s) {
     (void)s;
     if (!have_gpu()) skip();
@@ -449,9 +601,11 @@ static void real_spec_identity(void **s) {
     td_ctx *ctx = td_ctx_create_on(L.m, 512, pool, GPU, &err);
     assert_non_null(ctx);
     static const char *const names[5] = {"lookup", "ngram", "recycle", "layerskip", "lookup+recycle+ngram"};
-    for (int mode = 0; mode < 2; mode++) {
+    /* greedy and seeded in the reference order, then greedy in FAST */
+    for (int mode = 0; mode < 3; mode++) {
         td_sample_params sp = td_sample_defaults();
         if (mode == 1) sp.temperature = 0.8f, sp.top_p = 0.9f, sp.seed = 7;
+        if (mode == 2) td_ctx_set_numerics(ctx, TD_NUMERICS_FAST);
         int32_t want[NQ][NGEN];
         td_kv *kv = td_kv_create(L.m, NQ, MAXLEN, NULL);
         for (int q = 0; q < NQ; q++) {
@@ -462,7 +616,7 @@ static void real_spec_identity(void **s) {
         }
         td_kv_destroy(kv);
         for (int dk = 0; dk < 5; dk++) {
-            if (mode == 1 && dk != 0 && dk != 4) continue;
+            if (mode >= 1 && dk != 0 && dk != 4) continue;
             td_drafter *d[3];
             int nd = 0;
             if (dk == 0 || dk == 4) d[nd++] = td_spec_lookup_create(1, 4, NULL);
@@ -489,7 +643,8 @@ static void real_spec_identity(void **s) {
                 toks += rq[q].spec.n_tokens;
             }
             fprintf(stderr, "# GPU %s %-22s %lld/%d identical, %.2f tokens per target pass\n",
-                    mode ? "T=0.8" : "greedy", names[dk], (long long)same, NQ, (double)toks / (double)steps);
+                    mode == 0 ? "greedy" : mode == 1 ? "T=0.8" : "FAST, greedy", names[dk], (long long)same, NQ,
+                    (double)toks / (double)steps);
             assert_int_equal(same, NQ);
             if (dk == 4) assert_true(toks > steps); /* the drafters did get tokens accepted */
             for (int i = 0; i < nd; i++) td_drafter_destroy(d[i]);
@@ -506,8 +661,10 @@ static void real_spec_identity(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(layout_roundtrip),     cmocka_unit_test(layout_refusals),
-        cmocka_unit_test(device_names),         cmocka_unit_test(no_device_message),
+        cmocka_unit_test(tile_values),          cmocka_unit_test(device_names),
+        cmocka_unit_test(no_device_message),
         cmocka_unit_test(tiny_logits_match_cpu), cmocka_unit_test(gpu_batch_invariance),
+        cmocka_unit_test(gpu_fast_order),
         cmocka_unit_test(real_teacher_forced),  cmocka_unit_test(real_spec_identity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
