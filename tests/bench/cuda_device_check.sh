@@ -6,19 +6,20 @@
 #   tests/bench/cuda_device_check.sh stage     there, call 1: keep the model's
 #                                              first part (and llama.cpp) in /tmp
 #   tests/bench/cuda_device_check.sh run       there, call 2: everything below
-#   tests/bench/cuda_device_check.sh spec      there, call 3 (carrying only
-#                                              .devcarry/bin, .devcarry/lib):
-#                                              Spec-Bench on the GPU, then
-#                                              `service`
+#   tests/bench/cuda_device_check.sh spec      there, call 3, carrying
+#                                              .devcarry/bin, .devcarry/lib
+#                                              and .devcarry/svc: Spec-Bench
+#                                              on the GPU, then `service`
 #   tests/bench/cuda_device_check.sh nccl      there, one call carrying only
 #                                              .devcarry/bin and .devcarry/lib:
 #                                              the NCCL backend's check alone
 #   tests/bench/cuda_device_check.sh service   there, after `run` (which leaves
 #                                              the model in ~/.cache), a call
-#                                              carrying .devcarry/bin and
-#                                              .devcarry/lib: a GPU verifier
-#                                              behind a coordinator on loopback
-##   tests/bench/cuda_device_check.sh cpu       there, after `run`, a call
+#                                              carrying .devcarry/bin,
+#                                              .devcarry/lib and .devcarry/svc:
+#                                              a GPU verifier behind a
+#                                              coordinator on loopback
+#   tests/bench/cuda_device_check.sh cpu       there, after `run`, a call
 #                                              carrying .devcarry/bin,
 #                                              .devcarry/lib and .devcarry/lc:
 #                                              the 16-core host's CPU figures
@@ -29,8 +30,9 @@
 #
 # Binaries and the shared libraries they need (everything ldd names but
 # glibc, the C++ runtime, the CUDA driver and NCCL, which the device has)
-# travel as two tar.xz files (~2 and ~6 MB: the CUDA binaries are mostly
-# fatbin padding), unpacked under /tmp/dc on the device. The service and
+# travel as tar.xz files (~6 MB of CLI and test binaries, mostly kernels;
+# ~5 MB for the service's two; ~6 MB of libraries), unpacked under /tmp/dc
+# on the device. The service and
 # the CLI link gRPC, protobuf-c and OpenMPI from Debian, which the device's
 # Ubuntu lacks or has in other versions.
 #
@@ -44,11 +46,14 @@
 #
 # `run` prints, and writes under $OUT: test_cuda (GPU logits against the CPU
 # reference on tiny models and on 2,000 teacher-forced tokens of the real
-# model, batch invariance, speculative identity per drafter); tandem bench
-# engine --device cuda before and after llama-bench on the same file (decode,
-# prefill 512, passes of 1-32 rows); a kernel-time profile; the same on a
-# synthesized 7B-shaped Q4_1 model; generate on CPU and GPU (same text); and
-# comm_nccl_check, the NCCL backend of
+# model, in the reference order and FAST; batch invariance over passes and
+# row tiles; speculative identity per drafter); tandem bench engine --device
+# cuda before and after llama-bench on the same file (decode, prefill 512,
+# passes of 1-32 rows), each also with programmatic dependent launch off
+# (TD_CUDA_PDL=0), FAST, and the row tiles forced (TD_CUDA_TILE); a
+# kernel-time profile; a synthesized 7B-shaped Q4_1 model in the reference
+# order and FAST; generate on CPU and GPU (same text); and comm_nccl_check,
+# the NCCL backend of
 # common/comm/ on a one-rank group, without a launcher (bootstrap by id) and
 # under mpirun -np 1 (bootstrap over MPI): every collective bit for bit, the
 # ordered sum on 1-7 parts (rc=0 passed, 77 skipped: no GPU, else failed).
@@ -56,12 +61,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
-SPLIT=48000000 # bytes in part 1: part 1 + llama.tar.xz and part 2 + binaries each fit a call
+SPLIT=45000000 # bytes in part 1: part 1 + llama.tar.xz (~16 MB) and part 2 + binaries (~9 MB) each fit a call
 
 # There: the carried binaries and libraries, unpacked under /tmp/dc.
 unpack() {
   mkdir -p /tmp/dc/bin /tmp/dc/lib
   tar xJf .devcarry/bin/bin.tar.xz -C /tmp/dc/bin && tar xJf .devcarry/lib/lib.tar.xz -C /tmp/dc/lib || exit 1
+  if [ -f .devcarry/svc/svc.tar.xz ]; then tar xJf .devcarry/svc/svc.tar.xz -C /tmp/dc/bin || exit 1; fi
   export LD_LIBRARY_PATH=/tmp/dc/lib
   B=/tmp/dc/bin
 }
@@ -72,12 +78,16 @@ pack)
   grep -qx '/.devcarry/' .git/info/exclude 2>/dev/null || echo '/.devcarry/' >> .git/info/exclude
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON >/dev/null
   cmake --build build-cuda -j"$(nproc)" >/dev/null
-  rm -rf .devcarry/bin .devcarry/lib
-  mkdir -p .devcarry/bin .devcarry/lib .devcarry/m1 .devcarry/m2
+  rm -rf .devcarry/bin .devcarry/lib .devcarry/svc .devcarry/m1 .devcarry/m2
+  mkdir -p .devcarry/bin .devcarry/lib .devcarry/svc .devcarry/m1 .devcarry/m2
   st=$(mktemp -d)
-  BINS="tandem test_cuda td-mktiny comm_nccl_check tandem-worker tandem-coordinator"
+  # the service's two binaries travel apart (.devcarry/svc, for `spec` and
+  # `service`): with them, call 2 would pass the 64 MiB a call carries
+  CORE="tandem test_cuda td-mktiny comm_nccl_check" SVC="tandem-worker tandem-coordinator"
+  BINS="$CORE $SVC"
   for b in $BINS; do strip -o "$st/$b" "build-cuda/$b"; done
-  tar cJf .devcarry/bin/bin.tar.xz -C "$st" $BINS
+  XZ_OPT=-9 tar cJf .devcarry/bin/bin.tar.xz -C "$st" $CORE
+  XZ_OPT=-9 tar cJf .devcarry/svc/svc.tar.xz -C "$st" $SVC
   # every library the binaries load but glibc, the C++ runtime, the CUDA
   # driver and NCCL (the device's own)
   (cd build-cuda && ldd $BINS) | awk '/=> \//{print $3}' | sort -u |
@@ -87,7 +97,7 @@ pack)
   m="${XDG_CACHE_HOME:-$HOME/.cache}/tandem/models/$MODEL_FILE"
   head -c $SPLIT "$m" > .devcarry/m1/part
   tail -c +$((SPLIT + 1)) "$m" > .devcarry/m2/part
-  [ -f ../shared/bench/spec_bench.jsonl ] && cp ../shared/bench/spec_bench.jsonl .devcarry/m2/
+  [ -f ../shared/bench/spec_bench.jsonl ] && cp ../shared/bench/spec_bench.jsonl .devcarry/svc/
   # llama.cpp's CPU tools for `cpu`, where builds of them are named, with
   # the libraries they load: the llama.cpp in the llama-cpp-python 0.3.36
   # sdist with -DGGML_OPENMP=ON -DBUILD_SHARED_LIBS=ON, LLAMA_CPU_NATIVE_BIN
@@ -153,16 +163,15 @@ run)
     timeout 60 $B/tandem generate --chat --prompt "$P" --max-tokens 96 $dev > /tmp/bd/o.txt 2>/tmp/bd/e.txt
     echo "rc=$? [$dev] text sha256 $(sha256sum < /tmp/bd/o.txt | cut -c1-16)"; cat /tmp/bd/e.txt
   done 2>&1 | tee $OUT/generate.log
-  [ -f .devcarry/m2/spec_bench.jsonl ] && cp .devcarry/m2/spec_bench.jsonl /tmp/keep/
   ;;
 spec)
-  # there, after `run` in the same warm session (it leaves the model and the
-  # prompts), a call carrying .devcarry/bin and .devcarry/lib: Spec-Bench on
-  # the GPU, then the service check
+  # there, after `run` in the same warm session (it leaves the model), a
+  # call carrying .devcarry/bin, .devcarry/lib and .devcarry/svc (the
+  # service's binaries, the prompts): Spec-Bench on the GPU, then `service`
   OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   unpack
-  [ -f /tmp/keep/spec_bench.jsonl ] && timeout 150 $B/tandem bench spec --device cuda \
-    --prompts /tmp/keep/spec_bench.jsonl --limit 12 --max-tokens 128 --draft lookup --draft auto 2>&1 |
+  [ -f .devcarry/svc/spec_bench.jsonl ] && timeout 150 $B/tandem bench spec --device cuda \
+    --prompts .devcarry/svc/spec_bench.jsonl --limit 12 --max-tokens 128 --draft lookup --draft auto 2>&1 |
     tee $OUT/spec.log | tail -10
   bash tests/bench/cuda_device_check.sh service
   ;;
