@@ -70,7 +70,7 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then
   step "CUDA build (-DTANDEM_CUDA=ON): compile, test_cuda, the NCCL backend"
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON >/dev/null
   cmake --build build-cuda -j"$JOBS" >/dev/null
-  ctest --test-dir build-cuda --output-on-failure -R '^(test_cuda|test_comm|comm_nccl_check|comm_nccl_mpi_np1)$'
+  ctest --test-dir build-cuda --output-on-failure -R '^(test_cuda|test_cuda_host|test_comm|comm_nccl_check|comm_nccl_mpi_np1)$'
 else
   step "CUDA build skipped: no /usr/local/cuda/bin/nvcc"
 fi

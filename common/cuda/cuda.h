@@ -115,8 +115,9 @@ void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on);
  * (a tuning aid: passes then run without graphs, an event after every
  * launch), the mean kernel time per pass by kind, as one line; otherwise
  * how the context launches a pass's kernels. Two more tuning aids, read at
- * creation: TD_CUDA_PDL=0 turns programmatic dependent launch off (each
- * kernel then starts only when the one before has finished), and
+ * creation: TD_CUDA_PDL=1 turns programmatic dependent launch on (each
+ * kernel may then start loading weights while the one before finishes; off
+ * by default until it has run on a GPU), and
  * TD_CUDA_TILE=A[:B] forces rows per matmul tile (1, 2, 4 or 8; B for the
  * SwiGLU matmul). Neither changes a bit of the results. */
 int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap);

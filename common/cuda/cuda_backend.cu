@@ -437,12 +437,14 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     c->m = m;
     c->max_rows = max_rows;
     c->graphs_on = true;
-    /* Programmatic dependent launch needs sm_90; TD_CUDA_PDL=0 turns it off
-     * (for the side-by-side figures: the bits are the same either way). */
+    /* Programmatic dependent launch needs sm_90, and TD_CUDA_PDL=1 asks for
+     * it: off by default until a device run has checked its bits and timed
+     * it (cuda_device_check.sh runs both); the bits are meant to be the same
+     * either way. */
     int major = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, m->device);
     const char *pdl = getenv("TD_CUDA_PDL");
-    c->pdl = major >= 9 && !(pdl && strcmp(pdl, "0") == 0);
+    c->pdl = major >= 9 && pdl && strcmp(pdl, "1") == 0;
     /* TD_CUDA_TILE=A or A:B forces A rows per matmul tile (B for the SwiGLU
      * matmul) in passes of more than one row: a tuning aid for the
      * side-by-side figures */

@@ -52,9 +52,17 @@ struct td_dkv {
     int32_t max_len, kv_dim, layer;
 };
 
+/* Loop unrolling asked of the device compiler only: the host compiler of a
+ * __host__ __device__ function would warn about the pragma. */
+#if defined(__CUDA_ARCH__)
+#define TD_UNROLL _Pragma("unroll")
+#else
+#define TD_UNROLL
+#endif
+
 /* ---- helpers with the CPU's bits ---- */
 
-__device__ __forceinline__ float td_d_round_f16(float x) { return __half2float(__float2half_rn(x)); }
+__host__ __device__ __forceinline__ float td_d_round_f16(float x) { return __half2float(__float2half_rn(x)); }
 
 /* td_op_hsum8: upper half onto lower, then pairs 0+2, 1+3 */
 __device__ __forceinline__ float td_d_hsum8(const float l[8]) {
@@ -157,6 +165,60 @@ static inline cudaError_t td_cu_launch(const td_lc &lc, void (*kernel)(KArgs...)
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
 }
 
+/* One 32-element block quantized by one thread (td_d_quant_block's
+ * arithmetic, element by element): for matmul blocks of few warps, where a
+ * warp per block would take many rounds of shuffles. Max and the integer sum
+ * are exact in any order, so each thread starts at its own word of the block
+ * (word j of thread blk is (j + blk) % 8) and the threads of a warp read
+ * different shared-memory banks; the codes land where the warp form puts
+ * them, four per 32-bit store. v_i = (x_i * scale) * w_i. Host code too, so
+ * that test_cuda_host checks it against the CPU's quantizer without a GPU. */
+__host__ __device__ __forceinline__ void td_cu_quant_block_thread(const float *x, const float *w, float scale, int rot,
+                                                                  int8_t *qs, float *d_out, float *s_out) {
+    float v[TD_QK];
+    TD_UNROLL
+    for (int j = 0; j < 8; j++) {
+        const int at = 4 * ((j + rot) & 7);
+        TD_UNROLL
+        for (int u = 0; u < 4; u++) v[4 * j + u] = (x[at + u] * scale) * w[at + u];
+    }
+    float amax = fabsf(v[0]);
+    TD_UNROLL
+    for (int k = 1; k < TD_QK; k++) amax = fmaxf(amax, fabsf(v[k]));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    TD_UNROLL
+    for (int j = 0; j < 8; j++) {
+        uint32_t packed = 0;
+        TD_UNROLL
+        for (int u = 0; u < 4; u++) {
+            const float t = v[4 * j + u] * id;
+            int q = 0;
+            if (t == t) {
+                const float r = rintf(t);
+                q = r < -127.0f ? -127 : r > 127.0f ? 127 : (int)r;
+            }
+            sum += q;
+            packed |= (uint32_t)(q & 0xFF) << (8 * u);
+        }
+        *(uint32_t *)(qs + 4 * ((j + rot) & 7)) = packed;
+    }
+    *d_out = td_d_round_f16(d);
+    *s_out = td_d_round_f16((float)sum * d);
+}
+
+/* FAST's split of a row of nb blocks between ks warps: slice k takes blocks
+ * [*ib, *ie), whole quads (a lane loads four blocks at a time), the slices
+ * in order and together the whole row; ks == 1 is the row. Some slices are
+ * empty when the row has fewer quads than ks. */
+__host__ __device__ __forceinline__ void td_cu_slice(int nb, int ks, int k, int *ib, int *ie) {
+    const int quads = (nb + 3) / 4, end = 4 * ((k + 1) * quads / ks);
+    *ib = 4 * (k * quads / ks);
+    *ie = end < nb ? end : nb;
+    if (*ib > *ie) *ib = *ie;
+}
+
 /* ---- launchers (each returns the launch's cudaError_t) ---- */
 
 enum td_epi { TD_EPI_STORE = 0, TD_EPI_ADD = 1, TD_EPI_SWIGLU = 2, TD_EPI_QKV = 3 };
@@ -203,6 +265,8 @@ cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, co
  * gate and up run as one TD_EPI_STORE product of two matrices and
  * td_cu_swiglu_quantize finishes them. */
 int td_cu_ksplit(const td_lc &lc, int32_t n_in);
+/* Rows per tile of a matmul's blocks for a pass of n_rows (1, 2, 4 or 8). */
+int td_cu_tile_rows(const td_lc &lc, bool swiglu, int32_t n_rows);
 /* silu(gate) * up of (n_rows, n) float rows, quantized into act. */
 cudaError_t td_cu_swiglu_quantize(const float *gate, const float *up, int32_t ld, int32_t n_rows, int32_t n,
                                   const td_dact *act, const td_lc &lc);

@@ -195,48 +195,6 @@ __device__ __forceinline__ staged stage_rows(char *sm, const td_dact &act, int r
     return x;
 }
 
-/* One 32-element block quantized by one thread (td_d_quant_block's
- * arithmetic, element by element): for matmul blocks of few warps, where a
- * warp per block would take many rounds of shuffles. Max and the integer sum
- * are exact in any order, so each thread starts at its own word of the block
- * (word j of thread blk is (j + blk) % 8) and the threads of a warp read
- * different shared-memory banks; the codes land where the warp form puts
- * them, four per 32-bit store. v_i = (x_i * scale) * w_i. */
-__device__ __forceinline__ void quant_block_thread(const float *x, const float *w, float scale, int rot, int8_t *qs,
-                                                   float *d_out, float *s_out) {
-    float v[TD_QK];
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const int at = 4 * ((j + rot) & 7);
-#pragma unroll
-        for (int u = 0; u < 4; u++) v[4 * j + u] = (x[at + u] * scale) * w[at + u];
-    }
-    float amax = fabsf(v[0]);
-#pragma unroll
-    for (int k = 1; k < TD_QK; k++) amax = fmaxf(amax, fabsf(v[k]));
-    const float d = amax / 127.0f;
-    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    int sum = 0;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        uint32_t packed = 0;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const float t = v[4 * j + u] * id;
-            int q = 0;
-            if (t == t) {
-                const float r = rintf(t);
-                q = r < -127.0f ? -127 : r > 127.0f ? 127 : (int)r;
-            }
-            sum += q;
-            packed |= (uint32_t)(q & 0xFF) << (8 * u);
-        }
-        *(uint32_t *)(qs + 4 * ((j + rot) & 7)) = packed;
-    }
-    *d_out = td_d_round_f16(d);
-    *s_out = td_d_round_f16((float)sum * d);
-}
-
 /* The norm weights of a fused RMSNorm into shared memory at ws (n_in
  * floats): weights, so a kernel copies them before its td_d_pdl_wait. */
 __device__ __forceinline__ void stage_norm_weights(const td_mm_in &in, int n_in, float *ws) {
@@ -276,7 +234,7 @@ __device__ __forceinline__ void norm_quant_row(const td_mm_in &in, int row, int 
     const float scale = scale_sh;
     if (nb > 3 * nwarps) {
         for (int blk = threadIdx.x; blk < nb; blk += blockDim.x)
-            quant_block_thread(xs + blk * TD_QK, ws + blk * TD_QK, scale, blk, qs + blk * TD_QK, d + blk, s + blk);
+            td_cu_quant_block_thread(xs + blk * TD_QK, ws + blk * TD_QK, scale, blk, qs + blk * TD_QK, d + blk, s + blk);
     } else {
         for (int blk = warp; blk < nb; blk += nwarps) {
             const int i = blk * TD_QK + lane;
@@ -373,8 +331,8 @@ __global__ void __launch_bounds__(OUT_THREADS *KS) k_matmul(td_mm mm, td_mm_in i
     const int ldy = wi == 0 ? mm.ldy[0] : wi == 1 ? mm.ldy[1] : mm.ldy[2];
     const bool valid = o < W.n_out;
     const int nb = W.n_in / TD_QK, WPB = words_per_block<TYPE>::n, nbp = (nb + 3) / 4 * 4;
-    const int quads = nbp / 4, ib = 4 * (slice * quads / KS), ie_q = 4 * ((slice + 1) * quads / KS);
-    const int ie = ie_q < nb ? ie_q : nb; /* ib == ie: an empty slice (few blocks) */
+    int ib, ie; /* ib == ie: an empty slice (few blocks) */
+    td_cu_slice(nb, KS, slice, &ib, &ie);
     const size_t oo = valid ? (size_t)o : 0;
     chain_state cs = {W.qs + oo * nbp * WPB, W.d + oo * nbp, W.m ? W.m + oo * nbp : NULL, nbp};
     first_chunk f;
@@ -457,7 +415,7 @@ __global__ void __launch_bounds__(OUT_THREADS *KS) k_matmul(td_mm mm, td_mm_in i
  * (prefill): tiles share each weight word. A row's result is the same for
  * any tile (its chains do not change), so this is a choice of speed alone;
  * lc.tile / lc.tile_swiglu (TD_CUDA_TILE, a tuning aid) override it. */
-static int tile_rows(const td_lc &lc, bool swiglu, int32_t n_rows) {
+int td_cu_tile_rows(const td_lc &lc, bool swiglu, int32_t n_rows) {
     const int forced = swiglu ? lc.tile_swiglu : lc.tile;
     if (forced > 0) return n_rows == 1 ? 1 : forced;
     return n_rows <= 16 ? 1 : n_rows <= 64 ? 2 : 8;
@@ -510,7 +468,7 @@ template <int TYPE, int EPI> static cudaError_t launch_type(const td_mm *mm, con
     else
         for (int i = 0; i < mm->n_w; i++) outs += mm->w[i].n_out;
     const unsigned gx = (unsigned)((outs + OUT_PER_BLOCK - 1) / OUT_PER_BLOCK);
-    switch (tile_rows(lc, EPI == TD_EPI_SWIGLU, n_rows)) {
+    switch (td_cu_tile_rows(lc, EPI == TD_EPI_SWIGLU, n_rows)) {
     case 1: return launch_split<TYPE, EPI, 1>(mm, in, n_rows, lc, gx);
     case 2: return launch_split<TYPE, EPI, 2>(mm, in, n_rows, lc, gx);
     case 4: return launch_split<TYPE, EPI, 4>(mm, in, n_rows, lc, gx);
@@ -535,7 +493,7 @@ cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, co
     /* RoPE pairs must not straddle matrices or thread groups */
     if (mm->epi == TD_EPI_QKV && (mm->n_w != 3 || mm->w[0].n_out % 8 || mm->w[1].n_out % 8 || mm->qkv.head_dim % 2))
         return cudaErrorInvalidValue;
-    const int tile = tile_rows(lc, mm->epi == TD_EPI_SWIGLU, n_rows);
+    const int tile = td_cu_tile_rows(lc, mm->epi == TD_EPI_SWIGLU, n_rows);
     if (in->x && tile > 1) {
         if (!in->scratch.qs) return cudaErrorInvalidValue;
         size_t smem = 2 * (size_t)mm->w[0].n_in * sizeof(float);

@@ -50,7 +50,7 @@
 # row tiles; speculative identity per drafter); tandem bench engine --device
 # cuda before and after llama-bench on the same file (decode, prefill 512,
 # passes of 1-32 rows), each also with programmatic dependent launch off
-# (TD_CUDA_PDL=0), FAST, and the row tiles forced (TD_CUDA_TILE); a
+# (TD_CUDA_PDL=1), FAST, and the row tiles forced (TD_CUDA_TILE); a
 # kernel-time profile; a synthesized 7B-shaped Q4_1 model in the reference
 # order and FAST; generate on CPU and GPU (same text); and comm_nccl_check,
 # the NCCL backend of
@@ -132,15 +132,15 @@ run)
   export TD_BINARY_DIR=/tmp/bd TD_SOURCE_DIR=$PWD
   timeout 300 $B/test_cuda 2>&1 | tee $OUT/test_cuda.log | grep -E "^#|OK|FAIL|ERROR|LINE"
   LB() { if [ -x $L/llama-bench ]; then (cd $L && LD_LIBRARY_PATH=$L:$LD_LIBRARY_PATH timeout 120 ./llama-bench "$@"); fi; }
-  # TD_CUDA_PDL=0: kernels one after another (as before programmatic
-  # dependent launch); TD_CUDA_TILE: rows per matmul tile forced, for the
+  # TD_CUDA_PDL=1: programmatic dependent launch (off by default until
+  # measured here); TD_CUDA_TILE: rows per matmul tile forced, for the
   # choice by rows (cuda_matmul.cu). Same bits every way (test_cuda).
   {
     echo "== tandem (before)"; timeout 60 $B/tandem bench engine --device cuda --repeats 5
-    echo "== tandem, TD_CUDA_PDL=0"; TD_CUDA_PDL=0 timeout 60 $B/tandem bench engine --device cuda --repeats 5
+    echo "== tandem, TD_CUDA_PDL=1"; TD_CUDA_PDL=1 timeout 60 $B/tandem bench engine --device cuda --repeats 5
     echo "== llama.cpp"; LB -m $M -ngl 99 -fa 0 -p 512 -n 128 -r 5; LB -m $M -ngl 99 -fa 0 -p 1,2,4,8,16,32 -n 0 -r 5
     echo "== tandem (after)"; timeout 60 $B/tandem bench engine --device cuda --repeats 5
-    echo "== tandem, TD_CUDA_PDL=0 (after)"; TD_CUDA_PDL=0 timeout 60 $B/tandem bench engine --device cuda --repeats 5
+    echo "== tandem, TD_CUDA_PDL=1 (after)"; TD_CUDA_PDL=1 timeout 60 $B/tandem bench engine --device cuda --repeats 5
     echo "== tandem, --numerics fast"; timeout 60 $B/tandem bench engine --device cuda --repeats 5 --numerics fast
     echo "== tandem, --numerics fast, TD_CUDA_KSPLIT=4"
     TD_CUDA_KSPLIT=4 timeout 60 $B/tandem bench engine --device cuda --repeats 5 --numerics fast

@@ -229,17 +229,21 @@ static void compare_rows(const float *a, const float *b, int32_t n_rows, int32_t
 }
 
 /* How a GPU context is made: its order (fast: the device's FAST order, else
- * the reference) and TD_CUDA_KSPLIT while it is made (NULL: unset). */
+ * the reference), TD_CUDA_KSPLIT while it is made (NULL: unset), and
+ * whether programmatic dependent launch is asked for (TD_CUDA_PDL=1). */
 typedef struct gpu_kind {
     bool fast;
     const char *ksplit;
+    bool pdl;
 } gpu_kind;
 
 static td_ctx *gpu_ctx(td_model *m, int32_t rows, gpu_kind k) {
     td_err err = {0};
     if (k.ksplit) setenv("TD_CUDA_KSPLIT", k.ksplit, 1);
+    if (k.pdl) setenv("TD_CUDA_PDL", "1", 1);
     td_ctx *c = td_ctx_create_on(m, rows, NULL, GPU, &err);
     unsetenv("TD_CUDA_KSPLIT");
+    unsetenv("TD_CUDA_PDL");
     if (!c) fprintf(stderr, "# %s\n", err.msg);
     assert_non_null(c);
     td_ctx_set_numerics(c, k.fast ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE);
@@ -283,7 +287,7 @@ static void cpu_vs_gpus(td_model *m, const int32_t *ids, int32_t n, int32_t chun
 }
 
 static void cpu_vs_gpu(td_model *m, const int32_t *ids, int32_t n, int32_t chunk, td_pool *pool, cmp *c) {
-    const gpu_kind ref = {false, NULL};
+    const gpu_kind ref = {false, NULL, false};
     cpu_vs_gpus(m, ids, n, chunk, pool, &ref, 1, c);
 }
 
@@ -362,12 +366,15 @@ static void gpu_batch_invariance(void **s) {
     }
     /* rows per matmul tile forced (TD_CUDA_TILE, read when a context is
      * made): every tile gives a row the same bits, the fused RMSNorm of
-     * one-row tiles and the separate one of wider tiles included */
-    static const char *const tiles[] = {"2", "4:8", "8:1", "1:4"};
+     * one-row tiles and the separate one of wider tiles included; so do
+     * overlapping launches (TD_CUDA_PDL=1, the last two) */
+    static const char *const tiles[] = {"2", "4:8", "8:1", "1:4", "1"};
     for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
         setenv("TD_CUDA_TILE", tiles[t], 1);
+        if (t >= 3) setenv("TD_CUDA_PDL", "1", 1); /* and with overlapping launches */
         td_ctx *ct = td_ctx_create_on(L.m, 64, NULL, GPU, &err);
         unsetenv("TD_CUDA_TILE");
+        unsetenv("TD_CUDA_PDL");
         assert_non_null(ct);
         td_kv *kt = td_kv_create(L.m, 1, 128, NULL);
         assert_non_null(kt);
@@ -445,7 +452,7 @@ static void gpu_fast_order(void **s) {
     td_row rows[P];
     static const char *const splits[] = {NULL, "2", "4"};
     for (size_t sp = 0; sp < sizeof splits / sizeof splits[0]; sp++) {
-        const gpu_kind fast = {true, splits[sp]};
+        const gpu_kind fast = {true, splits[sp], sp == 2}; /* the last with overlapping launches */
         td_ctx *c = gpu_ctx(L.m, P, fast);
         td_kv *kv = td_kv_create(L.m, 1, 128, NULL);
         for (int32_t i = 0; i < P; i++) {
@@ -539,13 +546,15 @@ static void real_teacher_forced(void **s) {
     int32_t *all = malloc(N * sizeof *all);
     for (int32_t i = 0; i < N; i++) all[i] = ids[(size_t)i % n]; /* the text repeats if short */
     td_pool *pool = td_pool_create(td_cpu_count(), NULL);
-    /* the reference order, FAST split by width, FAST with every matmul split 4 ways */
-    static const gpu_kind kinds[3] = {{false, NULL}, {true, NULL}, {true, "4"}};
-    static const char *const names[3] = {"reference", "FAST", "FAST, split 4"};
-    cmp c[3] = {{0}}, dec[3] = {{0}};
-    cpu_vs_gpus(L.m, all, N, 500, pool, kinds, 3, c);
-    cpu_vs_gpus(L.m, all, 64, 1, pool, kinds, 3, dec);
-    for (int k = 0; k < 3; k++) {
+    /* the reference order, the same with overlapping launches, FAST split by
+     * width, FAST with every matmul split 4 ways (and overlapping launches) */
+    enum { K = 4 };
+    static const gpu_kind kinds[K] = {{false, NULL, false}, {false, NULL, true}, {true, NULL, false}, {true, "4", true}};
+    static const char *const names[K] = {"reference", "reference, TD_CUDA_PDL=1", "FAST", "FAST, split 4, PDL"};
+    cmp c[K] = {{0}}, dec[K] = {{0}};
+    cpu_vs_gpus(L.m, all, N, 500, pool, kinds, K, c);
+    cpu_vs_gpus(L.m, all, 64, 1, pool, kinds, K, dec);
+    for (int k = 0; k < K; k++) {
         fprintf(stderr,
                 "# real model, GPU %s, %d teacher-forced tokens (passes of 500): argmax agree %lld/%lld (%.2f%%), rows "
                 "bitwise %lld, max |diff| %.3g; 64 one-row passes: %lld bitwise, max |diff| %.3g\n",
@@ -553,14 +562,19 @@ static void real_teacher_forced(void **s) {
                 100.0 * (double)c[k].argmax_same / (double)c[k].rows, (long long)c[k].rows_bitwise, c[k].max_abs,
                 (long long)dec[k].rows_bitwise, dec[k].max_abs);
     }
-    /* the reference order: the CPU's bits but for RMSNorm's rare last bit */
-    assert_true((double)c[0].argmax_same >= 0.995 * (double)c[0].rows);
-    assert_true(c[0].max_abs < 1e-2);
+    /* the reference order: the CPU's bits but for RMSNorm's rare last bit;
+     * launched overlapping or not, the same bits */
+    for (int k = 0; k < 2; k++) {
+        assert_true((double)c[k].argmax_same >= 0.995 * (double)c[k].rows);
+        assert_true(c[k].max_abs < 1e-2);
+    }
+    assert_int_equal(c[1].rows_bitwise, c[0].rows_bitwise);
+    assert_int_equal(dec[1].rows_bitwise, dec[0].rows_bitwise);
     /* FAST: another summation order. A last-bit difference that moves one
      * activation code moves the logits a little, and that flips close
      * calls: the CPU's own fast order agrees with the reference at ~96.6 %
      * of positions (test_ref_llamacpp), so that is the bar here too */
-    for (int k = 1; k < 3; k++) {
+    for (int k = 2; k < K; k++) {
         assert_true((double)c[k].argmax_same >= 0.95 * (double)c[k].rows);
         assert_true(c[k].max_abs < 2.0);
     }
