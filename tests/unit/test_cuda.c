@@ -330,6 +330,24 @@ static void tiny_logits_match_cpu(void **s) {
     td_pool_destroy(pool);
 }
 
+/* Tokens ids[0..n) as sequence seq from position 0 (its cache cleared
+ * first), in passes of `width` rows, every row's logits into out (n, V). */
+static void forward_in_passes(td_ctx *c, td_kv *kv, int32_t seq, const int32_t *ids, int32_t n, int32_t width,
+                              int32_t V, float *out) {
+    enum { MAX_WIDTH = 64 };
+    td_row rows[MAX_WIDTH];
+    td_err err = {0};
+    assert_true(width >= 1 && width <= MAX_WIDTH);
+    td_kv_truncate(kv, seq, 0);
+    for (int32_t p0 = 0; p0 < n; p0 += width) {
+        int32_t k = n - p0 < width ? n - p0 : width;
+        for (int32_t i = 0; i < k; i++) rows[i] = td_row_linear(seq, p0 + i, ids[p0 + i], true);
+        int rc = td_model_forward(c, kv, rows, k, out + (size_t)p0 * V, &err);
+        if (rc) fprintf(stderr, "# %s\n", err.msg);
+        assert_int_equal(rc, TD_OK);
+    }
+}
+
 /* A row's logits on the GPU do not depend on the rest of its pass; a token
  * tree computes what its paths compute linearly; compaction keeps a path. */
 static void gpu_batch_invariance(void **s) {
@@ -349,19 +367,11 @@ static void gpu_batch_invariance(void **s) {
     td_row rows[P];
     /* token by token */
     td_kv *kv = td_kv_create(L.m, 4, 128, NULL);
-    for (int32_t i = 0; i < P; i++) {
-        rows[0] = td_row_linear(0, i, ids[i], true);
-        assert_int_equal(td_model_forward(c, kv, rows, 1, alone + (size_t)i * V, &err), TD_OK);
-    }
+    forward_in_passes(c, kv, 0, ids, P, 1, V, alone);
     /* passes of 2, 3, 5, 6, 8, 12, 16 and 24 rows */
     static const int sizes[] = {2, 3, 5, 6, 8, 12, 16, 24};
     for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
-        td_kv_truncate(kv, 1, 0);
-        for (int32_t p0 = 0; p0 < P; p0 += sizes[z]) {
-            int32_t k = P - p0 < sizes[z] ? P - p0 : sizes[z];
-            for (int32_t i = 0; i < k; i++) rows[i] = td_row_linear(1, p0 + i, ids[p0 + i], true);
-            assert_int_equal(td_model_forward(c, kv, rows, k, batch + (size_t)p0 * V, &err), TD_OK);
-        }
+        forward_in_passes(c, kv, 1, ids, P, sizes[z], V, batch);
         assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
     }
     /* rows per matmul tile forced (TD_CUDA_TILE, read when a context is
@@ -379,13 +389,7 @@ static void gpu_batch_invariance(void **s) {
         td_kv *kt = td_kv_create(L.m, 1, 128, NULL);
         assert_non_null(kt);
         for (int z = 0; z < 2; z++) { /* passes of 16, then of 5 rows */
-            int32_t w = z == 0 ? 16 : 5;
-            td_kv_truncate(kt, 0, 0);
-            for (int32_t p0 = 0; p0 < P; p0 += w) {
-                int32_t k = P - p0 < w ? P - p0 : w;
-                for (int32_t i = 0; i < k; i++) rows[i] = td_row_linear(0, p0 + i, ids[p0 + i], true);
-                assert_int_equal(td_model_forward(ct, kt, rows, k, batch + (size_t)p0 * V, &err), TD_OK);
-            }
+            forward_in_passes(ct, kt, 0, ids, P, z == 0 ? 16 : 5, V, batch);
             assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
         }
         td_kv_destroy(kt);
@@ -446,27 +450,17 @@ static void gpu_fast_order(void **s) {
     enum { P = 40 };
     int32_t ids[P];
     tokens_of(V, ids, P);
-    td_err err = {0};
     td_pool *pool = td_pool_create(2, NULL);
     float *alone = malloc((size_t)P * V * sizeof(float)), *batch = malloc((size_t)P * V * sizeof(float));
-    td_row rows[P];
     static const char *const splits[] = {NULL, "2", "4"};
     for (size_t sp = 0; sp < sizeof splits / sizeof splits[0]; sp++) {
         const gpu_kind fast = {true, splits[sp], sp == 2}; /* the last with overlapping launches */
         td_ctx *c = gpu_ctx(L.m, P, fast);
         td_kv *kv = td_kv_create(L.m, 1, 128, NULL);
-        for (int32_t i = 0; i < P; i++) {
-            rows[0] = td_row_linear(0, i, ids[i], true);
-            assert_int_equal(td_model_forward(c, kv, rows, 1, alone + (size_t)i * V, &err), TD_OK);
-        }
+        forward_in_passes(c, kv, 0, ids, P, 1, V, alone);
         static const int sizes[] = {5, 16, P};
         for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
-            td_kv_truncate(kv, 0, 0);
-            for (int32_t p0 = 0; p0 < P; p0 += sizes[z]) {
-                int32_t k = P - p0 < sizes[z] ? P - p0 : sizes[z];
-                for (int32_t i = 0; i < k; i++) rows[i] = td_row_linear(0, p0 + i, ids[p0 + i], true);
-                assert_int_equal(td_model_forward(c, kv, rows, k, batch + (size_t)p0 * V, &err), TD_OK);
-            }
+            forward_in_passes(c, kv, 0, ids, P, sizes[z], V, batch);
             assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
         }
         td_kv_destroy(kv);
@@ -476,9 +470,8 @@ static void gpu_fast_order(void **s) {
         c = gpu_ctx(L.m, P, fast);
         unsetenv("TD_CUDA_TILE");
         kv = td_kv_create(L.m, 1, 128, NULL);
-        for (int32_t i = 0; i < P; i++) rows[i] = td_row_linear(0, i, ids[i], true);
-        assert_int_equal(td_model_forward(c, kv, rows, 16, batch, &err), TD_OK);
-        assert_memory_equal(alone, batch, (size_t)16 * V * sizeof(float));
+        forward_in_passes(c, kv, 0, ids, P, 16, V, batch);
+        assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
         td_kv_destroy(kv);
         td_ctx_destroy(c);
         /* against the CPU reference: one pass of 40 rows, 40 one-row passes */
