@@ -125,6 +125,9 @@ int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap);
  * SwiGLU matmul; "A" sets both). False, outputs untouched, for anything
  * else. Host code, in every build. */
 bool td_cuda_tile_parse(const char *s, int *tile, int *tile_swiglu);
+/* TD_CUDA_KSPLIT's value: "1", "2" or "4". False, output untouched, for
+ * anything else. */
+bool td_cuda_ksplit_parse(const char *s, int *ksplit);
 
 /* One pass, already validated by the model module. Row r writes its K/V at
  * cache slot slot[r] of sequence seq[r] and attends to slots [0, base[r])

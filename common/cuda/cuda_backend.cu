@@ -349,8 +349,9 @@ extern "C" int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap) 
     if (!c->profile) {
         char tiles[32] = "by rows";
         if (c->tile) snprintf(tiles, sizeof tiles, "%d (SwiGLU %d) rows", c->tile, c->tile_swiglu);
-        char split[40] = "";
-        if (c->fast) snprintf(split, sizeof split, ", FAST: warps per output %s", c->ksplit == 1 ? "1" : c->ksplit == 2 ? "2" : c->ksplit == 4 ? "4" : "by width");
+        char split[48] = "";
+        if (c->fast && c->ksplit) snprintf(split, sizeof split, ", FAST: %d warps per output", c->ksplit);
+        else if (c->fast) snprintf(split, sizeof split, ", FAST: warps per output by width");
         return snprintf(buf, cap, "launches: %s, programmatic dependent launch %s, matmul tiles %s%s",
                         c->graphs_on ? "CUDA graphs" : "one by one", c->pdl ? "on" : "off", tiles, split);
     }
@@ -453,10 +454,8 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
         fprintf(stderr, "tandem: TD_CUDA_TILE=%s ignored (want A or A:B, each 1, 2, 4 or 8)\n", tile);
     /* TD_CUDA_KSPLIT=1, 2 or 4 forces the warps per output of FAST passes */
     const char *ks = getenv("TD_CUDA_KSPLIT");
-    if (ks && *ks) {
-        if ((ks[0] == '1' || ks[0] == '2' || ks[0] == '4') && ks[1] == 0) c->ksplit = ks[0] - '0';
-        else fprintf(stderr, "tandem: TD_CUDA_KSPLIT=%s ignored (want 1, 2 or 4)\n", ks);
-    }
+    if (ks && *ks && !td_cuda_ksplit_parse(ks, &c->ksplit))
+        fprintf(stderr, "tandem: TD_CUDA_KSPLIT=%s ignored (want 1, 2 or 4)\n", ks);
     const char *prof = getenv("TD_CUDA_PROFILE");
     if (prof && *prof && strcmp(prof, "0") != 0) {
         c->profile = true;

@@ -11,6 +11,12 @@ static bool tile_value(char c, int *out) {
     return true;
 }
 
+bool td_cuda_ksplit_parse(const char *s, int *ksplit) {
+    if (!s || (s[0] != '1' && s[0] != '2' && s[0] != '4') || s[1] != 0) return false;
+    *ksplit = s[0] - '0';
+    return true;
+}
+
 bool td_cuda_tile_parse(const char *s, int *tile, int *tile_swiglu) {
     int a = 0, b = 0;
     if (!s || !tile_value(s[0], &a)) return false;

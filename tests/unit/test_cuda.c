@@ -116,7 +116,7 @@ static void layout_refusals(void **s) {
     assert_int_equal(td_cuda_check_model(&d, &err), TD_E_UNSUPPORTED);
 }
 
-/* TD_CUDA_TILE's values (host code, every build) */
+/* TD_CUDA_TILE's and TD_CUDA_KSPLIT's values (host code, every build) */
 static void tile_values(void **s) {
     (void)s;
     int a = 0, b = 0;
@@ -134,6 +134,16 @@ static void tile_values(void **s) {
         assert_int_equal(b, 7);
     }
     assert_false(td_cuda_tile_parse(NULL, &a, &b));
+    /* TD_CUDA_KSPLIT */
+    assert_true(td_cuda_ksplit_parse("4", &a));
+    assert_int_equal(a, 4);
+    static const char *const bad_split[] = {"", "3", "8", "0", "44", "2 ", "x"};
+    for (size_t i = 0; i < sizeof bad_split / sizeof bad_split[0]; i++) {
+        a = 7;
+        assert_false(td_cuda_ksplit_parse(bad_split[i], &a));
+        assert_int_equal(a, 7);
+    }
+    assert_false(td_cuda_ksplit_parse(NULL, &a));
 }
 
 static void device_names(void **s) {
