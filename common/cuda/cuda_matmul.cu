@@ -1,4 +1,5 @@
-/* cuda_matmul.cu — quantized matrix products in the CPU's reference order.
+/* cuda_matmul.cu — quantized matrix products in the CPU's reference order,
+ * or in FAST, the same chains over slices of each row.
  *
  * The CPU reference (quant_ref.c) reduces a Q4_1 or Q8_0 row dot product in
  * eight lanes: lane l holds the integer sum of elements 4l..4l+3 of each
@@ -17,10 +18,16 @@
  * tile (verification rows cost little more than one). The SwiGLU form also
  * quantizes its output for the down projection (one 32-wide block of
  * outputs per thread block), saving a kernel per layer.
+ *
+ * FAST (KS > 1): KS groups of warps share each output, group k running the
+ * same chains over the k-th slice of the row's blocks; the slices are added
+ * in order before the fold. The order depends on shapes alone, so FAST is
+ * batch invariant too, but not the CPU's bits. Rows per tile (R) and slices
+ * (KS) are chosen per launch (td_cu_tile_rows, td_cu_ksplit) and neither
+ * choice of R changes a bit.
  */
 #include "cuda/cuda_internal.cuh"
 
-#define MM_OUT_PER_WARP 4
 #define FULL 0xffffffffu
 /* Blocks of the codes a thread loads before it starts adding: the adds are
  * a serial chain, so the loads of a whole chunk must be in flight at once
