@@ -340,19 +340,20 @@ __global__ void __launch_bounds__(OUT_THREADS *KS) k_matmul(td_mm mm, td_mm_in i
     const int nb = W.n_in / TD_QK, WPB = words_per_block<TYPE>::n, nbp = (nb + 3) / 4 * 4;
     int ib, ie; /* ib == ie: an empty slice (few blocks) */
     td_cu_slice(nb, KS, slice, &ib, &ie);
+    const bool fused_norm = R == 1 && in.x; /* the block normalizes its row itself */
     const size_t oo = valid ? (size_t)o : 0;
     chain_state cs = {W.qs + oo * nbp * WPB, W.d + oo * nbp, W.m ? W.m + oo * nbp : NULL, nbp};
     first_chunk f;
     /* weights only before the wait: they load while the kernel before ends */
     load_first<TYPE>(cs, valid, ib, ie, lane8, f);
-    if (R == 1 && in.x) stage_norm_weights(in, mm.w[0].n_in, norm_row_xs(sm, mm.w[0].n_in) + mm.w[0].n_in);
+    if (fused_norm) stage_norm_weights(in, mm.w[0].n_in, norm_row_xs(sm, mm.w[0].n_in) + mm.w[0].n_in);
     td_d_pdl_wait();
     td_d_pdl_release();
-    const staged x = (R == 1 && in.x) ? stage_norm_row(sm, in, r0, mm.w[0].n_in)
-                                      : stage_rows(sm, in.act, r0, nr, R, mm.w[0].n_in);
+    const staged x = fused_norm ? stage_norm_row(sm, in, r0, mm.w[0].n_in)
+                                : stage_rows(sm, in.act, r0, nr, R, mm.w[0].n_in);
     float acc[R], mins[R];
     dot_tile<TYPE, R>(cs, valid, ib, ie, x, nr, lane8, f, acc, mins);
-    slice_sum<R, KS, OUT_THREADS>((float *)(sm + slice_area(R, mm.w[0].n_in, R == 1 && in.x)), acc, mins);
+    slice_sum<R, KS, OUT_THREADS>((float *)(sm + slice_area(R, mm.w[0].n_in, fused_norm)), acc, mins);
     const bool writer = slice == 0; /* every thread goes on to the barriers below */
     if (EPI == TD_EPI_SWIGLU) {
         /* silu(gate) * up, then quantized for the down projection: the block

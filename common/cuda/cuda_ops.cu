@@ -51,8 +51,8 @@ cudaError_t td_cu_swiglu_quantize(const float *gate, const float *up, int32_t ld
 
 /* ---- token embedding: the CPU's to_float of the token's row ---- */
 __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
-    td_d_pdl_wait(); /* a pass's first kernel: launched without the attribute, a no-op */
-    td_d_pdl_release();
+    td_d_pdl_wait(); /* a pass's first kernel, launched plainly: a no-op */
+    td_d_pdl_release(); /* but this lets the next kernel start its prologue */
     const int r = blockIdx.x, n = emb.n_in, nb = n / TD_QK, nbp = (nb + 3) / 4 * 4;
     const int words = emb.type == TD_TYPE_Q8_0 ? 8 : 4;
     const size_t row = (size_t)token[r];

@@ -239,21 +239,24 @@ static void compare_rows(const float *a, const float *b, int32_t n_rows, int32_t
 }
 
 /* How a GPU context is made: its order (fast: the device's FAST order, else
- * the reference), TD_CUDA_KSPLIT while it is made (NULL: unset), and
- * whether programmatic dependent launch is asked for (TD_CUDA_PDL=1). */
+ * the reference), and the tuning aids set while it is made (read then):
+ * TD_CUDA_KSPLIT and TD_CUDA_TILE (NULL: unset), TD_CUDA_PDL=1 (pdl). */
 typedef struct gpu_kind {
     bool fast;
     const char *ksplit;
     bool pdl;
+    const char *tile;
 } gpu_kind;
 
 static td_ctx *gpu_ctx(td_model *m, int32_t rows, gpu_kind k) {
     td_err err = {0};
     if (k.ksplit) setenv("TD_CUDA_KSPLIT", k.ksplit, 1);
     if (k.pdl) setenv("TD_CUDA_PDL", "1", 1);
+    if (k.tile) setenv("TD_CUDA_TILE", k.tile, 1);
     td_ctx *c = td_ctx_create_on(m, rows, NULL, GPU, &err);
     unsetenv("TD_CUDA_KSPLIT");
     unsetenv("TD_CUDA_PDL");
+    unsetenv("TD_CUDA_TILE");
     if (!c) fprintf(stderr, "# %s\n", err.msg);
     assert_non_null(c);
     td_ctx_set_numerics(c, k.fast ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE);
@@ -297,7 +300,7 @@ static void cpu_vs_gpus(td_model *m, const int32_t *ids, int32_t n, int32_t chun
 }
 
 static void cpu_vs_gpu(td_model *m, const int32_t *ids, int32_t n, int32_t chunk, td_pool *pool, cmp *c) {
-    const gpu_kind ref = {false, NULL, false};
+    const gpu_kind ref = {false, NULL, false, NULL};
     cpu_vs_gpus(m, ids, n, chunk, pool, &ref, 1, c);
 }
 
@@ -390,12 +393,7 @@ static void gpu_batch_invariance(void **s) {
      * overlapping launches (TD_CUDA_PDL=1, the last two) */
     static const char *const tiles[] = {"2", "4:8", "8:1", "1:4", "1"};
     for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
-        setenv("TD_CUDA_TILE", tiles[t], 1);
-        if (t >= 3) setenv("TD_CUDA_PDL", "1", 1); /* and with overlapping launches */
-        td_ctx *ct = td_ctx_create_on(L.m, 64, NULL, GPU, &err);
-        unsetenv("TD_CUDA_TILE");
-        unsetenv("TD_CUDA_PDL");
-        assert_non_null(ct);
+        td_ctx *ct = gpu_ctx(L.m, 64, (gpu_kind){false, NULL, t >= 3, tiles[t]});
         td_kv *kt = td_kv_create(L.m, 1, 128, NULL);
         assert_non_null(kt);
         for (int z = 0; z < 2; z++) { /* passes of 16, then of 5 rows */
@@ -464,7 +462,7 @@ static void gpu_fast_order(void **s) {
     float *alone = malloc((size_t)P * V * sizeof(float)), *batch = malloc((size_t)P * V * sizeof(float));
     static const char *const splits[] = {NULL, "2", "4"};
     for (size_t sp = 0; sp < sizeof splits / sizeof splits[0]; sp++) {
-        const gpu_kind fast = {true, splits[sp], sp == 2}; /* the last with overlapping launches */
+        gpu_kind fast = {true, splits[sp], sp == 2, NULL}; /* the last with overlapping launches */
         td_ctx *c = gpu_ctx(L.m, P, fast);
         td_kv *kv = td_kv_create(L.m, 1, 128, NULL);
         forward_in_passes(c, kv, 0, ids, P, 1, V, alone);
@@ -476,9 +474,9 @@ static void gpu_fast_order(void **s) {
         td_kv_destroy(kv);
         td_ctx_destroy(c);
         /* tiles forced: the same bits again */
-        setenv("TD_CUDA_TILE", "4:8", 1);
+        fast.tile = "4:8";
         c = gpu_ctx(L.m, P, fast);
-        unsetenv("TD_CUDA_TILE");
+        fast.tile = NULL;
         kv = td_kv_create(L.m, 1, 128, NULL);
         forward_in_passes(c, kv, 0, ids, P, 16, V, batch);
         assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
@@ -552,7 +550,8 @@ static void real_teacher_forced(void **s) {
     /* the reference order, the same with overlapping launches, FAST split by
      * width, FAST with every matmul split 4 ways (and overlapping launches) */
     enum { K = 4 };
-    static const gpu_kind kinds[K] = {{false, NULL, false}, {false, NULL, true}, {true, NULL, false}, {true, "4", true}};
+    static const gpu_kind kinds[K] = {
+        {false, NULL, false, NULL}, {false, NULL, true, NULL}, {true, NULL, false, NULL}, {true, "4", true, NULL}};
     static const char *const names[K] = {"reference", "reference, TD_CUDA_PDL=1", "FAST", "FAST, split 4, PDL"};
     cmp c[K] = {{0}}, dec[K] = {{0}};
     cpu_vs_gpus(L.m, all, N, 500, pool, kinds, K, c);
