@@ -107,7 +107,8 @@ static td_dw plan_weight(plan *p, const td_cuda_weight *w) {
     td_cuda_layout_of(w->type, w->n_in, w->n_out, &lay, NULL); /* checked before */
     void *hq, *hd, *hm = NULL;
     out.qs = (const uint32_t *)plan_take(p, lay.qs_bytes, &hq);
-    out.d = (const __half *)plan_take(p, lay.d_bytes, &hd);
+    if (lay.d_bytes) out.d = (const __half *)plan_take(p, lay.d_bytes, &hd);
+    else hd = NULL; /* K-quants: scales inside the super-blocks */
     if (lay.m_bytes) out.m = (const __half *)plan_take(p, lay.m_bytes, &hm);
     if (p->staging) td_cuda_layout_pack(w->type, w->data, w->n_in, w->n_out, hq, (uint16_t *)hd, (uint16_t *)hm);
     out.type = w->type;
@@ -310,6 +311,7 @@ struct td_cuda_ctx {
     cudaStream_t stream;
     float *x, *q, *k, *v, *att, *logits;
     td_dact act, act2; /* act2: the down projection's input */
+    td_dact actk, act2k; /* the same as Q8_K, for K-quant matrices */
     int32_t *d_desc; /* the pass descriptor (layout by row count) */
     int32_t *h_desc; /* pinned host image */
     bool graphs_on;
@@ -375,6 +377,8 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     cudaFree(c->x); cudaFree(c->q); cudaFree(c->k); cudaFree(c->v); cudaFree(c->att);
     cudaFree(c->logits); cudaFree(c->ff); cudaFree(c->act.qs); cudaFree(c->act.d); cudaFree(c->act.s); cudaFree(c->d_desc);
     cudaFree(c->act2.qs); cudaFree(c->act2.d); cudaFree(c->act2.s);
+    cudaFree(c->actk.qs); cudaFree(c->actk.d); cudaFree(c->actk.bs);
+    cudaFree(c->act2k.qs); cudaFree(c->act2k.d); cudaFree(c->act2k.bs);
     cudaFreeHost(c->h_desc);
     if (c->stream) cudaStreamDestroy(c->stream);
     if (c->profile)
@@ -475,6 +479,9 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     size_t R = (size_t)max_rows, E = (size_t)hp->n_embd, qd = (size_t)hp->n_head * hp->head_dim;
     size_t kvd = (size_t)hp->n_head_kv * hp->head_dim, ld = (size_t)m->act_ld;
     c->act.ld = c->act2.ld = m->act_ld;
+    /* Q8_K rows: whole super-blocks of 256 */
+    size_t ldk = (size_t)(m->act_ld + TD_QK_SUPER - 1) / TD_QK_SUPER * TD_QK_SUPER;
+    c->actk.ld = c->act2k.ld = (int32_t)ldk;
     cudaError_t e = cudaStreamCreate(&c->stream);
 #define ALLOC(ptr, bytes) \
     if (e == cudaSuccess) e = cudaMalloc((void **)&(ptr), (bytes))
@@ -491,6 +498,12 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     ALLOC(c->act2.qs, R * ld);
     ALLOC(c->act2.d, R * ld / TD_QK * sizeof(float));
     ALLOC(c->act2.s, R * ld / TD_QK * sizeof(float));
+    ALLOC(c->actk.qs, R * ldk);
+    ALLOC(c->actk.d, R * ldk / TD_QK_SUPER * sizeof(float));
+    ALLOC(c->actk.bs, R * ldk / 16 * sizeof(int16_t));
+    ALLOC(c->act2k.qs, R * ldk);
+    ALLOC(c->act2k.d, R * ldk / TD_QK_SUPER * sizeof(float));
+    ALLOC(c->act2k.bs, R * ldk / 16 * sizeof(int16_t));
     ALLOC(c->d_desc, (size_t)c->desc_ints * sizeof(int32_t));
 #undef ALLOC
     if (e == cudaSuccess) e = cudaMallocHost((void **)&c->h_desc, (size_t)c->desc_ints * sizeof(int32_t));
@@ -535,6 +548,8 @@ static int32_t fill_desc(td_cuda_ctx *c, const td_cuda_pass *ps) {
     return desc_ints(c->m, n, ps->chain_total);
 }
 
+static bool kquant(const td_dw &w) { return td_cu_is_kquant(w.type); }
+
 /* The launches of one pass. Returns the first launch error. */
 static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t n_out, const uint8_t *skip) {
     const td_cuda_model *m = c->m;
@@ -546,7 +561,7 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
     int32_t E = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     td_dpass p = dpass_of(c, n);
     td_dkv dkv = {kv->d_tab, kv->max_len, kv->kv_dim, 0};
-    const td_dact none = {NULL, NULL, NULL, 0};
+    const td_dact none = {NULL, NULL, NULL, 0, NULL};
     prof_mark(c, P_EMBED);
     cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, c->x, first);
     prof_mark(c, P_EMBED);
@@ -557,8 +572,11 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         const td_cuda_dlayer *ly = &m->layers[l];
         dkv.layer = l;
         td_mm_in normed = {none, c->x, E, NULL, ly->attn_norm, hp->rms_eps, c->act};
+        /* K-quant matrices take the normed rows as Q8_K, quantized once */
+        const td_mm_in normed_k = {c->actk, NULL, 0, NULL, NULL, 0, none};
+        const bool qkv_k = kquant(ly->wq) || kquant(ly->wk) || kquant(ly->wv);
         bool same = ly->wq.type == ly->wk.type && ly->wk.type == ly->wv.type;
-        if (same && !hp->rope_neox) {
+        if (same && !qkv_k && !hp->rope_neox) {
             /* norm, q/k/v, biases, RoPE and the cache store in one kernel */
             td_qkv_epi qe = {p.seq, p.slot, p.rope_cs, ly->bq, ly->bk, ly->bv, kv->d_tab, kv->max_len, kv->kv_dim, l,
                              hp->head_dim, hp->n_rot};
@@ -569,13 +587,17 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
             const td_dw *ws[3] = {&ly->wq, &ly->wk, &ly->wv};
             float *ys[3] = {c->q, c->k, c->v};
             int32_t lds[3] = {qd, kvd, kvd};
+            if (qkv_k) {
+                const td_qk_src src = {TD_QK_NORM, c->x, NULL, E, NULL, ly->attn_norm, hp->rms_eps};
+                RUN(td_cu_quantize_k(&src, n, E, &c->actk, st));
+            }
             if (same) {
                 td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, c->k, c->v}, {qd, kvd, kvd}, 3, TD_EPI_STORE, none, {}};
-                RUN(td_cu_matmul(&mm, &normed, n, st));
+                RUN(td_cu_matmul(&mm, qkv_k ? &normed_k : &normed, n, st));
             } else {
                 for (int i = 0; i < 3; i++) {
                     td_mm mm = {{*ws[i]}, {ys[i]}, {lds[i]}, 1, TD_EPI_STORE, none, {}};
-                    RUN(td_cu_matmul(&mm, &normed, n, st));
+                    RUN(td_cu_matmul(&mm, kquant(*ws[i]) ? &normed_k : &normed, n, st));
                 }
             }
             prof_mark(c, P_QKV);
@@ -584,36 +606,61 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
             RUN(td_cu_rope_store(&ra, &p, &dkv, n, st));
             prof_mark(c, P_ROPE);
         }
-        /* a head of whole quantization blocks quantizes its own output */
-        bool fused = hp->head_dim % TD_QK == 0;
+        /* a head of whole quantization blocks quantizes its own output (for
+         * the legacy formats: Q8_K needs 256 values first) */
+        const bool wo_k = kquant(ly->wo);
+        bool fused = hp->head_dim % TD_QK == 0 && !wo_k;
         td_attn_args aa = {c->q, c->att, hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim),
                            fused ? c->act : none};
         RUN(td_cu_attention(&aa, &p, &dkv, n, st));
-        if (!fused) RUN(td_cu_quantize(c->att, qd, NULL, n, qd, &c->act, st));
+        if (wo_k) {
+            const td_qk_src src = {TD_QK_PLAIN, c->att, NULL, qd, NULL, NULL, 0.0f};
+            RUN(td_cu_quantize_k(&src, n, qd, &c->actk, st));
+        } else if (!fused) {
+            RUN(td_cu_quantize(c->att, qd, NULL, n, qd, &c->act, st));
+        }
         prof_mark(c, P_ATTN);
-        td_mm_in att = {c->act, NULL, 0, NULL, NULL, 0, none};
+        td_mm_in att = {wo_k ? c->actk : c->act, NULL, 0, NULL, NULL, 0, none};
         td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
         RUN(td_cu_matmul(&mo, &att, n, st));
         prof_mark(c, P_WO);
         td_mm_in ffn = {none, c->x, E, NULL, ly->ffn_norm, hp->rms_eps, c->act};
-        if (td_cu_ksplit(st, ly->w_gate.n_in) > 1) {
-            /* FAST, wide input: gate and up as one split product, then silu * up */
+        const bool gate_k = kquant(ly->w_gate), down_k = kquant(ly->w_down);
+        if (gate_k) {
+            const td_qk_src src = {TD_QK_NORM, c->x, NULL, E, NULL, ly->ffn_norm, hp->rms_eps};
+            RUN(td_cu_quantize_k(&src, n, E, &c->actk, st));
+        }
+        if (gate_k || down_k || td_cu_ksplit(st, ly->w_gate.n_in) > 1) {
+            /* gate and up as one product of two matrices, then silu * up
+             * quantized for the down projection: for K-quants on either
+             * side, and in FAST where the input is split */
             float *gate = c->ff, *up = c->ff + (size_t)c->max_rows * hp->n_ff;
             td_mm mg = {{ly->w_gate, ly->w_up}, {gate, up}, {hp->n_ff, hp->n_ff}, 2, TD_EPI_STORE, none, {}};
-            RUN(td_cu_matmul(&mg, &ffn, n, st));
-            RUN(td_cu_swiglu_quantize(gate, up, hp->n_ff, n, hp->n_ff, &c->act2, st));
+            RUN(td_cu_matmul(&mg, gate_k ? &normed_k : &ffn, n, st));
+            if (down_k) {
+                const td_qk_src src = {TD_QK_SWIGLU, gate, up, hp->n_ff, NULL, NULL, 0.0f};
+                RUN(td_cu_quantize_k(&src, n, hp->n_ff, &c->act2k, st));
+            } else {
+                RUN(td_cu_swiglu_quantize(gate, up, hp->n_ff, n, hp->n_ff, &c->act2, st));
+            }
         } else {
             td_mm mg = {{ly->w_gate, ly->w_up}, {NULL}, {0}, 2, TD_EPI_SWIGLU, c->act2, {}};
             RUN(td_cu_matmul(&mg, &ffn, n, st));
         }
         prof_mark(c, P_GATEUP);
-        td_mm_in gated = {c->act2, NULL, 0, NULL, NULL, 0, none};
+        td_mm_in gated = {down_k ? c->act2k : c->act2, NULL, 0, NULL, NULL, 0, none};
         td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
         RUN(td_cu_matmul(&md, &gated, n, st));
         prof_mark(c, P_DOWN);
     }
     if (n_out > 0) {
         td_mm_in last = {none, c->x, E, p.out_rows, m->output_norm, hp->rms_eps, c->act};
+        if (kquant(m->output)) {
+            const td_qk_src src = {TD_QK_NORM, c->x, NULL, E, p.out_rows, m->output_norm, hp->rms_eps};
+            RUN(td_cu_quantize_k(&src, n_out, E, &c->actk, st));
+            const td_mm_in quantized = {c->actk, NULL, 0, NULL, NULL, 0, none};
+            last = quantized;
+        }
         td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE, none, {}};
         RUN(td_cu_matmul(&mh, &last, n_out, st));
         prof_mark(c, P_HEAD);

@@ -18,6 +18,7 @@ extern "C" {
 #include "cuda/cuda.h"
 #include "quant/quant.h"
 }
+#include "cuda/cuda_kquant.cuh"
 
 #define TD_QK 32
 
@@ -32,11 +33,15 @@ struct td_dw {
 
 /* Quantized activation rows (the CPU's Q8_0 / Q8_1 blocks, unpacked): codes,
  * the fp16-rounded scale d and, for Q4_1 weights, s = fp16(d * sum(codes)).
- * Row r: qs + r * ld, d + r * ld / 32, s + r * ld / 32. */
+ * Row r: qs + r * ld, d + r * ld / 32, s + r * ld / 32.
+ * For K-quant weights the rows are Q8_K blocks of 256, unpacked the same
+ * way: codes, one float d per 256 (d + r * ld / 256) and the sums of each
+ * 16 codes in bs (bs + r * ld / 16); s is not used. */
 struct td_dact {
     int8_t *qs;
     float *d, *s;
     int32_t ld;
+    int16_t *bs;
 };
 
 /* The pass in device memory (td_cuda_pass, uploaded in one copy). */
@@ -65,7 +70,7 @@ struct td_dkv {
 __host__ __device__ __forceinline__ float td_d_round_f16(float x) { return __half2float(__float2half_rn(x)); }
 
 /* td_op_hsum8: upper half onto lower, then pairs 0+2, 1+3 */
-__device__ __forceinline__ float td_d_hsum8(const float l[8]) {
+__host__ __device__ __forceinline__ float td_d_hsum8(const float l[8]) {
     float c0 = l[0] + l[4], c1 = l[1] + l[5], c2 = l[2] + l[6], c3 = l[3] + l[7];
     return (c0 + c2) + (c1 + c3);
 }
@@ -270,6 +275,47 @@ int td_cu_tile_rows(const td_lc &lc, bool swiglu, int32_t n_rows);
 /* silu(gate) * up of (n_rows, n) float rows, quantized into act. */
 cudaError_t td_cu_swiglu_quantize(const float *gate, const float *up, int32_t ld, int32_t n_rows, int32_t n,
                                   const td_dact *act, const td_lc &lc);
+
+/* Where a Q8_K quantization (K-quant weights) takes its values from: float
+ * rows x as they are (TD_QK_PLAIN), after RMSNorm with weight norm_w
+ * (TD_QK_NORM), or silu(x) * up (TD_QK_SWIGLU); rows[] gathers x's rows
+ * when not NULL. Each is computed as for the other weight types, so only
+ * the quantization differs. */
+enum td_qk_kind { TD_QK_PLAIN = 0, TD_QK_NORM = 1, TD_QK_SWIGLU = 2 };
+struct td_qk_src {
+    int kind;
+    const float *x, *up;
+    int32_t ldx;
+    const int32_t *rows;
+    const float *norm_w;
+    float eps;
+};
+/* n_rows rows of n_in values (a multiple of 256) into act as Q8_K. */
+cudaError_t td_cu_quantize_k(const td_qk_src *src, int32_t n_rows, int32_t n_in, const td_dact *act,
+                             const td_lc &lc);
+/* td_cu_matmul's K-quant form: quantized input only (in->act, Q8_K), the
+ * STORE and ADD epilogues, one type across mm's matrices. */
+cudaError_t td_cu_matmul_k(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc);
+/* The RMSNorm scale of a row of n floats (xs: shared or global memory),
+ * 1 / sqrt(mean of squares + eps): warp 0 sums the squares in double, element
+ * i into lane i % 32 in element order, then a fixed butterfly (lane 0's
+ * result), so every kernel that normalizes gets the same bits. Every thread
+ * of the block calls it (it holds a barrier) and gets the scale. */
+__device__ __forceinline__ float td_cu_rms_scale(const float *xs, int n, float eps) {
+    __shared__ float scale_sh;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (warp == 0) {
+        double ss = 0.0;
+        for (int i = lane; i < n; i += 32) ss += (double)(xs[i] * xs[i]);
+        for (int off = 16; off; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+        if (lane == 0) {
+            float mean = (float)(ss / (double)n);
+            scale_sh = 1.0f / sqrtf(mean + eps);
+        }
+    }
+    __syncthreads();
+    return scale_sh;
+}
 
 /* x (n_rows, n_in) rows, gathered through rows[] when not NULL, to act. */
 cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,

@@ -9,18 +9,27 @@
  * 16-byte load. So a row is stored word-plane by word-plane: plane w holds
  * word w of each block, the row's block count padded to a multiple of four
  * with zeros; the fp16 scales (and Q4_1 minimums) follow the same padding.
- * Nothing is re-quantized.
+ * A K-quant super-block (256 elements) keeps its GGUF bytes, padded to whole
+ * 32-bit words (Q6_K: 210 to 212), so that a thread reads its codes and the
+ * scales as words (cuda_kquant.cuh). Nothing is re-quantized.
  */
 #include <string.h>
 
 #include "cuda/cuda.h"
 #include "quant/quant.h"
 
-enum { QK = 32 };
+enum { QK = 32, QK_K = 256 };
+
+static bool is_kquant(uint32_t type) {
+    return type == TD_TYPE_Q4_K || type == TD_TYPE_Q5_K || type == TD_TYPE_Q6_K;
+}
 
 bool td_cuda_type_supported(uint32_t type) {
-    return type == TD_TYPE_Q4_0 || type == TD_TYPE_Q4_1 || type == TD_TYPE_Q8_0;
+    return type == TD_TYPE_Q4_0 || type == TD_TYPE_Q4_1 || type == TD_TYPE_Q8_0 || is_kquant(type);
 }
+
+/* Bytes of a K-quant super-block on the device: whole words. */
+static size_t kq_block_bytes(uint32_t type) { return (td_quant_traits(type)->block_bytes + 3) / 4 * 4; }
 
 /* Bytes of codes per block, and the offset of the codes in a GGUF block. */
 static int codes_bytes(uint32_t type) { return type == TD_TYPE_Q8_0 ? 32 : 16; }
@@ -31,8 +40,17 @@ int64_t td_cuda_layout_padded_blocks(int64_t n_in) { return (n_in / QK + 3) / 4 
 int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout *out, td_err *err) {
     if (!td_cuda_type_supported(type)) {
         const td_type_traits *tr = td_quant_traits(type);
-        return td_err_set(err, TD_E_UNSUPPORTED, "the CUDA backend has no kernel for %s weights (it runs Q4_0, Q4_1, Q8_0)",
+        return td_err_set(err, TD_E_UNSUPPORTED,
+                          "the CUDA backend has no kernel for %s weights (it runs Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)",
                           tr && tr->name ? tr->name : "unknown");
+    }
+    if (is_kquant(type)) {
+        if (n_in <= 0 || n_out <= 0 || n_in % QK_K != 0)
+            return td_err_set(err, TD_E_ARG, "matrix of %lld x %lld is not whole super-blocks of %d", (long long)n_out,
+                              (long long)n_in, QK_K);
+        out->qs_bytes = (size_t)(n_in / QK_K) * (size_t)n_out * kq_block_bytes(type);
+        out->d_bytes = out->m_bytes = 0;
+        return TD_OK;
     }
     if (n_in <= 0 || n_out <= 0 || n_in % QK != 0)
         return td_err_set(err, TD_E_ARG, "matrix of %lld x %lld is not whole blocks of %d", (long long)n_out,
@@ -47,9 +65,16 @@ int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout
 void td_cuda_layout_pack(uint32_t type, const void *src, int64_t n_in, int64_t n_out, void *qs, uint16_t *d,
                          uint16_t *m) {
     const td_type_traits *tr = td_quant_traits(type);
+    const unsigned char *s = src;
+    if (is_kquant(type)) {
+        size_t padded = kq_block_bytes(type), blocks = (size_t)(n_in / QK_K) * (size_t)n_out;
+        unsigned char *q = qs;
+        memset(qs, 0, blocks * padded);
+        for (size_t i = 0; i < blocks; i++) memcpy(q + i * padded, s + i * tr->block_bytes, tr->block_bytes);
+        return;
+    }
     int64_t nb = n_in / QK, nbp = td_cuda_layout_padded_blocks(n_in);
     int words = codes_bytes(type) / 4, co = codes_offset(type);
-    const unsigned char *s = src;
     uint32_t *q = qs;
     memset(qs, 0, (size_t)n_out * (size_t)nbp * (size_t)words * 4);
     memset(d, 0, (size_t)n_out * (size_t)nbp * sizeof(uint16_t));
@@ -64,6 +89,13 @@ void td_cuda_layout_pack(uint32_t type, const void *src, int64_t n_in, int64_t n
 
 void td_cuda_layout_row(uint32_t type, const void *qs, const uint16_t *d, const uint16_t *m, int64_t n_in, int64_t o,
                         float *out) {
+    if (is_kquant(type)) {
+        const td_type_traits *tr = td_quant_traits(type);
+        size_t padded = kq_block_bytes(type), nsb = (size_t)(n_in / QK_K);
+        const unsigned char *row = (const unsigned char *)qs + (size_t)o * nsb * padded;
+        for (size_t i = 0; i < nsb; i++) tr->to_float(row + i * padded, out + i * QK_K, QK_K);
+        return;
+    }
     int64_t nb = n_in / QK, nbp = td_cuda_layout_padded_blocks(n_in);
     int words = codes_bytes(type) / 4;
     const uint32_t *q = qs;

@@ -222,23 +222,12 @@ __device__ __forceinline__ void stage_norm_weights(const td_mm_in &in, int n_in,
  * thread per block where the warps would take more than three rounds. */
 __device__ __forceinline__ void norm_quant_row(const td_mm_in &in, int row, int n_in, float *xs, int8_t *qs, float *d,
                                                float *s) {
-    __shared__ float scale_sh;
     const int nb = n_in / TD_QK, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
     const float *xr = in.x + (size_t)(in.rows ? in.rows[row] : row) * in.ldx;
     const float *ws = xs + n_in; /* the norm weights beside the row */
     copy_words((int *)xs, n_in, [&](int e) { return __float_as_int(xr[e]); });
     __syncthreads();
-    if (warp == 0) {
-        double ss = 0.0;
-        for (int i = lane; i < n_in; i += 32) ss += (double)(xs[i] * xs[i]);
-        for (int off = 16; off; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-        if (lane == 0) {
-            float mean = (float)(ss / (double)n_in);
-            scale_sh = 1.0f / sqrtf(mean + in.eps);
-        }
-    }
-    __syncthreads();
-    const float scale = scale_sh;
+    const float scale = td_cu_rms_scale(xs, n_in, in.eps);
     if (nb > 3 * nwarps) {
         for (int blk = threadIdx.x; blk < nb; blk += blockDim.x)
             td_cu_quant_block_thread(xs + blk * TD_QK, ws + blk * TD_QK, scale, blk, qs + blk * TD_QK, d + blk, s + blk);
@@ -494,6 +483,7 @@ template <int EPI> static cudaError_t launch_epi(const td_mm *mm, const td_mm_in
 }
 
 cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc) {
+    if (td_cu_is_kquant(mm->w[0].type)) return td_cu_matmul_k(mm, in, n_rows, lc);
     for (int i = 1; i < mm->n_w; i++)
         if (mm->w[i].type != mm->w[0].type || mm->w[i].n_in != mm->w[0].n_in) return cudaErrorInvalidValue;
     if (mm->epi == TD_EPI_SWIGLU && (!mm->qout.qs || mm->w[0].n_out % TD_QK != 0 || td_cu_ksplit(lc, mm->w[0].n_in) > 1))

@@ -128,7 +128,8 @@ run)
   mkdir -p /tmp/bd ~/.cache/tandem/models && cp $B/td-mktiny /tmp/bd/
   M=~/.cache/tandem/models/$MODEL_FILE
   cat /tmp/keep/m1part .devcarry/m2/part > $M && sha256sum $M | cut -c1-16
-  ($B/td-mktiny /tmp/7b.gguf --shape llama7b --type Q4_1 > /dev/null; echo "7B-shaped model made: rc=$?") &
+  ($B/td-mktiny /tmp/7b.gguf --shape llama7b --type Q4_1 > /dev/null; echo "7B-shaped model made: rc=$?"
+   $B/td-mktiny /tmp/7bk.gguf --shape llama7b --type Q4_K_M > /dev/null; echo "7B-shaped Q4_K_M made: rc=$?") &
   export TD_BINARY_DIR=/tmp/bd TD_SOURCE_DIR=$PWD
   timeout 300 $B/test_cuda 2>&1 | tee $OUT/test_cuda.log | grep -E "^#|OK|FAIL|ERROR|LINE"
   LB() { if [ -x $L/llama-bench ]; then (cd $L && LD_LIBRARY_PATH=$L:$LD_LIBRARY_PATH timeout 120 ./llama-bench "$@"); fi; }
@@ -153,10 +154,14 @@ run)
   bash tests/bench/cuda_device_check.sh nccl # cwd is the repo root (cd above)
   wait
   {
-    B7() { timeout 120 $B/tandem bench engine --device cuda --model /tmp/7b.gguf --repeats 3 "$@"; }
-    echo "== 7B-shaped, synthetic weights, reference order"; B7
-    echo "== 7B-shaped, --numerics fast"; B7 --numerics fast
-    echo "== 7B-shaped, --numerics fast, TD_CUDA_TILE=8"; TD_CUDA_TILE=8 B7 --numerics fast
+    B7() { local m=$1; shift; timeout 120 $B/tandem bench engine --device cuda --model "$m" --repeats 3 "$@"; }
+    echo "== 7B-shaped, synthetic weights, reference order"; B7 /tmp/7b.gguf
+    echo "== 7B-shaped, --numerics fast"; B7 /tmp/7b.gguf --numerics fast
+    echo "== 7B-shaped, --numerics fast, TD_CUDA_TILE=8"; TD_CUDA_TILE=8 B7 /tmp/7b.gguf --numerics fast
+    # the K-quant kernels (cuda_kquant.cu) on the usual deployment's mix,
+    # beside llama.cpp's on the same file
+    echo "== 7B-shaped Q4_K_M, synthetic weights"; B7 /tmp/7bk.gguf
+    echo "== llama.cpp, 7B-shaped Q4_K_M"; LB -m /tmp/7bk.gguf -ngl 99 -fa 0 -p 1,2,4,8,16,32 -n 32 -r 3
   } 2>&1 | tee $OUT/bench7b.log
   P="Explain speculative decoding in two sentences."
   for dev in "--numerics reference" "--device cuda" "--device cuda --draft auto" "--device cuda --numerics fast"; do

@@ -78,7 +78,7 @@ static const char chat_template[] =
     "{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /* one_type when --type was not given; resolved per shape in parse_args. */
-enum { TYPE_MIXED = -1, TYPE_UNSET = -2 };
+enum { TYPE_MIXED = -1, TYPE_UNSET = -2, TYPE_Q4_K_M = -3 };
 
 typedef struct opts {
     const char *out;
@@ -171,6 +171,10 @@ static uint32_t matrix_type(const opts *o, const char *what, int layer) {
         {"output", TD_TYPE_Q6_K, TD_TYPE_Q6_K},
     };
     if (o->one_type >= 0) return (uint32_t)o->one_type;
+    if (o->one_type == TYPE_Q4_K_M) /* the matrices llama.cpp's Q4_K_M keeps wider */
+        return strcmp(what, "attn_v") == 0 || strcmp(what, "ffn_down") == 0 || strcmp(what, "output") == 0
+                   ? TD_TYPE_Q6_K
+                   : TD_TYPE_Q4_K;
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++)
         if (strcmp(plan[i].what, what) == 0) return layer % 2 ? plan[i].odd : plan[i].even;
     return TD_TYPE_F32;
@@ -482,7 +486,8 @@ static int usage(void) {
             "                  32 layers, ctx 4096, untied (Q4_1: 3.9 GiB)\n"
             "        smol135m  SmolLM2-135M shapes: 576, 9/3 heads, n_ff 1536, 49152 rows,\n"
             "                  30 layers, ctx 8192, rope base 1e5, tied\n"
-            "  TYPE: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K, or mixed\n"
+            "  TYPE: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K, mixed, or\n"
+            "        Q4_K_M (Q6_K for attn_v, ffn_down and output, Q4_K elsewhere)\n"
             "        (default: mixed for tiny, Q4_1 for the others; K types fall back\n"
             "        to Q5_0/Q5_1/Q8_0 on rows that are not a multiple of 256)\n"
             "  --layers: 2..4 for tiny, 1..2 for micro, 1..64 for the others (default: the shape's)\n"
@@ -518,6 +523,7 @@ static int parse_args(int argc, char **argv, opts *o) {
             i++;
         } else if (strcmp(a, "--type") == 0 && v) {
             if (strcasecmp(v, "mixed") == 0) o->one_type = TYPE_MIXED;
+            else if (strcasecmp(v, "Q4_K_M") == 0) o->one_type = TYPE_Q4_K_M;
             else if ((o->one_type = parse_type(v)) < 0) return -1;
             i++;
         } else if (strcmp(a, "--shape") == 0 && v) {

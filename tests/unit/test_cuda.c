@@ -11,7 +11,9 @@
  *     the tiny models, argmax agreement >= 99.5% and |diff| < 1e-2 over
  *     2,000 teacher-forced tokens of the real model;
  *   - batch invariance on the GPU: rows alone or in passes of 2-24, tree
- *     rows against the linear sequences they stand for, compaction;
+ *     rows against the linear sequences they stand for, compaction; the
+ *     same for K-quant matrices (Q4_K, Q6_K), whose logits also match the
+ *     CPU's (Q4_K, Q5_K, Q6_K and a Q4_K_M-like mix);
  *   - speculative decoding on the GPU gives plain GPU decoding's tokens for
  *     every drafter, greedy and seeded.
  */
@@ -90,21 +92,53 @@ static void layout_roundtrip(void **s) {
         for (int w = 0; w < words; w++) assert_int_equal(((uint32_t *)qs)[w * 4 + 3], 0);
         free(qs), free(d), free(m), free(w);
     }
+    /* K-quant super-blocks keep their bytes, padded to whole words */
+    static const uint32_t ktypes[3] = {TD_TYPE_Q4_K, TD_TYPE_Q5_K, TD_TYPE_Q6_K};
+    static const size_t padded[3] = {144, 176, 212};
+    enum { K_IN = 512 };
+    for (int t = 0; t < 3; t++) {
+        const td_type_traits *tr = td_quant_traits_ref(ktypes[t]);
+        size_t rb = td_quant_row_bytes(ktypes[t], K_IN);
+        unsigned char *w = malloc(rb * N_OUT);
+        float x[K_IN], want[K_IN], got[K_IN];
+        for (int o = 0; o < N_OUT; o++) {
+            for (int i = 0; i < K_IN; i++) x[i] = frand() * (float)(o + 1);
+            tr->from_float(x, w + o * rb, K_IN);
+        }
+        td_cuda_layout lay;
+        assert_int_equal(td_cuda_layout_of(ktypes[t], K_IN, N_OUT, &lay, NULL), TD_OK);
+        assert_int_equal(lay.qs_bytes, (size_t)N_OUT * 2 * padded[t]);
+        assert_int_equal(lay.d_bytes + lay.m_bytes, 0);
+        unsigned char *qs = malloc(lay.qs_bytes);
+        td_cuda_layout_pack(ktypes[t], w, K_IN, N_OUT, qs, NULL, NULL);
+        for (int o = 0; o < N_OUT; o++) {
+            tr->to_float(w + o * rb, want, K_IN);
+            td_cuda_layout_row(ktypes[t], qs, NULL, NULL, K_IN, o, got);
+            assert_memory_equal(want, got, sizeof want);
+        }
+        if (ktypes[t] == TD_TYPE_Q6_K) /* the two bytes of padding are zero */
+            assert_true(qs[210] == 0 && qs[211] == 0 && qs[212 + 210] == 0);
+        free(qs), free(w);
+    }
 }
 
 static void layout_refusals(void **s) {
     (void)s;
     td_cuda_layout lay;
     td_err err = {0};
-    assert_int_equal(td_cuda_layout_of(TD_TYPE_Q4_K, 256, 4, &lay, &err), TD_E_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "Q4_K"));
+    assert_int_equal(td_cuda_layout_of(TD_TYPE_Q5_0, 256, 4, &lay, &err), TD_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "Q5_0"));
+    assert_int_equal(td_cuda_layout_of(TD_TYPE_Q2_K, 256, 4, &lay, &err), TD_E_UNSUPPORTED);
+    assert_int_equal(td_cuda_layout_of(TD_TYPE_Q4_K, 256, 4, &lay, &err), TD_OK);
+    assert_int_equal(td_cuda_layout_of(TD_TYPE_Q6_K, 96, 4, &lay, &err), TD_E_ARG); /* not whole super-blocks */
+    assert_non_null(strstr(err.msg, "256"));
     assert_int_equal(td_cuda_layout_of(TD_TYPE_F16, 64, 4, &lay, &err), TD_E_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "F16"));
     assert_int_equal(td_cuda_layout_of(TD_TYPE_Q4_1, 33, 4, &lay, &err), TD_E_ARG);
     assert_int_equal(td_cuda_layout_of(TD_TYPE_Q4_1, 64, 0, &lay, &err), TD_E_ARG);
     /* a model description naming the first matrix it cannot run */
     td_cuda_layer ly = {0};
-    td_cuda_weight ok = {NULL, TD_TYPE_Q4_1, 64, 64}, bad = {NULL, TD_TYPE_Q6_K, 256, 64};
+    td_cuda_weight ok = {NULL, TD_TYPE_Q4_1, 64, 64}, bad = {NULL, TD_TYPE_Q5_1, 256, 64};
     ly.wq = ly.wk = ly.wv = ly.wo = ly.w_gate = ly.w_up = ly.w_down = ok;
     td_cuda_layer layers[2] = {ly, ly};
     layers[1].w_down = bad;
@@ -311,10 +345,14 @@ static void tokens_of(int32_t vocab, int32_t *ids, int32_t n) {
 static void tiny_logits_match_cpu(void **s) {
     (void)s;
     if (!have_gpu()) skip();
-    static const char *const kinds[4][2] = {{"--type Q4_1", "q41"}, {"--type Q8_0", "q80"},
-                                            {"--type Q4_1 --arch qwen2 --tied", "qwen"}, {"--type Q4_0", "q40"}};
+    /* all but the last (Q4_0) follow the CPU's kernels bit for bit */
+    static const char *const kinds[][2] = {
+        {"--type Q4_1", "q41"},   {"--type Q8_0", "q80"},   {"--type Q4_1 --arch qwen2 --tied", "qwen"},
+        {"--type Q4_K", "q4k"},   {"--type Q5_K", "q5k"},   {"--type Q6_K", "q6k"},
+        {"--type Q4_K_M", "q4km"}, {"--type Q4_K_M --arch qwen2", "q4kmqwen"}, {"--type Q4_0", "q40"}};
+    enum { N_KINDS = sizeof kinds / sizeof kinds[0] };
     td_pool *pool = td_pool_create(2, NULL);
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < N_KINDS; k++) {
         loaded L;
         assert_true(tiny(kinds[k][0], kinds[k][1], &L));
         int32_t ids[40];
@@ -325,8 +363,8 @@ static void tiny_logits_match_cpu(void **s) {
         fprintf(stderr, "# tiny %-32s prompt rows %lld/%lld bitwise, decode %lld/%lld, max |diff| %.3g\n", kinds[k][0],
                 (long long)prompt.rows_bitwise, (long long)prompt.rows, (long long)decode.rows_bitwise,
                 (long long)decode.rows, prompt.max_abs > decode.max_abs ? prompt.max_abs : decode.max_abs);
-        if (k < 3) {
-            /* Q4_1 and Q8_0 follow the CPU reference kernels bit for bit; only
+        if (k < N_KINDS - 1) {
+            /* Q4_1, Q8_0 and the K-quants follow the CPU's kernels bit for bit; only
              * RMSNorm's double sum of squares is added in another order, which
              * rarely moves a float (bitwise rows are printed above) */
             assert_int_equal(prompt.argmax_same, prompt.rows);
@@ -438,6 +476,49 @@ static void gpu_batch_invariance(void **s) {
     assert_int_equal(td_model_forward(cpu, kv, rows, 1, lin, &err), TD_E_ARG);
     td_ctx_destroy(cpu);
     free(tl), free(lin), free(alone), free(batch);
+    td_kv_destroy(kv);
+    td_ctx_destroy(c);
+    unload(&L);
+}
+
+/* K-quant matrices on the GPU (the tiny Q4_K_M-like model: Q4_K and Q6_K,
+ * their inputs quantized to Q8_K apart): a row gets the same bits alone and
+ * in passes of 3, 16 and 24 rows, in forced tiles of 2, 8 and 4:1, with
+ * overlapping launches, and in FAST, which splits only the legacy formats,
+ * so that an all-K-quant model keeps the reference's bits there. */
+static void gpu_kquant_invariance(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    assert_true(tiny("--type Q4_K_M", "kinv", &L));
+    const int32_t V = td_model_hparams(L.m)->n_vocab;
+    enum { P = 24 };
+    int32_t ids[P];
+    tokens_of(V, ids, P);
+    float *alone = malloc((size_t)P * V * sizeof(float)), *batch = malloc((size_t)P * V * sizeof(float));
+    td_ctx *c = gpu_ctx(L.m, 32, (gpu_kind){false, NULL, false, NULL});
+    td_kv *kv = td_kv_create(L.m, 2, 64, NULL);
+    assert_non_null(kv);
+    forward_in_passes(c, kv, 0, ids, P, 1, V, alone);
+    static const int sizes[] = {3, 16, 24};
+    for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+        forward_in_passes(c, kv, 1, ids, P, sizes[z], V, batch);
+        assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
+    }
+    static const gpu_kind kinds[] = {{false, NULL, false, "2"}, {false, NULL, true, "8"}, {false, NULL, false, "4:1"},
+                                     {true, NULL, false, NULL},  {true, "4", true, NULL}};
+    for (size_t t = 0; t < sizeof kinds / sizeof kinds[0]; t++) {
+        td_ctx *ct = gpu_ctx(L.m, 32, kinds[t]);
+        td_kv *kt = td_kv_create(L.m, 1, 64, NULL);
+        assert_non_null(kt);
+        for (int z = 0; z < 2; z++) { /* passes of 16, then row by row */
+            forward_in_passes(ct, kt, 0, ids, P, z == 0 ? 16 : 1, V, batch);
+            assert_memory_equal(alone, batch, (size_t)P * V * sizeof(float));
+        }
+        td_kv_destroy(kt);
+        td_ctx_destroy(ct);
+    }
+    free(alone), free(batch);
     td_kv_destroy(kv);
     td_ctx_destroy(c);
     unload(&L);
@@ -688,7 +769,7 @@ int main(void) {
         cmocka_unit_test(tile_values),          cmocka_unit_test(device_names),
         cmocka_unit_test(no_device_message),
         cmocka_unit_test(tiny_logits_match_cpu), cmocka_unit_test(gpu_batch_invariance),
-        cmocka_unit_test(gpu_fast_order),
+        cmocka_unit_test(gpu_fast_order),       cmocka_unit_test(gpu_kquant_invariance),
         cmocka_unit_test(real_teacher_forced),  cmocka_unit_test(real_spec_identity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

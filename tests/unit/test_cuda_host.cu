@@ -7,7 +7,12 @@
  *   - td_cu_slice, FAST's split of a row between warps: in order, whole
  *     quads, together the whole row;
  *   - the choices of rows per tile and warps per output, and their
- *     overrides.
+ *     overrides;
+ *   - the K-quant arithmetic (cuda_kquant.cuh): eight lanes run as the
+ *     kernel runs them give the CPU's Q4_K/Q5_K/Q6_K dot products bit for
+ *     bit, on the device layout td_cuda_layout_pack writes; a warp's Q8_K
+ *     quantizer, run lane by lane, gives the CPU's Q8_K blocks; element
+ *     dequantization (the embedding) gives the CPU's to_float.
  * What needs a device (the kernels themselves) is test_cuda's.
  */
 #include <math.h>
@@ -135,11 +140,174 @@ static void tile_and_split_choices(void **st) {
     assert_int_equal(td_cu_ksplit(lc, 11008), 2);
 }
 
+/* ---- K-quants ---- */
+
+/* The CPU's Q8_K block: float scale, 256 codes, sums of each 16. */
+struct q8_k_block {
+    float d;
+    int8_t qs[256];
+    int16_t bsums[16];
+};
+
+static float normal(void) {
+    double u = urand() + 1e-12, v = urand();
+    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
+
+/* A half between 2^-14 and 2^-4 with random sign bits off: a sane scale. */
+static uint16_t random_half_scale(void) { return (uint16_t)(0x0400 + (uint16_t)(urand() * (0x2C00 - 0x0400))); }
+
+/* n_out rows of n_in elements of type: half quantized from normal floats
+ * (the reference quantizer), half random bytes (every code and sub-scale
+ * pattern) with finite scales. */
+static unsigned char *random_k_rows(uint32_t type, int n_in, int n_out) {
+    const td_type_traits *tr = td_quant_traits_ref(type);
+    const size_t rb = td_quant_row_bytes(type, n_in), nsb = (size_t)n_in / 256;
+    unsigned char *w = (unsigned char *)malloc(rb * n_out);
+    float *x = (float *)malloc(sizeof(float) * n_in);
+    assert_non_null(w);
+    assert_non_null(x);
+    for (int o = 0; o < n_out; o++) {
+        unsigned char *row = w + o * rb;
+        if (o % 2 == 0) {
+            for (int i = 0; i < n_in; i++) x[i] = normal() * (float)(0.01 + o * 0.3);
+            tr->from_float(x, row, n_in);
+            continue;
+        }
+        for (size_t i = 0; i < rb; i++) row[i] = (unsigned char)(urand() * 256.0);
+        for (size_t b = 0; b < nsb; b++) {
+            unsigned char *blk = row + b * tr->block_bytes;
+            uint16_t d = random_half_scale(), dmin = random_half_scale();
+            if (type == TD_TYPE_Q6_K) {
+                memcpy(blk + 208, &d, 2);
+            } else {
+                memcpy(blk, &d, 2);
+                memcpy(blk + 2, &dmin, 2);
+            }
+        }
+    }
+    free(x);
+    return w;
+}
+
+/* Row o of a packed K-quant matrix against Q8_K blocks y, as the kernel
+ * computes it: eight lanes, each its chain over the super-blocks, folded. */
+template <int TYPE> static float kernel_dot(const uint32_t *packed, int nsb, int o, const q8_k_block *y) {
+    const int words = td_cu_kq_words(TYPE);
+    float lanes[8];
+    for (int m = 0; m < 8; m++) {
+        float acc = 0.0f;
+        for (int sb = 0; sb < nsb; sb++) {
+            td_cu_kq_lane w;
+            td_cu_kq_load<TYPE>(packed + ((size_t)o * nsb + sb) * words, m, &w);
+            int isum, msum;
+            td_cu_kq_dot<TYPE>(w, y[sb].qs, y[sb].bsums, m, &isum, &msum);
+            acc = td_cu_kq_step<TYPE>(w, y[sb].d, isum, msum, acc);
+        }
+        lanes[m] = acc;
+    }
+    return td_d_hsum8(lanes);
+}
+
+template <int TYPE> static void kquant_dot_case(void) {
+    enum { N_IN = 256 * 6, N_OUT = 24, N_ACT = 6 };
+    const td_type_traits *tr = td_quant_traits(TYPE);
+    assert_int_equal(tr->vec_dot_type, TD_TYPE_Q8_K);
+    unsigned char *w = random_k_rows(TYPE, N_IN, N_OUT);
+    td_cuda_layout lay;
+    assert_int_equal(td_cuda_layout_of(TYPE, N_IN, N_OUT, &lay, NULL), TD_OK);
+    assert_int_equal(lay.qs_bytes, (size_t)N_OUT * 6 * td_cu_kq_words(TYPE) * 4);
+    uint32_t *packed = (uint32_t *)malloc(lay.qs_bytes);
+    assert_non_null(packed);
+    td_cuda_layout_pack(TYPE, w, N_IN, N_OUT, packed, NULL, NULL);
+    static q8_k_block y[6];
+    static_assert(sizeof y[0] == 292, "Q8_K block");
+    float x[N_IN];
+    const size_t rb = td_quant_row_bytes(TYPE, N_IN);
+    int bitwise = 0, total = 0;
+    for (int a = 0; a < N_ACT; a++) {
+        for (int i = 0; i < N_IN; i++) x[i] = normal() * (a == 0 ? 1e-3f : a == 1 ? 40.0f : 1.0f);
+        if (a == 2) for (int i = 0; i < 256; i++) x[i] = 0.0f; /* an all-zero super-block: d 0 */
+        td_quant_traits(TD_TYPE_Q8_K)->from_float(x, y, N_IN);
+        for (int o = 0; o < N_OUT; o++) {
+            float want = 0.0f;
+            tr->vec_dot(N_IN, &want, w + o * rb, y);
+            const float got = kernel_dot<TYPE>(packed, 6, o, y);
+            bitwise += memcmp(&want, &got, sizeof want) == 0;
+            total++;
+            if (memcmp(&want, &got, sizeof want) != 0)
+                print_error("%s row %d act %d: CPU %.9g, lanes %.9g\n", tr->name, o, a, (double)want, (double)got);
+        }
+    }
+    print_message("# %s: %d/%d dot products equal to the CPU's (%s) bit for bit\n", tr->name, bitwise, total,
+                  td_quant_kernel_name());
+    assert_int_equal(bitwise, total);
+    /* element by element, the embedding's dequantization is to_float's */
+    float want[N_IN], got[N_IN];
+    for (int o = 0; o < N_OUT; o++) {
+        tr->to_float(w + o * rb, want, N_IN);
+        for (int e = 0; e < N_IN; e++)
+            got[e] = td_cu_kq_dequant(TYPE, packed + ((size_t)o * 6 + e / 256) * td_cu_kq_words(TYPE), e % 256);
+        assert_memory_equal(want, got, sizeof want);
+    }
+    free(packed);
+    free(w);
+}
+
+static void kquant_lanes_match_cpu(void **st) {
+    (void)st;
+    kquant_dot_case<TD_TYPE_Q4_K>();
+    kquant_dot_case<TD_TYPE_Q5_K>();
+    kquant_dot_case<TD_TYPE_Q6_K>();
+}
+
+/* A warp's Q8_K quantization of 256 values, lane by lane. */
+static void warp_q8k(const float *x, q8_k_block *out) {
+    td_cu_absmax a = {0.0f, 0.0f, 1 << 30};
+    for (int l = 0; l < 32; l++) a = td_cu_q8k_pick(a, td_cu_q8k_lane_max(x + 8 * l, 8 * l));
+    memset(out, 0, sizeof *out);
+    if (a.vmax == 0.0f) return;
+    const float iscale = -127.0f / a.vmax;
+    int sums[32];
+    for (int l = 0; l < 32; l++) sums[l] = td_cu_q8k_lane_codes(x + 8 * l, iscale, out->qs + 8 * l);
+    for (int g = 0; g < 16; g++) out->bsums[g] = (int16_t)(sums[2 * g] + sums[2 * g + 1]);
+    out->d = 1.0f / iscale;
+}
+
+static void q8k_quantizer_matches_cpu(void **st) {
+    (void)st;
+    float x[256];
+    int blocks = 0;
+    for (int trial = 0; trial < 2000; trial++) {
+        const int kind = trial % 6;
+        for (int i = 0; i < 256; i++) x[i] = normal() * (kind == 1 ? 1e-30f : kind == 2 ? 3e4f : 1.0f);
+        if (kind == 3) { /* equal magnitudes, opposite signs: the first wins */
+            for (int i = 0; i < 256; i++) x[i] = x[i] * 0.1f;
+            x[(int)(urand() * 128)] = -3.0f, x[128 + (int)(urand() * 128)] = 3.0f;
+        }
+        if (kind == 4) memset(x, 0, sizeof x);
+        if (kind == 5) { /* max 127: iscale -1, codes rint(-x), ties to even */
+            for (int i = 0; i < 256; i++) x[i] = (float)((i % 200) - 100) + 0.5f;
+            x[17] = 127.0f;
+        }
+        q8_k_block want, want_ref, got;
+        td_quant_traits(TD_TYPE_Q8_K)->from_float(x, &want, 256);
+        td_quant_traits_ref(TD_TYPE_Q8_K)->from_float(x, &want_ref, 256);
+        warp_q8k(x, &got);
+        assert_memory_equal(&want, &got, sizeof got);
+        assert_memory_equal(&want_ref, &got, sizeof got);
+        blocks++;
+    }
+    print_message("# %d blocks: the warp's Q8_K quantizer gives the CPU's blocks\n", blocks);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(block_quantizer_matches_cpu),
         cmocka_unit_test(slices_cover_the_row),
         cmocka_unit_test(tile_and_split_choices),
+        cmocka_unit_test(kquant_lanes_match_cpu),
+        cmocka_unit_test(q8k_quantizer_matches_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
