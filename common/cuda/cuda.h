@@ -64,8 +64,8 @@ int td_cuda_device_name(int device, char *buf, size_t cap, td_err *err);
  * the fp16 block scales (and Q4_1 minimums) in arrays of their own, the
  * block count of a row padded to a multiple of four. K-quant super-blocks
  * keep their GGUF bytes, each padded to whole 32-bit words (Q6_K: 210 to
- * 212). The values are untouched: a row unpacks to exactly what the GGUF
- * row dequantizes to. */
+ * 212); float matrices (F32, F16, BF16) stay as they are. The values are
+ * untouched: a row unpacks to exactly what the GGUF row dequantizes to. */
 typedef struct td_cuda_layout {
     size_t qs_bytes;    /* codes: n_out * padded blocks * (16 or 32); K: the super-blocks */
     size_t d_bytes;     /* fp16 scales: n_out * padded blocks * 2; 0 for K-quants */
@@ -73,13 +73,13 @@ typedef struct td_cuda_layout {
 } td_cuda_layout;
 /* Blocks of a row of n_in elements, padded to a multiple of four. */
 int64_t td_cuda_layout_padded_blocks(int64_t n_in);
-/* Weight types the backend runs (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K). */
+/* Weight types the backend runs (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, F32, F16, BF16). */
 bool td_cuda_type_supported(uint32_t type);
 /* Checks every matrix type and shape; names the first it cannot run. */
 int td_cuda_check_model(const td_cuda_model_desc *d, td_err *err);
 int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout *out, td_err *err);
 /* Repacks a GGUF matrix into the three arrays (sizes from td_cuda_layout_of;
- * d and m unused, may be NULL, for K-quants). */
+ * d and m unused, may be NULL, for K-quants and floats). */
 void td_cuda_layout_pack(uint32_t type, const void *src, int64_t n_in, int64_t n_out, void *qs, uint16_t *d,
                          uint16_t *m);
 /* Dequantizes row o of a packed matrix (the inverse, for tests). */

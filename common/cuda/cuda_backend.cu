@@ -58,6 +58,15 @@ static int select_device(int device, td_err *err) {
 
 /* ---- model ---- */
 
+/* How a matrix takes its input: the legacy block formats as Q8_0/Q8_1 (or
+ * fused into the matmul), K-quants as Q8_K, float matrices as float rows
+ * rounded through their type. */
+enum in_fmt { FMT_LEGACY, FMT_Q8K, FMT_F32, FMT_F16, FMT_BF16, FMT_COUNT };
+static int fmt_of_type(uint32_t type) {
+    if (td_cu_is_kquant(type)) return FMT_Q8K;
+    return type == TD_TYPE_F32 ? FMT_F32 : type == TD_TYPE_F16 ? FMT_F16 : type == TD_TYPE_BF16 ? FMT_BF16 : FMT_LEGACY;
+}
+
 struct td_cuda_dlayer {
     float *attn_norm, *ffn_norm, *bq, *bk, *bv;
     td_dw wq, wk, wv, wo, w_gate, w_up, w_down;
@@ -72,6 +81,7 @@ struct td_cuda_model {
     void *arena;
     size_t bytes;
     int32_t act_ld; /* widest activation row (elements) */
+    bool needs[FMT_COUNT]; /* input formats some matrix takes */
 };
 
 #define ARENA_ALIGN 256
@@ -144,9 +154,6 @@ extern "C" int td_cuda_model_upload(const td_cuda_model_desc *d, int device, td_
     *out = NULL;
     int rc = td_cuda_check_model(d, err);
     if (rc) return rc;
-    for (int32_t l = 0; l < d->n_layer; l++)
-        if (d->layers[l].w_gate.type != d->layers[l].w_up.type)
-            return td_err_set(err, TD_E_UNSUPPORTED, "blk.%d: the CUDA backend needs ffn_gate and ffn_up of one type", l);
     if ((rc = select_device(device, err))) return rc;
     td_cuda_model *m = (td_cuda_model *)calloc(1, sizeof *m);
     if (!m) return td_err_set(err, TD_E_NOMEM, "out of memory");
@@ -165,6 +172,12 @@ extern "C" int td_cuda_model_upload(const td_cuda_model_desc *d, int device, td_
     if (qd > widest) widest = qd;
     if (d->n_ff > widest) widest = d->n_ff;
     m->act_ld = (widest + TD_QK - 1) / TD_QK * TD_QK;
+    m->needs[fmt_of_type(d->output.type)] = true;
+    for (int32_t l = 0; l < d->n_layer; l++) {
+        const td_cuda_layer *s = &d->layers[l];
+        const td_cuda_weight *ws[7] = {&s->wq, &s->wk, &s->wv, &s->wo, &s->w_gate, &s->w_up, &s->w_down};
+        for (int i = 0; i < 7; i++) m->needs[fmt_of_type(ws[i]->type)] = true;
+    }
 
     plan sizing = {NULL, NULL, 0};
     plan_model(&sizing, d, m);
@@ -312,6 +325,7 @@ struct td_cuda_ctx {
     float *x, *q, *k, *v, *att, *logits;
     td_dact act, act2; /* act2: the down projection's input */
     td_dact actk, act2k; /* the same as Q8_K, for K-quant matrices */
+    float *actf[3], *act2f[3]; /* the same as float rows for F32, F16, BF16 matrices */
     int32_t *d_desc; /* the pass descriptor (layout by row count) */
     int32_t *h_desc; /* pinned host image */
     bool graphs_on;
@@ -379,6 +393,7 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     cudaFree(c->act2.qs); cudaFree(c->act2.d); cudaFree(c->act2.s);
     cudaFree(c->actk.qs); cudaFree(c->actk.d); cudaFree(c->actk.bs);
     cudaFree(c->act2k.qs); cudaFree(c->act2k.d); cudaFree(c->act2k.bs);
+    for (int t = 0; t < 3; t++) cudaFree(c->actf[t]), cudaFree(c->act2f[t]);
     cudaFreeHost(c->h_desc);
     if (c->stream) cudaStreamDestroy(c->stream);
     if (c->profile)
@@ -498,12 +513,19 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     ALLOC(c->act2.qs, R * ld);
     ALLOC(c->act2.d, R * ld / TD_QK * sizeof(float));
     ALLOC(c->act2.s, R * ld / TD_QK * sizeof(float));
-    ALLOC(c->actk.qs, R * ldk);
-    ALLOC(c->actk.d, R * ldk / TD_QK_SUPER * sizeof(float));
-    ALLOC(c->actk.bs, R * ldk / 16 * sizeof(int16_t));
-    ALLOC(c->act2k.qs, R * ldk);
-    ALLOC(c->act2k.d, R * ldk / TD_QK_SUPER * sizeof(float));
-    ALLOC(c->act2k.bs, R * ldk / 16 * sizeof(int16_t));
+    if (m->needs[FMT_Q8K]) {
+        ALLOC(c->actk.qs, R * ldk);
+        ALLOC(c->actk.d, R * ldk / TD_QK_SUPER * sizeof(float));
+        ALLOC(c->actk.bs, R * ldk / 16 * sizeof(int16_t));
+        ALLOC(c->act2k.qs, R * ldk);
+        ALLOC(c->act2k.d, R * ldk / TD_QK_SUPER * sizeof(float));
+        ALLOC(c->act2k.bs, R * ldk / 16 * sizeof(int16_t));
+    }
+    for (int t = 0; t < 3; t++)
+        if (m->needs[FMT_F32 + t]) {
+            ALLOC(c->actf[t], R * ld * sizeof(float));
+            ALLOC(c->act2f[t], R * ld * sizeof(float));
+        }
     ALLOC(c->d_desc, (size_t)c->desc_ints * sizeof(int32_t));
 #undef ALLOC
     if (e == cudaSuccess) e = cudaMallocHost((void **)&c->h_desc, (size_t)c->desc_ints * sizeof(int32_t));
@@ -548,7 +570,62 @@ static int32_t fill_desc(td_cuda_ctx *c, const td_cuda_pass *ps) {
     return desc_ints(c->m, n, ps->chain_total);
 }
 
-static bool kquant(const td_dw &w) { return td_cu_is_kquant(w.type); }
+/* The inputs prepared from one source of a pass (a layer's normed rows, the
+ * attention output, SwiGLU of gate and up, the normed rows of the head), in
+ * each format its matrices take, each at most once. */
+struct stage {
+    td_qk_src src;
+    int32_t n_rows, n_in;
+    td_dact legacy;    /* where the legacy formats' quantization goes */
+    bool legacy_ready; /* already there (quantized by the attention kernel) */
+    td_dact q8k;
+    float *const *f;   /* (3): float rows for F32, F16, BF16 */
+    int32_t ldf;
+    bool ready[FMT_COUNT];
+};
+
+static stage stage_of(const td_cuda_ctx *c, td_qk_src src, int32_t n_rows, int32_t n_in, bool second) {
+    stage g;
+    memset(&g, 0, sizeof g);
+    g.src = src;
+    g.n_rows = n_rows;
+    g.n_in = n_in;
+    g.legacy = second ? c->act2 : c->act;
+    g.q8k = second ? c->act2k : c->actk;
+    g.f = second ? c->act2f : c->actf;
+    g.ldf = c->m->act_ld;
+    return g;
+}
+
+/* Matrix w's input from stage g, preparing it if no earlier matrix did. A
+ * legacy-format matrix after RMSNorm takes the float rows and normalizes
+ * them itself (the fused form). */
+static cudaError_t input_for(const td_cuda_ctx *c, stage *g, const td_dw &w, const td_lc &st, td_mm_in *in) {
+    const td_dact none = {NULL, NULL, NULL, 0, NULL};
+    const int fmt = fmt_of_type(w.type);
+    cudaError_t e = cudaSuccess;
+    memset(in, 0, sizeof *in);
+    if (fmt == FMT_LEGACY && g->src.kind == TD_QK_NORM) {
+        const td_mm_in fused = {none, g->src.x, g->src.ldx, g->src.rows, g->src.norm_w, g->src.eps, c->act};
+        *in = fused;
+        return cudaSuccess;
+    }
+    if (!g->ready[fmt] && !(fmt == FMT_LEGACY && g->legacy_ready)) {
+        if (fmt == FMT_LEGACY && g->src.kind == TD_QK_SWIGLU)
+            e = td_cu_swiglu_quantize(g->src.x, g->src.up, g->src.ldx, g->n_rows, g->n_in, &g->legacy, st);
+        else if (fmt == FMT_LEGACY)
+            e = td_cu_quantize(g->src.x, g->src.ldx, g->src.rows, g->n_rows, g->n_in, &g->legacy, st);
+        else if (fmt == FMT_Q8K)
+            e = td_cu_quantize_k(&g->src, g->n_rows, g->n_in, &g->q8k, st);
+        else
+            e = td_cu_prepare_float(&g->src, g->n_rows, g->n_in, w.type, g->f[fmt - FMT_F32], g->ldf, st);
+        g->ready[fmt] = e == cudaSuccess;
+    }
+    if (fmt == FMT_LEGACY) in->act = g->legacy;
+    else if (fmt == FMT_Q8K) in->act = g->q8k;
+    else in->x = g->f[fmt - FMT_F32], in->ldx = g->ldf;
+    return e;
+}
 
 /* The launches of one pass. Returns the first launch error. */
 static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t n_out, const uint8_t *skip) {
@@ -565,39 +642,36 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
     prof_mark(c, P_EMBED);
     cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, c->x, first);
     prof_mark(c, P_EMBED);
+    td_mm_in in;
 #define RUN(call) \
     if (e == cudaSuccess) e = (call)
     for (int32_t l = 0; l < hp->n_layer && e == cudaSuccess; l++) {
         if (skip && skip[l]) continue;
         const td_cuda_dlayer *ly = &m->layers[l];
         dkv.layer = l;
-        td_mm_in normed = {none, c->x, E, NULL, ly->attn_norm, hp->rms_eps, c->act};
-        /* K-quant matrices take the normed rows as Q8_K, quantized once */
-        const td_mm_in normed_k = {c->actk, NULL, 0, NULL, NULL, 0, none};
-        const bool qkv_k = kquant(ly->wq) || kquant(ly->wk) || kquant(ly->wv);
-        bool same = ly->wq.type == ly->wk.type && ly->wk.type == ly->wv.type;
-        if (same && !qkv_k && !hp->rope_neox) {
+        stage normed = stage_of(c, {TD_QK_NORM, c->x, NULL, E, NULL, ly->attn_norm, hp->rms_eps}, n, E, false);
+        const bool same = ly->wq.type == ly->wk.type && ly->wk.type == ly->wv.type;
+        if (same && fmt_of_type(ly->wq.type) == FMT_LEGACY && !hp->rope_neox) {
             /* norm, q/k/v, biases, RoPE and the cache store in one kernel */
             td_qkv_epi qe = {p.seq, p.slot, p.rope_cs, ly->bq, ly->bk, ly->bv, kv->d_tab, kv->max_len, kv->kv_dim, l,
                              hp->head_dim, hp->n_rot};
             td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, NULL, NULL}, {qd, 0, 0}, 3, TD_EPI_QKV, none, qe};
-            RUN(td_cu_matmul(&mm, &normed, n, st));
+            RUN(input_for(c, &normed, ly->wq, st, &in));
+            RUN(td_cu_matmul(&mm, &in, n, st));
             prof_mark(c, P_QKV);
         } else {
             const td_dw *ws[3] = {&ly->wq, &ly->wk, &ly->wv};
             float *ys[3] = {c->q, c->k, c->v};
             int32_t lds[3] = {qd, kvd, kvd};
-            if (qkv_k) {
-                const td_qk_src src = {TD_QK_NORM, c->x, NULL, E, NULL, ly->attn_norm, hp->rms_eps};
-                RUN(td_cu_quantize_k(&src, n, E, &c->actk, st));
-            }
             if (same) {
                 td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, c->k, c->v}, {qd, kvd, kvd}, 3, TD_EPI_STORE, none, {}};
-                RUN(td_cu_matmul(&mm, qkv_k ? &normed_k : &normed, n, st));
+                RUN(input_for(c, &normed, ly->wq, st, &in));
+                RUN(td_cu_matmul(&mm, &in, n, st));
             } else {
                 for (int i = 0; i < 3; i++) {
                     td_mm mm = {{*ws[i]}, {ys[i]}, {lds[i]}, 1, TD_EPI_STORE, none, {}};
-                    RUN(td_cu_matmul(&mm, kquant(*ws[i]) ? &normed_k : &normed, n, st));
+                    RUN(input_for(c, &normed, *ws[i], st, &in));
+                    RUN(td_cu_matmul(&mm, &in, n, st));
                 }
             }
             prof_mark(c, P_QKV);
@@ -606,63 +680,59 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
             RUN(td_cu_rope_store(&ra, &p, &dkv, n, st));
             prof_mark(c, P_ROPE);
         }
-        /* a head of whole quantization blocks quantizes its own output (for
-         * the legacy formats: Q8_K needs 256 values first) */
-        const bool wo_k = kquant(ly->wo);
-        bool fused = hp->head_dim % TD_QK == 0 && !wo_k;
+        /* a head of whole quantization blocks quantizes its own output for a
+         * legacy-format wo (Q8_K would need 256 values first) */
+        const bool fused = hp->head_dim % TD_QK == 0 && fmt_of_type(ly->wo.type) == FMT_LEGACY;
         td_attn_args aa = {c->q, c->att, hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim),
                            fused ? c->act : none};
         RUN(td_cu_attention(&aa, &p, &dkv, n, st));
-        if (wo_k) {
-            const td_qk_src src = {TD_QK_PLAIN, c->att, NULL, qd, NULL, NULL, 0.0f};
-            RUN(td_cu_quantize_k(&src, n, qd, &c->actk, st));
-        } else if (!fused) {
-            RUN(td_cu_quantize(c->att, qd, NULL, n, qd, &c->act, st));
-        }
+        stage attended = stage_of(c, {TD_QK_PLAIN, c->att, NULL, qd, NULL, NULL, 0.0f}, n, qd, false);
+        attended.legacy_ready = fused;
+        RUN(input_for(c, &attended, ly->wo, st, &in));
         prof_mark(c, P_ATTN);
-        td_mm_in att = {wo_k ? c->actk : c->act, NULL, 0, NULL, NULL, 0, none};
         td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
-        RUN(td_cu_matmul(&mo, &att, n, st));
+        RUN(td_cu_matmul(&mo, &in, n, st));
         prof_mark(c, P_WO);
-        td_mm_in ffn = {none, c->x, E, NULL, ly->ffn_norm, hp->rms_eps, c->act};
-        const bool gate_k = kquant(ly->w_gate), down_k = kquant(ly->w_down);
-        if (gate_k) {
-            const td_qk_src src = {TD_QK_NORM, c->x, NULL, E, NULL, ly->ffn_norm, hp->rms_eps};
-            RUN(td_cu_quantize_k(&src, n, E, &c->actk, st));
-        }
-        if (gate_k || down_k || td_cu_ksplit(st, ly->w_gate.n_in) > 1) {
-            /* gate and up as one product of two matrices, then silu * up
-             * quantized for the down projection: for K-quants on either
-             * side, and in FAST where the input is split */
-            float *gate = c->ff, *up = c->ff + (size_t)c->max_rows * hp->n_ff;
-            td_mm mg = {{ly->w_gate, ly->w_up}, {gate, up}, {hp->n_ff, hp->n_ff}, 2, TD_EPI_STORE, none, {}};
-            RUN(td_cu_matmul(&mg, gate_k ? &normed_k : &ffn, n, st));
-            if (down_k) {
-                const td_qk_src src = {TD_QK_SWIGLU, gate, up, hp->n_ff, NULL, NULL, 0.0f};
-                RUN(td_cu_quantize_k(&src, n, hp->n_ff, &c->act2k, st));
-            } else {
-                RUN(td_cu_swiglu_quantize(gate, up, hp->n_ff, n, hp->n_ff, &c->act2, st));
-            }
-        } else {
+        stage ffn = stage_of(c, {TD_QK_NORM, c->x, NULL, E, NULL, ly->ffn_norm, hp->rms_eps}, n, E, false);
+        const bool fused_swiglu = fmt_of_type(ly->w_gate.type) == FMT_LEGACY && ly->w_gate.type == ly->w_up.type &&
+                                  fmt_of_type(ly->w_down.type) == FMT_LEGACY && td_cu_ksplit(st, ly->w_gate.n_in) == 1;
+        if (fused_swiglu) {
             td_mm mg = {{ly->w_gate, ly->w_up}, {NULL}, {0}, 2, TD_EPI_SWIGLU, c->act2, {}};
-            RUN(td_cu_matmul(&mg, &ffn, n, st));
+            RUN(input_for(c, &ffn, ly->w_gate, st, &in));
+            RUN(td_cu_matmul(&mg, &in, n, st));
+            const td_mm_in quantized = {c->act2, NULL, 0, NULL, NULL, 0, none};
+            in = quantized;
+        } else {
+            /* gate and up into float rows, then silu * up prepared for the
+             * down projection: for K-quant or float matrices on either side,
+             * and in FAST where the input is split */
+            float *gate = c->ff, *up = c->ff + (size_t)c->max_rows * hp->n_ff;
+            if (ly->w_gate.type == ly->w_up.type) {
+                td_mm mg = {{ly->w_gate, ly->w_up}, {gate, up}, {hp->n_ff, hp->n_ff}, 2, TD_EPI_STORE, none, {}};
+                RUN(input_for(c, &ffn, ly->w_gate, st, &in));
+                RUN(td_cu_matmul(&mg, &in, n, st));
+            } else {
+                const td_dw *ws[2] = {&ly->w_gate, &ly->w_up};
+                float *ys[2] = {gate, up};
+                for (int i = 0; i < 2; i++) {
+                    td_mm mm = {{*ws[i]}, {ys[i]}, {hp->n_ff}, 1, TD_EPI_STORE, none, {}};
+                    RUN(input_for(c, &ffn, *ws[i], st, &in));
+                    RUN(td_cu_matmul(&mm, &in, n, st));
+                }
+            }
+            stage gated = stage_of(c, {TD_QK_SWIGLU, gate, up, hp->n_ff, NULL, NULL, 0.0f}, n, hp->n_ff, true);
+            RUN(input_for(c, &gated, ly->w_down, st, &in));
         }
         prof_mark(c, P_GATEUP);
-        td_mm_in gated = {down_k ? c->act2k : c->act2, NULL, 0, NULL, NULL, 0, none};
         td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
-        RUN(td_cu_matmul(&md, &gated, n, st));
+        RUN(td_cu_matmul(&md, &in, n, st));
         prof_mark(c, P_DOWN);
     }
     if (n_out > 0) {
-        td_mm_in last = {none, c->x, E, p.out_rows, m->output_norm, hp->rms_eps, c->act};
-        if (kquant(m->output)) {
-            const td_qk_src src = {TD_QK_NORM, c->x, NULL, E, p.out_rows, m->output_norm, hp->rms_eps};
-            RUN(td_cu_quantize_k(&src, n_out, E, &c->actk, st));
-            const td_mm_in quantized = {c->actk, NULL, 0, NULL, NULL, 0, none};
-            last = quantized;
-        }
+        stage last = stage_of(c, {TD_QK_NORM, c->x, NULL, E, p.out_rows, m->output_norm, hp->rms_eps}, n_out, E, false);
         td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE, none, {}};
-        RUN(td_cu_matmul(&mh, &last, n_out, st));
+        RUN(input_for(c, &last, m->output, st, &in));
+        RUN(td_cu_matmul(&mh, &in, n_out, st));
         prof_mark(c, P_HEAD);
     }
 #undef RUN

@@ -11,7 +11,8 @@
  * with zeros; the fp16 scales (and Q4_1 minimums) follow the same padding.
  * A K-quant super-block (256 elements) keeps its GGUF bytes, padded to whole
  * 32-bit words (Q6_K: 210 to 212), so that a thread reads its codes and the
- * scales as words (cuda_kquant.cuh). Nothing is re-quantized.
+ * scales as words (cuda_kquant.cuh). Float matrices (F32, F16, BF16) stay
+ * as they are, row after row. Nothing is re-quantized.
  */
 #include <string.h>
 
@@ -24,8 +25,10 @@ static bool is_kquant(uint32_t type) {
     return type == TD_TYPE_Q4_K || type == TD_TYPE_Q5_K || type == TD_TYPE_Q6_K;
 }
 
+static bool is_float(uint32_t type) { return type == TD_TYPE_F32 || type == TD_TYPE_F16 || type == TD_TYPE_BF16; }
+
 bool td_cuda_type_supported(uint32_t type) {
-    return type == TD_TYPE_Q4_0 || type == TD_TYPE_Q4_1 || type == TD_TYPE_Q8_0 || is_kquant(type);
+    return type == TD_TYPE_Q4_0 || type == TD_TYPE_Q4_1 || type == TD_TYPE_Q8_0 || is_kquant(type) || is_float(type);
 }
 
 /* Bytes of a K-quant super-block on the device: whole words. */
@@ -41,7 +44,8 @@ int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout
     if (!td_cuda_type_supported(type)) {
         const td_type_traits *tr = td_quant_traits(type);
         return td_err_set(err, TD_E_UNSUPPORTED,
-                          "the CUDA backend has no kernel for %s weights (it runs Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)",
+                          "the CUDA backend has no kernel for %s weights (it runs Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, "
+                          "F32, F16, BF16)",
                           tr && tr->name ? tr->name : "unknown");
     }
     if (is_kquant(type)) {
@@ -55,6 +59,11 @@ int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout
     if (n_in <= 0 || n_out <= 0 || n_in % QK != 0)
         return td_err_set(err, TD_E_ARG, "matrix of %lld x %lld is not whole blocks of %d", (long long)n_out,
                           (long long)n_in, QK);
+    if (is_float(type)) { /* rows of whole 32s: a warp's 32 accumulators */
+        out->qs_bytes = (size_t)n_in * (size_t)n_out * td_quant_traits(type)->block_bytes;
+        out->d_bytes = out->m_bytes = 0;
+        return TD_OK;
+    }
     size_t blocks = (size_t)td_cuda_layout_padded_blocks(n_in) * (size_t)n_out;
     out->qs_bytes = blocks * (size_t)codes_bytes(type);
     out->d_bytes = blocks * sizeof(uint16_t);
@@ -71,6 +80,10 @@ void td_cuda_layout_pack(uint32_t type, const void *src, int64_t n_in, int64_t n
         unsigned char *q = qs;
         memset(qs, 0, blocks * padded);
         for (size_t i = 0; i < blocks; i++) memcpy(q + i * padded, s + i * tr->block_bytes, tr->block_bytes);
+        return;
+    }
+    if (is_float(type)) {
+        memcpy(qs, src, (size_t)n_in * (size_t)n_out * tr->block_bytes);
         return;
     }
     int64_t nb = n_in / QK, nbp = td_cuda_layout_padded_blocks(n_in);
@@ -94,6 +107,11 @@ void td_cuda_layout_row(uint32_t type, const void *qs, const uint16_t *d, const 
         size_t padded = kq_block_bytes(type), nsb = (size_t)(n_in / QK_K);
         const unsigned char *row = (const unsigned char *)qs + (size_t)o * nsb * padded;
         for (size_t i = 0; i < nsb; i++) tr->to_float(row + i * padded, out + i * QK_K, QK_K);
+        return;
+    }
+    if (is_float(type)) {
+        const td_type_traits *tr = td_quant_traits(type);
+        tr->to_float((const unsigned char *)qs + (size_t)o * (size_t)n_in * tr->block_bytes, out, n_in);
         return;
     }
     int64_t nb = n_in / QK, nbp = td_cuda_layout_padded_blocks(n_in);

@@ -56,6 +56,11 @@ __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
     const int r = blockIdx.x, n = emb.n_in, nb = n / TD_QK, nbp = (nb + 3) / 4 * 4;
     const int words = emb.type == TD_TYPE_Q8_0 ? 8 : 4;
     const size_t row = (size_t)token[r];
+    if (td_cu_is_float(emb.type)) { /* rows as they are */
+        for (int e = threadIdx.x; e < n; e += blockDim.x)
+            x[(size_t)r * n + e] = td_cu_float_weight(emb.type, emb.qs, row * n + e);
+        return;
+    }
     if (td_cu_is_kquant(emb.type)) { /* super-blocks of 256, one after another */
         const int kw = td_cu_kq_words(emb.type), nsb = n / TD_QK_SUPER;
         for (int e = threadIdx.x; e < n; e += blockDim.x)

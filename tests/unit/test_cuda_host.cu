@@ -12,7 +12,10 @@
  *     kernel runs them give the CPU's Q4_K/Q5_K/Q6_K dot products bit for
  *     bit, on the device layout td_cuda_layout_pack writes; a warp's Q8_K
  *     quantizer, run lane by lane, gives the CPU's Q8_K blocks; element
- *     dequantization (the embedding) gives the CPU's to_float.
+ *     dequantization (the embedding) gives the CPU's to_float;
+ *   - the float rows (cuda_float.cuh): activations rounded through F16 and
+ *     BF16 as the CPU converts them, and a warp's 32 accumulators, folded,
+ *     give the CPU's F32/F16/BF16 dot products bit for bit.
  * What needs a device (the kernels themselves) is test_cuda's.
  */
 #include <math.h>
@@ -301,6 +304,63 @@ static void q8k_quantizer_matches_cpu(void **st) {
     print_message("# %d blocks: the warp's Q8_K quantizer gives the CPU's blocks\n", blocks);
 }
 
+/* ---- float rows ---- */
+
+static void float_case(uint32_t type) {
+    enum { N = 32 * 40, N_OUT = 16 };
+    const td_type_traits *tr = td_quant_traits(type), *act = td_quant_traits(tr->vec_dot_type);
+    assert_int_equal(tr->vec_dot_type, type); /* activations take the weight's type */
+    const size_t eb = tr->block_bytes;
+    unsigned char *w = (unsigned char *)malloc(eb * N * N_OUT), *yq = (unsigned char *)malloc(eb * N);
+    static float x[N], xr[N], back[N];
+    assert_non_null(w);
+    assert_non_null(yq);
+    for (int o = 0; o < N_OUT; o++) {
+        for (int i = 0; i < N; i++) x[i] = normal() * (float)(0.02 + 0.1 * o);
+        tr->from_float(x, w + (size_t)o * N * eb, N);
+    }
+    int bitwise = 0, total = 0;
+    for (int a = 0; a < 6; a++) {
+        for (int i = 0; i < N; i++) x[i] = normal() * (a == 1 ? 1e-6f : a == 2 ? 300.0f : 1.0f);
+        if (a == 3) /* past fp16's range, fp16 subnormals, bf16 ties (low half 0x8000) */
+            for (int i = 0; i < N; i += 7) {
+                uint32_t u = 0x3F808000u + (uint32_t)(urand() * 64) * 0x10000u;
+                x[i] = i % 3 == 0 ? 7e4f : i % 3 == 1 ? 3e-6f : td_cu_bits_f32(u);
+            }
+        act->from_float(x, yq, N);
+        act->to_float(yq, back, N);
+        for (int i = 0; i < N; i++) xr[i] = td_cu_float_round(type, x[i]);
+        assert_memory_equal(back, xr, sizeof xr); /* the CPU's conversion, element by element */
+        for (int o = 0; o < N_OUT; o++) {
+            const unsigned char *row = w + (size_t)o * N * eb;
+            float want = 0.0f, acc[32];
+            tr->vec_dot(N, &want, row, yq);
+            for (int t = 0; t < 32; t++) {
+                acc[t] = 0.0f;
+                for (int i = t; i < N; i += 32) acc[t] = fmaf(td_cu_float_weight(type, row, (size_t)i), xr[i], acc[t]);
+            }
+            const float got = td_cu_f_fold(acc);
+            bitwise += memcmp(&want, &got, sizeof got) == 0;
+            total++;
+        }
+    }
+    print_message("# %s: %d/%d dot products equal to the CPU's bit for bit\n", tr->name, bitwise, total);
+    assert_int_equal(bitwise, total);
+    float want[N];
+    tr->to_float(w, want, N);
+    for (int i = 0; i < N; i++) back[i] = td_cu_float_weight(type, w, (size_t)i);
+    assert_memory_equal(want, back, sizeof want);
+    free(w);
+    free(yq);
+}
+
+static void float_lanes_match_cpu(void **st) {
+    (void)st;
+    float_case(TD_TYPE_F32);
+    float_case(TD_TYPE_F16);
+    float_case(TD_TYPE_BF16);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(block_quantizer_matches_cpu),
@@ -308,6 +368,7 @@ int main(void) {
         cmocka_unit_test(tile_and_split_choices),
         cmocka_unit_test(kquant_lanes_match_cpu),
         cmocka_unit_test(q8k_quantizer_matches_cpu),
+        cmocka_unit_test(float_lanes_match_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
