@@ -146,8 +146,12 @@ typedef struct td_cuda_pass {
     const int32_t *out_rows;                  /* rows whose logits come back, ascending */
     int32_t n_out;
     const uint8_t *skip;                      /* (n_layer) layers left out, or NULL */
+    int32_t *picks; /* (n_out) host ints, or NULL: each row's greedy pick
+                     * (td_sample_argmax of its logits), computed on the
+                     * device, so that only ints cross to the host */
 } td_cuda_pass;
-/* logits: (n_out, n_vocab) host floats. */
+/* logits: (n_out, n_vocab) host floats, or NULL when p->picks is not (the
+ * logits then stay on the device). */
 int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *p, float *logits, td_err *err);
 
 #endif

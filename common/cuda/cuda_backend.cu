@@ -327,6 +327,7 @@ struct td_cuda_ctx {
     td_dact actk, act2k; /* the same as Q8_K, for K-quant matrices */
     float *actf[3], *act2f[3]; /* the same as float rows for F32, F16, BF16 matrices */
     int32_t *d_desc; /* the pass descriptor (layout by row count) */
+    int32_t *d_picks; /* (max_rows) greedy picks */
     int32_t *h_desc; /* pinned host image */
     bool graphs_on;
     bool pdl; /* kernels start while the one before finishes (cuda_internal.cuh) */
@@ -394,6 +395,7 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     cudaFree(c->actk.qs); cudaFree(c->actk.d); cudaFree(c->actk.bs);
     cudaFree(c->act2k.qs); cudaFree(c->act2k.d); cudaFree(c->act2k.bs);
     for (int t = 0; t < 3; t++) cudaFree(c->actf[t]), cudaFree(c->act2f[t]);
+    cudaFree(c->d_picks);
     cudaFreeHost(c->h_desc);
     if (c->stream) cudaStreamDestroy(c->stream);
     if (c->profile)
@@ -527,6 +529,7 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
             ALLOC(c->act2f[t], R * ld * sizeof(float));
         }
     ALLOC(c->d_desc, (size_t)c->desc_ints * sizeof(int32_t));
+    ALLOC(c->d_picks, R * sizeof(int32_t));
 #undef ALLOC
     if (e == cudaSuccess) e = cudaMallocHost((void **)&c->h_desc, (size_t)c->desc_ints * sizeof(int32_t));
     if (e != cudaSuccess) {
@@ -773,6 +776,7 @@ extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pas
     if (n < 1 || n > c->max_rows || ps->n_out < 0 || ps->n_out > n || ps->chain_total < 0 ||
         ps->chain_total > c->chain_cap)
         return td_err_set(err, TD_E_ARG, "CUDA pass of %d rows (context holds %d)", n, c->max_rows);
+    if (ps->n_out > 0 && !logits && !ps->picks) return td_err_set(err, TD_E_ARG, "CUDA pass: nowhere to put its logits");
     if (kv->device != c->m->device || kv->kv_dim != hp->n_head_kv * hp->head_dim || kv->n_layer != hp->n_layer)
         return td_err_set(err, TD_E_ARG, "the KV cache belongs to another model or device");
     CK(cudaSetDevice(c->m->device), "selecting the device");
@@ -799,7 +803,14 @@ extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pas
     } else {
         CK(run_pass(c, kv, n, ps->n_out, ps->skip), "launching a pass");
     }
-    if (ps->n_out > 0)
+    if (ps->n_out > 0 && ps->picks) {
+        const td_lc plain = {c->stream, false, 0, 0, false, 0};
+        CK(td_cu_argmax(c->logits, ps->n_out, hp->n_vocab, c->d_picks, plain), "picking tokens");
+        CK(cudaMemcpyAsync(ps->picks, c->d_picks, (size_t)ps->n_out * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                           c->stream),
+           "copying picks");
+    }
+    if (ps->n_out > 0 && logits)
         CK(cudaMemcpyAsync(logits, c->logits, (size_t)ps->n_out * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost,
                            c->stream),
            "copying logits");

@@ -326,6 +326,16 @@ __device__ __forceinline__ float td_cu_rms_scale(const float *xs, int n, float e
     return scale_sh;
 }
 
+/* The greedy pick of a row (td_sample_argmax): (value, id) pairs, id -1
+ * for "nothing above -inf yet"; b replaces a when larger, or equal with a
+ * lower id. Exact in any reduction order; a thread scans its ids in
+ * ascending order keeping the first of equals. */
+__host__ __device__ __forceinline__ bool td_cu_pick_better(float va, int ia, float vb, int ib) {
+    return vb > va || (vb == va && ib >= 0 && (ia < 0 || ib < ia));
+}
+/* picks[j] = the greedy pick of logits row j (n_rows rows of n_vocab). */
+cudaError_t td_cu_argmax(const float *logits, int32_t n_rows, int32_t n_vocab, int32_t *picks, const td_lc &lc);
+
 /* x (n_rows, n_in) rows, gathered through rows[] when not NULL, to act. */
 cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,
                            const td_dact *act, const td_lc &lc);

@@ -49,6 +49,36 @@ cudaError_t td_cu_swiglu_quantize(const float *gate, const float *up, int32_t ld
     return td_cu_launch(lc, k_swiglu_quantize, grid, dim3(128), 0, gate, up, ld, n, *act);
 }
 
+/* ---- greedy picks: one block of 256 threads per row ---- */
+__global__ void __launch_bounds__(256) k_argmax(const float *logits, int32_t n_vocab, int32_t *picks) {
+    __shared__ float sv[8];
+    __shared__ int si[8];
+    td_d_pdl_wait();
+    td_d_pdl_release();
+    const float *row = logits + (size_t)blockIdx.x * n_vocab;
+    float bv = -INFINITY;
+    int bi = -1;
+    for (int v = threadIdx.x; v < n_vocab; v += blockDim.x)
+        if (row[v] > bv) bv = row[v], bi = v; /* NaN never is */
+    for (int off = 16; off; off >>= 1) {
+        const float ov = __shfl_xor_sync(FULL, bv, off);
+        const int oi = __shfl_xor_sync(FULL, bi, off);
+        if (td_cu_pick_better(bv, bi, ov, oi)) bv = ov, bi = oi;
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) sv[warp] = bv, si[warp] = bi;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (td_cu_pick_better(bv, bi, sv[w], si[w])) bv = sv[w], bi = si[w];
+        picks[blockIdx.x] = bi < 0 ? 0 : bi;
+    }
+}
+
+cudaError_t td_cu_argmax(const float *logits, int32_t n_rows, int32_t n_vocab, int32_t *picks, const td_lc &lc) {
+    return td_cu_launch(lc, k_argmax, dim3((unsigned)n_rows), dim3(256), 0, logits, n_vocab, picks);
+}
+
 /* ---- token embedding: the CPU's to_float of the token's row ---- */
 __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
     td_d_pdl_wait(); /* a pass's first kernel, launched plainly: a no-op */

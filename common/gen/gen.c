@@ -76,9 +76,14 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
     stats->prefill_sec = t1 - t0;
     stats->stop = TD_STOP_LENGTH;
 
+    /* greedy on a GPU: the argmax is taken there, and 4 bytes cross to the
+     * host instead of a row of logits (the first token comes from the
+     * prompt's logits) */
+    const bool device_picks = td_sample_is_plain_greedy(&p->sample) && td_ctx_device(ctx).kind == TD_DEVICE_CUDA;
+    int32_t picked = -1;
     for (int32_t i = 0; i < p->max_tokens; i++) {
         int32_t pos = (int32_t)n_hist;
-        int32_t tk = td_sampler_pick(smp, logits, pos, hist, n_hist);
+        int32_t tk = picked >= 0 ? picked : td_sampler_pick(smp, logits, pos, hist, n_hist);
         if (tk < 0) { rc = td_err_set(err, tk, "sampler refused its arguments"); goto done; }
         hist[n_hist++] = tk;
         if (out_tokens) out_tokens[i] = tk;
@@ -98,7 +103,8 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
         if (i + 1 == p->max_tokens) break;
         if (pos + 1 >= td_kv_max_len(kv)) { stats->stop = TD_STOP_CONTEXT; break; }
         td_row row = td_row_linear(seq, pos, tk, true);
-        rc = td_model_forward(ctx, kv, &row, 1, logits, err);
+        rc = device_picks ? td_model_forward_picks(ctx, kv, &row, 1, NULL, &picked, err)
+                          : td_model_forward(ctx, kv, &row, 1, logits, err);
         if (rc) goto done;
         stats->n_forward++;
     }

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "model/model_internal.h"
+#include "sample/sample.h"
 
 /* The rows of one sequence in a pass: their indices in td_ctx.order. */
 typedef struct td_attn_group {
@@ -957,7 +958,7 @@ static int bind_cache(td_ctx *c, td_kv *kv, td_err *err) {
 /* The pass on the device: the host part (slots, chains, RoPE angles) is the
  * CPU's, the rest is cuda_backend.cu's. */
 static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
-                        const uint8_t *skip, td_err *err) {
+                        int32_t *picks, const uint8_t *skip, td_err *err) {
     int32_t total = 0, n_out = 0;
     for (int32_t r = 0; r < n_rows; r++) {
         c->tokens[r] = rows[r].token;
@@ -971,7 +972,7 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     td_cuda_pass p = {.n_rows = n_rows, .token = c->tokens, .seq = c->seqs, .slot = c->slot, .base = c->base,
                       .chain_off = c->chain_off, .chain_len = c->chain_len, .chain = c->chains,
                       .chain_total = total, .rope_cs = c->rope_cs, .out_rows = c->out_rows, .n_out = n_out,
-                      .skip = skip};
+                      .skip = skip, .picks = picks};
     int rc = td_cuda_forward(c->gpu, kv->cuda, &p, logits, err);
     if (rc) return rc;
     for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
@@ -980,6 +981,27 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
 
 static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
                         const uint8_t *skip, td_err *err);
+
+int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits, int32_t *picks,
+                           td_err *err) {
+    if (!picks) return td_err_set(err, TD_E_ARG, "no room for the picks");
+    if (c->gpu && !c->lead) { /* the argmax runs where the logits are */
+        int rc = bind_cache(c, kv, err);
+        if (rc == TD_OK) rc = check_rows(c, kv, rows, n_rows, err);
+        if (rc == TD_OK) rc = forward_cuda(c, kv, rows, n_rows, logits, picks, NULL, err);
+        return rc;
+    }
+    if (!logits) return td_err_set(err, TD_E_ARG, "a CPU context picks from logits: give it room for them");
+    int rc = td_model_forward(c, kv, rows, n_rows, logits, err);
+    if (rc) return rc;
+    const int32_t V = c->m->hp.n_vocab;
+    for (int32_t r = 0, j = 0; r < n_rows; r++)
+        if (rows[r].logits) {
+            picks[j] = td_sample_argmax(logits + (size_t)j * V, V);
+            j++;
+        }
+    return TD_OK;
+}
 
 int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
                           const uint8_t *skip, td_err *err) {
@@ -1311,7 +1333,7 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     if (rc) return rc;
     rc = check_rows(c, kv, rows, n_rows, err);
     if (rc) return rc;
-    if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, skip, err);
+    if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, NULL, skip, err);
     if (!c->tiles_asked && fast_kernels(c->numerics)) {
         c->tiled = td_model_tile(m);
         c->tiles_asked = true;

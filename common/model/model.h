@@ -245,6 +245,15 @@ void td_ctx_profile(const td_ctx *c, char *buf, size_t cap);
  * logits: (number of rows with .logits set, n_vocab). */
 int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows,
                      float *logits, td_err *err);
+/* Same, but what comes back is each row's greedy pick: picks[j] =
+ * td_sample_argmax of the j-th row with logits (what td_sampler_pick gives
+ * at temperature 0 without a repetition penalty). On a CUDA context the
+ * argmax runs on the device and logits may be NULL: then only the picks
+ * cross to the host (a verify pass of 16 rows would otherwise copy 3 MB of
+ * logits); given, logits are filled too. A CPU context needs logits (it
+ * picks from them). */
+int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits, int32_t *picks,
+                           td_err *err);
 /* Same, with layers l where skip[l] != 0 left out (layer-skip self-drafting:
  * the residual stream passes those layers unchanged; their KV is not
  * written, so use a cache of its own). skip may be NULL. */

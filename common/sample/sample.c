@@ -538,6 +538,21 @@ void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_
     *log_sum = log(sum);
 }
 
+int32_t td_sample_argmax(const float *logits, int32_t n) {
+    int32_t best = 0;
+    float bv = -INFINITY;
+    for (int32_t x = 0; x < n; x++)
+        if (logits[x] > bv) { /* NaN never is: it counts as -inf */
+            bv = logits[x];
+            best = x;
+        }
+    return best;
+}
+
+bool td_sample_is_plain_greedy(const td_sample_params *p) {
+    return p->temperature == 0.0f && (p->repeat_penalty == 1.0f || p->repeat_last_n <= 0);
+}
+
 void td_sample_top_ids(const float *logits, int32_t n, int32_t *top, int32_t k) {
     int32_t cnt = 0;
     for (int32_t v = 0; v < n; v++) {

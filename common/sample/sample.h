@@ -72,6 +72,13 @@ int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
  * log(sum exp(logits - m)) once, then logprob(id) = (logits[id] - m) - log_sum.
  * Scoring, perplexity and per-token logprobs all use it, so their numbers
  * agree bit for bit. */
+/* What td_sampler_pick returns at temperature 0 without a repetition
+ * penalty: the id of the largest logit, NaN counting as -inf, the lowest id
+ * on ties, 0 when nothing is above -inf. A pure function of the logits, so a
+ * device may compute it where the logits are (td_model_forward_picks). */
+int32_t td_sample_argmax(const float *logits, int32_t n);
+/* True when td_sampler_pick with p is td_sample_argmax of the logits. */
+bool td_sample_is_plain_greedy(const td_sample_params *p);
 /* The k (>= 1) ids with the largest logits, best first (ties: lower id). */
 void td_sample_top_ids(const float *logits, int32_t n, int32_t *top, int32_t k);
 void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_sum);

@@ -43,6 +43,8 @@ typedef struct local_target {
     local_seq *seqs;
     td_sampler *smp;      /* one, re-parametrised per sequence */
     float *logits;        /* (max_rows, n_vocab) */
+    int32_t *picks;       /* (max_rows) greedy picks, when a pass needs nothing more */
+    bool picked;          /* the last verify pass brought picks, not logits */
     float *probs;         /* rejection mode */
     td_row *rows;
     int32_t *row0;        /* per item: batch index of its root row */
@@ -178,6 +180,9 @@ static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0,
             child = first_child(d, node);
             tk = rejection_pick(t, s, lg, n_ctx, child, d, &acc);
             if (!acc) child = -1;
+        } else if (t->picked) {
+            tk = t->picks[row0 + 1 + node]; /* every verify row has logits */
+            child = child_with(d, node, tk);
         } else {
             tk = td_sampler_pick(t->smp, lg, (int64_t)n_ctx, s->hist, n_ctx);
             if (tk < 0) return td_err_set(err, tk, "sampler refused its arguments");
@@ -229,8 +234,24 @@ static int lt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
             t->rows[n_rows++] = (td_row){it->seq, root_pos + depth[j], d->token[j], true, true,
                                          t->row0[k] + 1 + d->parent[j]};
     }
+    /* Greedy without a penalty, observations or logprobs needs only each
+     * row's argmax: td_model_forward_picks computes it where the logits are
+     * (on a GPU they then stay there). */
+    bool picks = true;
+    for (int32_t k = 0; k < n_items && picks; k++) {
+        const td_target_seq_params *p = &t->seqs[items[k].seq].p;
+        picks = p->mode != TD_SPEC_REJECTION && td_sample_is_plain_greedy(&p->sample) && p->n_top == 0 &&
+                p->n_logprobs < 0;
+    }
     double t0 = td_now_sec();
-    int rc = td_model_forward(t->ctx, t->kv, t->rows, n_rows, t->logits, err);
+    int rc;
+    if (picks) {
+        const bool on_device = td_ctx_device(t->ctx).kind == TD_DEVICE_CUDA;
+        rc = td_model_forward_picks(t->ctx, t->kv, t->rows, n_rows, on_device ? NULL : t->logits, t->picks, err);
+    } else {
+        rc = td_model_forward(t->ctx, t->kv, t->rows, n_rows, t->logits, err);
+    }
+    t->picked = picks && rc == TD_OK;
     if (rc) return rc;
     if (pass) *pass = (td_pass_info){td_now_sec() - t0, n_rows};
     for (int32_t k = 0; k < n_items; k++) {
@@ -312,6 +333,7 @@ static void lt_destroy(td_target *base) {
     free(t->seqs);
     td_sampler_destroy(t->smp);
     free(t->logits);
+    free(t->picks);
     free(t->probs);
     free(t->rows);
     free(t->row0);
@@ -338,9 +360,10 @@ td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv
     t->logits = malloc((size_t)t->max_rows * t->n_vocab * sizeof(float));
     t->rows = malloc((size_t)t->max_rows * sizeof *t->rows);
     t->row0 = malloc((size_t)t->max_rows * sizeof *t->row0);
+    t->picks = malloc((size_t)t->max_rows * sizeof *t->picks);
     td_err why = {0};
     t->smp = td_sampler_create(NULL, t->n_vocab, &why);
-    if (!t->seqs || !t->logits || !t->rows || !t->row0 || !t->smp) {
+    if (!t->seqs || !t->logits || !t->rows || !t->row0 || !t->picks || !t->smp) {
         lt_destroy(&t->base);
         goto nomem;
     }

@@ -34,6 +34,7 @@
 #include "gguf/gguf.h"
 #include "model/model.h"
 #include "quant/quant.h"
+#include "sample/sample.h"
 #include "spec/spec.h"
 #include "tok/tok.h"
 
@@ -510,6 +511,36 @@ static void gpu_batch_invariance(void **s) {
     unload(&L);
 }
 
+/* Greedy picks taken on the GPU (td_model_forward_picks, logits left on the
+ * device) are td_sample_argmax of the logits the same pass returns. */
+static void gpu_picks(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    assert_true(tiny("--type Q4_1", "picks", &L));
+    const int32_t V = td_model_hparams(L.m)->n_vocab;
+    td_err err = {0};
+    td_ctx *c = gpu_ctx(L.m, 8, (gpu_kind){false, NULL, false, NULL});
+    td_kv *ka = td_kv_create(L.m, 1, 32, NULL), *kb = td_kv_create(L.m, 1, 32, NULL), *kc = td_kv_create(L.m, 1, 32, NULL);
+    float *la = malloc((size_t)8 * V * sizeof(float)), *lc = malloc((size_t)8 * V * sizeof(float));
+    int32_t ids[8], pb[8], pc[8];
+    tokens_of(V, ids, 8);
+    td_row rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = td_row_linear(0, i, ids[i], i != 3);
+    assert_int_equal(td_model_forward(c, ka, rows, 8, la, &err), TD_OK);
+    assert_int_equal(td_model_forward_picks(c, kb, rows, 8, NULL, pb, &err), TD_OK); /* only the picks come back */
+    assert_int_equal(td_model_forward_picks(c, kc, rows, 8, lc, pc, &err), TD_OK);   /* both */
+    assert_memory_equal(la, lc, (size_t)7 * V * sizeof(float));
+    for (int j = 0; j < 7; j++) {
+        assert_int_equal(pb[j], td_sample_argmax(la + (size_t)j * V, V));
+        assert_int_equal(pc[j], pb[j]);
+    }
+    free(la), free(lc);
+    td_kv_destroy(ka), td_kv_destroy(kb), td_kv_destroy(kc);
+    td_ctx_destroy(c);
+    unload(&L);
+}
+
 /* K-quant matrices on the GPU (the tiny Q4_K_M-like model: Q4_K and Q6_K,
  * their inputs quantized to Q8_K apart): a row gets the same bits alone and
  * in passes of 3, 16 and 24 rows, in forced tiles of 2, 8 and 4:1, with
@@ -799,6 +830,7 @@ int main(void) {
         cmocka_unit_test(no_device_message),
         cmocka_unit_test(tiny_logits_match_cpu), cmocka_unit_test(gpu_batch_invariance),
         cmocka_unit_test(gpu_fast_order),       cmocka_unit_test(gpu_kquant_invariance),
+        cmocka_unit_test(gpu_picks),
         cmocka_unit_test(real_teacher_forced),  cmocka_unit_test(real_spec_identity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -15,7 +15,9 @@
  *     dequantization (the embedding) gives the CPU's to_float;
  *   - the float rows (cuda_float.cuh): activations rounded through F16 and
  *     BF16 as the CPU converts them, and a warp's 32 accumulators, folded,
- *     give the CPU's F32/F16/BF16 dot products bit for bit.
+ *     give the CPU's F32/F16/BF16 dot products bit for bit;
+ *   - the device's greedy pick (k_argmax's reduction, run thread by thread)
+ *     is td_sample_argmax on rows with NaN, infinities and ties.
  * What needs a device (the kernels themselves) is test_cuda's.
  */
 #include <math.h>
@@ -29,6 +31,9 @@ extern "C" {
 }
 
 #include "cuda/cuda_internal.cuh"
+extern "C" {
+#include "sample/sample.h"
+}
 
 /* The CPU's reference Q8_1 block: fp16 scale, fp16 scaled sum, 32 codes. */
 struct q8_1_block {
@@ -361,6 +366,53 @@ static void float_lanes_match_cpu(void **st) {
     float_case(TD_TYPE_BF16);
 }
 
+/* ---- greedy picks ---- */
+
+/* k_argmax's reduction for one row: 256 threads striding, a butterfly per
+ * warp (every lane at once), then warp 0's lane 0 over the warps. */
+static int device_pick(const float *row, int n) {
+    float v[256];
+    int id[256];
+    for (int t = 0; t < 256; t++) {
+        v[t] = -INFINITY, id[t] = -1;
+        for (int x = t; x < n; x += 256)
+            if (row[x] > v[t]) v[t] = row[x], id[t] = x;
+    }
+    for (int w = 0; w < 8; w++)
+        for (int off = 16; off; off >>= 1) {
+            float nv[32];
+            int ni[32];
+            for (int l = 0; l < 32; l++) {
+                const int a = 32 * w + l, b = 32 * w + (l ^ off);
+                const bool take = td_cu_pick_better(v[a], id[a], v[b], id[b]);
+                nv[l] = take ? v[b] : v[a], ni[l] = take ? id[b] : id[a];
+            }
+            for (int l = 0; l < 32; l++) v[32 * w + l] = nv[l], id[32 * w + l] = ni[l];
+        }
+    float bv = v[0];
+    int bi = id[0];
+    for (int w = 1; w < 8; w++)
+        if (td_cu_pick_better(bv, bi, v[32 * w], id[32 * w])) bv = v[32 * w], bi = id[32 * w];
+    return bi < 0 ? 0 : bi;
+}
+
+static void device_pick_is_greedy(void **st) {
+    (void)st;
+    static float row[5000];
+    for (int trial = 0; trial < 400; trial++) {
+        const int n = 1 + (int)(urand() * 5000);
+        const int levels = 1 + trial % 9; /* few distinct values: many ties */
+        for (int i = 0; i < n; i++) {
+            const double u = urand();
+            row[i] = u < 0.05 ? NAN : u < 0.1 ? -INFINITY : (float)(int)(urand() * levels);
+        }
+        if (trial % 13 == 0) row[(int)(urand() * n)] = INFINITY, row[(int)(urand() * n)] = INFINITY;
+        if (trial % 17 == 0)
+            for (int i = 0; i < n; i++) row[i] = i % 3 ? -INFINITY : NAN; /* nothing above -inf: id 0 */
+        assert_int_equal(device_pick(row, n), td_sample_argmax(row, n));
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(block_quantizer_matches_cpu),
@@ -369,6 +421,7 @@ int main(void) {
         cmocka_unit_test(kquant_lanes_match_cpu),
         cmocka_unit_test(q8k_quantizer_matches_cpu),
         cmocka_unit_test(float_lanes_match_cpu),
+        cmocka_unit_test(device_pick_is_greedy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

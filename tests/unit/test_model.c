@@ -18,6 +18,7 @@
 
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "sample/sample.h"
 #include "model/model_internal.h" /* the attention kernels, tested directly below */
 #include "quant/quant.h"
 
@@ -568,6 +569,35 @@ static void bad_rows_are_refused(void **s) {
     drop_tiny(&f);
 }
 
+/* td_model_forward_picks on the CPU: the logits of td_model_forward, and
+ * td_sample_argmax of each row that asked for them; a CPU context refuses to
+ * pick without room for the logits. */
+static void picks_are_argmax(void **s) {
+    (void)s;
+    fixture f = {0};
+    assert_int_equal(make_tiny(&f, "--arch llama"), 0);
+    const int32_t V = td_model_hparams(f.m)->n_vocab;
+    td_kv *ka = td_kv_create(f.m, 1, 16, NULL), *kb = td_kv_create(f.m, 1, 16, NULL);
+    td_ctx *c = td_ctx_create(f.m, 6, f.pool, NULL);
+    float *la = malloc((size_t)6 * V * sizeof(float)), *lb = malloc((size_t)6 * V * sizeof(float));
+    td_row rows[6];
+    for (int i = 0; i < 6; i++) rows[i] = td_row_linear(0, i, 10 + 7 * i, i != 2); /* row 2 without logits */
+    int32_t picks[6] = {-1, -1, -1, -1, -1, -1};
+    td_err err;
+    assert_int_equal(td_model_forward(c, ka, rows, 6, la, &err), TD_OK);
+    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, NULL, picks, &err), TD_E_ARG);
+    assert_non_null(strstr(err.msg, "logits"));
+    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, lb, NULL, &err), TD_E_ARG);
+    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, lb, picks, &err), TD_OK);
+    assert_memory_equal(la, lb, (size_t)5 * V * sizeof(float));
+    for (int j = 0; j < 5; j++) assert_int_equal(picks[j], td_sample_argmax(la + (size_t)j * V, V));
+    assert_int_equal(picks[5], -1); /* five rows asked */
+    free(la), free(lb);
+    td_ctx_destroy(c);
+    td_kv_destroy(ka), td_kv_destroy(kb);
+    drop_tiny(&f);
+}
+
 static void unsupported_architecture(void **s) {
     (void)s;
     char dir[] = "/tmp/td_arch_XXXXXX", path[64];
@@ -889,6 +919,7 @@ int main(void) {
         cmocka_unit_test(kv_truncate_rolls_back),
         cmocka_unit_test(tree_rows_match_linear_paths),
         cmocka_unit_test(bad_rows_are_refused),
+        cmocka_unit_test(picks_are_argmax),
         cmocka_unit_test(unsupported_architecture),
         cmocka_unit_test(attention_kernels_agree),
         cmocka_unit_test(rope_kernels_agree),

@@ -664,6 +664,36 @@ static void test_repetition_penalty(void **state) {
 
 /* ---- NaN / inf ---- */
 
+/* td_sample_argmax is the greedy pick (the function a device computes in
+ * its place), on logits with NaN, both infinities and ties. */
+static void test_argmax_is_greedy_pick(void **state) {
+    (void)state;
+    enum { N = 97 };
+    td_sampler *gs = make(td_sample_defaults(), N);
+    uint64_t r = 0x5151;
+    float lg[N];
+    for (int trial = 0; trial < 3000; trial++) {
+        for (int i = 0; i < N; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            unsigned k = (unsigned)(r >> 59); /* 0..31 */
+            lg[i] = k == 0 ? NAN : k == 1 ? -INFINITY : k == 2 && trial % 7 == 0 ? INFINITY
+                  : (float)((int)(r >> 40 & 0xFF) % (trial % 5 + 2)); /* few values: ties */
+        }
+        if (trial % 11 == 0)
+            for (int i = 0; i < N; i++) lg[i] = i % 2 ? NAN : -INFINITY; /* nothing above -inf */
+        assert_int_equal(td_sample_argmax(lg, N), td_sampler_pick(gs, lg, trial, NULL, 0));
+    }
+    td_sampler_destroy(gs);
+    td_sample_params p = td_sample_defaults();
+    assert_true(td_sample_is_plain_greedy(&p));
+    p.repeat_penalty = 1.3f;
+    assert_false(td_sample_is_plain_greedy(&p));
+    p.repeat_last_n = 0; /* a penalty over no tokens is none */
+    assert_true(td_sample_is_plain_greedy(&p));
+    p.temperature = 0.7f;
+    assert_false(td_sample_is_plain_greedy(&p));
+}
+
 static void test_nan_inf(void **state) {
     (void)state;
     enum { N = 6 };
@@ -799,6 +829,7 @@ int main(void) {
         cmocka_unit_test(test_min_p),
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_nan_inf),
+        cmocka_unit_test(test_argmax_is_greedy_pick),
         cmocka_unit_test(test_pick_in_candidate_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
