@@ -39,7 +39,8 @@ __global__ void __launch_bounds__(256) k_prepare_float(td_qk_src src, int32_t n_
 
 cudaError_t td_cu_prepare_float(const td_qk_src *src, int32_t n_rows, int32_t n_in, uint32_t type, float *out,
                                 int32_t ldo, const td_lc &lc) {
-    if (!td_cu_is_float(type) || (src->kind == TD_QK_NORM && !src->norm_w) || (src->kind == TD_QK_SWIGLU && !src->up))
+    if (!td_cu_is_float(type) || !out || n_in > ldo || (src->kind == TD_QK_NORM && !src->norm_w) ||
+        (src->kind == TD_QK_SWIGLU && !src->up))
         return cudaErrorInvalidValue;
     return td_cu_launch(lc, k_prepare_float, dim3((unsigned)n_rows), dim3(256), 0, *src, n_in, type, out, ldo);
 }
@@ -55,7 +56,9 @@ __global__ void __launch_bounds__(128) k_matmul_f(td_mm mm, const float *xin, in
     const td_dw W = wi == 0 ? mm.w[0] : wi == 1 ? mm.w[1] : mm.w[2];
     float *y = wi == 0 ? mm.y[0] : wi == 1 ? mm.y[1] : mm.y[2];
     const int ldy = wi == 0 ? mm.ldy[0] : wi == 1 ? mm.ldy[1] : mm.ldy[2];
-    if (o >= W.n_out) return; /* a whole warp: nothing below waits for it */
+    /* a whole warp leaves (o is the warp's): safe only because nothing
+     * below synchronizes the block; a barrier added later must move this */
+    if (o >= W.n_out) return;
     const int n = W.n_in;
     const size_t row0 = (size_t)o * n;
     const int r0 = blockIdx.y * R, nr = n_rows - r0 < R ? n_rows - r0 : R;

@@ -309,7 +309,9 @@ cudaError_t td_cu_matmul_f(const td_mm *mm, const td_mm_in *in, int32_t n_rows, 
  * 1 / sqrt(mean of squares + eps): warp 0 sums the squares in double, element
  * i into lane i % 32 in element order, then a fixed butterfly (lane 0's
  * result), so every kernel that normalizes gets the same bits. Every thread
- * of the block calls it (it holds a barrier) and gets the scale. */
+ * of the block calls it (it holds a barrier) and gets the scale; once per
+ * kernel (the scale lives in one shared variable), and after a barrier when
+ * xs was just written to shared memory. */
 __device__ __forceinline__ float td_cu_rms_scale(const float *xs, int n, float eps) {
     __shared__ float scale_sh;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

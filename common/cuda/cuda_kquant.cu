@@ -76,7 +76,8 @@ __global__ void __launch_bounds__(256) k_quantize_k(td_qk_src src, int32_t n_in,
 
 cudaError_t td_cu_quantize_k(const td_qk_src *src, int32_t n_rows, int32_t n_in, const td_dact *act,
                              const td_lc &lc) {
-    if (n_in % TD_QK_SUPER != 0 || !act->bs || (src->kind == TD_QK_NORM && !src->norm_w) ||
+    if (n_in % TD_QK_SUPER != 0 || n_in > act->ld || !act->qs || !act->d || !act->bs ||
+        (src->kind == TD_QK_NORM && !src->norm_w) ||
         (src->kind == TD_QK_SWIGLU && !src->up))
         return cudaErrorInvalidValue;
     return td_cu_launch(lc, k_quantize_k, dim3((unsigned)n_rows), dim3(256), 0, *src, n_in, *act);
