@@ -141,12 +141,13 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     pthread_mutex_init(&e->score_lock, NULL);
     pthread_cond_init(&e->cv, NULL);
     int rc;
-    /* The GPU computes the reference order and holds a whole model: a
-     * request may move only between workers whose bits agree, and a
-     * tensor-parallel GPU group needs the NCCL backend. */
+    /* The GPU computes the reference order or its own FAST one and holds a
+     * whole model: a request may move only between workers whose bits agree
+     * (the fingerprint says backend=cuda), and a tensor-parallel GPU group
+     * needs the NCCL backend. */
     if (cfg->device.kind == TD_DEVICE_CUDA) {
-        if (cfg->numerics != TD_NUMERICS_REFERENCE) {
-            td_err_set(err, TD_E_ARG, "--device cuda computes --numerics reference only (got %s)",
+        if (cfg->numerics == TD_NUMERICS_TP_INVARIANT) {
+            td_err_set(err, TD_E_ARG, "--device cuda computes --numerics reference or fast (got %s)",
                        td_numerics_name(cfg->numerics));
             goto fail;
         }

@@ -116,8 +116,6 @@ template <int EPI> static cudaError_t launch_f_epi(const td_mm *mm, const td_mm_
 cudaError_t td_cu_matmul_f(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc) {
     if (!in->x || in->norm_w || in->rows || mm->n_w < 1 || mm->n_w > 3 || mm->w[0].n_in % 32 != 0)
         return cudaErrorInvalidValue;
-    for (int i = 1; i < mm->n_w; i++)
-        if (mm->w[i].type != mm->w[0].type || mm->w[i].n_in != mm->w[0].n_in) return cudaErrorInvalidValue;
     switch (mm->epi) {
     case TD_EPI_STORE: return launch_f_epi<TD_EPI_STORE>(mm, in, n_rows, lc);
     case TD_EPI_ADD: return launch_f_epi<TD_EPI_ADD>(mm, in, n_rows, lc);

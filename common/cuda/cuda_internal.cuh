@@ -294,16 +294,17 @@ struct td_qk_src {
 /* n_rows rows of n_in values (a multiple of 256) into act as Q8_K. */
 cudaError_t td_cu_quantize_k(const td_qk_src *src, int32_t n_rows, int32_t n_in, const td_dact *act,
                              const td_lc &lc);
-/* td_cu_matmul's K-quant form: quantized input only (in->act, Q8_K), the
- * STORE and ADD epilogues, one type across mm's matrices. */
+/* td_cu_matmul's K-quant form (td_cu_matmul checks one type and input
+ * across mm's matrices first): quantized input only (in->act, Q8_K), the
+ * STORE and ADD epilogues. */
 cudaError_t td_cu_matmul_k(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc);
 /* The same values as td_cu_quantize_k would quantize, rounded through float
  * weight type `type` instead (F32: as they are), into out (n_rows, ldo). */
 cudaError_t td_cu_prepare_float(const td_qk_src *src, int32_t n_rows, int32_t n_in, uint32_t type, float *out,
                                 int32_t ldo, const td_lc &lc);
-/* td_cu_matmul's float form (F32, F16, BF16): input rows prepared by
- * td_cu_prepare_float, given as in->x / in->ldx with no norm (in->norm_w
- * NULL), the STORE and ADD epilogues, one type across mm's matrices. */
+/* td_cu_matmul's float form (F32, F16, BF16; checked as the K-quant one):
+ * input rows prepared by td_cu_prepare_float, given as in->x / in->ldx with
+ * no norm (in->norm_w NULL), the STORE and ADD epilogues. */
 cudaError_t td_cu_matmul_f(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc);
 /* The RMSNorm scale of a row of n floats (xs: shared or global memory),
  * 1 / sqrt(mean of squares + eps): warp 0 sums the squares in double, element

@@ -483,10 +483,10 @@ template <int EPI> static cudaError_t launch_epi(const td_mm *mm, const td_mm_in
 }
 
 cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc) {
+    for (int i = 1; i < mm->n_w; i++) /* one type, one input, for every form */
+        if (mm->w[i].type != mm->w[0].type || mm->w[i].n_in != mm->w[0].n_in) return cudaErrorInvalidValue;
     if (td_cu_is_kquant(mm->w[0].type)) return td_cu_matmul_k(mm, in, n_rows, lc);
     if (td_cu_is_float(mm->w[0].type)) return td_cu_matmul_f(mm, in, n_rows, lc);
-    for (int i = 1; i < mm->n_w; i++)
-        if (mm->w[i].type != mm->w[0].type || mm->w[i].n_in != mm->w[0].n_in) return cudaErrorInvalidValue;
     if (mm->epi == TD_EPI_SWIGLU && (!mm->qout.qs || mm->w[0].n_out % TD_QK != 0 || td_cu_ksplit(lc, mm->w[0].n_in) > 1))
         return cudaErrorInvalidValue;
     /* RoPE pairs must not straddle matrices or thread groups */
