@@ -58,11 +58,13 @@ static int select_device(int device, td_err *err) {
 
 /* ---- model ---- */
 
-/* How a matrix takes its input: the legacy block formats as Q8_0/Q8_1 (or
- * fused into the matmul), K-quants as Q8_K, float matrices as float rows
- * rounded through their type. */
-enum in_fmt { FMT_LEGACY, FMT_Q8K, FMT_F32, FMT_F16, FMT_BF16, FMT_COUNT };
+/* How a matrix takes its input: Q4_1 and Q8_0 as Q8_0/Q8_1 blocks, or
+ * normalized and quantized inside the matmul (FMT_LEGACY); Q4_0, Q5_0 and
+ * Q5_1 as the same blocks, always quantized beforehand (FMT_Q8); K-quants as
+ * Q8_K; float matrices as float rows rounded through their type. */
+enum in_fmt { FMT_LEGACY, FMT_Q8, FMT_Q8K, FMT_F32, FMT_F16, FMT_BF16, FMT_COUNT };
 static int fmt_of_type(uint32_t type) {
+    if (td_cu_is_interleaved(type)) return FMT_Q8;
     if (td_cu_is_kquant(type)) return FMT_Q8K;
     return type == TD_TYPE_F32 ? FMT_F32 : type == TD_TYPE_F16 ? FMT_F16 : type == TD_TYPE_BF16 ? FMT_BF16 : FMT_LEGACY;
 }
@@ -580,7 +582,7 @@ struct stage {
     td_qk_src src;
     int32_t n_rows, n_in;
     td_dact legacy;    /* where the legacy formats' quantization goes */
-    bool legacy_ready; /* already there (quantized by the attention kernel) */
+    bool legacy_ready; /* already there (quantized earlier, or by the attention kernel) */
     td_dact q8k;
     float *const *f;   /* (3): float rows for F32, F16, BF16 */
     int32_t ldf;
@@ -601,8 +603,9 @@ static stage stage_of(const td_cuda_ctx *c, td_qk_src src, int32_t n_rows, int32
 }
 
 /* Matrix w's input from stage g, preparing it if no earlier matrix did. A
- * legacy-format matrix after RMSNorm takes the float rows and normalizes
- * them itself (the fused form). */
+ * Q4_1 or Q8_0 matrix after RMSNorm takes the float rows and normalizes
+ * them itself (the fused form; with tiles of several rows it quantizes
+ * them into g->legacy first, the same bits FMT_Q8 prepares there). */
 static cudaError_t input_for(const td_cuda_ctx *c, stage *g, const td_dw &w, const td_lc &st, td_mm_in *in) {
     const td_dact none = {NULL, NULL, NULL, 0, NULL};
     const int fmt = fmt_of_type(w.type);
@@ -613,18 +616,25 @@ static cudaError_t input_for(const td_cuda_ctx *c, stage *g, const td_dw &w, con
         *in = fused;
         return cudaSuccess;
     }
-    if (!g->ready[fmt] && !(fmt == FMT_LEGACY && g->legacy_ready)) {
-        if (fmt == FMT_LEGACY && g->src.kind == TD_QK_SWIGLU)
+    const bool q8 = fmt == FMT_LEGACY || fmt == FMT_Q8; /* one quantization serves both */
+    if (q8 && !g->legacy_ready) {
+        if (g->src.kind == TD_QK_SWIGLU) {
             e = td_cu_swiglu_quantize(g->src.x, g->src.up, g->src.ldx, g->n_rows, g->n_in, &g->legacy, st);
-        else if (fmt == FMT_LEGACY)
+        } else if (g->src.kind == TD_QK_NORM) {
+            const td_mm_in norm = {none, g->src.x, g->src.ldx, g->src.rows, g->src.norm_w, g->src.eps, none};
+            e = td_cu_norm_quantize(&norm, g->n_rows, g->n_in, &g->legacy, st);
+        } else {
             e = td_cu_quantize(g->src.x, g->src.ldx, g->src.rows, g->n_rows, g->n_in, &g->legacy, st);
-        else if (fmt == FMT_Q8K)
+        }
+        g->legacy_ready = e == cudaSuccess;
+    } else if (!q8 && !g->ready[fmt]) {
+        if (fmt == FMT_Q8K)
             e = td_cu_quantize_k(&g->src, g->n_rows, g->n_in, &g->q8k, st);
         else
             e = td_cu_prepare_float(&g->src, g->n_rows, g->n_in, w.type, g->f[fmt - FMT_F32], g->ldf, st);
         g->ready[fmt] = e == cudaSuccess;
     }
-    if (fmt == FMT_LEGACY) in->act = g->legacy;
+    if (q8) in->act = g->legacy;
     else if (fmt == FMT_Q8K) in->act = g->q8k;
     else in->x = g->f[fmt - FMT_F32], in->ldx = g->ldf;
     return e;
@@ -685,7 +695,8 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         }
         /* a head of whole quantization blocks quantizes its own output for a
          * legacy-format wo (Q8_K would need 256 values first) */
-        const bool fused = hp->head_dim % TD_QK == 0 && fmt_of_type(ly->wo.type) == FMT_LEGACY;
+        const int wo_fmt = fmt_of_type(ly->wo.type);
+        const bool fused = hp->head_dim % TD_QK == 0 && (wo_fmt == FMT_LEGACY || wo_fmt == FMT_Q8);
         td_attn_args aa = {c->q, c->att, hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim),
                            fused ? c->act : none};
         RUN(td_cu_attention(&aa, &p, &dkv, n, st));

@@ -19,6 +19,7 @@ extern "C" {
 #include "quant/quant.h"
 }
 #include "cuda/cuda_float.cuh"
+#include "cuda/cuda_interleaved.cuh"
 #include "cuda/cuda_kquant.cuh"
 
 #define TD_QK 32
@@ -298,6 +299,15 @@ cudaError_t td_cu_quantize_k(const td_qk_src *src, int32_t n_rows, int32_t n_in,
  * across mm's matrices first): quantized input only (in->act, Q8_K), the
  * STORE and ADD epilogues. */
 cudaError_t td_cu_matmul_k(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc);
+/* td_cu_matmul's form for Q4_0, Q5_0 and Q5_1 (checked as the K-quant one):
+ * quantized input only (in->act: Q8_0 blocks and Q8_1's s), the STORE and
+ * ADD epilogues. */
+cudaError_t td_cu_matmul_il(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc);
+/* RMSNorm (in->norm_w, in->eps) of in->x's rows (gathered through in->rows
+ * when not NULL), quantized into out as Q8_0/Q8_1 blocks: the same bits as
+ * the norm fused into cuda_matmul.cu's kernels. */
+cudaError_t td_cu_norm_quantize(const td_mm_in *in, int32_t n_rows, int32_t n_in, const td_dact *out,
+                                const td_lc &lc);
 /* The same values as td_cu_quantize_k would quantize, rounded through float
  * weight type `type` instead (F32: as they are), into out (n_rows, ldo). */
 cudaError_t td_cu_prepare_float(const td_qk_src *src, int32_t n_rows, int32_t n_in, uint32_t type, float *out,

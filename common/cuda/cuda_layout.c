@@ -3,7 +3,7 @@
  * build, so the layout is tested on machines without a GPU.
  *
  * A GGUF block interleaves its fp16 scale(s) with its codes (Q8_0: 34 bytes,
- * so codes are only 2-byte aligned). On the device a thread owns one 32-bit
+ * so codes are only 2-byte aligned). For Q4_1 and Q8_0 a thread owns one 32-bit
  * word of codes of every block of a row (word w: elements 4w..4w+3, or for
  * Q4 the nibbles of bytes 4w..4w+3) and reads four blocks' words in one
  * 16-byte load. So a row is stored word-plane by word-plane: plane w holds
@@ -11,8 +11,10 @@
  * with zeros; the fp16 scales (and Q4_1 minimums) follow the same padding.
  * A K-quant super-block (256 elements) keeps its GGUF bytes, padded to whole
  * 32-bit words (Q6_K: 210 to 212), so that a thread reads its codes and the
- * scales as words (cuda_kquant.cuh). Float matrices (F32, F16, BF16) stay
- * as they are, row after row. Nothing is re-quantized.
+ * scales as words (cuda_kquant.cuh). A Q4_0, Q5_0 or Q5_1 block is repacked
+ * to whole words, codes first, then Q5's fifth bits, then the fp16 d (and
+ * m) (cuda_interleaved.cuh). Float matrices (F32, F16, BF16) stay as they
+ * are, row after row. Nothing is re-quantized.
  */
 #include <string.h>
 
@@ -27,16 +29,29 @@ static bool is_kquant(uint32_t type) {
 
 static bool is_float(uint32_t type) { return type == TD_TYPE_F32 || type == TD_TYPE_F16 || type == TD_TYPE_BF16; }
 
-bool td_cuda_type_supported(uint32_t type) {
-    return type == TD_TYPE_Q4_0 || type == TD_TYPE_Q4_1 || type == TD_TYPE_Q8_0 || is_kquant(type) || is_float(type);
+static bool is_interleaved(uint32_t type) {
+    return type == TD_TYPE_Q4_0 || type == TD_TYPE_Q5_0 || type == TD_TYPE_Q5_1;
 }
+
+bool td_cuda_type_supported(uint32_t type) {
+    return type == TD_TYPE_Q4_1 || type == TD_TYPE_Q8_0 || is_interleaved(type) || is_kquant(type) || is_float(type);
+}
+
+/* Words of a repacked Q4_0/Q5_0/Q5_1 block: 4 of codes, Q5's fifth bits,
+ * then d (and m). */
+static int il_words(uint32_t type) { return type == TD_TYPE_Q4_0 ? 5 : 6; }
+
+/* Byte offsets of the fifth bits and of the codes in a GGUF Q4_0/Q5_x block
+ * (d comes first, then Q5_1's m). */
+static size_t il_qh_at(uint32_t type) { return type == TD_TYPE_Q5_0 ? 2 : 4; }
+static size_t il_qs_at(uint32_t type) { return type == TD_TYPE_Q4_0 ? 2 : il_qh_at(type) + 4; }
 
 /* Bytes of a K-quant super-block on the device: whole words. */
 static size_t kq_block_bytes(uint32_t type) { return (td_quant_traits(type)->block_bytes + 3) / 4 * 4; }
 
 /* Bytes of codes per block, and the offset of the codes in a GGUF block. */
 static int codes_bytes(uint32_t type) { return type == TD_TYPE_Q8_0 ? 32 : 16; }
-static int codes_offset(uint32_t type) { return type == TD_TYPE_Q4_1 ? 4 : 2; }
+static int codes_offset(uint32_t type) { return type == TD_TYPE_Q4_1 ? 4 : 2; } /* Q4_1, Q8_0 */
 
 int64_t td_cuda_layout_padded_blocks(int64_t n_in) { return (n_in / QK + 3) / 4 * 4; }
 
@@ -44,8 +59,8 @@ int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout
     if (!td_cuda_type_supported(type)) {
         const td_type_traits *tr = td_quant_traits(type);
         return td_err_set(err, TD_E_UNSUPPORTED,
-                          "the CUDA backend has no kernel for %s weights (it runs Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, "
-                          "F32, F16, BF16)",
+                          "the CUDA backend has no kernel for %s weights (it runs Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                          "Q4_K, Q5_K, Q6_K, F32, F16, BF16)",
                           tr && tr->name ? tr->name : "unknown");
     }
     if (is_kquant(type)) {
@@ -59,6 +74,11 @@ int td_cuda_layout_of(uint32_t type, int64_t n_in, int64_t n_out, td_cuda_layout
     if (n_in <= 0 || n_out <= 0 || n_in % QK != 0)
         return td_err_set(err, TD_E_ARG, "matrix of %lld x %lld is not whole blocks of %d", (long long)n_out,
                           (long long)n_in, QK);
+    if (is_interleaved(type)) {
+        out->qs_bytes = (size_t)(n_in / QK) * (size_t)n_out * (size_t)il_words(type) * 4;
+        out->d_bytes = out->m_bytes = 0;
+        return TD_OK;
+    }
     if (is_float(type)) { /* rows of whole 32s: a warp's 32 accumulators */
         out->qs_bytes = (size_t)n_in * (size_t)n_out * td_quant_traits(type)->block_bytes;
         out->d_bytes = out->m_bytes = 0;
@@ -84,6 +104,21 @@ void td_cuda_layout_pack(uint32_t type, const void *src, int64_t n_in, int64_t n
     }
     if (is_float(type)) {
         memcpy(qs, src, (size_t)n_in * (size_t)n_out * tr->block_bytes);
+        return;
+    }
+    if (is_interleaved(type)) { /* codes, (fifth bits), d | m << 16 */
+        const size_t blocks = (size_t)(n_in / QK) * (size_t)n_out, words = (size_t)il_words(type);
+        uint32_t *q = qs;
+        memset(qs, 0, blocks * words * 4);
+        for (size_t i = 0; i < blocks; i++, s += tr->block_bytes) {
+            uint32_t *b = q + i * words;
+            uint16_t d, m = 0;
+            memcpy(b, s + il_qs_at(type), 16);
+            memcpy(&d, s, 2);
+            if (type == TD_TYPE_Q5_1) memcpy(&m, s + 2, 2);
+            if (type != TD_TYPE_Q4_0) memcpy(&b[4], s + il_qh_at(type), 4);
+            b[words - 1] = (uint32_t)d | (uint32_t)m << 16;
+        }
         return;
     }
     int64_t nb = n_in / QK, nbp = td_cuda_layout_padded_blocks(n_in);
@@ -114,6 +149,22 @@ void td_cuda_layout_row(uint32_t type, const void *qs, const uint16_t *d, const 
         tr->to_float((const unsigned char *)qs + (size_t)o * (size_t)n_in * tr->block_bytes, out, n_in);
         return;
     }
+    if (is_interleaved(type)) { /* back to the GGUF block, then to_float */
+        const td_type_traits *tr = td_quant_traits(type);
+        const size_t nb = (size_t)(n_in / QK), words = (size_t)il_words(type);
+        const uint32_t *row = (const uint32_t *)qs + (size_t)o * nb * words;
+        for (size_t i = 0; i < nb; i++) {
+            unsigned char blk[24];
+            const uint32_t *b = row + i * words;
+            const uint16_t d = (uint16_t)(b[words - 1] & 0xFFFF), m = (uint16_t)(b[words - 1] >> 16);
+            memcpy(blk, &d, 2);
+            if (type == TD_TYPE_Q5_1) memcpy(blk + 2, &m, 2);
+            if (type != TD_TYPE_Q4_0) memcpy(blk + il_qh_at(type), &b[4], 4);
+            memcpy(blk + il_qs_at(type), b, 16);
+            tr->to_float(blk, out + i * QK, QK);
+        }
+        return;
+    }
     int64_t nb = n_in / QK, nbp = td_cuda_layout_padded_blocks(n_in);
     int words = codes_bytes(type) / 4;
     const uint32_t *q = qs;
@@ -123,11 +174,6 @@ void td_cuda_layout_row(uint32_t type, const void *qs, const uint16_t *d, const 
         float dd = td_fp16_to_f32(d[o * nbp + i]);
         if (type == TD_TYPE_Q8_0) {
             for (int j = 0; j < QK; j++) out[j] = (float)(int8_t)c[j] * dd;
-        } else if (type == TD_TYPE_Q4_0) {
-            for (int j = 0; j < 16; j++) {
-                out[j] = (float)((c[j] & 0x0F) - 8) * dd;
-                out[j + 16] = (float)((c[j] >> 4) - 8) * dd;
-            }
         } else {
             float mm = td_fp16_to_f32(m[o * nbp + i]);
             for (int j = 0; j < 16; j++) {

@@ -10,8 +10,8 @@
  * float chain runs over blocks in the same order. So every output carries
  * the CPU's bits, and, the order being fixed per (output, row), a row's
  * result never depends on the other rows of the pass (batch invariance).
- * Q4_0's reference is one chain per output: the eight integer sums are added
- * exactly (shuffles) and one thread continues the float chain.
+ * (Q4_0, Q5_0 and Q5_1 follow the CPU's interleaved order instead:
+ * cuda_interleaved.cu.)
  *
  * A warp computes four outputs for a tile of R activation rows, staged in
  * shared memory: the weight word is read once and used for every row of the
@@ -133,17 +133,9 @@ __device__ __forceinline__ void dot_tile(const chain_state &w, bool valid, int i
                 const int i = i0 + k;
                 if (i >= nb) continue; /* uniform */
                 const int xv = *(const int *)(xq + i * TD_QK);
-                if (TYPE == TD_TYPE_Q4_0) {
-                    int part = __dp4a(wv[k], xv, 0) - 8 * __dp4a(0x01010101, xv, 0);
-                    part += __shfl_xor_sync(FULL, part, 4);
-                    part += __shfl_xor_sync(FULL, part, 2);
-                    part += __shfl_xor_sync(FULL, part, 1);
-                    acc[r] = acc[r] + dw[k] * xd[i] * (float)part;
-                } else {
-                    const float scale = dw[k] * xd[i];
-                    acc[r] = fmaf(scale, (float)__dp4a(wv[k], xv, 0), acc[r]);
-                    if (TYPE == TD_TYPE_Q4_1) mins[r] = fmaf(mw[k], xs[i], mins[r]);
-                }
+                const float scale = dw[k] * xd[i];
+                acc[r] = fmaf(scale, (float)__dp4a(wv[k], xv, 0), acc[r]);
+                if (TYPE == TD_TYPE_Q4_1) mins[r] = fmaf(mw[k], xs[i], mins[r]);
             }
         }
 #pragma unroll
@@ -157,7 +149,7 @@ template <int TYPE> __device__ __forceinline__ float finish(float acc, float min
 #pragma unroll
     for (int k = 0; k < 8; k++) l[k] = __shfl_sync(FULL, acc, group_base + k);
     float s = td_d_hsum8(l);
-    return TYPE == TD_TYPE_Q4_0 ? acc : TYPE == TD_TYPE_Q4_1 ? s + mins : s;
+    return TYPE == TD_TYPE_Q4_1 ? s + mins : s;
 }
 
 /* Copies n 32-bit words src(e) -> dst[e] with eight loads in flight per
@@ -265,6 +257,17 @@ __global__ void __launch_bounds__(256) k_norm_quantize(td_mm_in in, int32_t n_in
     td_d_pdl_release();
     const int r = blockIdx.x, ldb = out.ld / TD_QK;
     norm_quant_row(in, r, n_in, xs_dyn, out.qs + (size_t)r * out.ld, out.d + (size_t)r * ldb, out.s + (size_t)r * ldb);
+}
+
+cudaError_t td_cu_norm_quantize(const td_mm_in *in, int32_t n_rows, int32_t n_in, const td_dact *out,
+                                const td_lc &lc) {
+    if (!in->x || !in->norm_w || !out->qs) return cudaErrorInvalidValue;
+    const size_t smem = 2 * (size_t)n_in * sizeof(float);
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(k_norm_quantize, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    return td_cu_launch(lc, k_norm_quantize, dim3((unsigned)n_rows), dim3(256), smem, *in, n_in, *out);
 }
 
 /* Dynamic shared memory of a matmul block: the staged rows (and, for a
@@ -475,7 +478,6 @@ template <int TYPE, int EPI> static cudaError_t launch_type(const td_mm *mm, con
 
 template <int EPI> static cudaError_t launch_epi(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc) {
     switch (mm->w[0].type) {
-    case TD_TYPE_Q4_0: return launch_type<TD_TYPE_Q4_0, EPI>(mm, in, n_rows, lc);
     case TD_TYPE_Q4_1: return launch_type<TD_TYPE_Q4_1, EPI>(mm, in, n_rows, lc);
     case TD_TYPE_Q8_0: return launch_type<TD_TYPE_Q8_0, EPI>(mm, in, n_rows, lc);
     default: return cudaErrorInvalidValue;
@@ -487,6 +489,7 @@ cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, co
         if (mm->w[i].type != mm->w[0].type || mm->w[i].n_in != mm->w[0].n_in) return cudaErrorInvalidValue;
     if (td_cu_is_kquant(mm->w[0].type)) return td_cu_matmul_k(mm, in, n_rows, lc);
     if (td_cu_is_float(mm->w[0].type)) return td_cu_matmul_f(mm, in, n_rows, lc);
+    if (td_cu_is_interleaved(mm->w[0].type)) return td_cu_matmul_il(mm, in, n_rows, lc);
     if (mm->epi == TD_EPI_SWIGLU && (!mm->qout.qs || mm->w[0].n_out % TD_QK != 0 || td_cu_ksplit(lc, mm->w[0].n_in) > 1))
         return cudaErrorInvalidValue;
     /* RoPE pairs must not straddle matrices or thread groups */
@@ -495,13 +498,7 @@ cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, co
     const int tile = td_cu_tile_rows(lc, mm->epi == TD_EPI_SWIGLU, n_rows);
     if (in->x && tile > 1) {
         if (!in->scratch.qs) return cudaErrorInvalidValue;
-        size_t smem = 2 * (size_t)mm->w[0].n_in * sizeof(float);
-        if (smem > 48 * 1024) {
-            cudaError_t e = cudaFuncSetAttribute(k_norm_quantize, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-            if (e != cudaSuccess) return e;
-        }
-        cudaError_t e = td_cu_launch(lc, k_norm_quantize, dim3((unsigned)n_rows), dim3(256), smem, *in,
-                                     mm->w[0].n_in, in->scratch);
+        cudaError_t e = td_cu_norm_quantize(in, n_rows, mm->w[0].n_in, &in->scratch, lc);
         if (e != cudaSuccess) return e;
         td_mm_in q = *in;
         q.x = NULL;

@@ -91,6 +91,12 @@ __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
             x[(size_t)r * n + e] = td_cu_float_weight(emb.type, emb.qs, row * n + e);
         return;
     }
+    if (td_cu_is_interleaved(emb.type)) { /* repacked blocks, one after another */
+        const int iw = td_cu_il_words(emb.type);
+        for (int e = threadIdx.x; e < n; e += blockDim.x)
+            x[(size_t)r * n + e] = td_cu_il_dequant(emb.type, emb.qs + (row * nb + e / TD_QK) * iw, e % TD_QK);
+        return;
+    }
     if (td_cu_is_kquant(emb.type)) { /* super-blocks of 256, one after another */
         const int kw = td_cu_kq_words(emb.type), nsb = n / TD_QK_SUPER;
         for (int e = threadIdx.x; e < n; e += blockDim.x)
@@ -110,7 +116,7 @@ __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
             uint32_t word = emb.qs[(row * words + b / 4) * nbp + blk];
             const int byte = (int)((word >> (8 * (b % 4))) & 0xFF);
             const int q = j < 16 ? (byte & 0x0F) : (byte >> 4);
-            v = emb.type == TD_TYPE_Q4_0 ? (float)(q - 8) * d : (float)q * d + __half2float(emb.m[row * nbp + blk]);
+            v = (float)q * d + __half2float(emb.m[row * nbp + blk]); /* Q4_1 */
         }
         x[(size_t)r * n + e] = v;
     }

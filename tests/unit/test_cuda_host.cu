@@ -16,6 +16,10 @@
  *   - the float rows (cuda_float.cuh): activations rounded through F16 and
  *     BF16 as the CPU converts them, and a warp's 32 accumulators, folded,
  *     give the CPU's F32/F16/BF16 dot products bit for bit;
+ *   - Q4_0, Q5_0, Q5_1 (cuda_interleaved.cuh): eight lanes run as the kernel
+ *     runs them, on td_cuda_layout_pack's repacked blocks, give the CPU's
+ *     interleaved kernels' dot products bit for bit, short last groups
+ *     included; element dequantization gives to_float;
  *   - the device's greedy pick (k_argmax's reduction, run thread by thread)
  *     is td_sample_argmax on rows with NaN, infinities and ties.
  * What needs a device (the kernels themselves) is test_cuda's.
@@ -366,6 +370,116 @@ static void float_lanes_match_cpu(void **st) {
     float_case(TD_TYPE_BF16);
 }
 
+/* ---- Q4_0, Q5_0, Q5_1 ---- */
+
+/* The CPU's Q8_0 / Q8_1 blocks: fp16 d, (fp16 s), 32 codes. */
+struct q8_0_block {
+    uint16_t d;
+    int8_t qs[32];
+};
+
+/* Row o of a repacked matrix against one activation row (codes, d, s per
+ * block, unpacked as the device holds them), as the kernel computes it. */
+template <uint32_t TYPE>
+static float il_kernel_dot(const uint32_t *packed, int nb, int o, const int8_t *yq, const float *yd, const float *ys) {
+    const int words = td_cu_il_words(TYPE), ng = (nb + 3) / 4;
+    float lanes[8];
+    for (int lane = 0; lane < 8; lane++) {
+        const int j = lane >> 1, h = lane & 1;
+        float acc = 0.0f;
+        for (int g = 0; g < ng; g++) {
+            const int b = 4 * g + j;
+            if (b >= nb) {
+                acc = td_cu_il_step_empty<TYPE>(acc);
+                continue;
+            }
+            td_cu_il_lane w;
+            td_cu_il_load<TYPE>(packed + ((size_t)o * nb + b) * words, h, &w);
+            acc = td_cu_il_step<TYPE>(w, yq + 32 * b, yd[b], ys[b], h, acc);
+        }
+        lanes[lane] = acc;
+    }
+    return td_d_hsum8(lanes);
+}
+
+template <uint32_t TYPE> static void il_case(int n_in) {
+    enum { N_OUT = 12, MAX_IN = 32 * 40 };
+    const int nb = n_in / 32;
+    const td_type_traits *tr = td_quant_traits(TYPE), *act = td_quant_traits(tr->vec_dot_type);
+    const bool q81 = tr->vec_dot_type == TD_TYPE_Q8_1;
+    const size_t rb = td_quant_row_bytes(TYPE, n_in);
+    unsigned char *w = (unsigned char *)malloc(rb * N_OUT);
+    assert_non_null(w);
+    static float x[MAX_IN], want_f[MAX_IN], got_f[MAX_IN];
+    for (int o = 0; o < N_OUT; o++) {
+        if (o % 3 == 2) { /* random bytes: every code and fifth-bit pattern, sane scales */
+            for (size_t i = 0; i < rb; i++) w[o * rb + i] = (unsigned char)(urand() * 256.0);
+            for (int b = 0; b < nb; b++) {
+                uint16_t d = random_half_scale(), m = random_half_scale() | 0x8000u;
+                memcpy(w + o * rb + b * tr->block_bytes, &d, 2);
+                if (TYPE == TD_IL_Q5_1) memcpy(w + o * rb + b * tr->block_bytes + 2, &m, 2);
+            }
+            continue;
+        }
+        for (int i = 0; i < n_in; i++) x[i] = normal() * (float)(0.05 + 0.2 * o);
+        tr->from_float(x, w + o * rb, n_in);
+    }
+    td_cuda_layout lay;
+    assert_int_equal(td_cuda_layout_of(TYPE, n_in, N_OUT, &lay, NULL), TD_OK);
+    assert_int_equal(lay.qs_bytes, (size_t)N_OUT * nb * td_cu_il_words(TYPE) * 4);
+    uint32_t *packed = (uint32_t *)malloc(lay.qs_bytes);
+    assert_non_null(packed);
+    td_cuda_layout_pack(TYPE, w, n_in, N_OUT, packed, NULL, NULL);
+    static unsigned char yb[MAX_IN / 32 * 36];
+    static int8_t yq[MAX_IN] __attribute__((aligned(4)));
+    static float yd[MAX_IN / 32], ys[MAX_IN / 32];
+    int bitwise = 0, total = 0;
+    for (int a = 0; a < 5; a++) {
+        for (int i = 0; i < n_in; i++) x[i] = normal() * (a == 1 ? 1e-4f : a == 2 ? 50.0f : 1.0f);
+        if (a == 3) for (int i = 0; i < 32; i++) x[i] = 0.0f; /* an all-zero block */
+        act->from_float(x, yb, n_in);
+        for (int b = 0; b < nb; b++) { /* unpacked as on the device */
+            const unsigned char *blk = yb + (size_t)b * act->block_bytes;
+            uint16_t d, sb = 0;
+            memcpy(&d, blk, 2);
+            if (q81) memcpy(&sb, blk + 2, 2);
+            yd[b] = td_fp16_to_f32(d);
+            ys[b] = td_fp16_to_f32(sb);
+            memcpy(yq + 32 * b, blk + (q81 ? 4 : 2), 32);
+        }
+        for (int o = 0; o < N_OUT; o++) {
+            float want = 0.0f;
+            tr->vec_dot(n_in, &want, w + o * rb, yb);
+            const float got = il_kernel_dot<TYPE>(packed, nb, o, yq, yd, ys);
+            bitwise += memcmp(&want, &got, sizeof got) == 0;
+            total++;
+        }
+    }
+    print_message("# %s, %d blocks: %d/%d dot products equal to the CPU's bit for bit\n", tr->name, nb, bitwise, total);
+    assert_int_equal(bitwise, total);
+    for (int o = 0; o < N_OUT; o++) {
+        tr->to_float(w + o * rb, want_f, n_in);
+        for (int e = 0; e < n_in; e++)
+            got_f[e] = td_cu_il_dequant(TYPE, packed + ((size_t)o * nb + e / 32) * td_cu_il_words(TYPE), e % 32);
+        assert_memory_equal(want_f, got_f, sizeof(float) * n_in);
+    }
+    free(packed);
+    free(w);
+}
+
+static void interleaved_lanes_match_cpu(void **st) {
+    (void)st;
+    static_assert(sizeof(q8_0_block) == 34, "Q8_0 block");
+    for (int nb = 1; nb <= 9; nb++) { /* short last groups of 1, 2 and 3 blocks */
+        il_case<TD_IL_Q4_0>(32 * nb);
+        il_case<TD_IL_Q5_0>(32 * nb);
+        il_case<TD_IL_Q5_1>(32 * nb);
+    }
+    il_case<TD_IL_Q4_0>(32 * 40);
+    il_case<TD_IL_Q5_0>(32 * 40);
+    il_case<TD_IL_Q5_1>(32 * 40);
+}
+
 /* ---- greedy picks ---- */
 
 /* k_argmax's reduction for one row: 256 threads striding, a butterfly per
@@ -421,6 +535,7 @@ int main(void) {
         cmocka_unit_test(kquant_lanes_match_cpu),
         cmocka_unit_test(q8k_quantizer_matches_cpu),
         cmocka_unit_test(float_lanes_match_cpu),
+        cmocka_unit_test(interleaved_lanes_match_cpu),
         cmocka_unit_test(device_pick_is_greedy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
