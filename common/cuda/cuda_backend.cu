@@ -606,13 +606,13 @@ static stage stage_of(const td_cuda_ctx *c, td_qk_src src, int32_t n_rows, int32
  * Q4_1 or Q8_0 matrix after RMSNorm takes the float rows and normalizes
  * them itself (the fused form; with tiles of several rows it quantizes
  * them into g->legacy first, the same bits FMT_Q8 prepares there). */
-static cudaError_t input_for(const td_cuda_ctx *c, stage *g, const td_dw &w, const td_lc &st, td_mm_in *in) {
+static cudaError_t input_for(stage *g, const td_dw &w, const td_lc &st, td_mm_in *in) {
     const td_dact none = {NULL, NULL, NULL, 0, NULL};
     const int fmt = fmt_of_type(w.type);
     cudaError_t e = cudaSuccess;
     memset(in, 0, sizeof *in);
     if (fmt == FMT_LEGACY && g->src.kind == TD_QK_NORM) {
-        const td_mm_in fused = {none, g->src.x, g->src.ldx, g->src.rows, g->src.norm_w, g->src.eps, c->act};
+        const td_mm_in fused = {none, g->src.x, g->src.ldx, g->src.rows, g->src.norm_w, g->src.eps, g->legacy};
         *in = fused;
         return cudaSuccess;
     }
@@ -669,7 +669,7 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
             td_qkv_epi qe = {p.seq, p.slot, p.rope_cs, ly->bq, ly->bk, ly->bv, kv->d_tab, kv->max_len, kv->kv_dim, l,
                              hp->head_dim, hp->n_rot};
             td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, NULL, NULL}, {qd, 0, 0}, 3, TD_EPI_QKV, none, qe};
-            RUN(input_for(c, &normed, ly->wq, st, &in));
+            RUN(input_for(&normed, ly->wq, st, &in));
             RUN(td_cu_matmul(&mm, &in, n, st));
             prof_mark(c, P_QKV);
         } else {
@@ -678,12 +678,12 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
             int32_t lds[3] = {qd, kvd, kvd};
             if (same) {
                 td_mm mm = {{ly->wq, ly->wk, ly->wv}, {c->q, c->k, c->v}, {qd, kvd, kvd}, 3, TD_EPI_STORE, none, {}};
-                RUN(input_for(c, &normed, ly->wq, st, &in));
+                RUN(input_for(&normed, ly->wq, st, &in));
                 RUN(td_cu_matmul(&mm, &in, n, st));
             } else {
                 for (int i = 0; i < 3; i++) {
                     td_mm mm = {{*ws[i]}, {ys[i]}, {lds[i]}, 1, TD_EPI_STORE, none, {}};
-                    RUN(input_for(c, &normed, *ws[i], st, &in));
+                    RUN(input_for(&normed, *ws[i], st, &in));
                     RUN(td_cu_matmul(&mm, &in, n, st));
                 }
             }
@@ -702,7 +702,7 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         RUN(td_cu_attention(&aa, &p, &dkv, n, st));
         stage attended = stage_of(c, {TD_QK_PLAIN, c->att, NULL, qd, NULL, NULL, 0.0f}, n, qd, false);
         attended.legacy_ready = fused;
-        RUN(input_for(c, &attended, ly->wo, st, &in));
+        RUN(input_for(&attended, ly->wo, st, &in));
         prof_mark(c, P_ATTN);
         td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
         RUN(td_cu_matmul(&mo, &in, n, st));
@@ -712,7 +712,7 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
                                   fmt_of_type(ly->w_down.type) == FMT_LEGACY && td_cu_ksplit(st, ly->w_gate.n_in) == 1;
         if (fused_swiglu) {
             td_mm mg = {{ly->w_gate, ly->w_up}, {NULL}, {0}, 2, TD_EPI_SWIGLU, c->act2, {}};
-            RUN(input_for(c, &ffn, ly->w_gate, st, &in));
+            RUN(input_for(&ffn, ly->w_gate, st, &in));
             RUN(td_cu_matmul(&mg, &in, n, st));
             const td_mm_in quantized = {c->act2, NULL, 0, NULL, NULL, 0, none};
             in = quantized;
@@ -723,19 +723,19 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
             float *gate = c->ff, *up = c->ff + (size_t)c->max_rows * hp->n_ff;
             if (ly->w_gate.type == ly->w_up.type) {
                 td_mm mg = {{ly->w_gate, ly->w_up}, {gate, up}, {hp->n_ff, hp->n_ff}, 2, TD_EPI_STORE, none, {}};
-                RUN(input_for(c, &ffn, ly->w_gate, st, &in));
+                RUN(input_for(&ffn, ly->w_gate, st, &in));
                 RUN(td_cu_matmul(&mg, &in, n, st));
             } else {
                 const td_dw *ws[2] = {&ly->w_gate, &ly->w_up};
                 float *ys[2] = {gate, up};
                 for (int i = 0; i < 2; i++) {
                     td_mm mm = {{*ws[i]}, {ys[i]}, {hp->n_ff}, 1, TD_EPI_STORE, none, {}};
-                    RUN(input_for(c, &ffn, *ws[i], st, &in));
+                    RUN(input_for(&ffn, *ws[i], st, &in));
                     RUN(td_cu_matmul(&mm, &in, n, st));
                 }
             }
             stage gated = stage_of(c, {TD_QK_SWIGLU, gate, up, hp->n_ff, NULL, NULL, 0.0f}, n, hp->n_ff, true);
-            RUN(input_for(c, &gated, ly->w_down, st, &in));
+            RUN(input_for(&gated, ly->w_down, st, &in));
         }
         prof_mark(c, P_GATEUP);
         td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
@@ -745,7 +745,7 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
     if (n_out > 0) {
         stage last = stage_of(c, {TD_QK_NORM, c->x, NULL, E, p.out_rows, m->output_norm, hp->rms_eps}, n_out, E, false);
         td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE, none, {}};
-        RUN(input_for(c, &last, m->output, st, &in));
+        RUN(input_for(&last, m->output, st, &in));
         RUN(td_cu_matmul(&mh, &in, n_out, st));
         prof_mark(c, P_HEAD);
     }

@@ -22,6 +22,13 @@ extern "C" {
 #include "cuda/cuda_interleaved.cuh"
 #include "cuda/cuda_kquant.cuh"
 
+/* The arithmetic headers name GGUF types by number (they compile for the
+ * host test without quant.h's enum in reach of their templates): */
+static_assert(TD_IL_Q4_0 == TD_TYPE_Q4_0 && TD_IL_Q5_0 == TD_TYPE_Q5_0 && TD_IL_Q5_1 == TD_TYPE_Q5_1,
+              "cuda_interleaved.cuh's type numbers");
+static_assert(TD_TYPE_Q4_K == 12 && TD_TYPE_Q5_K == 13 && TD_TYPE_Q6_K == 14, "cuda_kquant.cuh's type numbers");
+static_assert(TD_TYPE_F32 == 0 && TD_TYPE_F16 == 1 && TD_TYPE_BF16 == 30, "cuda_float.cuh's type numbers");
+
 #define TD_QK 32
 
 /* A weight matrix in the device layout (cuda_layout.c). */

@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(256) k_norm_quantize(td_mm_in in, int32_t n_in
 
 cudaError_t td_cu_norm_quantize(const td_mm_in *in, int32_t n_rows, int32_t n_in, const td_dact *out,
                                 const td_lc &lc) {
-    if (!in->x || !in->norm_w || !out->qs) return cudaErrorInvalidValue;
+    if (!in->x || !in->norm_w || !out->qs || !out->d || !out->s) return cudaErrorInvalidValue;
     const size_t smem = 2 * (size_t)n_in * sizeof(float);
     if (smem > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(k_norm_quantize, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);

@@ -985,7 +985,9 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
 int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits, int32_t *picks,
                            td_err *err) {
     if (!picks) return td_err_set(err, TD_E_ARG, "no room for the picks");
-    if (c->gpu && !c->lead) { /* the argmax runs where the logits are */
+    if (c->gpu && c->lead)
+        return td_err_set(err, TD_E_UNSUPPORTED, "a CUDA context does not lead a tensor-parallel group");
+    if (c->gpu) { /* the argmax runs where the logits are */
         int rc = bind_cache(c, kv, err);
         if (rc == TD_OK) rc = check_rows(c, kv, rows, n_rows, err);
         if (rc == TD_OK) rc = forward_cuda(c, kv, rows, n_rows, logits, picks, NULL, err);
