@@ -50,17 +50,14 @@ cudaError_t td_cu_prepare_float(const td_qk_src *src, int32_t n_rows, int32_t n_
 template <int TYPE, int R, int EPI>
 __global__ void __launch_bounds__(128) k_matmul_f(td_mm mm, const float *xin, int32_t ldx, int32_t n_rows) {
     const int lane = threadIdx.x & 31;
-    int o = blockIdx.x * 4 + (threadIdx.x >> 5), wi = 0;
-    if (mm.n_w > 1 && o >= mm.w[0].n_out) { o -= mm.w[0].n_out; wi = 1; }
-    if (wi == 1 && mm.n_w > 2 && o >= mm.w[1].n_out) { o -= mm.w[1].n_out; wi = 2; }
-    const td_dw W = wi == 0 ? mm.w[0] : wi == 1 ? mm.w[1] : mm.w[2];
-    float *y = wi == 0 ? mm.y[0] : wi == 1 ? mm.y[1] : mm.y[2];
-    const int ldy = wi == 0 ? mm.ldy[0] : wi == 1 ? mm.ldy[1] : mm.ldy[2];
-    /* a whole warp leaves (o is the warp's): safe only because nothing
-     * below synchronizes the block; a barrier added later must move this */
-    if (o >= W.n_out) return;
+    const td_cu_out out = td_cu_output(mm, blockIdx.x * 4 + (threadIdx.x >> 5));
+    /* a whole warp leaves (the output is the warp's): safe only because
+     * nothing below synchronizes the block; a barrier added later must move
+     * this */
+    if (out.o >= out.W.n_out) return;
+    const td_dw &W = out.W;
     const int n = W.n_in;
-    const size_t row0 = (size_t)o * n;
+    const size_t row0 = (size_t)out.o * n;
     const int r0 = blockIdx.y * R, nr = n_rows - r0 < R ? n_rows - r0 : R;
     td_d_pdl_wait();
     td_d_pdl_release();
@@ -83,7 +80,7 @@ __global__ void __launch_bounds__(128) k_matmul_f(td_mm mm, const float *xin, in
         for (int k = 0; k < 32; k++) all[k] = __shfl_sync(FULL, acc[r], k);
         if (lane == 0) {
             const float s = td_cu_f_fold(all);
-            float *dst = y + (size_t)(r0 + r) * ldy + o;
+            float *dst = out.y + (size_t)(r0 + r) * out.ldy + out.o;
             *dst = EPI == TD_EPI_ADD ? *dst + s : s;
         }
     }

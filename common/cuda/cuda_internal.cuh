@@ -274,6 +274,42 @@ struct td_mm {
     td_qkv_epi qkv;
 };
 cudaError_t td_cu_matmul(const td_mm *mm, const td_mm_in *in, int32_t n_rows, const td_lc &lc);
+
+/* Output o of a product of mm's n_w matrices (their outputs one after
+ * another): the matrix it is a row of, where its results go, and that row
+ * (>= W.n_out past the last output). */
+struct td_cu_out {
+    td_dw W;
+    float *y;
+    int ldy, o;
+};
+__device__ __forceinline__ td_cu_out td_cu_output(const td_mm &mm, int o) {
+    int wi = 0;
+    if (mm.n_w > 1 && o >= mm.w[0].n_out) { o -= mm.w[0].n_out; wi = 1; }
+    if (wi == 1 && mm.n_w > 2 && o >= mm.w[1].n_out) { o -= mm.w[1].n_out; wi = 2; }
+    td_cu_out out = {mm.w[wi], mm.y[wi], mm.ldy[wi], o};
+    return out;
+}
+
+/* The eight-lane chains (lanes group_base..+7 of the warp, one output) of
+ * rows r0..r0+nr-1 folded as td_d_hsum8 and stored (or added, TD_EPI_ADD)
+ * by the first lane when write. Every lane of the warp must call it. */
+template <int R, int EPI>
+__device__ __forceinline__ void td_cu_store_lanes(const float acc[R], int r0, int nr, int group_base, bool write,
+                                                  const td_cu_out &out) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        if (r >= nr) continue; /* uniform across the block */
+        float l[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) l[k] = __shfl_sync(0xffffffffu, acc[r], group_base + k);
+        const float s = td_d_hsum8(l);
+        if (write) {
+            float *dst = out.y + (size_t)(r0 + r) * out.ldy + out.o;
+            *dst = EPI == TD_EPI_ADD ? *dst + s : s;
+        }
+    }
+}
 /* Warps that share each output of a matmul over n_in inputs (1: the
  * reference order). A SwiGLU matmul must have 1: where its input is split,
  * gate and up run as one TD_EPI_STORE product of two matrices and

@@ -88,15 +88,10 @@ cudaError_t td_cu_quantize_k(const td_qk_src *src, int32_t n_rows, int32_t n_in,
 template <int TYPE, int R, int EPI>
 __global__ void __launch_bounds__(64) k_matmul_k(td_mm mm, td_dact act, int32_t n_rows) {
     const int tid = threadIdx.x, lane8 = tid & 7, group_base = (tid & 31) & ~7;
-    int o = blockIdx.x * 8 + (tid >> 3), wi = 0;
-    if (mm.n_w > 1 && o >= mm.w[0].n_out) { o -= mm.w[0].n_out; wi = 1; }
-    if (wi == 1 && mm.n_w > 2 && o >= mm.w[1].n_out) { o -= mm.w[1].n_out; wi = 2; }
-    const td_dw W = wi == 0 ? mm.w[0] : wi == 1 ? mm.w[1] : mm.w[2];
-    float *y = wi == 0 ? mm.y[0] : wi == 1 ? mm.y[1] : mm.y[2];
-    const int ldy = wi == 0 ? mm.ldy[0] : wi == 1 ? mm.ldy[1] : mm.ldy[2];
-    const bool valid = o < W.n_out; /* the others compute row 0 and write nothing */
-    const int nsb = W.n_in / TD_QK_SUPER, words = td_cu_kq_words(TYPE);
-    const uint32_t *wrow = W.qs + (size_t)(valid ? o : 0) * nsb * words;
+    const td_cu_out out = td_cu_output(mm, blockIdx.x * 8 + (tid >> 3));
+    const bool valid = out.o < out.W.n_out; /* the others compute row 0 and write nothing */
+    const int nsb = out.W.n_in / TD_QK_SUPER, words = td_cu_kq_words(TYPE);
+    const uint32_t *wrow = out.W.qs + (size_t)(valid ? out.o : 0) * nsb * words;
     const int r0 = blockIdx.y * R, nr = n_rows - r0 < R ? n_rows - r0 : R;
     const int ldd = act.ld / TD_QK_SUPER, ldb = act.ld / 16;
     /* the next super-block's weights load while this one's sums run; the
@@ -121,18 +116,7 @@ __global__ void __launch_bounds__(64) k_matmul_k(td_mm mm, td_dact act, int32_t 
             acc[r] = td_cu_kq_step<TYPE>(w, act.d[row * ldd + sb], isum, msum, acc[r]);
         }
     }
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        if (r >= nr) continue;
-        float l[8];
-#pragma unroll
-        for (int k = 0; k < 8; k++) l[k] = __shfl_sync(FULL, acc[r], group_base + k);
-        const float s = td_d_hsum8(l);
-        if (valid && lane8 == 0) {
-            float *dst = y + (size_t)(r0 + r) * ldy + o;
-            *dst = EPI == TD_EPI_ADD ? *dst + s : s;
-        }
-    }
+    td_cu_store_lanes<R, EPI>(acc, r0, nr, group_base, valid && lane8 == 0, out);
 }
 
 template <int TYPE, int EPI>
