@@ -59,21 +59,23 @@ int td_cuda_device_count(td_err *err);
 int td_cuda_device_name(int device, char *buf, size_t cap, td_err *err);
 
 /* ---- weight layout on the device (host-side, no device needed) ----
- * Matrices of the legacy block formats are repacked for wide reads: a row's
+ * Q4_1 and Q8_0 matrices are repacked for wide reads: a row's
  * quant codes as planes of 32-bit words (plane w: word w of every block),
  * the fp16 block scales (and Q4_1 minimums) in arrays of their own, the
  * block count of a row padded to a multiple of four. K-quant super-blocks
  * keep their GGUF bytes, each padded to whole 32-bit words (Q6_K: 210 to
- * 212); float matrices (F32, F16, BF16) stay as they are. The values are
+ * 212); Q4_0, Q5_0 and Q5_1 blocks are repacked to whole words, codes
+ * first; float matrices (F32, F16, BF16) stay as they are. The values are
  * untouched: a row unpacks to exactly what the GGUF row dequantizes to. */
 typedef struct td_cuda_layout {
-    size_t qs_bytes;    /* codes: n_out * padded blocks * (16 or 32); K: the super-blocks */
-    size_t d_bytes;     /* fp16 scales: n_out * padded blocks * 2; 0 for K-quants */
+    size_t qs_bytes;    /* codes: n_out * padded blocks * (16 or 32); else the whole blocks */
+    size_t d_bytes;     /* fp16 scales: n_out * padded blocks * 2; 0 but for Q4_1/Q8_0 */
     size_t m_bytes;     /* fp16 minimums (Q4_1) or 0 */
 } td_cuda_layout;
 /* Blocks of a row of n_in elements, padded to a multiple of four. */
 int64_t td_cuda_layout_padded_blocks(int64_t n_in);
-/* Weight types the backend runs (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, F32, F16, BF16). */
+/* Weight types the backend runs: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+ * Q6_K, F32, F16, BF16. */
 bool td_cuda_type_supported(uint32_t type);
 /* Checks every matrix type and shape; names the first it cannot run. */
 int td_cuda_check_model(const td_cuda_model_desc *d, td_err *err);

@@ -7,8 +7,7 @@
  * four 8-lane accumulators, four outputs per block, R activation rows per
  * block reading each weight element once. Each output's chains cover its
  * whole row whatever the pass, so the products are batch invariant and
- * carry the CPU's bits in both orders (FAST splits only the legacy block
- * formats).
+ * carry the CPU's bits in both orders (FAST splits only Q4_1 and Q8_0).
  */
 #include "cuda/cuda_internal.cuh"
 
@@ -116,6 +115,6 @@ cudaError_t td_cu_matmul_f(const td_mm *mm, const td_mm_in *in, int32_t n_rows, 
     switch (mm->epi) {
     case TD_EPI_STORE: return launch_f_epi<TD_EPI_STORE>(mm, in, n_rows, lc);
     case TD_EPI_ADD: return launch_f_epi<TD_EPI_ADD>(mm, in, n_rows, lc);
-    default: return cudaErrorInvalidValue; /* SwiGLU and QKV are fused for the legacy formats only */
+    default: return cudaErrorInvalidValue; /* SwiGLU and QKV are fused for Q4_1 and Q8_0 only */
     }
 }

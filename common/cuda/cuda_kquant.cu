@@ -7,9 +7,9 @@
  * R activation rows per block reading each weight word once. Every output's
  * chain runs over the whole row whatever the pass, so K-quant products are
  * batch invariant and carry the CPU's bits in both orders (FAST splits only
- * the legacy block formats).
+ * Q4_1 and Q8_0).
  *
- * Unlike the legacy formats, nothing is fused: a K-quant matrix takes its
+ * Unlike Q4_1 and Q8_0, nothing is fused: a K-quant matrix takes its
  * input already quantized (td_cu_quantize_k after RMSNorm, attention or
  * SwiGLU), since a Q8_K block needs the largest magnitude of 256 values
  * before its first code.
@@ -150,6 +150,6 @@ cudaError_t td_cu_matmul_k(const td_mm *mm, const td_mm_in *in, int32_t n_rows, 
     switch (mm->epi) {
     case TD_EPI_STORE: return launch_k_epi<TD_EPI_STORE>(mm, in->act, n_rows, lc);
     case TD_EPI_ADD: return launch_k_epi<TD_EPI_ADD>(mm, in->act, n_rows, lc);
-    default: return cudaErrorInvalidValue; /* SwiGLU and QKV are fused for the legacy formats only */
+    default: return cudaErrorInvalidValue; /* SwiGLU and QKV are fused for Q4_1 and Q8_0 only */
     }
 }
