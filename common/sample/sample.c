@@ -9,61 +9,24 @@
 #include <string.h>
 
 #include "sample/sample.h"
+#include "sample/sample_noise.h"
 
-#define LN2 0.69314718055994530942
+#define LN2 TD_SAMPLE_LN2
 
 /* ---- keyed noise ----
  * Counter-based: no state, so the same key gives the same number on any
  * thread and in any call order — what lets speculative verification
- * reproduce plain decoding token for token (ARCHITECTURE.md §4). */
-
-/* The splitmix64 output function: a bijective 64-bit mixer with full
- * avalanche, so neighbouring seeds, positions or token ids give unrelated
- * bits. */
-static inline uint64_t mix64(uint64_t z) {
-    z ^= z >> 30;
-    z *= 0xbf58476d1ce4e5b9ULL;
-    z ^= z >> 27;
-    z *= 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    return z;
-}
-
-#define GOLDEN 0x9e3779b97f4a7c15ULL /* 2^64 / golden ratio, odd */
-
-/* The per-(seed, pos) key, computed once per pick rather than once per token.
- * Two rounds with a domain separator (hex digits of pi, arbitrary) so that
- * nearby seeds and positions give unrelated keys. */
-static inline uint64_t noise_key(uint64_t seed, int64_t pos) {
-    return mix64(mix64(seed ^ 0x243f6a8885a308d3ULL) + (uint64_t)pos * GOLDEN);
-}
-
-/* Per token: the splitmix64 generator's output number `salt` from state
- * `key` — one mixer round, which passes BigCrush. Two positions' token
- * streams could only overlap if their random 64-bit keys happened to differ
- * by a small multiple of GOLDEN (chance ~ n_vocab / 2^64). */
-static inline uint64_t noise_bits(uint64_t key, uint64_t salt) {
-    return mix64(key + salt * GOLDEN);
-}
-
-static inline double uniform_of(uint64_t h) {
-    /* 52 random bits plus one half: ((h >> 12) + 0.5) / 2^52 lies in
-     * [2^-53, 1 - 2^-53] and is exact in a double, so neither 0 nor 1 comes
-     * out and -log(-log u) is always finite. (53 bits would need 54 here and
-     * could round up to exactly 1.) */
-    return ((double)(h >> 12) + 0.5) * 0x1p-52;
-}
-
-static inline double gumbel_of(double u) { return -log(-log(u)); }
+ * reproduce plain decoding token for token (ARCHITECTURE.md §4). The
+ * arithmetic is sample_noise.h's, shared with the device. */
 
 double td_sample_uniform(uint64_t seed, int64_t pos, uint64_t salt) {
-    return uniform_of(noise_bits(noise_key(seed, pos), salt));
+    return td_sample_uniform_of(td_sample_noise_bits(td_sample_noise_key(seed, pos), salt));
 }
 
 double td_sample_gumbel(uint64_t seed, int64_t pos, int32_t token) {
     /* Token ids are the salts below 2^32; other users of td_sample_uniform
      * should salt at or above 2^32 to stay independent of the Gumbel noise. */
-    return gumbel_of(td_sample_uniform(seed, pos, (uint64_t)(uint32_t)token));
+    return td_sample_gumbel_of(td_sample_uniform(seed, pos, (uint64_t)(uint32_t)token));
 }
 
 /* ---- the sampler ---- */
@@ -453,26 +416,9 @@ static prep_result prepare(td_sampler *s, const float *logits, const int32_t *hi
 }
 
 /* ---- the draw ----
- * A bound on the noise lets pick() skip tokens that cannot win. With
- * k = h >> 12, 1 - u = r / 2^53 for the odd integer r = 2 (2^52 - 1 - k) + 1,
- * i.e. r = ((~h) >> 11) | 1, exact. Since -log u >= 1 - u,
- *   G(u) = -log(-log u) <= -log(1 - u) = 53 ln 2 - ln r
- *        <= (53 - floor(log2 r)) ln 2 = (clz64(r) - 10) ln 2,
- * at most 53 ln 2 for any token (r >= 1). Integer work only; the two logs
- * are paid just by tokens the bound cannot exclude. */
-#define GUMBEL_MAX (53.0 * LN2)
-
-static inline double gumbel_bound_steps(uint64_t h) {
-    return (double)(__builtin_clzll(((~h) >> 11) | 1) - 10); /* in units of ln 2 */
-}
-
-/* Slack for the pruning tests: far above every rounding error in them or in
- * s + G (relative 2^-52 of the magnitudes involved, 1e-15 from libm), so a
- * skipped token's computed score is strictly below the best. Valid for any
- * token not skipped by the 53 ln 2 test, whose |s| <= |best| + 53 ln 2 + 1. */
-static inline double prune_margin(double best) {
-    return 1e-9 * (2.0 + 2.0 * fabs(best) + GUMBEL_MAX);
-}
+ * A bound on the noise (td_sample_gumbel_bound_steps) lets pick() skip
+ * tokens that cannot win: integer work only; the two logs are paid just by
+ * tokens the bound cannot exclude. */
 
 int32_t td_sampler_pick(td_sampler *s, const float *logits, int64_t pos,
                         const int32_t *history, size_t n_history) {
@@ -489,23 +435,23 @@ int32_t td_sampler_pick(td_sampler *s, const float *logits, int64_t pos,
      * them). Pruning never changes the result: pick() equals the plain
      * argmax that a reference loop over td_sample_gumbel computes. */
     const double *sc = s->s;
-    const uint64_t key = noise_key(s->p.seed, pos);
+    const uint64_t key = td_sample_noise_key(s->p.seed, pos);
     int32_t best_id = r.top;
-    double best = sc[best_id] + gumbel_of(uniform_of(noise_bits(key, (uint64_t)best_id)));
-    double lim = best - prune_margin(best); /* a skipped token scores below this */
+    double best = sc[best_id] + td_sample_gumbel_of(td_sample_uniform_of(td_sample_noise_bits(key, (uint64_t)best_id)));
+    double lim = best - td_sample_prune_margin(best); /* a skipped token scores below this */
     for (int32_t i = 0; i < r.n_cand; i++) {
         int32_t x = s->cand[i];
         double sx = sc[x];
-        if (sx + GUMBEL_MAX < lim || x == r.top)
+        if (sx + TD_SAMPLE_GUMBEL_MAX < lim || x == r.top)
             continue;
-        uint64_t h = noise_bits(key, (uint64_t)(uint32_t)x);
-        if (sx + gumbel_bound_steps(h) * LN2 < lim)
+        uint64_t h = td_sample_noise_bits(key, (uint64_t)(uint32_t)x);
+        if (sx + td_sample_gumbel_bound_steps(h) * LN2 < lim)
             continue;
-        double v = sx + gumbel_of(uniform_of(h));
+        double v = sx + td_sample_gumbel_of(td_sample_uniform_of(h));
         if (v > best || (v == best && x < best_id)) {
             best = v;
             best_id = x;
-            lim = best - prune_margin(best);
+            lim = best - td_sample_prune_margin(best);
         }
     }
     return best_id;

@@ -68,10 +68,6 @@ double td_sample_gumbel(uint64_t seed, int64_t pos, int32_t token);
 int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
                       size_t n_history, float *probs);
 
-/* Log-softmax of raw logits (no sampling filters), in double: the max m and
- * log(sum exp(logits - m)) once, then logprob(id) = (logits[id] - m) - log_sum.
- * Scoring, perplexity and per-token logprobs all use it, so their numbers
- * agree bit for bit. */
 /* What td_sampler_pick returns at temperature 0 without a repetition
  * penalty: the id of the largest logit, NaN counting as -inf, the lowest id
  * on ties, 0 when nothing is above -inf. A pure function of the logits, so a
@@ -81,9 +77,69 @@ int32_t td_sample_argmax(const float *logits, int32_t n);
 bool td_sample_is_plain_greedy(const td_sample_params *p);
 /* The k (>= 1) ids with the largest logits, best first (ties: lower id). */
 void td_sample_top_ids(const float *logits, int32_t n, int32_t *top, int32_t k);
+/* Log-softmax of raw logits (no sampling filters), in double: the max m and
+ * log(sum exp(logits - m)) once, then logprob(id) = (logits[id] - m) - log_sum.
+ * Scoring, perplexity and per-token logprobs all use it, so their numbers
+ * agree bit for bit. */
 void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_sum);
 static inline double td_sample_logprob_at(const float *logits, float max, double log_sum, int32_t id) {
     return ((double)logits[id] - max) - log_sum;
 }
+
+/* ---- picking from a summary of the row ----
+ * A device that holds a row's logits need not send them all back: it sends
+ * a summary (td_sample_summarize says what it holds), and the host makes
+ * exactly td_sampler_pick's choice from it. Every filter keeps a best-first
+ * prefix, so the kept set is a score threshold; the draw's winner must come
+ * within a margin of the best noisy score the device computed; only those
+ * few tokens (usually one) come back, and the host computes their noisy
+ * scores itself with its own libm. Where the device cannot be sure — a tie
+ * at the top-k or top-p boundary, a top-p mass within rounding of the
+ * target, a +inf logit, more near-ties than fit — the summary says so, and
+ * the caller picks from the row's logits as before.
+ *
+ * Plans cover sampling without a repetition penalty (which reads the
+ * history): td_sample_plan_make says whether p is such. */
+typedef struct td_sample_plan {
+    double temperature; /* 0 = greedy */
+    double top_p;       /* 1 = off */
+    double log_min_p;   /* log(min_p); -inf = off */
+    uint64_t key;       /* the noise key of (seed, pos) */
+    int32_t top_k;      /* 0 = off */
+    int32_t pad_;       /* keeps the layout the same for the device */
+} td_sample_plan;
+
+/* True, and *out filled, when a pick at pos with p needs no history (no
+ * repetition penalty in effect): then td_sample_summary_pick of a
+ * summary that decides gives exactly td_sampler_pick's token. */
+bool td_sample_plan_make(const td_sample_params *p, int64_t pos, td_sample_plan *out);
+
+#define TD_SAMPLE_SUMMARY_MAX 8
+typedef struct td_sample_summary {
+    int32_t n;                         /* 0: undecided, pick from the logits */
+    int32_t id[TD_SAMPLE_SUMMARY_MAX]; /* the tokens that may have won */
+    float logit[TD_SAMPLE_SUMMARY_MAX];
+} td_sample_summary;
+
+/* The host's definition of a summary, step for step what the device kernel
+ * computes in parallel (the CUDA kernel's tests hold it to this):
+ *   1. scores s = logit / T (NaN as -inf); any +inf logit: undecided;
+ *      nothing finite: token 0; T == 0: td_sample_argmax alone;
+ *   2. top-k: the score key of the k-th best by bisection; a tie across it
+ *      leaves the summary undecided;
+ *   3. top-p: z = sum of exp(s - s_max) over what top-k kept, and by
+ *      bisection the last token whose better tokens' mass is below top_p z;
+ *      undecided unless it is alone at its score and both it and the next
+ *      token are more than 1e-8 z from the target;
+ *   4. min-p: s - s_max >= log(min_p);
+ *   5. the draw: the best noisy score M over the kept tokens (those the
+ *      Gumbel bound cannot exclude), then every kept token scoring at least
+ *      M - td_sample_prune_margin(M); more than TD_SAMPLE_SUMMARY_MAX of
+ *      them: undecided.
+ * n_vocab >= 1. */
+void td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n_vocab, td_sample_summary *out);
+/* The token td_sampler_pick would return, from a summary; -1 when the
+ * summary is undecided (or malformed). */
+int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary *s);
 
 #endif

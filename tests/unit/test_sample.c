@@ -809,6 +809,163 @@ static void test_bad_arguments_are_errors(void **state) {
     td_sampler_destroy(s);
 }
 
+/* ---- picking from a device's summary ---- */
+
+/* Rows of four kinds: 0 spread-out logits, 1 peaked (one far ahead), 2 on a
+ * 0.25 grid (ties everywhere, also across top-k's boundary), 3 spread-out
+ * with NaN and -inf sprinkled in. */
+static void summary_row(float *l, int n, int kind, uint64_t seed) {
+    uint64_t st = seed * 0x9e3779b97f4a7c15ULL + 7;
+    for (int i = 0; i < n; i++) {
+        double g = rng_unit(&st) + rng_unit(&st) + rng_unit(&st) - 1.5; /* bell-shaped */
+        l[i] = (float)(6.0 * g);
+        if (kind == 2) l[i] = floorf(l[i] * 4.0f) / 4.0f;
+        if (kind == 3 && rng_unit(&st) < 0.05) l[i] = rng_unit(&st) < 0.5 ? NAN : -INFINITY;
+    }
+    if (kind == 1) l[rng_next(&st) % (uint64_t)n] = 30.0f;
+}
+
+/* Every decided summary gives td_sampler_pick's token, over a grid of
+ * temperatures and filters; rows without ties are always decided; tied rows
+ * are sometimes not (so the tie check is live). */
+static void test_summary_matches_pick(void **state) {
+    (void)state;
+    static const float temps[] = {0.0f, 0.35f, 1.0f, 1.7f};
+    static const int32_t ks[] = {0, 1, 3, 40};
+    static const float ps[] = {1.0f, 0.3f, 0.9f, 0.95f};
+    static const float mins[] = {0.0f, 0.05f};
+    static const int sizes[] = {50, 1000};
+    long decided = 0, undecided[4] = {0}, multi = 0;
+    float l[1000];
+    for (int si = 0; si < 2; si++)
+        for (int kind = 0; kind < 4; kind++)
+            for (int row = 0; row < 3; row++) {
+                const int n = sizes[si];
+                summary_row(l, n, kind, (uint64_t)(si * 100 + kind * 10 + row));
+                for (int a = 0; a < 4; a++)
+                    for (int b = 0; b < 4; b++)
+                        for (int c = 0; c < 4; c++)
+                            for (int d = 0; d < 2; d++) {
+                                td_sample_params p = td_sample_defaults();
+                                p.temperature = temps[a];
+                                p.top_k = ks[b];
+                                p.top_p = ps[c];
+                                p.min_p = mins[d];
+                                p.seed = (uint64_t)(row * 31 + a);
+                                td_sampler *smp = make(p, n);
+                                for (int64_t pos = 0; pos < 3; pos++) {
+                                    td_sample_plan pl;
+                                    assert_true(td_sample_plan_make(&p, pos, &pl));
+                                    td_sample_summary sum;
+                                    td_sample_summarize(&pl, l, n, &sum);
+                                    int32_t want = td_sampler_pick(smp, l, pos, NULL, 0);
+                                    int32_t got = td_sample_summary_pick(&pl, &sum);
+                                    if (sum.n == 0) {
+                                        assert_int_equal(got, -1);
+                                        undecided[kind]++;
+                                        continue;
+                                    }
+                                    if (got != want)
+                                        fail_msg("n %d kind %d row %d T %g k %d p %g min_p %g pos %d: summary %d (of %d), "
+                                                 "pick %d", n, kind, row, (double)p.temperature, p.top_k,
+                                                 (double)p.top_p, (double)p.min_p, (int)pos, got, sum.n, want);
+                                    decided++;
+                                    multi += sum.n > 1;
+                                }
+                                td_sampler_destroy(smp);
+                            }
+            }
+    /* 2 sizes x 3 rows x 128 settings x 3 positions per kind */
+    assert_int_equal(undecided[0], 0);
+    assert_int_equal(undecided[1], 0);
+    assert_int_equal(undecided[3], 0);
+    assert_true(undecided[2] > 0);
+    assert_true(decided > 3 * 2 * 3 * 128 * 3);
+    (void)multi;
+}
+
+/* The default model's vocabulary with the settings people use. */
+static void test_summary_large_vocab(void **state) {
+    (void)state;
+    enum { N = 49152 };
+    float *l = malloc(N * sizeof *l);
+    assert_non_null(l);
+    for (int row = 0; row < 4; row++) {
+        summary_row(l, N, row == 3 ? 3 : 0, (uint64_t)(900 + row));
+        td_sample_params p = td_sample_defaults();
+        p.temperature = 0.8f;
+        p.top_k = row == 1 ? 0 : 40;
+        p.top_p = row == 2 ? 1.0f : 0.95f;
+        p.min_p = 0.05f;
+        p.seed = 42;
+        td_sampler *smp = make(p, N);
+        for (int64_t pos = 100; pos < 104; pos++) {
+            td_sample_plan pl;
+            assert_true(td_sample_plan_make(&p, pos, &pl));
+            td_sample_summary sum;
+            td_sample_summarize(&pl, l, N, &sum);
+            assert_true(sum.n >= 1);
+            assert_int_equal(td_sample_summary_pick(&pl, &sum), td_sampler_pick(smp, l, pos, NULL, 0));
+        }
+        td_sampler_destroy(smp);
+    }
+    free(l);
+}
+
+/* What the summary must leave to the logits, and malformed summaries. */
+static void test_summary_undecided(void **state) {
+    (void)state;
+    td_sample_params p = td_sample_defaults();
+    p.temperature = 1.0f;
+    td_sample_plan pl;
+    td_sample_summary sum;
+    /* +inf: sample.c's rule (the +inf tokens share the mass) stays there */
+    float inf_row[4] = {0.0f, INFINITY, 1.0f, INFINITY};
+    assert_true(td_sample_plan_make(&p, 5, &pl));
+    td_sample_summarize(&pl, inf_row, 4, &sum);
+    assert_int_equal(sum.n, 0);
+    /* a tie across top-k's boundary: ids 1 and 2 share the second place */
+    float tie_row[4] = {3.0f, 2.0f, 2.0f, 1.0f};
+    p.top_k = 2;
+    assert_true(td_sample_plan_make(&p, 5, &pl));
+    td_sample_summarize(&pl, tie_row, 4, &sum);
+    assert_int_equal(sum.n, 0);
+    p.top_k = 3; /* both inside: decided */
+    assert_true(td_sample_plan_make(&p, 5, &pl));
+    td_sample_summarize(&pl, tie_row, 4, &sum);
+    assert_true(sum.n >= 1);
+    /* top-p's target within rounding of a boundary: z = 1 + e^-1e-9, need =
+     * z / 2 = 1 - 5e-10, and the second token's better mass is 1 */
+    float near_row[3] = {0.0f, -1e-9f, -INFINITY};
+    p = td_sample_defaults();
+    p.temperature = 1.0f;
+    p.top_p = 0.5f;
+    assert_true(td_sample_plan_make(&p, 5, &pl));
+    td_sample_summarize(&pl, near_row, 3, &sum);
+    assert_int_equal(sum.n, 0);
+    p.top_p = 0.25f; /* far from it: decided, and only the first token is kept */
+    assert_true(td_sample_plan_make(&p, 5, &pl));
+    td_sample_summarize(&pl, near_row, 3, &sum);
+    assert_int_equal(sum.n, 1);
+    assert_int_equal(sum.id[0], 0);
+    /* nothing finite: token 0, as td_sampler_pick */
+    float none[3] = {NAN, -INFINITY, NAN};
+    td_sample_summarize(&pl, none, 3, &sum);
+    assert_int_equal(td_sample_summary_pick(&pl, &sum), 0);
+    /* a repetition penalty reads the history: no plan */
+    p.repeat_penalty = 1.1f;
+    assert_false(td_sample_plan_make(&p, 5, &pl));
+    p.repeat_last_n = 0;
+    assert_true(td_sample_plan_make(&p, 5, &pl));
+    assert_false(td_sample_plan_make(&p, -1, &pl));
+    /* malformed summaries are refused */
+    td_sample_summary bad = {.n = TD_SAMPLE_SUMMARY_MAX + 1};
+    assert_int_equal(td_sample_summary_pick(&pl, &bad), -1);
+    bad = (td_sample_summary){.n = 2, .id = {3, -1}};
+    assert_int_equal(td_sample_summary_pick(&pl, &bad), -1);
+    assert_int_equal(td_sample_summary_pick(NULL, &bad), -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_valid),
@@ -831,6 +988,9 @@ int main(void) {
         cmocka_unit_test(test_nan_inf),
         cmocka_unit_test(test_argmax_is_greedy_pick),
         cmocka_unit_test(test_pick_in_candidate_set),
+        cmocka_unit_test(test_summary_matches_pick),
+        cmocka_unit_test(test_summary_large_vocab),
+        cmocka_unit_test(test_summary_undecided),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
