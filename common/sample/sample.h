@@ -121,23 +121,28 @@ typedef struct td_sample_summary {
     float logit[TD_SAMPLE_SUMMARY_MAX];
 } td_sample_summary;
 
-/* The host's definition of a summary, step for step what the device kernel
- * computes in parallel (the CUDA kernel's tests hold it to this):
- *   1. scores s = logit / T (NaN as -inf); any +inf logit: undecided;
- *      nothing finite: token 0; T == 0: td_sample_argmax alone;
- *   2. top-k: the score key of the k-th best by bisection; a tie across it
- *      leaves the summary undecided;
- *   3. top-p: z = sum of exp(s - s_max) over what top-k kept, and by
- *      bisection the last token whose better tokens' mass is below top_p z;
- *      undecided unless it is alone at its score and both it and the next
- *      token are more than 1e-8 z from the target;
+/* top-p's count is trusted only this far (times z) from its target. */
+#define TD_SAMPLE_TOPP_CERTAIN 1e-8
+
+/* The host's definition of a summary, which the device kernel computes:
+ *   1. T == 0: td_sample_argmax alone; any +inf logit: undecided (the
+ *      +inf tokens share the mass, sample.c's rule); nothing finite:
+ *      token 0;
+ *   2. the finite candidates sorted best first (score, then lower id);
+ *      top-k keeps the first k;
+ *   3. top-p: e = exp(s - s_max) and z = their sum over what top-k kept;
+ *      the shortest prefix whose mass reaches top_p z, undecided unless
+ *      the mass before its last token is below the target by more than
+ *      TD_SAMPLE_TOPP_CERTAIN z and the mass before the next token is
+ *      above it by as much;
  *   4. min-p: s - s_max >= log(min_p);
- *   5. the draw: the best noisy score M over the kept tokens (those the
- *      Gumbel bound cannot exclude), then every kept token scoring at least
- *      M - td_sample_prune_margin(M); more than TD_SAMPLE_SUMMARY_MAX of
- *      them: undecided.
- * n_vocab >= 1. */
-void td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n_vocab, td_sample_summary *out);
+ *   5. the draw: the best noisy score M over the kept tokens that the
+ *      Gumbel bound cannot exclude, then every one scoring at least
+ *      M - td_sample_prune_margin(M); more than TD_SAMPLE_SUMMARY_MAX:
+ *      undecided.
+ * n_vocab >= 1. TD_OK, or TD_E_NOMEM (sorting needs scratch; out is then
+ * undecided). */
+int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n_vocab, td_sample_summary *out);
 /* The token td_sampler_pick would return, from a summary; -1 when the
  * summary is undecided (or malformed). */
 int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary *s);

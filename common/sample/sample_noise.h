@@ -92,14 +92,24 @@ TD_NOISE_FN double td_sample_prune_margin(double best) {
     return 1e-9 * (2.0 + 2.0 * fabs(best) + TD_SAMPLE_GUMBEL_MAX);
 }
 
-/* A finite double as an unsigned key with the same order (the sign bit
- * flipped for positives, every bit for negatives). -0.0 counts as +0.0, so
- * equal scores, which the sampler ranks by id, always share a key. */
-TD_NOISE_FN uint64_t td_sample_score_key(double s) {
-    uint64_t b;
-    if (s == 0.0) s = 0.0;
-    memcpy(&b, &s, sizeof b);
-    return (b >> 63) ? ~b : b | 0x8000000000000000ULL;
+/* A finite logit as an unsigned key with the same order (the sign bit
+ * flipped for positives, every bit for negatives); -0.0 counts as +0.0, so
+ * equal logits always share a key. The sampler's scores l / T keep the
+ * logits' order and ties exactly: for finite floats l1 < l2 and any valid
+ * temperature, l1 / T < l2 / T in double (a float's 24-bit steps are far
+ * coarser than a double's rounding, and the quotients stay between 1e-84
+ * and 1e83, where doubles are normal), so keys of logits rank scores. */
+TD_NOISE_FN uint32_t td_sample_logit_key(float l) {
+    uint32_t b;
+    if (l == 0.0f) l = 0.0f;
+    memcpy(&b, &l, sizeof b);
+    return (b >> 31) ? ~b : b | 0x80000000u;
+}
+
+/* The sampler's order as one number: higher key first, then lower id
+ * (sample.c's better()), for sorting candidates best first. */
+TD_NOISE_FN uint64_t td_sample_rank_key(float l, int32_t id) {
+    return ((uint64_t)td_sample_logit_key(l) << 32) | (uint64_t)(0xffffffffu - (uint32_t)id);
 }
 
 #endif

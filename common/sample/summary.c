@@ -2,27 +2,26 @@
  * back instead of a row of logits (sample.h, "picking from a summary").
  *
  * td_sample_summarize is the definition the CUDA kernel (cuda_sample.cu)
- * computes in parallel, pass for pass: the same bisections over the same
- * score keys and the same certainty tests, so the two agree on whether a
- * row is decided. Why a decided summary gives td_sampler_pick's token:
+ * computes; the kernel holds only the best part of the row sorted, and
+ * leaves a row undecided where that part is too short. Why a decided
+ * summary gives td_sampler_pick's token:
  *   - the kept set: top-k, top-p and min-p each keep a best-first prefix of
- *     the scores (ties broken by id), so their intersection is "score key
- *     >= threshold" as long as no tie straddles a boundary (checked);
- *     top-p's boundary is computed with sums whose rounding differs from
- *     sample.c's, so it is trusted only 1e-8 z away from the target (both
- *     sides' rounding errors are below ~1e-10 z for any vocabulary);
+ *     the candidates in sample.c's order (score, then lower id), so with
+ *     the candidates sorted that way they are counts; top-p's count comes
+ *     from sums whose rounding differs from sample.c's, so it is trusted
+ *     only where the mass before its last token and the mass before the
+ *     next token are 1e-8 z away from the target (both sides' rounding
+ *     errors are below ~1e-10 z for any vocabulary);
  *   - the draw: the winner W scores at least the top token's noisy score,
  *     so W survives the Gumbel bound's pruning and comes within
  *     td_sample_prune_margin of the best computed score; every such token
  *     comes back, and the host's exact scores choose among them.
  */
 #include <math.h>
+#include <stdlib.h>
 
 #include "sample/sample.h"
 #include "sample/sample_noise.h"
-
-/* The certainty band around top-p's target, as a fraction of z. */
-#define TOPP_CERTAIN 1e-8
 
 bool td_sample_plan_make(const td_sample_params *p, int64_t pos, td_sample_plan *out) {
     if (!p || !out || pos < 0) return false;
@@ -37,37 +36,61 @@ bool td_sample_plan_make(const td_sample_params *p, int64_t pos, td_sample_plan 
     return true;
 }
 
-/* sample.c's score of a logit: l / T in double, NaN as -inf (T == 1 would
- * give the same bits without dividing). */
+/* sample.c's score of a finite logit: l / T in double (T == 1 would give
+ * the same bits without dividing). */
 static inline double score_of(float l, double t) {
-    return isnan(l) ? -INFINITY : (double)l / t;
+    return (double)l / t;
 }
 
-typedef struct {
-    const float *logits;
-    int32_t n;
-    double t, smax;
-} row_view;
-
-static uint64_t count_ge(const row_view *r, uint64_t k) {
-    uint64_t c = 0;
-    for (int32_t x = 0; x < r->n; x++) {
-        double s = score_of(r->logits[x], r->t);
-        c += s != -INFINITY && td_sample_score_key(s) >= k;
-    }
-    return c;
+static inline bool finite_logit(float l) {
+    return !isnan(l) && l != -INFINITY; /* +inf never reaches here */
 }
 
-/* Mass exp(s - s_max) of finite scores with lo <= key and key > above. */
-static double mass_above(const row_view *r, uint64_t lo, uint64_t above) {
-    double m = 0.0;
-    for (int32_t x = 0; x < r->n; x++) {
-        double s = score_of(r->logits[x], r->t);
-        if (s == -INFINITY) continue;
-        uint64_t k = td_sample_score_key(s);
-        if (k >= lo && k > above) m += exp(s - r->smax);
+/* Best first: sample.c's better() on the scores, through rank keys. */
+static int by_rank_desc(const void *a, const void *b) {
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int32_t id_of_rank(uint64_t r) {
+    return (int32_t)(0xffffffffu - (uint32_t)r);
+}
+
+/* Appends the kept tokens among cand (NULL: every finite token of the row)
+ * that come within the margin of the best noisy score; false when more than
+ * fit. */
+static bool draw(const td_sample_plan *pl, const float *logits, int32_t n, const uint64_t *cand, int32_t n_cand,
+                 int32_t top, td_sample_summary *out) {
+    const double t = pl->temperature, smax = score_of(logits[top], t);
+    const double vtop = smax + td_sample_gumbel_of(td_sample_uniform_of(td_sample_noise_bits(pl->key, (uint64_t)top)));
+    const double lim = vtop - td_sample_prune_margin(vtop);
+    const int32_t count = cand ? n_cand : n;
+    double best = vtop;
+    out->n = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        const double floor_v = best - td_sample_prune_margin(best);
+        for (int32_t i = 0; i < count; i++) {
+            const int32_t x = cand ? id_of_rank(cand[i]) : i;
+            if (!finite_logit(logits[x])) continue;
+            const double s = score_of(logits[x], t);
+            if (!(s - smax >= pl->log_min_p) || s + TD_SAMPLE_GUMBEL_MAX < lim) continue;
+            const uint64_t h = td_sample_noise_bits(pl->key, (uint64_t)(uint32_t)x);
+            if (x != top && s + td_sample_gumbel_bound_steps(h) * TD_SAMPLE_LN2 < lim) continue;
+            const double v = s + td_sample_gumbel_of(td_sample_uniform_of(h));
+            if (pass == 0) {
+                if (v > best) best = v;
+            } else if (v >= floor_v) {
+                if (out->n == TD_SAMPLE_SUMMARY_MAX) {
+                    out->n = 0;
+                    return false;
+                }
+                out->id[out->n] = x;
+                out->logit[out->n] = logits[x];
+                out->n++;
+            }
+        }
     }
-    return m;
+    return true;
 }
 
 static void summary_one(td_sample_summary *out, int32_t id, float logit) {
@@ -76,86 +99,56 @@ static void summary_one(td_sample_summary *out, int32_t id, float logit) {
     out->logit[0] = logit;
 }
 
-void td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n, td_sample_summary *out) {
+int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n, td_sample_summary *out) {
     out->n = 0;
+    const int32_t top = td_sample_argmax(logits, n); /* lowest id on ties, 0 when nothing is finite */
     if (pl->temperature == 0.0) {
-        int32_t top = td_sample_argmax(logits, n);
         summary_one(out, top, logits[top]);
-        return;
+        return TD_OK;
     }
-    /* 1. scores: the best (lowest id on ties), the worst finite, the count */
-    row_view r = {logits, n, pl->temperature, -INFINITY};
-    int32_t top = 0, n_fin = 0;
-    double smin = INFINITY;
+    int32_t n_fin = 0;
     for (int32_t x = 0; x < n; x++) {
-        if (logits[x] == INFINITY) return; /* +inf takes all the mass: the host's rule */
-        double s = score_of(logits[x], r.t);
-        if (s == -INFINITY) continue;
-        n_fin++;
-        if (s > r.smax) r.smax = s, top = x;
-        if (s < smin) smin = s;
+        if (logits[x] == INFINITY) return TD_OK; /* +inf takes all the mass: the host's rule */
+        n_fin += finite_logit(logits[x]);
     }
     if (n_fin == 0) {
         summary_one(out, 0, logits[0]);
-        return;
+        return TD_OK;
     }
-    const uint64_t kmax = td_sample_score_key(r.smax);
-    /* 2. top-k: the largest key that at least k scores reach */
-    uint64_t keep = td_sample_score_key(smin);
-    int32_t n_kept = n_fin;
-    if (pl->top_k > 0 && pl->top_k < n_fin) {
-        uint64_t lo = keep, hi = kmax;
-        while (lo < hi) {
-            uint64_t mid = lo + (hi - lo) / 2 + 1;
-            if (count_ge(&r, mid) >= (uint64_t)pl->top_k) lo = mid;
-            else hi = mid - 1;
+    const bool use_k = pl->top_k > 0 && pl->top_k < n_fin;
+    if (!use_k && !(pl->top_p < 1.0 && n_fin > 1)) { /* no prefix to find: min-p is a test per token */
+        draw(pl, logits, n, NULL, 0, top, out);
+        return TD_OK;
+    }
+    /* the candidates best first, as sample.c ranks them */
+    uint64_t *cand = malloc((size_t)n_fin * sizeof *cand);
+    double *e = malloc((size_t)n_fin * sizeof *e);
+    if (!cand || !e) {
+        free(cand), free(e);
+        return TD_E_NOMEM;
+    }
+    for (int32_t x = 0, i = 0; x < n; x++)
+        if (finite_logit(logits[x])) cand[i++] = td_sample_rank_key(logits[x], x);
+    qsort(cand, (size_t)n_fin, sizeof *cand, by_rank_desc);
+    int32_t keep = use_k ? pl->top_k : n_fin;
+    if (pl->top_p < 1.0 && keep > 1) {
+        const double t = pl->temperature, smax = score_of(logits[top], t);
+        double z = 0.0;
+        for (int32_t i = 0; i < keep; i++) z += e[i] = exp(score_of(logits[id_of_rank(cand[i])], t) - smax);
+        const double need = pl->top_p * z, band = TD_SAMPLE_TOPP_CERTAIN * z;
+        int32_t m = 0;
+        double cum = 0.0, before_last = 0.0;
+        while (m < keep && cum < need) before_last = cum, cum += e[m++];
+        /* the last kept token clearly in, the next one clearly out */
+        if (!(before_last < need - band) || (m < keep && !(cum >= need + band))) {
+            free(cand), free(e);
+            return TD_OK;
         }
-        if (count_ge(&r, lo) != (uint64_t)pl->top_k) return; /* a tie straddles the k-th place */
-        keep = lo;
-        n_kept = pl->top_k;
+        keep = m;
     }
-    /* 3. top-p: the smallest key whose better scores' mass is below need */
-    if (pl->top_p < 1.0 && n_kept > 1) {
-        const double z = mass_above(&r, keep, 0), need = pl->top_p * z, band = TOPP_CERTAIN * z;
-        uint64_t lo = keep, hi = kmax;
-        while (lo < hi) {
-            uint64_t mid = lo + (hi - lo) / 2;
-            if (mass_above(&r, keep, mid) < need) hi = mid;
-            else lo = mid + 1;
-        }
-        if (count_ge(&r, lo) - count_ge(&r, lo + 1) != 1) return; /* tied at the boundary */
-        const double before = mass_above(&r, keep, lo);
-        if (!(before < need - band)) return;
-        if (lo > keep && !(mass_above(&r, keep, lo - 1) >= need + band)) return;
-        keep = lo;
-    }
-    /* 4. min-p is a plain test per token, below. 5. the draw */
-    const double smax = r.smax, lmin = pl->log_min_p;
-    const double vtop = smax + td_sample_gumbel_of(td_sample_uniform_of(td_sample_noise_bits(pl->key, (uint64_t)top)));
-    const double lim = vtop - td_sample_prune_margin(vtop);
-    double best = vtop;
-    for (int pass = 0; pass < 2; pass++) {
-        const double floor_v = best - td_sample_prune_margin(best);
-        for (int32_t x = 0; x < n; x++) {
-            double s = score_of(logits[x], r.t);
-            if (s == -INFINITY || td_sample_score_key(s) < keep || !(s - smax >= lmin)) continue;
-            if (s + TD_SAMPLE_GUMBEL_MAX < lim) continue;
-            uint64_t h = td_sample_noise_bits(pl->key, (uint64_t)(uint32_t)x);
-            if (x != top && s + td_sample_gumbel_bound_steps(h) * TD_SAMPLE_LN2 < lim) continue;
-            double v = s + td_sample_gumbel_of(td_sample_uniform_of(h));
-            if (pass == 0) {
-                if (v > best) best = v;
-            } else if (v >= floor_v) {
-                if (out->n == TD_SAMPLE_SUMMARY_MAX) {
-                    out->n = 0;
-                    return;
-                }
-                out->id[out->n] = x;
-                out->logit[out->n] = logits[x];
-                out->n++;
-            }
-        }
-    }
+    draw(pl, logits, n, cand, keep, top, out);
+    free(cand), free(e);
+    return TD_OK;
 }
 
 int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary *s) {
@@ -165,7 +158,7 @@ int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary
     double best = 0.0;
     for (int32_t i = 0; i < s->n; i++) {
         const int32_t x = s->id[i];
-        if (x < 0) return -1;
+        if (x < 0 || !finite_logit(s->logit[i])) return -1;
         const double v = score_of(s->logit[i], pl->temperature) +
                          td_sample_gumbel_of(td_sample_uniform_of(td_sample_noise_bits(pl->key, (uint64_t)(uint32_t)x)));
         if (best_id < 0 || v > best || (v == best && x < best_id)) best = v, best_id = x;
