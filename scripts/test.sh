@@ -27,8 +27,9 @@ step "ThreadSanitizer build: the unit tests that use threads"
 # test_threads: one model under two contexts on two threads, one pool under
 # two callers; test_util: the pool; test_model and test_spec: passes on a
 # two-thread pool; test_metrics: counters from several threads, the HTTP
-# server's thread
-TSAN_TESTS="test_threads test_util test_model test_spec test_metrics"
+# server's thread; test_sample_block: the device sampler's block code on 256
+# host threads, where a shared-memory hand-over without a barrier is a race
+TSAN_TESTS="test_threads test_util test_model test_spec test_metrics test_sample_block"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_TSAN=ON >/dev/null
 cmake --build build-tsan -j"$JOBS" --target $TSAN_TESTS >/dev/null
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \

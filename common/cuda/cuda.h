@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sample/sample.h"
 #include "util/util.h"
 
 /* ---- the model, as the model module describes it (host pointers) ---- */
@@ -151,9 +152,16 @@ typedef struct td_cuda_pass {
     int32_t *picks; /* (n_out) host ints, or NULL: each row's greedy pick
                      * (td_sample_argmax of its logits), computed on the
                      * device, so that only ints cross to the host */
+    const td_sample_plan *plans;  /* (n_out) or NULL: each row's sampling, */
+    td_sample_summary *summaries; /* and its summary (td_sample_summarize),
+                                   * computed on the device, both or neither */
 } td_cuda_pass;
-/* logits: (n_out, n_vocab) host floats, or NULL when p->picks is not (the
- * logits then stay on the device). */
+/* logits: (n_out, n_vocab) host floats, or NULL when p->picks or
+ * p->summaries is not (the logits then stay on the device, until the next
+ * pass, for td_cuda_logits_row). */
 int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *p, float *logits, td_err *err);
+/* Copies row j (of the last pass's n_out) of the logits on the device to
+ * out[n_vocab]: for the rare row whose summary is undecided. */
+int td_cuda_logits_row(td_cuda_ctx *c, int32_t j, float *out, td_err *err);
 
 #endif

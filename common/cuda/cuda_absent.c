@@ -48,6 +48,10 @@ int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *p, float
     (void)c, (void)kv, (void)p, (void)logits;
     return ABSENT(err);
 }
+int td_cuda_logits_row(td_cuda_ctx *c, int32_t j, float *out, td_err *err) {
+    (void)c, (void)j, (void)out;
+    return ABSENT(err);
+}
 int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap) {
     (void)c;
     return snprintf(buf, cap, "no profile (built without CUDA)");

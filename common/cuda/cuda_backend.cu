@@ -330,6 +330,9 @@ struct td_cuda_ctx {
     float *actf[3], *act2f[3]; /* the same as float rows for F32, F16, BF16 matrices */
     int32_t *d_desc; /* the pass descriptor (layout by row count) */
     int32_t *d_picks; /* (max_rows) greedy picks */
+    td_sample_plan *d_plans;        /* (max_rows) each row's sampling */
+    td_sample_summary *d_summaries; /* (max_rows) and its summary */
+    int32_t n_out_last;             /* rows of logits the last pass left in logits */
     int32_t *h_desc; /* pinned host image */
     bool graphs_on;
     bool pdl; /* kernels start while the one before finishes (cuda_internal.cuh) */
@@ -398,6 +401,8 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     cudaFree(c->act2k.qs); cudaFree(c->act2k.d); cudaFree(c->act2k.bs);
     for (int t = 0; t < 3; t++) cudaFree(c->actf[t]), cudaFree(c->act2f[t]);
     cudaFree(c->d_picks);
+    cudaFree(c->d_plans);
+    cudaFree(c->d_summaries);
     cudaFreeHost(c->h_desc);
     if (c->stream) cudaStreamDestroy(c->stream);
     if (c->profile)
@@ -532,6 +537,8 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
         }
     ALLOC(c->d_desc, (size_t)c->desc_ints * sizeof(int32_t));
     ALLOC(c->d_picks, R * sizeof(int32_t));
+    ALLOC(c->d_plans, R * sizeof(td_sample_plan));
+    ALLOC(c->d_summaries, R * sizeof(td_sample_summary));
 #undef ALLOC
     if (e == cudaSuccess) e = cudaMallocHost((void **)&c->h_desc, (size_t)c->desc_ints * sizeof(int32_t));
     if (e != cudaSuccess) {
@@ -781,13 +788,26 @@ static int launch_graph(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t
     return TD_OK;
 }
 
+extern "C" int td_cuda_logits_row(td_cuda_ctx *c, int32_t j, float *out, td_err *err) {
+    const int32_t V = c->m->hp.n_vocab;
+    if (j < 0 || j >= c->n_out_last || !out)
+        return td_err_set(err, TD_E_ARG, "logits row %d: the last pass left %d", j, c->n_out_last);
+    CK(cudaSetDevice(c->m->device), "selecting the device");
+    CK(cudaMemcpy(out, c->logits + (size_t)j * V, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost),
+       "copying a row of logits");
+    return TD_OK;
+}
+
 extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *ps, float *logits, td_err *err) {
     const td_cuda_model_desc *hp = &c->m->hp;
     int32_t n = ps->n_rows;
+    c->n_out_last = 0; /* until this pass has left its logits */
     if (n < 1 || n > c->max_rows || ps->n_out < 0 || ps->n_out > n || ps->chain_total < 0 ||
         ps->chain_total > c->chain_cap)
         return td_err_set(err, TD_E_ARG, "CUDA pass of %d rows (context holds %d)", n, c->max_rows);
-    if (ps->n_out > 0 && !logits && !ps->picks) return td_err_set(err, TD_E_ARG, "CUDA pass: nowhere to put its logits");
+    if (!ps->plans != !ps->summaries) return td_err_set(err, TD_E_ARG, "CUDA pass: plans and summaries go together");
+    if (ps->n_out > 0 && !logits && !ps->picks && !ps->summaries)
+        return td_err_set(err, TD_E_ARG, "CUDA pass: nowhere to put its logits");
     if (kv->device != c->m->device || kv->kv_dim != hp->n_head_kv * hp->head_dim || kv->n_layer != hp->n_layer)
         return td_err_set(err, TD_E_ARG, "the KV cache belongs to another model or device");
     CK(cudaSetDevice(c->m->device), "selecting the device");
@@ -821,11 +841,22 @@ extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pas
                            c->stream),
            "copying picks");
     }
+    if (ps->n_out > 0 && ps->summaries) {
+        const td_lc plain = {c->stream, false, 0, 0, false, 0};
+        CK(cudaMemcpyAsync(c->d_plans, ps->plans, (size_t)ps->n_out * sizeof(td_sample_plan), cudaMemcpyHostToDevice,
+                           c->stream),
+           "copying sampling plans");
+        CK(td_cu_summarize(c->logits, ps->n_out, hp->n_vocab, c->d_plans, c->d_summaries, plain), "sampling");
+        CK(cudaMemcpyAsync(ps->summaries, c->d_summaries, (size_t)ps->n_out * sizeof(td_sample_summary),
+                           cudaMemcpyDeviceToHost, c->stream),
+           "copying samples");
+    }
     if (ps->n_out > 0 && logits)
         CK(cudaMemcpyAsync(logits, c->logits, (size_t)ps->n_out * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost,
                            c->stream),
            "copying logits");
     CK(cudaStreamSynchronize(c->stream), "running a pass");
+    c->n_out_last = ps->n_out;
     if (c->profile && n == 1) prof_collect(c); /* one-row (decode) passes only */
     c->n_ev = 0;
     return TD_OK;

@@ -391,6 +391,9 @@ __host__ __device__ __forceinline__ bool td_cu_pick_better(float va, int ia, flo
 }
 /* picks[j] = the greedy pick of logits row j (n_rows rows of n_vocab). */
 cudaError_t td_cu_argmax(const float *logits, int32_t n_rows, int32_t n_vocab, int32_t *picks, const td_lc &lc);
+/* out[j] = td_sample_summarize(&plans[j], logits row j) (cuda_sample.cu). */
+cudaError_t td_cu_summarize(const float *logits, int32_t n_rows, int32_t n_vocab, const td_sample_plan *plans,
+                            td_sample_summary *out, const td_lc &lc);
 
 /* x (n_rows, n_in) rows, gathered through rows[] when not NULL, to act. */
 cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,

@@ -76,13 +76,22 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
     stats->prefill_sec = t1 - t0;
     stats->stop = TD_STOP_LENGTH;
 
-    /* greedy on a GPU: the argmax is taken there, and 4 bytes cross to the
-     * host instead of a row of logits (the first token comes from the
-     * prompt's logits) */
-    const bool device_picks = td_sample_is_plain_greedy(&p->sample) && td_ctx_device(ctx).kind == TD_DEVICE_CUDA;
+    /* On a GPU the pick is made there: greedy as the argmax, sampling
+     * without a repetition penalty from a summary of the row (sample.h), so
+     * a few bytes cross to the host instead of a row of logits (the first
+     * token comes from the prompt's logits). */
+    td_sample_plan plan;
+    const bool device_picks = td_ctx_device(ctx).kind == TD_DEVICE_CUDA &&
+                              (td_sample_is_plain_greedy(&p->sample) || td_sample_plan_make(&p->sample, 0, &plan));
+    const bool planned = device_picks && !td_sample_is_plain_greedy(&p->sample);
     int32_t picked = -1;
+    bool on_device = false; /* the last pass's logits stayed on the device */
     for (int32_t i = 0; i < p->max_tokens; i++) {
         int32_t pos = (int32_t)n_hist;
+        if (picked < 0 && on_device) { /* an undecided summary: the row itself */
+            rc = td_model_pass_logits(ctx, 0, logits, err);
+            if (rc) goto done;
+        }
         int32_t tk = picked >= 0 ? picked : td_sampler_pick(smp, logits, pos, hist, n_hist);
         if (tk < 0) { rc = td_err_set(err, tk, "sampler refused its arguments"); goto done; }
         hist[n_hist++] = tk;
@@ -103,8 +112,10 @@ int td_gen_run(const td_model *m, const td_tok *tok, td_ctx *ctx, td_kv *kv, int
         if (i + 1 == p->max_tokens) break;
         if (pos + 1 >= td_kv_max_len(kv)) { stats->stop = TD_STOP_CONTEXT; break; }
         td_row row = td_row_linear(seq, pos, tk, true);
-        rc = device_picks ? td_model_forward_picks(ctx, kv, &row, 1, NULL, &picked, err)
+        if (planned) td_sample_plan_make(&p->sample, pos + 1, &plan); /* the pick after pos */
+        rc = device_picks ? td_model_forward_picks(ctx, kv, &row, 1, planned ? &plan : NULL, NULL, &picked, NULL, err)
                           : td_model_forward(ctx, kv, &row, 1, logits, err);
+        on_device = device_picks;
         if (rc) goto done;
         stats->n_forward++;
     }

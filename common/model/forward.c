@@ -106,6 +106,7 @@ struct td_ctx {
     td_device device;
     td_cuda_ctx *gpu;
     int32_t *tokens, *seqs, *chain_off, *chain_len, *out_rows; /* (max_rows) */
+    td_sample_summary *summaries; /* (max_rows) what a CUDA pass's sampler sends back */
     int32_t *chains; /* (max_rows * (max_rows + 1) / 2) tree rows' chains */
     /* tensor parallelism and the invariant order; both buffers grow to the
      * largest pass seen, like scores */
@@ -686,7 +687,8 @@ static int cuda_ctx_init(td_ctx *c, td_device dev, td_err *err) {
     c->chain_len = td_alloc(R * sizeof(int32_t));
     c->out_rows = td_alloc(R * sizeof(int32_t));
     c->chains = td_alloc(R * (R + 1) / 2 * sizeof(int32_t));
-    if (!c->tokens || !c->seqs || !c->chain_off || !c->chain_len || !c->out_rows || !c->chains)
+    c->summaries = td_alloc(R * sizeof(td_sample_summary));
+    if (!c->tokens || !c->seqs || !c->chain_off || !c->chain_len || !c->out_rows || !c->chains || !c->summaries)
         return td_err_set(err, TD_E_NOMEM, "context: out of memory for a CUDA pass of %d rows", c->max_rows);
     if (c->m->shard.size > 1)
         return td_err_set(err, TD_E_UNSUPPORTED, "a tensor-parallel rank computes on the CPU only (so far)");
@@ -769,6 +771,7 @@ void td_ctx_destroy(td_ctx *c) {
     td_cuda_ctx_free(c->gpu);
     td_free(c->tokens); td_free(c->seqs); td_free(c->chain_off); td_free(c->chain_len); td_free(c->out_rows);
     td_free(c->chains);
+    td_free(c->summaries);
     td_free(c->pass_seqs);
     td_free(c->phases);
     td_free(c->out_idx);
@@ -957,8 +960,19 @@ static int bind_cache(td_ctx *c, td_kv *kv, td_err *err) {
 
 /* The pass on the device: the host part (slots, chains, RoPE angles) is the
  * CPU's, the rest is cuda_backend.cu's. */
+/* Row j's pick and observations from its summary (td_model_forward_picks). */
+static void from_summary(const td_sample_plan *pl, const td_sample_summary *sum, int32_t j, int32_t *picks,
+                         int32_t *tops) {
+    picks[j] = td_sample_summary_pick(pl, sum);
+    if (!tops) return;
+    int32_t *tj = tops + (size_t)j * TD_SAMPLE_TOP_MAX;
+    tj[0] = -1;
+    for (int32_t i = 0; i < sum->n_top && pl->n_top > 0; i++) tj[i] = sum->top[i];
+}
+
 static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
-                        int32_t *picks, const uint8_t *skip, td_err *err) {
+                        int32_t *picks, int32_t *tops, const td_sample_plan *plans, const uint8_t *skip,
+                        td_err *err) {
     int32_t total = 0, n_out = 0;
     for (int32_t r = 0; r < n_rows; r++) {
         c->tokens[r] = rows[r].token;
@@ -972,25 +986,30 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     td_cuda_pass p = {.n_rows = n_rows, .token = c->tokens, .seq = c->seqs, .slot = c->slot, .base = c->base,
                       .chain_off = c->chain_off, .chain_len = c->chain_len, .chain = c->chains,
                       .chain_total = total, .rope_cs = c->rope_cs, .out_rows = c->out_rows, .n_out = n_out,
-                      .skip = skip, .picks = picks};
+                      .skip = skip, .picks = plans ? NULL : picks, .plans = plans,
+                      .summaries = plans ? c->summaries : NULL};
     int rc = td_cuda_forward(c->gpu, kv->cuda, &p, logits, err);
     if (rc) return rc;
     for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
+    for (int32_t j = 0; j < n_out; j++) {
+        if (plans) from_summary(&plans[j], &c->summaries[j], j, picks, tops);
+        else if (tops) tops[(size_t)j * TD_SAMPLE_TOP_MAX] = -1;
+    }
     return TD_OK;
 }
 
 static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
                         const uint8_t *skip, td_err *err);
 
-int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits, int32_t *picks,
-                           td_err *err) {
+int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, const td_sample_plan *plans,
+                           float *logits, int32_t *picks, int32_t *tops, td_err *err) {
     if (!picks) return td_err_set(err, TD_E_ARG, "no room for the picks");
     if (c->gpu && c->lead)
         return td_err_set(err, TD_E_UNSUPPORTED, "a CUDA context does not lead a tensor-parallel group");
-    if (c->gpu) { /* the argmax runs where the logits are */
+    if (c->gpu) { /* the argmax or the summaries are computed where the logits are */
         int rc = bind_cache(c, kv, err);
         if (rc == TD_OK) rc = check_rows(c, kv, rows, n_rows, err);
-        if (rc == TD_OK) rc = forward_cuda(c, kv, rows, n_rows, logits, picks, NULL, err);
+        if (rc == TD_OK) rc = forward_cuda(c, kv, rows, n_rows, logits, picks, tops, plans, NULL, err);
         return rc;
     }
     if (!logits) return td_err_set(err, TD_E_ARG, "a CPU context picks from logits: give it room for them");
@@ -999,10 +1018,23 @@ int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
     const int32_t V = c->m->hp.n_vocab;
     for (int32_t r = 0, j = 0; r < n_rows; r++)
         if (rows[r].logits) {
-            picks[j] = td_sample_argmax(logits + (size_t)j * V, V);
+            const float *row = logits + (size_t)j * V;
+            if (plans) { /* the device's definition, run here (for tests; a CPU caller picks from the row) */
+                td_sample_summary sum;
+                td_sample_summarize(&plans[j], row, V, &sum);
+                from_summary(&plans[j], &sum, j, picks, tops);
+            } else {
+                picks[j] = td_sample_argmax(row, V);
+                if (tops) tops[(size_t)j * TD_SAMPLE_TOP_MAX] = -1;
+            }
             j++;
         }
     return TD_OK;
+}
+
+int td_model_pass_logits(td_ctx *c, int32_t j, float *out, td_err *err) {
+    if (!c->gpu) return td_err_set(err, TD_E_UNSUPPORTED, "a CPU context hands its logits over with the pass");
+    return td_cuda_logits_row(c->gpu, j, out, err);
 }
 
 int td_model_forward_skip(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
@@ -1335,7 +1367,7 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     if (rc) return rc;
     rc = check_rows(c, kv, rows, n_rows, err);
     if (rc) return rc;
-    if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, NULL, skip, err);
+    if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, NULL, NULL, NULL, skip, err);
     if (!c->tiles_asked && fast_kernels(c->numerics)) {
         c->tiled = td_model_tile(m);
         c->tiles_asked = true;

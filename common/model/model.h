@@ -32,6 +32,7 @@
 #include "comm/comm.h"
 #include "gguf/gguf.h"
 #include "quant/quant.h"
+#include "sample/sample.h"
 #include "util/util.h"
 
 typedef enum td_rope_kind { TD_ROPE_NORM = 0, TD_ROPE_NEOX = 1 } td_rope_kind;
@@ -245,15 +246,26 @@ void td_ctx_profile(const td_ctx *c, char *buf, size_t cap);
  * logits: (number of rows with .logits set, n_vocab). */
 int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows,
                      float *logits, td_err *err);
-/* Same, but what comes back is each row's greedy pick: picks[j] =
+/* Same, but what comes back is each row's pick. plans NULL: picks[j] =
  * td_sample_argmax of the j-th row with logits (what td_sampler_pick gives
- * at temperature 0 without a repetition penalty). On a CUDA context the
- * argmax runs on the device and logits may be NULL: then only the picks
- * cross to the host (a verify pass of 16 rows would otherwise copy 3 MB of
- * logits); given, logits are filled too. A CPU context needs logits (it
- * picks from them). */
-int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits, int32_t *picks,
-                           td_err *err);
+ * at temperature 0 without a repetition penalty). plans given (one per row
+ * with logits, td_sample_plan_make): picks[j] = td_sampler_pick's token for
+ * that plan, or -1 where the row's summary is undecided (sample.h): the
+ * caller then picks from the row's logits, which td_model_pass_logits
+ * fetches on a device. tops (rows with logits x TD_SAMPLE_TOP_MAX, or
+ * NULL): row j's td_sample_top_ids for its plan's n_top at
+ * tops[j * TD_SAMPLE_TOP_MAX], or -1 there where the summary left them to
+ * the row (or no plan asked).
+ * On a CUDA context the argmax or the summaries are computed on the device
+ * and logits may be NULL: then only the picks cross to the host (a verify
+ * pass of 16 rows would otherwise copy 3 MB of logits); given, logits are
+ * filled too. A CPU context needs logits (it picks from them). */
+int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, const td_sample_plan *plans,
+                           float *logits, int32_t *picks, int32_t *tops, td_err *err);
+/* Row j (0 .. rows with logits - 1) of the last pass's logits, into
+ * out[n_vocab], on a CUDA context that kept them (td_model_forward_picks
+ * with NULL logits), until its next pass. TD_E_UNSUPPORTED on the CPU. */
+int td_model_pass_logits(td_ctx *c, int32_t j, float *out, td_err *err);
 /* Same, with layers l where skip[l] != 0 left out (layer-skip self-drafting:
  * the residual stream passes those layers unchanged; their KV is not
  * written, so use a cache of its own). skip may be NULL. */

@@ -106,19 +106,22 @@ typedef struct td_sample_plan {
     double log_min_p;   /* log(min_p); -inf = off */
     uint64_t key;       /* the noise key of (seed, pos) */
     int32_t top_k;      /* 0 = off */
-    int32_t pad_;       /* keeps the layout the same for the device */
+    int32_t n_top;      /* 0..TD_SAMPLE_TOP_MAX ids of the largest logits to bring back too */
 } td_sample_plan;
 
-/* True, and *out filled, when a pick at pos with p needs no history (no
- * repetition penalty in effect): then td_sample_summary_pick of a
- * summary that decides gives exactly td_sampler_pick's token. */
+/* True, and *out filled (n_top 0), when a pick at pos with p needs no
+ * history (no repetition penalty in effect): then td_sample_summary_pick of
+ * a summary that decides gives exactly td_sampler_pick's token. */
 bool td_sample_plan_make(const td_sample_params *p, int64_t pos, td_sample_plan *out);
 
 #define TD_SAMPLE_SUMMARY_MAX 8
+#define TD_SAMPLE_TOP_MAX 16
 typedef struct td_sample_summary {
     int32_t n;                         /* 0: undecided, pick from the logits */
     int32_t id[TD_SAMPLE_SUMMARY_MAX]; /* the tokens that may have won */
     float logit[TD_SAMPLE_SUMMARY_MAX];
+    int32_t n_top;                     /* the plan's n_top, or 0: take them from the logits */
+    int32_t top[TD_SAMPLE_TOP_MAX];    /* td_sample_top_ids of the row */
 } td_sample_summary;
 
 /* top-p's count is trusted only this far (times z) from its target. */
@@ -139,7 +142,11 @@ typedef struct td_sample_summary {
  *   5. the draw: the best noisy score M over the kept tokens that the
  *      Gumbel bound cannot exclude, then every one scoring at least
  *      M - td_sample_prune_margin(M); more than TD_SAMPLE_SUMMARY_MAX:
- *      undecided.
+ *      undecided;
+ *   and, when the plan asks for n_top (1..TD_SAMPLE_TOP_MAX) ids,
+ *   td_sample_top_ids of the row, unless it holds a NaN (whose place in
+ *   that list depends on where it stands) or fewer than n_top logits
+ *   above -inf: then n_top is 0 and the ids come from the row.
  * n_vocab >= 1. TD_OK, or TD_E_NOMEM (sorting needs scratch; out is then
  * undecided). */
 int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n_vocab, td_sample_summary *out);

@@ -99,7 +99,22 @@ static void summary_one(td_sample_summary *out, int32_t id, float logit) {
     out->logit[0] = logit;
 }
 
-int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n, td_sample_summary *out) {
+/* The observations: td_sample_top_ids, where the device can give them. */
+static void top_ids(const td_sample_plan *pl, const float *logits, int32_t n, td_sample_summary *out) {
+    out->n_top = 0;
+    if (pl->n_top <= 0 || pl->n_top > TD_SAMPLE_TOP_MAX) return;
+    int32_t above = 0;
+    for (int32_t x = 0; x < n; x++) {
+        if (isnan(logits[x])) return;
+        above += logits[x] != -INFINITY;
+    }
+    if (above < pl->n_top) return;
+    td_sample_top_ids(logits, n, out->top, pl->n_top);
+    out->n_top = pl->n_top;
+}
+
+/* Steps 1-5 of sample.h's definition: the pick. */
+static int summarize_pick(const td_sample_plan *pl, const float *logits, int32_t n, td_sample_summary *out) {
     out->n = 0;
     const int32_t top = td_sample_argmax(logits, n); /* lowest id on ties, 0 when nothing is finite */
     if (pl->temperature == 0.0) {
@@ -149,6 +164,11 @@ int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n
     draw(pl, logits, n, cand, keep, top, out);
     free(cand), free(e);
     return TD_OK;
+}
+
+int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n, td_sample_summary *out) {
+    top_ids(pl, logits, n, out);
+    return summarize_pick(pl, logits, n, out);
 }
 
 int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary *s) {

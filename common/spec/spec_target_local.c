@@ -43,7 +43,10 @@ typedef struct local_target {
     local_seq *seqs;
     td_sampler *smp;      /* one, re-parametrised per sequence */
     float *logits;        /* (max_rows, n_vocab) */
-    int32_t *picks;       /* (max_rows) greedy picks, when a pass needs nothing more */
+    int32_t *picks;       /* (max_rows) picks, when a pass needs nothing more; -1: pick from the row */
+    td_sample_plan *plans; /* (max_rows) each row's sampling, for a device that picks */
+    int32_t *tops;        /* (max_rows, TD_SAMPLE_TOP_MAX) observations from the device; -1 first: none */
+    uint8_t *fetched;     /* (max_rows) the row's logits were brought from the device */
     bool picked;          /* the last verify pass brought picks, not logits */
     float *probs;         /* rejection mode */
     td_row *rows;
@@ -155,6 +158,17 @@ static void fill_logprobs(const local_target *t, const float *lg, int32_t tk, in
     }
 }
 
+_Static_assert(TD_TARGET_TOP_MAX <= TD_SAMPLE_TOP_MAX, "a device's observations hold what a node may ask");
+
+/* Row `row` of the last pass into t->logits: there already unless the pass
+ * left the logits on the device, where they are fetched once. */
+static int row_logits(local_target *t, int32_t row, td_err *err) {
+    if (!t->picked || td_ctx_device(t->ctx).kind != TD_DEVICE_CUDA || t->fetched[row]) return TD_OK;
+    int rc = td_model_pass_logits(t->ctx, row, t->logits + (size_t)row * t->n_vocab, err);
+    if (rc == TD_OK) t->fetched[row] = 1;
+    return rc;
+}
+
 /* Walks one sequence's verified tree; rows start at row0 in t->logits. */
 static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0, td_err *err) {
     const td_draft *d = it->tree;
@@ -166,13 +180,20 @@ static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0,
         r->logprob = 0;
         r->n_alt = 0;
         r->n_top = s->p.n_top;
-        if (s->p.n_top > 0) td_sample_top_ids(t->logits + (size_t)(row0 + i) * t->n_vocab, t->n_vocab, r->top, s->p.n_top);
+        if (s->p.n_top <= 0) continue;
+        const int32_t *dev = t->tops + (size_t)(row0 + i) * TD_SAMPLE_TOP_MAX;
+        if (t->picked && dev[0] >= 0) { /* the device's td_sample_top_ids */
+            memcpy(r->top, dev, (size_t)s->p.n_top * sizeof *dev);
+            continue;
+        }
+        if ((rc = row_logits(t, row0 + i, err))) return rc;
+        td_sample_top_ids(t->logits + (size_t)(row0 + i) * t->n_vocab, t->n_vocab, r->top, s->p.n_top);
     }
     int32_t node = -1, depth = 0;
     it->n_path = 0;
     s->n_walk = 0;
     for (;;) {
-        const float *lg = t->logits + (size_t)(row0 + 1 + node) * t->n_vocab;
+        float *lg = t->logits + (size_t)(row0 + 1 + node) * t->n_vocab;
         size_t n_ctx = s->n_hist + (size_t)depth; /* history + walked path, written into hist's spare room */
         int32_t tk, child;
         if (s->p.mode == TD_SPEC_REJECTION) {
@@ -180,10 +201,11 @@ static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0,
             child = first_child(d, node);
             tk = rejection_pick(t, s, lg, n_ctx, child, d, &acc);
             if (!acc) child = -1;
-        } else if (t->picked) {
+        } else if (t->picked && t->picks[row0 + 1 + node] >= 0) {
             tk = t->picks[row0 + 1 + node]; /* every verify row has logits */
             child = child_with(d, node, tk);
         } else {
+            if ((rc = row_logits(t, row0 + 1 + node, err))) return rc; /* an undecided summary */
             tk = td_sampler_pick(t->smp, lg, (int64_t)n_ctx, s->hist, n_ctx);
             if (tk < 0) return td_err_set(err, tk, "sampler refused its arguments");
             child = child_with(d, node, tk);
@@ -234,20 +256,33 @@ static int lt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
             t->rows[n_rows++] = (td_row){it->seq, root_pos + depth[j], d->token[j], true, true,
                                          t->row0[k] + 1 + d->parent[j]};
     }
-    /* Greedy without a penalty, observations or logprobs needs only each
-     * row's argmax: td_model_forward_picks computes it where the logits are
-     * (on a GPU they then stay there). */
-    bool picks = true;
-    for (int32_t k = 0; k < n_items && picks; k++) {
+    /* Without logprobs (or rejection mode) a pass needs only each row's
+     * pick and observations: td_model_forward_picks computes them where the
+     * logits are (on a GPU they then stay there). On the CPU that is greedy
+     * rows' argmax, without observations; on a GPU, rows without a
+     * repetition penalty send back a summary the pick and the observations
+     * follow from (sample.h), or, greedy without observations, the argmax. */
+    const bool on_device = td_ctx_device(t->ctx).kind == TD_DEVICE_CUDA;
+    bool picks = true, greedy = true, observe = false;
+    for (int32_t k = 0; k < n_items; k++) {
         const td_target_seq_params *p = &t->seqs[items[k].seq].p;
-        picks = p->mode != TD_SPEC_REJECTION && td_sample_is_plain_greedy(&p->sample) && p->n_top == 0 &&
-                p->n_logprobs < 0;
+        picks = picks && p->mode != TD_SPEC_REJECTION && p->n_logprobs < 0;
+        greedy = greedy && td_sample_is_plain_greedy(&p->sample);
+        observe = observe || p->n_top > 0;
     }
+    bool planned = picks && on_device && (!greedy || observe);
+    for (int32_t r = 0; r < n_rows && planned; r++) { /* a pick at row r is for the position after it */
+        const td_target_seq_params *p = &t->seqs[t->rows[r].seq].p;
+        planned = td_sample_plan_make(&p->sample, (int64_t)t->rows[r].pos + 1, &t->plans[r]);
+        t->plans[r].n_top = p->n_top;
+    }
+    picks = picks && (planned || (greedy && !observe));
+    if (picks) memset(t->fetched, 0, (size_t)n_rows);
     double t0 = td_now_sec();
     int rc;
     if (picks) {
-        const bool on_device = td_ctx_device(t->ctx).kind == TD_DEVICE_CUDA;
-        rc = td_model_forward_picks(t->ctx, t->kv, t->rows, n_rows, on_device ? NULL : t->logits, t->picks, err);
+        rc = td_model_forward_picks(t->ctx, t->kv, t->rows, n_rows, planned ? t->plans : NULL,
+                                    on_device ? NULL : t->logits, t->picks, t->tops, err);
     } else {
         rc = td_model_forward(t->ctx, t->kv, t->rows, n_rows, t->logits, err);
     }
@@ -334,6 +369,9 @@ static void lt_destroy(td_target *base) {
     td_sampler_destroy(t->smp);
     free(t->logits);
     free(t->picks);
+    free(t->plans);
+    free(t->tops);
+    free(t->fetched);
     free(t->probs);
     free(t->rows);
     free(t->row0);
@@ -361,9 +399,13 @@ td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv
     t->rows = malloc((size_t)t->max_rows * sizeof *t->rows);
     t->row0 = malloc((size_t)t->max_rows * sizeof *t->row0);
     t->picks = malloc((size_t)t->max_rows * sizeof *t->picks);
+    t->plans = malloc((size_t)t->max_rows * sizeof *t->plans);
+    t->tops = malloc((size_t)t->max_rows * TD_SAMPLE_TOP_MAX * sizeof *t->tops);
+    t->fetched = malloc((size_t)t->max_rows);
     td_err why = {0};
     t->smp = td_sampler_create(NULL, t->n_vocab, &why);
-    if (!t->seqs || !t->logits || !t->rows || !t->row0 || !t->picks || !t->smp) {
+    if (!t->seqs || !t->logits || !t->rows || !t->row0 || !t->picks || !t->plans || !t->tops || !t->fetched ||
+        !t->smp) {
         lt_destroy(&t->base);
         goto nomem;
     }

@@ -164,7 +164,11 @@ run)
     echo "== llama.cpp, 7B-shaped Q4_K_M"; LB -m /tmp/7bk.gguf -ngl 99 -fa 0 -p 1,2,4,8,16,32 -n 32 -r 3
   } 2>&1 | tee $OUT/bench7b.log
   P="Explain speculative decoding in two sentences."
-  for dev in "--numerics reference" "--device cuda" "--device cuda --draft auto" "--device cuda --numerics fast"; do
+  # seeded rows are picked from the device's summaries (cuda_sample.cu): the
+  # same text as the CPU's reference order, plain and speculative
+  S="--temperature 0.8 --top-k 40 --top-p 0.95 --seed 7"
+  for dev in "--numerics reference" "--device cuda" "--device cuda --draft auto" "--device cuda --numerics fast" \
+    "--numerics reference $S" "--device cuda $S" "--device cuda --draft auto $S"; do
     timeout 60 $B/tandem generate --chat --prompt "$P" --max-tokens 96 $dev > /tmp/bd/o.txt 2>/tmp/bd/e.txt
     echo "rc=$? [$dev] text sha256 $(sha256sum < /tmp/bd/o.txt | cut -c1-16)"; cat /tmp/bd/e.txt
   done 2>&1 | tee $OUT/generate.log

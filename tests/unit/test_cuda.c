@@ -546,8 +546,8 @@ static void gpu_picks(void **s) {
     td_row rows[8];
     for (int i = 0; i < 8; i++) rows[i] = td_row_linear(0, i, ids[i], i != 3);
     assert_int_equal(td_model_forward(c, ka, rows, 8, la, &err), TD_OK);
-    assert_int_equal(td_model_forward_picks(c, kb, rows, 8, NULL, pb, &err), TD_OK); /* only the picks come back */
-    assert_int_equal(td_model_forward_picks(c, kc, rows, 8, lc, pc, &err), TD_OK);   /* both */
+    assert_int_equal(td_model_forward_picks(c, kb, rows, 8, NULL, NULL, pb, NULL, &err), TD_OK); /* only the picks come back */
+    assert_int_equal(td_model_forward_picks(c, kc, rows, 8, NULL, lc, pc, NULL, &err), TD_OK);   /* both */
     assert_memory_equal(la, lc, (size_t)7 * V * sizeof(float));
     for (int j = 0; j < 7; j++) {
         assert_int_equal(pb[j], td_sample_argmax(la + (size_t)j * V, V));
@@ -555,6 +555,80 @@ static void gpu_picks(void **s) {
     }
     free(la), free(lc);
     td_kv_destroy(ka), td_kv_destroy(kb), td_kv_destroy(kc);
+    td_ctx_destroy(c);
+    unload(&L);
+}
+
+/* Sampled picks taken on the GPU (a summary per row, td_sample_summary_pick)
+ * are td_sampler_pick's tokens on the logits the same pass returns, over a
+ * grid of temperatures and filters, and the observations asked with them
+ * td_sample_top_ids's; where the device leaves a row undecided,
+ * td_model_pass_logits brings that row's logits, bit for bit. */
+static void gpu_sampled_picks(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    assert_true(tiny("--type Q4_1", "spicks", &L));
+    const int32_t V = td_model_hparams(L.m)->n_vocab;
+    td_err err = {0};
+    td_ctx *c = gpu_ctx(L.m, 8, (gpu_kind){false, NULL, false, NULL});
+    td_kv *ka = td_kv_create(L.m, 1, 32, NULL), *kb = td_kv_create(L.m, 1, 32, NULL);
+    float *la = malloc((size_t)8 * V * sizeof(float)), *row = malloc((size_t)V * sizeof(float));
+    int32_t ids[8], picks[8], tops[8 * TD_SAMPLE_TOP_MAX];
+    tokens_of(V, ids, 8);
+    td_row rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = td_row_linear(0, i, ids[i], true);
+    assert_int_equal(td_model_forward(c, ka, rows, 8, la, &err), TD_OK);
+    static const float temps[] = {0.0f, 0.5f, 1.0f, 2.0f};
+    static const int32_t ks[] = {0, 1, 40};
+    static const float ps[] = {1.0f, 0.5f, 0.95f};
+    int decided = 0, undecided = 0;
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 3; b++)
+            for (int cc = 0; cc < 3; cc++)
+                for (int seed = 0; seed < 3; seed++) {
+                    td_sample_params sp = td_sample_defaults();
+                    sp.temperature = temps[a], sp.top_k = ks[b], sp.top_p = ps[cc];
+                    sp.min_p = seed == 2 ? 0.05f : 0.0f;
+                    sp.seed = (uint64_t)(seed * 1000 + a);
+                    td_sample_plan plans[8];
+                    for (int j = 0; j < 8; j++) {
+                        assert_true(td_sample_plan_make(&sp, j + 1, &plans[j]));
+                        plans[j].n_top = (j + b) % 3 == 0 ? 0 : 1 + (j * 5 + cc) % TD_SAMPLE_TOP_MAX;
+                    }
+                    td_sampler *smp = td_sampler_create(&sp, V, NULL);
+                    assert_non_null(smp);
+                    assert_int_equal(td_kv_truncate(kb, 0, 0), TD_OK);
+                    assert_int_equal(td_model_forward_picks(c, kb, rows, 8, plans, NULL, picks, tops, &err), TD_OK);
+                    for (int j = 0; j < 8; j++) {
+                        const float *lj = la + (size_t)j * V;
+                        const int32_t *tj = tops + j * TD_SAMPLE_TOP_MAX;
+                        if (plans[j].n_top == 0) {
+                            assert_int_equal(tj[0], -1);
+                        } else { /* no NaN in these logits: the device gives the observations */
+                            int32_t want[TD_SAMPLE_TOP_MAX];
+                            td_sample_top_ids(lj, V, want, plans[j].n_top);
+                            assert_memory_equal(tj, want, (size_t)plans[j].n_top * sizeof *want);
+                        }
+                        if (picks[j] >= 0) {
+                            assert_int_equal(picks[j], td_sampler_pick(smp, lj, j + 1, NULL, 0));
+                            decided++;
+                        } else {
+                            assert_int_equal(td_model_pass_logits(c, j, row, &err), TD_OK);
+                            assert_memory_equal(row, lj, (size_t)V * sizeof(float));
+                            undecided++;
+                        }
+                    }
+                    td_sampler_destroy(smp);
+                }
+    fprintf(stderr, "# %d rows decided on the device, %d from their logits\n", decided, undecided);
+    /* the tiny model's vocabulary fits the kernel's head, and its logits
+     * hold no +inf: only a top-p target within 1e-8 z of a prefix's mass
+     * could leave a row to its logits */
+    assert_true(undecided <= 2);
+    assert_int_equal(td_model_pass_logits(c, 8, row, &err), TD_E_ARG); /* the pass had 8 rows */
+    free(la), free(row);
+    td_kv_destroy(ka), td_kv_destroy(kb);
     td_ctx_destroy(c);
     unload(&L);
 }
@@ -848,7 +922,7 @@ int main(void) {
         cmocka_unit_test(no_device_message),
         cmocka_unit_test(tiny_logits_match_cpu), cmocka_unit_test(gpu_batch_invariance),
         cmocka_unit_test(gpu_fast_order),       cmocka_unit_test(gpu_kquant_invariance),
-        cmocka_unit_test(gpu_picks),
+        cmocka_unit_test(gpu_picks),             cmocka_unit_test(gpu_sampled_picks),
         cmocka_unit_test(real_teacher_forced),  cmocka_unit_test(real_spec_identity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

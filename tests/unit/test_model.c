@@ -585,13 +585,52 @@ static void picks_are_argmax(void **s) {
     int32_t picks[6] = {-1, -1, -1, -1, -1, -1};
     td_err err;
     assert_int_equal(td_model_forward(c, ka, rows, 6, la, &err), TD_OK);
-    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, NULL, picks, &err), TD_E_ARG);
+    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, NULL, NULL, picks, NULL, &err), TD_E_ARG);
     assert_non_null(strstr(err.msg, "logits"));
-    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, lb, NULL, &err), TD_E_ARG);
-    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, lb, picks, &err), TD_OK);
+    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, NULL, lb, NULL, NULL, &err), TD_E_ARG);
+    assert_int_equal(td_model_forward_picks(c, kb, rows, 6, NULL, lb, picks, NULL, &err), TD_OK);
     assert_memory_equal(la, lb, (size_t)5 * V * sizeof(float));
     for (int j = 0; j < 5; j++) assert_int_equal(picks[j], td_sample_argmax(la + (size_t)j * V, V));
     assert_int_equal(picks[5], -1); /* five rows asked */
+    /* with plans: td_sampler_pick's token at each row's next position, or
+     * -1 (undecided: the caller picks from the row) */
+    td_kv *kc = td_kv_create(f.m, 1, 16, NULL);
+    td_sample_params sp = td_sample_defaults();
+    sp.temperature = 1.3f, sp.top_k = 20, sp.top_p = 0.9f, sp.seed = 77;
+    td_sample_plan plans[5];
+    for (int j = 0, r = 0; r < 6; r++)
+        if (rows[r].logits) {
+            assert_true(td_sample_plan_make(&sp, rows[r].pos + 1, &plans[j]));
+            plans[j].n_top = j == 1 ? 0 : 5; /* observations too, but not for row 1 */
+            j++;
+        }
+    td_sampler *smp = td_sampler_create(&sp, V, NULL);
+    assert_non_null(smp);
+    int32_t tops[5 * TD_SAMPLE_TOP_MAX];
+    assert_int_equal(td_model_forward_picks(c, kc, rows, 6, plans, lb, picks, tops, &err), TD_OK);
+    for (int j = 0; j < 5; j++) {
+        if (j == 1) {
+            assert_int_equal(tops[j * TD_SAMPLE_TOP_MAX], -1);
+            continue;
+        }
+        int32_t want[5];
+        td_sample_top_ids(la + (size_t)j * V, V, want, 5);
+        assert_memory_equal(tops + j * TD_SAMPLE_TOP_MAX, want, sizeof want);
+    }
+    assert_memory_equal(la, lb, (size_t)5 * V * sizeof(float));
+    int decided = 0;
+    for (int j = 0, r = 0; r < 6; r++) {
+        if (!rows[r].logits) continue;
+        if (picks[j] >= 0) {
+            assert_int_equal(picks[j], td_sampler_pick(smp, la + (size_t)j * V, rows[r].pos + 1, NULL, 0));
+            decided++;
+        }
+        j++;
+    }
+    assert_int_equal(decided, 5); /* random weights give no ties at the boundaries */
+    assert_int_equal(td_model_pass_logits(c, 0, lb, &err), TD_E_UNSUPPORTED);
+    td_sampler_destroy(smp);
+    td_kv_destroy(kc);
     free(la), free(lb);
     td_ctx_destroy(c);
     td_kv_destroy(ka), td_kv_destroy(kb);

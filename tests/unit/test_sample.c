@@ -957,6 +957,38 @@ static void test_summary_near_ties(void **state) {
     assert_int_equal(td_sample_summary_pick(&pl, &sum), -1);
 }
 
+/* Observations in the summary: td_sample_top_ids, or none where a NaN or
+ * too few logits above -inf would make the list depend on the row's order. */
+static void test_summary_top_ids(void **state) {
+    (void)state;
+    float l[300];
+    summary_row(l, 300, 2, 5); /* ties */
+    td_sample_params p = td_sample_defaults();
+    p.temperature = 0.9f;
+    td_sample_plan pl;
+    td_sample_summary sum;
+    for (int32_t k = 1; k <= TD_SAMPLE_TOP_MAX; k += 5) {
+        assert_true(td_sample_plan_make(&p, 4, &pl));
+        assert_int_equal(pl.n_top, 0);
+        pl.n_top = k;
+        assert_int_equal(td_sample_summarize(&pl, l, 300, &sum), TD_OK);
+        assert_int_equal(sum.n_top, k);
+        int32_t want[TD_SAMPLE_TOP_MAX];
+        td_sample_top_ids(l, 300, want, k);
+        assert_memory_equal(sum.top, want, (size_t)k * sizeof *want);
+    }
+    l[100] = NAN;
+    assert_int_equal(td_sample_summarize(&pl, l, 300, &sum), TD_OK);
+    assert_int_equal(sum.n_top, 0);
+    for (int i = 0; i < 300; i++) l[i] = i < 3 ? 1.0f : -INFINITY;
+    pl.n_top = 4;
+    assert_int_equal(td_sample_summarize(&pl, l, 300, &sum), TD_OK);
+    assert_int_equal(sum.n_top, 0);
+    pl.n_top = 3;
+    assert_int_equal(td_sample_summarize(&pl, l, 300, &sum), TD_OK);
+    assert_int_equal(sum.n_top, 3);
+}
+
 /* What the summary must leave to the logits, and malformed summaries. */
 static void test_summary_undecided(void **state) {
     (void)state;
@@ -1042,6 +1074,7 @@ int main(void) {
         cmocka_unit_test(test_summary_large_vocab),
         cmocka_unit_test(test_summary_undecided),
         cmocka_unit_test(test_summary_near_ties),
+        cmocka_unit_test(test_summary_top_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

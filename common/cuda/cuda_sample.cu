@@ -1,0 +1,27 @@
+/* cuda_sample.cu — the keyed sampler's summaries on the device: a block of
+ * 256 threads per row runs cuda_sample_block.h (which a unit test also runs
+ * with host threads standing in for the block), so that a few tokens cross
+ * to the host instead of the row.
+ */
+#include "cuda/cuda_internal.cuh"
+
+#define TD_BLK_FN __device__ static inline
+#define TD_SHARED __shared__
+#define TD_ALIGN16 __align__(16)
+#define TD_TID ((int32_t)threadIdx.x)
+#define TD_SYNC() __syncthreads()
+#define TD_SHFL_XOR(v, o) __shfl_xor_sync(0xffffffffu, (v), (o))
+#define TD_SHFL_UP(v, o) __shfl_up_sync(0xffffffffu, (v), (o))
+#define TD_ATOMIC_ADD(p, v) atomicAdd((p), (v))
+#include "cuda/cuda_sample_block.h"
+
+__global__ void __launch_bounds__(TD_BLK_THREADS)
+    k_summarize(const float *logits, int32_t n, const td_sample_plan *plans, td_sample_summary *out) {
+    td_blk_summarize(logits + (size_t)blockIdx.x * n, n, plans + blockIdx.x, out + blockIdx.x);
+}
+
+cudaError_t td_cu_summarize(const float *logits, int32_t n_rows, int32_t n_vocab, const td_sample_plan *plans,
+                            td_sample_summary *out, const td_lc &lc) {
+    return td_cu_launch(lc, k_summarize, dim3((unsigned)n_rows), dim3(TD_BLK_THREADS), 0, logits, n_vocab, plans,
+                        out);
+}

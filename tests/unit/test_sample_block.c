@@ -1,0 +1,258 @@
+/* test_sample_block.c — the device sampler's block code
+ * (common/cuda/cuda_sample_block.h) run on the host: 256 threads stand in
+ * for a CUDA block (a barrier for __syncthreads, shuffles through an array
+ * between two barriers, atomics for shared-memory atomics), so the kernel's
+ * logic is checked on every machine, GPU or not. Its summaries must be
+ * td_sample_summarize's wherever both decide, its decided picks
+ * td_sampler_pick's, and the same from run to run although the threads race
+ * differently each time.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "sample/sample.h"
+
+/* ---- the stand-in block: its barrier and its shuffle lanes ---- */
+typedef struct emu_block {
+    pthread_barrier_t bar;
+    double f64[256];
+    float f32[256];
+    uint32_t u32[256];
+    int32_t i32[256];
+} emu_block;
+static emu_block emu;
+static _Thread_local int32_t emu_tid;
+
+static void emu_sync(void) {
+    pthread_barrier_wait(&emu.bar);
+}
+
+#define EMU_SHUFFLES(T, name)                                                  \
+    static T emu_xor_##name(T v, int o) {                                      \
+        emu.name[emu_tid] = v;                                                 \
+        emu_sync();                                                            \
+        T r = emu.name[emu_tid ^ o];                                           \
+        emu_sync();                                                            \
+        return r;                                                              \
+    }                                                                          \
+    static T emu_up_##name(T v, int o) {                                       \
+        emu.name[emu_tid] = v;                                                 \
+        emu_sync();                                                            \
+        T r = (emu_tid & 31) >= o ? emu.name[emu_tid - o] : v;                 \
+        emu_sync();                                                            \
+        return r;                                                              \
+    }
+EMU_SHUFFLES(double, f64)
+EMU_SHUFFLES(float, f32)
+EMU_SHUFFLES(uint32_t, u32)
+EMU_SHUFFLES(int32_t, i32)
+
+#define TD_BLK_FN static inline
+#define TD_SHARED static
+#define TD_ALIGN16 _Alignas(16)
+#define TD_TID emu_tid
+#define TD_SYNC() emu_sync()
+#define TD_SHFL_XOR(v, o) \
+    _Generic((v), double: emu_xor_f64, float: emu_xor_f32, uint32_t: emu_xor_u32, int32_t: emu_xor_i32)((v), (o))
+#define TD_SHFL_UP(v, o) \
+    _Generic((v), double: emu_up_f64, float: emu_up_f32, uint32_t: emu_up_u32, int32_t: emu_up_i32)((v), (o))
+#define TD_ATOMIC_ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
+#include "cuda/cuda_sample_block.h"
+
+typedef struct {
+    const float *row;
+    int32_t n;
+    const td_sample_plan *pl;
+    td_sample_summary *out;
+    int32_t tid;
+} emu_arg;
+
+static void *emu_thread(void *p) {
+    const emu_arg *a = p;
+    emu_tid = a->tid;
+    td_blk_summarize(a->row, a->n, a->pl, a->out);
+    return NULL;
+}
+
+/* One block over one row. */
+static void block_summarize(const td_sample_plan *pl, const float *row, int32_t n, td_sample_summary *out) {
+    pthread_t th[TD_BLK_THREADS];
+    emu_arg args[TD_BLK_THREADS];
+    pthread_attr_t attr;
+    assert_int_equal(pthread_attr_init(&attr), 0);
+    assert_int_equal(pthread_attr_setstacksize(&attr, 256 * 1024), 0);
+    assert_int_equal(pthread_barrier_init(&emu.bar, NULL, TD_BLK_THREADS), 0);
+    memset(out, 0xA5, sizeof *out); /* thread 0 must write all of what counts */
+    for (int i = 0; i < TD_BLK_THREADS; i++) {
+        args[i] = (emu_arg){row, n, pl, out, i};
+        assert_int_equal(pthread_create(&th[i], &attr, emu_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < TD_BLK_THREADS; i++) pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&emu.bar);
+    pthread_attr_destroy(&attr);
+}
+
+/* ---- rows ---- */
+
+static uint64_t rng_next(uint64_t *st) {
+    *st ^= *st >> 12;
+    *st ^= *st << 25;
+    *st ^= *st >> 27;
+    return *st * 0x2545f4914f6cdd1dULL;
+}
+static double rng_unit(uint64_t *st) { return (double)(rng_next(st) >> 11) * 0x1p-53; }
+
+/* kind 0 spread out, 1 on a 0.25 grid (ties everywhere), 2 with NaN and
+ * -inf sprinkled in, 3 peaked */
+static void make_row(float *l, int n, int kind, uint64_t seed) {
+    uint64_t st = seed * 0x9e3779b97f4a7c15ULL + 3;
+    for (int i = 0; i < n; i++) {
+        double g = rng_unit(&st) + rng_unit(&st) + rng_unit(&st) - 1.5;
+        l[i] = (float)(6.0 * g);
+        if (kind == 1) l[i] = floorf(l[i] * 4.0f) / 4.0f;
+        if (kind == 2 && rng_unit(&st) < 0.05) l[i] = rng_unit(&st) < 0.5 ? NAN : -INFINITY;
+    }
+    if (kind == 3) l[rng_next(&st) % (uint64_t)n] = 25.0f;
+}
+
+static bool same_summary(const td_sample_summary *a, const td_sample_summary *b) {
+    if (a->n != b->n) return false;
+    for (int i = 0; i < a->n; i++)
+        if (a->id[i] != b->id[i] || memcmp(&a->logit[i], &b->logit[i], sizeof(float)) != 0) return false;
+    return true;
+}
+
+/* The block against the host definition and the sampler, over sizes below
+ * and above the head (2,048), four kinds of row and the filters. */
+static void block_matches_definition(void **state) {
+    (void)state;
+    static const int sizes[] = {300, 5000};
+    static const float temps[] = {0.0f, 0.7f, 1.5f};
+    static const int32_t ks[] = {0, 5, 3000};
+    static const float ps[] = {1.0f, 0.9f, 0.5f};
+    float *l = malloc(5000 * sizeof *l);
+    assert_non_null(l);
+    int decided = 0, both = 0, short_head = 0, cases = 0, tops = 0;
+    for (int si = 0; si < 2; si++)
+        for (int kind = 0; kind < 4; kind++) {
+            const int n = sizes[si];
+            make_row(l, n, kind, (uint64_t)(si * 10 + kind));
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++)
+                    for (int c = 0; c < 3; c++) {
+                        if (a == 0 && (b || c)) continue; /* greedy ignores the filters */
+                        td_sample_params p = td_sample_defaults();
+                        p.temperature = temps[a], p.top_k = ks[b], p.top_p = ps[c];
+                        p.min_p = (b + c) % 2 ? 0.05f : 0.0f;
+                        p.seed = (uint64_t)(kind * 7 + c);
+                        const int64_t pos = 11 + b;
+                        td_sample_plan pl;
+                        assert_true(td_sample_plan_make(&p, pos, &pl));
+                        pl.n_top = (a + b + c) % 3 == 0 ? 0 : (a + b + c) % 3 == 1 ? 1 : TD_SAMPLE_TOP_MAX;
+                        td_sample_summary blk, host;
+                        block_summarize(&pl, l, n, &blk);
+                        assert_int_equal(td_sample_summarize(&pl, l, n, &host), TD_OK);
+                        cases++;
+                        /* the observations: the host's where the block gives them; the
+                         * block gives them wherever the host does on these rows */
+                        assert_int_equal(blk.n_top, host.n_top);
+                        assert_memory_equal(blk.top, host.top, (size_t)host.n_top * sizeof(int32_t));
+                        tops += host.n_top > 0;
+                        if (blk.n == 0) {
+                            /* only where the answer lies below the head */
+                            if (host.n != 0) {
+                                assert_true(n > TD_BLK_HEAD);
+                                short_head++;
+                            }
+                            continue;
+                        }
+                        td_sampler *smp = td_sampler_create(&p, n, NULL);
+                        assert_non_null(smp);
+                        const int32_t want = td_sampler_pick(smp, l, pos, NULL, 0);
+                        td_sampler_destroy(smp);
+                        if (td_sample_summary_pick(&pl, &blk) != want)
+                            fail_msg("n %d kind %d T %g k %d p %g: block picks %d, sampler %d", n, kind,
+                                     (double)p.temperature, p.top_k, (double)p.top_p,
+                                     td_sample_summary_pick(&pl, &blk), want);
+                        decided++;
+                        if (host.n > 0) {
+                            assert_true(same_summary(&blk, &host));
+                            both++;
+                        }
+                    }
+        }
+    fprintf(stderr, "# %d rows: %d decided by the block (%d as the host decided), %d left below its head, %d with "
+            "observations\n", cases, decided, both, short_head, tops);
+    assert_true(tops > 30);
+    assert_true(short_head > 0);          /* top-k 3000 on 5000 tokens reaches below the head */
+    assert_true(decided >= cases - 2 * 4 * 3); /* and little else does */
+    free(l);
+}
+
+/* The same row gives the same summary although the threads race
+ * differently; rows the host's rule keeps to itself stay undecided. */
+static void block_is_repeatable(void **state) {
+    (void)state;
+    enum { N = 4000 };
+    float *l = malloc(N * sizeof *l);
+    assert_non_null(l);
+    make_row(l, N, 1, 99); /* ties: the head's order must come from the sort, not the race */
+    td_sample_params p = td_sample_defaults();
+    p.temperature = 1.0f, p.top_k = 40, p.top_p = 0.9f, p.seed = 5;
+    td_sample_plan pl;
+    assert_true(td_sample_plan_make(&p, 3, &pl));
+    td_sample_summary first, again;
+    block_summarize(&pl, l, N, &first);
+    assert_true(first.n > 0);
+    for (int r = 0; r < 3; r++) {
+        block_summarize(&pl, l, N, &again);
+        assert_true(same_summary(&first, &again));
+    }
+    /* three noisy scores within the margin of each other (as in
+     * test_sample's near-tie rows): all three come back, in id order */
+    for (uint64_t seed = 1;; seed++) {
+        bool ok = true;
+        for (int i = 0; i < N; i++) l[i] = -40.0f;
+        for (int i = 0; i < 3 && ok; i++) {
+            double want = td_sample_gumbel(seed, 3, 0) - td_sample_gumbel(seed, 3, i);
+            l[i] = (float)want;
+            ok = fabs((double)l[i] - want) < 1e-8;
+        }
+        if (ok) {
+            p.seed = seed;
+            break;
+        }
+    }
+    p.top_k = 0, p.top_p = 1.0f;
+    assert_true(td_sample_plan_make(&p, 3, &pl));
+    td_sample_summary host;
+    block_summarize(&pl, l, N, &again);
+    assert_int_equal(td_sample_summarize(&pl, l, N, &host), TD_OK);
+    assert_int_equal(again.n, 3);
+    assert_true(same_summary(&again, &host));
+    l[17] = INFINITY;
+    block_summarize(&pl, l, N, &again);
+    assert_int_equal(again.n, 0);
+    for (int i = 0; i < N; i++) l[i] = i % 2 ? NAN : -INFINITY;
+    block_summarize(&pl, l, N, &again);
+    assert_int_equal(again.n, 1);
+    assert_int_equal(again.id[0], 0);
+    free(l);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(block_matches_definition),
+        cmocka_unit_test(block_is_repeatable),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
