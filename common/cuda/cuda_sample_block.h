@@ -118,13 +118,30 @@ TD_BLK_FN uint32_t td_blk_scan_u32(uint32_t v, uint32_t *sh, uint32_t *total) {
     return r;
 }
 
+TD_BLK_FN bool td_blk_finite(float l) {
+    return !isnan(l) && l != -INFINITY;
+}
+
+/* What a row holds, counted per thread. */
+typedef struct td_blk_counts {
+    uint32_t fin, inf, nan; /* above -inf (+inf included), +inf, NaN */
+} td_blk_counts;
+
 /* The largest logit and the lowest id holding it, INT32_MAX when nothing is
- * above -inf (td_sample_argmax's order). */
-TD_BLK_FN int32_t td_blk_argmax(const float *row, int32_t n, float *shv, int32_t *shi) {
+ * above -inf (td_sample_argmax's order); *mine gets this thread's counts,
+ * in the same read of the row. */
+TD_BLK_FN int32_t td_blk_argmax(const float *row, int32_t n, float *shv, int32_t *shi, td_blk_counts *mine) {
     float bv = -INFINITY;
     int32_t bi = INT32_MAX;
-    for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS)
-        if (row[x] > bv) bv = row[x], bi = x; /* NaN never is */
+    td_blk_counts c = {0, 0, 0};
+    for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS) {
+        const float l = row[x];
+        if (l > bv) bv = l, bi = x; /* NaN never is */
+        c.inf += l == INFINITY;
+        c.nan += isnan(l);
+        c.fin += td_blk_finite(l);
+    }
+    *mine = c;
     for (int off = 16; off; off >>= 1) {
         const float ov = TD_SHFL_XOR(bv, off);
         const int32_t oi = TD_SHFL_XOR(bi, off);
@@ -141,10 +158,6 @@ TD_BLK_FN int32_t td_blk_argmax(const float *row, int32_t n, float *shv, int32_t
     const int32_t r = shi[TD_BLK_WARPS];
     TD_SYNC();
     return r;
-}
-
-TD_BLK_FN bool td_blk_finite(float l) {
-    return !isnan(l) && l != -INFINITY;
 }
 
 TD_BLK_FN int32_t td_blk_id_of_rank(uint64_t r) {
@@ -315,31 +328,39 @@ TD_BLK_FN void td_blk_draw_run(const td_blk_draw *d, int32_t *near_id, double *n
 
 /* ---- a row ---- */
 
+/* The block's shared scratch: the sorted head stays while the histogram,
+ * top-p's masses and the draw's surviving scores take turns beside it. */
+typedef struct td_blk_pool {
+    uint64_t head[TD_BLK_HEAD];
+    union {
+        uint32_t hist[TD_BLK_BINS];
+        double e[TD_BLK_HEAD];
+        struct {
+            int32_t id[TD_BLK_NEAR];
+            double v[TD_BLK_NEAR];
+        } near;
+    } u;
+} td_blk_pool;
+
 TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_plan *plan, td_sample_summary *o) {
-    /* the histogram, the sorted head and the draw's scores take turns */
-    TD_SHARED TD_ALIGN16 uint64_t head[TD_BLK_HEAD];
-    TD_SHARED TD_ALIGN16 double e[TD_BLK_HEAD];
+    TD_SHARED TD_ALIGN16 td_blk_pool pool;
+    uint64_t *head = pool.head;
+    double *e = pool.u.e;
     TD_SHARED double shd[TD_BLK_WARPS + 1];
     TD_SHARED uint32_t shu[TD_BLK_WARPS + 1];
     TD_SHARED float shf[TD_BLK_WARPS + 1];
     TD_SHARED int32_t shi[TD_BLK_WARPS + 1];
     TD_SHARED int32_t head_n, last;
-    uint32_t *hist = (uint32_t *)e; /* before e is written */
     const td_sample_plan pl = *plan;
     const double t = pl.temperature;
 
     /* 1. the top token, and what the row holds */
-    const int32_t arg = td_blk_argmax(row, n, shf, shi);
+    td_blk_counts mine;
+    const int32_t arg = td_blk_argmax(row, n, shf, shi, &mine);
     const int32_t top = arg == INT32_MAX ? 0 : arg;
-    uint32_t n_fin = 0, n_inf = 0, n_nan = 0; /* n_fin: above -inf, +inf included */
-    for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS) {
-        n_inf += row[x] == INFINITY;
-        n_nan += isnan(row[x]);
-        n_fin += td_blk_finite(row[x]);
-    }
-    n_fin = td_blk_sum_u32(n_fin, shu);
-    n_inf = td_blk_sum_u32(n_inf, shu);
-    n_nan = td_blk_sum_u32(n_nan, shu);
+    const uint32_t n_fin = td_blk_sum_u32(mine.fin, shu); /* above -inf, +inf included */
+    const uint32_t n_inf = td_blk_sum_u32(mine.inf, shu);
+    const uint32_t n_nan = td_blk_sum_u32(mine.nan, shu);
     /* +inf takes all the mass (the host's rule); nothing finite: token 0 */
     const bool sampled = t != 0.0 && n_inf == 0 && n_fin > 0;
     const bool use_k = sampled && pl.top_k > 0 && (uint32_t)pl.top_k < n_fin;
@@ -352,7 +373,7 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
     uint32_t floor_key = 0;
     int32_t hn = 0;
     if (use_k || use_p || want_top) {
-        floor_key = td_blk_head_floor(row, n, hist, shu);
+        floor_key = td_blk_head_floor(row, n, pool.u.hist, shu);
         if (TD_TID == 0) head_n = 0;
         TD_SYNC();
         for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS)
@@ -384,7 +405,7 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
     const double smax = (double)row[top] / t;
     td_blk_draw d = {row, n, 0, 0, top, t, smax, pl.log_min_p, pl.key};
     if (!use_k && !use_p) { /* min-p is a test per token */
-        td_blk_draw_run(&d, (int32_t *)head, e, o, shd);
+        td_blk_draw_run(&d, pool.u.near.id, pool.u.near.v, o, shd);
         return;
     }
     bool undecided = use_k && keep > hn; /* top-k reaches below the head */
@@ -443,7 +464,7 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
     d.cand = head;
     d.n_cand = keep;
     TD_SYNC();
-    td_blk_draw_run(&d, (int32_t *)e, e + TD_BLK_NEAR / 2, o, shd);
+    td_blk_draw_run(&d, pool.u.near.id, pool.u.near.v, o, shd); /* e is done with */
 }
 
 #endif

@@ -107,6 +107,7 @@ struct td_ctx {
     td_cuda_ctx *gpu;
     int32_t *tokens, *seqs, *chain_off, *chain_len, *out_rows; /* (max_rows) */
     td_sample_summary *summaries; /* (max_rows) what a CUDA pass's sampler sends back */
+    int32_t device_rows; /* rows of logits the last pass left on the device (td_model_pass_logits) */
     int32_t *chains; /* (max_rows * (max_rows + 1) / 2) tree rows' chains */
     /* tensor parallelism and the invariant order; both buffers grow to the
      * largest pass seen, like scores */
@@ -967,7 +968,8 @@ static void from_summary(const td_sample_plan *pl, const td_sample_summary *sum,
     if (!tops) return;
     int32_t *tj = tops + (size_t)j * TD_SAMPLE_TOP_MAX;
     tj[0] = -1;
-    for (int32_t i = 0; i < sum->n_top && pl->n_top > 0; i++) tj[i] = sum->top[i];
+    if (pl->n_top > 0 && sum->n_top == pl->n_top && pl->n_top <= TD_SAMPLE_TOP_MAX)
+        for (int32_t i = 0; i < sum->n_top; i++) tj[i] = sum->top[i];
 }
 
 static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
@@ -990,6 +992,7 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
                       .summaries = plans ? c->summaries : NULL};
     int rc = td_cuda_forward(c->gpu, kv->cuda, &p, logits, err);
     if (rc) return rc;
+    c->device_rows = n_out;
     for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
     for (int32_t j = 0; j < n_out; j++) {
         if (plans) from_summary(&plans[j], &c->summaries[j], j, picks, tops);
@@ -1006,6 +1009,7 @@ int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
     if (!picks) return td_err_set(err, TD_E_ARG, "no room for the picks");
     if (c->gpu && c->lead)
         return td_err_set(err, TD_E_UNSUPPORTED, "a CUDA context does not lead a tensor-parallel group");
+    c->device_rows = 0;
     if (c->gpu) { /* the argmax or the summaries are computed where the logits are */
         int rc = bind_cache(c, kv, err);
         if (rc == TD_OK) rc = check_rows(c, kv, rows, n_rows, err);
@@ -1034,6 +1038,8 @@ int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_r
 
 int td_model_pass_logits(td_ctx *c, int32_t j, float *out, td_err *err) {
     if (!c->gpu) return td_err_set(err, TD_E_UNSUPPORTED, "a CPU context hands its logits over with the pass");
+    if (j < 0 || j >= c->device_rows || !out) /* (a failed pass leaves none) */
+        return td_err_set(err, TD_E_ARG, "logits row %d: the last pass left %d", j, c->device_rows);
     return td_cuda_logits_row(c->gpu, j, out, err);
 }
 
@@ -1363,6 +1369,7 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
                         const uint8_t *skip, td_err *err) {
     const td_model *m = c->m;
     const td_hparams *hp = &m->hp;
+    c->device_rows = 0;
     int rc = bind_cache(c, kv, err);
     if (rc) return rc;
     rc = check_rows(c, kv, rows, n_rows, err);

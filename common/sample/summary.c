@@ -10,8 +10,9 @@
  *     the candidates sorted that way they are counts; top-p's count comes
  *     from sums whose rounding differs from sample.c's, so it is trusted
  *     only where the mass before its last token and the mass before the
- *     next token are 1e-8 z away from the target (both sides' rounding
- *     errors are below ~1e-10 z for any vocabulary);
+ *     next token are 1e-8 z away from the target (both sides sum n terms
+ *     in some order, off by at most ~n 2^-53 z: 1.7e-11 z for 152k tokens,
+ *     so the band holds for vocabularies to some millions of tokens);
  *   - the draw: the winner W scores at least the top token's noisy score,
  *     so W survives the Gumbel bound's pruning and comes within
  *     td_sample_prune_margin of the best computed score; every such token
@@ -24,7 +25,7 @@
 #include "sample/sample_noise.h"
 
 bool td_sample_plan_make(const td_sample_params *p, int64_t pos, td_sample_plan *out) {
-    if (!p || !out || pos < 0) return false;
+    if (!p || !out || pos < 0 || td_sample_validate(p, NULL) != TD_OK) return false;
     if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0) return false; /* reads the history */
     *out = (td_sample_plan){
         .temperature = (double)p->temperature,
@@ -173,7 +174,7 @@ int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n
 
 int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary *s) {
     if (!pl || !s || s->n <= 0 || s->n > TD_SAMPLE_SUMMARY_MAX) return -1;
-    if (s->n == 1) return s->id[0];
+    if (s->n == 1) return s->id[0] >= 0 ? s->id[0] : -1;
     int32_t best_id = -1;
     double best = 0.0;
     for (int32_t i = 0; i < s->n; i++) {

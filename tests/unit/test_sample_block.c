@@ -239,6 +239,29 @@ static void block_is_repeatable(void **state) {
     assert_int_equal(td_sample_summarize(&pl, l, N, &host), TD_OK);
     assert_int_equal(again.n, 3);
     assert_true(same_summary(&again, &host));
+    /* 3,000 equal logits, no filters: most noisy scores survive the bound,
+     * more than the block keeps aside, so it reads the row a second time */
+    for (int i = 0; i < N; i++) l[i] = i < 3000 ? 0.5f : -INFINITY;
+    p = td_sample_defaults();
+    p.temperature = 1.0f, p.seed = 8;
+    assert_true(td_sample_plan_make(&p, 3, &pl));
+    block_summarize(&pl, l, N, &again);
+    assert_int_equal(td_sample_summarize(&pl, l, N, &host), TD_OK);
+    assert_true(again.n > 0);
+    assert_true(same_summary(&again, &host));
+    td_sampler *smp = td_sampler_create(&p, N, NULL);
+    assert_non_null(smp);
+    assert_int_equal(td_sample_summary_pick(&pl, &again), td_sampler_pick(smp, l, 3, NULL, 0));
+    td_sampler_destroy(smp);
+    /* a flat row of 4,000 distinct logits with top-p 0.999: the boundary lies
+     * below the 2,048-token head, so the block leaves it to the row */
+    for (int i = 0; i < N; i++) l[i] = -0.001f * (float)i;
+    p.top_p = 0.999f;
+    assert_true(td_sample_plan_make(&p, 3, &pl));
+    block_summarize(&pl, l, N, &again);
+    assert_int_equal(td_sample_summarize(&pl, l, N, &host), TD_OK);
+    assert_true(host.n > 0);
+    assert_int_equal(again.n, 0);
     l[17] = INFINITY;
     block_summarize(&pl, l, N, &again);
     assert_int_equal(again.n, 0);
