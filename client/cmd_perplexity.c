@@ -10,13 +10,6 @@
 #include "cli.h"
 #include "gen/gen.h"
 
-static double log_softmax_at(const float *logits, int32_t n, int32_t id) {
-    float mx;
-    double log_sum;
-    td_sample_log_norm(logits, n, &mx, &log_sum);
-    return td_sample_logprob_at(logits, mx, log_sum, id);
-}
-
 int td_cmd_perplexity(int argc, char **argv) {
     const char *cmd = "perplexity";
     char buf[1024];
@@ -66,6 +59,8 @@ int td_cmd_perplexity(int argc, char **argv) {
     td_ctx *ctx = NULL;
     float *logits = NULL;
     td_row *rows = NULL;
+    int32_t *targets = NULL;
+    td_sample_score *scores = NULL;
     int32_t V = td_model_hparams(e.model)->n_vocab;
     if (td_tok_encode(e.tok, text, len, td_tok_add_bos(e.tok), false, &ids, &n, &err)) {
         fprintf(stderr, "tandem perplexity: %s\n", err.msg);
@@ -78,9 +73,14 @@ int td_cmd_perplexity(int argc, char **argv) {
         goto out;
     }
     if (!(ctx = td_cli_ctx(cmd, &e, (int32_t)batch, e.pool, device, numerics))) goto out;
-    logits = malloc((size_t)batch * V * sizeof *logits);
+    /* on a GPU each row's score is computed where its logits are, and only
+     * the score crosses (sample.h, "scoring where the logits are") */
+    const bool on_device = device.kind == TD_DEVICE_CUDA;
+    if (!on_device) logits = malloc((size_t)batch * V * sizeof *logits);
     rows = malloc((size_t)batch * sizeof *rows);
-    if (!kv || !ctx || !logits || !rows) { fprintf(stderr, "tandem perplexity: out of memory\n"); goto out; }
+    targets = malloc((size_t)batch * sizeof *targets);
+    scores = malloc((size_t)batch * sizeof *scores);
+    if (!kv || !ctx || (!on_device && !logits) || !rows || !targets || !scores) { fprintf(stderr, "tandem perplexity: out of memory\n"); goto out; }
     double nll = 0;
     size_t scored = 0;
     double t0 = td_now_sec();
@@ -89,17 +89,19 @@ int td_cmd_perplexity(int argc, char **argv) {
         td_kv_truncate(kv, 0, 0);
         for (size_t b0 = 0; b0 < wn; b0 += (size_t)batch) {
             int32_t k = (int32_t)(wn - b0 < (size_t)batch ? wn - b0 : (size_t)batch);
-            for (int32_t i = 0; i < k; i++) rows[i] = td_row_linear(0, (int32_t)(b0 + i), ids[w0 + b0 + i], true);
-            if (td_model_forward(ctx, kv, rows, k, logits, &err)) {
+            for (int32_t i = 0; i < k; i++) {
+                rows[i] = td_row_linear(0, (int32_t)(b0 + i), ids[w0 + b0 + i], true);
+                targets[i] = b0 + (size_t)i + 1 < wn ? ids[w0 + b0 + i + 1] : -1;
+            }
+            if (td_model_forward_scores(ctx, kv, rows, k, targets, 0, logits, scores, &err)) {
                 fprintf(stderr, "tandem perplexity: %s\n", err.msg);
                 goto out;
             }
             for (int32_t i = 0; i < k; i++) {
-                size_t next = b0 + (size_t)i + 1;
-                if (next >= wn) break;
-                double lp = log_softmax_at(logits + (size_t)i * V, V, ids[w0 + next]);
+                if (targets[i] < 0) break;
+                double lp = td_sample_logprob_of(scores[i].logit, scores[i].max, log(scores[i].sum));
                 nll -= lp;
-                if (per_token) printf("%d\t%.9g\n", ids[w0 + next], (double)(float)lp);
+                if (per_token) printf("%d\t%.9g\n", targets[i], (double)(float)lp);
                 scored++;
             }
         }
@@ -109,6 +111,8 @@ int td_cmd_perplexity(int argc, char **argv) {
     fprintf(stderr, "[tandem] %.1f tokens/s scored, threads %d\n", n / dt, e.n_threads);
     status = 0;
 out:
+    free(scores);
+    free(targets);
     free(rows);
     free(logits);
     td_ctx_destroy(ctx);

@@ -124,6 +124,8 @@ typedef struct td_worker_scratch {
     int32_t seq, max_rows, n_vocab, ctx_len;
     float *logits;
     td_row *rows;
+    td_sample_score *scores; /* (max_rows) */
+    int32_t *targets;        /* (max_rows) */
     pthread_mutex_t *score_lock;
 } td_worker_scratch;
 void td_worker_engine_scratch(td_worker_engine *e, td_worker_scratch *out);

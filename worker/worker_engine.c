@@ -61,6 +61,8 @@ struct td_worker_engine {
     size_t tok_gguf_size;
     float *score_logits;     /* (max_rows, n_vocab) */
     td_row *score_rows;
+    td_sample_score *score_scores; /* (max_rows) */
+    int32_t *score_targets;        /* (max_rows) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -95,7 +97,7 @@ void td_worker_engine_pass_give(td_worker_engine *e) { give_pass(e); }
 
 void td_worker_engine_scratch(td_worker_engine *e, td_worker_scratch *out) {
     *out = (td_worker_scratch){e->ctx, e->kv, e->cfg.max_seqs, e->cfg.max_rows, e->info.vocab_size, e->cfg.ctx,
-                               e->score_logits, e->score_rows, &e->score_lock};
+                               e->score_logits, e->score_rows, e->score_scores, e->score_targets, &e->score_lock};
 }
 
 /* ---- sequence table (under mu) ---- */
@@ -182,7 +184,9 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     e->draft_slots = calloc((size_t)e->cfg.max_seqs, sizeof *e->draft_slots);
     e->score_logits = malloc((size_t)e->cfg.max_rows * hp->n_vocab * sizeof(float));
     e->score_rows = malloc((size_t)e->cfg.max_rows * sizeof *e->score_rows);
-    if (!e->slots || !e->draft_slots || !e->score_logits || !e->score_rows) {
+    e->score_scores = malloc((size_t)e->cfg.max_rows * sizeof *e->score_scores);
+    e->score_targets = malloc((size_t)e->cfg.max_rows * sizeof *e->score_targets);
+    if (!e->slots || !e->draft_slots || !e->score_logits || !e->score_rows || !e->score_scores || !e->score_targets) {
         td_err_set(err, TD_E_NOMEM, "out of memory");
         goto fail;
     }
@@ -214,6 +218,8 @@ void td_worker_engine_destroy(td_worker_engine *e) {
     free(e->draft_slots);
     free(e->score_logits);
     free(e->score_rows);
+    free(e->score_scores);
+    free(e->score_targets);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->score_lock);
     pthread_cond_destroy(&e->cv);

@@ -3,7 +3,9 @@
  * the best alternatives. Runs in the cache's scratch sequence, one chunk of
  * rows per pass, giving the pass token back between chunks so generation
  * streams are not held up by a long scoring job. Batch invariance makes the
- * result independent of the chunking: it equals `tandem perplexity`'s.
+ * result independent of the chunking: it equals `tandem perplexity`'s. Each
+ * row comes back as a td_sample_score (computed on the device on a GPU), and
+ * every number follows from it as from the row.
  */
 #include <math.h>
 #include <pthread.h>
@@ -29,6 +31,9 @@ int td_worker_score(td_worker_engine *e, const char *req, const int32_t *prompt,
         if (t < 0 || t >= sc.n_vocab) return td_err_set(err, TD_E_ARG, "token %d outside the vocabulary", t);
     }
     size_t n = n_prompt + n_cont;
+    /* on a GPU the rows are scored where the logits are (sample.h, "scoring
+     * where the logits are"): a score crosses to the host, not the row */
+    const bool on_device = td_ctx_device(sc.ctx).kind == TD_DEVICE_CUDA;
     /* one scoring job at a time owns the scratch sequence */
     pthread_mutex_lock(sc.score_lock);
     int rc = TD_OK;
@@ -46,35 +51,38 @@ int td_worker_score(td_worker_engine *e, const char *req, const int32_t *prompt,
             int32_t t = p < n_prompt ? prompt[p] : cont[p - n_prompt];
             bool want = p + 1 >= n_prompt;
             sc.rows[i] = td_row_linear(sc.seq, (int32_t)p, t, want);
-            n_logit += want;
+            if (want) sc.targets[n_logit++] = cont[p + 1 - n_prompt];
         }
         td_worker_engine_pass_take(e);
-        rc = td_model_forward(sc.ctx, sc.kv, sc.rows, (int32_t)k, sc.logits, err);
+        rc = td_model_forward_scores(sc.ctx, sc.kv, sc.rows, (int32_t)k, sc.targets, top_k,
+                                     on_device ? NULL : sc.logits, sc.scores, err);
+        /* a row whose alternatives the device left to it (rare: NaN, or ties
+         * crowding its head) is fetched before the pass is given back */
+        for (int32_t j = 0; j < n_logit && rc == TD_OK; j++)
+            if (sc.scores[j].n_alt < top_k && on_device)
+                rc = td_model_pass_logits(sc.ctx, j, sc.logits + (size_t)j * sc.n_vocab, err);
         td_worker_engine_pass_give(e);
         if (rc) break;
-        int32_t li = 0;
-        for (size_t i = 0; i < k; i++) {
-            size_t p = done + i;
-            if (p + 1 < n_prompt) continue;
-            const float *lg = sc.logits + (size_t)li++ * sc.n_vocab;
-            size_t c = p + 1 - n_prompt; /* continuation index predicted here */
-            int32_t tk = cont[c];
-            float mx;
-            double log_sum;
-            td_sample_log_norm(lg, sc.n_vocab, &mx, &log_sum);
-            int32_t best = 0; /* the first maximum: ties go to the lowest id, as greedy decoding does */
-            for (int32_t v = 1; v < sc.n_vocab; v++)
-                if (lg[v] > lg[best]) best = v;
-            out->logprob[c] = (float)td_sample_logprob_at(lg, mx, log_sum, tk);
-            out->greedy[c] = best == tk;
-            if (top_k > 0) {
-                int32_t *ids = out->top_id + c * (size_t)top_k;
+        for (int32_t j = 0; j < n_logit; j++) {
+            const td_sample_score *r = &sc.scores[j];
+            size_t c = done + (k - (size_t)n_logit) + (size_t)j + 1 - n_prompt; /* continuation index predicted */
+            double log_sum = log(r->sum);
+            out->logprob[c] = (float)td_sample_logprob_of(r->logit, r->max, log_sum);
+            out->greedy[c] = r->argmax == cont[c];
+            if (top_k == 0) continue;
+            int32_t *ids = out->top_id + c * (size_t)top_k;
+            float *lps = out->top_logprob + c * (size_t)top_k;
+            if (r->n_alt == top_k) {
+                for (int32_t a = 0; a < top_k; a++) {
+                    ids[a] = r->alt_id[a];
+                    lps[a] = (float)td_sample_logprob_of(r->alt_logit[a], r->max, log_sum);
+                }
+            } else { /* from the row: td_sample_top_ids's order wherever the NaNs stand */
+                const float *lg = sc.logits + (size_t)j * sc.n_vocab;
                 td_sample_top_ids(lg, sc.n_vocab, ids, top_k);
-                for (int32_t a = 0; a < top_k; a++)
-                    out->top_logprob[c * (size_t)top_k + a] = (float)td_sample_logprob_at(lg, mx, log_sum, ids[a]);
+                for (int32_t a = 0; a < top_k; a++) lps[a] = (float)td_sample_logprob_at(lg, r->max, log_sum, ids[a]);
             }
         }
-        (void)n_logit;
         done += k;
     }
     td_worker_engine_pass_take(e);

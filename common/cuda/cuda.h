@@ -155,13 +155,18 @@ typedef struct td_cuda_pass {
     const td_sample_plan *plans;  /* (n_out) or NULL: each row's sampling, */
     td_sample_summary *summaries; /* and its summary (td_sample_summarize),
                                    * computed on the device, both or neither */
+    td_sample_score *scores; /* (n_out) or NULL: each row's score
+                              * (td_sample_score_row), computed on the device, */
+    const int32_t *targets;  /* for its target token (NULL: none), */
+    int32_t n_alt;           /* with this many alternatives */
 } td_cuda_pass;
-/* logits: (n_out, n_vocab) host floats, or NULL when p->picks or
- * p->summaries is not (the logits then stay on the device, until the next
- * pass, for td_cuda_logits_row). */
+/* logits: (n_out, n_vocab) host floats, or NULL when p->picks,
+ * p->summaries or p->scores is not (the logits then stay on the device,
+ * until the next pass, for td_cuda_logits_row). */
 int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *p, float *logits, td_err *err);
 /* Copies row j (of the last pass's n_out) of the logits on the device to
- * out[n_vocab]: for the rare row whose summary is undecided. */
+ * out[n_vocab]: for the rare row whose summary is undecided, or whose score
+ * left its alternatives to the row. */
 int td_cuda_logits_row(td_cuda_ctx *c, int32_t j, float *out, td_err *err);
 
 #endif

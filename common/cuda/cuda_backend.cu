@@ -331,6 +331,8 @@ struct td_cuda_ctx {
     int32_t *d_desc; /* the pass descriptor (layout by row count) */
     int32_t *d_picks; /* (max_rows) greedy picks */
     td_sample_plan *d_plans;        /* (max_rows) each row's sampling */
+    int32_t *d_targets;             /* (max_rows) each row's target token, */
+    td_sample_score *d_scores;      /* and its score */
     td_sample_summary *d_summaries; /* (max_rows) and its summary */
     int32_t n_out_last;             /* rows of logits the last pass left in logits */
     int32_t *h_desc; /* pinned host image */
@@ -402,6 +404,8 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     for (int t = 0; t < 3; t++) cudaFree(c->actf[t]), cudaFree(c->act2f[t]);
     cudaFree(c->d_picks);
     cudaFree(c->d_plans);
+    cudaFree(c->d_targets);
+    cudaFree(c->d_scores);
     cudaFree(c->d_summaries);
     cudaFreeHost(c->h_desc);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -538,6 +542,8 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     ALLOC(c->d_desc, (size_t)c->desc_ints * sizeof(int32_t));
     ALLOC(c->d_picks, R * sizeof(int32_t));
     ALLOC(c->d_plans, R * sizeof(td_sample_plan));
+    ALLOC(c->d_targets, R * sizeof(int32_t));
+    ALLOC(c->d_scores, R * sizeof(td_sample_score));
     ALLOC(c->d_summaries, R * sizeof(td_sample_summary));
 #undef ALLOC
     if (e == cudaSuccess) e = cudaMallocHost((void **)&c->h_desc, (size_t)c->desc_ints * sizeof(int32_t));
@@ -806,7 +812,10 @@ extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pas
         ps->chain_total > c->chain_cap)
         return td_err_set(err, TD_E_ARG, "CUDA pass of %d rows (context holds %d)", n, c->max_rows);
     if (!ps->plans != !ps->summaries) return td_err_set(err, TD_E_ARG, "CUDA pass: plans and summaries go together");
-    if (ps->n_out > 0 && !logits && !ps->picks && !ps->summaries)
+    if (ps->targets && !ps->scores) return td_err_set(err, TD_E_ARG, "CUDA pass: targets without scores");
+    if (ps->scores && (ps->n_alt < 0 || ps->n_alt > TD_SAMPLE_ALT_MAX))
+        return td_err_set(err, TD_E_ARG, "CUDA pass: %d alternatives (0..%d)", ps->n_alt, TD_SAMPLE_ALT_MAX);
+    if (ps->n_out > 0 && !logits && !ps->picks && !ps->summaries && !ps->scores)
         return td_err_set(err, TD_E_ARG, "CUDA pass: nowhere to put its logits");
     if (kv->device != c->m->device || kv->kv_dim != hp->n_head_kv * hp->head_dim || kv->n_layer != hp->n_layer)
         return td_err_set(err, TD_E_ARG, "the KV cache belongs to another model or device");
@@ -850,6 +859,19 @@ extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pas
         CK(cudaMemcpyAsync(ps->summaries, c->d_summaries, (size_t)ps->n_out * sizeof(td_sample_summary),
                            cudaMemcpyDeviceToHost, c->stream),
            "copying samples");
+    }
+    if (ps->n_out > 0 && ps->scores) {
+        const td_lc plain = {c->stream, false, 0, 0, false, 0};
+        if (ps->targets)
+            CK(cudaMemcpyAsync(c->d_targets, ps->targets, (size_t)ps->n_out * sizeof(int32_t),
+                               cudaMemcpyHostToDevice, c->stream),
+               "copying targets");
+        CK(td_cu_score(c->logits, ps->n_out, hp->n_vocab, ps->targets ? c->d_targets : NULL, ps->n_alt, c->d_scores,
+                       plain),
+           "scoring");
+        CK(cudaMemcpyAsync(ps->scores, c->d_scores, (size_t)ps->n_out * sizeof(td_sample_score),
+                           cudaMemcpyDeviceToHost, c->stream),
+           "copying scores");
     }
     if (ps->n_out > 0 && logits)
         CK(cudaMemcpyAsync(logits, c->logits, (size_t)ps->n_out * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost,

@@ -394,6 +394,10 @@ cudaError_t td_cu_argmax(const float *logits, int32_t n_rows, int32_t n_vocab, i
 /* out[j] = td_sample_summarize(&plans[j], logits row j) (cuda_sample.cu). */
 cudaError_t td_cu_summarize(const float *logits, int32_t n_rows, int32_t n_vocab, const td_sample_plan *plans,
                             td_sample_summary *out, const td_lc &lc);
+/* out[j] = td_sample_score_row(logits row j, targets[j] (targets NULL:
+ * -1), n_alt) (cuda_sample.cu). */
+cudaError_t td_cu_score(const float *logits, int32_t n_rows, int32_t n_vocab, const int32_t *targets, int32_t n_alt,
+                        td_sample_score *out, const td_lc &lc);
 
 /* x (n_rows, n_in) rows, gathered through rows[] when not NULL, to act. */
 cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,

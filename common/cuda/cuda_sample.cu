@@ -1,7 +1,7 @@
-/* cuda_sample.cu — the keyed sampler's summaries on the device: a block of
- * 256 threads per row runs cuda_sample_block.h (which a unit test also runs
- * with host threads standing in for the block), so that a few tokens cross
- * to the host instead of the row.
+/* cuda_sample.cu — the keyed sampler's summaries and scoring's row scores
+ * on the device: a block of 256 threads per row runs cuda_sample_block.h
+ * (which a unit test also runs with host threads standing in for the
+ * block), so that a few numbers cross to the host instead of the row.
  */
 #include "cuda/cuda_internal.cuh"
 
@@ -24,4 +24,15 @@ cudaError_t td_cu_summarize(const float *logits, int32_t n_rows, int32_t n_vocab
                             td_sample_summary *out, const td_lc &lc) {
     return td_cu_launch(lc, k_summarize, dim3((unsigned)n_rows), dim3(TD_BLK_THREADS), 0, logits, n_vocab, plans,
                         out);
+}
+
+__global__ void __launch_bounds__(TD_BLK_THREADS)
+    k_score(const float *logits, int32_t n, const int32_t *targets, int32_t n_alt, td_sample_score *out) {
+    td_blk_score(logits + (size_t)blockIdx.x * n, n, targets ? targets[blockIdx.x] : -1, n_alt, out + blockIdx.x);
+}
+
+cudaError_t td_cu_score(const float *logits, int32_t n_rows, int32_t n_vocab, const int32_t *targets, int32_t n_alt,
+                        td_sample_score *out, const td_lc &lc) {
+    return td_cu_launch(lc, k_score, dim3((unsigned)n_rows), dim3(TD_BLK_THREADS), 0, logits, n_vocab, targets,
+                        n_alt, out);
 }

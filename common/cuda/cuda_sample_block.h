@@ -1,8 +1,10 @@
-/* cuda_sample_block.h — what one block of 256 threads does to summarize a
- * row of logits for the keyed sampler (sample.h, "picking from a summary"),
- * written in the common part of C11 and CUDA C++ so that the same code runs
- * as the device kernel (cuda_sample.cu) and, with 256 host threads standing
- * in for the block, in a unit test where no GPU is (test_sample_block.c).
+/* cuda_sample_block.h — what one block of 256 threads does to a row of
+ * logits where they are: summarize it for the keyed sampler (sample.h,
+ * "picking from a summary"), or score it (sample.h, "scoring where the
+ * logits are"). Written in the common part of C11 and CUDA C++ so that the
+ * same code runs as the device kernels (cuda_sample.cu) and, with 256 host
+ * threads standing in for the block, in a unit test where no GPU is
+ * (test_sample_block.c).
  *
  * It computes td_sample_summarize's definition (summary.c): the same
  * candidates in the same order, the same certainty test for top-p, the same
@@ -12,7 +14,9 @@
  * the row undecided when the answer lies below the head. Counts and sums
  * are reduced in a fixed order, so a row's summary is the same on every run;
  * the device's exp and log differ from glibc's by an ulp, which the margins
- * absorb.
+ * absorb. A score is td_sample_score_row's bit for bit: its sum runs in
+ * sample_norm.h's order with sample_norm.h's exp, and its alternatives are
+ * the first of a smaller head.
  *
  * The includer defines the block's primitives first:
  *   TD_BLK_FN            a function's qualifiers (static inline, plus
@@ -24,8 +28,8 @@
  *   TD_SHFL_XOR(v, o)    the value of lane (lane ^ o) of this warp
  *   TD_SHFL_UP(v, o)     the value of lane (lane - o), own value below o
  *   TD_ATOMIC_ADD(p, v)  add to a shared int32_t or uint32_t, old value
- * and each thread of the block calls td_blk_summarize with the same
- * arguments. Every barrier is reached by every thread (the branches
+ * and each thread of the block calls td_blk_summarize (or td_blk_score)
+ * with the same arguments. Every barrier is reached by every thread (the branches
  * around them depend only on values the whole block shares).
  */
 #ifndef TD_CUDA_SAMPLE_BLOCK_H
@@ -37,6 +41,7 @@
 
 #include "sample/sample.h"
 #include "sample/sample_noise.h"
+#include "sample/sample_norm.h"
 
 #define TD_BLK_THREADS 256
 #define TD_BLK_WARPS (TD_BLK_THREADS / 32)
@@ -203,15 +208,15 @@ TD_BLK_FN int32_t td_blk_cut_bin(const uint32_t *hist, uint32_t cap, uint32_t *a
 }
 
 /* The smallest key of the head: every finite token keyed at least this
- * is in it, and there are at most TD_BLK_HEAD of them. */
-TD_BLK_FN uint32_t td_blk_head_floor(const float *row, int32_t n, uint32_t *hist, uint32_t *shu) {
+ * is in it, and there are at most cap of them. */
+TD_BLK_FN uint32_t td_blk_head_floor(const float *row, int32_t n, int32_t cap, uint32_t *hist, uint32_t *shu) {
     for (int32_t b = TD_TID; b < TD_BLK_BINS; b += TD_BLK_THREADS) hist[b] = 0;
     TD_SYNC();
     for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS)
         if (td_blk_finite(row[x])) TD_ATOMIC_ADD(&hist[td_sample_logit_key(row[x]) >> 20], 1u);
     TD_SYNC();
     uint32_t above, above2;
-    const int32_t b1 = td_blk_cut_bin(hist, TD_BLK_HEAD, &above, shu);
+    const int32_t b1 = td_blk_cut_bin(hist, (uint32_t)cap, &above, shu);
     if (b1 < 0) return 0; /* every finite token fits */
     for (int32_t b = TD_TID; b < TD_BLK_BINS; b += TD_BLK_THREADS) hist[b] = 0;
     TD_SYNC();
@@ -223,7 +228,7 @@ TD_BLK_FN uint32_t td_blk_head_floor(const float *row, int32_t n, uint32_t *hist
     TD_SYNC();
     /* bin b1 overflows what is left, so b2 >= 0. No finite logit's key
      * reaches the first level's last bin, so the floor stays below 2^32. */
-    const int32_t b2 = td_blk_cut_bin(hist, TD_BLK_HEAD - above, &above2, shu);
+    const int32_t b2 = td_blk_cut_bin(hist, (uint32_t)cap - above, &above2, shu);
     const uint64_t f = ((uint64_t)b1 << 20) + ((uint64_t)(b2 + 1) << 8);
     return f > 0xffffffffu ? 0xffffffffu : (uint32_t)f;
 }
@@ -241,6 +246,32 @@ TD_BLK_FN void td_blk_sort_desc(uint64_t *head, int32_t p) {
             }
             TD_SYNC();
         }
+}
+
+/* The head, at most cap (a power of two) tokens, into head[0, hn) sorted
+ * best first as sample.c ranks candidates (rank keys: logit, then lower
+ * id); returns hn, or 0 where it would not fit (never, by head_floor's
+ * promise, but kept safe). *floor gets the smallest key it holds. */
+TD_BLK_FN int32_t td_blk_head(const float *row, int32_t n, int32_t cap, uint64_t *head, uint32_t *hist, uint32_t *shu,
+                              uint32_t *floor_key) {
+    TD_SHARED int32_t head_n;
+    const uint32_t f = td_blk_head_floor(row, n, cap, hist, shu);
+    if (TD_TID == 0) head_n = 0;
+    TD_SYNC();
+    for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS)
+        if (td_blk_finite(row[x]) && td_sample_logit_key(row[x]) >= f) {
+            const int32_t at = TD_ATOMIC_ADD(&head_n, 1);
+            if (at < cap) head[at] = td_sample_rank_key(row[x], x);
+        }
+    TD_SYNC();
+    const int32_t hn = head_n > cap ? 0 : head_n;
+    int32_t p = 1;
+    while (p < hn) p <<= 1;
+    for (int32_t i = hn + TD_TID; i < p; i += TD_BLK_THREADS) head[i] = 0; /* below every token */
+    TD_SYNC();
+    td_blk_sort_desc(head, p);
+    *floor_key = f;
+    return hn;
 }
 
 /* ---- the draw ---- */
@@ -350,7 +381,7 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
     TD_SHARED uint32_t shu[TD_BLK_WARPS + 1];
     TD_SHARED float shf[TD_BLK_WARPS + 1];
     TD_SHARED int32_t shi[TD_BLK_WARPS + 1];
-    TD_SHARED int32_t head_n, last;
+    TD_SHARED int32_t last;
     const td_sample_plan pl = *plan;
     const double t = pl.temperature;
 
@@ -373,21 +404,7 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
     uint32_t floor_key = 0;
     int32_t hn = 0;
     if (use_k || use_p || want_top) {
-        floor_key = td_blk_head_floor(row, n, pool.u.hist, shu);
-        if (TD_TID == 0) head_n = 0;
-        TD_SYNC();
-        for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS)
-            if (td_blk_finite(row[x]) && td_sample_logit_key(row[x]) >= floor_key) {
-                const int32_t at = TD_ATOMIC_ADD(&head_n, 1);
-                if (at < TD_BLK_HEAD) head[at] = td_sample_rank_key(row[x], x); /* head_floor's promise, kept safe */
-            }
-        TD_SYNC();
-        hn = head_n > TD_BLK_HEAD ? 0 : head_n; /* (never more: then nothing is trusted) */
-        int32_t p = 1;
-        while (p < hn) p <<= 1;
-        for (int32_t i = hn + TD_TID; i < p; i += TD_BLK_THREADS) head[i] = 0; /* below every token */
-        TD_SYNC();
-        td_blk_sort_desc(head, p);
+        hn = td_blk_head(row, n, TD_BLK_HEAD, head, pool.u.hist, shu, &floor_key);
     }
     /* the observations: the head's first n_top, td_sample_top_ids's order
      * where no NaN is (with one, the host's list depends on where it stands) */
@@ -465,6 +482,45 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
     d.n_cand = keep;
     TD_SYNC();
     td_blk_draw_run(&d, pool.u.near.id, pool.u.near.v, o, shd); /* e is done with */
+}
+
+/* ---- a row's score (td_sample_score_row) ---- */
+
+#define TD_BLK_ALT_HEAD 512 /* head for the alternatives: a power of two */
+
+/* The normalizer's sum in sample_norm.h's order: thread t is lane t, and
+ * td_blk_sum_f64's butterfly and warp order are the definition's. */
+TD_BLK_FN void td_blk_score(const float *row, int32_t n, int32_t target, int32_t n_alt, td_sample_score *o) {
+    TD_SHARED uint64_t head[TD_BLK_ALT_HEAD];
+    TD_SHARED uint32_t hist[TD_BLK_BINS];
+    TD_SHARED double shd[TD_BLK_WARPS + 1];
+    TD_SHARED uint32_t shu[TD_BLK_WARPS + 1];
+    TD_SHARED float shf[TD_BLK_WARPS + 1];
+    TD_SHARED int32_t shi[TD_BLK_WARPS + 1];
+    td_blk_counts mine;
+    const int32_t arg = td_blk_argmax(row, n, shf, shi, &mine);
+    const float mx = td_sample_norm_max_of(arg == INT32_MAX ? -INFINITY : row[arg]);
+    double lane = 0.0;
+    for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS) lane += td_sample_norm_term(row[x], mx);
+    const double sum = td_blk_sum_f64(lane, shd);
+    const uint32_t n_fin = td_blk_sum_u32(mine.fin, shu);
+    const uint32_t n_nan = td_blk_sum_u32(mine.nan, shu);
+    int32_t hn = 0;
+    uint32_t floor_key;
+    const bool want_alt = n_alt > 0 && n_alt <= TD_SAMPLE_ALT_MAX && n_nan == 0 && n_fin >= (uint32_t)n_alt;
+    if (want_alt) hn = td_blk_head(row, n, TD_BLK_ALT_HEAD, head, hist, shu, &floor_key);
+    if (TD_TID == 0) {
+        o->sum = sum;
+        o->max = mx;
+        o->logit = target >= 0 && target < n ? row[target] : 0.0f;
+        o->argmax = arg == INT32_MAX ? 0 : arg;
+        o->n_alt = want_alt && hn >= n_alt ? n_alt : 0;
+        for (int32_t a = 0; a < o->n_alt; a++) {
+            o->alt_id[a] = td_blk_id_of_rank(head[a]);
+            o->alt_logit[a] = row[o->alt_id[a]];
+        }
+    }
+    TD_SYNC();
 }
 
 #endif

@@ -973,8 +973,9 @@ static void from_summary(const td_sample_plan *pl, const td_sample_summary *sum,
 }
 
 static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
-                        int32_t *picks, int32_t *tops, const td_sample_plan *plans, const uint8_t *skip,
-                        td_err *err) {
+                        const td_pass_out *w, const uint8_t *skip, td_err *err) {
+    static const td_pass_out none = {0};
+    if (!w) w = &none;
     int32_t total = 0, n_out = 0;
     for (int32_t r = 0; r < n_rows; r++) {
         c->tokens[r] = rows[r].token;
@@ -985,18 +986,20 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
         if (rows[r].logits) c->out_rows[n_out++] = r;
     }
     rope_table(c, rows, n_rows);
+    const td_sample_plan *plans = w->plans;
     td_cuda_pass p = {.n_rows = n_rows, .token = c->tokens, .seq = c->seqs, .slot = c->slot, .base = c->base,
                       .chain_off = c->chain_off, .chain_len = c->chain_len, .chain = c->chains,
                       .chain_total = total, .rope_cs = c->rope_cs, .out_rows = c->out_rows, .n_out = n_out,
-                      .skip = skip, .picks = plans ? NULL : picks, .plans = plans,
-                      .summaries = plans ? c->summaries : NULL};
+                      .skip = skip, .picks = plans ? NULL : w->picks, .plans = plans,
+                      .summaries = plans ? c->summaries : NULL, .targets = w->targets, .n_alt = w->n_alt,
+                      .scores = w->scores};
     int rc = td_cuda_forward(c->gpu, kv->cuda, &p, logits, err);
     if (rc) return rc;
     c->device_rows = n_out;
     for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
-    for (int32_t j = 0; j < n_out; j++) {
-        if (plans) from_summary(&plans[j], &c->summaries[j], j, picks, tops);
-        else if (tops) tops[(size_t)j * TD_SAMPLE_TOP_MAX] = -1;
+    for (int32_t j = 0; j < n_out && w->picks; j++) {
+        if (plans) from_summary(&plans[j], &c->summaries[j], j, w->picks, w->tops);
+        else if (w->tops) w->tops[(size_t)j * TD_SAMPLE_TOP_MAX] = -1;
     }
     return TD_OK;
 }
@@ -1004,36 +1007,54 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
 static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
                         const uint8_t *skip, td_err *err);
 
-int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, const td_sample_plan *plans,
-                           float *logits, int32_t *picks, int32_t *tops, td_err *err) {
-    if (!picks) return td_err_set(err, TD_E_ARG, "no room for the picks");
+int td_model_forward_out(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                         const td_pass_out *out, td_err *err) {
+    if (!out) return td_err_set(err, TD_E_ARG, "nothing asked of the pass");
+    if ((out->plans || out->tops) && !out->picks) return td_err_set(err, TD_E_ARG, "no room for the picks");
+    if (out->scores && (out->n_alt < 0 || out->n_alt > TD_SAMPLE_ALT_MAX))
+        return td_err_set(err, TD_E_ARG, "%d alternatives (0..%d)", out->n_alt, TD_SAMPLE_ALT_MAX);
     if (c->gpu && c->lead)
         return td_err_set(err, TD_E_UNSUPPORTED, "a CUDA context does not lead a tensor-parallel group");
     c->device_rows = 0;
-    if (c->gpu) { /* the argmax or the summaries are computed where the logits are */
+    if (c->gpu) { /* worked out where the logits are */
         int rc = bind_cache(c, kv, err);
         if (rc == TD_OK) rc = check_rows(c, kv, rows, n_rows, err);
-        if (rc == TD_OK) rc = forward_cuda(c, kv, rows, n_rows, logits, picks, tops, plans, NULL, err);
+        if (rc == TD_OK) rc = forward_cuda(c, kv, rows, n_rows, logits, out, NULL, err);
         return rc;
     }
-    if (!logits) return td_err_set(err, TD_E_ARG, "a CPU context picks from logits: give it room for them");
+    if (!logits) return td_err_set(err, TD_E_ARG, "a CPU context works from the logits: give it room for them");
     int rc = td_model_forward(c, kv, rows, n_rows, logits, err);
     if (rc) return rc;
     const int32_t V = c->m->hp.n_vocab;
-    for (int32_t r = 0, j = 0; r < n_rows; r++)
-        if (rows[r].logits) {
-            const float *row = logits + (size_t)j * V;
-            if (plans) { /* the device's definition, run here (for tests; a CPU caller picks from the row) */
-                td_sample_summary sum;
-                td_sample_summarize(&plans[j], row, V, &sum);
-                from_summary(&plans[j], &sum, j, picks, tops);
-            } else {
-                picks[j] = td_sample_argmax(row, V);
-                if (tops) tops[(size_t)j * TD_SAMPLE_TOP_MAX] = -1;
-            }
-            j++;
+    for (int32_t r = 0, j = 0; r < n_rows; r++) {
+        if (!rows[r].logits) continue;
+        const float *row = logits + (size_t)j * V;
+        if (out->picks && out->plans) { /* the device's definition, run here (for tests) */
+            td_sample_summary sum;
+            td_sample_summarize(&out->plans[j], row, V, &sum);
+            from_summary(&out->plans[j], &sum, j, out->picks, out->tops);
+        } else if (out->picks) {
+            out->picks[j] = td_sample_argmax(row, V);
+            if (out->tops) out->tops[(size_t)j * TD_SAMPLE_TOP_MAX] = -1;
         }
+        if (out->scores) td_sample_score_row(row, V, out->targets ? out->targets[j] : -1, out->n_alt, &out->scores[j]);
+        j++;
+    }
     return TD_OK;
+}
+
+int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, const td_sample_plan *plans,
+                           float *logits, int32_t *picks, int32_t *tops, td_err *err) {
+    if (!picks) return td_err_set(err, TD_E_ARG, "no room for the picks");
+    const td_pass_out out = {.picks = picks, .plans = plans, .tops = tops};
+    return td_model_forward_out(c, kv, rows, n_rows, logits, &out, err);
+}
+
+int td_model_forward_scores(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, const int32_t *targets,
+                            int32_t n_alt, float *logits, td_sample_score *scores, td_err *err) {
+    if (!targets || !scores) return td_err_set(err, TD_E_ARG, "no targets or no room for the scores");
+    const td_pass_out out = {.scores = scores, .targets = targets, .n_alt = n_alt};
+    return td_model_forward_out(c, kv, rows, n_rows, logits, &out, err);
 }
 
 int td_model_pass_logits(td_ctx *c, int32_t j, float *out, td_err *err) {
@@ -1374,7 +1395,7 @@ static int forward_pass(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     if (rc) return rc;
     rc = check_rows(c, kv, rows, n_rows, err);
     if (rc) return rc;
-    if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, NULL, NULL, NULL, skip, err);
+    if (c->gpu) return forward_cuda(c, kv, rows, n_rows, logits, NULL, skip, err);
     if (!c->tiles_asked && fast_kernels(c->numerics)) {
         c->tiled = td_model_tile(m);
         c->tiles_asked = true;

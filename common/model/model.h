@@ -246,25 +246,47 @@ void td_ctx_profile(const td_ctx *c, char *buf, size_t cap);
  * logits: (number of rows with .logits set, n_vocab). */
 int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows,
                      float *logits, td_err *err);
-/* Same, but what comes back is each row's pick. plans NULL: picks[j] =
- * td_sample_argmax of the j-th row with logits (what td_sampler_pick gives
- * at temperature 0 without a repetition penalty). plans given (one per row
- * with logits, td_sample_plan_make): picks[j] = td_sampler_pick's token for
- * that plan, or -1 where the row's summary is undecided (sample.h): the
- * caller then picks from the row's logits, which td_model_pass_logits
- * fetches on a device. tops (rows with logits x TD_SAMPLE_TOP_MAX, or
- * NULL): row j's td_sample_top_ids for its plan's n_top at
- * tops[j * TD_SAMPLE_TOP_MAX], or -1 there where the summary left them to
- * the row (or no plan asked).
- * On a CUDA context the argmax or the summaries are computed on the device
- * and logits may be NULL: then only the picks cross to the host (a verify
- * pass of 16 rows would otherwise copy 3 MB of logits); given, logits are
- * filled too. A CPU context needs logits (it picks from them). */
+/* What a pass works out from its logits where they are, beside them or
+ * instead of them (on a CUDA context only these cross to the host: a
+ * verify pass of 16 rows would otherwise copy 3 MB of logits). Arrays are
+ * indexed by j, the j-th row with logits.
+ *   picks: NULL, or each row's pick. plans NULL: td_sample_argmax of the
+ *     row (what td_sampler_pick gives at temperature 0 without a
+ *     repetition penalty). plans given (one per row, td_sample_plan_make):
+ *     td_sampler_pick's token for that plan, or -1 where the row's summary
+ *     is undecided (sample.h): the caller then picks from the row's logits.
+ *   tops (rows x TD_SAMPLE_TOP_MAX, or NULL; with plans): row j's
+ *     td_sample_top_ids for its plan's n_top at tops[j * TD_SAMPLE_TOP_MAX],
+ *     or -1 there where the summary left them to the row (or none asked).
+ *   scores: NULL, or each row's td_sample_score_row for targets[j] (targets
+ *     NULL: none) and n_alt alternatives (0..TD_SAMPLE_ALT_MAX). With it,
+ *     each log-probability is bit for bit what the row gives (sample.h,
+ *     "scoring where the logits are"); alternatives it left to the row
+ *     (n_alt 0 where some were asked) come from the row. */
+typedef struct td_pass_out {
+    int32_t *picks;
+    const td_sample_plan *plans;
+    int32_t *tops;
+    td_sample_score *scores;
+    const int32_t *targets;
+    int32_t n_alt;
+} td_pass_out;
+/* td_model_forward, and what out asks for. On a CUDA context logits may be
+ * NULL (given, they are filled too): rows a caller needs whole then come
+ * from td_model_pass_logits. A CPU context needs logits (it works from
+ * them). */
+int td_model_forward_out(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, float *logits,
+                         const td_pass_out *out, td_err *err);
+/* td_model_forward_out for picks (and observations) alone. */
 int td_model_forward_picks(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, const td_sample_plan *plans,
                            float *logits, int32_t *picks, int32_t *tops, td_err *err);
+/* td_model_forward_out for scores alone: scoring and perplexity. */
+int td_model_forward_scores(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows, const int32_t *targets,
+                            int32_t n_alt, float *logits, td_sample_score *scores, td_err *err);
 /* Row j (0 .. rows with logits - 1) of the last pass's logits, into
- * out[n_vocab], on a CUDA context that kept them (td_model_forward_picks
- * with NULL logits), until its next pass. TD_E_UNSUPPORTED on the CPU. */
+ * out[n_vocab], on a CUDA context that kept them (td_model_forward_out
+ * with NULL logits), until its next pass.
+ * TD_E_UNSUPPORTED on the CPU. */
 int td_model_pass_logits(td_ctx *c, int32_t j, float *out, td_err *err);
 /* Same, with layers l where skip[l] != 0 left out (layer-skip self-drafting:
  * the residual stream passes those layers unchanged; their KV is not

@@ -475,15 +475,6 @@ int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
     return TD_OK;
 }
 
-void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_sum) {
-    float mx = logits[0];
-    for (int32_t i = 1; i < n; i++) if (logits[i] > mx) mx = logits[i];
-    double sum = 0;
-    for (int32_t i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
-    *max = mx;
-    *log_sum = log(sum);
-}
-
 int32_t td_sample_argmax(const float *logits, int32_t n) {
     int32_t best = 0;
     float bv = -INFINITY;

@@ -77,14 +77,49 @@ int32_t td_sample_argmax(const float *logits, int32_t n);
 bool td_sample_is_plain_greedy(const td_sample_params *p);
 /* The k (>= 1) ids with the largest logits, best first (ties: lower id). */
 void td_sample_top_ids(const float *logits, int32_t n, int32_t *top, int32_t k);
-/* Log-softmax of raw logits (no sampling filters), in double: the max m and
- * log(sum exp(logits - m)) once, then logprob(id) = (logits[id] - m) - log_sum.
- * Scoring, perplexity and per-token logprobs all use it, so their numbers
- * agree bit for bit. */
+/* Log-softmax of raw logits (no sampling filters), in double: the max m
+ * and log(sum exp(logits - m)) once, then logprob(id) = (logits[id] - m) -
+ * log_sum. Scoring, perplexity and per-token logprobs all use it, so their
+ * numbers agree bit for bit, and a device that holds the logits computes
+ * the same sum bit for bit (td_sample_score_row): m is the largest logit
+ * other than NaN (-inf when there is none; a zero is +0), and the sum is
+ * td_sample_norm_sum's. A NaN logit, or m = +inf or -inf, makes log_sum
+ * NaN. */
 void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_sum);
-static inline double td_sample_logprob_at(const float *logits, float max, double log_sum, int32_t id) {
-    return ((double)logits[id] - max) - log_sum;
+/* sum exp(logits[i] - m) over the row, with m as above into *max, in the
+ * fixed order sample_norm.h defines (256 lanes, a butterfly per warp of 32,
+ * then the 8 warps in turn) and with its exp: a CUDA block reproduces it. */
+double td_sample_norm_sum(const float *logits, int32_t n, float *max);
+static inline double td_sample_logprob_of(float logit, float max, double log_sum) {
+    return ((double)logit - max) - log_sum;
 }
+static inline double td_sample_logprob_at(const float *logits, float max, double log_sum, int32_t id) {
+    return td_sample_logprob_of(logits[id], max, log_sum);
+}
+
+/* ---- scoring where the logits are ----
+ * What log-probabilities need from a row, small enough that a device holding
+ * the logits sends it instead of the row: the normalizer's parts, the
+ * target token's logit, the greedy pick and the best alternatives with
+ * their logits. The host then takes log(sum) once and every log-probability
+ * follows with td_sample_logprob_of, bit for bit as from the row. */
+#define TD_SAMPLE_ALT_MAX 20
+typedef struct td_sample_score {
+    double sum;      /* td_sample_norm_sum */
+    float max;       /* its m */
+    float logit;     /* the target's logit (no target: 0) */
+    int32_t argmax;  /* td_sample_argmax */
+    int32_t n_alt;   /* as asked, or 0: take the alternatives from the row */
+    int32_t alt_id[TD_SAMPLE_ALT_MAX];   /* td_sample_top_ids of the row */
+    float alt_logit[TD_SAMPLE_ALT_MAX];
+} td_sample_score;
+/* The host's definition of a row's score, which the device computes:
+ * target in [0, n) or -1 (none); n_alt in [0, TD_SAMPLE_ALT_MAX]. The
+ * alternatives are left to the row (n_alt 0) where it holds a NaN or fewer
+ * than n_alt logits above -inf (td_sample_top_ids's order then depends on
+ * where they stand) — and, on a device, where ties crowd its head (more
+ * than a few hundred logits within 2^-15 of each other at the top). n >= 1. */
+void td_sample_score_row(const float *logits, int32_t n, int32_t target, int32_t n_alt, td_sample_score *out);
 
 /* ---- picking from a summary of the row ----
  * A device that holds a row's logits need not send them all back: it sends

@@ -48,6 +48,8 @@ typedef struct local_target {
     int32_t *tops;        /* (max_rows, TD_SAMPLE_TOP_MAX) observations from the device; -1 first: none */
     uint8_t *fetched;     /* (max_rows) the row's logits were brought from the device */
     bool picked;          /* the last verify pass brought picks, not logits */
+    td_sample_score *scores; /* (max_rows) what the rows' logprobs need, */
+    bool scored;             /* when the last verify pass brought them */
     float *probs;         /* rejection mode */
     td_row *rows;
     int32_t *row0;        /* per item: batch index of its root row */
@@ -159,6 +161,7 @@ static void fill_logprobs(const local_target *t, const float *lg, int32_t tk, in
 }
 
 _Static_assert(TD_TARGET_TOP_MAX <= TD_SAMPLE_TOP_MAX, "a device's observations hold what a node may ask");
+_Static_assert(TD_TARGET_ALT_MAX <= TD_SAMPLE_ALT_MAX, "a row's score holds the alternatives a node may ask");
 
 /* Row `row` of the last pass into t->logits: there already unless the pass
  * left the logits on the device, where they are fetched once. */
@@ -167,6 +170,31 @@ static int row_logits(local_target *t, int32_t row, td_err *err) {
     int rc = td_model_pass_logits(t->ctx, row, t->logits + (size_t)row * t->n_vocab, err);
     if (rc == TD_OK) t->fetched[row] = 1;
     return rc;
+}
+
+/* Logprobs of row `row` from its score (a pass on a device brought scores
+ * with TD_SAMPLE_ALT_MAX alternatives): the sampled token's logit is among
+ * them unless it ranks lower, and then the row is fetched. The numbers are
+ * the row's bit for bit either way (sample.h). */
+static int logprobs_from_score(local_target *t, int32_t row, int32_t tk, int32_t n_alt, td_node_result *r,
+                               td_err *err) {
+    const td_sample_score *sc = &t->scores[row];
+    int32_t at = -1;
+    for (int32_t a = 0; a < sc->n_alt && at < 0; a++)
+        if (sc->alt_id[a] == tk) at = a;
+    if (at < 0 || sc->n_alt < n_alt) {
+        int rc = row_logits(t, row, err);
+        if (rc == TD_OK) fill_logprobs(t, t->logits + (size_t)row * t->n_vocab, tk, n_alt, r);
+        return rc;
+    }
+    const double log_sum = log(sc->sum);
+    r->logprob = (float)td_sample_logprob_of(sc->alt_logit[at], sc->max, log_sum);
+    r->n_alt = n_alt;
+    for (int32_t a = 0; a < n_alt; a++) {
+        r->alt_id[a] = sc->alt_id[a];
+        r->alt_logprob[a] = (float)td_sample_logprob_of(sc->alt_logit[a], sc->max, log_sum);
+    }
+    return TD_OK;
 }
 
 /* Walks one sequence's verified tree; rows start at row0 in t->logits. */
@@ -212,7 +240,11 @@ static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0,
         }
         td_node_result *r = &it->nodes[node + 1];
         r->sample = tk;
-        if (s->p.n_logprobs >= 0) fill_logprobs(t, lg, tk, s->p.n_logprobs, r);
+        if (s->p.n_logprobs >= 0 && t->scored) {
+            if ((rc = logprobs_from_score(t, row0 + 1 + node, tk, s->p.n_logprobs, r, err))) return rc;
+        } else if (s->p.n_logprobs >= 0) {
+            fill_logprobs(t, lg, tk, s->p.n_logprobs, r);
+        }
         s->walk_sample[s->n_walk] = tk;
         if (child < 0 || n_ctx + 1 >= s->cap) break;
         s->hist[n_ctx] = tk;
@@ -256,19 +288,22 @@ static int lt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
             t->rows[n_rows++] = (td_row){it->seq, root_pos + depth[j], d->token[j], true, true,
                                          t->row0[k] + 1 + d->parent[j]};
     }
-    /* Without logprobs (or rejection mode) a pass needs only each row's
-     * pick and observations: td_model_forward_picks computes them where the
-     * logits are (on a GPU they then stay there). On the CPU that is greedy
-     * rows' argmax, without observations; on a GPU, rows without a
-     * repetition penalty send back a summary the pick and the observations
-     * follow from (sample.h), or, greedy without observations, the argmax. */
+    /* Outside rejection mode a pass needs only each row's pick and
+     * observations, and, for logprobs, its score: td_model_forward_out works
+     * them out where the logits are (on a GPU they then stay there). On the
+     * CPU that is greedy rows' argmax, without observations or logprobs (the
+     * logits are at hand); on a GPU, rows without a repetition penalty send
+     * back a summary the pick and the observations follow from (sample.h),
+     * or, greedy without observations, the argmax, and with logprobs a
+     * score with the most alternatives a node may ask. */
     const bool on_device = td_ctx_device(t->ctx).kind == TD_DEVICE_CUDA;
-    bool picks = true, greedy = true, observe = false;
+    bool picks = true, greedy = true, observe = false, logprobs = false;
     for (int32_t k = 0; k < n_items; k++) {
         const td_target_seq_params *p = &t->seqs[items[k].seq].p;
-        picks = picks && p->mode != TD_SPEC_REJECTION && p->n_logprobs < 0;
+        picks = picks && p->mode != TD_SPEC_REJECTION && (p->n_logprobs < 0 || on_device);
         greedy = greedy && td_sample_is_plain_greedy(&p->sample);
         observe = observe || p->n_top > 0;
+        logprobs = logprobs || p->n_logprobs >= 0;
     }
     bool planned = picks && on_device && (!greedy || observe);
     for (int32_t r = 0; r < n_rows && planned; r++) { /* a pick at row r is for the position after it */
@@ -281,12 +316,14 @@ static int lt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
     double t0 = td_now_sec();
     int rc;
     if (picks) {
-        rc = td_model_forward_picks(t->ctx, t->kv, t->rows, n_rows, planned ? t->plans : NULL,
-                                    on_device ? NULL : t->logits, t->picks, t->tops, err);
+        const td_pass_out out = {.picks = t->picks, .plans = planned ? t->plans : NULL, .tops = t->tops,
+                                 .scores = logprobs ? t->scores : NULL, .n_alt = TD_SAMPLE_ALT_MAX};
+        rc = td_model_forward_out(t->ctx, t->kv, t->rows, n_rows, on_device ? NULL : t->logits, &out, err);
     } else {
         rc = td_model_forward(t->ctx, t->kv, t->rows, n_rows, t->logits, err);
     }
     t->picked = picks && rc == TD_OK;
+    t->scored = t->picked && logprobs;
     if (rc) return rc;
     if (pass) *pass = (td_pass_info){td_now_sec() - t0, n_rows};
     for (int32_t k = 0; k < n_items; k++) {
@@ -371,6 +408,7 @@ static void lt_destroy(td_target *base) {
     free(t->picks);
     free(t->plans);
     free(t->tops);
+    free(t->scores);
     free(t->fetched);
     free(t->probs);
     free(t->rows);
@@ -402,10 +440,11 @@ td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv
     t->plans = malloc((size_t)t->max_rows * sizeof *t->plans);
     t->tops = malloc((size_t)t->max_rows * TD_SAMPLE_TOP_MAX * sizeof *t->tops);
     t->fetched = malloc((size_t)t->max_rows);
+    t->scores = malloc((size_t)t->max_rows * sizeof *t->scores);
     td_err why = {0};
     t->smp = td_sampler_create(NULL, t->n_vocab, &why);
     if (!t->seqs || !t->logits || !t->rows || !t->row0 || !t->picks || !t->plans || !t->tops || !t->fetched ||
-        !t->smp) {
+        !t->scores || !t->smp) {
         lt_destroy(&t->base);
         goto nomem;
     }

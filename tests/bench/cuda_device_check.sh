@@ -172,6 +172,14 @@ run)
     timeout 60 $B/tandem generate --chat --prompt "$P" --max-tokens 96 $dev > /tmp/bd/o.txt 2>/tmp/bd/e.txt
     echo "rc=$? [$dev] text sha256 $(sha256sum < /tmp/bd/o.txt | cut -c1-16)"; cat /tmp/bd/e.txt
   done 2>&1 | tee $OUT/generate.log
+  # scoring on the device (cuda_sample.cu's k_score): each token's logprob
+  # bit for bit the CPU's in the reference order; then the time of both
+  for dev in "--numerics reference" "--device cuda"; do
+    timeout 120 $B/tandem perplexity --model $M --file docs/engine.md --max-tokens 2048 --per-token $dev \
+      > /tmp/bd/p.txt 2>/tmp/bd/e.txt
+    echo "rc=$? [$dev] per-token sha256 $(sha256sum < /tmp/bd/p.txt | cut -c1-16) $(tail -1 /tmp/bd/p.txt)"
+    cat /tmp/bd/e.txt
+  done 2>&1 | tee $OUT/perplexity.log
   ;;
 spec)
   # there, after `run` in the same warm session (it leaves the model), a

@@ -633,6 +633,54 @@ static void gpu_sampled_picks(void **s) {
     unload(&L);
 }
 
+/* Scores on the GPU (td_model_forward_scores): each is td_sample_score_row
+ * of the same pass's logits bit for bit — the sum in the definition's
+ * order, with the definition's exp — for every target and number of
+ * alternatives; the logits stay on the device and a row comes back whole
+ * on request. */
+static void gpu_scores(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    assert_true(tiny("--type Q4_1", "scores", &L));
+    const int32_t V = td_model_hparams(L.m)->n_vocab;
+    td_err err = {0};
+    td_ctx *c = gpu_ctx(L.m, 8, (gpu_kind){false, NULL, false, NULL});
+    td_kv *ka = td_kv_create(L.m, 1, 32, NULL), *kb = td_kv_create(L.m, 1, 32, NULL);
+    float *la = malloc((size_t)8 * V * sizeof(float)), *row = malloc((size_t)V * sizeof(float));
+    int32_t ids[8], targets[8];
+    tokens_of(V, ids, 8);
+    td_row rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = td_row_linear(0, i, ids[i], i != 3); /* row 3 without logits */
+    assert_int_equal(td_model_forward(c, ka, rows, 8, la, &err), TD_OK);
+    for (int32_t n_alt = 0; n_alt <= TD_SAMPLE_ALT_MAX; n_alt += 5) {
+        for (int j = 0; j < 7; j++) targets[j] = j == 2 ? -1 : (ids[j] + n_alt * 13) % V;
+        td_sample_score sc[8];
+        assert_int_equal(td_kv_truncate(kb, 0, 0), TD_OK);
+        assert_int_equal(td_model_forward_scores(c, kb, rows, 8, targets, n_alt, NULL, sc, &err), TD_OK);
+        for (int j = 0; j < 7; j++) {
+            const float *lj = la + (size_t)j * V;
+            td_sample_score want;
+            td_sample_score_row(lj, V, targets[j], n_alt, &want);
+            if (memcmp(&sc[j].sum, &want.sum, sizeof want.sum) != 0)
+                fail_msg("row %d: the device's sum %.17g, the definition's %.17g", j, sc[j].sum, want.sum);
+            assert_memory_equal(&sc[j].max, &want.max, sizeof want.max);
+            assert_memory_equal(&sc[j].logit, &want.logit, sizeof want.logit);
+            assert_int_equal(sc[j].argmax, want.argmax);
+            assert_int_equal(sc[j].n_alt, n_alt); /* no NaN, no crowd at the top */
+            assert_memory_equal(sc[j].alt_id, want.alt_id, (size_t)n_alt * sizeof(int32_t));
+            assert_memory_equal(sc[j].alt_logit, want.alt_logit, (size_t)n_alt * sizeof(float));
+        }
+        assert_int_equal(td_model_pass_logits(c, 6, row, &err), TD_OK);
+        assert_memory_equal(row, la + (size_t)6 * V, (size_t)V * sizeof(float));
+    }
+    assert_int_equal(td_model_pass_logits(c, 7, row, &err), TD_E_ARG); /* 7 rows had logits */
+    free(la), free(row);
+    td_kv_destroy(ka), td_kv_destroy(kb);
+    td_ctx_destroy(c);
+    unload(&L);
+}
+
 /* K-quant matrices on the GPU (the tiny Q4_K_M-like model: Q4_K and Q6_K,
  * their inputs quantized to Q8_K apart): a row gets the same bits alone and
  * in passes of 3, 16 and 24 rows, in forced tiles of 2, 8 and 4:1, with
@@ -818,22 +866,13 @@ static void real_teacher_forced(void **s) {
     unload(&L);
 }
 
-/* Speculation on the GPU never changes a token: 8 Spec-Bench questions,
- * plain GPU decoding against each drafter, greedy and seeded, and in the
- * FAST order greedy. */
-static void real_spec_identity(void **s) {
-    (void)s;
-    if (!have_gpu()) skip();
-    loaded L;
-    if (!real_model(&L)) skip();
-    enum { NQ = 8, NGEN = 48, MAXLEN = 1024 };
+/* The first turns of NQ Spec-Bench questions, chat-formatted and encoded. */
+static void spec_prompts(loaded *L, int nq, int32_t **prompt, size_t *n_prompt) {
+    td_err err = {0};
     char *jl = read_text("tests/fixtures/spec_subset.jsonl");
     assert_non_null(jl);
-    int32_t *prompt[NQ];
-    size_t n_prompt[NQ];
-    td_err err = {0};
     char *line = jl;
-    for (int q = 0; q < NQ; q++) {
+    for (int q = 0; q < nq; q++) {
         char *nl = strchr(line, '\n');
         assert_non_null(nl);
         *nl = 0;
@@ -847,13 +886,29 @@ static void real_spec_identity(void **s) {
         buf[k] = 0;
         td_chat_msg msg = {"user", buf};
         char *formatted;
-        assert_int_equal(td_tok_chat_format(L.tok, &msg, 1, true, &formatted, &err), TD_OK);
-        assert_int_equal(td_tok_encode(L.tok, formatted, strlen(formatted), false, true, &prompt[q], &n_prompt[q], &err),
+        assert_int_equal(td_tok_chat_format(L->tok, &msg, 1, true, &formatted, &err), TD_OK);
+        assert_int_equal(td_tok_encode(L->tok, formatted, strlen(formatted), false, true, &prompt[q], &n_prompt[q], &err),
                          TD_OK);
         free(formatted);
         cJSON_Delete(j);
         line = nl + 1;
     }
+    free(jl);
+}
+
+/* Speculation on the GPU never changes a token: 8 Spec-Bench questions,
+ * plain GPU decoding against each drafter, greedy and seeded, and in the
+ * FAST order greedy. */
+static void real_spec_identity(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    if (!real_model(&L)) skip();
+    enum { NQ = 8, NGEN = 48, MAXLEN = 1024 };
+    int32_t *prompt[NQ];
+    size_t n_prompt[NQ];
+    td_err err = {0};
+    spec_prompts(&L, NQ, prompt, n_prompt);
     td_pool *pool = td_pool_create(td_cpu_count(), NULL);
     td_ctx *ctx = td_ctx_create_on(L.m, 512, pool, GPU, &err);
     assert_non_null(ctx);
@@ -911,7 +966,97 @@ static void real_spec_identity(void **s) {
     td_ctx_destroy(ctx);
     td_pool_destroy(pool);
     for (int q = 0; q < NQ; q++) free(prompt[q]);
-    free(jl);
+    unload(&L);
+}
+
+typedef struct lp_log {
+    int32_t n, token[64];
+    td_node_result nr[64];
+} lp_log;
+
+static int log_token(void *user, int32_t token, const td_node_result *nr) {
+    lp_log *g = user;
+    if (g->n < 64) g->token[g->n] = token, g->nr[g->n] = *nr, g->n++;
+    return 0;
+}
+
+/* Logprobs of GPU speculative decoding (seeded, lookup drafter) come from
+ * the rows' scores on the device; they must be bit for bit what the
+ * teacher-forced logits of the same tokens give on the host. */
+static void real_spec_logprobs(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    if (!real_model(&L)) skip();
+    enum { NQ = 4, NGEN = 40, MAXLEN = 1024, NALT = 5 };
+    int32_t *prompt[NQ];
+    size_t n_prompt[NQ];
+    td_err err = {0};
+    spec_prompts(&L, NQ, prompt, n_prompt);
+    td_pool *pool = td_pool_create(td_cpu_count(), NULL);
+    td_ctx *ctx = td_ctx_create_on(L.m, 512, pool, GPU, &err);
+    assert_non_null(ctx);
+    td_sample_params sp = td_sample_defaults();
+    sp.temperature = 0.8f, sp.top_p = 0.9f, sp.seed = 11;
+    td_drafter *d = td_spec_lookup_create(1, 4, NULL);
+    assert_non_null(d);
+    td_spec_params spp = td_spec_defaults();
+    spp.draft_max = 16;
+    td_kv *kv = td_kv_create(L.m, NQ, MAXLEN, NULL);
+    lp_log *logs = calloc(NQ, sizeof *logs);
+    assert_non_null(logs);
+    td_spec_request rq[NQ];
+    for (int q = 0; q < NQ; q++) {
+        rq[q] = (td_spec_request){.prompt = prompt[q], .n_prompt = n_prompt[q],
+                                  .gen = {.sample = sp, .max_tokens = NGEN, .ignore_eos = true},
+                                  .on_token = log_token, .user = &logs[q], .n_logprobs = NALT};
+    }
+    assert_int_equal(td_spec_run(L.m, L.tok, ctx, kv, rq, NQ, &d, 1, &spp, &err), TD_OK);
+    td_kv_destroy(kv);
+    const int32_t V = td_model_hparams(L.m)->n_vocab;
+    float *lg = malloc((size_t)512 * V * sizeof(float));
+    td_row *rows = malloc(512 * sizeof *rows);
+    assert_non_null(lg);
+    assert_non_null(rows);
+    int checked = 0;
+    for (int q = 0; q < NQ; q++) {
+        assert_int_equal(logs[q].n, NGEN);
+        const int32_t n = (int32_t)n_prompt[q] + NGEN - 1; /* the last token is never input */
+        assert_true(n <= 512);
+        for (int32_t i = 0; i < n; i++) {
+            const int32_t tk = i < (int32_t)n_prompt[q] ? prompt[q][i] : logs[q].token[i - (int32_t)n_prompt[q]];
+            rows[i] = td_row_linear(0, i, tk, i >= (int32_t)n_prompt[q] - 1);
+        }
+        kv = td_kv_create(L.m, 1, MAXLEN, NULL);
+        assert_int_equal(td_model_forward(ctx, kv, rows, n, lg, &err), TD_OK);
+        td_kv_destroy(kv);
+        for (int g = 0; g < NGEN; g++) {
+            const float *row = lg + (size_t)g * V;
+            const td_node_result *nr = &logs[q].nr[g];
+            float mx;
+            double ls;
+            td_sample_log_norm(row, V, &mx, &ls);
+            const float want = (float)td_sample_logprob_at(row, mx, ls, logs[q].token[g]);
+            if (memcmp(&want, &nr->logprob, sizeof want) != 0)
+                fail_msg("prompt %d token %d: logprob %.9g on the device, %.9g from the row", q, g,
+                         (double)nr->logprob, (double)want);
+            int32_t ids[NALT];
+            td_sample_top_ids(row, V, ids, NALT);
+            assert_int_equal(nr->n_alt, NALT);
+            for (int a = 0; a < NALT; a++) {
+                assert_int_equal(nr->alt_id[a], ids[a]);
+                const float wa = (float)td_sample_logprob_at(row, mx, ls, ids[a]);
+                assert_memory_equal(&nr->alt_logprob[a], &wa, sizeof wa);
+            }
+            checked++;
+        }
+    }
+    fprintf(stderr, "# %d logprobs from device scores equal the teacher-forced rows' bit for bit\n", checked);
+    free(lg), free(rows), free(logs);
+    td_drafter_destroy(d);
+    td_ctx_destroy(ctx);
+    td_pool_destroy(pool);
+    for (int q = 0; q < NQ; q++) free(prompt[q]);
     unload(&L);
 }
 
@@ -923,7 +1068,9 @@ int main(void) {
         cmocka_unit_test(tiny_logits_match_cpu), cmocka_unit_test(gpu_batch_invariance),
         cmocka_unit_test(gpu_fast_order),       cmocka_unit_test(gpu_kquant_invariance),
         cmocka_unit_test(gpu_picks),             cmocka_unit_test(gpu_sampled_picks),
+        cmocka_unit_test(gpu_scores),
         cmocka_unit_test(real_teacher_forced),  cmocka_unit_test(real_spec_identity),
+        cmocka_unit_test(real_spec_logprobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -629,6 +629,25 @@ static void picks_are_argmax(void **s) {
     }
     assert_int_equal(decided, 5); /* random weights give no ties at the boundaries */
     assert_int_equal(td_model_pass_logits(c, 0, lb, &err), TD_E_UNSUPPORTED);
+    /* scores: td_sample_score_row of each row with logits, for its target */
+    td_kv *kd = td_kv_create(f.m, 1, 16, NULL);
+    const int32_t targets[5] = {3, -1, 0, V - 1, 42};
+    td_sample_score scores[5];
+    assert_int_equal(td_model_forward_scores(c, kd, rows, 6, targets, 4, NULL, scores, &err), TD_E_ARG);
+    assert_int_equal(td_model_forward_scores(c, kd, rows, 6, targets, TD_SAMPLE_ALT_MAX + 1, lb, scores, &err),
+                     TD_E_ARG);
+    assert_int_equal(td_model_forward_scores(c, kd, rows, 6, NULL, 4, lb, scores, &err), TD_E_ARG);
+    assert_int_equal(td_model_forward_scores(c, kd, rows, 6, targets, 4, lb, scores, &err), TD_OK);
+    assert_memory_equal(la, lb, (size_t)5 * V * sizeof(float));
+    for (int j = 0; j < 5; j++) {
+        td_sample_score want;
+        td_sample_score_row(la + (size_t)j * V, V, targets[j], 4, &want);
+        assert_memory_equal(&scores[j].sum, &want.sum, sizeof want.sum);
+        assert_true(scores[j].max == want.max && scores[j].logit == want.logit && scores[j].argmax == want.argmax);
+        assert_int_equal(scores[j].n_alt, 4);
+        assert_memory_equal(scores[j].alt_id, want.alt_id, 4 * sizeof(int32_t));
+    }
+    td_kv_destroy(kd);
     td_sampler_destroy(smp);
     td_kv_destroy(kc);
     free(la), free(lb);

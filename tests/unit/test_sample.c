@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "sample/sample.h"
+#include "sample/sample_norm.h"
 
 /* ---- helpers ---- */
 
@@ -1048,9 +1049,140 @@ static void test_summary_undecided(void **state) {
     assert_int_equal(td_sample_summary_pick(NULL, &bad), -1);
 }
 
+/* ---- the normalizer and scores ---- */
+
+static double ulps_from(double got, double want) {
+    return fabs(got - want) / (nextafter(want, INFINITY) - want);
+}
+
+/* td_sample_exp (basic operations only, so that a device gives its bits)
+ * within an ulp of glibc's exp over its range, and its edges. */
+static void test_norm_exp(void **state) {
+    (void)state;
+    double worst = 0.0;
+    uint64_t st = 11;
+    for (int i = 0; i < 2000000; i++) {
+        const double x = i < 1000000 ? -708.0 * rng_unit(&st) : (i < 1900000 ? -2.0 * rng_unit(&st) : 709.0 * rng_unit(&st));
+        const double u = ulps_from(td_sample_exp(x), exp(x));
+        if (u > worst) worst = u;
+    }
+    fprintf(stderr, "# td_sample_exp: within %.2f ulp of glibc over 2M points\n", worst);
+    assert_true(worst <= 1.0);
+    assert_true(td_sample_exp(0.0) == 1.0);
+    assert_true(td_sample_exp(-0.0) == 1.0);
+    assert_true(td_sample_exp(-INFINITY) == 0.0);
+    assert_true(td_sample_exp(-708.5) == 0.0);
+    assert_true(td_sample_exp(-707.9) > 0.0);
+    assert_true(isinf(td_sample_exp(709.0)) && isinf(td_sample_exp(INFINITY)));
+    assert_true(isnan(td_sample_exp(NAN)));
+}
+
+/* The normalizer against a long-double sum of glibc's exp, and its edges:
+ * the largest logit other than NaN, +0 for a zero, NaN sums where the
+ * log-softmax is undefined. */
+static void test_norm_sum(void **state) {
+    (void)state;
+    static const int sizes[] = {1, 2, 255, 256, 257, 1000, 49152};
+    float *l = malloc(49152 * sizeof *l);
+    assert_non_null(l);
+    for (int si = 0; si < 7; si++)
+        for (uint64_t seed = 1; seed <= 3; seed++) {
+            const int n = sizes[si];
+            fill_logits(l, n, seed * 31 + (uint64_t)si, -20.0f, 15.0f);
+            float m;
+            const double sum = td_sample_norm_sum(l, n, &m);
+            float want_m = l[0];
+            for (int i = 1; i < n; i++) want_m = fmaxf(want_m, l[i]);
+            long double ref = 0;
+            for (int i = 0; i < n; i++) ref += expl((long double)l[i] - want_m);
+            assert_true(m == want_m);
+            assert_true(fabsl(sum - ref) <= 1e-15L * ref);
+            float lm;
+            double ls;
+            td_sample_log_norm(l, n, &lm, &ls);
+            assert_true(lm == m && ls == log(sum));
+        }
+    /* the host's vector widths give the plain loop's bits, lane by lane,
+     * specials included */
+    fill_logits(l, 4096, 5, -800.0f, 20.0f);
+    l[3] = NAN, l[700] = -INFINITY, l[1000] = -0.0f;
+    double plain[TD_SAMPLE_NORM_LANES] = {0}, wide[TD_SAMPLE_NORM_LANES] = {0};
+    assert_int_equal(td_sample_norm_rounds(l, 4000, 20.0f, plain), 3840);
+    if (__builtin_cpu_supports("avx2")) {
+        assert_int_equal(td_sample_norm_rounds_avx2(l, 4000, 20.0f, wide), 3840);
+        assert_memory_equal(wide, plain, sizeof wide);
+    }
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
+        memset(wide, 0, sizeof wide);
+        assert_int_equal(td_sample_norm_rounds_avx512(l, 4000, 20.0f, wide), 3840);
+        assert_memory_equal(wide, plain, sizeof wide);
+    }
+    l[0] = NAN, l[1] = -0.0f, l[2] = -1.0f;
+    float m;
+    assert_true(isnan(td_sample_norm_sum(l, 3, &m)));
+    assert_true(m == 0.0f && !signbit(m)); /* NaN skipped; the zero is +0 */
+    l[0] = -0.0f;
+    assert_true(td_sample_norm_sum(l, 3, &m) == 2.0 + td_sample_exp(-1.0));
+    assert_true(!signbit(m));
+    l[1] = INFINITY;
+    assert_true(isnan(td_sample_norm_sum(l, 3, &m)) && m == INFINITY);
+    l[0] = l[1] = l[2] = -INFINITY;
+    assert_true(isnan(td_sample_norm_sum(l, 3, &m)) && m == -INFINITY);
+    free(l);
+}
+
+/* A row's score: each field is what the row says, and log-probabilities
+ * from it are the row's bit for bit; alternatives are left to the row
+ * where it holds a NaN or too few logits above -inf. */
+static void test_score_row(void **state) {
+    (void)state;
+    enum { N = 3000 };
+    float *l = malloc(N * sizeof *l);
+    assert_non_null(l);
+    for (uint64_t seed = 1; seed <= 20; seed++) {
+        fill_logits(l, N, seed, -10.0f, 10.0f);
+        if (seed % 4 == 0)
+            for (int i = 0; i < N; i++) l[i] = floorf(l[i]); /* ties */
+        const int32_t target = (int32_t)(seed * 131 % N), n_alt = (int32_t)(seed % (TD_SAMPLE_ALT_MAX + 1));
+        td_sample_score sc;
+        td_sample_score_row(l, N, target, n_alt, &sc);
+        float m;
+        double ls;
+        td_sample_log_norm(l, N, &m, &ls);
+        assert_true(sc.max == m && log(sc.sum) == ls);
+        assert_int_equal(sc.argmax, td_sample_argmax(l, N));
+        const double lp = td_sample_logprob_of(sc.logit, sc.max, log(sc.sum));
+        assert_true(lp == td_sample_logprob_at(l, m, ls, target));
+        assert_int_equal(sc.n_alt, n_alt);
+        int32_t ids[TD_SAMPLE_ALT_MAX];
+        if (n_alt > 0) td_sample_top_ids(l, N, ids, n_alt);
+        for (int32_t a = 0; a < n_alt; a++) {
+            assert_int_equal(sc.alt_id[a], ids[a]);
+            assert_true(sc.alt_logit[a] == l[ids[a]]);
+        }
+    }
+    td_sample_score sc;
+    td_sample_score_row(l, N, -1, 3, &sc);
+    assert_true(sc.logit == 0.0f && sc.n_alt == 3);
+    l[7] = NAN;
+    td_sample_score_row(l, N, 7, 3, &sc);
+    assert_int_equal(sc.n_alt, 0);
+    assert_true(isnan(sc.sum) && isnan(sc.logit));
+    for (int i = 0; i < N; i++) l[i] = i < 2 ? 1.0f : -INFINITY;
+    td_sample_score_row(l, N, 1, 3, &sc);
+    assert_int_equal(sc.n_alt, 0); /* two above -inf */
+    td_sample_score_row(l, N, 1, 2, &sc);
+    assert_int_equal(sc.n_alt, 2);
+    assert_true(sc.sum == 2.0 && sc.argmax == 0);
+    free(l);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_valid),
+        cmocka_unit_test(test_norm_exp),
+        cmocka_unit_test(test_norm_sum),
+        cmocka_unit_test(test_score_row),
         cmocka_unit_test(test_bad_arguments_are_errors),
         cmocka_unit_test(test_validate_rejects),
         cmocka_unit_test(test_create_and_set_params),

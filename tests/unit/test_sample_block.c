@@ -71,34 +71,47 @@ EMU_SHUFFLES(int32_t, i32)
 typedef struct {
     const float *row;
     int32_t n;
-    const td_sample_plan *pl;
+    const td_sample_plan *pl; /* a summary, or (NULL) a score: */
     td_sample_summary *out;
+    int32_t target, n_alt;
+    td_sample_score *score;
     int32_t tid;
 } emu_arg;
 
 static void *emu_thread(void *p) {
     const emu_arg *a = p;
     emu_tid = a->tid;
-    td_blk_summarize(a->row, a->n, a->pl, a->out);
+    if (a->pl) td_blk_summarize(a->row, a->n, a->pl, a->out);
+    else td_blk_score(a->row, a->n, a->target, a->n_alt, a->score);
     return NULL;
 }
 
 /* One block over one row. */
-static void block_summarize(const td_sample_plan *pl, const float *row, int32_t n, td_sample_summary *out) {
+static void block_run(emu_arg arg) {
     pthread_t th[TD_BLK_THREADS];
     emu_arg args[TD_BLK_THREADS];
     pthread_attr_t attr;
     assert_int_equal(pthread_attr_init(&attr), 0);
     assert_int_equal(pthread_attr_setstacksize(&attr, 256 * 1024), 0);
     assert_int_equal(pthread_barrier_init(&emu.bar, NULL, TD_BLK_THREADS), 0);
-    memset(out, 0xA5, sizeof *out); /* thread 0 must write all of what counts */
     for (int i = 0; i < TD_BLK_THREADS; i++) {
-        args[i] = (emu_arg){row, n, pl, out, i};
+        args[i] = arg;
+        args[i].tid = i;
         assert_int_equal(pthread_create(&th[i], &attr, emu_thread, &args[i]), 0);
     }
     for (int i = 0; i < TD_BLK_THREADS; i++) pthread_join(th[i], NULL);
     pthread_barrier_destroy(&emu.bar);
     pthread_attr_destroy(&attr);
+}
+
+static void block_summarize(const td_sample_plan *pl, const float *row, int32_t n, td_sample_summary *out) {
+    memset(out, 0xA5, sizeof *out); /* thread 0 must write all of what counts */
+    block_run((emu_arg){.row = row, .n = n, .pl = pl, .out = out});
+}
+
+static void block_score(const float *row, int32_t n, int32_t target, int32_t n_alt, td_sample_score *out) {
+    memset(out, 0xA5, sizeof *out);
+    block_run((emu_arg){.row = row, .n = n, .target = target, .n_alt = n_alt, .score = out});
 }
 
 /* ---- rows ---- */
@@ -272,10 +285,92 @@ static void block_is_repeatable(void **state) {
     free(l);
 }
 
+/* ---- scores ---- */
+
+/* Bit for bit, what the row's score holds (alternatives: as many as both
+ * give, from the first). */
+static void assert_same_score(const td_sample_score *a, const td_sample_score *b, const char *what) {
+    if (memcmp(&a->sum, &b->sum, sizeof a->sum) != 0 && !(isnan(a->sum) && isnan(b->sum)))
+        fail_msg("%s: sums %.17g and %.17g", what, a->sum, b->sum);
+    if (memcmp(&a->max, &b->max, sizeof a->max) != 0) fail_msg("%s: max %g and %g", what, (double)a->max, (double)b->max);
+    if (memcmp(&a->logit, &b->logit, sizeof a->logit) != 0 && !(isnan(a->logit) && isnan(b->logit)))
+        fail_msg("%s: target logits %g and %g", what, (double)a->logit, (double)b->logit);
+    if (a->argmax != b->argmax) fail_msg("%s: argmax %d and %d", what, a->argmax, b->argmax);
+    const int32_t m = a->n_alt < b->n_alt ? a->n_alt : b->n_alt;
+    for (int32_t i = 0; i < m; i++)
+        if (a->alt_id[i] != b->alt_id[i] || memcmp(&a->alt_logit[i], &b->alt_logit[i], sizeof(float)) != 0)
+            fail_msg("%s: alternative %d: %d and %d", what, i, a->alt_id[i], b->alt_id[i]);
+}
+
+/* The block's score is td_sample_score_row's bit for bit: the sum in the
+ * definition's order (256 lanes, butterflies, warps in turn), the max, the
+ * target's logit, the argmax and the alternatives, over sizes around a
+ * lane round and the default vocabulary, and rows with ties, NaN, -inf,
+ * +inf and signed zeros. */
+static void block_scores_match_definition(void **state) {
+    (void)state;
+    static const int sizes[] = {1, 31, 256, 300, 5000, 49152};
+    float *l = malloc(49152 * sizeof *l);
+    assert_non_null(l);
+    int cases = 0, alts = 0, nans = 0;
+    for (int si = 0; si < 6; si++)
+        for (int kind = 0; kind < 7; kind++) {
+            const int n = sizes[si];
+            make_row(l, n, kind < 4 ? kind : 0, (uint64_t)(si * 10 + kind));
+            if (kind == 4) l[n / 2] = INFINITY;                               /* the sum is NaN */
+            if (kind == 5) for (int i = 0; i < n; i++) l[i] = -INFINITY;      /* so is it here */
+            if (kind == 6) for (int i = 0; i < n; i++) l[i] = i % 251 ? -1.0f : ((i / 251) % 2 ? 0.0f : -0.0f); /* zeros on top, -0 first */
+            for (int32_t n_alt = 0; n_alt <= TD_SAMPLE_ALT_MAX; n_alt += 10) {
+                const int32_t target = (int32_t)((uint32_t)(kind * 7919 + n_alt) % (uint32_t)n);
+                td_sample_score blk, host;
+                block_score(l, n, target, n_alt, &blk);
+                td_sample_score_row(l, n, target, n_alt, &host);
+                char what[64];
+                snprintf(what, sizeof what, "n %d kind %d alt %d", n, kind, n_alt);
+                assert_same_score(&blk, &host, what);
+                if (blk.n_alt != host.n_alt) fail_msg("%s: %d and %d alternatives", what, blk.n_alt, host.n_alt);
+                cases++;
+                alts += host.n_alt > 0;
+                nans += isnan(host.sum);
+            }
+        }
+    fprintf(stderr, "# %d scores equal bit for bit, %d with alternatives, %d with a NaN sum\n", cases, alts, nans);
+    assert_true(alts > 40);
+    assert_true(nans > 10);
+    free(l);
+}
+
+/* A score is the same from run to run; where more than the block's head of
+ * logits tie at the top it leaves the alternatives to the row, and nothing
+ * else changes. */
+static void block_scores_repeat_and_crowd(void **state) {
+    (void)state;
+    enum { N = 6000 };
+    float *l = malloc(N * sizeof *l);
+    assert_non_null(l);
+    make_row(l, N, 1, 7); /* a 0.25 grid: ties everywhere */
+    td_sample_score first, again, host;
+    block_score(l, N, 5, TD_SAMPLE_ALT_MAX, &first);
+    assert_int_equal(first.n_alt, TD_SAMPLE_ALT_MAX);
+    for (int r = 0; r < 3; r++) {
+        block_score(l, N, 5, TD_SAMPLE_ALT_MAX, &again);
+        assert_same_score(&again, &first, "again");
+    }
+    for (int i = 0; i < N; i++) l[i] = i % 5 ? -3.0f - (float)i * 1e-3f : 2.0f; /* 1,200 tied at the top */
+    block_score(l, N, 10, 5, &again);
+    td_sample_score_row(l, N, 10, 5, &host);
+    assert_int_equal(host.n_alt, 5);
+    assert_int_equal(again.n_alt, 0);
+    assert_same_score(&again, &host, "crowded");
+    free(l);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(block_matches_definition),
         cmocka_unit_test(block_is_repeatable),
+        cmocka_unit_test(block_scores_match_definition),
+        cmocka_unit_test(block_scores_repeat_and_crowd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
