@@ -31,7 +31,7 @@ typedef struct bench_opts {
     td_numerics numerics;
     td_device device;
     td_schedule schedule;
-    bool pin, profile;
+    bool pin, profile, outputs;
 } bench_opts;
 
 /* Verification passes measured: 1..16 rows on the CPU, to 32 on a GPU
@@ -77,6 +77,66 @@ static int profile_passes(td_ctx *ctx, td_kv *kv, const bench_opts *o, float *lo
         print_profile(who, w ? "8-row passes" : "1-row passes", &pr);
     }
     return td_ctx_set_pass_profile(ctx, false, err);
+}
+
+/* What a pass brings back, timed: every row's logits; greedy picks; seeded
+ * picks (T 0.8, top-k 40, top-p 0.95: a summary a row, its row fetched
+ * where undecided); scores with 20 alternatives (the row fetched where
+ * they are left to it). On a GPU only the first copies the logits; the
+ * others work them out where they are. */
+enum { OUT_LOGITS, OUT_ARGMAX, OUT_SAMPLED, OUT_SCORES, OUT_KINDS };
+static const char *const out_names[OUT_KINDS] = {"logits", "argmax", "sampled", "scores"};
+
+static int outputs_pass(td_ctx *ctx, td_kv *kv, const bench_opts *o, int nk, int kind, int32_t V, float *logits,
+                        double *secs, int *fetched, td_err *err) {
+    const bool gpu = o->device.kind == TD_DEVICE_CUDA;
+    td_kv_truncate(kv, 0, (int32_t)o->n_prompt);
+    td_row rows[32];
+    int32_t picks[32], targets[32];
+    td_sample_plan plans[32];
+    td_sample_score scores[32];
+    td_sample_params sp = td_sample_defaults();
+    sp.temperature = 0.8f, sp.top_k = 40, sp.top_p = 0.95f, sp.seed = 7;
+    for (int i = 0; i < nk; i++) {
+        rows[i] = td_row_linear(0, o->n_prompt + i, o->ids[o->n_prompt + i], true);
+        targets[i] = o->ids[o->n_prompt + i + 1];
+        if (!td_sample_plan_make(&sp, o->n_prompt + i + 1, &plans[i])) return td_err_set(err, TD_E_ARG, "no plan");
+    }
+    td_pass_out out = {0};
+    if (kind == OUT_ARGMAX) out.picks = picks;
+    if (kind == OUT_SAMPLED) out.picks = picks, out.plans = plans;
+    if (kind == OUT_SCORES) out.scores = scores, out.targets = targets, out.n_alt = TD_SAMPLE_ALT_MAX;
+    double t0 = td_now_sec();
+    int rc = kind == OUT_LOGITS ? td_model_forward(ctx, kv, rows, nk, logits, err)
+                                : td_model_forward_out(ctx, kv, rows, nk, gpu ? NULL : logits, &out, err);
+    for (int j = 0; j < nk && rc == TD_OK && gpu; j++) { /* what a caller would fetch */
+        bool whole = (kind == OUT_SAMPLED && picks[j] < 0) || (kind == OUT_SCORES && scores[j].n_alt == 0);
+        if (whole) rc = td_model_pass_logits(ctx, j, logits + (size_t)j * V, err), ++*fetched;
+    }
+    *secs = td_now_sec() - t0;
+    return rc;
+}
+
+/* One line: the median pass of 1 and of 16 rows by what it brings back. */
+static int bench_outputs(td_ctx *ctx, td_kv *kv, const bench_opts *o, int32_t V, const char *who, float *logits,
+                         td_err *err) {
+    static const int rows_of[2] = {1, 16};
+    enum { REPS = 16 };
+    double t[REPS], med[2][OUT_KINDS];
+    int fetched = 0;
+    for (int w = 0; w < 2; w++)
+        for (int kind = 0; kind < OUT_KINDS; kind++) {
+            for (int r = 0; r < REPS; r++)
+                if (outputs_pass(ctx, kv, o, rows_of[w], kind, V, logits, &t[r], &fetched, err)) return 1;
+            med[w][kind] = td_bench_median(t, REPS);
+        }
+    printf("%s: one pass by what comes back, ms:", who);
+    for (int w = 0; w < 2; w++) {
+        printf("  %d row%s:", rows_of[w], w ? "s" : "");
+        for (int kind = 0; kind < OUT_KINDS; kind++) printf(" %s %.3f", out_names[kind], med[w][kind] * 1e3);
+    }
+    printf("  (%d rows fetched whole)\n", fetched);
+    return 0;
 }
 
 static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
@@ -152,6 +212,7 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
         char prof[512];
         td_ctx_profile(ctx, prof, sizeof prof);
         printf("%s: %s\n", who, prof); /* the kernel profile, or how kernels were launched */
+        if (o->outputs && bench_outputs(ctx, kv, o, hp->n_vocab, who, logits, &err)) goto fail;
         rc = 0;
         goto out;
     }
@@ -166,6 +227,7 @@ static int bench_threads(td_engine *e, const bench_opts *o, int threads) {
                "%.2fx)\n", who, plan.busiest, plan.one_slice_busiest);
         if (o->profile && profile_passes(ctx, kv, o, logits, who, &err)) goto fail;
     }
+    if (o->outputs && bench_outputs(ctx, kv, o, hp->n_vocab, who, logits, &err)) goto fail;
     rc = 0;
     goto out;
 fail:
@@ -191,14 +253,14 @@ static int bench_engine(int argc, char **argv) {
     bool numerics_given = false;
     td_device device = {TD_DEVICE_CPU, 0};
     const char *schedule = "phases";
-    bool pin = false, profile = false;
+    bool pin = false, profile = false, outputs = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem bench engine [--model PATH] [--text FILE] [--threads LIST] [--repeats N]\n"
                  "                           [--context N] [--numerics fast|reference|llamacpp]\n"
                  "                           [--device cpu|cuda[:N]] [--schedule phases|jobs|both] [--pin]\n"
-                 "                           [--profile]\n\n"
+                 "                           [--profile] [--outputs]\n\n"
                  "Decode tok/s (128 tokens after an N-token prompt), prefill tok/s (512-token batch),\n"
                  "verification cost of 1,2,4,8,16 rows after the N-token prompt relative to 1 row,\n"
                  "read bandwidth and the decode speed as a share of the bandwidth limit. Prompt\n"
@@ -215,7 +277,13 @@ static int bench_engine(int argc, char **argv) {
                  "any machine: worth reading before timing many threads). --profile adds where\n"
                  "the threads' time goes in 1-row and 8-row passes: per step of a layer (summed\n"
                  "over the layers) the share spent on its work and waiting for it to finish, and\n"
-                 "the share outside the pass's job (clock reads make these passes a little slower).\n\n"
+                 "the share outside the pass's job (clock reads make these passes a little slower).\n"
+                 "--outputs adds the median pass of 1 and of 16 rows by what it brings back: every\n"
+                 "row's logits, greedy picks, seeded picks (T 0.8, top-k 40, top-p 0.95) and scores\n"
+                 "with 20 alternatives. On a GPU the last three are worked out where the logits are\n"
+                 "and only they cross to the host (a row is fetched whole where they leave it to it);\n"
+                 "on the CPU they are worked out from the logits (seeded picks there by the definition\n"
+                 "the GPU follows, which sorts the whole row: not what a CPU caller does).\n\n"
                  TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }
@@ -227,6 +295,7 @@ static int bench_engine(int argc, char **argv) {
         else if (!strcmp(a, "--context")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &context)) return 2; }
         else if (!strcmp(a, "--pin")) pin = true;
         else if (!strcmp(a, "--profile")) profile = true;
+        else if (!strcmp(a, "--outputs")) outputs = true;
         else if (!strcmp(a, "--schedule")) {
             if (!(schedule = td_cli_value(cmd, argc, argv, &i))) return 2;
             if (strcmp(schedule, "phases") && strcmp(schedule, "jobs") && strcmp(schedule, "both")) {
@@ -253,7 +322,7 @@ static int bench_engine(int argc, char **argv) {
         goto out;
     }
     bench_opts o = {(int)repeats, (int)context, 128, 512, ids, n, numerics, device,
-                    strcmp(schedule, "jobs") ? TD_SCHEDULE_PHASES : TD_SCHEDULE_JOBS, pin, profile};
+                    strcmp(schedule, "jobs") ? TD_SCHEDULE_PHASES : TD_SCHEDULE_JOBS, pin, profile, outputs};
     size_t need = (size_t)(context + 32 > 600 ? context + 32 : 600);
     if (n < need) { fprintf(stderr, "tandem bench: --text needs at least %zu tokens, has %zu\n", need, n); goto out; }
     char kernels[160];

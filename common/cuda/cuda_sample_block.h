@@ -251,7 +251,8 @@ TD_BLK_FN void td_blk_sort_desc(uint64_t *head, int32_t p) {
 /* The head, at most cap (a power of two) tokens, into head[0, hn) sorted
  * best first as sample.c ranks candidates (rank keys: logit, then lower
  * id); returns hn, or 0 where it would not fit (never, by head_floor's
- * promise, but kept safe). *floor gets the smallest key it holds. */
+ * promise, but kept safe). *floor_key gets the head's threshold: every
+ * finite token keyed at least this is in it, every other is not. */
 TD_BLK_FN int32_t td_blk_head(const float *row, int32_t n, int32_t cap, uint64_t *head, uint32_t *hist, uint32_t *shu,
                               uint32_t *floor_key) {
     TD_SHARED int32_t head_n;

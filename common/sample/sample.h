@@ -113,12 +113,15 @@ typedef struct td_sample_score {
     int32_t alt_id[TD_SAMPLE_ALT_MAX];   /* td_sample_top_ids of the row */
     float alt_logit[TD_SAMPLE_ALT_MAX];
 } td_sample_score;
-/* The host's definition of a row's score, which the device computes:
- * target in [0, n) or -1 (none); n_alt in [0, TD_SAMPLE_ALT_MAX]. The
- * alternatives are left to the row (n_alt 0) where it holds a NaN or fewer
- * than n_alt logits above -inf (td_sample_top_ids's order then depends on
- * where they stand) — and, on a device, where ties crowd its head (more
- * than a few hundred logits within 2^-15 of each other at the top). n >= 1. */
+/* The host's definition of a row's score, which the device computes (the
+ * same bits, a NaN's sign and payload aside): target in [0, n) or -1
+ * (none); n_alt in [0, TD_SAMPLE_ALT_MAX]. The alternatives are left to the
+ * row (n_alt 0) where it holds a NaN or fewer than n_alt logits above -inf
+ * (td_sample_top_ids's order then depends on where they stand) — and, on a
+ * device, where the best n_alt do not fit its sorted head of 512: where
+ * hundreds of logits lie within about 2^-15 of each other among the best
+ * (a row masked with a large finite constant, with fewer than n_alt tokens
+ * above it, is one). n >= 1. */
 void td_sample_score_row(const float *logits, int32_t n, int32_t target, int32_t n_alt, td_sample_score *out);
 
 /* ---- picking from a summary of the row ----

@@ -12,8 +12,10 @@
  * with shuffles, and what the host does with an array of lanes.
  *
  * Both sides must keep a * b + c as two roundings: -fmad=false on the
- * device, and on the host each step of the polynomial is its own statement
- * (C11 mode already keeps GCC from contracting).
+ * device, -ffp-contract=off on the host (CMakeLists.txt), and each step of
+ * the polynomial its own statement besides. Same bits means same values: a
+ * NaN's sign and payload may differ (which operand of an add a compiler
+ * puts first decides it on x86).
  *
  * Internal to the sample module and its device mirror; sample.h is the
  * contract.
@@ -36,8 +38,9 @@
 
 /* e^x from +, -, * and an exponent built from bits, with no branch (so a
  * host compiler may run it on a vector of lanes): within 1 ulp of glibc's
- * (test_sample measures it). 0 below -708 (the normalizer's terms there are
- * 2^-1021 of its largest, which is 1), +inf from 709, NaN for NaN. */
+ * (test_sample measures it). 0 at -708 and below (the normalizer's terms
+ * there are 2^-1021 of its largest, which is 1), +inf from 709, NaN for
+ * NaN. */
 TD_NORM_FN double td_sample_exp(double x) {
     const double xc = x > -708.0 ? (x < 709.0 ? x : 709.0) : -708.0; /* NaN too */
     /* xc = k ln2 + r, |r| <= ln2 / 2. k rounded to nearest by adding 1.5 *

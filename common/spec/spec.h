@@ -258,6 +258,12 @@ td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv
 void td_target_destroy(td_target *t); /* accepts NULL */
 /* Sequences open now, and cache tokens they have reserved (local target). */
 int32_t td_spec_target_local_open_seqs(const td_target *t);
+/* A check aid: on a CPU context, verify passes then ask for what they ask
+ * of a GPU (seeded picks from summaries, observations, logprobs from
+ * scores: td_model_forward_out), worked out from the logits on the host, so
+ * that the path a GPU takes is tested where there is none. Off by default
+ * (a CPU has its logits at hand); results are the same either way. */
+void td_spec_target_local_device_style(td_target *t, bool on);
 
 /* ---- the speculative generation loop (spec_session.c, spec_run.c) ---- */
 

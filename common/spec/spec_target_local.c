@@ -50,6 +50,7 @@ typedef struct local_target {
     bool picked;          /* the last verify pass brought picks, not logits */
     td_sample_score *scores; /* (max_rows) what the rows' logprobs need, */
     bool scored;             /* when the last verify pass brought them */
+    bool device_style;       /* ask a CPU pass for what a GPU's brings (a check aid) */
     float *probs;         /* rejection mode */
     td_row *rows;
     int32_t *row0;        /* per item: batch index of its root row */
@@ -296,16 +297,16 @@ static int lt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
      * back a summary the pick and the observations follow from (sample.h),
      * or, greedy without observations, the argmax, and with logprobs a
      * score with the most alternatives a node may ask. */
-    const bool on_device = td_ctx_device(t->ctx).kind == TD_DEVICE_CUDA;
+    const bool on_device = td_ctx_device(t->ctx).kind == TD_DEVICE_CUDA, device_style = on_device || t->device_style;
     bool picks = true, greedy = true, observe = false, logprobs = false;
     for (int32_t k = 0; k < n_items; k++) {
         const td_target_seq_params *p = &t->seqs[items[k].seq].p;
-        picks = picks && p->mode != TD_SPEC_REJECTION && (p->n_logprobs < 0 || on_device);
+        picks = picks && p->mode != TD_SPEC_REJECTION && (p->n_logprobs < 0 || device_style);
         greedy = greedy && td_sample_is_plain_greedy(&p->sample);
         observe = observe || p->n_top > 0;
         logprobs = logprobs || p->n_logprobs >= 0;
     }
-    bool planned = picks && on_device && (!greedy || observe);
+    bool planned = picks && device_style && (!greedy || observe);
     for (int32_t r = 0; r < n_rows && planned; r++) { /* a pick at row r is for the position after it */
         const td_target_seq_params *p = &t->seqs[t->rows[r].seq].p;
         planned = td_sample_plan_make(&p->sample, (int64_t)t->rows[r].pos + 1, &t->plans[r]);
@@ -452,6 +453,10 @@ td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv
 nomem:
     td_err_set(err, TD_E_NOMEM, "out of memory");
     return NULL;
+}
+
+void td_spec_target_local_device_style(td_target *base, bool on) {
+    ((local_target *)base)->device_style = on;
 }
 
 int32_t td_spec_target_local_open_seqs(const td_target *base) {

@@ -149,6 +149,8 @@ run)
       echo "== tandem, TD_CUDA_TILE=$t"; TD_CUDA_TILE=$t timeout 60 $B/tandem bench engine --device cuda --repeats 3
     done
     echo "== tandem, 512-token context"; timeout 60 $B/tandem bench engine --device cuda --repeats 5 --context 512
+    # the summaries' and scores' kernels against the copy of the logits they save
+    echo "== tandem, by what a pass brings back"; timeout 60 $B/tandem bench engine --device cuda --repeats 3 --outputs
     TD_CUDA_PROFILE=1 timeout 60 $B/tandem bench engine --device cuda --repeats 1 | grep kernel
   } 2>&1 | tee $OUT/bench.log
   bash tests/bench/cuda_device_check.sh nccl # cwd is the repo root (cd above)

@@ -130,10 +130,13 @@ plan_is_even() {
     { echo "  $(grep busiest "$tmp/plan")"; return 1; }
 }
 check "bench engine: planned chunks even out 16 threads" plan_is_even
-# --profile: where the threads' time goes, per step, for both pass sizes
-check "bench engine --profile" run_to "$tmp/prof" "$TANDEM" bench engine --model "$MODEL" --threads 2 --repeats 1 --profile
+# --profile: where the threads' time goes, per step, for both pass sizes;
+# --outputs: passes timed by what they bring back
+check "bench engine --profile --outputs" run_to "$tmp/prof" "$TANDEM" bench engine --model "$MODEL" --threads 2 --repeats 1 --profile --outputs
 check "bench engine --profile: 1-row and 8-row lines" \
   sh -c "grep -q '1-row passes.*gate/up.*outside the job' '$tmp/prof' && grep -q '8-row passes.*attention' '$tmp/prof'"
+check "bench engine --outputs: 1 and 16 rows, four kinds each" \
+  grep -Eq '1 row: logits [0-9.]+ argmax [0-9.]+ sampled [0-9.]+ scores [0-9.]+  16 rows: logits [0-9.]+ argmax [0-9.]+ sampled [0-9.]+ scores [0-9.]+' "$tmp/prof"
 # hostile input found by hand (issue 11): each of these was accepted or misreported before
 check "--seed -1 refused" exit_is 2 "$TANDEM" generate --prompt hi --seed -1
 check "--seed -1: range message" err_has "expects an integer in \[0, 18446744073709551615\], got '-1'"

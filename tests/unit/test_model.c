@@ -637,6 +637,9 @@ static void picks_are_argmax(void **s) {
     assert_int_equal(td_model_forward_scores(c, kd, rows, 6, targets, TD_SAMPLE_ALT_MAX + 1, lb, scores, &err),
                      TD_E_ARG);
     assert_int_equal(td_model_forward_scores(c, kd, rows, 6, NULL, 4, lb, scores, &err), TD_E_ARG);
+    const td_pass_out targets_alone = {.targets = targets, .n_alt = 4};
+    assert_int_equal(td_model_forward_out(c, kd, rows, 6, lb, &targets_alone, &err), TD_E_ARG);
+    assert_int_equal(td_model_forward_out(c, kd, rows, 6, lb, NULL, &err), TD_E_ARG);
     assert_int_equal(td_model_forward_scores(c, kd, rows, 6, targets, 4, lb, scores, &err), TD_OK);
     assert_memory_equal(la, lb, (size_t)5 * V * sizeof(float));
     for (int j = 0; j < 5; j++) {

@@ -304,9 +304,10 @@ static void assert_same_score(const td_sample_score *a, const td_sample_score *b
 
 /* The block's score is td_sample_score_row's bit for bit: the sum in the
  * definition's order (256 lanes, butterflies, warps in turn), the max, the
- * target's logit, the argmax and the alternatives, over sizes around a
- * lane round and the default vocabulary, and rows with ties, NaN, -inf,
- * +inf and signed zeros. */
+ * target's logit (none: -1, or past the row), the argmax and 0, 1, 7 or 20
+ * alternatives, over sizes around a lane round and the default vocabulary,
+ * and rows with ties, NaN, -inf, +inf and signed zeros. NaN sums are equal
+ * as NaN: their sign and payload are no promise. */
 static void block_scores_match_definition(void **state) {
     (void)state;
     static const int sizes[] = {1, 31, 256, 300, 5000, 49152};
@@ -320,8 +321,12 @@ static void block_scores_match_definition(void **state) {
             if (kind == 4) l[n / 2] = INFINITY;                               /* the sum is NaN */
             if (kind == 5) for (int i = 0; i < n; i++) l[i] = -INFINITY;      /* so is it here */
             if (kind == 6) for (int i = 0; i < n; i++) l[i] = i % 251 ? -1.0f : ((i / 251) % 2 ? 0.0f : -0.0f); /* zeros on top, -0 first */
-            for (int32_t n_alt = 0; n_alt <= TD_SAMPLE_ALT_MAX; n_alt += 10) {
-                const int32_t target = (int32_t)((uint32_t)(kind * 7919 + n_alt) % (uint32_t)n);
+            static const int32_t asked[] = {0, 1, 7, TD_SAMPLE_ALT_MAX};
+            for (int ai = 0; ai < 4; ai++) {
+                const int32_t n_alt = asked[ai];
+                /* a target in the row, and none: -1 and past the end */
+                const int32_t target =
+                    ai == 1 ? -1 : ai == 2 ? n : (int32_t)((uint32_t)(kind * 7919 + ai) % (uint32_t)n);
                 td_sample_score blk, host;
                 block_score(l, n, target, n_alt, &blk);
                 td_sample_score_row(l, n, target, n_alt, &host);

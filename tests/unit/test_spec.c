@@ -306,6 +306,56 @@ static void prefix_reuse_is_exact(void **s) {
     td_kv_destroy(kv);
 }
 
+/* What a GPU verify pass asks for (seeded picks from summaries,
+ * observations, logprobs from scores), asked of a CPU pass and worked out
+ * from its logits: the same samples, paths, observations and logprobs, bit
+ * for bit, as the CPU's own way, greedy and seeded, with and without
+ * filters, for 0, 3 and 20 alternatives. */
+static void device_style_verify_is_the_same(void **s) {
+    (void)s;
+    td_err err = {0};
+    td_ctx *ctx = td_ctx_create(T.m, 64, T.pool, NULL);
+    td_ctx_set_numerics(ctx, T.numerics);
+    td_draft tree = {.n = 6, .token = {40, 41, 42, 43, 44, 45}, .parent = {-1, 0, 1, -1, 3, 0}};
+    for (int cfg = 0; cfg < 5; cfg++) {
+        td_sample_params sp = td_sample_defaults();
+        if (cfg >= 1) sp.temperature = 0.7f, sp.seed = 31 + (uint64_t)cfg;
+        if (cfg == 2) sp.top_k = 20, sp.top_p = 0.9f, sp.min_p = 0.05f;
+        if (cfg == 4) sp.temperature = 1.5f;
+        td_target_seq_params tp = {.sample = sp, .max_new_tokens = 8, .n_top = cfg == 3 ? 0 : 4,
+                                   .n_logprobs = cfg == 0 ? 3 : cfg == 3 ? -1 : cfg == 4 ? 20 : 0};
+        td_node_result got[2][7];
+        int32_t path[2][TD_DRAFT_MAX], n_path[2];
+        for (int way = 0; way < 2; way++) {
+            td_kv *kv = td_kv_create(T.m, 1, 128, NULL);
+            td_target *t = td_spec_target_local_create(T.m, ctx, kv, &err);
+            assert_non_null(t);
+            td_spec_target_local_device_style(t, way == 1);
+            assert_int_equal(t->ops->open(t, 0, &tp, prompt, N_PROMPT, &err), TD_OK);
+            memset(got[way], 0, sizeof got[way]);
+            td_verify_item it = {.seq = 0, .tree = &tree, .nodes = got[way]};
+            assert_int_equal(t->ops->verify(t, &it, 1, NULL, &err), TD_OK);
+            n_path[way] = it.n_path;
+            memcpy(path[way], it.path, sizeof it.path);
+            td_target_destroy(t);
+            td_kv_destroy(kv);
+        }
+        assert_int_equal(n_path[1], n_path[0]);
+        assert_memory_equal(path[1], path[0], (size_t)n_path[0] * sizeof(int32_t));
+        for (int i = 0; i <= tree.n; i++) {
+            const td_node_result *a = &got[0][i], *b = &got[1][i];
+            assert_int_equal(b->sample, a->sample);
+            assert_int_equal(b->n_top, a->n_top);
+            if (a->n_top > 0) assert_memory_equal(b->top, a->top, (size_t)a->n_top * sizeof(int32_t));
+            assert_memory_equal(&b->logprob, &a->logprob, sizeof(float));
+            assert_int_equal(b->n_alt, a->n_alt);
+            assert_memory_equal(b->alt_id, a->alt_id, (size_t)a->n_alt * sizeof(int32_t));
+            assert_memory_equal(b->alt_logprob, a->alt_logprob, (size_t)a->n_alt * sizeof(float));
+        }
+    }
+    td_ctx_destroy(ctx);
+}
+
 static void session_requests_join_and_leave(void **s) {
     (void)s;
     td_sample_params sp = td_sample_defaults();
@@ -533,6 +583,7 @@ int main(void) {
         cmocka_unit_test(batched_requests_identical),
         cmocka_unit_test(session_requests_join_and_leave),
         cmocka_unit_test(prefix_reuse_is_exact),
+        cmocka_unit_test(device_style_verify_is_the_same),
         cmocka_unit_test(rejection_mode_keeps_distribution),
         cmocka_unit_test(bad_parameters_refused),
         cmocka_unit_test(failing_drafter_is_named),
