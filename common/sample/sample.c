@@ -10,6 +10,7 @@
 
 #include "sample/sample.h"
 #include "sample/sample_noise.h"
+#include "sample/sample_norm.h"
 
 #define LN2 TD_SAMPLE_LN2
 
@@ -473,6 +474,36 @@ int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
     for (int32_t i = 0; i < r.n_cand; i++)
         probs[s->cand[i]] = (float)(s->e[s->cand[i]] / z);
     return TD_OK;
+}
+
+int32_t td_sampler_reject(td_sampler *s, const float *logits, const int32_t *history, size_t n_history, int64_t pos,
+                          int32_t x, double u, uint64_t resample_seed, bool keep_x, bool *accepted) {
+    if (!s || !logits || !accepted || (n_history > 0 && !history) || x < -1 || x >= s->n_vocab) return TD_E_ARG;
+    *accepted = false;
+    prep_result r = prepare(s, logits, history, n_history, false);
+    if (s->p.temperature == 0.0f) { /* the point mass at the top: x is it, or the draw is */
+        *accepted = x == r.top;
+        return r.top;
+    }
+    /* p(x) = e_x / z over the kept set, both from sample_norm.h (the
+     * normalizer's exp and order: what a device reproduces) */
+    const double smax = s->s[r.top];
+    for (int32_t v = 0; v < s->n_vocab; v++) s->e[v] = 0.0;
+    for (int32_t i = 0; i < r.n_cand; i++) s->e[s->cand[i]] = td_sample_exp(s->s[s->cand[i]] - smax);
+    if (x >= 0 && u < s->e[x] / td_sample_norm_sum_terms(s->e, s->n_vocab)) {
+        *accepted = true;
+        return x;
+    }
+    /* the rest of p: Gumbel-max of the scores over the kept set without x */
+    int32_t best = -1;
+    double bestv = -INFINITY;
+    for (int32_t i = 0; i < r.n_cand; i++) {
+        const int32_t v = s->cand[i];
+        if (v == x && !keep_x) continue;
+        const double g = s->s[v] + td_sample_gumbel(resample_seed, pos, v);
+        if (g > bestv || (g == bestv && v < best)) bestv = g, best = v;
+    }
+    return best >= 0 ? best : r.top;
 }
 
 int32_t td_sample_argmax(const float *logits, int32_t n) {

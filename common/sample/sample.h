@@ -68,6 +68,21 @@ double td_sample_gumbel(uint64_t seed, int64_t pos, int32_t token);
 int td_sampler_probs(td_sampler *s, const float *logits, const int32_t *history,
                       size_t n_history, float *probs);
 
+/* Rejection sampling at pos against a point-mass proposal x (-1: none):
+ * accepts x with probability p(x) — when u (uniform in (0,1), the
+ * caller's) is below it — and otherwise returns a draw from p without x
+ * (keep_x: with it, which breaks the distribution; tests show that it
+ * does). p is td_sampler_probs's distribution (the same filters), with
+ * p(x) = e_x / z computed by sample_norm.h's exp and order over the kept
+ * set, and the rest drawn as Gumbel-max of the scores with
+ * td_sample_gumbel(resample_seed, pos, .): no float rounding of
+ * probabilities, so a device holding the logits can decide it too. At
+ * temperature 0 p is the top token's point mass. The token, with
+ * *accepted; TD_E_ARG (negative) for the argument errors of
+ * td_sampler_pick, x outside [-1, n_vocab) or a NULL accepted. */
+int32_t td_sampler_reject(td_sampler *s, const float *logits, const int32_t *history, size_t n_history, int64_t pos,
+                          int32_t x, double u, uint64_t resample_seed, bool keep_x, bool *accepted);
+
 /* What td_sampler_pick returns at temperature 0 without a repetition
  * penalty: the id of the largest logit, NaN counting as -inf, the lowest id
  * on ties, 0 when nothing is above -inf. A pure function of the logits, so a

@@ -25,6 +25,16 @@ static rounds_fn rounds_for_this_cpu(void) {
     return td_sample_norm_rounds;
 }
 
+/* The butterfly within each warp of lanes, then the warps in turn. */
+static double combine_lanes(double *lane) {
+    for (int32_t o = TD_SAMPLE_NORM_WARP / 2; o > 0; o >>= 1)
+        for (int32_t i = 0; i < TD_SAMPLE_NORM_LANES; i++)
+            if (!(i & o)) lane[i] = lane[i | o] = lane[i] + lane[i | o];
+    double sum = lane[0];
+    for (int32_t w = TD_SAMPLE_NORM_WARP; w < TD_SAMPLE_NORM_LANES; w += TD_SAMPLE_NORM_WARP) sum += lane[w];
+    return sum;
+}
+
 double td_sample_norm_sum(const float *logits, int32_t n, float *max) {
     float m = -INFINITY;
     for (int32_t i = 0; i < n; i++)
@@ -34,12 +44,13 @@ double td_sample_norm_sum(const float *logits, int32_t n, float *max) {
     double lane[TD_SAMPLE_NORM_LANES] = {0};
     const int32_t i0 = rounds_for_this_cpu()(logits, n, m, lane);
     for (int32_t t = 0; i0 + t < n; t++) lane[t] += td_sample_norm_term(logits[i0 + t], m);
-    for (int32_t o = TD_SAMPLE_NORM_WARP / 2; o > 0; o >>= 1)
-        for (int32_t i = 0; i < TD_SAMPLE_NORM_LANES; i++)
-            if (!(i & o)) lane[i] = lane[i | o] = lane[i] + lane[i | o];
-    double sum = lane[0];
-    for (int32_t w = TD_SAMPLE_NORM_WARP; w < TD_SAMPLE_NORM_LANES; w += TD_SAMPLE_NORM_WARP) sum += lane[w];
-    return sum;
+    return combine_lanes(lane);
+}
+
+double td_sample_norm_sum_terms(const double *terms, int32_t n) {
+    double lane[TD_SAMPLE_NORM_LANES] = {0};
+    for (int32_t i = 0; i < n; i++) lane[i % TD_SAMPLE_NORM_LANES] += terms[i];
+    return combine_lanes(lane);
 }
 
 void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_sum) {

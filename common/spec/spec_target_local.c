@@ -51,7 +51,6 @@ typedef struct local_target {
     td_sample_score *scores; /* (max_rows) what the rows' logprobs need, */
     bool scored;             /* when the last verify pass brought them */
     bool device_style;       /* ask a CPU pass for what a GPU's brings (a check aid) */
-    float *probs;         /* rejection mode */
     td_row *rows;
     int32_t *row0;        /* per item: batch index of its root row */
 } local_target;
@@ -100,10 +99,6 @@ static int lt_open(td_target *base, int32_t seq, const td_target_seq_params *p, 
     if (cap > (size_t)td_kv_max_len(t->kv) + TD_DRAFT_MAX + 2) cap = (size_t)td_kv_max_len(t->kv) + TD_DRAFT_MAX + 2;
     int32_t *hist = malloc(cap * sizeof *hist);
     if (!hist) return td_err_set(err, TD_E_NOMEM, "out of memory");
-    if (p->mode == TD_SPEC_REJECTION && !t->probs && !(t->probs = malloc((size_t)t->n_vocab * sizeof(float)))) {
-        free(hist);
-        return td_err_set(err, TD_E_NOMEM, "out of memory");
-    }
     int32_t keep = p->reuse_prefix ? lt_reusable(base, seq, tokens, n, NULL) : 0;
     td_kv_truncate(t->kv, seq, keep);
     free(s->hist); /* the warm tokens, if any */
@@ -122,31 +117,17 @@ static int lt_open(td_target *base, int32_t seq, const td_target_seq_params *p, 
 
 /* Rejection mode at one node (see spec_run.c's history of this test): the
  * proposal is a point mass, so accept x with probability p(x), else draw
- * from p without x, each with randomness of its own key. */
+ * from p without x, each with randomness of its own key
+ * (td_sampler_reject). */
 static int32_t rejection_pick(local_target *t, local_seq *s, const float *lg, size_t n_ctx, int32_t child,
                               const td_draft *d, bool *acc) {
-    td_sampler_probs(t->smp, lg, s->hist, n_ctx, t->probs);
     uint64_t seed = s->p.sample.seed;
-    uint64_t resample_seed = seed ^ 0x9e3779b97f4a7c15ULL;
     int64_t pos = (int64_t)n_ctx;
-    *acc = false;
-    if (child >= 0) {
-        int32_t x = d->token[child];
-        double u = td_sample_uniform(seed, pos, 0x5eedULL);
-        if (u < t->probs[x]) {
-            *acc = true;
-            return x;
-        }
-        if (!s->p.test_skip_residual) t->probs[x] = 0.0f;
-    }
-    int32_t best = -1;
-    double bestv = -INFINITY;
-    for (int32_t v = 0; v < t->n_vocab; v++) {
-        if (!(t->probs[v] > 0)) continue;
-        double g = log((double)t->probs[v]) + td_sample_gumbel(resample_seed, pos, v);
-        if (g > bestv) { bestv = g; best = v; }
-    }
-    return best >= 0 ? best : td_sampler_pick(t->smp, lg, pos, s->hist, n_ctx);
+    int32_t x = child >= 0 ? d->token[child] : -1;
+    int32_t tk = td_sampler_reject(t->smp, lg, s->hist, n_ctx, pos, x, td_sample_uniform(seed, pos, 0x5eedULL),
+                                   seed ^ 0x9e3779b97f4a7c15ULL, s->p.test_skip_residual, acc);
+    if (child < 0) *acc = false;
+    return tk;
 }
 
 static void fill_logprobs(const local_target *t, const float *lg, int32_t tk, int32_t n_alt, td_node_result *r) {
@@ -229,6 +210,7 @@ static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0,
             bool acc;
             child = first_child(d, node);
             tk = rejection_pick(t, s, lg, n_ctx, child, d, &acc);
+            if (tk < 0) return td_err_set(err, tk, "sampler refused its arguments");
             if (!acc) child = -1;
         } else if (t->picked && t->picks[row0 + 1 + node] >= 0) {
             tk = t->picks[row0 + 1 + node]; /* every verify row has logits */
@@ -411,7 +393,6 @@ static void lt_destroy(td_target *base) {
     free(t->tops);
     free(t->scores);
     free(t->fetched);
-    free(t->probs);
     free(t->rows);
     free(t->row0);
     free(t);

@@ -1177,12 +1177,86 @@ static void test_score_row(void **state) {
     free(l);
 }
 
+/* Rejection against a point mass: x is accepted exactly when u is below
+ * p(x) = e_x / z by the normalizer's definition (at T 1 without filters,
+ * td_sample_norm_sum's z to the bit); the rest never returns x and stays in
+ * the kept set; greedy is the top token's point mass. */
+static void test_reject(void **state) {
+    (void)state;
+    enum { N = 3000 };
+    float *l = malloc(N * sizeof *l), *probs = malloc(N * sizeof *probs);
+    assert_non_null(l);
+    assert_non_null(probs);
+    fill_logits(l, N, 17, -4.0f, 6.0f);
+    td_sampler *s = make(tempered(1.0f, 3), N);
+    float m;
+    const double z = td_sample_norm_sum(l, N, &m);
+    bool acc;
+    for (int32_t x = 0; x < N; x++) {
+        const double px = td_sample_exp((double)l[x] - m) / z;
+        assert_int_equal(td_sampler_reject(s, l, NULL, 0, 5, x, nextafter(px, 0.0), 1, false, &acc), x);
+        assert_true(acc);
+        const int32_t r = td_sampler_reject(s, l, NULL, 0, 5, x, px, 1, false, &acc);
+        assert_false(acc);
+        assert_true(r != x && r >= 0 && r < N);
+    }
+    /* filtered: the decision follows td_sampler_probs's p(x) wherever u is
+     * not within float rounding of it; the rest stays in the kept set */
+    td_sample_params p = tempered(0.8f, 9);
+    p.top_k = 50, p.top_p = 0.9f, p.min_p = 0.02f;
+    l[10] = 9.0f, l[20] = 8.5f, l[30] = 8.0f; /* a peak, so that both outcomes are common */
+    assert_int_equal(td_sampler_set_params(s, &p, NULL), TD_OK);
+    assert_int_equal(td_sampler_probs(s, l, NULL, 0, probs), TD_OK);
+    uint64_t st = 5;
+    int accepted = 0, rejected = 0;
+    int32_t best[4];
+    td_sample_top_ids(l, N, best, 4);
+    for (int i = 0; i < 4000; i++) { /* the likeliest tokens, and any */
+        const int32_t x = i % 2 ? best[i / 2 % 4] : (int32_t)(rng_next(&st) % N);
+        const double u = rng_unit(&st);
+        if (fabs(u - probs[x]) < 1e-6) continue;
+        const int32_t r = td_sampler_reject(s, l, NULL, 0, 100 + i, x, u, 77, false, &acc);
+        assert_int_equal(acc, u < probs[x]);
+        if (acc) {
+            assert_int_equal(r, x);
+            accepted++;
+        } else {
+            assert_true(r != x && probs[r] > 0.0f);
+            rejected++;
+        }
+    }
+    fprintf(stderr, "# reject: %d accepted, %d rejected\n", accepted, rejected);
+    assert_true(accepted > 100 && rejected > 100);
+    /* keep_x (the broken variant test_spec shows): a rejected x comes back */
+    int again = 0;
+    for (int i = 0; i < 200; i++) {
+        const int32_t x = td_sample_argmax(l, N);
+        again += td_sampler_reject(s, l, NULL, 0, 9000 + i, x, 0.9999999, 77, true, &acc) == x && !acc;
+    }
+    assert_true(again > 0);
+    /* greedy: the point mass at the top */
+    td_sample_params g = td_sample_defaults();
+    assert_int_equal(td_sampler_set_params(s, &g, NULL), TD_OK);
+    const int32_t top = td_sample_argmax(l, N);
+    assert_int_equal(td_sampler_reject(s, l, NULL, 0, 1, top, 0.999, 1, false, &acc), top);
+    assert_true(acc);
+    assert_int_equal(td_sampler_reject(s, l, NULL, 0, 1, (top + 1) % N, 0.001, 1, false, &acc), top);
+    assert_false(acc);
+    assert_int_equal(td_sampler_reject(s, l, NULL, 0, 1, -1, 0.5, 1, false, &acc), top);
+    assert_false(acc);
+    assert_int_equal(td_sampler_reject(s, l, NULL, 0, 1, N, 0.5, 1, false, &acc), TD_E_ARG);
+    assert_int_equal(td_sampler_reject(s, l, NULL, 0, 1, 0, 0.5, 1, false, NULL), TD_E_ARG);
+    td_sampler_destroy(s);
+    free(l), free(probs);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_valid),
         cmocka_unit_test(test_norm_exp),
         cmocka_unit_test(test_norm_sum),
         cmocka_unit_test(test_score_row),
+        cmocka_unit_test(test_reject),
         cmocka_unit_test(test_bad_arguments_are_errors),
         cmocka_unit_test(test_validate_rejects),
         cmocka_unit_test(test_create_and_set_params),
