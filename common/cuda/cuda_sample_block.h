@@ -132,21 +132,25 @@ typedef struct td_blk_counts {
     uint32_t fin, inf, nan; /* above -inf (+inf included), +inf, NaN */
 } td_blk_counts;
 
-/* The largest logit and the lowest id holding it, INT32_MAX when nothing is
- * above -inf (td_sample_argmax's order); *mine gets this thread's counts,
- * in the same read of the row. */
-TD_BLK_FN int32_t td_blk_argmax(const float *row, int32_t n, float *shv, int32_t *shi, td_blk_counts *mine) {
+/* The largest logit and the lowest id holding it, token skip left out (-1:
+ * none), INT32_MAX when nothing is above -inf (td_sample_argmax's order);
+ * *mine (unless NULL) gets this thread's counts of the whole row, in the
+ * same read. */
+TD_BLK_FN int32_t td_blk_argmax(const float *row, int32_t n, int32_t skip, float *shv, int32_t *shi,
+                                td_blk_counts *mine) {
     float bv = -INFINITY;
     int32_t bi = INT32_MAX;
     td_blk_counts c = {0, 0, 0};
     for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS) {
         const float l = row[x];
-        if (l > bv) bv = l, bi = x; /* NaN never is */
-        c.inf += l == INFINITY;
-        c.nan += isnan(l);
-        c.fin += td_blk_finite(l);
+        if (l > bv && x != skip) bv = l, bi = x; /* NaN never is */
+        if (mine) {
+            c.inf += l == INFINITY;
+            c.nan += isnan(l);
+            c.fin += td_blk_finite(l);
+        }
     }
-    *mine = c;
+    if (mine) *mine = c;
     for (int off = 16; off; off >>= 1) {
         const float ov = TD_SHFL_XOR(bv, off);
         const int32_t oi = TD_SHFL_XOR(bi, off);
@@ -282,8 +286,10 @@ typedef struct td_blk_draw {
     int32_t n;
     const uint64_t *cand; /* kept tokens (rank keys), or NULL: every finite token */
     int32_t n_cand;
-    int32_t top;
-    double t, smax, lmin;
+    int32_t top;          /* the row's top token */
+    int32_t ref;          /* the token the Gumbel bound is taken from (kept, not skip) */
+    int32_t skip;         /* a token left out (rejection's x), or -1 */
+    double t, smax, lmin; /* smax: the top token's score, min-p's reference */
     uint64_t key;
 } td_blk_draw;
 
@@ -291,11 +297,11 @@ typedef struct td_blk_draw {
  * it (summary.c's tests, in its order); -inf otherwise. */
 TD_BLK_FN double td_blk_noisy(const td_blk_draw *d, int32_t x, double lim) {
     const float l = d->row[x];
-    if (!td_blk_finite(l)) return -INFINITY;
+    if (x == d->skip || !td_blk_finite(l)) return -INFINITY;
     const double s = (double)l / d->t;
     if (!(s - d->smax >= d->lmin) || s + TD_SAMPLE_GUMBEL_MAX < lim) return -INFINITY;
     const uint64_t h = td_sample_noise_bits(d->key, (uint64_t)(uint32_t)x);
-    if (x != d->top && s + td_sample_gumbel_bound_steps(h) * TD_SAMPLE_LN2 < lim) return -INFINITY;
+    if (x != d->ref && s + td_sample_gumbel_bound_steps(h) * TD_SAMPLE_LN2 < lim) return -INFINITY;
     return s + td_sample_gumbel_of(td_sample_uniform_of(h));
 }
 
@@ -307,13 +313,13 @@ TD_BLK_FN void td_blk_draw_run(const td_blk_draw *d, int32_t *near_id, double *n
                                double *shd) {
     TD_SHARED int32_t n_near, n_win;
     TD_SHARED int32_t win[TD_SAMPLE_SUMMARY_MAX];
-    const double vtop =
-        d->smax + td_sample_gumbel_of(td_sample_uniform_of(td_sample_noise_bits(d->key, (uint64_t)d->top)));
-    const double lim = vtop - td_sample_prune_margin(vtop);
+    const double vref = (double)d->row[d->ref] / d->t +
+                        td_sample_gumbel_of(td_sample_uniform_of(td_sample_noise_bits(d->key, (uint64_t)d->ref)));
+    const double lim = vref - td_sample_prune_margin(vref);
     if (TD_TID == 0) n_near = 0, n_win = 0;
     TD_SYNC();
     const int32_t count = d->cand ? d->n_cand : d->n;
-    double best = vtop;
+    double best = vref;
     for (int32_t i = TD_TID; i < count; i += TD_BLK_THREADS) {
         const int32_t x = d->cand ? td_blk_id_of_rank(d->cand[i]) : i;
         const double v = td_blk_noisy(d, x, lim);
@@ -358,6 +364,61 @@ TD_BLK_FN void td_blk_draw_run(const td_blk_draw *d, int32_t *near_id, double *n
     TD_SYNC();
 }
 
+/* ---- rejection (td_sampler_reject) ---- */
+
+/* Whether token x is in the kept set: finite, at least the prefix's last
+ * rank key (floor_rank 0: no prefix), past min-p (summary.c's in_kept). */
+TD_BLK_FN bool td_blk_in_kept(const td_blk_draw *d, int32_t x, uint64_t floor_rank) {
+    const float l = d->row[x];
+    if (!td_blk_finite(l)) return false;
+    if (floor_rank && td_sample_rank_key(l, x) < floor_rank) return false;
+    return (double)l / d->t - d->smax >= d->lmin;
+}
+
+/* x's test over the kept set d describes (d->cand[0, n_cand) before min-p,
+ * or every finite token): true when x was rejected and the residual draw
+ * remains to be run, d then set for it (skip left out, the bound from the
+ * best kept token other than skip); false when thread 0 has written the
+ * outcome. z is summed in sample_norm.h's order (thread t is lane t; tokens
+ * outside the set add nothing, as their zero terms add nothing in
+ * td_sampler_reject's), so the verdict is the host's. */
+TD_BLK_FN bool td_blk_reject_test(td_blk_draw *d, int32_t x, int32_t skip, double u, td_sample_summary *o,
+                                  double *shd, float *shf, int32_t *shi) {
+    const uint64_t floor_rank = d->cand ? d->cand[d->n_cand - 1] : 0;
+    if (x >= 0 && x < d->n && td_blk_in_kept(d, x, floor_rank)) {
+        double lane = 0.0;
+        for (int32_t v = TD_TID; v < d->n; v += TD_BLK_THREADS)
+            if (td_blk_in_kept(d, v, floor_rank)) lane += td_sample_exp((double)d->row[v] / d->t - d->smax);
+        const double z = td_blk_sum_f64(lane, shd);
+        if (u < td_sample_exp((double)d->row[x] / d->t - d->smax) / z) {
+            if (TD_TID == 0) {
+                td_blk_put(o, 1, x, d->row[x]);
+                o->accepted = 1;
+            }
+            TD_SYNC();
+            return false;
+        }
+    }
+    int32_t ref;
+    if (d->cand) {
+        const int32_t c0 = td_blk_id_of_rank(d->cand[0]);
+        ref = c0 != skip ? c0 : d->n_cand > 1 ? td_blk_id_of_rank(d->cand[1]) : -1;
+    } else if (d->top != skip) {
+        ref = d->top;
+    } else {
+        const int32_t a = td_blk_argmax(d->row, d->n, skip, shf, shi, NULL);
+        ref = a == INT32_MAX ? -1 : a;
+    }
+    if (ref < 0 || !td_blk_in_kept(d, ref, floor_rank)) { /* the set was {skip}: the top, as the sampler */
+        if (TD_TID == 0) td_blk_put(o, 1, d->top, d->row[d->top]);
+        TD_SYNC();
+        return false;
+    }
+    d->ref = ref;
+    d->skip = skip;
+    return true;
+}
+
 /* ---- a row ---- */
 
 /* The block's shared scratch: the sorted head stays while the histogram,
@@ -388,7 +449,7 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
 
     /* 1. the top token, and what the row holds */
     td_blk_counts mine;
-    const int32_t arg = td_blk_argmax(row, n, shf, shi, &mine);
+    const int32_t arg = td_blk_argmax(row, n, -1, shf, shi, &mine);
     const int32_t top = arg == INT32_MAX ? 0 : arg;
     const uint32_t n_fin = td_blk_sum_u32(mine.fin, shu); /* above -inf, +inf included */
     const uint32_t n_inf = td_blk_sum_u32(mine.inf, shu);
@@ -410,6 +471,7 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
     /* the observations: the head's first n_top, td_sample_top_ids's order
      * where no NaN is (with one, the host's list depends on where it stands) */
     if (TD_TID == 0) {
+        o->accepted = 0;
         o->n_top = want_top && hn >= pl.n_top ? pl.n_top : 0;
         for (int32_t i = 0; i < o->n_top; i++) o->top[i] = td_blk_id_of_rank(head[i]);
     }
@@ -417,15 +479,18 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
 
     /* 3. the pick: greedy, the cases the host keeps, or no prefix to find */
     if (t == 0.0 || !sampled) {
-        if (TD_TID == 0) td_blk_put(o, n_inf > 0 && t != 0.0 ? 0 : 1, top, row[top]);
+        if (TD_TID == 0) {
+            td_blk_put(o, n_inf > 0 && t != 0.0 ? 0 : 1, top, row[top]);
+            /* rejection: the point mass at the top, or (nothing finite) at token 0 */
+            if (pl.reject)
+                o->accepted = t == 0.0 ? pl.reject_x == top : n_inf == 0 && pl.reject_x == top && pl.reject_u < 1.0;
+        }
+        TD_SYNC();
         return;
     }
     const double smax = (double)row[top] / t;
-    td_blk_draw d = {row, n, 0, 0, top, t, smax, pl.log_min_p, pl.key};
-    if (!use_k && !use_p) { /* min-p is a test per token */
-        td_blk_draw_run(&d, pool.u.near.id, pool.u.near.v, o, shd);
-        return;
-    }
+    td_blk_draw d = {row, n, 0, 0, top, top, -1, t, smax, pl.log_min_p, pl.key};
+    /* without top-k or top-p there is no prefix to find: min-p is a test per token */
     bool undecided = use_k && keep > hn; /* top-k reaches below the head */
 
     /* 4. top-p over what top-k kept */
@@ -478,10 +543,11 @@ TD_BLK_FN void td_blk_summarize(const float *row, int32_t n, const td_sample_pla
         if (TD_TID == 0) td_blk_put(o, 0, 0, 0.0f);
         return;
     }
-    /* 5. min-p and the draw over the kept head */
-    d.cand = head;
-    d.n_cand = keep;
+    /* 5. min-p and the draw over the kept head (or the row); rejection's
+     * test first */
+    if (use_k || use_p) d.cand = head, d.n_cand = keep;
     TD_SYNC();
+    if (pl.reject && !td_blk_reject_test(&d, pl.reject_x, pl.reject_skip, pl.reject_u, o, shd, shf, shi)) return;
     td_blk_draw_run(&d, pool.u.near.id, pool.u.near.v, o, shd); /* e is done with */
 }
 
@@ -499,7 +565,7 @@ TD_BLK_FN void td_blk_score(const float *row, int32_t n, int32_t target, int32_t
     TD_SHARED float shf[TD_BLK_WARPS + 1];
     TD_SHARED int32_t shi[TD_BLK_WARPS + 1];
     td_blk_counts mine;
-    const int32_t arg = td_blk_argmax(row, n, shf, shi, &mine);
+    const int32_t arg = td_blk_argmax(row, n, -1, shf, shi, &mine);
     const float mx = td_sample_norm_max_of(arg == INT32_MAX ? -INFINITY : row[arg]);
     double lane = 0.0;
     for (int32_t x = TD_TID; x < n; x += TD_BLK_THREADS) lane += td_sample_norm_term(row[x], mx);

@@ -157,20 +157,30 @@ typedef struct td_sample_plan {
     double temperature; /* 0 = greedy */
     double top_p;       /* 1 = off */
     double log_min_p;   /* log(min_p); -inf = off */
-    uint64_t key;       /* the noise key of (seed, pos) */
+    uint64_t key;       /* the draw's noise key: of (seed, pos), or (rejection) of (resample_seed, pos) */
+    double reject_u;    /* rejection: the uniform x is tested with */
     int32_t top_k;      /* 0 = off */
     int32_t n_top;      /* 0..TD_SAMPLE_TOP_MAX ids of the largest logits to bring back too */
+    int32_t reject;     /* 0: td_sampler_pick's draw; 1: td_sampler_reject's test and residual draw */
+    int32_t reject_x;   /* rejection: the proposed token, or -1 */
+    int32_t reject_skip; /* rejection: the token the residual draw leaves out (x, or -1 for keep_x) */
 } td_sample_plan;
 
 /* True, and *out filled (n_top 0), when a pick at pos with p needs no
  * history (no repetition penalty in effect): then td_sample_summary_pick of
  * a summary that decides gives exactly td_sampler_pick's token. */
 bool td_sample_plan_make(const td_sample_params *p, int64_t pos, td_sample_plan *out);
+/* The same for td_sampler_reject's arguments (x in [-1, n_vocab) is the
+ * caller's to check): then td_sample_summary_reject of a summary that
+ * decides gives exactly td_sampler_reject's token and verdict. */
+bool td_sample_plan_make_reject(const td_sample_params *p, int64_t pos, int32_t x, double u, uint64_t resample_seed,
+                                bool keep_x, td_sample_plan *out);
 
 #define TD_SAMPLE_SUMMARY_MAX 8
 #define TD_SAMPLE_TOP_MAX 16
 typedef struct td_sample_summary {
     int32_t n;                         /* 0: undecided, pick from the logits */
+    int32_t accepted;                  /* rejection plans: 1 when x was accepted (then id[0] is x) */
     int32_t id[TD_SAMPLE_SUMMARY_MAX]; /* the tokens that may have won */
     float logit[TD_SAMPLE_SUMMARY_MAX];
     int32_t n_top;                     /* the plan's n_top, or 0: take them from the logits */
@@ -204,7 +214,22 @@ typedef struct td_sample_summary {
  * undecided). */
 int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n_vocab, td_sample_summary *out);
 /* The token td_sampler_pick would return, from a summary; -1 when the
- * summary is undecided (or malformed). */
+ * summary is undecided (or malformed), or the plan is a rejection plan. */
 int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary *s);
+
+/* Rejection plans (td_sample_plan_make_reject) summarize td_sampler_reject:
+ *   T == 0: the top token (td_sample_argmax), accepted when it is x;
+ *   any +inf logit: undecided; nothing finite: token 0, accepted when x is 0;
+ *   otherwise the kept set K of steps 2-4 above, decided or not as there;
+ *   then x is accepted when it is in K and u < e_x / z, where e_v =
+ *   td_sample_exp(s_v - s_max) and z sums e over K in sample_norm.h's order
+ *   (td_sampler_reject's very double: K is certified, so a device decides
+ *   it exactly); else step 5 over K without the skipped token, with the
+ *   Gumbel bound taken from the best token of that set (none: the top
+ *   token, as td_sampler_reject returns).
+ * The token td_sampler_reject would return, with *accepted, from such a
+ * summary; -1 when it is undecided (or malformed, or not a rejection
+ * plan's). */
+int32_t td_sample_summary_reject(const td_sample_plan *pl, const td_sample_summary *s, bool *accepted);
 
 #endif

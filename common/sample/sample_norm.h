@@ -109,6 +109,10 @@ int32_t td_sample_norm_rounds(const float *logits, int32_t n, float max, double 
 /* terms[0, n) added in the normalizer's order (token i in lane i mod 256):
  * a sum a device can reproduce over any set of tokens (0 for the others). */
 double td_sample_norm_sum_terms(const double *terms, int32_t n);
+/* lane[256] (each already summed in its tokens' order) added as the
+ * normalizer adds them: the butterfly per warp, then the warps in turn.
+ * lane is overwritten. */
+double td_sample_norm_sum_lanes(double *lane);
 int32_t td_sample_norm_rounds_avx2(const float *logits, int32_t n, float max, double *lane);
 int32_t td_sample_norm_rounds_avx512(const float *logits, int32_t n, float max, double *lane);
 #endif

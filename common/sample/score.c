@@ -47,6 +47,10 @@ double td_sample_norm_sum(const float *logits, int32_t n, float *max) {
     return combine_lanes(lane);
 }
 
+double td_sample_norm_sum_lanes(double *lane) {
+    return combine_lanes(lane);
+}
+
 double td_sample_norm_sum_terms(const double *terms, int32_t n) {
     double lane[TD_SAMPLE_NORM_LANES] = {0};
     for (int32_t i = 0; i < n; i++) lane[i % TD_SAMPLE_NORM_LANES] += terms[i];

@@ -23,6 +23,7 @@
 
 #include "sample/sample.h"
 #include "sample/sample_noise.h"
+#include "sample/sample_norm.h"
 
 bool td_sample_plan_make(const td_sample_params *p, int64_t pos, td_sample_plan *out) {
     if (!p || !out || pos < 0 || td_sample_validate(p, NULL) != TD_OK) return false;
@@ -34,6 +35,17 @@ bool td_sample_plan_make(const td_sample_params *p, int64_t pos, td_sample_plan 
         .key = td_sample_noise_key(p->seed, pos),
         .top_k = p->top_k,
     };
+    return true;
+}
+
+bool td_sample_plan_make_reject(const td_sample_params *p, int64_t pos, int32_t x, double u, uint64_t resample_seed,
+                                bool keep_x, td_sample_plan *out) {
+    if (x < -1 || !td_sample_plan_make(p, pos, out)) return false;
+    out->key = td_sample_noise_key(resample_seed, pos);
+    out->reject = 1;
+    out->reject_x = x;
+    out->reject_skip = keep_x ? -1 : x;
+    out->reject_u = u;
     return true;
 }
 
@@ -57,26 +69,28 @@ static int32_t id_of_rank(uint64_t r) {
     return (int32_t)(0xffffffffu - (uint32_t)r);
 }
 
-/* Appends the kept tokens among cand (NULL: every finite token of the row)
- * that come within the margin of the best noisy score; false when more than
- * fit. */
+/* Appends the kept tokens among cand (NULL: every finite token of the row),
+ * skip left out, that come within the margin of the best noisy score; false
+ * when more than fit. min-p is measured from top; the Gumbel bound from
+ * ref, a kept token other than skip, which therefore always comes back. */
 static bool draw(const td_sample_plan *pl, const float *logits, int32_t n, const uint64_t *cand, int32_t n_cand,
-                 int32_t top, td_sample_summary *out) {
+                 int32_t top, int32_t ref, int32_t skip, td_sample_summary *out) {
     const double t = pl->temperature, smax = score_of(logits[top], t);
-    const double vtop = smax + td_sample_gumbel_of(td_sample_uniform_of(td_sample_noise_bits(pl->key, (uint64_t)top)));
-    const double lim = vtop - td_sample_prune_margin(vtop);
+    const double vref = score_of(logits[ref], t) +
+                        td_sample_gumbel_of(td_sample_uniform_of(td_sample_noise_bits(pl->key, (uint64_t)ref)));
+    const double lim = vref - td_sample_prune_margin(vref);
     const int32_t count = cand ? n_cand : n;
-    double best = vtop;
+    double best = vref;
     out->n = 0;
     for (int pass = 0; pass < 2; pass++) {
         const double floor_v = best - td_sample_prune_margin(best);
         for (int32_t i = 0; i < count; i++) {
             const int32_t x = cand ? id_of_rank(cand[i]) : i;
-            if (!finite_logit(logits[x])) continue;
+            if (x == skip || !finite_logit(logits[x])) continue;
             const double s = score_of(logits[x], t);
             if (!(s - smax >= pl->log_min_p) || s + TD_SAMPLE_GUMBEL_MAX < lim) continue;
             const uint64_t h = td_sample_noise_bits(pl->key, (uint64_t)(uint32_t)x);
-            if (x != top && s + td_sample_gumbel_bound_steps(h) * TD_SAMPLE_LN2 < lim) continue;
+            if (x != ref && s + td_sample_gumbel_bound_steps(h) * TD_SAMPLE_LN2 < lim) continue;
             const double v = s + td_sample_gumbel_of(td_sample_uniform_of(h));
             if (pass == 0) {
                 if (v > best) best = v;
@@ -100,6 +114,53 @@ static void summary_one(td_sample_summary *out, int32_t id, float logit) {
     out->logit[0] = logit;
 }
 
+/* Whether token x is in the kept set: finite, at least the prefix's last
+ * rank key (floor_rank 0: no prefix), and past min-p. */
+static bool in_kept(const td_sample_plan *pl, const float *logits, int32_t x, double smax, uint64_t floor_rank) {
+    const float l = logits[x];
+    if (!finite_logit(l)) return false;
+    if (floor_rank && td_sample_rank_key(l, x) < floor_rank) return false;
+    return score_of(l, pl->temperature) - smax >= pl->log_min_p;
+}
+
+/* Rejection over the kept set (cand[0, keep), or NULL: every finite token,
+ * both before min-p): x's test with td_sampler_reject's double, else the
+ * residual draw. */
+static void reject(const td_sample_plan *pl, const float *logits, int32_t n, const uint64_t *cand, int32_t keep,
+                   int32_t top, td_sample_summary *out) {
+    const double t = pl->temperature, smax = score_of(logits[top], t);
+    const uint64_t floor_rank = cand ? cand[keep - 1] : 0;
+    const int32_t x = pl->reject_x, skip = pl->reject_skip;
+    if (x >= 0 && x < n && in_kept(pl, logits, x, smax, floor_rank)) {
+        double lane[TD_SAMPLE_NORM_LANES] = {0}; /* tokens outside the set add nothing */
+        for (int32_t v = 0; v < n; v++)
+            if (in_kept(pl, logits, v, smax, floor_rank))
+                lane[v % TD_SAMPLE_NORM_LANES] += td_sample_exp(score_of(logits[v], t) - smax);
+        const double z = td_sample_norm_sum_lanes(lane);
+        if (pl->reject_u < td_sample_exp(score_of(logits[x], t) - smax) / z) {
+            summary_one(out, x, logits[x]);
+            out->accepted = 1;
+            return;
+        }
+    }
+    /* the residual's bound from the best kept token other than skip: the
+     * first of the prefix, or the row's top, or its best other token */
+    int32_t ref = -1;
+    if (cand) {
+        ref = id_of_rank(cand[0]) != skip ? id_of_rank(cand[0]) : keep > 1 ? id_of_rank(cand[1]) : -1;
+    } else if (top != skip) {
+        ref = top;
+    } else {
+        for (int32_t v = 0; v < n; v++)
+            if (v != skip && finite_logit(logits[v]) && (ref < 0 || logits[v] > logits[ref])) ref = v;
+    }
+    if (ref < 0 || !in_kept(pl, logits, ref, smax, floor_rank)) { /* the set was {skip}: the top, as the sampler */
+        summary_one(out, top, logits[top]);
+        return;
+    }
+    draw(pl, logits, n, cand, keep, top, ref, skip, out);
+}
+
 /* The observations: td_sample_top_ids, where the device can give them. */
 static void top_ids(const td_sample_plan *pl, const float *logits, int32_t n, td_sample_summary *out) {
     out->n_top = 0;
@@ -117,9 +178,12 @@ static void top_ids(const td_sample_plan *pl, const float *logits, int32_t n, td
 /* Steps 1-5 of sample.h's definition: the pick. */
 static int summarize_pick(const td_sample_plan *pl, const float *logits, int32_t n, td_sample_summary *out) {
     out->n = 0;
+    out->accepted = 0;
     const int32_t top = td_sample_argmax(logits, n); /* lowest id on ties, 0 when nothing is finite */
+    const bool rej = pl->reject != 0;
     if (pl->temperature == 0.0) {
         summary_one(out, top, logits[top]);
+        out->accepted = rej && pl->reject_x == top; /* the point mass at the top */
         return TD_OK;
     }
     int32_t n_fin = 0;
@@ -129,11 +193,13 @@ static int summarize_pick(const td_sample_plan *pl, const float *logits, int32_t
     }
     if (n_fin == 0) {
         summary_one(out, 0, logits[0]);
+        out->accepted = rej && pl->reject_x == 0 && pl->reject_u < 1.0; /* p(0) = 1 */
         return TD_OK;
     }
     const bool use_k = pl->top_k > 0 && pl->top_k < n_fin;
     if (!use_k && !(pl->top_p < 1.0 && n_fin > 1)) { /* no prefix to find: min-p is a test per token */
-        draw(pl, logits, n, NULL, 0, top, out);
+        if (rej) reject(pl, logits, n, NULL, 0, top, out);
+        else draw(pl, logits, n, NULL, 0, top, top, -1, out);
         return TD_OK;
     }
     /* the candidates best first, as sample.c ranks them */
@@ -162,7 +228,8 @@ static int summarize_pick(const td_sample_plan *pl, const float *logits, int32_t
         }
         keep = m;
     }
-    draw(pl, logits, n, cand, keep, top, out);
+    if (rej) reject(pl, logits, n, cand, keep, top, out);
+    else draw(pl, logits, n, cand, keep, top, top, -1, out);
     free(cand), free(e);
     return TD_OK;
 }
@@ -172,8 +239,9 @@ int td_sample_summarize(const td_sample_plan *pl, const float *logits, int32_t n
     return summarize_pick(pl, logits, n, out);
 }
 
-int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary *s) {
-    if (!pl || !s || s->n <= 0 || s->n > TD_SAMPLE_SUMMARY_MAX) return -1;
+/* The best noisy score among the summary's tokens, by the plan's key. */
+static int32_t pick_of(const td_sample_plan *pl, const td_sample_summary *s) {
+    if (s->n <= 0 || s->n > TD_SAMPLE_SUMMARY_MAX) return -1;
     if (s->n == 1) return s->id[0] >= 0 ? s->id[0] : -1;
     int32_t best_id = -1;
     double best = 0.0;
@@ -185,4 +253,21 @@ int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary
         if (best_id < 0 || v > best || (v == best && x < best_id)) best = v, best_id = x;
     }
     return best_id;
+}
+
+int32_t td_sample_summary_pick(const td_sample_plan *pl, const td_sample_summary *s) {
+    if (!pl || !s || pl->reject) return -1;
+    return pick_of(pl, s);
+}
+
+int32_t td_sample_summary_reject(const td_sample_plan *pl, const td_sample_summary *s, bool *accepted) {
+    if (!accepted) return -1;
+    *accepted = false;
+    if (!pl || !s || !pl->reject) return -1;
+    if (s->accepted) {
+        if (s->n != 1 || s->id[0] != pl->reject_x || pl->reject_x < 0) return -1;
+        *accepted = true;
+        return s->id[0];
+    }
+    return pick_of(pl, s); /* the residual draw: the plan's key is the resample key */
 }

@@ -1057,6 +1057,120 @@ static double ulps_from(double got, double want) {
 
 /* td_sample_exp (basic operations only, so that a device gives its bits)
  * within an ulp of glibc's exp over its range, and its edges. */
+/* Rejection plans: every decided summary gives td_sampler_reject's token
+ * and verdict, over temperatures, filters, proposals (the top token, the
+ * runner-up, any token, none) and keep_x; the verdict is exact even where
+ * u lies at p(x) to the last bit (T 1 without filters, where p(x) is known
+ * from td_sample_norm_sum). */
+static void test_summary_reject(void **state) {
+    (void)state;
+    static const float temps[] = {0.0f, 0.6f, 1.0f, 1.5f};
+    static const int32_t ks[] = {0, 1, 40};
+    static const float ps[] = {1.0f, 0.9f};
+    static const float mins[] = {0.0f, 0.05f};
+    long decided = 0, undecided = 0, accepted = 0, rejected = 0, top_rejected = 0, multi = 0;
+    float l[1000];
+    for (int kind = 0; kind < 4; kind++)
+        for (int row = 0; row < 2; row++) {
+            const int n = row ? 1000 : 60;
+            summary_row(l, n, kind, (uint64_t)(kind * 10 + row + 500));
+            int32_t best[2];
+            td_sample_top_ids(l, n, best, 2);
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 3; b++)
+                    for (int c = 0; c < 2; c++)
+                        for (int d = 0; d < 2; d++) {
+                            td_sample_params p = td_sample_defaults();
+                            p.temperature = temps[a], p.top_k = ks[b], p.top_p = ps[c], p.min_p = mins[d];
+                            p.seed = (uint64_t)(row * 7 + a + 1);
+                            td_sampler *smp = make(p, n);
+                            uint64_t st = (uint64_t)(kind * 1000 + a * 100 + b * 10 + c * 2 + d + 1);
+                            for (int e = 0; e < 10; e++) {
+                                const int32_t x = e % 5 == 0 ? best[0] : e % 5 == 1 ? best[1] : e % 5 == 2 ? -1
+                                                                                                  : (int32_t)(rng_next(&st) % (uint64_t)n);
+                                const double u = e < 5 ? rng_unit(&st) : 0.05 * rng_unit(&st); /* small u: accepts */
+                                const bool keep_x = e == 9;
+                                const int64_t pos = 20 + e;
+                                td_sample_plan pl;
+                                assert_true(td_sample_plan_make_reject(&p, pos, x, u, p.seed ^ 99, keep_x, &pl));
+                                td_sample_summary sum;
+                                assert_int_equal(td_sample_summarize(&pl, l, n, &sum), TD_OK);
+                                bool acc_s, acc_w;
+                                const int32_t got = td_sample_summary_reject(&pl, &sum, &acc_s);
+                                assert_int_equal(td_sample_summary_pick(&pl, &sum), -1); /* not a plain plan */
+                                if (sum.n == 0) {
+                                    assert_int_equal(got, -1);
+                                    undecided++;
+                                    continue;
+                                }
+                                const int32_t want = td_sampler_reject(smp, l, NULL, 0, pos, x, u, p.seed ^ 99, keep_x, &acc_w);
+                                if (got != want || acc_s != acc_w)
+                                    fail_msg("n %d kind %d T %g k %d p %g min_p %g x %d u %g: summary %d/%d (of %d), "
+                                             "sampler %d/%d", n, kind, (double)p.temperature, p.top_k, (double)p.top_p,
+                                             (double)p.min_p, x, u, got, acc_s, sum.n, want, acc_w);
+                                decided++;
+                                multi += sum.n > 1;
+                                accepted += acc_w;
+                                rejected += !acc_w;
+                                top_rejected += !acc_w && x == best[0] && p.temperature > 0.0f;
+                            }
+                            td_sampler_destroy(smp);
+                        }
+        }
+    fprintf(stderr, "# reject summaries: %ld decided (%ld accepted, %ld rejected, %ld of them the top; %ld with "
+            "near-ties), %ld undecided\n", decided, accepted, rejected, top_rejected, multi, undecided);
+    assert_true(undecided * 50 <= decided);
+    assert_true(accepted > 200 && rejected > 200 && top_rejected > 20);
+    /* at p(x) to the bit: T 1, no filters */
+    enum { N = 3000 };
+    float *w = malloc(N * sizeof *w);
+    assert_non_null(w);
+    td_sample_params p = tempered(1.0f, 4);
+    for (int32_t x = 0; x < 40 * N; x += 997) {
+        float m;
+        if (x % N < 997) fill_logits(w, N, (uint64_t)(23 + x), -3.0f, 5.0f); /* a new row, a new z */
+        const double z = td_sample_norm_sum(w, N, &m);
+        const double px = td_sample_exp((double)w[x % N] - m) / z;
+        for (int side = 0; side < 2; side++) {
+            td_sample_plan pl;
+            assert_true(td_sample_plan_make_reject(&p, 3, x % N, side ? px : nextafter(px, 0.0), 8, false, &pl));
+            td_sample_summary sum;
+            assert_int_equal(td_sample_summarize(&pl, w, N, &sum), TD_OK);
+            bool acc;
+            const int32_t got = td_sample_summary_reject(&pl, &sum, &acc);
+            assert_int_equal(acc, side == 0);
+            if (acc) assert_int_equal(got, x % N);
+            else assert_true(got >= 0 && got != x % N);
+        }
+    }
+    /* nothing finite: token 0, accepted when it is x; +inf: undecided */
+    for (int i = 0; i < N; i++) w[i] = -INFINITY;
+    td_sample_plan pl;
+    td_sample_summary sum;
+    bool acc;
+    assert_true(td_sample_plan_make_reject(&p, 3, 0, 0.7, 8, false, &pl));
+    assert_int_equal(td_sample_summarize(&pl, w, N, &sum), TD_OK);
+    assert_int_equal(td_sample_summary_reject(&pl, &sum, &acc), 0);
+    assert_true(acc);
+    assert_true(td_sample_plan_make_reject(&p, 3, 5, 0.7, 8, false, &pl));
+    assert_int_equal(td_sample_summarize(&pl, w, N, &sum), TD_OK);
+    assert_int_equal(td_sample_summary_reject(&pl, &sum, &acc), 0);
+    assert_false(acc);
+    w[9] = INFINITY;
+    assert_int_equal(td_sample_summarize(&pl, w, N, &sum), TD_OK);
+    assert_int_equal(sum.n, 0);
+    /* malformed or mismatched: -1 */
+    td_sample_plan plain;
+    assert_true(td_sample_plan_make(&p, 3, &plain));
+    sum = (td_sample_summary){.n = 1, .accepted = 1, .id = {6}};
+    assert_int_equal(td_sample_summary_reject(&pl, &sum, &acc), -1); /* accepted, but not x */
+    assert_false(acc);
+    assert_int_equal(td_sample_summary_reject(&plain, &sum, &acc), -1);
+    assert_int_equal(td_sample_summary_reject(&pl, &sum, NULL), -1);
+    assert_false(td_sample_plan_make_reject(&p, 3, -2, 0.5, 8, false, &pl));
+    free(w);
+}
+
 static void test_norm_exp(void **state) {
     (void)state;
     double worst = 0.0;
@@ -1281,6 +1395,7 @@ int main(void) {
         cmocka_unit_test(test_summary_undecided),
         cmocka_unit_test(test_summary_near_ties),
         cmocka_unit_test(test_summary_top_ids),
+        cmocka_unit_test(test_summary_reject),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "sample/sample.h"
+#include "sample/sample_norm.h"
 
 /* ---- the stand-in block: its barrier and its shuffle lanes ---- */
 typedef struct emu_block {
@@ -285,6 +286,133 @@ static void block_is_repeatable(void **state) {
     free(l);
 }
 
+/* Rejection plans: the block's summary is the host's wherever both decide
+ * (the verdict included: the block's z is td_sampler_reject's double), its
+ * decided outcome is td_sampler_reject's, over proposals that are the top
+ * token (so the residual's bound comes from elsewhere), the runner-up, any
+ * token and none. */
+static void block_rejects_match_definition(void **state) {
+    (void)state;
+    static const float temps[] = {0.0f, 0.8f, 1.0f};
+    static const int32_t ks[] = {0, 40};
+    static const float ps[] = {1.0f, 0.9f};
+    float *l = malloc(5000 * sizeof *l);
+    assert_non_null(l);
+    int cases = 0, decided = 0, accepted = 0, top_rejected = 0, short_head = 0;
+    for (int si = 0; si < 2; si++)
+        for (int kind = 0; kind < 4; kind++) {
+            const int n = si ? 5000 : 300;
+            make_row(l, n, kind, (uint64_t)(si * 10 + kind + 40));
+            int32_t best[2];
+            td_sample_top_ids(l, n, best, 2);
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 2; b++)
+                    for (int c = 0; c < 2; c++) {
+                        if (a == 0 && (b || c)) continue;
+                        td_sample_params p = td_sample_defaults();
+                        p.temperature = temps[a], p.top_k = ks[b], p.top_p = ps[c];
+                        p.min_p = (kind + c) % 2 ? 0.05f : 0.0f;
+                        p.seed = (uint64_t)(kind * 5 + b);
+                        const int e = (a + b + c + kind) % 4;
+                        const int32_t x = e == 0 ? best[0] : e == 1 ? best[1] : e == 2 ? -1 : (n * 3 / 7);
+                        const double u = (si + c) % 2 ? 0.02 : 0.6;
+                        const int64_t pos = 7 + a;
+                        td_sample_plan pl;
+                        assert_true(td_sample_plan_make_reject(&p, pos, x, u, 1234, a == 2 && b == 1, &pl));
+                        td_sample_summary blk, host;
+                        block_summarize(&pl, l, n, &blk);
+                        assert_int_equal(td_sample_summarize(&pl, l, n, &host), TD_OK);
+                        cases++;
+                        if (blk.n == 0) {
+                            if (host.n != 0) {
+                                assert_true(n > TD_BLK_HEAD);
+                                short_head++;
+                            }
+                            continue;
+                        }
+                        bool acc_b, acc_w;
+                        const int32_t got = td_sample_summary_reject(&pl, &blk, &acc_b);
+                        td_sampler *smp = td_sampler_create(&p, n, NULL);
+                        assert_non_null(smp);
+                        const int32_t want = td_sampler_reject(smp, l, NULL, 0, pos, x, u, 1234, a == 2 && b == 1, &acc_w);
+                        td_sampler_destroy(smp);
+                        if (got != want || acc_b != acc_w)
+                            fail_msg("n %d kind %d T %g k %d p %g x %d u %g: block %d/%d, sampler %d/%d", n, kind,
+                                     (double)p.temperature, p.top_k, (double)p.top_p, x, u, got, acc_b, want, acc_w);
+                        assert_int_equal(host.n > 0, 1);
+                        assert_true(same_summary(&blk, &host));
+                        assert_int_equal(blk.accepted, host.accepted);
+                        decided++;
+                        accepted += acc_w;
+                        top_rejected += !acc_w && x == best[0] && p.temperature > 0.0f;
+                    }
+        }
+    fprintf(stderr, "# %d rejection rows: %d decided by the block (%d accepted, %d rejections of the top), %d left "
+            "below its head\n", cases, decided, accepted, top_rejected, short_head);
+    assert_true(decided >= cases - 8);
+    assert_true(accepted >= 5 && decided - accepted >= 5 && top_rejected >= 2);
+    /* the top rejected with no filters: the bound comes from the best other
+     * token (a second argmax); 3,000 equal logits make the block read the
+     * row twice; nothing finite: token 0 */
+    enum { N = 4000 };
+    float *w = malloc(N * sizeof *w);
+    assert_non_null(w);
+    for (int i = 0; i < N; i++) w[i] = i < 3000 ? 0.5f : -INFINITY;
+    w[3] = 0.75f;
+    td_sample_params p = td_sample_defaults();
+    p.temperature = 1.0f, p.seed = 8;
+    td_sample_plan pl;
+    td_sample_summary blk, host;
+    for (int r = 0; r < 3; r++) {
+        const int32_t x = r == 0 ? 3 : r == 1 ? 10 : -1;
+        assert_true(td_sample_plan_make_reject(&p, 3, x, 0.999, 55, false, &pl));
+        block_summarize(&pl, w, N, &blk);
+        assert_int_equal(td_sample_summarize(&pl, w, N, &host), TD_OK);
+        assert_true(blk.n > 0);
+        assert_true(same_summary(&blk, &host));
+        bool acc_b, acc_w;
+        td_sampler *smp = td_sampler_create(&p, N, NULL);
+        assert_non_null(smp);
+        assert_int_equal(td_sample_summary_reject(&pl, &blk, &acc_b),
+                         td_sampler_reject(smp, w, NULL, 0, 3, x, 0.999, 55, false, &acc_w));
+        td_sampler_destroy(smp);
+        assert_false(acc_b);
+        assert_false(acc_w);
+    }
+    /* u at p(x) to the bit (T 1, no filters: p(x) from td_sample_norm_sum):
+     * the block's verdict is the sampler's on both sides */
+    for (int r = 0, seed = 70; r < 3; r++) {
+        /* rows whose z libm's exp would round differently, so that the
+         * check can see a block that used it */
+        float m;
+        double z, z_libm;
+        do {
+            make_row(w, N, 0, (uint64_t)seed++);
+            z = td_sample_norm_sum(w, N, &m);
+            double lane[TD_SAMPLE_NORM_LANES] = {0};
+            for (int i = 0; i < N; i++) lane[i % TD_SAMPLE_NORM_LANES] += exp((double)w[i] - m);
+            z_libm = td_sample_norm_sum_lanes(lane);
+        } while (z == z_libm && seed < 2000);
+        assert_true(z != z_libm);
+        const int32_t x = 100 * r + 1;
+        const double px = td_sample_exp((double)w[x] - m) / z;
+        for (int side = 0; side < 2; side++) {
+            assert_true(td_sample_plan_make_reject(&p, 3, x, side ? px : nextafter(px, 0.0), 55, false, &pl));
+            block_summarize(&pl, w, N, &blk);
+            assert_int_equal(blk.accepted, side == 0);
+            assert_true(blk.n > 0);
+        }
+    }
+    for (int i = 0; i < N; i++) w[i] = -INFINITY;
+    assert_true(td_sample_plan_make_reject(&p, 3, 0, 0.5, 55, false, &pl));
+    block_summarize(&pl, w, N, &blk);
+    assert_int_equal(blk.n, 1);
+    assert_int_equal(blk.id[0], 0);
+    assert_int_equal(blk.accepted, 1);
+    free(w);
+    free(l);
+}
+
 /* ---- scores ---- */
 
 /* Bit for bit, what the row's score holds (alternatives: as many as both
@@ -374,6 +502,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(block_matches_definition),
         cmocka_unit_test(block_is_repeatable),
+        cmocka_unit_test(block_rejects_match_definition),
         cmocka_unit_test(block_scores_match_definition),
         cmocka_unit_test(block_scores_repeat_and_crowd),
     };
