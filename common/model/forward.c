@@ -962,9 +962,11 @@ static int bind_cache(td_ctx *c, td_kv *kv, td_err *err) {
 /* The pass on the device: the host part (slots, chains, RoPE angles) is the
  * CPU's, the rest is cuda_backend.cu's. */
 /* Row j's pick and observations from its summary (td_model_forward_picks). */
-static void from_summary(const td_sample_plan *pl, const td_sample_summary *sum, int32_t j, int32_t *picks,
-                         int32_t *tops) {
-    picks[j] = td_sample_summary_pick(pl, sum);
+static void from_summary(const td_sample_plan *pl, const td_sample_summary *sum, int32_t j, const td_pass_out *w) {
+    int32_t *picks = w->picks, *tops = w->tops;
+    bool acc = false;
+    picks[j] = pl->reject ? td_sample_summary_reject(pl, sum, &acc) : td_sample_summary_pick(pl, sum);
+    if (w->accepted) w->accepted[j] = acc;
     if (!tops) return;
     int32_t *tj = tops + (size_t)j * TD_SAMPLE_TOP_MAX;
     tj[0] = -1;
@@ -998,7 +1000,7 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
     c->device_rows = n_out;
     for (int32_t r = 0; r < n_rows; r++) kv->len[rows[r].seq] = c->slot[r] + 1;
     for (int32_t j = 0; j < n_out && w->picks; j++) {
-        if (plans) from_summary(&plans[j], &c->summaries[j], j, w->picks, w->tops);
+        if (plans) from_summary(&plans[j], &c->summaries[j], j, w);
         else if (w->tops) w->tops[(size_t)j * TD_SAMPLE_TOP_MAX] = -1;
     }
     return TD_OK;
@@ -1027,7 +1029,7 @@ static void out_worker(void *p, int ith, int nth) {
         if (out->picks && out->plans) { /* the device's definition, run here (for tests) */
             td_sample_summary sum;
             td_sample_summarize(&out->plans[j], row, V, &sum);
-            from_summary(&out->plans[j], &sum, j, out->picks, out->tops);
+            from_summary(&out->plans[j], &sum, j, out);
         } else if (out->picks) {
             out->picks[j] = td_sample_argmax(row, V);
             if (out->tops) out->tops[(size_t)j * TD_SAMPLE_TOP_MAX] = -1;
@@ -1040,6 +1042,7 @@ int td_model_forward_out(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_row
                          const td_pass_out *out, td_err *err) {
     if (!out) return td_err_set(err, TD_E_ARG, "nothing asked of the pass");
     if ((out->plans || out->tops) && !out->picks) return td_err_set(err, TD_E_ARG, "no room for the picks");
+    if (out->accepted && !out->plans) return td_err_set(err, TD_E_ARG, "verdicts asked without plans");
     if (out->targets && !out->scores) return td_err_set(err, TD_E_ARG, "targets but no room for the scores");
     if (out->scores && (out->n_alt < 0 || out->n_alt > TD_SAMPLE_ALT_MAX))
         return td_err_set(err, TD_E_ARG, "%d alternatives (0..%d)", out->n_alt, TD_SAMPLE_ALT_MAX);

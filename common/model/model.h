@@ -255,6 +255,8 @@ int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows,
  *     repetition penalty). plans given (one per row, td_sample_plan_make):
  *     td_sampler_pick's token for that plan, or -1 where the row's summary
  *     is undecided (sample.h): the caller then picks from the row's logits.
+ *     A rejection plan (td_sample_plan_make_reject) gives td_sampler_reject's
+ *     token, and its verdict in accepted[j] (NULL: not wanted).
  *   tops (rows x TD_SAMPLE_TOP_MAX, or NULL; with plans): row j's
  *     td_sample_top_ids for its plan's n_top at tops[j * TD_SAMPLE_TOP_MAX],
  *     or -1 there where the summary left them to the row (or none asked).
@@ -266,6 +268,7 @@ int td_model_forward(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows,
 typedef struct td_pass_out {
     int32_t *picks;
     const td_sample_plan *plans;
+    bool *accepted;
     int32_t *tops;
     td_sample_score *scores;
     const int32_t *targets;

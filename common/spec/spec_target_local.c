@@ -46,6 +46,7 @@ typedef struct local_target {
     int32_t *picks;       /* (max_rows) picks, when a pass needs nothing more; -1: pick from the row */
     td_sample_plan *plans; /* (max_rows) each row's sampling, for a device that picks */
     int32_t *tops;        /* (max_rows, TD_SAMPLE_TOP_MAX) observations from the device; -1 first: none */
+    bool *accepted;       /* (max_rows) rejection's verdict, where the pass brought picks */
     uint8_t *fetched;     /* (max_rows) the row's logits were brought from the device */
     bool picked;          /* the last verify pass brought picks, not logits */
     td_sample_score *scores; /* (max_rows) what the rows' logprobs need, */
@@ -118,16 +119,38 @@ static int lt_open(td_target *base, int32_t seq, const td_target_seq_params *p, 
 /* Rejection mode at one node (see spec_run.c's history of this test): the
  * proposal is a point mass, so accept x with probability p(x), else draw
  * from p without x, each with randomness of its own key
- * (td_sampler_reject). */
+ * (td_sampler_reject). The uniform and the residual's seed, for the token
+ * at pos: */
+static double rejection_u(const local_seq *s, int64_t pos) {
+    return td_sample_uniform(s->p.sample.seed, pos, 0x5eedULL);
+}
+static uint64_t rejection_seed(const local_seq *s) {
+    return s->p.sample.seed ^ 0x9e3779b97f4a7c15ULL;
+}
+
 static int32_t rejection_pick(local_target *t, local_seq *s, const float *lg, size_t n_ctx, int32_t child,
                               const td_draft *d, bool *acc) {
-    uint64_t seed = s->p.sample.seed;
-    int64_t pos = (int64_t)n_ctx;
-    int32_t x = child >= 0 ? d->token[child] : -1;
-    int32_t tk = td_sampler_reject(t->smp, lg, s->hist, n_ctx, pos, x, td_sample_uniform(seed, pos, 0x5eedULL),
-                                   seed ^ 0x9e3779b97f4a7c15ULL, s->p.test_skip_residual, acc);
-    if (child < 0) *acc = false;
-    return tk;
+    const int64_t pos = (int64_t)n_ctx;
+    const int32_t x = child >= 0 ? d->token[child] : -1;
+    return td_sampler_reject(t->smp, lg, s->hist, n_ctx, pos, x, rejection_u(s, pos), rejection_seed(s),
+                             s->p.test_skip_residual, acc);
+}
+
+/* Row r's plan (r is tree node node's row; its pick is for the position
+ * after it): rejection's test of the node's first child, or a pick. False
+ * where the pick reads the history (a repetition penalty). */
+static bool plan_row(const local_seq *s, const td_draft *d, int32_t node, const td_row *row, td_sample_plan *pl) {
+    const int64_t pos = (int64_t)row->pos + 1;
+    bool ok;
+    if (s->p.mode == TD_SPEC_REJECTION) {
+        const int32_t child = first_child(d, node);
+        ok = td_sample_plan_make_reject(&s->p.sample, pos, child >= 0 ? d->token[child] : -1, rejection_u(s, pos),
+                                        rejection_seed(s), s->p.test_skip_residual, pl);
+    } else {
+        ok = td_sample_plan_make(&s->p.sample, pos, pl);
+    }
+    pl->n_top = s->p.n_top;
+    return ok;
 }
 
 static void fill_logprobs(const local_target *t, const float *lg, int32_t tk, int32_t n_alt, td_node_result *r) {
@@ -209,8 +232,14 @@ static int walk(local_target *t, local_seq *s, td_verify_item *it, int32_t row0,
         if (s->p.mode == TD_SPEC_REJECTION) {
             bool acc;
             child = first_child(d, node);
-            tk = rejection_pick(t, s, lg, n_ctx, child, d, &acc);
-            if (tk < 0) return td_err_set(err, tk, "sampler refused its arguments");
+            if (t->picked && t->picks[row0 + 1 + node] >= 0) { /* decided where the logits are */
+                tk = t->picks[row0 + 1 + node];
+                acc = t->accepted[row0 + 1 + node];
+            } else {
+                if ((rc = row_logits(t, row0 + 1 + node, err))) return rc;
+                tk = rejection_pick(t, s, lg, n_ctx, child, d, &acc);
+                if (tk < 0) return td_err_set(err, tk, "sampler refused its arguments");
+            }
             if (!acc) child = -1;
         } else if (t->picked && t->picks[row0 + 1 + node] >= 0) {
             tk = t->picks[row0 + 1 + node]; /* every verify row has logits */
@@ -271,35 +300,41 @@ static int lt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
             t->rows[n_rows++] = (td_row){it->seq, root_pos + depth[j], d->token[j], true, true,
                                          t->row0[k] + 1 + d->parent[j]};
     }
-    /* Outside rejection mode a pass needs only each row's pick and
-     * observations, and, for logprobs, its score: td_model_forward_out works
-     * them out where the logits are (on a GPU they then stay there). On the
-     * CPU that is greedy rows' argmax, without observations or logprobs (the
-     * logits are at hand); on a GPU, rows without a repetition penalty send
-     * back a summary the pick and the observations follow from (sample.h),
-     * or, greedy without observations, the argmax, and with logprobs a
-     * score with the most alternatives a node may ask. */
+    /* A pass needs only each row's pick (in rejection mode, with its
+     * verdict) and observations, and, for logprobs, its score:
+     * td_model_forward_out works them out where the logits are (on a GPU
+     * they then stay there). On the CPU that is greedy rows' argmax, without
+     * observations, logprobs or rejection (the logits are at hand); on a
+     * GPU, rows without a repetition penalty send back a summary the pick,
+     * the verdict and the observations follow from (sample.h), or, greedy
+     * without observations, the argmax, and with logprobs a score with the
+     * most alternatives a node may ask. */
     const bool on_device = td_ctx_device(t->ctx).kind == TD_DEVICE_CUDA, device_style = on_device || t->device_style;
-    bool picks = true, greedy = true, observe = false, logprobs = false;
+    bool picks = true, greedy = true, observe = false, logprobs = false, rejection = false;
     for (int32_t k = 0; k < n_items; k++) {
         const td_target_seq_params *p = &t->seqs[items[k].seq].p;
-        picks = picks && p->mode != TD_SPEC_REJECTION && (p->n_logprobs < 0 || device_style);
+        picks = picks && (p->n_logprobs < 0 || device_style);
         greedy = greedy && td_sample_is_plain_greedy(&p->sample);
         observe = observe || p->n_top > 0;
         logprobs = logprobs || p->n_logprobs >= 0;
+        rejection = rejection || p->mode == TD_SPEC_REJECTION;
     }
-    bool planned = picks && device_style && (!greedy || observe);
-    for (int32_t r = 0; r < n_rows && planned; r++) { /* a pick at row r is for the position after it */
-        const td_target_seq_params *p = &t->seqs[t->rows[r].seq].p;
-        planned = td_sample_plan_make(&p->sample, (int64_t)t->rows[r].pos + 1, &t->plans[r]);
-        t->plans[r].n_top = p->n_top;
+    picks = picks && (!rejection || device_style);
+    bool planned = picks && device_style && (!greedy || observe || rejection);
+    for (int32_t k = 0; k < n_items && planned; k++) {
+        const local_seq *s = &t->seqs[items[k].seq];
+        for (int32_t node = -1; node < items[k].tree->n && planned; node++) {
+            const int32_t r = t->row0[k] + 1 + node;
+            planned = plan_row(s, items[k].tree, node, &t->rows[r], &t->plans[r]);
+        }
     }
-    picks = picks && (planned || (greedy && !observe));
+    picks = picks && (planned || (greedy && !observe && !rejection));
     if (picks) memset(t->fetched, 0, (size_t)n_rows);
     double t0 = td_now_sec();
     int rc;
     if (picks) {
-        const td_pass_out out = {.picks = t->picks, .plans = planned ? t->plans : NULL, .tops = t->tops,
+        const td_pass_out out = {.picks = t->picks, .plans = planned ? t->plans : NULL,
+                                 .accepted = planned ? t->accepted : NULL, .tops = t->tops,
                                  .scores = logprobs ? t->scores : NULL, .n_alt = TD_SAMPLE_ALT_MAX};
         rc = td_model_forward_out(t->ctx, t->kv, t->rows, n_rows, on_device ? NULL : t->logits, &out, err);
     } else {
@@ -391,6 +426,7 @@ static void lt_destroy(td_target *base) {
     free(t->picks);
     free(t->plans);
     free(t->tops);
+    free(t->accepted);
     free(t->scores);
     free(t->fetched);
     free(t->rows);
@@ -422,11 +458,12 @@ td_target *td_spec_target_local_create(const td_model *m, td_ctx *ctx, td_kv *kv
     t->plans = malloc((size_t)t->max_rows * sizeof *t->plans);
     t->tops = malloc((size_t)t->max_rows * TD_SAMPLE_TOP_MAX * sizeof *t->tops);
     t->fetched = malloc((size_t)t->max_rows);
+    t->accepted = malloc((size_t)t->max_rows * sizeof *t->accepted);
     t->scores = malloc((size_t)t->max_rows * sizeof *t->scores);
     td_err why = {0};
     t->smp = td_sampler_create(NULL, t->n_vocab, &why);
     if (!t->seqs || !t->logits || !t->rows || !t->row0 || !t->picks || !t->plans || !t->tops || !t->fetched ||
-        !t->scores || !t->smp) {
+        !t->accepted || !t->scores || !t->smp) {
         lt_destroy(&t->base);
         goto nomem;
     }

@@ -633,6 +633,74 @@ static void gpu_sampled_picks(void **s) {
     unload(&L);
 }
 
+/* Rejection decided on the GPU (rejection plans): each row's token and
+ * verdict are td_sampler_reject's on the same pass's logits, for proposals
+ * that are the row's top token, another token and none. */
+static void gpu_rejection_picks(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    assert_true(tiny("--type Q4_1", "rpicks", &L));
+    const int32_t V = td_model_hparams(L.m)->n_vocab;
+    td_err err = {0};
+    td_ctx *c = gpu_ctx(L.m, 8, (gpu_kind){false, NULL, false, NULL});
+    td_kv *ka = td_kv_create(L.m, 1, 32, NULL), *kb = td_kv_create(L.m, 1, 32, NULL);
+    float *la = malloc((size_t)8 * V * sizeof(float));
+    int32_t ids[8], picks[8];
+    bool accepted[8];
+    tokens_of(V, ids, 8);
+    td_row rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = td_row_linear(0, i, ids[i], true);
+    assert_int_equal(td_model_forward(c, ka, rows, 8, la, &err), TD_OK);
+    static const float temps[] = {0.0f, 0.5f, 1.0f, 2.0f};
+    int decided = 0, undecided = 0, acc_n = 0;
+    for (int a = 0; a < 4; a++)
+        for (int f = 0; f < 3; f++)
+            for (int seed = 0; seed < 3; seed++) {
+                td_sample_params sp = td_sample_defaults();
+                sp.temperature = temps[a];
+                if (f == 1) sp.top_k = 40, sp.top_p = 0.95f;
+                if (f == 2) sp.min_p = 0.05f;
+                sp.seed = (uint64_t)(seed * 1000 + a);
+                td_sample_plan plans[8];
+                int32_t xs[8];
+                double us[8];
+                for (int j = 0; j < 8; j++) {
+                    const float *lj = la + (size_t)j * V;
+                    xs[j] = j % 3 == 0 ? td_sample_argmax(lj, V) : j % 3 == 1 ? ids[(j + seed) % 8] : -1;
+                    us[j] = td_sample_uniform(sp.seed, j + 1, 0x5eedULL);
+                    assert_true(td_sample_plan_make_reject(&sp, j + 1, xs[j], us[j], sp.seed ^ 7, seed == 2, &plans[j]));
+                }
+                td_sampler *smp = td_sampler_create(&sp, V, NULL);
+                assert_non_null(smp);
+                assert_int_equal(td_kv_truncate(kb, 0, 0), TD_OK);
+                const td_pass_out out = {.picks = picks, .plans = plans, .accepted = accepted};
+                assert_int_equal(td_model_forward_out(c, kb, rows, 8, NULL, &out, &err), TD_OK);
+                for (int j = 0; j < 8; j++) {
+                    if (picks[j] < 0) {
+                        undecided++;
+                        continue;
+                    }
+                    bool want_acc;
+                    const int32_t want = td_sampler_reject(smp, la + (size_t)j * V, NULL, 0, j + 1, xs[j], us[j],
+                                                           sp.seed ^ 7, seed == 2, &want_acc);
+                    assert_int_equal(picks[j], want);
+                    assert_int_equal(accepted[j], want_acc);
+                    decided++;
+                    acc_n += want_acc;
+                }
+                td_sampler_destroy(smp);
+            }
+    fprintf(stderr, "# rejection: %d rows decided on the device (%d accepted), %d from their logits\n", decided, acc_n,
+            undecided);
+    assert_true(undecided <= 2);
+    assert_true(acc_n > 0 && acc_n < decided);
+    free(la);
+    td_kv_destroy(ka), td_kv_destroy(kb);
+    td_ctx_destroy(c);
+    unload(&L);
+}
+
 /* Scores on the GPU (td_model_forward_scores): each is td_sample_score_row
  * of the same pass's logits bit for bit — the sum in the definition's
  * order, with the definition's exp — for every target and number of
@@ -1068,7 +1136,7 @@ int main(void) {
         cmocka_unit_test(tiny_logits_match_cpu), cmocka_unit_test(gpu_batch_invariance),
         cmocka_unit_test(gpu_fast_order),       cmocka_unit_test(gpu_kquant_invariance),
         cmocka_unit_test(gpu_picks),             cmocka_unit_test(gpu_sampled_picks),
-        cmocka_unit_test(gpu_scores),
+        cmocka_unit_test(gpu_scores),            cmocka_unit_test(gpu_rejection_picks),
         cmocka_unit_test(real_teacher_forced),  cmocka_unit_test(real_spec_identity),
         cmocka_unit_test(real_spec_logprobs),
     };

@@ -316,14 +316,28 @@ static void device_style_verify_is_the_same(void **s) {
     td_err err = {0};
     td_ctx *ctx = td_ctx_create(T.m, 64, T.pool, NULL);
     td_ctx_set_numerics(ctx, T.numerics);
-    td_draft tree = {.n = 6, .token = {40, 41, 42, 43, 44, 45}, .parent = {-1, 0, 1, -1, 3, 0}};
-    for (int cfg = 0; cfg < 5; cfg++) {
+    const td_draft arbitrary = {.n = 6, .token = {40, 41, 42, 43, 44, 45}, .parent = {-1, 0, 1, -1, 3, 0}};
+    /* rejection mode tests first children: greedy tokens there, so that
+     * some are accepted */
+    td_sample_params gp = td_sample_defaults();
+    int32_t g[3];
+    plain(&gp, g, 3);
+    const td_draft likely = {.n = 5, .token = {g[0], g[1], g[2], 40, 41}, .parent = {-1, 0, 1, -1, 0}};
+    int rejection_paths = 0, rejection_stops = 0;
+    for (int run = 0; run < 5 + 5 * 12; run++) {
+        const int cfg = run < 5 ? run : 5 + (run - 5) % 5; /* rejection's configurations over 12 seeds */
         td_sample_params sp = td_sample_defaults();
-        if (cfg >= 1) sp.temperature = 0.7f, sp.seed = 31 + (uint64_t)cfg;
-        if (cfg == 2) sp.top_k = 20, sp.top_p = 0.9f, sp.min_p = 0.05f;
-        if (cfg == 4) sp.temperature = 1.5f;
+        if (cfg >= 1) sp.temperature = 0.7f, sp.seed = 31 + (uint64_t)run;
+        if (cfg == 2 || cfg == 6) sp.top_k = 20, sp.top_p = 0.9f, sp.min_p = 0.05f;
+        if (cfg == 4 || cfg == 7) sp.temperature = 1.5f;
+        if (cfg == 8) sp.temperature = 0.0f;
+        if (cfg == 9) sp.temperature = 0.3f;
         td_target_seq_params tp = {.sample = sp, .max_new_tokens = 8, .n_top = cfg == 3 ? 0 : 4,
-                                   .n_logprobs = cfg == 0 ? 3 : cfg == 3 ? -1 : cfg == 4 ? 20 : 0};
+                                   .n_logprobs = cfg == 0 ? 3 : cfg == 3 ? -1 : cfg == 4 ? 20 : cfg == 7 ? 5 : 0};
+        /* 5-9: rejection mode (9 without its correction) */
+        if (cfg >= 5) tp.mode = TD_SPEC_REJECTION;
+        tp.test_skip_residual = cfg == 9;
+        const td_draft tree = cfg >= 5 ? likely : arbitrary;
         td_node_result got[2][7];
         int32_t path[2][TD_DRAFT_MAX], n_path[2];
         for (int way = 0; way < 2; way++) {
@@ -342,6 +356,7 @@ static void device_style_verify_is_the_same(void **s) {
         }
         assert_int_equal(n_path[1], n_path[0]);
         assert_memory_equal(path[1], path[0], (size_t)n_path[0] * sizeof(int32_t));
+        if (cfg >= 5) rejection_paths += n_path[0], rejection_stops += n_path[0] < 3;
         for (int i = 0; i <= tree.n; i++) {
             const td_node_result *a = &got[0][i], *b = &got[1][i];
             assert_int_equal(b->sample, a->sample);
@@ -353,6 +368,10 @@ static void device_style_verify_is_the_same(void **s) {
             assert_memory_equal(b->alt_logprob, a->alt_logprob, (size_t)a->n_alt * sizeof(float));
         }
     }
+    /* both verdicts came up in rejection mode */
+    fprintf(stderr, "# rejection: %d nodes accepted, %d walks stopped early\n", rejection_paths, rejection_stops);
+    assert_true(rejection_paths > 0);
+    assert_true(rejection_stops > 0);
     td_ctx_destroy(ctx);
 }
 
