@@ -35,16 +35,21 @@ static double combine_lanes(double *lane) {
     return sum;
 }
 
+/* The sum for a max already found (the row's largest non-NaN logit). */
+static double norm_sum_at(const float *logits, int32_t n, float m) {
+    double lane[TD_SAMPLE_NORM_LANES] = {0};
+    const int32_t i0 = rounds_for_this_cpu()(logits, n, m, lane);
+    for (int32_t t = 0; i0 + t < n; t++) lane[t] += td_sample_norm_term(logits[i0 + t], m);
+    return combine_lanes(lane);
+}
+
 double td_sample_norm_sum(const float *logits, int32_t n, float *max) {
     float m = -INFINITY;
     for (int32_t i = 0; i < n; i++)
         if (logits[i] > m) m = logits[i]; /* NaN never is */
     m = td_sample_norm_max_of(m);
     *max = m;
-    double lane[TD_SAMPLE_NORM_LANES] = {0};
-    const int32_t i0 = rounds_for_this_cpu()(logits, n, m, lane);
-    for (int32_t t = 0; i0 + t < n; t++) lane[t] += td_sample_norm_term(logits[i0 + t], m);
-    return combine_lanes(lane);
+    return norm_sum_at(logits, n, m);
 }
 
 double td_sample_norm_sum_lanes(double *lane) {
@@ -62,9 +67,13 @@ void td_sample_log_norm(const float *logits, int32_t n, float *max, double *log_
 }
 
 void td_sample_score_row(const float *logits, int32_t n, int32_t target, int32_t n_alt, td_sample_score *out) {
-    out->sum = td_sample_norm_sum(logits, n, &out->max);
-    out->logit = target >= 0 && target < n ? logits[target] : 0.0f;
+    /* the max is the argmax's logit (one read of the row fewer): the largest
+     * non-NaN, or -inf where nothing is above it (the argmax is then 0) */
     out->argmax = td_sample_argmax(logits, n);
+    const float top = logits[out->argmax];
+    out->max = td_sample_norm_max_of(top > -INFINITY ? top : -INFINITY);
+    out->sum = norm_sum_at(logits, n, out->max);
+    out->logit = target >= 0 && target < n ? logits[target] : 0.0f;
     out->n_alt = 0;
     if (n_alt <= 0 || n_alt > TD_SAMPLE_ALT_MAX) return;
     int32_t finite = 0;

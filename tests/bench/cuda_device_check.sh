@@ -167,10 +167,13 @@ run)
   } 2>&1 | tee $OUT/bench7b.log
   P="Explain speculative decoding in two sentences."
   # seeded rows are picked from the device's summaries (cuda_sample.cu): the
-  # same text as the CPU's reference order, plain and speculative
+  # same text as the CPU's reference order, plain and speculative; rejection
+  # mode's verdicts are taken there too (the last two: the same text)
   S="--temperature 0.8 --top-k 40 --top-p 0.95 --seed 7"
   for dev in "--numerics reference" "--device cuda" "--device cuda --draft auto" "--device cuda --numerics fast" \
-    "--numerics reference $S" "--device cuda $S" "--device cuda --draft auto $S"; do
+    "--numerics reference $S" "--device cuda $S" "--device cuda --draft auto $S" \
+    "--numerics reference --draft lookup --draft-mode rejection $S" \
+    "--device cuda --draft lookup --draft-mode rejection $S"; do
     timeout 60 $B/tandem generate --chat --prompt "$P" --max-tokens 96 $dev > /tmp/bd/o.txt 2>/tmp/bd/e.txt
     echo "rc=$? [$dev] text sha256 $(sha256sum < /tmp/bd/o.txt | cut -c1-16)"; cat /tmp/bd/e.txt
   done 2>&1 | tee $OUT/generate.log
