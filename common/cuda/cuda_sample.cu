@@ -15,7 +15,11 @@
 #define TD_ATOMIC_ADD(p, v) atomicAdd((p), (v))
 #include "cuda/cuda_sample_block.h"
 
-__global__ void __launch_bounds__(TD_BLK_THREADS)
+/* One block per row, and a pass's rows (a few hundred at most) fit an
+ * H200's 132 SMs at a few blocks each: occupancy is no concern, so ptxas
+ * may use the registers it needs (asked for no minimum of blocks per SM it
+ * stopped at 48 and spilled: 70 now, no spills). */
+__global__ void __launch_bounds__(TD_BLK_THREADS, 1)
     k_summarize(const float *logits, int32_t n, const td_sample_plan *plans, td_sample_summary *out) {
     td_blk_summarize(logits + (size_t)blockIdx.x * n, n, plans + blockIdx.x, out + blockIdx.x);
 }
