@@ -319,7 +319,6 @@ static int lt_verify(td_target *base, td_verify_item *items, int32_t n_items, td
         logprobs = logprobs || p->n_logprobs >= 0;
         rejection = rejection || p->mode == TD_SPEC_REJECTION;
     }
-    picks = picks && (!rejection || device_style);
     bool planned = picks && device_style && (!greedy || observe || rejection);
     for (int32_t k = 0; k < n_items && planned; k++) {
         const local_seq *s = &t->seqs[items[k].seq];
