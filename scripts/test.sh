@@ -79,7 +79,9 @@ fi
 step "release build: all tests, including the real-model reference tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$JOBS" >/dev/null
-ctest --test-dir build --output-on-failure
+# label long: the real model on the CUDA emulator (~10 minutes; run it with
+# ctest --test-dir build -L long)
+ctest --test-dir build --output-on-failure -LE long
 
 step "Helm chart: rendered and linted by Helm's engine, validated against the Kubernetes schemas, its pods run on loopback"
 tests/helm/run.sh

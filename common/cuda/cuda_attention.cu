@@ -23,7 +23,7 @@ size_t td_cu_attention_smem(int32_t max_len, int32_t head_dim) {
 }
 
 __global__ void __launch_bounds__(AT_THREADS) k_attend(td_attn_args a, td_dpass p, td_dkv kv) {
-    extern __shared__ float sm[];
+    TD_DYNAMIC_SMEM(float, sm);
     __shared__ float red[AT_THREADS / 32];
     __shared__ float inv_sh;
     const int hd = a.head_dim, h = blockIdx.x, r = blockIdx.y;

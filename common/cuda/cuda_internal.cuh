@@ -66,6 +66,15 @@ struct td_dkv {
     int32_t max_len, kv_dim, layer;
 };
 
+/* A kernel's dynamic shared memory as an array of T, 16-byte aligned. The
+ * CPU emulator (tests/cuemu/, which defines TD_CUEMU) hands each block its
+ * own buffer instead: extern __shared__ has no C++ form. */
+#if defined(TD_CUEMU)
+#define TD_DYNAMIC_SMEM(T, name) T *const name = (T *)td_cuemu_dynamic_smem()
+#else
+#define TD_DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 /* Loop unrolling asked of the device compiler only: the host compiler of a
  * __host__ __device__ function would warn about the pragma. */
 #if defined(__CUDA_ARCH__)

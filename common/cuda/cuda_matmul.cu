@@ -251,7 +251,7 @@ __device__ __forceinline__ staged stage_norm_row(char *sm, const td_mm_in &in, i
 /* The standalone form, one block per row, for passes of many rows: there a
  * fused matmul would normalize every row once per block of outputs. */
 __global__ void __launch_bounds__(256) k_norm_quantize(td_mm_in in, int32_t n_in, td_dact out) {
-    extern __shared__ float xs_dyn[];
+    TD_DYNAMIC_SMEM(float, xs_dyn);
     stage_norm_weights(in, n_in, xs_dyn + n_in);
     td_d_pdl_wait();
     td_d_pdl_release();
@@ -314,7 +314,7 @@ __device__ __forceinline__ void slice_sum(float *red, float acc[R], float mins[R
  * blocks (whole quads). KS == 1 is the CPU's reference order. */
 template <int TYPE, int R, int EPI, int OUT_THREADS, int KS>
 __global__ void __launch_bounds__(OUT_THREADS *KS) k_matmul(td_mm mm, td_mm_in in, int32_t n_rows) {
-    extern __shared__ __align__(16) char sm[];
+    TD_DYNAMIC_SMEM(char, sm);
     const int OUT_PER_BLOCK = OUT_THREADS / 8;
     const int tid = threadIdx.x % OUT_THREADS, slice = threadIdx.x / OUT_THREADS;
     const int lane8 = tid & 7, group_base = (tid & 31) & ~7;

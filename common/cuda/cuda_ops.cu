@@ -183,6 +183,7 @@ __global__ void k_kv_move(__half *base, int32_t n_layer, int32_t max_len, int32_
 cudaError_t td_cu_kv_move(__half *seq_base, int32_t n_layer, int32_t max_len, int32_t kv_dim, int32_t base,
                           const int32_t *keep, int32_t n_keep, cudaStream_t st) {
     size_t total = (size_t)n_layer * 2 * kv_dim;
-    k_kv_move<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(seq_base, n_layer, max_len, kv_dim, base, keep, n_keep);
-    return cudaGetLastError();
+    const td_lc lc = {st, false, 0, 0, false, 0};
+    return td_cu_launch(lc, k_kv_move, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, seq_base, n_layer, max_len,
+                        kv_dim, base, keep, n_keep);
 }
