@@ -342,7 +342,13 @@ struct td_cuda_ctx {
     bool fast;             /* split reductions (td_cuda_ctx_set_fast) */
     int ksplit;            /* forced warps per output in FAST (TD_CUDA_KSPLIT), or 0 */
     float *ff;             /* (2, max_rows, n_ff): gate and up when FAST splits them */
-    const td_cuda_kv *graph_kv; /* graphs below were captured for this cache */
+    /* What the graphs below captured of their cache: its table of
+     * sequences (read when they run) and its shape. Not the td_cuda_kv's
+     * address: a cache freed and another made may get the same one, and a
+     * replay would then use the freed table (test_cuda's
+     * gpu_spec_matches_cpu found it on the CPU emulator). */
+    __half *const *graph_tab;
+    int32_t graph_max_len, graph_kv_dim;
     graph_slot graphs[GRAPH_SLOTS];
     int n_graphs;
     size_t attn_smem_ready; /* dynamic shared memory the attention kernel may take */
@@ -389,7 +395,13 @@ extern "C" int td_cuda_ctx_profile(const td_cuda_ctx *c, char *buf, size_t cap) 
 static void drop_graphs(td_cuda_ctx *c) {
     for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graphs[i].exec);
     c->n_graphs = 0;
-    c->graph_kv = NULL;
+    c->graph_tab = NULL;
+}
+
+static void graphs_for(td_cuda_ctx *c, const td_cuda_kv *kv) {
+    c->graph_tab = kv->d_tab;
+    c->graph_max_len = kv->max_len;
+    c->graph_kv_dim = kv->kv_dim;
 }
 
 extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
@@ -767,9 +779,9 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
 }
 
 static int launch_graph(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t n_out, td_err *err) {
-    if (c->graph_kv != kv) {
+    if (c->graph_tab != kv->d_tab || c->graph_max_len != kv->max_len || c->graph_kv_dim != kv->kv_dim) {
         drop_graphs(c);
-        c->graph_kv = kv;
+        graphs_for(c, kv);
     }
     for (int i = 0; i < c->n_graphs; i++)
         if (c->graphs[i].n_rows == n && c->graphs[i].n_out == n_out) {
@@ -778,7 +790,7 @@ static int launch_graph(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t
         }
     if (c->n_graphs == GRAPH_SLOTS) { /* many shapes (prefill chunks): start over */
         drop_graphs(c);
-        c->graph_kv = kv;
+        graphs_for(c, kv);
     }
     cudaGraph_t g = NULL;
     cudaGraphExec_t exec = NULL;

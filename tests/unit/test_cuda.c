@@ -568,6 +568,91 @@ static void gpu_picks(void **s) {
     unload(&L);
 }
 
+typedef struct tok_log {
+    int32_t n, token[64];
+    float logprob[64];
+    int32_t alt_id[64][3];
+    float alt_logprob[64][3];
+} tok_log;
+
+static int log_tok(void *user, int32_t token, const td_node_result *nr) {
+    tok_log *g = user;
+    if (g->n < 64) {
+        g->token[g->n] = token, g->logprob[g->n] = nr->logprob;
+        for (int a = 0; a < 3; a++)
+            g->alt_id[g->n][a] = a < nr->n_alt ? nr->alt_id[a] : -1,
+            g->alt_logprob[g->n][a] = a < nr->n_alt ? nr->alt_logprob[a] : 0.0f;
+        g->n++;
+    }
+    return 0;
+}
+
+/* Speculative decoding end to end on the GPU is the CPU's, token for token
+ * and logprob for logprob: greedy and seeded in the exact mode, and in
+ * rejection mode (where tokens depend on which drafts were verified, so the
+ * row cost is fixed and both plan alike), on a tiny model with a prompt the
+ * lookup drafter can copy from. The GPU's verify passes bring picks,
+ * summaries, rejection verdicts and scores; the CPU's work from logits. */
+static void gpu_spec_matches_cpu(void **s) {
+    (void)s;
+    if (!have_gpu()) skip();
+    loaded L;
+    assert_true(tiny("--type Q4_1", "spec", &L));
+    const int32_t V = td_model_hparams(L.m)->n_vocab;
+    enum { NQ = 2, NP = 32, NGEN = 24, MAXLEN = 128 };
+    int32_t prompt[NQ][NP];
+    for (int q = 0; q < NQ; q++)
+        for (int i = 0; i < NP; i++) prompt[q][i] = (int32_t)((7 + 13 * q + 31 * (i % 8)) % V);
+    td_err err = {0};
+    td_pool *pool = td_pool_create(2, NULL);
+    td_ctx *cc = td_ctx_create(L.m, 64, pool, NULL);
+    td_ctx_set_numerics(cc, TD_NUMERICS_REFERENCE);
+    td_ctx *gc = gpu_ctx(L.m, 64, (gpu_kind){false, NULL, false, NULL});
+    static const char *const names[4] = {"greedy", "T=0.8 top-p", "rejection T=0.8 top-k top-p", "rejection greedy"};
+    for (int mode = 0; mode < 4; mode++) {
+        td_sample_params sp = td_sample_defaults();
+        if (mode == 1) sp.temperature = 0.8f, sp.top_p = 0.9f, sp.seed = 5;
+        if (mode == 2) sp.temperature = 0.8f, sp.top_k = 40, sp.top_p = 0.95f, sp.seed = 7;
+        td_spec_params spp = td_spec_defaults();
+        spp.draft_max = 8;
+        spp.row_cost = 0.05f;
+        spp.mode = mode >= 2 ? TD_SPEC_REJECTION : TD_SPEC_EXACT;
+        tok_log logs[2][NQ];
+        td_spec_stats stats[2][NQ];
+        memset(logs, 0, sizeof logs);
+        for (int dev = 0; dev < 2; dev++) {
+            td_drafter *d = td_spec_lookup_create(1, 4, NULL);
+            assert_non_null(d);
+            td_kv *kv = td_kv_create(L.m, NQ, MAXLEN, NULL);
+            td_spec_request rq[NQ];
+            for (int q = 0; q < NQ; q++)
+                rq[q] = (td_spec_request){.prompt = prompt[q], .n_prompt = NP,
+                                          .gen = {.sample = sp, .max_tokens = NGEN, .ignore_eos = true},
+                                          .on_token = log_tok, .user = &logs[dev][q], .n_logprobs = 3};
+            int rc = td_spec_run(L.m, L.tok, dev ? gc : cc, kv, rq, NQ, &d, 1, &spp, &err);
+            if (rc) fprintf(stderr, "# %s\n", err.msg);
+            assert_int_equal(rc, TD_OK);
+            for (int q = 0; q < NQ; q++) stats[dev][q] = rq[q].spec;
+            td_kv_destroy(kv);
+            td_drafter_destroy(d);
+        }
+        int64_t steps = 0, toks = 0, drafted = 0;
+        for (int q = 0; q < NQ; q++) {
+            assert_int_equal(logs[0][q].n, NGEN);
+            assert_memory_equal(&logs[0][q], &logs[1][q], sizeof logs[0][q]);
+            assert_memory_equal(&stats[0][q], &stats[1][q], sizeof stats[0][q]);
+            steps += stats[1][q].n_steps, toks += stats[1][q].n_tokens, drafted += stats[1][q].n_drafted;
+        }
+        fprintf(stderr, "# GPU spec %-28s = CPU: %d prompts x %d tokens, logprobs; %lld drafted, %.2f tokens per pass\n",
+                names[mode], NQ, NGEN, (long long)drafted, (double)toks / (double)steps);
+        assert_true(drafted > 0); /* the verify passes held drafts */
+    }
+    td_ctx_destroy(gc);
+    td_ctx_destroy(cc);
+    td_pool_destroy(pool);
+    unload(&L);
+}
+
 /* Sampled picks taken on the GPU (a summary per row, td_sample_summary_pick)
  * are td_sampler_pick's tokens on the logits the same pass returns, over a
  * grid of temperatures and filters, and the observations asked with them
@@ -1175,6 +1260,7 @@ int main(void) {
         cmocka_unit_test(gpu_fast_order),       cmocka_unit_test(gpu_kquant_invariance),
         cmocka_unit_test(gpu_picks),             cmocka_unit_test(gpu_sampled_picks),
         cmocka_unit_test(gpu_scores),            cmocka_unit_test(gpu_rejection_picks),
+        cmocka_unit_test(gpu_spec_matches_cpu),
         cmocka_unit_test(real_teacher_forced),  cmocka_unit_test(real_spec_identity),
         cmocka_unit_test(real_spec_logprobs),
     };
