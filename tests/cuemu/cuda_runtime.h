@@ -137,26 +137,18 @@ static inline int __dp4a(int a, int b, int c) {
     for (int k = 0; k < 4; k++) c += (int)(int8_t)(a >> (8 * k)) * (int)(int8_t)(b >> (8 * k));
     return c;
 }
-static inline float __uint_as_float(unsigned u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+/* the bits of one 32-bit type read as another */
+template <typename To, typename From>
+static inline To td_cuemu_bits(From v) {
+    static_assert(sizeof(To) == sizeof(From), "same size");
+    To out;
+    memcpy(&out, &v, sizeof out);
+    return out;
 }
-static inline float __int_as_float(int u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-static inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-static inline int __float_as_int(float f) {
-    int u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
+static inline float __uint_as_float(unsigned u) { return td_cuemu_bits<float>(u); }
+static inline float __int_as_float(int u) { return td_cuemu_bits<float>(u); }
+static inline unsigned __float_as_uint(float f) { return td_cuemu_bits<unsigned>(f); }
+static inline int __float_as_int(float f) { return td_cuemu_bits<int>(f); }
 
 /* ---- errors ---- */
 enum cudaError {
