@@ -15,7 +15,11 @@
  *     same for K-quant matrices (Q4_K, Q6_K), whose logits also match the
  *     CPU's (Q4_K, Q5_K, Q6_K and a Q4_K_M-like mix);
  *   - speculative decoding on the GPU gives plain GPU decoding's tokens for
- *     every drafter, greedy and seeded.
+ *     every drafter, greedy and seeded, and the CPU's tokens and logprobs
+ *     in every mode, rejection included (tiny model).
+ * Built as test_cuda_emu against the CPU emulator (tests/cuemu/) the device
+ * cases run everywhere; the real model's then check fewer tokens
+ * (ON_DEVICE below).
  */
 #include <setjmp.h>
 #include <stdarg.h>
