@@ -73,18 +73,6 @@ struct __attribute__((aligned(8))) uint2 {
 struct __attribute__((aligned(16))) uint4 {
     unsigned x, y, z, w;
 };
-struct __attribute__((aligned(8))) int2 {
-    int x, y;
-};
-struct __attribute__((aligned(16))) int4 {
-    int x, y, z, w;
-};
-struct __attribute__((aligned(8))) float2 {
-    float x, y;
-};
-struct __attribute__((aligned(16))) float4 {
-    float x, y, z, w;
-};
 
 /* ---- barriers, shuffles, atomics, integer and bit intrinsics ---- */
 void td_cuemu_syncthreads(void);
@@ -165,7 +153,6 @@ typedef enum cudaError cudaError_t;
 const char *cudaGetErrorString(cudaError_t e);
 const char *cudaGetErrorName(cudaError_t e);
 cudaError_t cudaGetLastError(void);
-cudaError_t cudaPeekAtLastError(void);
 
 /* ---- devices ---- */
 struct cudaDeviceProp {
@@ -175,15 +162,12 @@ struct cudaDeviceProp {
 };
 enum cudaDeviceAttr {
     cudaDevAttrComputeCapabilityMajor = 75,
-    cudaDevAttrComputeCapabilityMinor = 76,
     cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
-    cudaDevAttrMultiProcessorCount = 16,
 };
 cudaError_t cudaGetDeviceCount(int *n);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device);
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int device);
 cudaError_t cudaSetDevice(int device);
-cudaError_t cudaGetDevice(int *device);
 cudaError_t cudaDeviceSynchronize(void);
 
 /* ---- memory ---- */
@@ -222,7 +206,6 @@ enum cudaStreamCaptureMode {
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t st = 0);
 cudaError_t cudaMemset(void *p, int value, size_t bytes);
-cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t st = 0);
 
 cudaError_t cudaStreamCreate(cudaStream_t *st);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags);
@@ -239,7 +222,6 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
 cudaError_t cudaEventCreate(cudaEvent_t *ev);
 cudaError_t cudaEventDestroy(cudaEvent_t ev);
 cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st = 0);
-cudaError_t cudaEventSynchronize(cudaEvent_t ev);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b);
 
 /* ---- launches ---- */
@@ -269,7 +251,7 @@ struct cudaLaunchConfig_t {
 /* Runs body once per thread of every block (or records it while the stream
  * captures). The body is the kernel with its arguments, copied as a
  * device's launch copies them. */
-cudaError_t td_cuemu_launch(const void *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+cudaError_t td_cuemu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
                             std::function<void()> body);
 /* The block's dynamic shared memory (extern __shared__ in CUDA). */
 void *td_cuemu_dynamic_smem(void);
@@ -278,7 +260,7 @@ template <typename... KArgs, typename... Args>
 static inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *cfg, void (*kernel)(KArgs...),
                                              Args &&...args) {
     std::tuple<typename std::decay<KArgs>::type...> params(static_cast<KArgs>(args)...);
-    return td_cuemu_launch((const void *)kernel, cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cfg->stream,
+    return td_cuemu_launch(cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cfg->stream,
                            [kernel, params]() { std::apply(kernel, params); });
 }
 

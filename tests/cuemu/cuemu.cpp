@@ -9,7 +9,6 @@
  * has a guard page below it, so a kernel that overflows its stack faults
  * instead of overwriting its neighbour's.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -68,7 +67,6 @@ cudaError_t cudaGetLastError(void) {
     last_error = cudaSuccess;
     return e;
 }
-cudaError_t cudaPeekAtLastError(void) { return last_error; }
 
 /* ---- the device ---- */
 
@@ -96,18 +94,12 @@ cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int device) {
     if (device != 0) return fail(cudaErrorInvalidDevice);
     switch (a) {
     case cudaDevAttrComputeCapabilityMajor: *v = 9; return cudaSuccess;
-    case cudaDevAttrComputeCapabilityMinor: *v = 0; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = SMEM_OPTIN; return cudaSuccess;
-    case cudaDevAttrMultiProcessorCount: *v = 1; return cudaSuccess;
     }
     return fail(cudaErrorInvalidValue);
 }
 
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
-cudaError_t cudaGetDevice(int *device) {
-    *device = 0;
-    return cudaSuccess;
-}
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 
 /* ---- memory: malloc'd, so that AddressSanitizer sees a kernel's reads ---- */
@@ -166,10 +158,6 @@ cudaError_t cudaMemset(void *p, int value, size_t bytes) {
     if (bytes && !p) return fail(cudaErrorInvalidValue);
     memset(p, value, bytes);
     return cudaSuccess;
-}
-cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t st) {
-    if (bytes && !p) return fail(cudaErrorInvalidValue);
-    return submit(st, [p, value, bytes]() { memset(p, value, bytes); });
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t *st) {
@@ -251,7 +239,6 @@ cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st) {
     if (!ev) return fail(cudaErrorInvalidValue);
     return submit(st, [ev]() { ev->sec = now_sec(); });
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t ev) { return ev ? cudaSuccess : fail(cudaErrorInvalidValue); }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     if (!a || !b) return fail(cudaErrorInvalidValue);
     *ms = (float)(1e3 * (b->sec - a->sec));
@@ -505,9 +492,7 @@ static void run_kernel(dim3 grid, dim3 block, size_t smem, const std::function<v
     threadIdx = outside;
 }
 
-cudaError_t td_cuemu_launch(const void *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                            std::function<void()> body) {
-    (void)kernel;
+cudaError_t td_cuemu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t st, std::function<void()> body) {
     const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
     if (threads == 0 || threads > MAX_THREADS || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
         smem > (size_t)SMEM_OPTIN) {
