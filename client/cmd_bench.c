@@ -328,7 +328,7 @@ static int bench_engine(int argc, char **argv) {
     char kernels[160];
     snprintf(kernels, sizeof kernels, "%s%s", td_quant_kernel_name(),
              td_quant_uses_amx() ? " (AMX tiles for passes of 6 rows or more)" : "");
-    if (device.kind == TD_DEVICE_CUDA && td_cuda_device_name(device.index, kernels, sizeof kernels, &err) != TD_OK)
+    if (device.kind == TD_DEVICE_CUDA && td_cuda_device_name(td_device_resolve(device).index, kernels, sizeof kernels, &err) != TD_OK)
         snprintf(kernels, sizeof kernels, "cuda (%.100s)", err.msg);
     printf("model %s, kernels %s, %s numerics, %d repeats (medians)\n", model, kernels, td_numerics_name(o.numerics), o.repeats);
     status = 0;

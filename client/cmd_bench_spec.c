@@ -281,7 +281,7 @@ int td_cmd_bench_spec(int argc, char **argv) {
 
     char cost[32] = "learned";
     if (row_cost > 0) snprintf(cost, sizeof cost, "%g", row_cost);
-    if (device.kind == TD_DEVICE_CUDA) printf("bench spec: target on cuda:%d\n", device.index);
+    if (device.kind == TD_DEVICE_CUDA) printf("bench spec: target on cuda:%d\n", td_device_resolve(device).index);
     printf("bench spec: %s, threads %d, max %d new tokens per turn, draft max %ld, row cost %s, %s numerics, greedy",
            prompts, b->e.n_threads, b->max_tokens, k, cost, td_numerics_name(numerics));
     if (warmup > 0) printf(", after %ld warm-up questions", warmup);

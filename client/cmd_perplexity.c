@@ -14,7 +14,7 @@ int td_cmd_perplexity(int argc, char **argv) {
     const char *cmd = "perplexity";
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *file = NULL;
-    long ctx_len = 512, threads = 0, batch = 512, max_tokens = 0;
+    long ctx_len = 512, threads = 0, batch = 512, max_tokens = 0, tp = 1;
     bool per_token = false;
     td_numerics numerics = TD_NUMERICS_FAST;
     bool numerics_given = false;
@@ -23,13 +23,15 @@ int td_cmd_perplexity(int argc, char **argv) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem perplexity [--model PATH] --file TEXT [--ctx N] [--batch N] [--max-tokens N] [--threads N]\n"
-                 "                        [--per-token]\n"
-                 "                        [--numerics fast|reference|llamacpp] [--device cpu|cuda[:N]]\n\n"
+                 "                        [--per-token] [--tp N]\n"
+                 "                        [--numerics fast|reference|llamacpp|tp-invariant] [--device cpu|cuda[:N]]\n\n"
                  "Scores the file's tokens: each window of --ctx tokens (default 512) is evaluated\n"
                  "with logits for every row, in batches of --batch rows (default 512).\n"
                  "Prints the perplexity exp(mean negative log-likelihood) and the token count.\n"
                  "--per-token also prints each scored token: its id and log-probability (%.9g of\n"
-                 "a float, as tandem.v1.Inference/Score returns it), one per line.\n\n"
+                 "a float, as tandem.v1.Inference/Score returns it), one per line.\n"
+                 "--tp N scores over a tensor-parallel group of N processes, each holding 1/N\n"
+                 "of the model (mpirun -np N tandem perplexity --tp N ...); rank 0 prints.\n\n"
                  TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }
@@ -39,6 +41,7 @@ int td_cmd_perplexity(int argc, char **argv) {
         else if (!strcmp(a, "--ctx")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 2, 1 << 20, &ctx_len)) return 2; }
         else if (!strcmp(a, "--batch")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &batch)) return 2; }
         else if (!strcmp(a, "--max-tokens")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 0, 1L << 30, &max_tokens)) return 2; }
+        else if (!strcmp(a, "--tp")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 64, &tp)) return 2; }
         else if (!strcmp(a, "--threads")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 256, &threads)) return 2; }
         else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) return 2; numerics_given = true; }
         else if (!strcmp(a, "--device")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_device(cmd, v, &device)) return 2; }
@@ -50,7 +53,8 @@ int td_cmd_perplexity(int argc, char **argv) {
     char *text = td_cli_read_file(cmd, file, &len);
     if (!text) return 1;
     td_engine e;
-    if (td_cli_engine_open(&e, model, (int)threads)) { free(text); return 1; }
+    if (td_cli_engine_open_tp(&e, model, (int)threads, (int)tp)) { free(text); return 1; }
+    const bool quiet = td_comm_rank(e.comm) != 0; /* rank 0 prints; the others compute their shard */
     int status = 1;
     int32_t *ids = NULL;
     size_t n = 0;
@@ -101,14 +105,18 @@ int td_cmd_perplexity(int argc, char **argv) {
                 if (targets[i] < 0) break;
                 double lp = td_sample_logprob_of(scores[i].logit, scores[i].max, log(scores[i].sum));
                 nll -= lp;
-                if (per_token) printf("%d\t%.9g\n", targets[i], (double)(float)lp);
+                if (per_token && !quiet) printf("%d\t%.9g\n", targets[i], (double)(float)lp);
                 scored++;
             }
         }
     }
     double dt = td_now_sec() - t0;
-    printf("perplexity %.4f over %zu scored tokens (%zu tokens, windows of %ld)\n", exp(nll / scored), scored, n, ctx_len);
-    fprintf(stderr, "[tandem] %.1f tokens/s scored, threads %d\n", n / dt, e.n_threads);
+    if (!quiet) {
+        printf("perplexity %.4f over %zu scored tokens (%zu tokens, windows of %ld)\n", exp(nll / scored), scored, n,
+               ctx_len);
+        fprintf(stderr, "[tandem] %.1f tokens/s scored, threads %d%s\n", n / dt, e.n_threads,
+                tp > 1 ? ", tensor parallel" : "");
+    }
     status = 0;
 out:
     free(scores);

@@ -143,20 +143,14 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     pthread_mutex_init(&e->score_lock, NULL);
     pthread_cond_init(&e->cv, NULL);
     int rc;
-    /* The GPU computes the reference order or its own FAST one and holds a
-     * whole model: a request may move only between workers whose bits agree
-     * (the fingerprint says backend=cuda), and a tensor-parallel GPU group
-     * needs the NCCL backend. */
-    if (cfg->device.kind == TD_DEVICE_CUDA) {
-        if (cfg->numerics == TD_NUMERICS_TP_INVARIANT) {
-            td_err_set(err, TD_E_ARG, "--device cuda computes --numerics reference or fast (got %s)",
-                       td_numerics_name(cfg->numerics));
-            goto fail;
-        }
-        if (td_comm_size(cfg->comm) > 1) {
-            td_err_set(err, TD_E_UNSUPPORTED, "--device cuda with --tp > 1: tensor-parallel groups run on CPUs");
-            goto fail;
-        }
+    /* The GPU computes the reference order or its own FAST one: a request
+     * may move only between workers whose bits agree (the fingerprint says
+     * backend=cuda and the tp size). A GPU rank of a tensor-parallel group
+     * meets the others over the group's communicator (model.h). */
+    if (cfg->device.kind == TD_DEVICE_CUDA && cfg->numerics == TD_NUMERICS_TP_INVARIANT) {
+        td_err_set(err, TD_E_ARG, "--device cuda computes --numerics reference or fast (got %s)",
+                   td_numerics_name(cfg->numerics));
+        goto fail;
     }
     if ((rc = td_gguf_open(cfg->model_path, &e->gguf, err))) goto fail;
     if ((rc = td_model_load_shard(e->gguf, td_comm_rank(cfg->comm), td_comm_size(cfg->comm), &e->model, err)))

@@ -164,10 +164,6 @@ int main(int argc, char **argv) {
             fprintf(stderr, "tandem-worker: --device cuda is for verifiers (a drafter's model runs on the CPU)\n");
             return 2;
         }
-        if (tp > 1) {
-            fprintf(stderr, "tandem-worker: --device cuda with --tp > 1: tensor-parallel groups run on CPUs\n");
-            return 2;
-        }
     }
     if (tp > 1 && cfg.role != TD_WORKER_VERIFIER) {
         fprintf(stderr, "tandem-worker: --tp is for verifiers\n");

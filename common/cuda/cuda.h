@@ -45,6 +45,12 @@ typedef struct td_cuda_model_desc {
     td_cuda_weight tok_embd, output;
     const float *output_norm;
     const td_cuda_layer *layers; /* (n_layer) */
+    /* A tensor-parallel rank's part (see "Tensor-parallel groups" below):
+     * n_head, n_head_kv and n_ff above are then the rank's, and tok_embd
+     * and output hold its vocabulary rows [vocab0, vocab0 + n_vocab_rows)
+     * of the n_vocab tokens. Unsplit: vocab0 0 and n_vocab_rows 0 or
+     * n_vocab. */
+    int32_t vocab0, n_vocab_rows;
 } td_cuda_model_desc;
 
 typedef struct td_cuda_model td_cuda_model;
@@ -134,6 +140,37 @@ bool td_cuda_tile_parse(const char *s, int *tile, int *tile_swiglu);
 /* TD_CUDA_KSPLIT's value: "1", "2" or "4". False, output untouched, for
  * anything else. */
 bool td_cuda_ksplit_parse(const char *s, int *ksplit);
+
+/* ---- tensor-parallel groups ----
+ * A rank of a model split between ranks (a desc with the rank's part)
+ * computes its part of every pass and meets the other ranks at the points
+ * where a split cuts a sum, through the caller's collectives:
+ *   the embedding rows: each rank writes the rows of the tokens it holds
+ *     and -0.0 (the exact identity of float addition) elsewhere; summed;
+ *   the outputs of wo and w_down, per layer: each rank's partial sums over
+ *     its heads / FFN rows, summed (in rank order: the collective's
+ *     promise), then added to the residual stream, which stays whole and
+ *     identical on every rank;
+ *   the logits: each rank's vocabulary rows, gathered and laid out row by
+ *     row, so that picks, summaries and scores run on whole rows.
+ * This is the CPU split model's default order step for step, so a rank's
+ * passes carry the bits a CPU rank of the same split computes in the same
+ * numerics. The collectives take HOST buffers: the backend copies through
+ * pinned memory around each one (the MPI backend's transport). A grouped
+ * context launches kernels one by one (no graphs span a collective). */
+typedef struct td_cuda_group {
+    void *user;
+    int32_t size;          /* ranks; this context's model is one of them */
+    const int32_t *vocab0; /* (size + 1): rank r's vocabulary rows are [vocab0[r], vocab0[r + 1]) */
+    /* buf[0..n) summed over the ranks, in place */
+    int (*allreduce_sum)(void *user, float *buf, int64_t n, td_err *err);
+    /* rank r's counts[r] floats into recv, back to back in rank order; this
+     * rank's already sit at their place (send == recv + its offset) */
+    int (*allgatherv)(void *user, const float *send, int64_t n, float *recv, const int64_t *counts, td_err *err);
+} td_cuda_group;
+/* Makes c a rank of group g (copied; g->vocab0 must match the model's
+ * split). TD_E_ARG when it does not, TD_E_NOMEM. */
+int td_cuda_ctx_set_group(td_cuda_ctx *c, const td_cuda_group *g, td_err *err);
 
 /* One pass, already validated by the model module. Row r writes its K/V at
  * cache slot slot[r] of sequence seq[r] and attends to slots [0, base[r])

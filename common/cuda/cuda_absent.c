@@ -44,6 +44,10 @@ bool td_cuda_ctx_fast(const td_cuda_ctx *c) {
     (void)c;
     return false;
 }
+int td_cuda_ctx_set_group(td_cuda_ctx *c, const td_cuda_group *g, td_err *err) {
+    (void)c, (void)g;
+    return ABSENT(err);
+}
 int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pass *p, float *logits, td_err *err) {
     (void)c, (void)kv, (void)p, (void)logits;
     return ABSENT(err);

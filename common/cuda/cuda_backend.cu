@@ -166,6 +166,7 @@ extern "C" int td_cuda_model_upload(const td_cuda_model_desc *d, int device, td_
     }
     m->device = device;
     m->hp = *d;
+    if (m->hp.n_vocab_rows == 0) m->hp.n_vocab_rows = d->n_vocab;
     m->hp.layers = NULL;
     m->hp.output_norm = NULL;
     memset(&m->hp.tok_embd, 0, sizeof m->hp.tok_embd);
@@ -351,6 +352,21 @@ struct td_cuda_ctx {
     int32_t graph_max_len, graph_kv_dim;
     graph_slot graphs[GRAPH_SLOTS];
     int n_graphs;
+    /* A rank of a tensor-parallel group (td_cuda_ctx_set_group): its
+     * collectives, every rank's first vocabulary row, the partial sums of
+     * wo and w_down (proj), its own rows of logits (local), the gathered
+     * logits on the host (gather, grown to the widest pass) and the pinned
+     * copy a collective works on (stage). A collective's failure stops the
+     * pass with its error here. */
+    bool grouped;
+    td_cuda_group group;
+    int32_t *vocab0;
+    int64_t *counts;
+    float *proj, *local;
+    float *stage, *gather;
+    size_t gather_len;
+    int group_rc;
+    td_err group_err;
     size_t attn_smem_ready; /* dynamic shared memory the attention kernel may take */
     bool profile;
     cudaEvent_t ev[PROF_EVENTS];
@@ -420,6 +436,12 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     cudaFree(c->d_scores);
     cudaFree(c->d_summaries);
     cudaFreeHost(c->h_desc);
+    cudaFree(c->proj);
+    cudaFree(c->local);
+    cudaFreeHost(c->stage);
+    cudaFreeHost(c->gather);
+    free(c->vocab0);
+    free(c->counts);
     if (c->stream) cudaStreamDestroy(c->stream);
     if (c->profile)
         for (int i = 0; i < PROF_EVENTS; i++) cudaEventDestroy(c->ev[i]);
@@ -569,6 +591,38 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
     return TD_OK;
 }
 
+extern "C" int td_cuda_ctx_set_group(td_cuda_ctx *c, const td_cuda_group *g, td_err *err) {
+    const td_cuda_model_desc *hp = &c->m->hp;
+    if (c->grouped || c->vocab0) return td_err_set(err, TD_E_ARG, "this CUDA context already has a group");
+    if (!g || g->size < 2 || !g->vocab0 || !g->allreduce_sum || !g->allgatherv)
+        return td_err_set(err, TD_E_ARG, "a tensor-parallel group of at least two ranks, with its collectives");
+    int rank = -1;
+    if (g->vocab0[0] != 0 || g->vocab0[g->size] != hp->n_vocab)
+        return td_err_set(err, TD_E_ARG, "the group's vocabulary rows do not cover %d tokens", hp->n_vocab);
+    for (int32_t r = 0; r < g->size; r++) {
+        if (g->vocab0[r + 1] < g->vocab0[r])
+            return td_err_set(err, TD_E_ARG, "the group's vocabulary rows are not in rank order");
+        if (g->vocab0[r] == hp->vocab0 && g->vocab0[r + 1] - g->vocab0[r] == hp->n_vocab_rows) rank = r;
+    }
+    if (rank < 0)
+        return td_err_set(err, TD_E_ARG, "no rank of the group holds this model's vocabulary rows [%d, %d)",
+                          hp->vocab0, hp->vocab0 + hp->n_vocab_rows);
+    CK(cudaSetDevice(c->m->device), "selecting the device");
+    size_t R = (size_t)c->max_rows, E = (size_t)hp->n_embd;
+    c->vocab0 = (int32_t *)malloc(((size_t)g->size + 1) * sizeof *c->vocab0);
+    c->counts = (int64_t *)malloc((size_t)g->size * sizeof *c->counts);
+    if (!c->vocab0 || !c->counts) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    memcpy(c->vocab0, g->vocab0, ((size_t)g->size + 1) * sizeof *c->vocab0);
+    CK(cudaMalloc((void **)&c->proj, R * E * sizeof(float)), "allocating a group's partial sums");
+    CK(cudaMalloc((void **)&c->local, R * (size_t)hp->n_vocab_rows * sizeof(float)), "allocating a rank's logits");
+    CK(cudaMallocHost((void **)&c->stage, R * E * sizeof(float)), "allocating a group's staging");
+    c->group = *g;
+    c->group.vocab0 = c->vocab0;
+    c->grouped = true;
+    drop_graphs(c);
+    return TD_OK;
+}
+
 /* Device views of the descriptor of an n-row pass. */
 static td_dpass dpass_of(const td_cuda_ctx *c, int32_t n) {
     const int32_t *b = c->d_desc;
@@ -665,6 +719,60 @@ static cudaError_t input_for(stage *g, const td_dw &w, const td_lc &st, td_mm_in
     return e;
 }
 
+/* ---- a grouped context's collectives ----
+ * Each waits for the kernels before it, copies through pinned host memory
+ * and hands the host buffer to the group's collective. A failed collective
+ * keeps its error in c->group_rc / group_err and returns GROUP_FAILED,
+ * which only stops the pass: td_cuda_forward reports the group's error. */
+static const cudaError_t GROUP_FAILED = cudaErrorUnknown;
+
+static cudaError_t group_sum(td_cuda_ctx *c, float *d_buf, int64_t n) {
+    const size_t bytes = (size_t)n * sizeof(float);
+    cudaError_t e = cudaMemcpyAsync(c->stage, d_buf, bytes, cudaMemcpyDeviceToHost, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) return e;
+    if ((c->group_rc = c->group.allreduce_sum(c->group.user, c->stage, n, &c->group_err))) return GROUP_FAILED;
+    return cudaMemcpyAsync(d_buf, c->stage, bytes, cudaMemcpyHostToDevice, c->stream);
+}
+
+/* c->local (n_out rows of this rank's vocabulary) gathered into c->logits
+ * (n_out whole rows): the host receives every rank's block, (n_out, its
+ * rows) one after another, and each block goes up into its columns. */
+static cudaError_t group_logits(td_cuda_ctx *c, int32_t n_out) {
+    const td_cuda_model_desc *hp = &c->m->hp;
+    const int32_t size = c->group.size;
+    size_t total = (size_t)n_out * (size_t)hp->n_vocab, off = 0, mine = 0;
+    for (int32_t r = 0; r < size; r++) {
+        c->counts[r] = (int64_t)n_out * (c->vocab0[r + 1] - c->vocab0[r]);
+        if (c->vocab0[r] < hp->vocab0) off += (size_t)c->counts[r];
+        if (c->vocab0[r] == hp->vocab0) mine = (size_t)c->counts[r];
+    }
+    if (total > c->gather_len) {
+        cudaFreeHost(c->gather);
+        c->gather = NULL;
+        c->gather_len = 0;
+        cudaError_t e = cudaMallocHost((void **)&c->gather, total * sizeof(float));
+        if (e != cudaSuccess) return e;
+        c->gather_len = total;
+    }
+    cudaError_t e = cudaMemcpyAsync(c->gather + off, c->local, mine * sizeof(float), cudaMemcpyDeviceToHost, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) return e;
+    c->group_rc = c->group.allgatherv(c->group.user, c->gather + off, (int64_t)mine, c->gather, c->counts, &c->group_err);
+    if (c->group_rc) return GROUP_FAILED;
+    const float *src = c->gather;
+    for (int32_t r = 0; r < size && e == cudaSuccess; r++) {
+        const size_t w = (size_t)(c->vocab0[r + 1] - c->vocab0[r]);
+        if (w > 0)
+            e = cudaMemcpy2DAsync(c->logits + c->vocab0[r], (size_t)hp->n_vocab * sizeof(float), src, w * sizeof(float),
+                                  w * sizeof(float), (size_t)n_out, cudaMemcpyHostToDevice, c->stream);
+        src += w * (size_t)n_out;
+    }
+    /* the host image is reused by the next pass: let these copies finish */
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    return e;
+}
+
 /* The launches of one pass. Returns the first launch error. */
 static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t n_out, const uint8_t *skip) {
     const td_cuda_model *m = c->m;
@@ -678,11 +786,16 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
     td_dkv dkv = {kv->d_tab, kv->max_len, kv->kv_dim, 0};
     const td_dact none = {NULL, NULL, NULL, 0, NULL};
     prof_mark(c, P_EMBED);
-    cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, c->x, first);
+    cudaError_t e = td_cu_embed(&m->tok_embd, &p, n, hp->vocab0, c->x, first);
     prof_mark(c, P_EMBED);
     td_mm_in in;
 #define RUN(call) \
     if (e == cudaSuccess) e = (call)
+    /* the group's sums: the embedding rows, then wo's and w_down's partials
+     * (into proj, summed, added) where an unsplit pass adds in the matmul */
+    if (c->grouped) RUN(group_sum(c, c->x, (int64_t)n * E));
+    float *const sum_into = c->grouped ? c->proj : c->x;
+    const td_epi sum_epi = c->grouped ? TD_EPI_STORE : TD_EPI_ADD;
     for (int32_t l = 0; l < hp->n_layer && e == cudaSuccess; l++) {
         if (skip && skip[l]) continue;
         const td_cuda_dlayer *ly = &m->layers[l];
@@ -729,8 +842,12 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         attended.legacy_ready = fused;
         RUN(input_for(&attended, ly->wo, st, &in));
         prof_mark(c, P_ATTN);
-        td_mm mo = {{ly->wo}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
+        td_mm mo = {{ly->wo}, {sum_into}, {E}, 1, sum_epi, none, {}};
         RUN(td_cu_matmul(&mo, &in, n, st));
+        if (c->grouped) {
+            RUN(group_sum(c, c->proj, (int64_t)n * E));
+            RUN(td_cu_add(c->x, c->proj, (int64_t)n * E, st));
+        }
         prof_mark(c, P_WO);
         stage ffn = stage_of(c, {TD_QK_NORM, c->x, NULL, E, NULL, ly->ffn_norm, hp->rms_eps}, n, E, false);
         const bool fused_swiglu = fmt_of_type(ly->w_gate.type) == FMT_LEGACY && ly->w_gate.type == ly->w_up.type &&
@@ -763,15 +880,20 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
             RUN(input_for(&gated, ly->w_down, st, &in));
         }
         prof_mark(c, P_GATEUP);
-        td_mm md = {{ly->w_down}, {c->x}, {E}, 1, TD_EPI_ADD, none, {}};
+        td_mm md = {{ly->w_down}, {sum_into}, {E}, 1, sum_epi, none, {}};
         RUN(td_cu_matmul(&md, &in, n, st));
+        if (c->grouped) {
+            RUN(group_sum(c, c->proj, (int64_t)n * E));
+            RUN(td_cu_add(c->x, c->proj, (int64_t)n * E, st));
+        }
         prof_mark(c, P_DOWN);
     }
     if (n_out > 0) {
         stage last = stage_of(c, {TD_QK_NORM, c->x, NULL, E, p.out_rows, m->output_norm, hp->rms_eps}, n_out, E, false);
-        td_mm mh = {{m->output}, {c->logits}, {hp->n_vocab}, 1, TD_EPI_STORE, none, {}};
+        td_mm mh = {{m->output}, {c->grouped ? c->local : c->logits}, {hp->n_vocab_rows}, 1, TD_EPI_STORE, none, {}};
         RUN(input_for(&last, m->output, st, &in));
         RUN(td_cu_matmul(&mh, &in, n_out, st));
+        if (c->grouped) RUN(group_logits(c, n_out));
         prof_mark(c, P_HEAD);
     }
 #undef RUN
@@ -849,11 +971,14 @@ extern "C" int td_cuda_forward(td_cuda_ctx *c, td_cuda_kv *kv, const td_cuda_pas
     int32_t ints = fill_desc(c, ps);
     CK(cudaMemcpyAsync(c->d_desc, c->h_desc, (size_t)ints * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream),
        "copying the pass");
-    if (c->graphs_on && !ps->skip) {
+    if (c->graphs_on && !ps->skip && !c->grouped) {
         int rc = launch_graph(c, kv, n, ps->n_out, err);
         if (rc) return rc;
     } else {
-        CK(run_pass(c, kv, n, ps->n_out, ps->skip), "launching a pass");
+        c->group_rc = TD_OK;
+        cudaError_t e = run_pass(c, kv, n, ps->n_out, ps->skip);
+        if (c->group_rc) return td_err_set(err, c->group_rc, "tensor-parallel group: %s", c->group_err.msg);
+        CK(e, "launching a pass");
     }
     if (ps->n_out > 0 && ps->picks) {
         const td_lc plain = {c->stream, false, 0, 0, false, 0};

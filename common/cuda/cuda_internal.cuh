@@ -411,7 +411,12 @@ cudaError_t td_cu_score(const float *logits, int32_t n_rows, int32_t n_vocab, co
 /* x (n_rows, n_in) rows, gathered through rows[] when not NULL, to act. */
 cudaError_t td_cu_quantize(const float *x, int32_t ldx, const int32_t *rows, int32_t n_rows, int32_t n_in,
                            const td_dact *act, const td_lc &lc);
-cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, const td_lc &lc);
+/* Token rows [vocab0, vocab0 + emb->n_out) are emb's; other tokens' rows
+ * (another rank's) are -0.0. */
+cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, int32_t vocab0, float *x,
+                        const td_lc &lc);
+/* x[0..n) += delta[0..n) */
+cudaError_t td_cu_add(float *x, const float *delta, int64_t n, const td_lc &lc);
 /* Biases, RoPE on q and k, K and V narrowed into the cache. */
 struct td_rope_args {
     float *q, *k, *v;

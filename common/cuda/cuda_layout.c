@@ -202,6 +202,13 @@ int td_cuda_check_model(const td_cuda_model_desc *d, td_err *err) {
                           d->head_dim);
     if (d->n_head % d->n_head_kv != 0)
         return td_err_set(err, TD_E_ARG, "%d heads do not split into %d KV groups", d->n_head, d->n_head_kv);
+    int32_t rows = d->n_vocab_rows ? d->n_vocab_rows : d->n_vocab;
+    if (d->n_vocab < 1 || d->vocab0 < 0 || rows < 1 || rows > d->n_vocab - d->vocab0)
+        return td_err_set(err, TD_E_ARG, "vocabulary rows [%d, %d + %d) of %d tokens", d->vocab0, d->vocab0, rows,
+                          d->n_vocab);
+    if (d->tok_embd.n_out != rows || d->output.n_out != rows)
+        return td_err_set(err, TD_E_ARG, "token_embd has %lld rows and output %lld: expected %d",
+                          (long long)d->tok_embd.n_out, (long long)d->output.n_out, rows);
     int rc;
     if ((rc = check_weight("token_embd", -1, &d->tok_embd, err))) return rc;
     if ((rc = check_weight("output", -1, &d->output, err))) return rc;

@@ -80,12 +80,17 @@ cudaError_t td_cu_argmax(const float *logits, int32_t n_rows, int32_t n_vocab, i
 }
 
 /* ---- token embedding: the CPU's to_float of the token's row ---- */
-__global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
+__global__ void k_embed(td_dw emb, const int32_t *token, int32_t vocab0, float *x) {
     td_d_pdl_wait(); /* a pass's first kernel, launched plainly: a no-op */
     td_d_pdl_release(); /* but this lets the next kernel start its prologue */
     const int r = blockIdx.x, n = emb.n_in, nb = n / TD_QK, nbp = (nb + 3) / 4 * 4;
     const int words = emb.type == TD_TYPE_Q8_0 ? 8 : 4;
-    const size_t row = (size_t)token[r];
+    const int32_t t = token[r] - vocab0;
+    if (t < 0 || t >= emb.n_out) { /* another rank's token: the sum's identity */
+        for (int e = threadIdx.x; e < n; e += blockDim.x) x[(size_t)r * n + e] = -0.0f;
+        return;
+    }
+    const size_t row = (size_t)t;
     if (td_cu_is_float(emb.type)) { /* rows as they are */
         for (int e = threadIdx.x; e < n; e += blockDim.x)
             x[(size_t)r * n + e] = td_cu_float_weight(emb.type, emb.qs, row * n + e);
@@ -122,8 +127,22 @@ __global__ void k_embed(td_dw emb, const int32_t *token, float *x) {
     }
 }
 
-cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, float *x, const td_lc &lc) {
-    return td_cu_launch(lc, k_embed, dim3((unsigned)n_rows), dim3(256), 0, *emb, p->token, x);
+cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, int32_t vocab0, float *x,
+                        const td_lc &lc) {
+    return td_cu_launch(lc, k_embed, dim3((unsigned)n_rows), dim3(256), 0, *emb, p->token, vocab0, x);
+}
+
+/* x[i] + delta[i], as forward.c's residual_add */
+__global__ void k_add(float *x, const float *delta, int64_t n) {
+    td_d_pdl_wait();
+    td_d_pdl_release();
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = x[i] + delta[i];
+}
+
+cudaError_t td_cu_add(float *x, const float *delta, int64_t n, const td_lc &lc) {
+    const int64_t blocks = (n + 255) / 256;
+    return td_cu_launch(lc, k_add, dim3((unsigned)(blocks < 1024 ? blocks : 1024)), dim3(256), 0, x, delta, n);
 }
 
 /* ---- biases, RoPE, K/V into the cache (forward.c, td_op_rope) ---- */

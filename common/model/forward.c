@@ -691,8 +691,6 @@ static int cuda_ctx_init(td_ctx *c, td_device dev, td_err *err) {
     c->summaries = td_alloc(R * sizeof(td_sample_summary));
     if (!c->tokens || !c->seqs || !c->chain_off || !c->chain_len || !c->out_rows || !c->chains || !c->summaries)
         return td_err_set(err, TD_E_NOMEM, "context: out of memory for a CUDA pass of %d rows", c->max_rows);
-    if (c->m->shard.size > 1)
-        return td_err_set(err, TD_E_UNSUPPORTED, "a tensor-parallel rank computes on the CPU only (so far)");
     td_cuda_model *gm;
     int rc = td_model_cuda(c->m, dev.index, &gm, err);
     if (rc) return rc;
@@ -705,6 +703,7 @@ td_ctx *td_ctx_create_on(const td_model *m, int32_t max_rows, td_pool *pool, td_
         td_err_set(err, TD_E_ARG, "context: %s, %d rows (at least 1)", m ? "a model" : "no model", max_rows);
         return NULL;
     }
+    dev = td_device_resolve(dev);
     td_ctx *c = calloc(1, sizeof *c);
     if (!c) goto nomem;
     c->numerics = TD_NUMERICS_FAST;
@@ -800,6 +799,45 @@ td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }
 
 void td_ctx_set_schedule(td_ctx *c, td_schedule s) { c->schedule = s; }
 
+/* A CUDA rank's collectives: the context's, on host buffers (cuda.h's
+ * td_cuda_group), counted in its statistics as the CPU's are. */
+static int gpu_allreduce(void *user, float *buf, int64_t n, td_err *err) {
+    return tp_allreduce(user, buf, n, err);
+}
+
+static int gpu_allgatherv(void *user, const float *send, int64_t n, float *recv, const int64_t *counts, td_err *err) {
+    td_ctx *c = user;
+    int64_t total = 0;
+    for (int r = 0; r < td_comm_size(c->comm); r++) total += counts[r];
+    double t0 = td_now_sec();
+    int rc = td_comm_allgatherv_f32(c->comm, send, n, recv, counts, err);
+    c->stats.sec += td_now_sec() - t0;
+    c->stats.calls++;
+    c->stats.gather_bytes += (uint64_t)total * sizeof(float);
+    return rc;
+}
+
+/* Makes the CUDA context a rank of the communicator's group. */
+static int gpu_join(td_ctx *c, td_comm *comm, td_err *err) {
+    const td_shard *sh = &c->m->shard;
+    if (!strcmp(td_comm_backend(comm), "nccl"))
+        return td_err_set(err, TD_E_UNSUPPORTED, "a CUDA rank's collectives run on host buffers (the MPI backend); "
+                          "the NCCL backend's take device buffers and are not wired to the forward pass yet");
+    int32_t *vocab0 = malloc(((size_t)sh->size + 1) * sizeof *vocab0);
+    if (!vocab0) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    for (int32_t r = 0; r < sh->size; r++) {
+        int64_t a, b;
+        td_shard_vocab(c->m->hp.n_vocab, r, sh->size, &a, &b);
+        vocab0[r] = (int32_t)a;
+    }
+    vocab0[sh->size] = c->m->hp.n_vocab;
+    td_cuda_group g = {.user = c, .size = sh->size, .vocab0 = vocab0, .allreduce_sum = gpu_allreduce,
+                       .allgatherv = gpu_allgatherv};
+    int rc = td_cuda_ctx_set_group(c->gpu, &g, err);
+    free(vocab0);
+    return rc;
+}
+
 int td_ctx_set_comm(td_ctx *c, td_comm *comm, td_err *err) {
     const td_shard *sh = &c->m->shard;
     if (td_comm_size(comm) != sh->size || td_comm_rank(comm) != sh->rank)
@@ -811,8 +849,15 @@ int td_ctx_set_comm(td_ctx *c, td_comm *comm, td_err *err) {
     }
     if (!c->counts && !(c->counts = calloc((size_t)sh->size, sizeof *c->counts)))
         return td_err_set(err, TD_E_NOMEM, "out of memory");
-    c->comm = comm;
-    return TD_OK;
+    if (!c->gpu) {
+        c->comm = comm;
+        return TD_OK;
+    }
+    /* a CUDA rank joins its group once */
+    if (c->comm) return c->comm == comm ? TD_OK : td_err_set(err, TD_E_ARG, "this CUDA context has its group");
+    int rc = gpu_join(c, comm, err);
+    if (rc == TD_OK) c->comm = comm;
+    return rc;
 }
 
 void td_ctx_tp_stats(const td_ctx *c, td_tp_stats *out) { *out = c->stats; }
@@ -1046,13 +1091,23 @@ int td_model_forward_out(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_row
     if (out->targets && !out->scores) return td_err_set(err, TD_E_ARG, "targets but no room for the scores");
     if (out->scores && (out->n_alt < 0 || out->n_alt > TD_SAMPLE_ALT_MAX))
         return td_err_set(err, TD_E_ARG, "%d alternatives (0..%d)", out->n_alt, TD_SAMPLE_ALT_MAX);
-    if (c->gpu && c->lead)
-        return td_err_set(err, TD_E_UNSUPPORTED, "a CUDA context does not lead a tensor-parallel group");
     c->device_rows = 0;
     if (c->gpu) { /* worked out where the logits are */
-        int rc = bind_cache(c, kv, err);
+        /* a group leader: the followers run the plain pass (their logits
+         * are gathered as ours are; what is asked of them stays here) */
+        td_lead *lead = c->lead;
+        int rc = TD_OK;
+        if (lead) {
+            if (n_rows < 1 || n_rows > c->max_rows)
+                return td_err_set(err, TD_E_ARG, "batch of %d rows (context holds at most %d)", n_rows, c->max_rows);
+            pthread_mutex_lock(&lead->mu);
+            td_step st = {TD_STEP_FORWARD, 0, 0, n_rows};
+            rc = td_lead_send(lead, &st, rows, (size_t)n_rows * sizeof *rows, NULL, 0, err);
+        }
+        if (rc == TD_OK) rc = bind_cache(c, kv, err);
         if (rc == TD_OK) rc = check_rows(c, kv, rows, n_rows, err);
         if (rc == TD_OK) rc = forward_cuda(c, kv, rows, n_rows, logits, out, NULL, err);
+        if (lead) pthread_mutex_unlock(&lead->mu);
         return rc;
     }
     if (!logits) return td_err_set(err, TD_E_ARG, "a CPU context works from the logits: give it room for them");

@@ -181,6 +181,14 @@ void td_ctx_pass_profile(const td_ctx *c, td_pass_profile *out);
  * same passes on the same rows. TD_E_ARG when comm's size or rank is not
  * the model's. An unsplit model needs no communicator.
  *
+ * A CUDA context (td_ctx_create_on) of a split model is a rank on its
+ * device: the same points meet in the same order (cuda.h, "tensor-parallel
+ * groups"), in its reference or FAST order, over a communicator whose
+ * collectives take host buffers (the MPI backend; TD_E_UNSUPPORTED for
+ * NCCL's, so far). It joins once: a second, different communicator is
+ * TD_E_ARG. A CUDA rank's reference order carries the bits of a CPU rank
+ * of the same split in TD_NUMERICS_REFERENCE.
+ *
  * TD_NUMERICS_TP_INVARIANT: the attention output and MLP down projections
  * are sums of per-chunk partials (one chunk per KV head's query heads; one
  * per fixed block of FFN inputs, td_shard.ff_chunk) added left to right; a
@@ -229,10 +237,16 @@ int td_model_group_follow(td_comm *comm, td_ctx *c, td_kv *kv, td_err *err);
 typedef enum td_device_kind { TD_DEVICE_CPU = 0, TD_DEVICE_CUDA = 1 } td_device_kind;
 typedef struct td_device {
     td_device_kind kind;
-    int32_t index; /* CUDA device number */
+    int32_t index; /* CUDA device number, or TD_DEVICE_LOCAL */
 } td_device;
-/* "cpu", "cuda" (device 0) or "cuda:N". */
+/* "cuda" without a number: device 0, or, in a process an MPI launcher
+ * started (a tensor-parallel rank), its local rank on the node modulo the
+ * devices visible, so that the ranks of one node spread over its GPUs. */
+#define TD_DEVICE_LOCAL (-1)
+/* "cpu", "cuda" (TD_DEVICE_LOCAL) or "cuda:N". */
 int td_device_parse(const char *s, td_device *out, td_err *err);
+/* d with TD_DEVICE_LOCAL replaced by the device it names here. */
+td_device td_device_resolve(td_device d);
 void td_device_format(td_device d, char *buf, size_t cap);
 /* td_ctx_create on a device; says why when it cannot (no GPU, a build
  * without CUDA, a weight type the device has no kernel for). */

@@ -1,6 +1,7 @@
 /* model_device.c — naming devices ("cpu", "cuda:N") and handing the model's
- * weights to the CUDA backend: the model is described to it in cuda.h's
- * plain terms and uploaded once, on the first context that asks.
+ * weights to the CUDA backend: the model (a tensor-parallel rank: its part)
+ * is described to it in cuda.h's plain terms and uploaded once, on the
+ * first context that asks.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +16,7 @@ int td_device_parse(const char *s, td_device *out, td_err *err) {
         return TD_OK;
     }
     if (!strncmp(s, "cuda", 4) && (s[4] == 0 || s[4] == ':')) {
-        long idx = 0;
+        long idx = TD_DEVICE_LOCAL;
         if (s[4] == ':') {
             char *end;
             idx = strtol(s + 5, &end, 10);
@@ -28,8 +29,27 @@ int td_device_parse(const char *s, td_device *out, td_err *err) {
     return td_err_set(err, TD_E_ARG, "unknown device '%s' (cpu, cuda or cuda:N)", s);
 }
 
+td_device td_device_resolve(td_device d) {
+    if (d.kind != TD_DEVICE_CUDA || d.index != TD_DEVICE_LOCAL) return d;
+    d.index = 0;
+    /* the launchers' names for a process's rank on its node (OpenMPI,
+     * MPICH's hydra, Slurm), as the NCCL backend reads them */
+    static const char *const names[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const char *v = getenv(names[i]);
+        char *end;
+        long local = v && *v ? strtol(v, &end, 10) : -1;
+        if (local < 0 || *end) continue;
+        int n = td_cuda_device_count(NULL);
+        if (n > 0) d.index = (int32_t)(local % n);
+        break;
+    }
+    return d;
+}
+
 void td_device_format(td_device d, char *buf, size_t cap) {
     if (d.kind == TD_DEVICE_CPU) snprintf(buf, cap, "cpu");
+    else if (d.index == TD_DEVICE_LOCAL) snprintf(buf, cap, "cuda");
     else snprintf(buf, cap, "cuda:%d", d.index);
 }
 
@@ -50,6 +70,7 @@ int td_model_cuda(const td_model *cm, int32_t index, td_cuda_model **out, td_err
         return rc;
     }
     const td_hparams *hp = &m->hp;
+    const td_shard *sh = &m->shard; /* a tensor-parallel rank's part: its heads, FFN and vocabulary rows */
     td_cuda_layer *layers = calloc((size_t)hp->n_layer, sizeof *layers);
     if (!layers) {
         pthread_mutex_unlock(&m->device_lock);
@@ -61,10 +82,11 @@ int td_model_cuda(const td_model *cm, int32_t index, td_cuda_model **out, td_err
                                     cw(&s->w_gate), cw(&s->w_up), cw(&s->w_down), s->bq, s->bk, s->bv};
     }
     td_cuda_model_desc d = {
-        .n_vocab = hp->n_vocab, .n_embd = hp->n_embd, .n_layer = hp->n_layer, .n_ff = hp->n_ff,
-        .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim, .n_rot = hp->n_rot,
+        .n_vocab = hp->n_vocab, .n_embd = hp->n_embd, .n_layer = hp->n_layer, .n_ff = sh->n_ff,
+        .n_head = sh->n_head, .n_head_kv = sh->n_head_kv, .head_dim = hp->head_dim, .n_rot = hp->n_rot,
         .rope_neox = hp->rope_kind == TD_ROPE_NEOX, .rms_eps = hp->rms_eps,
         .tok_embd = cw(&m->tok_embd), .output = cw(&m->output), .output_norm = m->output_norm, .layers = layers,
+        .vocab0 = sh->vocab0, .n_vocab_rows = sh->n_vocab,
     };
     rc = td_cuda_model_upload(&d, index, &m->cuda, err);
     free(layers);

@@ -148,6 +148,7 @@ enum cudaError {
     cudaErrorNoDevice = 100,
     cudaErrorStreamCaptureUnsupported = 900,
     cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorUnknown = 999,
 };
 typedef enum cudaError cudaError_t;
 const char *cudaGetErrorString(cudaError_t e);
@@ -205,6 +206,8 @@ enum cudaStreamCaptureMode {
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t st = 0);
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind kind, cudaStream_t st = 0);
 cudaError_t cudaMemset(void *p, int value, size_t bytes);
 
 cudaError_t cudaStreamCreate(cudaStream_t *st);

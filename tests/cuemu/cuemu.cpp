@@ -44,6 +44,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorUnknown: return "cudaErrorUnknown";
     }
     return "cudaErrorUnknown";
 }
@@ -58,6 +59,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorUnknown: return "unknown error";
     }
     return "unknown error";
 }
@@ -153,6 +155,16 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     (void)kind;
     if (bytes && (!dst || !src)) return fail(cudaErrorInvalidValue);
     return submit(st, [dst, src, bytes]() { memmove(dst, src, bytes); });
+}
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind kind, cudaStream_t st) {
+    (void)kind;
+    if (width > dpitch || width > spitch) return fail(cudaErrorInvalidValue);
+    if (width && height && (!dst || !src)) return fail(cudaErrorInvalidValue);
+    return submit(st, [=]() {
+        for (size_t i = 0; i < height; i++)
+            memmove((char *)dst + i * dpitch, (const char *)src + i * spitch, width);
+    });
 }
 cudaError_t cudaMemset(void *p, int value, size_t bytes) {
     if (bytes && !p) return fail(cudaErrorInvalidValue);

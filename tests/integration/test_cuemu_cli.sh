@@ -6,11 +6,14 @@
 # CPU's bits, so text and per-token scores must be identical: greedy,
 # seeded (picks from the device's summaries), speculative, rejection mode
 # (the device's verdicts), and perplexity's per-token logprobs (the
-# device's scores).
+# device's scores); and the same over a tensor-parallel group of two
+# emulated GPU ranks against two CPU ranks.
 #
-# usage: test_cuemu_cli.sh TANDEM_CUEMU TANDEM TD_MKTINY
+# usage: test_cuemu_cli.sh TANDEM_CUEMU TANDEM TD_MKTINY [TP_CUDA_CHECK]
+# (TP_CUDA_CHECK: tests/unit/tp_cuda_check.c built on the emulator, run
+# under mpirun -np 2 on the same tiny model.)
 set -euo pipefail
-EMU=$1 CPU=$2 MKTINY=$3
+EMU=$1 CPU=$2 MKTINY=$3 TP_CHECK=${4:-}
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
 M=$DIR/tiny.gguf
@@ -51,6 +54,55 @@ grep -q "kernels cuda" "$DIR/gpu1.err" || { echo "FAIL: the emulated run does no
   > "$DIR/gpu_ppl.txt" 2> "$DIR/gpu_ppl.err"
 [ "$(wc -l < "$DIR/cpu_ppl.txt")" -gt 100 ] || { echo "FAIL perplexity: too few lines"; exit 1; }
 same "perplexity --per-token" "$DIR/cpu_ppl.txt" "$DIR/gpu_ppl.txt"
+
+# Tensor parallelism: two emulated GPU ranks under mpirun (collectives over
+# MPI through host memory) against two CPU ranks of the same split in the
+# reference order: a CUDA rank's reference order is the CPU rank's, so text
+# and per-token logprobs are identical. The split's sums are grouped by
+# rank, so TP 2 is not TP 1's bits: the last check shows the test sees the
+# split at all.
+if command -v "${MPIRUN:-mpirun}" > /dev/null; then
+  # (OpenMPI's start-up leaks in a sanitizer build: no frame of ours)
+  mpi() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
+    "${MPIRUN:-mpirun}" --allow-run-as-root --oversubscribe -np 2 "$@"; }
+  i=0
+  for args in "" "$S" "--draft lookup" "--draft lookup --draft-mode rejection $S"; do
+    i=$((i + 1))
+    # shellcheck disable=SC2086
+    mpi "$CPU" generate --model "$M" --prompt "$P" --max-tokens 24 --ignore-eos --numerics reference --tp 2 \
+      --threads 1 $args > "$DIR/tcpu$i.txt" 2> "$DIR/tcpu$i.err" || { echo "FAIL cpu tp2 $args"; cat "$DIR/tcpu$i.err"; exit 1; }
+    # shellcheck disable=SC2086
+    mpi "$EMU" generate --model "$M" --prompt "$P" --max-tokens 24 --ignore-eos --device cuda --tp 2 \
+      --threads 1 $args > "$DIR/tgpu$i.txt" 2> "$DIR/tgpu$i.err" || { echo "FAIL gpu tp2 $args"; cat "$DIR/tgpu$i.err"; exit 1; }
+    [ -s "$DIR/tcpu$i.txt" ] || { echo "FAIL tp2 generate $args wrote nothing"; exit 1; }
+    same "tp2 generate ${args:-greedy}" "$DIR/tcpu$i.txt" "$DIR/tgpu$i.txt"
+  done
+  grep -q "kernels cuda, tensor parallel" "$DIR/tgpu1.err" ||
+    { echo "FAIL: the emulated tp2 run does not say it ran split on the device"; cat "$DIR/tgpu1.err"; exit 1; }
+  mpi "$CPU" perplexity --model "$M" --file "$SRC/README.md" --max-tokens 200 --per-token --numerics reference \
+    --tp 2 --threads 1 > "$DIR/tcpu_ppl.txt" 2> "$DIR/tcpu_ppl.err"
+  mpi "$EMU" perplexity --model "$M" --file "$SRC/README.md" --max-tokens 200 --per-token --device cuda \
+    --tp 2 --threads 1 > "$DIR/tgpu_ppl.txt" 2> "$DIR/tgpu_ppl.err"
+  [ "$(wc -l < "$DIR/tgpu_ppl.txt")" -gt 100 ] || { echo "FAIL tp2 perplexity: too few lines"; cat "$DIR/tgpu_ppl.err"; exit 1; }
+  same "tp2 perplexity --per-token" "$DIR/tcpu_ppl.txt" "$DIR/tgpu_ppl.txt"
+  if cmp -s "$DIR/gpu_ppl.txt" "$DIR/tgpu_ppl.txt"; then
+    echo "FAIL: tp2's logprobs equal tp1's: the split did not change the summation"
+    fails=$((fails + 1))
+  else
+    echo "ok   tp2's logprobs differ from tp1's (sums grouped by rank)"
+  fi
+  if [ -n "$TP_CHECK" ]; then
+    if mpi "$TP_CHECK" "$M" > "$DIR/tpcheck.out" 2>&1; then
+      echo "ok   $(grep '^tp_cuda_check' "$DIR/tpcheck.out")"
+    else
+      echo "FAIL tp_cuda_check:"; tail -5 "$DIR/tpcheck.out"
+      fails=$((fails + 1))
+    fi
+  fi
+else
+  echo "# mpirun missing: the tensor-parallel checks skipped"
+  [ "${CI:-}" = true ] && { echo "FAIL: mpirun missing under CI"; exit 1; }
+fi
 
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed"

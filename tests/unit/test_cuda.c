@@ -212,6 +212,19 @@ static void layout_refusals(void **s) {
                             .head_dim = 32, .n_rot = 32, .tok_embd = ok, .output = ok, .layers = layers};
     assert_int_equal(td_cuda_check_model(&d, &err), TD_E_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "blk.1.ffn_down"));
+    /* a tensor-parallel rank's vocabulary rows: inside the vocabulary, and
+     * the rows its embedding and output hold */
+    d.vocab0 = 32;
+    assert_int_equal(td_cuda_check_model(&d, &err), TD_E_ARG); /* 64 rows from 32 of 64 */
+    assert_non_null(strstr(err.msg, "vocabulary rows"));
+    d.n_vocab = 96;
+    assert_int_equal(td_cuda_check_model(&d, &err), TD_E_ARG); /* all 96 rows, from row 32 */
+    d.n_vocab_rows = 64;
+    assert_int_equal(td_cuda_check_model(&d, &err), TD_E_UNSUPPORTED); /* rows 32..96: on to the weights */
+    d.n_vocab_rows = 32;
+    assert_int_equal(td_cuda_check_model(&d, &err), TD_E_ARG);
+    assert_non_null(strstr(err.msg, "token_embd has 64 rows"));
+    d.vocab0 = 0, d.n_vocab = 64, d.n_vocab_rows = 0;
     d.head_dim = 12;
     assert_int_equal(td_cuda_check_model(&d, &err), TD_E_UNSUPPORTED);
 }
@@ -250,16 +263,31 @@ static void device_names(void **s) {
     (void)s;
     td_device d;
     td_err err = {0};
+    char buf[16];
     assert_int_equal(td_device_parse("cpu", &d, &err), TD_OK);
     assert_int_equal(d.kind, TD_DEVICE_CPU);
     assert_int_equal(td_device_parse("cuda", &d, &err), TD_OK);
-    assert_true(d.kind == TD_DEVICE_CUDA && d.index == 0);
+    assert_true(d.kind == TD_DEVICE_CUDA && d.index == TD_DEVICE_LOCAL);
+    td_device_format(d, buf, sizeof buf);
+    assert_string_equal(buf, "cuda");
+    /* no launcher: device 0; a node's second rank: device 1 modulo what is visible */
+    unsetenv("MPI_LOCALRANKID");
+    unsetenv("SLURM_LOCALID");
+    const char *had = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    char *saved = had ? strdup(had) : NULL;
+    unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    assert_int_equal(td_device_resolve(d).index, 0);
+    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+    int visible = td_cuda_device_count(NULL);
+    assert_int_equal(td_device_resolve(d).index, visible > 0 ? 1 % visible : 0);
+    if (saved) setenv("OMPI_COMM_WORLD_LOCAL_RANK", saved, 1);
+    else unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    free(saved);
     assert_int_equal(td_device_parse("cuda:3", &d, &err), TD_OK);
     assert_int_equal(d.index, 3);
     static const char *const bad[] = {"gpu", "cuda:", "cuda:x", "cuda:-1", "cuda:1x", "cudax", "", "CPU"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(td_device_parse(bad[i], &d, &err), TD_E_ARG);
-    char buf[16];
     td_device_format((td_device){TD_DEVICE_CUDA, 2}, buf, sizeof buf);
     assert_string_equal(buf, "cuda:2");
 }
