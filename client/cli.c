@@ -195,9 +195,9 @@ bool td_cli_device(const char *cmd, const char *val, td_device *out) {
 bool td_cli_device_numerics(const char *cmd, td_device dev, bool numerics_given, td_numerics *numerics) {
     if (dev.kind != TD_DEVICE_CUDA) return true;
     if (!numerics_given) *numerics = TD_NUMERICS_REFERENCE; /* the device's default: the CPU's bits */
-    if (*numerics != TD_NUMERICS_REFERENCE && *numerics != TD_NUMERICS_FAST) {
-        fprintf(stderr, "tandem %s: --device cuda computes --numerics reference or fast (got %s)\n", cmd,
-                td_numerics_name(*numerics));
+    if (*numerics == TD_NUMERICS_LLAMACPP) {
+        fprintf(stderr, "tandem %s: --device cuda computes --numerics reference, fast or tp-invariant (got %s)\n",
+                cmd, td_numerics_name(*numerics));
         return false;
     }
     return true;

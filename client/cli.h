@@ -80,7 +80,10 @@ td_ctx *td_cli_ctx(const char *cmd, const td_engine *e, int32_t max_rows, td_poo
     "                        reference's on the CPU; with --numerics fast, its own order\n" \
     "                        (wide rows split between warps, added in a fixed order: batch\n" \
     "                        invariant, close to reference, not its bits; faster on wide\n" \
-    "                        models)\n"
+    "                        models); with --numerics tp-invariant, wo's and w_down's\n" \
+    "                        chunks added in a fixed order, so --tp N gives --tp 1's bits\n" \
+    "                        (the GPU's own, not the CPU's tp-invariant bits). Under\n" \
+    "                        mpirun, cuda without :N picks GPU (local rank mod GPUs)\n"
 /* Prints text that came from a model file (metadata strings, tensor names,
  * token pieces), where a crafted file could put terminal escape sequences or
  * fake lines: C0 and C1 controls, DEL, quotes, backslashes and bytes that are

@@ -143,12 +143,12 @@ td_worker_engine *td_worker_engine_create(const td_worker_config *cfg, td_err *e
     pthread_mutex_init(&e->score_lock, NULL);
     pthread_cond_init(&e->cv, NULL);
     int rc;
-    /* The GPU computes the reference order or its own FAST one: a request
+    /* The GPU computes its reference, FAST or invariant order: a request
      * may move only between workers whose bits agree (the fingerprint says
      * backend=cuda and the tp size). A GPU rank of a tensor-parallel group
      * meets the others over the group's communicator (model.h). */
-    if (cfg->device.kind == TD_DEVICE_CUDA && cfg->numerics == TD_NUMERICS_TP_INVARIANT) {
-        td_err_set(err, TD_E_ARG, "--device cuda computes --numerics reference or fast (got %s)",
+    if (cfg->device.kind == TD_DEVICE_CUDA && cfg->numerics == TD_NUMERICS_LLAMACPP) {
+        td_err_set(err, TD_E_ARG, "--device cuda computes --numerics reference, fast or tp-invariant (got %s)",
                    td_numerics_name(cfg->numerics));
         goto fail;
     }

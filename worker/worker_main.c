@@ -53,7 +53,8 @@ static void usage(FILE *f) {
           "  --device DEV          cpu (default) or cuda[:N]: run the passes on a CUDA GPU (a build\n"
           "                        with -DTANDEM_CUDA=ON; any weight type the CPU runs). There\n"
           "                        --numerics defaults to reference (the CPU's bits);\n"
-          "                        fast is the GPU's own order; its fingerprint says backend=cuda\n"
+          "                        fast is the GPU's own order; tp-invariant its chunked order,\n"
+          "                        the same bits at any --tp; its fingerprint says backend=cuda\n"
           "  --tp N                a tensor-parallel group of N processes, each holding 1/N of\n"
           "                        the model: mpirun -np N tandem-worker --role verifier --tp N\n"
           "                        ...; rank 0 serves and registers (tp: N), the others follow\n"
@@ -154,11 +155,6 @@ int main(int argc, char **argv) {
      * coordinator is refused during the handshake */
     tls.require_client_cert = tls.ca_file != NULL;
     if (cfg.device.kind == TD_DEVICE_CUDA) {
-        if (numerics_given && cfg.numerics == TD_NUMERICS_TP_INVARIANT) {
-            fprintf(stderr, "tandem-worker: --device cuda computes --numerics reference or fast (got %s)\n",
-                    td_numerics_name(cfg.numerics));
-            return 2;
-        }
         if (!numerics_given) cfg.numerics = TD_NUMERICS_REFERENCE;
         if (cfg.role == TD_WORKER_DRAFTER) {
             fprintf(stderr, "tandem-worker: --device cuda is for verifiers (a drafter's model runs on the CPU)\n");

@@ -101,6 +101,25 @@ void td_cuda_model_free(td_cuda_model *m); /* accepts NULL */
 size_t td_cuda_model_bytes(const td_cuda_model *m);
 int td_cuda_model_device(const td_cuda_model *m);
 
+/* The tensor-parallel invariant order's copies of wo and w_down: their
+ * inputs cut into chunks (one per KV head's query heads; ff_chunk FFN
+ * inputs), each chunk its own matrix, so that a pass computes every
+ * chunk's partial sums apart and adds them up in chunk order
+ * (td_cuda_ctx_set_invariant). A part holds chunks [attn0, attn0 + n_attn)
+ * of the whole model's n_attn_all, and [ff0, ff0 + n_ff) of n_ff_all;
+ * layers are the host weights of the upload (wo and w_down are read).
+ * Uploaded once, by the caller that owns the model's one-time writes, before
+ * any context computes that order; a second call does nothing. TD_E_ARG
+ * when the chunks do not cut the part's matrices into whole blocks. */
+typedef struct td_cuda_chunks_desc {
+    int32_t attn_chunk, ff_chunk;     /* inputs per chunk of wo, of w_down */
+    int32_t attn0, n_attn, n_attn_all;
+    int32_t ff0, n_ff, n_ff_all;
+    const td_cuda_layer *layers;      /* (n_layer) */
+} td_cuda_chunks_desc;
+int td_cuda_model_upload_chunks(td_cuda_model *m, const td_cuda_chunks_desc *d, td_err *err);
+bool td_cuda_model_has_chunks(const td_cuda_model *m);
+
 /* max_seqs sequences of at most max_len positions; a sequence's storage is
  * allocated on its first pass. */
 int td_cuda_kv_create(const td_cuda_model *m, int32_t max_seqs, int32_t max_len, td_cuda_kv **out, td_err *err);
@@ -120,6 +139,15 @@ void td_cuda_ctx_free(td_cuda_ctx *c); /* accepts NULL */
  * in flight to use the GPU's memory bandwidth. */
 void td_cuda_ctx_set_fast(td_cuda_ctx *c, bool fast);
 bool td_cuda_ctx_fast(const td_cuda_ctx *c);
+/* The tensor-parallel invariant order: wo's and w_down's products as the
+ * partial sums of their chunks (td_cuda_model_upload_chunks), each in the
+ * context's order (reference or FAST), gathered from every rank of a group
+ * and added left to right in chunk order: the sum does not depend on which
+ * rank computed which chunk, so a split into any number of ranks (and
+ * none) gives the same bits. Not the CPU's tp-invariant bits (those come
+ * from its own FAST kernels). TD_E_ARG when the model has no chunks. */
+int td_cuda_ctx_set_invariant(td_cuda_ctx *c, bool on, td_err *err);
+bool td_cuda_ctx_invariant(const td_cuda_ctx *c);
 /* Decode-step graphs: passes of one shape (rows, rows with logits) replay a
  * captured CUDA graph instead of launching each kernel. On by default. */
 void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on);
@@ -155,13 +183,17 @@ bool td_cuda_ksplit_parse(const char *s, int *ksplit);
  *     row, so that picks, summaries and scores run on whole rows.
  * This is the CPU split model's default order step for step, so a rank's
  * passes carry the bits a CPU rank of the same split computes in the same
- * numerics. The collectives take HOST buffers: the backend copies through
+ * numerics. In the invariant order (td_cuda_ctx_set_invariant) wo's and
+ * w_down's chunk partials are gathered instead and added in chunk order. The collectives take HOST buffers: the backend copies through
  * pinned memory around each one (the MPI backend's transport). A grouped
  * context launches kernels one by one (no graphs span a collective). */
 typedef struct td_cuda_group {
     void *user;
     int32_t size;          /* ranks; this context's model is one of them */
     const int32_t *vocab0; /* (size + 1): rank r's vocabulary rows are [vocab0[r], vocab0[r + 1]) */
+    /* (size + 1) each, for the invariant order: rank r's chunks of wo's
+     * inputs are [attn0[r], attn0[r + 1]), of w_down's [ff0[r], ff0[r + 1]) */
+    const int32_t *attn0, *ff0;
     /* buf[0..n) summed over the ranks, in place */
     int (*allreduce_sum)(void *user, float *buf, int64_t n, td_err *err);
     /* rank r's counts[r] floats into recv, back to back in rank order; this

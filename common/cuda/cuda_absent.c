@@ -40,6 +40,22 @@ int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_cuda_ctx **o
 void td_cuda_ctx_free(td_cuda_ctx *c) { (void)c; }
 void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on) { (void)c, (void)on; }
 void td_cuda_ctx_set_fast(td_cuda_ctx *c, bool fast) { (void)c, (void)fast; }
+int td_cuda_model_upload_chunks(td_cuda_model *m, const td_cuda_chunks_desc *d, td_err *err) {
+    (void)m, (void)d;
+    return ABSENT(err);
+}
+bool td_cuda_model_has_chunks(const td_cuda_model *m) {
+    (void)m;
+    return false;
+}
+int td_cuda_ctx_set_invariant(td_cuda_ctx *c, bool on, td_err *err) {
+    (void)c, (void)on;
+    return ABSENT(err);
+}
+bool td_cuda_ctx_invariant(const td_cuda_ctx *c) {
+    (void)c;
+    return false;
+}
 bool td_cuda_ctx_fast(const td_cuda_ctx *c) {
     (void)c;
     return false;

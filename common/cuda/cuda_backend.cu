@@ -84,6 +84,12 @@ struct td_cuda_model {
     size_t bytes;
     int32_t act_ld; /* widest activation row (elements) */
     bool needs[FMT_COUNT]; /* input formats some matrix takes */
+    /* the invariant order's chunks (td_cuda_model_upload_chunks): layer l's
+     * chunk k of wo at wo_chunks[l * n_attn + k], of w_down likewise */
+    bool has_chunks;
+    td_cuda_chunks_desc chunks; /* geometry (layers NULL) */
+    td_dw *wo_chunks, *down_chunks;
+    void *chunk_arena;
 };
 
 #define ARENA_ALIGN 256
@@ -209,13 +215,119 @@ extern "C" int td_cuda_model_upload(const td_cuda_model_desc *d, int device, td_
 
 extern "C" void td_cuda_model_free(td_cuda_model *m) {
     if (!m) return;
-    if (m->arena) {
-        cudaSetDevice(m->device);
-        cudaFree(m->arena);
-    }
+    cudaSetDevice(m->device);
+    if (m->arena) cudaFree(m->arena);
+    if (m->chunk_arena) cudaFree(m->chunk_arena);
+    free(m->wo_chunks);
+    free(m->down_chunks);
     free(m->layers);
     free(m);
 }
+
+/* ---- the invariant order's chunks ---- */
+
+/* Columns [col0, col0 + n_cols) of a host matrix as a matrix of their own,
+ * staged through dense (room for n_out rows of n_cols). */
+static td_dw plan_columns(plan *p, const td_cuda_weight *w, int64_t col0, int64_t n_cols, char *dense) {
+    td_cuda_weight sub = {NULL, w->type, n_cols, w->n_out};
+    if (p->staging) {
+        const size_t full = td_quant_row_bytes(w->type, w->n_in), at = td_quant_row_bytes(w->type, col0);
+        const size_t part = td_quant_row_bytes(w->type, n_cols);
+        for (int64_t o = 0; o < w->n_out; o++) memcpy(dense + o * part, (const char *)w->data + o * full + at, part);
+        sub.data = dense;
+    }
+    return plan_weight(p, &sub);
+}
+
+static void plan_chunks(plan *p, const td_cuda_chunks_desc *d, td_cuda_model *m, char *dense) {
+    for (int32_t l = 0; l < m->hp.n_layer; l++) {
+        for (int32_t k = 0; k < d->n_attn; k++)
+            m->wo_chunks[l * d->n_attn + k] =
+                plan_columns(p, &d->layers[l].wo, (int64_t)k * d->attn_chunk, d->attn_chunk, dense);
+        for (int32_t k = 0; k < d->n_ff; k++)
+            m->down_chunks[l * d->n_ff + k] =
+                plan_columns(p, &d->layers[l].w_down, (int64_t)k * d->ff_chunk, d->ff_chunk, dense);
+    }
+}
+
+/* Chunks of chunk_in inputs of w, n of them: whole blocks the device runs. */
+static int check_chunks(const char *name, int32_t l, const td_cuda_weight *w, int32_t chunk_in, int32_t n,
+                        td_err *err) {
+    td_cuda_layout lay;
+    td_err why;
+    memset(&why, 0, sizeof why);
+    if (chunk_in < 1 || (int64_t)chunk_in * n != w->n_in || td_quant_row_bytes(w->type, chunk_in) == 0 ||
+        td_cuda_layout_of(w->type, chunk_in, w->n_out, &lay, &why) != TD_OK)
+        return td_err_set(err, TD_E_ARG, "blk.%d.%s: %d chunks of %d inputs do not cut %lld inputs into whole blocks%s%s",
+                          l, name, n, chunk_in, (long long)w->n_in, why.msg[0] ? ": " : "", why.msg);
+    return TD_OK;
+}
+
+extern "C" int td_cuda_model_upload_chunks(td_cuda_model *m, const td_cuda_chunks_desc *d, td_err *err) {
+    if (!m || !d || !d->layers) return td_err_set(err, TD_E_ARG, "no chunks to upload");
+    if (m->has_chunks) return TD_OK;
+    if (d->n_attn < 1 || d->attn0 < 0 || d->attn0 + d->n_attn > d->n_attn_all || d->n_ff < 1 || d->ff0 < 0 ||
+        d->ff0 + d->n_ff > d->n_ff_all)
+        return td_err_set(err, TD_E_ARG, "chunks [%d, +%d) of %d and [%d, +%d) of %d", d->attn0, d->n_attn,
+                          d->n_attn_all, d->ff0, d->n_ff, d->n_ff_all);
+    size_t dense_bytes = 0;
+    for (int32_t l = 0; l < m->hp.n_layer; l++) {
+        const td_cuda_layer *ly = &d->layers[l];
+        int rc = check_chunks("attn_output", l, &ly->wo, d->attn_chunk, d->n_attn, err);
+        if (rc == TD_OK) rc = check_chunks("ffn_down", l, &ly->w_down, d->ff_chunk, d->n_ff, err);
+        if (rc) return rc;
+        size_t a = td_quant_row_bytes(ly->wo.type, d->attn_chunk) * (size_t)ly->wo.n_out;
+        size_t b = td_quant_row_bytes(ly->w_down.type, d->ff_chunk) * (size_t)ly->w_down.n_out;
+        if (a > dense_bytes) dense_bytes = a;
+        if (b > dense_bytes) dense_bytes = b;
+    }
+    CK(cudaSetDevice(m->device), "selecting the device");
+    const size_t L = (size_t)m->hp.n_layer;
+    m->wo_chunks = (td_dw *)calloc(L * (size_t)d->n_attn, sizeof *m->wo_chunks);
+    m->down_chunks = (td_dw *)calloc(L * (size_t)d->n_ff, sizeof *m->down_chunks);
+    char *dense = (char *)malloc(dense_bytes);
+    plan sizing = {NULL, NULL, 0};
+    char *staging = NULL;
+    cudaError_t e = cudaSuccess;
+    int rc = TD_OK;
+    if (!m->wo_chunks || !m->down_chunks || !dense) {
+        rc = td_err_set(err, TD_E_NOMEM, "out of memory for the invariant order's chunks");
+        goto fail;
+    }
+    plan_chunks(&sizing, d, m, NULL);
+    if (!(staging = (char *)malloc(sizing.used))) {
+        rc = td_err_set(err, TD_E_NOMEM, "out of memory staging the invariant order's chunks");
+        goto fail;
+    }
+    memset(staging, 0, sizing.used);
+    if ((e = cudaMalloc(&m->chunk_arena, sizing.used)) == cudaSuccess) {
+        plan fill = {staging, (char *)m->chunk_arena, 0};
+        plan_chunks(&fill, d, m, dense);
+        e = cudaMemcpy(m->chunk_arena, staging, sizing.used, cudaMemcpyHostToDevice);
+    }
+    if (e != cudaSuccess) {
+        rc = cuda_fail(err, e, "uploading the invariant order's chunks");
+        goto fail;
+    }
+    free(staging);
+    free(dense);
+    m->chunks = *d;
+    m->chunks.layers = NULL;
+    m->bytes += sizing.used;
+    m->has_chunks = true;
+    return TD_OK;
+fail:
+    free(staging);
+    free(dense);
+    free(m->wo_chunks);
+    free(m->down_chunks);
+    m->wo_chunks = m->down_chunks = NULL;
+    if (m->chunk_arena) cudaFree(m->chunk_arena);
+    m->chunk_arena = NULL;
+    return rc;
+}
+
+extern "C" bool td_cuda_model_has_chunks(const td_cuda_model *m) { return m && m->has_chunks; }
 
 extern "C" size_t td_cuda_model_bytes(const td_cuda_model *m) { return m ? m->bytes : 0; }
 extern "C" int td_cuda_model_device(const td_cuda_model *m) { return m ? m->device : -1; }
@@ -360,13 +472,18 @@ struct td_cuda_ctx {
      * pass with its error here. */
     bool grouped;
     td_cuda_group group;
-    int32_t *vocab0;
+    int32_t *vocab0, *attn0, *ff0;
     int64_t *counts;
     float *proj, *local;
     float *stage, *gather;
     size_t gather_len;
     int group_rc;
     td_err group_err;
+    /* the invariant order (td_cuda_ctx_set_invariant): every chunk's
+     * partial sums, (chunks, max_rows, n_embd), and their pinned host copy
+     * for a group's gather */
+    bool invariant;
+    float *part, *pstage;
     size_t attn_smem_ready; /* dynamic shared memory the attention kernel may take */
     bool profile;
     cudaEvent_t ev[PROF_EVENTS];
@@ -440,7 +557,11 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     cudaFree(c->local);
     cudaFreeHost(c->stage);
     cudaFreeHost(c->gather);
+    cudaFree(c->part);
+    cudaFreeHost(c->pstage);
     free(c->vocab0);
+    free(c->attn0);
+    free(c->ff0);
     free(c->counts);
     if (c->stream) cudaStreamDestroy(c->stream);
     if (c->profile)
@@ -454,6 +575,33 @@ extern "C" void td_cuda_ctx_set_fast(td_cuda_ctx *c, bool fast) {
 }
 
 extern "C" bool td_cuda_ctx_fast(const td_cuda_ctx *c) { return c->fast; }
+
+/* Partial sums of the widest projection's chunks for max_rows rows, and
+ * their host copy where a group gathers them. */
+static size_t part_floats(const td_cuda_ctx *c) {
+    const td_cuda_chunks_desc *ch = &c->m->chunks;
+    size_t n = (size_t)(ch->n_attn_all > ch->n_ff_all ? ch->n_attn_all : ch->n_ff_all);
+    return n * (size_t)c->max_rows * (size_t)c->m->hp.n_embd;
+}
+
+static int part_buffers(td_cuda_ctx *c, td_err *err) {
+    if (!c->invariant) return TD_OK;
+    if (!c->part) CK(cudaMalloc((void **)&c->part, part_floats(c) * sizeof(float)), "allocating chunk partials");
+    if (c->grouped && !c->pstage)
+        CK(cudaMallocHost((void **)&c->pstage, part_floats(c) * sizeof(float)), "allocating a group's chunk staging");
+    return TD_OK;
+}
+
+extern "C" int td_cuda_ctx_set_invariant(td_cuda_ctx *c, bool on, td_err *err) {
+    if (on && !c->m->has_chunks)
+        return td_err_set(err, TD_E_ARG, "the invariant order needs the model's chunks (td_cuda_model_upload_chunks)");
+    if (c->invariant != on) drop_graphs(c); /* captured for the other order */
+    c->invariant = on;
+    CK(cudaSetDevice(c->m->device), "selecting the device");
+    return part_buffers(c, err);
+}
+
+extern "C" bool td_cuda_ctx_invariant(const td_cuda_ctx *c) { return c->invariant; }
 
 extern "C" void td_cuda_ctx_use_graphs(td_cuda_ctx *c, bool on) {
     if (!on) drop_graphs(c);
@@ -594,7 +742,7 @@ extern "C" int td_cuda_ctx_create(const td_cuda_model *m, int32_t max_rows, td_c
 extern "C" int td_cuda_ctx_set_group(td_cuda_ctx *c, const td_cuda_group *g, td_err *err) {
     const td_cuda_model_desc *hp = &c->m->hp;
     if (c->grouped || c->vocab0) return td_err_set(err, TD_E_ARG, "this CUDA context already has a group");
-    if (!g || g->size < 2 || !g->vocab0 || !g->allreduce_sum || !g->allgatherv)
+    if (!g || g->size < 2 || !g->vocab0 || !g->attn0 || !g->ff0 || !g->allreduce_sum || !g->allgatherv)
         return td_err_set(err, TD_E_ARG, "a tensor-parallel group of at least two ranks, with its collectives");
     int rank = -1;
     if (g->vocab0[0] != 0 || g->vocab0[g->size] != hp->n_vocab)
@@ -609,18 +757,25 @@ extern "C" int td_cuda_ctx_set_group(td_cuda_ctx *c, const td_cuda_group *g, td_
                           hp->vocab0, hp->vocab0 + hp->n_vocab_rows);
     CK(cudaSetDevice(c->m->device), "selecting the device");
     size_t R = (size_t)c->max_rows, E = (size_t)hp->n_embd;
-    c->vocab0 = (int32_t *)malloc(((size_t)g->size + 1) * sizeof *c->vocab0);
+    const size_t ranks = (size_t)g->size + 1;
+    c->vocab0 = (int32_t *)malloc(ranks * sizeof *c->vocab0);
+    c->attn0 = (int32_t *)malloc(ranks * sizeof *c->attn0);
+    c->ff0 = (int32_t *)malloc(ranks * sizeof *c->ff0);
     c->counts = (int64_t *)malloc((size_t)g->size * sizeof *c->counts);
-    if (!c->vocab0 || !c->counts) return td_err_set(err, TD_E_NOMEM, "out of memory");
-    memcpy(c->vocab0, g->vocab0, ((size_t)g->size + 1) * sizeof *c->vocab0);
+    if (!c->vocab0 || !c->attn0 || !c->ff0 || !c->counts) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    memcpy(c->vocab0, g->vocab0, ranks * sizeof *c->vocab0);
+    memcpy(c->attn0, g->attn0, ranks * sizeof *c->attn0);
+    memcpy(c->ff0, g->ff0, ranks * sizeof *c->ff0);
     CK(cudaMalloc((void **)&c->proj, R * E * sizeof(float)), "allocating a group's partial sums");
     CK(cudaMalloc((void **)&c->local, R * (size_t)hp->n_vocab_rows * sizeof(float)), "allocating a rank's logits");
     CK(cudaMallocHost((void **)&c->stage, R * E * sizeof(float)), "allocating a group's staging");
     c->group = *g;
     c->group.vocab0 = c->vocab0;
+    c->group.attn0 = c->attn0;
+    c->group.ff0 = c->ff0;
     c->grouped = true;
     drop_graphs(c);
-    return TD_OK;
+    return part_buffers(c, err);
 }
 
 /* Device views of the descriptor of an n-row pass. */
@@ -773,6 +928,60 @@ static cudaError_t group_logits(td_cuda_ctx *c, int32_t n_out) {
     return e;
 }
 
+/* The partials of this rank's chunks, [first, first + n_local) of the
+ * whole model's, gathered from every rank into c->part (the chunks lie in
+ * order, so every rank's lie together: one gather in place). */
+static cudaError_t group_parts(td_cuda_ctx *c, const int32_t *lo, int32_t first, int32_t n_local, size_t slab) {
+    const int32_t size = c->group.size;
+    for (int32_t r = 0; r < size; r++) c->counts[r] = (int64_t)(lo[r + 1] - lo[r]) * (int64_t)slab;
+    const size_t off = (size_t)first * slab, mine = (size_t)n_local * slab, total = (size_t)lo[size] * slab;
+    cudaError_t e = cudaMemcpyAsync(c->pstage + off, c->part + off, mine * sizeof(float), cudaMemcpyDeviceToHost,
+                                    c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) return e;
+    c->group_rc = c->group.allgatherv(c->group.user, c->pstage + off, (int64_t)mine, c->pstage, c->counts,
+                                      &c->group_err);
+    if (c->group_rc) return GROUP_FAILED;
+    return cudaMemcpyAsync(c->part, c->pstage, total * sizeof(float), cudaMemcpyHostToDevice, c->stream);
+}
+
+/* The input of chunk k's product: in, off inputs further along each row. */
+static td_mm_in chunk_input(const td_mm_in *in, uint32_t type, int64_t off) {
+    td_mm_in ck = *in;
+    if (ck.x) { /* float rows */
+        ck.x += off;
+    } else if (fmt_of_type(type) == FMT_Q8K) { /* a d per 256 codes, a sum per 16 */
+        ck.act.qs += off;
+        ck.act.d += off / TD_QK_SUPER;
+        ck.act.bs += off / 16;
+    } else { /* a d (and s) per 32 codes */
+        ck.act.qs += off;
+        ck.act.d += off / TD_QK;
+        if (ck.act.s) ck.act.s += off / TD_QK;
+    }
+    return ck;
+}
+
+/* c->x += the product of a projection in the invariant order: each of this
+ * rank's chunks into its slab of c->part, every rank's gathered, then
+ * summed in chunk order. lo: every rank's first chunk (a group's). */
+static cudaError_t chunked_projection(td_cuda_ctx *c, const td_dw *chunks, int32_t first, int32_t n_local,
+                                      int32_t n_all, const int32_t *lo, int32_t chunk_in, const td_mm_in *in,
+                                      int32_t n, const td_lc &st) {
+    const int32_t E = c->m->hp.n_embd;
+    const size_t slab = (size_t)n * (size_t)E;
+    const td_dact none = {NULL, NULL, NULL, 0, NULL};
+    cudaError_t e = cudaSuccess;
+    for (int32_t k = 0; k < n_local && e == cudaSuccess; k++) {
+        const td_mm_in ck = chunk_input(in, chunks[k].type, (int64_t)k * chunk_in);
+        td_mm mm = {{chunks[k]}, {c->part + (size_t)(first + k) * slab}, {E}, 1, TD_EPI_STORE, none, {}};
+        e = td_cu_matmul(&mm, &ck, n, st);
+    }
+    if (e == cudaSuccess && c->grouped) e = group_parts(c, lo, first, n_local, slab);
+    if (e == cudaSuccess) e = td_cu_chunk_sum(c->x, c->part, n_all, (int64_t)slab, st);
+    return e;
+}
+
 /* The launches of one pass. Returns the first launch error. */
 static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int32_t n_out, const uint8_t *skip) {
     const td_cuda_model *m = c->m;
@@ -842,9 +1051,15 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         attended.legacy_ready = fused;
         RUN(input_for(&attended, ly->wo, st, &in));
         prof_mark(c, P_ATTN);
+        const td_cuda_chunks_desc *ch = &m->chunks;
         td_mm mo = {{ly->wo}, {sum_into}, {E}, 1, sum_epi, none, {}};
-        RUN(td_cu_matmul(&mo, &in, n, st));
-        if (c->grouped) {
+        if (c->invariant) {
+            RUN(chunked_projection(c, m->wo_chunks + (size_t)l * ch->n_attn, ch->attn0, ch->n_attn, ch->n_attn_all,
+                                   c->attn0, ch->attn_chunk, &in, n, st));
+        } else {
+            RUN(td_cu_matmul(&mo, &in, n, st));
+        }
+        if (c->grouped && !c->invariant) {
             RUN(group_sum(c, c->proj, (int64_t)n * E));
             RUN(td_cu_add(c->x, c->proj, (int64_t)n * E, st));
         }
@@ -881,8 +1096,13 @@ static cudaError_t run_pass(td_cuda_ctx *c, const td_cuda_kv *kv, int32_t n, int
         }
         prof_mark(c, P_GATEUP);
         td_mm md = {{ly->w_down}, {sum_into}, {E}, 1, sum_epi, none, {}};
-        RUN(td_cu_matmul(&md, &in, n, st));
-        if (c->grouped) {
+        if (c->invariant) {
+            RUN(chunked_projection(c, m->down_chunks + (size_t)l * ch->n_ff, ch->ff0, ch->n_ff, ch->n_ff_all, c->ff0,
+                                   ch->ff_chunk, &in, n, st));
+        } else {
+            RUN(td_cu_matmul(&md, &in, n, st));
+        }
+        if (c->grouped && !c->invariant) {
             RUN(group_sum(c, c->proj, (int64_t)n * E));
             RUN(td_cu_add(c->x, c->proj, (int64_t)n * E, st));
         }

@@ -417,6 +417,8 @@ cudaError_t td_cu_embed(const td_dw *emb, const td_dpass *p, int32_t n_rows, int
                         const td_lc &lc);
 /* x[0..n) += delta[0..n) */
 cudaError_t td_cu_add(float *x, const float *delta, int64_t n, const td_lc &lc);
+/* x[0..n) += the sum of n_chunks slabs part[k * n ..], left to right */
+cudaError_t td_cu_chunk_sum(float *x, const float *part, int32_t n_chunks, int64_t n, const td_lc &lc);
 /* Biases, RoPE on q and k, K and V narrowed into the cache. */
 struct td_rope_args {
     float *q, *k, *v;

@@ -145,6 +145,24 @@ cudaError_t td_cu_add(float *x, const float *delta, int64_t n, const td_lc &lc) 
     return td_cu_launch(lc, k_add, dim3((unsigned)(blocks < 1024 ? blocks : 1024)), dim3(256), 0, x, delta, n);
 }
 
+/* x[i] += ((part[0][i] + part[1][i]) + ...) + part[n_chunks - 1][i], as
+ * forward.c's split_projection adds the invariant order's chunks */
+__global__ void k_chunk_sum(float *x, const float *part, int32_t n_chunks, int64_t n) {
+    td_d_pdl_wait();
+    td_d_pdl_release();
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float acc = part[i];
+        for (int32_t k = 1; k < n_chunks; k++) acc += part[(int64_t)k * n + i];
+        x[i] = x[i] + acc;
+    }
+}
+
+cudaError_t td_cu_chunk_sum(float *x, const float *part, int32_t n_chunks, int64_t n, const td_lc &lc) {
+    const int64_t blocks = (n + 255) / 256;
+    return td_cu_launch(lc, k_chunk_sum, dim3((unsigned)(blocks < 1024 ? blocks : 1024)), dim3(256), 0, x, part,
+                        n_chunks, n);
+}
+
 /* ---- biases, RoPE, K/V into the cache (forward.c, td_op_rope) ---- */
 __device__ __forceinline__ void rope_pair(float *head, const float *cs, int i, int half, bool neox) {
     int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;

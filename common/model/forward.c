@@ -789,10 +789,12 @@ void td_ctx_set_numerics(td_ctx *c, td_numerics order) {
         c->numerics = order;
         return;
     }
-    /* CUDA: its FAST order, or else the reference (llama.cpp's one-row order
-     * has no device form) */
-    c->numerics = order == TD_NUMERICS_FAST ? TD_NUMERICS_FAST : TD_NUMERICS_REFERENCE;
+    /* CUDA: its FAST order, the invariant order (chunks in its reference
+     * order, made ready on the first pass, where a failure can be told),
+     * or else the reference (llama.cpp's one-row order has no device form) */
+    c->numerics = order == TD_NUMERICS_FAST || order == TD_NUMERICS_TP_INVARIANT ? order : TD_NUMERICS_REFERENCE;
     td_cuda_ctx_set_fast(c->gpu, c->numerics == TD_NUMERICS_FAST);
+    if (c->numerics != TD_NUMERICS_TP_INVARIANT) (void)td_cuda_ctx_set_invariant(c->gpu, false, NULL);
 }
 
 td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }
@@ -823,18 +825,29 @@ static int gpu_join(td_ctx *c, td_comm *comm, td_err *err) {
     if (!strcmp(td_comm_backend(comm), "nccl"))
         return td_err_set(err, TD_E_UNSUPPORTED, "a CUDA rank's collectives run on host buffers (the MPI backend); "
                           "the NCCL backend's take device buffers and are not wired to the forward pass yet");
-    int32_t *vocab0 = malloc(((size_t)sh->size + 1) * sizeof *vocab0);
-    if (!vocab0) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    const td_hparams *hp = &c->m->hp;
+    const size_t ranks = (size_t)sh->size + 1;
+    int32_t *firsts = malloc(3 * ranks * sizeof *firsts);
+    if (!firsts) return td_err_set(err, TD_E_NOMEM, "out of memory");
+    /* every rank's first vocabulary row, first KV head (a chunk of wo's
+     * inputs) and first chunk of FFN inputs; the whole model's counts last */
+    int32_t *vocab0 = firsts, *attn0 = firsts + ranks, *ff0 = firsts + 2 * ranks;
     for (int32_t r = 0; r < sh->size; r++) {
         int64_t a, b;
-        td_shard_vocab(c->m->hp.n_vocab, r, sh->size, &a, &b);
+        td_shard_vocab(hp->n_vocab, r, sh->size, &a, &b);
         vocab0[r] = (int32_t)a;
+        td_shard_split(hp->n_head_kv, r, sh->size, &a, &b);
+        attn0[r] = (int32_t)a;
+        td_shard_split(hp->n_ff / sh->ff_chunk, r, sh->size, &a, &b);
+        ff0[r] = (int32_t)a;
     }
-    vocab0[sh->size] = c->m->hp.n_vocab;
-    td_cuda_group g = {.user = c, .size = sh->size, .vocab0 = vocab0, .allreduce_sum = gpu_allreduce,
-                       .allgatherv = gpu_allgatherv};
+    vocab0[sh->size] = hp->n_vocab;
+    attn0[sh->size] = hp->n_head_kv;
+    ff0[sh->size] = hp->n_ff / sh->ff_chunk;
+    td_cuda_group g = {.user = c, .size = sh->size, .vocab0 = vocab0, .attn0 = attn0, .ff0 = ff0,
+                       .allreduce_sum = gpu_allreduce, .allgatherv = gpu_allgatherv};
     int rc = td_cuda_ctx_set_group(c->gpu, &g, err);
-    free(vocab0);
+    free(firsts);
     return rc;
 }
 
@@ -1023,6 +1036,11 @@ static int forward_cuda(td_ctx *c, td_kv *kv, const td_row *rows, int32_t n_rows
                         const td_pass_out *w, const uint8_t *skip, td_err *err) {
     static const td_pass_out none = {0};
     if (!w) w = &none;
+    if (c->numerics == TD_NUMERICS_TP_INVARIANT && !td_cuda_ctx_invariant(c->gpu)) {
+        int rc = td_model_cuda_chunks(c->m, err);
+        if (rc == TD_OK) rc = td_cuda_ctx_set_invariant(c->gpu, true, err);
+        if (rc) return rc;
+    }
     int32_t total = 0, n_out = 0;
     for (int32_t r = 0; r < n_rows; r++) {
         c->tokens[r] = rows[r].token;

@@ -233,7 +233,12 @@ int td_model_group_follow(td_comm *comm, td_ctx *c, td_kv *kv, td_err *err);
  * CUDA context computes TD_NUMERICS_REFERENCE (its logits carry the CPU
  * reference's bits; the default there) or TD_NUMERICS_FAST, the device's
  * own order (cuda.h: batch invariant, close to the reference, not its
- * bits); td_ctx_set_numerics maps TD_NUMERICS_LLAMACPP to the reference. */
+ * bits), or TD_NUMERICS_TP_INVARIANT: wo's and w_down's chunk partials in
+ * the reference order, added in chunk order, so a split model's logits are
+ * the unsplit model's on the device in that mode (not the CPU's
+ * tp-invariant bits; the chunks are uploaded on its first pass, which
+ * fails with TD_E_UNSUPPORTED where they are not whole blocks);
+ * td_ctx_set_numerics maps TD_NUMERICS_LLAMACPP to the reference. */
 typedef enum td_device_kind { TD_DEVICE_CPU = 0, TD_DEVICE_CUDA = 1 } td_device_kind;
 typedef struct td_device {
     td_device_kind kind;

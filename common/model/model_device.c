@@ -55,6 +55,46 @@ void td_device_format(td_device d, char *buf, size_t cap) {
 
 static td_cuda_weight cw(const td_weight *w) { return (td_cuda_weight){w->data, w->type, w->n_in, w->n_out}; }
 
+/* The layers' host weights in cuda.h's terms; NULL when out of memory. */
+static td_cuda_layer *describe_layers(const td_model *m) {
+    td_cuda_layer *layers = calloc((size_t)m->hp.n_layer, sizeof *layers);
+    if (!layers) return NULL;
+    for (int32_t l = 0; l < m->hp.n_layer; l++) {
+        const td_layer *s = &m->layers[l];
+        layers[l] = (td_cuda_layer){s->attn_norm, s->ffn_norm, cw(&s->wq), cw(&s->wk), cw(&s->wv), cw(&s->wo),
+                                    cw(&s->w_gate), cw(&s->w_up), cw(&s->w_down), s->bq, s->bk, s->bv};
+    }
+    return layers;
+}
+
+int td_model_cuda_chunks(const td_model *cm, td_err *err) {
+    td_model *m = (td_model *)cm; /* only the device copy is written, under the lock */
+    const td_hparams *hp = &m->hp;
+    const td_shard *sh = &m->shard;
+    const int32_t group = hp->n_head / hp->n_head_kv;
+    if (!sh->chunks_ok)
+        return td_err_set(err, TD_E_UNSUPPORTED,
+                          "numerics tp-invariant: chunks of %d attention / %d FFN inputs are not whole blocks of "
+                          "this model's weight types", group * hp->head_dim, sh->ff_chunk);
+    pthread_mutex_lock(&m->device_lock);
+    int rc = TD_OK;
+    if (!m->cuda) {
+        rc = td_err_set(err, TD_E_ARG, "the model is not on a CUDA device yet");
+    } else if (!td_cuda_model_has_chunks(m->cuda)) {
+        td_cuda_layer *layers = describe_layers(m);
+        td_cuda_chunks_desc d = {
+            .attn_chunk = group * hp->head_dim, .ff_chunk = sh->ff_chunk,
+            .attn0 = sh->kv_head0, .n_attn = sh->n_head_kv, .n_attn_all = hp->n_head_kv,
+            .ff0 = sh->ff0 / sh->ff_chunk, .n_ff = sh->n_ff / sh->ff_chunk, .n_ff_all = hp->n_ff / sh->ff_chunk,
+            .layers = layers,
+        };
+        rc = layers ? td_cuda_model_upload_chunks(m->cuda, &d, err) : td_err_set(err, TD_E_NOMEM, "out of memory");
+        free(layers);
+    }
+    pthread_mutex_unlock(&m->device_lock);
+    return rc;
+}
+
 int td_model_cuda(const td_model *cm, int32_t index, td_cuda_model **out, td_err *err) {
     td_model *m = (td_model *)cm; /* only the device copy is written, under the lock */
     *out = NULL;
@@ -71,15 +111,10 @@ int td_model_cuda(const td_model *cm, int32_t index, td_cuda_model **out, td_err
     }
     const td_hparams *hp = &m->hp;
     const td_shard *sh = &m->shard; /* a tensor-parallel rank's part: its heads, FFN and vocabulary rows */
-    td_cuda_layer *layers = calloc((size_t)hp->n_layer, sizeof *layers);
+    td_cuda_layer *layers = describe_layers(m);
     if (!layers) {
         pthread_mutex_unlock(&m->device_lock);
         return td_err_set(err, TD_E_NOMEM, "out of memory");
-    }
-    for (int32_t l = 0; l < hp->n_layer; l++) {
-        const td_layer *s = &m->layers[l];
-        layers[l] = (td_cuda_layer){s->attn_norm, s->ffn_norm, cw(&s->wq), cw(&s->wk), cw(&s->wv), cw(&s->wo),
-                                    cw(&s->w_gate), cw(&s->w_up), cw(&s->w_down), s->bq, s->bk, s->bv};
     }
     td_cuda_model_desc d = {
         .n_vocab = hp->n_vocab, .n_embd = hp->n_embd, .n_layer = hp->n_layer, .n_ff = sh->n_ff,

@@ -97,6 +97,9 @@ bool td_model_tile(const td_model *m);
 
 /* The model's CUDA copy on device `index`, uploading it on first use. */
 int td_model_cuda(const td_model *m, int32_t index, td_cuda_model **out, td_err *err);
+/* Its copy's chunks for the invariant order (cuda.h), uploaded on first
+ * use; TD_E_UNSUPPORTED where the chunks are not whole blocks. */
+int td_model_cuda_chunks(const td_model *m, td_err *err);
 
 /* KV pages hold KV_PAGE positions of every layer for one sequence:
  * layout (n_layer, 2 [k,v], KV_PAGE, kv_dim) fp16 values. fp16 halves the

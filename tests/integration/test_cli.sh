@@ -92,7 +92,7 @@ check "numerics error names the modes" err_has "'reference', 'fast', 'llamacpp' 
 check "speculation with llamacpp numerics refused" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --numerics llamacpp --draft lookup
 check "the refusal says why" err_has "needs --numerics reference or fast"
 check "--device cuda refuses llamacpp numerics" exit_is 2 "$TANDEM" generate --model "$MODEL" --prompt hi --device cuda --numerics llamacpp
-check "the device refusal names what it computes" err_has "computes --numerics reference or fast"
+check "the device refusal names what it computes" err_has "computes --numerics reference, fast or tp-invariant"
 check "run: llamacpp_out" run_to "$tmp/llamacpp_out" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 24 --threads 2 --numerics llamacpp
 check "llamacpp numerics generates text" test -s "$tmp/llamacpp_out"
 check "run: ref_plain" run_to "$tmp/ref_plain" "$TANDEM" generate --model "$MODEL" --chat --prompt "$days" --max-tokens 48 --threads 2 --numerics reference

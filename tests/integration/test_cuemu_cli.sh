@@ -6,8 +6,11 @@
 # CPU's bits, so text and per-token scores must be identical: greedy,
 # seeded (picks from the device's summaries), speculative, rejection mode
 # (the device's verdicts), and perplexity's per-token logprobs (the
-# device's scores); and the same over a tensor-parallel group of two
-# emulated GPU ranks against two CPU ranks.
+# device's scores); the same over a tensor-parallel group of two emulated
+# GPU ranks against two CPU ranks; the GPU's invariant order over two
+# ranks against one; and tp_cuda_check (passes, device picks and scores, a
+# led group, the invariant order) on a two-layer model of the default
+# model's shape.
 #
 # usage: test_cuemu_cli.sh TANDEM_CUEMU TANDEM TD_MKTINY [TP_CUDA_CHECK]
 # (TP_CUDA_CHECK: tests/unit/tp_cuda_check.c built on the emulator, run
@@ -91,8 +94,26 @@ if command -v "${MPIRUN:-mpirun}" > /dev/null; then
   else
     echo "ok   tp2's logprobs differ from tp1's (sums grouped by rank)"
   fi
+  # The invariant order on a model of the default model's shape cut to two
+  # layers (3 KV heads: 2 + 1 on two ranks, 6 FFN chunks: 3 + 3): the
+  # split's logprobs are the unsplit model's, and not the reference order's
+  SMOL=$DIR/smol.gguf
+  "$MKTINY" "$SMOL" --shape smol135m --layers 2 > /dev/null
+  PPL=(perplexity --model "$SMOL" --file "$SRC/README.md" --max-tokens 32 --per-token --device cuda --threads 1)
+  "$EMU" "${PPL[@]}" --numerics tp-invariant > "$DIR/inv1.txt" 2> "$DIR/inv1.err" ||
+    { echo "FAIL invariant tp1"; cat "$DIR/inv1.err"; exit 1; }
+  mpi "$EMU" "${PPL[@]}" --numerics tp-invariant --tp 2 > "$DIR/inv2.txt" 2> "$DIR/inv2.err" ||
+    { echo "FAIL invariant tp2"; cat "$DIR/inv2.err"; exit 1; }
+  "$EMU" "${PPL[@]}" > "$DIR/ref1.txt" 2> /dev/null
+  same "tp-invariant: tp2 == tp1 (smol135m shape, 2 layers)" "$DIR/inv1.txt" "$DIR/inv2.txt"
+  if cmp -s "$DIR/inv1.txt" "$DIR/ref1.txt"; then
+    echo "FAIL: the invariant order's logprobs equal the reference order's: no chunks were summed"
+    fails=$((fails + 1))
+  else
+    echo "ok   the invariant order's logprobs differ from the reference order's"
+  fi
   if [ -n "$TP_CHECK" ]; then
-    if mpi "$TP_CHECK" "$M" > "$DIR/tpcheck.out" 2>&1; then
+    if mpi "$TP_CHECK" "$SMOL" > "$DIR/tpcheck.out" 2>&1; then
       echo "ok   $(grep '^tp_cuda_check' "$DIR/tpcheck.out")"
     else
       echo "FAIL tp_cuda_check:"; tail -5 "$DIR/tpcheck.out"

@@ -709,12 +709,15 @@ class WorkerDeviceFlagsTest(unittest.TestCase):
         model = os.path.join(tempfile.gettempdir(), "no-model-needed.gguf")
         for args, text in [(["--role", "verifier", "--model", model, "--device", "gpu"], b"unknown device"),
                            (["--role", "verifier", "--model", model, "--device", "cuda:x"], b"--device"),
-                           (["--role", "verifier", "--model", model, "--device", "cuda", "--numerics",
-                             "tp-invariant"], b"reference or fast"),
                            (["--role", "drafter", "--model", model, "--device", "cuda"], b"for verifiers")]:
             r = self.worker(*args)
             self.assertEqual(r.returncode, 2, (args, r.stderr))
             self.assertIn(text, r.stderr, args)
+        # the GPU computes every order the worker offers (tp-invariant too):
+        # the flags pass, and the missing model is what stops it
+        r = self.worker("--role", "verifier", "--model", model, "--device", "cuda", "--numerics", "tp-invariant")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(b"cannot load", r.stderr)
 
     def test_no_gpu_here_is_said(self):
         model = DEFAULT_MODEL or os.path.join(os.path.expanduser("~"), ".cache", "tandem", "models",

@@ -11,7 +11,10 @@
  *   - as a server's group (the worker with --device cuda --tp 2): rank 0
  *     leads its CUDA context and cache, rank 1 follows; the leader's passes
  *     (picks and scores asked of td_model_forward_out) and a truncation
- *     between them give those answers again.
+ *     between them give those answers again;
+ *   - the invariant order (td_cuda_ctx_set_invariant): the split model's
+ *     logits of a prefill pass and of one-row passes bitwise those of the
+ *     unsplit model (rank 0 loads it too) in the same order on the device.
  * A failing check prints and exits 1 without shutting MPI down, so mpirun
  * ends the whole job instead of leaving the other rank waiting.
  */
@@ -49,13 +52,51 @@ typedef struct env {
     float *lc, *lg; /* (MAX_ROWS, V) logits of the CPU and the CUDA pass */
 } env;
 
-static td_ctx *make_ctx(env *e, td_device dev) {
+static td_ctx *make_ctx(env *e, const td_model *m, td_device dev, td_numerics order, td_comm *comm) {
     td_err err = {0};
-    td_ctx *c = td_ctx_create_on(e->m, MAX_ROWS, e->pool, dev, &err);
+    td_ctx *c = td_ctx_create_on(m, MAX_ROWS, e->pool, dev, &err);
     CHECK(c, "%s", err.msg);
-    td_ctx_set_numerics(c, TD_NUMERICS_REFERENCE);
-    CHECK(td_ctx_set_comm(c, e->comm, &err) == TD_OK, "%s", err.msg);
+    td_ctx_set_numerics(c, order);
+    if (comm) CHECK(td_ctx_set_comm(c, comm, &err) == TD_OK, "%s", err.msg);
     return c;
+}
+
+static const td_device CUDA = {TD_DEVICE_CUDA, TD_DEVICE_LOCAL};
+
+/* The invariant order: the split model's passes against the unsplit
+ * model's (rank 0), both on the device. */
+static void check_invariant(env *e, td_gguf *g, const int32_t *ids) {
+    td_err err = {0};
+    td_model *whole = NULL;
+    td_ctx *cw = NULL;
+    td_kv *kw = NULL;
+    if (g_rank == 0) {
+        CHECK(td_model_load(g, &whole, &err) == TD_OK, "%s", err.msg);
+        cw = make_ctx(e, whole, CUDA, TD_NUMERICS_TP_INVARIANT, NULL);
+        CHECK((kw = td_kv_create(whole, 1, 128, &err)), "%s", err.msg);
+    }
+    td_ctx *cs = make_ctx(e, e->m, CUDA, TD_NUMERICS_TP_INVARIANT, e->comm);
+    td_kv *ks = td_kv_create(e->m, 1, 128, &err);
+    CHECK(ks, "%s", err.msg);
+    td_row rows[MAX_ROWS];
+    int32_t pos = 0, n = N_PROMPT, next = 0;
+    for (int step = 0; step < 4; step++) {
+        for (int32_t i = 0; i < n; i++) rows[i] = td_row_linear(0, pos + i, step == 0 ? ids[i] : next, true);
+        CHECK(td_model_forward(cs, ks, rows, n, e->lg, &err) == TD_OK, "invariant, split: %s", err.msg);
+        if (g_rank == 0) {
+            CHECK(td_model_forward(cw, kw, rows, n, e->lc, &err) == TD_OK, "invariant, whole: %s", err.msg);
+            CHECK(memcmp(e->lc, e->lg, (size_t)n * e->V * sizeof(float)) == 0,
+                  "invariant order: the split model's logits differ from the whole model's (pass %d)", step);
+        }
+        next = td_sample_argmax(e->lg + (size_t)(n - 1) * e->V, e->V);
+        pos += n;
+        n = 1;
+    }
+    td_kv_destroy(ks);
+    td_ctx_destroy(cs);
+    td_kv_destroy(kw);
+    td_ctx_destroy(cw);
+    td_model_free(whole);
 }
 
 /* The same rows through both contexts; every row's logits bitwise equal. */
@@ -110,8 +151,8 @@ int main(int argc, char **argv) {
     e.lc = malloc((size_t)MAX_ROWS * e.V * sizeof(float));
     e.lg = malloc((size_t)MAX_ROWS * e.V * sizeof(float));
     CHECK(e.lc && e.lg, "out of memory");
-    e.cpu = make_ctx(&e, (td_device){TD_DEVICE_CPU, 0});
-    e.gpu = make_ctx(&e, (td_device){TD_DEVICE_CUDA, TD_DEVICE_LOCAL});
+    e.cpu = make_ctx(&e, e.m, (td_device){TD_DEVICE_CPU, 0}, TD_NUMERICS_REFERENCE, e.comm);
+    e.gpu = make_ctx(&e, e.m, CUDA, TD_NUMERICS_REFERENCE, e.comm);
     CHECK(td_ctx_set_comm(e.gpu, e.comm, &err) == TD_OK, "joining the same group again: %s", err.msg);
     td_kv *kc = td_kv_create(e.m, 2, 128, &err), *kg = td_kv_create(e.m, 2, 128, &err);
     CHECK(kc && kg, "%s", err.msg);
@@ -190,12 +231,13 @@ int main(int argc, char **argv) {
         CHECK(td_model_group_follow(e.comm, e.gpu, kl, &err) == TD_OK, "following: %s", err.msg);
         CHECK(td_kv_seq_len(kl, 1) == N_SCORED, "the follower's cache holds %d positions", td_kv_seq_len(kl, 1));
     }
+    check_invariant(&e, g, ids);
     td_tp_stats st;
     td_ctx_tp_stats(e.gpu, &st);
     CHECK(st.calls > 0 && st.allreduce_bytes > 0 && st.gather_bytes > 0, "the CUDA rank's collectives went uncounted");
     if (g_rank == 0)
         printf("tp_cuda_check: 2 CUDA ranks == 2 CPU ranks bitwise (prefill %d rows, 4 one-row passes, a tree, "
-               "%d picks decided of %d, scores); led group ok; %lld collectives\n",
+               "%d picks decided of %d, scores); led group ok; invariant order == unsplit; %lld collectives\n",
                N_PROMPT, decided, N_SCORED, (long long)st.calls);
     td_kv_destroy(kl);
     td_kv_destroy(kc);
