@@ -21,10 +21,23 @@ const char *td_cli_default_model(char *buf, size_t cap) {
 }
 
 int td_cli_engine_open(td_engine *e, const char *path, int n_threads) {
-    return td_cli_engine_open_tp(e, path, n_threads, 1);
+    return td_cli_engine_open_tp(e, path, n_threads, 1, "mpi");
 }
 
-int td_cli_engine_open_tp(td_engine *e, const char *path, int n_threads, int tp) {
+bool td_cli_tp_comm(const char *cmd, const char *val, td_device dev, const char **out) {
+    if (strcmp(val, "mpi") != 0 && strcmp(val, "nccl") != 0) {
+        fprintf(stderr, "tandem %s: --tp-comm expects 'mpi' or 'nccl', got '%s'\n", cmd, val);
+        return false;
+    }
+    if (!strcmp(val, "nccl") && dev.kind != TD_DEVICE_CUDA) {
+        fprintf(stderr, "tandem %s: --tp-comm nccl carries device buffers: it needs --device cuda\n", cmd);
+        return false;
+    }
+    *out = val;
+    return true;
+}
+
+int td_cli_engine_open_tp(td_engine *e, const char *path, int n_threads, int tp, const char *tp_comm) {
     memset(e, 0, sizeof *e);
     td_err err = {0};
     if (tp > 1) {
@@ -32,7 +45,7 @@ int td_cli_engine_open_tp(td_engine *e, const char *path, int n_threads, int tp)
             fprintf(stderr, "tandem: --tp %d runs as %d processes: start it with mpirun -np %d\n", tp, tp, tp);
             return 1;
         }
-        if (!(e->comm = td_comm_open("mpi", &err))) {
+        if (!(e->comm = td_comm_open(tp_comm, &err))) {
             fprintf(stderr, "tandem: --tp %d: %s\n", tp, err.msg);
             return 1;
         }

@@ -32,8 +32,14 @@ typedef struct td_engine {
  * error line and returns non-zero on failure. */
 int td_cli_engine_open(td_engine *e, const char *path, int n_threads);
 /* The same as one rank of a tensor-parallel group of tp processes started
- * by mpirun (tp > 1): joins the group and loads this rank's shard. */
-int td_cli_engine_open_tp(td_engine *e, const char *path, int n_threads, int tp);
+ * by mpirun (tp > 1): joins the group over tp_comm ("mpi" or "nccl") and
+ * loads this rank's shard. */
+int td_cli_engine_open_tp(td_engine *e, const char *path, int n_threads, int tp, const char *tp_comm);
+/* --tp-comm's value: "mpi" or "nccl" (which needs a CUDA device). */
+bool td_cli_tp_comm(const char *cmd, const char *val, td_device dev, const char **out);
+#define TD_CLI_TP_COMM_HELP \
+    "  --tp-comm NAME        the group's transport: mpi (default; host memory) or nccl\n" \
+    "                        (GPU to GPU; with --device cuda)\n"
 void td_cli_engine_close(td_engine *e);
 
 /* Argument parsing: every parser prints "tandem CMD: ..." and returns false

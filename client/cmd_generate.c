@@ -35,6 +35,7 @@ static void usage(FILE *f) {
           "                        the model (mpirun -np N tandem generate --tp N ...); rank 0\n"
           "                        prints. With --numerics tp-invariant the output is the same\n"
           "                        for every N\n"
+          TD_CLI_TP_COMM_HELP
           TD_CLI_NUMERICS_HELP
           TD_CLI_DEVICE_HELP
           "  --no-special          do not parse special-token text in the prompt\n"
@@ -84,6 +85,7 @@ int td_cmd_generate(int argc, char **argv) {
     size_t n_stop = 0;
     bool chat = false, parse_special = true;
     long max_tokens = 128, threads = 0, ctx_len = 0, tp = 1;
+    const char *tp_comm_arg = "mpi", *tp_comm = "mpi";
     td_numerics numerics = TD_NUMERICS_FAST;
     bool numerics_given = false;
     td_device device = {TD_DEVICE_CPU, 0};
@@ -108,6 +110,7 @@ int td_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--max-tokens")) { VAL(); if (!td_cli_int(cmd, a, v, 0, 1 << 20, &max_tokens)) return 2; }
         else if (!strcmp(a, "--threads")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 256, &threads)) return 2; }
         else if (!strcmp(a, "--tp")) { VAL(); if (!td_cli_int(cmd, a, v, 1, 64, &tp)) return 2; }
+        else if (!strcmp(a, "--tp-comm")) { VAL(); tp_comm_arg = v; }
         else if (!strcmp(a, "--numerics")) { VAL(); if (!td_cli_numerics(cmd, v, &numerics)) return 2; numerics_given = true; }
         else if (!strcmp(a, "--device")) { VAL(); if (!td_cli_device(cmd, v, &device)) return 2; }
         else if (!strcmp(a, "--ctx")) { VAL(); if (!td_cli_int(cmd, a, v, 16, 1 << 20, &ctx_len)) return 2; }
@@ -150,6 +153,7 @@ int td_cmd_generate(int argc, char **argv) {
         return 2;
     }
     if (!td_cli_device_numerics(cmd, device, numerics_given, &numerics)) return 2;
+    if (!td_cli_tp_comm(cmd, tp_comm_arg, device, &tp_comm)) return 2;
     if (strcmp(draft, "none") != 0 && !td_cli_numerics_allow_speculation(cmd, numerics)) return 2;
     char *file_text = NULL;
     size_t prompt_len = prompt ? strlen(prompt) : 0;
@@ -187,7 +191,7 @@ int td_cmd_generate(int argc, char **argv) {
         if (!(spp.row_cost > 0)) spp.row_cost = 0.1f;
     }
     td_engine e;
-    if (td_cli_engine_open_tp(&e, model, (int)threads, (int)tp)) { free(file_text); return 1; }
+    if (td_cli_engine_open_tp(&e, model, (int)threads, (int)tp, tp_comm)) { free(file_text); return 1; }
     /* rank 0 prints; the others compute their shard of the same passes */
     bool quiet = td_comm_rank(e.comm) != 0;
     void *emit_user = quiet ? &e : NULL;

@@ -15,6 +15,7 @@ int td_cmd_perplexity(int argc, char **argv) {
     char buf[1024];
     const char *model = td_cli_default_model(buf, sizeof buf), *file = NULL;
     long ctx_len = 512, threads = 0, batch = 512, max_tokens = 0, tp = 1;
+    const char *tp_comm_arg = "mpi", *tp_comm = "mpi";
     bool per_token = false;
     td_numerics numerics = TD_NUMERICS_FAST;
     bool numerics_given = false;
@@ -23,7 +24,7 @@ int td_cmd_perplexity(int argc, char **argv) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: tandem perplexity [--model PATH] --file TEXT [--ctx N] [--batch N] [--max-tokens N] [--threads N]\n"
-                 "                        [--per-token] [--tp N]\n"
+                 "                        [--per-token] [--tp N] [--tp-comm mpi|nccl]\n"
                  "                        [--numerics fast|reference|llamacpp|tp-invariant] [--device cpu|cuda[:N]]\n\n"
                  "Scores the file's tokens: each window of --ctx tokens (default 512) is evaluated\n"
                  "with logits for every row, in batches of --batch rows (default 512).\n"
@@ -32,6 +33,7 @@ int td_cmd_perplexity(int argc, char **argv) {
                  "a float, as tandem.v1.Inference/Score returns it), one per line.\n"
                  "--tp N scores over a tensor-parallel group of N processes, each holding 1/N\n"
                  "of the model (mpirun -np N tandem perplexity --tp N ...); rank 0 prints.\n\n"
+                 TD_CLI_TP_COMM_HELP
                  TD_CLI_NUMERICS_HELP TD_CLI_DEVICE_HELP);
             return 0;
         }
@@ -41,6 +43,7 @@ int td_cmd_perplexity(int argc, char **argv) {
         else if (!strcmp(a, "--ctx")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 2, 1 << 20, &ctx_len)) return 2; }
         else if (!strcmp(a, "--batch")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 4096, &batch)) return 2; }
         else if (!strcmp(a, "--max-tokens")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 0, 1L << 30, &max_tokens)) return 2; }
+        else if (!strcmp(a, "--tp-comm")) { if (!(tp_comm_arg = td_cli_value(cmd, argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--tp")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 64, &tp)) return 2; }
         else if (!strcmp(a, "--threads")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_int(cmd, a, v, 1, 256, &threads)) return 2; }
         else if (!strcmp(a, "--numerics")) { if (!(v = td_cli_value(cmd, argc, argv, &i)) || !td_cli_numerics(cmd, v, &numerics)) return 2; numerics_given = true; }
@@ -49,11 +52,12 @@ int td_cmd_perplexity(int argc, char **argv) {
     }
     if (!file) { fprintf(stderr, "tandem perplexity: --file is required\n"); return 2; }
     if (!td_cli_device_numerics(cmd, device, numerics_given, &numerics)) return 2;
+    if (!td_cli_tp_comm(cmd, tp_comm_arg, device, &tp_comm)) return 2;
     size_t len;
     char *text = td_cli_read_file(cmd, file, &len);
     if (!text) return 1;
     td_engine e;
-    if (td_cli_engine_open_tp(&e, model, (int)threads, (int)tp)) { free(text); return 1; }
+    if (td_cli_engine_open_tp(&e, model, (int)threads, (int)tp, tp_comm)) { free(text); return 1; }
     const bool quiet = td_comm_rank(e.comm) != 0; /* rank 0 prints; the others compute their shard */
     int status = 1;
     int32_t *ids = NULL;

@@ -58,6 +58,8 @@ static void usage(FILE *f) {
           "  --tp N                a tensor-parallel group of N processes, each holding 1/N of\n"
           "                        the model: mpirun -np N tandem-worker --role verifier --tp N\n"
           "                        ...; rank 0 serves and registers (tp: N), the others follow\n"
+          "  --tp-comm NAME        the group's transport: mpi (default; host memory) or nccl\n"
+          "                        (GPU to GPU, bootstrapped over MPI; with --device cuda)\n"
           "  --no-batching         one verification per forward pass (benchmarks)\n"
           "  --no-prefix-cache     every sequence prefills its whole prompt (default: a new sequence\n"
           "                        reuses the cached prefix a closed one shares with it, e.g. the\n"
@@ -83,6 +85,7 @@ int main(int argc, char **argv) {
                             .prefix_cache = true};
     td_log_level level = TD_LOG_INFO;
     long tp = 1;
+    const char *tp_comm = "mpi";
     bool numerics_given = false;
     td_etcd_opts eo = {0};
     td_net_tls tls = {0};
@@ -119,6 +122,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--lease-ttl")) { if (!parse_long(a, v, 1, 3600, &l)) return 2; cfg.lease_ttl = (int32_t)l; }
         else if (!strcmp(a, "--threads")) { if (!parse_long(a, v, 1, 1024, &l)) return 2; cfg.threads = (int32_t)l; }
         else if (!strcmp(a, "--tp")) { if (!parse_long(a, v, 1, 64, &tp)) return 2; }
+        else if (!strcmp(a, "--tp-comm")) {
+            if (strcmp(v, "mpi") != 0 && strcmp(v, "nccl") != 0) {
+                fprintf(stderr, "tandem-worker: --tp-comm must be mpi or nccl (got \"%s\")\n", v);
+                return 2;
+            }
+            tp_comm = v;
+        }
         else if (!strcmp(a, "--ctx")) { if (!parse_long(a, v, 16, 1 << 20, &l)) return 2; cfg.ctx = (int32_t)l; }
         else if (!strcmp(a, "--max-seqs")) { if (!parse_long(a, v, 1, 4096, &l)) return 2; cfg.max_seqs = (int32_t)l; }
         else if (!strcmp(a, "--max-tokens")) { if (!parse_long(a, v, 16, 1L << 40, &l)) return 2; cfg.max_tokens = l; }
@@ -165,6 +175,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tandem-worker: --tp is for verifiers\n");
         return 2;
     }
+    if (!strcmp(tp_comm, "nccl") && cfg.device.kind != TD_DEVICE_CUDA) {
+        fprintf(stderr, "tandem-worker: --tp-comm nccl carries device buffers: it needs --device cuda\n");
+        return 2;
+    }
     td_log_setup(cfg.role == TD_WORKER_VERIFIER ? "verifier" : "drafter", level);
     td_net_signals_block(); /* before any thread starts: gRPC's and the pool's inherit it */
 
@@ -175,7 +189,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "tandem-worker: --tp %ld runs as %ld processes: start it with mpirun -np %ld\n", tp, tp, tp);
             return 2;
         }
-        if (!(comm = td_comm_open("mpi", &err))) {
+        if (!(comm = td_comm_open(tp_comm, &err))) {
             td_log(TD_LOG_ERROR, NULL, "--tp %ld: %s", tp, err.msg);
             return 1;
         }

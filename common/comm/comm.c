@@ -41,6 +41,10 @@ static const td_comm_ops single_ops = {
 bool td_comm_mpi_compiled(void) { return td_comm_mpi_built(); }
 bool td_comm_nccl_compiled(void) { return td_comm_nccl_built(); }
 
+int td_comm_device(const td_comm *c) {
+    return c && !strcmp(td_comm_backend(c), "nccl") ? td_comm_nccl_device(c) : -1;
+}
+
 static bool env_set(const char *name) {
     const char *v = getenv(name);
     return v && v[0];

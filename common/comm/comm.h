@@ -140,6 +140,9 @@ void td_comm_close(td_comm *c);
 int td_comm_rank(const td_comm *c);         /* 0 .. size-1; 0 for NULL */
 int td_comm_size(const td_comm *c);         /* >= 1; 1 for NULL */
 const char *td_comm_backend(const td_comm *c); /* "single", "mpi", "nccl" */
+/* The CUDA device whose memory the data collectives take (NCCL's), or -1
+ * where they take host memory (single, MPI; and NULL). */
+int td_comm_device(const td_comm *c);
 
 /* Control broadcast: `bytes` bytes of buf from rank 0 to every rank (a step
  * descriptor). Every rank passes the same `bytes`; on rank 0 buf is read,

@@ -41,6 +41,8 @@ bool td_comm_mpi_built(void);
  * c->ops, rank, size and impl from options comm.c has checked. */
 int td_comm_nccl_open(td_comm *c, const td_comm_nccl_opts *o, td_err *err);
 bool td_comm_nccl_built(void);
+/* The device of an open NCCL communicator c. */
+int td_comm_nccl_device(const td_comm *c);
 int td_comm_nccl_make_id(uint8_t id[TD_COMM_NCCL_ID_BYTES], td_err *err);
 
 /* The NCCL all-reduce's ordered sum on its own, for the device check (a

@@ -40,6 +40,7 @@ struct nccl_impl {
 };
 
 extern "C" bool td_comm_nccl_built(void) { return true; }
+extern "C" int td_comm_nccl_device(const td_comm *c) { return ((const nccl_impl *)c->impl)->device; }
 
 static int cuda_fail(td_err *err, const char *what, cudaError_t e) {
     return td_err_set(err, TD_E_IO, "comm nccl: %s failed: %s (%s)", what, cudaGetErrorString(e),
@@ -72,7 +73,13 @@ static void launch_ordered_sum(const float *parts, int nparts, int64_t stride, i
                                cudaStream_t s) {
     int64_t blocks = (n + 255) / 256;
     if (blocks > 4096) blocks = 4096; /* the grid-stride loop covers the rest */
-    ordered_sum_kernel<<<(unsigned)blocks, 256, 0, s>>>(parts, nparts, stride, n, out);
+    /* cudaLaunchKernelEx rather than <<<>>>, which the CPU emulator
+     * (tests/cuemu/) has no C++ form of */
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)blocks);
+    cfg.blockDim = dim3(256);
+    cfg.stream = s;
+    (void)cudaLaunchKernelEx(&cfg, ordered_sum_kernel, parts, nparts, stride, n, out); /* cudaGetLastError tells */
 }
 
 extern "C" int td_comm_nccl_ordered_sum(int device, const float *parts, int nparts, int64_t n, float *out,

@@ -8,6 +8,10 @@
     "are in the CUDA toolkit)"
 
 bool td_comm_nccl_built(void) { return false; }
+int td_comm_nccl_device(const td_comm *c) {
+    (void)c;
+    return -1;
+}
 
 int td_comm_nccl_open(td_comm *c, const td_comm_nccl_opts *o, td_err *err) {
     (void)c, (void)o;

@@ -184,12 +184,17 @@ bool td_cuda_ksplit_parse(const char *s, int *ksplit);
  * This is the CPU split model's default order step for step, so a rank's
  * passes carry the bits a CPU rank of the same split computes in the same
  * numerics. In the invariant order (td_cuda_ctx_set_invariant) wo's and
- * w_down's chunk partials are gathered instead and added in chunk order. The collectives take HOST buffers: the backend copies through
- * pinned memory around each one (the MPI backend's transport). A grouped
- * context launches kernels one by one (no graphs span a collective). */
+ * w_down's chunk partials are gathered instead and added in chunk order.
+ * The collectives take HOST buffers (the backend copies through pinned
+ * memory around each one: MPI's transport) or, device_buffers set, this
+ * device's buffers, which they read and write in place (NCCL's); either
+ * way the kernels before a collective have finished when it is called. A
+ * grouped context launches kernels one by one (no graph spans a
+ * collective). */
 typedef struct td_cuda_group {
     void *user;
     int32_t size;          /* ranks; this context's model is one of them */
+    bool device_buffers;   /* the collectives take device pointers (NCCL) */
     const int32_t *vocab0; /* (size + 1): rank r's vocabulary rows are [vocab0[r], vocab0[r + 1]) */
     /* (size + 1) each, for the invariant order: rank r's chunks of wo's
      * inputs are [attn0[r], attn0[r + 1]), of w_down's [ff0[r], ff0[r + 1]) */

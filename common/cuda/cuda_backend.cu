@@ -556,7 +556,8 @@ extern "C" void td_cuda_ctx_free(td_cuda_ctx *c) {
     cudaFree(c->proj);
     cudaFree(c->local);
     cudaFreeHost(c->stage);
-    cudaFreeHost(c->gather);
+    if (c->group.device_buffers) cudaFree(c->gather);
+    else cudaFreeHost(c->gather);
     cudaFree(c->part);
     cudaFreeHost(c->pstage);
     free(c->vocab0);
@@ -587,7 +588,7 @@ static size_t part_floats(const td_cuda_ctx *c) {
 static int part_buffers(td_cuda_ctx *c, td_err *err) {
     if (!c->invariant) return TD_OK;
     if (!c->part) CK(cudaMalloc((void **)&c->part, part_floats(c) * sizeof(float)), "allocating chunk partials");
-    if (c->grouped && !c->pstage)
+    if (c->grouped && !c->group.device_buffers && !c->pstage)
         CK(cudaMallocHost((void **)&c->pstage, part_floats(c) * sizeof(float)), "allocating a group's chunk staging");
     return TD_OK;
 }
@@ -768,7 +769,7 @@ extern "C" int td_cuda_ctx_set_group(td_cuda_ctx *c, const td_cuda_group *g, td_
     memcpy(c->ff0, g->ff0, ranks * sizeof *c->ff0);
     CK(cudaMalloc((void **)&c->proj, R * E * sizeof(float)), "allocating a group's partial sums");
     CK(cudaMalloc((void **)&c->local, R * (size_t)hp->n_vocab_rows * sizeof(float)), "allocating a rank's logits");
-    CK(cudaMallocHost((void **)&c->stage, R * E * sizeof(float)), "allocating a group's staging");
+    if (!g->device_buffers) CK(cudaMallocHost((void **)&c->stage, R * E * sizeof(float)), "allocating a group's staging");
     c->group = *g;
     c->group.vocab0 = c->vocab0;
     c->group.attn0 = c->attn0;
@@ -875,14 +876,20 @@ static cudaError_t input_for(stage *g, const td_dw &w, const td_lc &st, td_mm_in
 }
 
 /* ---- a grouped context's collectives ----
- * Each waits for the kernels before it, copies through pinned host memory
- * and hands the host buffer to the group's collective. A failed collective
+ * Each waits for the kernels before it and hands the group's collective
+ * the device buffer (device_buffers) or a pinned host copy of it. A failed collective
  * keeps its error in c->group_rc / group_err and returns GROUP_FAILED,
  * which only stops the pass: td_cuda_forward reports the group's error. */
 static const cudaError_t GROUP_FAILED = cudaErrorUnknown;
 
 static cudaError_t group_sum(td_cuda_ctx *c, float *d_buf, int64_t n) {
     const size_t bytes = (size_t)n * sizeof(float);
+    if (c->group.device_buffers) {
+        cudaError_t e = cudaStreamSynchronize(c->stream);
+        if (e != cudaSuccess) return e;
+        c->group_rc = c->group.allreduce_sum(c->group.user, d_buf, n, &c->group_err);
+        return c->group_rc ? GROUP_FAILED : cudaSuccess;
+    }
     cudaError_t e = cudaMemcpyAsync(c->stage, d_buf, bytes, cudaMemcpyDeviceToHost, c->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
     if (e != cudaSuccess) return e;
@@ -902,15 +909,19 @@ static cudaError_t group_logits(td_cuda_ctx *c, int32_t n_out) {
         if (c->vocab0[r] < hp->vocab0) off += (size_t)c->counts[r];
         if (c->vocab0[r] == hp->vocab0) mine = (size_t)c->counts[r];
     }
-    if (total > c->gather_len) {
-        cudaFreeHost(c->gather);
+    const bool on_device = c->group.device_buffers;
+    if (total > c->gather_len) { /* the blocks land here: host memory, or the device's */
+        if (on_device) cudaFree(c->gather);
+        else cudaFreeHost(c->gather);
         c->gather = NULL;
         c->gather_len = 0;
-        cudaError_t e = cudaMallocHost((void **)&c->gather, total * sizeof(float));
+        cudaError_t e = on_device ? cudaMalloc((void **)&c->gather, total * sizeof(float))
+                                  : cudaMallocHost((void **)&c->gather, total * sizeof(float));
         if (e != cudaSuccess) return e;
         c->gather_len = total;
     }
-    cudaError_t e = cudaMemcpyAsync(c->gather + off, c->local, mine * sizeof(float), cudaMemcpyDeviceToHost, c->stream);
+    cudaError_t e = cudaMemcpyAsync(c->gather + off, c->local, mine * sizeof(float),
+                                    on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost, c->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
     if (e != cudaSuccess) return e;
     c->group_rc = c->group.allgatherv(c->group.user, c->gather + off, (int64_t)mine, c->gather, c->counts, &c->group_err);
@@ -920,7 +931,8 @@ static cudaError_t group_logits(td_cuda_ctx *c, int32_t n_out) {
         const size_t w = (size_t)(c->vocab0[r + 1] - c->vocab0[r]);
         if (w > 0)
             e = cudaMemcpy2DAsync(c->logits + c->vocab0[r], (size_t)hp->n_vocab * sizeof(float), src, w * sizeof(float),
-                                  w * sizeof(float), (size_t)n_out, cudaMemcpyHostToDevice, c->stream);
+                                  w * sizeof(float), (size_t)n_out,
+                                  on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice, c->stream);
         src += w * (size_t)n_out;
     }
     /* the host image is reused by the next pass: let these copies finish */
@@ -935,6 +947,13 @@ static cudaError_t group_parts(td_cuda_ctx *c, const int32_t *lo, int32_t first,
     const int32_t size = c->group.size;
     for (int32_t r = 0; r < size; r++) c->counts[r] = (int64_t)(lo[r + 1] - lo[r]) * (int64_t)slab;
     const size_t off = (size_t)first * slab, mine = (size_t)n_local * slab, total = (size_t)lo[size] * slab;
+    if (c->group.device_buffers) { /* in place, on the device */
+        cudaError_t e = cudaStreamSynchronize(c->stream);
+        if (e != cudaSuccess) return e;
+        c->group_rc = c->group.allgatherv(c->group.user, c->part + off, (int64_t)mine, c->part, c->counts,
+                                          &c->group_err);
+        return c->group_rc ? GROUP_FAILED : cudaSuccess;
+    }
     cudaError_t e = cudaMemcpyAsync(c->pstage + off, c->part + off, mine * sizeof(float), cudaMemcpyDeviceToHost,
                                     c->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);

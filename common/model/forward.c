@@ -801,8 +801,9 @@ td_numerics td_ctx_numerics(const td_ctx *c) { return c->numerics; }
 
 void td_ctx_set_schedule(td_ctx *c, td_schedule s) { c->schedule = s; }
 
-/* A CUDA rank's collectives: the context's, on host buffers (cuda.h's
- * td_cuda_group), counted in its statistics as the CPU's are. */
+/* A CUDA rank's collectives: the context's communicator's (cuda.h's
+ * td_cuda_group: host buffers for MPI, the device's for NCCL), counted in
+ * its statistics as the CPU's are. */
 static int gpu_allreduce(void *user, float *buf, int64_t n, td_err *err) {
     return tp_allreduce(user, buf, n, err);
 }
@@ -822,9 +823,10 @@ static int gpu_allgatherv(void *user, const float *send, int64_t n, float *recv,
 /* Makes the CUDA context a rank of the communicator's group. */
 static int gpu_join(td_ctx *c, td_comm *comm, td_err *err) {
     const td_shard *sh = &c->m->shard;
-    if (!strcmp(td_comm_backend(comm), "nccl"))
-        return td_err_set(err, TD_E_UNSUPPORTED, "a CUDA rank's collectives run on host buffers (the MPI backend); "
-                          "the NCCL backend's take device buffers and are not wired to the forward pass yet");
+    const int on = td_comm_device(comm);
+    if (on >= 0 && on != c->device.index)
+        return td_err_set(err, TD_E_ARG, "the communicator's buffers are on cuda:%d, this context computes on cuda:%d",
+                          on, c->device.index);
     const td_hparams *hp = &c->m->hp;
     const size_t ranks = (size_t)sh->size + 1;
     int32_t *firsts = malloc(3 * ranks * sizeof *firsts);
@@ -844,8 +846,8 @@ static int gpu_join(td_ctx *c, td_comm *comm, td_err *err) {
     vocab0[sh->size] = hp->n_vocab;
     attn0[sh->size] = hp->n_head_kv;
     ff0[sh->size] = hp->n_ff / sh->ff_chunk;
-    td_cuda_group g = {.user = c, .size = sh->size, .vocab0 = vocab0, .attn0 = attn0, .ff0 = ff0,
-                       .allreduce_sum = gpu_allreduce, .allgatherv = gpu_allgatherv};
+    td_cuda_group g = {.user = c, .size = sh->size, .device_buffers = on >= 0, .vocab0 = vocab0, .attn0 = attn0,
+                       .ff0 = ff0, .allreduce_sum = gpu_allreduce, .allgatherv = gpu_allgatherv};
     int rc = td_cuda_ctx_set_group(c->gpu, &g, err);
     free(firsts);
     return rc;
@@ -863,6 +865,9 @@ int td_ctx_set_comm(td_ctx *c, td_comm *comm, td_err *err) {
     if (!c->counts && !(c->counts = calloc((size_t)sh->size, sizeof *c->counts)))
         return td_err_set(err, TD_E_NOMEM, "out of memory");
     if (!c->gpu) {
+        if (td_comm_device(comm) >= 0)
+            return td_err_set(err, TD_E_ARG, "a CPU context's collectives take host buffers; the %s backend's take "
+                              "cuda:%d's", td_comm_backend(comm), td_comm_device(comm));
         c->comm = comm;
         return TD_OK;
     }

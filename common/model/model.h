@@ -183,11 +183,12 @@ void td_ctx_pass_profile(const td_ctx *c, td_pass_profile *out);
  *
  * A CUDA context (td_ctx_create_on) of a split model is a rank on its
  * device: the same points meet in the same order (cuda.h, "tensor-parallel
- * groups"), in its reference or FAST order, over a communicator whose
- * collectives take host buffers (the MPI backend; TD_E_UNSUPPORTED for
- * NCCL's, so far). It joins once: a second, different communicator is
- * TD_E_ARG. A CUDA rank's reference order carries the bits of a CPU rank
- * of the same split in TD_NUMERICS_REFERENCE.
+ * groups"), in its reference, FAST or invariant order, over MPI (host
+ * buffers, staged) or NCCL (its device's buffers; TD_E_ARG for another
+ * device's). It joins once: a second, different communicator is
+ * TD_E_ARG. A CPU context refuses NCCL's (TD_E_ARG). A CUDA rank's
+ * reference order carries the bits of a CPU rank of the same split in
+ * TD_NUMERICS_REFERENCE.
  *
  * TD_NUMERICS_TP_INVARIANT: the attention output and MLP down projections
  * are sums of per-chunk partials (one chunk per KV head's query heads; one

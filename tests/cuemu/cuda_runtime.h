@@ -135,6 +135,8 @@ static inline To td_cuemu_bits(From v) {
 }
 static inline float __uint_as_float(unsigned u) { return td_cuemu_bits<float>(u); }
 static inline float __int_as_float(int u) { return td_cuemu_bits<float>(u); }
+/* an f32 add rounded to nearest: what the host's add is (nothing to contract) */
+static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline unsigned __float_as_uint(float f) { return td_cuemu_bits<unsigned>(f); }
 static inline int __float_as_int(float f) { return td_cuemu_bits<int>(f); }
 
@@ -147,6 +149,7 @@ enum cudaError {
     cudaErrorInvalidDevice = 101,
     cudaErrorNoDevice = 100,
     cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorNotReady = 600,
     cudaErrorStreamCaptureInvalidated = 901,
     cudaErrorUnknown = 999,
 };

@@ -232,6 +232,13 @@ def check_operator_facts(objs, values, label):
             fail("%s: model %s: tp %d but the entrypoint is %s" % (label, m["name"], v["tp"], argv[:3]))
         if v["tp"] == 1 and argv[0] != "tandem-worker":
             fail("%s: model %s: tp 1 should run tandem-worker directly" % (label, m["name"]))
+        # the ranks must know they are a group (else each serves a whole
+        # model on the same port), over the transport the values name
+        want_tp = (str(v["tp"]), v.get("tpComm", "mpi")) if v["tp"] > 1 else (None, None)
+        if (flag(argv, "--tp"), flag(argv, "--tp-comm")) != want_tp:
+            fail("%s: model %s: tp %d: the worker is given --tp %s --tp-comm %s" % (label, m["name"], v["tp"],
+                                                                                   flag(argv, "--tp"),
+                                                                                   flag(argv, "--tp-comm")))
         gpus = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
         if (gpus or 0) != v["gpus"]:
             fail("%s: model %s: nvidia.com/gpu limit %s, values say %d" % (label, m["name"], gpus, v["gpus"]))

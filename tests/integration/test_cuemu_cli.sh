@@ -80,6 +80,11 @@ if command -v "${MPIRUN:-mpirun}" > /dev/null; then
     [ -s "$DIR/tcpu$i.txt" ] || { echo "FAIL tp2 generate $args wrote nothing"; exit 1; }
     same "tp2 generate ${args:-greedy}" "$DIR/tcpu$i.txt" "$DIR/tgpu$i.txt"
   done
+  # the same group over the NCCL backend (the emulator's NCCL: device
+  # buffers, no staging through the host)
+  mpi "$EMU" generate --model "$M" --prompt "$P" --max-tokens 24 --ignore-eos --device cuda --tp 2 --tp-comm nccl \
+    --threads 1 > "$DIR/ngpu1.txt" 2> "$DIR/ngpu1.err" || { echo "FAIL gpu tp2 nccl"; cat "$DIR/ngpu1.err"; exit 1; }
+  same "tp2 generate greedy over nccl" "$DIR/tcpu1.txt" "$DIR/ngpu1.txt"
   grep -q "kernels cuda, tensor parallel" "$DIR/tgpu1.err" ||
     { echo "FAIL: the emulated tp2 run does not say it ran split on the device"; cat "$DIR/tgpu1.err"; exit 1; }
   mpi "$CPU" perplexity --model "$M" --file "$SRC/README.md" --max-tokens 200 --per-token --numerics reference \
@@ -88,6 +93,9 @@ if command -v "${MPIRUN:-mpirun}" > /dev/null; then
     --tp 2 --threads 1 > "$DIR/tgpu_ppl.txt" 2> "$DIR/tgpu_ppl.err"
   [ "$(wc -l < "$DIR/tgpu_ppl.txt")" -gt 100 ] || { echo "FAIL tp2 perplexity: too few lines"; cat "$DIR/tgpu_ppl.err"; exit 1; }
   same "tp2 perplexity --per-token" "$DIR/tcpu_ppl.txt" "$DIR/tgpu_ppl.txt"
+  mpi "$EMU" perplexity --model "$M" --file "$SRC/README.md" --max-tokens 200 --per-token --device cuda \
+    --tp 2 --tp-comm nccl --threads 1 > "$DIR/ngpu_ppl.txt" 2> "$DIR/ngpu_ppl.err"
+  same "tp2 perplexity --per-token over nccl" "$DIR/tcpu_ppl.txt" "$DIR/ngpu_ppl.txt"
   if cmp -s "$DIR/gpu_ppl.txt" "$DIR/tgpu_ppl.txt"; then
     echo "FAIL: tp2's logprobs equal tp1's: the split did not change the summation"
     fails=$((fails + 1))
@@ -106,6 +114,9 @@ if command -v "${MPIRUN:-mpirun}" > /dev/null; then
     { echo "FAIL invariant tp2"; cat "$DIR/inv2.err"; exit 1; }
   "$EMU" "${PPL[@]}" > "$DIR/ref1.txt" 2> /dev/null
   same "tp-invariant: tp2 == tp1 (smol135m shape, 2 layers)" "$DIR/inv1.txt" "$DIR/inv2.txt"
+  mpi "$EMU" "${PPL[@]}" --numerics tp-invariant --tp 2 --tp-comm nccl > "$DIR/ninv2.txt" 2> "$DIR/ninv2.err" ||
+    { echo "FAIL invariant tp2 over nccl"; cat "$DIR/ninv2.err"; exit 1; }
+  same "tp-invariant over nccl: tp2 == tp1" "$DIR/inv1.txt" "$DIR/ninv2.txt"
   if cmp -s "$DIR/inv1.txt" "$DIR/ref1.txt"; then
     echo "FAIL: the invariant order's logprobs equal the reference order's: no chunks were summed"
     fails=$((fails + 1))
@@ -113,12 +124,14 @@ if command -v "${MPIRUN:-mpirun}" > /dev/null; then
     echo "ok   the invariant order's logprobs differ from the reference order's"
   fi
   if [ -n "$TP_CHECK" ]; then
-    if mpi "$TP_CHECK" "$SMOL" > "$DIR/tpcheck.out" 2>&1; then
-      echo "ok   $(grep '^tp_cuda_check' "$DIR/tpcheck.out")"
-    else
-      echo "FAIL tp_cuda_check:"; tail -5 "$DIR/tpcheck.out"
-      fails=$((fails + 1))
-    fi
+    for comm in mpi nccl; do
+      if mpi "$TP_CHECK" "$SMOL" $([ $comm = nccl ] && echo nccl) > "$DIR/tpcheck.out" 2>&1; then
+        echo "ok   $(grep '^tp_cuda_check' "$DIR/tpcheck.out")"
+      else
+        echo "FAIL tp_cuda_check ($comm):"; tail -5 "$DIR/tpcheck.out"
+        fails=$((fails + 1))
+      fi
+    done
   fi
 else
   echo "# mpirun missing: the tensor-parallel checks skipped"

@@ -709,7 +709,9 @@ class WorkerDeviceFlagsTest(unittest.TestCase):
         model = os.path.join(tempfile.gettempdir(), "no-model-needed.gguf")
         for args, text in [(["--role", "verifier", "--model", model, "--device", "gpu"], b"unknown device"),
                            (["--role", "verifier", "--model", model, "--device", "cuda:x"], b"--device"),
-                           (["--role", "drafter", "--model", model, "--device", "cuda"], b"for verifiers")]:
+                           (["--role", "drafter", "--model", model, "--device", "cuda"], b"for verifiers"),
+                           (["--role", "verifier", "--model", model, "--tp-comm", "nccl"], b"needs --device cuda"),
+                           (["--role", "verifier", "--model", model, "--tp-comm", "gloo"], b"mpi or nccl")]:
             r = self.worker(*args)
             self.assertEqual(r.returncode, 2, (args, r.stderr))
             self.assertIn(text, r.stderr, args)

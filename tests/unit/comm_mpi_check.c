@@ -1,5 +1,7 @@
 /* comm_mpi_check.c — the MPI backend's collectives, run by CTest under
- * `mpirun -np N` (N = 1, 2, 3; argv[1] says N). Every rank knows every rank's
+ * `mpirun -np N` (N = 1, 2, 3; argv[1] says N). `comm_mpi_check N nccl`
+ * checks the NCCL backend instead (comm_nccl_emu_check: the CPU emulator's
+ * NCCL, where buffers from malloc are device memory). Every rank knows every rank's
  * input (a function of rank and index), so it checks each collective's
  * result against a plain reference computed locally — bit for bit, the
  * all-reduce included, on inputs where the order of the sum changes it.
@@ -113,15 +115,20 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     td_err err = {0};
-    CHECK(argc == 2, "usage: comm_mpi_check N (run under mpirun -np N)");
+    CHECK(argc == 2 || (argc == 3 && !strcmp(argv[2], "nccl")),
+          "usage: comm_mpi_check N [nccl] (run under mpirun -np N)");
     int want_size = atoi(argv[1]);
+    const char *backend = argc == 3 ? argv[2] : "mpi";
     CHECK(td_comm_mpi_compiled(), "built without MPI");
     CHECK(td_comm_launched(), "no MPI launcher in the environment");
-    td_comm *c = td_comm_open(NULL, &err); /* auto: must pick MPI under mpirun */
+    /* auto must pick MPI under mpirun; "nccl" boots over MPI */
+    td_comm *c = td_comm_open(argc == 3 ? backend : NULL, &err);
     CHECK(c, "td_comm_open: %s", err.msg);
     int rank = td_comm_rank(c), size = td_comm_size(c);
     g_rank = rank;
-    CHECK(!strcmp(td_comm_backend(c), "mpi"), "backend %s", td_comm_backend(c));
+    CHECK(!strcmp(td_comm_backend(c), backend), "backend %s", td_comm_backend(c));
+    /* MPI's buffers are host memory; the emulator's one device holds NCCL's */
+    CHECK(td_comm_device(c) == (argc == 3 ? 0 : -1), "buffers on device %d", td_comm_device(c));
     CHECK(size == want_size, "size %d, want %d", size, want_size);
     CHECK(size <= 3, "written for 1 to 3 ranks");
     CHECK(rank >= 0 && rank < size, "rank %d", rank);
@@ -205,6 +212,6 @@ int main(int argc, char **argv) {
     CHECK(left >= arrived, "left the barrier %.3f s before rank 0 arrived", arrived - left);
 
     td_comm_close(c);
-    printf("rank %d of %d: comm collectives ok\n", rank, size);
+    printf("rank %d of %d: comm collectives ok (%s)\n", rank, size, backend);
     return 0;
 }

@@ -35,11 +35,13 @@ static void open_single(void **state) {
         assert_int_equal(td_comm_rank(c), 0);
         assert_int_equal(td_comm_size(c), 1);
         assert_string_equal(td_comm_backend(c), "single");
+        assert_int_equal(td_comm_device(c), -1); /* host buffers */
         td_comm_close(c);
     }
     td_comm_close(NULL);
     assert_int_equal(td_comm_rank(NULL), 0);
     assert_int_equal(td_comm_size(NULL), 1);
+    assert_int_equal(td_comm_device(NULL), -1);
 }
 
 static void launcher_detection(void **state) {

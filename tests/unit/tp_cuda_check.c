@@ -1,6 +1,9 @@
 /* tp_cuda_check.c — a tensor-parallel group of CUDA ranks, run on the CPU
  * emulator (tests/cuemu/) under `mpirun -np 2` on a tiny model (usage:
- * tp_cuda_check MODEL; test_cuemu_cli.sh makes the model and runs it).
+ * tp_cuda_check MODEL [nccl]; test_cuemu_cli.sh makes the model and runs
+ * it). The CUDA contexts' group meets over MPI (host buffers), or with
+ * nccl over the NCCL backend (device buffers; the emulator's NCCL); the
+ * CPU contexts' always over MPI.
  * Every rank loads its shard and runs the same passes on a CPU context in
  * the reference order and on a CUDA context, both over the group's
  * communicator, and checks that a CUDA rank computes a CPU rank's bits:
@@ -44,7 +47,8 @@ static int g_rank = -1;
 #define MAX_ROWS 32
 
 typedef struct env {
-    td_comm *comm;
+    td_comm *comm;  /* the CPU contexts' group (MPI) */
+    td_comm *gcomm; /* the CUDA contexts' (MPI or NCCL) */
     td_model *m;
     td_pool *pool;
     int32_t V;
@@ -75,7 +79,7 @@ static void check_invariant(env *e, td_gguf *g, const int32_t *ids) {
         cw = make_ctx(e, whole, CUDA, TD_NUMERICS_TP_INVARIANT, NULL);
         CHECK((kw = td_kv_create(whole, 1, 128, &err)), "%s", err.msg);
     }
-    td_ctx *cs = make_ctx(e, e->m, CUDA, TD_NUMERICS_TP_INVARIANT, e->comm);
+    td_ctx *cs = make_ctx(e, e->m, CUDA, TD_NUMERICS_TP_INVARIANT, e->gcomm);
     td_kv *ks = td_kv_create(e->m, 1, 128, &err);
     CHECK(ks, "%s", err.msg);
     td_row rows[MAX_ROWS];
@@ -136,10 +140,12 @@ static void scored_rows(const int32_t *ids, int32_t seq, int32_t pos0, int32_t n
 }
 
 int main(int argc, char **argv) {
-    CHECK(argc == 2, "usage: tp_cuda_check MODEL (under mpirun -np 2)");
+    CHECK(argc == 2 || (argc == 3 && !strcmp(argv[2], "nccl")), "usage: tp_cuda_check MODEL [nccl] (under mpirun -np 2)");
     td_err err = {0};
     env e = {0};
     CHECK((e.comm = td_comm_open("mpi", &err)), "%s", err.msg);
+    e.gcomm = e.comm;
+    if (argc == 3) CHECK((e.gcomm = td_comm_open("nccl", &err)), "%s", err.msg);
     g_rank = td_comm_rank(e.comm);
     const int size = td_comm_size(e.comm);
     CHECK(size == 2, "run under mpirun -np 2 (got %d ranks)", size);
@@ -152,8 +158,16 @@ int main(int argc, char **argv) {
     e.lg = malloc((size_t)MAX_ROWS * e.V * sizeof(float));
     CHECK(e.lc && e.lg, "out of memory");
     e.cpu = make_ctx(&e, e.m, (td_device){TD_DEVICE_CPU, 0}, TD_NUMERICS_REFERENCE, e.comm);
-    e.gpu = make_ctx(&e, e.m, CUDA, TD_NUMERICS_REFERENCE, e.comm);
-    CHECK(td_ctx_set_comm(e.gpu, e.comm, &err) == TD_OK, "joining the same group again: %s", err.msg);
+    e.gpu = make_ctx(&e, e.m, CUDA, TD_NUMERICS_REFERENCE, e.gcomm);
+    CHECK(td_ctx_set_comm(e.gpu, e.gcomm, &err) == TD_OK, "joining the same group again: %s", err.msg);
+    if (e.gcomm != e.comm) { /* host buffers cannot go through NCCL, nor a CUDA rank join a second group */
+        td_ctx *other = td_ctx_create(e.m, 4, e.pool, &err);
+        CHECK(other, "%s", err.msg);
+        CHECK(td_ctx_set_comm(other, e.gcomm, &err) == TD_E_ARG && strstr(err.msg, "host buffers"),
+              "a CPU context took NCCL's device buffers: %s", err.msg);
+        td_ctx_destroy(other);
+        CHECK(td_ctx_set_comm(e.gpu, e.comm, &err) == TD_E_ARG, "a CUDA rank joined a second group");
+    }
     td_kv *kc = td_kv_create(e.m, 2, 128, &err), *kg = td_kv_create(e.m, 2, 128, &err);
     CHECK(kc && kg, "%s", err.msg);
 
@@ -208,7 +222,7 @@ int main(int argc, char **argv) {
     td_kv *kl = td_kv_create(e.m, 2, 128, &err);
     CHECK(kl, "%s", err.msg);
     if (g_rank == 0) {
-        td_group *grp = td_model_group_lead(e.comm, e.gpu, kl, &err);
+        td_group *grp = td_model_group_lead(e.gcomm, e.gpu, kl, &err);
         CHECK(grp, "%s", err.msg);
         scored_rows(ids, 1, 0, N_SCORED, rows, targets);
         memset(picks, 0xff, sizeof picks);
@@ -228,7 +242,7 @@ int main(int argc, char **argv) {
         same_scores(want_scores + N_SCORED / 2, scores, N_SCORED / 2, "led scores after truncation");
         td_model_group_end(grp);
     } else {
-        CHECK(td_model_group_follow(e.comm, e.gpu, kl, &err) == TD_OK, "following: %s", err.msg);
+        CHECK(td_model_group_follow(e.gcomm, e.gpu, kl, &err) == TD_OK, "following: %s", err.msg);
         CHECK(td_kv_seq_len(kl, 1) == N_SCORED, "the follower's cache holds %d positions", td_kv_seq_len(kl, 1));
     }
     check_invariant(&e, g, ids);
@@ -236,9 +250,9 @@ int main(int argc, char **argv) {
     td_ctx_tp_stats(e.gpu, &st);
     CHECK(st.calls > 0 && st.allreduce_bytes > 0 && st.gather_bytes > 0, "the CUDA rank's collectives went uncounted");
     if (g_rank == 0)
-        printf("tp_cuda_check: 2 CUDA ranks == 2 CPU ranks bitwise (prefill %d rows, 4 one-row passes, a tree, "
-               "%d picks decided of %d, scores); led group ok; invariant order == unsplit; %lld collectives\n",
-               N_PROMPT, decided, N_SCORED, (long long)st.calls);
+        printf("tp_cuda_check: 2 CUDA ranks over %s == 2 CPU ranks bitwise (prefill %d rows, 4 one-row passes, a "
+               "tree, %d picks decided of %d, scores); led group ok; invariant order == unsplit; %lld collectives\n",
+               td_comm_backend(e.gcomm), N_PROMPT, decided, N_SCORED, (long long)st.calls);
     td_kv_destroy(kl);
     td_kv_destroy(kc);
     td_kv_destroy(kg);
@@ -249,6 +263,7 @@ int main(int argc, char **argv) {
     td_pool_destroy(e.pool);
     td_model_free(e.m);
     td_gguf_close(g);
+    if (e.gcomm != e.comm) td_comm_close(e.gcomm);
     td_comm_close(e.comm);
     return 0;
 }
