@@ -56,7 +56,10 @@
 # the NCCL backend of
 # common/comm/ on a one-rank group, without a launcher (bootstrap by id) and
 # under mpirun -np 1 (bootstrap over MPI): every collective bit for bit, the
-# ordered sum on 1-7 parts (rc=0 passed, 77 skipped: no GPU, else failed).
+# ordered sum on 1-7 parts (rc=0 passed, 77 skipped: no GPU, else failed);
+# and a tensor-parallel group of two GPU ranks on the GPU (tp.log: the
+# reference order's logprobs against two CPU ranks', the invariant order's
+# TP 2 against its TP 1: equal sha256s).
 # Figures only: nothing here fails on timing.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -185,6 +188,23 @@ run)
     echo "rc=$? [$dev] per-token sha256 $(sha256sum < /tmp/bd/p.txt | cut -c1-16) $(tail -1 /tmp/bd/p.txt)"
     cat /tmp/bd/e.txt
   done 2>&1 | tee $OUT/perplexity.log
+  # a tensor-parallel group of two GPU ranks on the one GPU (over MPI; NCCL
+  # refuses two ranks on one device): the reference order's per-token
+  # logprobs equal two CPU ranks', the invariant order's TP 2 equals its TP 1
+  if command -v mpirun > /dev/null; then
+    PT="perplexity --model $M --file docs/engine.md --max-tokens 512 --per-token"
+    for run in "cpu2|mpirun --allow-run-as-root -np 2 $B/tandem $PT --tp 2 --numerics reference" \
+      "gpu2|mpirun --allow-run-as-root -np 2 $B/tandem $PT --tp 2 --device cuda" \
+      "inv1|$B/tandem $PT --device cuda --numerics tp-invariant" \
+      "inv2|mpirun --allow-run-as-root -np 2 $B/tandem $PT --tp 2 --device cuda --numerics tp-invariant"; do
+      name=${run%%|*}
+      timeout 120 ${run#*|} > /tmp/bd/$name.txt 2>/tmp/bd/e.txt
+      echo "rc=$? [$name] per-token sha256 $(sha256sum < /tmp/bd/$name.txt | cut -c1-16) $(tail -1 /tmp/bd/$name.txt)"
+      tail -1 /tmp/bd/e.txt
+    done 2>&1 | tee $OUT/tp.log
+  else
+    echo "== no mpirun: the GPU group not checked" | tee $OUT/tp.log
+  fi
   ;;
 spec)
   # there, after `run` in the same warm session (it leaves the model), a
