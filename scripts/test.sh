@@ -33,7 +33,7 @@ TSAN_TESTS="test_threads test_util test_model test_spec test_metrics test_sample
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_TSAN=ON >/dev/null
 cmake --build build-tsan -j"$JOBS" --target $TSAN_TESTS >/dev/null
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-  ctest --test-dir build-tsan --output-on-failure -R "^($(echo $TSAN_TESTS | tr ' ' '|'))\$"
+  ctest --test-dir build-tsan --output-on-failure -j"$JOBS" -R "^($(echo $TSAN_TESTS | tr ' ' '|'))\$"
 
 # The handler targets (issue 17 §3) have budgets of their own, 2 minutes
 # together: fuzz_worker runs model passes on most inputs, the other two are
