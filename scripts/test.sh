@@ -50,15 +50,37 @@ fuzz_seconds() {
 step "fuzz targets (clang libFuzzer, ${FUZZ_SECONDS}s each, the handler targets 20-60s; committed seeds in tests/fuzz/corpus)"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DTANDEM_FUZZ=ON -DTANDEM_TESTS=OFF >/dev/null
 cmake --build build-fuzz -j"$JOBS" >/dev/null
-for fz in build-fuzz/fuzz_*; do
-  [ -x "$fz" ] || continue
-  name=$(basename "$fz")
-  corpus="build-fuzz/corpus-$name"
+# A target runs on one core: $JOBS of them at a time, each with its whole
+# budget, their output kept apart and printed in order afterwards.
+fuzz_one() { # name: its seeds, then its run, output in build-fuzz/logs/NAME
+  local name=$1 corpus="build-fuzz/corpus-$1"
   mkdir -p "$corpus"
   if [ -x "tests/fuzz/make_corpus.sh" ]; then tests/fuzz/make_corpus.sh "$name" "$corpus" build; fi
   # -timeout: an input that takes this long is a hang, and fails the run
-  "$fz" -max_total_time="$(fuzz_seconds "$name")" -timeout=60 -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -n 4
+  "build-fuzz/$name" -max_total_time="$(fuzz_seconds "$name")" -timeout=60 -rss_limit_mb=2048 \
+    -print_final_stats=1 "$corpus" > "build-fuzz/logs/$name" 2>&1
+}
+mkdir -p build-fuzz/logs
+running=0 fuzz_failed=0
+for fz in build-fuzz/fuzz_*; do
+  [ -x "$fz" ] || continue
+  fuzz_one "$(basename "$fz")" &
+  running=$((running + 1))
+  if [ "$running" -ge "$JOBS" ]; then wait -n || fuzz_failed=1; running=$((running - 1)); fi
 done
+while [ "$running" -gt 0 ]; do wait -n || fuzz_failed=1; running=$((running - 1)); done
+for fz in build-fuzz/fuzz_*; do
+  [ -x "$fz" ] || continue
+  name=$(basename "$fz")
+  echo "-- $name"
+  # a failed target's whole report (the input, the stack), else its stats
+  if grep -q -E "ERROR: |==[0-9]+==|deadly signal|Test unit written" "build-fuzz/logs/$name"; then
+    tail -n 60 "build-fuzz/logs/$name"
+  else
+    tail -n 4 "build-fuzz/logs/$name"
+  fi
+done
+[ "$fuzz_failed" -eq 0 ] || { echo "a fuzz target failed (its report above)"; exit 1; }
 
 step "CLI integration"
 TD_MKTINY=build/td-mktiny tests/integration/test_cli.sh build/tandem
