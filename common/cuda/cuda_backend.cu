@@ -935,8 +935,8 @@ static cudaError_t group_logits(td_cuda_ctx *c, int32_t n_out) {
                                   on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice, c->stream);
         src += w * (size_t)n_out;
     }
-    /* the host image is reused by the next pass: let these copies finish */
-    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    /* (the gather buffer is next written by the next pass, after this one's
+     * closing synchronize in td_cuda_forward) */
     return e;
 }
 
