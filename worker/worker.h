@@ -1,7 +1,8 @@
 /* worker.h — inside tandem-worker: the engine that owns the model and its
  * sequences (worker_engine.c, worker_score.c), the gRPC handlers that
- * translate tandem.v1.Worker messages to it (worker_rpc.c), and membership
- * (worker_main.c registers in etcd).
+ * translate tandem.v1.Worker messages to it (worker_rpc.c), a tensor-parallel
+ * group's forming (worker_group.c), and membership (worker_main.c registers
+ * in etcd).
  *
  * Concurrency: gRPC handlers run one thread per call. Everything that runs
  * the model takes the engine's pass token in turn; concurrent Verify calls
@@ -18,6 +19,7 @@
 #include <stdint.h>
 
 #include "model/model.h"
+#include "net/etcd.h"
 #include "spec/spec.h"
 #include "tok/tok.h"
 #include "util/util.h"
@@ -62,6 +64,27 @@ typedef struct td_worker_config {
      * serves and leads; the others follow (td_worker_engine_follow). */
     td_comm *comm;
 } td_worker_config;
+
+/* How a verifier's tensor-parallel group forms (worker_group.c). */
+typedef struct td_worker_group_opts {
+    int size;            /* ranks (--tp), >= 2 */
+    const char *comm;    /* under a launcher: "mpi" or "nccl" */
+    /* -1: the launcher's rank. 0..size-1 (--tp-rank): no launcher; NCCL
+     * ranks meet through etcd (the fields below), e.g. a StatefulSet's pods */
+    int rank;
+    const char *etcd, *cluster;   /* endpoints; /tandem/<cluster>/groups/<group>/ */
+    const td_etcd_opts *etcd_opts;
+    const char *group;            /* the group's name there */
+    const char *generation;       /* names this start of the group (NULL = "0") */
+    int32_t join_timeout_sec;     /* how long ranks wait for each other */
+    int device;                   /* NCCL's CUDA device; -1 as in td_comm_nccl_opts */
+} td_worker_group_opts;
+
+/* The group's communicator (the caller's to close), or NULL with err: a
+ * missing launcher, a launcher's world of another size, the rendezvous's
+ * or NCCL's failure. A rank that waits for the others is here until they
+ * come (NCCL's join has no timeout of its own). */
+td_comm *td_worker_group_open(const td_worker_group_opts *o, td_err *err);
 
 typedef struct td_worker_engine td_worker_engine;
 

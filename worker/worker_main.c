@@ -60,6 +60,16 @@ static void usage(FILE *f) {
           "                        ...; rank 0 serves and registers (tp: N), the others follow\n"
           "  --tp-comm NAME        the group's transport: mpi (default; host memory) or nccl\n"
           "                        (GPU to GPU, bootstrapped over MPI; with --device cuda)\n"
+          "  --tp-rank R           no launcher (e.g. a StatefulSet's pods): this process is rank R\n"
+          "                        of --tp N, NCCL ranks that meet through etcd: rank 0 publishes\n"
+          "                        the group's id under /tandem/CLUSTER/groups/GROUP/, the others\n"
+          "                        read it there (needs --tp-comm nccl, --etcd, --tp-group)\n"
+          "  --tp-group NAME       with --tp-rank: the group's name, the same on every rank\n"
+          "  --tp-generation G     with --tp-rank: names this start of the group, the same on every\n"
+          "                        rank (e.g. the StatefulSet's revision; default 0), so an id an\n"
+          "                        earlier start left is never joined\n"
+          "  --tp-join-timeout S   with --tp-rank: how long the ranks wait for each other in etcd\n"
+          "                        (default 600)\n"
           "  --no-batching         one verification per forward pass (benchmarks)\n"
           "  --no-prefix-cache     every sequence prefills its whole prompt (default: a new sequence\n"
           "                        reuses the cached prefix a closed one shares with it, e.g. the\n"
@@ -84,8 +94,8 @@ int main(int argc, char **argv) {
                             .max_calls = 256, .numerics = TD_NUMERICS_FAST, .batching = true,
                             .prefix_cache = true};
     td_log_level level = TD_LOG_INFO;
-    long tp = 1;
-    const char *tp_comm = "mpi";
+    long tp = 1, tp_rank = -1, tp_join_timeout = 600;
+    const char *tp_comm = "mpi", *tp_group = NULL, *tp_generation = NULL;
     bool numerics_given = false;
     td_etcd_opts eo = {0};
     td_net_tls tls = {0};
@@ -122,6 +132,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--lease-ttl")) { if (!parse_long(a, v, 1, 3600, &l)) return 2; cfg.lease_ttl = (int32_t)l; }
         else if (!strcmp(a, "--threads")) { if (!parse_long(a, v, 1, 1024, &l)) return 2; cfg.threads = (int32_t)l; }
         else if (!strcmp(a, "--tp")) { if (!parse_long(a, v, 1, 64, &tp)) return 2; }
+        else if (!strcmp(a, "--tp-rank")) { if (!parse_long(a, v, 0, 63, &tp_rank)) return 2; }
+        else if (!strcmp(a, "--tp-group")) tp_group = v;
+        else if (!strcmp(a, "--tp-generation")) tp_generation = v;
+        else if (!strcmp(a, "--tp-join-timeout")) { if (!parse_long(a, v, 1, 86400, &tp_join_timeout)) return 2; }
         else if (!strcmp(a, "--tp-comm")) {
             if (strcmp(v, "mpi") != 0 && strcmp(v, "nccl") != 0) {
                 fprintf(stderr, "tandem-worker: --tp-comm must be mpi or nccl (got \"%s\")\n", v);
@@ -182,32 +196,77 @@ int main(int argc, char **argv) {
     td_log_setup(cfg.role == TD_WORKER_VERIFIER ? "verifier" : "drafter", level);
     td_net_signals_block(); /* before any thread starts: gRPC's and the pool's inherit it */
 
+    if (tp_rank < 0 && (tp_group || tp_generation)) {
+        fprintf(stderr, "tandem-worker: --tp-group and --tp-generation name a group that meets through etcd: "
+                        "they go with --tp-rank\n");
+        return 2;
+    }
+    if (tp_rank >= 0) {
+        const char *missing = tp < 2 ? "--tp N (2 or more)" : strcmp(tp_comm, "nccl") ? "--tp-comm nccl"
+                              : !cfg.etcd ? "--etcd" : !tp_group ? "--tp-group" : NULL;
+        if (missing) {
+            fprintf(stderr, "tandem-worker: --tp-rank makes a group that meets through etcd without a launcher: "
+                            "it needs %s\n", missing);
+            return 2;
+        }
+        if (tp_rank >= tp) {
+            fprintf(stderr, "tandem-worker: --tp-rank %ld is not a rank of --tp %ld (0..%ld)\n", tp_rank, tp, tp - 1);
+            return 2;
+        }
+    } else if (tp > 1 && !td_comm_launched()) {
+        fprintf(stderr, "tandem-worker: --tp %ld runs as %ld processes: start them with mpirun -np %ld, or give "
+                        "each its --tp-rank (NCCL ranks meeting through etcd)\n", tp, tp, tp);
+        return 2;
+    }
+
     td_err err = {0};
     td_comm *comm = NULL;
     if (tp > 1) {
-        if (!td_comm_launched()) {
-            fprintf(stderr, "tandem-worker: --tp %ld runs as %ld processes: start it with mpirun -np %ld\n", tp, tp, tp);
-            return 2;
-        }
-        if (!(comm = td_comm_open(tp_comm, &err))) {
+        eo.password = eo.user ? getenv("TANDEM_ETCD_PASSWORD") : NULL;
+        td_worker_group_opts go = {.size = (int)tp, .comm = tp_comm, .rank = (int)tp_rank, .etcd = cfg.etcd,
+                                   .cluster = cfg.cluster, .etcd_opts = &eo, .group = tp_group,
+                                   .generation = tp_generation, .join_timeout_sec = (int32_t)tp_join_timeout,
+                                   .device = cfg.device.index};
+        if (!(comm = td_worker_group_open(&go, &err))) {
             td_log(TD_LOG_ERROR, NULL, "--tp %ld: %s", tp, err.msg);
-            return 1;
-        }
-        if (td_comm_size(comm) != tp) {
-            td_log(TD_LOG_ERROR, NULL, "--tp %ld, but mpirun started %d processes", tp, td_comm_size(comm));
-            return 1; /* without MPI_Finalize: mpirun ends the group */
+            return 1; /* an MPI group's other ranks are left to mpirun */
         }
         cfg.comm = comm;
     }
-    if (td_comm_rank(comm) != 0) { /* a follower: rank 0's steps on this shard, no server, no etcd */
+    if (td_comm_rank(comm) != 0) { /* a follower: rank 0's steps on this shard, no Worker server, no etcd */
         td_worker_engine *f = td_worker_engine_create(&cfg, &err);
         if (!f) {
             td_log(TD_LOG_ERROR, NULL, "rank %d: cannot load %s: %s", td_comm_rank(comm), cfg.model_path, err.msg);
             return 1;
         }
+        /* a rank in a pod of its own (--tp-rank) answers its probes:
+         * service "" is SERVING while it follows (the group's Worker is rank
+         * 0's); under mpirun rank 0 holds the pod's health port */
+        td_net_health *fh = NULL;
+        td_net_server *fsrv = NULL;
+        if (cfg.health_listen && tp_rank > 0) {
+            td_net_server_opts ho = {.max_calls = 16, .name = "health"};
+            if (!(fh = td_net_health_create(&err)) || !(fsrv = td_net_server_create(&ho, &err)) ||
+                td_net_health_add(fh, fsrv, &err) || td_net_server_listen(fsrv, cfg.health_listen, &err) <= 0 ||
+                td_net_server_start(fsrv, &err)) {
+                td_log(TD_LOG_ERROR, NULL, "rank %d: health port %s: %s", td_comm_rank(comm), cfg.health_listen,
+                       err.msg);
+                td_net_server_destroy(fsrv);
+                td_net_health_destroy(fh);
+                td_worker_engine_destroy(f);
+                return 1; /* a failed group: no collective shutdown */
+            }
+            td_net_health_set(fh, "", TD_NET_HEALTH_SERVING);
+        }
         td_log(TD_LOG_INFO, NULL, "rank %d of %d: following rank 0", td_comm_rank(comm), td_comm_size(comm));
         int rc = td_worker_engine_follow(f, &err);
         if (rc) td_log(TD_LOG_ERROR, NULL, "rank %d: %s", td_comm_rank(comm), err.msg);
+        if (fh) {
+            td_net_health_set(fh, "", TD_NET_HEALTH_NOT_SERVING);
+            td_net_health_shutdown(fh);
+        }
+        td_net_server_destroy(fsrv);
+        td_net_health_destroy(fh);
         td_worker_engine_destroy(f);
         if (rc) return 1; /* a failed group: no collective shutdown */
         td_comm_close(comm);

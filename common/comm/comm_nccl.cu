@@ -48,7 +48,9 @@ static int cuda_fail(td_err *err, const char *what, cudaError_t e) {
 }
 
 static int nccl_fail(nccl_impl *m, td_err *err, const char *what, ncclResult_t r) {
-    const char *last = m && m->comm ? ncclGetLastError(m->comm) : NULL;
+    /* NCCL's own words on it: a communicator's last error, or, before one
+     * exists (ncclCommInitRank), the process's (NCCL takes NULL there) */
+    const char *last = ncclGetLastError(m ? m->comm : NULL);
     if (m) m->broken = true;
     return td_err_set(err, TD_E_IO, "comm nccl: %s failed: %s%s%s", what, ncclGetErrorString(r),
                       last && last[0] ? ": " : "", last ? last : "");

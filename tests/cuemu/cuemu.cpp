@@ -338,8 +338,22 @@ static void die(const char *what) {
 
 static void fiber_main(void);
 
+/* A thread's runner goes with the thread: each holds MAX_THREADS guarded
+ * stacks (two memory maps apiece), and a server's pool threads come and
+ * go — kept, they would use up the process's map count (vm.max_map_count). */
+struct runner_release {
+    ~runner_release() {
+        if (!R) return;
+        munmap(R->stacks, (R->page + STACK_BYTES) * MAX_THREADS);
+        delete R;
+        R = nullptr;
+    }
+};
+static thread_local runner_release runner_owner;
+
 static runner *runner_get(void) {
     if (R) return R;
+    (void)&runner_owner; /* odr-use: constructs it, so its destructor runs at thread exit */
     runner *r = new (std::nothrow) runner();
     if (!r) die("out of memory for a block runner");
     r->page = (size_t)sysconf(_SC_PAGESIZE);

@@ -5,10 +5,15 @@
  * memory is host memory, so a collective is MPI's on the same pointers, run
  * when it is called (the emulator's streams run their work at once too);
  * groups (ncclGroupStart/End) change nothing, since every rank makes the
- * same calls in the same order. A communicator is MPI_COMM_WORLD's
- * duplicate: MPI must be running (comm_nccl.cu's MPI bootstrap starts it),
- * and nranks and rank must be the world's. Names, types and enum values
- * are NCCL's; only what comm_nccl.cu uses is here. */
+ * same calls in the same order. A communicator is the processes of
+ * MPI_COMM_WORLD given the same id, in the order of the ranks they were
+ * given, so both bootstraps run: the id broadcast over MPI, and an id that
+ * came some other way (etcd's rendezvous) — the ranks must still be started
+ * by mpirun, and every process of its world calls ncclCommInitRank (MPI is
+ * started there if nobody did, and shut down with the last communicator).
+ * A rank whose id, rank or size does not match rank 0's group fails the
+ * whole group (ncclInvalidUsage), where NCCL would wait. Names, types and
+ * enum values are NCCL's; only what comm_nccl.cu uses is here. */
 #ifndef TD_CUEMU_NCCL_H
 #define TD_CUEMU_NCCL_H
 

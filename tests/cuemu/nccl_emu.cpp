@@ -7,9 +7,11 @@
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "nccl.h"
@@ -49,30 +51,66 @@ const char *ncclGetLastError(ncclComm_t comm) {
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
     if (!id) return refuse(ncclInvalidArgument, "no id");
+    /* unique per call, as NCCL's are: two groups made in one run differ */
+    static unsigned calls;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     memset(id, 0, sizeof *id);
-    snprintf(id->internal, sizeof id->internal, "cuemu-nccl pid %d", (int)getpid());
+    snprintf(id->internal, sizeof id->internal, "cuemu-nccl pid %d time %lld.%09ld call %u", (int)getpid(),
+             (long long)ts.tv_sec, ts.tv_nsec, ++calls);
     return ncclSuccess;
 }
 
+/* MPI started here (a group bootstrapped from an id alone: nobody else
+ * started it) and the communicators open, so the last destroy shuts it down. */
+static bool g_started_mpi;
+static int g_open;
+
+static int id_color(const ncclUniqueId *id) {
+    uint32_t h = 2166136261u; /* FNV-1a over the id's bytes */
+    for (size_t i = 0; i < sizeof id->internal; i++) h = (h ^ (uint8_t)id->internal[i]) * 16777619u;
+    return (int)(h & 0x7fffffff);
+}
+
 ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank) {
-    (void)id; /* the world is the group */
-    int running = 0, wsize = 0, wrank = 0;
-    MPI_Initialized(&running);
     if (!comm) return refuse(ncclInvalidArgument, "no communicator to fill");
-    if (!running) return refuse(ncclInvalidUsage, "the emulated NCCL runs over MPI: start the ranks under mpirun");
-    MPI_Comm_size(MPI_COMM_WORLD, &wsize);
-    MPI_Comm_rank(MPI_COMM_WORLD, &wrank);
-    if (nranks != wsize || rank != wrank)
-        return refuse(ncclInvalidArgument, "the emulated NCCL's group is MPI's world: rank and size must be its");
+    if (nranks < 1 || rank < 0 || rank >= nranks) return refuse(ncclInvalidArgument, "rank outside 0..nranks-1");
+    int running = 0;
+    MPI_Initialized(&running);
+    if (!running) {
+        int provided = 0;
+        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
+            return refuse(ncclSystemError, "the emulated NCCL runs over MPI, and MPI did not start");
+        g_started_mpi = true;
+    }
     ncclComm *c = (ncclComm *)calloc(1, sizeof *c);
     if (!c) return refuse(ncclSystemError, "out of memory");
-    if (MPI_Comm_dup(MPI_COMM_WORLD, &c->mpi) != MPI_SUCCESS) {
+    /* the group is the processes of MPI's world that were given this id,
+     * ordered by the rank each was given (every process of the world calls
+     * in: the emulation's one rule); each then checks it holds rank 0's id
+     * and the rank and size it was given, and all agree on the verdict, so
+     * a rank handed the wrong id fails the whole group instead of hanging */
+    if (MPI_Comm_split(MPI_COMM_WORLD, id_color(&id), rank, &c->mpi) != MPI_SUCCESS) {
         free(c);
-        return refuse(ncclSystemError, "MPI_Comm_dup failed");
+        return refuse(ncclSystemError, "MPI_Comm_split failed");
     }
     MPI_Comm_set_errhandler(c->mpi, MPI_ERRORS_RETURN);
+    int gsize = 0, grank = 0;
+    MPI_Comm_size(c->mpi, &gsize);
+    MPI_Comm_rank(c->mpi, &grank);
+    ncclUniqueId root = id;
+    MPI_Bcast(root.internal, (int)sizeof root.internal, MPI_BYTE, 0, c->mpi);
+    int ok = gsize == nranks && grank == rank && !memcmp(root.internal, id.internal, sizeof id.internal), all = 0;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, c->mpi);
+    if (!all) {
+        MPI_Comm_free(&c->mpi);
+        free(c);
+        return refuse(ncclInvalidUsage, "the emulated group does not add up: its processes (those of mpirun's world "
+                                        "given this id) must hold rank 0's id and ranks 0..nranks-1 once each");
+    }
     c->rank = rank;
     c->size = nranks;
+    g_open++;
     *comm = c;
     return ncclSuccess;
 }
@@ -81,6 +119,10 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     if (!comm) return refuse(ncclInvalidArgument, "no communicator");
     MPI_Comm_free(&comm->mpi);
     free(comm);
+    if (--g_open == 0 && g_started_mpi) {
+        MPI_Finalize();
+        g_started_mpi = false;
+    }
     return ncclSuccess;
 }
 

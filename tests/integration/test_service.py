@@ -814,6 +814,103 @@ class TensorParallelServiceTest(unittest.TestCase):
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+class GpuGroupThroughEtcdTest(unittest.TestCase):
+    """A GPU verifier group that forms without a launcher, as a
+    StatefulSet's pods do: each rank is told its --tp-rank, rank 0 publishes
+    the group's NCCL id in etcd, rank 1 reads it there (tandem-worker-cuemu:
+    the worker on the CUDA emulator, whose NCCL carries data over MPI, so
+    mpirun starts the two processes, and the emulation refuses a rank that
+    holds another id than rank 0's). The group registers with tp 2, the id's
+    key is gone once it formed, and a generation through the coordinator
+    equals two CPU ranks' in the reference order. Then a rank told another
+    generation never finds an id and says so."""
+
+    def setUp(self):
+        self.mpirun = shutil.which("mpirun")
+        self.worker = os.path.join(BUILD, "tandem-worker-cuemu")
+        if not self.mpirun or not os.path.exists(self.worker):
+            self.skipTest("needs mpirun and the emulated worker (build/tandem-worker-cuemu)")
+        self.tmp = tempfile.mkdtemp(prefix="tandem-service-gpu-group-")
+        self.model = os.path.join(self.tmp, "tiny.gguf")
+        subprocess.run([os.path.join(BUILD, "td-mktiny"), self.model, "--ctx", "2048", "--type", "Q4_1"], check=True,
+                       capture_output=True)
+        self.c = Cluster(self.tmp, self.model)
+        self.c.start_etcd()
+
+    def tearDown(self):
+        self.c.stop_all()
+        if os.environ.get("TD_KEEP_LOGS"):
+            print("logs kept in", self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start_group(self, name, generations, timeout="60"):
+        """mpirun -np 2, rank r told --tp-rank r and --tp-generation generations[r]."""
+        self.c.addr[name] = "127.0.0.1:%d" % free_port()
+        # each rank its own health port, as each pod has
+        self.c.addr[name + "-health"] = ["127.0.0.1:%d" % free_port() for _ in range(2)]
+        script = ('r=$OMPI_COMM_WORLD_RANK; if [ "$r" = 0 ]; then g=%s; h=%s; else g=%s; h=%s; fi; '
+                  'exec "$0" "$@" --tp-rank "$r" --tp-generation "$g" --health-listen "$h"'
+                  % (generations[0], self.c.addr[name + "-health"][0], generations[1],
+                     self.c.addr[name + "-health"][1]))
+        return self.c.start(name, [self.mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", "sh", "-c",
+                                   script, self.worker, "--role", "verifier", "--device", "cuda", "--tp", "2",
+                                   "--tp-comm", "nccl", "--tp-group", name, "--tp-join-timeout", timeout,
+                                   "--model", self.model, "--listen", self.c.addr[name], "--etcd", self.c.etcd,
+                                   "--cluster", "t", "--id", name, "--lease-ttl", TTL, "--threads", "1",
+                                   "--max-seqs", "8", "--idle-timeout", "5"])
+
+    def test_group_forms_and_serves(self):
+        p = self.start_group("gpu-tp", ("rev1", "rev1"))
+        key = "/tandem/t/workers/gpu-tp"
+
+        def reg():
+            r = self.c.etcdctl("get", key, "--print-value-only")
+            return json.loads(r.stdout) if r.stdout.strip() else None
+        wait_for(lambda: reg() is not None or p.poll() is not None, 60, "the group's registration")
+        self.assertIsNone(p.poll(), "the group ended: " + slurp(self.c.log("gpu-tp"), "r")[-3000:])
+        self.assertEqual(reg()["tp"], 2)
+        self.assertIn("backend=cuda", reg()["fingerprint"])
+        self.assertIn("numerics=reference", reg()["fingerprint"])
+        # rank 0 revoked the id's lease once the group formed
+        self.assertEqual(self.c.etcdctl("get", "--prefix", "/tandem/t/groups/", "--keys-only").stdout.strip(), "")
+        log = slurp(self.c.log("gpu-tp"), "r")
+        self.assertIn("rank 0 of 2 published its id in etcd", log)
+        self.assertIn("rank 1 of 2 waiting up to 60 s for rank 0's id in etcd", log)
+        self.assertIn("tensor-parallel group gpu-tp formed: rank 1 of 2", log)
+        # both pods' probes: rank 0's Worker, rank 1 following
+        for rank, service in ((0, "tandem.v1.Worker"), (1, "")):
+            with grpc.insecure_channel(self.c.addr["gpu-tp-health"][rank]) as hch:
+                wait_for(lambda: hpbg.HealthStub(hch).Check(hpb.HealthCheckRequest(service=service), timeout=2).status
+                         == hpb.HealthCheckResponse.SERVING, 30, "rank %d's health port" % rank)
+        self.c.start_coordinator()
+        prompt = "the cat sat on the mat and the cat sat on the"
+        with grpc.insecure_channel(self.c.addr["coordinator"]) as ch:
+            health = hpbg.HealthStub(ch)
+            wait_for(lambda: health.Check(hpb.HealthCheckRequest(service="tandem.v1.Inference"), timeout=2).status
+                     == hpb.HealthCheckResponse.SERVING, 60, "readiness")
+            text = b""
+            for m in pbg.InferenceStub(ch).Generate(pb.GenerateRequest(
+                    prompt=prompt, max_tokens=40, sampling=pb.SamplingParams(seed=0),
+                    speculation=pb.SpeculationParams(drafters="lookup")), timeout=180):
+                text += m.text.encode()
+        # two CPU ranks in the reference order: the GPU ranks' bits
+        local = subprocess.run([self.mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2",
+                                os.path.join(BUILD, "tandem"), "generate", "--tp", "2", "--model", self.model,
+                                "--prompt", prompt, "--max-tokens", "40", "--numerics", "reference", "--threads", "1"],
+                               capture_output=True, check=True).stdout
+        self.assertGreater(len(local), 0)
+        self.assertEqual(text, local.decode("utf-8", errors="replace").encode())
+
+    def test_another_generation_is_not_joined(self):
+        p = self.start_group("gpu-stale", ("rev2", "rev1"), timeout="3")
+        p.wait(60)
+        self.assertNotEqual(p.returncode, 0)
+        log = slurp(self.c.log("gpu-stale"), "r")
+        self.assertRegex(log, r"etcd rendezvous wait: .*/tandem/t/groups/gpu-stale/nccl-id")
+        self.assertIsNone(re.search(r"group gpu-stale formed", log), log)
+
+
 class DefaultModelTest(unittest.TestCase):
     """One check on the real default model: a chat generation through the
     service equals the local one."""

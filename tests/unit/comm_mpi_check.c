@@ -1,12 +1,14 @@
 /* comm_mpi_check.c — the MPI backend's collectives, run by CTest under
  * `mpirun -np N` (N = 1, 2, 3; argv[1] says N). `comm_mpi_check N nccl`
  * checks the NCCL backend instead (comm_nccl_emu_check: the CPU emulator's
- * NCCL, where buffers from malloc are device memory). Every rank knows every rank's
+ * NCCL, where buffers from malloc are device memory), bootstrapped over MPI;
+ * `nccl-id` the same from an id handed to every rank (TD_COMM_NCCL_BOOT_ID). Every rank knows every rank's
  * input (a function of rank and index), so it checks each collective's
  * result against a plain reference computed locally — bit for bit, the
  * all-reduce included, on inputs where the order of the sum changes it.
  * A failing check prints and exits 1 without shutting MPI down, so mpirun
  * ends the whole job instead of leaving the other ranks waiting. */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,15 +117,31 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     td_err err = {0};
-    CHECK(argc == 2 || (argc == 3 && !strcmp(argv[2], "nccl")),
-          "usage: comm_mpi_check N [nccl] (run under mpirun -np N)");
+    CHECK(argc == 2 || (argc == 3 && (!strcmp(argv[2], "nccl") || !strcmp(argv[2], "nccl-id"))),
+          "usage: comm_mpi_check N [nccl|nccl-id] (run under mpirun -np N)");
     int want_size = atoi(argv[1]);
-    const char *backend = argc == 3 ? argv[2] : "mpi";
+    bool by_id = argc == 3 && !strcmp(argv[2], "nccl-id");
+    const char *backend = argc == 3 ? "nccl" : "mpi";
     CHECK(td_comm_mpi_compiled(), "built without MPI");
     CHECK(td_comm_launched(), "no MPI launcher in the environment");
-    /* auto must pick MPI under mpirun; "nccl" boots over MPI */
-    td_comm *c = td_comm_open(argc == 3 ? backend : NULL, &err);
-    CHECK(c, "td_comm_open: %s", err.msg);
+    td_comm *c, *boot = NULL;
+    if (by_id) {
+        /* nccl-id: the bootstrap without a launcher's help (TD_COMM_NCCL_BOOT_ID),
+         * rank 0's id handed over as etcd's rendezvous would, here by MPI */
+        boot = td_comm_open("mpi", &err);
+        CHECK(boot, "td_comm_open mpi: %s", err.msg);
+        uint8_t id[TD_COMM_NCCL_ID_BYTES] = {0};
+        if (td_comm_rank(boot) == 0) CHECK(td_comm_nccl_unique_id(id, &err) == TD_OK, "%s", err.msg);
+        CHECK(td_comm_bcast_ctrl(boot, id, sizeof id, &err) == TD_OK, "%s", err.msg);
+        td_comm_nccl_opts o = {.device = -1, .boot = TD_COMM_NCCL_BOOT_ID, .rank = td_comm_rank(boot),
+                               .size = td_comm_size(boot), .id = id};
+        c = td_comm_open_nccl(&o, &err);
+        CHECK(c, "td_comm_open_nccl (BOOT_ID): %s", err.msg);
+    } else {
+        /* auto must pick MPI under mpirun; "nccl" boots over MPI */
+        c = td_comm_open(argc == 3 ? backend : NULL, &err);
+        CHECK(c, "td_comm_open: %s", err.msg);
+    }
     int rank = td_comm_rank(c), size = td_comm_size(c);
     g_rank = rank;
     CHECK(!strcmp(td_comm_backend(c), backend), "backend %s", td_comm_backend(c));
@@ -212,6 +230,7 @@ int main(int argc, char **argv) {
     CHECK(left >= arrived, "left the barrier %.3f s before rank 0 arrived", arrived - left);
 
     td_comm_close(c);
-    printf("rank %d of %d: comm collectives ok (%s)\n", rank, size, backend);
+    td_comm_close(boot);
+    printf("rank %d of %d: comm collectives ok (%s%s)\n", rank, size, backend, by_id ? ", bootstrapped from an id" : "");
     return 0;
 }

@@ -506,5 +506,9 @@ int main(void) {
         cmocka_unit_test(block_scores_match_definition),
         cmocka_unit_test(block_scores_repeat_and_crowd),
     };
+    /* TD_TEST_FILTER runs the cases a pattern names (cmocka's * and ?),
+     * TD_TEST_SKIP leaves them out (the ThreadSanitizer step does) */
+    if (getenv("TD_TEST_FILTER")) cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
+    if (getenv("TD_TEST_SKIP")) cmocka_set_skip_filter(getenv("TD_TEST_SKIP"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
