@@ -180,7 +180,9 @@ def check_operator_facts(objs, values, label):
         if c.get("livenessProbe", {}).get("grpc", {}).get("service", "") != "":
             fail("%s: %s: liveness must ask for service \"\" (it must not follow etcd)" % (label, c["name"]))
         want_ready = "tandem.v1.Inference" if role == "coordinator" else "tandem.v1.Worker"
-        if c.get("readinessProbe", {}).get("grpc", {}).get("service") != want_ready:
+        if flag(argv, "--tp-rank") is not None:
+            want_ready = ""  # a group's pods share a template; only rank 0 serves the Worker (check_tp_pods)
+        if c.get("readinessProbe", {}).get("grpc", {}).get("service", "") != want_ready:
             fail("%s: %s: readiness should ask for %s" % (label, c["name"], want_ready))
         ml = flag(argv, "--metrics-listen")
         if merged["metrics"]["enabled"] != bool(ml):
@@ -223,6 +225,9 @@ def check_operator_facts(objs, values, label):
     for m in merged["models"]:
         v = m["verifier"]
         sts = [o for o, c, argv in roles["verifier"] if o["metadata"]["labels"].get("tandem.io/model") == m["name"]]
+        if v.get("tpPods"):
+            check_tp_pods(label, m, sts)
+            continue
         if len(sts) != 1 or sts[0]["kind"] != "StatefulSet" or sts[0]["spec"]["replicas"] != v["replicas"]:
             fail("%s: model %s: expected one verifier StatefulSet with %d replicas" % (label, m["name"], v["replicas"]))
             continue
@@ -232,6 +237,8 @@ def check_operator_facts(objs, values, label):
             fail("%s: model %s: tp %d but the entrypoint is %s" % (label, m["name"], v["tp"], argv[:3]))
         if v["tp"] == 1 and argv[0] != "tandem-worker":
             fail("%s: model %s: tp 1 should run tandem-worker directly" % (label, m["name"]))
+        if flag(argv, "--tp-rank") is not None:
+            fail("%s: model %s: --tp-rank without tpPods" % (label, m["name"]))
         # the ranks must know they are a group (else each serves a whole
         # model on the same port), over the transport the values name
         want_tp = (str(v["tp"]), v.get("tpComm", "mpi")) if v["tp"] > 1 else (None, None)
@@ -357,6 +364,44 @@ def cuda_image(v):
 def merged_values(overrides):
     with helm.Chart.load(CHART) as chart:
         return chart.merge_values(overrides)
+
+
+def check_tp_pods(label, m, sts):
+    """tpPods: a StatefulSet per group (replicas of them), tp pods each,
+    started together, every pod tandem-worker itself (no mpirun) told its
+    rank (the pod index), its group (the StatefulSet) and the generation
+    (the StatefulSet's revision), one GPU, probes every rank answers."""
+    v = m["verifier"]
+    names = sorted(o["metadata"]["name"] for o in sts)
+    svc = names[0].rsplit("-g", 1)[0] if names else ""
+    want = sorted("%s-g%d" % (svc, g) for g in range(v["replicas"]))
+    if names != want:
+        fail("%s: model %s: tpPods: StatefulSets %s, expected %s" % (label, m["name"], names, want))
+    for o in sts:
+        name, spec = o["metadata"]["name"], o["spec"]
+        if spec["replicas"] != v["tp"] or spec.get("podManagementPolicy") != "Parallel":
+            # OrderedReady would wait for rank 0's readiness, which waits for the other ranks
+            fail("%s: %s: %s pods (%s): a group is tp pods started together" % (label, name, spec["replicas"],
+                                                                               spec.get("podManagementPolicy")))
+        if spec["selector"]["matchLabels"].get("tandem.io/group") != name:
+            fail("%s: %s: the selector does not name the group" % (label, name))
+        c = spec["template"]["spec"]["containers"][0]
+        argv = c.get("command", []) + c.get("args", [])
+        got = (argv[0], flag(argv, "--tp"), flag(argv, "--tp-comm"), flag(argv, "--tp-rank"), flag(argv, "--tp-group"),
+               flag(argv, "--tp-generation"), flag(argv, "--device"))
+        if got != ("tandem-worker", str(v["tp"]), "nccl", "$(TP_RANK)", name, "$(TP_GENERATION)", "cuda"):
+            fail("%s: %s: a rank's command line %s" % (label, name, got))
+        env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c.get("env", [])}
+        if (env.get("TP_RANK"), env.get("TP_GENERATION")) != ("metadata.labels['apps.kubernetes.io/pod-index']",
+                                                             "metadata.labels['controller-revision-hash']"):
+            fail("%s: %s: TP_RANK / TP_GENERATION come from %s / %s" % (label, name, env.get("TP_RANK"),
+                                                                       env.get("TP_GENERATION")))
+        if c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") != 1:
+            fail("%s: %s: a rank's pod has not one GPU" % (label, name))
+        # the followers serve no Worker: every rank's readiness asks for ""
+        if c["readinessProbe"]["grpc"].get("service", "") != "":
+            fail("%s: %s: readiness asks for %s, which rank 1.. do not serve" % (label, name,
+                                                                               c["readinessProbe"]["grpc"]["service"]))
 
 
 def main():
