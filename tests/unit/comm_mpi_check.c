@@ -17,20 +17,7 @@
 
 #include "comm/comm.h"
 #include "comm_inputs.h"
-
-static int g_rank = -1;
-
-#define CHECK(cond, ...)                                                            \
-    do {                                                                            \
-        if (!(cond)) {                                                              \
-            fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", g_rank, __FILE__, \
-                    __LINE__, #cond);                                               \
-            fprintf(stderr, __VA_ARGS__);                                           \
-            fprintf(stderr, "\n");                                                  \
-            exit(1);                                                                \
-        }                                                                           \
-    } while (0)
-
+#include "check_exit.h"
 
 /* The reference: rank 0 + rank 1 + ... left to right. */
 static float ref_sum(int size, int64_t i) {
@@ -143,7 +130,7 @@ int main(int argc, char **argv) {
         CHECK(c, "td_comm_open: %s", err.msg);
     }
     int rank = td_comm_rank(c), size = td_comm_size(c);
-    g_rank = rank;
+    check_rank = rank;
     CHECK(!strcmp(td_comm_backend(c), backend), "backend %s", td_comm_backend(c));
     /* MPI's buffers are host memory; the emulator's one device holds NCCL's */
     CHECK(td_comm_device(c) == (argc == 3 ? 0 : -1), "buffers on device %d", td_comm_device(c));

@@ -21,22 +21,13 @@
 #include "comm/comm.h"
 #include "comm/comm_internal.h" /* td_comm_nccl_ordered_sum */
 #include "comm_inputs.h"
+#include "check_exit.h"
 
-#define CHECK(cond, ...)                                                                 \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);     \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fprintf(stderr, "\n");                                                       \
-            exit(1);                                                                     \
-        }                                                                                \
-    } while (0)
 #define CUDA_OK(call)                                                                    \
     do {                                                                                 \
         cudaError_t e_ = (call);                                                         \
         CHECK(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));              \
     } while (0)
-
 
 static float *host_f32(int64_t n) {
     float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof *p);

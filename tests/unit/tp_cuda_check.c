@@ -29,18 +29,7 @@
 #include "gguf/gguf.h"
 #include "model/model.h"
 #include "sample/sample.h"
-
-static int g_rank = -1;
-
-#define CHECK(cond, ...)                                                                               \
-    do {                                                                                               \
-        if (!(cond)) {                                                                                 \
-            fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", g_rank, __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                              \
-            fprintf(stderr, "\n");                                                                     \
-            exit(1);                                                                                   \
-        }                                                                                              \
-    } while (0)
+#include "check_exit.h"
 
 #define N_PROMPT 24
 #define N_SCORED 8
@@ -74,7 +63,7 @@ static void check_invariant(env *e, td_gguf *g, const int32_t *ids) {
     td_model *whole = NULL;
     td_ctx *cw = NULL;
     td_kv *kw = NULL;
-    if (g_rank == 0) {
+    if (check_rank == 0) {
         CHECK(td_model_load(g, &whole, &err) == TD_OK, "%s", err.msg);
         cw = make_ctx(e, whole, CUDA, TD_NUMERICS_TP_INVARIANT, NULL);
         CHECK((kw = td_kv_create(whole, 1, 128, &err)), "%s", err.msg);
@@ -87,7 +76,7 @@ static void check_invariant(env *e, td_gguf *g, const int32_t *ids) {
     for (int step = 0; step < 4; step++) {
         for (int32_t i = 0; i < n; i++) rows[i] = td_row_linear(0, pos + i, step == 0 ? ids[i] : next, true);
         CHECK(td_model_forward(cs, ks, rows, n, e->lg, &err) == TD_OK, "invariant, split: %s", err.msg);
-        if (g_rank == 0) {
+        if (check_rank == 0) {
             CHECK(td_model_forward(cw, kw, rows, n, e->lc, &err) == TD_OK, "invariant, whole: %s", err.msg);
             CHECK(memcmp(e->lc, e->lg, (size_t)n * e->V * sizeof(float)) == 0,
                   "invariant order: the split model's logits differ from the whole model's (pass %d)", step);
@@ -146,12 +135,12 @@ int main(int argc, char **argv) {
     CHECK((e.comm = td_comm_open("mpi", &err)), "%s", err.msg);
     e.gcomm = e.comm;
     if (argc == 3) CHECK((e.gcomm = td_comm_open("nccl", &err)), "%s", err.msg);
-    g_rank = td_comm_rank(e.comm);
+    check_rank = td_comm_rank(e.comm);
     const int size = td_comm_size(e.comm);
     CHECK(size == 2, "run under mpirun -np 2 (got %d ranks)", size);
     td_gguf *g = NULL;
     CHECK(td_gguf_open(argv[1], &g, &err) == TD_OK, "%s", err.msg);
-    CHECK(td_model_load_shard(g, g_rank, size, &e.m, &err) == TD_OK, "%s", err.msg);
+    CHECK(td_model_load_shard(g, check_rank, size, &e.m, &err) == TD_OK, "%s", err.msg);
     CHECK((e.pool = td_pool_create(1, &err)), "%s", err.msg);
     e.V = td_model_hparams(e.m)->n_vocab;
     e.lc = malloc((size_t)MAX_ROWS * e.V * sizeof(float));
@@ -221,7 +210,7 @@ int main(int argc, char **argv) {
      * operations reach the follower, which runs them on its shard */
     td_kv *kl = td_kv_create(e.m, 2, 128, &err);
     CHECK(kl, "%s", err.msg);
-    if (g_rank == 0) {
+    if (check_rank == 0) {
         td_group *grp = td_model_group_lead(e.gcomm, e.gpu, kl, &err);
         CHECK(grp, "%s", err.msg);
         scored_rows(ids, 1, 0, N_SCORED, rows, targets);
@@ -249,7 +238,7 @@ int main(int argc, char **argv) {
     td_tp_stats st;
     td_ctx_tp_stats(e.gpu, &st);
     CHECK(st.calls > 0 && st.allreduce_bytes > 0 && st.gather_bytes > 0, "the CUDA rank's collectives went uncounted");
-    if (g_rank == 0)
+    if (check_rank == 0)
         printf("tp_cuda_check: 2 CUDA ranks over %s == 2 CPU ranks bitwise (prefill %d rows, 4 one-row passes, a "
                "tree, %d picks decided of %d, scores); led group ok; invariant order == unsplit; %lld collectives\n",
                td_comm_backend(e.gcomm), N_PROMPT, decided, N_SCORED, (long long)st.calls);

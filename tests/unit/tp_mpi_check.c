@@ -24,18 +24,7 @@
 #include "model/model_internal.h"
 #include "spec/spec.h"
 #include "tok/tok.h"
-
-static int g_rank = -1;
-
-#define CHECK(cond, ...)                                                                               \
-    do {                                                                                               \
-        if (!(cond)) {                                                                                 \
-            fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", g_rank, __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                              \
-            fprintf(stderr, "\n");                                                                     \
-            exit(1);                                                                                   \
-        }                                                                                              \
-    } while (0)
+#include "check_exit.h"
 
 typedef struct env {
     td_comm *comm;
@@ -307,7 +296,7 @@ int main(int argc, char **argv) {
     td_err err = {0};
     e.comm = td_comm_open("mpi", &err);
     CHECK(e.comm, "%s", err.msg);
-    e.rank = g_rank = td_comm_rank(e.comm);
+    e.rank = check_rank = td_comm_rank(e.comm);
     e.size = td_comm_size(e.comm);
     CHECK(want == e.size, "started as %d ranks, told %d", e.size, want);
     char path[1024];

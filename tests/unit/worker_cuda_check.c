@@ -17,16 +17,7 @@
 
 #include "tok/tok.h"
 #include "worker.h"
-
-#define CHECK(cond, ...)                                                             \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                            \
-            fprintf(stderr, "\n");                                                   \
-            exit(1);                                                                 \
-        }                                                                            \
-    } while (0)
+#include "check_exit.h"
 
 int td_mktiny_run(int argc, char **argv); /* tests/tools/mktiny.c */
 
