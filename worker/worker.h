@@ -76,14 +76,16 @@ typedef struct td_worker_group_opts {
     const td_etcd_opts *etcd_opts;
     const char *group;            /* the group's name there */
     const char *generation;       /* names this start of the group (NULL = "0") */
-    int32_t join_timeout_sec;     /* how long ranks wait for each other */
+    int32_t join_timeout_sec;     /* how long ranks wait for each other, in etcd and in NCCL's join
+                                   * (past it the process exits: that join cannot be cancelled) */
     int device;                   /* NCCL's CUDA device; -1 as in td_comm_nccl_opts */
 } td_worker_group_opts;
 
 /* The group's communicator (the caller's to close), or NULL with err: a
  * missing launcher, a launcher's world of another size, the rendezvous's
- * or NCCL's failure. A rank that waits for the others is here until they
- * come (NCCL's join has no timeout of its own). */
+ * or NCCL's failure. Under a launcher a rank waits here until the others
+ * come; through etcd, at most join_timeout_sec in NCCL's join, after which
+ * the process exits 1 (NCCL's join has no timeout of its own). */
 td_comm *td_worker_group_open(const td_worker_group_opts *o, td_err *err);
 
 typedef struct td_worker_engine td_worker_engine;

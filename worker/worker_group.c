@@ -6,11 +6,74 @@
  * /tandem/<cluster>/groups/<group>/nccl-id, the others wait for it there,
  * every rank joins, and rank 0 then revokes the key's lease, so a later
  * start never finds this one's id. */
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "comm/comm.h"
 #include "worker.h"
+
+/* NCCL's join waits for every rank with no timeout and cannot be cancelled
+ * from outside, so a rank whose peers never come (one died after the
+ * rendezvous, or is stuck in an earlier group) would wait forever. A
+ * watchdog ends the process after the join timeout instead: under
+ * Kubernetes the pod restarts and the group forms anew. */
+typedef struct join_watch {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    const td_worker_group_opts *o;
+} join_watch;
+
+static void *join_watch_main(void *arg) {
+    join_watch *w = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += w->o->join_timeout_sec;
+    pthread_mutex_lock(&w->mu);
+    int rc = 0;
+    while (!w->done && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&w->cv, &w->mu, &until);
+    bool late = !w->done;
+    pthread_mutex_unlock(&w->mu);
+    if (late) {
+        td_log(TD_LOG_ERROR, NULL, "tensor-parallel group %s: rank %d of %d: the other ranks did not join within "
+               "%d s (--tp-join-timeout); NCCL's join cannot be cancelled, so this process exits",
+               w->o->group, w->o->rank, w->o->size, (int)w->o->join_timeout_sec);
+        _exit(1);
+    }
+    return NULL;
+}
+
+/* td_comm_open_nccl under the watchdog. */
+static td_comm *join_watched(const td_worker_group_opts *o, const td_comm_nccl_opts *no, td_err *err) {
+    join_watch w = {.done = false, .o = o};
+    pthread_t th;
+    bool watching = !pthread_mutex_init(&w.mu, NULL);
+    if (watching && pthread_cond_init(&w.cv, NULL)) {
+        pthread_mutex_destroy(&w.mu);
+        watching = false;
+    }
+    if (watching && pthread_create(&th, NULL, join_watch_main, &w)) {
+        pthread_cond_destroy(&w.cv);
+        pthread_mutex_destroy(&w.mu);
+        watching = false;
+    }
+    if (!watching) td_log(TD_LOG_WARN, NULL, "tensor-parallel group %s: no watchdog for the join", o->group);
+    td_comm *c = td_comm_open_nccl(no, err);
+    if (watching) {
+        pthread_mutex_lock(&w.mu);
+        w.done = true;
+        pthread_cond_signal(&w.cv);
+        pthread_mutex_unlock(&w.mu);
+        pthread_join(th, NULL);
+        pthread_cond_destroy(&w.cv);
+        pthread_mutex_destroy(&w.mu);
+    }
+    return c;
+}
 
 /* Ranks given by the caller: the rendezvous, then NCCL's join. */
 static td_comm *open_through_etcd(const td_worker_group_opts *o, td_err *err) {
@@ -33,7 +96,7 @@ static td_comm *open_through_etcd(const td_worker_group_opts *o, td_err *err) {
     }
     td_comm_nccl_opts no = {.device = o->device, .boot = TD_COMM_NCCL_BOOT_ID, .rank = o->rank,
                             .size = o->size, .id = id};
-    c = td_comm_open_nccl(&no, err);
+    c = join_watched(o, &no, err);
     if (c) td_log(TD_LOG_INFO, NULL, "tensor-parallel group %s formed: rank %d of %d", o->group, o->rank, o->size);
 out:
     /* formed or not, this start's id is done with: a restart makes anew */

@@ -837,7 +837,8 @@ class GpuGroupThroughEtcdTest(unittest.TestCase):
     holds another id than rank 0's). The group registers with tp 2, the id's
     key is gone once it formed, and a generation through the coordinator
     equals two CPU ranks' in the reference order. Then a rank told another
-    generation never finds an id and says so."""
+    generation never finds an id and says so, and a rank 0 whose peer never
+    joins ends after its join timeout (NCCL's join cannot be cancelled)."""
 
     def setUp(self):
         self.mpirun = shutil.which("mpirun")
@@ -853,7 +854,7 @@ class GpuGroupThroughEtcdTest(unittest.TestCase):
 
     def tearDown(self):
         self.c.stop_all()
-        for name in ("gpu-tp", "gpu-stale"):  # the sanitizer build's reports, had a rank any
+        for name in ("gpu-tp", "gpu-stale", "gpu-alone"):  # the sanitizer build's reports, had a rank any
             if os.path.exists(self.c.log(name)):
                 log = slurp(self.c.log(name), "r")
                 self.assertIsNone(re.search(r"ERROR: AddressSanitizer|runtime error:", log), log[-4000:])
@@ -862,18 +863,19 @@ class GpuGroupThroughEtcdTest(unittest.TestCase):
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def start_group(self, name, generations, timeout="60"):
-        """mpirun -np 2, rank r told --tp-rank r and --tp-generation generations[r]."""
+    def start_group(self, name, generations, timeouts=("60", "60")):
+        """mpirun -np 2, rank r told --tp-rank r, --tp-generation generations[r]
+        and --tp-join-timeout timeouts[r]."""
         self.c.addr[name] = "127.0.0.1:%d" % free_port()
         # each rank its own health port, as each pod has
         self.c.addr[name + "-health"] = ["127.0.0.1:%d" % free_port() for _ in range(2)]
-        script = ('r=$OMPI_COMM_WORLD_RANK; if [ "$r" = 0 ]; then g=%s; h=%s; else g=%s; h=%s; fi; '
-                  'exec "$0" "$@" --tp-rank "$r" --tp-generation "$g" --health-listen "$h"'
-                  % (generations[0], self.c.addr[name + "-health"][0], generations[1],
-                     self.c.addr[name + "-health"][1]))
+        script = ('r=$OMPI_COMM_WORLD_RANK; if [ "$r" = 0 ]; then g=%s; h=%s; t=%s; else g=%s; h=%s; t=%s; fi; '
+                  'exec "$0" "$@" --tp-rank "$r" --tp-generation "$g" --health-listen "$h" --tp-join-timeout "$t"'
+                  % (generations[0], self.c.addr[name + "-health"][0], timeouts[0], generations[1],
+                     self.c.addr[name + "-health"][1], timeouts[1]))
         return self.c.start(name, [self.mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", "sh", "-c",
                                    script, self.worker, "--role", "verifier", "--device", "cuda", "--tp", "2",
-                                   "--tp-comm", "nccl", "--tp-group", name, "--tp-join-timeout", timeout,
+                                   "--tp-comm", "nccl", "--tp-group", name,
                                    "--model", self.model, "--listen", self.c.addr[name], "--etcd", self.c.etcd,
                                    "--cluster", "t", "--id", name, "--lease-ttl", TTL, "--threads", "1",
                                    "--max-seqs", "8", "--idle-timeout", "5"],
@@ -924,12 +926,23 @@ class GpuGroupThroughEtcdTest(unittest.TestCase):
         self.assertEqual(text, local.decode("utf-8", errors="replace").encode())
 
     def test_another_generation_is_not_joined(self):
-        p = self.start_group("gpu-stale", ("rev2", "rev1"), timeout="3")
+        p = self.start_group("gpu-stale", ("rev2", "rev1"), ("60", "3"))
         p.wait(60)
         self.assertNotEqual(p.returncode, 0)
         log = slurp(self.c.log("gpu-stale"), "r")
         self.assertRegex(log, r"etcd rendezvous wait: .*/tandem/t/groups/gpu-stale/nccl-id")
         self.assertIsNone(re.search(r"group gpu-stale formed", log), log)
+
+    def test_a_join_nobody_comes_to_ends(self):
+        # rank 1 waits in etcd for another generation (30 s); rank 0 published
+        # and waits in NCCL's join, which its watchdog ends after 3 s
+        p = self.start_group("gpu-alone", ("rev4", "rev3"), ("3", "30"))
+        p.wait(60)
+        self.assertNotEqual(p.returncode, 0)
+        log = slurp(self.c.log("gpu-alone"), "r")
+        self.assertIn("group gpu-alone: rank 0 of 2: the other ranks did not join within 3 s", log)
+        self.assertNotIn("etcd rendezvous wait", log)  # rank 1's own timeout never came
+        self.assertIsNone(re.search(r"group gpu-alone formed", log), log)
 
 
 class DefaultModelTest(unittest.TestCase):
