@@ -2,7 +2,9 @@
  * grpc.health.v1 over gRPC, registers itself in etcd under a lease (and
  * again whenever the lease is lost), reports its load there, and on SIGTERM
  * or SIGINT deregisters, lets calls in flight finish (then cancels them)
- * and exits 0.
+ * and exits 0. A tensor-parallel group's follower ranks leave those signals
+ * pending: they follow until rank 0 has drained and ends the group, then
+ * exit 0 too (so a rollout that signals every pod at once loses nothing).
  */
 #include <stdio.h>
 #include <stdlib.h>

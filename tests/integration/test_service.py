@@ -924,6 +924,39 @@ class GpuGroupThroughEtcdTest(unittest.TestCase):
                                env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0")).stdout
         self.assertGreater(len(local), 0)
         self.assertEqual(text, local.decode("utf-8", errors="replace").encode())
+        # a rollout, as Kubernetes does it: every pod gets SIGTERM. A follower
+        # keeps following (the group still serves), rank 0 drains and ends
+        # the group, and both ranks exit 0.
+        ranks = self.rank_pids(p)
+        os.kill(ranks[1], signal.SIGTERM)
+        with grpc.insecure_channel(self.c.addr["coordinator"]) as ch:
+            again = b""
+            for m in pbg.InferenceStub(ch).Generate(pb.GenerateRequest(
+                    prompt=prompt, max_tokens=40, sampling=pb.SamplingParams(seed=0),
+                    speculation=pb.SpeculationParams(drafters="lookup")), timeout=180):
+                again += m.text.encode()
+        self.assertEqual(again, text)
+        os.kill(ranks[0], signal.SIGTERM)
+        self.assertEqual(p.wait(60), 0, slurp(self.c.log("gpu-tp"), "r")[-3000:])
+        log = slurp(self.c.log("gpu-tp"), "r")
+        for rank in (0, 1):
+            self.assertRegex(log, r"verifier\[%d\] INFO stopped" % ranks[rank])
+
+    @staticmethod
+    def rank_pids(p):
+        """The ranks mpirun started, by the rank their environment names."""
+        ranks = {}
+        for pid in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split():
+            try:
+                with open("/proc/%s/environ" % pid, "rb") as f:
+                    env = f.read().split(b"\0")
+            except OSError:
+                continue
+            for r in (0, 1):
+                if b"OMPI_COMM_WORLD_RANK=%d" % r in env:
+                    ranks[r] = int(pid)
+        assert sorted(ranks) == [0, 1], ranks
+        return ranks
 
     def test_another_generation_is_not_joined(self):
         p = self.start_group("gpu-stale", ("rev2", "rev1"), ("60", "3"))
