@@ -26,6 +26,7 @@ and for test_chart_cluster.py.
 """
 import json
 import os
+import re
 import sys
 
 import helm_python as helm
@@ -117,12 +118,38 @@ def objects(manifests, label):
     return out
 
 
+def scraped(ep, pod_labels):
+    """Whether Prometheus keeps a pod with these labels as a target: the
+    endpoint's drop rules applied as Prometheus does (source label values
+    joined by ';', the regex anchored at both ends)."""
+    for r in ep.get("relabelings", []):
+        if r.get("action") != "drop":
+            continue
+        names = [n[len("__meta_kubernetes_pod_label_"):] for n in r["sourceLabels"]]
+        value = ";".join(pod_labels.get(n, "") for n in names)
+        if re.fullmatch(r["regex"], value):
+            return False
+    return True
+
+
+def check_follower_drop(ep, label):
+    """A tpPods group's ranks 1.. serve no /metrics: not scraped; rank 0, any
+    other verifier's pod 0 or 1, and a Deployment's pod are."""
+    group, index = "tandem_io_group", "apps_kubernetes_io_pod_index"
+    for pod, want in [({group: "g", index: "1"}, False), ({group: "g", index: "12"}, False),
+                      ({group: "g", index: "0"}, True), ({index: "1"}, True), ({index: "0"}, True), ({}, True)]:
+        if scraped(ep, pod) != want:
+            fail("%s: ServiceMonitor %s a pod labelled %s" % (label, "drops" if want else "scrapes", pod))
+
+
 def kube_validate(objs, label):
     for path, o in objs:
         if o.get("apiVersion", "").startswith("monitoring.coreos.com/"):
             spec = o.get("spec", {})
             if not spec.get("selector") or not spec.get("endpoints"):
                 fail("%s: ServiceMonitor without selector or endpoints" % label)
+            for ep in spec.get("endpoints", []):
+                check_follower_drop(ep, label)
             continue
         for v in KUBE_VERSIONS:
             try:
