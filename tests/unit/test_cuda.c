@@ -28,6 +28,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test_cases.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -1284,18 +1286,6 @@ static void real_spec_logprobs(void **s) {
     unload(&L);
 }
 
-/* Whether name is one of the comma-separated names in list. */
-static bool listed(const char *list, const char *name) {
-    const size_t n = strlen(name);
-    for (const char *p = list; p && *p;) {
-        const char *end = strchr(p, ',');
-        const size_t len = end ? (size_t)(end - p) : strlen(p);
-        if (len == n && !strncmp(p, name, n)) return true;
-        p = end ? end + 1 : NULL;
-    }
-    return false;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(layout_roundtrip),     cmocka_unit_test(layout_refusals),
@@ -1309,15 +1299,8 @@ int main(void) {
         cmocka_unit_test(real_teacher_forced),  cmocka_unit_test(real_spec_identity),
         cmocka_unit_test(real_spec_logprobs),
     };
-    /* TD_TEST_FILTER=gpu_scores (a cmocka pattern) runs some cases only;
-     * TD_TEST_SKIP=a,b leaves those cases out (the sanitizer build's CTest
-     * leaves two long ones to the release build) */
-    const char *only = getenv("TD_TEST_FILTER");
-    if (only && *only) cmocka_set_test_filter(only);
-    const char *skip = getenv("TD_TEST_SKIP");
+    /* e.g. TD_TEST_FILTER=gpu_scores; TD_TEST_SKIP (test_cases.h) is how
+     * the sanitizer build's CTest leaves two long cases to the release build */
     struct CMUnitTest kept[sizeof tests / sizeof tests[0]];
-    size_t n_kept = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-        if (!skip || !listed(skip, tests[i].name)) kept[n_kept++] = tests[i];
-    return _cmocka_run_group_tests("test_cuda", kept, n_kept, NULL, NULL);
+    return test_cases_run("test_cuda", tests, sizeof tests / sizeof tests[0], kept, NULL, NULL);
 }

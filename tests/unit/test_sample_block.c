@@ -19,6 +19,8 @@
 
 #include <cmocka.h>
 
+#include "test_cases.h"
+
 #include "sample/sample.h"
 #include "sample/sample_norm.h"
 
@@ -506,9 +508,6 @@ int main(void) {
         cmocka_unit_test(block_scores_match_definition),
         cmocka_unit_test(block_scores_repeat_and_crowd),
     };
-    /* TD_TEST_FILTER runs the cases a pattern names (cmocka's * and ?),
-     * TD_TEST_SKIP leaves them out (the ThreadSanitizer step does) */
-    if (getenv("TD_TEST_FILTER")) cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
-    if (getenv("TD_TEST_SKIP")) cmocka_set_skip_filter(getenv("TD_TEST_SKIP"));
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    struct CMUnitTest kept[sizeof tests / sizeof tests[0]]; /* TD_TEST_FILTER, TD_TEST_SKIP: test_cases.h */
+    return test_cases_run("test_sample_block", tests, sizeof tests / sizeof tests[0], kept, NULL, NULL);
 }

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test_cases.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -607,9 +609,6 @@ int main(void) {
         cmocka_unit_test(bad_parameters_refused),
         cmocka_unit_test(failing_drafter_is_named),
     };
-    /* TD_TEST_FILTER runs the cases a pattern names (cmocka's * and ?),
-     * TD_TEST_SKIP leaves them out (the ThreadSanitizer step does) */
-    if (getenv("TD_TEST_FILTER")) cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
-    if (getenv("TD_TEST_SKIP")) cmocka_set_skip_filter(getenv("TD_TEST_SKIP"));
-    return cmocka_run_group_tests(tests, setup, teardown);
+    struct CMUnitTest kept[sizeof tests / sizeof tests[0]]; /* TD_TEST_FILTER, TD_TEST_SKIP: test_cases.h */
+    return test_cases_run("test_spec", tests, sizeof tests / sizeof tests[0], kept, setup, teardown);
 }
