@@ -92,6 +92,18 @@ static bool parse_long(const char *opt, const char *v, long lo, long hi, long *o
     return true;
 }
 
+/* The plaintext port that serves only grpc.health.v1 (the probes'), or NULL
+ * with err. */
+static td_net_server *health_port_start(const char *addr, td_net_health *h, td_err *err) {
+    td_net_server_opts ho = {.max_calls = 16, .name = "health"};
+    td_net_server *srv = td_net_server_create(&ho, err);
+    if (srv && !td_net_health_add(h, srv, err) && td_net_server_listen(srv, addr, err) > 0 &&
+        !td_net_server_start(srv, err))
+        return srv;
+    td_net_server_destroy(srv);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     td_worker_config cfg = {.role = -1, .cluster = "default", .lease_ttl = 10, .idle_timeout = 120,
                             .max_calls = 256, .numerics = TD_NUMERICS_FAST, .batching = true,
@@ -248,13 +260,9 @@ int main(int argc, char **argv) {
         td_net_health *fh = NULL;
         td_net_server *fsrv = NULL;
         if (cfg.health_listen && tp_rank > 0) {
-            td_net_server_opts ho = {.max_calls = 16, .name = "health"};
-            if (!(fh = td_net_health_create(&err)) || !(fsrv = td_net_server_create(&ho, &err)) ||
-                td_net_health_add(fh, fsrv, &err) || td_net_server_listen(fsrv, cfg.health_listen, &err) <= 0 ||
-                td_net_server_start(fsrv, &err)) {
+            if (!(fh = td_net_health_create(&err)) || !(fsrv = health_port_start(cfg.health_listen, fh, &err))) {
                 td_log(TD_LOG_ERROR, NULL, "rank %d: health port %s: %s", td_comm_rank(comm), cfg.health_listen,
                        err.msg);
-                td_net_server_destroy(fsrv);
                 td_net_health_destroy(fh);
                 td_worker_engine_destroy(f);
                 return 1; /* a failed group: no collective shutdown */
@@ -300,12 +308,7 @@ int main(int argc, char **argv) {
     int port = tls.cert_file ? td_net_server_listen_tls(srv, cfg.listen, &tls, &err)
                              : td_net_server_listen(srv, cfg.listen, &err);
     if (port <= 0) goto out;
-    if (cfg.health_listen) {
-        td_net_server_opts ho = {.max_calls = 16, .name = "health"};
-        if (!(hsrv = td_net_server_create(&ho, &err)) || td_net_health_add(health, hsrv, &err) ||
-            td_net_server_listen(hsrv, cfg.health_listen, &err) <= 0 || td_net_server_start(hsrv, &err))
-            goto out;
-    }
+    if (cfg.health_listen && !(hsrv = health_port_start(cfg.health_listen, health, &err))) goto out;
     td_net_health_set(health, "", TD_NET_HEALTH_SERVING);
     td_net_health_set(health, "tandem.v1.Worker", TD_NET_HEALTH_SERVING);
     if (td_net_server_start(srv, &err)) goto out;
